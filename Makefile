@@ -1,0 +1,40 @@
+# Two commands on a fresh machine: `make demo` and `make test`. Both make their own .venv.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+
+.PHONY: demo test lint typecheck protos bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+# Stamps so a second run does not reinstall; pyproject changes trigger a reinstall.
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q -e .
+	touch $@
+
+$(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $@ $(VENV)/.installed
+
+demo: $(VENV)/.installed
+	$(BIN)/python -m collector.demo
+
+test: $(VENV)/.installed-dev lint typecheck
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: $(VENV)/.installed-dev
+	$(BIN)/ruff check agent collector protos tests benchmarks plugins
+
+typecheck: $(VENV)/.installed-dev
+	$(BIN)/mypy
+
+protos: $(VENV)/.installed-dev
+	$(BIN)/python -m protos.generate
+
+bench: $(VENV)/.installed-dev
+	$(BIN)/python benchmarks/bench_collect.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info

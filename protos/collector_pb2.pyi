@@ -1,0 +1,301 @@
+import datetime
+
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from protos import facts_pb2 as _facts_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class EnrollRequest(_message.Message):
+    __slots__ = ("token", "public_key", "hostname", "agent_version")
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
+    HOSTNAME_FIELD_NUMBER: _ClassVar[int]
+    AGENT_VERSION_FIELD_NUMBER: _ClassVar[int]
+    token: str
+    public_key: bytes
+    hostname: str
+    agent_version: str
+    def __init__(self, token: _Optional[str] = ..., public_key: _Optional[bytes] = ..., hostname: _Optional[str] = ..., agent_version: _Optional[str] = ...) -> None: ...
+
+class EnrollResponse(_message.Message):
+    __slots__ = ("agent_id", "key_fingerprint")
+    AGENT_ID_FIELD_NUMBER: _ClassVar[int]
+    KEY_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
+    agent_id: str
+    key_fingerprint: str
+    def __init__(self, agent_id: _Optional[str] = ..., key_fingerprint: _Optional[str] = ...) -> None: ...
+
+class AgentProof(_message.Message):
+    __slots__ = ("agent_id", "public_key", "timestamp_unix", "signature")
+    AGENT_ID_FIELD_NUMBER: _ClassVar[int]
+    PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
+    TIMESTAMP_UNIX_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    agent_id: str
+    public_key: bytes
+    timestamp_unix: int
+    signature: bytes
+    def __init__(self, agent_id: _Optional[str] = ..., public_key: _Optional[bytes] = ..., timestamp_unix: _Optional[int] = ..., signature: _Optional[bytes] = ...) -> None: ...
+
+class UploadHeader(_message.Message):
+    __slots__ = ("bundle_id", "size", "sha256", "offset", "proof", "file_name")
+    BUNDLE_ID_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    PROOF_FIELD_NUMBER: _ClassVar[int]
+    FILE_NAME_FIELD_NUMBER: _ClassVar[int]
+    bundle_id: str
+    size: int
+    sha256: str
+    offset: int
+    proof: AgentProof
+    file_name: str
+    def __init__(self, bundle_id: _Optional[str] = ..., size: _Optional[int] = ..., sha256: _Optional[str] = ..., offset: _Optional[int] = ..., proof: _Optional[_Union[AgentProof, _Mapping]] = ..., file_name: _Optional[str] = ...) -> None: ...
+
+class UploadChunk(_message.Message):
+    __slots__ = ("header", "data")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    header: UploadHeader
+    data: bytes
+    def __init__(self, header: _Optional[_Union[UploadHeader, _Mapping]] = ..., data: _Optional[bytes] = ...) -> None: ...
+
+class UploadStateRequest(_message.Message):
+    __slots__ = ("bundle_id", "size", "sha256", "proof")
+    BUNDLE_ID_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    PROOF_FIELD_NUMBER: _ClassVar[int]
+    bundle_id: str
+    size: int
+    sha256: str
+    proof: AgentProof
+    def __init__(self, bundle_id: _Optional[str] = ..., size: _Optional[int] = ..., sha256: _Optional[str] = ..., proof: _Optional[_Union[AgentProof, _Mapping]] = ...) -> None: ...
+
+class UploadState(_message.Message):
+    __slots__ = ("committed_offset", "complete", "receipt")
+    COMMITTED_OFFSET_FIELD_NUMBER: _ClassVar[int]
+    COMPLETE_FIELD_NUMBER: _ClassVar[int]
+    RECEIPT_FIELD_NUMBER: _ClassVar[int]
+    committed_offset: int
+    complete: bool
+    receipt: Receipt
+    def __init__(self, committed_offset: _Optional[int] = ..., complete: _Optional[bool] = ..., receipt: _Optional[_Union[Receipt, _Mapping]] = ...) -> None: ...
+
+class Receipt(_message.Message):
+    __slots__ = ("bundle_id", "sha256", "size", "agent_id", "hostname", "case_id", "received_at", "key_fingerprint")
+    BUNDLE_ID_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    AGENT_ID_FIELD_NUMBER: _ClassVar[int]
+    HOSTNAME_FIELD_NUMBER: _ClassVar[int]
+    CASE_ID_FIELD_NUMBER: _ClassVar[int]
+    RECEIVED_AT_FIELD_NUMBER: _ClassVar[int]
+    KEY_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
+    bundle_id: str
+    sha256: str
+    size: int
+    agent_id: str
+    hostname: str
+    case_id: str
+    received_at: _timestamp_pb2.Timestamp
+    key_fingerprint: str
+    def __init__(self, bundle_id: _Optional[str] = ..., sha256: _Optional[str] = ..., size: _Optional[int] = ..., agent_id: _Optional[str] = ..., hostname: _Optional[str] = ..., case_id: _Optional[str] = ..., received_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., key_fingerprint: _Optional[str] = ...) -> None: ...
+
+class ListHostsRequest(_message.Message):
+    __slots__ = ("page_size", "page_token")
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    page_size: int
+    page_token: str
+    def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+
+class Host(_message.Message):
+    __slots__ = ("hostname", "agent_ids", "first_seen", "last_seen", "bundle_count", "last_bundle_id", "os")
+    HOSTNAME_FIELD_NUMBER: _ClassVar[int]
+    AGENT_IDS_FIELD_NUMBER: _ClassVar[int]
+    FIRST_SEEN_FIELD_NUMBER: _ClassVar[int]
+    LAST_SEEN_FIELD_NUMBER: _ClassVar[int]
+    BUNDLE_COUNT_FIELD_NUMBER: _ClassVar[int]
+    LAST_BUNDLE_ID_FIELD_NUMBER: _ClassVar[int]
+    OS_FIELD_NUMBER: _ClassVar[int]
+    hostname: str
+    agent_ids: _containers.RepeatedScalarFieldContainer[str]
+    first_seen: _timestamp_pb2.Timestamp
+    last_seen: _timestamp_pb2.Timestamp
+    bundle_count: int
+    last_bundle_id: str
+    os: str
+    def __init__(self, hostname: _Optional[str] = ..., agent_ids: _Optional[_Iterable[str]] = ..., first_seen: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_seen: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., bundle_count: _Optional[int] = ..., last_bundle_id: _Optional[str] = ..., os: _Optional[str] = ...) -> None: ...
+
+class ListHostsResponse(_message.Message):
+    __slots__ = ("hosts", "next_page_token")
+    HOSTS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    hosts: _containers.RepeatedCompositeFieldContainer[Host]
+    next_page_token: str
+    def __init__(self, hosts: _Optional[_Iterable[_Union[Host, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class ListBundlesRequest(_message.Message):
+    __slots__ = ("hostname", "case_id", "agent_id", "since", "until", "page_size", "page_token")
+    HOSTNAME_FIELD_NUMBER: _ClassVar[int]
+    CASE_ID_FIELD_NUMBER: _ClassVar[int]
+    AGENT_ID_FIELD_NUMBER: _ClassVar[int]
+    SINCE_FIELD_NUMBER: _ClassVar[int]
+    UNTIL_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    hostname: str
+    case_id: str
+    agent_id: str
+    since: _timestamp_pb2.Timestamp
+    until: _timestamp_pb2.Timestamp
+    page_size: int
+    page_token: str
+    def __init__(self, hostname: _Optional[str] = ..., case_id: _Optional[str] = ..., agent_id: _Optional[str] = ..., since: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., until: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+
+class BundleSummary(_message.Message):
+    __slots__ = ("bundle_id", "agent_id", "hostname", "case_id", "kind", "created_at", "received_at", "size", "sha256", "key_fingerprint", "agent_version", "file_name", "collectors_ok", "collectors_failed")
+    BUNDLE_ID_FIELD_NUMBER: _ClassVar[int]
+    AGENT_ID_FIELD_NUMBER: _ClassVar[int]
+    HOSTNAME_FIELD_NUMBER: _ClassVar[int]
+    CASE_ID_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    RECEIVED_AT_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    KEY_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
+    AGENT_VERSION_FIELD_NUMBER: _ClassVar[int]
+    FILE_NAME_FIELD_NUMBER: _ClassVar[int]
+    COLLECTORS_OK_FIELD_NUMBER: _ClassVar[int]
+    COLLECTORS_FAILED_FIELD_NUMBER: _ClassVar[int]
+    bundle_id: str
+    agent_id: str
+    hostname: str
+    case_id: str
+    kind: str
+    created_at: _timestamp_pb2.Timestamp
+    received_at: _timestamp_pb2.Timestamp
+    size: int
+    sha256: str
+    key_fingerprint: str
+    agent_version: str
+    file_name: str
+    collectors_ok: int
+    collectors_failed: int
+    def __init__(self, bundle_id: _Optional[str] = ..., agent_id: _Optional[str] = ..., hostname: _Optional[str] = ..., case_id: _Optional[str] = ..., kind: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., received_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., size: _Optional[int] = ..., sha256: _Optional[str] = ..., key_fingerprint: _Optional[str] = ..., agent_version: _Optional[str] = ..., file_name: _Optional[str] = ..., collectors_ok: _Optional[int] = ..., collectors_failed: _Optional[int] = ...) -> None: ...
+
+class ListBundlesResponse(_message.Message):
+    __slots__ = ("bundles", "next_page_token")
+    BUNDLES_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    bundles: _containers.RepeatedCompositeFieldContainer[BundleSummary]
+    next_page_token: str
+    def __init__(self, bundles: _Optional[_Iterable[_Union[BundleSummary, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class GetBundleRequest(_message.Message):
+    __slots__ = ("bundle_id",)
+    BUNDLE_ID_FIELD_NUMBER: _ClassVar[int]
+    bundle_id: str
+    def __init__(self, bundle_id: _Optional[str] = ...) -> None: ...
+
+class BundleDetail(_message.Message):
+    __slots__ = ("summary", "facts", "manifest_json")
+    SUMMARY_FIELD_NUMBER: _ClassVar[int]
+    FACTS_FIELD_NUMBER: _ClassVar[int]
+    MANIFEST_JSON_FIELD_NUMBER: _ClassVar[int]
+    summary: BundleSummary
+    facts: _facts_pb2.Snapshot
+    manifest_json: str
+    def __init__(self, summary: _Optional[_Union[BundleSummary, _Mapping]] = ..., facts: _Optional[_Union[_facts_pb2.Snapshot, _Mapping]] = ..., manifest_json: _Optional[str] = ...) -> None: ...
+
+class DownloadHeader(_message.Message):
+    __slots__ = ("bundle_id", "file_name", "size", "sha256")
+    BUNDLE_ID_FIELD_NUMBER: _ClassVar[int]
+    FILE_NAME_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    bundle_id: str
+    file_name: str
+    size: int
+    sha256: str
+    def __init__(self, bundle_id: _Optional[str] = ..., file_name: _Optional[str] = ..., size: _Optional[int] = ..., sha256: _Optional[str] = ...) -> None: ...
+
+class DownloadChunk(_message.Message):
+    __slots__ = ("header", "data")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    header: DownloadHeader
+    data: bytes
+    def __init__(self, header: _Optional[_Union[DownloadHeader, _Mapping]] = ..., data: _Optional[bytes] = ...) -> None: ...
+
+class AgentMessage(_message.Message):
+    __slots__ = ("hello", "challenge_response", "progress")
+    HELLO_FIELD_NUMBER: _ClassVar[int]
+    CHALLENGE_RESPONSE_FIELD_NUMBER: _ClassVar[int]
+    PROGRESS_FIELD_NUMBER: _ClassVar[int]
+    hello: ChannelHello
+    challenge_response: ChallengeResponse
+    progress: SnapshotProgress
+    def __init__(self, hello: _Optional[_Union[ChannelHello, _Mapping]] = ..., challenge_response: _Optional[_Union[ChallengeResponse, _Mapping]] = ..., progress: _Optional[_Union[SnapshotProgress, _Mapping]] = ...) -> None: ...
+
+class CollectorMessage(_message.Message):
+    __slots__ = ("challenge", "snapshot_request")
+    CHALLENGE_FIELD_NUMBER: _ClassVar[int]
+    SNAPSHOT_REQUEST_FIELD_NUMBER: _ClassVar[int]
+    challenge: Challenge
+    snapshot_request: SnapshotRequest
+    def __init__(self, challenge: _Optional[_Union[Challenge, _Mapping]] = ..., snapshot_request: _Optional[_Union[SnapshotRequest, _Mapping]] = ...) -> None: ...
+
+class ChannelHello(_message.Message):
+    __slots__ = ("agent_id", "agent_version")
+    AGENT_ID_FIELD_NUMBER: _ClassVar[int]
+    AGENT_VERSION_FIELD_NUMBER: _ClassVar[int]
+    agent_id: str
+    agent_version: str
+    def __init__(self, agent_id: _Optional[str] = ..., agent_version: _Optional[str] = ...) -> None: ...
+
+class Challenge(_message.Message):
+    __slots__ = ("nonce",)
+    NONCE_FIELD_NUMBER: _ClassVar[int]
+    nonce: bytes
+    def __init__(self, nonce: _Optional[bytes] = ...) -> None: ...
+
+class ChallengeResponse(_message.Message):
+    __slots__ = ("signature",)
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    signature: bytes
+    def __init__(self, signature: _Optional[bytes] = ...) -> None: ...
+
+class SnapshotRequest(_message.Message):
+    __slots__ = ("request_id", "scopes", "since_seconds", "requested_by", "reason")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    SCOPES_FIELD_NUMBER: _ClassVar[int]
+    SINCE_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    REQUESTED_BY_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    scopes: _containers.RepeatedScalarFieldContainer[str]
+    since_seconds: int
+    requested_by: str
+    reason: str
+    def __init__(self, request_id: _Optional[str] = ..., scopes: _Optional[_Iterable[str]] = ..., since_seconds: _Optional[int] = ..., requested_by: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class SnapshotProgress(_message.Message):
+    __slots__ = ("request_id", "state", "detail", "bundle_id")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    BUNDLE_ID_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    state: str
+    detail: str
+    bundle_id: str
+    def __init__(self, request_id: _Optional[str] = ..., state: _Optional[str] = ..., detail: _Optional[str] = ..., bundle_id: _Optional[str] = ...) -> None: ...
