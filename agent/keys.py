@@ -153,7 +153,7 @@ def load_public_key(text: str | bytes) -> PublicKey:
         return PublicKey(key.public_bytes(_RAW, _RAW_PUB))
     for decode in (bytes.fromhex, base64.b64decode):
         try:
-            raw = decode(stripped.decode("ascii"))  # type: ignore[operator]
+            raw = decode(stripped.decode("ascii"))
         except (ValueError, UnicodeDecodeError):
             continue
         if len(raw) == 32:

@@ -31,16 +31,18 @@ class EnrollResponse(_message.Message):
     def __init__(self, agent_id: _Optional[str] = ..., key_fingerprint: _Optional[str] = ...) -> None: ...
 
 class AgentProof(_message.Message):
-    __slots__ = ("agent_id", "public_key", "timestamp_unix", "signature")
+    __slots__ = ("agent_id", "public_key", "timestamp_unix", "signature", "hostname")
     AGENT_ID_FIELD_NUMBER: _ClassVar[int]
     PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
     TIMESTAMP_UNIX_FIELD_NUMBER: _ClassVar[int]
     SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    HOSTNAME_FIELD_NUMBER: _ClassVar[int]
     agent_id: str
     public_key: bytes
     timestamp_unix: int
     signature: bytes
-    def __init__(self, agent_id: _Optional[str] = ..., public_key: _Optional[bytes] = ..., timestamp_unix: _Optional[int] = ..., signature: _Optional[bytes] = ...) -> None: ...
+    hostname: str
+    def __init__(self, agent_id: _Optional[str] = ..., public_key: _Optional[bytes] = ..., timestamp_unix: _Optional[int] = ..., signature: _Optional[bytes] = ..., hostname: _Optional[str] = ...) -> None: ...
 
 class UploadHeader(_message.Message):
     __slots__ = ("bundle_id", "size", "sha256", "offset", "proof", "file_name")

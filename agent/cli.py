@@ -1,0 +1,296 @@
+"""``casefile``: the customer's and technician's command line (a thin shell over the core).
+
+Exit codes (stable, for scripts):
+  0  success
+  1  verification failed (the bundle is not what it claims to be)
+  2  usage error
+  3  the collector could not be reached or refused the request
+  4  any other Casefile error (key store, bundle writing, collection framework)
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import sys
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from agent.errors import CasefileError, TransportError, VerificationError
+from agent.state import AgentHome, Enrollment
+from agent.version import __version__
+
+app = typer.Typer(
+    name="casefile",
+    help="Collect, seal, verify and send diagnostics for a support case.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+agent_app = typer.Typer(help="The agent's identity and enrollment with a collector.", no_args_is_help=True)
+app.add_typer(agent_app, name="agent")
+
+out = Console()
+err = Console(stderr=True)
+
+HomeOpt = Annotated[
+    Path | None,
+    typer.Option("--home", help="Agent state folder (key, enrollment). Default: $CASEFILE_HOME or per-user."),
+]
+CaFingerprintOpt = Annotated[
+    str | None,
+    typer.Option("--ca-fingerprint", help="Pin the collector's certificate: sha256:<hex> it printed at start."),
+]
+CaFileOpt = Annotated[
+    Path | None, typer.Option("--ca-file", help="Trust this CA/certificate PEM instead of pinning.")
+]
+InsecureOpt = Annotated[
+    bool, typer.Option("--insecure", help="Plaintext gRPC (loopback collectors only).")
+]
+
+
+def _channel(address: str, ca_fingerprint: str | None, ca_file: Path | None, insecure: bool) -> Any:
+    from agent.transport import open_channel, parse_address
+
+    return open_channel(
+        parse_address(address),
+        ca_fingerprint=ca_fingerprint,
+        ca_pem=ca_file.read_bytes() if ca_file else None,
+        insecure=insecure,
+    )
+
+
+def _upload(
+    path: Path,
+    bundle_id: str,
+    home: AgentHome,
+    address: str | None,
+    token: str | None,
+    ca_fingerprint: str | None,
+    ca_file: Path | None,
+    insecure: bool,
+) -> Any:
+    from agent.transport import UploadTarget, upload_bundle
+
+    enrollment = home.enrollment()
+    if address is None and enrollment is not None:
+        address = enrollment.collector
+    if address is None:
+        raise typer.BadParameter("no collector: pass --upload HOST:PORT (or enroll this agent first)")
+    if ca_fingerprint is None and ca_file is None and enrollment is not None and enrollment.collector == address:
+        ca_fingerprint = enrollment.ca_fingerprint
+    key = home.key()
+    if token:
+        target = UploadTarget(key=key, case_token=token)
+    elif enrollment is not None:
+        target = UploadTarget(key=key, agent_id=enrollment.agent_id)
+    else:
+        raise typer.BadParameter("uploading needs --token (a case token from support) or an enrolled agent")
+    with _channel(address, ca_fingerprint, ca_file, insecure) as channel:
+        return upload_bundle(channel, path, bundle_id=bundle_id, target=target)
+
+
+@app.command()
+def collect(
+    case: Annotated[str | None, typer.Option("--case", help="Support case id, e.g. SR-1234.")] = None,
+    output: Annotated[Path, typer.Option("--output", "-o", help="Folder for the bundle.")] = Path("."),
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+    only: Annotated[list[str] | None, typer.Option("--only", help="Run only these collectors.")] = None,
+    exclude: Annotated[list[str] | None, typer.Option("--exclude", help="Skip these collectors.")] = None,
+    upload: Annotated[str | None, typer.Option("--upload", help="Also send it to this collector HOST:PORT.")] = None,
+    token: Annotated[str | None, typer.Option("--token", help="Case token from support.", envvar="CASEFILE_TOKEN")] = None,
+    ca_fingerprint: CaFingerprintOpt = None,
+    ca_file: CaFileOpt = None,
+    insecure: InsecureOpt = False,
+    home: HomeOpt = None,
+) -> None:
+    """Collect diagnostics on this machine into one signed bundle; optionally upload it."""
+    from agent.collect import CollectionSpec
+    from agent.oneshot import collect_bundle
+    from agent.summary import snapshot_summary
+
+    state = AgentHome(home)
+    enrollment = state.enrollment()
+    spec = CollectionSpec(only=tuple(only or ()), exclude=tuple(exclude or ()))
+    done = collect_bundle(
+        key=state.key(),
+        output_dir=output,
+        agent_id=enrollment.agent_id if enrollment else "",
+        case_id=case,
+        spec=spec,
+    )
+    b = done.bundle
+    summary = snapshot_summary(done.result.snapshot)
+    summary["bundle"] = {
+        "path": str(b.path),
+        "bundle_id": b.bundle_id,
+        "size": b.size,
+        "sha256": b.sha256,
+        "key_fingerprint": b.fingerprint,
+        "case_id": case,
+        "collect_seconds": round(done.result.duration_s, 2),
+    }
+    if upload is not None or (token and enrollment):
+        receipt = _upload(b.path, b.bundle_id, state, upload, token, ca_fingerprint, ca_file, insecure)
+        summary["upload"] = {
+            "collector": upload or (enrollment.collector if enrollment else ""),
+            "agent_id": receipt.agent_id,
+            "received_at": receipt.received_at.ToJsonString(),
+            "sha256": receipt.sha256,
+        }
+    if as_json:
+        print(json.dumps(summary, indent=1))
+    else:
+        _render_summary(summary)
+
+
+def _render_summary(s: dict[str, Any]) -> None:
+    h, c, m = s["host"], s["cpu"], s["memory"]
+    out.print(f"[bold]{h['hostname']}[/] — {h['os']} (kernel {h['kernel']}, {h['arch']}), up {h['uptime_h']} h")
+    out.print(
+        f"CPU {c['percent']}% of {c['logical']} logical cores, load {' / '.join(map(str, c['load']))}; "
+        f"memory {m['percent']}% of {m['total_gib']} GiB, swap {m['swap_percent']}% of {m['swap_total_gib']} GiB"
+    )
+    disks = Table("mount", "fs", "size GiB", "used %", title="Disks", title_justify="left")
+    for d in s["disks"]:
+        disks.add_row(d["mountpoint"], d["fstype"], str(d["total_gib"]), d.get("error") or str(d["percent"]))
+    out.print(disks)
+    nets = Table("interface", "up", "addresses", "errors", "drops", title="Network", title_justify="left")
+    for n in s["network"]:
+        nets.add_row(n["name"], "yes" if n["up"] else "no", ", ".join(n["addresses"]), str(n["errors"]), str(n["drops"]))
+    out.print(nets)
+    cols = Table("collector", "status", "ms", "detail", title="Collectors", title_justify="left")
+    for col in s["collectors"]:
+        style = "green" if col["status"] == "ok" else "red"
+        cols.add_row(col["name"], f"[{style}]{col['status']}[/]", str(col["duration_ms"]), col.get("error", ""))
+    out.print(cols)
+    b = s["bundle"]
+    out.print(f"Bundle: [bold]{b['path']}[/] ({b['size']:,} bytes, collected in {b['collect_seconds']} s)")
+    out.print(f"Signed by key {b['key_fingerprint']}")
+    if "upload" in s:
+        u = s["upload"]
+        out.print(f"[green]Uploaded[/] to {u['collector']} at {u['received_at']} (agent {u['agent_id']})")
+
+
+@app.command()
+def verify(
+    bundle: Annotated[Path, typer.Argument(help="The .tar.zst bundle to check.")],
+    key: Annotated[Path | None, typer.Option("--key", help="Expected signer public key (PEM, base64 or hex file).")] = None,
+    fingerprint: Annotated[str | None, typer.Option("--fingerprint", help="Expected signer key fingerprint sha256:<hex>.")] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Check a bundle: signature, every member's hash, no missing/extra members, no unsafe paths."""
+    from agent.bundle import verify_bundle
+    from agent.keys import load_public_key
+
+    expected = load_public_key(key.read_bytes()) if key else None
+    vb = verify_bundle(bundle, expected_key=expected, expected_fingerprint=fingerprint)
+    m = vb.manifest
+    result = {
+        "ok": True,
+        "bundle_id": m.get("bundle_id"),
+        "hostname": m.get("hostname"),
+        "case_id": m.get("case_id"),
+        "created_at": m.get("created_at"),
+        "members": len(vb.members),
+        "key_fingerprint": vb.public_key.fingerprint,
+        "key_pinned": vb.key_pinned,
+    }
+    if as_json:
+        print(json.dumps(result, indent=1))
+        return
+    out.print(f"[green]OK[/] {bundle}: {len(vb.members)} members match the signed manifest")
+    who = "the expected key" if vb.key_pinned else "the key embedded in the manifest"
+    out.print(f"signed by {vb.public_key.fingerprint} ({who})")
+    if not vb.key_pinned:
+        out.print("[yellow]note[/]: pass --fingerprint or --key to check WHO signed it, not only that it is intact")
+
+
+@app.command("upload")
+def upload_cmd(
+    bundle: Annotated[Path, typer.Argument(help="A bundle written by 'casefile collect'.")],
+    to: Annotated[str | None, typer.Option("--to", help="Collector HOST:PORT (default: the enrolled one).")] = None,
+    token: Annotated[str | None, typer.Option("--token", envvar="CASEFILE_TOKEN", help="Case token from support.")] = None,
+    ca_fingerprint: CaFingerprintOpt = None,
+    ca_file: CaFileOpt = None,
+    insecure: InsecureOpt = False,
+    home: HomeOpt = None,
+) -> None:
+    """Send an existing bundle; resumes where an interrupted upload stopped."""
+    from agent.bundle import verify_bundle
+
+    state = AgentHome(home)
+    vb = verify_bundle(bundle, expected_key=state.key().public)
+    receipt = _upload(bundle, str(vb.manifest["bundle_id"]), state, to, token, ca_fingerprint, ca_file, insecure)
+    out.print(f"[green]Uploaded[/] {bundle.name}: bundle {receipt.bundle_id}, sha256 {receipt.sha256[:16]}…")
+
+
+@agent_app.command("enroll")
+def agent_enroll(
+    collector: Annotated[str, typer.Option("--collector", help="Collector HOST:PORT.")],
+    token: Annotated[str, typer.Option("--token", envvar="CASEFILE_ENROLL_TOKEN", help="Enrollment token.")],
+    ca_fingerprint: CaFingerprintOpt = None,
+    ca_file: CaFileOpt = None,
+    insecure: InsecureOpt = False,
+    home: HomeOpt = None,
+) -> None:
+    """Enroll this machine: its key is registered with the collector, the pin remembered."""
+    from agent.transport import enroll
+
+    state = AgentHome(home)
+    key = state.key()
+    with _channel(collector, ca_fingerprint, ca_file, insecure) as channel:
+        resp = enroll(channel, token=token, key=key, hostname=socket.gethostname(), agent_version=__version__)
+    state.save_enrollment(
+        Enrollment(
+            agent_id=resp.agent_id,
+            collector=collector,
+            ca_fingerprint=ca_fingerprint,
+            key_fingerprint=key.fingerprint,
+        )
+    )
+    out.print(f"[green]Enrolled[/] as agent {resp.agent_id} with key {key.fingerprint}")
+
+
+@agent_app.command("show")
+def agent_show(
+    home: HomeOpt = None,
+    pem: Annotated[bool, typer.Option("--pem", help="Print only the public key PEM (for openssl).")] = False,
+) -> None:
+    """This agent's key fingerprint, public key and enrollment."""
+    state = AgentHome(home)
+    key = state.key()
+    if pem:
+        sys.stdout.write(key.public.pem().decode("ascii"))
+        return
+    enrollment = state.enrollment()
+    out.print(f"home:        {state.root}")
+    out.print(f"key:         {key.fingerprint}")
+    out.print(f"agent id:    {enrollment.agent_id if enrollment else '(not enrolled)'}")
+    if enrollment:
+        out.print(f"collector:   {enrollment.collector} (pinned {enrollment.ca_fingerprint or 'no'})")
+
+
+def _exit(code: int, message: str) -> NoReturn:
+    err.print(f"[red]casefile:[/] {message}", highlight=False, soft_wrap=True)
+    raise SystemExit(code)
+
+
+def main() -> None:
+    try:
+        app()
+    except VerificationError as exc:
+        _exit(1, f"verification failed: {exc}")
+    except TransportError as exc:
+        _exit(3, str(exc))
+    except CasefileError as exc:
+        _exit(4, str(exc))
+    except OSError as exc:
+        _exit(4, f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": "))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,74 @@
+"""Where the agent keeps its identity: key, agent id and the pinned collector.
+
+Home: ``--home`` / ``$CASEFILE_HOME``; else ``/var/lib/casefile`` for root on POSIX;
+else ``$XDG_DATA_HOME/casefile`` (``~/.local/share/casefile``). The folder is 0700,
+the key 0600.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from agent.errors import KeyStoreError
+from agent.keys import SigningKey, load_or_create_key
+
+__all__ = ["AgentHome", "Enrollment", "default_home"]
+
+
+def default_home() -> Path:
+    env = os.environ.get("CASEFILE_HOME")
+    if env:
+        return Path(env)
+    if os.name == "posix" and os.geteuid() == 0:
+        return Path("/var/lib/casefile")
+    xdg = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(xdg) / "casefile"
+
+
+@dataclass(frozen=True)
+class Enrollment:
+    agent_id: str
+    collector: str
+    ca_fingerprint: str | None
+    key_fingerprint: str
+
+
+class AgentHome:
+    def __init__(self, root: Path | None = None) -> None:
+        self.root = root or default_home()
+
+    @property
+    def key_path(self) -> Path:
+        return self.root / "agent.key"
+
+    @property
+    def enrollment_path(self) -> Path:
+        return self.root / "enrollment.json"
+
+    def key(self) -> SigningKey:
+        self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        return load_or_create_key(self.key_path)
+
+    def enrollment(self) -> Enrollment | None:
+        try:
+            data = json.loads(self.enrollment_path.read_text("utf-8"))
+            return Enrollment(**data)
+        except FileNotFoundError:
+            return None
+        except (ValueError, TypeError) as exc:
+            raise KeyStoreError(
+                f"enrollment file {self.enrollment_path} is damaged: {exc}",
+                path=str(self.enrollment_path),
+            ) from None
+
+    def save_enrollment(self, enrollment: Enrollment) -> None:
+        self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        tmp = self.enrollment_path.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(asdict(enrollment), fh, indent=1)
+            fh.write("\n")
+        os.replace(tmp, self.enrollment_path)

@@ -1,0 +1,143 @@
+"""The agent's side of Enroll and Ingest: enrollment and resumable bundle upload."""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+
+from agent.errors import EnrollmentError, UploadError
+from agent.keys import SigningKey
+from agent.transport.proof import make_proof
+from protos import collector_pb2, collector_pb2_grpc
+
+__all__ = ["UploadTarget", "enroll", "file_sha256", "upload_bundle"]
+
+CHUNK_BYTES = 256 * 1024  # the best throughput measured for grpc.aio client streams
+
+# Statuses worth another try: the connection or the collector went away, or the
+# collector is still closing our previous (cut) stream for the same bundle.
+_RETRYABLE = {
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.CANCELLED,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+    grpc.StatusCode.ABORTED,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+    grpc.StatusCode.FAILED_PRECONDITION,
+}
+
+
+def _fail(cls: type[UploadError] | type[EnrollmentError], what: str, err: grpc.RpcError) -> Exception:
+    code = err.code() if hasattr(err, "code") else None
+    detail = err.details() if hasattr(err, "details") else str(err)
+    name = code.name if code else "UNKNOWN"
+    return cls(f"{what}: {name}: {detail}", code=name)
+
+
+def enroll(
+    channel: grpc.Channel, *, token: str, key: SigningKey, hostname: str, agent_version: str
+) -> collector_pb2.EnrollResponse:
+    stub = collector_pb2_grpc.EnrollStub(channel)
+    try:
+        resp: collector_pb2.EnrollResponse = stub.Enroll(
+            collector_pb2.EnrollRequest(
+                token=token, public_key=key.public.raw, hostname=hostname, agent_version=agent_version
+            ),
+            timeout=30,
+        )
+    except grpc.RpcError as err:
+        raise _fail(EnrollmentError, "enrollment refused", err) from None
+    if resp.key_fingerprint != key.fingerprint:
+        raise EnrollmentError(
+            f"collector recorded key {resp.key_fingerprint}, expected {key.fingerprint}"
+        )
+    return resp
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        while block := fh.read(1024 * 1024):
+            h.update(block)
+    return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class UploadTarget:
+    """Who is uploading: an enrolled agent id, or a case token for a one-shot upload."""
+
+    key: SigningKey
+    agent_id: str = ""
+    case_token: str | None = None
+
+    def metadata(self) -> tuple[tuple[str, str], ...]:
+        return (("authorization", f"Bearer {self.case_token}"),) if self.case_token else ()
+
+
+def upload_bundle(
+    channel: grpc.Channel,
+    path: Path,
+    *,
+    bundle_id: str,
+    target: UploadTarget,
+    attempts: int = 6,
+    chunk_bytes: int = CHUNK_BYTES,
+    progress: Callable[[int, int], None] | None = None,
+) -> collector_pb2.Receipt:
+    """Upload ``path``, resuming from whatever the collector already holds.
+
+    Each attempt asks the collector for its committed offset and streams the rest.
+    """
+    stub = collector_pb2_grpc.IngestStub(channel)
+    size = path.stat().st_size
+    sha = file_sha256(path)
+    meta = target.metadata()
+    last: grpc.RpcError | None = None
+    for attempt in range(attempts):
+        if attempt:
+            # Exponential backoff with full jitter: a restarted collector is not stormed.
+            time.sleep(random.uniform(0, min(8.0, 0.25 * 2**attempt)))
+        proof = make_proof(target.key, agent_id=target.agent_id, bundle_id=bundle_id, sha256=sha, size=size)
+        try:
+            state: collector_pb2.UploadState = stub.GetUploadState(
+                collector_pb2.UploadStateRequest(bundle_id=bundle_id, size=size, sha256=sha, proof=proof),
+                metadata=meta,
+                timeout=30,
+            )
+            if state.complete:
+                return state.receipt
+            header = collector_pb2.UploadHeader(
+                bundle_id=bundle_id, size=size, sha256=sha, offset=state.committed_offset,
+                proof=proof, file_name=path.name,
+            )
+            chunks = _chunks(path, header, chunk_bytes, progress)
+            receipt: collector_pb2.Receipt = stub.Upload(chunks, metadata=meta)
+            return receipt
+        except grpc.RpcError as err:
+            if err.code() not in _RETRYABLE:
+                raise _fail(UploadError, f"upload of bundle {bundle_id} failed", err) from None
+            last = err
+    assert last is not None
+    raise _fail(UploadError, f"upload of bundle {bundle_id} gave up after {attempts} attempts", last)
+
+
+def _chunks(
+    path: Path,
+    header: collector_pb2.UploadHeader,
+    chunk_bytes: int,
+    progress: Callable[[int, int], None] | None,
+) -> Iterator[collector_pb2.UploadChunk]:
+    yield collector_pb2.UploadChunk(header=header)
+    sent = header.offset
+    with path.open("rb") as fh:
+        fh.seek(header.offset)
+        while block := fh.read(chunk_bytes):
+            yield collector_pb2.UploadChunk(data=block)
+            sent += len(block)
+            if progress:
+                progress(sent, header.size)

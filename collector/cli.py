@@ -1,0 +1,400 @@
+"""``casefile-collector``: run the collector, manage tokens, and query it as an engineer.
+
+Operator commands work on the local data folder: ``serve``, ``token create|list|revoke``,
+``tls-fingerprint``. Engineer commands talk to a running collector over gRPC with an
+engineer token: ``hosts``, ``bundles``, ``show``, ``download``; they read
+``CASEFILE_COLLECTOR``, ``CASEFILE_TOKEN`` and ``CASEFILE_CA_FINGERPRINT`` so a session
+needs them once.
+
+Exit codes: 0 success, 2 usage error, 3 collector unreachable or request refused,
+4 any other Casefile error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import logging
+import re
+import signal
+import sys
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import grpc
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from agent.errors import CasefileError, TransportError
+
+app = typer.Typer(
+    name="casefile-collector",
+    help="The Casefile collector: serve, issue tokens, and query bundles.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+token_app = typer.Typer(help="Enrollment, case and engineer tokens (shown once, stored hashed).", no_args_is_help=True)
+app.add_typer(token_app, name="token")
+
+out = Console()
+err = Console(stderr=True)
+
+DataDirOpt = Annotated[
+    Path, typer.Option("--data-dir", envvar="CASEFILE_DATA_DIR", help="Collector data folder (SQLite, blobs, TLS).")
+]
+DbUrlOpt = Annotated[
+    str | None, typer.Option("--db-url", envvar="CASEFILE_DB_URL", help="SQLAlchemy URL; default SQLite in --data-dir.")
+]
+CollectorOpt = Annotated[str, typer.Option("--collector", envvar="CASEFILE_COLLECTOR", help="Collector HOST:PORT.")]
+TokenOpt = Annotated[str, typer.Option("--token", envvar="CASEFILE_TOKEN", help="Engineer token.")]
+CaFpOpt = Annotated[
+    str | None, typer.Option("--ca-fingerprint", envvar="CASEFILE_CA_FINGERPRINT", help="Pinned collector certificate.")
+]
+CaFileOpt = Annotated[Path | None, typer.Option("--ca-file", help="Trust this CA/certificate PEM.")]
+InsecureOpt = Annotated[bool, typer.Option("--insecure", help="Plaintext (loopback only).")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+
+_DURATION = re.compile(r"^(\d+)([smhdw])$")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_duration(text: str) -> dt.timedelta:
+    m = _DURATION.match(text.strip())
+    if not m:
+        raise typer.BadParameter(f"duration must look like 30m, 24h or 7d, got {text!r}")
+    return dt.timedelta(seconds=int(m.group(1)) * _UNITS[m.group(2)])
+
+
+def parse_when(text: str) -> dt.datetime:
+    """An ISO 8601 time (UTC if no zone) or a duration ago such as 2h."""
+    if _DURATION.match(text.strip()):
+        return dt.datetime.now(dt.UTC) - parse_duration(text)
+    try:
+        t = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise typer.BadParameter(f"expected an ISO time or a duration like 2h, got {text!r}") from None
+    return t if t.tzinfo else t.replace(tzinfo=dt.UTC)
+
+
+def _store(data_dir: Path, db_url: str | None) -> Any:
+    from collector.server import default_db_url
+    from collector.storage import Store
+
+    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return Store.open(db_url or default_db_url(data_dir))
+
+
+# ------------------------------------------------------------------ operator
+
+
+@app.command()
+def serve(
+    address: Annotated[str, typer.Option("--address", help="Listen HOST:PORT (port 0 = any free port).")] = "127.0.0.1:7443",
+    data_dir: DataDirOpt = Path("casefile-data"),
+    db_url: DbUrlOpt = None,
+    cert_file: Annotated[Path | None, typer.Option("--cert-file", help="TLS certificate PEM (default: self-signed, auto).")] = None,
+    key_file: Annotated[Path | None, typer.Option("--key-file", help="TLS private key PEM.")] = None,
+    insecure: Annotated[bool, typer.Option("--insecure", help="Plaintext gRPC; refused unless the address is loopback.")] = False,
+    ready_file: Annotated[Path | None, typer.Option("--ready-file", help="Write {address, port, fingerprint} here once serving.")] = None,
+    max_bundle_mib: Annotated[int, typer.Option("--max-bundle-mib", help="Largest bundle accepted.")] = 4096,
+) -> None:
+    """Run the collector until SIGINT/SIGTERM."""
+    from collector.server import CollectorServer, ServerConfig
+    from collector.services import IngestLimits
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    config = ServerConfig(
+        address=address, data_dir=data_dir, db_url=db_url, insecure=insecure,
+        cert_file=cert_file, key_file=key_file,
+        limits=IngestLimits(max_bundle_bytes=max_bundle_mib * 1024 * 1024),
+    )
+    try:
+        server = CollectorServer(config)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+
+    async def run() -> None:
+        port = await server.start()
+        host = address.rpartition(":")[0]
+        fp = server.tls.fingerprint if server.tls else None
+        err.print(f"casefile-collector serving on {host}:{port} ({'TLS' if fp else 'PLAINTEXT'})")
+        if fp:
+            err.print(f"certificate fingerprint (agents pin it with --ca-fingerprint): {fp}")
+        if ready_file:
+            tmp = ready_file.with_suffix(".tmp")
+            tmp.write_text(json.dumps({"address": f"{host}:{port}", "port": port, "fingerprint": fp}))
+            tmp.replace(ready_file)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        err.print("casefile-collector stopping")
+        await server.stop()
+
+    asyncio.run(run())
+
+
+@app.command("tls-fingerprint")
+def tls_fingerprint(data_dir: DataDirOpt = Path("casefile-data")) -> None:
+    """Print the fingerprint agents pin (making the self-signed certificate if needed)."""
+    from collector.tls import ensure_self_signed
+
+    print(ensure_self_signed(data_dir / "tls").fingerprint)
+
+
+@token_app.command("create")
+def token_create(
+    kind: Annotated[str, typer.Option("--kind", help="enroll | case | engineer")],
+    role: Annotated[str | None, typer.Option("--role", help="viewer | engineer | admin (engineer tokens)")] = None,
+    case: Annotated[str | None, typer.Option("--case", help="Case id (case tokens).")] = None,
+    ttl: Annotated[str | None, typer.Option("--ttl", help="Lifetime like 24h or 7d; default: enroll 24h, case 14d, engineer 30d.")] = None,
+    uses: Annotated[int | None, typer.Option("--uses", help="Maximum uses (default: 1 for enroll, unlimited otherwise).")] = None,
+    label: Annotated[str, typer.Option("--label", help="Who or what it is for (shown in the audit log).")] = "",
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only the token.")] = False,
+    data_dir: DataDirOpt = Path("casefile-data"),
+    db_url: DbUrlOpt = None,
+) -> None:
+    """Create a token. It is printed once; only its hash is stored."""
+    defaults = {"enroll": ("24h", 1), "case": ("14d", None), "engineer": ("30d", None)}
+    if kind not in defaults:
+        raise typer.BadParameter("--kind must be enroll, case or engineer")
+    if kind == "engineer" and role is None:
+        role = "viewer"
+    store = _store(data_dir, db_url)
+    try:
+        plain, rec = store.create_token(
+            kind, role=role, case_id=case, label=label,
+            ttl=parse_duration(ttl or defaults[kind][0]),
+            max_uses=uses if uses is not None else defaults[kind][1],
+        )
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    finally:
+        store.close()
+    if quiet:
+        print(plain)
+        return
+    out.print(f"token id {rec.id} ({kind}{', role ' + str(rec.role) if rec.role else ''}"
+              f"{', case ' + str(rec.case_id) if rec.case_id else ''}), expires {_fmt_us(rec.expires_at_us)}")
+    out.print("[bold]Store it now; it is not shown again:[/]")
+    print(plain)
+
+
+@token_app.command("list")
+def token_list(data_dir: DataDirOpt = Path("casefile-data"), db_url: DbUrlOpt = None, as_json: JsonOpt = False) -> None:
+    """List tokens (ids and metadata; the secrets are not stored)."""
+    store = _store(data_dir, db_url)
+    try:
+        rows = store.list_tokens()
+    finally:
+        store.close()
+    if as_json:
+        print(json.dumps([{
+            "id": r.id, "kind": r.kind, "role": r.role, "case_id": r.case_id, "label": r.label,
+            "uses": r.uses, "max_uses": r.max_uses, "expires_at": _fmt_us(r.expires_at_us),
+            "revoked": r.revoked_at_us is not None,
+        } for r in rows], indent=1))
+        return
+    t = Table("id", "kind", "role", "case", "label", "uses", "expires", "revoked")
+    for r in rows:
+        t.add_row(r.id, r.kind, r.role or "", r.case_id or "", r.label,
+                  f"{r.uses}/{r.max_uses if r.max_uses is not None else '∞'}",
+                  _fmt_us(r.expires_at_us), "yes" if r.revoked_at_us is not None else "")
+    out.print(t)
+
+
+@token_app.command("revoke")
+def token_revoke(token_id: str, data_dir: DataDirOpt = Path("casefile-data"), db_url: DbUrlOpt = None) -> None:
+    """Revoke a token by its id."""
+    store = _store(data_dir, db_url)
+    try:
+        store.revoke_token(token_id)
+    finally:
+        store.close()
+    out.print(f"revoked {token_id}")
+
+
+# ------------------------------------------------------------------ engineer
+
+
+def _query(collector: str, token: str, ca_fingerprint: str | None, ca_file: Path | None, insecure: bool) -> tuple[Any, Any, Any]:
+    from agent.transport import open_channel, parse_address
+    from protos import collector_pb2_grpc
+
+    channel = open_channel(
+        parse_address(collector), ca_fingerprint=ca_fingerprint,
+        ca_pem=ca_file.read_bytes() if ca_file else None, insecure=insecure,
+    )
+    return channel, collector_pb2_grpc.QueryStub(channel), (("authorization", f"Bearer {token}"),)
+
+
+def _fmt_us(us: int | None) -> str:
+    if us is None:
+        return "never"
+    return dt.datetime.fromtimestamp(us / 1e6, dt.UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+def _fmt_ts(ts: Any) -> str:
+    return str(ts.ToDatetime(tzinfo=dt.UTC).strftime("%Y-%m-%d %H:%M:%SZ"))
+
+
+@app.command()
+def hosts(
+    collector: CollectorOpt, token: TokenOpt, ca_fingerprint: CaFpOpt = None, ca_file: CaFileOpt = None,
+    insecure: InsecureOpt = False, as_json: JsonOpt = False,
+    limit: Annotated[int, typer.Option("--limit", help="Page size.")] = 100,
+    page_token: Annotated[str, typer.Option("--page-token", help="Cursor from the previous page.")] = "",
+) -> None:
+    """Hosts that have sent bundles."""
+    from google.protobuf import json_format
+
+    from protos import collector_pb2
+
+    channel, stub, md = _query(collector, token, ca_fingerprint, ca_file, insecure)
+    with channel:
+        resp = stub.ListHosts(collector_pb2.ListHostsRequest(page_size=limit, page_token=page_token), metadata=md, timeout=30)
+    if as_json:
+        print(json_format.MessageToJson(resp, indent=1))
+        return
+    t = Table("hostname", "os", "bundles", "last seen", "last bundle", "agents")
+    for h in resp.hosts:
+        t.add_row(h.hostname, h.os, str(h.bundle_count), _fmt_ts(h.last_seen), h.last_bundle_id, ", ".join(h.agent_ids))
+    out.print(t)
+    if resp.next_page_token:
+        out.print(f"more: --page-token {resp.next_page_token}")
+
+
+@app.command()
+def bundles(
+    collector: CollectorOpt, token: TokenOpt, ca_fingerprint: CaFpOpt = None, ca_file: CaFileOpt = None,
+    insecure: InsecureOpt = False, as_json: JsonOpt = False,
+    host: Annotated[str | None, typer.Option("--host", help="Only this hostname.")] = None,
+    case: Annotated[str | None, typer.Option("--case", help="Only this case id.")] = None,
+    since: Annotated[str | None, typer.Option("--since", help="Created at/after: ISO time or a duration ago (2h, 7d).")] = None,
+    until: Annotated[str | None, typer.Option("--until", help="Created before: ISO time or a duration ago.")] = None,
+    limit: Annotated[int, typer.Option("--limit", help="Page size (max 1000).")] = 50,
+    page_token: Annotated[str, typer.Option("--page-token", help="Cursor from the previous page.")] = "",
+) -> None:
+    """Bundles, newest first, with filters and cursor pagination."""
+    from google.protobuf import json_format
+
+    from protos import collector_pb2
+
+    req = collector_pb2.ListBundlesRequest(
+        hostname=host or "", case_id=case or "", page_size=limit, page_token=page_token
+    )
+    if since:
+        req.since.FromDatetime(parse_when(since))
+    if until:
+        req.until.FromDatetime(parse_when(until))
+    channel, stub, md = _query(collector, token, ca_fingerprint, ca_file, insecure)
+    with channel:
+        resp = stub.ListBundles(req, metadata=md, timeout=30)
+    if as_json:
+        print(json_format.MessageToJson(resp, indent=1))
+        return
+    t = Table("bundle id", "host", "case", "kind", "created", "size", "collectors")
+    for b in resp.bundles:
+        t.add_row(b.bundle_id, b.hostname, b.case_id, b.kind, _fmt_ts(b.created_at), f"{b.size:,}",
+                  f"{b.collectors_ok} ok" + (f", [red]{b.collectors_failed} failed[/]" if b.collectors_failed else ""))
+    out.print(t)
+    if resp.next_page_token:
+        out.print(f"more: --page-token {resp.next_page_token}")
+
+
+@app.command()
+def show(
+    bundle_id: Annotated[str, typer.Argument(help="Bundle id (32 hex).")],
+    collector: CollectorOpt, token: TokenOpt, ca_fingerprint: CaFpOpt = None, ca_file: CaFileOpt = None,
+    insecure: InsecureOpt = False, as_json: JsonOpt = False,
+) -> None:
+    """One bundle's summary and key facts (``--json``: every fact)."""
+    from google.protobuf import json_format
+
+    from agent.summary import snapshot_summary
+    from protos import collector_pb2
+
+    channel, stub, md = _query(collector, token, ca_fingerprint, ca_file, insecure)
+    with channel:
+        detail = stub.GetBundle(collector_pb2.GetBundleRequest(bundle_id=bundle_id), metadata=md, timeout=30)
+    if as_json:
+        print(json_format.MessageToJson(detail, indent=1))
+        return
+    b = detail.summary
+    out.print(f"[bold]bundle {b.bundle_id}[/] from {b.hostname} (agent {b.agent_id}), case {b.case_id or '—'}, "
+              f"{b.kind}, created {_fmt_ts(b.created_at)}, {b.size:,} bytes, key {b.key_fingerprint}")
+    s = snapshot_summary(detail.facts)
+    h, c, m = s["host"], s["cpu"], s["memory"]
+    out.print(f"{h['os']} kernel {h['kernel']} {h['arch']}, up {h['uptime_h']} h, virtualization {h['virtualization']}")
+    out.print(f"CPU {c['percent']}% of {c['logical']} cores, load {c['load']}; memory {m['percent']}% of "
+              f"{m['total_gib']} GiB; swap {m['swap_percent']}% of {m['swap_total_gib']} GiB")
+    t = Table("mount", "fs", "GiB", "used %", title="Disks", title_justify="left")
+    for d in s["disks"]:
+        t.add_row(d["mountpoint"], d["fstype"], str(d["total_gib"]), d.get("error") or str(d["percent"]))
+    out.print(t)
+    n = Table("interface", "up", "addresses", "errors", "drops", title="Network", title_justify="left")
+    for i in s["network"]:
+        n.add_row(i["name"], "yes" if i["up"] else "no", ", ".join(i["addresses"]), str(i["errors"]), str(i["drops"]))
+    out.print(n)
+    cols = Table("collector", "status", "ms", "detail", title="Collectors", title_justify="left")
+    for col in s["collectors"]:
+        cols.add_row(col["name"], col["status"], str(col["duration_ms"]), col.get("error", ""))
+    out.print(cols)
+
+
+@app.command()
+def download(
+    bundle_id: Annotated[str, typer.Argument(help="Bundle id (32 hex).")],
+    collector: CollectorOpt, token: TokenOpt, ca_fingerprint: CaFpOpt = None, ca_file: CaFileOpt = None,
+    insecure: InsecureOpt = False,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="File or folder (default: its original name here).")] = None,
+) -> None:
+    """Download the original bundle file, byte-identical (needs the engineer role)."""
+    import hashlib
+
+    from protos import collector_pb2
+
+    channel, stub, md = _query(collector, token, ca_fingerprint, ca_file, insecure)
+    with channel:
+        stream = stub.DownloadBundle(collector_pb2.GetBundleRequest(bundle_id=bundle_id), metadata=md)
+        first = next(stream)
+        hdr = first.header
+        dest = output or Path(hdr.file_name)
+        if dest.is_dir():
+            dest = dest / hdr.file_name
+        tmp = dest.with_name(f".{dest.name}.partial")
+        h = hashlib.sha256()
+        with tmp.open("wb") as fh:
+            for chunk in stream:
+                fh.write(chunk.data)
+                h.update(chunk.data)
+    if h.hexdigest() != hdr.sha256:
+        tmp.unlink(missing_ok=True)
+        raise CasefileError(f"download of {bundle_id} hashed to {h.hexdigest()}, expected {hdr.sha256}")
+    tmp.replace(dest)
+    out.print(f"[green]saved[/] {dest} ({hdr.size:,} bytes, sha256 {hdr.sha256})")
+
+
+def _exit(code: int, message: str) -> NoReturn:
+    err.print(f"[red]casefile-collector:[/] {message}", highlight=False, soft_wrap=True)
+    raise SystemExit(code)
+
+
+def main() -> None:
+    try:
+        app()
+    except grpc.RpcError as exc:
+        code = exc.code().name if hasattr(exc, "code") else "UNKNOWN"
+        detail = exc.details() if hasattr(exc, "details") else str(exc)
+        _exit(3, f"{code}: {detail}")
+    except TransportError as exc:
+        _exit(3, str(exc))
+    except CasefileError as exc:
+        _exit(4, str(exc))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,124 @@
+"""The collector process: a grpc.aio server over a metadata store and a blob store.
+
+Serves Enroll, Ingest and Query, plus standard gRPC health checking and reflection so
+ordinary tools (grpcurl, grpc_health_probe) can talk to it. TLS by default with a
+self-signed ECDSA certificate made on first start; plaintext only on loopback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from agent.transport.connect import is_loopback, parse_address
+from collector.services import EnrollService, IngestLimits, IngestService, QueryService
+from collector.storage import BlobStore, Store
+from collector.tls import TlsMaterial, ensure_self_signed, load_tls_files
+from protos import collector_pb2, collector_pb2_grpc
+
+__all__ = ["CollectorServer", "ServerConfig", "default_db_url"]
+
+log = logging.getLogger("casefile.collector")
+
+_SERVICE_NAMES = tuple(
+    collector_pb2.DESCRIPTOR.services_by_name[n].full_name for n in ("Enroll", "Ingest", "Query")
+)
+
+
+def default_db_url(data_dir: Path) -> str:
+    return f"sqlite:///{(data_dir / 'casefile.db').resolve()}"
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    address: str = "127.0.0.1:7443"
+    data_dir: Path = Path("casefile-data")
+    db_url: str | None = None           # default: SQLite in data_dir
+    insecure: bool = False              # plaintext; loopback only
+    cert_file: Path | None = None       # both or neither; default: self-signed in data_dir/tls
+    key_file: Path | None = None
+    limits: IngestLimits = field(default_factory=IngestLimits)
+    grace_s: float = 5.0
+
+
+class CollectorServer:
+    """Start with :meth:`start`, stop with :meth:`stop`; ``port`` is the bound port."""
+
+    def __init__(self, config: ServerConfig) -> None:
+        addr = parse_address(config.address, listen=True)
+        if config.insecure and not is_loopback(addr.host):
+            raise ValueError(
+                f"--insecure is allowed only on a loopback address, not {addr.host}; "
+                "use TLS (the default) for anything reachable from another machine"
+            )
+        if (config.cert_file is None) != (config.key_file is None):
+            raise ValueError("give both --cert-file and --key-file, or neither")
+        self.config = config
+        self.port = 0
+        self.tls: TlsMaterial | None = None
+        config.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.store = Store.open(config.db_url or default_db_url(config.data_dir))
+        self.blobs = BlobStore(config.data_dir)
+        self._server: grpc.aio.Server | None = None
+        self._health = health.aio.HealthServicer()
+
+    async def start(self) -> int:
+        # Why these options: a collector restart makes every agent reconnect at once, and
+        # grpc-core cancels calls beyond max_pending_requests (default 1000); keepalive
+        # policy accepts the agents' 30 s pings; the receive limit fits one 1 MiB chunk
+        # plus its header, far below gRPC's 4 MiB default that bundles never approach.
+        server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", 2 * 1024 * 1024),
+                ("grpc.server.max_pending_requests", 20_000),
+                ("grpc.server.max_pending_requests_hard_limit", 40_000),
+                ("grpc.keepalive_permit_without_calls", 1),
+                ("grpc.http2.min_ping_interval_without_data_ms", 20_000),
+                ("grpc.max_connection_idle_ms", 15 * 60 * 1000),
+            ]
+        )
+        collector_pb2_grpc.add_EnrollServicer_to_server(EnrollService(self.store), server)
+        collector_pb2_grpc.add_IngestServicer_to_server(
+            IngestService(self.store, self.blobs, self.config.limits), server
+        )
+        collector_pb2_grpc.add_QueryServicer_to_server(QueryService(self.store, self.blobs), server)
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        reflection.enable_server_reflection(
+            (*_SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+        )
+        target = parse_address(self.config.address, listen=True).target
+        if self.config.insecure:
+            self.port = server.add_insecure_port(target)
+        else:
+            if self.config.cert_file and self.config.key_file:
+                self.tls = load_tls_files(self.config.cert_file, self.config.key_file)
+            else:
+                self.tls = ensure_self_signed(self.config.data_dir / "tls")
+            creds = grpc.ssl_server_credentials([(self.tls.key_pem, self.tls.cert_pem)])
+            self.port = server.add_secure_port(target, creds)
+        if self.port == 0:
+            raise OSError(f"cannot listen on {self.config.address}")
+        await server.start()
+        for name in ("", *_SERVICE_NAMES):
+            await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        self._server = server
+        log.info("collector listening on %s port %d", target, self.port)
+        return self.port
+
+    async def stop(self, grace: float | None = None) -> None:
+        if self._server is None:
+            return
+        await self._health.enter_graceful_shutdown()
+        await self._server.stop(self.config.grace_s if grace is None else grace)
+        self._server = None
+        await asyncio.to_thread(self.store.close)
+
+    async def wait(self) -> None:
+        if self._server is not None:
+            await self._server.wait_for_termination()

@@ -1,0 +1,57 @@
+"""Enroll: one-time token + agent public key → agent id (DESIGN §4, §5)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import grpc
+
+from agent.keys import PublicKey
+from collector.edge import Rejected, unary
+from collector.storage import Store
+from protos import collector_pb2, collector_pb2_grpc
+
+__all__ = ["EnrollService"]
+
+
+class EnrollService(collector_pb2_grpc.EnrollServicer):
+    def __init__(self, store: Store) -> None:
+        self._store = store
+
+    @unary
+    async def Enroll(
+        self,
+        request: collector_pb2.EnrollRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> collector_pb2.EnrollResponse:
+        if len(request.public_key) != 32:
+            raise Rejected(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"public_key must be a raw 32-byte Ed25519 key, got {len(request.public_key)} bytes",
+            )
+        key = PublicKey(bytes(request.public_key))
+        token = await asyncio.to_thread(self._store.authenticate, request.token, {"enroll"})
+        # Consume only after the request is known good, so a malformed call does not
+        # burn a single-use token.
+        await asyncio.to_thread(self._store.consume_token, token.id)
+        agent = await asyncio.to_thread(
+            self._store.create_agent,
+            key.raw,
+            key.fingerprint,
+            request.hostname[:255],
+            token.id,
+            None,
+        )
+        await asyncio.to_thread(
+            self._store.audit,
+            actor=token.id,
+            actor_label=token.label,
+            role="",
+            action="enroll",
+            target=agent.id,
+            peer=context.peer() or "",
+            outcome="ok",
+            detail=f"{request.hostname[:255]} {key.fingerprint}",
+        )
+        return collector_pb2.EnrollResponse(agent_id=agent.id, key_fingerprint=key.fingerprint)

@@ -1,0 +1,308 @@
+"""Ingest: resumable, verified, idempotent bundle upload (DESIGN §4).
+
+A bundle becomes visible only after its bytes hash to the header's SHA-256, its
+manifest signature checks against the uploader's enrolled key, and every member
+matches the manifest; then the blob is moved into the content-addressed store and the
+metadata row is written in one transaction. Until then it is a staged partial that a
+later stream can resume from the collector's durable offset.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import re
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from google.protobuf.message import DecodeError
+
+from agent.bundle import VerifiedBundle, verify_bundle
+from collector.auth import UploadIdentity, authorize_upload
+from collector.edge import Rejected, unary
+from collector.storage import BlobStore, BundleRecord, Store
+from collector.storage.errors import Conflict, NotFound
+from protos import collector_pb2, collector_pb2_grpc, facts_pb2
+
+__all__ = ["IngestLimits", "IngestService", "receipt_for"]
+
+log = logging.getLogger("casefile.collector.ingest")
+
+_HEX32 = re.compile(r"^[0-9a-f]{32}$")
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+
+
+@dataclass(frozen=True)
+class IngestLimits:
+    max_bundle_bytes: int = 4 * 1024**3
+    # Chunks are 256 KiB by default; anything over 1 MiB is a client bug or an attack.
+    max_chunk_bytes: int = 1024 * 1024
+    # fsync the staged bytes this often so a crash loses little of a long upload.
+    sync_every_bytes: int = 16 * 1024 * 1024
+
+
+def _ts(micros: int) -> Any:
+    from google.protobuf.timestamp_pb2 import Timestamp
+
+    t = Timestamp()
+    t.FromMicroseconds(micros)
+    return t
+
+
+def receipt_for(rec: BundleRecord) -> collector_pb2.Receipt:
+    return collector_pb2.Receipt(
+        bundle_id=rec.bundle_id,
+        sha256=rec.sha256,
+        size=rec.size,
+        agent_id=rec.agent_id,
+        hostname=rec.hostname,
+        case_id=rec.case_id or "",
+        received_at=_ts(rec.received_at_us),
+        key_fingerprint=rec.key_fingerprint,
+    )
+
+
+def _check_header_fields(bundle_id: str, size: int, sha256: str, limits: IngestLimits) -> None:
+    if not _HEX32.match(bundle_id):
+        raise Rejected(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"malformed header: bundle_id must be 32 lowercase hex characters, got {bundle_id!r:.60}",
+        )
+    if not _HEX64.match(sha256):
+        raise Rejected(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"malformed header for bundle {bundle_id}: sha256 must be 64 lowercase hex characters",
+        )
+    if size <= 0:
+        raise Rejected(
+            grpc.StatusCode.INVALID_ARGUMENT, f"malformed header for bundle {bundle_id}: size is 0"
+        )
+    if size > limits.max_bundle_bytes:
+        raise Rejected(
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            f"bundle {bundle_id} is {size} bytes; this collector accepts at most "
+            f"{limits.max_bundle_bytes}",
+        )
+
+
+class IngestService(collector_pb2_grpc.IngestServicer):
+    def __init__(self, store: Store, blobs: BlobStore, limits: IngestLimits | None = None) -> None:
+        self._store = store
+        self._blobs = blobs
+        self._limits = limits or IngestLimits()
+
+    async def _existing(self, bundle_id: str, sha256: str) -> BundleRecord | None:
+        try:
+            rec = await asyncio.to_thread(self._store.get_bundle, bundle_id)
+        except NotFound:
+            return None
+        if rec.sha256 != sha256:
+            raise Rejected(
+                grpc.StatusCode.ALREADY_EXISTS,
+                f"bundle {bundle_id} is already stored with sha256 {rec.sha256[:16]}…; "
+                f"refusing different bytes ({sha256[:16]}…) under the same id",
+            )
+        return rec
+
+    @unary
+    async def GetUploadState(
+        self,
+        request: collector_pb2.UploadStateRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> collector_pb2.UploadState:
+        _check_header_fields(request.bundle_id, request.size, request.sha256, self._limits)
+        await authorize_upload(
+            self._store, context, bundle_id=request.bundle_id, sha256=request.sha256,
+            size=request.size, proof=request.proof,
+        )
+        existing = await self._existing(request.bundle_id, request.sha256)
+        if existing is not None:
+            return collector_pb2.UploadState(
+                committed_offset=existing.size, complete=True, receipt=receipt_for(existing)
+            )
+        offset = await asyncio.to_thread(
+            self._blobs.staged_offset, request.bundle_id, request.size, request.sha256
+        )
+        return collector_pb2.UploadState(committed_offset=offset)
+
+    @unary
+    async def Upload(
+        self,
+        request_iterator: AsyncIterator[collector_pb2.UploadChunk],
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> collector_pb2.Receipt:
+        first = await anext(aiter(request_iterator), None)
+        if first is None or first.WhichOneof("part") != "header":
+            raise Rejected(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "malformed upload: the first message must be the header",
+            )
+        header = first.header
+        _check_header_fields(header.bundle_id, header.size, header.sha256, self._limits)
+        identity = await authorize_upload(
+            self._store, context, bundle_id=header.bundle_id, sha256=header.sha256,
+            size=header.size, proof=header.proof,
+        )
+        existing = await self._existing(header.bundle_id, header.sha256)
+        if existing is not None:
+            return receipt_for(existing)  # idempotent: same id, same bytes, same receipt
+
+        try:
+            staged = await asyncio.to_thread(
+                self._blobs.open_upload, header.bundle_id, header.size, header.sha256
+            )
+        except Conflict as exc:
+            raise Rejected(grpc.StatusCode.ABORTED, f"bundle {header.bundle_id}: {exc}") from None
+        try:
+            if header.offset != staged.offset:
+                raise Rejected(
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                    f"bundle {header.bundle_id}: stream starts at byte {header.offset} but the "
+                    f"collector holds {staged.offset}; ask GetUploadState and resume from there",
+                )
+            await self._receive(request_iterator, staged, header)
+            if staged.sha256_hex() != header.sha256:
+                actual = staged.sha256_hex()
+                await asyncio.to_thread(staged.abort)
+                raise Rejected(
+                    grpc.StatusCode.DATA_LOSS,
+                    f"bundle {header.bundle_id}: received bytes hash to {actual[:16]}…, header "
+                    f"says {header.sha256[:16]}…; the partial was discarded, upload again",
+                )
+            return await self._commit(staged, header, identity)
+        finally:
+            # Runs on cancellation too: whatever arrived becomes the durable resume point.
+            staged.close()
+
+    async def _receive(
+        self,
+        request_iterator: AsyncIterator[collector_pb2.UploadChunk],
+        staged: Any,
+        header: collector_pb2.UploadHeader,
+    ) -> None:
+        limits = self._limits
+        unsynced = 0
+        try:
+            async for msg in request_iterator:
+                if msg.WhichOneof("part") != "data":
+                    raise Rejected(
+                        grpc.StatusCode.INVALID_ARGUMENT,
+                        f"bundle {header.bundle_id}: a second header at byte {staged.offset}",
+                    )
+                n = len(msg.data)
+                if n > limits.max_chunk_bytes:
+                    raise Rejected(
+                        grpc.StatusCode.INVALID_ARGUMENT,
+                        f"bundle {header.bundle_id}: chunk of {n} bytes at byte {staged.offset} "
+                        f"exceeds the {limits.max_chunk_bytes}-byte limit",
+                    )
+                if staged.offset + n > header.size:
+                    raise Rejected(
+                        grpc.StatusCode.INVALID_ARGUMENT,
+                        f"bundle {header.bundle_id}: data runs past the declared size "
+                        f"{header.size} at byte {staged.offset + n}",
+                    )
+                # A page-cache write plus hashing of ≤1 MiB: cheaper inline than a thread hop.
+                staged.append(msg.data)
+                unsynced += n
+                if unsynced >= limits.sync_every_bytes:
+                    await asyncio.to_thread(staged.sync)
+                    unsynced = 0
+        finally:
+            staged.sync()
+        if staged.offset < header.size:
+            raise Rejected(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"bundle {header.bundle_id}: stream ended at byte {staged.offset} of "
+                f"{header.size}; resume from {staged.offset}",
+            )
+
+    async def _commit(
+        self, staged: Any, header: collector_pb2.UploadHeader, identity: UploadIdentity
+    ) -> collector_pb2.Receipt:
+        bundle_id = header.bundle_id
+        try:
+            vb: VerifiedBundle = await asyncio.to_thread(
+                verify_bundle, staged.path, expected_key=identity.public_key, keep=("facts.pb",)
+            )
+        except Exception:
+            await asyncio.to_thread(staged.abort)
+            raise
+        manifest = vb.manifest
+        problems = []
+        if manifest.get("bundle_id") != bundle_id:
+            problems.append(f"manifest bundle_id {manifest.get('bundle_id')!r} != header {bundle_id}")
+        if identity.case_token is None and manifest.get("agent_id") not in ("", identity.agent.id):
+            problems.append(
+                f"manifest agent_id {manifest.get('agent_id')!r} != uploader {identity.agent.id}"
+            )
+        if identity.case_token is not None and manifest.get("case_id") != identity.case_token.case_id:
+            problems.append(
+                f"manifest case_id {manifest.get('case_id')!r} is not the token's case "
+                f"{identity.case_token.case_id!r}"
+            )
+        facts = facts_pb2.Snapshot()
+        try:
+            facts.ParseFromString(vb.kept.get("facts.pb", b""))
+        except DecodeError as exc:
+            problems.append(f"member facts.pb does not parse as a Snapshot: {exc}")
+        if problems:
+            await asyncio.to_thread(staged.abort)
+            raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, f"bundle {bundle_id} rejected: " + "; ".join(problems))
+
+        blob_key = await asyncio.to_thread(staged.commit)
+        statuses = manifest.get("collectors") or []
+        ok = sum(1 for s in statuses if isinstance(s, dict) and s.get("status") == "ok")
+        created = _parse_time(manifest.get("created_at"))
+        now = dt.datetime.now(dt.UTC)
+        record = BundleRecord(
+            bundle_id=bundle_id,
+            agent_id=identity.agent.id,
+            hostname=str(manifest.get("hostname") or facts.host.hostname or "unknown"),
+            case_id=manifest.get("case_id") or None,
+            kind=str(manifest.get("kind") or "one-shot"),
+            created_at_us=int((created or now).timestamp() * 1_000_000),
+            received_at_us=int(now.timestamp() * 1_000_000),
+            size=header.size,
+            sha256=header.sha256,
+            key_fingerprint=identity.public_key.fingerprint,
+            agent_version=str(manifest.get("agent_version") or ""),
+            file_name=_safe_file_name(header.file_name, bundle_id),
+            collectors_ok=ok,
+            collectors_failed=len(statuses) - ok,
+            blob_key=blob_key,
+            os=facts.host.os_release or facts.host.os,
+        )
+        stored, inserted = await asyncio.to_thread(
+            self._store.insert_bundle,
+            record,
+            facts_pb=vb.kept.get("facts.pb", b""),
+            manifest_json=vb.manifest_bytes.decode("utf-8"),
+        )
+        log.info(
+            "bundle %s from %s (%s) %s: %d bytes",
+            bundle_id, stored.hostname, stored.agent_id, "stored" if inserted else "already stored",
+            stored.size,
+        )
+        return receipt_for(stored)
+
+
+def _parse_time(value: object) -> dt.datetime | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
+
+
+_NAME = re.compile(r"^[A-Za-z0-9._-]{1,200}$")
+
+
+def _safe_file_name(name: str, bundle_id: str) -> str:
+    return name if _NAME.match(name) and name.endswith(".tar.zst") else f"casefile-{bundle_id}.tar.zst"
+

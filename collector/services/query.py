@@ -1,0 +1,143 @@
+"""Query: what engineers call — hosts, bundles, one bundle's facts, the original file.
+
+Reading facts needs the viewer role; downloading the raw bundle needs engineer, because
+it holds raw artifacts (logs, command output). Every call is audited by EngineerAuth.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from collector.auth import EngineerAuth
+from collector.edge import server_stream, unary
+from collector.storage import BlobStore, BundleRecord, HostRecord, Store
+from protos import collector_pb2, collector_pb2_grpc, facts_pb2
+
+__all__ = ["QueryService", "summary_of"]
+
+_DOWNLOAD_CHUNK = 256 * 1024
+
+
+def _ts(micros: int) -> Timestamp:
+    t = Timestamp()
+    t.FromMicroseconds(micros)
+    return t
+
+
+def summary_of(rec: BundleRecord) -> collector_pb2.BundleSummary:
+    return collector_pb2.BundleSummary(
+        bundle_id=rec.bundle_id,
+        agent_id=rec.agent_id,
+        hostname=rec.hostname,
+        case_id=rec.case_id or "",
+        kind=rec.kind,
+        created_at=_ts(rec.created_at_us),
+        received_at=_ts(rec.received_at_us),
+        size=rec.size,
+        sha256=rec.sha256,
+        key_fingerprint=rec.key_fingerprint,
+        agent_version=rec.agent_version,
+        file_name=rec.file_name,
+        collectors_ok=rec.collectors_ok,
+        collectors_failed=rec.collectors_failed,
+    )
+
+
+def _host(rec: HostRecord) -> collector_pb2.Host:
+    return collector_pb2.Host(
+        hostname=rec.hostname,
+        agent_ids=list(rec.agent_ids),
+        first_seen=_ts(rec.first_seen_us),
+        last_seen=_ts(rec.last_seen_us),
+        bundle_count=rec.bundle_count,
+        last_bundle_id=rec.last_bundle_id,
+        os=rec.os,
+    )
+
+
+def _when(ts: Timestamp, present: bool) -> dt.datetime | None:
+    return ts.ToDatetime(tzinfo=dt.UTC) if present else None
+
+
+class QueryService(collector_pb2_grpc.QueryServicer):
+    def __init__(self, store: Store, blobs: BlobStore) -> None:
+        self._store = store
+        self._blobs = blobs
+        self._auth = EngineerAuth(store)
+
+    @unary
+    async def ListHosts(
+        self, request: collector_pb2.ListHostsRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> collector_pb2.ListHostsResponse:
+        await self._auth.require(context, role="viewer", action="query.list_hosts")
+        hosts, nxt = await asyncio.to_thread(
+            self._store.list_hosts, page_size=request.page_size or 100, cursor=request.page_token or None
+        )
+        return collector_pb2.ListHostsResponse(hosts=[_host(h) for h in hosts], next_page_token=nxt or "")
+
+    @unary
+    async def ListBundles(
+        self, request: collector_pb2.ListBundlesRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> collector_pb2.ListBundlesResponse:
+        filters = ",".join(
+            f"{k}={v}" for k, v in (("host", request.hostname), ("case", request.case_id),
+                                     ("agent", request.agent_id)) if v
+        )
+        await self._auth.require(context, role="viewer", action="query.list_bundles", target=filters)
+        rows, nxt = await asyncio.to_thread(
+            self._store.list_bundles,
+            hostname=request.hostname or None,
+            case_id=request.case_id or None,
+            agent_id=request.agent_id or None,
+            since=_when(request.since, request.HasField("since")),
+            until=_when(request.until, request.HasField("until")),
+            page_size=request.page_size or 100,
+            cursor=request.page_token or None,
+        )
+        return collector_pb2.ListBundlesResponse(
+            bundles=[summary_of(r) for r in rows], next_page_token=nxt or ""
+        )
+
+    @unary
+    async def GetBundle(
+        self, request: collector_pb2.GetBundleRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> collector_pb2.BundleDetail:
+        await self._auth.require(context, role="viewer", action="query.get_bundle", target=request.bundle_id)
+        rec = await asyncio.to_thread(self._store.get_bundle, request.bundle_id)
+        facts_pb, manifest_json = await asyncio.to_thread(
+            self._store.get_bundle_content, request.bundle_id
+        )
+        return collector_pb2.BundleDetail(
+            summary=summary_of(rec),
+            facts=facts_pb2.Snapshot.FromString(facts_pb),
+            manifest_json=manifest_json,
+        )
+
+    @server_stream
+    async def DownloadBundle(
+        self, request: collector_pb2.GetBundleRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[collector_pb2.DownloadChunk]:
+        await self._auth.require(
+            context, role="engineer", action="query.download_bundle", target=request.bundle_id
+        )
+        rec = await asyncio.to_thread(self._store.get_bundle, request.bundle_id)
+        fh = await asyncio.to_thread(self._blobs.open_blob, rec.blob_key)
+        try:
+            yield collector_pb2.DownloadChunk(
+                header=collector_pb2.DownloadHeader(
+                    bundle_id=rec.bundle_id, file_name=rec.file_name, size=rec.size, sha256=rec.sha256
+                )
+            )
+            while True:
+                data = await asyncio.to_thread(fh.read, _DOWNLOAD_CHUNK)
+                if not data:
+                    break
+                yield collector_pb2.DownloadChunk(data=data)
+        finally:
+            fh.close()

@@ -1,0 +1,92 @@
+"""The audit log: who (a token id, never a token) did what, to what, with what outcome."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Row, select
+
+from collector.storage.base import StoreBase
+from collector.storage.cursors import clamp_page_size
+from collector.storage.errors import InvalidArgument
+from collector.storage.schema import AuditRecord, audit_log, to_micros
+from collector.storage.tokens import redact_tokens
+
+__all__ = ["OUTCOMES", "AuditMethods"]
+
+OUTCOMES = frozenset({"ok", "denied", "error"})
+
+
+def _audit(row: Row[Any]) -> AuditRecord:
+    m = row._mapping
+    return AuditRecord(
+        id=m["id"],
+        at_us=m["at"],
+        actor=m["actor"],
+        actor_label=m["actor_label"],
+        role=m["role"],
+        action=m["action"],
+        target=m["target"],
+        peer=m["peer"],
+        outcome=m["outcome"],
+        detail=m["detail"],
+    )
+
+
+class AuditMethods(StoreBase):
+    """Appending to and reading the audit log."""
+
+    def audit(
+        self,
+        *,
+        actor: str,
+        action: str,
+        outcome: str,
+        actor_label: str = "",
+        role: str = "",
+        target: str = "",
+        peer: str = "",
+        detail: str = "",
+        at: datetime | None = None,
+    ) -> AuditRecord:
+        """Append one entry. ``actor`` is a token id; anything token-shaped is redacted."""
+        if outcome not in OUTCOMES:
+            raise InvalidArgument(f"audit outcome {outcome!r} unknown; expected {sorted(OUTCOMES)}")
+        values: dict[str, Any] = {
+            "at": to_micros(at) if at is not None else self._now(),
+            "actor": redact_tokens(actor)[:32],
+            "actor_label": redact_tokens(actor_label),
+            "role": role,
+            "action": action,
+            "target": redact_tokens(target),
+            "peer": peer,
+            "outcome": outcome,
+            "detail": redact_tokens(detail),
+        }
+        with self._write() as conn:
+            row = conn.execute(audit_log.insert().values(values).returning(*audit_log.c)).one()
+        return _audit(row)
+
+    def list_audit(
+        self,
+        limit: int = 100,
+        *,
+        before_id: int | None = None,
+        actor: str | None = None,
+        action: str | None = None,
+        outcome: str | None = None,
+    ) -> list[AuditRecord]:
+        """Newest entries first; pass the last entry's id as ``before_id`` for more."""
+        a = audit_log.c
+        query = select(audit_log).order_by(a.id.desc()).limit(clamp_page_size(limit))
+        if before_id is not None:
+            query = query.where(a.id < before_id)
+        if actor is not None:
+            query = query.where(a.actor == actor)
+        if action is not None:
+            query = query.where(a.action == action)
+        if outcome is not None:
+            query = query.where(a.outcome == outcome)
+        with self._read() as conn:
+            return [_audit(r) for r in conn.execute(query)]

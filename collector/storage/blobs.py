@@ -1,0 +1,374 @@
+"""The blob store: a content-addressed folder, and resumable upload staging.
+
+Layout under ``root``::
+
+    blobs/<sha[:2]>/<sha[2:4]>/<sha>     committed bundles, named by SHA-256
+    staging/<bundle_id>.part             bytes received so far
+    staging/<bundle_id>.json             sidecar: size, sha256, durable offset
+
+The sidecar's offset only ever names bytes that were fsync'd before it was
+written, so after a crash the ``.part`` may hold more than the sidecar says
+but never less; resuming truncates back to the recorded offset. A blob becomes
+visible only by ``os.replace`` of a complete, verified, fsync'd file.
+
+One upload per bundle id at a time: an in-process lock per id plus ``flock``
+on the ``.part`` (for other processes on the same folder).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import re
+import threading
+import time
+from datetime import timedelta
+from pathlib import Path
+from types import TracebackType
+from typing import BinaryIO
+
+from collector.storage.errors import Conflict, InvalidArgument, NotFound, StoreError
+
+__all__ = ["DEFAULT_SYNC_EVERY", "BlobStore", "StagedUpload"]
+
+DEFAULT_SYNC_EVERY = 8 * 1024 * 1024
+_BUNDLE_ID_RE = re.compile(r"[0-9a-f]{32}")
+_SHA256_RE = re.compile(r"[0-9a-f]{64}")
+_HASH_READ = 1024 * 1024
+
+
+def _check_bundle_id(bundle_id: str) -> None:
+    # Paths are built from this: only the exact id shape may pass.
+    if not isinstance(bundle_id, str) or not _BUNDLE_ID_RE.fullmatch(bundle_id):
+        raise InvalidArgument(f"bundle id {bundle_id!r} is not 32 lowercase hex digits")
+
+
+def _check_key(key: str) -> None:
+    if not isinstance(key, str) or not _SHA256_RE.fullmatch(key):
+        raise InvalidArgument(f"blob key {key!r} is not a lowercase SHA-256 hex digest")
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _makedirs(path: Path) -> None:
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+
+
+class StagedUpload:
+    """A partial upload being received. Use as a context manager; ``close`` unlocks.
+
+    ``offset`` counts bytes held (written); ``durable_offset`` those fsync'd and
+    recorded in the sidecar, which is what a resuming client is told.
+    """
+
+    def __init__(
+        self,
+        store: BlobStore,
+        bundle_id: str,
+        size: int,
+        sha256: str,
+        fd: int,
+        sync_every: int,
+    ) -> None:
+        self.bundle_id = bundle_id
+        self.size = size
+        self.sha256 = sha256
+        self._store = store
+        self._fd: int | None = fd
+        self._sync_every = sync_every
+        self._hasher = hashlib.sha256()
+        self.offset = 0
+        self.durable_offset = 0
+        self._state = "open"  # open | committed | aborted | closed
+
+    @property
+    def path(self) -> Path:
+        return self._store.part_path(self.bundle_id)
+
+    @property
+    def _sidecar(self) -> Path:
+        return self._store.sidecar_path(self.bundle_id)
+
+    def _require_open(self) -> int:
+        if self._state != "open" or self._fd is None:
+            raise StoreError(f"upload {self.bundle_id} is {self._state}")
+        return self._fd
+
+    def _resume(self, recorded: int) -> None:
+        """Keep the durable prefix (at most ``recorded`` bytes) and hash it again."""
+        fd = self._require_open()
+        keep = min(recorded, os.fstat(fd).st_size, self.size)
+        os.ftruncate(fd, keep)
+        pos = 0
+        while pos < keep:
+            chunk = os.pread(fd, min(_HASH_READ, keep - pos), pos)
+            if not chunk:
+                break
+            self._hasher.update(chunk)
+            pos += len(chunk)
+        os.ftruncate(fd, pos)
+        self.offset = self.durable_offset = pos
+        # Always rewrite: a sidecar left by another (size, sha256) must not survive.
+        os.fsync(fd)
+        self._write_sidecar()
+
+    def append(self, data: bytes) -> None:
+        """Add bytes at ``offset``; syncs on its own every ``sync_every`` bytes."""
+        fd = self._require_open()
+        if self.offset + len(data) > self.size:
+            raise InvalidArgument(
+                f"upload {self.bundle_id}: {self.offset + len(data)} bytes would exceed "
+                f"the declared size {self.size}"
+            )
+        view = memoryview(data)
+        pos = self.offset
+        while view:
+            # pwrite at an explicit offset: a failed write leaves no hidden file
+            # position, and the next append starts at the last whole chunk.
+            written = os.pwrite(fd, view, pos)
+            view = view[written:]
+            pos += written
+        self._hasher.update(data)
+        self.offset = pos
+        if self.offset - self.durable_offset >= self._sync_every:
+            self.sync()
+
+    def sync(self) -> None:
+        """Make everything held durable and record it in the sidecar."""
+        fd = self._require_open()
+        os.fsync(fd)
+        self.durable_offset = self.offset
+        self._write_sidecar()
+
+    def _write_sidecar(self) -> None:
+        body = json.dumps(
+            {"size": self.size, "sha256": self.sha256, "offset": self.durable_offset}
+        ).encode()
+        tmp = self._sidecar.with_suffix(".json.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, body)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, self._sidecar)
+        _fsync_dir(self._sidecar.parent)
+
+    def sha256_hex(self) -> str:
+        return self._hasher.hexdigest()
+
+    @property
+    def complete(self) -> bool:
+        return self.offset == self.size and self.sha256_hex() == self.sha256
+
+    def commit(self) -> str:
+        """Move the verified bytes into the content-addressed store; returns the key."""
+        fd = self._require_open()
+        if self.offset != self.size:
+            raise InvalidArgument(
+                f"upload {self.bundle_id}: holds {self.offset} of {self.size} bytes"
+            )
+        if self.sha256_hex() != self.sha256:
+            raise InvalidArgument(
+                f"upload {self.bundle_id}: sha256 is {self.sha256_hex()}, "
+                f"the header said {self.sha256}"
+            )
+        os.fsync(fd)
+        dest = self._store.blob_path(self.sha256)
+        _makedirs(dest.parent)
+        if dest.exists() and dest.stat().st_size == self.size:
+            # Same name means same content: blobs only appear here complete.
+            self.path.unlink()
+        else:
+            os.chmod(self.path, 0o600)
+            os.replace(self.path, dest)
+            _fsync_dir(dest.parent)
+        _fsync_dir(self.path.parent)
+        self._sidecar.unlink(missing_ok=True)
+        self._state = "committed"
+        return self.sha256
+
+    def abort(self) -> None:
+        """Throw the partial away (the client will start from zero)."""
+        self._require_open()
+        self.path.unlink(missing_ok=True)
+        self._sidecar.unlink(missing_ok=True)
+        self._state = "aborted"
+
+    def close(self) -> None:
+        """Record what is held (if still open) and release the locks. Idempotent."""
+        if self._fd is None:
+            return
+        try:
+            if self._state == "open" and self.offset != self.durable_offset:
+                self.sync()
+        finally:
+            fd, self._fd = self._fd, None
+            os.close(fd)  # drops the flock
+            if self._state == "open":
+                self._state = "closed"
+            self._store._release(self.bundle_id)
+
+    def __enter__(self) -> StagedUpload:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class BlobStore:
+    """Bundle files on local disk, named by their SHA-256."""
+
+    def __init__(self, root: Path, *, sync_every: int = DEFAULT_SYNC_EVERY) -> None:
+        self.root = Path(root)
+        self._blobs = self.root / "blobs"
+        self._staging = self.root / "staging"
+        self._sync_every = sync_every
+        self._guard = threading.Lock()
+        self._active: dict[str, threading.Lock] = {}
+        for path in (self.root, self._blobs, self._staging):
+            _makedirs(path)
+            os.chmod(path, 0o700)
+
+    def blob_path(self, key: str) -> Path:
+        _check_key(key)
+        return self._blobs / key[:2] / key[2:4] / key
+
+    def part_path(self, bundle_id: str) -> Path:
+        _check_bundle_id(bundle_id)
+        return self._staging / f"{bundle_id}.part"
+
+    def sidecar_path(self, bundle_id: str) -> Path:
+        _check_bundle_id(bundle_id)
+        return self._staging / f"{bundle_id}.json"
+
+    def exists(self, key: str) -> bool:
+        return self.blob_path(key).is_file()
+
+    def open_blob(self, key: str) -> BinaryIO:
+        try:
+            return self.blob_path(key).open("rb")
+        except FileNotFoundError:
+            raise NotFound(f"blob {key} not found", what="blob", key=key) from None
+
+    def _read_sidecar(self, bundle_id: str) -> dict[str, object] | None:
+        try:
+            loaded = json.loads(self.sidecar_path(bundle_id).read_bytes())
+        except (OSError, ValueError):
+            return None
+        return loaded if isinstance(loaded, dict) else None
+
+    def durable_offset(self, bundle_id: str, size: int, sha256: str) -> int:
+        """Bytes durably staged for this exact upload, without taking its lock."""
+        meta = self._read_sidecar(bundle_id)
+        if meta is None or meta.get("size") != size or meta.get("sha256") != sha256:
+            return 0
+        offset = meta.get("offset")
+        return offset if isinstance(offset, int) and 0 <= offset <= size else 0
+
+    # The name the ingest service asks for: bytes a resuming client may skip.
+    staged_offset = durable_offset
+
+    def _acquire(self, bundle_id: str) -> None:
+        with self._guard:
+            lock = self._active.setdefault(bundle_id, threading.Lock())
+        if not lock.acquire(blocking=False):
+            raise Conflict(f"upload of bundle {bundle_id} already in progress", key=bundle_id)
+
+    def _release(self, bundle_id: str) -> None:
+        with self._guard:
+            lock = self._active.pop(bundle_id, None)
+        if lock is not None:
+            lock.release()
+
+    def _open_locked_part(self, bundle_id: str) -> int:
+        """Open and flock the .part, making sure the lock is on the file at that path."""
+        path = self.part_path(bundle_id)
+        while True:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                raise Conflict(
+                    f"upload of bundle {bundle_id} already in progress", key=bundle_id
+                ) from None
+            # The holder we waited on may have committed or aborted, moving or
+            # unlinking the inode we locked; then lock the file now at the path.
+            try:
+                same = os.stat(path).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                return fd
+            os.close(fd)
+
+    def open_upload(self, bundle_id: str, size: int, sha256: str) -> StagedUpload:
+        """Start or resume staging ``bundle_id``; raises Conflict if already being written."""
+        _check_bundle_id(bundle_id)
+        _check_key(sha256)
+        if size < 0:
+            raise InvalidArgument(f"upload {bundle_id}: size must be >= 0, got {size}")
+        self._acquire(bundle_id)
+        try:
+            fd = self._open_locked_part(bundle_id)
+        except BaseException:
+            self._release(bundle_id)
+            raise
+        upload = StagedUpload(self, bundle_id, size, sha256, fd, self._sync_every)
+        try:
+            upload._resume(self.durable_offset(bundle_id, size, sha256))
+        except BaseException:
+            upload.close()
+            raise
+        return upload
+
+    def stale_uploads(self, older_than: timedelta, *, remove: bool = False) -> list[str]:
+        """Bundle ids of partials untouched for ``older_than``; removes them if asked.
+
+        Partials being written right now are skipped (their lock is held).
+        """
+        cutoff = time.time() - older_than.total_seconds()
+        stale: list[str] = []
+        for part in sorted(self._staging.glob("*.part")):
+            bundle_id = part.stem
+            if not _BUNDLE_ID_RE.fullmatch(bundle_id):
+                continue
+            try:
+                if part.stat().st_mtime >= cutoff:
+                    continue
+            except FileNotFoundError:
+                continue
+            if not remove:
+                stale.append(bundle_id)
+                continue
+            try:
+                self._acquire(bundle_id)
+            except Conflict:
+                continue
+            try:
+                fd = self._open_locked_part(bundle_id)
+            except Conflict:
+                self._release(bundle_id)
+                continue
+            try:
+                self.part_path(bundle_id).unlink(missing_ok=True)
+                self.sidecar_path(bundle_id).unlink(missing_ok=True)
+                stale.append(bundle_id)
+            finally:
+                os.close(fd)
+                self._release(bundle_id)
+        return stale

@@ -1,0 +1,274 @@
+"""The metadata store: tokens, agents, bundles, hosts and the audit log.
+
+``Store`` is synchronous (SQLAlchemy Core, one engine); the asyncio services
+call it through ``asyncio.to_thread``. Every method is one short transaction.
+The method groups live in their own modules (``tokens``, ``agents``,
+``audit``); this one holds opening the store, bundles and hosts.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, Select, and_, case, or_, select
+from sqlalchemy.exc import IntegrityError, OperationalError
+
+from collector.storage.agents import AgentMethods
+from collector.storage.audit import AuditMethods
+from collector.storage.base import Clock, make_engine, utc_now
+from collector.storage.cursors import (
+    clamp_page_size,
+    decode_bundle_cursor,
+    decode_host_cursor,
+    encode_bundle_cursor,
+    encode_host_cursor,
+)
+from collector.storage.errors import Conflict, InvalidArgument, NotFound, StoreError
+from collector.storage.migrations import migrate
+from collector.storage.schema import (
+    BundleRecord,
+    HostRecord,
+    bundles,
+    host_agents,
+    hosts,
+    to_micros,
+)
+from collector.storage.tokens import TokenMethods
+
+__all__ = ["Store"]
+
+_BUNDLE_ID_RE = re.compile(r"[0-9a-f]{32}")
+_SHA256_RE = re.compile(r"[0-9a-f]{64}")
+# Every bundle column except the two large ones, for listings.
+_SUMMARY = [c for c in bundles.c if c.name not in ("facts_pb", "manifest_json")]
+
+
+def _bundle(m: Mapping[Any, Any]) -> BundleRecord:
+    return BundleRecord(
+        bundle_id=m["bundle_id"],
+        agent_id=m["agent_id"],
+        hostname=m["hostname"],
+        case_id=m["case_id"],
+        kind=m["kind"],
+        created_at_us=m["created_at"],
+        received_at_us=m["received_at"],
+        size=m["size"],
+        sha256=m["sha256"],
+        key_fingerprint=m["key_fingerprint"],
+        agent_version=m["agent_version"],
+        file_name=m["file_name"],
+        collectors_ok=m["collectors_ok"],
+        collectors_failed=m["collectors_failed"],
+        blob_key=m["blob_key"],
+        os=m["os"],
+    )
+
+
+class Store(TokenMethods, AgentMethods, AuditMethods):
+    """Metadata for the collector. Open with ``Store.open(url)``; close when done."""
+
+    @classmethod
+    def open(cls, url: str, *, clock: Clock | None = None) -> Store:
+        """Connect and migrate to the current schema. ``clock`` is for tests."""
+        engine = make_engine(url)
+        where = engine.url.render_as_string(hide_password=True)
+        try:
+            migrate(engine, where)
+        except OperationalError as exc:
+            engine.dispose()
+            raise StoreError(f"cannot open metadata store {where}: {exc.orig}") from exc
+        except BaseException:
+            engine.dispose()
+            raise
+        return cls(engine, clock=clock or utc_now)
+
+    def insert_bundle(
+        self, rec: BundleRecord, *, facts_pb: bytes, manifest_json: str
+    ) -> tuple[BundleRecord, bool]:
+        """Store a bundle's metadata and update its host, in one transaction.
+
+        Returns ``(stored, inserted)``. The same id with the same sha256 again is
+        not an error: it returns the stored record and ``False``. The same id with
+        another sha256 raises ``Conflict``.
+        """
+        if not _BUNDLE_ID_RE.fullmatch(rec.bundle_id):
+            raise InvalidArgument(f"bundle id {rec.bundle_id!r} is not 32 lowercase hex digits")
+        if not _SHA256_RE.fullmatch(rec.sha256):
+            raise InvalidArgument(f"bundle {rec.bundle_id}: sha256 is not a lowercase hex digest")
+        if rec.size < 0 or not rec.hostname or not rec.blob_key:
+            raise InvalidArgument(f"bundle {rec.bundle_id}: needs hostname, blob_key and size >= 0")
+        values: dict[str, Any] = {
+            c.name: getattr(rec, c.name)
+            for c in _SUMMARY
+            if c.name not in ("created_at", "received_at")
+        }
+        values.update(
+            case_id=rec.case_id or None,
+            created_at=rec.created_at_us,
+            received_at=rec.received_at_us,
+        )
+        stored = _bundle(values)
+        ins = (
+            self._insert(bundles)
+            .values(**values, facts_pb=facts_pb, manifest_json=manifest_json)
+            .on_conflict_do_nothing(index_elements=["bundle_id"])
+            .returning(bundles.c.bundle_id)
+        )
+        try:
+            with self._write() as conn:
+                inserted = conn.execute(ins).first() is not None
+                if inserted:
+                    self._upsert_host(conn, stored)
+                else:
+                    existing = conn.execute(
+                        select(*_SUMMARY).where(bundles.c.bundle_id == rec.bundle_id)
+                    ).one()
+                    stored = _bundle(existing._mapping)
+        except IntegrityError as exc:
+            self.get_agent(rec.agent_id)  # NotFound names the unknown agent
+            raise StoreError(f"bundle {rec.bundle_id} could not be stored: {exc.orig}") from exc
+        if not inserted and stored.sha256 != rec.sha256:
+            raise Conflict(
+                f"bundle {rec.bundle_id} is already stored with sha256 {stored.sha256}, "
+                f"not {rec.sha256}",
+                key=rec.bundle_id,
+            )
+        return stored, inserted
+
+    def _upsert_host(self, conn: Connection, rec: BundleRecord) -> None:
+        created = rec.created_at_us
+        ins = self._insert(hosts).values(
+            hostname=rec.hostname,
+            first_seen=created,
+            last_seen=created,
+            bundle_count=1,
+            last_bundle_id=rec.bundle_id,
+            os=rec.os,
+        )
+        new, old = ins.excluded, hosts.c
+        # The newest bundle (by creation time, then id, as listings order them) names
+        # the host's last bundle and OS, whatever order the uploads arrive in.
+        newer = or_(
+            new.last_seen > old.last_seen,
+            and_(new.last_seen == old.last_seen, new.last_bundle_id > old.last_bundle_id),
+        )
+        conn.execute(
+            ins.on_conflict_do_update(
+                index_elements=["hostname"],
+                set_={
+                    "bundle_count": old.bundle_count + 1,
+                    "first_seen": case(
+                        (new.first_seen < old.first_seen, new.first_seen), else_=old.first_seen
+                    ),
+                    "last_seen": case((newer, new.last_seen), else_=old.last_seen),
+                    "last_bundle_id": case((newer, new.last_bundle_id), else_=old.last_bundle_id),
+                    "os": case((and_(newer, new.os != ""), new.os), else_=old.os),
+                },
+            )
+        )
+        conn.execute(
+            self._insert(host_agents)
+            .values(hostname=rec.hostname, agent_id=rec.agent_id)
+            .on_conflict_do_nothing()
+        )
+
+    def get_bundle(self, bundle_id: str) -> BundleRecord:
+        with self._read() as conn:
+            row = conn.execute(select(*_SUMMARY).where(bundles.c.bundle_id == bundle_id)).first()
+        if row is None:
+            raise NotFound(f"bundle {bundle_id!r} not found", what="bundle", key=bundle_id)
+        return _bundle(row._mapping)
+
+    def get_bundle_content(self, bundle_id: str) -> tuple[bytes, str]:
+        """``(facts_pb, manifest_json)`` of a stored bundle."""
+        with self._read() as conn:
+            row = conn.execute(
+                select(bundles.c.facts_pb, bundles.c.manifest_json).where(
+                    bundles.c.bundle_id == bundle_id
+                )
+            ).first()
+        if row is None:
+            raise NotFound(f"bundle {bundle_id!r} not found", what="bundle", key=bundle_id)
+        return bytes(row.facts_pb), str(row.manifest_json)
+
+    def list_bundles(
+        self,
+        *,
+        hostname: str | None = None,
+        case_id: str | None = None,
+        agent_id: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        page_size: int = 100,
+        cursor: str | None = None,
+    ) -> tuple[list[BundleRecord], str | None]:
+        """A page of bundles, newest first; pass the returned cursor for the next page.
+
+        ``since`` is inclusive, ``until`` exclusive (both on ``created_at``). The
+        next cursor is ``None`` on the last page; an empty cursor means the first.
+        """
+        b = bundles.c
+        size = clamp_page_size(page_size)
+        query: Select[Any] = select(*_SUMMARY)
+        if hostname is not None:
+            query = query.where(b.hostname == hostname)
+        if case_id is not None:
+            query = query.where(b.case_id == case_id)
+        if agent_id is not None:
+            query = query.where(b.agent_id == agent_id)
+        if since is not None:
+            query = query.where(b.created_at >= to_micros(since))
+        if until is not None:
+            query = query.where(b.created_at < to_micros(until))
+        if cursor:
+            at, last_id = decode_bundle_cursor(cursor)
+            # The redundant "<=" bounds the index range scan; the OR picks up
+            # rows that share the cursor's timestamp.
+            query = query.where(b.created_at <= at, or_(b.created_at < at, b.bundle_id < last_id))
+        query = query.order_by(b.created_at.desc(), b.bundle_id.desc()).limit(size + 1)
+        with self._read() as conn:
+            rows = [_bundle(r._mapping) for r in conn.execute(query)]
+        if len(rows) <= size:
+            return rows, None
+        rows = rows[:size]
+        last = rows[-1]
+        return rows, encode_bundle_cursor(last.created_at_us, last.bundle_id)
+
+    def list_hosts(
+        self, page_size: int = 100, cursor: str | None = None
+    ) -> tuple[list[HostRecord], str | None]:
+        """A page of hosts ordered by hostname, with the agents seen on each."""
+        size = clamp_page_size(page_size)
+        query = select(hosts).order_by(hosts.c.hostname).limit(size + 1)
+        if cursor:
+            query = query.where(hosts.c.hostname > decode_host_cursor(cursor))
+        with self._read() as conn:
+            rows = list(conn.execute(query))
+            more = len(rows) > size
+            rows = rows[:size]
+            names = [r.hostname for r in rows]
+            seen: dict[str, list[str]] = {n: [] for n in names}
+            if names:
+                pairs = conn.execute(
+                    select(host_agents.c.hostname, host_agents.c.agent_id)
+                    .where(host_agents.c.hostname.in_(names))
+                    .order_by(host_agents.c.hostname, host_agents.c.agent_id)
+                )
+                for name, agent in pairs:
+                    seen[name].append(agent)
+        page = [
+            HostRecord(
+                hostname=r.hostname,
+                first_seen_us=r.first_seen,
+                last_seen_us=r.last_seen,
+                bundle_count=r.bundle_count,
+                last_bundle_id=r.last_bundle_id,
+                os=r.os,
+                agent_ids=tuple(seen[r.hostname]),
+            )
+            for r in rows
+        ]
+        return page, (encode_host_cursor(names[-1]) if more else None)

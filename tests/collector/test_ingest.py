@@ -1,0 +1,235 @@
+"""Ingest against a real collector on loopback: resume, idempotence, rejection."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import tarfile
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+import zstandard
+
+from agent.errors import EnrollmentError, UploadError
+from agent.keys import SigningKey
+from agent.transport import UploadTarget, enroll, file_sha256, upload_bundle
+from agent.transport.proof import make_proof
+from protos import collector_pb2, collector_pb2_grpc
+from tests.collector.conftest import RunningCollector, small_bundle
+
+
+def _enrolled(c: RunningCollector) -> tuple[SigningKey, str]:
+    key = SigningKey.generate()
+    with c.channel() as ch:
+        resp = enroll(ch, token=c.enroll_token(), key=key, hostname="web-1", agent_version="test")
+    return key, resp.agent_id
+
+
+def _header(key: SigningKey, agent_id: str, path: Path, bundle_id: str, offset: int = 0) -> collector_pb2.UploadHeader:
+    size, sha = path.stat().st_size, file_sha256(path)
+    return collector_pb2.UploadHeader(
+        bundle_id=bundle_id, size=size, sha256=sha, offset=offset, file_name=path.name,
+        proof=make_proof(key, agent_id=agent_id, bundle_id=bundle_id, sha256=sha, size=size),
+    )
+
+
+def _raw_upload(c: RunningCollector, chunks: list[collector_pb2.UploadChunk]) -> collector_pb2.Receipt:
+    with c.channel() as ch:
+        return collector_pb2_grpc.IngestStub(ch).Upload(iter(chunks), timeout=30)
+
+
+def test_upload_then_query_roundtrip(collector: RunningCollector, tmp_path: Path) -> None:
+    key, agent_id = _enrolled(collector)
+    b = small_bundle(tmp_path / "out", key, agent_id=agent_id, case_id="SR-1")
+    with collector.channel() as ch:
+        receipt = upload_bundle(ch, b.path, bundle_id=b.bundle_id, target=UploadTarget(key=key, agent_id=agent_id))
+    assert receipt.bundle_id == b.bundle_id and receipt.sha256 == b.sha256 and receipt.agent_id == agent_id
+    stored = collector.store.get_bundle(b.bundle_id)
+    assert stored.hostname == "web-1" and stored.case_id == "SR-1" and stored.size == b.size
+
+
+def _cut_upload(c: RunningCollector, key: SigningKey, agent_id: str, path: Path, bundle_id: str, upto: int) -> None:
+    """Send the header and the first ``upto`` bytes, then cancel the call mid-stream."""
+    sent = threading.Event()
+    release = threading.Event()
+    data = path.read_bytes()
+
+    def gen() -> Iterator[collector_pb2.UploadChunk]:
+        yield collector_pb2.UploadChunk(header=_header(key, agent_id, path, bundle_id))
+        for i in range(0, upto, 64 * 1024):
+            yield collector_pb2.UploadChunk(data=data[i : min(i + 64 * 1024, upto)])
+        sent.set()
+        release.wait(10)  # hold the stream open, as a stalled connection would
+
+    part = c.data_dir / "staging" / f"{bundle_id}.part"
+    with c.channel() as ch:
+        fut = collector_pb2_grpc.IngestStub(ch).Upload.future(gen(), timeout=30)
+        assert sent.wait(10)
+        # Let the collector write what was sent, then drop the call like a lost connection.
+        for _ in range(400):
+            if part.exists() and part.stat().st_size >= upto:
+                break
+            threading.Event().wait(0.025)
+        fut.cancel()
+        release.set()
+        with pytest.raises(grpc.FutureCancelledError):
+            fut.result()
+
+
+def test_cut_upload_resumes_and_is_byte_identical(collector: RunningCollector, tmp_path: Path) -> None:
+    key, agent_id = _enrolled(collector)
+    b = small_bundle(tmp_path / "out", key, agent_id=agent_id, payload=os.urandom(3 * 1024 * 1024))
+    _cut_upload(collector, key, agent_id, b.path, b.bundle_id, upto=b.size // 2)
+    # The collector keeps what arrived; the agent resumes from its committed offset.
+    with collector.channel() as ch:
+        stub = collector_pb2_grpc.IngestStub(ch)
+        proof = make_proof(key, agent_id=agent_id, bundle_id=b.bundle_id, sha256=b.sha256, size=b.size)
+        state = None
+        for _ in range(100):
+            try:
+                state = stub.GetUploadState(collector_pb2.UploadStateRequest(
+                    bundle_id=b.bundle_id, size=b.size, sha256=b.sha256, proof=proof), timeout=10)
+                break
+            except grpc.RpcError as err:  # the cut stream may still be closing
+                assert err.code() == grpc.StatusCode.ABORTED
+                threading.Event().wait(0.05)
+        assert state is not None and not state.complete
+        assert 0 < state.committed_offset <= b.size // 2
+        receipt = upload_bundle(ch, b.path, bundle_id=b.bundle_id, target=UploadTarget(key=key, agent_id=agent_id))
+    stored = collector.store.get_bundle(b.bundle_id)
+    with collector.server.blobs.open_blob(stored.blob_key) as fh:
+        assert hashlib.sha256(fh.read()).hexdigest() == b.sha256 == receipt.sha256
+
+
+def test_reupload_returns_same_receipt_and_other_bytes_are_refused(collector: RunningCollector, tmp_path: Path) -> None:
+    key, agent_id = _enrolled(collector)
+    b = small_bundle(tmp_path / "a", key, agent_id=agent_id)
+    target = UploadTarget(key=key, agent_id=agent_id)
+    with collector.channel() as ch:
+        first = upload_bundle(ch, b.path, bundle_id=b.bundle_id, target=target)
+        # Straight through Upload as well as through GetUploadState.
+        again = _raw_upload(collector, [
+            collector_pb2.UploadChunk(header=_header(key, agent_id, b.path, b.bundle_id)),
+            collector_pb2.UploadChunk(data=b.path.read_bytes()),
+        ])
+        assert again == first
+        assert upload_bundle(ch, b.path, bundle_id=b.bundle_id, target=target) == first
+        other = small_bundle(tmp_path / "b", key, agent_id=agent_id, bundle_id=b.bundle_id, hostname="other")
+        with pytest.raises(UploadError, match="ALREADY_EXISTS"):
+            upload_bundle(ch, other.path, bundle_id=b.bundle_id, target=target)
+
+
+def test_case_token_upload_binds_identity_to_case(collector: RunningCollector, tmp_path: Path) -> None:
+    token, _ = collector.store.create_token("case", case_id="SR-77", label="customer")
+    key = SigningKey.generate()
+    b = small_bundle(tmp_path / "o", key, case_id="SR-77")
+    with collector.channel() as ch:
+        receipt = upload_bundle(ch, b.path, bundle_id=b.bundle_id, target=UploadTarget(key=key, case_token=token))
+    agent = collector.store.get_agent(receipt.agent_id)
+    assert agent.case_id == "SR-77" and agent.fingerprint == key.fingerprint
+    # A bundle for another case is refused with this token.
+    wrong = small_bundle(tmp_path / "w", key, case_id="SR-99")
+    with collector.channel() as ch, pytest.raises(UploadError, match="case"):
+        upload_bundle(ch, wrong.path, bundle_id=wrong.bundle_id, target=UploadTarget(key=key, case_token=token))
+
+
+def _rebuild(path: Path, out: Path, edit: dict[str, bytes]) -> Path:
+    """Copy a bundle, replacing member contents but keeping the signed manifest."""
+    raw = zstandard.ZstdDecompressor().decompressobj().decompress(path.read_bytes())
+    src = tarfile.open(fileobj=io.BytesIO(raw))
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as dst:
+        for m in src.getmembers():
+            data = src.extractfile(m).read()  # type: ignore[union-attr]
+            name = m.name.split("/", 1)[1]
+            if name in edit:
+                data = edit[name]
+                m.size = len(data)
+            dst.addfile(m, io.BytesIO(data))
+    out.write_bytes(zstandard.ZstdCompressor().compress(buf.getvalue()))
+    return out
+
+
+def test_tampered_bundles_are_rejected_and_nothing_is_stored(collector: RunningCollector, tmp_path: Path) -> None:
+    key, agent_id = _enrolled(collector)
+    target = UploadTarget(key=key, agent_id=agent_id)
+    good = small_bundle(tmp_path / "g", key, agent_id=agent_id, payload=b"A" * 5000)
+    flipped = _rebuild(good.path, tmp_path / "flipped.tar.zst", {"logs/payload.bin": b"B" + b"A" * 4999})
+    truncated = tmp_path / "truncated.tar.zst"
+    truncated.write_bytes(good.path.read_bytes()[: good.size // 2])
+    other_key = SigningKey.generate()
+    foreign = small_bundle(tmp_path / "f", other_key, agent_id=agent_id)  # signed by someone else
+    with collector.channel() as ch:
+        for bad, bid, what in [
+            (flipped, good.bundle_id, "member logs/payload.bin: sha256 mismatch"),
+            (truncated, good.bundle_id, "bundle rejected"),
+            (foreign.path, foreign.bundle_id, "key"),
+        ]:
+            with pytest.raises(UploadError, match="INVALID_ARGUMENT") as info:
+                upload_bundle(ch, bad, bundle_id=bid, target=target)
+            assert what in str(info.value)
+        # The server keeps serving, nothing half-written is visible, the good one still goes in.
+        assert collector.store.list_bundles()[0] == []
+        receipt = upload_bundle(ch, good.path, bundle_id=good.bundle_id, target=target)
+        assert receipt.sha256 == good.sha256
+
+
+def test_bad_requests_get_clear_statuses(collector: RunningCollector, tmp_path: Path) -> None:
+    key, agent_id = _enrolled(collector)
+    b = small_bundle(tmp_path / "o", key, agent_id=agent_id, payload=os.urandom(3 * 1024 * 1024))
+
+    def status(chunks: list[collector_pb2.UploadChunk]) -> tuple[grpc.StatusCode, str]:
+        with pytest.raises(grpc.RpcError) as info:
+            _raw_upload(collector, chunks)
+        return info.value.code(), info.value.details() or ""
+
+    hdr = _header(key, agent_id, b.path, b.bundle_id)
+    code, msg = status([collector_pb2.UploadChunk(data=b"x")])
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "first message must be the header" in msg
+    bad = collector_pb2.UploadHeader()
+    bad.CopyFrom(hdr)
+    bad.bundle_id = "../../etc"
+    code, msg = status([collector_pb2.UploadChunk(header=bad)])
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "bundle_id" in msg
+    code, msg = status([collector_pb2.UploadChunk(header=hdr),
+                        collector_pb2.UploadChunk(data=b.path.read_bytes()[: 1024 * 1024 + 1])])
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "exceeds" in msg
+    code, msg = status([collector_pb2.UploadChunk(header=hdr),
+                        collector_pb2.UploadChunk(data=os.urandom(1500 * 1024))])
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    forged = collector_pb2.UploadHeader()
+    forged.CopyFrom(hdr)
+    forged.proof.signature = SigningKey.generate().sign(b"x")
+    code, msg = status([collector_pb2.UploadChunk(header=forged)])
+    assert code == grpc.StatusCode.UNAUTHENTICATED and agent_id in msg
+    stranger = collector_pb2.UploadHeader()
+    stranger.CopyFrom(hdr)
+    stranger.proof.agent_id = "ag_0000000000000000"
+    code, msg = status([collector_pb2.UploadChunk(header=stranger)])
+    assert code == grpc.StatusCode.UNAUTHENTICATED and "unknown agent" in msg
+    too_big = collector_pb2.UploadHeader()
+    too_big.CopyFrom(hdr)
+    too_big.size = 1 << 50
+    code, msg = status([collector_pb2.UploadChunk(header=too_big)])
+    assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    # After all of that the collector still serves a proper upload.
+    with collector.channel() as ch:
+        assert upload_bundle(ch, b.path, bundle_id=b.bundle_id, target=UploadTarget(key=key, agent_id=agent_id)).size == b.size
+
+
+def test_enrollment_tokens(collector: RunningCollector) -> None:
+    key = SigningKey.generate()
+    token = collector.enroll_token(uses=1)
+    with collector.channel() as ch:
+        enroll(ch, token=token, key=key, hostname="h", agent_version="t")
+        with pytest.raises(EnrollmentError, match="UNAUTHENTICATED"):
+            enroll(ch, token=token, key=SigningKey.generate(), hostname="h", agent_version="t")
+        with pytest.raises(EnrollmentError, match="UNAUTHENTICATED"):
+            enroll(ch, token="cfe_not-a-token", key=key, hostname="h", agent_version="t")
+        expired = collector.expired_token("enroll", max_uses=1)
+        with pytest.raises(EnrollmentError, match="expired"):
+            enroll(ch, token=expired, key=SigningKey.generate(), hostname="h", agent_version="t")

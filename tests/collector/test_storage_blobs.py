@@ -1,0 +1,218 @@
+"""The blob store: staged, resumable uploads committed into a content-addressed folder."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import secrets
+import stat
+import subprocess
+import sys
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+import collector
+from collector.storage import BlobStore, Conflict, NotFound, StagedUpload
+
+# The checkout that holds the package under test, for the child process.
+REPO = Path(collector.__file__).resolve().parents[1]
+
+
+def blob(n: int = 300_000) -> tuple[bytes, str]:
+    data = secrets.token_bytes(n)
+    return data, hashlib.sha256(data).hexdigest()
+
+
+def send(upload: StagedUpload, data: bytes, piece: int = 64 * 1024) -> None:
+    for i in range(0, len(data), piece):
+        upload.append(data[i : i + piece])
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def test_upload_in_pieces_resume_and_commit(tmp_path: Path) -> None:
+    store = BlobStore(tmp_path)
+    data, sha = blob()
+    bid = secrets.token_hex(16)
+    with store.open_upload(bid, len(data), sha) as up:
+        assert up.offset == 0
+        send(up, data[:100_000])
+        up.sync()
+        assert up.durable_offset == 100_000
+    assert store.durable_offset(bid, len(data), sha) == 100_000
+    assert store.staged_offset(bid, len(data), sha) == 100_000
+    with store.open_upload(bid, len(data), sha) as up:
+        assert up.offset == 100_000
+        send(up, data[100_000:])
+        assert up.complete and up.sha256_hex() == sha
+        assert up.path.read_bytes() == data
+        key = up.commit()
+    assert key == sha and store.exists(sha)
+    path = store.blob_path(sha)
+    assert path == tmp_path / "blobs" / sha[:2] / sha[2:4] / sha
+    with store.open_blob(sha) as fh:
+        assert fh.read() == data
+    assert mode(path) == 0o600 and mode(path.parent) == 0o700 and mode(tmp_path) == 0o700
+    assert list((tmp_path / "staging").iterdir()) == []
+
+
+CRASHING_WRITER = """
+import sys
+from pathlib import Path
+from collector.storage import BlobStore
+root, bid, size, sha, part = sys.argv[1:6]
+data = Path(part).read_bytes()
+up = BlobStore(Path(root)).open_upload(bid, int(size), sha)
+up.append(data[:50_000])
+up.sync()
+up.append(data[50_000:120_000])  # written, never synced
+import os
+os._exit(9)  # die holding the lock, with no close() and no sync
+"""
+
+
+def test_crash_without_sync_truncates_to_the_durable_offset(tmp_path: Path) -> None:
+    store = BlobStore(tmp_path / "store")
+    data, sha = blob()
+    bid = secrets.token_hex(16)
+    source = tmp_path / "source.bin"
+    source.write_bytes(data)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    args = [str(tmp_path / "store"), bid, str(len(data)), sha, str(source)]
+    done = subprocess.run([sys.executable, "-c", CRASHING_WRITER, *args], env=env, check=False)
+    assert done.returncode == 9
+    assert store.part_path(bid).stat().st_size == 120_000
+    assert store.durable_offset(bid, len(data), sha) == 50_000
+    with store.open_upload(bid, len(data), sha) as again:
+        assert again.offset == 50_000
+        assert again.path.stat().st_size == 50_000
+        send(again, data[50_000:])
+        assert again.complete
+        again.commit()
+    assert store.blob_path(sha).read_bytes() == data
+
+
+def test_close_records_what_was_received(tmp_path: Path) -> None:
+    store = BlobStore(tmp_path)
+    data, sha = blob()
+    bid = secrets.token_hex(16)
+    with store.open_upload(bid, len(data), sha) as up:
+        send(up, data[:77_777])
+    with store.open_upload(bid, len(data), sha) as up:
+        assert up.offset == 77_777
+
+
+def test_sync_every_n_bytes(tmp_path: Path) -> None:
+    store = BlobStore(tmp_path, sync_every=100_000)
+    data, sha = blob()
+    bid = secrets.token_hex(16)
+    with store.open_upload(bid, len(data), sha) as up:
+        send(up, data[:150_000], piece=50_000)
+        assert up.durable_offset == 100_000
+        sidecar = json.loads(store.sidecar_path(bid).read_text())
+        assert sidecar == {"size": len(data), "sha256": sha, "offset": 100_000}
+
+
+def test_other_size_or_hash_starts_over(tmp_path: Path) -> None:
+    store = BlobStore(tmp_path)
+    data, sha = blob()
+    other, other_sha = blob(len(data))
+    bid = secrets.token_hex(16)
+    with store.open_upload(bid, len(data), sha) as up:
+        send(up, data[:100_000])
+    with store.open_upload(bid, len(other), other_sha) as up:
+        assert up.offset == 0 and up.path.stat().st_size == 0
+        send(up, other)
+        assert up.complete
+    assert store.durable_offset(bid, len(data), sha) == 0
+    store.sidecar_path(bid).write_text("{not json")
+    with store.open_upload(bid, len(other), other_sha) as up:
+        assert up.offset == 0
+
+
+def test_refuses_overflow_bad_hash_and_short_commit(tmp_path: Path) -> None:
+    store = BlobStore(tmp_path)
+    data, sha = blob(1000)
+    with store.open_upload(secrets.token_hex(16), len(data), sha) as up:
+        with pytest.raises(ValueError, match="exceed the declared size"):
+            up.append(data + b"x")
+        up.append(data[:10])
+        with pytest.raises(ValueError, match="holds 10 of 1000"):
+            up.commit()
+    wrong = hashlib.sha256(b"wrong").hexdigest()
+    with store.open_upload(secrets.token_hex(16), len(data), wrong) as up:
+        up.append(data)
+        assert not up.complete
+        with pytest.raises(ValueError, match="sha256"):
+            up.commit()
+        up.abort()
+        assert not up.path.exists()
+
+
+def test_existing_blob_drops_the_partial(tmp_path: Path) -> None:
+    store = BlobStore(tmp_path)
+    data, sha = blob()
+    for _ in range(2):
+        bid = secrets.token_hex(16)
+        with store.open_upload(bid, len(data), sha) as up:
+            send(up, data)
+            assert up.commit() == sha
+        assert not store.part_path(bid).exists()
+    assert store.blob_path(sha).read_bytes() == data
+
+
+@pytest.mark.parametrize(
+    "bad", ["../../etc/passwd", "A" * 32, "0" * 31, "0" * 33, "", "0" * 31 + "/"]
+)
+def test_bad_bundle_ids_are_rejected(tmp_path: Path, bad: str) -> None:
+    store = BlobStore(tmp_path)
+    _, sha = blob(10)
+    with pytest.raises(ValueError, match="bundle id"):
+        store.open_upload(bad, 10, sha)
+
+
+def test_bad_blob_keys_are_rejected(tmp_path: Path) -> None:
+    store = BlobStore(tmp_path)
+    with pytest.raises(ValueError, match="blob key"):
+        store.open_blob("../x")
+    with pytest.raises(NotFound):
+        store.open_blob("0" * 64)
+    assert not store.exists("0" * 64)
+
+
+def test_concurrent_open_conflicts(tmp_path: Path) -> None:
+    store = BlobStore(tmp_path)
+    data, sha = blob(10)
+    bid = secrets.token_hex(16)
+    with store.open_upload(bid, len(data), sha):
+        with pytest.raises(Conflict, match="already in progress"):
+            store.open_upload(bid, len(data), sha)
+        # A second store on the same folder (as another process would be) meets the flock.
+        with pytest.raises(Conflict, match="already in progress"):
+            BlobStore(tmp_path).open_upload(bid, len(data), sha)
+    with store.open_upload(bid, len(data), sha) as up:
+        assert up.offset == 0
+
+
+def test_stale_uploads(tmp_path: Path) -> None:
+    store = BlobStore(tmp_path)
+    data, sha = blob(100)
+    old, busy = secrets.token_hex(16), secrets.token_hex(16)
+    with store.open_upload(old, len(data), sha) as up:
+        up.append(data[:50])
+    past = 1_000_000_000
+    os.utime(store.part_path(old), (past, past))
+    held = store.open_upload(busy, len(data), sha)
+    os.utime(store.part_path(busy), (past, past))
+    try:
+        assert store.stale_uploads(timedelta(days=1)) == sorted([old, busy])
+        assert store.stale_uploads(timedelta(days=1), remove=True) == [old]
+        assert not store.part_path(old).exists() and not store.sidecar_path(old).exists()
+        assert store.part_path(busy).exists()
+    finally:
+        held.close()
