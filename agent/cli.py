@@ -44,12 +44,8 @@ CaFingerprintOpt = Annotated[
     str | None,
     typer.Option("--ca-fingerprint", help="Pin the collector's certificate: sha256:<hex> it printed at start."),
 ]
-CaFileOpt = Annotated[
-    Path | None, typer.Option("--ca-file", help="Trust this CA/certificate PEM instead of pinning.")
-]
-InsecureOpt = Annotated[
-    bool, typer.Option("--insecure", help="Plaintext gRPC (loopback collectors only).")
-]
+CaFileOpt = Annotated[Path | None, typer.Option("--ca-file", help="Trust this CA/certificate PEM instead of pinning.")]
+InsecureOpt = Annotated[bool, typer.Option("--insecure", help="Plaintext gRPC (loopback collectors only).")]
 
 
 def _channel(address: str, ca_fingerprint: str | None, ca_file: Path | None, insecure: bool) -> Any:
@@ -101,7 +97,9 @@ def collect(
     only: Annotated[list[str] | None, typer.Option("--only", help="Run only these collectors.")] = None,
     exclude: Annotated[list[str] | None, typer.Option("--exclude", help="Skip these collectors.")] = None,
     upload: Annotated[str | None, typer.Option("--upload", help="Also send it to this collector HOST:PORT.")] = None,
-    token: Annotated[str | None, typer.Option("--token", help="Case token from support.", envvar="CASEFILE_TOKEN")] = None,
+    token: Annotated[
+        str | None, typer.Option("--token", help="Case token from support.", envvar="CASEFILE_TOKEN")
+    ] = None,
     ca_fingerprint: CaFingerprintOpt = None,
     ca_file: CaFileOpt = None,
     insecure: InsecureOpt = False,
@@ -160,7 +158,9 @@ def _render_summary(s: dict[str, Any]) -> None:
     out.print(disks)
     nets = Table("interface", "up", "addresses", "errors", "drops", title="Network", title_justify="left")
     for n in s["network"]:
-        nets.add_row(n["name"], "yes" if n["up"] else "no", ", ".join(n["addresses"]), str(n["errors"]), str(n["drops"]))
+        nets.add_row(
+            n["name"], "yes" if n["up"] else "no", ", ".join(n["addresses"]), str(n["errors"]), str(n["drops"])
+        )
     out.print(nets)
     cols = Table("collector", "status", "ms", "detail", title="Collectors", title_justify="left")
     for col in s["collectors"]:
@@ -178,8 +178,12 @@ def _render_summary(s: dict[str, Any]) -> None:
 @app.command()
 def verify(
     bundle: Annotated[Path, typer.Argument(help="The .tar.zst bundle to check.")],
-    key: Annotated[Path | None, typer.Option("--key", help="Expected signer public key (PEM, base64 or hex file).")] = None,
-    fingerprint: Annotated[str | None, typer.Option("--fingerprint", help="Expected signer key fingerprint sha256:<hex>.")] = None,
+    key: Annotated[
+        Path | None, typer.Option("--key", help="Expected signer public key (PEM, base64 or hex file).")
+    ] = None,
+    fingerprint: Annotated[
+        str | None, typer.Option("--fingerprint", help="Expected signer key fingerprint sha256:<hex>.")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Check a bundle: signature, every member's hash, no missing/extra members, no unsafe paths."""
@@ -213,7 +217,9 @@ def verify(
 def upload_cmd(
     bundle: Annotated[Path, typer.Argument(help="A bundle written by 'casefile collect'.")],
     to: Annotated[str | None, typer.Option("--to", help="Collector HOST:PORT (default: the enrolled one).")] = None,
-    token: Annotated[str | None, typer.Option("--token", envvar="CASEFILE_TOKEN", help="Case token from support.")] = None,
+    token: Annotated[
+        str | None, typer.Option("--token", envvar="CASEFILE_TOKEN", help="Case token from support.")
+    ] = None,
     ca_fingerprint: CaFingerprintOpt = None,
     ca_file: CaFileOpt = None,
     insecure: InsecureOpt = False,

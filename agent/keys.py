@@ -9,6 +9,7 @@ receipts and on the command line.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import os
 import stat
@@ -104,7 +105,7 @@ class SigningKey:
                 os.fsync(fh.fileno())
             os.link(tmp, path)  # fails if a key appeared meanwhile: never replace a key
         except FileExistsError:
-            raise KeyStoreError(f"refusing to overwrite existing key {path}", path=str(path))
+            raise KeyStoreError(f"refusing to overwrite existing key {path}", path=str(path)) from None
         finally:
             tmp.unlink(missing_ok=True)
 
@@ -132,10 +133,9 @@ class SigningKey:
 def load_or_create_key(path: Path) -> SigningKey:
     """Load the key at ``path``, creating it (0600) on first use."""
     if not path.exists():
-        try:
+        # Another process may create it first; then load theirs.
+        with contextlib.suppress(KeyStoreError):
             SigningKey.generate().save(path)
-        except KeyStoreError:
-            pass  # another process created it first; load theirs
     return SigningKey.load(path)
 
 

@@ -55,26 +55,34 @@ def main() -> None:
         for i in range(opts.sos_runs):
             out = work / f"sos{i}"
             out.mkdir()
-            argv = [sos, "report", "--batch", "--tmp-dir", str(out)] if sos.endswith("sos") else \
-                   [sos, "--batch", "--tmp-dir", str(out)]
+            argv = (
+                [sos, "report", "--batch", "--tmp-dir", str(out)]
+                if sos.endswith("sos")
+                else [sos, "--batch", "--tmp-dir", str(out)]
+            )
             sos_times.append(timed(argv, work))
             sos_sizes.append(newest(out, "sosreport-*.tar.*").stat().st_size)
     cf_t, cf_s = statistics.median(cf_times), statistics.median(cf_sizes)
     result = {
         "machine": f"{platform.node()} {platform.machine()} {psutil.cpu_count()} cpu "
-                   f"{psutil.virtual_memory().total / 1024**3:.0f} GiB, {platform.platform()}",
-        "casefile_s": cf_times, "casefile_bytes": cf_sizes,
-        "sos_s": sos_times, "sos_bytes": sos_sizes,
+        f"{psutil.virtual_memory().total / 1024**3:.0f} GiB, {platform.platform()}",
+        "casefile_s": cf_times,
+        "casefile_bytes": cf_sizes,
+        "sos_s": sos_times,
+        "sos_bytes": sos_sizes,
     }
     print(json.dumps(result, indent=1))
     date = time.strftime("%Y-%m-%d")
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                            cwd=Path(__file__).parent).stdout.strip()
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent
+    ).stdout.strip()
     if sos_times:
         sos_t, sos_s = statistics.median(sos_times), statistics.median(sos_sizes)
-        print(f"| one-shot collect (default scope) | `python benchmarks/bench_collect.py --runs {opts.runs}` | "
-              f"{cf_t:.2f} s, {cf_s / 1024:.0f} KiB (median of {opts.runs}) | sos report --batch: {sos_t:.1f} s, "
-              f"{sos_s / 1024**2:.2f} MiB | {sos_t / cf_t:.0f}× faster, {sos_s / cf_s:.0f}× smaller | {date} | {commit} |")
+        print(
+            f"| one-shot collect (default scope) | `python benchmarks/bench_collect.py --runs {opts.runs}` | "
+            f"{cf_t:.2f} s, {cf_s / 1024:.0f} KiB (median of {opts.runs}) | sos report --batch: {sos_t:.1f} s, "
+            f"{sos_s / 1024**2:.2f} MiB | {sos_t / cf_t:.0f}x faster, {sos_s / cf_s:.0f}x smaller | {date} | {commit} |"
+        )
     else:
         print(f"casefile collect: {cf_t:.2f} s median, {cf_s} bytes; sos not installed, no baseline")
     shutil.rmtree(work, ignore_errors=True)

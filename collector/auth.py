@@ -166,7 +166,6 @@ async def authorize_upload(
     if not key.verify(bytes(proof.signature), message):
         raise Rejected(
             grpc.StatusCode.UNAUTHENTICATED,
-            f"upload proof for bundle {bundle_id} does not match the key of agent {agent.id} "
-            f"({key.fingerprint})",
+            f"upload proof for bundle {bundle_id} does not match the key of agent {agent.id} ({key.fingerprint})",
         )
     return UploadIdentity(agent=agent, public_key=key, case_token=case_token)

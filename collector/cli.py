@@ -91,13 +91,21 @@ def _store(data_dir: Path, db_url: str | None) -> Any:
 
 @app.command()
 def serve(
-    address: Annotated[str, typer.Option("--address", help="Listen HOST:PORT (port 0 = any free port).")] = "127.0.0.1:7443",
+    address: Annotated[
+        str, typer.Option("--address", help="Listen HOST:PORT (port 0 = any free port).")
+    ] = "127.0.0.1:7443",
     data_dir: DataDirOpt = Path("casefile-data"),
     db_url: DbUrlOpt = None,
-    cert_file: Annotated[Path | None, typer.Option("--cert-file", help="TLS certificate PEM (default: self-signed, auto).")] = None,
+    cert_file: Annotated[
+        Path | None, typer.Option("--cert-file", help="TLS certificate PEM (default: self-signed, auto).")
+    ] = None,
     key_file: Annotated[Path | None, typer.Option("--key-file", help="TLS private key PEM.")] = None,
-    insecure: Annotated[bool, typer.Option("--insecure", help="Plaintext gRPC; refused unless the address is loopback.")] = False,
-    ready_file: Annotated[Path | None, typer.Option("--ready-file", help="Write {address, port, fingerprint} here once serving.")] = None,
+    insecure: Annotated[
+        bool, typer.Option("--insecure", help="Plaintext gRPC; refused unless the address is loopback.")
+    ] = False,
+    ready_file: Annotated[
+        Path | None, typer.Option("--ready-file", help="Write {address, port, fingerprint} here once serving.")
+    ] = None,
     max_bundle_mib: Annotated[int, typer.Option("--max-bundle-mib", help="Largest bundle accepted.")] = 4096,
 ) -> None:
     """Run the collector until SIGINT/SIGTERM."""
@@ -106,8 +114,12 @@ def serve(
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     config = ServerConfig(
-        address=address, data_dir=data_dir, db_url=db_url, insecure=insecure,
-        cert_file=cert_file, key_file=key_file,
+        address=address,
+        data_dir=data_dir,
+        db_url=db_url,
+        insecure=insecure,
+        cert_file=cert_file,
+        key_file=key_file,
         limits=IngestLimits(max_bundle_bytes=max_bundle_mib * 1024 * 1024),
     )
     try:
@@ -150,8 +162,12 @@ def token_create(
     kind: Annotated[str, typer.Option("--kind", help="enroll | case | engineer")],
     role: Annotated[str | None, typer.Option("--role", help="viewer | engineer | admin (engineer tokens)")] = None,
     case: Annotated[str | None, typer.Option("--case", help="Case id (case tokens).")] = None,
-    ttl: Annotated[str | None, typer.Option("--ttl", help="Lifetime like 24h or 7d; default: enroll 24h, case 14d, engineer 30d.")] = None,
-    uses: Annotated[int | None, typer.Option("--uses", help="Maximum uses (default: 1 for enroll, unlimited otherwise).")] = None,
+    ttl: Annotated[
+        str | None, typer.Option("--ttl", help="Lifetime like 24h or 7d; default: enroll 24h, case 14d, engineer 30d.")
+    ] = None,
+    uses: Annotated[
+        int | None, typer.Option("--uses", help="Maximum uses (default: 1 for enroll, unlimited otherwise).")
+    ] = None,
     label: Annotated[str, typer.Option("--label", help="Who or what it is for (shown in the audit log).")] = "",
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only the token.")] = False,
     data_dir: DataDirOpt = Path("casefile-data"),
@@ -166,7 +182,10 @@ def token_create(
     store = _store(data_dir, db_url)
     try:
         plain, rec = store.create_token(
-            kind, role=role, case_id=case, label=label,
+            kind,
+            role=role,
+            case_id=case,
+            label=label,
             ttl=parse_duration(ttl or defaults[kind][0]),
             max_uses=uses if uses is not None else defaults[kind][1],
         )
@@ -177,8 +196,10 @@ def token_create(
     if quiet:
         print(plain)
         return
-    out.print(f"token id {rec.id} ({kind}{', role ' + str(rec.role) if rec.role else ''}"
-              f"{', case ' + str(rec.case_id) if rec.case_id else ''}), expires {_fmt_us(rec.expires_at_us)}")
+    out.print(
+        f"token id {rec.id} ({kind}{', role ' + str(rec.role) if rec.role else ''}"
+        f"{', case ' + str(rec.case_id) if rec.case_id else ''}), expires {_fmt_us(rec.expires_at_us)}"
+    )
     out.print("[bold]Store it now; it is not shown again:[/]")
     print(plain)
 
@@ -192,17 +213,38 @@ def token_list(data_dir: DataDirOpt = Path("casefile-data"), db_url: DbUrlOpt = 
     finally:
         store.close()
     if as_json:
-        print(json.dumps([{
-            "id": r.id, "kind": r.kind, "role": r.role, "case_id": r.case_id, "label": r.label,
-            "uses": r.uses, "max_uses": r.max_uses, "expires_at": _fmt_us(r.expires_at_us),
-            "revoked": r.revoked_at_us is not None,
-        } for r in rows], indent=1))
+        print(
+            json.dumps(
+                [
+                    {
+                        "id": r.id,
+                        "kind": r.kind,
+                        "role": r.role,
+                        "case_id": r.case_id,
+                        "label": r.label,
+                        "uses": r.uses,
+                        "max_uses": r.max_uses,
+                        "expires_at": _fmt_us(r.expires_at_us),
+                        "revoked": r.revoked_at_us is not None,
+                    }
+                    for r in rows
+                ],
+                indent=1,
+            )
+        )
         return
     t = Table("id", "kind", "role", "case", "label", "uses", "expires", "revoked")
     for r in rows:
-        t.add_row(r.id, r.kind, r.role or "", r.case_id or "", r.label,
-                  f"{r.uses}/{r.max_uses if r.max_uses is not None else '∞'}",
-                  _fmt_us(r.expires_at_us), "yes" if r.revoked_at_us is not None else "")
+        t.add_row(
+            r.id,
+            r.kind,
+            r.role or "",
+            r.case_id or "",
+            r.label,
+            f"{r.uses}/{r.max_uses if r.max_uses is not None else '∞'}",
+            _fmt_us(r.expires_at_us),
+            "yes" if r.revoked_at_us is not None else "",
+        )
     out.print(t)
 
 
@@ -220,13 +262,17 @@ def token_revoke(token_id: str, data_dir: DataDirOpt = Path("casefile-data"), db
 # ------------------------------------------------------------------ engineer
 
 
-def _query(collector: str, token: str, ca_fingerprint: str | None, ca_file: Path | None, insecure: bool) -> tuple[Any, Any, Any]:
+def _query(
+    collector: str, token: str, ca_fingerprint: str | None, ca_file: Path | None, insecure: bool
+) -> tuple[Any, Any, Any]:
     from agent.transport import open_channel, parse_address
     from protos import collector_pb2_grpc
 
     channel = open_channel(
-        parse_address(collector), ca_fingerprint=ca_fingerprint,
-        ca_pem=ca_file.read_bytes() if ca_file else None, insecure=insecure,
+        parse_address(collector),
+        ca_fingerprint=ca_fingerprint,
+        ca_pem=ca_file.read_bytes() if ca_file else None,
+        insecure=insecure,
     )
     return channel, collector_pb2_grpc.QueryStub(channel), (("authorization", f"Bearer {token}"),)
 
@@ -243,8 +289,12 @@ def _fmt_ts(ts: Any) -> str:
 
 @app.command()
 def hosts(
-    collector: CollectorOpt, token: TokenOpt, ca_fingerprint: CaFpOpt = None, ca_file: CaFileOpt = None,
-    insecure: InsecureOpt = False, as_json: JsonOpt = False,
+    collector: CollectorOpt,
+    token: TokenOpt,
+    ca_fingerprint: CaFpOpt = None,
+    ca_file: CaFileOpt = None,
+    insecure: InsecureOpt = False,
+    as_json: JsonOpt = False,
     limit: Annotated[int, typer.Option("--limit", help="Page size.")] = 100,
     page_token: Annotated[str, typer.Option("--page-token", help="Cursor from the previous page.")] = "",
 ) -> None:
@@ -255,7 +305,9 @@ def hosts(
 
     channel, stub, md = _query(collector, token, ca_fingerprint, ca_file, insecure)
     with channel:
-        resp = stub.ListHosts(collector_pb2.ListHostsRequest(page_size=limit, page_token=page_token), metadata=md, timeout=30)
+        resp = stub.ListHosts(
+            collector_pb2.ListHostsRequest(page_size=limit, page_token=page_token), metadata=md, timeout=30
+        )
     if as_json:
         print(json_format.MessageToJson(resp, indent=1))
         return
@@ -269,11 +321,17 @@ def hosts(
 
 @app.command()
 def bundles(
-    collector: CollectorOpt, token: TokenOpt, ca_fingerprint: CaFpOpt = None, ca_file: CaFileOpt = None,
-    insecure: InsecureOpt = False, as_json: JsonOpt = False,
+    collector: CollectorOpt,
+    token: TokenOpt,
+    ca_fingerprint: CaFpOpt = None,
+    ca_file: CaFileOpt = None,
+    insecure: InsecureOpt = False,
+    as_json: JsonOpt = False,
     host: Annotated[str | None, typer.Option("--host", help="Only this hostname.")] = None,
     case: Annotated[str | None, typer.Option("--case", help="Only this case id.")] = None,
-    since: Annotated[str | None, typer.Option("--since", help="Created at/after: ISO time or a duration ago (2h, 7d).")] = None,
+    since: Annotated[
+        str | None, typer.Option("--since", help="Created at/after: ISO time or a duration ago (2h, 7d).")
+    ] = None,
     until: Annotated[str | None, typer.Option("--until", help="Created before: ISO time or a duration ago.")] = None,
     limit: Annotated[int, typer.Option("--limit", help="Page size (max 1000).")] = 50,
     page_token: Annotated[str, typer.Option("--page-token", help="Cursor from the previous page.")] = "",
@@ -298,8 +356,15 @@ def bundles(
         return
     t = Table("bundle id", "host", "case", "kind", "created", "size", "collectors")
     for b in resp.bundles:
-        t.add_row(b.bundle_id, b.hostname, b.case_id, b.kind, _fmt_ts(b.created_at), f"{b.size:,}",
-                  f"{b.collectors_ok} ok" + (f", [red]{b.collectors_failed} failed[/]" if b.collectors_failed else ""))
+        t.add_row(
+            b.bundle_id,
+            b.hostname,
+            b.case_id,
+            b.kind,
+            _fmt_ts(b.created_at),
+            f"{b.size:,}",
+            f"{b.collectors_ok} ok" + (f", [red]{b.collectors_failed} failed[/]" if b.collectors_failed else ""),
+        )
     out.print(t)
     if resp.next_page_token:
         out.print(f"more: --page-token {resp.next_page_token}")
@@ -308,8 +373,12 @@ def bundles(
 @app.command()
 def show(
     bundle_id: Annotated[str, typer.Argument(help="Bundle id (32 hex).")],
-    collector: CollectorOpt, token: TokenOpt, ca_fingerprint: CaFpOpt = None, ca_file: CaFileOpt = None,
-    insecure: InsecureOpt = False, as_json: JsonOpt = False,
+    collector: CollectorOpt,
+    token: TokenOpt,
+    ca_fingerprint: CaFpOpt = None,
+    ca_file: CaFileOpt = None,
+    insecure: InsecureOpt = False,
+    as_json: JsonOpt = False,
 ) -> None:
     """One bundle's summary and key facts (``--json``: every fact)."""
     from google.protobuf import json_format
@@ -324,13 +393,17 @@ def show(
         print(json_format.MessageToJson(detail, indent=1))
         return
     b = detail.summary
-    out.print(f"[bold]bundle {b.bundle_id}[/] from {b.hostname} (agent {b.agent_id}), case {b.case_id or '—'}, "
-              f"{b.kind}, created {_fmt_ts(b.created_at)}, {b.size:,} bytes, key {b.key_fingerprint}")
+    out.print(
+        f"[bold]bundle {b.bundle_id}[/] from {b.hostname} (agent {b.agent_id}), case {b.case_id or '—'}, "
+        f"{b.kind}, created {_fmt_ts(b.created_at)}, {b.size:,} bytes, key {b.key_fingerprint}"
+    )
     s = snapshot_summary(detail.facts)
     h, c, m = s["host"], s["cpu"], s["memory"]
     out.print(f"{h['os']} kernel {h['kernel']} {h['arch']}, up {h['uptime_h']} h, virtualization {h['virtualization']}")
-    out.print(f"CPU {c['percent']}% of {c['logical']} cores, load {c['load']}; memory {m['percent']}% of "
-              f"{m['total_gib']} GiB; swap {m['swap_percent']}% of {m['swap_total_gib']} GiB")
+    out.print(
+        f"CPU {c['percent']}% of {c['logical']} cores, load {c['load']}; memory {m['percent']}% of "
+        f"{m['total_gib']} GiB; swap {m['swap_percent']}% of {m['swap_total_gib']} GiB"
+    )
     t = Table("mount", "fs", "GiB", "used %", title="Disks", title_justify="left")
     for d in s["disks"]:
         t.add_row(d["mountpoint"], d["fstype"], str(d["total_gib"]), d.get("error") or str(d["percent"]))
@@ -348,9 +421,14 @@ def show(
 @app.command()
 def download(
     bundle_id: Annotated[str, typer.Argument(help="Bundle id (32 hex).")],
-    collector: CollectorOpt, token: TokenOpt, ca_fingerprint: CaFpOpt = None, ca_file: CaFileOpt = None,
+    collector: CollectorOpt,
+    token: TokenOpt,
+    ca_fingerprint: CaFpOpt = None,
+    ca_file: CaFileOpt = None,
     insecure: InsecureOpt = False,
-    output: Annotated[Path | None, typer.Option("--output", "-o", help="File or folder (default: its original name here).")] = None,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="File or folder (default: its original name here).")
+    ] = None,
 ) -> None:
     """Download the original bundle file, byte-identical (needs the engineer role)."""
     import hashlib

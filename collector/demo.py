@@ -49,8 +49,27 @@ def main() -> int:
     env = {**os.environ, "CASEFILE_DATA_DIR": str(data), "COLUMNS": "100"}
 
     print("== Operator: tokens for one agent and one engineer (shown once, stored hashed)")
-    enroll_token = run(["casefile-collector", "token", "create", "--kind", "enroll", "--label", "demo agent", "-q"], env=env, capture=True).strip()
-    eng_token = run(["casefile-collector", "token", "create", "--kind", "engineer", "--role", "engineer", "--label", "demo engineer", "-q"], env=env, capture=True).strip()
+    enroll_token = run(
+        ["casefile-collector", "token", "create", "--kind", "enroll", "--label", "demo agent", "-q"],
+        env=env,
+        capture=True,
+    ).strip()
+    eng_token = run(
+        [
+            "casefile-collector",
+            "token",
+            "create",
+            "--kind",
+            "engineer",
+            "--role",
+            "engineer",
+            "--label",
+            "demo engineer",
+            "-q",
+        ],
+        env=env,
+        capture=True,
+    ).strip()
     print("(tokens captured; not printed)")
 
     print("\n== Operator: start the collector (TLS, self-signed certificate)")
@@ -58,7 +77,9 @@ def main() -> int:
     log = (root / "collector.log").open("w")
     server = subprocess.Popen(
         [_cmd("casefile-collector"), "serve", "--address", "127.0.0.1:0", "--ready-file", str(ready)],
-        env=env, stdout=log, stderr=subprocess.STDOUT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     print(f"$ casefile-collector serve --address 127.0.0.1:0 --ready-file {ready}   (pid {server.pid})")
     try:
@@ -73,15 +94,48 @@ def main() -> int:
         print(f"collector at {addr}, certificate {fp}")
 
         print("\n== Customer's admin: enroll this machine's agent (pins the certificate)")
-        run(["casefile", "agent", "enroll", "--collector", addr, "--token", enroll_token,
-             "--ca-fingerprint", fp, "--home", str(home)], env={**env, "CASEFILE_ENROLL_TOKEN": ""})
+        run(
+            [
+                "casefile",
+                "agent",
+                "enroll",
+                "--collector",
+                addr,
+                "--token",
+                enroll_token,
+                "--ca-fingerprint",
+                fp,
+                "--home",
+                str(home),
+            ],
+            env={**env, "CASEFILE_ENROLL_TOKEN": ""},
+        )
 
         print("\n== Customer: one-shot collection for case DEMO-1, uploaded")
-        summary = json.loads(run(["casefile", "collect", "--case", "DEMO-1", "--output", str(out),
-                                  "--upload", addr, "--home", str(home), "--json"], env=env, capture=True))
+        summary = json.loads(
+            run(
+                [
+                    "casefile",
+                    "collect",
+                    "--case",
+                    "DEMO-1",
+                    "--output",
+                    str(out),
+                    "--upload",
+                    addr,
+                    "--home",
+                    str(home),
+                    "--json",
+                ],
+                env=env,
+                capture=True,
+            )
+        )
         bundle = Path(summary["bundle"]["path"])
-        print(f"bundle {bundle.name}: {summary['bundle']['size']:,} bytes, "
-              f"collected in {summary['bundle']['collect_seconds']} s, uploaded at {summary['upload']['received_at']}")
+        print(
+            f"bundle {bundle.name}: {summary['bundle']['size']:,} bytes, "
+            f"collected in {summary['bundle']['collect_seconds']} s, uploaded at {summary['upload']['received_at']}"
+        )
         for c in summary["collectors"]:
             print(f"  collector {c['name']:<10} {c['status']:<8} {c['duration_ms']:>8} ms {c.get('error', '')}")
 

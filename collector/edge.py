@@ -71,7 +71,7 @@ def unary(
             return await fn(self, request, context)
         except grpc.aio.AbortError:
             raise
-        except Exception as exc:  # noqa: BLE001 — this is the one place errors become statuses
+        except Exception as exc:
             await _abort(context, exc, fn.__qualname__)
             raise AssertionError("unreachable: context.abort raises") from exc
 
@@ -84,15 +84,13 @@ def server_stream(
     """Wrap a server-streaming handler (an async generator) the same way."""
 
     @functools.wraps(fn)
-    async def wrapper(
-        self: Any, request: Req, context: grpc.aio.ServicerContext[Req, Resp]
-    ) -> AsyncIterator[Resp]:
+    async def wrapper(self: Any, request: Req, context: grpc.aio.ServicerContext[Req, Resp]) -> AsyncIterator[Resp]:
         try:
             async for item in fn(self, request, context):
                 yield item
         except grpc.aio.AbortError:
             raise
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             await _abort(context, exc, fn.__qualname__)
 
     return wrapper

@@ -26,9 +26,7 @@ __all__ = ["CollectorServer", "ServerConfig", "default_db_url"]
 
 log = logging.getLogger("casefile.collector")
 
-_SERVICE_NAMES = tuple(
-    collector_pb2.DESCRIPTOR.services_by_name[n].full_name for n in ("Enroll", "Ingest", "Query")
-)
+_SERVICE_NAMES = tuple(collector_pb2.DESCRIPTOR.services_by_name[n].full_name for n in ("Enroll", "Ingest", "Query"))
 
 
 def default_db_url(data_dir: Path) -> str:
@@ -39,9 +37,9 @@ def default_db_url(data_dir: Path) -> str:
 class ServerConfig:
     address: str = "127.0.0.1:7443"
     data_dir: Path = Path("casefile-data")
-    db_url: str | None = None           # default: SQLite in data_dir
-    insecure: bool = False              # plaintext; loopback only
-    cert_file: Path | None = None       # both or neither; default: self-signed in data_dir/tls
+    db_url: str | None = None  # default: SQLite in data_dir
+    insecure: bool = False  # plaintext; loopback only
+    cert_file: Path | None = None  # both or neither; default: self-signed in data_dir/tls
     key_file: Path | None = None
     limits: IngestLimits = field(default_factory=IngestLimits)
     grace_s: float = 5.0
@@ -89,9 +87,7 @@ class CollectorServer:
         )
         collector_pb2_grpc.add_QueryServicer_to_server(QueryService(self.store, self.blobs), server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
-        reflection.enable_server_reflection(
-            (*_SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
-        )
+        reflection.enable_server_reflection((*_SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
         target = parse_address(self.config.address, listen=True).target
         if self.config.insecure:
             self.port = server.add_insecure_port(target)

@@ -53,9 +53,7 @@ def enroll(
     except grpc.RpcError as err:
         raise _fail(EnrollmentError, "enrollment refused", err) from None
     if resp.key_fingerprint != key.fingerprint:
-        raise EnrollmentError(
-            f"collector recorded key {resp.key_fingerprint}, expected {key.fingerprint}"
-        )
+        raise EnrollmentError(f"collector recorded key {resp.key_fingerprint}, expected {key.fingerprint}")
     return resp
 
 
@@ -112,8 +110,12 @@ def upload_bundle(
             if state.complete:
                 return state.receipt
             header = collector_pb2.UploadHeader(
-                bundle_id=bundle_id, size=size, sha256=sha, offset=state.committed_offset,
-                proof=proof, file_name=path.name,
+                bundle_id=bundle_id,
+                size=size,
+                sha256=sha,
+                offset=state.committed_offset,
+                proof=proof,
+                file_name=path.name,
             )
             chunks = _chunks(path, header, chunk_bytes, progress)
             receipt: collector_pb2.Receipt = stub.Upload(chunks, metadata=meta)

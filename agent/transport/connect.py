@@ -77,9 +77,7 @@ def is_loopback(host: str) -> bool:
 def certificate_fingerprint(cert_pem_or_der: bytes) -> str:
     der = cert_pem_or_der
     if cert_pem_or_der.lstrip().startswith(b"-----BEGIN"):
-        der = x509.load_pem_x509_certificate(cert_pem_or_der).public_bytes(
-            serialization.Encoding.DER
-        )
+        der = x509.load_pem_x509_certificate(cert_pem_or_der).public_bytes(serialization.Encoding.DER)
     return "sha256:" + hashlib.sha256(der).hexdigest()
 
 
@@ -93,9 +91,11 @@ def fetch_certificate(address: CollectorAddress, timeout: float = 10.0) -> bytes
     ctx.verify_mode = ssl.CERT_NONE
     ctx.set_alpn_protocols(["h2"])  # gRPC servers require ALPN h2
     try:
-        with socket.create_connection((address.host, address.port), timeout=timeout) as raw:
-            with ctx.wrap_socket(raw, server_hostname=PINNED_TARGET_NAME) as tls:
-                der = tls.getpeercert(binary_form=True)
+        with (
+            socket.create_connection((address.host, address.port), timeout=timeout) as raw,
+            ctx.wrap_socket(raw, server_hostname=PINNED_TARGET_NAME) as tls,
+        ):
+            der = tls.getpeercert(binary_form=True)
     except OSError as exc:
         raise TransportError(
             f"cannot reach collector {address.target} for its certificate: {exc}",

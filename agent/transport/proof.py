@@ -23,9 +23,7 @@ def proof_message(bundle_id: str, sha256: str, size: int, timestamp_unix: int) -
     return f"casefile-ingest-v1\n{bundle_id}\n{sha256}\n{size}\n{timestamp_unix}".encode()
 
 
-def make_proof(
-    key: SigningKey, *, agent_id: str, bundle_id: str, sha256: str, size: int
-) -> collector_pb2.AgentProof:
+def make_proof(key: SigningKey, *, agent_id: str, bundle_id: str, sha256: str, size: int) -> collector_pb2.AgentProof:
     ts = int(time.time())
     return collector_pb2.AgentProof(
         agent_id=agent_id,

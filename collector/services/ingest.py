@@ -77,14 +77,11 @@ def _check_header_fields(bundle_id: str, size: int, sha256: str, limits: IngestL
             f"malformed header for bundle {bundle_id}: sha256 must be 64 lowercase hex characters",
         )
     if size <= 0:
-        raise Rejected(
-            grpc.StatusCode.INVALID_ARGUMENT, f"malformed header for bundle {bundle_id}: size is 0"
-        )
+        raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, f"malformed header for bundle {bundle_id}: size is 0")
     if size > limits.max_bundle_bytes:
         raise Rejected(
             grpc.StatusCode.RESOURCE_EXHAUSTED,
-            f"bundle {bundle_id} is {size} bytes; this collector accepts at most "
-            f"{limits.max_bundle_bytes}",
+            f"bundle {bundle_id} is {size} bytes; this collector accepts at most {limits.max_bundle_bytes}",
         )
 
 
@@ -115,17 +112,19 @@ class IngestService(collector_pb2_grpc.IngestServicer):
     ) -> collector_pb2.UploadState:
         _check_header_fields(request.bundle_id, request.size, request.sha256, self._limits)
         await authorize_upload(
-            self._store, context, bundle_id=request.bundle_id, sha256=request.sha256,
-            size=request.size, proof=request.proof,
+            self._store,
+            context,
+            bundle_id=request.bundle_id,
+            sha256=request.sha256,
+            size=request.size,
+            proof=request.proof,
         )
         existing = await self._existing(request.bundle_id, request.sha256)
         if existing is not None:
             return collector_pb2.UploadState(
                 committed_offset=existing.size, complete=True, receipt=receipt_for(existing)
             )
-        offset = await asyncio.to_thread(
-            self._blobs.staged_offset, request.bundle_id, request.size, request.sha256
-        )
+        offset = await asyncio.to_thread(self._blobs.staged_offset, request.bundle_id, request.size, request.sha256)
         return collector_pb2.UploadState(committed_offset=offset)
 
     @unary
@@ -143,17 +142,19 @@ class IngestService(collector_pb2_grpc.IngestServicer):
         header = first.header
         _check_header_fields(header.bundle_id, header.size, header.sha256, self._limits)
         identity = await authorize_upload(
-            self._store, context, bundle_id=header.bundle_id, sha256=header.sha256,
-            size=header.size, proof=header.proof,
+            self._store,
+            context,
+            bundle_id=header.bundle_id,
+            sha256=header.sha256,
+            size=header.size,
+            proof=header.proof,
         )
         existing = await self._existing(header.bundle_id, header.sha256)
         if existing is not None:
             return receipt_for(existing)  # idempotent: same id, same bytes, same receipt
 
         try:
-            staged = await asyncio.to_thread(
-                self._blobs.open_upload, header.bundle_id, header.size, header.sha256
-            )
+            staged = await asyncio.to_thread(self._blobs.open_upload, header.bundle_id, header.size, header.sha256)
         except Conflict as exc:
             raise Rejected(grpc.StatusCode.ABORTED, f"bundle {header.bundle_id}: {exc}") from None
         try:
@@ -236,13 +237,10 @@ class IngestService(collector_pb2_grpc.IngestServicer):
         if manifest.get("bundle_id") != bundle_id:
             problems.append(f"manifest bundle_id {manifest.get('bundle_id')!r} != header {bundle_id}")
         if identity.case_token is None and manifest.get("agent_id") not in ("", identity.agent.id):
-            problems.append(
-                f"manifest agent_id {manifest.get('agent_id')!r} != uploader {identity.agent.id}"
-            )
+            problems.append(f"manifest agent_id {manifest.get('agent_id')!r} != uploader {identity.agent.id}")
         if identity.case_token is not None and manifest.get("case_id") != identity.case_token.case_id:
             problems.append(
-                f"manifest case_id {manifest.get('case_id')!r} is not the token's case "
-                f"{identity.case_token.case_id!r}"
+                f"manifest case_id {manifest.get('case_id')!r} is not the token's case {identity.case_token.case_id!r}"
             )
         facts = facts_pb2.Snapshot()
         try:
@@ -284,7 +282,10 @@ class IngestService(collector_pb2_grpc.IngestServicer):
         )
         log.info(
             "bundle %s from %s (%s) %s: %d bytes",
-            bundle_id, stored.hostname, stored.agent_id, "stored" if inserted else "already stored",
+            bundle_id,
+            stored.hostname,
+            stored.agent_id,
+            "stored" if inserted else "already stored",
             stored.size,
         )
         return receipt_for(stored)
@@ -305,4 +306,3 @@ _NAME = re.compile(r"^[A-Za-z0-9._-]{1,200}$")
 
 def _safe_file_name(name: str, bundle_id: str) -> str:
     return name if _NAME.match(name) and name.endswith(".tar.zst") else f"casefile-{bundle_id}.tar.zst"
-

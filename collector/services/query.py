@@ -86,8 +86,9 @@ class QueryService(collector_pb2_grpc.QueryServicer):
         self, request: collector_pb2.ListBundlesRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> collector_pb2.ListBundlesResponse:
         filters = ",".join(
-            f"{k}={v}" for k, v in (("host", request.hostname), ("case", request.case_id),
-                                     ("agent", request.agent_id)) if v
+            f"{k}={v}"
+            for k, v in (("host", request.hostname), ("case", request.case_id), ("agent", request.agent_id))
+            if v
         )
         await self._auth.require(context, role="viewer", action="query.list_bundles", target=filters)
         rows, nxt = await asyncio.to_thread(
@@ -100,9 +101,7 @@ class QueryService(collector_pb2_grpc.QueryServicer):
             page_size=request.page_size or 100,
             cursor=request.page_token or None,
         )
-        return collector_pb2.ListBundlesResponse(
-            bundles=[summary_of(r) for r in rows], next_page_token=nxt or ""
-        )
+        return collector_pb2.ListBundlesResponse(bundles=[summary_of(r) for r in rows], next_page_token=nxt or "")
 
     @unary
     async def GetBundle(
@@ -110,9 +109,7 @@ class QueryService(collector_pb2_grpc.QueryServicer):
     ) -> collector_pb2.BundleDetail:
         await self._auth.require(context, role="viewer", action="query.get_bundle", target=request.bundle_id)
         rec = await asyncio.to_thread(self._store.get_bundle, request.bundle_id)
-        facts_pb, manifest_json = await asyncio.to_thread(
-            self._store.get_bundle_content, request.bundle_id
-        )
+        facts_pb, manifest_json = await asyncio.to_thread(self._store.get_bundle_content, request.bundle_id)
         return collector_pb2.BundleDetail(
             summary=summary_of(rec),
             facts=facts_pb2.Snapshot.FromString(facts_pb),
@@ -123,9 +120,7 @@ class QueryService(collector_pb2_grpc.QueryServicer):
     async def DownloadBundle(
         self, request: collector_pb2.GetBundleRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[collector_pb2.DownloadChunk]:
-        await self._auth.require(
-            context, role="engineer", action="query.download_bundle", target=request.bundle_id
-        )
+        await self._auth.require(context, role="engineer", action="query.download_bundle", target=request.bundle_id)
         rec = await asyncio.to_thread(self._store.get_bundle, request.bundle_id)
         fh = await asyncio.to_thread(self._blobs.open_blob, rec.blob_key)
         try:

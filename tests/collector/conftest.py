@@ -91,9 +91,7 @@ def _run_server(config: ServerConfig) -> Iterator[RunningCollector]:
 @pytest.fixture
 def collector(tmp_path: Path, store_url: str) -> Iterator[RunningCollector]:
     """A TLS collector on 127.0.0.1 over SQLite and (where available) PostgreSQL."""
-    yield from _run_server(
-        ServerConfig(address="127.0.0.1:0", data_dir=tmp_path / "collector", db_url=store_url)
-    )
+    yield from _run_server(ServerConfig(address="127.0.0.1:0", data_dir=tmp_path / "collector", db_url=store_url))
 
 
 @pytest.fixture
@@ -118,8 +116,14 @@ def small_bundle(
     snap.host.os = "Linux"
     snap.memory.total = 8 * 1024**3
     meta = BundleMeta(
-        bundle_id=bid, hostname=hostname, case_id=case_id, kind="one-shot", agent_id=agent_id,
-        agent_version="test", created_at=dt.datetime.now(dt.UTC), request_id=None,
+        bundle_id=bid,
+        hostname=hostname,
+        case_id=case_id,
+        kind="one-shot",
+        agent_id=agent_id,
+        agent_version="test",
+        created_at=dt.datetime.now(dt.UTC),
+        request_id=None,
     )
     out.mkdir(parents=True, exist_ok=True)
     with BundleWriter(out, key=key, meta=meta) as w:

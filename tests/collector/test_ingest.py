@@ -32,7 +32,11 @@ def _enrolled(c: RunningCollector) -> tuple[SigningKey, str]:
 def _header(key: SigningKey, agent_id: str, path: Path, bundle_id: str, offset: int = 0) -> collector_pb2.UploadHeader:
     size, sha = path.stat().st_size, file_sha256(path)
     return collector_pb2.UploadHeader(
-        bundle_id=bundle_id, size=size, sha256=sha, offset=offset, file_name=path.name,
+        bundle_id=bundle_id,
+        size=size,
+        sha256=sha,
+        offset=offset,
+        file_name=path.name,
         proof=make_proof(key, agent_id=agent_id, bundle_id=bundle_id, sha256=sha, size=size),
     )
 
@@ -91,8 +95,10 @@ def test_cut_upload_resumes_and_is_byte_identical(collector: RunningCollector, t
         state = None
         for _ in range(100):
             try:
-                state = stub.GetUploadState(collector_pb2.UploadStateRequest(
-                    bundle_id=b.bundle_id, size=b.size, sha256=b.sha256, proof=proof), timeout=10)
+                state = stub.GetUploadState(
+                    collector_pb2.UploadStateRequest(bundle_id=b.bundle_id, size=b.size, sha256=b.sha256, proof=proof),
+                    timeout=10,
+                )
                 break
             except grpc.RpcError as err:  # the cut stream may still be closing
                 assert err.code() == grpc.StatusCode.ABORTED
@@ -112,10 +118,13 @@ def test_reupload_returns_same_receipt_and_other_bytes_are_refused(collector: Ru
     with collector.channel() as ch:
         first = upload_bundle(ch, b.path, bundle_id=b.bundle_id, target=target)
         # Straight through Upload as well as through GetUploadState.
-        again = _raw_upload(collector, [
-            collector_pb2.UploadChunk(header=_header(key, agent_id, b.path, b.bundle_id)),
-            collector_pb2.UploadChunk(data=b.path.read_bytes()),
-        ])
+        again = _raw_upload(
+            collector,
+            [
+                collector_pb2.UploadChunk(header=_header(key, agent_id, b.path, b.bundle_id)),
+                collector_pb2.UploadChunk(data=b.path.read_bytes()),
+            ],
+        )
         assert again == first
         assert upload_bundle(ch, b.path, bundle_id=b.bundle_id, target=target) == first
         other = small_bundle(tmp_path / "b", key, agent_id=agent_id, bundle_id=b.bundle_id, hostname="other")
@@ -140,9 +149,8 @@ def test_case_token_upload_binds_identity_to_case(collector: RunningCollector, t
 def _rebuild(path: Path, out: Path, edit: dict[str, bytes]) -> Path:
     """Copy a bundle, replacing member contents but keeping the signed manifest."""
     raw = zstandard.ZstdDecompressor().decompressobj().decompress(path.read_bytes())
-    src = tarfile.open(fileobj=io.BytesIO(raw))
     buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as dst:
+    with tarfile.open(fileobj=io.BytesIO(raw)) as src, tarfile.open(fileobj=buf, mode="w") as dst:
         for m in src.getmembers():
             data = src.extractfile(m).read()  # type: ignore[union-attr]
             name = m.name.split("/", 1)[1]
@@ -195,11 +203,11 @@ def test_bad_requests_get_clear_statuses(collector: RunningCollector, tmp_path: 
     bad.bundle_id = "../../etc"
     code, msg = status([collector_pb2.UploadChunk(header=bad)])
     assert code == grpc.StatusCode.INVALID_ARGUMENT and "bundle_id" in msg
-    code, msg = status([collector_pb2.UploadChunk(header=hdr),
-                        collector_pb2.UploadChunk(data=b.path.read_bytes()[: 1024 * 1024 + 1])])
+    code, msg = status(
+        [collector_pb2.UploadChunk(header=hdr), collector_pb2.UploadChunk(data=b.path.read_bytes()[: 1024 * 1024 + 1])]
+    )
     assert code == grpc.StatusCode.INVALID_ARGUMENT and "exceeds" in msg
-    code, msg = status([collector_pb2.UploadChunk(header=hdr),
-                        collector_pb2.UploadChunk(data=os.urandom(1500 * 1024))])
+    code, msg = status([collector_pb2.UploadChunk(header=hdr), collector_pb2.UploadChunk(data=os.urandom(1500 * 1024))])
     assert code == grpc.StatusCode.INVALID_ARGUMENT
     forged = collector_pb2.UploadHeader()
     forged.CopyFrom(hdr)
@@ -218,7 +226,10 @@ def test_bad_requests_get_clear_statuses(collector: RunningCollector, tmp_path: 
     assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
     # After all of that the collector still serves a proper upload.
     with collector.channel() as ch:
-        assert upload_bundle(ch, b.path, bundle_id=b.bundle_id, target=UploadTarget(key=key, agent_id=agent_id)).size == b.size
+        assert (
+            upload_bundle(ch, b.path, bundle_id=b.bundle_id, target=UploadTarget(key=key, agent_id=agent_id)).size
+            == b.size
+        )
 
 
 def test_enrollment_tokens(collector: RunningCollector) -> None:

@@ -27,8 +27,13 @@ def _seed(c: RunningCollector, tmp: Path, n: int) -> list[str]:
     with c.channel() as ch:
         agent_id = enroll(ch, token=c.enroll_token(), key=key, hostname="db-1", agent_version="t").agent_id
         for i in range(n):
-            b = small_bundle(tmp / str(i), key, agent_id=agent_id, case_id="SR-9" if i % 2 else "SR-8",
-                             hostname="db-1" if i < n - 1 else "db-2")
+            b = small_bundle(
+                tmp / str(i),
+                key,
+                agent_id=agent_id,
+                case_id="SR-9" if i % 2 else "SR-8",
+                hostname="db-1" if i < n - 1 else "db-2",
+            )
             upload_bundle(ch, b.path, bundle_id=b.bundle_id, target=UploadTarget(key=key, agent_id=agent_id))
             ids.append(b.bundle_id)
     return ids

@@ -16,8 +16,13 @@ BIN = Path(sys.executable).parent
 
 
 def cli(*args: str, env: dict[str, str] | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
-    res = subprocess.run([str(BIN / args[0]), *args[1:]], env={**os.environ, "COLUMNS": "120", **(env or {})},
-                         text=True, capture_output=True, timeout=120)
+    res = subprocess.run(
+        [str(BIN / args[0]), *args[1:]],
+        env={**os.environ, "COLUMNS": "120", **(env or {})},
+        text=True,
+        capture_output=True,
+        timeout=120,
+    )
     if check and res.returncode != 0:
         raise AssertionError(f"{args} exited {res.returncode}\nstdout:{res.stdout}\nstderr:{res.stderr}")
     return res
@@ -28,14 +33,19 @@ def served(tmp_path: Path) -> Iterator[dict[str, str]]:
     data = tmp_path / "data"
     env = {"CASEFILE_DATA_DIR": str(data)}
     enroll = cli("casefile-collector", "token", "create", "--kind", "enroll", "-q", env=env).stdout.strip()
-    eng = cli("casefile-collector", "token", "create", "--kind", "engineer", "--role", "engineer", "-q", env=env).stdout.strip()
+    eng = cli(
+        "casefile-collector", "token", "create", "--kind", "engineer", "--role", "engineer", "-q", env=env
+    ).stdout.strip()
     viewer = cli("casefile-collector", "token", "create", "--kind", "engineer", "-q", env=env).stdout.strip()
     ready = tmp_path / "ready.json"
     log = tmp_path / "collector.log"
     with log.open("w") as log_fh:
-        proc = subprocess.Popen([str(BIN / "casefile-collector"), "serve", "--address", "127.0.0.1:0",
-                                 "--ready-file", str(ready)], env={**os.environ, **env},
-                                stdout=log_fh, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [str(BIN / "casefile-collector"), "serve", "--address", "127.0.0.1:0", "--ready-file", str(ready)],
+            env={**os.environ, **env},
+            stdout=log_fh,
+            stderr=subprocess.STDOUT,
+        )
     try:
         for _ in range(600):
             if ready.exists() or proc.poll() is not None:
@@ -43,8 +53,16 @@ def served(tmp_path: Path) -> Iterator[dict[str, str]]:
             time.sleep(0.05)
         assert ready.exists(), log.read_text()
         info = json.loads(ready.read_text())
-        yield {"addr": info["address"], "fp": info["fingerprint"], "enroll": enroll, "eng": eng,
-               "viewer": viewer, "data": str(data), "home": str(tmp_path / "home"), "tmp": str(tmp_path)}
+        yield {
+            "addr": info["address"],
+            "fp": info["fingerprint"],
+            "enroll": enroll,
+            "eng": eng,
+            "viewer": viewer,
+            "data": str(data),
+            "home": str(tmp_path / "home"),
+            "tmp": str(tmp_path),
+        }
     finally:
         proc.terminate()
         proc.wait(20)
@@ -53,11 +71,33 @@ def served(tmp_path: Path) -> Iterator[dict[str, str]]:
 
 def test_enroll_collect_upload_verify_query_download(served: dict[str, str]) -> None:
     s = served
-    cli("casefile", "agent", "enroll", "--collector", s["addr"], "--token", s["enroll"],
-        "--ca-fingerprint", s["fp"], "--home", s["home"])
+    cli(
+        "casefile",
+        "agent",
+        "enroll",
+        "--collector",
+        s["addr"],
+        "--token",
+        s["enroll"],
+        "--ca-fingerprint",
+        s["fp"],
+        "--home",
+        s["home"],
+    )
     out = Path(s["tmp"]) / "out"
-    res = cli("casefile", "collect", "--case", "SR-1234", "--output", str(out), "--upload", s["addr"],
-              "--home", s["home"], "--json")
+    res = cli(
+        "casefile",
+        "collect",
+        "--case",
+        "SR-1234",
+        "--output",
+        str(out),
+        "--upload",
+        s["addr"],
+        "--home",
+        s["home"],
+        "--json",
+    )
     summary = json.loads(res.stdout)
     bundle = Path(summary["bundle"]["path"])
     assert bundle.exists() and bundle.parent == out and "-SR-1234-" in bundle.name
@@ -68,12 +108,14 @@ def test_enroll_collect_upload_verify_query_download(served: dict[str, str]) -> 
     fp = summary["bundle"]["key_fingerprint"]
     assert "OK" in cli("casefile", "verify", str(bundle), "--fingerprint", fp).stdout
     wrong = cli("casefile", "verify", str(bundle), "--fingerprint", "sha256:" + "0" * 64, check=False)
-    assert wrong.returncode == 1 and "wrong-key" in wrong.stderr or "key" in wrong.stderr
+    assert (wrong.returncode == 1 and "wrong-key" in wrong.stderr) or "key" in wrong.stderr
 
     env = {"CASEFILE_COLLECTOR": s["addr"], "CASEFILE_TOKEN": s["eng"], "CASEFILE_CA_FINGERPRINT": s["fp"]}
     hosts = json.loads(cli("casefile-collector", "hosts", "--json", env=env).stdout)
     assert hosts["hosts"][0]["bundleCount"] == "1"
-    listed = json.loads(cli("casefile-collector", "bundles", "--case", "SR-1234", "--since", "1h", "--json", env=env).stdout)
+    listed = json.loads(
+        cli("casefile-collector", "bundles", "--case", "SR-1234", "--since", "1h", "--json", env=env).stdout
+    )
     assert [b["bundleId"] for b in listed["bundles"]] == [summary["bundle"]["bundle_id"]]
     shown = cli("casefile-collector", "show", summary["bundle"]["bundle_id"], env=env).stdout
     assert "Disks" in shown and "Collectors" in shown
@@ -82,30 +124,58 @@ def test_enroll_collect_upload_verify_query_download(served: dict[str, str]) -> 
     assert copy.read_bytes() == bundle.read_bytes()
 
     # A viewer may not download; an unknown token is refused; both exit 3 with one line.
-    denied = cli("casefile-collector", "download", summary["bundle"]["bundle_id"], "-o", str(copy),
-                 env={**env, "CASEFILE_TOKEN": s["viewer"]}, check=False)
+    denied = cli(
+        "casefile-collector",
+        "download",
+        summary["bundle"]["bundle_id"],
+        "-o",
+        str(copy),
+        env={**env, "CASEFILE_TOKEN": s["viewer"]},
+        check=False,
+    )
     assert denied.returncode == 3 and "PERMISSION_DENIED" in denied.stderr
     bad = cli("casefile-collector", "hosts", env={**env, "CASEFILE_TOKEN": "cfu_nope"}, check=False)
     assert bad.returncode == 3 and "UNAUTHENTICATED" in bad.stderr
-    pinned_wrong = cli("casefile-collector", "hosts", env={**env, "CASEFILE_CA_FINGERPRINT": "sha256:" + "1" * 64},
-                       check=False)
+    pinned_wrong = cli(
+        "casefile-collector", "hosts", env={**env, "CASEFILE_CA_FINGERPRINT": "sha256:" + "1" * 64}, check=False
+    )
     assert pinned_wrong.returncode == 3 and "does not match" in pinned_wrong.stderr
 
 
 def test_case_token_one_shot_upload(served: dict[str, str]) -> None:
     s = served
     env = {"CASEFILE_DATA_DIR": s["data"]}
-    case_token = cli("casefile-collector", "token", "create", "--kind", "case", "--case", "SR-5", "-q", env=env).stdout.strip()
-    res = cli("casefile", "collect", "--case", "SR-5", "--output", s["tmp"], "--upload", s["addr"],
-              "--token", case_token, "--ca-fingerprint", s["fp"], "--home", s["home"], "--only", "host",
-              "--only", "memory")
+    case_token = cli(
+        "casefile-collector", "token", "create", "--kind", "case", "--case", "SR-5", "-q", env=env
+    ).stdout.strip()
+    res = cli(
+        "casefile",
+        "collect",
+        "--case",
+        "SR-5",
+        "--output",
+        s["tmp"],
+        "--upload",
+        s["addr"],
+        "--token",
+        case_token,
+        "--ca-fingerprint",
+        s["fp"],
+        "--home",
+        s["home"],
+        "--only",
+        "host",
+        "--only",
+        "memory",
+    )
     assert "Uploaded" in res.stdout and "Signed by key sha256:" in res.stdout
 
 
 def test_verify_reports_the_first_problem(tmp_path: Path) -> None:
     home = tmp_path / "home"
-    res = json.loads(cli("casefile", "collect", "--output", str(tmp_path), "--home", str(home), "--json",
-                         "--only", "host").stdout)
+    res = json.loads(
+        cli("casefile", "collect", "--output", str(tmp_path), "--home", str(home), "--json", "--only", "host").stdout
+    )
     bundle = Path(res["bundle"]["path"])
     assert "-adhoc-" in bundle.name
     cut = tmp_path / "cut.tar.zst"
@@ -117,13 +187,18 @@ def test_verify_reports_the_first_problem(tmp_path: Path) -> None:
 
 
 def test_serve_refuses_plaintext_off_loopback(tmp_path: Path) -> None:
-    res = cli("casefile-collector", "serve", "--address", "0.0.0.0:0", "--insecure", "--data-dir", str(tmp_path),
-              check=False)
+    res = cli(
+        "casefile-collector", "serve", "--address", "0.0.0.0:0", "--insecure", "--data-dir", str(tmp_path), check=False
+    )
     assert res.returncode == 2 and "loopback" in res.stderr
 
 
 def test_demo_runs_end_to_end(tmp_path: Path) -> None:
-    res = subprocess.run([sys.executable, "-m", "collector.demo", "--dir", str(tmp_path / "demo")],
-                         capture_output=True, text=True, timeout=180)
+    res = subprocess.run(
+        [sys.executable, "-m", "collector.demo", "--dir", str(tmp_path / "demo")],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert res.returncode == 0, res.stdout + res.stderr
     assert "byte-identical to the customer's bundle: True" in res.stdout
