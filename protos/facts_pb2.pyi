@@ -11,7 +11,14 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Snapshot(_message.Message):
-    __slots__ = ("bundle_id", "agent_id", "case_id", "kind", "request_id", "collected_at", "agent_version", "key_fingerprint", "host", "cpu", "memory", "disks", "network", "collectors")
+    __slots__ = ("bundle_id", "agent_id", "case_id", "kind", "request_id", "collected_at", "agent_version", "key_fingerprint", "host", "cpu", "memory", "disks", "network", "logs", "fragmentation", "processes", "services", "clock", "timeseries", "network_depth", "collectors", "plugin_facts")
+    class PluginFactsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     BUNDLE_ID_FIELD_NUMBER: _ClassVar[int]
     AGENT_ID_FIELD_NUMBER: _ClassVar[int]
     CASE_ID_FIELD_NUMBER: _ClassVar[int]
@@ -25,7 +32,15 @@ class Snapshot(_message.Message):
     MEMORY_FIELD_NUMBER: _ClassVar[int]
     DISKS_FIELD_NUMBER: _ClassVar[int]
     NETWORK_FIELD_NUMBER: _ClassVar[int]
+    LOGS_FIELD_NUMBER: _ClassVar[int]
+    FRAGMENTATION_FIELD_NUMBER: _ClassVar[int]
+    PROCESSES_FIELD_NUMBER: _ClassVar[int]
+    SERVICES_FIELD_NUMBER: _ClassVar[int]
+    CLOCK_FIELD_NUMBER: _ClassVar[int]
+    TIMESERIES_FIELD_NUMBER: _ClassVar[int]
+    NETWORK_DEPTH_FIELD_NUMBER: _ClassVar[int]
     COLLECTORS_FIELD_NUMBER: _ClassVar[int]
+    PLUGIN_FACTS_FIELD_NUMBER: _ClassVar[int]
     bundle_id: str
     agent_id: str
     case_id: str
@@ -39,8 +54,16 @@ class Snapshot(_message.Message):
     memory: MemoryFacts
     disks: DiskFacts
     network: NetworkFacts
+    logs: LogsFacts
+    fragmentation: FragmentationFacts
+    processes: ProcessFacts
+    services: ServiceFacts
+    clock: ClockFacts
+    timeseries: TimeSeries
+    network_depth: NetworkDepthFacts
     collectors: _containers.RepeatedCompositeFieldContainer[CollectorStatus]
-    def __init__(self, bundle_id: _Optional[str] = ..., agent_id: _Optional[str] = ..., case_id: _Optional[str] = ..., kind: _Optional[str] = ..., request_id: _Optional[str] = ..., collected_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., agent_version: _Optional[str] = ..., key_fingerprint: _Optional[str] = ..., host: _Optional[_Union[HostFacts, _Mapping]] = ..., cpu: _Optional[_Union[CpuFacts, _Mapping]] = ..., memory: _Optional[_Union[MemoryFacts, _Mapping]] = ..., disks: _Optional[_Union[DiskFacts, _Mapping]] = ..., network: _Optional[_Union[NetworkFacts, _Mapping]] = ..., collectors: _Optional[_Iterable[_Union[CollectorStatus, _Mapping]]] = ...) -> None: ...
+    plugin_facts: _containers.ScalarMap[str, str]
+    def __init__(self, bundle_id: _Optional[str] = ..., agent_id: _Optional[str] = ..., case_id: _Optional[str] = ..., kind: _Optional[str] = ..., request_id: _Optional[str] = ..., collected_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., agent_version: _Optional[str] = ..., key_fingerprint: _Optional[str] = ..., host: _Optional[_Union[HostFacts, _Mapping]] = ..., cpu: _Optional[_Union[CpuFacts, _Mapping]] = ..., memory: _Optional[_Union[MemoryFacts, _Mapping]] = ..., disks: _Optional[_Union[DiskFacts, _Mapping]] = ..., network: _Optional[_Union[NetworkFacts, _Mapping]] = ..., logs: _Optional[_Union[LogsFacts, _Mapping]] = ..., fragmentation: _Optional[_Union[FragmentationFacts, _Mapping]] = ..., processes: _Optional[_Union[ProcessFacts, _Mapping]] = ..., services: _Optional[_Union[ServiceFacts, _Mapping]] = ..., clock: _Optional[_Union[ClockFacts, _Mapping]] = ..., timeseries: _Optional[_Union[TimeSeries, _Mapping]] = ..., network_depth: _Optional[_Union[NetworkDepthFacts, _Mapping]] = ..., collectors: _Optional[_Iterable[_Union[CollectorStatus, _Mapping]]] = ..., plugin_facts: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class HostFacts(_message.Message):
     __slots__ = ("hostname", "fqdn", "os", "os_release", "os_version", "kernel", "arch", "boot_time", "uptime_seconds", "timezone", "python_version", "virtualized", "virtualization")
@@ -297,3 +320,355 @@ class CollectorStatus(_message.Message):
     duration_ms: float
     error: str
     def __init__(self, name: _Optional[str] = ..., state: _Optional[_Union[CollectorStatus.State, str]] = ..., duration_ms: _Optional[float] = ..., error: _Optional[str] = ...) -> None: ...
+
+class LogsFacts(_message.Message):
+    __slots__ = ("since", "max_bytes_total", "max_bytes_per_source", "sources")
+    SINCE_FIELD_NUMBER: _ClassVar[int]
+    MAX_BYTES_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    MAX_BYTES_PER_SOURCE_FIELD_NUMBER: _ClassVar[int]
+    SOURCES_FIELD_NUMBER: _ClassVar[int]
+    since: _timestamp_pb2.Timestamp
+    max_bytes_total: int
+    max_bytes_per_source: int
+    sources: _containers.RepeatedCompositeFieldContainer[LogSource]
+    def __init__(self, since: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., max_bytes_total: _Optional[int] = ..., max_bytes_per_source: _Optional[int] = ..., sources: _Optional[_Iterable[_Union[LogSource, _Mapping]]] = ...) -> None: ...
+
+class LogSource(_message.Message):
+    __slots__ = ("name", "origin", "artifact", "lines", "bytes", "first_ts", "last_ts", "truncated", "lines_dropped", "error", "severity_counts", "event_id_counts")
+    class SeverityCountsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    class EventIdCountsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    ORIGIN_FIELD_NUMBER: _ClassVar[int]
+    ARTIFACT_FIELD_NUMBER: _ClassVar[int]
+    LINES_FIELD_NUMBER: _ClassVar[int]
+    BYTES_FIELD_NUMBER: _ClassVar[int]
+    FIRST_TS_FIELD_NUMBER: _ClassVar[int]
+    LAST_TS_FIELD_NUMBER: _ClassVar[int]
+    TRUNCATED_FIELD_NUMBER: _ClassVar[int]
+    LINES_DROPPED_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    SEVERITY_COUNTS_FIELD_NUMBER: _ClassVar[int]
+    EVENT_ID_COUNTS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    origin: str
+    artifact: str
+    lines: int
+    bytes: int
+    first_ts: _timestamp_pb2.Timestamp
+    last_ts: _timestamp_pb2.Timestamp
+    truncated: bool
+    lines_dropped: int
+    error: str
+    severity_counts: _containers.ScalarMap[str, int]
+    event_id_counts: _containers.ScalarMap[str, int]
+    def __init__(self, name: _Optional[str] = ..., origin: _Optional[str] = ..., artifact: _Optional[str] = ..., lines: _Optional[int] = ..., bytes: _Optional[int] = ..., first_ts: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_ts: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., truncated: _Optional[bool] = ..., lines_dropped: _Optional[int] = ..., error: _Optional[str] = ..., severity_counts: _Optional[_Mapping[str, int]] = ..., event_id_counts: _Optional[_Mapping[str, int]] = ...) -> None: ...
+
+class FragmentationFacts(_message.Message):
+    __slots__ = ("filesystems", "unsupported_reason")
+    FILESYSTEMS_FIELD_NUMBER: _ClassVar[int]
+    UNSUPPORTED_REASON_FIELD_NUMBER: _ClassVar[int]
+    filesystems: _containers.RepeatedCompositeFieldContainer[FsFragmentation]
+    unsupported_reason: str
+    def __init__(self, filesystems: _Optional[_Iterable[_Union[FsFragmentation, _Mapping]]] = ..., unsupported_reason: _Optional[str] = ...) -> None: ...
+
+class FsFragmentation(_message.Message):
+    __slots__ = ("mountpoint", "device", "fstype", "method", "files_sampled", "files_fragmented", "pct_files_fragmented", "pct_bytes_in_fragmented", "fragments_mean", "fragments_p50", "fragments_p95", "fragments_max", "avg_extent_bytes", "worst", "skipped", "errors", "flagged_encoded", "flagged_unwritten", "duration_s", "max_files", "budget_s", "free_space", "vendor_fragmented_pct", "note", "histogram")
+    class HistogramEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    MOUNTPOINT_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_FIELD_NUMBER: _ClassVar[int]
+    FSTYPE_FIELD_NUMBER: _ClassVar[int]
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    FILES_SAMPLED_FIELD_NUMBER: _ClassVar[int]
+    FILES_FRAGMENTED_FIELD_NUMBER: _ClassVar[int]
+    PCT_FILES_FRAGMENTED_FIELD_NUMBER: _ClassVar[int]
+    PCT_BYTES_IN_FRAGMENTED_FIELD_NUMBER: _ClassVar[int]
+    FRAGMENTS_MEAN_FIELD_NUMBER: _ClassVar[int]
+    FRAGMENTS_P50_FIELD_NUMBER: _ClassVar[int]
+    FRAGMENTS_P95_FIELD_NUMBER: _ClassVar[int]
+    FRAGMENTS_MAX_FIELD_NUMBER: _ClassVar[int]
+    AVG_EXTENT_BYTES_FIELD_NUMBER: _ClassVar[int]
+    WORST_FIELD_NUMBER: _ClassVar[int]
+    SKIPPED_FIELD_NUMBER: _ClassVar[int]
+    ERRORS_FIELD_NUMBER: _ClassVar[int]
+    FLAGGED_ENCODED_FIELD_NUMBER: _ClassVar[int]
+    FLAGGED_UNWRITTEN_FIELD_NUMBER: _ClassVar[int]
+    DURATION_S_FIELD_NUMBER: _ClassVar[int]
+    MAX_FILES_FIELD_NUMBER: _ClassVar[int]
+    BUDGET_S_FIELD_NUMBER: _ClassVar[int]
+    FREE_SPACE_FIELD_NUMBER: _ClassVar[int]
+    VENDOR_FRAGMENTED_PCT_FIELD_NUMBER: _ClassVar[int]
+    NOTE_FIELD_NUMBER: _ClassVar[int]
+    HISTOGRAM_FIELD_NUMBER: _ClassVar[int]
+    mountpoint: str
+    device: str
+    fstype: str
+    method: str
+    files_sampled: int
+    files_fragmented: int
+    pct_files_fragmented: float
+    pct_bytes_in_fragmented: float
+    fragments_mean: float
+    fragments_p50: float
+    fragments_p95: float
+    fragments_max: int
+    avg_extent_bytes: float
+    worst: _containers.RepeatedCompositeFieldContainer[FragmentedFile]
+    skipped: int
+    errors: int
+    flagged_encoded: int
+    flagged_unwritten: int
+    duration_s: float
+    max_files: int
+    budget_s: float
+    free_space: FreeSpaceFragmentation
+    vendor_fragmented_pct: float
+    note: str
+    histogram: _containers.ScalarMap[str, int]
+    def __init__(self, mountpoint: _Optional[str] = ..., device: _Optional[str] = ..., fstype: _Optional[str] = ..., method: _Optional[str] = ..., files_sampled: _Optional[int] = ..., files_fragmented: _Optional[int] = ..., pct_files_fragmented: _Optional[float] = ..., pct_bytes_in_fragmented: _Optional[float] = ..., fragments_mean: _Optional[float] = ..., fragments_p50: _Optional[float] = ..., fragments_p95: _Optional[float] = ..., fragments_max: _Optional[int] = ..., avg_extent_bytes: _Optional[float] = ..., worst: _Optional[_Iterable[_Union[FragmentedFile, _Mapping]]] = ..., skipped: _Optional[int] = ..., errors: _Optional[int] = ..., flagged_encoded: _Optional[int] = ..., flagged_unwritten: _Optional[int] = ..., duration_s: _Optional[float] = ..., max_files: _Optional[int] = ..., budget_s: _Optional[float] = ..., free_space: _Optional[_Union[FreeSpaceFragmentation, _Mapping]] = ..., vendor_fragmented_pct: _Optional[float] = ..., note: _Optional[str] = ..., histogram: _Optional[_Mapping[str, int]] = ...) -> None: ...
+
+class FragmentedFile(_message.Message):
+    __slots__ = ("path", "size", "fragments")
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    FRAGMENTS_FIELD_NUMBER: _ClassVar[int]
+    path: str
+    size: int
+    fragments: int
+    def __init__(self, path: _Optional[str] = ..., size: _Optional[int] = ..., fragments: _Optional[int] = ...) -> None: ...
+
+class FreeSpaceFragmentation(_message.Message):
+    __slots__ = ("available", "reason", "free_extents", "avg_free_extent_bytes", "largest_free_extent_bytes", "pct_free_in_small_extents")
+    AVAILABLE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    FREE_EXTENTS_FIELD_NUMBER: _ClassVar[int]
+    AVG_FREE_EXTENT_BYTES_FIELD_NUMBER: _ClassVar[int]
+    LARGEST_FREE_EXTENT_BYTES_FIELD_NUMBER: _ClassVar[int]
+    PCT_FREE_IN_SMALL_EXTENTS_FIELD_NUMBER: _ClassVar[int]
+    available: bool
+    reason: str
+    free_extents: int
+    avg_free_extent_bytes: float
+    largest_free_extent_bytes: int
+    pct_free_in_small_extents: float
+    def __init__(self, available: _Optional[bool] = ..., reason: _Optional[str] = ..., free_extents: _Optional[int] = ..., avg_free_extent_bytes: _Optional[float] = ..., largest_free_extent_bytes: _Optional[int] = ..., pct_free_in_small_extents: _Optional[float] = ...) -> None: ...
+
+class ProcessFacts(_message.Message):
+    __slots__ = ("total", "zombies", "threads", "sample_seconds", "top_cpu", "top_rss")
+    TOTAL_FIELD_NUMBER: _ClassVar[int]
+    ZOMBIES_FIELD_NUMBER: _ClassVar[int]
+    THREADS_FIELD_NUMBER: _ClassVar[int]
+    SAMPLE_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    TOP_CPU_FIELD_NUMBER: _ClassVar[int]
+    TOP_RSS_FIELD_NUMBER: _ClassVar[int]
+    total: int
+    zombies: int
+    threads: int
+    sample_seconds: float
+    top_cpu: _containers.RepeatedCompositeFieldContainer[ProcessInfo]
+    top_rss: _containers.RepeatedCompositeFieldContainer[ProcessInfo]
+    def __init__(self, total: _Optional[int] = ..., zombies: _Optional[int] = ..., threads: _Optional[int] = ..., sample_seconds: _Optional[float] = ..., top_cpu: _Optional[_Iterable[_Union[ProcessInfo, _Mapping]]] = ..., top_rss: _Optional[_Iterable[_Union[ProcessInfo, _Mapping]]] = ...) -> None: ...
+
+class ProcessInfo(_message.Message):
+    __slots__ = ("pid", "name", "username", "cpu_percent", "rss", "cmdline", "started", "num_threads", "status")
+    PID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    USERNAME_FIELD_NUMBER: _ClassVar[int]
+    CPU_PERCENT_FIELD_NUMBER: _ClassVar[int]
+    RSS_FIELD_NUMBER: _ClassVar[int]
+    CMDLINE_FIELD_NUMBER: _ClassVar[int]
+    STARTED_FIELD_NUMBER: _ClassVar[int]
+    NUM_THREADS_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    pid: int
+    name: str
+    username: str
+    cpu_percent: float
+    rss: int
+    cmdline: str
+    started: _timestamp_pb2.Timestamp
+    num_threads: int
+    status: str
+    def __init__(self, pid: _Optional[int] = ..., name: _Optional[str] = ..., username: _Optional[str] = ..., cpu_percent: _Optional[float] = ..., rss: _Optional[int] = ..., cmdline: _Optional[str] = ..., started: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., num_threads: _Optional[int] = ..., status: _Optional[str] = ...) -> None: ...
+
+class ServiceFacts(_message.Message):
+    __slots__ = ("manager", "failed", "total", "unsupported_reason")
+    MANAGER_FIELD_NUMBER: _ClassVar[int]
+    FAILED_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_FIELD_NUMBER: _ClassVar[int]
+    UNSUPPORTED_REASON_FIELD_NUMBER: _ClassVar[int]
+    manager: str
+    failed: _containers.RepeatedCompositeFieldContainer[ServiceInfo]
+    total: int
+    unsupported_reason: str
+    def __init__(self, manager: _Optional[str] = ..., failed: _Optional[_Iterable[_Union[ServiceInfo, _Mapping]]] = ..., total: _Optional[int] = ..., unsupported_reason: _Optional[str] = ...) -> None: ...
+
+class ServiceInfo(_message.Message):
+    __slots__ = ("name", "state", "sub_state", "description", "result")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    SUB_STATE_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    state: str
+    sub_state: str
+    description: str
+    result: str
+    def __init__(self, name: _Optional[str] = ..., state: _Optional[str] = ..., sub_state: _Optional[str] = ..., description: _Optional[str] = ..., result: _Optional[str] = ...) -> None: ...
+
+class ClockFacts(_message.Message):
+    __slots__ = ("sync_source", "synchronized", "sync_known", "ntp_offset_ms", "collector_offset_ms", "collector_offset_known", "timezone", "detail")
+    SYNC_SOURCE_FIELD_NUMBER: _ClassVar[int]
+    SYNCHRONIZED_FIELD_NUMBER: _ClassVar[int]
+    SYNC_KNOWN_FIELD_NUMBER: _ClassVar[int]
+    NTP_OFFSET_MS_FIELD_NUMBER: _ClassVar[int]
+    COLLECTOR_OFFSET_MS_FIELD_NUMBER: _ClassVar[int]
+    COLLECTOR_OFFSET_KNOWN_FIELD_NUMBER: _ClassVar[int]
+    TIMEZONE_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    sync_source: str
+    synchronized: bool
+    sync_known: bool
+    ntp_offset_ms: float
+    collector_offset_ms: float
+    collector_offset_known: bool
+    timezone: str
+    detail: str
+    def __init__(self, sync_source: _Optional[str] = ..., synchronized: _Optional[bool] = ..., sync_known: _Optional[bool] = ..., ntp_offset_ms: _Optional[float] = ..., collector_offset_ms: _Optional[float] = ..., collector_offset_known: _Optional[bool] = ..., timezone: _Optional[str] = ..., detail: _Optional[str] = ...) -> None: ...
+
+class TimeSeries(_message.Message):
+    __slots__ = ("interval_s", "samples")
+    INTERVAL_S_FIELD_NUMBER: _ClassVar[int]
+    SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    interval_s: float
+    samples: _containers.RepeatedCompositeFieldContainer[Sample]
+    def __init__(self, interval_s: _Optional[float] = ..., samples: _Optional[_Iterable[_Union[Sample, _Mapping]]] = ...) -> None: ...
+
+class Sample(_message.Message):
+    __slots__ = ("at", "cpu_percent", "mem_percent", "swap_percent", "disk_read_bps", "disk_write_bps", "net_recv_bps", "net_sent_bps", "cpu_system_percent", "cpu_iowait_percent")
+    AT_FIELD_NUMBER: _ClassVar[int]
+    CPU_PERCENT_FIELD_NUMBER: _ClassVar[int]
+    MEM_PERCENT_FIELD_NUMBER: _ClassVar[int]
+    SWAP_PERCENT_FIELD_NUMBER: _ClassVar[int]
+    DISK_READ_BPS_FIELD_NUMBER: _ClassVar[int]
+    DISK_WRITE_BPS_FIELD_NUMBER: _ClassVar[int]
+    NET_RECV_BPS_FIELD_NUMBER: _ClassVar[int]
+    NET_SENT_BPS_FIELD_NUMBER: _ClassVar[int]
+    CPU_SYSTEM_PERCENT_FIELD_NUMBER: _ClassVar[int]
+    CPU_IOWAIT_PERCENT_FIELD_NUMBER: _ClassVar[int]
+    at: _timestamp_pb2.Timestamp
+    cpu_percent: float
+    mem_percent: float
+    swap_percent: float
+    disk_read_bps: int
+    disk_write_bps: int
+    net_recv_bps: int
+    net_sent_bps: int
+    cpu_system_percent: float
+    cpu_iowait_percent: float
+    def __init__(self, at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., cpu_percent: _Optional[float] = ..., mem_percent: _Optional[float] = ..., swap_percent: _Optional[float] = ..., disk_read_bps: _Optional[int] = ..., disk_write_bps: _Optional[int] = ..., net_recv_bps: _Optional[int] = ..., net_sent_bps: _Optional[int] = ..., cpu_system_percent: _Optional[float] = ..., cpu_iowait_percent: _Optional[float] = ...) -> None: ...
+
+class NetworkDepthFacts(_message.Message):
+    __slots__ = ("default_routes", "dns_servers", "dns_search", "resolve", "tcp_retrans_percent", "tcp_retrans_known", "listening", "connections_by_state", "collector", "tcp_out_segs", "tcp_retrans_segs")
+    class ConnectionsByStateEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    DEFAULT_ROUTES_FIELD_NUMBER: _ClassVar[int]
+    DNS_SERVERS_FIELD_NUMBER: _ClassVar[int]
+    DNS_SEARCH_FIELD_NUMBER: _ClassVar[int]
+    RESOLVE_FIELD_NUMBER: _ClassVar[int]
+    TCP_RETRANS_PERCENT_FIELD_NUMBER: _ClassVar[int]
+    TCP_RETRANS_KNOWN_FIELD_NUMBER: _ClassVar[int]
+    LISTENING_FIELD_NUMBER: _ClassVar[int]
+    CONNECTIONS_BY_STATE_FIELD_NUMBER: _ClassVar[int]
+    COLLECTOR_FIELD_NUMBER: _ClassVar[int]
+    TCP_OUT_SEGS_FIELD_NUMBER: _ClassVar[int]
+    TCP_RETRANS_SEGS_FIELD_NUMBER: _ClassVar[int]
+    default_routes: _containers.RepeatedCompositeFieldContainer[Route]
+    dns_servers: _containers.RepeatedScalarFieldContainer[str]
+    dns_search: _containers.RepeatedScalarFieldContainer[str]
+    resolve: ResolveTest
+    tcp_retrans_percent: float
+    tcp_retrans_known: bool
+    listening: _containers.RepeatedCompositeFieldContainer[ListeningPort]
+    connections_by_state: _containers.ScalarMap[str, int]
+    collector: Reachability
+    tcp_out_segs: int
+    tcp_retrans_segs: int
+    def __init__(self, default_routes: _Optional[_Iterable[_Union[Route, _Mapping]]] = ..., dns_servers: _Optional[_Iterable[str]] = ..., dns_search: _Optional[_Iterable[str]] = ..., resolve: _Optional[_Union[ResolveTest, _Mapping]] = ..., tcp_retrans_percent: _Optional[float] = ..., tcp_retrans_known: _Optional[bool] = ..., listening: _Optional[_Iterable[_Union[ListeningPort, _Mapping]]] = ..., connections_by_state: _Optional[_Mapping[str, int]] = ..., collector: _Optional[_Union[Reachability, _Mapping]] = ..., tcp_out_segs: _Optional[int] = ..., tcp_retrans_segs: _Optional[int] = ...) -> None: ...
+
+class Route(_message.Message):
+    __slots__ = ("family", "gateway", "interface", "metric")
+    FAMILY_FIELD_NUMBER: _ClassVar[int]
+    GATEWAY_FIELD_NUMBER: _ClassVar[int]
+    INTERFACE_FIELD_NUMBER: _ClassVar[int]
+    METRIC_FIELD_NUMBER: _ClassVar[int]
+    family: str
+    gateway: str
+    interface: str
+    metric: int
+    def __init__(self, family: _Optional[str] = ..., gateway: _Optional[str] = ..., interface: _Optional[str] = ..., metric: _Optional[int] = ...) -> None: ...
+
+class ResolveTest(_message.Message):
+    __slots__ = ("name", "ok", "duration_ms", "addresses", "error")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    OK_FIELD_NUMBER: _ClassVar[int]
+    DURATION_MS_FIELD_NUMBER: _ClassVar[int]
+    ADDRESSES_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    ok: bool
+    duration_ms: float
+    addresses: _containers.RepeatedScalarFieldContainer[str]
+    error: str
+    def __init__(self, name: _Optional[str] = ..., ok: _Optional[bool] = ..., duration_ms: _Optional[float] = ..., addresses: _Optional[_Iterable[str]] = ..., error: _Optional[str] = ...) -> None: ...
+
+class ListeningPort(_message.Message):
+    __slots__ = ("protocol", "address", "port", "pid", "process")
+    PROTOCOL_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    PORT_FIELD_NUMBER: _ClassVar[int]
+    PID_FIELD_NUMBER: _ClassVar[int]
+    PROCESS_FIELD_NUMBER: _ClassVar[int]
+    protocol: str
+    address: str
+    port: int
+    pid: int
+    process: str
+    def __init__(self, protocol: _Optional[str] = ..., address: _Optional[str] = ..., port: _Optional[int] = ..., pid: _Optional[int] = ..., process: _Optional[str] = ...) -> None: ...
+
+class Reachability(_message.Message):
+    __slots__ = ("target", "ok", "dns_ms", "connect_ms", "error")
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    OK_FIELD_NUMBER: _ClassVar[int]
+    DNS_MS_FIELD_NUMBER: _ClassVar[int]
+    CONNECT_MS_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    target: str
+    ok: bool
+    dns_ms: float
+    connect_ms: float
+    error: str
+    def __init__(self, target: _Optional[str] = ..., ok: _Optional[bool] = ..., dns_ms: _Optional[float] = ..., connect_ms: _Optional[float] = ..., error: _Optional[str] = ...) -> None: ...
