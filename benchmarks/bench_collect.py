@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import shutil
 import statistics
@@ -26,10 +27,16 @@ import psutil
 BIN = Path(sys.executable).parent
 
 
-def timed(argv: list[str], cwd: Path) -> float:
+def timed(argv: list[str], cwd: Path) -> tuple[float, int]:
+    """Wall seconds and peak RSS (bytes) of the command's main process."""
     t0 = time.perf_counter()
-    subprocess.run(argv, cwd=cwd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    return time.perf_counter() - t0
+    proc = subprocess.Popen(argv, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _, status, usage = os.wait4(proc.pid, 0)
+    elapsed = time.perf_counter() - t0
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise SystemExit(f"{argv[0]} exited {proc.returncode}")
+    return elapsed, usage.ru_maxrss * 1024  # Linux reports KiB
 
 
 def newest(folder: Path, pattern: str) -> Path:
@@ -43,14 +50,16 @@ def main() -> None:
     opts = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="casefile-bench-"))
     home = work / "home"
-    cf_times, cf_sizes = [], []
+    cf_times, cf_sizes, cf_rss = [], [], []
     timed([str(BIN / "casefile"), "collect", "--output", str(work / "warm"), "--home", str(home)], work)
     for i in range(opts.runs):
         out = work / f"cf{i}"
-        cf_times.append(timed([str(BIN / "casefile"), "collect", "--output", str(out), "--home", str(home)], work))
+        t, rss = timed([str(BIN / "casefile"), "collect", "--output", str(out), "--home", str(home)], work)
+        cf_times.append(t)
+        cf_rss.append(rss)
         cf_sizes.append(newest(out, "*.tar.zst").stat().st_size)
     sos = shutil.which("sos") or shutil.which("sosreport")
-    sos_times, sos_sizes = [], []
+    sos_times, sos_sizes, sos_rss = [], [], []
     if sos:
         for i in range(opts.sos_runs):
             out = work / f"sos{i}"
@@ -60,8 +69,11 @@ def main() -> None:
                 if sos.endswith("sos")
                 else [sos, "--batch", "--tmp-dir", str(out)]
             )
-            sos_times.append(timed(argv, work))
-            sos_sizes.append(newest(out, "sosreport-*.tar.*").stat().st_size)
+            t, rss = timed(argv, work)
+            sos_times.append(t)
+            sos_rss.append(rss)
+            archive = [p for p in out.glob("sosreport-*.tar.*") if not p.name.endswith(".sha256")]
+            sos_sizes.append(max(p.stat().st_size for p in archive))
     cf_t, cf_s = statistics.median(cf_times), statistics.median(cf_sizes)
     result = {
         "machine": f"{platform.node()} {platform.machine()} {psutil.cpu_count()} cpu "
@@ -76,15 +88,18 @@ def main() -> None:
     commit = subprocess.run(
         ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent
     ).stdout.strip()
+    cf_m = max(cf_rss) / 1024**2
     if sos_times:
         sos_t, sos_s = statistics.median(sos_times), statistics.median(sos_sizes)
+        sos_m = max(sos_rss) / 1024**2
         print(
             f"| one-shot collect (default scope) | `python benchmarks/bench_collect.py --runs {opts.runs}` | "
-            f"{cf_t:.2f} s, {cf_s / 1024:.0f} KiB (median of {opts.runs}) | sos report --batch: {sos_t:.1f} s, "
-            f"{sos_s / 1024**2:.2f} MiB | {sos_t / cf_t:.0f}x faster, {sos_s / cf_s:.0f}x smaller | {date} | {commit} |"
+            f"{cf_t:.2f} s, {cf_s / 1024:.0f} KiB, peak RSS {cf_m:.0f} MiB (median of {opts.runs}) | "
+            f"sos report --batch: {sos_t:.1f} s, {sos_s / 1024**2:.2f} MiB, peak RSS {sos_m:.0f} MiB | "
+            f"{sos_t / cf_t:.1f}x faster | {date} | {commit} |"
         )
     else:
-        print(f"casefile collect: {cf_t:.2f} s median, {cf_s} bytes; sos not installed, no baseline")
+        print(f"casefile collect: {cf_t:.2f} s median, {cf_s} bytes, peak RSS {cf_m:.0f} MiB; sos not installed")
     shutil.rmtree(work, ignore_errors=True)
 
 

@@ -27,8 +27,11 @@ def _cmd(name: str) -> str:
     return str(BIN / name) if (BIN / name).exists() else name
 
 
+SECRETS: dict[str, str] = {}  # token -> how to show it: the demo never prints a secret
+
+
 def run(args: list[str], *, env: dict[str, str], capture: bool = False) -> str:
-    shown = " ".join(shlex.quote(a) for a in args)
+    shown = " ".join(shlex.quote(SECRETS.get(a, a)) for a in args)
     print(f"\n\033[1m$ {shown}\033[0m", flush=True)
     argv = [_cmd(args[0]), *args[1:]]
     if capture:
@@ -70,7 +73,8 @@ def main() -> int:
         env=env,
         capture=True,
     ).strip()
-    print("(tokens captured; not printed)")
+    SECRETS.update({enroll_token: "$ENROLL_TOKEN", eng_token: "$ENGINEER_TOKEN"})
+    print("(tokens captured as $ENROLL_TOKEN and $ENGINEER_TOKEN; a token is shown once and stored hashed)")
 
     print("\n== Operator: start the collector (TLS, self-signed certificate)")
     ready = root / "ready.json"
