@@ -8,6 +8,8 @@ self-signed ECDSA certificate made on first start; plaintext only on loopback.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import datetime as dt
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +45,9 @@ class ServerConfig:
     key_file: Path | None = None
     limits: IngestLimits = field(default_factory=IngestLimits)
     grace_s: float = 5.0
+    # Partial uploads nobody resumed for this long are removed (checked hourly), so an
+    # agent that vanished mid-upload cannot fill the staging disk.
+    stale_upload_age: dt.timedelta = dt.timedelta(days=7)
 
 
 class CollectorServer:
@@ -65,6 +70,7 @@ class CollectorServer:
         self.blobs = BlobStore(config.data_dir)
         self._server: grpc.aio.Server | None = None
         self._health = health.aio.HealthServicer()
+        self._janitor: asyncio.Task[None] | None = None
 
     async def start(self) -> int:
         # Why these options: a collector restart makes every agent reconnect at once, and
@@ -104,12 +110,26 @@ class CollectorServer:
         for name in ("", *_SERVICE_NAMES):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
         self._server = server
+        self._janitor = asyncio.create_task(self._sweep_stale_uploads())
         log.info("collector listening on %s port %d", target, self.port)
         return self.port
+
+    async def _sweep_stale_uploads(self) -> None:
+        while True:
+            removed = await asyncio.to_thread(
+                self.blobs.stale_uploads, self.config.stale_upload_age, remove=True
+            )
+            if removed:
+                log.info("removed %d abandoned partial uploads: %s", len(removed), ", ".join(removed))
+            await asyncio.sleep(3600)
 
     async def stop(self, grace: float | None = None) -> None:
         if self._server is None:
             return
+        if self._janitor is not None:
+            self._janitor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._janitor
         await self._health.enter_graceful_shutdown()
         await self._server.stop(self.config.grace_s if grace is None else grace)
         self._server = None

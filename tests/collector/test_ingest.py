@@ -244,3 +244,28 @@ def test_enrollment_tokens(collector: RunningCollector) -> None:
         expired = collector.expired_token("enroll", max_uses=1)
         with pytest.raises(EnrollmentError, match="expired"):
             enroll(ch, token=expired, key=SigningKey.generate(), hostname="h", agent_version="t")
+
+
+def test_abandoned_partials_are_swept_at_start(tmp_path: Path) -> None:
+    import datetime as dt
+
+    from collector.server import ServerConfig
+    from collector.storage import BlobStore
+    from tests.collector.conftest import _run_server
+
+    data = tmp_path / "collector"
+    blobs = BlobStore(data)
+    with blobs.open_upload("a" * 32, 10, "b" * 64) as staged:
+        staged.append(b"12345")
+    assert blobs.part_path("a" * 32).exists()
+    gen = _run_server(ServerConfig(address="127.0.0.1:0", data_dir=data, stale_upload_age=dt.timedelta(0)))
+    running = next(gen)
+    try:
+        for _ in range(200):
+            if not blobs.part_path("a" * 32).exists():
+                break
+            threading.Event().wait(0.025)
+        assert not blobs.part_path("a" * 32).exists()
+        assert running.store.list_bundles()[0] == []
+    finally:
+        gen.close()
