@@ -20,6 +20,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from agent.cli_analysis import register as register_analysis_commands
 from agent.errors import CasefileError, TransportError, VerificationError
 from agent.state import AgentHome, Enrollment
 from agent.version import __version__
@@ -30,6 +31,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
+register_analysis_commands(app)
 agent_app = typer.Typer(help="The agent's identity and enrollment with a collector.", no_args_is_help=True)
 app.add_typer(agent_app, name="agent")
 
@@ -94,32 +96,94 @@ def collect(
     case: Annotated[str | None, typer.Option("--case", help="Support case id, e.g. SR-1234.")] = None,
     output: Annotated[Path, typer.Option("--output", "-o", help="Folder for the bundle.")] = Path("."),
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
-    only: Annotated[list[str] | None, typer.Option("--only", help="Run only these collectors.")] = None,
-    exclude: Annotated[list[str] | None, typer.Option("--exclude", help="Skip these collectors.")] = None,
+    only: Annotated[
+        list[str] | None,
+        typer.Option("--only", help="Only these collectors, or only artifacts matching this path glob (has / * ?)."),
+    ] = None,
+    exclude: Annotated[
+        list[str] | None,
+        typer.Option("--exclude", help="Skip these collectors, or artifacts matching this path glob (has / * ?)."),
+    ] = None,
     upload: Annotated[str | None, typer.Option("--upload", help="Also send it to this collector HOST:PORT.")] = None,
     token: Annotated[
         str | None, typer.Option("--token", help="Case token from support.", envvar="CASEFILE_TOKEN")
     ] = None,
+    profile: Annotated[
+        str, typer.Option("--profile", help="Redaction: standard (secrets), private (+identifiers), facts-only.")
+    ] = "standard",
+    preview: Annotated[
+        bool, typer.Option("--preview", help="Show what would go into the bundle; write and send nothing.")
+    ] = False,
+    add_file: Annotated[
+        list[Path] | None, typer.Option("--add-file", help="Attach this file (redacted) as files/<name>.")
+    ] = None,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Upload without asking for confirmation.")] = False,
+    allow_leaks: Annotated[
+        bool, typer.Option("--allow-leaks", help="Seal even if the leak gate finds something (recorded).")
+    ] = False,
     ca_fingerprint: CaFingerprintOpt = None,
     ca_file: CaFileOpt = None,
     insecure: InsecureOpt = False,
     home: HomeOpt = None,
 ) -> None:
-    """Collect diagnostics on this machine into one signed bundle; optionally upload it."""
+    """Collect diagnostics on this machine into one signed bundle; optionally upload it.
+
+    Before an upload from a terminal the preview summary is shown and you are asked to
+    confirm (--yes skips that). Without a terminal (a script, a service) --upload on the
+    command line is the instruction itself, as `sos report --batch --upload` is: it is
+    sent, and the receipt records "non-interactive".
+    """
     from agent.collect import CollectionSpec
-    from agent.oneshot import collect_bundle
+    from agent.oneshot import Consent, PrivacyOptions, prepare_collection
     from agent.summary import snapshot_summary
 
     state = AgentHome(home)
     enrollment = state.enrollment()
-    spec = CollectionSpec(only=tuple(only or ()), exclude=tuple(exclude or ()))
-    done = collect_bundle(
-        key=state.key(),
-        output_dir=output,
+    col_only, glob_only = _split_selectors(only)
+    col_exclude, glob_exclude = _split_selectors(exclude)
+    spec = CollectionSpec(only=col_only, exclude=col_exclude)
+    privacy = PrivacyOptions(
+        profile=profile,
+        home=state.root,
+        only_paths=glob_only,
+        exclude_paths=glob_exclude,
+        add_files=tuple(add_file or ()),
+        allow_leaks=allow_leaks,
+    )
+    wants_upload = not preview and (upload is not None or bool(token and enrollment))
+    with prepare_collection(
+        key=None if preview else state.key(),
         agent_id=enrollment.agent_id if enrollment else "",
         case_id=case,
         spec=spec,
-    )
+        privacy=privacy,
+        preview=preview,
+    ) as prepared:
+        if preview:
+            if as_json:
+                print(json.dumps(prepared.preview.to_dict(), indent=1))
+            else:
+                _render_preview(prepared.preview.to_dict())
+            return
+        confirmed, displayed = "not-asked", False
+        if wants_upload:
+            if yes:
+                confirmed = "yes-flag"
+            elif sys.stdin.isatty() and sys.stdout.isatty():
+                _render_preview(prepared.preview.to_dict())
+                displayed = True
+                ok = typer.confirm(f"Send this bundle to {upload or (enrollment.collector if enrollment else '')}?")
+                confirmed = "interactive" if ok else "declined"
+            else:
+                confirmed = "non-interactive"
+        consent = Consent(
+            confirmed=confirmed,
+            displayed=displayed,
+            upload_requested=wants_upload,
+            only=tuple(only or ()),
+            exclude=tuple(exclude or ()),
+        )
+        done = prepared.seal(output, state.key(), consent)
     b = done.bundle
     summary = snapshot_summary(done.result.snapshot)
     summary["bundle"] = {
@@ -130,8 +194,10 @@ def collect(
         "key_fingerprint": b.fingerprint,
         "case_id": case,
         "collect_seconds": round(done.result.duration_s, 2),
+        "profile": profile,
+        "redaction_hits": dict(done.redaction.get("totals", {})),
     }
-    if upload is not None or (token and enrollment):
+    if wants_upload and confirmed in ("yes-flag", "interactive", "non-interactive"):
         receipt = _upload(b.path, b.bundle_id, state, upload, token, ca_fingerprint, ca_file, insecure)
         summary["upload"] = {
             "collector": upload or (enrollment.collector if enrollment else ""),
@@ -143,6 +209,59 @@ def collect(
         print(json.dumps(summary, indent=1))
     else:
         _render_summary(summary)
+    if confirmed == "declined":
+        err.print(f"Not sent. The bundle stays at {b.path}; send it later with: casefile upload {b.path}")
+
+
+def _split_selectors(values: list[str] | None) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(collector names, artifact path globs): a value with / * ? [ is a path glob."""
+    names: list[str] = []
+    globs: list[str] = []
+    for v in values or ():
+        (globs if any(c in v for c in "/*?[") else names).append(v)
+    return tuple(names), tuple(globs)
+
+
+def _render_preview(p: dict[str, Any]) -> None:
+    table = Table("member", "kind", "bytes", "redactions", title=f"Would be sent (profile {p['profile']})",
+                  title_justify="left")
+    for m in p["members"]:
+        hits = ", ".join(f"{rule} {n}" for rule, n in m["hits"].items()) or "-"
+        table.add_row(m["path"], m["kind"], f"{m['size']:,}", hits)
+    out.print(table)
+    for d in p["dropped"]:
+        out.print(f"[dim]left out[/] {d['path']}: {d['reason']}")
+    gate = p["leak_gate"]
+    if gate["leaks"]:
+        for leak in gate["leaks"]:
+            out.print(f"[red]leak gate[/]: {leak['artifact']} still matches {leak['rule']} ({leak['count']}x)")
+    else:
+        out.print("[green]leak gate passes[/]: no secret pattern (and, if private, no host value) remains")
+    out.print(f"preview digest sha256:{p['preview_digest']}")
+
+
+@app.command()
+def unmask(
+    text: Annotated[str, typer.Argument(help="Text with tokens, or a file holding it ('-' for stdin).")],
+    home: HomeOpt = None,
+) -> None:
+    """Put the real values back for tokens made on THIS machine (the map never leaves it)."""
+    from agent.redact import load_mapping, unmask_text
+
+    state = AgentHome(home)
+    source = Path(text)
+    if text == "-":
+        data = sys.stdin.read()
+    elif source.is_file():
+        data = source.read_text("utf-8", errors="surrogateescape")
+    else:
+        data = text
+    restored, n, unknown = unmask_text(data, load_mapping(state.root))
+    sys.stdout.write(restored if restored.endswith("\n") else restored + "\n")
+    if unknown:
+        err.print(f"{unknown} token(s) not in this machine's map (made elsewhere or with another key)")
+    if not n and not unknown:
+        err.print("no tokens found")
 
 
 def _render_summary(s: dict[str, Any]) -> None:

@@ -2,28 +2,432 @@
 
 The same path serves a customer's one-shot run, a live snapshot and a technician's
 local report; only ``kind`` and ``request_id`` differ.
+
+Two phases, so the customer can see what leaves before it is sealed:
+
+1. ``prepare_collection`` runs the collectors, then the privacy phase: every artifact
+   streams through the ``Redactor`` into an anonymous spool, every string fact of the
+   Snapshot is redacted, and the leak gate scans the result. Nothing is written to the
+   output folder; the ``Preview`` lists exactly what ``seal`` would put in the bundle.
+2. ``Prepared.seal`` writes those bytes into a signed bundle, with the redaction
+   summary and the consent receipt in the manifest — or refuses (``LeakError``) when
+   the gate found something and leaks were not allowed.
+
+``collect_bundle`` does both at once.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
-from dataclasses import dataclass
+import fnmatch
+import getpass
+import hashlib
+import json
+import os
+import secrets
+import shutil
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
+from types import TracebackType
+from typing import IO, Any
 
 from google.protobuf import json_format
 
 from agent.bundle import BundleMeta, BundleWriter, WrittenBundle, new_bundle_id
-from agent.collect import CollectionResult, CollectionSpec, run_collection
+from agent.collect import CollectionResult, CollectionSpec, run_collection, statuses_to_dicts
 from agent.keys import SigningKey
+from agent.redact import (
+    FACTS_ARTIFACT,
+    RULESET_VERSION,
+    Harvested,
+    LeakGate,
+    Pseudonymizer,
+    RedactionError,
+    Redactor,
+    get_profile,
+    harvest_host,
+    load_or_create_redact_key,
+    redact_message,
+)
 from agent.version import __version__
+from protos import facts_pb2
 
-__all__ = ["Collected", "collect_bundle"]
+__all__ = [
+    "Collected",
+    "Consent",
+    "Prepared",
+    "Preview",
+    "PrivacyOptions",
+    "collect_bundle",
+    "prepare_collection",
+]
+
+_SPOOL_MAX = 1 << 20
+_MANIFEST = "MANIFEST.json"
+
+
+@dataclass(frozen=True)
+class PrivacyOptions:
+    """How the privacy phase runs. ``home`` holds the pseudonym key and the unmask map.
+
+    ``only_paths``/``exclude_paths`` are artifact path globs (``logs/*``, ``commands``);
+    ``add_files`` become ``files/<basename>`` members of kind ``file``.
+    """
+
+    profile: str = "standard"
+    home: Path | None = None
+    only_paths: tuple[str, ...] = ()
+    exclude_paths: tuple[str, ...] = ()
+    add_files: tuple[Path, ...] = ()
+    allow_leaks: bool = False
+    harvested: Harvested | None = None  # None: harvest this host
+
+
+@dataclass(frozen=True)
+class Consent:
+    """What the customer was asked and answered; becomes the manifest's ``consent``.
+
+    ``confirmed``: "interactive" (said yes at the prompt), "yes-flag" (--yes),
+    "declined", "non-interactive" (--upload given with no terminal to ask: the command
+    line is the instruction, as with ``sos report --batch --upload``) or "not-asked"
+    (a local bundle; nothing is sent).
+    """
+
+    confirmed: str = "not-asked"
+    displayed: bool = False
+    upload_requested: bool = False
+    only: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Preview:
+    """Every member the bundle would hold, after redaction; ``digest`` is over ``listing``."""
+
+    profile: str
+    listing: tuple[dict[str, Any], ...]
+    dropped: tuple[dict[str, str], ...]
+    leaks: tuple[dict[str, object], ...]
+    digest: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "profile": self.profile,
+            "members": list(self.listing),
+            "dropped": list(self.dropped),
+            "leak_gate": {"result": "fail" if self.leaks else "pass", "leaks": list(self.leaks)},
+            "preview_digest": self.digest,
+        }
 
 
 @dataclass(frozen=True)
 class Collected:
     bundle: WrittenBundle
     result: CollectionResult
+    redaction: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class _Member:
+    path: str
+    kind: str
+    size: int
+    spool: IO[bytes]
+
+
+class Prepared:
+    """A redacted collection held in anonymous spools; ``seal`` it or ``close`` it."""
+
+    def __init__(
+        self,
+        *,
+        result: CollectionResult,
+        snapshot: facts_pb2.Snapshot,
+        members: list[_Member],
+        dropped: list[dict[str, str]],
+        redactor: Redactor,
+        gate: LeakGate,
+        privacy: PrivacyOptions,
+        created: dt.datetime,
+        kind: str,
+        request_id: str | None,
+        case_id: str | None,
+        added: list[dict[str, str]],
+    ) -> None:
+        self.result, self.snapshot, self.members, self.dropped = result, snapshot, members, dropped
+        self.redactor, self.gate, self.privacy, self.created = redactor, gate, privacy, created
+        self.kind, self.request_id, self.case_id, self.added = kind, request_id, case_id, added
+        self.facts_pb = snapshot.SerializeToString(deterministic=True)
+        facts_json = json_format.MessageToJson(snapshot, indent=1, sort_keys=True) + "\n"
+        self.facts_json = facts_json.encode("utf-8")
+        gate.scan_bytes("facts.pb", self.facts_pb)
+        gate.scan_bytes("facts.json", self.facts_json)
+        self.preview = self._preview()
+
+    def _preview(self) -> Preview:
+        hits = self.redactor.hits()
+        listing: list[dict[str, Any]] = [
+            {"path": "facts.pb", "kind": "facts", "size": len(self.facts_pb), "hits": hits.get(FACTS_ARTIFACT, {})},
+            {"path": "facts.json", "kind": "facts", "size": len(self.facts_json), "hits": hits.get(FACTS_ARTIFACT, {})},
+        ]
+        listing += [
+            {"path": m.path, "kind": m.kind, "size": m.size, "hits": hits.get(m.path, {})} for m in self.members
+        ]
+        encoded = json.dumps(listing, sort_keys=True, separators=(",", ":")).encode("utf-8")
+        return Preview(
+            profile=self.privacy.profile,
+            listing=tuple(listing),
+            dropped=tuple(self.dropped),
+            leaks=tuple(self.gate.report.as_list()),
+            digest=hashlib.sha256(encoded).hexdigest(),
+        )
+
+    def seal(self, output_dir: Path, key: SigningKey, consent: Consent | None = None) -> Collected:
+        """Write the signed bundle; raises LeakError (nothing written) on an unallowed leak."""
+        consent = consent or Consent()
+        if self.snapshot.key_fingerprint != key.fingerprint:
+            raise RedactionError("this collection was prepared for preview only (no signing key); collect again")
+        spec = _redact_json(self.result.spec_dict(), self.redactor)
+        warnings = [(n, self.redactor.redact_text(w, _MANIFEST)) for n, w in self.result.warnings]
+        collectors = statuses_to_dicts(self.snapshot.collectors, sizes=self.result.sizes, warnings=warnings)
+        paths = {m.path for m in self.members}
+        truncated = [
+            _redact_json(t, self.redactor) for t in self.result.truncated() if t.get("member") in paths
+        ]
+        receipt = self._receipt(consent)
+        self.gate.scan_bytes(_MANIFEST, json.dumps([spec, collectors, truncated, receipt]).encode("utf-8"))
+        self.gate.scan_bytes(_MANIFEST, self.snapshot.host.hostname.encode("utf-8"))
+        gate_entry = self.gate.check(allow_leaks=self.privacy.allow_leaks)
+        redaction: dict[str, Any] = {
+            "profile": self.privacy.profile,
+            "ruleset": RULESET_VERSION,
+            "hits": self.redactor.hits(),
+            "totals": self.redactor.totals(),
+            "dropped": list(self.dropped),
+            "leak_gate": gate_entry,
+            "allow_leaks": self.privacy.allow_leaks,
+        }
+        meta = BundleMeta(
+            bundle_id=self.snapshot.bundle_id,
+            hostname=self.snapshot.host.hostname or "unknown",
+            case_id=self.case_id,
+            kind=self.kind,
+            agent_id=self.snapshot.agent_id,
+            agent_version=__version__,
+            created_at=self.created,
+            request_id=self.request_id,
+        )
+        output_dir.mkdir(parents=True, exist_ok=True)
+        with BundleWriter(output_dir, key=key, meta=meta) as writer:
+            writer.add_bytes("facts.pb", self.facts_pb)
+            writer.add_bytes("facts.json", self.facts_json)
+            for m in self.members:
+                m.spool.seek(0)
+                with writer.open_member(m.path) as out:
+                    shutil.copyfileobj(m.spool, out, 1 << 20)
+            if self.redactor.pseudo is not None:
+                self.redactor.pseudo.flush()  # before sealing: a sent bundle must be unmaskable
+            written = writer.finish(
+                spec=spec,
+                collectors=collectors,
+                truncated=truncated,
+                redaction=redaction,
+                extra={"consent": receipt},
+            )
+        return Collected(bundle=written, result=self.result, redaction=redaction)
+
+    def _receipt(self, consent: Consent) -> dict[str, Any]:
+        try:
+            who = getpass.getuser()
+        except (OSError, KeyError):
+            who = str(os.getuid()) if hasattr(os, "getuid") else "unknown"
+        if self.redactor.pseudo is not None and who not in ("root", "SYSTEM"):
+            who = self.redactor.pseudonym("user", who, _MANIFEST)
+        return {
+            "profile": self.privacy.profile,
+            "only": [self.redactor.redact_text(x, _MANIFEST) for x in consent.only],
+            "exclude": [self.redactor.redact_text(x, _MANIFEST) for x in consent.exclude],
+            "added_files": self.added,
+            "who": who,
+            "when": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+            "preview_digest": self.preview.digest,
+            "preview_displayed": consent.displayed,
+            "confirmed": consent.confirmed,
+            "upload_requested": consent.upload_requested,
+        }
+
+    def close(self) -> None:
+        for m in self.members:
+            with contextlib.suppress(OSError):
+                m.spool.close()
+        self.result.close()
+
+    def __enter__(self) -> Prepared:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+def _redact_json(obj: Any, redactor: Redactor) -> Any:
+    if isinstance(obj, str):
+        return redactor.redact_text(obj, _MANIFEST)
+    if isinstance(obj, dict):
+        return {k: _redact_json(v, redactor) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_redact_json(v, redactor) for v in obj]
+    return obj
+
+
+def _matches(path: str, patterns: tuple[str, ...]) -> bool:
+    return any(fnmatch.fnmatchcase(path, p) or path.startswith(p.rstrip("/") + "/") for p in patterns)
+
+
+def _make_redactor(privacy: PrivacyOptions, *, preview: bool) -> Redactor:
+    profile = get_profile(privacy.profile)
+    if not profile.pseudonymise:
+        return Redactor(profile)
+    harvested = privacy.harvested if privacy.harvested is not None else harvest_host()
+    if privacy.home is None:
+        raise RedactionError(f"profile {profile.name!r} needs the agent home for its pseudonym key")
+    # A preview writes nothing: without a key yet, it pseudonymises with a throwaway one.
+    key = load_or_create_redact_key(privacy.home, create=not preview)
+    if key is None:
+        return Redactor(profile, harvested=harvested, pseudonymizer=Pseudonymizer(secrets.token_bytes(32)))
+    pseudo = Pseudonymizer(key, home=None if preview else privacy.home)
+    return Redactor(profile, harvested=harvested, pseudonymizer=pseudo)
+
+
+def _check_added(privacy: PrivacyOptions, raw: bool) -> list[tuple[Path, str]]:
+    if privacy.add_files and not raw:
+        raise RedactionError(
+            f"--add-file is refused under profile {privacy.profile!r}: it would attach raw file content; "
+            "use --profile private (pseudonymised) or standard"
+        )
+    out: list[tuple[Path, str]] = []
+    for path in privacy.add_files:
+        if not path.is_file():
+            raise RedactionError(f"--add-file {path}: not a regular file (or not found)")
+        if not os.access(path, os.R_OK):
+            raise RedactionError(f"--add-file {path}: not readable")
+        member = f"files/{path.name}"
+        if any(m == member for _, m in out):
+            raise RedactionError(f"--add-file {path}: another added file is also named {path.name!r}")
+        out.append((path, member))
+    return out
+
+
+def prepare_collection(
+    *,
+    key: SigningKey | None,
+    agent_id: str = "",
+    case_id: str | None = None,
+    kind: str = "one-shot",
+    request_id: str | None = None,
+    spec: CollectionSpec | None = None,
+    privacy: PrivacyOptions | None = None,
+    preview: bool = False,
+) -> Prepared:
+    """Collect and redact into spools; ``key`` None (a preview) cannot be sealed later."""
+    privacy = privacy or PrivacyOptions()
+    profile = get_profile(privacy.profile)
+    added = _check_added(privacy, profile.raw)
+    redactor = _make_redactor(privacy, preview=preview)
+    gate = LeakGate(redactor.harvested if profile.pseudonymise else None)
+    result = run_collection(spec or CollectionSpec())
+    try:
+        return _prepare(result, redactor, gate, privacy, added, key, agent_id, case_id, kind, request_id)
+    except BaseException:
+        result.close()
+        raise
+
+
+def _prepare(
+    result: CollectionResult,
+    redactor: Redactor,
+    gate: LeakGate,
+    privacy: PrivacyOptions,
+    added: list[tuple[Path, str]],
+    key: SigningKey | None,
+    agent_id: str,
+    case_id: str | None,
+    kind: str,
+    request_id: str | None,
+) -> Prepared:
+    profile = redactor.profile
+    members: list[_Member] = []
+    dropped: list[dict[str, str]] = []
+    gone: set[str] = set()
+
+    def spool_in(path: str, kind_: str, src: IO[bytes]) -> None:
+        spool = tempfile.SpooledTemporaryFile(max_size=_SPOOL_MAX, mode="w+b")  # noqa: SIM115 - closed by Prepared
+        size = redactor.redact_stream(src, spool, path)
+        spool.seek(0)
+        gate.scan_stream(path, spool)
+        members.append(_Member(path, kind_, size, spool))
+
+    try:
+        for art in result.artifacts:
+            reason = ""
+            if not profile.raw and art.kind in ("log", "command"):
+                reason = f"profile {profile.name} keeps no raw {art.kind} output"
+            elif privacy.only_paths and not _matches(art.path, privacy.only_paths):
+                reason = "not selected by --only"
+            elif _matches(art.path, privacy.exclude_paths):
+                reason = "excluded by --exclude"
+            path = redactor.redact_text(art.path, "member-paths")
+            if reason:
+                gone.add(art.path)
+                dropped.append({"path": path, "kind": art.kind, "reason": reason})
+                continue
+            with art.open() as src:
+                spool_in(path, art.kind, src)
+        added_entries: list[dict[str, str]] = []
+        for source, member in added:
+            path = redactor.redact_text(member, "member-paths")
+            with open(source, "rb") as src:
+                spool_in(path, "file", src)
+            added_entries.append({"member": path, "source": redactor.redact_text(str(source), _MANIFEST)})
+    except BaseException:
+        for m in members:
+            m.spool.close()
+        raise
+    redactor.forget("member-paths")
+
+    snapshot = facts_pb2.Snapshot()
+    snapshot.CopyFrom(result.snapshot)
+    for src_facts in snapshot.logs.sources:
+        if src_facts.artifact in gone:
+            src_facts.artifact = ""  # the counts stay; the member does not exist
+    redact_message(snapshot, redactor)
+    created = dt.datetime.now(dt.UTC)
+    snapshot.bundle_id = new_bundle_id()
+    snapshot.agent_id = agent_id
+    snapshot.case_id = case_id or ""
+    snapshot.kind = kind
+    snapshot.request_id = request_id or ""
+    snapshot.collected_at.FromDatetime(created)
+    snapshot.agent_version = __version__
+    snapshot.key_fingerprint = key.fingerprint if key is not None else ""
+    return Prepared(
+        result=result,
+        snapshot=snapshot,
+        members=members,
+        dropped=dropped,
+        redactor=redactor,
+        gate=gate,
+        privacy=privacy,
+        created=created,
+        kind=kind,
+        request_id=request_id,
+        case_id=case_id,
+        added=added_entries,
+    )
 
 
 def collect_bundle(
@@ -35,40 +439,17 @@ def collect_bundle(
     kind: str = "one-shot",
     request_id: str | None = None,
     spec: CollectionSpec | None = None,
+    privacy: PrivacyOptions | None = None,
+    consent: Consent | None = None,
 ) -> Collected:
-    """Run the collectors and write one signed bundle into ``output_dir``."""
-    result = run_collection(spec or CollectionSpec())
-    created = dt.datetime.now(dt.UTC)
-    snapshot = result.snapshot
-    snapshot.bundle_id = new_bundle_id()
-    snapshot.agent_id = agent_id
-    snapshot.case_id = case_id or ""
-    snapshot.kind = kind
-    snapshot.request_id = request_id or ""
-    snapshot.collected_at.FromDatetime(created)
-    snapshot.agent_version = __version__
-    snapshot.key_fingerprint = key.fingerprint
-    meta = BundleMeta(
-        bundle_id=snapshot.bundle_id,
-        hostname=snapshot.host.hostname or "unknown",
+    """Run the collectors, redact, gate, and write one signed bundle into ``output_dir``."""
+    with prepare_collection(
+        key=key,
+        agent_id=agent_id,
         case_id=case_id,
         kind=kind,
-        agent_id=agent_id,
-        agent_version=__version__,
-        created_at=created,
         request_id=request_id,
-    )
-    output_dir.mkdir(parents=True, exist_ok=True)
-    with BundleWriter(output_dir, key=key, meta=meta) as writer:
-        writer.add_bytes("facts.pb", snapshot.SerializeToString(deterministic=True))
-        facts_json = json_format.MessageToJson(snapshot, indent=1, sort_keys=True)
-        writer.add_bytes("facts.json", (facts_json + "\n").encode("utf-8"))
-        for _collector, path, data in result.artifacts:
-            writer.add_bytes(path, data)
-        written = writer.finish(
-            spec=result.spec_dict(),
-            collectors=result.status_dicts(),
-            truncated=[],
-            redaction=None,
-        )
-    return Collected(bundle=written, result=result)
+        spec=spec,
+        privacy=privacy,
+    ) as prepared:
+        return prepared.seal(output_dir, key, consent)

@@ -456,6 +456,115 @@ def download(
     out.print(f"[green]saved[/] {dest} ({hdr.size:,} bytes, sha256 {hdr.sha256})")
 
 
+@app.command("findings")
+def findings_cmd(
+    bundle_id: Annotated[str, typer.Argument(help="Bundle id (32 hex).")],
+    collector: CollectorOpt,
+    token: TokenOpt,
+    ca_fingerprint: CaFpOpt = None,
+    ca_file: CaFileOpt = None,
+    insecure: InsecureOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """A stored bundle's findings; exit 0 (none/info), 10 (warning) or 20 (critical)."""
+    from protos import collector_pb2
+
+    channel, stub, md = _query(collector, token, ca_fingerprint, ca_file, insecure)
+    with channel:
+        resp = stub.GetFindings(collector_pb2.GetBundleRequest(bundle_id=bundle_id), metadata=md, timeout=120)
+    doc = json.loads(resp.json)
+    if as_json:
+        print(resp.json)
+    else:
+        t = Table("severity", "finding", "next step", title=f"Findings of {bundle_id}", title_justify="left")
+        for f in doc["findings"]:
+            t.add_row(f["severity"], f"{f['title']}\n[dim]{f['code']}[/]", f["next_step"])
+        out.print(t if doc["findings"] else "[green]No findings[/]")
+    raise typer.Exit(int(doc["exit_code"]))
+
+
+@app.command("timeline")
+def timeline_cmd(
+    bundle_id: Annotated[str, typer.Argument(help="Bundle id (32 hex).")],
+    collector: CollectorOpt,
+    token: TokenOpt,
+    ca_fingerprint: CaFpOpt = None,
+    ca_file: CaFileOpt = None,
+    insecure: InsecureOpt = False,
+    as_json: JsonOpt = False,
+    interval: Annotated[str | None, typer.Option("--interval", help="Bucket size, e.g. 5m (default: auto).")] = None,
+) -> None:
+    """When did it start: a stored bundle's error/warning timeline and onset."""
+    from protos import collector_pb2
+
+    seconds = int(parse_duration(interval).total_seconds()) if interval else 0
+    channel, stub, md = _query(collector, token, ca_fingerprint, ca_file, insecure)
+    with channel:
+        resp = stub.GetTimeline(
+            collector_pb2.TimelineRequest(bundle_id=bundle_id, interval_s=seconds), metadata=md, timeout=120
+        )
+    if as_json:
+        print(resp.json)
+        return
+    doc = json.loads(resp.json)
+    out.print(doc["summary"])
+    onset = doc["onset"]
+    if onset:
+        t = Table("count", "message template", title="Dominant messages of the burst", title_justify="left")
+        for g in onset["templates"]:
+            t.add_row(str(g["count"]), g["template"])
+        out.print(t)
+
+
+@app.command("diff")
+def diff_cmd(
+    a: Annotated[str, typer.Argument(help="Older bundle id.")],
+    b: Annotated[str, typer.Argument(help="Newer bundle id.")],
+    collector: CollectorOpt,
+    token: TokenOpt,
+    ca_fingerprint: CaFpOpt = None,
+    ca_file: CaFileOpt = None,
+    insecure: InsecureOpt = False,
+    as_json: JsonOpt = False,
+    force: Annotated[bool, typer.Option("--force", help="Compare bundles of different hosts.")] = False,
+) -> None:
+    """What changed between two stored bundles of the same host."""
+    from protos import collector_pb2
+
+    channel, stub, md = _query(collector, token, ca_fingerprint, ca_file, insecure)
+    with channel:
+        resp = stub.DiffBundles(collector_pb2.DiffRequest(a=a, b=b, force=force), metadata=md, timeout=120)
+    if as_json:
+        print(resp.json)
+    else:
+        sys.stdout.write(resp.text)
+
+
+@app.command("report")
+def report_cmd(
+    bundle_id: Annotated[str, typer.Argument(help="Bundle id (32 hex).")],
+    collector: CollectorOpt,
+    token: TokenOpt,
+    ca_fingerprint: CaFpOpt = None,
+    ca_file: CaFileOpt = None,
+    insecure: InsecureOpt = False,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="HTML file (default: <bundle id>.html).")
+    ] = None,
+) -> None:
+    """Render a stored bundle's self-contained HTML report into a file."""
+    from protos import collector_pb2
+
+    channel, stub, md = _query(collector, token, ca_fingerprint, ca_file, insecure)
+    with channel:
+        resp = stub.RenderReport(collector_pb2.GetBundleRequest(bundle_id=bundle_id), metadata=md, timeout=120)
+    dest = output or Path(f"{bundle_id}.html")
+    tmp = dest.with_name(f".{dest.name}.partial")
+    tmp.write_bytes(resp.html)
+    tmp.replace(dest)
+    out.print(f"[green]saved[/] {dest} ({len(resp.html):,} bytes)")
+
+
 def _exit(code: int, message: str) -> NoReturn:
     err.print(f"[red]casefile-collector:[/] {message}", highlight=False, soft_wrap=True)
     raise SystemExit(code)

@@ -301,3 +301,47 @@ class SnapshotProgress(_message.Message):
     detail: str
     bundle_id: str
     def __init__(self, request_id: _Optional[str] = ..., state: _Optional[str] = ..., detail: _Optional[str] = ..., bundle_id: _Optional[str] = ...) -> None: ...
+
+class FindingsResponse(_message.Message):
+    __slots__ = ("json",)
+    JSON_FIELD_NUMBER: _ClassVar[int]
+    json: str
+    def __init__(self, json: _Optional[str] = ...) -> None: ...
+
+class TimelineRequest(_message.Message):
+    __slots__ = ("bundle_id", "interval_s")
+    BUNDLE_ID_FIELD_NUMBER: _ClassVar[int]
+    INTERVAL_S_FIELD_NUMBER: _ClassVar[int]
+    bundle_id: str
+    interval_s: int
+    def __init__(self, bundle_id: _Optional[str] = ..., interval_s: _Optional[int] = ...) -> None: ...
+
+class TimelineResponse(_message.Message):
+    __slots__ = ("json",)
+    JSON_FIELD_NUMBER: _ClassVar[int]
+    json: str
+    def __init__(self, json: _Optional[str] = ...) -> None: ...
+
+class DiffRequest(_message.Message):
+    __slots__ = ("a", "b", "force")
+    A_FIELD_NUMBER: _ClassVar[int]
+    B_FIELD_NUMBER: _ClassVar[int]
+    FORCE_FIELD_NUMBER: _ClassVar[int]
+    a: str
+    b: str
+    force: bool
+    def __init__(self, a: _Optional[str] = ..., b: _Optional[str] = ..., force: _Optional[bool] = ...) -> None: ...
+
+class DiffResponse(_message.Message):
+    __slots__ = ("json", "text")
+    JSON_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    json: str
+    text: str
+    def __init__(self, json: _Optional[str] = ..., text: _Optional[str] = ...) -> None: ...
+
+class ReportResponse(_message.Message):
+    __slots__ = ("html",)
+    HTML_FIELD_NUMBER: _ClassVar[int]
+    html: bytes
+    def __init__(self, html: _Optional[bytes] = ...) -> None: ...

@@ -255,6 +255,26 @@ class QueryStub:
                 request_serializer=protos_dot_collector__pb2.GetBundleRequest.SerializeToString,
                 response_deserializer=protos_dot_collector__pb2.DownloadChunk.FromString,
                 _registered_method=True)
+        self.GetFindings = channel.unary_unary(
+                '/casefile.v1.Query/GetFindings',
+                request_serializer=protos_dot_collector__pb2.GetBundleRequest.SerializeToString,
+                response_deserializer=protos_dot_collector__pb2.FindingsResponse.FromString,
+                _registered_method=True)
+        self.GetTimeline = channel.unary_unary(
+                '/casefile.v1.Query/GetTimeline',
+                request_serializer=protos_dot_collector__pb2.TimelineRequest.SerializeToString,
+                response_deserializer=protos_dot_collector__pb2.TimelineResponse.FromString,
+                _registered_method=True)
+        self.DiffBundles = channel.unary_unary(
+                '/casefile.v1.Query/DiffBundles',
+                request_serializer=protos_dot_collector__pb2.DiffRequest.SerializeToString,
+                response_deserializer=protos_dot_collector__pb2.DiffResponse.FromString,
+                _registered_method=True)
+        self.RenderReport = channel.unary_unary(
+                '/casefile.v1.Query/RenderReport',
+                request_serializer=protos_dot_collector__pb2.GetBundleRequest.SerializeToString,
+                response_deserializer=protos_dot_collector__pb2.ReportResponse.FromString,
+                _registered_method=True)
 
 
 class QueryServicer:
@@ -287,6 +307,31 @@ class QueryServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetFindings(self, request, context):
+        """Analysis of a stored bundle (agent.analysis, run on the collector).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetTimeline(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DiffBundles(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RenderReport(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_QueryServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -309,6 +354,26 @@ def add_QueryServicer_to_server(servicer, server):
                     servicer.DownloadBundle,
                     request_deserializer=protos_dot_collector__pb2.GetBundleRequest.FromString,
                     response_serializer=protos_dot_collector__pb2.DownloadChunk.SerializeToString,
+            ),
+            'GetFindings': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetFindings,
+                    request_deserializer=protos_dot_collector__pb2.GetBundleRequest.FromString,
+                    response_serializer=protos_dot_collector__pb2.FindingsResponse.SerializeToString,
+            ),
+            'GetTimeline': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetTimeline,
+                    request_deserializer=protos_dot_collector__pb2.TimelineRequest.FromString,
+                    response_serializer=protos_dot_collector__pb2.TimelineResponse.SerializeToString,
+            ),
+            'DiffBundles': grpc.unary_unary_rpc_method_handler(
+                    servicer.DiffBundles,
+                    request_deserializer=protos_dot_collector__pb2.DiffRequest.FromString,
+                    response_serializer=protos_dot_collector__pb2.DiffResponse.SerializeToString,
+            ),
+            'RenderReport': grpc.unary_unary_rpc_method_handler(
+                    servicer.RenderReport,
+                    request_deserializer=protos_dot_collector__pb2.GetBundleRequest.FromString,
+                    response_serializer=protos_dot_collector__pb2.ReportResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -421,6 +486,114 @@ class Query:
             '/casefile.v1.Query/DownloadBundle',
             protos_dot_collector__pb2.GetBundleRequest.SerializeToString,
             protos_dot_collector__pb2.DownloadChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetFindings(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/casefile.v1.Query/GetFindings',
+            protos_dot_collector__pb2.GetBundleRequest.SerializeToString,
+            protos_dot_collector__pb2.FindingsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetTimeline(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/casefile.v1.Query/GetTimeline',
+            protos_dot_collector__pb2.TimelineRequest.SerializeToString,
+            protos_dot_collector__pb2.TimelineResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DiffBundles(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/casefile.v1.Query/DiffBundles',
+            protos_dot_collector__pb2.DiffRequest.SerializeToString,
+            protos_dot_collector__pb2.DiffResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RenderReport(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/casefile.v1.Query/RenderReport',
+            protos_dot_collector__pb2.GetBundleRequest.SerializeToString,
+            protos_dot_collector__pb2.ReportResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -121,6 +121,11 @@ class QueryStub:
     GetBundle: _grpc.UnaryUnaryMultiCallable[_collector_pb2.GetBundleRequest, _collector_pb2.BundleDetail]
     DownloadBundle: _grpc.UnaryStreamMultiCallable[_collector_pb2.GetBundleRequest, _collector_pb2.DownloadChunk]
     """The original bundle file, byte for byte: a header, then data chunks."""
+    GetFindings: _grpc.UnaryUnaryMultiCallable[_collector_pb2.GetBundleRequest, _collector_pb2.FindingsResponse]
+    """Analysis of a stored bundle (agent.analysis, run on the collector)."""
+    GetTimeline: _grpc.UnaryUnaryMultiCallable[_collector_pb2.TimelineRequest, _collector_pb2.TimelineResponse]
+    DiffBundles: _grpc.UnaryUnaryMultiCallable[_collector_pb2.DiffRequest, _collector_pb2.DiffResponse]
+    RenderReport: _grpc.UnaryUnaryMultiCallable[_collector_pb2.GetBundleRequest, _collector_pb2.ReportResponse]
 
 @_typing.type_check_only
 class QueryAsyncStub(QueryStub):
@@ -132,6 +137,11 @@ class QueryAsyncStub(QueryStub):
     GetBundle: _aio.UnaryUnaryMultiCallable[_collector_pb2.GetBundleRequest, _collector_pb2.BundleDetail]  # type: ignore[assignment]
     DownloadBundle: _aio.UnaryStreamMultiCallable[_collector_pb2.GetBundleRequest, _collector_pb2.DownloadChunk]  # type: ignore[assignment]
     """The original bundle file, byte for byte: a header, then data chunks."""
+    GetFindings: _aio.UnaryUnaryMultiCallable[_collector_pb2.GetBundleRequest, _collector_pb2.FindingsResponse]  # type: ignore[assignment]
+    """Analysis of a stored bundle (agent.analysis, run on the collector)."""
+    GetTimeline: _aio.UnaryUnaryMultiCallable[_collector_pb2.TimelineRequest, _collector_pb2.TimelineResponse]  # type: ignore[assignment]
+    DiffBundles: _aio.UnaryUnaryMultiCallable[_collector_pb2.DiffRequest, _collector_pb2.DiffResponse]  # type: ignore[assignment]
+    RenderReport: _aio.UnaryUnaryMultiCallable[_collector_pb2.GetBundleRequest, _collector_pb2.ReportResponse]  # type: ignore[assignment]
 
 class QueryServicer(metaclass=_abc_1.ABCMeta):
     """---------------------------------------------------------------- Query"""
@@ -164,6 +174,35 @@ class QueryServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_collector_pb2.DownloadChunk], _abc.AsyncIterator[_collector_pb2.DownloadChunk]]:
         """The original bundle file, byte for byte: a header, then data chunks."""
+
+    @_abc_1.abstractmethod
+    def GetFindings(
+        self,
+        request: _collector_pb2.GetBundleRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_collector_pb2.FindingsResponse, _abc.Awaitable[_collector_pb2.FindingsResponse]]:
+        """Analysis of a stored bundle (agent.analysis, run on the collector)."""
+
+    @_abc_1.abstractmethod
+    def GetTimeline(
+        self,
+        request: _collector_pb2.TimelineRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_collector_pb2.TimelineResponse, _abc.Awaitable[_collector_pb2.TimelineResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def DiffBundles(
+        self,
+        request: _collector_pb2.DiffRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_collector_pb2.DiffResponse, _abc.Awaitable[_collector_pb2.DiffResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def RenderReport(
+        self,
+        request: _collector_pb2.GetBundleRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_collector_pb2.ReportResponse, _abc.Awaitable[_collector_pb2.ReportResponse]]: ...
 
 def add_QueryServicer_to_server(servicer: QueryServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
 

@@ -31,7 +31,7 @@ import functools
 import hashlib
 import os
 import tarfile
-from collections.abc import Collection
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from typing import IO, Any, cast
 
@@ -53,7 +53,9 @@ __all__ = [
     "DEFAULT_MAX_MEMBERS",
     "DEFAULT_MAX_MEMBER_KEEP",
     "DEFAULT_MAX_TOTAL",
+    "MemberStream",
     "VerifiedBundle",
+    "iter_members",
     "verify_bundle",
 ]
 
@@ -511,3 +513,92 @@ def _check_manifest(
 def _normal_fingerprint(text: str) -> str:
     text = text.strip().lower()
     return text if text.startswith("sha256:") else "sha256:" + text
+
+
+# --- streaming members of an already verified bundle ------------------------------------
+
+
+class MemberStream:
+    """One member's bytes as ``iter_members`` streams them, hashed as they pass.
+
+    Read it with ``read(size)``; whatever is left unread is drained (and hashed)
+    before the next member, so the hash check covers the whole member either way.
+    """
+
+    def __init__(self, path: str, fh: IO[bytes], expected: MemberInfo) -> None:
+        self.path = path
+        self._fh = fh
+        self._expected = expected
+        self._digest = hashlib.sha256()
+        self._size = 0
+
+    def read(self, size: int = _CHUNK) -> bytes:
+        data = self._fh.read(size if size > 0 else _CHUNK)
+        self._digest.update(data)
+        self._size += len(data)
+        return data
+
+    def _finish(self) -> None:
+        while self.read(_CHUNK):
+            pass
+        if self._size != self._expected.size or self._digest.hexdigest() != self._expected.sha256:
+            raise _fail(
+                "hash-mismatch",
+                f"member {self.path}: changed since verification (sha256 or size differs from the manifest)",
+                self.path,
+            )
+
+
+def iter_members(
+    source: str | os.PathLike[str],
+    verified: VerifiedBundle,
+    predicate: Callable[[str], bool],
+    *,
+    max_total_bytes: int = DEFAULT_MAX_TOTAL,
+) -> Iterator[MemberStream]:
+    """Stream the members of a bundle that ``verify_bundle`` already accepted.
+
+    The file is read again, so it may have been swapped since: only members the
+    verified manifest lists (and ``predicate`` accepts) are yielded, each one is
+    hashed while it streams and compared with the manifest when the caller moves
+    on, and the decompressed total stays under ``max_total_bytes``. A difference
+    raises VerificationError(reason="hash-mismatch"), a member no longer there
+    reason="missing-member", each naming the member.
+    """
+    expected = {m.path: m for m in verified.members}
+    label = os.fspath(source)
+    prefix = verified.top + "/"
+    seen: set[str] = set()
+    try:
+        with open(label, "rb") as fh:
+            tar_source = _TarSource(fh, max_total_bytes)
+            with tarfile.open(fileobj=tar_source, mode="r|", bufsize=_TAR_BUFSIZE) as tar:
+                while (info := tar.next()) is not None:
+                    if not info.isreg() or not info.name.startswith(prefix):
+                        continue
+                    rel = info.name[len(prefix) :]
+                    member = expected.get(rel)
+                    if member is None or not predicate(rel):
+                        continue
+                    data = tar.extractfile(info)
+                    if data is None:
+                        continue
+                    seen.add(rel)
+                    with data:
+                        stream = MemberStream(rel, data, member)
+                        yield stream
+                        stream._finish()
+        missing = sorted(p for p in expected if predicate(p) and p not in seen)
+        if missing:
+            raise _fail(
+                "missing-member", f"member {missing[0]}: gone since verification (the file changed)", missing[0]
+            )
+    except VerificationError as exc:
+        exc.path = exc.path or label
+        raise
+    except (tarfile.TarError, zstandard.ZstdError, EOFError, ValueError, OverflowError) as exc:
+        error = _fail("corrupt", f"corrupt archive on re-read: {exc}")
+        error.path = label
+        raise error from None
+    except OSError as exc:
+        raise BundleError(f"cannot read bundle {label}: {exc.strerror or exc}", path=label) from None

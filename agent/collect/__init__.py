@@ -9,36 +9,43 @@ and register their class under the ``casefile.collectors`` entry point group.
 
 from __future__ import annotations
 
+from agent.collect.artifacts import ARTIFACT_KINDS, Artifact, ArtifactKind
+from agent.collect.command import (
+    CommandNotFound,
+    CommandResult,
+    LineStream,
+    run_command,
+    stream_lines,
+)
 from agent.collect.framework import (
     ALL_PLATFORMS,
-    ENTRY_POINT_GROUP,
     KNOWN_PLATFORMS,
-    Artifact,
-    BrokenPlugin,
     CollectContext,
-    CollectionResult,
     CollectionSpec,
     Collector,
     OptionValue,
     Pending,
-    Registry,
     current_platform,
     declaration_problems,
-    registered_collectors,
-    run_collection,
-    statuses_to_dicts,
 )
+from agent.collect.registry import ENTRY_POINT_GROUP, BrokenPlugin, Registry, registered_collectors
+from agent.collect.runner import CollectionResult, run_collection, statuses_to_dicts
 
 __all__ = [
     "ALL_PLATFORMS",
+    "ARTIFACT_KINDS",
     "ENTRY_POINT_GROUP",
     "KNOWN_PLATFORMS",
     "Artifact",
+    "ArtifactKind",
     "BrokenPlugin",
     "CollectContext",
     "CollectionResult",
     "CollectionSpec",
     "Collector",
+    "CommandNotFound",
+    "CommandResult",
+    "LineStream",
     "OptionValue",
     "Pending",
     "Registry",
@@ -46,5 +53,7 @@ __all__ = [
     "declaration_problems",
     "registered_collectors",
     "run_collection",
+    "run_command",
     "statuses_to_dicts",
+    "stream_lines",
 ]

@@ -1,4 +1,6 @@
-"""The collection framework: what a collector declares, the registry, and the runner.
+"""The collection framework: what a collector declares and what it gets while running.
+
+The registry (``registry.py``) finds collectors; the runner (``runner.py``) runs them.
 
 A collector is a small class that *declares* its name, platforms, time budget and the
 ``Snapshot`` field it fills, and implements ``collect(ctx)`` returning a NEW message of
@@ -6,33 +8,36 @@ that type. The runner (``run_collection``) starts every selected collector at on
 in its own thread, waits up to each one's budget, and records a ``CollectorStatus`` per
 collector. One broken, slow or unsupported collector never breaks a collection.
 
-Why daemon threads and not ``ThreadPoolExecutor``: concurrent.futures joins its workers
-at interpreter exit, so one collector stuck in the kernel (a dead NFS mount, a DNS
-lookup) would keep the CLI from ever exiting. A daemon thread is simply abandoned, and
-its late output is dropped because the runner never reads it once the budget is spent.
-For the same reason a collector must build its own message and never touch a shared one.
+A collector that outlives its budget is abandoned (see ``runner.py``), so it must build
+its own message and never touch a shared one. Raw output goes in as artifacts:
+``ctx.add_artifact`` for small bytes, ``ctx.add_artifact_file`` for a file written into
+``ctx.temp_path(...)`` (logs: bounded memory). Commands run through ``command.py`` only.
 
 psutil's ``cpu_percent``, ``cpu_times_percent`` and ``process_iter`` keep module-global
 state that is not thread-safe (psutil #1991, #1667). Only the ``cpu`` collector may call
-``cpu_percent``/``cpu_times_percent``; a future process collector must be the only
-caller of ``process_iter``. Everything else in psutil used here is stateless.
+``cpu_percent``/``cpu_times_percent``; only the ``processes`` collector calls
+``process_iter`` (``timeseries`` uses ``cpu_times`` deltas). Everything else in psutil
+used here is stateless.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import sys
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import MappingProxyType
-from typing import ClassVar, Generic, NamedTuple, TypeAlias, TypeVar
+from typing import ClassVar, Generic, TypeAlias, TypeVar
 
 from google.protobuf.message import Message
 
+from agent.collect.artifacts import ARTIFACT_KINDS, Artifact, ArtifactKind, TempArea
 from agent.errors import CollectionError
 from protos import facts_pb2
 
@@ -41,6 +46,8 @@ ALL_PLATFORMS: frozenset[str] = KNOWN_PLATFORMS
 MAX_BUDGET_S = 60.0
 # A spec may give a collector more time than it declares (deep collections), within reason.
 MAX_BUDGET_OVERRIDE_S = 3600.0
+# The whole run, all collectors together; a live snapshot wants far less than this.
+DEFAULT_TOTAL_BUDGET_S = 20.0
 # Snapshot message fields that the bundle writer owns, not collectors.
 RESERVED_FIELDS = frozenset({"collected_at", "collectors"})
 # Bundle members the bundle writer owns (DESIGN §3); no artifact may take these paths.
@@ -104,9 +111,7 @@ def declaration_problems(obj: object) -> list[str]:
         problems.append(f"budget_s {budget!r} is not in (0, {MAX_BUDGET_S:g}]")
     platforms = obj.platforms
     if not (isinstance(platforms, frozenset) and platforms and platforms <= KNOWN_PLATFORMS):
-        problems.append(
-            f"platforms {platforms!r} is not a non-empty subset of {sorted(KNOWN_PLATFORMS)}"
-        )
+        problems.append(f"platforms {platforms!r} is not a non-empty subset of {sorted(KNOWN_PLATFORMS)}")
     if not isinstance(obj.default, bool):
         problems.append(f"default {obj.default!r} is not a bool")
     problems.extend(_facts_problems(obj.facts_field, obj.facts_type))
@@ -144,14 +149,24 @@ def _check_artifact_path(path: object) -> None:
 
 
 class CollectContext:
-    """What a running collector gets: options, its deadline, warnings and artifacts."""
+    """What a running collector gets: options, its deadline, warnings, artifacts, temp files."""
 
-    def __init__(self, collector: str, spec: CollectionSpec, deadline: float) -> None:
+    def __init__(
+        self,
+        collector: str,
+        spec: CollectionSpec,
+        deadline: float,
+        *,
+        temp_area: TempArea | None = None,
+    ) -> None:
         self.collector = collector
         self.spec = spec
         self.deadline = deadline  # time.monotonic() value
         self._warnings: list[str] = []
-        self._artifacts: dict[str, bytes] = {}
+        self._artifacts: dict[str, Artifact] = {}
+        self.plugin_facts: str | None = None
+        # A context made outside a run (tests, tools) owns its area; it goes with the context.
+        self._temp = temp_area if temp_area is not None else TempArea()
 
     @property
     def options(self) -> Mapping[str, OptionValue]:
@@ -165,38 +180,91 @@ class CollectContext:
         """Record a non-fatal problem; the collector's status stays OK."""
         self._warnings.append(message)
 
-    def add_artifact(self, path: str, data: bytes) -> None:
+    def temp_path(self, name: str) -> Path:
+        """A path in this run's temp directory for a file to hand over with add_artifact_file.
+
+        The directory is private to this collector and removed after the bundle is
+        written; ``name`` is one plain file name.
+        """
+        if not name or "/" in name or "\\" in name or name in (".", "..") or "\0" in name:
+            raise CollectionError(f"collector {self.collector!r}: bad temp file name {name!r}")
+        return self._temp.subdir(self.collector) / name
+
+    def set_plugin_facts(self, json_text: str) -> None:
+        """Facts of a collector without a typed Snapshot field: a JSON object, stored in
+        ``Snapshot.plugin_facts[<collector name>]`` (plugins use this)."""
+        try:
+            parsed = json.loads(json_text)
+        except ValueError as exc:
+            raise CollectionError(f"collector {self.collector!r}: plugin facts are not JSON: {exc}") from None
+        if not isinstance(parsed, dict):
+            raise CollectionError(f"collector {self.collector!r}: plugin facts must be a JSON object")
+        self.plugin_facts = json_text
+
+    def add_artifact(self, path: str, data: bytes, *, kind: ArtifactKind = "file") -> None:
         """Ask for raw ``data`` in the bundle as member ``path`` (relative, e.g. "logs/x.txt")."""
+        content = bytes(data)
+        self._add(Artifact(self.collector, path, _kind(self.collector, kind), len(content), content))
+
+    def add_artifact_file(self, path: str, src: Path, *, kind: ArtifactKind = "log") -> None:
+        """Ask for the file ``src`` in the bundle as member ``path``, streamed, not loaded.
+
+        ``src`` must be complete and stay unchanged until the bundle is written (a file
+        from ``temp_path`` is the usual case).
+        """
+        try:
+            size = Path(src).stat().st_size
+        except OSError as exc:
+            raise CollectionError(f"collector {self.collector!r}: artifact source {src} unreadable: {exc}") from None
+        self._add(Artifact(self.collector, path, _kind(self.collector, kind), size, source=Path(src)))
+
+    def _add(self, artifact: Artifact) -> None:
+        path = artifact.path
         try:
             _check_artifact_path(path)
         except ValueError as exc:
-            raise CollectionError(
-                f"collector {self.collector!r}: artifact path {path!r} {exc}"
-            ) from None
+            raise CollectionError(f"collector {self.collector!r}: artifact path {path!r} {exc}") from None
         if path in self._artifacts:
             raise CollectionError(f"collector {self.collector!r}: artifact {path!r} added twice")
-        self._artifacts[path] = bytes(data)
+        self._artifacts[path] = artifact
 
-    def float_option(
-        self, key: str, default: float, *, minimum: float = 0.0, maximum: float = MAX_BUDGET_S
-    ) -> float:
+    def float_option(self, key: str, default: float, *, minimum: float = 0.0, maximum: float = MAX_BUDGET_S) -> float:
         """Option ``key`` as a float in [minimum, maximum]; a bad value is a clear error."""
         value = self.spec.options.get(key, default)
         if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
             raise CollectionError(f"option {key!r} must be a number, got {value!r}")
         if not minimum <= value <= maximum:
-            raise CollectionError(
-                f"option {key!r} must be within [{minimum:g}, {maximum:g}], got {value!r}"
-            )
+            raise CollectionError(f"option {key!r} must be within [{minimum:g}, {maximum:g}], got {value!r}")
         return float(value)
+
+    def int_option(self, key: str, default: int, *, minimum: int = 0, maximum: int) -> int:
+        """Option ``key`` as an int in [minimum, maximum]; a bad value is a clear error."""
+        value = self.spec.options.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise CollectionError(f"option {key!r} must be an integer, got {value!r}")
+        if not minimum <= value <= maximum:
+            raise CollectionError(f"option {key!r} must be within [{minimum}, {maximum}], got {value!r}")
+        return value
+
+    def str_option(self, key: str, default: str) -> str:
+        value = self.spec.options.get(key, default)
+        if not isinstance(value, str):
+            raise CollectionError(f"option {key!r} must be a string, got {value!r}")
+        return value
 
     @property
     def warnings(self) -> tuple[str, ...]:
         return tuple(self._warnings)
 
     @property
-    def artifacts(self) -> tuple[tuple[str, bytes], ...]:
-        return tuple(self._artifacts.items())
+    def artifacts(self) -> tuple[Artifact, ...]:
+        return tuple(self._artifacts.values())
+
+
+def _kind(collector: str, kind: object) -> ArtifactKind:
+    if kind not in ARTIFACT_KINDS:
+        raise CollectionError(f"collector {collector!r}: artifact kind {kind!r} is not one of {sorted(ARTIFACT_KINDS)}")
+    return kind  # type: ignore[return-value]  # checked just above
 
 
 class Pending(Generic[T]):
@@ -249,14 +317,23 @@ class CollectionSpec:
 
     ``only`` empty means the default scope. Names are checked against the registry when
     the collection runs (an unknown one is a CollectionError listing the known ones).
+    ``total_budget_s`` bounds the whole run: collectors still running then are TIMEOUT.
     """
 
     only: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
     budgets: Mapping[str, float] = field(default_factory=dict)
     options: Mapping[str, OptionValue] = field(default_factory=dict)
+    total_budget_s: float = DEFAULT_TOTAL_BUDGET_S
 
     def __post_init__(self) -> None:
+        total = self.total_budget_s
+        if isinstance(total, bool) or not isinstance(total, int | float) or not 0 < total <= MAX_BUDGET_OVERRIDE_S:
+            raise CollectionError(
+                f"collection spec: total_budget_s must be a number of seconds in "
+                f"(0, {MAX_BUDGET_OVERRIDE_S:g}], got {total!r}"
+            )
+        object.__setattr__(self, "total_budget_s", float(total))
         object.__setattr__(self, "only", _names("only", self.only))
         object.__setattr__(self, "exclude", _names("exclude", self.exclude))
         for what in ("budgets", "options"):
@@ -274,9 +351,7 @@ class CollectionSpec:
         options = dict(self.options)
         for key, opt in options.items():
             if not isinstance(key, str) or not isinstance(opt, str | int | float | bool):
-                raise CollectionError(
-                    f"collection spec: option {key!r} has unsupported value {opt!r}"
-                )
+                raise CollectionError(f"collection spec: option {key!r} has unsupported value {opt!r}")
             if isinstance(opt, float) and not math.isfinite(opt):
                 raise CollectionError(f"collection spec: option {key!r} is not finite: {opt!r}")
         object.__setattr__(self, "budgets", MappingProxyType(budgets))
@@ -288,58 +363,8 @@ class CollectionSpec:
             "exclude": list(self.exclude),
             "budgets": dict(self.budgets),
             "options": dict(self.options),
+            "total_budget_s": self.total_budget_s,
         }
-
-
-class Artifact(NamedTuple):
-    collector: str
-    path: str
-    data: bytes
-
-
-@dataclass(frozen=True)
-class CollectionResult:
-    """One run: the merged snapshot (statuses included) plus what the manifest needs."""
-
-    snapshot: facts_pb2.Snapshot
-    statuses: tuple[facts_pb2.CollectorStatus, ...]
-    artifacts: tuple[Artifact, ...]
-    warnings: tuple[tuple[str, str], ...]  # (collector, message)
-    sizes: Mapping[str, int]  # collector -> bytes of its facts message plus artifacts
-    duration_s: float
-    spec: CollectionSpec
-    selected: tuple[str, ...]
-
-    def spec_dict(self) -> dict[str, object]:
-        """JSON-able record of the spec (and which collectors it selected) for the manifest."""
-        return {**self.spec.to_dict(), "selected": list(self.selected)}
-
-    def status_dicts(self) -> list[dict[str, object]]:
-        """This run's manifest entries, bytes and warnings included."""
-        return statuses_to_dicts(self.statuses, sizes=self.sizes, warnings=self.warnings)
-
-
-def statuses_to_dicts(
-    statuses: Sequence[facts_pb2.CollectorStatus],
-    *,
-    sizes: Mapping[str, int] | None = None,
-    warnings: Iterable[tuple[str, str]] = (),
-) -> list[dict[str, object]]:
-    """The manifest's per-collector entries: name, status (lowercase), duration, error, bytes."""
-    by_name: dict[str, list[str]] = {}
-    for name, message in warnings:
-        by_name.setdefault(name, []).append(message)
-    return [
-        {
-            "name": s.name,
-            "status": Status.State.Name(s.state).lower(),
-            "duration_ms": round(s.duration_ms, 3),
-            "error": s.error,
-            "bytes": (sizes or {}).get(s.name, 0),
-            "warnings": by_name.get(s.name, []),
-        }
-        for s in statuses
-    ]
 
 
 def truncate_error(text: str) -> str:
@@ -350,264 +375,3 @@ def describe_exception(exc: BaseException) -> str:
     """``ExcType: message`` as recorded in a status (just ``ExcType`` when there is none)."""
     text = str(exc)
     return truncate_error(f"{type(exc).__name__}: {text}" if text else type(exc).__name__)
-
-
-# --- registry -------------------------------------------------------------------------
-
-ENTRY_POINT_GROUP = "casefile.collectors"
-
-
-@dataclass(frozen=True)
-class BrokenPlugin:
-    """An entry point that did not load as a sound collector; it reports as ERROR."""
-
-    name: str  # the entry point's name
-    error: str
-
-
-@dataclass(frozen=True)
-class Registry:
-    collectors: tuple[type[Collector], ...]
-    broken: tuple[BrokenPlugin, ...] = ()
-
-    def names(self) -> tuple[str, ...]:
-        return tuple(c.name for c in self.collectors) + tuple(b.name for b in self.broken)
-
-
-def build_registry(
-    collectors: Iterable[type[Collector]], broken: Iterable[BrokenPlugin] = ()
-) -> Registry:
-    """Check declarations and uniqueness; any problem is a CollectionError naming it."""
-    classes, broken = tuple(collectors), tuple(broken)
-    for cls in classes:
-        problems = declaration_problems(cls)
-        if problems:
-            raise CollectionError(f"collector {cls!r} is declared wrongly: {'; '.join(problems)}")
-    seen: dict[str, str] = {}
-    fields: dict[str, str] = {}
-    for name, origin, facts_field in [
-        *((c.name, f"{c.__module__}.{c.__qualname__}", c.facts_field) for c in classes),
-        *((b.name, f"entry point {b.name!r}", None) for b in broken),
-    ]:
-        if name in seen:
-            raise CollectionError(f"two collectors are named {name!r}: {seen[name]} and {origin}")
-        seen[name] = origin
-        if facts_field is not None:
-            if facts_field in fields:
-                other = fields[facts_field]
-                raise CollectionError(f"{other!r} and {name!r} both fill Snapshot.{facts_field}")
-            fields[facts_field] = name
-    return Registry(classes, broken)
-
-
-_registry_lock = threading.Lock()
-_registry: Registry | None = None
-
-
-def registered_collectors(*, refresh: bool = False) -> Registry:
-    """Built-in collectors plus plugins from the ``casefile.collectors`` entry points.
-
-    Loaded on first use and cached (scanning installed distributions costs milliseconds
-    a live snapshot should not pay each time); ``refresh=True`` scans again.
-    """
-    global _registry
-    with _registry_lock:
-        if _registry is None or refresh:
-            from agent.collect.builtin import BUILTIN_COLLECTORS
-
-            plugins, broken = _load_plugins()
-            _registry = build_registry((*BUILTIN_COLLECTORS, *plugins), broken)
-        return _registry
-
-
-def _load_plugins() -> tuple[list[type[Collector]], list[BrokenPlugin]]:
-    from importlib.metadata import entry_points
-
-    plugins: list[type[Collector]] = []
-    broken: list[BrokenPlugin] = []
-    for ep in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda e: (e.name, e.value)):
-        try:
-            obj = ep.load()
-        except (Exception, SystemExit) as exc:  # a broken plugin is an entry, never a crash
-            broken.append(
-                BrokenPlugin(
-                    ep.name, f"plugin {ep.value!r} failed to load: {describe_exception(exc)}"
-                )
-            )
-            continue
-        problems = declaration_problems(obj)
-        if problems:
-            broken.append(
-                BrokenPlugin(
-                    ep.name,
-                    truncate_error(
-                        f"plugin {ep.value!r} is declared wrongly: {'; '.join(problems)}"
-                    ),
-                )
-            )
-        else:
-            plugins.append(obj)
-    return plugins, broken
-
-
-# --- runner ---------------------------------------------------------------------------
-
-
-class _Run:
-    """One collector's thread and its outcome; the lock decides finish-versus-abandon."""
-
-    def __init__(self, cls: type[Collector], ctx: CollectContext, budget: float) -> None:
-        self.cls, self.ctx, self.budget = cls, ctx, budget
-        self.lock = threading.Lock()
-        self.finished = self.abandoned = False
-        self.message: Message | None = None
-        self.error = ""
-        self.duration_s = 0.0
-        self.thread = threading.Thread(
-            target=self._work, name=f"casefile-collect-{cls.name}", daemon=True
-        )
-
-    def _work(self) -> None:
-        started = time.monotonic()
-        message: Message | None = None
-        error = ""
-        try:
-            message = self.cls().collect(self.ctx)
-            error = _check_output(self.cls, message)
-        except BaseException as exc:  # recorded as ERROR; a thread has nowhere to raise to
-            error = describe_exception(exc)
-        with self.lock:
-            if not self.abandoned:
-                self.message = None if error else message
-                self.error, self.duration_s = error, time.monotonic() - started
-                self.finished = True
-
-
-def _check_output(cls: type[Collector], message: object) -> str:
-    if message is None:
-        return ""
-    if cls.facts_type is None:
-        return f"returned a {type(message).__name__} but declares no facts_field"
-    if not isinstance(message, cls.facts_type):
-        return f"returned a {type(message).__name__}, expected {cls.facts_type.__name__}"
-    return ""
-
-
-def _check_names(spec: CollectionSpec, known: Sequence[str]) -> None:
-    for what, names in (("only", spec.only), ("exclude", spec.exclude), ("budgets", spec.budgets)):
-        unknown = [n for n in names if n not in known]
-        if unknown:
-            listed = ", ".join(map(repr, unknown))
-            raise CollectionError(
-                f"collection spec: unknown collector(s) in {what}: {listed}; "
-                f"known: {', '.join(known)}"
-            )
-
-
-def _skip_reason(name: str, default: bool, spec: CollectionSpec) -> str:
-    if name in spec.exclude:
-        return "excluded by the collection spec"
-    if spec.only:
-        return "" if name in spec.only else "not selected by the collection spec"
-    return "" if default else "not in the default scope"
-
-
-def run_collection(
-    spec: CollectionSpec | None = None, *, collectors: Iterable[type[Collector]] | None = None
-) -> CollectionResult:
-    """Run the selected collectors concurrently, each under its budget; never raises for one.
-
-    ``collectors`` replaces the registry (built-ins and plugins) for this run. Raises
-    CollectionError only for a bad spec or badly declared collectors.
-    """
-    spec = spec or CollectionSpec()
-    registry = registered_collectors() if collectors is None else build_registry(collectors)
-    _check_names(spec, registry.names())
-    started = time.monotonic()
-    statuses, runs = _plan(registry, spec, started)
-    for run in runs:
-        run.thread.start()
-    gathered = _Gathered()
-    for run in runs:
-        run.thread.join(run.ctx.remaining())
-        statuses[run.cls.name] = gathered.settle(run, started)
-
-    ordered = tuple(statuses[n] for n in registry.names())
-    gathered.snapshot.collectors.extend(ordered)
-    return CollectionResult(
-        snapshot=gathered.snapshot,
-        statuses=ordered,
-        artifacts=tuple(gathered.artifacts),
-        warnings=tuple(gathered.warnings),
-        sizes=MappingProxyType(gathered.sizes),
-        duration_s=time.monotonic() - started,
-        spec=spec,
-        selected=tuple(run.cls.name for run in runs),
-    )
-
-
-def _plan(
-    registry: Registry, spec: CollectionSpec, started: float
-) -> tuple[dict[str, Status], list[_Run]]:
-    """Statuses for what will not run (skipped, unsupported, broken), runs for the rest."""
-    platform = current_platform()
-    statuses: dict[str, Status] = {}
-    runs: list[_Run] = []
-    for cls in registry.collectors:
-        reason = _skip_reason(cls.name, cls.default, spec)
-        if reason:
-            statuses[cls.name] = Status(name=cls.name, state=Status.SKIPPED, error=reason)
-        elif platform not in cls.platforms:
-            statuses[cls.name] = Status(
-                name=cls.name, state=Status.UNSUPPORTED, error=f"unsupported on {platform}"
-            )
-        else:
-            budget = spec.budgets.get(cls.name, cls.budget_s)
-            runs.append(_Run(cls, CollectContext(cls.name, spec, started + budget), budget))
-    for plugin in registry.broken:
-        reason = _skip_reason(plugin.name, True, spec)
-        state = Status.SKIPPED if reason else Status.ERROR
-        statuses[plugin.name] = Status(name=plugin.name, state=state, error=reason or plugin.error)
-    return statuses, runs
-
-
-@dataclass
-class _Gathered:
-    """What finished collectors contributed, merged in registry order."""
-
-    snapshot: facts_pb2.Snapshot = field(default_factory=facts_pb2.Snapshot)
-    artifacts: list[Artifact] = field(default_factory=list)
-    warnings: list[tuple[str, str]] = field(default_factory=list)
-    sizes: dict[str, int] = field(default_factory=dict)
-    taken: dict[str, str] = field(default_factory=dict)  # artifact path -> collector
-
-    def settle(self, run: _Run, started: float) -> Status:
-        name = run.cls.name
-        with run.lock:
-            if not run.finished:
-                run.abandoned = True  # whatever it returns later is never read
-                return Status(
-                    name=name,
-                    state=Status.TIMEOUT,
-                    duration_ms=(time.monotonic() - started) * 1000,
-                    error=f"did not finish within its budget of {run.budget:g} s",
-                )
-        self.warnings.extend((name, w) for w in run.ctx.warnings)
-        duration_ms = run.duration_s * 1000
-        if run.error:
-            return Status(name=name, state=Status.ERROR, duration_ms=duration_ms, error=run.error)
-        size = 0
-        if run.message is not None and run.cls.facts_field is not None:
-            getattr(self.snapshot, run.cls.facts_field).CopyFrom(run.message)
-            size = run.message.ByteSize()
-        for path, data in run.ctx.artifacts:
-            if path in self.taken:  # the first collector in registry order keeps the path
-                self.warnings.append(
-                    (name, f"artifact {path!r} dropped: {self.taken[path]!r} has it")
-                )
-                continue
-            self.taken[path] = name
-            self.artifacts.append(Artifact(name, path, data))
-            size += len(data)
-        self.sizes[name] = size
-        return Status(name=name, state=Status.OK, duration_ms=duration_ms)

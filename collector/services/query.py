@@ -8,18 +8,23 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import json
 from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from agent.analysis import BundleView, analyse, build_timeline, diff_bundles, render_diff_text, render_html
 from collector.auth import EngineerAuth
 from collector.edge import server_stream, unary
 from collector.storage import BlobStore, BundleRecord, HostRecord, Store
 from protos import collector_pb2, collector_pb2_grpc, facts_pb2
 
 __all__ = ["QueryService", "summary_of"]
+
+# Analysis reads the stored blob: verified again (the blob store is not trusted more than
+# the wire), and run in a worker thread because a large bundle takes seconds.
 
 _DOWNLOAD_CHUNK = 256 * 1024
 
@@ -136,3 +141,48 @@ class QueryService(collector_pb2_grpc.QueryServicer):
                 yield collector_pb2.DownloadChunk(data=data)
         finally:
             fh.close()
+
+    async def _view(self, bundle_id: str) -> BundleView:
+        rec = await asyncio.to_thread(self._store.get_bundle, bundle_id)
+        return await asyncio.to_thread(BundleView.from_file, self._blobs.blob_path(rec.blob_key))
+
+    @unary
+    async def GetFindings(
+        self, request: collector_pb2.GetBundleRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> collector_pb2.FindingsResponse:
+        await self._auth.require(context, role="viewer", action="query.get_findings", target=request.bundle_id)
+        view = await self._view(request.bundle_id)
+        result = await asyncio.to_thread(lambda: analyse(view).findings)
+        return collector_pb2.FindingsResponse(json=result.to_json())
+
+    @unary
+    async def GetTimeline(
+        self, request: collector_pb2.TimelineRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> collector_pb2.TimelineResponse:
+        await self._auth.require(context, role="viewer", action="query.get_timeline", target=request.bundle_id)
+        interval = request.interval_s or None
+        if interval is not None and (interval < 10 or interval > 86400 or interval % 10):
+            raise ValueError(f"interval_s {interval} must be a multiple of 10 between 10 and 86400")
+        view = await self._view(request.bundle_id)
+        timeline = await asyncio.to_thread(build_timeline, view, interval)
+        return collector_pb2.TimelineResponse(json=json.dumps(timeline.to_dict(), ensure_ascii=False))
+
+    @unary
+    async def DiffBundles(
+        self, request: collector_pb2.DiffRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> collector_pb2.DiffResponse:
+        await self._auth.require(context, role="viewer", action="query.diff", target=f"{request.a},{request.b}")
+        a, b = await self._view(request.a), await self._view(request.b)
+        result = await asyncio.to_thread(diff_bundles, a, b, force=request.force)
+        return collector_pb2.DiffResponse(
+            json=json.dumps(result.to_dict(), ensure_ascii=False), text=render_diff_text(result)
+        )
+
+    @unary
+    async def RenderReport(
+        self, request: collector_pb2.GetBundleRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> collector_pb2.ReportResponse:
+        await self._auth.require(context, role="viewer", action="query.render_report", target=request.bundle_id)
+        view = await self._view(request.bundle_id)
+        page = await asyncio.to_thread(lambda: render_html(analyse(view)))
+        return collector_pb2.ReportResponse(html=page.encode("utf-8"))

@@ -12,15 +12,25 @@ import time
 import pytest
 
 from agent.collect import CollectionResult, CollectionSpec, run_collection, statuses_to_dicts
-from agent.collect.builtin import BUILTIN_COLLECTORS
+from agent.collect.builtin import (
+    CpuCollector,
+    DisksCollector,
+    HostCollector,
+    MemoryCollector,
+    NetworkCollector,
+)
 from protos import facts_pb2
 
 Status = facts_pb2.CollectorStatus
 
 
+# The psutil basics; the deeper collectors have their own test modules.
+BASICS = (HostCollector, CpuCollector, MemoryCollector, DisksCollector, NetworkCollector)
+
+
 @pytest.fixture(scope="module")
 def default_run() -> CollectionResult:
-    return run_collection(CollectionSpec(), collectors=BUILTIN_COLLECTORS)
+    return run_collection(CollectionSpec(), collectors=BASICS)
 
 
 def test_all_builtins_ok(default_run: CollectionResult) -> None:
@@ -107,7 +117,7 @@ def test_manifest_entries_are_json(default_run: CollectionResult) -> None:
 
 def test_cpu_sample_option_is_used() -> None:
     spec = CollectionSpec(only=("cpu",), options={"cpu_sample_s": 0.05})
-    result = run_collection(spec, collectors=BUILTIN_COLLECTORS)
+    result = run_collection(spec, collectors=BASICS)
     cpu = result.snapshot.cpu
     assert result.statuses[1].state == Status.OK
     assert cpu.sample_seconds >= 0.05
@@ -116,7 +126,7 @@ def test_cpu_sample_option_is_used() -> None:
 
 def test_bad_option_is_an_error_for_that_collector_only() -> None:
     spec = CollectionSpec(only=("cpu", "memory"), options={"cpu_sample_s": "slow"})
-    result = run_collection(spec, collectors=BUILTIN_COLLECTORS)
+    result = run_collection(spec, collectors=BASICS)
     by_name = {s.name: s for s in result.statuses}
     assert by_name["cpu"].state == Status.ERROR
     assert "cpu_sample_s" in by_name["cpu"].error
@@ -128,7 +138,7 @@ def test_mount_still_blocked_from_an_earlier_run_is_reported_not_probed_again() 
     from agent.collect import Pending
     from agent.collect.builtin import disks
 
-    first = run_collection(CollectionSpec(only=("disks",)), collectors=BUILTIN_COLLECTORS)
+    first = run_collection(CollectionSpec(only=("disks",)), collectors=BASICS)
     mount = next(p.mountpoint for p in first.snapshot.disks.partitions if p.total > 0)
     # A probe that never answered in an earlier collection, as a dead NFS mount leaves.
     gate = threading.Event()
@@ -136,7 +146,7 @@ def test_mount_still_blocked_from_an_earlier_run_is_reported_not_probed_again() 
     with disks._stuck_lock:
         disks._stuck[mount] = stuck  # type: ignore[assignment]
     try:
-        second = run_collection(CollectionSpec(only=("disks",)), collectors=BUILTIN_COLLECTORS)
+        second = run_collection(CollectionSpec(only=("disks",)), collectors=BASICS)
         assert second.statuses[3].state == Status.OK
         entry = next(p for p in second.snapshot.disks.partitions if p.mountpoint == mount)
         assert entry.error == "usage still blocked since an earlier collection"
@@ -144,7 +154,7 @@ def test_mount_still_blocked_from_an_earlier_run_is_reported_not_probed_again() 
     finally:
         gate.set()
         stuck.result(60)
-    third = run_collection(CollectionSpec(only=("disks",)), collectors=BUILTIN_COLLECTORS)
+    third = run_collection(CollectionSpec(only=("disks",)), collectors=BASICS)
     entry = next(p for p in third.snapshot.disks.partitions if p.mountpoint == mount)
     assert entry.total > 0 and not entry.error
     assert mount not in disks._stuck

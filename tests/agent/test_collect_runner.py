@@ -16,9 +16,18 @@ from agent.collect import (
     current_platform,
     run_collection,
 )
-from agent.collect.builtin import BUILTIN_COLLECTORS, MemoryCollector
+from agent.collect.builtin import (
+    BUILTIN_COLLECTORS,
+    CpuCollector,
+    DisksCollector,
+    HostCollector,
+    MemoryCollector,
+    NetworkCollector,
+)
 from agent.errors import CollectionError
 from protos import facts_pb2
+
+BASICS = (HostCollector, CpuCollector, MemoryCollector, DisksCollector, NetworkCollector)
 
 Status = facts_pb2.CollectorStatus
 # Long enough that a run waiting for it would be obvious, and never reached in a pass.
@@ -156,7 +165,7 @@ def test_platform_guard_reports_unsupported() -> None:
 
 
 def test_only_selects_and_skips_the_rest() -> None:
-    result = run_collection(CollectionSpec(only=("memory",)), collectors=BUILTIN_COLLECTORS)
+    result = run_collection(CollectionSpec(only=("memory",)), collectors=BASICS)
     states = {s.name: s.state for s in result.statuses}
     assert states == {
         "host": Status.SKIPPED,
@@ -171,7 +180,7 @@ def test_only_selects_and_skips_the_rest() -> None:
 
 def test_exclude_skips_named_collectors() -> None:
     spec = CollectionSpec(exclude=("cpu", "disks"))
-    result = run_collection(spec, collectors=BUILTIN_COLLECTORS)
+    result = run_collection(spec, collectors=BASICS)
     by = _by_name(result.statuses)
     assert by["cpu"].state == Status.SKIPPED and by["disks"].state == Status.SKIPPED
     assert "excluded" in by["cpu"].error
@@ -185,7 +194,9 @@ def test_non_default_collector_runs_only_when_asked() -> None:
 
     asked = run_collection(CollectionSpec(only=("extra",)), collectors=[MemoryCollector, Extra])
     assert _by_name(asked.statuses)["extra"].state == Status.OK
-    assert [tuple(a) for a in asked.artifacts] == [("extra", "extra/notes.txt", b"hello")]
+    assert [(a.collector, a.path, a.data) for a in asked.artifacts] == [
+        ("extra", "extra/notes.txt", b"hello")
+    ]
     assert asked.warnings == (("extra", "just so you know"),)
     entry = next(e for e in asked.status_dicts() if e["name"] == "extra")
     assert entry["bytes"] == 5 and entry["warnings"] == ["just so you know"]

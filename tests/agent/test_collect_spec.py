@@ -91,8 +91,8 @@ def test_artifact_paths_stay_inside_the_bundle(path: str) -> None:
     except CollectionError as exc:
         assert "'probe'" in str(exc)
         return
-    ((stored, data),) = ctx.artifacts
-    assert stored == path and data == b"x"
+    (artifact,) = ctx.artifacts
+    assert artifact.path == path and artifact.data == b"x" and artifact.kind == "file"
     assert not path.startswith("/") and "\\" not in path and "\0" not in path
     assert ".." not in path.split("/") and "" not in path.split("/")
 
@@ -100,7 +100,7 @@ def test_artifact_paths_stay_inside_the_bundle(path: str) -> None:
 def test_artifact_rules() -> None:
     ctx = _ctx()
     ctx.add_artifact("logs/syslog.txt", bytearray(b"abc"))  # type: ignore[arg-type]
-    assert ctx.artifacts == (("logs/syslog.txt", b"abc"),)
+    assert [(a.path, a.data, a.size) for a in ctx.artifacts] == [("logs/syslog.txt", b"abc", 3)]
     for bad in ("", "/etc/passwd", "a/../b", "a//b", "./a", "a\\b", "MANIFEST.json", "facts.pb"):
         with pytest.raises(CollectionError):
             ctx.add_artifact(bad, b"")

@@ -1,0 +1,59 @@
+"""The built-in rules, in the order reports list them when severities tie."""
+
+from __future__ import annotations
+
+from agent.analysis.findings import Rule
+from agent.analysis.rules.compute import CpuSaturation, MemoryPressure, RunawayProcess, RunQueue, SwapActivity
+from agent.analysis.rules.disk import FilesystemFull, FragmentationWithLoad, HeavyFragmentation
+from agent.analysis.rules.network import CollectorReachability, DnsResolution, NicErrors, TcpRetransmissions
+from agent.analysis.rules.ops import (
+    ClockSkew,
+    CollectionIncomplete,
+    FailedServices,
+    LogErrorBurst,
+    OomKills,
+    RecentReboot,
+)
+
+__all__ = [
+    "BUILTIN_RULES",
+    "ClockSkew",
+    "CollectionIncomplete",
+    "CollectorReachability",
+    "CpuSaturation",
+    "DnsResolution",
+    "FailedServices",
+    "FilesystemFull",
+    "FragmentationWithLoad",
+    "HeavyFragmentation",
+    "LogErrorBurst",
+    "MemoryPressure",
+    "NicErrors",
+    "OomKills",
+    "RecentReboot",
+    "RunQueue",
+    "RunawayProcess",
+    "SwapActivity",
+    "TcpRetransmissions",
+]
+
+BUILTIN_RULES: tuple[type[Rule], ...] = (
+    FilesystemFull,
+    HeavyFragmentation,
+    FragmentationWithLoad,
+    MemoryPressure,
+    SwapActivity,
+    CpuSaturation,
+    RunQueue,
+    RunawayProcess,
+    NicErrors,
+    TcpRetransmissions,
+    DnsResolution,
+    CollectorReachability,
+    ClockSkew,
+    FailedServices,
+    LogErrorBurst,
+    RecentReboot,
+    OomKills,
+    CollectionIncomplete,
+)

@@ -1,0 +1,213 @@
+"""Fragmentation: sampled extent counts per filesystem, free-space fragmentation where possible.
+
+Linux samples each real filesystem with FIEMAP (``fragmentation_linux``); Windows asks
+the defragmentation engine (WMI, else ``defrag /A /V``); macOS reports the APFS facts
+that matter instead, with the reason. Options:
+
+* ``frag_max_files`` (default 4000): files mapped per filesystem;
+* ``frag_budget_s`` (default 3 s): time for all filesystems together, shared fairly;
+* ``frag_min_bytes`` (default 64 KiB): smaller files are not sampled;
+* ``frag_mountpoints``: comma-separated mount points to restrict the run to;
+* ``frag_seed``: fixes the random walk order (tests, reproducing a case).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import psutil
+
+from agent.collect.builtin import fragmentation_linux as lin
+from agent.collect.builtin import fragmentation_macos as mac
+from agent.collect.builtin import fragmentation_windows as win
+from agent.collect.command import CommandNotFound, run_command
+from agent.collect.framework import CollectContext, Collector, current_platform
+from protos import facts_pb2
+
+_NETWORK_PREFIXES = ("nfs", "cifs", "smb", "fuse", "9p", "ceph", "glusterfs")
+_COMMAND_MAX_BYTES = 1 << 20
+_SAFETY_S = 0.5  # left of the collector budget for assembling the answer
+
+
+class Part(Protocol):
+    """What we read of a psutil ``sdiskpart``."""
+
+    @property
+    def device(self) -> str: ...
+    @property
+    def mountpoint(self) -> str: ...
+    @property
+    def fstype(self) -> str: ...
+
+
+@dataclass(frozen=True)
+class Target:
+    mountpoint: str
+    device: str
+    fstype: str
+    not_sampled: str = ""  # reason, when listed but not walked
+    note: str = ""
+
+
+def linux_targets(parts: Sequence[Part], all_parts: Sequence[Part]) -> list[Target]:
+    """Real filesystems to sample, one per device; network/ZFS ones listed with a reason."""
+    targets: dict[int | str, Target] = {}
+    for p in parts:
+        fstype = p.fstype
+        if fstype.startswith(_NETWORK_PREFIXES):
+            targets[p.mountpoint] = Target(p.mountpoint, p.device, fstype, "network or FUSE filesystem: not walked")
+            continue
+        if fstype == "zfs":
+            reason = "ZFS has no FIEMAP; `zpool list -o name,frag` reports free-space fragmentation"
+            targets[p.mountpoint] = Target(p.mountpoint, p.device, fstype, reason)
+            continue
+        if fstype in lin.SKIP_FSTYPES:
+            continue
+        key = _dev_key(p.mountpoint)
+        earlier = targets.get(key)
+        # Bind mounts show one device several times; the shortest path is the real root.
+        if earlier is None or len(p.mountpoint) < len(earlier.mountpoint):
+            targets[key] = Target(p.mountpoint, p.device, fstype)
+    if not any(t.mountpoint == "/" for t in targets.values()):
+        root = next((p for p in all_parts if p.mountpoint == "/" and p.fstype == "overlay"), None)
+        if root is not None:  # a container: its root is all we can see
+            targets["/"] = Target(
+                "/",
+                root.device,
+                "overlay",
+                note="overlay root (container): FIEMAP reports the backing filesystem's extents",
+            )
+    return sorted(targets.values(), key=lambda t: t.mountpoint)
+
+
+def _dev_key(mountpoint: str) -> int | str:
+    try:
+        return os.stat(mountpoint).st_dev
+    except OSError:
+        return mountpoint
+
+
+class FragmentationCollector(Collector):
+    name = "fragmentation"
+    description = "File and free-space fragmentation per filesystem (sampled FIEMAP, Windows defrag analysis)"
+    budget_s = 5.0
+    facts_field = "fragmentation"
+    facts_type = facts_pb2.FragmentationFacts
+
+    def collect(self, ctx: CollectContext) -> facts_pb2.FragmentationFacts:
+        platform = current_platform()
+        if platform == "windows":
+            return _windows(ctx)
+        if platform == "darwin":
+            return _macos(ctx)
+        return _linux(ctx)
+
+
+def _linux(ctx: CollectContext) -> facts_pb2.FragmentationFacts:
+    max_files = ctx.int_option("frag_max_files", 4000, minimum=1, maximum=1_000_000)
+    budget = ctx.float_option("frag_budget_s", 3.0, minimum=0.05, maximum=3600.0)
+    min_bytes = ctx.int_option("frag_min_bytes", lin.DEFAULT_MIN_BYTES, minimum=0, maximum=1 << 40)
+    seed = ctx.int_option("frag_seed", -1, minimum=-1, maximum=2**63)
+    only = [m.strip() for m in ctx.str_option("frag_mountpoints", "").split(",") if m.strip()]
+    rng = random.Random(None if seed < 0 else seed)
+    targets = linux_targets(psutil.disk_partitions(all=False), psutil.disk_partitions(all=True))
+    if only:
+        known = {t.mountpoint for t in targets}
+        targets = [t for t in targets if t.mountpoint in only]
+        targets += [Target(m, "", _fstype_of(m)) for m in only if m not in known and os.path.isdir(m)]
+    facts = facts_pb2.FragmentationFacts()
+    deadline = time.monotonic() + min(budget, max(0.0, ctx.remaining() - _SAFETY_S))
+    walkable = [t for t in targets if not t.not_sampled]
+    for t in targets:
+        if t.not_sampled:
+            facts.filesystems.add(mountpoint=t.mountpoint, device=t.device, fstype=t.fstype, note=t.not_sampled)
+            continue
+        left = deadline - time.monotonic()
+        share = max(0.0, left / max(1, len(walkable)))
+        walkable.remove(t)
+        started = time.monotonic()
+        free = lin.free_space_facts(t.mountpoint, t.fstype)
+        bounds = lin.Bounds(max_files=max_files, budget_s=max(0.0, share - (time.monotonic() - started)),
+                            min_bytes=min_bytes)
+        try:
+            fs = lin.sample_filesystem(t.mountpoint, bounds, rng=rng)
+        except OSError as exc:
+            ctx.warn(f"{t.mountpoint}: not sampled: {exc}")
+            fs = facts_pb2.FsFragmentation(mountpoint=t.mountpoint, method="fiemap", note=f"not sampled: {exc}")
+        fs.device, fs.fstype = t.device, t.fstype
+        fs.budget_s = share
+        fs.duration_s = time.monotonic() - started
+        fs.media = lin.media_of(t.mountpoint)
+        fs.free_space.CopyFrom(free)
+        if t.note:
+            fs.note = f"{t.note}; {fs.note}"
+        facts.filesystems.append(fs)
+    return facts
+
+
+def _fstype_of(mountpoint: str) -> str:
+    for p in psutil.disk_partitions(all=True):
+        if p.mountpoint == mountpoint:
+            return str(p.fstype)
+    return ""
+
+
+def _windows(ctx: CollectContext) -> facts_pb2.FragmentationFacts:
+    facts = facts_pb2.FragmentationFacts()
+    timeout = max(0.5, ctx.remaining() - _SAFETY_S)
+    why = ""
+    try:
+        res = run_command(
+            ["powershell", "-NoProfile", "-NonInteractive", "-Command", win.POWERSHELL_DEFRAG_ANALYSIS],
+            timeout=timeout,
+            max_bytes=_COMMAND_MAX_BYTES,
+        )
+        if res.ok:
+            facts.filesystems.extend(win.parse_defrag_analysis_json(res.text()))
+            if facts.filesystems and all("returned 1:" not in f.note for f in facts.filesystems):
+                return facts
+            why = "DefragAnalysis was denied"
+        else:
+            why = res.describe_failure()
+    except (CommandNotFound, win.DefragParseError) as exc:
+        why = str(exc)
+    ctx.warn(f"WMI DefragAnalysis unusable ({why}); falling back to defrag /A /V")
+    del facts.filesystems[:]
+    for p in psutil.disk_partitions(all=False):
+        if p.fstype.upper() not in ("NTFS", "REFS") or ctx.remaining() < 1.0:
+            continue
+        drive = p.mountpoint.rstrip("\\")
+        try:
+            res = run_command(["defrag", drive, "/A", "/V"], timeout=ctx.remaining() - _SAFETY_S,
+                              max_bytes=_COMMAND_MAX_BYTES)
+            fs = win.parse_defrag_text(win.decode_console(res.stdout), p.mountpoint)
+        except (CommandNotFound, win.DefragParseError) as exc:
+            fs = facts_pb2.FsFragmentation(mountpoint=p.mountpoint, method="defrag-output", note=str(exc))
+        fs.device, fs.fstype = p.device, p.fstype
+        facts.filesystems.append(fs)
+    return facts
+
+
+def _macos(ctx: CollectContext) -> facts_pb2.FragmentationFacts:
+    facts = facts_pb2.FragmentationFacts(unsupported_reason=mac.APFS_REASON)
+    timeout = max(0.5, min(3.0, ctx.remaining() - _SAFETY_S))
+    try:
+        res = run_command(["diskutil", "info", "-plist", "/"], timeout=timeout, max_bytes=_COMMAND_MAX_BYTES)
+        info = mac.parse_diskutil_info(res.stdout)
+    except (CommandNotFound, mac.MacParseError) as exc:
+        ctx.warn(f"diskutil info: {exc}")
+        return facts
+    snapshots: int | None = None
+    try:
+        snap = run_command(["tmutil", "listlocalsnapshots", "/"], timeout=timeout, max_bytes=_COMMAND_MAX_BYTES)
+        if snap.ok:
+            snapshots = mac.parse_local_snapshots(snap.text())
+    except CommandNotFound as exc:
+        ctx.warn(str(exc))
+    facts.filesystems.append(mac.apfs_facts(info, snapshots))
+    return facts

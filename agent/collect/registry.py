@@ -1,0 +1,111 @@
+"""The collector registry: built-ins plus plugins from the ``casefile.collectors`` entry points.
+
+Declarations are checked once here, so the runner can trust every class it is given; a
+plugin that fails to load or is declared wrongly becomes a ``BrokenPlugin`` that reports
+as ERROR in every run, never a crash.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from agent.collect.framework import Collector, declaration_problems, describe_exception, truncate_error
+from agent.errors import CollectionError
+
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "BrokenPlugin",
+    "Registry",
+    "build_registry",
+    "registered_collectors",
+]
+
+
+ENTRY_POINT_GROUP = "casefile.collectors"
+
+
+@dataclass(frozen=True)
+class BrokenPlugin:
+    """An entry point that did not load as a sound collector; it reports as ERROR."""
+
+    name: str  # the entry point's name
+    error: str
+
+
+@dataclass(frozen=True)
+class Registry:
+    collectors: tuple[type[Collector], ...]
+    broken: tuple[BrokenPlugin, ...] = ()
+
+    def names(self) -> tuple[str, ...]:
+        return tuple(c.name for c in self.collectors) + tuple(b.name for b in self.broken)
+
+
+def build_registry(collectors: Iterable[type[Collector]], broken: Iterable[BrokenPlugin] = ()) -> Registry:
+    """Check declarations and uniqueness; any problem is a CollectionError naming it."""
+    classes, broken = tuple(collectors), tuple(broken)
+    for cls in classes:
+        problems = declaration_problems(cls)
+        if problems:
+            raise CollectionError(f"collector {cls!r} is declared wrongly: {'; '.join(problems)}")
+    seen: dict[str, str] = {}
+    fields: dict[str, str] = {}
+    for name, origin, facts_field in [
+        *((c.name, f"{c.__module__}.{c.__qualname__}", c.facts_field) for c in classes),
+        *((b.name, f"entry point {b.name!r}", None) for b in broken),
+    ]:
+        if name in seen:
+            raise CollectionError(f"two collectors are named {name!r}: {seen[name]} and {origin}")
+        seen[name] = origin
+        if facts_field is not None:
+            if facts_field in fields:
+                other = fields[facts_field]
+                raise CollectionError(f"{other!r} and {name!r} both fill Snapshot.{facts_field}")
+            fields[facts_field] = name
+    return Registry(classes, broken)
+
+
+_registry_lock = threading.Lock()
+_registry: Registry | None = None
+
+
+def registered_collectors(*, refresh: bool = False) -> Registry:
+    """Built-in collectors plus plugins from the ``casefile.collectors`` entry points.
+
+    Loaded on first use and cached (scanning installed distributions costs milliseconds
+    a live snapshot should not pay each time); ``refresh=True`` scans again.
+    """
+    global _registry
+    with _registry_lock:
+        if _registry is None or refresh:
+            from agent.collect.builtin import BUILTIN_COLLECTORS
+
+            plugins, broken = _load_plugins()
+            _registry = build_registry((*BUILTIN_COLLECTORS, *plugins), broken)
+        return _registry
+
+
+def _load_plugins() -> tuple[list[type[Collector]], list[BrokenPlugin]]:
+    from importlib.metadata import entry_points
+
+    plugins: list[type[Collector]] = []
+    broken: list[BrokenPlugin] = []
+    for ep in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda e: (e.name, e.value)):
+        try:
+            obj = ep.load()
+        except (Exception, SystemExit) as exc:  # a broken plugin is an entry, never a crash
+            broken.append(BrokenPlugin(ep.name, f"plugin {ep.value!r} failed to load: {describe_exception(exc)}"))
+            continue
+        problems = declaration_problems(obj)
+        if problems:
+            broken.append(
+                BrokenPlugin(
+                    ep.name,
+                    truncate_error(f"plugin {ep.value!r} is declared wrongly: {'; '.join(problems)}"),
+                )
+            )
+        else:
+            plugins.append(obj)
+    return plugins, broken

@@ -1,0 +1,291 @@
+"""The runner: every selected collector at once, each in its own thread, under its budget.
+
+Why daemon threads and not ``ThreadPoolExecutor``: concurrent.futures joins its workers
+at interpreter exit, so one collector stuck in the kernel (a dead NFS mount, a DNS
+lookup) would keep the CLI from ever exiting. A daemon thread is simply abandoned, and
+its late output is dropped because the runner never reads it once the budget is spent.
+For the same reason a collector must build its own message and never touch a shared one.
+
+Resource guard: the run lowers its CPU and I/O priority before starting the threads
+(``guard.py``; spec option ``lower_priority``, default true), and the whole run has a
+wall-clock budget (``CollectionSpec.total_budget_s``): a collector's deadline is the
+earlier of its own budget and the run's, so after the total budget every collector still
+running is TIMEOUT. Duration and bytes are recorded per collector.
+
+File-backed artifacts live in a per-run temp directory that ``CollectionResult.close()``
+removes: use the result as a context manager around writing the bundle.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from types import MappingProxyType, TracebackType
+
+from google.protobuf.message import Message
+
+from agent.collect.artifacts import Artifact, TempArea
+from agent.collect.framework import (
+    CollectContext,
+    CollectionSpec,
+    Collector,
+    Status,
+    current_platform,
+    describe_exception,
+)
+from agent.collect.guard import lowered_priority
+from agent.collect.registry import Registry, build_registry, registered_collectors
+from agent.errors import CollectionError
+from protos import facts_pb2
+
+__all__ = ["CollectionResult", "run_collection", "statuses_to_dicts"]
+
+
+@dataclass(frozen=True)
+class CollectionResult:
+    """One run: the merged snapshot (statuses included) plus what the manifest needs.
+
+    Holds the run's temp directory (file-backed artifacts) until ``close()``.
+    """
+
+    snapshot: facts_pb2.Snapshot
+    statuses: tuple[facts_pb2.CollectorStatus, ...]
+    artifacts: tuple[Artifact, ...]
+    warnings: tuple[tuple[str, str], ...]  # (collector, message)
+    sizes: Mapping[str, int]  # collector -> bytes of its facts message plus artifacts
+    duration_s: float
+    spec: CollectionSpec
+    selected: tuple[str, ...]
+    guard: tuple[str, ...] = ()  # what the resource guard did
+    temp: TempArea = field(default_factory=TempArea, repr=False, compare=False)
+
+    def spec_dict(self) -> dict[str, object]:
+        """JSON-able record of the spec (and which collectors it selected) for the manifest."""
+        return {**self.spec.to_dict(), "selected": list(self.selected)}
+
+    def status_dicts(self) -> list[dict[str, object]]:
+        """This run's manifest entries, bytes and warnings included."""
+        return statuses_to_dicts(self.statuses, sizes=self.sizes, warnings=self.warnings)
+
+    def truncated(self) -> list[dict[str, object]]:
+        """The manifest's ``truncated`` entries: log sources a cap or the window cut."""
+        return [
+            {
+                "member": src.artifact,
+                "source": src.name,
+                "lines_dropped": src.lines_dropped,
+                "reason": "byte cap or time budget; newest lines kept",
+            }
+            for src in self.snapshot.logs.sources
+            if src.truncated
+        ]
+
+    def close(self) -> None:
+        """Remove the run's temp files; file-backed artifacts are unreadable afterwards."""
+        self.temp.cleanup()
+
+    def __enter__(self) -> CollectionResult:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+def statuses_to_dicts(
+    statuses: Sequence[facts_pb2.CollectorStatus],
+    *,
+    sizes: Mapping[str, int] | None = None,
+    warnings: Iterable[tuple[str, str]] = (),
+) -> list[dict[str, object]]:
+    """The manifest's per-collector entries: name, status (lowercase), duration, error, bytes."""
+    by_name: dict[str, list[str]] = {}
+    for name, message in warnings:
+        by_name.setdefault(name, []).append(message)
+    return [
+        {
+            "name": s.name,
+            "status": Status.State.Name(s.state).lower(),
+            "duration_ms": round(s.duration_ms, 3),
+            "error": s.error,
+            "bytes": (sizes or {}).get(s.name, 0),
+            "warnings": by_name.get(s.name, []),
+        }
+        for s in statuses
+    ]
+
+
+class _Run:
+    """One collector's thread and its outcome; the lock decides finish-versus-abandon."""
+
+    def __init__(self, cls: type[Collector], ctx: CollectContext, budget: float) -> None:
+        self.cls, self.ctx, self.budget = cls, ctx, budget
+        self.lock = threading.Lock()
+        self.finished = self.abandoned = False
+        self.message: Message | None = None
+        self.error = ""
+        self.duration_s = 0.0
+        self.thread = threading.Thread(target=self._work, name=f"casefile-collect-{cls.name}", daemon=True)
+
+    def _work(self) -> None:
+        started = time.monotonic()
+        message: Message | None = None
+        error = ""
+        try:
+            message = self.cls().collect(self.ctx)
+            error = _check_output(self.cls, message)
+        except BaseException as exc:  # recorded as ERROR; a thread has nowhere to raise to
+            error = describe_exception(exc)
+        with self.lock:
+            if not self.abandoned:
+                self.message = None if error else message
+                self.error, self.duration_s = error, time.monotonic() - started
+                self.finished = True
+
+
+def _check_output(cls: type[Collector], message: object) -> str:
+    if message is None:
+        return ""
+    if cls.facts_type is None:
+        return f"returned a {type(message).__name__} but declares no facts_field"
+    if not isinstance(message, cls.facts_type):
+        return f"returned a {type(message).__name__}, expected {cls.facts_type.__name__}"
+    return ""
+
+
+def _check_names(spec: CollectionSpec, known: Sequence[str]) -> None:
+    for what, names in (("only", spec.only), ("exclude", spec.exclude), ("budgets", spec.budgets)):
+        unknown = [n for n in names if n not in known]
+        if unknown:
+            listed = ", ".join(map(repr, unknown))
+            raise CollectionError(
+                f"collection spec: unknown collector(s) in {what}: {listed}; known: {', '.join(known)}"
+            )
+
+
+def _skip_reason(name: str, default: bool, spec: CollectionSpec) -> str:
+    if name in spec.exclude:
+        return "excluded by the collection spec"
+    if spec.only:
+        return "" if name in spec.only else "not selected by the collection spec"
+    return "" if default else "not in the default scope"
+
+
+def run_collection(
+    spec: CollectionSpec | None = None, *, collectors: Iterable[type[Collector]] | None = None
+) -> CollectionResult:
+    """Run the selected collectors concurrently, each under its budget; never raises for one.
+
+    ``collectors`` replaces the registry (built-ins and plugins) for this run. Raises
+    CollectionError only for a bad spec or badly declared collectors.
+    """
+    spec = spec or CollectionSpec()
+    registry = registered_collectors() if collectors is None else build_registry(collectors)
+    _check_names(spec, registry.names())
+    lower = spec.options.get("lower_priority", True)
+    if not isinstance(lower, bool):
+        raise CollectionError(f"option 'lower_priority' must be true or false, got {lower!r}")
+    temp = TempArea()
+    with lowered_priority(lower) as guard_notes:
+        started = time.monotonic()
+        statuses, runs = _plan(registry, spec, started, temp)
+        for run in runs:
+            run.thread.start()
+    gathered = _Gathered()
+    for run in runs:
+        run.thread.join(run.ctx.remaining())
+        statuses[run.cls.name] = gathered.settle(run, started, spec.total_budget_s)
+
+    ordered = tuple(statuses[n] for n in registry.names())
+    gathered.snapshot.collectors.extend(ordered)
+    return CollectionResult(
+        snapshot=gathered.snapshot,
+        statuses=ordered,
+        artifacts=tuple(gathered.artifacts),
+        warnings=tuple(gathered.warnings),
+        sizes=MappingProxyType(gathered.sizes),
+        duration_s=time.monotonic() - started,
+        spec=spec,
+        selected=tuple(run.cls.name for run in runs),
+        guard=tuple(guard_notes),
+        temp=temp,
+    )
+
+
+def _plan(
+    registry: Registry, spec: CollectionSpec, started: float, temp: TempArea
+) -> tuple[dict[str, Status], list[_Run]]:
+    """Statuses for what will not run (skipped, unsupported, broken), runs for the rest."""
+    platform = current_platform()
+    statuses: dict[str, Status] = {}
+    runs: list[_Run] = []
+    for cls in registry.collectors:
+        reason = _skip_reason(cls.name, cls.default, spec)
+        if reason:
+            statuses[cls.name] = Status(name=cls.name, state=Status.SKIPPED, error=reason)
+        elif platform not in cls.platforms:
+            statuses[cls.name] = Status(name=cls.name, state=Status.UNSUPPORTED, error=f"unsupported on {platform}")
+        else:
+            budget = spec.budgets.get(cls.name, cls.budget_s)
+            deadline = started + min(budget, spec.total_budget_s)
+            ctx = CollectContext(cls.name, spec, deadline, temp_area=temp)
+            runs.append(_Run(cls, ctx, budget))
+    for plugin in registry.broken:
+        reason = _skip_reason(plugin.name, True, spec)
+        state = Status.SKIPPED if reason else Status.ERROR
+        statuses[plugin.name] = Status(name=plugin.name, state=state, error=reason or plugin.error)
+    return statuses, runs
+
+
+@dataclass
+class _Gathered:
+    """What finished collectors contributed, merged in registry order."""
+
+    snapshot: facts_pb2.Snapshot = field(default_factory=facts_pb2.Snapshot)
+    artifacts: list[Artifact] = field(default_factory=list)
+    warnings: list[tuple[str, str]] = field(default_factory=list)
+    sizes: dict[str, int] = field(default_factory=dict)
+    taken: dict[str, str] = field(default_factory=dict)  # artifact path -> collector
+
+    def settle(self, run: _Run, started: float, total_budget_s: float) -> Status:
+        name = run.cls.name
+        with run.lock:
+            if not run.finished:
+                run.abandoned = True  # whatever it returns later is never read
+                if run.budget > total_budget_s:
+                    error = f"did not finish within the run's total budget of {total_budget_s:g} s"
+                else:
+                    error = f"did not finish within its budget of {run.budget:g} s"
+                return Status(
+                    name=name,
+                    state=Status.TIMEOUT,
+                    duration_ms=(time.monotonic() - started) * 1000,
+                    error=error,
+                )
+        self.warnings.extend((name, w) for w in run.ctx.warnings)
+        duration_ms = run.duration_s * 1000
+        if run.error:
+            return Status(name=name, state=Status.ERROR, duration_ms=duration_ms, error=run.error)
+        size = 0
+        if run.message is not None and run.cls.facts_field is not None:
+            getattr(self.snapshot, run.cls.facts_field).CopyFrom(run.message)
+            size = run.message.ByteSize()
+        if run.ctx.plugin_facts is not None:
+            self.snapshot.plugin_facts[name] = run.ctx.plugin_facts
+            size += len(run.ctx.plugin_facts)
+        for artifact in run.ctx.artifacts:
+            path = artifact.path
+            if path in self.taken:  # the first collector in registry order keeps the path
+                self.warnings.append((name, f"artifact {path!r} dropped: {self.taken[path]!r} has it"))
+                continue
+            self.taken[path] = name
+            self.artifacts.append(artifact)
+            size += artifact.size
+        self.sizes[name] = size
+        return Status(name=name, state=Status.OK, duration_ms=duration_ms)

@@ -1,0 +1,114 @@
+"""Reports and CLI: facts-only, with logs, empty facts; hostile text is escaped; exit codes."""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import json
+import re
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+from typer.testing import CliRunner
+
+from agent.analysis import BundleView, analyse, render_html, seal_outputs
+from agent.analysis.report_text import print_report
+from agent.cli import app
+from agent.keys import SigningKey
+from protos import facts_pb2
+from tests.fixtures.analysis.crafted import COLLECTED, generate_logs, healthy_snapshot, write_bundle
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def key() -> SigningKey:
+    return SigningKey.generate()
+
+
+def _checks(html: str) -> None:
+    assert html.startswith("<!DOCTYPE html>")
+    assert '<meta name="viewport"' in html
+    assert 'id="findings"' in html
+    assert not re.search(r"<[a-zA-Z][^<>]*\s(?:src|href)\s*=", html), "no external asset, no link"
+    assert "<script" not in html
+
+
+@pytest.mark.parametrize("kind", ["facts-only", "with-logs", "empty-facts"])
+def test_html_and_text_report_on_each_kind_of_bundle(tmp_path: Path, key: SigningKey, kind: str) -> None:
+    snapshot = facts_pb2.Snapshot(bundle_id="0" * 32) if kind == "empty-facts" else healthy_snapshot()
+    logs = generate_logs(burst_at=COLLECTED - dt.timedelta(hours=2)) if kind == "with-logs" else None
+    path = write_bundle(tmp_path, key, snapshot, logs)
+    a = analyse(BundleView.from_file(path))
+    html = render_html(a)
+    _checks(html)
+    assert html.count("<svg") == {"facts-only": 4, "with-logs": 5, "empty-facts": 0}[kind]
+    console = Console(width=100, record=True, file=io.StringIO())
+    print_report(a, console)
+    text = console.export_text()
+    assert max(len(line) for line in text.splitlines()) <= 100
+    if kind == "with-logs":
+        assert "onset" in html and "errors began" in text
+
+
+def test_hostile_facts_are_escaped(tmp_path: Path, key: SigningKey) -> None:
+    s = healthy_snapshot()
+    evil = '<script>alert("x")</script><img src=//evil.example/x>'
+    s.host.os_release = evil
+    s.services.failed.add(name=evil, state="failed")
+    s.disks.partitions[0].mountpoint = evil
+    s.disks.partitions[0].percent = 99.0
+    line = {"ts": "2026-11-22T15:00:00Z", "src": evil, "sev": "err", "msg": "Out of memory: Killed " + evil}
+    logs = {"kernel": [line]}
+    html = render_html(analyse(BundleView.from_file(write_bundle(tmp_path, key, s, logs))))
+    assert "<script" not in html and "<img" not in html
+    assert "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;" in html
+    _checks(html)
+
+
+def test_seal_outputs(key: SigningKey) -> None:
+    s = healthy_snapshot()
+    s.disks.partitions[1].percent = 92.0
+    out = seal_outputs(BundleView.from_snapshot(s, generate_logs(hours=1)["syslog"]))
+    assert set(out) == {"findings.json", "report.html"}
+    doc = json.loads(out["findings.json"])
+    assert doc["worst"] == "warning" and doc["exit_code"] == 10
+    assert doc["findings"][0]["code"] == "disk-full"
+    _checks(out["report.html"].decode())
+
+
+def test_findings_cli_exit_codes_and_json(tmp_path: Path, key: SigningKey) -> None:
+    healthy = write_bundle(tmp_path / "h", key, healthy_snapshot())
+    bad = healthy_snapshot()
+    bad.network_depth.resolve.ok = False
+    sick = write_bundle(tmp_path / "s", key, bad)
+    warn = healthy_snapshot()
+    warn.clock.synchronized = False
+    warned = write_bundle(tmp_path / "w", key, warn)
+    assert runner.invoke(app, ["findings", str(healthy)]).exit_code == 0
+    assert runner.invoke(app, ["findings", str(warned)]).exit_code == 10
+    result = runner.invoke(app, ["findings", str(sick), "--json"])
+    assert result.exit_code == 20
+    assert json.loads(result.output)["findings"][0]["code"] == "dns-failure"
+
+
+def test_timeline_and_report_cli(tmp_path: Path, key: SigningKey) -> None:
+    path = write_bundle(tmp_path, key, healthy_snapshot(), generate_logs(burst_at=COLLECTED - dt.timedelta(hours=5)))
+    t = runner.invoke(app, ["timeline", str(path), "--json", "--interval", "10m"])
+    assert t.exit_code == 0, t.output
+    doc = json.loads(t.output)
+    assert doc["interval_s"] == 600 and doc["onset"]["began_at"].startswith("2026-11-22T11:0")
+    html = tmp_path / "r.html"
+    r = runner.invoke(app, ["report", str(path), "--html", str(html)])
+    assert r.exit_code == 10, r.output  # the burst is a warning
+    assert "Findings" in r.output and html.read_text().count("<svg") == 5
+    bad = runner.invoke(app, ["timeline", str(path), "--interval", "7s"])
+    assert bad.exit_code != 0
+
+
+def test_report_without_bundle_collects_fresh(tmp_path: Path) -> None:
+    r = runner.invoke(app, ["report", "--home", str(tmp_path / "home"), "-o", str(tmp_path / "out"), "--json"])
+    assert r.exit_code in (0, 10, 20), r.output
+    doc = json.loads(r.output)
+    assert Path(doc["bundle"]).is_file() and Path(doc["html"]).read_text().startswith("<!DOCTYPE html>")

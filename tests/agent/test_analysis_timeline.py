@@ -1,0 +1,132 @@
+"""Timeline and onset: finds an injected burst in realistic logs, never fires on flat noise."""
+
+from __future__ import annotations
+
+import datetime as dt
+import random
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from agent.analysis import AnalysisError, BundleView, build_timeline, detect_onset, parse_interval, template_of
+from agent.analysis.timeline import OnsetParams, choose_interval, format_duration, poisson_sf
+from tests.fixtures.analysis.crafted import COLLECTED, generate_logs, healthy_snapshot
+
+
+def _view(logs: dict[str, list[dict[str, object]]], offset_ms: float = 0.0) -> BundleView:
+    s = healthy_snapshot()
+    s.clock.collector_offset_ms = offset_ms
+    s.clock.collector_offset_known = offset_ms != 0.0
+    return BundleView.from_snapshot(s, [r for lines in logs.values() for r in lines])
+
+
+def test_finds_injected_burst_and_says_when_in_plain_words() -> None:
+    burst = COLLECTED - dt.timedelta(hours=2, minutes=5)
+    tl = build_timeline(_view(generate_logs(burst_at=burst)))
+    assert tl.interval_s == 300  # 24 h window → 5 min buckets
+    assert tl.onset is not None
+    assert tl.onset.began_at == pytest.approx(burst.timestamp(), abs=60)
+    assert tl.summary.startswith("errors began 2026-11-22 14:02 UTC, 2 h 05 min before collection")
+    templates = [g.template for g in tl.onset.templates[:4]]
+    assert "Buffer I/O error on dev sdb1, logical block <*>, async page read" in templates
+    assert all(g.example is not None and g.example.line_no for g in tl.onset.templates)
+    assert set(tl.sources) == {"journal", "syslog", "kernel"}
+
+
+def test_clock_offset_moves_every_event_onto_the_collector_clock() -> None:
+    burst = COLLECTED - dt.timedelta(hours=3)
+    plain = build_timeline(_view(generate_logs(burst_at=burst)))
+    shifted = build_timeline(_view(generate_logs(burst_at=burst), offset_ms=600_000.0))
+    assert plain.onset is not None and shifted.onset is not None
+    assert shifted.onset.began_at - plain.onset.began_at == pytest.approx(600, abs=10)
+    assert shifted.clock_offset_s == 600.0
+
+
+def test_no_burst_in_steady_logs() -> None:
+    tl = build_timeline(_view(generate_logs(seed=7)))
+    assert tl.onset is None
+    assert tl.summary.startswith("No burst")
+
+
+def test_a_burst_in_the_first_buckets_never_fires_warmup() -> None:
+    counts = [300, 280, 2, 3, 2, 1, 2, 3, 2, 2]
+    assert detect_onset(counts) is None
+    assert detect_onset([2, 3, 2, 1, 2, 3, 2, 2, 3, 2, 120, 130]) == (10, pytest.approx(2.0, abs=0.6))
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), rate=st.floats(0.05, 60.0), buckets=st.integers(10, 400))
+def test_flat_noise_never_fires(seed: int, rate: float, buckets: int) -> None:
+    rng = random.Random(seed)
+    # Poisson counts at a constant rate, by summing exponential gaps: flat noise.
+    counts = []
+    for _ in range(buckets):
+        n, t = 0, rng.expovariate(rate)
+        while t < 1.0:
+            n += 1
+            t += rng.expovariate(rate)
+        counts.append(n)
+    assert detect_onset(counts, OnsetParams()) is None
+
+
+@settings(max_examples=15, deadline=None)
+@given(seed=st.integers(0, 2**16), per_minute=st.floats(0.5, 20.0))
+def test_flat_noise_logs_never_fire(seed: int, per_minute: float) -> None:
+    assert build_timeline(_view(generate_logs(seed=seed, per_minute=per_minute, hours=6))).onset is None
+
+
+def test_poisson_tail() -> None:
+    assert poisson_sf(0, 3.0) == 1.0
+    assert poisson_sf(1, 2.0) == pytest.approx(1 - 0.1353352832, rel=1e-9)
+    assert poisson_sf(200, 15.0) < 1e-100
+
+
+def test_interval_parsing_and_choice() -> None:
+    assert [parse_interval(x) for x in ("5m", "30s", "1h", "600")] == [300, 30, 3600, 600]
+    for bad in ("5x", "7s", "0s", "2d", ""):
+        with pytest.raises(AnalysisError):
+            parse_interval(bad)
+    assert choose_interval(24 * 3600) == 300
+    assert choose_interval(3600) == 60
+    assert format_duration(7500) == "2 h 05 min"
+    assert format_duration(45 * 60) == "45 min"
+
+
+def test_requested_interval_is_used_and_buckets_are_bounded() -> None:
+    view = _view(generate_logs(hours=2))
+    assert build_timeline(view, 60).interval_s == 60
+    with pytest.raises(AnalysisError, match="buckets"):
+        build_timeline(_view(generate_logs(hours=48, per_minute=0.2)), 10)
+
+
+def test_no_logs_and_untimed_logs() -> None:
+    assert "No log lines" in build_timeline(BundleView.from_snapshot(healthy_snapshot())).summary
+    untimed = BundleView.from_snapshot(healthy_snapshot(), [{"ts": None, "src": "x", "sev": "err", "msg": "m"}])
+    tl = build_timeline(untimed)
+    assert (tl.records, tl.untimed, tl.buckets) == (1, 1, ())
+    assert "without a time" in tl.summary
+
+
+@pytest.mark.parametrize(
+    ("a", "b"),
+    [
+        ("Connection from 10.0.0.5:443 failed after 300 ms", "Connection from 192.168.1.7:8080 failed after 12 ms"),
+        (
+            "request 3f2a1b9c-1234-4abc-9def-0123456789ab took 12.5s",
+            "request 00000000-aaaa-4abc-9def-ffffffffffff took 3s",
+        ),
+        ("segfault at 7f3a2c0e1000 ip 00007f3a2c0e1000", "segfault at 0x55d0 ip deadbeef0042"),
+        ("open /var/lib/docker/overlay2/3a9/merged: EIO", "open /var/lib/docker/overlay2/77/merged: EIO"),
+        ("link fe80::1%eth0 down", "link fe80::a00:27ff:fe4e:66a1 down"),
+    ],
+)
+def test_templates_group_repeats(a: str, b: str) -> None:
+    assert template_of(a) == template_of(b)
+    assert "<*>" in template_of(a)
+
+
+def test_templates_keep_words() -> None:
+    assert template_of("EXT4-fs error (device sda1): ext4_find_entry:1455: bad") == (
+        "EXT4-fs error (device sda1): ext4_find_entry:<*>: bad"
+    )

@@ -1,0 +1,196 @@
+"""`casefile collect` with privacy profiles, end to end: real runs, real sealed bundles.
+
+Every check searches the whole decompressed bundle (tar headers, facts.pb, facts.json,
+every artifact, MANIFEST.json) for the planted values and this host's harvested ones.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+import zstandard
+
+from agent.redact import harvest_host
+
+BIN = Path(sys.executable).parent
+CORPUS = Path(__file__).parent.parent / "fixtures" / "privacy"
+CORPUS_FILES = sorted(p for p in CORPUS.iterdir() if p.suffix not in (".txt", ".md"))
+
+
+def casefile(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    res = subprocess.run(
+        [str(BIN / "casefile"), *args],
+        env={**os.environ, "COLUMNS": "200"},
+        text=True,
+        capture_output=True,
+        stdin=subprocess.DEVNULL,
+        timeout=180,
+    )
+    if check and res.returncode != 0:
+        raise AssertionError(f"{args} exited {res.returncode}\nstdout:{res.stdout}\nstderr:{res.stderr}")
+    return res
+
+
+def collect(tmp: Path, *args: str, add: bool = True) -> tuple[Path, bytes, dict[str, object]]:
+    out = tmp / "out"
+    extra = [a for f in CORPUS_FILES for a in ("--add-file", str(f))] if add else []
+    res = casefile("collect", "--home", str(tmp / "home"), "-o", str(out), "--json", *extra, *args)
+    bundle = Path(json.loads(res.stdout)["bundle"]["path"])
+    raw = zstandard.ZstdDecompressor().decompressobj().decompress(bundle.read_bytes())
+    manifest = {}
+    with tarfile.open(bundle, "r:zst") if sys.version_info >= (3, 14) else _tar(raw) as tar:
+        for m in tar.getmembers():
+            if m.name.endswith("/MANIFEST.json"):
+                fh = tar.extractfile(m)
+                assert fh is not None
+                manifest = json.loads(fh.read())
+    return bundle, raw, manifest
+
+
+def _tar(raw: bytes) -> tarfile.TarFile:
+    import io
+
+    return tarfile.open(fileobj=io.BytesIO(raw), mode="r:")
+
+
+def lines(name: str) -> list[str]:
+    return [s for s in (CORPUS / name).read_text().splitlines() if s]
+
+
+def harvested_patterns() -> list[tuple[str, re.Pattern[bytes]]]:
+    h = harvest_host()
+    values = [*h.hostnames, *h.fqdns, *h.domains, *h.ips, *h.macs, *h.users]
+    return [(v, re.compile(rb"(?i)(?<![A-Za-z0-9.])" + re.escape(v.encode()) + rb"(?![A-Za-z0-9])")) for v in values]
+
+
+def test_standard_no_secret_survives(tmp_path: Path) -> None:
+    bundle, raw, manifest = collect(tmp_path)
+    for s in lines("secrets.txt"):
+        assert s.encode() not in raw, s
+    red = manifest["redaction"]
+    assert isinstance(red, dict) and red["profile"] == "standard" and red["leak_gate"]["result"] == "pass"
+    assert red["hits"]["files/app.env"]["aws-access-key"] == 1
+    assert "10.20.30.40" in raw.decode("utf-8", "replace")  # identifiers stay in standard
+    consent = manifest["consent"]
+    assert isinstance(consent, dict) and consent["confirmed"] == "not-asked"
+    assert re.fullmatch(r"[0-9a-f]{64}", str(consent["preview_digest"]))
+    assert {f["member"] for f in consent["added_files"]} == {f"files/{p.name}" for p in CORPUS_FILES}
+    casefile("verify", str(bundle))
+
+
+def test_private_no_secret_and_no_identifier_survives(tmp_path: Path) -> None:
+    bundle, raw, manifest = collect(tmp_path, "--profile", "private")
+    for s in lines("secrets.txt") + lines("identifiers.txt"):
+        assert s.encode() not in raw, s
+    for value, pattern in harvested_patterns():
+        assert pattern.search(raw) is None, f"harvested {value!r} survived"
+    assert socket.gethostname() not in bundle.name
+    red = manifest["redaction"]
+    assert isinstance(red, dict) and red["profile"] == "private"
+    mapping = tmp_path / "home" / "redact-map.jsonl"
+    assert mapping.stat().st_mode & 0o777 == 0o600
+    assert mapping.read_bytes() not in raw
+
+
+def test_consistency_across_artifacts_bundles_and_unmask(tmp_path: Path) -> None:
+    files = []
+    for name in ("a.log", "b.conf", "c.txt"):
+        f = tmp_path / name
+        f.write_text(f"{name} talks to 10.77.66.55 today\n")
+        files += ["--add-file", str(f)]
+    tokens = set()
+    for run in range(2):
+        _, raw, _ = collect(tmp_path / f"r{run}", "--profile", "private", "--home", str(tmp_path / "home"),
+                            "--only", "host", *files, add=False)
+        assert b"10.77.66.55" not in raw
+        tokens |= set(re.findall(rb"talks to (ip4-private-[0-9a-f]{12})", raw))
+    assert len(tokens) == 1
+    token = tokens.pop().decode()
+    res = casefile("unmask", "--home", str(tmp_path / "home"), f"peer {token} again")
+    assert res.stdout.strip() == "peer 10.77.66.55 again"
+
+
+def test_facts_only_has_no_raw_member_and_refuses_add_file(tmp_path: Path) -> None:
+    _, raw, manifest = collect(tmp_path, "--profile", "facts-only", add=False)
+    members = [m["path"] for m in manifest["members"]]  # type: ignore[attr-defined,index]
+    assert not [m for m in members if m.startswith(("logs/", "commands/"))], members
+    facts = json.loads(next(m for m in _tar(raw).getmembers() if m.name.endswith("/facts.json")).name and
+                       _tar(raw).extractfile(next(m for m in _tar(raw).getmembers()
+                                                  if m.name.endswith("/facts.json"))).read())  # type: ignore[union-attr]
+    for src in facts.get("logs", {}).get("sources", []):
+        assert not src.get("artifact")
+    res = casefile("collect", "--home", str(tmp_path / "home"), "-o", str(tmp_path / "o2"), "--profile",
+                   "facts-only", "--add-file", str(CORPUS_FILES[0]), check=False)
+    assert res.returncode == 4 and "--add-file is refused under profile 'facts-only'" in res.stderr
+    assert not (tmp_path / "o2").exists() or not list((tmp_path / "o2").iterdir())
+
+
+def test_leak_gate_fails_closed_then_allow_leaks_is_recorded(tmp_path: Path) -> None:
+    h = harvest_host()
+    ip4 = next((ip for ip in h.ips if "." in ip), None)
+    if ip4 is None:
+        pytest.skip("this host has no non-loopback IPv4 address to plant")
+    planted = tmp_path / "cloud.log"
+    planted.write_text(f"resolved peer ip-{ip4.replace('.', '-')}.ec2.internal\n")
+    out = tmp_path / "out"
+    args = ["collect", "--home", str(tmp_path / "home"), "-o", str(out), "--profile", "private",
+            "--only", "host", "--add-file", str(planted)]
+    res = casefile(*args, check=False)
+    assert res.returncode == 4
+    assert "files/cloud.log (harvested-ip-dashed" in res.stderr
+    assert not out.exists() or not list(out.iterdir())  # nothing sealed, no partial left
+    _, _, manifest = collect(tmp_path, "--profile", "private", "--only", "host", "--add-file", str(planted),
+                             "--allow-leaks", add=False)
+    red = manifest["redaction"]
+    assert isinstance(red, dict) and red["allow_leaks"] is True
+    assert red["leak_gate"]["result"] == "leaks-allowed"
+    assert red["leak_gate"]["leaks"] == [{"artifact": "files/cloud.log", "rule": "harvested-ip-dashed", "count": 1}]
+
+
+def _tree(root: Path) -> set[str]:
+    return {str(p.relative_to(root)) for p in root.rglob("*")}
+
+
+def test_preview_writes_nothing_and_connects_nowhere(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        server.setblocking(False)
+        port = server.getsockname()[1]
+        before = _tree(tmp_path)
+        res = casefile("collect", "--preview", "--json", "--home", str(home), "-o", str(tmp_path / "out"),
+                       "--profile", "private", "--upload", f"127.0.0.1:{port}", "--token", "t",
+                       "--add-file", str(CORPUS / "app.env"))
+        assert _tree(tmp_path) == before
+        with pytest.raises(BlockingIOError):
+            server.accept()
+    preview = json.loads(res.stdout)
+    listed = {m["path"]: m for m in preview["members"]}
+    assert {"facts.pb", "facts.json", "files/app.env"} <= set(listed)
+    assert listed["files/app.env"]["hits"]["aws-access-key"] == 1
+    assert re.fullmatch(r"[0-9a-f]{64}", preview["preview_digest"])
+
+
+def test_upload_without_terminal_records_non_interactive_consent(tmp_path: Path) -> None:
+    # No collector listens on this port: the upload fails, but only after the bundle
+    # was sealed with its receipt (what a script with --upload asked for).
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        port = server.getsockname()[1]
+    res = casefile("collect", "--home", str(tmp_path / "home"), "-o", str(tmp_path / "out"), "--only", "host",
+                   "--upload", f"127.0.0.1:{port}", "--token", "t", "--insecure", check=False)
+    assert res.returncode == 3, res.stderr
+    (bundle,) = (tmp_path / "out").iterdir()
+    raw = zstandard.ZstdDecompressor().decompressobj().decompress(bundle.read_bytes())
+    manifest = json.loads(next(
+        _tar(raw).extractfile(m).read()  # type: ignore[union-attr]
+        for m in _tar(raw).getmembers() if m.name.endswith("/MANIFEST.json")
+    ))
+    assert manifest["consent"]["confirmed"] == "non-interactive"
+    assert manifest["consent"]["upload_requested"] is True

@@ -1,0 +1,78 @@
+"""Processes: real busy and zombie children show up where they should."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from agent.collect import CollectionSpec, run_collection
+from agent.collect.builtin.processes import ProcessesCollector, count_zombies
+from protos import facts_pb2
+
+BUSY = "import time\nend = time.monotonic() + 30\nwhile time.monotonic() < end: pass\n"
+BIG = "b = bytearray(300 * 1024 * 1024)\nfor i in range(0, len(b), 4096): b[i] = 1\nimport time; time.sleep(30)\n"
+
+
+def _run(**options: object) -> facts_pb2.ProcessFacts:
+    spec = CollectionSpec(options=options)  # type: ignore[arg-type]
+    with run_collection(spec, collectors=[ProcessesCollector]) as result:
+        status = result.statuses[0]
+        assert status.state == facts_pb2.CollectorStatus.OK, status.error
+        return result.snapshot.processes
+
+
+def test_busy_and_big_processes_rank_first() -> None:
+    busy = subprocess.Popen([sys.executable, "-c", BUSY])
+    big = subprocess.Popen([sys.executable, "-c", BIG, "casefile-big-marker"])
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:  # wait until the big one has touched its memory
+            try:
+                with open(f"/proc/{big.pid}/statm") as fh:
+                    if int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") > 250 << 20:
+                        break
+            except OSError:
+                pass
+            time.sleep(0.05)
+        facts = _run(processes_sample_s=0.4, processes_top_n=5)
+    finally:
+        busy.kill()
+        big.kill()
+        busy.wait()
+        big.wait()
+    assert facts.total > 2 and facts.threads >= facts.total
+    assert 0.3 < facts.sample_seconds < 5
+    assert len(facts.top_cpu) == 5 and len(facts.top_rss) == 5
+    top_cpu_pids = [p.pid for p in facts.top_cpu[:2]]
+    assert busy.pid in top_cpu_pids
+    hot = next(p for p in facts.top_cpu if p.pid == busy.pid)
+    assert hot.cpu_percent > 20 and hot.name.startswith("python")
+    assert facts.top_rss[0].pid == big.pid and facts.top_rss[0].rss > 250 << 20
+    assert "casefile-big-marker" in facts.top_rss[0].cmdline  # redaction happens later
+    assert hot.started.seconds > 0 and hot.username
+    cpu = [p.cpu_percent for p in facts.top_cpu]
+    assert cpu == sorted(cpu, reverse=True)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc")
+def test_zombies_are_counted_from_proc() -> None:
+    before = count_zombies()
+    child = subprocess.Popen(["true"])
+    try:
+        for _ in range(200):  # it exits at once; unreaped it stays a zombie
+            with open(f"/proc/{child.pid}/stat") as fh:
+                if fh.read().rsplit(")", 1)[1].split()[0] == "Z":
+                    break
+            time.sleep(0.01)
+        assert count_zombies() >= before + 1
+        assert _run(processes_sample_s=0.0).zombies >= 1
+    finally:
+        child.wait()
+
+
+def test_count_zombies_on_a_missing_proc() -> None:
+    assert count_zombies("/nonexistent-proc") == 0
