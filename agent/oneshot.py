@@ -28,7 +28,7 @@ import os
 import secrets
 import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -198,6 +198,9 @@ class Prepared:
             _redact_json(t, self.redactor) for t in self.result.truncated() if t.get("member") in paths
         ]
         receipt = self._receipt(consent)
+        outputs, analysis_error = self._analysis_outputs()
+        for name, data in outputs.items():
+            self.gate.scan_bytes(name, data)
         self.gate.scan_bytes(_MANIFEST, json.dumps([spec, collectors, truncated, receipt]).encode("utf-8"))
         self.gate.scan_bytes(_MANIFEST, self.snapshot.host.hostname.encode("utf-8"))
         gate_entry = self.gate.check(allow_leaks=self.privacy.allow_leaks)
@@ -228,16 +231,46 @@ class Prepared:
                 m.spool.seek(0)
                 with writer.open_member(m.path) as out:
                     shutil.copyfileobj(m.spool, out, 1 << 20)
+            for name, data in outputs.items():
+                writer.add_bytes(name, data)
             if self.redactor.pseudo is not None:
                 self.redactor.pseudo.flush()  # before sealing: a sent bundle must be unmaskable
+            extra: dict[str, Any] = {"consent": receipt}
+            if analysis_error:
+                extra["analysis_error"] = analysis_error
             written = writer.finish(
                 spec=spec,
                 collectors=collectors,
                 truncated=truncated,
                 redaction=redaction,
-                extra={"consent": receipt},
+                extra=extra,
             )
         return Collected(bundle=written, result=self.result, redaction=redaction)
+
+    def _analysis_outputs(self) -> tuple[dict[str, bytes], str]:
+        """findings.json and report.html from the redacted facts and logs.
+
+        Built from what goes into the bundle (after redaction), never from raw data. An
+        analysis failure is recorded in the manifest; it never costs the bundle.
+        """
+        from agent.analysis import BundleView, seal_outputs
+        from agent.analysis.view import parse_log_line
+
+        logs = [m for m in self.members if m.path.startswith("logs/") and m.path.endswith(".jsonl")]
+
+        def records() -> Iterator[Any]:
+            for m in logs:
+                m.spool.seek(0)
+                for line in m.spool:
+                    rec = parse_log_line(line.decode("utf-8", "replace"))
+                    if rec is not None:
+                        yield rec
+
+        try:
+            view = BundleView.from_snapshot(self.snapshot, records if logs else (), label="this collection")
+            return dict(seal_outputs(view)), ""
+        except Exception as exc:  # the bundle matters more than its report
+            return {}, f"{type(exc).__name__}: {exc}"
 
     def _receipt(self, consent: Consent) -> dict[str, Any]:
         try:

@@ -105,6 +105,10 @@ def test_enroll_collect_upload_verify_query_download(served: dict[str, str]) -> 
     assert all(c["status"] == "ok" for c in summary["collectors"])
     assert summary["upload"]["sha256"] == summary["bundle"]["sha256"]
 
+    names = subprocess.run(["tar", "--zstd", "-tf", str(bundle)], capture_output=True, text=True, check=True).stdout
+    members = {n.split("/", 1)[1] for n in names.split()}
+    assert {"facts.pb", "facts.json", "findings.json", "report.html", "MANIFEST.json", "MANIFEST.sig"} <= members
+
     fp = summary["bundle"]["key_fingerprint"]
     assert "OK" in cli("casefile", "verify", str(bundle), "--fingerprint", fp).stdout
     wrong = cli("casefile", "verify", str(bundle), "--fingerprint", "sha256:" + "0" * 64, check=False)
