@@ -121,6 +121,10 @@ def collect(
     allow_leaks: Annotated[
         bool, typer.Option("--allow-leaks", help="Seal even if the leak gate finds something (recorded).")
     ] = False,
+    since: Annotated[str, typer.Option("--since", help="Log window: 30m, 2h, 24h (default), 7d.")] = "24h",
+    logs_max: Annotated[
+        str, typer.Option("--logs-max", help="Total log bytes kept, newest first (default 32M; per source 8M).")
+    ] = "32M",
     ca_fingerprint: CaFingerprintOpt = None,
     ca_file: CaFileOpt = None,
     insecure: InsecureOpt = False,
@@ -141,7 +145,24 @@ def collect(
     enrollment = state.enrollment()
     col_only, glob_only = _split_selectors(only)
     col_exclude, glob_exclude = _split_selectors(exclude)
-    spec = CollectionSpec(only=col_only, exclude=col_exclude)
+    from agent.units import parse_duration, parse_size
+
+    try:
+        options: dict[str, str | int | float | bool] = {
+            "logs_since_s": parse_duration(since).total_seconds(),
+            "logs_max_bytes": parse_size(logs_max),
+        }
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    wants_upload = not preview and (upload is not None or bool(token and enrollment))
+    target = upload or (enrollment.collector if enrollment else None)
+    if wants_upload and target:
+        # Reachability and clock offset to the collector belong in the facts of this run.
+        options["collector_target"] = target
+        offset = _collector_offset(state, target, ca_fingerprint, ca_file, insecure)
+        if offset is not None:
+            options["collector_offset_ms"] = round(offset, 1)
+    spec = CollectionSpec(only=col_only, exclude=col_exclude, options=options)
     privacy = PrivacyOptions(
         profile=profile,
         home=state.root,
@@ -150,7 +171,6 @@ def collect(
         add_files=tuple(add_file or ()),
         allow_leaks=allow_leaks,
     )
-    wants_upload = not preview and (upload is not None or bool(token and enrollment))
     with prepare_collection(
         key=None if preview else state.key(),
         agent_id=enrollment.agent_id if enrollment else "",
@@ -211,6 +231,22 @@ def collect(
         _render_summary(summary)
     if confirmed == "declined":
         err.print(f"Not sent. The bundle stays at {b.path}; send it later with: casefile upload {b.path}")
+
+
+def _collector_offset(
+    home: AgentHome, address: str, ca_fingerprint: str | None, ca_file: Path | None, insecure: bool
+) -> float | None:
+    """Collector clock minus ours (ms); None when it cannot be read (the upload will say why)."""
+    from agent.transport import measure_clock_offset
+
+    enrollment = home.enrollment()
+    if ca_fingerprint is None and ca_file is None and enrollment is not None and enrollment.collector == address:
+        ca_fingerprint = enrollment.ca_fingerprint
+    try:
+        with _channel(address, ca_fingerprint, ca_file, insecure) as channel:
+            return measure_clock_offset(channel)
+    except CasefileError:
+        return None
 
 
 def _split_selectors(values: list[str] | None) -> tuple[tuple[str, ...], tuple[str, ...]]:
@@ -397,6 +433,43 @@ def agent_show(
     out.print(f"agent id:    {enrollment.agent_id if enrollment else '(not enrolled)'}")
     if enrollment:
         out.print(f"collector:   {enrollment.collector} (pinned {enrollment.ca_fingerprint or 'no'})")
+
+
+@agent_app.command("run")
+def agent_run(home: HomeOpt = None) -> None:
+    """Serve live snapshot requests from the enrolled collector until SIGTERM/SIGINT."""
+    from agent.daemon import run
+
+    run(home)
+
+
+@agent_app.command("history")
+def agent_history(
+    home: HomeOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line, as stored.")] = False,
+) -> None:
+    """Every live request this agent received: who, when, scope, reason, outcome, bundle."""
+    from agent.daemon import History
+
+    entries = History(AgentHome(home).root / "history.jsonl").entries()
+    if as_json:
+        for e in entries:
+            sys.stdout.write(json.dumps(e, ensure_ascii=False, sort_keys=True) + "\n")
+        return
+    if not entries:
+        out.print("no live requests yet")
+        return
+    t = Table("when (UTC)", "requested by", "scope", "reason", "outcome", "bundle / detail", title="Live requests")
+    for e in entries:
+        t.add_row(
+            str(e.get("at", ""))[:19].replace("T", " "),
+            str(e.get("requested_by", "")),
+            ",".join(e.get("scopes") or []),
+            str(e.get("reason", "")),
+            str(e.get("outcome", "")),
+            str(e.get("bundle_id") or e.get("detail") or ""),
+        )
+    out.print(t)
 
 
 def _exit(code: int, message: str) -> NoReturn:

@@ -2,7 +2,7 @@
 
 Operator commands work on the local data folder: ``serve``, ``token create|list|revoke``,
 ``tls-fingerprint``. Engineer commands talk to a running collector over gRPC with an
-engineer token: ``hosts``, ``bundles``, ``show``, ``download``; they read
+engineer token: ``hosts``, ``bundles``, ``show``, ``download``, ``snapshot`` (live), ``audit`` (admin); they read
 ``CASEFILE_COLLECTOR``, ``CASEFILE_TOKEN`` and ``CASEFILE_CA_FINGERPRINT`` so a session
 needs them once.
 
@@ -13,10 +13,10 @@ Exit codes: 0 success, 2 usage error, 3 collector unreachable or request refused
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import json
 import logging
-import re
 import signal
 import sys
 from pathlib import Path
@@ -27,6 +27,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from agent import units
 from agent.errors import CasefileError, TransportError
 
 app = typer.Typer(
@@ -56,20 +57,16 @@ CaFileOpt = Annotated[Path | None, typer.Option("--ca-file", help="Trust this CA
 InsecureOpt = Annotated[bool, typer.Option("--insecure", help="Plaintext (loopback only).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
 
-_DURATION = re.compile(r"^(\d+)([smhdw])$")
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-
-
 def parse_duration(text: str) -> dt.timedelta:
-    m = _DURATION.match(text.strip())
-    if not m:
-        raise typer.BadParameter(f"duration must look like 30m, 24h or 7d, got {text!r}")
-    return dt.timedelta(seconds=int(m.group(1)) * _UNITS[m.group(2)])
+    try:
+        return units.parse_duration(text)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
 
 
 def parse_when(text: str) -> dt.datetime:
     """An ISO 8601 time (UTC if no zone) or a duration ago such as 2h."""
-    if _DURATION.match(text.strip()):
+    if text.strip()[-1:] in "smhdw" and text.strip()[:1].isdigit():
         return dt.datetime.now(dt.UTC) - parse_duration(text)
     try:
         t = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
@@ -563,6 +560,87 @@ def report_cmd(
     tmp.write_bytes(resp.html)
     tmp.replace(dest)
     out.print(f"[green]saved[/] {dest} ({len(resp.html):,} bytes)")
+
+
+# ------------------------------------------------------------------ live snapshots and audit
+
+
+@app.command("snapshot")
+def snapshot_cmd(
+    host: Annotated[str, typer.Argument(help="Hostname or agent id (ag_…) of a connected agent.")],
+    collector: CollectorOpt,
+    token: TokenOpt,
+    scope: Annotated[
+        list[str] | None, typer.Option("--scope", help="facts (default), logs, fragmentation, commands; repeatable.")
+    ] = None,
+    since: Annotated[
+        str | None, typer.Option("--since", help="Logs window, e.g. 1h (the agent's policy caps it).")
+    ] = None,
+    reason: Annotated[str, typer.Option("--reason", help="Why: recorded on the agent and in the audit log.")] = "",
+    wait: Annotated[int, typer.Option("--wait", help="Seconds to queue the request if the agent is offline.")] = 0,
+    timeout: Annotated[int, typer.Option("--timeout", help="Seconds to wait for the result once delivered.")] = 60,
+    ca_fingerprint: CaFpOpt = None,
+    ca_file: CaFileOpt = None,
+    insecure: InsecureOpt = False,
+) -> None:
+    """Ask a connected agent for a fresh bundle; show its progress, then its summary and findings."""
+    from protos import collector_pb2
+
+    since_s = int(parse_duration(since).total_seconds()) if since else 0
+    spec = collector_pb2.SnapshotRequestSpec(
+        host=host, scopes=scope or [], since_seconds=since_s, reason=reason, wait_s=wait, timeout_s=timeout
+    )
+    channel, stub, md = _query(collector, token, ca_fingerprint, ca_file, insecure)
+    last = None
+    with channel:
+        for event in stub.RequestSnapshot(spec, metadata=md, timeout=wait + timeout + 30):
+            last = event
+            extra = f" bundle {event.bundle_id}" if event.bundle_id else ""
+            out.print(f"{_fmt_ts(event.at) if event.HasField('at') else '':20} {event.state:11} {event.detail}{extra}")
+    if last is None or last.state != "done":
+        state = last.state if last else "no answer"
+        raise CasefileError(f"snapshot of {host} ended {state}: {last.detail if last else ''}".rstrip(": "))
+    show(last.bundle_id, collector, token, ca_fingerprint, ca_file, insecure, False)
+    # findings' own exit code (10/20 by severity) is for that command; a snapshot that
+    # arrived is a success.
+    with contextlib.suppress(typer.Exit):
+        findings_cmd(last.bundle_id, collector, token, ca_fingerprint, ca_file, insecure, False)
+
+
+@app.command("audit")
+def audit_cmd(
+    collector: CollectorOpt,
+    token: TokenOpt,
+    actor: Annotated[str | None, typer.Option("--actor", help="Token id (or agent id for channel events).")] = None,
+    action: Annotated[
+        str | None, typer.Option("--action", help="e.g. live.request_snapshot, channel.connect.")
+    ] = None,
+    outcome: Annotated[str | None, typer.Option("--outcome", help="ok, denied or error.")] = None,
+    limit: Annotated[int, typer.Option("--limit", help="Newest entries to show.")] = 100,
+    ca_fingerprint: CaFpOpt = None,
+    ca_file: CaFileOpt = None,
+    insecure: InsecureOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """The collector's audit log, newest first (needs the admin role)."""
+    from google.protobuf import json_format
+
+    from protos import collector_pb2
+
+    req = collector_pb2.ListAuditRequest(actor=actor or "", action=action or "", outcome=outcome or "", limit=limit)
+    channel, stub, md = _query(collector, token, ca_fingerprint, ca_file, insecure)
+    with channel:
+        resp = stub.ListAudit(req, metadata=md, timeout=30)
+    if as_json:
+        for e in resp.entries:
+            print(json.dumps(json_format.MessageToDict(e, preserving_proto_field_name=True), sort_keys=True))
+        return
+    cols = ("id", "when", "actor", "role", "action", "target", "outcome", "detail")
+    t = Table(*cols, title="Audit", title_justify="left")
+    for e in resp.entries:
+        who = f"{e.actor_label} ({e.actor})" if e.actor_label else e.actor
+        t.add_row(str(e.id), _fmt_ts(e.at), who, e.role, e.action, e.target, e.outcome, e.detail)
+    out.print(t)
 
 
 def _exit(code: int, message: str) -> NoReturn:

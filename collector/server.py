@@ -1,6 +1,6 @@
 """The collector process: a grpc.aio server over a metadata store and a blob store.
 
-Serves Enroll, Ingest and Query, plus standard gRPC health checking and reflection so
+Serves Enroll, Ingest, Query and the agents' live Channel, plus standard gRPC health checking and reflection so
 ordinary tools (grpcurl, grpc_health_probe) can talk to it. TLS by default with a
 self-signed ECDSA certificate made on first start; plaintext only on loopback.
 """
@@ -19,7 +19,9 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from agent.transport.connect import is_loopback, parse_address
+from collector.live import LiveRouter
 from collector.services import EnrollService, IngestLimits, IngestService, QueryService
+from collector.services.channel import ChannelService
 from collector.storage import BlobStore, Store
 from collector.tls import TlsMaterial, ensure_self_signed, load_tls_files
 from protos import collector_pb2, collector_pb2_grpc
@@ -28,7 +30,9 @@ __all__ = ["CollectorServer", "ServerConfig", "default_db_url"]
 
 log = logging.getLogger("casefile.collector")
 
-_SERVICE_NAMES = tuple(collector_pb2.DESCRIPTOR.services_by_name[n].full_name for n in ("Enroll", "Ingest", "Query"))
+_SERVICE_NAMES = tuple(
+    collector_pb2.DESCRIPTOR.services_by_name[n].full_name for n in ("Enroll", "Ingest", "Query", "Channel")
+)
 
 
 def default_db_url(data_dir: Path) -> str:
@@ -71,6 +75,8 @@ class CollectorServer:
         self._server: grpc.aio.Server | None = None
         self._health = health.aio.HealthServicer()
         self._janitor: asyncio.Task[None] | None = None
+        self.router = LiveRouter(self.store)
+        self.loop: asyncio.AbstractEventLoop | None = None  # the loop serving; set by start()
 
     async def start(self) -> int:
         # Why these options: a collector restart makes every agent reconnect at once, and
@@ -89,9 +95,10 @@ class CollectorServer:
         )
         collector_pb2_grpc.add_EnrollServicer_to_server(EnrollService(self.store), server)
         collector_pb2_grpc.add_IngestServicer_to_server(
-            IngestService(self.store, self.blobs, self.config.limits), server
+            IngestService(self.store, self.blobs, self.config.limits, on_stored=self.router.bundle_stored), server
         )
-        collector_pb2_grpc.add_QueryServicer_to_server(QueryService(self.store, self.blobs), server)
+        collector_pb2_grpc.add_QueryServicer_to_server(QueryService(self.store, self.blobs, self.router), server)
+        collector_pb2_grpc.add_ChannelServicer_to_server(ChannelService(self.store, self.router), server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection((*_SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
         target = parse_address(self.config.address, listen=True).target
@@ -107,6 +114,7 @@ class CollectorServer:
         if self.port == 0:
             raise OSError(f"cannot listen on {self.config.address}")
         await server.start()
+        self.loop = asyncio.get_running_loop()
         for name in ("", *_SERVICE_NAMES):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
         self._server = server
@@ -131,6 +139,9 @@ class CollectorServer:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._janitor
         await self._health.enter_graceful_shutdown()
+        # Live channels never end by themselves; close them so the grace period is
+        # spent on uploads and queries in flight, and agents reconnect at once.
+        self.router.close()
         await self._server.stop(self.config.grace_s if grace is None else grace)
         self._server = None
         await asyncio.to_thread(self.store.close)

@@ -110,6 +110,16 @@ class Receipt(_message.Message):
     key_fingerprint: str
     def __init__(self, bundle_id: _Optional[str] = ..., sha256: _Optional[str] = ..., size: _Optional[int] = ..., agent_id: _Optional[str] = ..., hostname: _Optional[str] = ..., case_id: _Optional[str] = ..., received_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., key_fingerprint: _Optional[str] = ...) -> None: ...
 
+class ClockRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ClockResponse(_message.Message):
+    __slots__ = ("now",)
+    NOW_FIELD_NUMBER: _ClassVar[int]
+    now: _timestamp_pb2.Timestamp
+    def __init__(self, now: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
 class ListHostsRequest(_message.Message):
     __slots__ = ("page_size", "page_token")
     PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
@@ -249,12 +259,14 @@ class AgentMessage(_message.Message):
     def __init__(self, hello: _Optional[_Union[ChannelHello, _Mapping]] = ..., challenge_response: _Optional[_Union[ChallengeResponse, _Mapping]] = ..., progress: _Optional[_Union[SnapshotProgress, _Mapping]] = ...) -> None: ...
 
 class CollectorMessage(_message.Message):
-    __slots__ = ("challenge", "snapshot_request")
+    __slots__ = ("challenge", "snapshot_request", "accepted")
     CHALLENGE_FIELD_NUMBER: _ClassVar[int]
     SNAPSHOT_REQUEST_FIELD_NUMBER: _ClassVar[int]
+    ACCEPTED_FIELD_NUMBER: _ClassVar[int]
     challenge: Challenge
     snapshot_request: SnapshotRequest
-    def __init__(self, challenge: _Optional[_Union[Challenge, _Mapping]] = ..., snapshot_request: _Optional[_Union[SnapshotRequest, _Mapping]] = ...) -> None: ...
+    accepted: ChannelAccepted
+    def __init__(self, challenge: _Optional[_Union[Challenge, _Mapping]] = ..., snapshot_request: _Optional[_Union[SnapshotRequest, _Mapping]] = ..., accepted: _Optional[_Union[ChannelAccepted, _Mapping]] = ...) -> None: ...
 
 class ChannelHello(_message.Message):
     __slots__ = ("agent_id", "agent_version")
@@ -276,19 +288,27 @@ class ChallengeResponse(_message.Message):
     signature: bytes
     def __init__(self, signature: _Optional[bytes] = ...) -> None: ...
 
+class ChannelAccepted(_message.Message):
+    __slots__ = ("agent_id",)
+    AGENT_ID_FIELD_NUMBER: _ClassVar[int]
+    agent_id: str
+    def __init__(self, agent_id: _Optional[str] = ...) -> None: ...
+
 class SnapshotRequest(_message.Message):
-    __slots__ = ("request_id", "scopes", "since_seconds", "requested_by", "reason")
+    __slots__ = ("request_id", "scopes", "since_seconds", "requested_by", "reason", "expires_at_unix")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     SCOPES_FIELD_NUMBER: _ClassVar[int]
     SINCE_SECONDS_FIELD_NUMBER: _ClassVar[int]
     REQUESTED_BY_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_UNIX_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     scopes: _containers.RepeatedScalarFieldContainer[str]
     since_seconds: int
     requested_by: str
     reason: str
-    def __init__(self, request_id: _Optional[str] = ..., scopes: _Optional[_Iterable[str]] = ..., since_seconds: _Optional[int] = ..., requested_by: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+    expires_at_unix: int
+    def __init__(self, request_id: _Optional[str] = ..., scopes: _Optional[_Iterable[str]] = ..., since_seconds: _Optional[int] = ..., requested_by: _Optional[str] = ..., reason: _Optional[str] = ..., expires_at_unix: _Optional[int] = ...) -> None: ...
 
 class SnapshotProgress(_message.Message):
     __slots__ = ("request_id", "state", "detail", "bundle_id")
@@ -345,3 +365,79 @@ class ReportResponse(_message.Message):
     HTML_FIELD_NUMBER: _ClassVar[int]
     html: bytes
     def __init__(self, html: _Optional[bytes] = ...) -> None: ...
+
+class SnapshotRequestSpec(_message.Message):
+    __slots__ = ("host", "scopes", "since_seconds", "reason", "wait_s", "timeout_s")
+    HOST_FIELD_NUMBER: _ClassVar[int]
+    SCOPES_FIELD_NUMBER: _ClassVar[int]
+    SINCE_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    WAIT_S_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
+    host: str
+    scopes: _containers.RepeatedScalarFieldContainer[str]
+    since_seconds: int
+    reason: str
+    wait_s: int
+    timeout_s: int
+    def __init__(self, host: _Optional[str] = ..., scopes: _Optional[_Iterable[str]] = ..., since_seconds: _Optional[int] = ..., reason: _Optional[str] = ..., wait_s: _Optional[int] = ..., timeout_s: _Optional[int] = ...) -> None: ...
+
+class SnapshotEvent(_message.Message):
+    __slots__ = ("request_id", "state", "detail", "bundle_id", "at", "agent_id")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    BUNDLE_ID_FIELD_NUMBER: _ClassVar[int]
+    AT_FIELD_NUMBER: _ClassVar[int]
+    AGENT_ID_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    state: str
+    detail: str
+    bundle_id: str
+    at: _timestamp_pb2.Timestamp
+    agent_id: str
+    def __init__(self, request_id: _Optional[str] = ..., state: _Optional[str] = ..., detail: _Optional[str] = ..., bundle_id: _Optional[str] = ..., at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., agent_id: _Optional[str] = ...) -> None: ...
+
+class ListAuditRequest(_message.Message):
+    __slots__ = ("actor", "action", "outcome", "limit", "before_id")
+    ACTOR_FIELD_NUMBER: _ClassVar[int]
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    BEFORE_ID_FIELD_NUMBER: _ClassVar[int]
+    actor: str
+    action: str
+    outcome: str
+    limit: int
+    before_id: int
+    def __init__(self, actor: _Optional[str] = ..., action: _Optional[str] = ..., outcome: _Optional[str] = ..., limit: _Optional[int] = ..., before_id: _Optional[int] = ...) -> None: ...
+
+class AuditEntry(_message.Message):
+    __slots__ = ("id", "at", "actor", "actor_label", "role", "action", "target", "peer", "outcome", "detail")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    AT_FIELD_NUMBER: _ClassVar[int]
+    ACTOR_FIELD_NUMBER: _ClassVar[int]
+    ACTOR_LABEL_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    PEER_FIELD_NUMBER: _ClassVar[int]
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    id: int
+    at: _timestamp_pb2.Timestamp
+    actor: str
+    actor_label: str
+    role: str
+    action: str
+    target: str
+    peer: str
+    outcome: str
+    detail: str
+    def __init__(self, id: _Optional[int] = ..., at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., actor: _Optional[str] = ..., actor_label: _Optional[str] = ..., role: _Optional[str] = ..., action: _Optional[str] = ..., target: _Optional[str] = ..., peer: _Optional[str] = ..., outcome: _Optional[str] = ..., detail: _Optional[str] = ...) -> None: ...
+
+class ListAuditResponse(_message.Message):
+    __slots__ = ("entries",)
+    ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    entries: _containers.RepeatedCompositeFieldContainer[AuditEntry]
+    def __init__(self, entries: _Optional[_Iterable[_Union[AuditEntry, _Mapping]]] = ...) -> None: ...

@@ -115,6 +115,11 @@ class IngestStub:
         Args:
             channel: A grpc.Channel.
         """
+        self.Clock = channel.unary_unary(
+                '/casefile.v1.Ingest/Clock',
+                request_serializer=protos_dot_collector__pb2.ClockRequest.SerializeToString,
+                response_deserializer=protos_dot_collector__pb2.ClockResponse.FromString,
+                _registered_method=True)
         self.GetUploadState = channel.unary_unary(
                 '/casefile.v1.Ingest/GetUploadState',
                 request_serializer=protos_dot_collector__pb2.UploadStateRequest.SerializeToString,
@@ -129,6 +134,13 @@ class IngestStub:
 
 class IngestServicer:
     """Missing associated documentation comment in .proto file."""
+
+    def Clock(self, request, context):
+        """The collector's time, so an agent can record its clock offset before sealing.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
 
     def GetUploadState(self, request, context):
         """How much of this bundle the collector already holds (resume point).
@@ -148,6 +160,11 @@ class IngestServicer:
 
 def add_IngestServicer_to_server(servicer, server):
     rpc_method_handlers = {
+            'Clock': grpc.unary_unary_rpc_method_handler(
+                    servicer.Clock,
+                    request_deserializer=protos_dot_collector__pb2.ClockRequest.FromString,
+                    response_serializer=protos_dot_collector__pb2.ClockResponse.SerializeToString,
+            ),
             'GetUploadState': grpc.unary_unary_rpc_method_handler(
                     servicer.GetUploadState,
                     request_deserializer=protos_dot_collector__pb2.UploadStateRequest.FromString,
@@ -168,6 +185,33 @@ def add_IngestServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class Ingest:
     """Missing associated documentation comment in .proto file."""
+
+    @staticmethod
+    def Clock(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/casefile.v1.Ingest/Clock',
+            protos_dot_collector__pb2.ClockRequest.SerializeToString,
+            protos_dot_collector__pb2.ClockResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
 
     @staticmethod
     def GetUploadState(request,
@@ -275,6 +319,16 @@ class QueryStub:
                 request_serializer=protos_dot_collector__pb2.GetBundleRequest.SerializeToString,
                 response_deserializer=protos_dot_collector__pb2.ReportResponse.FromString,
                 _registered_method=True)
+        self.RequestSnapshot = channel.unary_stream(
+                '/casefile.v1.Query/RequestSnapshot',
+                request_serializer=protos_dot_collector__pb2.SnapshotRequestSpec.SerializeToString,
+                response_deserializer=protos_dot_collector__pb2.SnapshotEvent.FromString,
+                _registered_method=True)
+        self.ListAudit = channel.unary_unary(
+                '/casefile.v1.Query/ListAudit',
+                request_serializer=protos_dot_collector__pb2.ListAuditRequest.SerializeToString,
+                response_deserializer=protos_dot_collector__pb2.ListAuditResponse.FromString,
+                _registered_method=True)
 
 
 class QueryServicer:
@@ -332,6 +386,21 @@ class QueryServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RequestSnapshot(self, request, context):
+        """Ask a connected agent for a fresh bundle (engineer role); streams the request's
+        progress until done / denied / failed / expired / offline.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListAudit(self, request, context):
+        """The collector's audit log, newest first (admin role).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_QueryServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -374,6 +443,16 @@ def add_QueryServicer_to_server(servicer, server):
                     servicer.RenderReport,
                     request_deserializer=protos_dot_collector__pb2.GetBundleRequest.FromString,
                     response_serializer=protos_dot_collector__pb2.ReportResponse.SerializeToString,
+            ),
+            'RequestSnapshot': grpc.unary_stream_rpc_method_handler(
+                    servicer.RequestSnapshot,
+                    request_deserializer=protos_dot_collector__pb2.SnapshotRequestSpec.FromString,
+                    response_serializer=protos_dot_collector__pb2.SnapshotEvent.SerializeToString,
+            ),
+            'ListAudit': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAudit,
+                    request_deserializer=protos_dot_collector__pb2.ListAuditRequest.FromString,
+                    response_serializer=protos_dot_collector__pb2.ListAuditResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -604,13 +683,67 @@ class Query:
             metadata,
             _registered_method=True)
 
+    @staticmethod
+    def RequestSnapshot(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/casefile.v1.Query/RequestSnapshot',
+            protos_dot_collector__pb2.SnapshotRequestSpec.SerializeToString,
+            protos_dot_collector__pb2.SnapshotEvent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAudit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/casefile.v1.Query/ListAudit',
+            protos_dot_collector__pb2.ListAuditRequest.SerializeToString,
+            protos_dot_collector__pb2.ListAuditResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
 
 class ChannelStub:
     """---------------------------------------------------------------- Channel
 
-    Held open by an enrolled agent (it dials out). Declared here so the
-    contract is visible; the collector answers UNIMPLEMENTED until the
-    live-snapshot service lands.
+    Held open by an enrolled agent (it dials out). The agent sends hello, the
+    collector a fresh random challenge, the agent its signature; then the
+    collector pushes snapshot requests and the agent reports their progress.
     """
 
     def __init__(self, channel):
@@ -629,9 +762,9 @@ class ChannelStub:
 class ChannelServicer:
     """---------------------------------------------------------------- Channel
 
-    Held open by an enrolled agent (it dials out). Declared here so the
-    contract is visible; the collector answers UNIMPLEMENTED until the
-    live-snapshot service lands.
+    Held open by an enrolled agent (it dials out). The agent sends hello, the
+    collector a fresh random challenge, the agent its signature; then the
+    collector pushes snapshot requests and the agent reports their progress.
     """
 
     def Connect(self, request_iterator, context):
@@ -659,9 +792,9 @@ def add_ChannelServicer_to_server(servicer, server):
 class Channel:
     """---------------------------------------------------------------- Channel
 
-    Held open by an enrolled agent (it dials out). Declared here so the
-    contract is visible; the collector answers UNIMPLEMENTED until the
-    live-snapshot service lands.
+    Held open by an enrolled agent (it dials out). The agent sends hello, the
+    collector a fresh random challenge, the agent its signature; then the
+    collector pushes snapshot requests and the agent reports their progress.
     """
 
     @staticmethod

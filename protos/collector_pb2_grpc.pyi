@@ -71,6 +71,8 @@ class IngestStub:
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> IngestAsyncStub: ...
+    Clock: _grpc.UnaryUnaryMultiCallable[_collector_pb2.ClockRequest, _collector_pb2.ClockResponse]
+    """The collector's time, so an agent can record its clock offset before sealing."""
     GetUploadState: _grpc.UnaryUnaryMultiCallable[_collector_pb2.UploadStateRequest, _collector_pb2.UploadState]
     """How much of this bundle the collector already holds (resume point)."""
     Upload: _grpc.StreamUnaryMultiCallable[_collector_pb2.UploadChunk, _collector_pb2.Receipt]
@@ -81,6 +83,8 @@ class IngestStub:
 @_typing.type_check_only
 class IngestAsyncStub(IngestStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
+    Clock: _aio.UnaryUnaryMultiCallable[_collector_pb2.ClockRequest, _collector_pb2.ClockResponse]  # type: ignore[assignment]
+    """The collector's time, so an agent can record its clock offset before sealing."""
     GetUploadState: _aio.UnaryUnaryMultiCallable[_collector_pb2.UploadStateRequest, _collector_pb2.UploadState]  # type: ignore[assignment]
     """How much of this bundle the collector already holds (resume point)."""
     Upload: _aio.StreamUnaryMultiCallable[_collector_pb2.UploadChunk, _collector_pb2.Receipt]  # type: ignore[assignment]
@@ -89,6 +93,14 @@ class IngestAsyncStub(IngestStub):
     """
 
 class IngestServicer(metaclass=_abc_1.ABCMeta):
+    @_abc_1.abstractmethod
+    def Clock(
+        self,
+        request: _collector_pb2.ClockRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_collector_pb2.ClockResponse, _abc.Awaitable[_collector_pb2.ClockResponse]]:
+        """The collector's time, so an agent can record its clock offset before sealing."""
+
     @_abc_1.abstractmethod
     def GetUploadState(
         self,
@@ -126,6 +138,12 @@ class QueryStub:
     GetTimeline: _grpc.UnaryUnaryMultiCallable[_collector_pb2.TimelineRequest, _collector_pb2.TimelineResponse]
     DiffBundles: _grpc.UnaryUnaryMultiCallable[_collector_pb2.DiffRequest, _collector_pb2.DiffResponse]
     RenderReport: _grpc.UnaryUnaryMultiCallable[_collector_pb2.GetBundleRequest, _collector_pb2.ReportResponse]
+    RequestSnapshot: _grpc.UnaryStreamMultiCallable[_collector_pb2.SnapshotRequestSpec, _collector_pb2.SnapshotEvent]
+    """Ask a connected agent for a fresh bundle (engineer role); streams the request's
+    progress until done / denied / failed / expired / offline.
+    """
+    ListAudit: _grpc.UnaryUnaryMultiCallable[_collector_pb2.ListAuditRequest, _collector_pb2.ListAuditResponse]
+    """The collector's audit log, newest first (admin role)."""
 
 @_typing.type_check_only
 class QueryAsyncStub(QueryStub):
@@ -142,6 +160,12 @@ class QueryAsyncStub(QueryStub):
     GetTimeline: _aio.UnaryUnaryMultiCallable[_collector_pb2.TimelineRequest, _collector_pb2.TimelineResponse]  # type: ignore[assignment]
     DiffBundles: _aio.UnaryUnaryMultiCallable[_collector_pb2.DiffRequest, _collector_pb2.DiffResponse]  # type: ignore[assignment]
     RenderReport: _aio.UnaryUnaryMultiCallable[_collector_pb2.GetBundleRequest, _collector_pb2.ReportResponse]  # type: ignore[assignment]
+    RequestSnapshot: _aio.UnaryStreamMultiCallable[_collector_pb2.SnapshotRequestSpec, _collector_pb2.SnapshotEvent]  # type: ignore[assignment]
+    """Ask a connected agent for a fresh bundle (engineer role); streams the request's
+    progress until done / denied / failed / expired / offline.
+    """
+    ListAudit: _aio.UnaryUnaryMultiCallable[_collector_pb2.ListAuditRequest, _collector_pb2.ListAuditResponse]  # type: ignore[assignment]
+    """The collector's audit log, newest first (admin role)."""
 
 class QueryServicer(metaclass=_abc_1.ABCMeta):
     """---------------------------------------------------------------- Query"""
@@ -204,14 +228,32 @@ class QueryServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_collector_pb2.ReportResponse, _abc.Awaitable[_collector_pb2.ReportResponse]]: ...
 
+    @_abc_1.abstractmethod
+    def RequestSnapshot(
+        self,
+        request: _collector_pb2.SnapshotRequestSpec,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_collector_pb2.SnapshotEvent], _abc.AsyncIterator[_collector_pb2.SnapshotEvent]]:
+        """Ask a connected agent for a fresh bundle (engineer role); streams the request's
+        progress until done / denied / failed / expired / offline.
+        """
+
+    @_abc_1.abstractmethod
+    def ListAudit(
+        self,
+        request: _collector_pb2.ListAuditRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_collector_pb2.ListAuditResponse, _abc.Awaitable[_collector_pb2.ListAuditResponse]]:
+        """The collector's audit log, newest first (admin role)."""
+
 def add_QueryServicer_to_server(servicer: QueryServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
 
 class ChannelStub:
     """---------------------------------------------------------------- Channel
 
-    Held open by an enrolled agent (it dials out). Declared here so the
-    contract is visible; the collector answers UNIMPLEMENTED until the
-    live-snapshot service lands.
+    Held open by an enrolled agent (it dials out). The agent sends hello, the
+    collector a fresh random challenge, the agent its signature; then the
+    collector pushes snapshot requests and the agent reports their progress.
     """
 
     @_typing.overload
@@ -224,9 +266,9 @@ class ChannelStub:
 class ChannelAsyncStub(ChannelStub):
     """---------------------------------------------------------------- Channel
 
-    Held open by an enrolled agent (it dials out). Declared here so the
-    contract is visible; the collector answers UNIMPLEMENTED until the
-    live-snapshot service lands.
+    Held open by an enrolled agent (it dials out). The agent sends hello, the
+    collector a fresh random challenge, the agent its signature; then the
+    collector pushes snapshot requests and the agent reports their progress.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -235,9 +277,9 @@ class ChannelAsyncStub(ChannelStub):
 class ChannelServicer(metaclass=_abc_1.ABCMeta):
     """---------------------------------------------------------------- Channel
 
-    Held open by an enrolled agent (it dials out). Declared here so the
-    contract is visible; the collector answers UNIMPLEMENTED until the
-    live-snapshot service lands.
+    Held open by an enrolled agent (it dials out). The agent sends hello, the
+    collector a fresh random challenge, the agent its signature; then the
+    collector pushes snapshot requests and the agent reports their progress.
     """
 
     @_abc_1.abstractmethod

@@ -76,9 +76,17 @@ _KV_KEYWORD = re.compile(
 # already hold a marker were caught by a more specific rule.
 _VALUE = r"(?P<val>\"(?:[^\"\\]|\\.)*\"|'[^']*'|(?!\S*\[REDACTED)[^\s\"',;&<>]+)"
 
+_KV_PATTERN = re.compile(
+    r"(?<![\w./-])(?:--?)?(?P<key>[A-Za-z_][\w.-]{0,80})[\"']?(?P<sep>[ \t]*[:=][ \t]*)" + _VALUE
+)
+
+
 def _kv_value(m: re.Match[str]) -> str:
     if _KV_KEYWORD.search(m.group("key")) is None:
-        return m.group(0)
+        # Not a secret key, but its "value" may hold one: in "kernel: password=x" the
+        # first match is key "kernel" with value "password=x". Look inside the value.
+        head = m.group(0)[: m.start("val") - m.start()]
+        return head + _KV_PATTERN.sub(_kv_value, m.group("val"))
     return _value_group("kv-secret")(m)
 
 
@@ -196,9 +204,7 @@ SECRET_RULES: tuple[SecretRule, ...] = (
         "kv-secret",
         ("pass", "secret", "token", "credential", "_key", "-key", "apikey", "accesskey", "privatekey", "authkey",
          "pwd"),
-        re.compile(
-            r"(?<![\w./-])(?:--?)?(?P<key>[A-Za-z_][\w.-]{0,80})[\"']?(?P<sep>[ \t]*[:=][ \t]*)" + _VALUE
-        ),
+        _KV_PATTERN,
         _kv_value,
         fold=True,
     ),

@@ -1,6 +1,6 @@
 """The agent's gRPC client side: channels to the collector, enrollment, upload."""
 
-from agent.transport.client import UploadTarget, enroll, file_sha256, upload_bundle
+from agent.transport.client import UploadTarget, enroll, file_sha256, measure_clock_offset, upload_bundle
 from agent.transport.connect import (
     CollectorAddress,
     certificate_fingerprint,
@@ -18,6 +18,7 @@ __all__ = [
     "fetch_certificate",
     "file_sha256",
     "is_loopback",
+    "measure_clock_offset",
     "open_channel",
     "parse_address",
     "upload_bundle",

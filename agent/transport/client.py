@@ -16,7 +16,7 @@ from agent.keys import SigningKey
 from agent.transport.proof import make_proof
 from protos import collector_pb2, collector_pb2_grpc
 
-__all__ = ["UploadTarget", "enroll", "file_sha256", "upload_bundle"]
+__all__ = ["UploadTarget", "enroll", "file_sha256", "measure_clock_offset", "upload_bundle"]
 
 CHUNK_BYTES = 256 * 1024  # the best throughput measured for grpc.aio client streams
 
@@ -55,6 +55,28 @@ def enroll(
     if resp.key_fingerprint != key.fingerprint:
         raise EnrollmentError(f"collector recorded key {resp.key_fingerprint}, expected {key.fingerprint}")
     return resp
+
+
+def measure_clock_offset(channel: grpc.Channel, samples: int = 3) -> float:
+    """Collector clock minus ours, in ms, from the round trip with the smallest delay.
+
+    NTP's reasoning: the collector read its clock somewhere in the round trip, so the
+    midpoint is the best guess, and the shortest round trip bounds the error best.
+    """
+    stub = collector_pb2_grpc.IngestStub(channel)
+    best: tuple[float, float] | None = None
+    for _ in range(samples):
+        t0 = time.time()
+        try:
+            resp: collector_pb2.ClockResponse = stub.Clock(collector_pb2.ClockRequest(), timeout=5)
+        except grpc.RpcError as err:
+            raise _fail(UploadError, "cannot read the collector's clock", err) from None
+        t1 = time.time()
+        offset_ms = (resp.now.ToNanoseconds() / 1e9 - (t0 + t1) / 2) * 1000
+        if best is None or t1 - t0 < best[0]:
+            best = (t1 - t0, offset_ms)
+    assert best is not None
+    return best[1]
 
 
 def file_sha256(path: Path) -> str:

@@ -13,7 +13,7 @@ import asyncio
 import datetime as dt
 import logging
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,7 +27,12 @@ from collector.storage import BlobStore, BundleRecord, Store
 from collector.storage.errors import Conflict, NotFound
 from protos import collector_pb2, collector_pb2_grpc, facts_pb2
 
-__all__ = ["IngestLimits", "IngestService", "receipt_for"]
+__all__ = ["IngestLimits", "IngestService", "OnStored", "receipt_for"]
+
+# Called after a bundle is stored (or found already stored) with its record and the
+# manifest's request id ("" outside live snapshots); the live router uses it to finish
+# the engineer's request. Never allowed to fail the upload.
+OnStored = Callable[[BundleRecord, str], Awaitable[None]]
 
 log = logging.getLogger("casefile.collector.ingest")
 
@@ -86,10 +91,17 @@ def _check_header_fields(bundle_id: str, size: int, sha256: str, limits: IngestL
 
 
 class IngestService(collector_pb2_grpc.IngestServicer):
-    def __init__(self, store: Store, blobs: BlobStore, limits: IngestLimits | None = None) -> None:
+    def __init__(
+        self,
+        store: Store,
+        blobs: BlobStore,
+        limits: IngestLimits | None = None,
+        on_stored: OnStored | None = None,
+    ) -> None:
         self._store = store
         self._blobs = blobs
         self._limits = limits or IngestLimits()
+        self._on_stored = on_stored
 
     async def _existing(self, bundle_id: str, sha256: str) -> BundleRecord | None:
         try:
@@ -103,6 +115,14 @@ class IngestService(collector_pb2_grpc.IngestServicer):
                 f"refusing different bytes ({sha256[:16]}…) under the same id",
             )
         return rec
+
+    @unary
+    async def Clock(
+        self, request: collector_pb2.ClockRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> collector_pb2.ClockResponse:
+        resp = collector_pb2.ClockResponse()
+        resp.now.GetCurrentTime()
+        return resp
 
     @unary
     async def GetUploadState(
@@ -288,6 +308,12 @@ class IngestService(collector_pb2_grpc.IngestServicer):
             "stored" if inserted else "already stored",
             stored.size,
         )
+        request_id = manifest.get("request_id")
+        if self._on_stored is not None and isinstance(request_id, str) and request_id:
+            try:
+                await self._on_stored(stored, request_id)
+            except Exception:
+                log.exception("live request %s: bundle %s stored, but notifying failed", request_id, bundle_id)
         return receipt_for(stored)
 
 

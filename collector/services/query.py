@@ -17,7 +17,8 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from agent.analysis import BundleView, analyse, build_timeline, diff_bundles, render_diff_text, render_html
 from collector.auth import EngineerAuth
-from collector.edge import server_stream, unary
+from collector.edge import Rejected, server_stream, unary
+from collector.live import LiveRouter, audit_entry, request_snapshot
 from collector.storage import BlobStore, BundleRecord, HostRecord, Store
 from protos import collector_pb2, collector_pb2_grpc, facts_pb2
 
@@ -71,10 +72,11 @@ def _when(ts: Timestamp, present: bool) -> dt.datetime | None:
 
 
 class QueryService(collector_pb2_grpc.QueryServicer):
-    def __init__(self, store: Store, blobs: BlobStore) -> None:
+    def __init__(self, store: Store, blobs: BlobStore, router: LiveRouter | None = None) -> None:
         self._store = store
         self._blobs = blobs
         self._auth = EngineerAuth(store)
+        self._router = router
 
     @unary
     async def ListHosts(
@@ -186,3 +188,30 @@ class QueryService(collector_pb2_grpc.QueryServicer):
         view = await self._view(request.bundle_id)
         page = await asyncio.to_thread(lambda: render_html(analyse(view)))
         return collector_pb2.ReportResponse(html=page.encode("utf-8"))
+
+    @server_stream
+    async def RequestSnapshot(
+        self, request: collector_pb2.SnapshotRequestSpec, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[collector_pb2.SnapshotEvent]:
+        token = await self._auth.require(
+            context, role="engineer", action="live.request_snapshot", target=request.host
+        )
+        if self._router is None:
+            raise Rejected(grpc.StatusCode.UNIMPLEMENTED, "this collector serves no live channel")
+        async for event in request_snapshot(self._store, self._router, token, request, context.peer() or ""):
+            yield event
+
+    @unary
+    async def ListAudit(
+        self, request: collector_pb2.ListAuditRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> collector_pb2.ListAuditResponse:
+        await self._auth.require(context, role="admin", action="query.list_audit", target=request.action)
+        rows = await asyncio.to_thread(
+            self._store.list_audit,
+            request.limit or 100,
+            before_id=request.before_id or None,
+            actor=request.actor or None,
+            action=request.action or None,
+            outcome=request.outcome or None,
+        )
+        return collector_pb2.ListAuditResponse(entries=[audit_entry(r) for r in rows])

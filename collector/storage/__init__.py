@@ -16,6 +16,7 @@ from collector.storage.errors import (
     SchemaError,
     StoreError,
 )
+from collector.storage.live import FINAL_STATES, LIVE_STATES, LiveRequestRecord
 from collector.storage.metadata import Store
 from collector.storage.migrations import LATEST_VERSION
 from collector.storage.schema import AgentRecord, AuditRecord, BundleRecord, HostRecord
@@ -23,8 +24,10 @@ from collector.storage.tokens import KINDS, ROLES, TokenRecord
 
 __all__ = [
     "DEFAULT_SYNC_EVERY",
+    "FINAL_STATES",
     "KINDS",
     "LATEST_VERSION",
+    "LIVE_STATES",
     "MAX_PAGE_SIZE",
     "ROLES",
     "AgentRecord",
@@ -35,6 +38,7 @@ __all__ = [
     "Conflict",
     "HostRecord",
     "InvalidArgument",
+    "LiveRequestRecord",
     "NotFound",
     "SchemaError",
     "StagedUpload",

@@ -27,6 +27,7 @@ from collector.storage.cursors import (
     encode_host_cursor,
 )
 from collector.storage.errors import Conflict, InvalidArgument, NotFound, StoreError
+from collector.storage.live import LiveMethods
 from collector.storage.migrations import migrate
 from collector.storage.schema import (
     BundleRecord,
@@ -67,7 +68,7 @@ def _bundle(m: Mapping[Any, Any]) -> BundleRecord:
     )
 
 
-class Store(TokenMethods, AgentMethods, AuditMethods):
+class Store(TokenMethods, AgentMethods, AuditMethods, LiveMethods):
     """Metadata for the collector. Open with ``Store.open(url)``; close when done."""
 
     @classmethod

@@ -58,7 +58,17 @@ def _initial_schema(conn: Connection) -> None:
     metadata.create_all(conn)
 
 
-MIGRATIONS: tuple[Migration, ...] = (Migration(1, "initial schema", _initial_schema),)
+def _live_requests(conn: Connection) -> None:
+    # Imported here: live.py builds on StoreBase, which imports this module.
+    from collector.storage.live import create_live_tables
+
+    create_live_tables(conn)
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(1, "initial schema", _initial_schema),
+    Migration(2, "live snapshot requests", _live_requests),
+)
 LATEST_VERSION = MIGRATIONS[-1].version
 
 

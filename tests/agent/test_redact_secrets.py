@@ -125,3 +125,14 @@ def test_values_already_redacted_are_not_counted_twice() -> None:
     out = r.redact_text("aws_access_key_id=AKIAUJZDEGXDNCF32EPF", "x")
     assert out == "aws_access_key_id=AKIA…[REDACTED:aws-access-key]"
     assert r.hits() == {"x": {"aws-access-key": 1}}
+
+
+def test_secret_pair_behind_another_colon_pair_is_caught() -> None:
+    # "kernel: password=x" first matches as key "kernel" with value "password=x"; the
+    # secret inside that value must still be found (found by hypothesis).
+    r = Redactor(get_profile("standard"))
+    for line in ("Nov 23 kernel: password=0000000000000000 ", "app: db: token=abc123", 'msg: "secret=s3cr3t" end'):
+        out = r.redact_text(line, "t")
+        assert "[REDACTED:kv-secret]" in out, out
+        assert not any(v in out for v in ("0000000000000000", "abc123", "s3cr3t")), out
+    assert r.redact_text("status: ok=1 err=0", "t") == "status: ok=1 err=0"

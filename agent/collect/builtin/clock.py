@@ -4,7 +4,8 @@ Linux tries, in order: ``timedatectl show`` (NTPSynchronized — set by whicheve
 disciplines the kernel clock), ``chronyc -c tracking`` (offset), ``ntpq -pn`` (the
 selected peer's offset). Windows parses ``w32tm /query /status``; macOS reads
 ``systemsetup -getusingnetworktime`` when allowed and otherwise states it does not know.
-The offset to the *collector* is measured on upload by the transport (not here).
+The offset to the *collector* is measured by the transport before collection when the
+run will be uploaded, and handed in as option ``collector_offset_ms``.
 """
 
 from __future__ import annotations
@@ -106,6 +107,10 @@ class ClockCollector(Collector):
             self._macos(ctx, facts)
         else:
             facts.detail = f"unsupported: no clock sync query on {platform}"
+        offset = ctx.options.get("collector_offset_ms")
+        if isinstance(offset, int | float) and not isinstance(offset, bool):
+            facts.collector_offset_ms = float(offset)
+            facts.collector_offset_known = True
         return facts
 
     def _run(self, ctx: CollectContext, argv: list[str]) -> str | None:

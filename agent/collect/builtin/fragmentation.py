@@ -5,7 +5,7 @@ the defragmentation engine (WMI, else ``defrag /A /V``); macOS reports the APFS 
 that matter instead, with the reason. Options:
 
 * ``frag_max_files`` (default 4000): files mapped per filesystem;
-* ``frag_budget_s`` (default 3 s): time for all filesystems together, shared fairly;
+* ``frag_budget_s`` (default 1 s; raise it for a deeper scan): time for all filesystems together, shared fairly;
 * ``frag_min_bytes`` (default 64 KiB): smaller files are not sampled;
 * ``frag_mountpoints``: comma-separated mount points to restrict the run to;
 * ``frag_seed``: fixes the random walk order (tests, reproducing a case).
@@ -110,7 +110,7 @@ class FragmentationCollector(Collector):
 
 def _linux(ctx: CollectContext) -> facts_pb2.FragmentationFacts:
     max_files = ctx.int_option("frag_max_files", 4000, minimum=1, maximum=1_000_000)
-    budget = ctx.float_option("frag_budget_s", 3.0, minimum=0.05, maximum=3600.0)
+    budget = ctx.float_option("frag_budget_s", 1.0, minimum=0.05, maximum=3600.0)
     min_bytes = ctx.int_option("frag_min_bytes", lin.DEFAULT_MIN_BYTES, minimum=0, maximum=1 << 40)
     seed = ctx.int_option("frag_seed", -1, minimum=-1, maximum=2**63)
     only = [m.strip() for m in ctx.str_option("frag_mountpoints", "").split(",") if m.strip()]

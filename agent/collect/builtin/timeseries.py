@@ -1,7 +1,7 @@
 """Time series: CPU, memory, swap, disk and network rates sampled over the collection.
 
 Samples every ``timeseries_interval_s`` (default 0.25 s) for ``timeseries_duration_s``
-(default 1.5 s) while the other collectors run, so a bundle shows a short trend rather
+(default 1 s) while the other collectors run, so a bundle shows a short trend rather
 than one instant. CPU comes from ``psutil.cpu_times()`` deltas — never
 ``cpu_percent``, whose module-global state belongs to the ``cpu`` collector. Each
 sample describes the interval that ends at its ``at``; disk and network are bytes per
@@ -72,7 +72,7 @@ class TimeseriesCollector(Collector):
 
     def collect(self, ctx: CollectContext) -> facts_pb2.TimeSeries:
         interval = ctx.float_option("timeseries_interval_s", 0.25, minimum=0.01, maximum=60.0)
-        duration = ctx.float_option("timeseries_duration_s", 1.5, maximum=600.0)
+        duration = ctx.float_option("timeseries_duration_s", 1.0, maximum=600.0)
         fit = max(0.0, ctx.remaining() - _MARGIN_S)
         if duration > fit:
             ctx.warn(f"time series shortened from {duration:g} s to {fit:.2f} s to fit the budget")

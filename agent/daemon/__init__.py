@@ -1,0 +1,29 @@
+"""The agent as a service (``casefile agent run``): the live Channel, policy, history, spool.
+
+Kept free of typer and rich, so the resident process stays small; the CLI imports this
+package only for the ``agent run`` and ``agent history`` commands.
+"""
+
+from __future__ import annotations
+
+from agent.daemon.history import History
+from agent.daemon.policy import DEFAULT_POLICY, SCOPE_COLLECTORS, SCOPES, Policy, PolicyError, load_policy
+from agent.daemon.protocol import channel_message
+from agent.daemon.service import AgentService, DaemonOptions, run
+from agent.daemon.spool import Spool, SpooledBundle
+
+__all__ = [
+    "DEFAULT_POLICY",
+    "SCOPES",
+    "SCOPE_COLLECTORS",
+    "AgentService",
+    "DaemonOptions",
+    "History",
+    "Policy",
+    "PolicyError",
+    "Spool",
+    "SpooledBundle",
+    "channel_message",
+    "load_policy",
+    "run",
+]

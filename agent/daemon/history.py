@@ -1,0 +1,82 @@
+"""The customer's record of every live request: ``<home>/history.jsonl`` (0600).
+
+One JSON object per line, appended and flushed before the agent acts, so a crash
+never hides a request. Fields: ``at`` (UTC ISO time), ``request_id``,
+``requested_by`` (the engineer's token label), ``reason``, ``scopes``, ``since_s``,
+``outcome`` and ``detail``, ``bundle_id`` and ``sha256`` where there is a bundle.
+
+Outcomes: ``accepted`` (about to collect), ``done`` (uploaded), ``spooled`` (collector
+unreachable; kept in the spool), ``delivered`` (a spooled bundle uploaded later),
+``dropped`` (a spooled bundle removed at the spool's bound), ``denied`` (policy),
+``duplicate`` (a request id seen before), ``expired``, ``failed``.
+
+The history is also the at-most-once ledger: a request id that appears in it is never
+executed again.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+__all__ = ["OUTCOMES", "History"]
+
+OUTCOMES = frozenset(
+    {"accepted", "done", "spooled", "delivered", "dropped", "denied", "duplicate", "expired", "failed"}
+)
+
+
+class History:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+
+    def append(self, outcome: str, **fields: Any) -> dict[str, Any]:
+        if outcome not in OUTCOMES:
+            raise ValueError(f"history outcome {outcome!r} unknown; expected one of {sorted(OUTCOMES)}")
+        entry = {"at": dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds"), "outcome": outcome, **fields}
+        line = json.dumps(entry, ensure_ascii=False, sort_keys=True) + "\n"
+        with self._lock:
+            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            try:
+                os.write(fd, line.encode("utf-8"))
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        return entry
+
+    def entries(self) -> list[dict[str, Any]]:
+        try:
+            text = self.path.read_text("utf-8")
+        except FileNotFoundError:
+            return []
+        out: list[dict[str, Any]] = []
+        for line in text.splitlines():
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                continue  # a torn last line after a power cut; the rest stands
+            if isinstance(entry, dict):
+                out.append(entry)
+        return out
+
+    def seen(self, request_id: str) -> bool:
+        return any(e.get("request_id") == request_id for e in self.entries())
+
+    def accepted_since(self, since: dt.datetime) -> int:
+        count = 0
+        for e in self.entries():
+            if e.get("outcome") != "accepted":
+                continue
+            try:
+                at = dt.datetime.fromisoformat(str(e.get("at")))
+            except ValueError:
+                continue
+            if at >= since:
+                count += 1
+        return count

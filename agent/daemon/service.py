@@ -1,0 +1,363 @@
+"""The agent service: hold the Channel, answer snapshot requests, deliver the spool.
+
+One asyncio loop. ``AgentService.run`` dials the enrolled collector (TLS, pinned
+certificate), opens ``Channel.Connect``, proves the agent's key (see
+``agent.daemon.protocol``) and then waits for ``SnapshotRequest``s. When the stream
+cannot be opened or breaks — collector restarted, network gone, UNAVAILABLE or
+CANCELLED — it waits a random time in ``[0, min(cap, base·2^n)]`` (exponential backoff
+with full jitter, so a thousand agents do not reconnect in step) and tries again,
+forever: a collector outage never ends the service. Only SIGTERM/SIGINT do.
+
+Per request, in order: seen before → ``denied`` (duplicate; at most once per id),
+past ``expires_at_unix`` → ``expired``, outside the policy → ``denied by policy:
+<rule>``; else recorded as accepted, collected (kind "live", with the request id in the
+manifest) as ``collecting``, uploaded through Ingest as ``uploading``. The collector
+reports ``done`` once it has stored the bundle. A bundle that cannot be uploaded goes
+to the spool and is delivered after the next accepted connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+import os
+import random
+import shutil
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from agent.daemon.history import History
+from agent.daemon.policy import Policy, collectors_for, load_policy
+from agent.daemon.protocol import channel_message
+from agent.daemon.spool import Spool
+from agent.errors import CasefileError, TransportError
+from agent.keys import SigningKey
+from agent.state import AgentHome, Enrollment
+from agent.transport.connect import (
+    PINNED_TARGET_NAME,
+    certificate_fingerprint,
+    fetch_certificate,
+    open_channel,
+    parse_address,
+)
+from agent.version import __version__
+from protos import collector_pb2, collector_pb2_grpc
+
+__all__ = ["AgentService", "DaemonOptions", "run", "run_cli"]
+
+log = logging.getLogger("casefile.agent.daemon")
+
+# Why: keepalive pings every 30 s keep NAT mappings open and notice a dead collector
+# within ~40 s; the collector permits pings without calls every 20 s or slower.
+_KEEPALIVE: list[tuple[str, int | str]] = [
+    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_pings_without_data", 0),
+]
+_UPLOAD_ATTEMPTS = 3  # then spool: the spool retries on every reconnect, for ever
+
+
+@dataclass(frozen=True)
+class DaemonOptions:
+    """Backoff in seconds; tests shorten it via $CASEFILE_AGENT_BACKOFF_MAX/_BASE."""
+
+    backoff_base_s: float = 1.0
+    backoff_cap_s: float = 60.0
+
+    @classmethod
+    def from_env(cls) -> DaemonOptions:
+        base = float(os.environ.get("CASEFILE_AGENT_BACKOFF_BASE", "1.0"))
+        cap = float(os.environ.get("CASEFILE_AGENT_BACKOFF_MAX", "60.0"))
+        return cls(backoff_base_s=max(0.01, base), backoff_cap_s=max(0.01, cap))
+
+
+class AgentService:
+    def __init__(self, home: AgentHome, options: DaemonOptions | None = None) -> None:
+        enrollment = home.enrollment()
+        if enrollment is None:
+            raise CasefileError(f"agent in {home.root} is not enrolled: run 'casefile agent enroll' first")
+        self.home = home
+        self.enrollment: Enrollment = enrollment
+        self.options = options or DaemonOptions.from_env()
+        self.key: SigningKey = home.key()
+        self.policy: Policy = load_policy(home.root)
+        self.history = History(home.root / "history.jsonl")
+        self.spool = Spool(
+            home.root / "spool", max_bytes=self.policy.spool_max_bytes, max_bundles=self.policy.spool_max_bundles
+        )
+        self.work = home.root / "work"
+        self._stop = asyncio.Event()
+        self._outbox: asyncio.Queue[collector_pb2.AgentMessage] | None = None
+        self._busy = asyncio.Lock()  # one collection at a time: bounded load on the customer's machine
+        self._spool_lock = asyncio.Lock()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    # -- connection loop -----------------------------------------------------------
+
+    async def run(self) -> None:
+        failures = 0
+        while not self._stop.is_set():
+            accepted = False
+            try:
+                accepted = await self._session()
+            except grpc.aio.AioRpcError as exc:
+                level = logging.ERROR if exc.code() is grpc.StatusCode.ALREADY_EXISTS else logging.WARNING
+                log.log(level, "channel to %s: %s: %s", self.enrollment.collector, exc.code().name, exc.details())
+            except (TransportError, OSError) as exc:
+                log.warning("channel to %s: %s", self.enrollment.collector, exc)
+            failures = 0 if accepted else failures + 1
+            if self._stop.is_set():
+                break
+            ceiling = min(self.options.backoff_cap_s, self.options.backoff_base_s * 2 ** min(failures, 16))
+            delay = random.uniform(0, ceiling)
+            log.info("reconnecting in %.1f s", delay)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), delay)
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _open(self) -> grpc.aio.Channel:
+        address = parse_address(self.enrollment.collector)
+        options = list(_KEEPALIVE)
+        pin = self.enrollment.ca_fingerprint
+        if pin:
+            pem = await asyncio.to_thread(fetch_certificate, address)
+            actual = certificate_fingerprint(pem)
+            if actual.lower() != pin.strip().lower():
+                raise TransportError(
+                    f"collector {address.target} certificate fingerprint {actual} does not match the pinned {pin}",
+                    peer=address.target,
+                    code="PIN_MISMATCH",
+                )
+            options.append(("grpc.ssl_target_name_override", PINNED_TARGET_NAME))
+            creds = grpc.ssl_channel_credentials(root_certificates=pem)
+        else:
+            creds = grpc.ssl_channel_credentials()
+        return grpc.aio.secure_channel(address.target, creds, options=options)
+
+    async def _session(self) -> bool:
+        """One stream's life; True if the collector accepted it (resets the backoff)."""
+        accepted = False
+        channel = await self._open()
+        try:
+            call: Any = collector_pb2_grpc.ChannelStub(channel).Connect()
+            agent_id = self.enrollment.agent_id
+            hello = collector_pb2.ChannelHello(agent_id=agent_id, agent_version=__version__)
+            await call.write(collector_pb2.AgentMessage(hello=hello))
+            first = await call.read()
+            if first is grpc.aio.EOF or first.WhichOneof("msg") != "challenge":
+                raise TransportError("collector did not send a challenge", peer=self.enrollment.collector)
+            signature = self.key.sign(channel_message(bytes(first.challenge.nonce), agent_id))
+            await call.write(
+                collector_pb2.AgentMessage(challenge_response=collector_pb2.ChallengeResponse(signature=signature))
+            )
+            second = await call.read()
+            if second is grpc.aio.EOF or second.WhichOneof("msg") != "accepted":
+                raise TransportError("collector did not accept the channel", peer=self.enrollment.collector)
+            accepted = True
+            log.info("connected to %s as %s", self.enrollment.collector, second.accepted.agent_id)
+            outbox: asyncio.Queue[collector_pb2.AgentMessage] = asyncio.Queue()
+            self._outbox = outbox
+            writer = asyncio.create_task(self._write(call, outbox))
+            self._spawn(self._deliver_spool())
+            stopper = asyncio.create_task(self._stop.wait())
+            try:
+                while True:
+                    reader = asyncio.ensure_future(call.read())
+                    done, _ = await asyncio.wait({reader, stopper}, return_when=asyncio.FIRST_COMPLETED)
+                    if stopper in done:
+                        reader.cancel()
+                        call.cancel()
+                        break
+                    msg = reader.result()
+                    if msg is grpc.aio.EOF:
+                        log.warning("collector closed the channel")
+                        break
+                    if msg.WhichOneof("msg") == "snapshot_request":
+                        self._spawn(self._handle(msg.snapshot_request))
+            finally:
+                self._outbox = None
+                stopper.cancel()
+                writer.cancel()
+                with contextlib.suppress(asyncio.CancelledError, grpc.aio.AioRpcError):
+                    await writer
+        finally:
+            await channel.close()
+        return accepted
+
+    async def _write(self, call: Any, outbox: asyncio.Queue[collector_pb2.AgentMessage]) -> None:
+        while True:
+            await call.write(await outbox.get())
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _progress(self, request_id: str, state: str, detail: str = "", bundle_id: str = "") -> None:
+        outbox = self._outbox
+        if outbox is not None:  # no stream: the collector learns the outcome from Ingest
+            outbox.put_nowait(
+                collector_pb2.AgentMessage(
+                    progress=collector_pb2.SnapshotProgress(
+                        request_id=request_id, state=state, detail=detail, bundle_id=bundle_id
+                    )
+                )
+            )
+
+    # -- requests ------------------------------------------------------------------
+
+    async def _handle(self, req: collector_pb2.SnapshotRequest) -> None:
+        from agent.daemon.execute import collect_live
+
+        scopes = tuple(req.scopes) or ("facts",)
+        who = {
+            "request_id": req.request_id,
+            "requested_by": req.requested_by,
+            "reason": req.reason,
+            "scopes": list(scopes),
+            "since_s": int(req.since_seconds),
+        }
+        async with self._busy:
+            if not req.request_id or await asyncio.to_thread(self.history.seen, req.request_id):
+                detail = f"duplicate request id {req.request_id!r}: already handled once"
+                await asyncio.to_thread(lambda: self.history.append("duplicate", detail=detail, **who))
+                self._progress(req.request_id, "denied", detail)
+                return
+            if req.expires_at_unix and dt.datetime.now(dt.UTC).timestamp() > req.expires_at_unix:
+                detail = f"request expired at {dt.datetime.fromtimestamp(req.expires_at_unix, dt.UTC).isoformat()}"
+                await asyncio.to_thread(lambda: self.history.append("expired", detail=detail, **who))
+                self._progress(req.request_id, "expired", detail)
+                return
+            hour_ago = dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)
+            recent = await asyncio.to_thread(self.history.accepted_since, hour_ago)
+            rule = self.policy.denial(scopes, int(req.since_seconds), recent)
+            if rule is not None:
+                detail = f"denied by policy: {rule}"
+                await asyncio.to_thread(lambda: self.history.append("denied", detail=detail, **who))
+                self._progress(req.request_id, "denied", detail)
+                log.info("request %s from %s %s", req.request_id, req.requested_by, detail)
+                return
+            await asyncio.to_thread(lambda: self.history.append("accepted", **who))
+            self._progress(req.request_id, "collecting", f"scopes {', '.join(scopes)}")
+            work = self.work / req.request_id
+            try:
+                bundle = await asyncio.to_thread(
+                    collect_live,
+                    key=self.key,
+                    agent_id=self.enrollment.agent_id,
+                    request_id=req.request_id,
+                    collectors=collectors_for(scopes),
+                    since_s=int(req.since_seconds) or None,
+                    profile=self.policy.profile,
+                    home=self.home.root,
+                    output_dir=work,
+                )
+            except Exception as exc:
+                detail = f"collection failed: {exc}"
+                log.exception("request %s: %s", req.request_id, detail)
+                await asyncio.to_thread(lambda: self.history.append("failed", detail=detail, **who))
+                self._progress(req.request_id, "failed", detail)
+                shutil.rmtree(work, ignore_errors=True)
+                return
+        self._progress(req.request_id, "uploading", f"bundle {bundle.bundle_id}, {bundle.size:,} bytes")
+        ids = {**who, "bundle_id": bundle.bundle_id, "sha256": bundle.sha256}
+        try:
+            await asyncio.to_thread(self._upload, bundle.path, bundle.bundle_id)
+        except (CasefileError, OSError, grpc.RpcError) as exc:
+            async with self._spool_lock:
+                _, dropped = await asyncio.to_thread(
+                    self.spool.add,
+                    bundle.path,
+                    bundle_id=bundle.bundle_id,
+                    request_id=req.request_id,
+                    sha256=bundle.sha256,
+                )
+            detail = f"collector unreachable ({exc}); spooled for delivery on reconnect"
+            await asyncio.to_thread(lambda: self.history.append("spooled", detail=detail, **ids))
+            bound = f"spool bound reached ({self.spool.max_bundles} bundles, {self.spool.max_bytes} bytes)"
+            for old in dropped:
+                await asyncio.to_thread(
+                    self._record,
+                    "dropped",
+                    {"request_id": old.request_id, "bundle_id": old.bundle_id, "sha256": old.sha256},
+                    f"{bound}: oldest bundle dropped",
+                )
+            log.warning("request %s: %s", req.request_id, detail)
+            self._progress(req.request_id, "uploading", detail, bundle.bundle_id)
+        else:
+            await asyncio.to_thread(lambda: self.history.append("done", **ids))
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+
+    def _record(self, outcome: str, ids: dict[str, Any], detail: str) -> None:
+        self.history.append(outcome, detail=detail, **ids)
+
+    def _upload(self, path: Path, bundle_id: str) -> None:
+        from agent.transport.client import UploadTarget, upload_bundle
+
+        target = UploadTarget(key=self.key, agent_id=self.enrollment.agent_id)
+        channel = open_channel(parse_address(self.enrollment.collector), ca_fingerprint=self.enrollment.ca_fingerprint)
+        with channel:
+            upload_bundle(channel, path, bundle_id=bundle_id, target=target, attempts=_UPLOAD_ATTEMPTS)
+
+    async def _deliver_spool(self) -> None:
+        async with self._spool_lock:
+            for item in await asyncio.to_thread(self.spool.pending):
+                if self._stop.is_set():
+                    return
+                try:
+                    await asyncio.to_thread(self._upload, item.path, item.bundle_id)
+                except (CasefileError, OSError, grpc.RpcError) as exc:
+                    log.warning("spooled bundle %s not delivered yet: %s", item.bundle_id, exc)
+                    return
+                await asyncio.to_thread(self.spool.remove, item)
+                await asyncio.to_thread(
+                    self._record,
+                    "delivered",
+                    {"request_id": item.request_id, "bundle_id": item.bundle_id, "sha256": item.sha256},
+                    "",
+                )
+                log.info("spooled bundle %s delivered", item.bundle_id)
+
+
+def run_cli() -> None:
+    """``casefile-agent [--home DIR]``: the service entry point, without the CLI's typer and rich.
+
+    The systemd unit starts this one: it keeps the resident process small.
+    """
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="casefile-agent", description="Casefile agent service (live snapshots).")
+    parser.add_argument("--home", type=Path, default=None, help="agent state folder (default: /var/lib/casefile)")
+    run(parser.parse_args().home)
+
+
+def run(home: Path | None = None, options: DaemonOptions | None = None) -> None:
+    """``casefile agent run``: serve until SIGTERM/SIGINT."""
+    logging.basicConfig(
+        level=os.environ.get("CASEFILE_LOG_LEVEL", "INFO"),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+    async def main() -> None:
+        service = AgentService(AgentHome(home), options)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, service.stop)
+        log.info("agent %s serving (home %s)", service.enrollment.agent_id, service.home.root)
+        await service.run()
+        log.info("agent stopped")
+
+    asyncio.run(main())

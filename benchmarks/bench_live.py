@@ -1,0 +1,182 @@
+"""Live snapshot latency, request → bundle stored, with N agents holding channels.
+
+A real collector process (TLS, SQLite) on loopback; ``--agents`` N-1 simulated agents in
+this process, sharing one event loop and speaking the real Channel protocol (hello,
+signed challenge) and then idling; one real ``casefile agent run`` process, which is the
+one asked for ``--snapshots`` facts-scope snapshots, one after another. Latency is from
+the engineer's RequestSnapshot call to the ``done`` event, which the collector emits
+after Ingest stored the bundle. The ``collect`` column is the agent's collection time
+(the ``collecting`` → ``uploading`` events), to separate protocol from collection.
+
+    .venv/bin/python benchmarks/bench_live.py --agents 1000 --snapshots 30
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import json
+import os
+import resource
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from agent.daemon import channel_message
+from agent.keys import SigningKey, fingerprint_of
+from agent.state import AgentHome, Enrollment
+from agent.transport import enroll, open_channel, parse_address
+from agent.transport.connect import PINNED_TARGET_NAME, fetch_certificate
+from collector.storage import Store
+from protos import collector_pb2, collector_pb2_grpc
+
+BIN = Path(sys.executable).parent
+AGENTS_PER_CONNECTION = 50
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait(check: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.05)
+    raise SystemExit(f"timed out: {what}")
+
+
+async def _simulated(addr: str, pem: bytes, agents: list[tuple[str, SigningKey]], ready: list[int]) -> None:
+    creds = grpc.ssl_channel_credentials(root_certificates=pem)
+    channels = []
+    calls = []
+    for i in range(0, len(agents), AGENTS_PER_CONNECTION):
+        ch = grpc.aio.secure_channel(addr, creds, options=[("grpc.ssl_target_name_override", PINNED_TARGET_NAME)])
+        channels.append(ch)
+        stub = collector_pb2_grpc.ChannelStub(ch)
+
+        async def one(agent_id: str, key: SigningKey, stub: Any = stub) -> Any:
+            call: Any = stub.Connect()
+            await call.write(collector_pb2.AgentMessage(hello=collector_pb2.ChannelHello(agent_id=agent_id)))
+            challenge = await call.read()
+            sig = key.sign(channel_message(bytes(challenge.challenge.nonce), agent_id))
+            await call.write(
+                collector_pb2.AgentMessage(challenge_response=collector_pb2.ChallengeResponse(signature=sig))
+            )
+            accepted = await call.read()
+            assert accepted.WhichOneof("msg") == "accepted"
+            ready[0] += 1
+            return call
+
+        calls += await asyncio.gather(*(one(a, k) for a, k in agents[i : i + AGENTS_PER_CONNECTION]))
+    try:
+        await asyncio.Event().wait()  # hold the streams until cancelled
+    finally:
+        for call in calls:
+            call.cancel()
+        for ch in channels:
+            await ch.close()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--agents", type=int, default=1000, help="connected agents in total (incl. the real one)")
+    ap.add_argument("--snapshots", type=int, default=30)
+    args = ap.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="bench-live-"))
+    data, port = tmp / "data", _free_port()
+    addr = f"127.0.0.1:{port}"
+    ready_file = tmp / "ready.json"
+    log = (tmp / "collector.log").open("w")
+    coll = subprocess.Popen(
+        [str(BIN / "casefile-collector"), "serve", "--address", addr, "--data-dir", str(data), "--ready-file",
+         str(ready_file)],
+        stdout=log, stderr=subprocess.STDOUT,
+    )
+    agent_proc: subprocess.Popen[bytes] | None = None
+    sim_loop = asyncio.new_event_loop()
+    sim_task: asyncio.Future[None] | None = None
+    try:
+        _wait(ready_file.exists, 60, "collector start")
+        fp = json.loads(ready_file.read_text())["fingerprint"]
+        store = Store.open(f"sqlite:///{data / 'casefile.db'}")
+        eng, _ = store.create_token("engineer", role="engineer", label="bench", ttl=dt.timedelta(hours=2))
+        enroll_tok, _ = store.create_token("enroll", label="bench", ttl=dt.timedelta(hours=2), max_uses=1)
+        sims = []
+        for i in range(args.agents - 1):
+            key = SigningKey.generate()
+            rec = store.create_agent(key.public.raw, fingerprint_of(key.public.raw), f"sim-{i:05d}", None)
+            sims.append((rec.id, key))
+        home = AgentHome(tmp / "agent-home")
+        key = home.key()
+        with open_channel(parse_address(addr), ca_fingerprint=fp) as ch:
+            resp = enroll(ch, token=enroll_tok, key=key, hostname="bench-real", agent_version="bench")
+        home.save_enrollment(Enrollment(resp.agent_id, addr, fp, key.fingerprint))
+        (home.root / "policy.json").write_text(json.dumps({"allowed_scopes": ["facts"], "rate_limit_per_hour": 0}))
+        pem = fetch_certificate(parse_address(addr))
+        ready = [0]
+        t0 = time.perf_counter()
+        threading.Thread(target=sim_loop.run_forever, daemon=True).start()
+        sim_task = asyncio.run_coroutine_threadsafe(_simulated(addr, pem, sims, ready), sim_loop)  # type: ignore[assignment]
+        _wait(lambda: ready[0] >= len(sims), 600, f"{len(sims)} simulated agents connected")
+        connect_s = time.perf_counter() - t0
+        agent_proc = subprocess.Popen(
+            [str(BIN / "casefile"), "agent", "run", "--home", str(home.root)],
+            stdout=(tmp / "agent.log").open("w"), stderr=subprocess.STDOUT,
+            env={**os.environ, "CASEFILE_LOG_LEVEL": "WARNING"},
+        )
+        _wait(lambda: store.list_audit(5, actor=resp.agent_id, action="channel.connect", outcome="ok"), 60,
+              "real agent connected")
+        md = (("authorization", f"Bearer {eng}"),)
+        total, collect = [], []
+        with open_channel(parse_address(addr), ca_fingerprint=fp) as ch:
+            stub = collector_pb2_grpc.QueryStub(ch)
+            for _ in range(args.snapshots):
+                start = time.perf_counter()
+                marks: dict[str, float] = {}
+                last = None
+                for ev in stub.RequestSnapshot(collector_pb2.SnapshotRequestSpec(host=resp.agent_id), metadata=md):
+                    marks[ev.state] = time.perf_counter()
+                    last = ev
+                assert last is not None and last.state == "done", last
+                total.append((marks["done"] - start) * 1000)
+                collect.append((marks["uploading"] - marks["collecting"]) * 1000)
+        q = statistics.quantiles
+        print(f"agents connected: {args.agents} ({len(sims)} simulated in {connect_s:.1f} s, 1 real process)")
+        print(f"bench process max RSS: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
+        print("| figure | p50 ms | p99 ms | max ms | n |")
+        print("|---|---|---|---|---|")
+        rest = [a - b for a, b in zip(total, collect, strict=True)]
+        rows = (
+            ("request → bundle stored", total),
+            ("of which agent collection", collect),
+            ("protocol + upload + store (difference)", rest),
+        )
+        for name, xs in rows:
+            p99 = q(xs, n=100, method="inclusive")[98] if len(xs) >= 2 else xs[0]
+            print(f"| {name} | {statistics.median(xs):.0f} | {p99:.0f} | {max(xs):.0f} | {len(xs)} |")
+    finally:
+        if sim_task is not None:
+            sim_task.cancel()
+        if agent_proc is not None:
+            agent_proc.send_signal(signal.SIGTERM)
+            agent_proc.wait(30)
+        coll.send_signal(signal.SIGTERM)
+        coll.wait(60)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,330 @@
+"""Routing live snapshot requests inside one collector process.
+
+``LiveRouter`` maps an agent id to the send queue of its one live Channel stream, and a
+request id to the engineers watching it. Every state change goes to the store first
+(the ``live_requests`` table is the truth, so a request queued for an offline agent
+survives a collector restart) and then to the watchers' queues.
+
+Trust: an agent's progress is accepted only for requests addressed to that agent, and
+``done`` only ever comes from Ingest having stored a bundle whose manifest names the
+request (``bundle_stored``), never from the agent's word.
+
+Several replicas (DESIGN §6) would forward ``deliver`` through PostgreSQL LISTEN/NOTIFY
+to the replica holding the stream; this router is the single-process part of that.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import time
+from collections import defaultdict
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from collector.edge import Rejected
+from collector.storage import AgentRecord, AuditRecord, BundleRecord, LiveRequestRecord, Store, TokenRecord
+from protos import collector_pb2
+
+__all__ = [
+    "AGENT_STATES",
+    "DEFAULT_TIMEOUT_S",
+    "SCOPES",
+    "LiveRouter",
+    "Session",
+    "audit_entry",
+    "event_of",
+    "request_snapshot",
+]
+
+# The scopes an engineer may name; the agent's policy decides which it honours.
+SCOPES = ("facts", "logs", "fragmentation", "commands")
+DEFAULT_TIMEOUT_S = 60
+_MAX_WAIT_S = 7 * 86400
+
+log = logging.getLogger("casefile.collector.live")
+
+# What an agent may report about a request; "done" is not among them (see module doc).
+AGENT_STATES = frozenset({"collecting", "uploading", "denied", "failed", "expired"})
+
+
+def event_of(rec: LiveRequestRecord) -> collector_pb2.SnapshotEvent:
+    at = Timestamp()
+    at.FromMicroseconds(rec.updated_at_us)
+    return collector_pb2.SnapshotEvent(
+        request_id=rec.request_id,
+        state=rec.state,
+        detail=rec.detail,
+        bundle_id=rec.bundle_id or "",
+        at=at,
+        agent_id=rec.agent_id,
+    )
+
+
+@dataclass(eq=False)
+class Session:
+    """One authenticated Channel stream; ``outbox`` feeds its writer (None ends it)."""
+
+    agent_id: str
+    peer: str
+    connected_at: float = field(default_factory=time.time)
+    outbox: asyncio.Queue[collector_pb2.CollectorMessage | None] = field(default_factory=asyncio.Queue)
+
+
+class LiveRouter:
+    """Agent id → live stream; request id → watchers. Lives on the server's event loop."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self._sessions: dict[str, Session] = {}
+        self._watchers: dict[str, set[asyncio.Queue[collector_pb2.SnapshotEvent]]] = defaultdict(set)
+
+    # -- streams -----------------------------------------------------------------
+
+    def register(self, agent_id: str, peer: str) -> Session:
+        existing = self._sessions.get(agent_id)
+        if existing is not None:
+            raise Rejected(
+                grpc.StatusCode.ALREADY_EXISTS,
+                f"agent {agent_id} already connected from {existing.peer} — possibly a cloned machine "
+                "(two hosts with one agent key); refusing this second stream",
+            )
+        session = Session(agent_id=agent_id, peer=peer)
+        self._sessions[agent_id] = session
+        return session
+
+    def unregister(self, session: Session) -> None:
+        if self._sessions.get(session.agent_id) is session:
+            del self._sessions[session.agent_id]
+
+    def session(self, agent_id: str) -> Session | None:
+        return self._sessions.get(agent_id)
+
+    def connected(self) -> list[str]:
+        return list(self._sessions)
+
+    def close(self) -> None:
+        """End every stream (server shutdown): agents reconnect to the next process."""
+        for session in list(self._sessions.values()):
+            session.outbox.put_nowait(None)
+        self._sessions.clear()
+
+    # -- requests ----------------------------------------------------------------
+
+    def watch(self, request_id: str) -> asyncio.Queue[collector_pb2.SnapshotEvent]:
+        q: asyncio.Queue[collector_pb2.SnapshotEvent] = asyncio.Queue()
+        self._watchers[request_id].add(q)
+        return q
+
+    def unwatch(self, request_id: str, q: asyncio.Queue[collector_pb2.SnapshotEvent]) -> None:
+        watchers = self._watchers.get(request_id)
+        if watchers is not None:
+            watchers.discard(q)
+            if not watchers:
+                del self._watchers[request_id]
+
+    def _publish(self, rec: LiveRequestRecord) -> None:
+        event = event_of(rec)
+        for q in self._watchers.get(rec.request_id, ()):
+            q.put_nowait(event)
+
+    async def advance(
+        self, request_id: str, state: str, *, detail: str = "", bundle_id: str | None = None
+    ) -> LiveRequestRecord | None:
+        rec = await asyncio.to_thread(
+            self._store.advance_live_request, request_id, state, detail=detail, bundle_id=bundle_id
+        )
+        if rec is not None:
+            self._publish(rec)
+        return rec
+
+    async def deliver(self, rec: LiveRequestRecord) -> bool:
+        """Send a request down its agent's stream; False when the agent is not connected."""
+        session = self._sessions.get(rec.agent_id)
+        if session is None:
+            return False
+        msg = collector_pb2.CollectorMessage(
+            snapshot_request=collector_pb2.SnapshotRequest(
+                request_id=rec.request_id,
+                scopes=list(rec.scopes),
+                since_seconds=rec.since_s,
+                requested_by=rec.requested_label or rec.requested_by,
+                reason=rec.reason,
+                expires_at_unix=rec.expires_at_us // 1_000_000,
+            )
+        )
+        await self.advance(rec.request_id, "delivered", detail=f"sent to {session.peer}")
+        session.outbox.put_nowait(msg)
+        return True
+
+    async def drain(self, agent_id: str) -> None:
+        """Deliver what was queued while the agent was away; expire what is too old."""
+        now = dt.datetime.now(dt.UTC)
+        for rec in await asyncio.to_thread(self._store.queued_live_requests, agent_id):
+            if rec.expires_at <= now:
+                await self.advance(rec.request_id, "expired", detail="expired before the agent reconnected")
+            else:
+                await self.deliver(rec)
+
+    async def agent_progress(self, session: Session, progress: collector_pb2.SnapshotProgress) -> None:
+        if progress.state not in AGENT_STATES:
+            return
+        try:
+            rec = await asyncio.to_thread(self._store.get_live_request, progress.request_id)
+        except Exception:
+            log.info("agent %s reported on unknown request %r", session.agent_id, progress.request_id)
+            return
+        if rec.agent_id != session.agent_id:
+            log.warning(
+                "agent %s reported on request %s of agent %s: ignored", session.agent_id, rec.request_id, rec.agent_id
+            )
+            return
+        await self.advance(rec.request_id, progress.state, detail=progress.detail[:2000])
+
+    async def bundle_stored(self, bundle: BundleRecord, request_id: str) -> None:
+        """Ingest's hook: the bundle answering a live request is stored."""
+        try:
+            rec = await asyncio.to_thread(self._store.get_live_request, request_id)
+        except Exception:
+            return
+        if rec.agent_id != bundle.agent_id:
+            log.warning(
+                "bundle %s from %s names request %s of another agent", bundle.bundle_id, bundle.agent_id, request_id
+            )
+            return
+        await self.advance(request_id, "done", detail=f"bundle {bundle.bundle_id} stored", bundle_id=bundle.bundle_id)
+
+
+def _ts(micros: int) -> Timestamp:
+    t = Timestamp()
+    t.FromMicroseconds(micros)
+    return t
+
+
+def audit_entry(rec: AuditRecord) -> collector_pb2.AuditEntry:
+    return collector_pb2.AuditEntry(
+        id=rec.id,
+        at=_ts(rec.at_us),
+        actor=rec.actor,
+        actor_label=rec.actor_label,
+        role=rec.role,
+        action=rec.action,
+        target=rec.target,
+        peer=rec.peer,
+        outcome=rec.outcome,
+        detail=rec.detail,
+    )
+
+
+def _when(us: int | None) -> str:
+    if us is None:
+        return "never"
+    return dt.datetime.fromtimestamp(us / 1e6, dt.UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+async def _resolve(store: Store, router: LiveRouter, host: str) -> AgentRecord:
+    """A host name or agent id → one agent; a connected agent wins over stale ones."""
+    if host.startswith("ag_"):
+        return await asyncio.to_thread(store.get_agent, host)
+    found = await asyncio.to_thread(store.agents_by_hostname, host)
+    if not found:
+        raise Rejected(grpc.StatusCode.NOT_FOUND, f"no enrolled agent reports hostname {host!r}")
+    live = [a for a in found if router.session(a.id) is not None]
+    if len(live) > 1:
+        ids = ", ".join(a.id for a in live)
+        raise Rejected(
+            grpc.StatusCode.FAILED_PRECONDITION, f"host {host!r} has several connected agents ({ids}); name one by id"
+        )
+    return live[0] if live else found[0]
+
+
+async def request_snapshot(
+    store: Store,
+    router: LiveRouter,
+    token: TokenRecord,
+    spec: collector_pb2.SnapshotRequestSpec,
+    peer: str,
+) -> AsyncIterator[collector_pb2.SnapshotEvent]:
+    """Create, deliver and follow one live request until it ends or times out."""
+    scopes = tuple(dict.fromkeys(spec.scopes)) or ("facts",)
+    unknown = [s for s in scopes if s not in SCOPES]
+    if unknown:
+        raise ValueError(f"unknown scope(s) {', '.join(unknown)}; known: {', '.join(SCOPES)}")
+    if spec.since_seconds < 0 or spec.wait_s < 0 or spec.timeout_s < 0 or spec.wait_s > _MAX_WAIT_S:
+        raise ValueError("since_seconds, wait_s and timeout_s must be >= 0 (wait_s at most 7 days)")
+    agent = await _resolve(store, router, spec.host)
+    timeout = spec.timeout_s or DEFAULT_TIMEOUT_S
+    now = dt.datetime.now(dt.UTC)
+    expires = now + dt.timedelta(seconds=spec.wait_s or timeout)
+    rec = await asyncio.to_thread(
+        lambda: store.create_live_request(
+            agent_id=agent.id,
+            hostname=agent.hostname,
+            requested_by=token.id,
+            requested_label=token.label or token.id,
+            scopes=scopes,
+            since_s=int(spec.since_seconds),
+            reason=spec.reason[:500],
+            expires_at=expires,
+        )
+    )
+    online = router.session(agent.id) is not None
+    if not online and spec.wait_s <= 0:
+        detail = f"agent {agent.id} ({agent.hostname}) offline since {_when(agent.last_seen_at_us)}"
+        await router.advance(rec.request_id, "offline", detail=detail)
+        await asyncio.to_thread(
+            lambda: store.audit(
+                actor=token.id,
+                actor_label=token.label,
+                role=token.role or "",
+                action="live.snapshot_offline",
+                target=agent.id,
+                peer=peer,
+                outcome="error",
+                detail=detail,
+            )
+        )
+        raise Rejected(grpc.StatusCode.FAILED_PRECONDITION, detail + " (use --wait to queue the request)")
+    q = router.watch(rec.request_id)
+    try:
+        yield event_of(rec)
+        if online:
+            await router.deliver(rec)
+        else:
+            # Queued: the Channel handler drains it when the agent reconnects.
+            yield collector_pb2.SnapshotEvent(
+                request_id=rec.request_id,
+                state="queued",
+                detail=f"agent offline since {_when(agent.last_seen_at_us)}; queued until {_when(rec.expires_at_us)}",
+                agent_id=agent.id,
+                at=_ts(rec.updated_at_us),
+            )
+        deadline = time.monotonic() + (spec.wait_s if not online else 0) + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            try:
+                event = await asyncio.wait_for(q.get(), remaining)
+            except TimeoutError:
+                break
+            yield event
+            if event.state in ("done", "denied", "failed", "expired", "offline"):
+                return
+        current = await asyncio.to_thread(store.get_live_request, rec.request_id)
+        final = None
+        if current.state in ("queued", "delivered"):
+            final = await router.advance(rec.request_id, "expired", detail=f"timed out after {timeout} s")
+        if final is None:
+            # Already past queued/delivered and still running (e.g. a slow upload).
+            yield collector_pb2.SnapshotEvent(
+                request_id=rec.request_id, state="timeout", detail=f"no result within {timeout} s", agent_id=agent.id
+            )
+        else:
+            yield event_of(final)
+    finally:
+        router.unwatch(rec.request_id, q)

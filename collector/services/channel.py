@@ -1,0 +1,139 @@
+"""Channel: the stream an enrolled agent holds open so engineers can reach it.
+
+Handshake, in this order, each step bounded by ``HANDSHAKE_TIMEOUT_S``:
+
+1. agent → ``ChannelHello{agent_id}``
+2. collector → ``Challenge{nonce}``: 32 fresh random bytes for this stream only
+3. agent → ``ChallengeResponse{signature}``: Ed25519 over
+   ``b"casefile-channel-v1\\n" + nonce + b"\\n" + agent_id`` (``channel_message``)
+4. collector checks it with the key stored for that agent id at enrollment, then sends
+   ``ChannelAccepted{agent_id}``.
+
+A signature over a nonce the collector just chose cannot be replayed on another stream,
+and the agent id is trusted only because the key enrolled under it signed it. A second
+stream for an agent that already has one is refused with ALREADY_EXISTS and audited: two
+machines holding one key is what a cloned disk image looks like.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+
+from agent.daemon.protocol import NONCE_BYTES, channel_message
+from agent.keys import PublicKey
+from collector.edge import Rejected, server_stream
+from collector.live import LiveRouter
+from collector.storage import Store
+from collector.storage.errors import NotFound
+from protos import collector_pb2, collector_pb2_grpc
+
+__all__ = ["HANDSHAKE_TIMEOUT_S", "ChannelService", "channel_message"]
+
+log = logging.getLogger("casefile.collector.channel")
+
+HANDSHAKE_TIMEOUT_S = 15.0
+
+
+async def _next(it: AsyncIterator[collector_pb2.AgentMessage], what: str) -> collector_pb2.AgentMessage:
+    try:
+        return await asyncio.wait_for(anext(it), HANDSHAKE_TIMEOUT_S)
+    except StopAsyncIteration:
+        raise Rejected(grpc.StatusCode.CANCELLED, f"channel closed by the agent before {what}") from None
+    except TimeoutError:
+        raise Rejected(grpc.StatusCode.DEADLINE_EXCEEDED, f"no {what} within {HANDSHAKE_TIMEOUT_S:g} s") from None
+
+
+class ChannelService(collector_pb2_grpc.ChannelServicer):
+    def __init__(self, store: Store, router: LiveRouter) -> None:
+        self._store = store
+        self._router = router
+
+    async def _audit(self, agent_id: str, peer: str, outcome: str, detail: str) -> None:
+        await asyncio.to_thread(
+            self._store.audit,
+            actor=agent_id,
+            role="agent",
+            action="channel.connect",
+            target=agent_id,
+            peer=peer,
+            outcome=outcome,
+            detail=detail,
+        )
+
+    @server_stream
+    async def Connect(
+        self,
+        request_iterator: AsyncIterator[collector_pb2.AgentMessage],
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> AsyncIterator[collector_pb2.CollectorMessage]:
+        peer = context.peer() or ""
+        it = aiter(request_iterator)
+        first = await _next(it, "hello")
+        if first.WhichOneof("msg") != "hello" or not first.hello.agent_id:
+            raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, "a channel starts with ChannelHello{agent_id}")
+        claimed = first.hello.agent_id[:64]
+        nonce = secrets.token_bytes(NONCE_BYTES)
+        yield collector_pb2.CollectorMessage(challenge=collector_pb2.Challenge(nonce=nonce))
+        answer = await _next(it, "challenge response")
+        if answer.WhichOneof("msg") != "challenge_response":
+            raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, "expected ChallengeResponse after the challenge")
+        try:
+            agent = await asyncio.to_thread(self._store.get_agent, claimed)
+        except NotFound:
+            await self._audit("", peer, "denied", f"unknown agent {claimed!r}")
+            raise Rejected(grpc.StatusCode.UNAUTHENTICATED, f"unknown agent {claimed!r}: enroll it first") from None
+        key = PublicKey(agent.public_key)
+        if not key.verify(bytes(answer.challenge_response.signature), channel_message(nonce, agent.id)):
+            await self._audit(agent.id, peer, "denied", "challenge signature invalid")
+            raise Rejected(
+                grpc.StatusCode.UNAUTHENTICATED,
+                f"channel challenge not signed by the key of agent {agent.id} ({key.fingerprint})",
+            )
+        try:
+            session = self._router.register(agent.id, peer)
+        except Rejected as exc:
+            await self._audit(agent.id, peer, "denied", str(exc))
+            log.warning("%s", exc)
+            raise
+        reader: asyncio.Task[None] | None = None
+        try:
+            await asyncio.to_thread(self._store.touch_agent, agent.id)
+            await self._audit(agent.id, peer, "ok", f"{agent.hostname}, agent {first.hello.agent_version}")
+            log.info("agent %s (%s) connected from %s", agent.id, agent.hostname, peer)
+            yield collector_pb2.CollectorMessage(accepted=collector_pb2.ChannelAccepted(agent_id=agent.id))
+            reader = asyncio.create_task(self._read(it, session))
+            await self._router.drain(agent.id)
+            while True:
+                msg = await session.outbox.get()
+                if msg is None:
+                    break
+                yield msg
+        finally:
+            self._router.unregister(session)
+            if reader is not None:
+                reader.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await reader
+            with contextlib.suppress(Exception):
+                await asyncio.to_thread(self._store.touch_agent, agent.id)
+            log.info("agent %s disconnected (%s)", agent.id, peer)
+
+    async def _read(self, it: AsyncIterator[collector_pb2.AgentMessage], session: Any) -> None:
+        try:
+            async for msg in it:
+                if msg.WhichOneof("msg") == "progress":
+                    await self._router.agent_progress(session, msg.progress)
+        except (grpc.aio.AioRpcError, asyncio.CancelledError):
+            raise
+        except Exception:
+            log.debug("channel reader of %s ended", session.agent_id, exc_info=True)
+        finally:
+            # The agent closed its side or the connection broke: end the writer too.
+            session.outbox.put_nowait(None)

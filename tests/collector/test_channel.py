@@ -1,0 +1,159 @@
+"""The Channel handshake and the agent's own guards, against a real collector on loopback.
+
+The agent side runs the real ``AgentService`` in a thread of this process, so the test can
+push requests through the collector's router directly (an expired one, a replayed id).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from agent.daemon import AgentService, DaemonOptions, channel_message
+from agent.keys import SigningKey
+from agent.state import AgentHome, Enrollment
+from agent.transport import enroll
+from agent.transport.connect import PINNED_TARGET_NAME, fetch_certificate, parse_address
+from collector.storage import LiveRequestRecord
+from protos import collector_pb2, collector_pb2_grpc
+from tests.collector.conftest import RunningCollector
+
+
+def _enrolled(collector: RunningCollector, home: Path) -> tuple[str, SigningKey]:
+    state = AgentHome(home)
+    key = state.key()
+    with collector.channel() as ch:
+        resp = enroll(ch, token=collector.enroll_token(), key=key, hostname="chan-host", agent_version="t")
+    state.save_enrollment(Enrollment(resp.agent_id, collector.address, collector.fingerprint, key.fingerprint))
+    return resp.agent_id, key
+
+
+async def _handshake(collector: RunningCollector, agent_id: str, sign: Any) -> list[Any]:
+    pem = fetch_certificate(parse_address(collector.address))
+    creds = grpc.ssl_channel_credentials(root_certificates=pem)
+    async with grpc.aio.secure_channel(
+        collector.address, creds, options=[("grpc.ssl_target_name_override", PINNED_TARGET_NAME)]
+    ) as ch:
+        call: Any = collector_pb2_grpc.ChannelStub(ch).Connect()
+        await call.write(collector_pb2.AgentMessage(hello=collector_pb2.ChannelHello(agent_id=agent_id)))
+        challenge = await call.read()
+        sig = sign(bytes(challenge.challenge.nonce))
+        await call.write(collector_pb2.AgentMessage(challenge_response=collector_pb2.ChallengeResponse(signature=sig)))
+        got = [challenge, await call.read()]
+        call.cancel()
+        return got
+
+
+def test_challenge_must_be_signed_by_the_enrolled_key(sqlite_collector: RunningCollector, tmp_path: Path) -> None:
+    agent_id, key = _enrolled(sqlite_collector, tmp_path / "home")
+    stranger = SigningKey.generate()
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        asyncio.run(_handshake(sqlite_collector, agent_id, lambda n: stranger.sign(channel_message(n, agent_id))))
+    assert info.value.code() is grpc.StatusCode.UNAUTHENTICATED
+    # The right key over another identity's message (the id is inside what is signed).
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        asyncio.run(_handshake(sqlite_collector, agent_id, lambda n: key.sign(channel_message(n, "ag_other"))))
+    assert info.value.code() is grpc.StatusCode.UNAUTHENTICATED
+    # A signature captured on one stream is worthless on the next: fresh nonce each time.
+    captured: list[bytes] = []
+
+    def record(n: bytes) -> bytes:
+        captured.append(n)
+        return key.sign(channel_message(n, agent_id))
+
+    first = asyncio.run(_handshake(sqlite_collector, agent_id, record))
+    assert first[1].accepted.agent_id == agent_id
+    old = key.sign(channel_message(captured[0], agent_id))
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        asyncio.run(_handshake(sqlite_collector, agent_id, lambda n: old))
+    assert info.value.code() is grpc.StatusCode.UNAUTHENTICATED
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        asyncio.run(_handshake(sqlite_collector, "ag_unknown", lambda n: key.sign(channel_message(n, "ag_unknown"))))
+    assert info.value.code() is grpc.StatusCode.UNAUTHENTICATED
+
+
+class _Daemon:
+    def __init__(self, home: Path) -> None:
+        self.service: AgentService | None = None
+        self.loop = asyncio.new_event_loop()
+        self.home = home
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+
+        async def main() -> None:
+            self.service = AgentService(AgentHome(self.home), DaemonOptions(0.05, 0.2))
+            await self.service.run()
+
+        self.loop.run_until_complete(main())
+
+    def __enter__(self) -> _Daemon:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.service is not None:
+            self.loop.call_soon_threadsafe(self.service.stop)
+        self.thread.join(30)
+
+
+def _push(collector: RunningCollector, rec: LiveRequestRecord) -> None:
+    """Deliver through the router, on the collector's own loop (where it lives)."""
+    assert collector.server.loop is not None
+    fut = asyncio.run_coroutine_threadsafe(collector.server.router.deliver(rec), collector.server.loop)
+    assert fut.result(10)
+
+
+def _wait(what: str, check: Any, timeout: float = 30.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.fixture
+def connected(sqlite_collector: RunningCollector, tmp_path: Path) -> Iterator[tuple[RunningCollector, str, Path]]:
+    agent_id, _ = _enrolled(sqlite_collector, tmp_path / "home")
+    with _Daemon(tmp_path / "home"):
+        _wait("agent connected", lambda: sqlite_collector.server.router.session(agent_id) is not None)
+        yield sqlite_collector, agent_id, tmp_path / "home"
+
+
+def _request(store: Any, agent_id: str, *, expires_in: float) -> LiveRequestRecord:
+    rec: LiveRequestRecord = store.create_live_request(
+        agent_id=agent_id,
+        hostname="chan-host",
+        requested_by="tok",
+        requested_label="bob",
+        scopes=("facts",),
+        since_s=0,
+        reason="test",
+        expires_at=dt.datetime.now(dt.UTC) + dt.timedelta(seconds=expires_in),
+    )
+    return rec
+
+
+def test_agent_refuses_expired_and_replayed_requests(connected: tuple[RunningCollector, str, Path]) -> None:
+    collector, agent_id, home = connected
+    store = collector.store
+    expired = _request(store, agent_id, expires_in=-5)
+    _push(collector, expired)
+    rec = _wait("expired", lambda: (r := store.get_live_request(expired.request_id)).state == "expired" and r)
+    assert rec.detail.startswith("request expired at")
+    # The same request id again (a replay by anyone able to push): refused, not executed.
+    _push(collector, expired)
+    history = home / "history.jsonl"
+    _wait("duplicate recorded", lambda: history.exists() and '"duplicate"' in history.read_text())
+    assert '"accepted"' not in history.read_text()

@@ -1,0 +1,338 @@
+"""Live snapshots end to end: a real collector process, real ``casefile agent run`` processes.
+
+Everything talks TLS on loopback with the pinned certificate. Waits are bounded polls of
+real state (the audit log, the agent's history file, the store), never sleeps-and-hope.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from agent.keys import SigningKey
+from agent.state import AgentHome, Enrollment
+from agent.transport import enroll, open_channel, parse_address
+from collector.storage import Store
+from protos import collector_pb2, collector_pb2_grpc
+
+BIN = Path(sys.executable).parent
+HOSTNAME = socket.gethostname()
+
+
+def wait_for(what: str, check: Callable[[], Any], timeout: float = 30.0, logs: Callable[[], str] | None = None) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}" + (f"\n{logs()}" if logs else ""))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Collector:
+    data: Path
+    port: int
+    log: Path
+    proc: subprocess.Popen[bytes] | None = None
+    fingerprint: str = ""
+
+    @property
+    def addr(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        ready = self.data.parent / f"ready-{self.port}.json"
+        ready.unlink(missing_ok=True)
+        with self.log.open("a") as fh:
+            proc = self.proc = subprocess.Popen(
+                [str(BIN / "casefile-collector"), "serve", "--address", self.addr, "--data-dir", str(self.data),
+                 "--ready-file", str(ready)],
+                stdout=fh,
+                stderr=subprocess.STDOUT,
+            )
+        wait_for("collector ready", lambda: ready.exists() or proc.poll() is not None, logs=self.log.read_text)
+        assert proc.poll() is None, self.log.read_text()
+        self.fingerprint = json.loads(ready.read_text())["fingerprint"]
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            self.proc.wait(30)
+        self.proc = None
+
+    def store(self) -> Store:
+        return Store.open(f"sqlite:///{self.data / 'casefile.db'}")
+
+    def channel(self) -> grpc.Channel:
+        return open_channel(parse_address(self.addr), ca_fingerprint=self.fingerprint)
+
+
+@dataclass
+class Agent:
+    home: Path
+    agent_id: str
+    log: Path
+    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    def start(self) -> subprocess.Popen[bytes]:
+        env = {**os.environ, "CASEFILE_AGENT_BACKOFF_MAX": "0.5", "CASEFILE_AGENT_BACKOFF_BASE": "0.1"}
+        with self.log.open("a") as fh:
+            proc = subprocess.Popen(
+                [str(BIN / "casefile"), "agent", "run", "--home", str(self.home)],
+                stdout=fh,
+                stderr=subprocess.STDOUT,
+                env=env,
+            )
+        self.procs.append(proc)
+        return proc
+
+    def stop_all(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in self.procs:
+            proc.wait(30)
+            assert proc.returncode == 0, self.log.read_text()
+
+    def history(self) -> list[dict[str, Any]]:
+        path = self.home / "history.jsonl"
+        return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
+
+
+def enroll_agent(c: Collector, home: Path, hostname: str) -> Agent:
+    with c.store() as store:
+        token, _ = store.create_token("enroll", label="test", ttl=dt.timedelta(hours=1), max_uses=1)
+    state = AgentHome(home)
+    key: SigningKey = state.key()
+    with c.channel() as ch:
+        resp = enroll(ch, token=token, key=key, hostname=hostname, agent_version="test")
+    state.save_enrollment(Enrollment(resp.agent_id, c.addr, c.fingerprint, key.fingerprint))
+    return Agent(home=home, agent_id=resp.agent_id, log=home.parent / f"agent-{resp.agent_id}.log")
+
+
+def connects(c: Collector, agent_id: str) -> int:
+    with c.store() as store:
+        return len(store.list_audit(100, actor=agent_id, action="channel.connect", outcome="ok"))
+
+
+@dataclass
+class Live:
+    collector: Collector
+    agent: Agent
+    tokens: dict[str, str]
+
+    def snapshot(self, role: str = "engineer", **spec: Any) -> list[collector_pb2.SnapshotEvent]:
+        req = collector_pb2.SnapshotRequestSpec(**{"host": self.agent.agent_id, **spec})
+        md = (("authorization", f"Bearer {self.tokens[role]}"),)
+        with self.collector.channel() as ch:
+            return list(collector_pb2_grpc.QueryStub(ch).RequestSnapshot(req, metadata=md, timeout=90))
+
+
+def _tokens(c: Collector) -> dict[str, str]:
+    out = {}
+    with c.store() as store:
+        for role in ("viewer", "engineer", "admin"):
+            out[role], _ = store.create_token("engineer", role=role, label=f"{role} alice", ttl=dt.timedelta(hours=1))
+    return out
+
+
+def _start(tmp: Path) -> Live:
+    c = Collector(data=tmp / "data", port=free_port(), log=tmp / "collector.log")
+    c.start()
+    agent = enroll_agent(c, tmp / "home", HOSTNAME)
+    before = connects(c, agent.agent_id)
+    agent.start()
+    wait_for("agent connected", lambda: connects(c, agent.agent_id) > before, logs=agent.log.read_text)
+    return Live(c, agent, _tokens(c))
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
+    env = _start(tmp_path_factory.mktemp("live"))
+    try:
+        yield env
+    finally:
+        env.agent.stop_all()
+        env.collector.stop()
+
+
+def test_engineer_snapshot_reaches_agent_and_is_stored(live: Live) -> None:
+    c = live.collector
+    res = subprocess.run(
+        [str(BIN / "casefile-collector"), "snapshot", HOSTNAME, "--collector", c.addr, "--token",
+         live.tokens["engineer"], "--ca-fingerprint", c.fingerprint, "--reason", "SR-1 slow disk", "--timeout", "60"],
+        capture_output=True, text=True, timeout=120, env={**os.environ, "COLUMNS": "160"},
+    )
+    assert res.returncode == 0, res.stdout + res.stderr
+    states = [line.split()[2] for line in res.stdout.splitlines() if line[:2] == "20" and len(line.split()) > 2]
+    assert states[:2] == ["queued", "delivered"] and "collecting" in states and states[-1] == "done", res.stdout
+    bundle_id = res.stdout.split("bundle ")[-1].split()[0]
+    assert f"bundle {bundle_id} from" in res.stdout  # the summary (show's rendering)
+    assert "Findings" in res.stdout or "No findings" in res.stdout
+    with c.store() as store:
+        rec = store.get_bundle(bundle_id)
+        manifest = json.loads(store.get_bundle_content(bundle_id)[1])
+    assert rec.kind == "live" and rec.agent_id == live.agent.agent_id
+    assert manifest["request_id"] and manifest["kind"] == "live"
+    hist = [e for e in live.agent.history() if e.get("request_id") == manifest["request_id"]]
+    assert [e["outcome"] for e in hist] == ["accepted", "done"]
+    assert hist[0]["requested_by"] == "engineer alice" and hist[0]["reason"] == "SR-1 slow disk"
+    assert hist[1]["bundle_id"] == bundle_id
+    shown = subprocess.run(
+        [str(BIN / "casefile"), "agent", "history", "--home", str(live.agent.home), "--json"],
+        capture_output=True, text=True, timeout=60, check=True,
+    )
+    assert manifest["request_id"] in shown.stdout
+
+
+def test_policy_denial_is_answered_not_dropped(live: Live) -> None:
+    events = live.snapshot(scopes=["facts", "logs"], since_seconds=600)
+    assert events[-1].state == "denied"
+    assert events[-1].detail.startswith("denied by policy: scope 'logs' is not allowed"), events[-1].detail
+    assert live.agent.history()[-1]["outcome"] == "denied"
+
+
+def test_viewer_may_not_request_snapshots(live: Live) -> None:
+    with pytest.raises(grpc.RpcError) as info:
+        live.snapshot(role="viewer")
+    assert info.value.code() is grpc.StatusCode.PERMISSION_DENIED
+
+
+def test_agent_cannot_call_query(live: Live) -> None:
+    """An agent holds a key and maybe its enrollment token, never an engineer token."""
+    with live.collector.channel() as ch:
+        stub = collector_pb2_grpc.QueryStub(ch)
+        with pytest.raises(grpc.RpcError) as info:
+            stub.ListHosts(collector_pb2.ListHostsRequest(), timeout=30)
+        assert info.value.code() is grpc.StatusCode.UNAUTHENTICATED
+        key = AgentHome(live.agent.home).key()
+        md = (("authorization", f"Bearer {key.fingerprint}"),)
+        with pytest.raises(grpc.RpcError) as info:
+            list(stub.RequestSnapshot(collector_pb2.SnapshotRequestSpec(host=HOSTNAME), metadata=md, timeout=30))
+        assert info.value.code() is grpc.StatusCode.UNAUTHENTICATED
+
+
+def test_offline_agent_fails_fast_with_last_seen_and_expires_when_queued(live: Live, tmp_path: Path) -> None:
+    other = enroll_agent(live.collector, tmp_path / "offline-home", "offline-box")
+    probe = Live(live.collector, other, live.tokens)
+    with pytest.raises(grpc.RpcError) as info:
+        probe.snapshot()
+    assert info.value.code() is grpc.StatusCode.FAILED_PRECONDITION
+    assert f"agent {other.agent_id} (offline-box) offline since never" in (info.value.details() or "")
+    events = probe.snapshot(wait_s=1, timeout_s=1)
+    assert [e.state for e in events][:2] == ["queued", "queued"] and events[-1].state == "expired"
+    with live.collector.store() as store:
+        assert store.get_live_request(events[-1].request_id).state == "expired"
+
+
+def test_second_stream_for_the_same_agent_is_refused_and_audited(live: Live) -> None:
+    clone = live.agent.start()
+    try:
+        def refused() -> bool:
+            with live.collector.store() as store:
+                rows = store.list_audit(50, actor=live.agent.agent_id, action="channel.connect", outcome="denied")
+            return any("possibly a cloned machine" in r.detail for r in rows)
+
+        wait_for("duplicate stream refused", refused, logs=live.agent.log.read_text)
+        assert "ALREADY_EXISTS" in live.agent.log.read_text()
+    finally:
+        clone.send_signal(signal.SIGTERM)
+        clone.wait(30)
+    assert live.snapshot()[-1].state == "done"  # the original stream still serves
+
+
+def test_admin_reads_the_audit_log(live: Live) -> None:
+    c = live.collector
+    base = [str(BIN / "casefile-collector"), "audit", "--collector", c.addr, "--ca-fingerprint", c.fingerprint]
+    res = subprocess.run([*base, "--token", live.tokens["admin"], "--action", "live.request_snapshot", "--json"],
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    rows = [json.loads(x) for x in res.stdout.splitlines()]
+    assert rows and all(r["action"] == "live.request_snapshot" for r in rows)
+    assert {"ok", "denied"} <= {r["outcome"] for r in rows}  # the viewer's attempt is there too
+    res = subprocess.run([*base, "--token", live.tokens["engineer"]], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 3 and "PERMISSION_DENIED" in res.stderr
+
+
+# ---------------------------------------------------------------- collector restarts
+
+
+@pytest.fixture(scope="module")
+def restartable(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
+    env = _start(tmp_path_factory.mktemp("restart"))
+    try:
+        yield env
+    finally:
+        env.agent.stop_all()
+        env.collector.stop()
+
+
+def test_collector_restart_agent_reconnects_and_snapshot_works(restartable: Live) -> None:
+    c, agent = restartable.collector, restartable.agent
+    before = connects(c, agent.agent_id)
+    c.stop()
+    c.start()
+    wait_for("agent reconnected", lambda: connects(c, agent.agent_id) > before, logs=agent.log.read_text)
+    assert restartable.snapshot()[-1].state == "done"
+
+
+def test_collector_down_during_collection_spools_and_delivers_once(restartable: Live) -> None:
+    c, agent = restartable.collector, restartable.agent
+    req = collector_pb2.SnapshotRequestSpec(host=agent.agent_id, reason="spool")
+    md = (("authorization", f"Bearer {restartable.tokens['engineer']}"),)
+    request_id = ""
+    with c.channel() as ch:
+        for event in collector_pb2_grpc.QueryStub(ch).RequestSnapshot(req, metadata=md, timeout=60):
+            request_id = event.request_id
+            if event.state == "collecting":
+                break
+    c.stop(signal.SIGKILL)  # mid-collection: the upload cannot reach anyone
+
+    def outcome(name: str) -> dict[str, Any] | None:
+        return next((e for e in agent.history() if e.get("request_id") == request_id and e["outcome"] == name), None)
+
+    spooled = wait_for("bundle spooled", lambda: outcome("spooled"), logs=agent.log.read_text)
+    spool_file = next((agent.home / "spool").glob("*.tar.zst"))
+    assert hashlib.sha256(spool_file.read_bytes()).hexdigest() == spooled["sha256"]
+    c.start()
+    delivered = wait_for("spool delivered", lambda: outcome("delivered"), timeout=40, logs=agent.log.read_text)
+    assert delivered["bundle_id"] == spooled["bundle_id"]
+    assert not list((agent.home / "spool").iterdir())
+    with c.store() as store:
+        rec = store.get_bundle(spooled["bundle_id"])
+        assert store.get_live_request(request_id).state == "done"
+        live_bundles = [b for b in store.list_bundles(agent_id=agent.agent_id, page_size=100)[0]]
+    from collector.storage import BlobStore
+
+    blob = BlobStore(c.data).blob_path(rec.blob_key)
+    assert hashlib.sha256(blob.read_bytes()).hexdigest() == spooled["sha256"] == rec.sha256
+    same = [b for b in live_bundles if b.sha256 == rec.sha256]
+    assert len(same) == 1  # exactly once
+    assert sum(1 for e in agent.history() if e.get("request_id") == request_id and e["outcome"] == "delivered") == 1
+
+
+def test_daemon_imports_neither_typer_nor_rich() -> None:
+    code = "import sys, agent.daemon; sys.exit(int(any(m in sys.modules for m in ('typer', 'rich'))))"
+    assert subprocess.run([sys.executable, "-c", code], timeout=60).returncode == 0
+
