@@ -301,27 +301,9 @@ def unmask(
 
 
 def _render_summary(s: dict[str, Any]) -> None:
-    h, c, m = s["host"], s["cpu"], s["memory"]
-    out.print(f"[bold]{h['hostname']}[/] — {h['os']} (kernel {h['kernel']}, {h['arch']}), up {h['uptime_h']} h")
-    out.print(
-        f"CPU {c['percent']}% of {c['logical']} logical cores, load {' / '.join(map(str, c['load']))}; "
-        f"memory {m['percent']}% of {m['total_gib']} GiB, swap {m['swap_percent']}% of {m['swap_total_gib']} GiB"
-    )
-    disks = Table("mount", "fs", "size GiB", "used %", title="Disks", title_justify="left")
-    for d in s["disks"]:
-        disks.add_row(d["mountpoint"], d["fstype"], str(d["total_gib"]), d.get("error") or str(d["percent"]))
-    out.print(disks)
-    nets = Table("interface", "up", "addresses", "errors", "drops", title="Network", title_justify="left")
-    for n in s["network"]:
-        nets.add_row(
-            n["name"], "yes" if n["up"] else "no", ", ".join(n["addresses"]), str(n["errors"]), str(n["drops"])
-        )
-    out.print(nets)
-    cols = Table("collector", "status", "ms", "detail", title="Collectors", title_justify="left")
-    for col in s["collectors"]:
-        style = "green" if col["status"] == "ok" else "red"
-        cols.add_row(col["name"], f"[{style}]{col['status']}[/]", str(col["duration_ms"]), col.get("error", ""))
-    out.print(cols)
+    from agent.render import print_summary
+
+    print_summary(out, s)
     b = s["bundle"]
     out.print(f"Bundle: [bold]{b['path']}[/] ({b['size']:,} bytes, collected in {b['collect_seconds']} s)")
     out.print(f"Signed by key {b['key_fingerprint']}")

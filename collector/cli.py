@@ -380,6 +380,7 @@ def show(
     """One bundle's summary and key facts (``--json``: every fact)."""
     from google.protobuf import json_format
 
+    from agent.render import print_summary
     from agent.summary import snapshot_summary
     from protos import collector_pb2
 
@@ -394,25 +395,7 @@ def show(
         f"[bold]bundle {b.bundle_id}[/] from {b.hostname} (agent {b.agent_id}), case {b.case_id or '—'}, "
         f"{b.kind}, created {_fmt_ts(b.created_at)}, {b.size:,} bytes, key {b.key_fingerprint}"
     )
-    s = snapshot_summary(detail.facts)
-    h, c, m = s["host"], s["cpu"], s["memory"]
-    out.print(f"{h['os']} kernel {h['kernel']} {h['arch']}, up {h['uptime_h']} h, virtualization {h['virtualization']}")
-    out.print(
-        f"CPU {c['percent']}% of {c['logical']} cores, load {c['load']}; memory {m['percent']}% of "
-        f"{m['total_gib']} GiB; swap {m['swap_percent']}% of {m['swap_total_gib']} GiB"
-    )
-    t = Table("mount", "fs", "GiB", "used %", title="Disks", title_justify="left")
-    for d in s["disks"]:
-        t.add_row(d["mountpoint"], d["fstype"], str(d["total_gib"]), d.get("error") or str(d["percent"]))
-    out.print(t)
-    n = Table("interface", "up", "addresses", "errors", "drops", title="Network", title_justify="left")
-    for i in s["network"]:
-        n.add_row(i["name"], "yes" if i["up"] else "no", ", ".join(i["addresses"]), str(i["errors"]), str(i["drops"]))
-    out.print(n)
-    cols = Table("collector", "status", "ms", "detail", title="Collectors", title_justify="left")
-    for col in s["collectors"]:
-        cols.add_row(col["name"], col["status"], str(col["duration_ms"]), col.get("error", ""))
-    out.print(cols)
+    print_summary(out, snapshot_summary(detail.facts))
 
 
 @app.command()

@@ -94,7 +94,12 @@ class _Daemon:
             self.service = AgentService(AgentHome(self.home), DaemonOptions(0.05, 0.2))
             await self.service.run()
 
-        self.loop.run_until_complete(main())
+        try:
+            self.loop.run_until_complete(main())
+        finally:
+            # An unclosed loop is reported when the GC finds it, inside whichever test runs then.
+            self.loop.run_until_complete(self.loop.shutdown_asyncgens())
+            self.loop.close()
 
     def __enter__(self) -> _Daemon:
         self.thread.start()

@@ -1,0 +1,44 @@
+"""Rich rendering of a snapshot summary, shared by ``casefile`` and ``casefile-collector``.
+
+CLI only: the agent daemon and the core never import this module (it pulls in rich).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+__all__ = ["print_summary"]
+
+
+def print_summary(console: Console, s: dict[str, Any]) -> None:
+    """Host, CPU and memory lines, then disks, network and collector tables.
+
+    ``s`` is :func:`agent.summary.snapshot_summary` output.
+    """
+    h, c, m = s["host"], s["cpu"], s["memory"]
+    console.print(
+        f"[bold]{h['hostname']}[/] — {h['os']} (kernel {h['kernel']}, {h['arch']}), up {h['uptime_h']} h, "
+        f"virtualization {h['virtualization']}"
+    )
+    console.print(
+        f"CPU {c['percent']}% of {c['logical']} logical cores, load {' / '.join(map(str, c['load']))}; "
+        f"memory {m['percent']}% of {m['total_gib']} GiB, swap {m['swap_percent']}% of {m['swap_total_gib']} GiB"
+    )
+    disks = Table("mount", "fs", "size GiB", "used %", title="Disks", title_justify="left")
+    for d in s["disks"]:
+        disks.add_row(d["mountpoint"], d["fstype"], str(d["total_gib"]), d.get("error") or str(d["percent"]))
+    console.print(disks)
+    nets = Table("interface", "up", "addresses", "errors", "drops", title="Network", title_justify="left")
+    for n in s["network"]:
+        nets.add_row(
+            n["name"], "yes" if n["up"] else "no", ", ".join(n["addresses"]), str(n["errors"]), str(n["drops"])
+        )
+    console.print(nets)
+    cols = Table("collector", "status", "ms", "detail", title="Collectors", title_justify="left")
+    for col in s["collectors"]:
+        style = "green" if col["status"] == "ok" else "red"
+        cols.add_row(col["name"], f"[{style}]{col['status']}[/]", str(col["duration_ms"]), col.get("error", ""))
+    console.print(cols)
