@@ -75,7 +75,7 @@ def main() -> None:
             resp = enroll(ch, token=tok, key=key, hostname="idle", agent_version="bench")
         home.save_enrollment(Enrollment(resp.agent_id, addr, fp, key.fingerprint))
         env = {**os.environ, "CASEFILE_LOG_LEVEL": "WARNING"}
-        agent = subprocess.Popen([str(BIN / "casefile"), "agent", "run", "--home", str(home.root)], env=env)
+        agent = subprocess.Popen([str(BIN / "casefile-agent"), "--home", str(home.root)], env=env)
         base = subprocess.Popen([sys.executable, "-c", BASELINE])
         procs += [agent, base]
         # Both measured over the same wall-clock window, side by side.
@@ -88,7 +88,7 @@ def main() -> None:
         print(f"idle over {args.seconds:g} s (after {args.warmup:g} s warm-up)")
         print("| process | RSS MiB | CPU % of a core |")
         print("|---|---|---|")
-        print(f"| casefile agent run (connected, idle) | {rss_a:.1f} | {cpu_a:.3f} |")
+        print(f"| casefile-agent (connected, idle) | {rss_a:.1f} | {cpu_a:.3f} |")
         print(f"| baseline: python + grpc + psutil + cryptography | {rss_b:.1f} | {cpu_b:.3f} |")
         print(f"| ratio | {rss_a / rss_b:.2f} | — |")
     finally:

@@ -134,7 +134,7 @@ def main() -> None:
         _wait(lambda: ready[0] >= len(sims), 600, f"{len(sims)} simulated agents connected")
         connect_s = time.perf_counter() - t0
         agent_proc = subprocess.Popen(
-            [str(BIN / "casefile"), "agent", "run", "--home", str(home.root)],
+            [str(BIN / "casefile-agent"), "--home", str(home.root)],
             stdout=(tmp / "agent.log").open("w"), stderr=subprocess.STDOUT,
             env={**os.environ, "CASEFILE_LOG_LEVEL": "WARNING"},
         )
