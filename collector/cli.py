@@ -104,6 +104,26 @@ def serve(
         Path | None, typer.Option("--ready-file", help="Write {address, port, fingerprint} here once serving.")
     ] = None,
     max_bundle_mib: Annotated[int, typer.Option("--max-bundle-mib", help="Largest bundle accepted.")] = 4096,
+    replica_id: Annotated[
+        str | None,
+        typer.Option("--replica-id", help="Name of this replica among those sharing PostgreSQL (default host-pid)."),
+    ] = None,
+    blob_url: Annotated[
+        str | None,
+        typer.Option(
+            "--blob-url",
+            envvar="CASEFILE_BLOB_URL",
+            help="s3://bucket/prefix for S3-compatible blob storage (extra s3); default: --data-dir.",
+        ),
+    ] = None,
+    s3_endpoint: Annotated[
+        str | None,
+        typer.Option("--s3-endpoint", help="S3 endpoint URL (MinIO, Ceph); default: AWS_ENDPOINT_URL, else AWS."),
+    ] = None,
+    metrics_address: Annotated[
+        str | None,
+        typer.Option("--metrics-address", help="Serve Prometheus /metrics on HOST:PORT, e.g. 127.0.0.1:9464 (off)."),
+    ] = None,
 ) -> None:
     """Run the collector until SIGINT/SIGTERM."""
     from collector.server import CollectorServer, ServerConfig
@@ -118,6 +138,10 @@ def serve(
         cert_file=cert_file,
         key_file=key_file,
         limits=IngestLimits(max_bundle_bytes=max_bundle_mib * 1024 * 1024),
+        replica_id=replica_id,
+        blob_url=blob_url,
+        s3_endpoint=s3_endpoint,
+        metrics_address=metrics_address,
     )
     try:
         server = CollectorServer(config)
@@ -144,6 +168,47 @@ def serve(
         await server.stop()
 
     asyncio.run(run())
+
+
+@app.command("migrate")
+def migrate_cmd(
+    data_dir: DataDirOpt = Path("casefile-data"),
+    db_url: DbUrlOpt = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="List the pending steps; change nothing.")] = False,
+) -> None:
+    """Bring the metadata database to this version's schema (forward only; safe to repeat)."""
+    from sqlalchemy import make_url
+
+    from collector.server import default_db_url
+    from collector.storage.base import make_engine
+    from collector.storage.migrations import LATEST_VERSION, MIGRATIONS, current_version, migrate
+
+    if db_url is None:
+        data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    url = db_url or default_db_url(data_dir)
+    where = make_url(url).render_as_string(hide_password=True)
+    engine = make_engine(url)
+
+    def say(line: str) -> None:
+        out.print(line, highlight=False, soft_wrap=True)
+
+    try:
+        with engine.connect() as conn:
+            found = current_version(conn)
+        pending = [m for m in MIGRATIONS if m.version > found]
+        say(f"{where}: schema version {found} → {max(found, LATEST_VERSION)}")
+        for m in pending:
+            say(f"  {'would apply' if dry_run else 'apply'} {m.version}: {m.description}")
+        if not pending:
+            say("  up to date" if found <= LATEST_VERSION else "  newer than this collector")
+        if dry_run or not pending:
+            if found > LATEST_VERSION:
+                _exit(4, f"database {where} has schema version {found}; this collector knows {LATEST_VERSION}")
+            return
+        reached = migrate(engine, where)
+        say(f"{where}: now at schema version {reached}")
+    finally:
+        engine.dispose()
 
 
 @app.command("tls-fingerprint")

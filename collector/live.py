@@ -9,8 +9,9 @@ Trust: an agent's progress is accepted only for requests addressed to that agent
 ``done`` only ever comes from Ingest having stored a bundle whose manifest names the
 request (``bundle_stored``), never from the agent's word.
 
-Several replicas (DESIGN §6) would forward ``deliver`` through PostgreSQL LISTEN/NOTIFY
-to the replica holding the stream; this router is the single-process part of that.
+Several replicas (DESIGN §6) share PostgreSQL: ``collector.live_pg.PgLiveRouter`` keeps
+this interface and forwards requests and their progress through LISTEN/NOTIFY to the
+replica holding the stream; this router is the single-process (SQLite) path.
 """
 
 from __future__ import annotations
@@ -106,6 +107,16 @@ class LiveRouter:
 
     def connected(self) -> list[str]:
         return list(self._sessions)
+
+    async def is_online(self, agent_id: str) -> bool:
+        """Whether some replica holds the agent's stream (here: this process)."""
+        return agent_id in self._sessions
+
+    async def start(self) -> None:
+        """Background work a router needs while serving; none in one process."""
+
+    async def aclose(self) -> None:
+        """Undo :meth:`start` (after :meth:`close`)."""
 
     def close(self) -> None:
         """End every stream (server shutdown): agents reconnect to the next process."""
@@ -233,7 +244,7 @@ async def _resolve(store: Store, router: LiveRouter, host: str) -> AgentRecord:
     found = await asyncio.to_thread(store.agents_by_hostname, host)
     if not found:
         raise Rejected(grpc.StatusCode.NOT_FOUND, f"no enrolled agent reports hostname {host!r}")
-    live = [a for a in found if router.session(a.id) is not None]
+    live = [a for a in found if await router.is_online(a.id)]
     if len(live) > 1:
         ids = ", ".join(a.id for a in live)
         raise Rejected(
@@ -272,7 +283,7 @@ async def request_snapshot(
             expires_at=expires,
         )
     )
-    online = router.session(agent.id) is not None
+    online = await router.is_online(agent.id)
     if not online and spec.wait_s <= 0:
         detail = f"agent {agent.id} ({agent.hostname}) offline since {_when(agent.last_seen_at_us)}"
         await router.advance(rec.request_id, "offline", detail=detail)

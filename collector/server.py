@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
+import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,9 +21,11 @@ from grpc_reflection.v1alpha import reflection
 
 from agent.transport.connect import is_loopback, parse_address
 from collector.live import LiveRouter
+from collector.live_pg import make_router
+from collector.metrics import CollectorMetrics, MetricsEndpoint
 from collector.services import EnrollService, IngestLimits, IngestService, QueryService
 from collector.services.channel import ChannelService
-from collector.storage import BlobStore, Store
+from collector.storage import BlobStore, BundleRecord, Store, open_blob_backend
 from collector.tls import TlsMaterial, ensure_self_signed, load_tls_files
 from protos import collector_pb2, collector_pb2_grpc
 
@@ -52,6 +55,18 @@ class ServerConfig:
     # Partial uploads nobody resumed for this long are removed (checked hourly), so an
     # agent that vanished mid-upload cannot fill the staging disk.
     stale_upload_age: dt.timedelta = dt.timedelta(days=7)
+    # Replicas sharing PostgreSQL tell each other apart by this (default hostname-pid).
+    replica_id: str | None = None
+    # Connections are closed (GOAWAY) after this age ± 10 % so agents that all arrived at
+    # one replica spread over the others as they reconnect; streams get the grace to end.
+    max_connection_age_s: float = 30 * 60
+    max_connection_age_grace_s: float = 30.0
+    # Blobs: None = the data dir; "s3://bucket/prefix" = S3-compatible storage (staging
+    # stays in data_dir). Endpoint None = AWS_ENDPOINT_URL or AWS itself.
+    blob_url: str | None = None
+    s3_endpoint: str | None = None
+    # HOST:PORT for Prometheus /metrics; None = no metrics endpoint.
+    metrics_address: str | None = None
 
 
 class CollectorServer:
@@ -71,31 +86,50 @@ class CollectorServer:
         self.tls: TlsMaterial | None = None
         config.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.store = Store.open(config.db_url or default_db_url(config.data_dir))
-        self.blobs = BlobStore(config.data_dir)
+        self.blobs: BlobStore = open_blob_backend(config.data_dir, config.blob_url, s3_endpoint=config.s3_endpoint)
+        self.metrics = CollectorMetrics()
+        self._metrics_endpoint: MetricsEndpoint | None = None
+        self.metrics_port = 0
         self._server: grpc.aio.Server | None = None
         self._health = health.aio.HealthServicer()
         self._janitor: asyncio.Task[None] | None = None
-        self.router = LiveRouter(self.store)
+        self.router: LiveRouter = make_router(
+            self.store, config.db_url or default_db_url(config.data_dir), config.replica_id
+        )
         self.loop: asyncio.AbstractEventLoop | None = None  # the loop serving; set by start()
+        self.metrics.track_connected(lambda: len(self.router.connected()))
 
     async def start(self) -> int:
         # Why these options: a collector restart makes every agent reconnect at once, and
         # grpc-core cancels calls beyond max_pending_requests (default 1000); keepalive
         # policy accepts the agents' 30 s pings; the receive limit fits one 1 MiB chunk
         # plus its header, far below gRPC's 4 MiB default that bundles never approach.
+        # Connection age: behind a TCP load balancer a replica that started first would
+        # keep every agent for ever; a maximum age (grpc-core adds ±10 % jitter, and we
+        # add our own per process so replicas do not age out in step) sends GOAWAY, the
+        # agents reconnect with backoff and land wherever the balancer sends them. The
+        # grace lets an upload in flight finish. Server keepalive pings find dead peers
+        # (a NAT that forgot the mapping) so their channel rows do not linger.
+        age_ms = int(self.config.max_connection_age_s * 1000 * random.uniform(0.9, 1.1))
         server = grpc.aio.server(
+            interceptors=[self.metrics.interceptor()],
             options=[
                 ("grpc.max_receive_message_length", 2 * 1024 * 1024),
                 ("grpc.server.max_pending_requests", 20_000),
                 ("grpc.server.max_pending_requests_hard_limit", 40_000),
                 ("grpc.keepalive_permit_without_calls", 1),
                 ("grpc.http2.min_ping_interval_without_data_ms", 20_000),
+                ("grpc.keepalive_time_ms", 5 * 60 * 1000),
+                ("grpc.keepalive_timeout_ms", 20_000),
                 ("grpc.max_connection_idle_ms", 15 * 60 * 1000),
+                ("grpc.max_connection_age_ms", age_ms),
+                ("grpc.max_connection_age_grace_ms", int(self.config.max_connection_age_grace_s * 1000)),
             ]
         )
         collector_pb2_grpc.add_EnrollServicer_to_server(EnrollService(self.store), server)
         collector_pb2_grpc.add_IngestServicer_to_server(
-            IngestService(self.store, self.blobs, self.config.limits, on_stored=self.router.bundle_stored), server
+            IngestService(self.store, self.blobs, self.config.limits, on_stored=self._stored, metrics=self.metrics),
+            server,
         )
         collector_pb2_grpc.add_QueryServicer_to_server(QueryService(self.store, self.blobs, self.router), server)
         collector_pb2_grpc.add_ChannelServicer_to_server(ChannelService(self.store, self.router), server)
@@ -115,12 +149,27 @@ class CollectorServer:
             raise OSError(f"cannot listen on {self.config.address}")
         await server.start()
         self.loop = asyncio.get_running_loop()
+        await self.router.start()
         for name in ("", *_SERVICE_NAMES):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
         self._server = server
         self._janitor = asyncio.create_task(self._sweep_stale_uploads())
-        log.info("collector listening on %s port %d", target, self.port)
+        if self.config.metrics_address:
+            self._metrics_endpoint = MetricsEndpoint(self.metrics, self.config.metrics_address)
+            self.metrics_port = self._metrics_endpoint.start()
+            log.info("metrics on %s (port %d), path /metrics", self.config.metrics_address, self.metrics_port)
+        log.info("collector listening on %s port %d (blobs: %s)", target, self.port, self.blobs.describe())
         return self.port
+
+    async def _stored(self, bundle: BundleRecord, request_id: str) -> None:
+        """Ingest's hook for live answers: finish the request, then time it."""
+        await self.router.bundle_stored(bundle, request_id)
+        try:
+            rec = await asyncio.to_thread(self.store.get_live_request, request_id)
+        except Exception:
+            return
+        if rec.state == "done" and rec.bundle_id == bundle.bundle_id:
+            self.metrics.snapshot_latency.observe(max(0.0, (rec.updated_at_us - rec.created_at_us) / 1e6))
 
     async def _sweep_stale_uploads(self) -> None:
         while True:
@@ -144,6 +193,10 @@ class CollectorServer:
         self.router.close()
         await self._server.stop(self.config.grace_s if grace is None else grace)
         self._server = None
+        await self.router.aclose()
+        if self._metrics_endpoint is not None:
+            await asyncio.to_thread(self._metrics_endpoint.stop)
+            self._metrics_endpoint = None
         await asyncio.to_thread(self.store.close)
 
     async def wait(self) -> None:

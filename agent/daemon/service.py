@@ -6,7 +6,9 @@ certificate), opens ``Channel.Connect``, proves the agent's key (see
 cannot be opened or breaks — collector restarted, network gone, UNAVAILABLE or
 CANCELLED — it waits a random time in ``[0, min(cap, base·2^n)]`` (exponential backoff
 with full jitter, so a thousand agents do not reconnect in step) and tries again,
-forever: a collector outage never ends the service. Only SIGTERM/SIGINT do.
+forever: a collector outage never ends the service. Only SIGTERM/SIGINT do. A stream
+that was accepted and then ends (the collector's maximum connection age, a replica
+shutting down) resets ``n``: it is rebalancing, not an outage.
 
 Per request, in order: seen before → ``denied`` (duplicate; at most once per id),
 past ``expires_at_unix`` → ``expired``, outside the policy → ``denied by policy:
@@ -180,7 +182,14 @@ class AgentService:
                         reader.cancel()
                         call.cancel()
                         break
-                    msg = reader.result()
+                    try:
+                        msg = reader.result()
+                    except grpc.aio.AioRpcError as exc:
+                        # An accepted stream that ends — the collector's connection-age
+                        # GOAWAY, a replica stopping, a load balancer moving us — is a
+                        # normal reconnect: the backoff starts again from its base.
+                        log.info("channel ended (%s: %s); reconnecting", exc.code().name, exc.details())
+                        break
                     if msg is grpc.aio.EOF:
                         log.warning("collector closed the channel")
                         break

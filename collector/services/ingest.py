@@ -21,8 +21,10 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from agent.bundle import VerifiedBundle, verify_bundle
+from agent.errors import VerificationError
 from collector.auth import UploadIdentity, authorize_upload
 from collector.edge import Rejected, unary
+from collector.metrics import CollectorMetrics
 from collector.storage import BlobStore, BundleRecord, Store
 from collector.storage.errors import Conflict, NotFound
 from protos import collector_pb2, collector_pb2_grpc, facts_pb2
@@ -47,6 +49,8 @@ class IngestLimits:
     max_chunk_bytes: int = 1024 * 1024
     # fsync the staged bytes this often so a crash loses little of a long upload.
     sync_every_bytes: int = 16 * 1024 * 1024
+    # A stream that sends nothing for this long is dropped so its partial is free to resume.
+    idle_timeout_s: float = 120.0
 
 
 def _ts(micros: int) -> Any:
@@ -97,11 +101,19 @@ class IngestService(collector_pb2_grpc.IngestServicer):
         blobs: BlobStore,
         limits: IngestLimits | None = None,
         on_stored: OnStored | None = None,
+        metrics: CollectorMetrics | None = None,
     ) -> None:
         self._store = store
         self._blobs = blobs
         self._limits = limits or IngestLimits()
+        self._active: dict[str, asyncio.Task[Any]] = {}
+        self._committing: set[asyncio.Task[collector_pb2.Receipt]] = set()
         self._on_stored = on_stored
+        self._metrics = metrics
+
+    def _verification_failed(self, reason: str) -> None:
+        if self._metrics is not None:
+            self._metrics.verification_failed(reason)
 
     async def _existing(self, bundle_id: str, sha256: str) -> BundleRecord | None:
         try:
@@ -173,10 +185,14 @@ class IngestService(collector_pb2_grpc.IngestServicer):
         if existing is not None:
             return receipt_for(existing)  # idempotent: same id, same bytes, same receipt
 
-        try:
-            staged = await asyncio.to_thread(self._blobs.open_upload, header.bundle_id, header.size, header.sha256)
-        except Conflict as exc:
-            raise Rejected(grpc.StatusCode.ABORTED, f"bundle {header.bundle_id}: {exc}") from None
+        staged = await self._take_staging(header)
+        this = asyncio.current_task()
+        if this is not None:
+            self._active[header.bundle_id] = this
+        resumed_at = staged.offset
+        handed_over = False
+        if self._metrics is not None:
+            self._metrics.uploads_in_flight.inc()
         try:
             if header.offset != staged.offset:
                 raise Rejected(
@@ -187,16 +203,76 @@ class IngestService(collector_pb2_grpc.IngestServicer):
             await self._receive(request_iterator, staged, header)
             if staged.sha256_hex() != header.sha256:
                 actual = staged.sha256_hex()
+                self._verification_failed("sha256-mismatch")
                 await asyncio.to_thread(staged.abort)
                 raise Rejected(
                     grpc.StatusCode.DATA_LOSS,
                     f"bundle {header.bundle_id}: received bytes hash to {actual[:16]}…, header "
                     f"says {header.sha256[:16]}…; the partial was discarded, upload again",
                 )
-            return await self._commit(staged, header, identity)
+            # Every byte is here and hashes right: from now on the client leaving must not
+            # stop the commit half-way (a blob without its row, a partial already gone).
+            # The commit runs as its own task that owns the partial; the agent finds the
+            # bundle stored when it asks again.
+            committer = asyncio.create_task(self._commit_and_close(staged, header, identity))
+            handed_over = True
+            self._committing.add(committer)
+            committer.add_done_callback(self._committing.discard)
+            return await asyncio.shield(committer)
         finally:
             # Runs on cancellation too: whatever arrived becomes the durable resume point.
+            if not handed_over:
+                staged.close()
+            if self._active.get(header.bundle_id) is this:
+                del self._active[header.bundle_id]
+            if self._metrics is not None:
+                self._metrics.uploads_in_flight.dec()
+                self._metrics.ingested_bytes.inc(max(0, staged.offset - resumed_at))
+
+    async def _take_staging(self, header: collector_pb2.UploadHeader) -> Any:
+        """The staged partial for this bundle, taking it over from a stream that went quiet.
+
+        An agent resumes only after it lost its previous stream, so a stream this process
+        still holds for the same bundle is a dead connection not noticed yet (a NAT or
+        proxy dropped it without a reset): the newest stream wins. A partial held by
+        another process stays theirs (ABORTED: try again).
+        """
+        bundle_id = header.bundle_id
+        for attempt in range(2):
+            try:
+                return await self._open_upload(header)
+            except Conflict as exc:
+                previous = self._active.get(bundle_id)
+                if attempt or previous is None or previous.done():
+                    raise Rejected(grpc.StatusCode.ABORTED, f"bundle {bundle_id}: {exc}") from None
+                log.info("bundle %s: a new stream takes over from one that went quiet", bundle_id)
+                previous.cancel()
+                await asyncio.wait({previous}, timeout=10)
+        raise AssertionError("unreachable")
+
+    async def _commit_and_close(
+        self, staged: Any, header: collector_pb2.UploadHeader, identity: UploadIdentity
+    ) -> collector_pb2.Receipt:
+        try:
+            return await self._commit(staged, header, identity)
+        finally:
             staged.close()
+
+    async def _open_upload(self, header: collector_pb2.UploadHeader) -> Any:
+        """open_upload in a thread, without leaking its lock if this stream is cancelled
+        while the thread runs (the thread finishes anyway: whatever it took is closed)."""
+        loop = asyncio.get_running_loop()
+        fut = loop.run_in_executor(None, self._blobs.open_upload, header.bundle_id, header.size, header.sha256)
+        try:
+            return await asyncio.shield(fut)
+        except asyncio.CancelledError:
+
+            def release(done: asyncio.Future[Any]) -> None:
+                if not done.cancelled() and done.exception() is None:
+                    done.result().close()
+
+            fut.add_done_callback(release)
+            raise
 
     async def _receive(
         self,
@@ -206,8 +282,19 @@ class IngestService(collector_pb2_grpc.IngestServicer):
     ) -> None:
         limits = self._limits
         unsynced = 0
+        stream = aiter(request_iterator)
         try:
-            async for msg in request_iterator:
+            while True:
+                try:
+                    msg = await asyncio.wait_for(anext(stream), limits.idle_timeout_s)
+                except StopAsyncIteration:
+                    break
+                except TimeoutError:
+                    raise Rejected(
+                        grpc.StatusCode.DEADLINE_EXCEEDED,
+                        f"bundle {header.bundle_id}: no data for {limits.idle_timeout_s:g} s at byte "
+                        f"{staged.offset}; resume from there",
+                    ) from None
                 if msg.WhichOneof("part") != "data":
                     raise Rejected(
                         grpc.StatusCode.INVALID_ARGUMENT,
@@ -249,7 +336,8 @@ class IngestService(collector_pb2_grpc.IngestServicer):
             vb: VerifiedBundle = await asyncio.to_thread(
                 verify_bundle, staged.path, expected_key=identity.public_key, keep=("facts.pb",)
             )
-        except Exception:
+        except Exception as exc:
+            self._verification_failed(exc.reason if isinstance(exc, VerificationError) else "unreadable")
             await asyncio.to_thread(staged.abort)
             raise
         manifest = vb.manifest
@@ -268,6 +356,7 @@ class IngestService(collector_pb2_grpc.IngestServicer):
         except DecodeError as exc:
             problems.append(f"member facts.pb does not parse as a Snapshot: {exc}")
         if problems:
+            self._verification_failed("manifest-mismatch")
             await asyncio.to_thread(staged.abort)
             raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, f"bundle {bundle_id} rejected: " + "; ".join(problems))
 
@@ -300,6 +389,8 @@ class IngestService(collector_pb2_grpc.IngestServicer):
             facts_pb=vb.kept.get("facts.pb", b""),
             manifest_json=vb.manifest_bytes.decode("utf-8"),
         )
+        if inserted and self._metrics is not None:
+            self._metrics.ingested_bundles.inc()
         log.info(
             "bundle %s from %s (%s) %s: %d bytes",
             bundle_id,

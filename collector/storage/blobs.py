@@ -13,6 +13,11 @@ visible only by ``os.replace`` of a complete, verified, fsync'd file.
 
 One upload per bundle id at a time: an in-process lock per id plus ``flock``
 on the ``.part`` (for other processes on the same folder).
+
+``BlobBackend`` is what the services rely on. Staging is always this local folder
+(the ingest service verifies the bundle from ``StagedUpload.path``); backends differ
+only in where ``commit`` publishes the verified file (``_publish``) and where reads
+come from — ``S3BlobStore`` in ``collector.storage.s3`` is the other one.
 """
 
 from __future__ import annotations
@@ -27,11 +32,11 @@ import time
 from datetime import timedelta
 from pathlib import Path
 from types import TracebackType
-from typing import BinaryIO
+from typing import BinaryIO, Protocol, runtime_checkable
 
 from collector.storage.errors import Conflict, InvalidArgument, NotFound, StoreError
 
-__all__ = ["DEFAULT_SYNC_EVERY", "BlobStore", "StagedUpload"]
+__all__ = ["DEFAULT_SYNC_EVERY", "BlobBackend", "BlobStore", "StagedUpload"]
 
 DEFAULT_SYNC_EVERY = 8 * 1024 * 1024
 _BUNDLE_ID_RE = re.compile(r"[0-9a-f]{32}")
@@ -182,15 +187,7 @@ class StagedUpload:
                 f"the header said {self.sha256}"
             )
         os.fsync(fd)
-        dest = self._store.blob_path(self.sha256)
-        _makedirs(dest.parent)
-        if dest.exists() and dest.stat().st_size == self.size:
-            # Same name means same content: blobs only appear here complete.
-            self.path.unlink()
-        else:
-            os.chmod(self.path, 0o600)
-            os.replace(self.path, dest)
-            _fsync_dir(dest.parent)
+        self._store._publish(self.path, self.sha256, self.size)
         _fsync_dir(self.path.parent)
         self._sidecar.unlink(missing_ok=True)
         self._state = "committed"
@@ -229,6 +226,35 @@ class StagedUpload:
         self.close()
 
 
+@runtime_checkable
+class BlobBackend(Protocol):
+    """Where bundle files live, named by SHA-256, with resumable upload staging."""
+
+    def open_upload(self, bundle_id: str, size: int, sha256: str) -> StagedUpload:
+        """Start or resume staging; raises Conflict while another upload holds the id."""
+        ...
+
+    def durable_offset(self, bundle_id: str, size: int, sha256: str) -> int: ...
+
+    def staged_offset(self, bundle_id: str, size: int, sha256: str) -> int: ...
+
+    def exists(self, key: str) -> bool: ...
+
+    def open_blob(self, key: str) -> BinaryIO:
+        """A stream of the committed blob's bytes; raises NotFound."""
+        ...
+
+    def blob_path(self, key: str) -> Path:
+        """A local file holding the blob's bytes (a remote backend fetches a cached copy)."""
+        ...
+
+    def stale_uploads(self, older_than: timedelta, *, remove: bool = False) -> list[str]: ...
+
+    def describe(self) -> str:
+        """Where blobs go, for logs (no credentials)."""
+        ...
+
+
 class BlobStore:
     """Bundle files on local disk, named by their SHA-256."""
 
@@ -254,6 +280,21 @@ class BlobStore:
     def sidecar_path(self, bundle_id: str) -> Path:
         _check_bundle_id(bundle_id)
         return self._staging / f"{bundle_id}.json"
+
+    def describe(self) -> str:
+        return f"folder {self._blobs}"
+
+    def _publish(self, part: Path, key: str, size: int) -> None:
+        """Make the verified, fsync'd ``part`` the blob ``key``; ``part`` is gone afterwards."""
+        dest = self.blob_path(key)
+        _makedirs(dest.parent)
+        if dest.exists() and dest.stat().st_size == size:
+            # Same name means same content: blobs only appear here complete.
+            part.unlink()
+        else:
+            os.chmod(part, 0o600)
+            os.replace(part, dest)
+            _fsync_dir(dest.parent)
 
     def exists(self, key: str) -> bool:
         return self.blob_path(key).is_file()

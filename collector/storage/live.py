@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, Column, Connection, Index, Integer, MetaData, Row, String, Table, Text, select
+from sqlalchemy import BigInteger, Column, Connection, Index, Integer, MetaData, Row, String, Table, Text, select, text
 
 from collector.storage.agents import _agent
 from collector.storage.base import StoreBase
@@ -25,13 +25,21 @@ from collector.storage.schema import AgentRecord, agents, from_micros, to_micros
 
 __all__ = [
     "FINAL_STATES",
+    "LIVE_CHANNEL",
     "LIVE_STATES",
+    "ChannelHolder",
     "LiveMethods",
     "LiveRequestRecord",
+    "agent_channels",
+    "create_channel_tables",
     "create_live_tables",
     "live_metadata",
     "live_requests",
+    "replica_metadata",
 ]
+
+# The PostgreSQL NOTIFY channel of live requests; the payload is the request id.
+LIVE_CHANNEL = "casefile_live"
 
 LIVE_STATES = (
     "queued",
@@ -77,6 +85,44 @@ live_requests = Table(
 def create_live_tables(conn: Connection) -> None:
     """Migration step 2."""
     live_metadata.create_all(conn)
+
+
+# Its own MetaData: step 2 runs ``live_metadata.create_all`` and must keep creating
+# exactly what it did, so this table belongs to step 3 alone.
+replica_metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+# Which collector replica holds each agent's Channel stream. A row is live while its
+# replica keeps ``heartbeat_at`` fresh; a replica that died leaves rows that go stale
+# and are taken over by the next replica the agent reaches.
+agent_channels = Table(
+    "agent_channels",
+    replica_metadata,
+    Column("agent_id", String(32), primary_key=True),
+    Column("replica_id", String(128), nullable=False),
+    Column("peer", Text, nullable=False),
+    Column("connected_at", BigInteger, nullable=False),
+    Column("heartbeat_at", BigInteger, nullable=False),
+    Index(None, "replica_id"),
+)
+
+
+def create_channel_tables(conn: Connection) -> None:
+    """Migration step 3."""
+    replica_metadata.create_all(conn)
+
+
+@dataclass(frozen=True)
+class ChannelHolder:
+    agent_id: str
+    replica_id: str
+    peer: str
+    connected_at_us: int
+    heartbeat_at_us: int
 
 
 @dataclass(frozen=True)
@@ -161,6 +207,7 @@ class LiveMethods(StoreBase):
         }
         with self._write() as conn:
             row = conn.execute(live_requests.insert().values(values).returning(*live_requests.c)).one()
+            self._notify_live(conn, row._mapping["request_id"])
         return _rec(row)
 
     def get_live_request(self, request_id: str) -> LiveRequestRecord:
@@ -187,6 +234,8 @@ class LiveMethods(StoreBase):
                 .values(values)
                 .returning(*live_requests.c)
             ).first()
+            if row is not None:
+                self._notify_live(conn, request_id)
         return None if row is None else _rec(row)
 
     def queued_live_requests(self, agent_id: str) -> list[LiveRequestRecord]:
@@ -202,3 +251,97 @@ class LiveMethods(StoreBase):
         query = select(agents).where(c.hostname == hostname).order_by(c.last_seen_at.desc().nulls_last(), c.id)
         with self._read() as conn:
             return [_agent(r) for r in conn.execute(query)]
+
+    # -- replicas (PostgreSQL) ---------------------------------------------------
+
+    def _notify_live(self, conn: Connection, request_id: str) -> None:
+        # In the writing transaction: PostgreSQL delivers it only on commit, so a
+        # listener that reads the row after the notification always sees the change.
+        if self._pg:
+            conn.execute(text("SELECT pg_notify(:ch, :rid)"), {"ch": LIVE_CHANNEL, "rid": request_id})
+
+    def claim_live_request(self, request_id: str, detail: str) -> LiveRequestRecord | None:
+        """``queued`` → ``delivered``; exactly one caller gets the record, the rest ``None``."""
+        c = live_requests.c
+        with self._write() as conn:
+            row = conn.execute(
+                live_requests.update()
+                .where(c.request_id == request_id, c.state == "queued")
+                .values(state="delivered", detail=detail[:2000], updated_at=self._now())
+                .returning(*live_requests.c)
+            ).first()
+            if row is not None:
+                self._notify_live(conn, request_id)
+        return None if row is None else _rec(row)
+
+    def live_requests_by_id(self, request_ids: list[str]) -> list[LiveRequestRecord]:
+        if not request_ids:
+            return []
+        with self._read() as conn:
+            rows = conn.execute(select(live_requests).where(live_requests.c.request_id.in_(request_ids)))
+            return [_rec(r) for r in rows]
+
+    def queued_live_requests_for_replica(self, replica_id: str) -> list[LiveRequestRecord]:
+        """Queued requests of the agents whose channel this replica holds, oldest first."""
+        c, h = live_requests.c, agent_channels.c
+        held = select(h.agent_id).where(h.replica_id == replica_id)
+        query = select(live_requests).where(c.state == "queued", c.agent_id.in_(held)).order_by(c.created_at)
+        with self._read() as conn:
+            return [_rec(r) for r in conn.execute(query)]
+
+    def claim_channel(self, agent_id: str, replica_id: str, peer: str, stale_before_us: int) -> ChannelHolder | None:
+        """Record that ``replica_id`` holds the agent's stream.
+
+        ``None`` on success; the current holder when another replica holds it with a
+        heartbeat at or after ``stale_before_us`` (the row is then left alone).
+        """
+        now = self._now()
+        ins = self._insert(agent_channels).values(
+            agent_id=agent_id, replica_id=replica_id, peer=peer, connected_at=now, heartbeat_at=now
+        )
+        h = agent_channels.c
+        stmt = ins.on_conflict_do_update(
+            index_elements=[h.agent_id],
+            set_={
+                "replica_id": ins.excluded.replica_id,
+                "peer": ins.excluded.peer,
+                "connected_at": ins.excluded.connected_at,
+                "heartbeat_at": ins.excluded.heartbeat_at,
+            },
+            where=(h.heartbeat_at < stale_before_us) | (h.replica_id == replica_id),
+        ).returning(h.agent_id)
+        with self._write() as conn:
+            if conn.execute(stmt).first() is not None:
+                return None
+            row = conn.execute(select(agent_channels).where(h.agent_id == agent_id)).one()
+        m = row._mapping
+        return ChannelHolder(m["agent_id"], m["replica_id"], m["peer"], m["connected_at"], m["heartbeat_at"])
+
+    def release_channel(self, agent_id: str, replica_id: str) -> None:
+        h = agent_channels.c
+        with self._write() as conn:
+            conn.execute(agent_channels.delete().where(h.agent_id == agent_id, h.replica_id == replica_id))
+
+    def release_replica_channels(self, replica_id: str) -> int:
+        with self._write() as conn:
+            return conn.execute(agent_channels.delete().where(agent_channels.c.replica_id == replica_id)).rowcount
+
+    def heartbeat_channels(self, replica_id: str) -> int:
+        """Refresh every row this replica holds; returns how many."""
+        h = agent_channels.c
+        with self._write() as conn:
+            stmt = agent_channels.update().where(h.replica_id == replica_id).values(heartbeat_at=self._now())
+            done = conn.execute(stmt)
+        return done.rowcount
+
+    def channel_holder(self, agent_id: str, fresh_after_us: int) -> ChannelHolder | None:
+        """The replica holding the agent's stream, if its heartbeat is fresh."""
+        h = agent_channels.c
+        with self._read() as conn:
+            row = conn.execute(
+                select(agent_channels).where(h.agent_id == agent_id, h.heartbeat_at >= fresh_after_us)
+            ).first()
+        if row is None:
+            return None
+        m = row._mapping
+        return ChannelHolder(m["agent_id"], m["replica_id"], m["peer"], m["connected_at"], m["heartbeat_at"])

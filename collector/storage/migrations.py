@@ -65,9 +65,16 @@ def _live_requests(conn: Connection) -> None:
     create_live_tables(conn)
 
 
+def _agent_channels(conn: Connection) -> None:
+    from collector.storage.live import create_channel_tables
+
+    create_channel_tables(conn)
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial schema", _initial_schema),
     Migration(2, "live snapshot requests", _live_requests),
+    Migration(3, "agent channels held by collector replicas", _agent_channels),
 )
 LATEST_VERSION = MIGRATIONS[-1].version
 

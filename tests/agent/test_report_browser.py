@@ -53,7 +53,6 @@ def _run(browser: str, profile: Path, *args: str) -> subprocess.CompletedProcess
     )
 
 
-@pytest.mark.slow
 def test_report_renders_in_headless_chromium(tmp_path: Path) -> None:
     browser = _chromium()
     s = healthy_snapshot()

@@ -1,4 +1,9 @@
-"""The blob store: staged, resumable uploads committed into a content-addressed folder."""
+"""The blob backends: staged, resumable uploads committed into a content-addressed store.
+
+Every test runs against the folder backend and against S3 (a moto server started on
+127.0.0.1 for the session). The S3 cases are marked ``s3``: they skip with the reason
+when boto3/moto are missing, and fail instead when ``CASEFILE_REQUIRE_S3=1`` (CI).
+"""
 
 from __future__ import annotations
 
@@ -9,16 +14,78 @@ import secrets
 import stat
 import subprocess
 import sys
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 import collector
-from collector.storage import BlobStore, Conflict, NotFound, StagedUpload
+from collector.storage import BlobStore, Conflict, NotFound, S3BlobStore, S3Location, StagedUpload
 
 # The checkout that holds the package under test, for the child process.
 REPO = Path(collector.__file__).resolve().parents[1]
+
+
+MakeStore = Callable[..., BlobStore]
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    """A moto S3 server on 127.0.0.1 (any free port) for the whole session."""
+    try:
+        import boto3  # noqa: F401
+        from moto.server import ThreadedMotoServer
+    except ImportError as exc:
+        reason = f"S3 tests need boto3 and moto[server] (pip install -e '.[dev]'): {exc}"
+        if os.environ.get("CASEFILE_REQUIRE_S3") == "1":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def s3_bucket(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> S3Location:
+    """A fresh bucket; credentials and endpoint through the standard AWS environment."""
+    import boto3
+
+    for name, value in {
+        "AWS_ACCESS_KEY_ID": "casefile-test",
+        "AWS_SECRET_ACCESS_KEY": "casefile-test",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL": s3_endpoint,
+        "AWS_CONFIG_FILE": os.devnull,
+        "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
+    }.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    bucket = f"casefile-test-{secrets.token_hex(6)}"
+    boto3.session.Session().client("s3").create_bucket(Bucket=bucket)
+    return S3Location(bucket=bucket, prefix="tenant-a/blobs-test")
+
+
+@pytest.fixture(params=["folder", pytest.param("s3", marks=pytest.mark.s3)])
+def blob_backend(request: pytest.FixtureRequest) -> MakeStore:
+    """Makes a store on a staging root: ``blob_backend(root, sync_every=...)``."""
+    if request.param == "folder":
+        return BlobStore
+    location: S3Location = request.getfixturevalue("s3_bucket")
+
+    def make(root: Path, **kw: Any) -> BlobStore:
+        return S3BlobStore.connect(root, location, **kw)
+
+    return make
+
+
+def is_folder(store: BlobStore) -> bool:
+    return type(store) is BlobStore
 
 
 def blob(n: int = 300_000) -> tuple[bytes, str]:
@@ -35,8 +102,8 @@ def mode(path: Path) -> int:
     return stat.S_IMODE(path.stat().st_mode)
 
 
-def test_upload_in_pieces_resume_and_commit(tmp_path: Path) -> None:
-    store = BlobStore(tmp_path)
+def test_upload_in_pieces_resume_and_commit(tmp_path: Path, blob_backend: MakeStore) -> None:
+    store = blob_backend(tmp_path)
     data, sha = blob()
     bid = secrets.token_hex(16)
     with store.open_upload(bid, len(data), sha) as up:
@@ -54,9 +121,15 @@ def test_upload_in_pieces_resume_and_commit(tmp_path: Path) -> None:
         key = up.commit()
     assert key == sha and store.exists(sha)
     path = store.blob_path(sha)
-    assert path == tmp_path / "blobs" / sha[:2] / sha[2:4] / sha
+    if is_folder(store):
+        assert path == tmp_path / "blobs" / sha[:2] / sha[2:4] / sha
+    else:
+        assert isinstance(store, S3BlobStore)
+        assert store.location.key_for(sha) == f"tenant-a/blobs-test/blobs/{sha[:2]}/{sha}"
+    assert path.read_bytes() == data
     with store.open_blob(sha) as fh:
-        assert fh.read() == data
+        assert fh.read(1000) == data[:1000]
+        assert fh.read() == data[1000:]
     assert mode(path) == 0o600 and mode(path.parent) == 0o700 and mode(tmp_path) == 0o700
     assert list((tmp_path / "staging").iterdir()) == []
 
@@ -76,8 +149,8 @@ os._exit(9)  # die holding the lock, with no close() and no sync
 """
 
 
-def test_crash_without_sync_truncates_to_the_durable_offset(tmp_path: Path) -> None:
-    store = BlobStore(tmp_path / "store")
+def test_crash_without_sync_truncates_to_the_durable_offset(tmp_path: Path, blob_backend: MakeStore) -> None:
+    store = blob_backend(tmp_path / "store")
     data, sha = blob()
     bid = secrets.token_hex(16)
     source = tmp_path / "source.bin"
@@ -97,8 +170,8 @@ def test_crash_without_sync_truncates_to_the_durable_offset(tmp_path: Path) -> N
     assert store.blob_path(sha).read_bytes() == data
 
 
-def test_close_records_what_was_received(tmp_path: Path) -> None:
-    store = BlobStore(tmp_path)
+def test_close_records_what_was_received(tmp_path: Path, blob_backend: MakeStore) -> None:
+    store = blob_backend(tmp_path)
     data, sha = blob()
     bid = secrets.token_hex(16)
     with store.open_upload(bid, len(data), sha) as up:
@@ -107,8 +180,8 @@ def test_close_records_what_was_received(tmp_path: Path) -> None:
         assert up.offset == 77_777
 
 
-def test_sync_every_n_bytes(tmp_path: Path) -> None:
-    store = BlobStore(tmp_path, sync_every=100_000)
+def test_sync_every_n_bytes(tmp_path: Path, blob_backend: MakeStore) -> None:
+    store = blob_backend(tmp_path, sync_every=100_000)
     data, sha = blob()
     bid = secrets.token_hex(16)
     with store.open_upload(bid, len(data), sha) as up:
@@ -118,8 +191,8 @@ def test_sync_every_n_bytes(tmp_path: Path) -> None:
         assert sidecar == {"size": len(data), "sha256": sha, "offset": 100_000}
 
 
-def test_other_size_or_hash_starts_over(tmp_path: Path) -> None:
-    store = BlobStore(tmp_path)
+def test_other_size_or_hash_starts_over(tmp_path: Path, blob_backend: MakeStore) -> None:
+    store = blob_backend(tmp_path)
     data, sha = blob()
     other, other_sha = blob(len(data))
     bid = secrets.token_hex(16)
@@ -135,8 +208,8 @@ def test_other_size_or_hash_starts_over(tmp_path: Path) -> None:
         assert up.offset == 0
 
 
-def test_refuses_overflow_bad_hash_and_short_commit(tmp_path: Path) -> None:
-    store = BlobStore(tmp_path)
+def test_refuses_overflow_bad_hash_and_short_commit(tmp_path: Path, blob_backend: MakeStore) -> None:
+    store = blob_backend(tmp_path)
     data, sha = blob(1000)
     with store.open_upload(secrets.token_hex(16), len(data), sha) as up:
         with pytest.raises(ValueError, match="exceed the declared size"):
@@ -154,8 +227,8 @@ def test_refuses_overflow_bad_hash_and_short_commit(tmp_path: Path) -> None:
         assert not up.path.exists()
 
 
-def test_existing_blob_drops_the_partial(tmp_path: Path) -> None:
-    store = BlobStore(tmp_path)
+def test_existing_blob_drops_the_partial(tmp_path: Path, blob_backend: MakeStore) -> None:
+    store = blob_backend(tmp_path)
     data, sha = blob()
     for _ in range(2):
         bid = secrets.token_hex(16)
@@ -169,15 +242,15 @@ def test_existing_blob_drops_the_partial(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     "bad", ["../../etc/passwd", "A" * 32, "0" * 31, "0" * 33, "", "0" * 31 + "/"]
 )
-def test_bad_bundle_ids_are_rejected(tmp_path: Path, bad: str) -> None:
-    store = BlobStore(tmp_path)
+def test_bad_bundle_ids_are_rejected(tmp_path: Path, blob_backend: MakeStore, bad: str) -> None:
+    store = blob_backend(tmp_path)
     _, sha = blob(10)
     with pytest.raises(ValueError, match="bundle id"):
         store.open_upload(bad, 10, sha)
 
 
-def test_bad_blob_keys_are_rejected(tmp_path: Path) -> None:
-    store = BlobStore(tmp_path)
+def test_bad_blob_keys_are_rejected(tmp_path: Path, blob_backend: MakeStore) -> None:
+    store = blob_backend(tmp_path)
     with pytest.raises(ValueError, match="blob key"):
         store.open_blob("../x")
     with pytest.raises(NotFound):
@@ -185,8 +258,8 @@ def test_bad_blob_keys_are_rejected(tmp_path: Path) -> None:
     assert not store.exists("0" * 64)
 
 
-def test_concurrent_open_conflicts(tmp_path: Path) -> None:
-    store = BlobStore(tmp_path)
+def test_concurrent_open_conflicts(tmp_path: Path, blob_backend: MakeStore) -> None:
+    store = blob_backend(tmp_path)
     data, sha = blob(10)
     bid = secrets.token_hex(16)
     with store.open_upload(bid, len(data), sha):
@@ -194,13 +267,13 @@ def test_concurrent_open_conflicts(tmp_path: Path) -> None:
             store.open_upload(bid, len(data), sha)
         # A second store on the same folder (as another process would be) meets the flock.
         with pytest.raises(Conflict, match="already in progress"):
-            BlobStore(tmp_path).open_upload(bid, len(data), sha)
+            blob_backend(tmp_path).open_upload(bid, len(data), sha)
     with store.open_upload(bid, len(data), sha) as up:
         assert up.offset == 0
 
 
-def test_stale_uploads(tmp_path: Path) -> None:
-    store = BlobStore(tmp_path)
+def test_stale_uploads(tmp_path: Path, blob_backend: MakeStore) -> None:
+    store = blob_backend(tmp_path)
     data, sha = blob(100)
     old, busy = secrets.token_hex(16), secrets.token_hex(16)
     with store.open_upload(old, len(data), sha) as up:

@@ -1,0 +1,261 @@
+"""Routing live snapshot requests between collector replicas through PostgreSQL.
+
+Same interface as :class:`collector.live.LiveRouter`; the services do not know which one
+they hold. What changes when several replicas share one database:
+
+- **Who holds which agent.** ``agent_channels`` maps agent id → replica id. A replica
+  claims the row when an agent's stream is accepted (refused with ALREADY_EXISTS while
+  another live replica holds it), refreshes ``heartbeat_at`` for all its rows every
+  ``heartbeat_s``, and deletes the row when the stream ends. A replica that died stops
+  refreshing; after ``stale_s`` its rows count as gone and the next replica takes over.
+- **Requests.** Creating or advancing a request writes the row and
+  ``NOTIFY casefile_live, '<request id>'`` in one transaction (``collector.storage.live``).
+  Every replica LISTENs on a dedicated psycopg connection. On a notification it re-reads
+  the row: if the request is ``queued`` for an agent whose stream it holds, it claims
+  it (``UPDATE … WHERE state='queued' RETURNING``: exactly one replica wins) and pushes
+  it down the stream; if an engineer on this replica watches the request, the new
+  state goes to that engineer's stream.
+- **Catch-up.** Notifications are lost when the LISTEN connection drops (PostgreSQL
+  restart, network). Every ``scan_s`` each replica also claims queued requests of its
+  agents and re-reads the requests its engineers watch, so a missed notification
+  costs at most one scan interval, never the request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import time
+from typing import Any
+
+import grpc
+import psycopg
+from psycopg import sql
+from sqlalchemy import make_url
+
+from collector.edge import Rejected
+from collector.live import LiveRouter, Session, event_of
+from collector.storage import LiveRequestRecord, Store
+from collector.storage.live import LIVE_CHANNEL
+
+__all__ = ["PgLiveRouter", "default_replica_id", "libpq_dsn", "make_router"]
+
+log = logging.getLogger("casefile.collector.live_pg")
+
+
+def default_replica_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+def libpq_dsn(db_url: str) -> str:
+    """A SQLAlchemy ``postgresql+psycopg://`` URL as a plain libpq connection string."""
+    return make_url(db_url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+def make_router(store: Store, db_url: str, replica_id: str | None = None) -> LiveRouter:
+    """The in-process router on SQLite; the replica-aware one on PostgreSQL."""
+    if store.engine.dialect.name == "postgresql":
+        return PgLiveRouter(store, libpq_dsn(db_url), replica_id or default_replica_id())
+    return LiveRouter(store)
+
+
+def _us(seconds_ago: float) -> int:
+    return int((time.time() - seconds_ago) * 1_000_000)
+
+
+class PgLiveRouter(LiveRouter):
+    """A :class:`LiveRouter` for one of several replicas sharing PostgreSQL."""
+
+    def __init__(
+        self,
+        store: Store,
+        dsn: str,
+        replica_id: str,
+        *,
+        heartbeat_s: float = 5.0,
+        stale_s: float = 15.0,
+        scan_s: float = 2.0,
+    ) -> None:
+        super().__init__(store)
+        self.replica_id = replica_id
+        self._dsn = dsn
+        self._heartbeat_s = heartbeat_s
+        self._stale_s = stale_s
+        self._scan_s = scan_s
+        self._tasks: list[asyncio.Task[None]] = []
+        # What each watched request last showed its engineers: the local advance and the
+        # notification of that same change must not produce two events.
+        self._shown: dict[str, tuple[int, str]] = {}
+        self.listening = asyncio.Event()  # set while the LISTEN connection is up
+
+    # -- lifecycle -----------------------------------------------------------------
+
+    async def start(self) -> None:
+        # Rows of an earlier process with the same --replica-id are not streams any more.
+        await asyncio.to_thread(self._store.release_replica_channels, self.replica_id)
+        self._tasks = [
+            asyncio.create_task(self._listen(), name="live-listen"),
+            asyncio.create_task(self._scan(), name="live-scan"),
+        ]
+
+    async def aclose(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._tasks = []
+        with contextlib.suppress(Exception):
+            await asyncio.to_thread(self._store.release_replica_channels, self.replica_id)
+
+    # -- streams -------------------------------------------------------------------
+
+    def register(self, agent_id: str, peer: str) -> Session:
+        session = super().register(agent_id, peer)
+        try:
+            # Synchronous on purpose: the refusal must come before the stream is accepted.
+            holder = self._store.claim_channel(agent_id, self.replica_id, peer, _us(self._stale_s))
+        except Exception:
+            super().unregister(session)
+            raise
+        if holder is not None:
+            super().unregister(session)
+            raise Rejected(
+                grpc.StatusCode.ALREADY_EXISTS,
+                f"agent {agent_id} already connected to replica {holder.replica_id} from {holder.peer} — "
+                "possibly a cloned machine (two hosts with one agent key); refusing this second stream",
+            )
+        return session
+
+    def unregister(self, session: Session) -> None:
+        mine = self._sessions.get(session.agent_id) is session
+        super().unregister(session)
+        if mine:
+            try:
+                self._store.release_channel(session.agent_id, self.replica_id)
+            except Exception:
+                # The heartbeat stops for it, so the row goes stale by itself.
+                log.warning("could not release the channel row of %s", session.agent_id, exc_info=True)
+
+    async def is_online(self, agent_id: str) -> bool:
+        if agent_id in self._sessions:
+            return True
+        holder = await asyncio.to_thread(self._store.channel_holder, agent_id, _us(self._stale_s))
+        return holder is not None
+
+    # -- requests ------------------------------------------------------------------
+
+    def _publish(self, rec: LiveRequestRecord) -> None:
+        watchers = self._watchers.get(rec.request_id)
+        if not watchers:
+            self._shown.pop(rec.request_id, None)
+            return
+        mark = (rec.updated_at_us, rec.state)
+        last = self._shown.get(rec.request_id)
+        if last is not None and (mark == last or mark[0] < last[0]):
+            return
+        self._shown[rec.request_id] = mark
+        event = event_of(rec)
+        for q in watchers:
+            q.put_nowait(event)
+
+    def unwatch(self, request_id: str, q: asyncio.Queue[Any]) -> None:
+        super().unwatch(request_id, q)
+        if request_id not in self._watchers:
+            self._shown.pop(request_id, None)
+
+    async def deliver(self, rec: LiveRequestRecord) -> bool:
+        """Push a request down a stream held here; a request for an agent held by
+        another replica is that replica's to claim (it got the NOTIFY of the insert)."""
+        session = self._sessions.get(rec.agent_id)
+        if session is None:
+            return False
+        claimed = await asyncio.to_thread(
+            self._store.claim_live_request, rec.request_id, f"sent to {session.peer} via {self.replica_id}"
+        )
+        if claimed is None:
+            return False  # another path (notification, scan, other replica) got it first
+        self._publish(claimed)
+        session.outbox.put_nowait(self._message(claimed))
+        return True
+
+    def _message(self, rec: LiveRequestRecord) -> Any:
+        from protos import collector_pb2
+
+        return collector_pb2.CollectorMessage(
+            snapshot_request=collector_pb2.SnapshotRequest(
+                request_id=rec.request_id,
+                scopes=list(rec.scopes),
+                since_seconds=rec.since_s,
+                requested_by=rec.requested_label or rec.requested_by,
+                reason=rec.reason,
+                expires_at_unix=rec.expires_at_us // 1_000_000,
+            )
+        )
+
+    async def _on_change(self, request_id: str) -> None:
+        interested = request_id in self._watchers
+        try:
+            rec = await asyncio.to_thread(self._store.get_live_request, request_id)
+        except Exception:
+            return
+        if rec.state == "queued" and rec.agent_id in self._sessions:
+            await self._deliver_or_expire(rec)
+        elif interested:
+            self._publish(rec)
+
+    async def _deliver_or_expire(self, rec: LiveRequestRecord) -> None:
+        if rec.expires_at_us <= _us(0):
+            await self.advance(rec.request_id, "expired", detail="expired before the agent reconnected")
+        else:
+            await self.deliver(rec)
+
+    # -- background ------------------------------------------------------------------
+
+    async def _listen(self) -> None:
+        failures = 0
+        while True:
+            try:
+                conn_ = await psycopg.AsyncConnection.connect(self._dsn, autocommit=True, connect_timeout=5)
+                async with conn_ as conn:
+                    await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(LIVE_CHANNEL)))
+                    self.listening.set()
+                    failures = 0
+                    log.info("replica %s listening on %s", self.replica_id, LIVE_CHANNEL)
+                    # Whatever was notified while we were not listening.
+                    await self._catch_up()
+                    async for note in conn.notifies():
+                        await self._on_change(note.payload)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                failures += 1
+                log.warning("LISTEN connection lost (%s); the scan covers the gap, reconnecting", exc)
+            finally:
+                self.listening.clear()
+            await asyncio.sleep(min(5.0, 0.1 * 2 ** min(failures, 6)))
+
+    async def _scan(self) -> None:
+        last_beat = 0.0
+        while True:
+            await asyncio.sleep(self._scan_s)
+            try:
+                if time.monotonic() - last_beat >= self._heartbeat_s:
+                    await asyncio.to_thread(self._store.heartbeat_channels, self.replica_id)
+                    last_beat = time.monotonic()
+                await self._catch_up()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("live catch-up scan failed (%s); retrying in %.0f s", exc, self._scan_s)
+
+    async def _catch_up(self) -> None:
+        for rec in await asyncio.to_thread(self._store.queued_live_requests_for_replica, self.replica_id):
+            if rec.agent_id in self._sessions:
+                await self._deliver_or_expire(rec)
+        watched = list(self._watchers)
+        for rec in await asyncio.to_thread(self._store.live_requests_by_id, watched):
+            self._publish(rec)
