@@ -39,10 +39,17 @@ typecheck: $(VENV)/.installed-dev
 protos: $(VENV)/.installed-dev
 	$(BIN)/python -m protos.generate
 
+# Each prints a row for benchmarks/README.md; long ones take minutes (not part of `make test`).
 bench: $(VENV)/.installed-dev
 	$(BIN)/python benchmarks/bench_collect.py
+	$(BIN)/python benchmarks/bench_fragmentation.py
+	$(BIN)/python benchmarks/bench_redact.py
+	$(BIN)/python benchmarks/bench_analysis.py
 	$(BIN)/python benchmarks/bench_ingest.py
 	$(BIN)/python benchmarks/bench_query.py --rows 100000
+	$(BIN)/python benchmarks/bench_live.py --agents 1000 --snapshots 30
+	$(BIN)/python benchmarks/bench_agent_idle.py --seconds 600
+	$(BIN)/python benchmarks/bench_channels.py --agents 10000
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info

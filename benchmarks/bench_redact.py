@@ -25,10 +25,13 @@ import statistics
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from google.protobuf import json_format
 
+from agent.analysis import BundleView, LogRecord, seal_outputs
+from agent.analysis.view import parse_log_line
 from agent.bundle import BundleMeta, BundleWriter, new_bundle_id
 from agent.collect import CollectionSpec, run_collection
 from agent.keys import SigningKey
@@ -89,6 +92,20 @@ def baseline_collect(key: SigningKey, out: Path) -> None:
             for a in result.artifacts:
                 with a.open() as src, w.open_member(a.path) as dst:
                     shutil.copyfileobj(src, dst, 1 << 20)
+            # The same analysis the real path seals (findings.json, report.html), so the
+            # difference measured is the privacy phase alone.
+            logs = [a for a in result.artifacts if a.path.startswith("logs/") and a.path.endswith(".jsonl")]
+
+            def records() -> Iterator[LogRecord]:
+                for a in logs:
+                    with a.open() as fh:
+                        for line in fh:
+                            rec = parse_log_line(line.decode("utf-8", "replace"))
+                            if rec is not None:
+                                yield rec
+
+            for name, data in seal_outputs(BundleView.from_snapshot(s, records if logs else ())).items():
+                w.add_bytes(name, data)
             w.finish(spec=result.spec_dict(), collectors=result.status_dicts(), truncated=result.truncated())
 
 
