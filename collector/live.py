@@ -29,6 +29,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from collector.edge import Rejected
 from collector.storage import AgentRecord, AuditRecord, BundleRecord, LiveRequestRecord, Store, TokenRecord
+from collector.timestamps import timestamp_us
 from protos import collector_pb2
 
 __all__ = [
@@ -210,16 +211,10 @@ class LiveRouter:
         await self.advance(request_id, "done", detail=f"bundle {bundle.bundle_id} stored", bundle_id=bundle.bundle_id)
 
 
-def _ts(micros: int) -> Timestamp:
-    t = Timestamp()
-    t.FromMicroseconds(micros)
-    return t
-
-
 def audit_entry(rec: AuditRecord) -> collector_pb2.AuditEntry:
     return collector_pb2.AuditEntry(
         id=rec.id,
-        at=_ts(rec.at_us),
+        at=timestamp_us(rec.at_us),
         actor=rec.actor,
         actor_label=rec.actor_label,
         role=rec.role,
@@ -312,7 +307,7 @@ async def request_snapshot(
                 state="queued",
                 detail=f"agent offline since {_when(agent.last_seen_at_us)}; queued until {_when(rec.expires_at_us)}",
                 agent_id=agent.id,
-                at=_ts(rec.updated_at_us),
+                at=timestamp_us(rec.updated_at_us),
             )
         deadline = time.monotonic() + (spec.wait_s if not online else 0) + timeout
         while True:

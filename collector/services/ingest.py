@@ -27,6 +27,7 @@ from collector.edge import Rejected, unary
 from collector.metrics import CollectorMetrics
 from collector.storage import BlobStore, BundleRecord, Store
 from collector.storage.errors import Conflict, NotFound
+from collector.timestamps import timestamp_us
 from protos import collector_pb2, collector_pb2_grpc, facts_pb2
 
 __all__ = ["IngestLimits", "IngestService", "OnStored", "receipt_for"]
@@ -53,14 +54,6 @@ class IngestLimits:
     idle_timeout_s: float = 120.0
 
 
-def _ts(micros: int) -> Any:
-    from google.protobuf.timestamp_pb2 import Timestamp
-
-    t = Timestamp()
-    t.FromMicroseconds(micros)
-    return t
-
-
 def receipt_for(rec: BundleRecord) -> collector_pb2.Receipt:
     return collector_pb2.Receipt(
         bundle_id=rec.bundle_id,
@@ -69,7 +62,7 @@ def receipt_for(rec: BundleRecord) -> collector_pb2.Receipt:
         agent_id=rec.agent_id,
         hostname=rec.hostname,
         case_id=rec.case_id or "",
-        received_at=_ts(rec.received_at_us),
+        received_at=timestamp_us(rec.received_at_us),
         key_fingerprint=rec.key_fingerprint,
     )
 

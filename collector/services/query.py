@@ -20,6 +20,7 @@ from collector.auth import EngineerAuth
 from collector.edge import Rejected, server_stream, unary
 from collector.live import LiveRouter, audit_entry, request_snapshot
 from collector.storage import BlobStore, BundleRecord, HostRecord, Store
+from collector.timestamps import timestamp_us
 from protos import collector_pb2, collector_pb2_grpc, facts_pb2
 
 __all__ = ["QueryService", "summary_of"]
@@ -30,12 +31,6 @@ __all__ = ["QueryService", "summary_of"]
 _DOWNLOAD_CHUNK = 256 * 1024
 
 
-def _ts(micros: int) -> Timestamp:
-    t = Timestamp()
-    t.FromMicroseconds(micros)
-    return t
-
-
 def summary_of(rec: BundleRecord) -> collector_pb2.BundleSummary:
     return collector_pb2.BundleSummary(
         bundle_id=rec.bundle_id,
@@ -43,8 +38,8 @@ def summary_of(rec: BundleRecord) -> collector_pb2.BundleSummary:
         hostname=rec.hostname,
         case_id=rec.case_id or "",
         kind=rec.kind,
-        created_at=_ts(rec.created_at_us),
-        received_at=_ts(rec.received_at_us),
+        created_at=timestamp_us(rec.created_at_us),
+        received_at=timestamp_us(rec.received_at_us),
         size=rec.size,
         sha256=rec.sha256,
         key_fingerprint=rec.key_fingerprint,
@@ -59,8 +54,8 @@ def _host(rec: HostRecord) -> collector_pb2.Host:
     return collector_pb2.Host(
         hostname=rec.hostname,
         agent_ids=list(rec.agent_ids),
-        first_seen=_ts(rec.first_seen_us),
-        last_seen=_ts(rec.last_seen_us),
+        first_seen=timestamp_us(rec.first_seen_us),
+        last_seen=timestamp_us(rec.last_seen_us),
         bundle_count=rec.bundle_count,
         last_bundle_id=rec.last_bundle_id,
         os=rec.os,
