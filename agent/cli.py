@@ -50,9 +50,20 @@ CaFileOpt = Annotated[Path | None, typer.Option("--ca-file", help="Trust this CA
 InsecureOpt = Annotated[bool, typer.Option("--insecure", help="Plaintext gRPC (loopback collectors only).")]
 
 
-def _channel(address: str, ca_fingerprint: str | None, ca_file: Path | None, insecure: bool) -> Any:
+def _channel(
+    address: str,
+    ca_fingerprint: str | None,
+    ca_file: Path | None,
+    insecure: bool,
+    home: AgentHome | None = None,
+) -> Any:
+    """A channel to ``address``; with no trust given, the pin stored at enrollment for it."""
     from agent.transport import open_channel, parse_address
 
+    if home is not None and ca_fingerprint is None and ca_file is None:
+        enrollment = home.enrollment()
+        if enrollment is not None and enrollment.collector == address:
+            ca_fingerprint = enrollment.ca_fingerprint
     return open_channel(
         parse_address(address),
         ca_fingerprint=ca_fingerprint,
@@ -78,8 +89,6 @@ def _upload(
         address = enrollment.collector
     if address is None:
         raise typer.BadParameter("no collector: pass --upload HOST:PORT (or enroll this agent first)")
-    if ca_fingerprint is None and ca_file is None and enrollment is not None and enrollment.collector == address:
-        ca_fingerprint = enrollment.ca_fingerprint
     key = home.key()
     if token:
         target = UploadTarget(key=key, case_token=token)
@@ -87,7 +96,7 @@ def _upload(
         target = UploadTarget(key=key, agent_id=enrollment.agent_id)
     else:
         raise typer.BadParameter("uploading needs --token (a case token from support) or an enrolled agent")
-    with _channel(address, ca_fingerprint, ca_file, insecure) as channel:
+    with _channel(address, ca_fingerprint, ca_file, insecure, home) as channel:
         return upload_bundle(channel, path, bundle_id=bundle_id, target=target)
 
 
@@ -239,11 +248,8 @@ def _collector_offset(
     """Collector clock minus ours (ms); None when it cannot be read (the upload will say why)."""
     from agent.transport import measure_clock_offset
 
-    enrollment = home.enrollment()
-    if ca_fingerprint is None and ca_file is None and enrollment is not None and enrollment.collector == address:
-        ca_fingerprint = enrollment.ca_fingerprint
     try:
-        with _channel(address, ca_fingerprint, ca_file, insecure) as channel:
+        with _channel(address, ca_fingerprint, ca_file, insecure, home) as channel:
             return measure_clock_offset(channel)
     except CasefileError:
         return None

@@ -66,8 +66,10 @@ def parse_duration(text: str) -> dt.timedelta:
 
 def parse_when(text: str) -> dt.datetime:
     """An ISO 8601 time (UTC if no zone) or a duration ago such as 2h."""
-    if text.strip()[-1:] in "smhdw" and text.strip()[:1].isdigit():
-        return dt.datetime.now(dt.UTC) - parse_duration(text)
+    try:
+        return dt.datetime.now(dt.UTC) - units.parse_duration(text)
+    except ValueError:
+        pass
     try:
         t = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
@@ -490,10 +492,14 @@ def download(
             dest = dest / hdr.file_name
         tmp = dest.with_name(f".{dest.name}.partial")
         h = hashlib.sha256()
-        with tmp.open("wb") as fh:
-            for chunk in stream:
-                fh.write(chunk.data)
-                h.update(chunk.data)
+        try:
+            with tmp.open("wb") as fh:
+                for chunk in stream:
+                    fh.write(chunk.data)
+                    h.update(chunk.data)
+        except BaseException:
+            tmp.unlink(missing_ok=True)  # a cut download leaves nothing half-written behind
+            raise
     if h.hexdigest() != hdr.sha256:
         tmp.unlink(missing_ok=True)
         raise CasefileError(f"download of {bundle_id} hashed to {h.hexdigest()}, expected {hdr.sha256}")
