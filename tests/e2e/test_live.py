@@ -255,7 +255,9 @@ def test_second_stream_for_the_same_agent_is_refused_and_audited(live: Live) -> 
             return any("possibly a cloned machine" in r.detail for r in rows)
 
         wait_for("duplicate stream refused", refused, logs=live.agent.log.read_text)
-        assert "ALREADY_EXISTS" in live.agent.log.read_text()
+        # The collector audits before the clone hears the refusal and logs it: wait for both.
+        wait_for("the clone to log the refusal", lambda: "ALREADY_EXISTS" in live.agent.log.read_text(),
+                 logs=live.agent.log.read_text)
     finally:
         clone.send_signal(signal.SIGTERM)
         clone.wait(30)
