@@ -91,6 +91,7 @@ class CollectorServer:
         self._metrics_endpoint: MetricsEndpoint | None = None
         self.metrics_port = 0
         self._server: grpc.aio.Server | None = None
+        self._ingest: IngestService | None = None
         self._health = health.aio.HealthServicer()
         self._janitor: asyncio.Task[None] | None = None
         self.router: LiveRouter = make_router(
@@ -124,13 +125,13 @@ class CollectorServer:
                 ("grpc.max_connection_idle_ms", 15 * 60 * 1000),
                 ("grpc.max_connection_age_ms", age_ms),
                 ("grpc.max_connection_age_grace_ms", int(self.config.max_connection_age_grace_s * 1000)),
-            ]
+            ],
         )
         collector_pb2_grpc.add_EnrollServicer_to_server(EnrollService(self.store), server)
-        collector_pb2_grpc.add_IngestServicer_to_server(
-            IngestService(self.store, self.blobs, self.config.limits, on_stored=self._stored, metrics=self.metrics),
-            server,
+        self._ingest = IngestService(
+            self.store, self.blobs, self.config.limits, on_stored=self._stored, metrics=self.metrics
         )
+        collector_pb2_grpc.add_IngestServicer_to_server(self._ingest, server)
         collector_pb2_grpc.add_QueryServicer_to_server(QueryService(self.store, self.blobs, self.router), server)
         collector_pb2_grpc.add_ChannelServicer_to_server(ChannelService(self.store, self.router), server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
@@ -173,9 +174,7 @@ class CollectorServer:
 
     async def _sweep_stale_uploads(self) -> None:
         while True:
-            removed = await asyncio.to_thread(
-                self.blobs.stale_uploads, self.config.stale_upload_age, remove=True
-            )
+            removed = await asyncio.to_thread(self.blobs.stale_uploads, self.config.stale_upload_age, remove=True)
             if removed:
                 log.info("removed %d abandoned partial uploads: %s", len(removed), ", ".join(removed))
             await asyncio.sleep(3600)
@@ -193,6 +192,9 @@ class CollectorServer:
         self.router.close()
         await self._server.stop(self.config.grace_s if grace is None else grace)
         self._server = None
+        if self._ingest is not None:
+            self._ingest.close()
+            self._ingest = None
         await self.router.aclose()
         if self._metrics_endpoint is not None:
             await asyncio.to_thread(self._metrics_endpoint.stop)

@@ -93,6 +93,8 @@ class StagedUpload:
         self.offset = 0
         self.durable_offset = 0
         self._state = "open"  # open | committed | aborted | closed
+        # ``sync`` may run in a worker thread while the owner goes on appending.
+        self._sync_lock = threading.Lock()
 
     @property
     def path(self) -> Path:
@@ -125,13 +127,13 @@ class StagedUpload:
         os.fsync(fd)
         self._write_sidecar()
 
-    def append(self, data: bytes) -> None:
-        """Add bytes at ``offset``; syncs on its own every ``sync_every`` bytes."""
+    def append(self, data: bytes, *, autosync: bool = True) -> None:
+        """Add bytes at ``offset``; syncs on its own every ``sync_every`` bytes unless
+        ``autosync`` is off (the caller then calls ``sync``, possibly from a thread)."""
         fd = self._require_open()
         if self.offset + len(data) > self.size:
             raise InvalidArgument(
-                f"upload {self.bundle_id}: {self.offset + len(data)} bytes would exceed "
-                f"the declared size {self.size}"
+                f"upload {self.bundle_id}: {self.offset + len(data)} bytes would exceed the declared size {self.size}"
             )
         view = memoryview(data)
         pos = self.offset
@@ -143,20 +145,25 @@ class StagedUpload:
             pos += written
         self._hasher.update(data)
         self.offset = pos
-        if self.offset - self.durable_offset >= self._sync_every:
+        if autosync and self.offset - self.durable_offset >= self._sync_every:
             self.sync()
 
     def sync(self) -> None:
-        """Make everything held durable and record it in the sidecar."""
-        fd = self._require_open()
-        os.fsync(fd)
-        self.durable_offset = self.offset
-        self._write_sidecar()
+        """Make everything held durable and record it in the sidecar.
+
+        Safe to call from another thread while ``append`` goes on: it records only
+        the offset reached before its fsync, never bytes written after it.
+        """
+        with self._sync_lock:
+            fd = self._require_open()
+            target = self.offset
+            os.fsync(fd)
+            if target > self.durable_offset:
+                self.durable_offset = target
+                self._write_sidecar()
 
     def _write_sidecar(self) -> None:
-        body = json.dumps(
-            {"size": self.size, "sha256": self.sha256, "offset": self.durable_offset}
-        ).encode()
+        body = json.dumps({"size": self.size, "sha256": self.sha256, "offset": self.durable_offset}).encode()
         tmp = self._sidecar.with_suffix(".json.tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
@@ -178,13 +185,10 @@ class StagedUpload:
         """Move the verified bytes into the content-addressed store; returns the key."""
         fd = self._require_open()
         if self.offset != self.size:
-            raise InvalidArgument(
-                f"upload {self.bundle_id}: holds {self.offset} of {self.size} bytes"
-            )
+            raise InvalidArgument(f"upload {self.bundle_id}: holds {self.offset} of {self.size} bytes")
         if self.sha256_hex() != self.sha256:
             raise InvalidArgument(
-                f"upload {self.bundle_id}: sha256 is {self.sha256_hex()}, "
-                f"the header said {self.sha256}"
+                f"upload {self.bundle_id}: sha256 is {self.sha256_hex()}, the header said {self.sha256}"
             )
         os.fsync(fd)
         self._store._publish(self.path, self.sha256, self.size)
@@ -344,9 +348,7 @@ class BlobStore:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 os.close(fd)
-                raise Conflict(
-                    f"upload of bundle {bundle_id} already in progress", key=bundle_id
-                ) from None
+                raise Conflict(f"upload of bundle {bundle_id} already in progress", key=bundle_id) from None
             # The holder we waited on may have committed or aborted, moving or
             # unlinking the inode we locked; then lock the file now at the path.
             try:

@@ -269,3 +269,107 @@ def test_abandoned_partials_are_swept_at_start(tmp_path: Path) -> None:
         assert running.store.list_bundles()[0] == []
     finally:
         gen.close()
+
+
+# --- verification while the bytes arrive ---------------------------------------------
+
+
+@pytest.fixture(params=["after-receipt", "while-receiving"])
+def verifying_collector(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[RunningCollector]:
+    """A collector that verifies every bundle after its last byte, or every one as it arrives."""
+    from collector.server import ServerConfig
+    from collector.services.ingest import IngestLimits
+    from tests.collector.conftest import _run_server
+
+    big = 1 << 40 if request.param == "after-receipt" else 0
+    limits = IngestLimits(stream_verify_min_bytes=big, stream_verify_workers=2)
+    yield from _run_server(ServerConfig(address="127.0.0.1:0", data_dir=tmp_path / "collector", limits=limits))
+
+
+def _no_verifier_left(c: RunningCollector) -> bool:
+    ingest = c.server._ingest
+    for _ in range(200):
+        if ingest is None or ingest._verifying == 0:
+            return True
+        threading.Event().wait(0.025)
+    return False
+
+
+def test_every_tampering_is_caught_either_way(verifying_collector: RunningCollector, tmp_path: Path) -> None:
+    c = verifying_collector
+    key, agent_id = _enrolled(c)
+    target = UploadTarget(key=key, agent_id=agent_id)
+    good = small_bundle(tmp_path / "g", key, agent_id=agent_id, payload=os.urandom(600 * 1024))
+    member = good.path.read_bytes()
+    flipped = _rebuild(good.path, tmp_path / "flipped.tar.zst", {"logs/payload.bin": os.urandom(600 * 1024)})
+    truncated = tmp_path / "truncated.tar.zst"
+    truncated.write_bytes(member[: good.size // 2])
+    garbage = tmp_path / "garbage.tar.zst"
+    garbage.write_bytes(os.urandom(good.size))  # fails at its first byte, long before its last
+    with c.channel() as ch:
+        for bad, what in [
+            (flipped, "member logs/payload.bin: sha256 mismatch"),
+            (truncated, "truncated"),
+            (garbage, "no zstd frame at byte 0"),
+        ]:
+            with pytest.raises(UploadError, match="INVALID_ARGUMENT") as info:
+                upload_bundle(ch, bad, bundle_id=good.bundle_id, target=target)
+            assert what in str(info.value), str(info.value)
+            assert not (c.data_dir / "staging" / f"{good.bundle_id}.part").exists()
+        assert c.store.list_bundles()[0] == []
+        receipt = upload_bundle(ch, good.path, bundle_id=good.bundle_id, target=target)
+    assert receipt.sha256 == good.sha256
+    assert _no_verifier_left(c)
+    streaming = c.server.config.limits.stream_verify_min_bytes == 0
+    assert c.server._ingest is not None and (c.server._ingest._verifiers is not None) == streaming
+
+
+def test_cut_and_resumed_upload_is_verified_from_the_first_byte(
+    verifying_collector: RunningCollector, tmp_path: Path
+) -> None:
+    c = verifying_collector
+    key, agent_id = _enrolled(c)
+    b = small_bundle(tmp_path / "out", key, agent_id=agent_id, payload=os.urandom(2 * 1024 * 1024))
+    _cut_upload(c, key, agent_id, b.path, b.bundle_id, upto=b.size // 3)
+    assert _no_verifier_left(c)  # the cut stream's verifier gave up with it
+    with c.channel() as ch:
+        for _ in range(100):
+            try:
+                receipt = upload_bundle(
+                    ch, b.path, bundle_id=b.bundle_id, target=UploadTarget(key=key, agent_id=agent_id)
+                )
+                break
+            except UploadError as err:  # the cut stream may still be closing
+                assert "ABORTED" in str(err)
+                threading.Event().wait(0.05)
+    stored = c.store.get_bundle(b.bundle_id)
+    assert stored.sha256 == b.sha256 == receipt.sha256
+    with c.server.blobs.open_blob(stored.blob_key) as fh:
+        assert hashlib.sha256(fh.read()).hexdigest() == b.sha256
+
+
+def test_more_uploads_than_verifier_threads_all_land(verifying_collector: RunningCollector, tmp_path: Path) -> None:
+    c = verifying_collector
+    key, agent_id = _enrolled(c)
+    target = UploadTarget(key=key, agent_id=agent_id)
+    made = [small_bundle(tmp_path / f"b{i}", key, agent_id=agent_id, payload=os.urandom(300 * 1024)) for i in range(6)]
+    receipts: dict[str, str] = {}
+    errors: list[BaseException] = []
+
+    def send(b: object) -> None:
+        try:
+            with c.channel() as ch:
+                r = upload_bundle(ch, b.path, bundle_id=b.bundle_id, target=target)  # type: ignore[attr-defined]
+            receipts[r.bundle_id] = r.sha256
+        except BaseException as exc:  # surfaced below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=send, args=(b,)) for b in made]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors
+    assert receipts == {b.bundle_id: b.sha256 for b in made}
+    assert {r.bundle_id for r in c.store.list_bundles()[0]} == set(receipts)
+    assert _no_verifier_left(c)
