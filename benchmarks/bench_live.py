@@ -1,14 +1,20 @@
 """Live snapshot latency, request → bundle stored, with N agents holding channels.
 
-A real collector process (TLS, SQLite) on loopback; ``--agents`` N-1 simulated agents in
-this process, sharing one event loop and speaking the real Channel protocol (hello,
-signed challenge) and then idling; one real ``casefile agent run`` process, which is the
-one asked for ``--snapshots`` facts-scope snapshots, one after another. Latency is from
-the engineer's RequestSnapshot call to the ``done`` event, which the collector emits
-after Ingest stored the bundle. The ``collect`` column is the agent's collection time
-(the ``collecting`` → ``uploading`` events), to separate protocol from collection.
+A real collector process (TLS, SQLite) on loopback — or, with ``--db postgres``,
+``--replicas`` collector processes sharing a fresh PostgreSQL database and one blob
+folder; ``--agents`` N-1 simulated agents in this process, sharing one event loop and
+speaking the real Channel protocol (hello, signed challenge) and then idling, spread
+over the replicas; one real ``casefile agent run`` process, which is the one asked for
+``--snapshots`` facts-scope snapshots, one after another. With replicas the real agent
+holds its channel on the last replica and the engineer asks the first, so every request
+crosses replicas (row + NOTIFY, claim, result NOTIFY). Latency is from the engineer's
+RequestSnapshot call to the ``done`` event, which the collector emits after Ingest
+stored the bundle. The ``collect`` column is the agent's collection time (the
+``collecting`` → ``uploading`` events), to separate protocol from collection.
 
     .venv/bin/python benchmarks/bench_live.py --agents 1000 --snapshots 30
+    .venv/bin/python benchmarks/bench_live.py --agents 1000 --snapshots 30 --db postgres --replicas 2 \\
+        --pg-url postgresql+psycopg://postgres@127.0.0.1:5432/postgres
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import datetime as dt
 import json
 import os
 import resource
+import secrets
 import signal
 import socket
 import statistics
@@ -31,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+from sqlalchemy import create_engine, make_url, text
 
 from agent.daemon import channel_message
 from agent.keys import SigningKey, fingerprint_of
@@ -59,11 +67,12 @@ def _wait(check: Any, timeout: float, what: str) -> None:
     raise SystemExit(f"timed out: {what}")
 
 
-async def _simulated(addr: str, pem: bytes, agents: list[tuple[str, SigningKey]], ready: list[int]) -> None:
+async def _simulated(addrs: list[str], pem: bytes, agents: list[tuple[str, SigningKey]], ready: list[int]) -> None:
     creds = grpc.ssl_channel_credentials(root_certificates=pem)
     channels = []
     calls = []
-    for i in range(0, len(agents), AGENTS_PER_CONNECTION):
+    for n, i in enumerate(range(0, len(agents), AGENTS_PER_CONNECTION)):
+        addr = addrs[n % len(addrs)]
         ch = grpc.aio.secure_channel(addr, creds, options=[("grpc.ssl_target_name_override", PINNED_TARGET_NAME)])
         channels.append(ch)
         stub = collector_pb2_grpc.ChannelStub(ch)
@@ -91,28 +100,68 @@ async def _simulated(addr: str, pem: bytes, agents: list[tuple[str, SigningKey]]
             await ch.close()
 
 
+def _fresh_pg_database(admin_url: str) -> tuple[str, Any]:
+    admin = create_engine(make_url(admin_url), isolation_level="AUTOCOMMIT")
+    name = f"casefile_bench_live_{secrets.token_hex(4)}"
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    return make_url(admin_url).set(database=name).render_as_string(hide_password=False), admin
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--agents", type=int, default=1000, help="connected agents in total (incl. the real one)")
     ap.add_argument("--snapshots", type=int, default=30)
-    args = ap.parse_args()
-    tmp = Path(tempfile.mkdtemp(prefix="bench-live-"))
-    data, port = tmp / "data", _free_port()
-    addr = f"127.0.0.1:{port}"
-    ready_file = tmp / "ready.json"
-    log = (tmp / "collector.log").open("w")
-    coll = subprocess.Popen(
-        [str(BIN / "casefile-collector"), "serve", "--address", addr, "--data-dir", str(data), "--ready-file",
-         str(ready_file)],
-        stdout=log, stderr=subprocess.STDOUT,
+    ap.add_argument("--db", choices=("sqlite", "postgres"), default="sqlite")
+    ap.add_argument(
+        "--pg-url",
+        default="postgresql+psycopg://postgres@127.0.0.1:5432/postgres",
+        help="PostgreSQL server to create a scratch database on (--db postgres)",
     )
+    ap.add_argument(
+        "--replicas", type=int, default=None, help="collector processes (default 1 on sqlite, 2 on postgres)"
+    )
+    args = ap.parse_args()
+    replicas = args.replicas or (2 if args.db == "postgres" else 1)
+    if args.db == "sqlite" and replicas != 1:
+        raise SystemExit("replicas share PostgreSQL: use --db postgres")
+    tmp = Path(tempfile.mkdtemp(prefix="bench-live-"))
+    data = tmp / "data"
+    admin = None
+    if args.db == "postgres":
+        db_url, admin = _fresh_pg_database(args.pg_url)
+    else:
+        db_url = f"sqlite:///{data / 'casefile.db'}"
+    addrs = [f"127.0.0.1:{_free_port()}" for _ in range(replicas)]
+    colls: list[subprocess.Popen[bytes]] = []
     agent_proc: subprocess.Popen[bytes] | None = None
     sim_loop = asyncio.new_event_loop()
     sim_task: asyncio.Future[None] | None = None
     try:
-        _wait(ready_file.exists, 60, "collector start")
-        fp = json.loads(ready_file.read_text())["fingerprint"]
-        store = Store.open(f"sqlite:///{data / 'casefile.db'}")
+        for i, addr in enumerate(addrs):
+            # The first replica makes the shared TLS certificate and migrates; then the rest.
+            ready_file = tmp / f"ready-r{i + 1}.json"
+            cmd = [
+                str(BIN / "casefile-collector"),
+                "serve",
+                "--address",
+                addr,
+                "--data-dir",
+                str(data),
+                "--db-url",
+                db_url,
+                "--ready-file",
+                str(ready_file),
+                "--replica-id",
+                f"r{i + 1}",
+            ]
+            colls.append(
+                subprocess.Popen(cmd, stdout=(tmp / f"collector-r{i + 1}.log").open("w"), stderr=subprocess.STDOUT)
+            )
+            _wait(ready_file.exists, 60, f"collector r{i + 1} start")
+        fp = json.loads((tmp / "ready-r1.json").read_text())["fingerprint"]
+        engineer_addr, agent_addr = addrs[0], addrs[-1]
+        store = Store.open(db_url)
         eng, _ = store.create_token("engineer", role="engineer", label="bench", ttl=dt.timedelta(hours=2))
         enroll_tok, _ = store.create_token("enroll", label="bench", ttl=dt.timedelta(hours=2), max_uses=1)
         sims = []
@@ -122,27 +171,31 @@ def main() -> None:
             sims.append((rec.id, key))
         home = AgentHome(tmp / "agent-home")
         key = home.key()
-        with open_channel(parse_address(addr), ca_fingerprint=fp) as ch:
+        with open_channel(parse_address(agent_addr), ca_fingerprint=fp) as ch:
             resp = enroll(ch, token=enroll_tok, key=key, hostname="bench-real", agent_version="bench")
-        home.save_enrollment(Enrollment(resp.agent_id, addr, fp, key.fingerprint))
+        home.save_enrollment(Enrollment(resp.agent_id, agent_addr, fp, key.fingerprint))
         (home.root / "policy.json").write_text(json.dumps({"allowed_scopes": ["facts"], "rate_limit_per_hour": 0}))
-        pem = fetch_certificate(parse_address(addr))
+        pem = fetch_certificate(parse_address(agent_addr))
         ready = [0]
         t0 = time.perf_counter()
         threading.Thread(target=sim_loop.run_forever, daemon=True).start()
-        sim_task = asyncio.run_coroutine_threadsafe(_simulated(addr, pem, sims, ready), sim_loop)  # type: ignore[assignment]
+        sim_task = asyncio.run_coroutine_threadsafe(_simulated(addrs, pem, sims, ready), sim_loop)  # type: ignore[assignment]
         _wait(lambda: ready[0] >= len(sims), 600, f"{len(sims)} simulated agents connected")
         connect_s = time.perf_counter() - t0
         agent_proc = subprocess.Popen(
             [str(BIN / "casefile-agent"), "--home", str(home.root)],
-            stdout=(tmp / "agent.log").open("w"), stderr=subprocess.STDOUT,
+            stdout=(tmp / "agent.log").open("w"),
+            stderr=subprocess.STDOUT,
             env={**os.environ, "CASEFILE_LOG_LEVEL": "WARNING"},
         )
-        _wait(lambda: store.list_audit(5, actor=resp.agent_id, action="channel.connect", outcome="ok"), 60,
-              "real agent connected")
+        _wait(
+            lambda: store.list_audit(5, actor=resp.agent_id, action="channel.connect", outcome="ok"),
+            60,
+            "real agent connected",
+        )
         md = (("authorization", f"Bearer {eng}"),)
         total, collect = [], []
-        with open_channel(parse_address(addr), ca_fingerprint=fp) as ch:
+        with open_channel(parse_address(engineer_addr), ca_fingerprint=fp) as ch:
             stub = collector_pb2_grpc.QueryStub(ch)
             for _ in range(args.snapshots):
                 start = time.perf_counter()
@@ -155,7 +208,12 @@ def main() -> None:
                 total.append((marks["done"] - start) * 1000)
                 collect.append((marks["uploading"] - marks["collecting"]) * 1000)
         q = statistics.quantiles
-        print(f"agents connected: {args.agents} ({len(sims)} simulated in {connect_s:.1f} s, 1 real process)")
+        where = (
+            "SQLite, one collector"
+            if replicas == 1
+            else (f"PostgreSQL, {replicas} replicas: engineer on r1, real agent on r{replicas}")
+        )
+        print(f"agents connected: {args.agents} ({len(sims)} simulated in {connect_s:.1f} s, 1 real process); {where}")
         print(f"bench process max RSS: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
         print("| figure | p50 ms | p99 ms | max ms | n |")
         print("|---|---|---|---|---|")
@@ -174,8 +232,14 @@ def main() -> None:
         if agent_proc is not None:
             agent_proc.send_signal(signal.SIGTERM)
             agent_proc.wait(30)
-        coll.send_signal(signal.SIGTERM)
-        coll.wait(60)
+        for coll in colls:
+            coll.send_signal(signal.SIGTERM)
+        for coll in colls:
+            coll.wait(60)
+        if admin is not None:
+            with admin.connect() as conn:
+                conn.execute(text(f'DROP DATABASE IF EXISTS "{make_url(db_url).database}" WITH (FORCE)'))
+            admin.dispose()
 
 
 if __name__ == "__main__":
