@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import socket
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
@@ -21,7 +22,7 @@ from rich.console import Console
 from rich.table import Table
 
 from agent.cli_analysis import register as register_analysis_commands
-from agent.errors import CasefileError, TransportError, VerificationError
+from agent.errors import CasefileError, CollectionError, TransportError, VerificationError
 from agent.state import AgentHome, Enrollment
 from agent.version import __version__
 
@@ -100,6 +101,30 @@ def _upload(
         return upload_bundle(channel, path, bundle_id=bundle_id, target=target)
 
 
+def _key_values(items: Iterable[str], flag: str, *, number: bool = False) -> dict[str, str | int | float | bool]:
+    """KEY=VALUE pairs from the command line; values become bool, int or float where they read as one."""
+    out: dict[str, str | int | float | bool] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        key, raw = key.strip(), raw.strip()
+        if not sep or not key:
+            raise ValueError(f"{flag} {item!r}: expected KEY=VALUE")
+        value: str | int | float | bool = raw
+        if raw.lower() in ("true", "false"):
+            value = raw.lower() == "true"
+        else:
+            for kind in (int, float):
+                try:
+                    value = kind(raw)
+                    break
+                except ValueError:
+                    continue
+        if number and (isinstance(value, bool) or not isinstance(value, int | float)):
+            raise ValueError(f"{flag} {item!r}: {raw!r} is not a number of seconds")
+        out[key] = value
+    return out
+
+
 @app.command()
 def collect(
     case: Annotated[str | None, typer.Option("--case", help="Support case id, e.g. SR-1234.")] = None,
@@ -134,6 +159,17 @@ def collect(
     logs_max: Annotated[
         str, typer.Option("--logs-max", help="Total log bytes kept, newest first (default 32M; per source 8M).")
     ] = "32M",
+    set_options: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set",
+            help="Collector option KEY=VALUE, e.g. frag_budget_s=10 or processes_top_n=40 (README lists them).",
+        ),
+    ] = None,
+    budgets: Annotated[
+        list[str] | None,
+        typer.Option("--budget", help="A collector's time budget NAME=SECONDS, e.g. fragmentation=60."),
+    ] = None,
     ca_fingerprint: CaFingerprintOpt = None,
     ca_file: CaFileOpt = None,
     insecure: InsecureOpt = False,
@@ -147,6 +183,7 @@ def collect(
     sent, and the receipt records "non-interactive".
     """
     from agent.collect import CollectionSpec
+    from agent.collect.framework import DEFAULT_TOTAL_BUDGET_S
     from agent.oneshot import Consent, PrivacyOptions, prepare_collection
     from agent.summary import snapshot_summary
 
@@ -161,6 +198,8 @@ def collect(
             "logs_since_s": parse_duration(since).total_seconds(),
             "logs_max_bytes": parse_size(logs_max),
         }
+        options.update(_key_values(set_options or (), "--set"))
+        budget_s = {name: float(v) for name, v in _key_values(budgets or (), "--budget", number=True).items()}
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
     wants_upload = not preview and (upload is not None or bool(token and enrollment))
@@ -171,7 +210,14 @@ def collect(
         offset = _collector_offset(state, target, ca_fingerprint, ca_file, insecure)
         if offset is not None:
             options["collector_offset_ms"] = round(offset, 1)
-    spec = CollectionSpec(only=col_only, exclude=col_exclude, options=options)
+    try:
+        # A budget asked for on the command line may outlast the run's default total.
+        total = max([DEFAULT_TOTAL_BUDGET_S, *budget_s.values()])
+        spec = CollectionSpec(
+            only=col_only, exclude=col_exclude, options=options, budgets=budget_s, total_budget_s=total
+        )
+    except CollectionError as exc:
+        raise typer.BadParameter(str(exc)) from None
     privacy = PrivacyOptions(
         profile=profile,
         home=state.root,

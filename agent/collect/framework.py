@@ -85,6 +85,10 @@ class Collector(ABC):
     default: ClassVar[bool] = True
     facts_field: ClassVar[str | None] = None
     facts_type: ClassVar[type[Message] | None] = None
+    # An observer watches the run rather than gathering on its own (a time series over
+    # the collection window): ``ctx.wait_for_others`` tells it when every collector
+    # that is not an observer has finished, and the run waits for observers last.
+    observes: ClassVar[bool] = False
 
     @abstractmethod
     def collect(self, ctx: CollectContext) -> Message | None:
@@ -114,6 +118,8 @@ def declaration_problems(obj: object) -> list[str]:
         problems.append(f"platforms {platforms!r} is not a non-empty subset of {sorted(KNOWN_PLATFORMS)}")
     if not isinstance(obj.default, bool):
         problems.append(f"default {obj.default!r} is not a bool")
+    if not isinstance(obj.observes, bool):
+        problems.append(f"observes {obj.observes!r} is not a bool")
     problems.extend(_facts_problems(obj.facts_field, obj.facts_type))
     return problems
 
@@ -158,10 +164,12 @@ class CollectContext:
         deadline: float,
         *,
         temp_area: TempArea | None = None,
+        others_done: threading.Event | None = None,
     ) -> None:
         self.collector = collector
         self.spec = spec
         self.deadline = deadline  # time.monotonic() value
+        self._others_done = others_done
         self._warnings: list[str] = []
         self._artifacts: dict[str, Artifact] = {}
         self.plugin_facts: str | None = None
@@ -175,6 +183,16 @@ class CollectContext:
     def remaining(self) -> float:
         """Seconds left in this collector's budget (never negative)."""
         return max(0.0, self.deadline - time.monotonic())
+
+    def wait_for_others(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for the run's other collectors to finish.
+
+        True once every collector that is not an observer has finished (or been given
+        up on at its budget). Outside a run there are no others: True at once.
+        """
+        if self._others_done is None:
+            return True
+        return self._others_done.wait(max(0.0, timeout))
 
     def warn(self, message: str) -> None:
         """Record a non-fatal problem; the collector's status stays OK."""

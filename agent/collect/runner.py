@@ -192,15 +192,20 @@ def run_collection(
     if not isinstance(lower, bool):
         raise CollectionError(f"option 'lower_priority' must be true or false, got {lower!r}")
     temp = TempArea()
+    others_done = threading.Event()
     with lowered_priority(lower) as guard_notes:
         started = time.monotonic()
-        statuses, runs = _plan(registry, spec, started, temp)
+        statuses, runs = _plan(registry, spec, started, temp, others_done)
         for run in runs:
             run.thread.start()
     gathered = _Gathered()
-    for run in runs:
+    # Observers (the time series) watch the others: they are told when the rest is done.
+    for run in sorted(runs, key=lambda r: r.cls.observes):
+        if run.cls.observes:
+            others_done.set()
         run.thread.join(run.ctx.remaining())
         statuses[run.cls.name] = gathered.settle(run, started, spec.total_budget_s)
+    others_done.set()
 
     ordered = tuple(statuses[n] for n in registry.names())
     gathered.snapshot.collectors.extend(ordered)
@@ -219,7 +224,7 @@ def run_collection(
 
 
 def _plan(
-    registry: Registry, spec: CollectionSpec, started: float, temp: TempArea
+    registry: Registry, spec: CollectionSpec, started: float, temp: TempArea, others_done: threading.Event
 ) -> tuple[dict[str, Status], list[_Run]]:
     """Statuses for what will not run (skipped, unsupported, broken), runs for the rest."""
     platform = current_platform()
@@ -234,7 +239,7 @@ def _plan(
         else:
             budget = spec.budgets.get(cls.name, cls.budget_s)
             deadline = started + min(budget, spec.total_budget_s)
-            ctx = CollectContext(cls.name, spec, deadline, temp_area=temp)
+            ctx = CollectContext(cls.name, spec, deadline, temp_area=temp, others_done=others_done)
             runs.append(_Run(cls, ctx, budget))
     for plugin in registry.broken:
         reason = _skip_reason(plugin.name, True, spec)

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
+import time
 from pathlib import Path
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from agent.collect import CollectionSpec, run_collection
+from agent.collect import CollectContext, CollectionSpec, Collector, run_collection
 from agent.collect.builtin.clock import (
     ClockCollector,
     parse_chrony_tracking,
@@ -158,3 +160,39 @@ def test_time_series_fits_its_budget() -> None:
         assert result.statuses[0].state == OK
         assert 1 <= len(result.snapshot.timeseries.samples) <= 6
         assert any("shortened" in w for _c, w in result.warnings)
+
+
+class _Busy(Collector):
+    """A collector that takes a known time, so the time series has a window to cover."""
+
+    name = "busy"
+    description = "takes 0.6 s"
+    budget_s = 3.0
+
+    def collect(self, ctx: CollectContext) -> None:
+        time.sleep(0.6)
+
+
+def test_time_series_covers_the_collection_window() -> None:
+    spec = CollectionSpec(options={"timeseries_interval_s": 0.1})
+    started = time.time()
+    with run_collection(spec, collectors=[_Busy, TimeseriesCollector]) as result:
+        assert [s.state for s in result.statuses] == [OK, OK], result.statuses
+        series = result.snapshot.timeseries
+        busy, ts = result.statuses
+    # Sampled while the other one ran, and stopped when it was done (not at a fixed length).
+    assert 5 <= len(series.samples) <= 8, len(series.samples)
+    assert ts.duration_ms == pytest.approx(busy.duration_ms, abs=120)
+    last = series.samples[-1].at.ToNanoseconds() / 1e9
+    assert last == pytest.approx(started + 0.6, abs=0.25)
+
+
+def test_time_series_alone_takes_its_minimum_samples() -> None:
+    spec = CollectionSpec(options={"timeseries_interval_s": 0.1, "timeseries_min_samples": 3})
+    with run_collection(spec, collectors=[TimeseriesCollector]) as result:
+        assert result.statuses[0].state == OK
+        samples = result.snapshot.timeseries.samples
+        assert len(samples) == 3
+        assert 250 <= result.statuses[0].duration_ms <= 600
+    gaps = [(b.at.ToNanoseconds() - a.at.ToNanoseconds()) / 1e9 for a, b in itertools.pairwise(samples)]
+    assert all(g >= 0.08 for g in gaps), gaps  # evenly spaced, not taken back to back

@@ -194,3 +194,28 @@ def test_upload_without_terminal_records_non_interactive_consent(tmp_path: Path)
     ))
     assert manifest["consent"]["confirmed"] == "non-interactive"
     assert manifest["consent"]["upload_requested"] is True
+
+
+def test_collector_options_and_budgets_from_the_command_line(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    res = casefile(
+        "collect", "--home", str(tmp_path / "home"), "-o", str(out), "--json", "--only", "fragmentation",
+        "--only", "processes", "--set", "frag_max_files=7", "--set", "processes_top_n=3",
+        "--budget", "fragmentation=25",
+    )  # fmt: skip
+    bundle = Path(json.loads(res.stdout)["bundle"]["path"])
+    from agent.bundle import verify_bundle
+    from protos import facts_pb2
+
+    snap = facts_pb2.Snapshot()
+    snap.ParseFromString(verify_bundle(bundle, keep=("facts.pb",)).kept["facts.pb"])
+    sampled = [fs for fs in snap.fragmentation.filesystems if fs.method == "fiemap" and not fs.note.startswith("not")]
+    assert sampled and all(fs.max_files == 7 and fs.files_sampled <= 7 for fs in sampled)
+    assert len(snap.processes.top_cpu) <= 3 and len(snap.processes.top_rss) <= 3
+    for bad, what in [
+        (["--set", "no-equals-sign"], "expected KEY=VALUE"),
+        (["--budget", "fragmentation=soon"], "not a number of seconds"),
+        (["--budget", "nosuch=3"], "unknown collector(s) in budgets: 'nosuch'"),
+    ]:
+        res = casefile("collect", "--home", str(tmp_path / "home"), "-o", str(out), *bad, check=False)
+        assert res.returncode != 0 and what in res.stdout + res.stderr, res.stderr

@@ -27,7 +27,7 @@ class CpuCollector(Collector):
     facts_type = facts_pb2.CpuFacts
 
     def collect(self, ctx: CollectContext) -> facts_pb2.CpuFacts:
-        wanted = ctx.float_option("cpu_sample_s", 0.5, maximum=30.0)
+        wanted = ctx.float_option("cpu_sample_s", 0.25, maximum=30.0)
         sample = min(wanted, max(0.0, ctx.remaining() - _MARGIN_S))
         if sample < wanted:
             ctx.warn(f"cpu sample shortened from {wanted:g} s to {sample:.2f} s to fit the budget")

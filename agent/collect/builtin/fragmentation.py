@@ -110,7 +110,7 @@ class FragmentationCollector(Collector):
 
 def _linux(ctx: CollectContext) -> facts_pb2.FragmentationFacts:
     max_files = ctx.int_option("frag_max_files", 4000, minimum=1, maximum=1_000_000)
-    budget = ctx.float_option("frag_budget_s", 1.0, minimum=0.05, maximum=3600.0)
+    budget = ctx.float_option("frag_budget_s", 0.5, minimum=0.05, maximum=3600.0)
     min_bytes = ctx.int_option("frag_min_bytes", lin.DEFAULT_MIN_BYTES, minimum=0, maximum=1 << 40)
     seed = ctx.int_option("frag_seed", -1, minimum=-1, maximum=2**63)
     only = [m.strip() for m in ctx.str_option("frag_mountpoints", "").split(",") if m.strip()]

@@ -41,7 +41,7 @@ class NetworkDepthCollector(Collector):
             host, _ = parse.split_target(target)
         name = ctx.str_option("resolve_name", "") or host or "localhost"
         timeout = ctx.float_option("resolve_timeout_s", 2.0, minimum=0.01, maximum=30.0)
-        retrans_wait = ctx.float_option("retrans_sample_s", 0.5, minimum=0.0, maximum=10.0)
+        retrans_wait = ctx.float_option("retrans_sample_s", 0.25, minimum=0.0, maximum=10.0)
         facts = facts_pb2.NetworkDepthFacts()
         platform = current_platform()
         snmp_first = _snmp(ctx) if platform == "linux" else None

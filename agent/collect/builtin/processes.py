@@ -106,7 +106,7 @@ class ProcessesCollector(Collector):
     facts_type = facts_pb2.ProcessFacts
 
     def collect(self, ctx: CollectContext) -> facts_pb2.ProcessFacts:
-        wanted = ctx.float_option("processes_sample_s", 0.5, maximum=30.0)
+        wanted = ctx.float_option("processes_sample_s", 0.25, maximum=30.0)
         top_n = ctx.int_option("processes_top_n", 15, minimum=1, maximum=500)
         started = time.monotonic()
         before = _snapshot()

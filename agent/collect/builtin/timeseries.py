@@ -1,8 +1,11 @@
 """Time series: CPU, memory, swap, disk and network rates sampled over the collection.
 
-Samples every ``timeseries_interval_s`` (default 0.25 s) for ``timeseries_duration_s``
-(default 1 s) while the other collectors run, so a bundle shows a short trend rather
-than one instant. CPU comes from ``psutil.cpu_times()`` deltas — never
+Samples every ``timeseries_interval_s`` (default 0.25 s) while the other collectors run
+and stops when they are done (an observer: see ``Collector.observes``), with at least
+``timeseries_min_samples`` (default 2), so a bundle shows the trend over its own
+collection window rather than one instant; the last sample may cover a shorter
+interval (its ``at`` says when it ended). ``timeseries_duration_s`` > 0 samples for
+that long instead, whatever the others do. CPU comes from ``psutil.cpu_times()`` deltas — never
 ``cpu_percent``, whose module-global state belongs to the ``cpu`` collector. Each
 sample describes the interval that ends at its ``at``; disk and network are bytes per
 second over that interval (host-wide counters: in containers they are the host's).
@@ -69,20 +72,38 @@ class TimeseriesCollector(Collector):
     budget_s = 3.0
     facts_field = "timeseries"
     facts_type = facts_pb2.TimeSeries
+    observes = True
 
     def collect(self, ctx: CollectContext) -> facts_pb2.TimeSeries:
         interval = ctx.float_option("timeseries_interval_s", 0.25, minimum=0.01, maximum=60.0)
-        duration = ctx.float_option("timeseries_duration_s", 1.0, maximum=600.0)
+        duration = ctx.float_option("timeseries_duration_s", 0.0, maximum=600.0)
+        min_samples = ctx.int_option("timeseries_min_samples", 2, minimum=1, maximum=10_000)
         fit = max(0.0, ctx.remaining() - _MARGIN_S)
         if duration > fit:
             ctx.warn(f"time series shortened from {duration:g} s to {fit:.2f} s to fit the budget")
             duration = fit
         series = facts_pb2.TimeSeries(interval_s=interval)
         prev_t, prev_cpu, prev_io = time.monotonic(), psutil.cpu_times(), _io()
-        end = prev_t + duration
+        fixed = duration > 0
+        end = prev_t + (duration if fixed else fit)
         next_at = prev_t + interval
         while next_at <= end + 1e-9:
-            time.sleep(max(0.0, next_at - time.monotonic()))
+            if fixed or ctx.wait_for_others(0):
+                # A fixed length, or the others were done already: full intervals up to the minimum.
+                if not fixed and len(series.samples) >= min_samples:
+                    break
+                time.sleep(max(0.0, next_at - time.monotonic()))
+                if not fixed and len(series.samples) + 1 >= min_samples:
+                    end = 0.0
+            elif ctx.wait_for_others(next_at - time.monotonic()):
+                # The others finished during this interval: one more sample, cut short,
+                # ends the series there, unless the last one ended close enough to it.
+                if len(series.samples) >= min_samples and time.monotonic() - prev_t < interval / 2:
+                    break
+                if len(series.samples) + 1 >= min_samples:
+                    end = 0.0
+                else:
+                    time.sleep(max(0.0, next_at - time.monotonic()))
             now_t, now_cpu, now_io = time.monotonic(), psutil.cpu_times(), _io()
             seconds = now_t - prev_t
             busy, system, iowait = cpu_split(prev_cpu, now_cpu)
