@@ -3,7 +3,7 @@
 ``Store`` is synchronous (SQLAlchemy Core, one engine); the asyncio services
 call it through ``asyncio.to_thread``. Every method is one short transaction.
 The method groups live in their own modules (``tokens``, ``agents``,
-``audit``); this one holds opening the store, bundles and hosts.
+``audit``, ``live``, ``stats``); this one holds opening the store, bundles and hosts.
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ from collector.storage.schema import (
     hosts,
     to_micros,
 )
+from collector.storage.stats import StatsMethods
 from collector.storage.tokens import TokenMethods
 
 __all__ = ["Store"]
@@ -68,7 +69,7 @@ def _bundle(m: Mapping[Any, Any]) -> BundleRecord:
     )
 
 
-class Store(TokenMethods, AgentMethods, AuditMethods, LiveMethods):
+class Store(TokenMethods, AgentMethods, AuditMethods, LiveMethods, StatsMethods):
     """Metadata for the collector. Open with ``Store.open(url)``; close when done."""
 
     @classmethod
@@ -84,7 +85,9 @@ class Store(TokenMethods, AgentMethods, AuditMethods, LiveMethods):
         except BaseException:
             engine.dispose()
             raise
-        return cls(engine, clock=clock or utc_now)
+        store = cls(engine, clock=clock or utc_now)
+        store.refresh_statistics()
+        return store
 
     def insert_bundle(
         self, rec: BundleRecord, *, facts_pb: bytes, manifest_json: str
@@ -131,7 +134,9 @@ class Store(TokenMethods, AgentMethods, AuditMethods, LiveMethods):
         except IntegrityError as exc:
             self.get_agent(rec.agent_id)  # NotFound names the unknown agent
             raise StoreError(f"bundle {rec.bundle_id} could not be stored: {exc.orig}") from exc
-        if not inserted and stored.sha256 != rec.sha256:
+        if inserted:
+            self._bundle_inserted()
+        elif stored.sha256 != rec.sha256:
             raise Conflict(
                 f"bundle {rec.bundle_id} is already stored with sha256 {stored.sha256}, "
                 f"not {rec.sha256}",
