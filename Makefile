@@ -23,7 +23,7 @@ demo: $(VENV)/.installed
 	$(BIN)/python -m collector.demo
 
 # `slow` tests (1,000 uploads through a SIGKILL, connections cut mid-upload) run in
-# `make test-slow`, outside the everyday `make test`.
+# `make test-slow`, outside the everyday `make test`; `.ci/run` runs both.
 test: $(VENV)/.installed-dev lint typecheck
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
