@@ -10,6 +10,7 @@ later stream can resume from the collector's durable offset.
 from __future__ import annotations
 
 import asyncio
+import collections
 import datetime as dt
 import logging
 import os
@@ -72,9 +73,13 @@ class _StagedTail:
 
     ``read`` returns only bytes the receiver has published (written and hashed); it
     blocks for more until the receiver calls ``end`` (then end of file) or ``abandon``
-    (then it raises). Reads use their own descriptor, so the receiver's writes and
+    (then it raises). The chunks just published are also held in memory (up to
+    ``_HELD_BYTES``), so a verifier that keeps up takes them as they are; one that
+    falls behind reads the file, with its own descriptor, so the receiver's writes and
     the verifier's reads never share a file position.
     """
+
+    _HELD_BYTES = 8 * 1024 * 1024
 
     def __init__(self, path: Path, available: int) -> None:
         self._fd = os.open(path, os.O_RDONLY)
@@ -82,9 +87,17 @@ class _StagedTail:
         self._available = available
         self._pos = 0
         self._state = "open"  # open | ended | abandoned
+        self._held: collections.deque[tuple[int, bytes]] = collections.deque()
+        self._held_bytes = 0
 
-    def publish(self, offset: int) -> None:
+    def publish(self, offset: int, data: bytes = b"") -> None:
+        """Bytes up to ``offset`` are in the file; ``data`` are the last of them."""
         with self._cond:
+            if data:
+                self._held.append((offset - len(data), data))
+                self._held_bytes += len(data)
+                while self._held_bytes > self._HELD_BYTES:
+                    self._held_bytes -= len(self._held.popleft()[1])
             self._available = offset
             self._cond.notify()
 
@@ -106,11 +119,25 @@ class _StagedTail:
             if self._state == "abandoned":
                 raise _Abandoned()
             ready = self._available - self._pos
+            want = ready if size < 0 else min(size, ready)
+            piece = self._from_memory(want) if want > 0 else b""
         if ready <= 0:
             return b""
-        data = os.pread(self._fd, ready if size < 0 else min(size, ready), self._pos)
+        data = piece or os.pread(self._fd, want, self._pos)
         self._pos += len(data)
         return data
+
+    def _from_memory(self, want: int) -> bytes:
+        """Up to ``want`` bytes at the read position from the held chunks, or b"" (caller holds the lock)."""
+        held, pos = self._held, self._pos
+        while held and held[0][0] + len(held[0][1]) <= pos:
+            self._held_bytes -= len(held.popleft()[1])
+        if not held or held[0][0] > pos:
+            return b""
+        start, chunk = held[0]
+        if start == pos and len(chunk) <= want:
+            return chunk  # the common case: whole chunks, no copy
+        return chunk[pos - start : pos - start + want]
 
     def close(self) -> None:
         os.close(self._fd)
@@ -122,7 +149,7 @@ _Following = tuple[_StagedTail, "asyncio.Future[VerifiedBundle]"]
 def _store_chunk(staged: Any, data: bytes, tail: _StagedTail | None) -> None:
     staged.append(data, autosync=False)
     if tail is not None:
-        tail.publish(staged.offset)
+        tail.publish(staged.offset, data)
 
 
 def _verify_following(tail: _StagedTail, key: Any) -> VerifiedBundle:
