@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import datetime as dt
 import logging
 import os
@@ -146,17 +147,24 @@ class _StagedTail:
 _Following = tuple[_StagedTail, "asyncio.Future[VerifiedBundle]"]
 
 
+def _retrieve(fut: asyncio.Future[Any]) -> None:
+    """Mark an outcome nobody may await (an abandoned verifier) as seen."""
+    if not fut.cancelled():
+        fut.exception()
+
+
 def _store_chunk(staged: Any, data: bytes, tail: _StagedTail | None) -> None:
     staged.append(data, autosync=False)
     if tail is not None:
         tail.publish(staged.offset, data)
 
 
-def _verify_following(tail: _StagedTail, key: Any) -> VerifiedBundle:
+def _verify_following(tail: _StagedTail, key: Any, finished: Callable[[], None]) -> VerifiedBundle:
     try:
         return verify_bundle(tail, expected_key=key, keep=("facts.pb",))  # type: ignore[arg-type]
     finally:
         tail.close()
+        finished()
 
 
 def receipt_for(rec: BundleRecord) -> collector_pb2.Receipt:
@@ -214,7 +222,8 @@ class IngestService(collector_pb2_grpc.IngestServicer):
     def close(self) -> None:
         """Let the verifier threads go (uploads still running were abandoned by then)."""
         if self._verifiers is not None:
-            self._verifiers.shutdown(wait=False, cancel_futures=True)
+            # Queued verifiers still run: their uploads were abandoned, so they end at once.
+            self._verifiers.shutdown(wait=False)
             self._verifiers = None
 
     def _follow(self, staged: Any, identity: UploadIdentity) -> _Following | None:
@@ -224,17 +233,25 @@ class IngestService(collector_pb2_grpc.IngestServicer):
             return None
         if self._verifiers is None:
             self._verifiers = ThreadPoolExecutor(limits.stream_verify_workers, thread_name_prefix="casefile-verify")
-        tail = _StagedTail(staged.path, staged.offset)
+        try:
+            tail = _StagedTail(staged.path, staged.offset)
+        except OSError as exc:  # out of descriptors, say: verify after the last byte instead
+            log.warning("bundle %s: verifying after receipt, not while receiving: %s", staged.bundle_id, exc)
+            return None
+        loop = asyncio.get_running_loop()
         self._verifying += 1
-        fut = asyncio.get_running_loop().run_in_executor(self._verifiers, _verify_following, tail, identity.public_key)
 
-        def done(f: asyncio.Future[VerifiedBundle]) -> None:
-            self._verifying -= 1
-            if not f.cancelled():
-                f.exception()  # retrieved here: an abandoned verifier's error is expected
+        def finished() -> None:
+            # Counted down by the worker itself: its thread, not the awaiting future, holds the slot.
+            with contextlib.suppress(RuntimeError):  # the loop is gone at shutdown
+                loop.call_soon_threadsafe(self._verifier_done)
 
-        fut.add_done_callback(done)
+        fut = loop.run_in_executor(self._verifiers, _verify_following, tail, identity.public_key, finished)
+        fut.add_done_callback(_retrieve)
         return tail, fut
+
+    def _verifier_done(self) -> None:
+        self._verifying -= 1
 
     def _verification_failed(self, reason: str) -> None:
         if self._metrics is not None:
@@ -462,12 +479,30 @@ class IngestService(collector_pb2_grpc.IngestServicer):
                 if (syncing is None or syncing.done()) and behind >= limits.sync_every_bytes:
                     syncing = asyncio.ensure_future(asyncio.to_thread(staged.sync))
         finally:
-            # Whatever was handed to a thread finishes before the partial is recorded.
-            if syncing is not None and not syncing.done():
-                await asyncio.wait({syncing})
-            if syncing is not None and not syncing.cancelled():
-                syncing.exception()  # close() below syncs again and reports a failure
-            staged.sync()
+            # The sync in a thread finishes before the partial is recorded, even if this
+            # stream is cancelled again meanwhile (a takeover after a disconnect).
+            cancelled: asyncio.CancelledError | None = None
+            while syncing is not None and not syncing.done():
+                try:
+                    await asyncio.shield(syncing)
+                except asyncio.CancelledError as exc:
+                    cancelled = exc
+                except Exception:
+                    break
+            failed = syncing.exception() if syncing is not None and not syncing.cancelled() else None
+            if failed is None:
+                staged.sync()
+            if cancelled is not None:
+                raise cancelled
+        if failed is not None:
+            # The kernel reports a lost write once: what is staged cannot be trusted now.
+            log.error("bundle %s: fsync of the staged upload failed: %s", header.bundle_id, failed)
+            await asyncio.to_thread(staged.abort)
+            raise Rejected(
+                grpc.StatusCode.UNAVAILABLE,
+                f"bundle {header.bundle_id}: the collector could not store the upload durably ({failed}); "
+                "the partial was discarded, upload again",
+            )
         if staged.offset < header.size:
             raise Rejected(
                 grpc.StatusCode.FAILED_PRECONDITION,

@@ -93,8 +93,10 @@ class StagedUpload:
         self.offset = 0
         self.durable_offset = 0
         self._state = "open"  # open | committed | aborted | closed
-        # ``sync`` may run in a worker thread while the owner goes on appending.
+        # ``sync`` may run in a worker thread while the owner goes on appending; commit,
+        # abort and close take the same lock, so none of them runs during a sync.
         self._sync_lock = threading.Lock()
+        self._sync_error: OSError | None = None
 
     @property
     def path(self) -> Path:
@@ -125,7 +127,7 @@ class StagedUpload:
         self.offset = self.durable_offset = pos
         # Always rewrite: a sidecar left by another (size, sha256) must not survive.
         os.fsync(fd)
-        self._write_sidecar()
+        self._write_sidecar(pos)
 
     def append(self, data: bytes, *, autosync: bool = True) -> None:
         """Add bytes at ``offset``; syncs on its own every ``sync_every`` bytes unless
@@ -152,18 +154,32 @@ class StagedUpload:
         """Make everything held durable and record it in the sidecar.
 
         Safe to call from another thread while ``append`` goes on: it records only
-        the offset reached before its fsync, never bytes written after it.
+        the offset reached before its fsync, never bytes written after it. After a
+        failed fsync nothing is recorded again (the kernel reports a lost write once):
+        every later ``sync`` and ``commit`` raises, and the partial must be aborted.
         """
         with self._sync_lock:
-            fd = self._require_open()
-            target = self.offset
-            os.fsync(fd)
-            if target > self.durable_offset:
-                self.durable_offset = target
-                self._write_sidecar()
+            self._sync_locked()
 
-    def _write_sidecar(self) -> None:
-        body = json.dumps({"size": self.size, "sha256": self.sha256, "offset": self.durable_offset}).encode()
+    def _sync_locked(self) -> None:
+        fd = self._require_open()
+        if self._sync_error is not None:
+            raise StoreError(
+                f"upload {self.bundle_id}: an earlier fsync failed ({self._sync_error}); "
+                "the staged bytes cannot be trusted"
+            )
+        target = self.offset
+        try:
+            os.fsync(fd)
+        except OSError as exc:
+            self._sync_error = exc
+            raise
+        if target > self.durable_offset:
+            self._write_sidecar(target)
+            self.durable_offset = target  # only once the sidecar says so
+
+    def _write_sidecar(self, offset: int) -> None:
+        body = json.dumps({"size": self.size, "sha256": self.sha256, "offset": offset}).encode()
         tmp = self._sidecar.with_suffix(".json.tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
@@ -183,7 +199,13 @@ class StagedUpload:
 
     def commit(self) -> str:
         """Move the verified bytes into the content-addressed store; returns the key."""
+        with self._sync_lock:
+            return self._commit_locked()
+
+    def _commit_locked(self) -> str:
         fd = self._require_open()
+        if self._sync_error is not None:
+            raise StoreError(f"upload {self.bundle_id}: an earlier fsync failed ({self._sync_error}); not committing")
         if self.offset != self.size:
             raise InvalidArgument(f"upload {self.bundle_id}: holds {self.offset} of {self.size} bytes")
         if self.sha256_hex() != self.sha256:
@@ -199,24 +221,30 @@ class StagedUpload:
 
     def abort(self) -> None:
         """Throw the partial away (the client will start from zero)."""
-        self._require_open()
-        self.path.unlink(missing_ok=True)
-        self._sidecar.unlink(missing_ok=True)
-        self._state = "aborted"
+        with self._sync_lock:
+            self._require_open()
+            self.path.unlink(missing_ok=True)
+            self._sidecar.unlink(missing_ok=True)
+            self._state = "aborted"
 
     def close(self) -> None:
-        """Record what is held (if still open) and release the locks. Idempotent."""
-        if self._fd is None:
-            return
-        try:
-            if self._state == "open" and self.offset != self.durable_offset:
-                self.sync()
-        finally:
-            fd, self._fd = self._fd, None
-            os.close(fd)  # drops the flock
-            if self._state == "open":
-                self._state = "closed"
-            self._store._release(self.bundle_id)
+        """Record what is held (if still open) and release the locks. Idempotent.
+
+        Waits for a sync running in another thread: the descriptor, the flock and the
+        bundle's lock are never given up while something still writes for this upload.
+        """
+        with self._sync_lock:
+            if self._fd is None:
+                return
+            try:
+                if self._state == "open" and self.offset != self.durable_offset and self._sync_error is None:
+                    self._sync_locked()
+            finally:
+                fd, self._fd = self._fd, None
+                os.close(fd)  # drops the flock
+                if self._state == "open":
+                    self._state = "closed"
+                self._store._release(self.bundle_id)
 
     def __enter__(self) -> StagedUpload:
         return self

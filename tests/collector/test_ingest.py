@@ -284,7 +284,8 @@ def verifying_collector(request: pytest.FixtureRequest, tmp_path: Path) -> Itera
     from tests.collector.conftest import _run_server
 
     big = 1 << 40 if request.param == "after-receipt" else 0
-    limits = IngestLimits(stream_verify_min_bytes=big, stream_verify_workers=2)
+    # Small sync steps, so the fsync thread runs alongside the stream in every test here.
+    limits = IngestLimits(stream_verify_min_bytes=big, stream_verify_workers=2, sync_every_bytes=128 * 1024)
     yield from _run_server(ServerConfig(address="127.0.0.1:0", data_dir=tmp_path / "collector", limits=limits))
 
 
@@ -410,3 +411,37 @@ def test_staged_tail_reads_exactly_the_published_bytes(chunks: list[bytes], read
             got += data
         tail.close()
     assert bytes(got) == b"".join(chunks)
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc to tell a .part descriptor apart")
+def test_a_failed_fsync_fails_the_upload_and_the_next_one_lands(
+    verifying_collector: RunningCollector, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    c = verifying_collector
+    key, agent_id = _enrolled(c)
+    target = UploadTarget(key=key, agent_id=agent_id)
+    b = small_bundle(tmp_path / "out", key, agent_id=agent_id, payload=os.urandom(1024 * 1024))
+    real, seen = os.fsync, [0]
+
+    def fsync(fd: int) -> None:  # a disk error on the staged file, once, while the stream goes on
+        if os.readlink(f"/proc/self/fd/{fd}").endswith(".part"):
+            seen[0] += 1
+            if seen[0] == 2:  # the first is the one that opens the partial
+                raise OSError(5, "Input/output error")
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    with c.channel() as ch:
+        stub = collector_pb2_grpc.IngestStub(ch)
+        chunks = [collector_pb2.UploadChunk(header=_header(key, agent_id, b.path, b.bundle_id))]
+        data = b.path.read_bytes()
+        chunks += [collector_pb2.UploadChunk(data=data[i : i + 64 * 1024]) for i in range(0, len(data), 64 * 1024)]
+        with pytest.raises(grpc.RpcError) as info:
+            stub.Upload(iter(chunks), timeout=30)
+        assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert "could not store the upload durably" in str(info.value.details())
+        assert not (c.data_dir / "staging" / f"{b.bundle_id}.part").exists()
+        assert c.store.list_bundles()[0] == []
+        receipt = upload_bundle(ch, b.path, bundle_id=b.bundle_id, target=target)
+    assert receipt.sha256 == b.sha256
+    assert _no_verifier_left(c)

@@ -14,6 +14,8 @@ import secrets
 import stat
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -22,7 +24,7 @@ from typing import Any
 import pytest
 
 import collector
-from collector.storage import BlobStore, Conflict, NotFound, S3BlobStore, S3Location, StagedUpload
+from collector.storage import BlobStore, Conflict, NotFound, S3BlobStore, S3Location, StagedUpload, StoreError
 
 # The checkout that holds the package under test, for the child process.
 REPO = Path(collector.__file__).resolve().parents[1]
@@ -289,3 +291,71 @@ def test_stale_uploads(tmp_path: Path, blob_backend: MakeStore) -> None:
         assert store.part_path(busy).exists()
     finally:
         held.close()
+
+
+def _fsync_of_parts(monkeypatch: pytest.MonkeyPatch, behaviour: Any) -> None:
+    """Replace fsync for ``.part`` files only (the sidecar and folders keep the real one):
+    a failing disk or a slow one is what this machine cannot produce on demand."""
+    real = os.fsync
+
+    def fsync(fd: int) -> None:
+        if os.readlink(f"/proc/self/fd/{fd}").endswith(".part"):
+            behaviour(fd)
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc to tell a .part descriptor apart")
+def test_a_failed_fsync_is_never_recorded_or_committed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = BlobStore(tmp_path)
+    data, sha = blob()
+    bid = secrets.token_hex(16)
+    up = store.open_upload(bid, len(data), sha)
+    send(up, data[:100_000])
+    up.sync()
+    failures = [OSError(5, "Input/output error")]
+
+    def fail_once(fd: int) -> None:
+        if failures:
+            raise failures.pop()
+
+    _fsync_of_parts(monkeypatch, fail_once)
+    send(up, data[100_000:])
+    with pytest.raises(OSError, match="Input/output"):
+        up.sync()
+    # The kernel reports a lost write once: the next fsync "succeeds", and must not count.
+    with pytest.raises(StoreError, match="earlier fsync failed"):
+        up.sync()
+    with pytest.raises(StoreError, match="not committing"):
+        up.commit()
+    up.close()
+    assert json.loads(store.sidecar_path(bid).read_text())["offset"] == 100_000
+    assert store.staged_offset(bid, len(data), sha) == 100_000
+    assert not store.exists(sha)
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc to tell a .part descriptor apart")
+def test_close_waits_for_a_sync_running_in_another_thread(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = BlobStore(tmp_path)
+    data, sha = blob()
+    bid = secrets.token_hex(16)
+    up = store.open_upload(bid, len(data), sha)
+    send(up, data[:200_000])
+    in_fsync = threading.Event()
+
+    def slow(fd: int) -> None:
+        in_fsync.set()
+        time.sleep(0.3)
+
+    _fsync_of_parts(monkeypatch, slow)
+    syncer = threading.Thread(target=up.sync)
+    syncer.start()
+    assert in_fsync.wait(5)
+    send(up, data[200_000:250_000], piece=50_000)  # appends go on during the sync
+    up.close()  # must not give up the descriptor or the bundle lock mid-sync
+    syncer.join(5)
+    recorded = json.loads(store.sidecar_path(bid).read_text())["offset"]
+    assert recorded == 250_000 == store.part_path(bid).stat().st_size
+    with store.open_upload(bid, len(data), sha) as again:  # the lock was released, once
+        assert again.offset == 250_000
