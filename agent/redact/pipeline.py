@@ -238,7 +238,7 @@ class Redactor:
         lower = out.lower()
         for rule in SECRET_RULES:
             if rule.wanted(out, lower):
-                new, n = rule.pattern.subn(rule.replace, out)
+                new, n = rule.apply(out)
                 if n and new != out:
                     # Counted by markers: a rule may match and decide to leave a value alone.
                     tag = marker(rule.name)

@@ -42,6 +42,37 @@ class SecretRule:
                 return True
         return False
 
+    def apply(self, line: str) -> tuple[str, int]:
+        """The line with this rule's matches replaced, and how many matched."""
+        return self.pattern.subn(self.replace, line)
+
+
+@dataclass(frozen=True)
+class _KvRule(SecretRule):
+    """key=value pairs whose key names a secret.
+
+    A pair whose key names none keeps its key and separator and the scan goes on from its
+    value, which may start the next pair: in ``kernel: password: x`` the first match is
+    key ``kernel``, value ``password:``; the secret is the pair after it.
+    """
+
+    def apply(self, line: str) -> tuple[str, int]:
+        parts: list[str] = []
+        at = matched = 0
+        while (m := self.pattern.search(line, at)) is not None:
+            if _KV_KEYWORD.search(m.group("key")) is None:
+                parts.append(line[at : m.start("val")])
+                at = m.start("val")
+                continue
+            parts.append(line[at : m.start()])
+            parts.append(self.replace(m))
+            at = m.end()
+            matched += 1
+        if not matched:
+            return line, 0
+        parts.append(line[at:])
+        return "".join(parts), matched
+
 
 def _keep_prefix(n: int, rule: str) -> Callable[[re.Match[str]], str]:
     def repl(m: re.Match[str]) -> str:
@@ -79,15 +110,6 @@ _VALUE = r"(?P<val>\"(?:[^\"\\]|\\.)*\"|'[^']*'|(?!\S*\[REDACTED)[^\s\"',;&<>]+)
 _KV_PATTERN = re.compile(
     r"(?<![\w./-])(?:--?)?(?P<key>[A-Za-z_][\w.-]{0,80})[\"']?(?P<sep>[ \t]*[:=][ \t]*)" + _VALUE
 )
-
-
-def _kv_value(m: re.Match[str]) -> str:
-    if _KV_KEYWORD.search(m.group("key")) is None:
-        # Not a secret key, but its "value" may hold one: in "kernel: password=x" the
-        # first match is key "kernel" with value "password=x". Look inside the value.
-        head = m.group(0)[: m.start("val") - m.start()]
-        return head + _KV_PATTERN.sub(_kv_value, m.group("val"))
-    return _value_group("kv-secret")(m)
 
 
 SECRET_RULES: tuple[SecretRule, ...] = (
@@ -200,12 +222,12 @@ SECRET_RULES: tuple[SecretRule, ...] = (
         _value_group("cli-user-password"),
         fold=True,
     ),
-    SecretRule(
+    _KvRule(
         "kv-secret",
         ("pass", "secret", "token", "credential", "_key", "-key", "apikey", "accesskey", "privatekey", "authkey",
          "pwd"),
         _KV_PATTERN,
-        _kv_value,
+        _value_group("kv-secret"),
         fold=True,
     ),
     SecretRule(

@@ -129,9 +129,17 @@ def test_values_already_redacted_are_not_counted_twice() -> None:
 
 def test_secret_pair_behind_another_colon_pair_is_caught() -> None:
     # "kernel: password=x" first matches as key "kernel" with value "password=x"; the
-    # secret inside that value must still be found (found by hypothesis).
+    # secret inside that value must still be found, and so must one whose own separator
+    # is ": " ("kernel: password: x", where that value is just "password:"). Both found
+    # by hypothesis.
     r = Redactor(get_profile("standard"))
-    for line in ("Nov 23 kernel: password=0000000000000000 ", "app: db: token=abc123", 'msg: "secret=s3cr3t" end'):
+    for line in (
+        "Nov 23 kernel: password=0000000000000000 ",
+        "Nov kernel: password: 0000000000000000 ",
+        "a: b: c: api_key = 0000000000000000",
+        "app: db: token=abc123",
+        'msg: "secret=s3cr3t" end',
+    ):
         out = r.redact_text(line, "t")
         assert "[REDACTED:kv-secret]" in out, out
         assert not any(v in out for v in ("0000000000000000", "abc123", "s3cr3t")), out
