@@ -61,7 +61,7 @@ class IngestLimits:
     # Bundles at least this big are verified while they arrive, by a worker thread that
     # follows the staged file, so the receipt does not wait for a second pass. At most
     # this many such workers at once; other uploads are verified after their last byte.
-    stream_verify_min_bytes: int = 4 * 1024 * 1024
+    stream_verify_min_bytes: int = 1024 * 1024
     stream_verify_workers: int = 4
 
 
