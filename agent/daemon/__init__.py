@@ -1,7 +1,9 @@
 """The agent as a service (``casefile agent run``): the live Channel, policy, history, spool.
 
 Kept free of typer and rich, so the resident process stays small; the CLI imports this
-package only for the ``agent run`` and ``agent history`` commands.
+package only for the ``agent run`` and ``agent history`` commands. The service itself also
+never imports the collection machinery: collections and uploads run in a child process
+(``worker``, ``execute``).
 """
 
 from __future__ import annotations

@@ -1,15 +1,31 @@
-"""One live collection: the same path as ``casefile collect``, kind "live" with the request id."""
+"""One live collection (the same path as ``casefile collect``, kind "live" with the
+request id) and its upload, in the daemon's child process.
+
+``python -m agent.daemon.execute`` serves the requests of ``agent.daemon.worker`` (which
+describes the protocol) on stdin/stdout. Never imported by the daemon itself: this
+module brings in the whole collection machinery and the generated protobuf code.
+"""
 
 from __future__ import annotations
 
+import json
+import logging
+import os
+import signal
+import sys
 from pathlib import Path
+from typing import IO, Any
 
 from agent.bundle import WrittenBundle
 from agent.collect import CollectionSpec
 from agent.keys import SigningKey
 from agent.oneshot import PrivacyOptions, collect_bundle
+from agent.state import AgentHome
+from agent.transport import UploadTarget, open_channel, parse_address, upload_bundle
 
-__all__ = ["LIVE_SAMPLING", "collect_live"]
+__all__ = ["LIVE_SAMPLING", "collect_live", "main", "serve"]
+
+log = logging.getLogger("casefile.agent.daemon.execute")
 
 LIVE_SAMPLING: dict[str, float] = {
     "cpu_sample_s": 0.2,
@@ -32,7 +48,7 @@ def collect_live(
     home: Path,
     output_dir: Path,
 ) -> WrittenBundle:
-    """Collect ``collectors`` into a signed bundle in ``output_dir`` (blocking; run in a thread)."""
+    """Collect ``collectors`` into a signed bundle in ``output_dir`` (blocking)."""
     # An engineer waits on a live snapshot: sample "now" over a fifth of a second rather
     # than the half second to a second a one-shot run affords (same facts, shorter windows).
     options: dict[str, str | int | float | bool] = dict(LIVE_SAMPLING)
@@ -49,3 +65,74 @@ def collect_live(
         privacy=PrivacyOptions(profile=profile, home=home),
     )
     return collected.bundle
+
+
+def _key(home: Path) -> SigningKey:
+    return SigningKey.load(AgentHome(home).key_path)  # never created here: the daemon owns it
+
+
+def _collect(request: dict[str, Any]) -> dict[str, Any]:
+    home = Path(request["home"])
+    bundle = collect_live(
+        key=_key(home),
+        agent_id=str(request["agent_id"]),
+        request_id=str(request["request_id"]),
+        collectors=tuple(str(c) for c in request["collectors"]),
+        since_s=int(request["since_s"]) if request.get("since_s") else None,
+        profile=str(request["profile"]),
+        home=home,
+        output_dir=Path(request["output_dir"]),
+    )
+    return {"bundle": {"path": str(bundle.path), "bundle_id": bundle.bundle_id, "size": bundle.size,
+                       "sha256": bundle.sha256}}
+
+
+def _upload(request: dict[str, Any]) -> dict[str, Any]:
+    bundle_id = str(request["bundle_id"])
+    target = UploadTarget(key=_key(Path(request["home"])), agent_id=str(request["agent_id"]))
+    address = parse_address(str(request["collector"]))
+    with open_channel(address, ca_fingerprint=request.get("ca_fingerprint")) as channel:
+        upload_bundle(channel, Path(request["path"]), bundle_id=bundle_id, target=target,
+                      attempts=int(request["attempts"]))
+    return {"uploaded": bundle_id}
+
+
+_OPS = {"collect": _collect, "upload": _upload}
+
+
+def serve(requests: IO[str], replies: IO[str]) -> None:
+    """Answer each request line with one reply line, until EOF (see ``agent.daemon.worker``)."""
+    for line in requests:
+        op = ""
+        try:
+            request = json.loads(line)
+            op = str(request["op"])
+            reply = _OPS[op](request)
+        except Exception as exc:  # answered; the worker stays for the next request
+            if op == "upload":  # expected when the collector is away: the daemon spools
+                log.warning("upload failed: %s", exc)
+            else:
+                log.exception("%s failed", op or "request")
+            reply = {"error": str(exc) or type(exc).__name__}
+        replies.write(json.dumps(reply) + "\n")
+        replies.flush()
+
+
+def main() -> None:
+    # Our stdout is the reply channel. Whatever else writes to fd 1 — a collector, a
+    # command it runs — must not corrupt it: replies go to a private duplicate, and fd 1
+    # becomes stderr (the daemon's log).
+    replies = os.fdopen(os.dup(1), "w", encoding="utf-8")
+    os.dup2(2, 1)
+    # Ctrl-C at a terminal reaches the whole process group; the daemon decides when we
+    # stop (EOF on stdin, or SIGTERM when it stops mid-collection).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    logging.basicConfig(
+        level=os.environ.get("CASEFILE_LOG_LEVEL", "INFO"),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    serve(sys.stdin, replies)
+
+
+if __name__ == "__main__":
+    main()

@@ -31,10 +31,10 @@ from pathlib import Path
 from typing import Any
 
 from agent.errors import CasefileError
-from agent.redact import PROFILES
 
 __all__ = [
     "DEFAULT_POLICY",
+    "PROFILE_NAMES",
     "SCOPES",
     "SCOPE_COLLECTORS",
     "Policy",
@@ -61,6 +61,11 @@ SCOPE_COLLECTORS: dict[str, tuple[str, ...]] = {
     "commands": (),
 }
 SCOPES = tuple(SCOPE_COLLECTORS)
+
+# The names of ``agent.redact.PROFILES``, repeated so the resident daemon can check its
+# policy without importing the redaction package (its rules and psutil); a test keeps
+# the two equal.
+PROFILE_NAMES = ("standard", "private", "facts-only")
 
 
 class PolicyError(CasefileError):
@@ -101,8 +106,8 @@ class Policy:
             return value
 
         profile = data.get("profile", base.profile)
-        if profile not in PROFILES:
-            raise PolicyError(f"policy {where}: profile must be one of {', '.join(PROFILES)}; got {profile!r}")
+        if profile not in PROFILE_NAMES:
+            raise PolicyError(f"policy {where}: profile must be one of {', '.join(PROFILE_NAMES)}; got {profile!r}")
         return cls(
             allowed_scopes=tuple(dict.fromkeys(scopes)),
             max_logs_window_s=number("max_logs_window_s", 0),

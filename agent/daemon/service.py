@@ -16,6 +16,10 @@ past ``expires_at_unix`` → ``expired``, outside the policy → ``denied by pol
 manifest) as ``collecting``, uploaded through Ingest as ``uploading``. The collector
 reports ``done`` once it has stored the bundle. A bundle that cannot be uploaded goes
 to the spool and is delivered after the next accepted connection.
+
+Collections and uploads run in a child process (``agent.daemon.worker``): the collection
+machinery is never imported here, so the resident process stays small at rest and returns
+to that size after every snapshot.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ from agent.daemon.history import History
 from agent.daemon.policy import Policy, collectors_for, load_policy
 from agent.daemon.protocol import channel_message
 from agent.daemon.spool import Spool
+from agent.daemon.worker import CollectionWorker
 from agent.errors import CasefileError, TransportError
 from agent.keys import SigningKey
 from agent.state import AgentHome, Enrollment
@@ -45,7 +50,6 @@ from agent.transport.connect import (
     PINNED_TARGET_NAME,
     certificate_fingerprint,
     fetch_certificate,
-    open_channel,
     parse_address,
 )
 from agent.version import __version__
@@ -68,16 +72,22 @@ _UPLOAD_ATTEMPTS = 3  # then spool: the spool retries on every reconnect, for ev
 
 @dataclass(frozen=True)
 class DaemonOptions:
-    """Backoff in seconds; tests shorten it via $CASEFILE_AGENT_BACKOFF_MAX/_BASE."""
+    """Backoff in seconds; tests shorten it via $CASEFILE_AGENT_BACKOFF_MAX/_BASE.
+
+    ``worker_linger_s`` ($CASEFILE_AGENT_WORKER_LINGER): how long the collection child
+    stays after a snapshot for the next one; 0 ends it after each.
+    """
 
     backoff_base_s: float = 1.0
     backoff_cap_s: float = 60.0
+    worker_linger_s: float = 60.0
 
     @classmethod
     def from_env(cls) -> DaemonOptions:
         base = float(os.environ.get("CASEFILE_AGENT_BACKOFF_BASE", "1.0"))
         cap = float(os.environ.get("CASEFILE_AGENT_BACKOFF_MAX", "60.0"))
-        return cls(backoff_base_s=max(0.01, base), backoff_cap_s=max(0.01, cap))
+        linger = float(os.environ.get("CASEFILE_AGENT_WORKER_LINGER", "60.0"))
+        return cls(backoff_base_s=max(0.01, base), backoff_cap_s=max(0.01, cap), worker_linger_s=max(0.0, linger))
 
 
 class AgentService:
@@ -95,6 +105,7 @@ class AgentService:
             home.root / "spool", max_bytes=self.policy.spool_max_bytes, max_bundles=self.policy.spool_max_bundles
         )
         self.work = home.root / "work"
+        self.worker = CollectionWorker(linger_s=self.options.worker_linger_s)
         self._stop = asyncio.Event()
         self._outbox: asyncio.Queue[collector_pb2.AgentMessage] | None = None
         self._busy = asyncio.Lock()  # one collection at a time: bounded load on the customer's machine
@@ -128,6 +139,7 @@ class AgentService:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.worker.close()
 
     async def _open(self) -> grpc.aio.Channel:
         address = parse_address(self.enrollment.collector)
@@ -228,8 +240,6 @@ class AgentService:
     # -- requests ------------------------------------------------------------------
 
     async def _handle(self, req: collector_pb2.SnapshotRequest) -> None:
-        from agent.daemon.execute import collect_live
-
         scopes = tuple(req.scopes) or ("facts",)
         who = {
             "request_id": req.request_id,
@@ -262,17 +272,20 @@ class AgentService:
             self._progress(req.request_id, "collecting", f"scopes {', '.join(scopes)}")
             work = self.work / req.request_id
             try:
-                bundle = await asyncio.to_thread(
-                    collect_live,
-                    key=self.key,
+                bundle = await self.worker.collect(
+                    home=self.home.root,
                     agent_id=self.enrollment.agent_id,
                     request_id=req.request_id,
                     collectors=collectors_for(scopes),
                     since_s=int(req.since_seconds) or None,
                     profile=self.policy.profile,
-                    home=self.home.root,
                     output_dir=work,
                 )
+            except asyncio.CancelledError:
+                # The agent is stopping: the child was ended, nothing will be uploaded.
+                self.history.append("failed", detail="interrupted: the agent stopped during the collection", **who)
+                shutil.rmtree(work, ignore_errors=True)
+                raise
             except Exception as exc:
                 detail = f"collection failed: {exc}"
                 log.exception("request %s: %s", req.request_id, detail)
@@ -283,8 +296,8 @@ class AgentService:
         self._progress(req.request_id, "uploading", f"bundle {bundle.bundle_id}, {bundle.size:,} bytes")
         ids = {**who, "bundle_id": bundle.bundle_id, "sha256": bundle.sha256}
         try:
-            await asyncio.to_thread(self._upload, bundle.path, bundle.bundle_id)
-        except (CasefileError, OSError, grpc.RpcError) as exc:
+            await self._upload(bundle.path, bundle.bundle_id)
+        except CasefileError as exc:
             async with self._spool_lock:
                 _, dropped = await asyncio.to_thread(
                     self.spool.add,
@@ -313,13 +326,16 @@ class AgentService:
     def _record(self, outcome: str, ids: dict[str, Any], detail: str) -> None:
         self.history.append(outcome, detail=detail, **ids)
 
-    def _upload(self, path: Path, bundle_id: str) -> None:
-        from agent.transport.client import UploadTarget, upload_bundle
-
-        target = UploadTarget(key=self.key, agent_id=self.enrollment.agent_id)
-        channel = open_channel(parse_address(self.enrollment.collector), ca_fingerprint=self.enrollment.ca_fingerprint)
-        with channel:
-            upload_bundle(channel, path, bundle_id=bundle_id, target=target, attempts=_UPLOAD_ATTEMPTS)
+    async def _upload(self, path: Path, bundle_id: str) -> None:
+        await self.worker.upload(
+            home=self.home.root,
+            agent_id=self.enrollment.agent_id,
+            collector=self.enrollment.collector,
+            ca_fingerprint=self.enrollment.ca_fingerprint,
+            path=path,
+            bundle_id=bundle_id,
+            attempts=_UPLOAD_ATTEMPTS,
+        )
 
     async def _deliver_spool(self) -> None:
         async with self._spool_lock:
@@ -327,8 +343,8 @@ class AgentService:
                 if self._stop.is_set():
                     return
                 try:
-                    await asyncio.to_thread(self._upload, item.path, item.bundle_id)
-                except (CasefileError, OSError, grpc.RpcError) as exc:
+                    await self._upload(item.path, item.bundle_id)
+                except CasefileError as exc:
                     log.warning("spooled bundle %s not delivered yet: %s", item.bundle_id, exc)
                     return
                 await asyncio.to_thread(self.spool.remove, item)

@@ -11,15 +11,16 @@ Plaintext only when ``insecure`` is asked for explicitly, and only to a loopback
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import ipaddress
+import re
 import socket
 import ssl
 from dataclasses import dataclass
 
 import grpc
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
 
 from agent.errors import TransportError
 
@@ -74,10 +75,28 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+# The first certificate of a PEM file (a chain's leaf), as cryptography's loader takes it.
+_PEM_CERTIFICATE = re.compile(
+    rb"-----BEGIN (?:X509 )?CERTIFICATE-----(.*?)-----END (?:X509 )?CERTIFICATE-----", re.DOTALL
+)
+
+
 def certificate_fingerprint(cert_pem_or_der: bytes) -> str:
+    """``sha256:<hex>`` of the certificate's DER encoding, given PEM or DER.
+
+    PEM is decoded here rather than parsed with ``cryptography.x509``: the resident
+    daemon checks the pin on every connect, and x509 would add ~1 MiB to it for what is
+    a base64 decode. The certificate itself is checked by the TLS handshake.
+    """
     der = cert_pem_or_der
     if cert_pem_or_der.lstrip().startswith(b"-----BEGIN"):
-        der = x509.load_pem_x509_certificate(cert_pem_or_der).public_bytes(serialization.Encoding.DER)
+        match = _PEM_CERTIFICATE.search(cert_pem_or_der)
+        if match is None:
+            raise ValueError("no certificate in the PEM data")
+        try:
+            der = base64.b64decode(b"".join(match.group(1).split()), validate=True)
+        except binascii.Error as exc:
+            raise ValueError(f"the PEM certificate is not valid base64: {exc}") from None
     return "sha256:" + hashlib.sha256(der).hexdigest()
 
 

@@ -14,7 +14,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from agent.daemon import DEFAULT_POLICY, History, Policy, PolicyError, Spool, load_policy
-from agent.daemon.policy import collectors_for
+from agent.daemon.policy import PROFILE_NAMES, collectors_for
+from agent.redact import PROFILES
 
 
 def test_default_policy_is_written_on_first_run(tmp_path: Path) -> None:
@@ -88,3 +89,10 @@ def test_spool_drops_oldest_at_its_bound(tmp_path: Path) -> None:
     _, dropped = spool.add(_bundle(tmp_path, "e.tar.zst", 4000), bundle_id="e", request_id="re", sha256="x")
     assert {d.bundle_id for d in dropped} == {"c", "d", "e"}  # larger than the bound on its own
     assert spool.pending() == [] and not a.path.exists()
+
+
+def test_policy_knows_the_redaction_profiles_without_importing_them() -> None:
+    assert tuple(PROFILES) == PROFILE_NAMES
+    assert Policy.from_dict({"profile": "private"}, "t").profile == "private"
+    with pytest.raises(PolicyError, match="profile must be one of standard, private, facts-only"):
+        Policy.from_dict({"profile": ["standard"]}, "t")

@@ -28,6 +28,7 @@ from agent.state import AgentHome, Enrollment
 from agent.transport import enroll, open_channel, parse_address
 from collector.storage import Store
 from protos import collector_pb2, collector_pb2_grpc
+from tests.agent.test_daemon_worker import DAEMON_NEVER_IMPORTS
 
 BIN = Path(sys.executable).parent
 HOSTNAME = socket.gethostname()
@@ -334,7 +335,54 @@ def test_collector_down_during_collection_spools_and_delivers_once(restartable: 
     assert sum(1 for e in agent.history() if e.get("request_id") == request_id and e["outcome"] == "delivered") == 1
 
 
+def _leaked(modules: list[str]) -> list[str]:
+    return [m for m in modules if any(m == n or m.startswith(n + ".") for n in DAEMON_NEVER_IMPORTS)]
+
+
 def test_daemon_imports_neither_typer_nor_rich() -> None:
-    code = "import sys, agent.daemon; sys.exit(int(any(m in sys.modules for m in ('typer', 'rich'))))"
-    assert subprocess.run([sys.executable, "-c", code], timeout=60).returncode == 0
+    # Nor the collection machinery or protobuf (the list is in tests/agent/test_daemon_worker.py).
+    code = "import json, sys, agent.daemon; print(json.dumps(sorted(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert _leaked(json.loads(out.stdout)) == []
+
+
+# The real service in a process of its own; on a line on stdin it prints its modules and stops.
+_MODULES_PROBE = """
+import asyncio, json, sys
+from pathlib import Path
+from agent.daemon.service import AgentService, DaemonOptions
+from agent.state import AgentHome
+
+async def main():
+    service = AgentService(AgentHome(Path(sys.argv[1])), DaemonOptions(0.1, 0.5, worker_linger_s=0))
+    running = asyncio.create_task(service.run())
+    await asyncio.to_thread(sys.stdin.readline)
+    print(json.dumps(sorted(sys.modules)), flush=True)
+    service.stop()
+    await running
+
+asyncio.run(main())
+"""
+
+
+def test_daemon_that_served_a_snapshot_still_holds_no_collection_machinery(live: Live, tmp_path: Path) -> None:
+    c = live.collector
+    probe = enroll_agent(c, tmp_path / "probe-home", "probe-box")
+    before = connects(c, probe.agent_id)
+    with probe.log.open("a") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", _MODULES_PROBE, str(probe.home)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True,
+        )
+    try:
+        wait_for("probe connected", lambda: connects(c, probe.agent_id) > before, logs=probe.log.read_text)
+        events = Live(c, probe, live.tokens).snapshot()
+        assert events[-1].state == "done", events[-1]
+        out, _ = proc.communicate("modules\n", timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(30)
+    assert proc.returncode == 0, probe.log.read_text()
+    assert _leaked(json.loads(out)) == []
 
