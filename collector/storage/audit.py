@@ -66,6 +66,7 @@ class AuditMethods(StoreBase):
         }
         with self._write() as conn:
             row = conn.execute(audit_log.insert().values(values).returning(*audit_log.c)).one()
+        self._rows_inserted("audit_log")
         return _audit(row)
 
     def list_audit(

@@ -126,6 +126,9 @@ class StoreBase:
         with self._read() as conn:
             return current_version(conn)
 
+    def _rows_inserted(self, table: str) -> None:
+        """A row was added to ``table``; ``StatsMethods`` keeps SQLite's statistics by it."""
+
     @contextmanager
     def _read(self) -> Iterator[Connection]:
         with self._engine.connect() as conn:

@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import Connection
 
 from collector.storage import Store, stats
-from collector.storage.schema import bundles, to_micros
+from collector.storage.schema import audit_log, bundles, to_micros
 from tests.collector.test_storage_bundles import T0, make_agent, make_bundle
 
 AGENT_AND_CASE = (
@@ -107,3 +107,37 @@ def test_inserts_refresh_the_statistics_at_each_tenfold(
 def test_small_tables_and_postgres_are_not_analyzed(store: Store) -> None:
     fill(store, busy=10)
     assert store.refresh_statistics() is False
+
+
+ACTOR_AND_ACTION = (
+    "EXPLAIN QUERY PLAN SELECT id FROM audit_log WHERE actor = ? AND action = ? ORDER BY id DESC LIMIT 51"
+)
+
+
+def test_the_audit_log_is_analyzed_too_and_the_actor_index_wins(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'm.db'}"
+    with Store.open(url) as store:
+        # One busy action, 300 engineers: "this engineer's listings" is narrow by actor.
+        rows = [
+            {"at": i, "actor": f"tok{i % 300:04d}", "actor_label": "", "role": "engineer", "action": "bundle.list",
+             "target": "", "peer": "", "outcome": "ok", "detail": ""}
+            for i in range(3000)
+        ]  # fmt: skip
+        with store.engine.begin() as conn:
+            conn.execute(audit_log.insert(), rows)
+    with Store.open(url) as store, store.engine.connect() as conn:
+        found = conn.exec_driver_sql("SELECT stat FROM sqlite_stat1 WHERE tbl = 'audit_log'").scalars().all()
+        assert found and all(str(s).split()[0] == "3000" for s in found)
+        used = " ".join(str(r[-1]) for r in conn.exec_driver_sql(ACTOR_AND_ACTION, ("tok0007", "bundle.list")))
+        assert "ix_audit_log_actor" in used, used
+        assert len(store.list_audit(100, actor="tok0007", action="bundle.list")) == 10
+
+
+def test_audit_entries_refresh_the_statistics_as_they_arrive(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(stats, "ANALYZE_MIN_ROWS", 4)
+    with Store.open(f"sqlite:///{tmp_path / 'm.db'}") as store:
+        for i in range(5):
+            store.audit(actor=f"tok{i}", action="bundle.list", outcome="ok")
+        with store.engine.connect() as conn:
+            found = conn.exec_driver_sql("SELECT stat FROM sqlite_stat1 WHERE tbl = 'audit_log'").scalars().all()
+    assert found and {str(s).split()[0] for s in found} == {"4"}
