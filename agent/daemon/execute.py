@@ -83,8 +83,14 @@ def _collect(request: dict[str, Any]) -> dict[str, Any]:
         home=home,
         output_dir=Path(request["output_dir"]),
     )
-    return {"bundle": {"path": str(bundle.path), "bundle_id": bundle.bundle_id, "size": bundle.size,
-                       "sha256": bundle.sha256}}
+    return {
+        "bundle": {
+            "path": str(bundle.path),
+            "bundle_id": bundle.bundle_id,
+            "size": bundle.size,
+            "sha256": bundle.sha256,
+        }
+    }
 
 
 def _upload(request: dict[str, Any]) -> dict[str, Any]:
@@ -92,12 +98,14 @@ def _upload(request: dict[str, Any]) -> dict[str, Any]:
     target = UploadTarget(key=_key(Path(request["home"])), agent_id=str(request["agent_id"]))
     address = parse_address(str(request["collector"]))
     with open_channel(address, ca_fingerprint=request.get("ca_fingerprint")) as channel:
-        upload_bundle(channel, Path(request["path"]), bundle_id=bundle_id, target=target,
-                      attempts=int(request["attempts"]))
+        upload_bundle(
+            channel, Path(request["path"]), bundle_id=bundle_id, target=target, attempts=int(request["attempts"])
+        )
     return {"uploaded": bundle_id}
 
 
 _OPS = {"collect": _collect, "upload": _upload}
+_ERROR_MAX = 64 * 1024  # an error message longer than this is cut: a reply line stays small
 
 
 def serve(requests: IO[str], replies: IO[str]) -> None:
@@ -113,7 +121,7 @@ def serve(requests: IO[str], replies: IO[str]) -> None:
                 log.warning("upload failed: %s", exc)
             else:
                 log.exception("%s failed", op or "request")
-            reply = {"error": str(exc) or type(exc).__name__}
+            reply = {"error": (str(exc) or type(exc).__name__)[:_ERROR_MAX]}
         replies.write(json.dumps(reply) + "\n")
         replies.flush()
 

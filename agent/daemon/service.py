@@ -297,6 +297,20 @@ class AgentService:
         ids = {**who, "bundle_id": bundle.bundle_id, "sha256": bundle.sha256}
         try:
             await self._upload(bundle.path, bundle.bundle_id)
+        except asyncio.CancelledError:
+            # The agent is stopping mid-upload: keep the bundle for the next start.
+            _, dropped = self.spool.add(
+                bundle.path, bundle_id=bundle.bundle_id, request_id=req.request_id, sha256=bundle.sha256
+            )
+            self.history.append("spooled", detail="the agent stopped during the upload; delivered on restart", **ids)
+            for old in dropped:
+                self._record(
+                    "dropped",
+                    {"request_id": old.request_id, "bundle_id": old.bundle_id, "sha256": old.sha256},
+                    f"spool bound reached ({self.spool.max_bundles} bundles, {self.spool.max_bytes} bytes): "
+                    "oldest bundle dropped",
+                )
+            raise
         except CasefileError as exc:
             async with self._spool_lock:
                 _, dropped = await asyncio.to_thread(

@@ -41,9 +41,16 @@ __all__ = ["WORKER_COMMAND", "CollectionWorker", "LiveBundle"]
 
 log = logging.getLogger("casefile.agent.daemon")
 
-WORKER_COMMAND: tuple[str, ...] = (sys.executable, "-m", "agent.daemon.execute")
+# -P: the daemon's working directory must not shadow a module in the child, which runs as
+# the daemon's user (root under the unit) and starts in that directory.
+WORKER_COMMAND: tuple[str, ...] = (sys.executable, "-P", "-m", "agent.daemon.execute")
 _EXIT_GRACE_S = 10.0  # a child told to exit (EOF, SIGTERM) gets this long before SIGKILL
+_KILLED_WAIT_S = 5.0  # after SIGKILL: a child stuck in the kernel is given up on, not waited for
 _REPLY_LIMIT = 1 << 20  # longest reply line; replies are small, an error message may not be
+# No answer within this long means the child is wedged as a whole (every collector has a
+# budget and the run a total one): it is killed and the request fails.
+COLLECT_DEADLINE_S = 300.0
+UPLOAD_DEADLINE_S = 900.0
 
 
 @dataclass(frozen=True)
@@ -94,7 +101,7 @@ class CollectionWorker:
             "profile": profile,
             "output_dir": str(output_dir),
         }
-        reply = await self._request(request, CollectionError)
+        reply = await self._request(request, CollectionError, COLLECT_DEADLINE_S)
         try:
             b = reply["bundle"]
             return LiveBundle(Path(b["path"]), str(b["bundle_id"]), int(b["size"]), str(b["sha256"]))
@@ -123,15 +130,20 @@ class CollectionWorker:
             "bundle_id": bundle_id,
             "attempts": attempts,
         }
-        await self._request(request, UploadError)
+        await self._request(request, UploadError, UPLOAD_DEADLINE_S)
 
-    async def _request(self, request: Mapping[str, object], error: type[CasefileError]) -> dict[str, Any]:
+    async def _request(
+        self, request: Mapping[str, object], error: type[CasefileError], deadline_s: float
+    ) -> dict[str, Any]:
         async with self._lock:
             if self._retire is not None:
                 self._retire.cancel()
                 self._retire = None
             try:
-                reply = await self._ask(request)
+                reply = await asyncio.wait_for(self._ask(request), deadline_s)
+            except TimeoutError:
+                await self._stop(terminate=True)
+                raise error(f"collection worker did not answer within {deadline_s:g} s; it was stopped") from None
             except asyncio.CancelledError:
                 await self._stop(terminate=True)
                 raise
@@ -169,6 +181,9 @@ class CollectionWorker:
             line = await proc.stdout.readline()
         except (BrokenPipeError, ConnectionResetError):
             line = b""
+        except (ValueError, OSError) as exc:  # a reply over the limit, a broken pipe: out of step now
+            await self._stop(terminate=True)
+            raise CasefileError(f"collection worker reply unreadable: {exc}") from None
         if not line:  # the child died: report how, and start a fresh one next time
             await self._stop(terminate=False)
             raise CasefileError(f"collection worker exited with code {proc.returncode} before answering")
@@ -208,5 +223,9 @@ class CollectionWorker:
         except TimeoutError:
             with contextlib.suppress(ProcessLookupError):
                 proc.kill()
-            await proc.wait()
+            try:
+                await asyncio.wait_for(proc.wait(), _KILLED_WAIT_S)
+            except TimeoutError:
+                log.error("collection worker %d does not exit even when killed (stuck in the kernel?); left", proc.pid)
+                return
         log.debug("collection worker %d exited with code %s", proc.pid, proc.returncode)

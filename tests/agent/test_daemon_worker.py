@@ -190,3 +190,57 @@ def test_the_daemon_imports_nothing_of_the_collection_machinery() -> None:
     loaded = json.loads(out.stdout)
     leaked = [m for m in loaded if any(m == n or m.startswith(n + ".") for n in DAEMON_NEVER_IMPORTS)]
     assert leaked == []
+
+
+def test_a_wedged_child_is_stopped_at_the_deadline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from agent.daemon import worker as worker_module
+
+    monkeypatch.setattr(worker_module, "COLLECT_DEADLINE_S", 0.5)
+    hangs = (sys.executable, "-c", "import sys, time; sys.stdin.readline(); time.sleep(600)")
+
+    async def main() -> int | None:
+        worker = CollectionWorker(linger_s=30, command=hangs)
+        task = asyncio.create_task(_collect(worker, tmp_path, "req-1", tmp_path / "w1"))
+        await _until(lambda: worker.pid is not None, "the child to start")
+        pid = worker.pid
+        with pytest.raises(CollectionError, match=r"did not answer within 0.5 s; it was stopped"):
+            await task
+        assert worker.pid is None
+        return pid
+
+    pid = asyncio.run(main())
+    assert pid is not None and _gone(pid)
+
+
+def test_a_reply_over_the_limit_fails_the_request_and_replaces_the_child(tmp_path: Path) -> None:
+    shouts = (sys.executable, "-c", "import sys; sys.stdin.readline(); print('x' * (3 << 20), flush=True)")
+
+    async def main() -> None:
+        worker = CollectionWorker(linger_s=30, command=shouts)
+        with pytest.raises(CollectionError, match="reply unreadable"):
+            await _collect(worker, tmp_path, "req-1", tmp_path / "w1")
+        assert worker.pid is None  # out of step with the child: it is gone, the next request starts afresh
+
+    asyncio.run(main())
+
+
+def test_the_child_does_not_import_from_its_working_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The child runs as the daemon's user (root under the unit): a ``json.py`` planted in
+    the folder the daemon was started from must not be what it imports."""
+    home, key = _home(tmp_path)
+    marker = tmp_path / "planted-code-ran"
+    cwd = tmp_path / "somewhere"
+    cwd.mkdir()
+    (cwd / "json.py").write_text(f"open({str(marker)!r}, 'w').write('ran')\nfrom _json import *\n")
+    monkeypatch.chdir(cwd)
+
+    async def main() -> LiveBundle:
+        worker = CollectionWorker(linger_s=0)
+        try:
+            return await _collect(worker, home, "req-1", tmp_path / "w1")
+        finally:
+            await worker.close()
+
+    bundle = asyncio.run(main())
+    assert not marker.exists()
+    assert verify_bundle(bundle.path, expected_key=key.public).manifest["request_id"] == "req-1"
