@@ -3,7 +3,7 @@ request id) and its upload, in the daemon's child process.
 
 ``python -m agent.daemon.execute`` serves the requests of ``agent.daemon.worker`` (which
 describes the protocol) on stdin/stdout. Never imported by the daemon itself: this
-module brings in the whole collection machinery and the generated protobuf code.
+module brings in the whole collection machinery.
 """
 
 from __future__ import annotations

@@ -42,7 +42,7 @@ from agent.daemon.history import History
 from agent.daemon.policy import Policy, collectors_for, load_policy
 from agent.daemon.protocol import channel_message
 from agent.daemon.spool import Spool
-from agent.daemon.worker import CollectionWorker
+from agent.daemon.worker import CollectionWorker, LiveBundle
 from agent.errors import CasefileError, TransportError
 from agent.keys import SigningKey
 from agent.state import AgentHome, Enrollment
@@ -299,37 +299,12 @@ class AgentService:
             await self._upload(bundle.path, bundle.bundle_id)
         except asyncio.CancelledError:
             # The agent is stopping mid-upload: keep the bundle for the next start.
-            _, dropped = self.spool.add(
-                bundle.path, bundle_id=bundle.bundle_id, request_id=req.request_id, sha256=bundle.sha256
-            )
-            self.history.append("spooled", detail="the agent stopped during the upload; delivered on restart", **ids)
-            for old in dropped:
-                self._record(
-                    "dropped",
-                    {"request_id": old.request_id, "bundle_id": old.bundle_id, "sha256": old.sha256},
-                    f"spool bound reached ({self.spool.max_bundles} bundles, {self.spool.max_bytes} bytes): "
-                    "oldest bundle dropped",
-                )
+            self._spool(bundle, req.request_id, ids, "the agent stopped during the upload; delivered on restart")
             raise
         except CasefileError as exc:
-            async with self._spool_lock:
-                _, dropped = await asyncio.to_thread(
-                    self.spool.add,
-                    bundle.path,
-                    bundle_id=bundle.bundle_id,
-                    request_id=req.request_id,
-                    sha256=bundle.sha256,
-                )
             detail = f"collector unreachable ({exc}); spooled for delivery on reconnect"
-            await asyncio.to_thread(lambda: self.history.append("spooled", detail=detail, **ids))
-            bound = f"spool bound reached ({self.spool.max_bundles} bundles, {self.spool.max_bytes} bytes)"
-            for old in dropped:
-                await asyncio.to_thread(
-                    self._record,
-                    "dropped",
-                    {"request_id": old.request_id, "bundle_id": old.bundle_id, "sha256": old.sha256},
-                    f"{bound}: oldest bundle dropped",
-                )
+            async with self._spool_lock:
+                await asyncio.to_thread(self._spool, bundle, req.request_id, ids, detail)
             log.warning("request %s: %s", req.request_id, detail)
             self._progress(req.request_id, "uploading", detail, bundle.bundle_id)
         else:
@@ -339,6 +314,20 @@ class AgentService:
 
     def _record(self, outcome: str, ids: dict[str, Any], detail: str) -> None:
         self.history.append(outcome, detail=detail, **ids)
+
+    def _spool(self, bundle: LiveBundle, request_id: str, ids: dict[str, Any], detail: str) -> None:
+        """Keep an undelivered bundle in the spool; record it, and what the spool's bound pushed out."""
+        _, dropped = self.spool.add(
+            bundle.path, bundle_id=bundle.bundle_id, request_id=request_id, sha256=bundle.sha256
+        )
+        self.history.append("spooled", detail=detail, **ids)
+        bound = f"spool bound reached ({self.spool.max_bundles} bundles, {self.spool.max_bytes} bytes)"
+        for old in dropped:
+            self._record(
+                "dropped",
+                {"request_id": old.request_id, "bundle_id": old.bundle_id, "sha256": old.sha256},
+                f"{bound}: oldest bundle dropped",
+            )
 
     async def _upload(self, path: Path, bundle_id: str) -> None:
         await self.worker.upload(

@@ -1,12 +1,12 @@
 """Live collections and uploads run in a child process, so the resident daemon stays small.
 
 Why: the daemon lives for months holding one stream. A collection needs the collectors,
-redaction, the bundle writer, zstandard, psutil and the generated protobuf modules; an
-upload needs those modules and a second gRPC channel; both grow the heap. In the daemon
-that memory would stay for good — Python never unloads a module, and a freed heap is
-seldom handed back to the OS — so one snapshot cost the customer ~11 MiB (measured:
-58 → 69 MiB RSS) for the life of the service. In a child it is all returned when the child exits, and the daemon
-at rest holds only grpc, its key and the Channel stream (issue 6: ≤ 45 MiB RSS idle).
+redaction, the bundle writer, zstandard and psutil; an upload needs a second gRPC
+channel; both grow the heap. In the daemon that memory would stay for good — Python
+never unloads a module, and a freed heap is seldom handed back to the OS — so one
+snapshot cost the customer ~11 MiB (measured: 58 → 69 MiB RSS) for the life of the
+service. In a child it is all returned when the child exits, and the daemon at rest
+holds only grpc, the generated Channel messages, its key and the stream.
 
 The child, ``python -m agent.daemon.execute``, is started on the first request and kept
 ``linger_s`` after the last one, so an engineer's follow-up snapshots do not pay its

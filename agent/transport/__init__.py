@@ -1,8 +1,8 @@
 """The agent's gRPC client side: channels to the collector, enrollment, upload.
 
 The Enroll/Ingest client (``agent.transport.client``) loads on first use of one of its
-names: it needs the generated protobuf modules (~3 MiB), and the resident daemon imports
-this package only to dial the collector (its uploads run in a child process).
+names: the resident daemon imports this package only to dial the collector, and its
+uploads run in a child process.
 """
 
 from __future__ import annotations

@@ -153,12 +153,6 @@ def _retrieve(fut: asyncio.Future[Any]) -> None:
         fut.exception()
 
 
-def _store_chunk(staged: Any, data: bytes, tail: _StagedTail | None) -> None:
-    staged.append(data, autosync=False)
-    if tail is not None:
-        tail.publish(staged.offset, data)
-
-
 def _verify_following(tail: _StagedTail, key: Any, finished: Callable[[], None]) -> VerifiedBundle:
     try:
         return verify_bundle(tail, expected_key=key, keep=("facts.pb",))  # type: ignore[arg-type]
@@ -437,7 +431,6 @@ class IngestService(collector_pb2_grpc.IngestServicer):
     ) -> None:
         limits = self._limits
         stream = aiter(request_iterator)
-        received = staged.offset
         # One fsync at a time runs in a thread while the stream goes on.
         syncing: asyncio.Future[None] | None = None
         try:
@@ -451,30 +444,31 @@ class IngestService(collector_pb2_grpc.IngestServicer):
                     raise Rejected(
                         grpc.StatusCode.DEADLINE_EXCEEDED,
                         f"bundle {header.bundle_id}: no data for {limits.idle_timeout_s:g} s at byte "
-                        f"{received}; resume from there",
+                        f"{staged.offset}; resume from there",
                     ) from None
                 if msg.WhichOneof("part") != "data":
                     raise Rejected(
                         grpc.StatusCode.INVALID_ARGUMENT,
-                        f"bundle {header.bundle_id}: a second header at byte {received}",
+                        f"bundle {header.bundle_id}: a second header at byte {staged.offset}",
                     )
                 n = len(msg.data)
                 if n > limits.max_chunk_bytes:
                     raise Rejected(
                         grpc.StatusCode.INVALID_ARGUMENT,
-                        f"bundle {header.bundle_id}: chunk of {n} bytes at byte {received} "
+                        f"bundle {header.bundle_id}: chunk of {n} bytes at byte {staged.offset} "
                         f"exceeds the {limits.max_chunk_bytes}-byte limit",
                     )
-                if received + n > header.size:
+                if staged.offset + n > header.size:
                     raise Rejected(
                         grpc.StatusCode.INVALID_ARGUMENT,
                         f"bundle {header.bundle_id}: data runs past the declared size "
-                        f"{header.size} at byte {received + n}",
+                        f"{header.size} at byte {staged.offset + n}",
                     )
                 # A page-cache write plus hashing of ≤1 MiB: cheaper inline than a thread hop
                 # (measured: handing each chunk to a thread cut throughput by a third).
-                received += n
-                _store_chunk(staged, msg.data, tail)
+                staged.append(msg.data, autosync=False)
+                if tail is not None:
+                    tail.publish(staged.offset, msg.data)
                 behind = staged.offset - staged.durable_offset
                 if (syncing is None or syncing.done()) and behind >= limits.sync_every_bytes:
                     syncing = asyncio.ensure_future(asyncio.to_thread(staged.sync))

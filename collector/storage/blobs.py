@@ -200,24 +200,23 @@ class StagedUpload:
     def commit(self) -> str:
         """Move the verified bytes into the content-addressed store; returns the key."""
         with self._sync_lock:
-            return self._commit_locked()
-
-    def _commit_locked(self) -> str:
-        fd = self._require_open()
-        if self._sync_error is not None:
-            raise StoreError(f"upload {self.bundle_id}: an earlier fsync failed ({self._sync_error}); not committing")
-        if self.offset != self.size:
-            raise InvalidArgument(f"upload {self.bundle_id}: holds {self.offset} of {self.size} bytes")
-        if self.sha256_hex() != self.sha256:
-            raise InvalidArgument(
-                f"upload {self.bundle_id}: sha256 is {self.sha256_hex()}, the header said {self.sha256}"
-            )
-        os.fsync(fd)
-        self._store._publish(self.path, self.sha256, self.size)
-        _fsync_dir(self.path.parent)
-        self._sidecar.unlink(missing_ok=True)
-        self._state = "committed"
-        return self.sha256
+            fd = self._require_open()
+            if self._sync_error is not None:
+                raise StoreError(
+                    f"upload {self.bundle_id}: an earlier fsync failed ({self._sync_error}); not committing"
+                )
+            if self.offset != self.size:
+                raise InvalidArgument(f"upload {self.bundle_id}: holds {self.offset} of {self.size} bytes")
+            if self.sha256_hex() != self.sha256:
+                raise InvalidArgument(
+                    f"upload {self.bundle_id}: sha256 is {self.sha256_hex()}, the header said {self.sha256}"
+                )
+            os.fsync(fd)
+            self._store._publish(self.path, self.sha256, self.size)
+            _fsync_dir(self.path.parent)
+            self._sidecar.unlink(missing_ok=True)
+            self._state = "committed"
+            return self.sha256
 
     def abort(self) -> None:
         """Throw the partial away (the client will start from zero)."""

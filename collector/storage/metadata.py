@@ -135,7 +135,7 @@ class Store(TokenMethods, AgentMethods, AuditMethods, LiveMethods, StatsMethods)
             self.get_agent(rec.agent_id)  # NotFound names the unknown agent
             raise StoreError(f"bundle {rec.bundle_id} could not be stored: {exc.orig}") from exc
         if inserted:
-            self._bundle_inserted()
+            self._rows_inserted("bundles")
         elif stored.sha256 != rec.sha256:
             raise Conflict(
                 f"bundle {rec.bundle_id} is already stored with sha256 {stored.sha256}, "

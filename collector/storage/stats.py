@@ -120,6 +120,3 @@ class StatsMethods(StoreBase):
             self._stats_countdown[table] = ANALYZE_MIN_ROWS
         if self._refresh(table):
             self._engine.dispose()
-
-    def _bundle_inserted(self) -> None:
-        self._rows_inserted("bundles")
