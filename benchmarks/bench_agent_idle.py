@@ -1,10 +1,12 @@
 """Agent daemon at rest: RSS and CPU of ``casefile-agent`` holding its channel, before and after a snapshot.
 
 Baseline in the same run: a bare Python process that imports grpc, psutil and
-cryptography and then sleeps (what any Python agent with these libraries costs). A
-second reference, the floor: the least Python process that holds the same stream — grpc.aio
-over TLS with the pinned certificate, the handshake signed with an Ed25519 key, messages
-hand-encoded, no Casefile code — enrolled as an agent of its own. The daemon is connected
+cryptography and then sleeps (DESIGN §10's reference: what any Python agent with these
+libraries costs). A second reference: the least Python process that holds the same
+stream through grpcio — grpc.aio over TLS with the pinned certificate, the handshake
+signed with an Ed25519 key, messages hand-encoded, no Casefile code — enrolled as an
+agent of its own. It is what the daemon's channel cost before it moved to h2
+(``agent/daemon/h2stream.py``), and what it would cost again on grpcio. The daemon is connected
 to a real collector process on loopback. Two windows of ``--seconds`` each, the
 references measured side by side in both:
 
@@ -235,8 +237,8 @@ def main() -> None:
         print("|---|---|---|---|---|")
         print(row("casefile-agent, connected, idle (window 1)", before))
         print(row("casefile-agent, idle again after one live snapshot (window 2)", after))
-        print(row("floor: bare grpc.aio client holding the same stream (window 1)", floor1))
-        print(row("floor (window 2)", floor2))
+        print(row("reference: bare grpc.aio client holding the same stream (window 1)", floor1))
+        print(row("grpc.aio reference (window 2)", floor2))
         print(row("baseline: python + grpc + psutil + cryptography (window 1)", base1))
         print(row("baseline (window 2)", base2))
         print(f"| ratio to baseline (window 1 / window 2) | {before.rss / base1.rss:.2f} / {after.rss / base2.rss:.2f} "

@@ -14,11 +14,18 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
 from sqlalchemy import create_engine, make_url, text
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import SQLAlchemyError
 
 from collector.storage import Store
+
+# Why: the property tests share two cores with collectors, agent processes and PostgreSQL
+# that other tests start; how fast examples are generated or run is not what they check
+# (speed is measured in benchmarks/), so a loaded machine must not fail them.
+settings.register_profile("casefile", suppress_health_check=[HealthCheck.too_slow], deadline=None)
+settings.load_profile("casefile")
 
 DEFAULT_POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 

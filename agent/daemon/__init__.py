@@ -3,7 +3,8 @@
 Kept free of typer and rich, so the resident process stays small; the CLI imports this
 package only for the ``agent run`` and ``agent history`` commands. The service itself also
 never imports the collection machinery: collections and uploads run in a child process
-(``worker``, ``execute``).
+(``worker``, ``execute``). Nor grpcio: its one long-lived stream speaks gRPC through h2
+(``h2stream``).
 """
 
 from __future__ import annotations

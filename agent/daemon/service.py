@@ -1,7 +1,8 @@
 """The agent service: hold the Channel, answer snapshot requests, deliver the spool.
 
 One asyncio loop. ``AgentService.run`` dials the enrolled collector (TLS, pinned
-certificate), opens ``Channel.Connect``, proves the agent's key (see
+certificate), opens ``Channel.Connect`` (gRPC over ``h2``, not grpcio: see
+``agent.daemon.h2stream``), proves the agent's key (see
 ``agent.daemon.protocol``) and then waits for ``SnapshotRequest``s. When the stream
 cannot be opened or breaks — collector restarted, network gone, UNAVAILABLE or
 CANCELLED — it waits a random time in ``[0, min(cap, base·2^n)]`` (exponential backoff
@@ -36,8 +37,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import grpc
+from google.protobuf.message import DecodeError
 
+from agent.daemon.h2stream import BidiStream, RpcError
 from agent.daemon.history import History
 from agent.daemon.policy import Policy, collectors_for, load_policy
 from agent.daemon.protocol import channel_message
@@ -46,27 +48,15 @@ from agent.daemon.worker import CollectionWorker, LiveBundle
 from agent.errors import CasefileError, TransportError
 from agent.keys import SigningKey
 from agent.state import AgentHome, Enrollment
-from agent.transport.connect import (
-    PINNED_TARGET_NAME,
-    certificate_fingerprint,
-    fetch_certificate,
-    parse_address,
-)
+from agent.transport.connect import parse_address
 from agent.version import __version__
-from protos import collector_pb2, collector_pb2_grpc
+from protos import collector_pb2
 
 __all__ = ["AgentService", "DaemonOptions", "run", "run_cli"]
 
 log = logging.getLogger("casefile.agent.daemon")
 
-# Why: keepalive pings every 30 s keep NAT mappings open and notice a dead collector
-# within ~40 s; the collector permits pings without calls every 20 s or slower.
-_KEEPALIVE: list[tuple[str, int | str]] = [
-    ("grpc.keepalive_time_ms", 30_000),
-    ("grpc.keepalive_timeout_ms", 10_000),
-    ("grpc.keepalive_permit_without_calls", 1),
-    ("grpc.http2.max_pings_without_data", 0),
-]
+_CONNECT_PATH = "/casefile.v1.Channel/Connect"
 _UPLOAD_ATTEMPTS = 3  # then spool: the spool retries on every reconnect, for ever
 
 
@@ -76,18 +66,33 @@ class DaemonOptions:
 
     ``worker_linger_s`` ($CASEFILE_AGENT_WORKER_LINGER): how long the collection child
     stays after a snapshot for the next one; 0 ends it after each.
+
+    Keepalive ($CASEFILE_AGENT_KEEPALIVE_S, $CASEFILE_AGENT_KEEPALIVE_TIMEOUT_S): a ping
+    every 30 s keeps NAT mappings open, and one unanswered for 10 s means the collector
+    or the path to it is gone: the stream is dropped and dialled again. The collector
+    permits a ping every 20 s or slower; more often, it ends the connection.
     """
 
     backoff_base_s: float = 1.0
     backoff_cap_s: float = 60.0
     worker_linger_s: float = 60.0
+    keepalive_s: float = 30.0
+    keepalive_timeout_s: float = 10.0
 
     @classmethod
     def from_env(cls) -> DaemonOptions:
         base = float(os.environ.get("CASEFILE_AGENT_BACKOFF_BASE", "1.0"))
         cap = float(os.environ.get("CASEFILE_AGENT_BACKOFF_MAX", "60.0"))
         linger = float(os.environ.get("CASEFILE_AGENT_WORKER_LINGER", "60.0"))
-        return cls(backoff_base_s=max(0.01, base), backoff_cap_s=max(0.01, cap), worker_linger_s=max(0.0, linger))
+        keepalive = float(os.environ.get("CASEFILE_AGENT_KEEPALIVE_S", "30.0"))
+        keepalive_timeout = float(os.environ.get("CASEFILE_AGENT_KEEPALIVE_TIMEOUT_S", "10.0"))
+        return cls(
+            backoff_base_s=max(0.01, base),
+            backoff_cap_s=max(0.01, cap),
+            worker_linger_s=max(0.0, linger),
+            keepalive_s=max(0.1, keepalive),
+            keepalive_timeout_s=max(0.1, keepalive_timeout),
+        )
 
 
 class AgentService:
@@ -123,9 +128,9 @@ class AgentService:
             accepted = False
             try:
                 accepted = await self._session()
-            except grpc.aio.AioRpcError as exc:
-                level = logging.ERROR if exc.code() is grpc.StatusCode.ALREADY_EXISTS else logging.WARNING
-                log.log(level, "channel to %s: %s: %s", self.enrollment.collector, exc.code().name, exc.details())
+            except RpcError as exc:
+                level = logging.ERROR if exc.code == "ALREADY_EXISTS" else logging.WARNING
+                log.log(level, "channel to %s: %s: %s", self.enrollment.collector, exc.code, exc.details)
             except (TransportError, OSError) as exc:
                 log.warning("channel to %s: %s", self.enrollment.collector, exc)
             failures = 0 if accepted else failures + 1
@@ -141,43 +146,32 @@ class AgentService:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.worker.close()
 
-    async def _open(self) -> grpc.aio.Channel:
-        address = parse_address(self.enrollment.collector)
-        options = list(_KEEPALIVE)
-        pin = self.enrollment.ca_fingerprint
-        if pin:
-            pem = await asyncio.to_thread(fetch_certificate, address)
-            actual = certificate_fingerprint(pem)
-            if actual.lower() != pin.strip().lower():
-                raise TransportError(
-                    f"collector {address.target} certificate fingerprint {actual} does not match the pinned {pin}",
-                    peer=address.target,
-                    code="PIN_MISMATCH",
-                )
-            options.append(("grpc.ssl_target_name_override", PINNED_TARGET_NAME))
-            creds = grpc.ssl_channel_credentials(root_certificates=pem)
-        else:
-            creds = grpc.ssl_channel_credentials()
-        return grpc.aio.secure_channel(address.target, creds, options=options)
+    async def _open(self) -> BidiStream:
+        return await BidiStream.open(
+            parse_address(self.enrollment.collector),
+            _CONNECT_PATH,
+            pin=self.enrollment.ca_fingerprint,
+            user_agent=f"casefile-agent/{__version__}",
+            keepalive_s=self.options.keepalive_s,
+            keepalive_timeout_s=self.options.keepalive_timeout_s,
+        )
 
     async def _session(self) -> bool:
         """One stream's life; True if the collector accepted it (resets the backoff)."""
         accepted = False
-        channel = await self._open()
+        call = await self._open()
         try:
-            call: Any = collector_pb2_grpc.ChannelStub(channel).Connect()
             agent_id = self.enrollment.agent_id
             hello = collector_pb2.ChannelHello(agent_id=agent_id, agent_version=__version__)
-            await call.write(collector_pb2.AgentMessage(hello=hello))
-            first = await call.read()
-            if first is grpc.aio.EOF or first.WhichOneof("msg") != "challenge":
+            await call.write(collector_pb2.AgentMessage(hello=hello).SerializeToString())
+            first = _parse(await call.read())
+            if first is None or first.WhichOneof("msg") != "challenge":
                 raise TransportError("collector did not send a challenge", peer=self.enrollment.collector)
             signature = self.key.sign(channel_message(bytes(first.challenge.nonce), agent_id))
-            await call.write(
-                collector_pb2.AgentMessage(challenge_response=collector_pb2.ChallengeResponse(signature=signature))
-            )
-            second = await call.read()
-            if second is grpc.aio.EOF or second.WhichOneof("msg") != "accepted":
+            response = collector_pb2.ChallengeResponse(signature=signature)
+            await call.write(collector_pb2.AgentMessage(challenge_response=response).SerializeToString())
+            second = _parse(await call.read())
+            if second is None or second.WhichOneof("msg") != "accepted":
                 raise TransportError("collector did not accept the channel", peer=self.enrollment.collector)
             accepted = True
             log.info("connected to %s as %s", self.enrollment.collector, second.accepted.agent_id)
@@ -192,17 +186,16 @@ class AgentService:
                     done, _ = await asyncio.wait({reader, stopper}, return_when=asyncio.FIRST_COMPLETED)
                     if stopper in done:
                         reader.cancel()
-                        call.cancel()
                         break
                     try:
-                        msg = reader.result()
-                    except grpc.aio.AioRpcError as exc:
+                        msg = _parse(reader.result())
+                    except RpcError as exc:
                         # An accepted stream that ends — the collector's connection-age
                         # GOAWAY, a replica stopping, a load balancer moving us — is a
                         # normal reconnect: the backoff starts again from its base.
-                        log.info("channel ended (%s: %s); reconnecting", exc.code().name, exc.details())
+                        log.info("channel ended (%s: %s); reconnecting", exc.code, exc.details)
                         break
-                    if msg is grpc.aio.EOF:
+                    if msg is None:
                         log.warning("collector closed the channel")
                         break
                     if msg.WhichOneof("msg") == "snapshot_request":
@@ -211,15 +204,15 @@ class AgentService:
                 self._outbox = None
                 stopper.cancel()
                 writer.cancel()
-                with contextlib.suppress(asyncio.CancelledError, grpc.aio.AioRpcError):
+                with contextlib.suppress(asyncio.CancelledError, RpcError):
                     await writer
         finally:
-            await channel.close()
+            await call.close()
         return accepted
 
-    async def _write(self, call: Any, outbox: asyncio.Queue[collector_pb2.AgentMessage]) -> None:
+    async def _write(self, call: BidiStream, outbox: asyncio.Queue[collector_pb2.AgentMessage]) -> None:
         while True:
-            await call.write(await outbox.get())
+            await call.write((await outbox.get()).SerializeToString())
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.create_task(coro)
@@ -358,6 +351,16 @@ class AgentService:
                     "",
                 )
                 log.info("spooled bundle %s delivered", item.bundle_id)
+
+
+def _parse(data: bytes | None) -> collector_pb2.CollectorMessage | None:
+    """A message from the collector; None when it ended the call with OK."""
+    if data is None:
+        return None
+    try:
+        return collector_pb2.CollectorMessage.FromString(data)
+    except DecodeError as exc:
+        raise RpcError("INTERNAL", f"unreadable CollectorMessage ({len(data)} bytes): {exc}") from None
 
 
 def run_cli() -> None:

@@ -6,7 +6,8 @@ channel; both grow the heap. In the daemon that memory would stay for good — P
 never unloads a module, and a freed heap is seldom handed back to the OS — so one
 snapshot cost the customer ~11 MiB (measured: 58 → 69 MiB RSS) for the life of the
 service. In a child it is all returned when the child exits, and the daemon at rest
-holds only grpc, the generated Channel messages, its key and the stream.
+holds only h2, the generated Channel messages, its key and the stream (see
+``agent.daemon.h2stream`` for why that stream does not use grpcio).
 
 The child, ``python -m agent.daemon.execute``, is started on the first request and kept
 ``linger_s`` after the last one, so an engineer's follow-up snapshots do not pay its

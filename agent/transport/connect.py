@@ -19,10 +19,12 @@ import re
 import socket
 import ssl
 from dataclasses import dataclass
-
-import grpc
+from typing import TYPE_CHECKING
 
 from agent.errors import TransportError
+
+if TYPE_CHECKING:
+    import grpc
 
 __all__ = [
     "PINNED_TARGET_NAME",
@@ -133,6 +135,8 @@ def open_channel(
     insecure: bool = False,
 ) -> grpc.Channel:
     """A synchronous gRPC channel to the collector, trusted as described in the module doc."""
+    import grpc  # here, not at the top: the resident daemon uses this module's helpers without grpc
+
     options = list(_CHANNEL_OPTIONS)
     if insecure:
         if not is_loopback(address.host):

@@ -25,8 +25,10 @@ from agent.keys import SigningKey
 from agent.state import AgentHome
 
 # Never in the resident daemon, not even after it served a snapshot: the collection
-# machinery and its dependencies, the CLI's libraries.
+# machinery and its dependencies, the CLI's libraries, grpcio (its Channel stream speaks
+# gRPC through h2; uploads, which use grpcio, run in the collection child).
 DAEMON_NEVER_IMPORTS = (
+    "grpc",
     "typer",
     "rich",
     "click",

@@ -1,0 +1,466 @@
+"""One gRPC bidirectional stream over HTTP/2, without grpcio: the daemon's Channel.
+
+Why not grpcio here: the resident daemon holds exactly one long-lived stream
+(``Channel.Connect``), and grpcio's core library costs it ~15 MiB of resident memory
+for that, more than the rest of the process together (measured in
+``benchmarks/bench_agent_idle.py``). This module speaks the same protocol with ``h2``
+(python-hyper's HTTP/2 state machine, pure Python) over the standard library's asyncio
+and ssl. Everything else that talks to the collector — enrollment, uploads, the CLI —
+still uses grpcio; uploads run in the collection child, not here.
+
+What it implements of gRPC over HTTP/2 (grpc/doc/PROTOCOL-HTTP2.md), client side:
+
+- TLS 1.2+ with ALPN ``h2``. A pinned collector: its certificate is fetched and compared
+  with the pin, then trusted as the only anchor (name ``casefile-collector``, validity
+  period), and the certificate the stream's own handshake presented must hash to the pin
+  too — checked before any HTTP/2 byte is sent. Unpinned: the system trust store and the
+  host name.
+- One POST to ``path`` with ``content-type: application/grpc`` and ``te: trailers``.
+- Messages framed as 1 flag byte + 4-byte big-endian length + payload. No compression is
+  offered, so a compressed message is a protocol error; a message over ``max_message``
+  bytes (gRPC's 4 MiB default) ends the stream with RESOURCE_EXHAUSTED.
+- The status comes from the trailers (``grpc-status``, percent-encoded ``grpc-message``)
+  or from a trailers-only response; without ``grpc-status``, the HTTP status is mapped
+  as the spec says. RST_STREAM and GOAWAY end the stream with the code the spec gives;
+  the caller reconnects.
+- Keepalive: a PING every ``keepalive_s``; no ACK within ``keepalive_timeout_s`` ends the
+  stream with UNAVAILABLE. (The collector permits a ping every 20 s or slower.)
+- Flow control: received bytes are acknowledged as messages are read, so a collector
+  cannot make the agent buffer more than a window ahead (unless one message is larger
+  than the window, which is acknowledged as it arrives); sends wait for window.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import ssl
+from collections.abc import Sequence
+from typing import Any, Final
+from urllib.parse import unquote
+
+import h2.config
+import h2.connection
+import h2.events
+import h2.exceptions
+from h2.connection import ConnectionState
+from h2.errors import ErrorCodes
+
+from agent.errors import TransportError
+from agent.transport.connect import (
+    PINNED_TARGET_NAME,
+    CollectorAddress,
+    certificate_fingerprint,
+    fetch_certificate,
+)
+
+__all__ = ["MAX_MESSAGE", "STATUS_NAMES", "BidiStream", "Deframer", "RpcError", "frame"]
+
+MAX_MESSAGE: Final = 4 * 1024 * 1024  # gRPC's default receive limit
+_HEADER: Final = 5
+_MAX_QUEUED: Final = 16  # messages read ahead before received data waits for the reader
+
+# grpc-status values (grpc/doc/statuscodes.md), by number.
+STATUS_NAMES: Final = (
+    "OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND",
+    "ALREADY_EXISTS", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION",
+    "ABORTED", "OUT_OF_RANGE", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS",
+    "UNAUTHENTICATED",
+)  # fmt: skip
+
+# HTTP status without grpc-status → gRPC status (grpc/doc/http-grpc-status-mapping.md).
+_HTTP_STATUS: Final = {
+    "400": "INTERNAL", "401": "UNAUTHENTICATED", "403": "PERMISSION_DENIED", "404": "UNIMPLEMENTED",
+    "429": "UNAVAILABLE", "502": "UNAVAILABLE", "503": "UNAVAILABLE", "504": "UNAVAILABLE",
+}  # fmt: skip
+
+# RST_STREAM error code → gRPC status (PROTOCOL-HTTP2.md, "Errors").
+_RESET_STATUS: Final = {
+    ErrorCodes.REFUSED_STREAM: "UNAVAILABLE",
+    ErrorCodes.CANCEL: "CANCELLED",
+    ErrorCodes.ENHANCE_YOUR_CALM: "RESOURCE_EXHAUSTED",
+    ErrorCodes.INADEQUATE_SECURITY: "PERMISSION_DENIED",
+}
+
+
+class RpcError(Exception):
+    """The stream ended with a gRPC status other than OK, or could not carry on."""
+
+    def __init__(self, code: str, details: str) -> None:
+        super().__init__(f"{code}: {details}")
+        self.code = code
+        self.details = details
+
+
+def frame(payload: bytes) -> bytes:
+    """One gRPC message on the wire: uncompressed flag, length, payload."""
+    return b"\x00" + len(payload).to_bytes(4, "big") + payload
+
+
+class Deframer:
+    """Cuts the response body into gRPC messages; the collector's bytes are untrusted.
+
+    ``feed`` returns every message completed by ``data`` and keeps the rest. A bad
+    header raises ``RpcError`` naming the byte offset in the body where it starts.
+    """
+
+    def __init__(self, max_message: int = MAX_MESSAGE) -> None:
+        self._buf = bytearray()
+        self._max = max_message
+        self._offset = 0  # body offset of self._buf[0]
+
+    @property
+    def pending(self) -> int:
+        """Bytes of a message that has not arrived whole yet."""
+        return len(self._buf)
+
+    def feed(self, data: bytes) -> list[bytes]:
+        self._buf += data
+        out: list[bytes] = []
+        while len(self._buf) >= _HEADER:
+            flag = self._buf[0]
+            length = int.from_bytes(self._buf[1:_HEADER], "big")
+            where = f"message header at byte {self._offset} of the response"
+            if flag == 1:
+                raise RpcError("INTERNAL", f"{where}: compressed, but the agent offered no compression")
+            if flag != 0:
+                raise RpcError("INTERNAL", f"{where}: flag byte {flag:#04x} is neither 0 nor 1")
+            if length > self._max:
+                raise RpcError("RESOURCE_EXHAUSTED", f"{where}: {length:,} bytes exceeds the {self._max:,} byte limit")
+            end = _HEADER + length
+            if len(self._buf) < end:
+                break
+            out.append(bytes(self._buf[_HEADER:end]))
+            del self._buf[:end]
+            self._offset += end
+        return out
+
+
+def _status_from(headers: dict[str, str]) -> RpcError | None:
+    """None for OK; else the error the trailers carry."""
+    raw = headers.get("grpc-status", "")
+    message = unquote(headers.get("grpc-message", ""))
+    if not raw.isdigit():
+        return RpcError("UNKNOWN", f"the collector sent grpc-status {raw!r}, not a number")
+    number = int(raw)
+    if number == 0:
+        return None
+    code = STATUS_NAMES[number] if number < len(STATUS_NAMES) else "UNKNOWN"
+    return RpcError(code, message or f"grpc-status {number}")
+
+
+class _Ended:
+    """Queued after the last message: the stream's final status (None = OK)."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: RpcError | None) -> None:
+        self.error = error
+
+
+async def _tls_context(address: CollectorAddress, pin: str | None) -> tuple[ssl.SSLContext, str]:
+    if pin:
+        pem = await asyncio.to_thread(fetch_certificate, address)
+        _check_pin(address, certificate_fingerprint(pem), pin)
+        ctx = ssl.create_default_context(cadata=pem.decode("ascii"))
+        name = PINNED_TARGET_NAME
+    else:
+        ctx = ssl.create_default_context()
+        name = address.host
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.set_alpn_protocols(["h2"])
+    return ctx, name
+
+
+def _check_pin(address: CollectorAddress, actual: str, pin: str) -> None:
+    if actual.lower() != pin.strip().lower():
+        raise TransportError(
+            f"collector {address.target} certificate fingerprint {actual} does not match the pinned {pin}",
+            peer=address.target,
+            code="PIN_MISMATCH",
+        )
+
+
+class BidiStream:
+    """A client's bidirectional-streaming call. Open with ``BidiStream.open``.
+
+    ``write`` sends one serialized message, ``read`` returns the next one, ``None`` once
+    the collector ended the call with OK, and raises ``RpcError`` for any other end.
+    ``close`` cancels the call (RST_STREAM CANCEL) if it is still open and closes the
+    connection. One event loop; one writer at a time.
+    """
+
+    def __init__(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        *,
+        keepalive_s: float,
+        keepalive_timeout_s: float,
+        max_message: int,
+    ) -> None:
+        self._reader = reader
+        self._writer = writer
+        self._conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding="utf-8"))
+        self._sid = 0
+        self._deframer = Deframer(max_message)
+        self._messages: asyncio.Queue[bytes | _Ended] = asyncio.Queue()
+        self._ended: _Ended | None = None  # set once; reads drain the queue before they see it
+        self._unacked = 0
+        self._changed = asyncio.Event()  # window opened, settings changed, or the stream ended
+        self._ping_acked = asyncio.Event()
+        self._send_lock = asyncio.Lock()
+        self._keepalive_s = keepalive_s
+        self._keepalive_timeout_s = keepalive_timeout_s
+        self._tasks: list[asyncio.Task[None]] = []
+
+    @classmethod
+    async def open(
+        cls,
+        address: CollectorAddress,
+        path: str,
+        *,
+        pin: str | None,
+        user_agent: str,
+        connect_timeout_s: float = 20.0,
+        keepalive_s: float = 30.0,
+        keepalive_timeout_s: float = 10.0,
+        max_message: int = MAX_MESSAGE,
+    ) -> BidiStream:
+        ctx, server_name = await _tls_context(address, pin)
+        try:
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_connection(address.host, address.port, ssl=ctx, server_hostname=server_name),
+                connect_timeout_s,
+            )
+        except TimeoutError:
+            late = f"no TLS connection to {address.target} within {connect_timeout_s:g} s"
+            raise RpcError("UNAVAILABLE", late) from None
+        except (OSError, ssl.SSLError) as exc:
+            raise RpcError("UNAVAILABLE", f"cannot connect to {address.target}: {exc}") from None
+        stream = cls(
+            reader, writer, keepalive_s=keepalive_s, keepalive_timeout_s=keepalive_timeout_s, max_message=max_message
+        )
+        try:
+            tls = writer.get_extra_info("ssl_object")
+            alpn = tls.selected_alpn_protocol() if tls is not None else None
+            if alpn != "h2":
+                raise RpcError("UNAVAILABLE", f"{address.target} did not agree to HTTP/2 (ALPN {alpn!r})")
+            if pin:
+                der = tls.getpeercert(binary_form=True) or b""
+                _check_pin(address, certificate_fingerprint(der), pin)
+            stream._start(address.target, path, user_agent)
+        except BaseException:
+            await stream.close()
+            raise
+        return stream
+
+    def _start(self, authority: str, path: str, user_agent: str) -> None:
+        self._conn.initiate_connection()
+        self._sid = self._conn.get_next_available_stream_id()
+        self._conn.send_headers(
+            self._sid,
+            [
+                (":method", "POST"),
+                (":scheme", "https"),
+                (":path", path),
+                (":authority", authority),
+                ("content-type", "application/grpc"),
+                ("te", "trailers"),
+                ("user-agent", user_agent),
+            ],
+        )
+        self._flush()
+        self._tasks = [asyncio.create_task(self._receive()), asyncio.create_task(self._keepalive())]
+
+    # -- the caller's side ---------------------------------------------------------
+
+    async def write(self, payload: bytes) -> None:
+        async with self._send_lock:
+            data = memoryview(frame(payload))
+            while data:
+                self._raise_if_ended()
+                room = min(self._conn.local_flow_control_window(self._sid), self._conn.max_outbound_frame_size)
+                if room <= 0:
+                    self._changed.clear()
+                    await self._changed.wait()
+                    continue
+                try:
+                    self._conn.send_data(self._sid, bytes(data[:room]))
+                except h2.exceptions.H2Error as exc:
+                    self._abandon(RpcError("INTERNAL", f"cannot send on the call: {exc}"))
+                    continue
+                data = data[room:]
+                self._flush()
+            try:
+                await self._writer.drain()
+            except (OSError, ssl.SSLError) as exc:
+                self._end(RpcError("UNAVAILABLE", f"connection to the collector lost while sending: {exc}"))
+                self._raise_if_ended()
+
+    def _raise_if_ended(self) -> None:
+        if self._ended is not None:
+            raise self._ended.error or RpcError("INTERNAL", "the collector already ended the call with OK")
+
+    async def read(self) -> bytes | None:
+        item = await self._messages.get()
+        if isinstance(item, bytes):
+            self._acknowledge()
+            return item
+        self._messages.put_nowait(item)  # every later read sees the end too
+        if item.error is not None:
+            raise item.error
+        return None
+
+    def cancel(self) -> None:
+        """End the call from this side: RST_STREAM CANCEL; reads then raise CANCELLED."""
+        if self._ended is None:
+            with contextlib.suppress(h2.exceptions.H2Error, OSError, RuntimeError):
+                self._conn.reset_stream(self._sid, ErrorCodes.CANCEL)
+                self._flush()
+            self._end(RpcError("CANCELLED", "cancelled by the agent"))
+
+    async def close(self) -> None:
+        self.cancel()
+        with contextlib.suppress(h2.exceptions.H2Error, OSError, RuntimeError):
+            self._conn.close_connection()
+            self._flush()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        with contextlib.suppress(OSError, ssl.SSLError, TimeoutError):
+            await asyncio.wait_for(self._writer.drain(), 1)
+        # Not a TLS close_notify exchange: grpc's server answers it only when it drops the
+        # connection itself, seconds later. The GOAWAY above already said goodbye.
+        self._writer.transport.abort()
+        with contextlib.suppress(OSError, ssl.SSLError, TimeoutError):
+            await asyncio.wait_for(self._writer.wait_closed(), 1)
+
+    # -- the connection's side -----------------------------------------------------
+
+    def _flush(self) -> None:
+        out = self._conn.data_to_send()
+        if out and not self._writer.is_closing():
+            self._writer.write(out)
+
+    def _acknowledge(self) -> None:
+        if self._unacked and self._ended is None:
+            with contextlib.suppress(h2.exceptions.H2Error):
+                self._conn.acknowledge_received_data(self._unacked, self._sid)
+                self._flush()
+        self._unacked = 0
+
+    def _end(self, error: RpcError | None) -> None:
+        if self._ended is None:
+            self._ended = _Ended(error)
+            self._messages.put_nowait(self._ended)
+            self._changed.set()
+
+    async def _receive(self) -> None:
+        try:
+            while self._ended is None:
+                data = await self._reader.read(65536)
+                if not data:
+                    self._end(RpcError("UNAVAILABLE", "the collector closed the connection"))
+                    break
+                try:
+                    events = self._conn.receive_data(data)
+                except h2.exceptions.ProtocolError as exc:
+                    if self._conn.state_machine.state is ConnectionState.CLOSED:
+                        # A GOAWAY followed, in the same read, by frames h2 no longer takes
+                        # once it has seen one (a collector stopping sends both).
+                        self._end(RpcError("UNAVAILABLE", "the collector closed the connection (GOAWAY)"))
+                    else:
+                        self._end(RpcError("INTERNAL", f"HTTP/2 protocol error from the collector: {exc}"))
+                    break
+                for event in events:
+                    self._on(event)
+                self._flush()  # settings and ping ACKs, window updates
+        except RpcError as exc:  # a bad message header: the call cannot go on
+            self._abandon(exc)
+        except (OSError, ssl.SSLError) as exc:
+            self._end(RpcError("UNAVAILABLE", f"connection to the collector lost: {exc}"))
+        if self._ended is not None and self._ended.error is not None:
+            self._writer.close()  # nothing more will be read: let the collector see it now
+
+    def _abandon(self, error: RpcError) -> None:
+        """End the call for a reason of this side's own: reset it and keep the reason."""
+        with contextlib.suppress(h2.exceptions.H2Error, OSError, RuntimeError):
+            self._conn.reset_stream(self._sid, ErrorCodes.CANCEL)
+            self._flush()
+        self._end(error)
+
+    def _on(self, event: h2.events.Event) -> None:
+        if isinstance(event, h2.events.PingAckReceived):
+            self._ping_acked.set()
+        elif isinstance(event, (h2.events.WindowUpdated, h2.events.RemoteSettingsChanged)):
+            self._changed.set()
+        elif isinstance(event, h2.events.ConnectionTerminated):
+            extra = f" ({event.additional_data.decode('utf-8', 'replace')})" if event.additional_data else ""
+            code = event.error_code.name if isinstance(event.error_code, ErrorCodes) else str(event.error_code)
+            self._end(RpcError("UNAVAILABLE", f"the collector is closing the connection: GOAWAY {code}{extra}"))
+        elif getattr(event, "stream_id", self._sid) != self._sid:
+            return  # not our call (the collector starts none)
+        elif isinstance(event, h2.events.ResponseReceived):
+            self._on_headers(dict(_text_headers(event.headers)), ended=event.stream_ended is not None)
+        elif isinstance(event, h2.events.DataReceived):
+            self._unacked += event.flow_controlled_length
+            for message in self._deframer.feed(event.data or b""):
+                self._messages.put_nowait(message)
+            if self._messages.qsize() < _MAX_QUEUED:
+                self._acknowledge()
+        elif isinstance(event, h2.events.TrailersReceived):
+            self._on_trailers(dict(_text_headers(event.headers)))
+        elif isinstance(event, h2.events.StreamEnded):
+            self._end(RpcError("INTERNAL", "the collector ended the call without a grpc-status"))
+        elif isinstance(event, h2.events.StreamReset):
+            reset = event.error_code
+            name = reset.name if isinstance(reset, ErrorCodes) else str(reset)
+            status = _RESET_STATUS.get(reset, "INTERNAL") if isinstance(reset, ErrorCodes) else "INTERNAL"
+            self._end(RpcError(status, f"the collector reset the call (RST_STREAM {name})"))
+
+    def _on_headers(self, headers: dict[str, str], *, ended: bool) -> None:
+        if "grpc-status" in headers:  # trailers-only: the call ends before any message
+            self._on_trailers(headers)
+            return
+        status = headers.get(":status", "")
+        if status != "200":
+            code = _HTTP_STATUS.get(status, "UNKNOWN")
+            self._abandon(RpcError(code, f"the collector answered HTTP {status or '(no status)'}"))
+        elif not headers.get("content-type", "").startswith("application/grpc"):
+            kind = headers.get("content-type", "(none)")
+            self._abandon(RpcError("UNKNOWN", f"the collector answered content-type {kind}, not gRPC"))
+        elif ended:
+            self._end(RpcError("INTERNAL", "the collector ended the call without a grpc-status"))
+
+    def _on_trailers(self, headers: dict[str, str]) -> None:
+        error = _status_from(headers)
+        if error is None and self._deframer.pending:
+            error = RpcError("INTERNAL", f"the call ended inside a message ({self._deframer.pending} bytes of it came)")
+        self._end(error)
+
+    async def _keepalive(self) -> None:
+        while self._ended is None:
+            await asyncio.sleep(self._keepalive_s)
+            if self._ended is not None:
+                return
+            self._ping_acked.clear()
+            try:
+                self._conn.ping(os.urandom(8))
+                self._flush()
+            except (h2.exceptions.H2Error, OSError, RuntimeError):
+                return
+            try:
+                await asyncio.wait_for(self._ping_acked.wait(), self._keepalive_timeout_s)
+            except TimeoutError:
+                self._end(
+                    RpcError("UNAVAILABLE", f"keepalive: a ping went unanswered for {self._keepalive_timeout_s:g} s")
+                )
+                self._writer.close()
+                return
+
+
+def _text_headers(headers: Sequence[tuple[Any, Any]] | None) -> list[tuple[str, str]]:
+    """Names lower-cased; values are str already (``header_encoding`` is set)."""
+    return [(str(name).lower(), str(value)) for name, value in headers or []]
