@@ -22,9 +22,10 @@ from agent.keys import SigningKey
 from agent.state import AgentHome, Enrollment
 from agent.transport import enroll
 from agent.transport.connect import PINNED_TARGET_NAME, fetch_certificate, parse_address
+from collector.server import ServerConfig
 from collector.storage import LiveRequestRecord
 from protos import collector_pb2, collector_pb2_grpc
-from tests.collector.conftest import RunningCollector
+from tests.collector.conftest import RunningCollector, _run_server
 
 
 def _enrolled(collector: RunningCollector, home: Path) -> tuple[str, SigningKey]:
@@ -162,3 +163,28 @@ def test_agent_refuses_expired_and_replayed_requests(connected: tuple[RunningCol
     history = home / "history.jsonl"
     _wait("duplicate recorded", lambda: history.exists() and '"duplicate"' in history.read_text())
     assert '"accepted"' not in history.read_text()
+
+
+def test_connection_age_goaway_reconnects_without_a_clone_alarm(tmp_path: Path) -> None:
+    # The collector ends every connection after its maximum age (GOAWAY), so agents spread
+    # over replicas. The agent drops that stream and dials again at once: the collector
+    # must have let go of the old one by then, or a second stream is refused as a clone.
+    config = ServerConfig(
+        address="127.0.0.1:0", data_dir=tmp_path / "collector", max_connection_age_s=0.6, max_connection_age_grace_s=0.3
+    )
+    gen = _run_server(config)
+    collector = next(gen)
+    try:
+        agent_id, _ = _enrolled(collector, tmp_path / "home")
+
+        def audit(outcome: str) -> list[Any]:
+            return collector.store.list_audit(100, actor=agent_id, action="channel.connect", outcome=outcome)
+
+        with _Daemon(tmp_path / "home"):
+            deadline = time.monotonic() + 60
+            while len(audit("ok")) < 5 and time.monotonic() < deadline:
+                time.sleep(0.1)
+        assert len(audit("ok")) >= 5
+        assert [r.detail for r in audit("denied")] == []
+    finally:
+        gen.close()
