@@ -10,6 +10,7 @@ Exit codes (stable, for scripts):
 
 from __future__ import annotations
 
+import gc
 import json
 import socket
 import sys
@@ -182,10 +183,8 @@ def collect(
     command line is the instruction itself, as `sos report --batch --upload` is: it is
     sent, and the receipt records "non-interactive".
     """
-    from agent.collect import CollectionSpec
+    from agent.collect import CollectionSpec, start_collection
     from agent.collect.framework import DEFAULT_TOTAL_BUDGET_S
-    from agent.oneshot import Consent, PrivacyOptions, prepare_collection
-    from agent.summary import snapshot_summary
 
     state = AgentHome(home)
     enrollment = state.enrollment()
@@ -218,19 +217,30 @@ def collect(
         )
     except CollectionError as exc:
         raise typer.BadParameter(str(exc)) from None
-    privacy = PrivacyOptions(
-        profile=profile,
-        home=state.root,
-        only_paths=glob_only,
-        exclude_paths=glob_exclude,
-        add_files=tuple(add_file or ()),
-        allow_leaks=allow_leaks,
-    )
+    # Collecting starts now; the rest of the command (redaction, the bundle writer, the
+    # key) is loaded while the collectors wait through their sampling windows.
+    running = start_collection(spec)
+    try:
+        from agent.oneshot import Consent, PrivacyOptions, prepare_collection
+        from agent.summary import snapshot_summary
+
+        privacy = PrivacyOptions(
+            profile=profile,
+            home=state.root,
+            only_paths=glob_only,
+            exclude_paths=glob_exclude,
+            add_files=tuple(add_file or ()),
+            allow_leaks=allow_leaks,
+        )
+        key = None if preview else state.key()
+    except BaseException:
+        running.abandon()
+        raise
     with prepare_collection(
-        key=None if preview else state.key(),
+        key=key,
         agent_id=enrollment.agent_id if enrollment else "",
         case_id=case,
-        spec=spec,
+        running=running,
         privacy=privacy,
         preview=preview,
     ) as prepared:
@@ -522,6 +532,12 @@ def main() -> None:
         _exit(4, str(exc))
     except OSError as exc:
         _exit(4, f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": "))
+    finally:
+        # The command is done and has closed what it wrote; what is left is the
+        # interpreter's teardown, whose garbage collections walk every object the run
+        # loaded: ~30-40 ms of a one-shot collect's exit, measured. Frozen objects are
+        # not walked. Teardown itself (atexit, flushing stdout/stderr) runs as usual.
+        gc.freeze()
 
 
 if __name__ == "__main__":

@@ -37,7 +37,13 @@ from typing import IO, Any
 from google.protobuf import json_format
 
 from agent.bundle import BundleMeta, BundleWriter, WrittenBundle, new_bundle_id
-from agent.collect import CollectionResult, CollectionSpec, run_collection, statuses_to_dicts
+from agent.collect import (
+    CollectionResult,
+    CollectionSpec,
+    RunningCollection,
+    start_collection,
+    statuses_to_dicts,
+)
 from agent.keys import SigningKey
 from agent.redact import (
     FACTS_ARTIFACT,
@@ -365,19 +371,43 @@ def prepare_collection(
     spec: CollectionSpec | None = None,
     privacy: PrivacyOptions | None = None,
     preview: bool = False,
+    running: RunningCollection | None = None,
 ) -> Prepared:
-    """Collect and redact into spools; ``key`` None (a preview) cannot be sealed later."""
-    privacy = privacy or PrivacyOptions()
-    profile = get_profile(privacy.profile)
-    added = _check_added(privacy, profile.raw)
-    redactor = _make_redactor(privacy, preview=preview)
-    gate = LeakGate(redactor.harvested if profile.pseudonymise else None)
-    result = run_collection(spec or CollectionSpec())
+    """Collect and redact into spools; ``key`` None (a preview) cannot be sealed later.
+
+    ``running`` is a collection the caller started already (``start_collection``; then
+    no ``spec``): the CLI starts it as soon as the command line is read, before it
+    loads the rest. A collection that cannot be prepared is abandoned.
+    """
+    if running is not None and spec is not None:
+        raise ValueError("pass a spec or a running collection, not both")
+    try:
+        privacy = privacy or PrivacyOptions()
+        profile = get_profile(privacy.profile)
+        added = _check_added(privacy, profile.raw)
+        if running is None:
+            running = start_collection(spec or CollectionSpec())
+        # The collectors spend most of the run asleep in their sampling windows: what
+        # comes after them (the redactor, the modules sealing needs) is readied meanwhile.
+        redactor = _make_redactor(privacy, preview=preview)
+        gate = LeakGate(redactor.harvested if profile.pseudonymise else None)
+        if not preview:
+            _load_sealing_modules()
+        result = running.wait()
+    except BaseException:
+        if running is not None:
+            running.abandon()
+        raise
     try:
         return _prepare(result, redactor, gate, privacy, added, key, agent_id, case_id, kind, request_id)
     except BaseException:
         result.close()
         raise
+
+
+def _load_sealing_modules() -> None:
+    """Import what ``Prepared.seal`` imports lazily (the analysis, ~30 ms), ahead of time."""
+    import agent.analysis  # noqa: F401
 
 
 def _prepare(

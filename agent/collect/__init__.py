@@ -29,7 +29,13 @@ from agent.collect.framework import (
     declaration_problems,
 )
 from agent.collect.registry import ENTRY_POINT_GROUP, BrokenPlugin, Registry, registered_collectors
-from agent.collect.runner import CollectionResult, run_collection, statuses_to_dicts
+from agent.collect.runner import (
+    CollectionResult,
+    RunningCollection,
+    run_collection,
+    start_collection,
+    statuses_to_dicts,
+)
 
 __all__ = [
     "ALL_PLATFORMS",
@@ -49,11 +55,13 @@ __all__ = [
     "OptionValue",
     "Pending",
     "Registry",
+    "RunningCollection",
     "current_platform",
     "declaration_problems",
     "registered_collectors",
     "run_collection",
     "run_command",
+    "start_collection",
     "statuses_to_dicts",
     "stream_lines",
 ]

@@ -40,7 +40,7 @@ from agent.collect.registry import Registry, build_registry, registered_collecto
 from agent.errors import CollectionError
 from protos import facts_pb2
 
-__all__ = ["CollectionResult", "run_collection", "statuses_to_dicts"]
+__all__ = ["CollectionResult", "RunningCollection", "run_collection", "start_collection", "statuses_to_dicts"]
 
 
 @dataclass(frozen=True)
@@ -185,6 +185,78 @@ def run_collection(
     ``collectors`` replaces the registry (built-ins and plugins) for this run. Raises
     CollectionError only for a bad spec or badly declared collectors.
     """
+    return start_collection(spec, collectors=collectors).wait()
+
+
+class RunningCollection:
+    """A collection whose collectors are running; ``wait`` gathers it into a result.
+
+    Between ``start_collection`` and ``wait`` the calling thread is free: most of a run
+    is collectors sleeping through their sampling windows, and a caller can spend that
+    time on what it needs afterwards (the one-shot path builds its redactor and imports
+    what sealing needs). A caller that gives up calls ``abandon`` instead of ``wait``.
+    """
+
+    def __init__(
+        self,
+        registry: Registry,
+        spec: CollectionSpec,
+        statuses: dict[str, Status],
+        runs: list[_Run],
+        started: float,
+        temp: TempArea,
+        others_done: threading.Event,
+        guard: tuple[str, ...],
+    ) -> None:
+        self._registry, self._spec, self._statuses, self._runs = registry, spec, statuses, runs
+        self._started, self._temp, self._others_done, self._guard = started, temp, others_done, guard
+
+    def wait(self) -> CollectionResult:
+        """Wait for every collector (or its budget), then merge; call once."""
+        spec, statuses, runs, started = self._spec, self._statuses, self._runs, self._started
+        gathered = _Gathered()
+        try:
+            # Observers (the time series) watch the others: they are told when the rest is done.
+            for run in sorted(runs, key=lambda r: r.cls.observes):
+                if run.cls.observes:
+                    self._others_done.set()
+                run.thread.join(run.ctx.remaining())
+                statuses[run.cls.name] = gathered.settle(run, started, spec.total_budget_s)
+        finally:
+            self._others_done.set()
+
+        ordered = tuple(statuses[n] for n in self._registry.names())
+        gathered.snapshot.collectors.extend(ordered)
+        return CollectionResult(
+            snapshot=gathered.snapshot,
+            statuses=ordered,
+            artifacts=tuple(gathered.artifacts),
+            warnings=tuple(gathered.warnings),
+            sizes=MappingProxyType(gathered.sizes),
+            duration_s=time.monotonic() - started,
+            spec=spec,
+            selected=tuple(run.cls.name for run in runs),
+            guard=self._guard,
+            temp=self._temp,
+        )
+
+    def abandon(self) -> None:
+        """Give the run up: whatever the collectors return is never read; temp files go."""
+        for run in self._runs:
+            with run.lock:
+                run.abandoned = True
+        self._others_done.set()
+        self._temp.cleanup()
+
+
+def start_collection(
+    spec: CollectionSpec | None = None, *, collectors: Iterable[type[Collector]] | None = None
+) -> RunningCollection:
+    """Start the selected collectors (``run_collection`` without the waiting).
+
+    Raises CollectionError, before anything starts, for a bad spec or badly declared
+    collectors.
+    """
     spec = spec or CollectionSpec()
     registry = registered_collectors() if collectors is None else build_registry(collectors)
     _check_names(spec, registry.names())
@@ -198,29 +270,7 @@ def run_collection(
         statuses, runs = _plan(registry, spec, started, temp, others_done)
         for run in runs:
             run.thread.start()
-    gathered = _Gathered()
-    # Observers (the time series) watch the others: they are told when the rest is done.
-    for run in sorted(runs, key=lambda r: r.cls.observes):
-        if run.cls.observes:
-            others_done.set()
-        run.thread.join(run.ctx.remaining())
-        statuses[run.cls.name] = gathered.settle(run, started, spec.total_budget_s)
-    others_done.set()
-
-    ordered = tuple(statuses[n] for n in registry.names())
-    gathered.snapshot.collectors.extend(ordered)
-    return CollectionResult(
-        snapshot=gathered.snapshot,
-        statuses=ordered,
-        artifacts=tuple(gathered.artifacts),
-        warnings=tuple(gathered.warnings),
-        sizes=MappingProxyType(gathered.sizes),
-        duration_s=time.monotonic() - started,
-        spec=spec,
-        selected=tuple(run.cls.name for run in runs),
-        guard=tuple(guard_notes),
-        temp=temp,
-    )
+    return RunningCollection(registry, spec, statuses, runs, started, temp, others_done, tuple(guard_notes))
 
 
 def _plan(

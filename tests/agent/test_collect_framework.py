@@ -14,10 +14,11 @@ import psutil
 import pytest
 
 from agent.bundle.reader import verify_bundle
-from agent.collect import CollectContext, CollectionSpec, Collector, run_collection
+from agent.collect import CollectContext, CollectionSpec, Collector, run_collection, start_collection
 from agent.errors import CollectionError
 from agent.keys import SigningKey
-from agent.oneshot import collect_bundle
+from agent.oneshot import PrivacyOptions, collect_bundle, prepare_collection
+from agent.redact import RedactionError
 from protos import facts_pb2
 
 Status = facts_pb2.CollectorStatus
@@ -163,3 +164,51 @@ def test_a_hung_command_is_killed_and_the_bundle_still_seals(tmp_path: Path, mon
         time.sleep(0.02)
     else:
         pytest.fail("the hung journalctl is still running")
+
+
+class _Window(Collector):
+    name = "window"
+    description = "sleeps through a short sampling window"
+    budget_s = 2.0
+
+    def collect(self, ctx: CollectContext) -> None:
+        time.sleep(0.1)
+
+
+def test_prepare_takes_a_collection_the_caller_started(tmp_path: Path) -> None:
+    key = SigningKey.generate()
+    running = start_collection(CollectionSpec(), collectors=[_Window])
+    with prepare_collection(key=key, running=running) as prepared:
+        assert [s.name for s in prepared.result.statuses] == ["window"]
+        collected = prepared.seal(tmp_path, key)
+    verify_bundle(collected.bundle.path, expected_key=key.public)
+
+
+def test_prepare_refuses_a_spec_and_a_running_collection_together() -> None:
+    running = start_collection(CollectionSpec(), collectors=[_Window])
+    try:
+        with pytest.raises(ValueError, match="not both"):
+            prepare_collection(key=None, spec=CollectionSpec(), running=running, preview=True)
+    finally:
+        running.abandon()
+
+
+def test_a_started_collection_is_abandoned_when_it_cannot_be_prepared() -> None:
+    written: list[Path] = []
+
+    class Scratch(_Window):
+        name = "scratch"
+
+        def collect(self, ctx: CollectContext) -> None:
+            path = ctx.temp_path("scratch.txt")
+            path.write_text("partial")
+            written.append(path)
+            time.sleep(0.1)
+
+    running = start_collection(CollectionSpec(), collectors=[Scratch])
+    deadline = time.monotonic() + 5
+    while not written and time.monotonic() < deadline:
+        time.sleep(0.01)
+    with pytest.raises(RedactionError):
+        prepare_collection(key=None, running=running, privacy=PrivacyOptions(profile="no-such-profile"), preview=True)
+    assert written and not written[0].exists()  # the run was given up and its files removed

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Iterator
+from pathlib import Path
+from typing import ClassVar
 
 import pytest
 
@@ -15,6 +18,7 @@ from agent.collect import (
     Collector,
     current_platform,
     run_collection,
+    start_collection,
 )
 from agent.collect.builtin import (
     BUILTIN_COLLECTORS,
@@ -286,3 +290,55 @@ def test_statuses_are_in_the_snapshot_and_json_able() -> None:
     assert json.loads(json.dumps(entries)) == entries
     assert [e["status"] for e in entries] == ["ok", "error", "unsupported"]
     assert json.loads(json.dumps(result.spec_dict()))["selected"] == ["memory", "raising"]
+
+
+# --- started, then waited for (the one-shot path works while collectors sleep) ----------
+
+
+class Sleeper(Collector):
+    name = "sleeper"
+    description = "sleeps briefly, as a sampling window does"
+    budget_s = 2.0
+
+    def collect(self, ctx: CollectContext) -> None:
+        time.sleep(0.2)
+
+
+def test_a_started_collection_runs_while_the_caller_works() -> None:
+    t0 = time.monotonic()
+    running = start_collection(CollectionSpec(), collectors=[Sleeper])
+    assert time.monotonic() - t0 < 0.15  # start does not wait for the window
+    time.sleep(0.2)  # the caller's own work, overlapping the collector's
+    result = running.wait()
+    assert time.monotonic() - t0 < 0.35
+    assert {s.name: s.state for s in result.statuses}["sleeper"] == Status.OK
+
+
+class TempWriter(Collector):
+    name = "temp_writer"
+    description = "leaves a file in its temp directory, then sleeps"
+    budget_s = 2.0
+    written: ClassVar[list[Path]] = []
+
+    def collect(self, ctx: CollectContext) -> None:
+        path = ctx.temp_path("scratch.txt")
+        path.write_text("partial")
+        TempWriter.written.append(path)
+        time.sleep(0.2)
+
+
+def test_an_abandoned_collection_drops_its_files() -> None:
+    TempWriter.written.clear()
+    running = start_collection(CollectionSpec(), collectors=[TempWriter])
+    deadline = time.monotonic() + 5
+    while not TempWriter.written and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert TempWriter.written and TempWriter.written[0].exists()
+    running.abandon()
+    running.abandon()  # idempotent
+    assert not TempWriter.written[0].exists()
+
+
+def test_a_bad_spec_fails_before_anything_starts() -> None:
+    with pytest.raises(CollectionError, match="unknown collector"):
+        start_collection(CollectionSpec(only=("nonexistent",)), collectors=[Sleeper])

@@ -244,6 +244,58 @@ def test_real_file_matches_its_layout(tmp_path: Path) -> None:
     assert c.fragments >= 1 and c.mapped_bytes >= 256 << 10
 
 
+def _files(root: Path, dirs: int = 4, per_dir: int = 6) -> None:
+    for d in range(dirs):
+        sub = root / f"d{d}"
+        sub.mkdir()
+        for i in range(per_dir):
+            (sub / f"f{i}").write_bytes(os.urandom(70_000))
+    os.sync()
+
+
+def test_the_child_sampler_answers_what_the_thread_would(tmp_path: Path) -> None:
+    """Same seed, same files: the child interpreter and this thread give the same sample."""
+    _files(tmp_path)
+    bounds = lin.Bounds(max_files=10, budget_s=30.0)
+    here = lin.sample_filesystem(str(tmp_path), bounds, rng=random.Random(11))
+    if "FIEMAP unsupported" in here.note:
+        pytest.skip(f"tmp filesystem has no FIEMAP: {here.note}")
+    there = lin.sample_in_child(str(tmp_path), bounds, seed=11)
+    for msg in (here, there):
+        msg.ClearField("duration_s")
+    assert there == here
+    assert there.files_sampled > 0 and "24 files >= 64 KiB eligible" in there.note
+
+
+def test_the_child_reports_an_unwalkable_mountpoint_as_oserror(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError):
+        lin.sample_in_child(str(tmp_path / "gone"), lin.Bounds(budget_s=5.0))
+
+
+def test_free_space_of_an_unsupported_filesystem_needs_no_child() -> None:
+    facts = lin.free_space_in_child("/", "vfat", timeout=0.0)  # a child could not run in 0 s
+    assert not facts.available and "not supported by vfat" in facts.reason
+
+
+def test_without_a_child_interpreter_the_collector_samples_in_its_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _files(tmp_path, dirs=2, per_dir=3)
+    monkeypatch.setattr(lin.sys, "executable", "")
+    spec = CollectionSpec(only=("fragmentation",), options={"frag_mountpoints": str(tmp_path), "frag_seed": 3})
+    with run_collection(spec) as result:
+        (fs,) = result.snapshot.fragmentation.filesystems
+        assert "6 files >= 64 KiB eligible" in fs.note
+        assert any("in-process" in w for _, w in result.warnings)
+
+
+def test_the_walker_option_is_checked() -> None:
+    spec = CollectionSpec(only=("fragmentation",), options={"frag_walker": "fork"})
+    with run_collection(spec) as result:
+        (status,) = [s for s in result.statuses if s.name == "fragmentation"]
+        assert status.state == facts_pb2.CollectorStatus.ERROR and "frag_walker" in status.error
+
+
 # --- which filesystems --------------------------------------------------------------
 
 

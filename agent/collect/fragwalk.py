@@ -1,0 +1,363 @@
+"""One filesystem's fragmentation sample — walk, FIEMAP, summary — in the standard library only.
+
+The walk dominates the cost (FIEMAP of 2,000 warm files takes ~50 ms; walking /usr
+takes seconds), so the bounds are on the walk: a time budget and a file count. A
+depth-first walk cut short by a budget only sees the first subtrees, so the walk picks
+the next directory at random from everything discovered so far, and two pools are
+kept while walking: a uniform reservoir (Algorithm R) of eligible files and a heap of
+the largest ones. Per-file shares (% files fragmented, mean/p50/p95, histogram) come
+from the uniform pool only; byte-weighted figures, the maximum and the worst files use
+the whole sample, because a few huge fragmented files (databases, VM images, backups)
+are what hurts and the uniform pool would rarely hold them.
+
+Why a module of its own, free of protobuf and psutil: the walk is CPU-bound Python.
+In a collector thread it holds the GIL through the very windows in which the other
+collectors wait to take their second reading, and it walks at half speed for it
+(measured on a 2-core machine: ~45k entries in 0.375 s in the thread, ~90k in a child
+process, while ``processes`` took 0.48 s instead of 0.30 s). So the fragmentation
+collector runs ``sample`` in a child interpreter (``python -I -S``) that imports only
+this module and ``fiemap``; ``child_main`` is that child's entry point. The result is
+a plain dict of ``FsFragmentation`` fields, turned into the message by the caller.
+"""
+
+from __future__ import annotations
+
+import errno
+import heapq
+import json
+import math
+import os
+import random
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from agent.collect import fiemap
+
+__all__ = [
+    "DEFAULT_MIN_BYTES",
+    "FREE_SPACE_FSTYPES",
+    "IDEAL_EXTENT_BYTES",
+    "WORST_FILES",
+    "Bounds",
+    "Candidate",
+    "Mapped",
+    "Mapper",
+    "WalkResult",
+    "bucket",
+    "child_main",
+    "free_space_fields",
+    "ideal_fragments",
+    "percentile",
+    "sample",
+    "walk",
+]
+
+# An extent-based filesystem caps one extent (ext4: 128 MiB), so a file in pieces of
+# that size reads as well as it can; only more pieces than this count as fragmented.
+IDEAL_EXTENT_BYTES = 128 << 20
+WORST_FILES = 10
+DEFAULT_MIN_BYTES = 64 << 10  # smaller files can hardly fragment and would dilute the shares
+FREE_SPACE_FSTYPES = frozenset({"ext4", "xfs"})  # the ones with a reverse map (GETFSMAP)
+_WALK_SHARE = 0.75  # of the budget; the rest is for FIEMAP
+
+
+@dataclass(frozen=True)
+class Bounds:
+    max_files: int = 4000
+    budget_s: float = 3.0
+    min_bytes: int = DEFAULT_MIN_BYTES
+
+
+@dataclass(frozen=True, order=True)
+class Candidate:
+    size: int
+    path: str
+    ino: int
+
+
+@dataclass
+class WalkResult:
+    uniform: list[Candidate] = field(default_factory=list)
+    largest: list[Candidate] = field(default_factory=list)  # min-heap by size
+    entries: int = 0
+    eligible: int = 0
+    complete: bool = False
+    errors: Counter[str] = field(default_factory=Counter)
+
+
+def walk(root: str, bounds: Bounds, deadline: float, rng: random.Random) -> WalkResult:
+    """Sample regular files under ``root`` on its filesystem only, until done or ``deadline``.
+
+    Each directory is opened once and its entries are stat'ed relative to it
+    (``fstatat``), not by full path: the kernel does not resolve the path again for
+    every entry, which made the walk ~12 % faster on a 440k-entry root filesystem.
+    """
+    n_large = bounds.max_files // 4
+    n_uniform = bounds.max_files - n_large
+    res = WalkResult()
+    root_st = os.stat(root)
+    dev = root_st.st_dev
+    seen_dirs = {root_st.st_ino}
+    frontier = [root]
+    while frontier:
+        if time.monotonic() >= deadline:
+            return res
+        i = rng.randrange(len(frontier))
+        frontier[i], frontier[-1] = frontier[-1], frontier[i]
+        folder = frontier.pop()
+        prefix = folder if folder.endswith("/") else folder + "/"
+        try:
+            fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError as exc:
+            res.errors[errno.errorcode.get(exc.errno or 0, "error")] += 1
+            continue
+        try:
+            with os.scandir(fd) as it:
+                for entry in it:
+                    res.entries += 1
+                    try:
+                        if entry.is_dir(follow_symlinks=False):
+                            st = entry.stat(follow_symlinks=False)
+                            if st.st_dev == dev and st.st_ino not in seen_dirs:
+                                seen_dirs.add(st.st_ino)
+                                frontier.append(prefix + entry.name)
+                            continue
+                        if not entry.is_file(follow_symlinks=False):
+                            continue
+                        st = entry.stat(follow_symlinks=False)
+                    except OSError as exc:
+                        res.errors[errno.errorcode.get(exc.errno or 0, "error")] += 1
+                        continue
+                    if st.st_dev != dev or st.st_size < bounds.min_bytes:
+                        continue
+                    _offer(res, Candidate(st.st_size, prefix + entry.name, st.st_ino), n_uniform, n_large, rng)
+        except OSError as exc:  # reading the directory failed part-way
+            res.errors[errno.errorcode.get(exc.errno or 0, "error")] += 1
+        finally:
+            os.close(fd)
+    res.complete = True
+    return res
+
+
+def _offer(res: WalkResult, cand: Candidate, n_uniform: int, n_large: int, rng: random.Random) -> None:
+    """One eligible file into the uniform reservoir (Algorithm R) and the largest-files heap."""
+    res.eligible += 1
+    if len(res.uniform) < n_uniform:
+        res.uniform.append(cand)
+    else:
+        j = rng.randrange(res.eligible)
+        if j < n_uniform:
+            res.uniform[j] = cand
+    if n_large:
+        if len(res.largest) < n_large:
+            heapq.heappush(res.largest, cand)
+        elif cand.size > res.largest[0].size:
+            heapq.heapreplace(res.largest, cand)
+
+
+@dataclass(frozen=True)
+class Mapped:
+    cand: Candidate
+    count: fiemap.FragmentCount
+    uniform: bool
+
+
+Mapper = Callable[[str], fiemap.FragmentCount]
+
+
+def ideal_fragments(size: int) -> int:
+    return max(1, math.ceil(size / IDEAL_EXTENT_BYTES))
+
+
+def bucket(fragments: int) -> str:
+    if fragments <= 1:
+        return "1"
+    if fragments <= 3:
+        return "2-3"
+    if fragments <= 9:
+        return "4-9"
+    return "10-99" if fragments <= 99 else "100+"
+
+
+def percentile(sorted_values: list[int], q: float) -> float:
+    """Nearest-rank percentile of an ascending list (0 for an empty one)."""
+    if not sorted_values:
+        return 0.0
+    rank = max(1, math.ceil(q / 100 * len(sorted_values)))
+    return float(sorted_values[rank - 1])
+
+
+def sample(
+    mountpoint: str,
+    bounds: Bounds,
+    *,
+    rng: random.Random | None = None,
+    mapper: Mapper = fiemap.fragments_of,
+    started: float | None = None,
+) -> dict[str, Any]:
+    """Walk and map one filesystem within ``bounds``: ``FsFragmentation`` fields as a dict.
+
+    ``started`` (a ``time.monotonic()`` value, system-wide on Linux) is when the budget
+    began; a child process is given its parent's, so starting the child counts too.
+    Never raises for one bad file; raises OSError when ``mountpoint`` itself is unreadable.
+    """
+    rng = rng or random.Random()
+    started = time.monotonic() if started is None else started
+    deadline = started + bounds.budget_s
+    walked = walk(mountpoint, bounds, started + bounds.budget_s * _WALK_SHARE, rng)
+    in_uniform = {(c.ino, c.path) for c in walked.uniform}
+    pool = {(c.ino, c.path): c for c in (*walked.uniform, *walked.largest)}
+    order = list(pool.values())
+    rng.shuffle(order)  # if FIEMAP runs out of time, what was mapped is still unbiased
+    mapped: list[Mapped] = []
+    errors = Counter(walked.errors)
+    skipped = 0
+    unsupported = ""
+    for cand in order:
+        if time.monotonic() >= deadline:
+            break
+        try:
+            count = mapper(cand.path)
+        except fiemap.ExtentMapError:
+            errors["bad-extent-map"] += 1
+            continue
+        except OSError as exc:
+            if exc.errno in fiemap.UNSUPPORTED_ERRNOS and not mapped:
+                unsupported = f"FIEMAP unsupported here ({os.strerror(exc.errno or 0)})"
+                break
+            if exc.errno in (errno.ENOENT, errno.ELOOP, errno.ENXIO):
+                skipped += 1  # gone or replaced since the walk saw it
+            else:
+                errors[errno.errorcode.get(exc.errno or 0, "error")] += 1
+            continue
+        if count.fragments == 0:
+            skipped += 1  # nothing positioned yet (all delalloc) or no data at all
+            continue
+        mapped.append(Mapped(cand, count, (cand.ino, cand.path) in in_uniform))
+    out: dict[str, Any] = {
+        "mountpoint": mountpoint,
+        "method": "fiemap",
+        "max_files": bounds.max_files,
+        "budget_s": bounds.budget_s,
+        **summarise(mapped),
+        "skipped": skipped,
+        "errors": sum(errors.values()),
+    }
+    notes = [
+        f"walked {walked.entries} entries ({'whole filesystem' if walked.complete else 'cut by budget'}),"
+        f" {walked.eligible} files >= {bounds.min_bytes // 1024} KiB eligible",
+        f"sample: {len(walked.uniform)} uniform + {len(walked.largest)} largest;"
+        " per-file shares from the uniform part, byte shares and worst files from all",
+    ]
+    if errors:
+        notes.append("errors: " + ", ".join(f"{k} x{v}" for k, v in sorted(errors.items())))
+    if unsupported:
+        notes.append(unsupported)
+    out["note"] = "; ".join(notes)
+    out["duration_s"] = time.monotonic() - started
+    return out
+
+
+def summarise(mapped: list[Mapped]) -> dict[str, Any]:
+    """The sample's figures (see the module doc for which part each comes from)."""
+    out: dict[str, Any] = {"files_sampled": len(mapped), "flagged_encoded": 0, "flagged_unwritten": 0}
+    counted = []
+    for m in mapped:
+        if m.count.encoded:
+            out["flagged_encoded"] += 1  # compression boundaries, not layout: not counted
+            continue
+        if m.count.unwritten:
+            out["flagged_unwritten"] += 1
+        counted.append(m)
+    if not counted:
+        return out
+    fragmented = [m for m in counted if m.count.fragments > ideal_fragments(m.cand.size)]
+    out["files_fragmented"] = len(fragmented)
+    per_file = [m for m in counted if m.uniform] or counted
+    per_file_frag = sorted(m.count.fragments for m in per_file)
+    n_frag = sum(1 for m in per_file if m.count.fragments > ideal_fragments(m.cand.size))
+    out["pct_files_fragmented"] = 100.0 * n_frag / len(per_file)
+    out["fragments_mean"] = sum(per_file_frag) / len(per_file_frag)
+    out["fragments_p50"] = percentile(per_file_frag, 50)
+    out["fragments_p95"] = percentile(per_file_frag, 95)
+    out["histogram"] = dict(Counter(bucket(value) for value in per_file_frag))
+    total_bytes = sum(m.cand.size for m in counted)
+    if total_bytes:
+        out["pct_bytes_in_fragmented"] = 100.0 * sum(m.cand.size for m in fragmented) / total_bytes
+    mapped_bytes = sum(m.count.mapped_bytes for m in counted)
+    out["avg_extent_bytes"] = mapped_bytes / sum(m.count.fragments for m in counted)
+    out["fragments_max"] = max(m.count.fragments for m in counted)
+    out["worst"] = [
+        {"path": m.cand.path, "size": m.cand.size, "fragments": m.count.fragments}
+        for m in heapq.nlargest(WORST_FILES, counted, key=lambda m: (m.count.fragments, m.cand.size))
+        if m.count.fragments > 1
+    ]
+    return out
+
+
+def free_space_fields(mountpoint: str, fstype: str) -> dict[str, Any]:
+    """GETFSMAP where the filesystem has a reverse map and we may read it, else why not.
+
+    ``FreeSpaceFragmentation`` fields as a dict. Its own child, not the sampler's: the
+    ioctl's buffer is larger than CPython's 1 KiB copy, so ``fcntl.ioctl`` holds the GIL
+    through it (~0.1 s of kernel time on a 250 GB ext4), and in the sampler it would
+    come out of the walk's share.
+    """
+    if fstype not in FREE_SPACE_FSTYPES:
+        return {"available": False, "reason": f"GETFSMAP is not supported by {fstype or 'this filesystem'}"}
+    try:
+        fs = fiemap.free_space(mountpoint)
+    except PermissionError:
+        return {"available": False, "reason": "needs CAP_SYS_ADMIN"}
+    except OSError as exc:
+        if exc.errno in fiemap.UNSUPPORTED_ERRNOS:
+            reason = f"GETFSMAP is not supported here ({os.strerror(exc.errno or 0)}; kernel >= 4.12 needed)"
+        else:
+            reason = f"GETFSMAP failed: {exc}"
+        return {"available": False, "reason": reason}
+    except fiemap.ExtentMapError as exc:
+        return {"available": False, "reason": f"GETFSMAP answer rejected: {exc}"}
+    return {
+        "available": True,
+        "free_extents": fs.free_extents,
+        "avg_free_extent_bytes": fs.avg_bytes,
+        "largest_free_extent_bytes": fs.largest_bytes,
+        "pct_free_in_small_extents": fs.pct_small,
+    }
+
+
+def child_main(argv: list[str]) -> int:
+    """Entry point of a child: ``argv[0]`` is the request as JSON; the answer goes to stdout.
+
+    Requests: ``{"op": "sample", "mountpoint", "max_files", "budget_s", "min_bytes",
+    "seed" (int or null), "started"}`` answered ``{"ok": true, "fields": {...}}``, or
+    ``{"ok": false, "errno", "strerror", "filename"}`` when the mount point itself cannot
+    be walked; ``{"op": "free_space", "mountpoint", "fstype"}`` answered ``{"ok": true,
+    "fields": {...}}``.
+    """
+    req = json.loads(argv[0])
+    answer: dict[str, Any]
+    if req["op"] == "free_space":
+        answer = {"ok": True, "fields": free_space_fields(str(req["mountpoint"]), str(req["fstype"]))}
+    else:
+        bounds = Bounds(
+            max_files=int(req["max_files"]), budget_s=float(req["budget_s"]), min_bytes=int(req["min_bytes"])
+        )
+        seed = req.get("seed")
+        try:
+            fields = sample(
+                str(req["mountpoint"]),
+                bounds,
+                rng=random.Random(None if seed is None else int(seed)),
+                started=float(req["started"]),
+            )
+            answer = {"ok": True, "fields": fields}
+        except OSError as exc:
+            answer = {"ok": False, "errno": exc.errno, "strerror": exc.strerror, "filename": exc.filename}
+    sys.stdout.write(json.dumps(answer))
+    sys.stdout.flush()
+    return 0
