@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+import secrets
 import time
 from collections import defaultdict
 from collections.abc import AsyncIterator
@@ -75,6 +76,7 @@ class Session:
     peer: str
     connected_at: float = field(default_factory=time.time)
     outbox: asyncio.Queue[collector_pb2.CollectorMessage | None] = field(default_factory=asyncio.Queue)
+    probes: dict[bytes, asyncio.Future[None]] = field(default_factory=dict)  # nonce → answered
 
 
 class LiveRouter:
@@ -102,6 +104,30 @@ class LiveRouter:
     def unregister(self, session: Session) -> None:
         if self._sessions.get(session.agent_id) is session:
             del self._sessions[session.agent_id]
+
+    async def probe(self, session: Session, timeout_s: float) -> bool:
+        """Ask the stream's agent to answer (``Probe``); True if it did within ``timeout_s``."""
+        nonce = secrets.token_bytes(16)
+        answered: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        session.probes[nonce] = answered
+        session.outbox.put_nowait(collector_pb2.CollectorMessage(probe=collector_pb2.Probe(nonce=nonce)))
+        try:
+            await asyncio.wait_for(answered, timeout_s)
+        except TimeoutError:
+            return False
+        finally:
+            session.probes.pop(nonce, None)
+        return True
+
+    def answered(self, session: Session, answer: collector_pb2.ProbeAnswer) -> None:
+        waiting = session.probes.get(bytes(answer.nonce))
+        if waiting is not None and not waiting.done():
+            waiting.set_result(None)
+
+    def supersede(self, session: Session) -> None:
+        """End a stream whose agent no longer answers, so the agent's new stream can take over."""
+        self.unregister(session)
+        session.outbox.put_nowait(None)
 
     def session(self, agent_id: str) -> Session | None:
         return self._sessions.get(agent_id)

@@ -249,24 +249,40 @@ class DownloadChunk(_message.Message):
     def __init__(self, header: _Optional[_Union[DownloadHeader, _Mapping]] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class AgentMessage(_message.Message):
-    __slots__ = ("hello", "challenge_response", "progress")
+    __slots__ = ("hello", "challenge_response", "progress", "probe_answer")
     HELLO_FIELD_NUMBER: _ClassVar[int]
     CHALLENGE_RESPONSE_FIELD_NUMBER: _ClassVar[int]
     PROGRESS_FIELD_NUMBER: _ClassVar[int]
+    PROBE_ANSWER_FIELD_NUMBER: _ClassVar[int]
     hello: ChannelHello
     challenge_response: ChallengeResponse
     progress: SnapshotProgress
-    def __init__(self, hello: _Optional[_Union[ChannelHello, _Mapping]] = ..., challenge_response: _Optional[_Union[ChallengeResponse, _Mapping]] = ..., progress: _Optional[_Union[SnapshotProgress, _Mapping]] = ...) -> None: ...
+    probe_answer: ProbeAnswer
+    def __init__(self, hello: _Optional[_Union[ChannelHello, _Mapping]] = ..., challenge_response: _Optional[_Union[ChallengeResponse, _Mapping]] = ..., progress: _Optional[_Union[SnapshotProgress, _Mapping]] = ..., probe_answer: _Optional[_Union[ProbeAnswer, _Mapping]] = ...) -> None: ...
 
 class CollectorMessage(_message.Message):
-    __slots__ = ("challenge", "snapshot_request", "accepted")
+    __slots__ = ("challenge", "snapshot_request", "accepted", "probe")
     CHALLENGE_FIELD_NUMBER: _ClassVar[int]
     SNAPSHOT_REQUEST_FIELD_NUMBER: _ClassVar[int]
     ACCEPTED_FIELD_NUMBER: _ClassVar[int]
+    PROBE_FIELD_NUMBER: _ClassVar[int]
     challenge: Challenge
     snapshot_request: SnapshotRequest
     accepted: ChannelAccepted
-    def __init__(self, challenge: _Optional[_Union[Challenge, _Mapping]] = ..., snapshot_request: _Optional[_Union[SnapshotRequest, _Mapping]] = ..., accepted: _Optional[_Union[ChannelAccepted, _Mapping]] = ...) -> None: ...
+    probe: Probe
+    def __init__(self, challenge: _Optional[_Union[Challenge, _Mapping]] = ..., snapshot_request: _Optional[_Union[SnapshotRequest, _Mapping]] = ..., accepted: _Optional[_Union[ChannelAccepted, _Mapping]] = ..., probe: _Optional[_Union[Probe, _Mapping]] = ...) -> None: ...
+
+class Probe(_message.Message):
+    __slots__ = ("nonce",)
+    NONCE_FIELD_NUMBER: _ClassVar[int]
+    nonce: bytes
+    def __init__(self, nonce: _Optional[bytes] = ...) -> None: ...
+
+class ProbeAnswer(_message.Message):
+    __slots__ = ("nonce",)
+    NONCE_FIELD_NUMBER: _ClassVar[int]
+    nonce: bytes
+    def __init__(self, nonce: _Optional[bytes] = ...) -> None: ...
 
 class ChannelHello(_message.Message):
     __slots__ = ("agent_id", "agent_version")

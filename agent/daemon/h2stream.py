@@ -25,9 +25,12 @@ What it implements of gRPC over HTTP/2 (grpc/doc/PROTOCOL-HTTP2.md), client side
   the caller reconnects.
 - Keepalive: a PING every ``keepalive_s``; no ACK within ``keepalive_timeout_s`` ends the
   stream with UNAVAILABLE. (The collector permits a ping every 20 s or slower.)
-- Flow control: received bytes are acknowledged as messages are read, so a collector
-  cannot make the agent buffer more than a window ahead (unless one message is larger
-  than the window, which is acknowledged as it arrives); sends wait for window.
+- Flow control: received bytes are acknowledged at once while fewer than 16 messages
+  wait to be read, then only as they are read, so a collector cannot make the agent
+  buffer more than 16 messages (of at most ``max_message`` bytes each) ahead of its
+  reader; sends wait for window. Server push is switched off.
+- Frames are handed to h2 one at a time, and none after a GOAWAY: h2 refuses every
+  frame that follows a GOAWAY and would drop the messages that came with it.
 """
 
 from __future__ import annotations
@@ -44,7 +47,7 @@ import h2.config
 import h2.connection
 import h2.events
 import h2.exceptions
-from h2.connection import ConnectionState
+import h2.settings
 from h2.errors import ErrorCodes
 
 from agent.errors import TransportError
@@ -140,14 +143,36 @@ class Deframer:
 def _status_from(headers: dict[str, str]) -> RpcError | None:
     """None for OK; else the error the trailers carry."""
     raw = headers.get("grpc-status", "")
-    message = unquote(headers.get("grpc-message", ""))
-    if not raw.isdigit():
-        return RpcError("UNKNOWN", f"the collector sent grpc-status {raw!r}, not a number")
+    message = unquote(headers.get("grpc-message", ""), errors="replace")
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 3):
+        return RpcError("UNKNOWN", f"the collector sent grpc-status {raw[:20]!r}, not a status code")
     number = int(raw)
     if number == 0:
         return None
     code = STATUS_NAMES[number] if number < len(STATUS_NAMES) else "UNKNOWN"
     return RpcError(code, message or f"grpc-status {number}")
+
+
+class _Frames:
+    """Cuts the received bytes at HTTP/2 frame boundaries (9-byte header, 24-bit length)."""
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+
+    def feed(self, data: bytes, max_frame: int) -> list[bytes]:
+        self._buf += data
+        out: list[bytes] = []
+        while len(self._buf) >= 9:
+            length = int.from_bytes(self._buf[:3], "big")
+            if length > max_frame:  # h2 refuses it from the header alone: no need to buffer it
+                out.append(bytes(self._buf))
+                self._buf.clear()
+                break
+            if len(self._buf) < 9 + length:
+                break
+            out.append(bytes(self._buf[: 9 + length]))
+            del self._buf[: 9 + length]
+        return out
 
 
 class _Ended:
@@ -202,8 +227,13 @@ class BidiStream:
     ) -> None:
         self._reader = reader
         self._writer = writer
-        self._conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding="utf-8"))
-        self._sid = 0
+        self._conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding=None))
+        codes = h2.settings.SettingCodes
+        self._conn.local_settings = h2.settings.Settings(
+            client=True, initial_values={codes.ENABLE_PUSH: 0, codes.MAX_HEADER_LIST_SIZE: 65536}
+        )
+        self._frames = _Frames()
+        self._sid = 0  # 0 until the call is started: then nothing HTTP/2 was sent
         self._deframer = Deframer(max_message)
         self._messages: asyncio.Queue[bytes | _Ended] = asyncio.Queue()
         self._ended: _Ended | None = None  # set once; reads drain the queue before they see it
@@ -315,17 +345,20 @@ class BidiStream:
 
     def cancel(self) -> None:
         """End the call from this side: RST_STREAM CANCEL; reads then raise CANCELLED."""
-        if self._ended is None:
+        if self._ended is None and self._sid:
             with contextlib.suppress(h2.exceptions.H2Error, OSError, RuntimeError):
                 self._conn.reset_stream(self._sid, ErrorCodes.CANCEL)
                 self._flush()
             self._end(RpcError("CANCELLED", "cancelled by the agent"))
 
     async def close(self) -> None:
-        self.cancel()
-        with contextlib.suppress(h2.exceptions.H2Error, OSError, RuntimeError):
-            self._conn.close_connection()
-            self._flush()
+        if self._sid:
+            self.cancel()
+            with contextlib.suppress(h2.exceptions.H2Error, OSError, RuntimeError):
+                self._conn.close_connection()
+                self._flush()
+        else:  # refused before the call began (ALPN, pin): the peer gets no HTTP/2 at all
+            self._end(RpcError("CANCELLED", "closed before the call began"))
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -364,23 +397,23 @@ class BidiStream:
                 if not data:
                     self._end(RpcError("UNAVAILABLE", "the collector closed the connection"))
                     break
-                try:
-                    events = self._conn.receive_data(data)
-                except h2.exceptions.ProtocolError as exc:
-                    if self._conn.state_machine.state is ConnectionState.CLOSED:
-                        # A GOAWAY followed, in the same read, by frames h2 no longer takes
-                        # once it has seen one (a collector stopping sends both).
-                        self._end(RpcError("UNAVAILABLE", "the collector closed the connection (GOAWAY)"))
-                    else:
+                for chunk in self._frames.feed(data, self._conn.max_inbound_frame_size):
+                    try:
+                        events = self._conn.receive_data(chunk)
+                    except h2.exceptions.ProtocolError as exc:
                         self._end(RpcError("INTERNAL", f"HTTP/2 protocol error from the collector: {exc}"))
-                    break
-                for event in events:
-                    self._on(event)
+                        break
+                    for event in events:
+                        self._on(event)
+                    if self._ended is not None:
+                        break  # after a GOAWAY or the call's end, later frames are not read
                 self._flush()  # settings and ping ACKs, window updates
         except RpcError as exc:  # a bad message header: the call cannot go on
             self._abandon(exc)
         except (OSError, ssl.SSLError) as exc:
             self._end(RpcError("UNAVAILABLE", f"connection to the collector lost: {exc}"))
+        except Exception as exc:  # anything else h2 or a header raises: end the call, never hang it
+            self._abandon(RpcError("INTERNAL", f"unreadable response from the collector: {exc!r}"))
         if self._ended is not None and self._ended.error is not None:
             self._writer.close()  # nothing more will be read: let the collector see it now
 
@@ -397,7 +430,7 @@ class BidiStream:
         elif isinstance(event, (h2.events.WindowUpdated, h2.events.RemoteSettingsChanged)):
             self._changed.set()
         elif isinstance(event, h2.events.ConnectionTerminated):
-            extra = f" ({event.additional_data.decode('utf-8', 'replace')})" if event.additional_data else ""
+            extra = f" ({event.additional_data[:200].decode('utf-8', 'replace')})" if event.additional_data else ""
             code = event.error_code.name if isinstance(event.error_code, ErrorCodes) else str(event.error_code)
             self._end(RpcError("UNAVAILABLE", f"the collector is closing the connection: GOAWAY {code}{extra}"))
         elif getattr(event, "stream_id", self._sid) != self._sid:
@@ -428,7 +461,7 @@ class BidiStream:
         if status != "200":
             code = _HTTP_STATUS.get(status, "UNKNOWN")
             self._abandon(RpcError(code, f"the collector answered HTTP {status or '(no status)'}"))
-        elif not headers.get("content-type", "").startswith("application/grpc"):
+        elif not _is_grpc(headers.get("content-type", "")):
             kind = headers.get("content-type", "(none)")
             self._abandon(RpcError("UNKNOWN", f"the collector answered content-type {kind}, not gRPC"))
         elif ended:
@@ -462,5 +495,14 @@ class BidiStream:
 
 
 def _text_headers(headers: Sequence[tuple[Any, Any]] | None) -> list[tuple[str, str]]:
-    """Names lower-cased; values are str already (``header_encoding`` is set)."""
-    return [(str(name).lower(), str(value)) for name, value in headers or []]
+    """Names lower-cased; bytes decoded as UTF-8, a bad byte replaced, never raised."""
+    return [(_text(name).lower(), _text(value)) for name, value in headers or []]
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+
+
+def _is_grpc(content_type: str) -> bool:
+    """``application/grpc``, ``application/grpc+proto`` or with parameters; not grpc-web."""
+    return content_type == "application/grpc" or content_type.startswith(("application/grpc+", "application/grpc;"))

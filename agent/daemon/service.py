@@ -57,6 +57,12 @@ __all__ = ["AgentService", "DaemonOptions", "run", "run_cli"]
 log = logging.getLogger("casefile.agent.daemon")
 
 _CONNECT_PATH = "/casefile.v1.Channel/Connect"
+# The collector's ping policy: more often than every 20 s and it ends the connection.
+_MIN_KEEPALIVE_S = 20.0
+# Dial, TLS, hello → challenge → accepted. The collector gives each step 15 s; a
+# collector that answers pings but not the hello (its handler stuck on its database)
+# must not hold the agent: it dials again, perhaps to a healthy replica.
+HANDSHAKE_TIMEOUT_S = 20.0
 _UPLOAD_ATTEMPTS = 3  # then spool: the spool retries on every reconnect, for ever
 
 
@@ -70,7 +76,8 @@ class DaemonOptions:
     Keepalive ($CASEFILE_AGENT_KEEPALIVE_S, $CASEFILE_AGENT_KEEPALIVE_TIMEOUT_S): a ping
     every 30 s keeps NAT mappings open, and one unanswered for 10 s means the collector
     or the path to it is gone: the stream is dropped and dialled again. The collector
-    permits a ping every 20 s or slower; more often, it ends the connection.
+    permits a ping every 20 s or slower (more often, it ends the connection), so the
+    environment cannot ask for less than 20 s.
     """
 
     backoff_base_s: float = 1.0
@@ -90,8 +97,8 @@ class DaemonOptions:
             backoff_base_s=max(0.01, base),
             backoff_cap_s=max(0.01, cap),
             worker_linger_s=max(0.0, linger),
-            keepalive_s=max(0.1, keepalive),
-            keepalive_timeout_s=max(0.1, keepalive_timeout),
+            keepalive_s=max(_MIN_KEEPALIVE_S, keepalive),
+            keepalive_timeout_s=max(1.0, keepalive_timeout),
         )
 
 
@@ -127,7 +134,7 @@ class AgentService:
         while not self._stop.is_set():
             accepted = False
             try:
-                accepted = await self._session()
+                accepted = await self._session_unless_stopped()
             except RpcError as exc:
                 level = logging.ERROR if exc.code == "ALREADY_EXISTS" else logging.WARNING
                 log.log(level, "channel to %s: %s: %s", self.enrollment.collector, exc.code, exc.details)
@@ -156,23 +163,38 @@ class AgentService:
             keepalive_timeout_s=self.options.keepalive_timeout_s,
         )
 
+    async def _session_unless_stopped(self) -> bool:
+        """``_session``, given up as soon as the service is told to stop, even mid-handshake."""
+        session = asyncio.create_task(self._session())
+        stopper = asyncio.create_task(self._stop.wait())
+        try:
+            await asyncio.wait({session, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopper.cancel()
+            if not session.done() and self._outbox is not None:
+                await asyncio.wait({session}, timeout=10)  # accepted: it ends itself on stop
+            if not session.done():
+                session.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await session
+        return False if session.cancelled() else session.result()
+
     async def _session(self) -> bool:
         """One stream's life; True if the collector accepted it (resets the backoff)."""
         accepted = False
-        call = await self._open()
         try:
-            agent_id = self.enrollment.agent_id
-            hello = collector_pb2.ChannelHello(agent_id=agent_id, agent_version=__version__)
-            await call.write(collector_pb2.AgentMessage(hello=hello).SerializeToString())
-            first = _parse(await call.read())
-            if first is None or first.WhichOneof("msg") != "challenge":
-                raise TransportError("collector did not send a challenge", peer=self.enrollment.collector)
-            signature = self.key.sign(channel_message(bytes(first.challenge.nonce), agent_id))
-            response = collector_pb2.ChallengeResponse(signature=signature)
-            await call.write(collector_pb2.AgentMessage(challenge_response=response).SerializeToString())
-            second = _parse(await call.read())
-            if second is None or second.WhichOneof("msg") != "accepted":
-                raise TransportError("collector did not accept the channel", peer=self.enrollment.collector)
+            async with asyncio.timeout(HANDSHAKE_TIMEOUT_S):
+                call = await self._open()
+        except TimeoutError:
+            raise RpcError("DEADLINE_EXCEEDED", f"no connection within {HANDSHAKE_TIMEOUT_S:g} s") from None
+        try:
+            try:
+                async with asyncio.timeout(HANDSHAKE_TIMEOUT_S):
+                    second = await self._handshake(call)
+            except TimeoutError:
+                raise RpcError(
+                    "DEADLINE_EXCEEDED", f"the collector did not finish the handshake within {HANDSHAKE_TIMEOUT_S:g} s"
+                ) from None
             accepted = True
             log.info("connected to %s as %s", self.enrollment.collector, second.accepted.agent_id)
             outbox: asyncio.Queue[collector_pb2.AgentMessage] = asyncio.Queue()
@@ -198,8 +220,12 @@ class AgentService:
                     if msg is None:
                         log.warning("collector closed the channel")
                         break
-                    if msg.WhichOneof("msg") == "snapshot_request":
+                    kind = msg.WhichOneof("msg")
+                    if kind == "snapshot_request":
                         self._spawn(self._handle(msg.snapshot_request))
+                    elif kind == "probe":  # the collector asks whether this stream is still alive
+                        answer = collector_pb2.ProbeAnswer(nonce=msg.probe.nonce)
+                        outbox.put_nowait(collector_pb2.AgentMessage(probe_answer=answer))
             finally:
                 self._outbox = None
                 stopper.cancel()
@@ -209,6 +235,22 @@ class AgentService:
         finally:
             await call.close()
         return accepted
+
+    async def _handshake(self, call: BidiStream) -> collector_pb2.CollectorMessage:
+        """Hello, the signed challenge; the collector's ChannelAccepted."""
+        agent_id = self.enrollment.agent_id
+        hello = collector_pb2.ChannelHello(agent_id=agent_id, agent_version=__version__)
+        await call.write(collector_pb2.AgentMessage(hello=hello).SerializeToString())
+        first = _parse(await call.read())
+        if first is None or first.WhichOneof("msg") != "challenge":
+            raise TransportError("collector did not send a challenge", peer=self.enrollment.collector)
+        signature = self.key.sign(channel_message(bytes(first.challenge.nonce), agent_id))
+        response = collector_pb2.ChallengeResponse(signature=signature)
+        await call.write(collector_pb2.AgentMessage(challenge_response=response).SerializeToString())
+        second = _parse(await call.read())
+        if second is None or second.WhichOneof("msg") != "accepted":
+            raise TransportError("collector did not accept the channel", peer=self.enrollment.collector)
+        return second
 
     async def _write(self, call: BidiStream, outbox: asyncio.Queue[collector_pb2.AgentMessage]) -> None:
         while True:

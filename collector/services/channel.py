@@ -12,7 +12,10 @@ Handshake, in this order, each step bounded by ``HANDSHAKE_TIMEOUT_S``:
 A signature over a nonce the collector just chose cannot be replayed on another stream,
 and the agent id is trusted only because the key enrolled under it signed it. A second
 stream for an agent that already has one is refused with ALREADY_EXISTS and audited: two
-machines holding one key is what a cloned disk image looks like.
+machines holding one key is what a cloned disk image looks like. Before refusing, the
+collector probes the first stream (``Probe``): if its agent does not answer within
+``PROBE_TIMEOUT_S``, that connection died unnoticed — the agent saw it first and dialled
+again — so the old stream is ended, the new one accepted, and ``channel.replace`` audited.
 """
 
 from __future__ import annotations
@@ -39,6 +42,8 @@ __all__ = ["HANDSHAKE_TIMEOUT_S", "ChannelService", "channel_message"]
 log = logging.getLogger("casefile.collector.channel")
 
 HANDSHAKE_TIMEOUT_S = 15.0
+# A live agent answers a Probe within a round trip; a second stream waits this long at most.
+PROBE_TIMEOUT_S = 2.0
 
 
 async def _next(it: AsyncIterator[collector_pb2.AgentMessage], what: str) -> collector_pb2.AgentMessage:
@@ -55,12 +60,14 @@ class ChannelService(collector_pb2_grpc.ChannelServicer):
         self._store = store
         self._router = router
 
-    async def _audit(self, agent_id: str, peer: str, outcome: str, detail: str) -> None:
+    async def _audit(
+        self, agent_id: str, peer: str, outcome: str, detail: str, action: str = "channel.connect"
+    ) -> None:
         await asyncio.to_thread(
             self._store.audit,
             actor=agent_id,
             role="agent",
-            action="channel.connect",
+            action=action,
             target=agent_id,
             peer=peer,
             outcome=outcome,
@@ -96,6 +103,14 @@ class ChannelService(collector_pb2_grpc.ChannelServicer):
                 grpc.StatusCode.UNAUTHENTICATED,
                 f"channel challenge not signed by the key of agent {agent.id} ({key.fingerprint})",
             )
+        existing = self._router.session(agent.id)
+        if existing is not None and not await self._router.probe(existing, PROBE_TIMEOUT_S):
+            # The old stream's connection died without either end being told at once (a
+            # laptop asleep, a NAT mapping dropped): the agent knows first and dials again.
+            self._router.supersede(existing)
+            detail = f"replaced the stream from {existing.peer}: it did not answer a probe within {PROBE_TIMEOUT_S:g} s"
+            await self._audit(agent.id, peer, "ok", detail, action="channel.replace")
+            log.info("agent %s: %s", agent.id, detail)
         try:
             session = self._router.register(agent.id, peer)
         except Rejected as exc:
@@ -128,8 +143,11 @@ class ChannelService(collector_pb2_grpc.ChannelServicer):
     async def _read(self, it: AsyncIterator[collector_pb2.AgentMessage], session: Any) -> None:
         try:
             async for msg in it:
-                if msg.WhichOneof("msg") == "progress":
+                kind = msg.WhichOneof("msg")
+                if kind == "progress":
                     await self._router.agent_progress(session, msg.progress)
+                elif kind == "probe_answer":
+                    self._router.answered(session, msg.probe_answer)
         except (grpc.aio.AioRpcError, asyncio.CancelledError):
             raise
         except Exception:
