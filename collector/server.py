@@ -92,6 +92,7 @@ class CollectorServer:
         self.metrics_port = 0
         self._server: grpc.aio.Server | None = None
         self._ingest: IngestService | None = None
+        self._channel: ChannelService | None = None
         self._health = health.aio.HealthServicer()
         self._janitor: asyncio.Task[None] | None = None
         self.router: LiveRouter = make_router(
@@ -136,7 +137,8 @@ class CollectorServer:
         )
         collector_pb2_grpc.add_IngestServicer_to_server(self._ingest, server)
         collector_pb2_grpc.add_QueryServicer_to_server(QueryService(self.store, self.blobs, self.router), server)
-        collector_pb2_grpc.add_ChannelServicer_to_server(ChannelService(self.store, self.router), server)
+        self._channel = ChannelService(self.store, self.router)
+        collector_pb2_grpc.add_ChannelServicer_to_server(self._channel, server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection((*_SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
         target = parse_address(self.config.address, listen=True).target
@@ -195,6 +197,9 @@ class CollectorServer:
         self.router.close()
         await self._server.stop(self.config.grace_s if grace is None else grace)
         self._server = None
+        if self._channel is not None:
+            # Their cleanup (the agent's last-seen time, its channel row) needs the store.
+            await self._channel.wait_closed(5.0)
         if self._ingest is not None:
             self._ingest.close()
             self._ingest = None

@@ -59,6 +59,12 @@ class ChannelService(collector_pb2_grpc.ChannelServicer):
     def __init__(self, store: Store, router: LiveRouter) -> None:
         self._store = store
         self._router = router
+        self._streams: set[asyncio.Task[Any]] = set()  # the handlers of open streams
+
+    async def wait_closed(self, timeout_s: float) -> None:
+        """Wait (bounded) for the handlers of ended streams to finish their cleanup."""
+        if self._streams:
+            await asyncio.wait(set(self._streams), timeout=timeout_s)
 
     async def _audit(
         self, agent_id: str, peer: str, outcome: str, detail: str, action: str = "channel.connect"
@@ -81,6 +87,10 @@ class ChannelService(collector_pb2_grpc.ChannelServicer):
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> AsyncIterator[collector_pb2.CollectorMessage]:
         peer = context.peer() or ""
+        me = asyncio.current_task()
+        if me is not None:
+            self._streams.add(me)
+            me.add_done_callback(self._streams.discard)
         it = aiter(request_iterator)
         first = await _next(it, "hello")
         if first.WhichOneof("msg") != "hello" or not first.hello.agent_id:
