@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ssl
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -88,6 +89,13 @@ class Peer:
     def __init__(self, tls: TlsMaterial, port: int, server: grpc.aio.Server, seen: list[str]) -> None:
         self.tls, self.port, self.server, self.seen = tls, port, server, seen
         self.address = parse_address(f"127.0.0.1:{port}")
+
+    async def handlers_ended(self, within_s: float = 5.0) -> int:
+        """How many of the server's call handlers have ended, once one has (or the time is up)."""
+        deadline = time.monotonic() + within_s
+        while not self.seen and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        return len(self.seen)
 
     async def open(self, path: str = "/test.Peer/Chat", **kwargs: Any) -> BidiStream:
         return await BidiStream.open(self.address, path, pin=self.tls.fingerprint, user_agent="test", **kwargs)
@@ -191,11 +199,7 @@ def test_an_oversized_message_ends_the_call_on_both_sides(tmp_path: Path) -> Non
                 await call.read()
         finally:
             await call.close()
-        for _ in range(100):
-            if peer.seen:
-                break
-            await asyncio.sleep(0.05)
-        assert len(peer.seen) == 1  # the reset reached the server: its handler has ended
+        assert await peer.handlers_ended() == 1  # the reset reached the server
 
     _run(tmp_path, body)
 
@@ -208,11 +212,7 @@ def test_close_ends_the_call_on_the_server(tmp_path: Path) -> None:
         await call.close()
         with pytest.raises(RpcError, match="CANCELLED"):
             await call.read()
-        for _ in range(100):
-            if peer.seen:
-                break
-            await asyncio.sleep(0.05)
-        assert len(peer.seen) == 1  # the server's handler has ended
+        assert await peer.handlers_ended() == 1
 
     _run(tmp_path, body)
 
