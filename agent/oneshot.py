@@ -380,6 +380,7 @@ def prepare_collection(
     loads the rest. A collection that cannot be prepared is abandoned.
     """
     if running is not None and spec is not None:
+        running.abandon()
         raise ValueError("pass a spec or a running collection, not both")
     try:
         privacy = privacy or PrivacyOptions()

@@ -28,12 +28,17 @@ from typing import IO
 
 from agent.errors import CollectionError
 
-__all__ = ["CommandNotFound", "CommandResult", "LineStream", "run_command", "stream_lines"]
+__all__ = ["CommandCancelled", "CommandNotFound", "CommandResult", "LineStream", "run_command", "stream_lines"]
 
 _STDERR_MAX = 64 * 1024
 _CHUNK = 64 * 1024
 # A reader thread left behind by a grandchild that escaped the group must not hold us.
 _READER_GRACE_S = 0.5
+_CANCEL_POLL_S = 0.05  # how soon a command notices that its collection was given up
+
+
+class CommandCancelled(CollectionError):
+    """The collection was given up while the command ran; it was killed."""
 
 
 class CommandNotFound(CollectionError):
@@ -158,20 +163,25 @@ def run_command(
     timeout: float,
     max_bytes: int,
     env: Mapping[str, str] | None = None,
+    cancel: threading.Event | None = None,
 ) -> CommandResult:
     """Run ``argv`` (no shell) for at most ``timeout`` s, keeping ``max_bytes`` of stdout.
 
-    Raises CommandNotFound when the executable is missing; never raises for the
-    command's own failure (see ``returncode``/``timed_out``).
+    Raises CommandNotFound when the executable is missing, CommandCancelled when
+    ``cancel`` was set meanwhile (the collection was given up: ``ctx.cancelled``); never
+    raises for the command's own failure (see ``returncode``/``timed_out``).
     """
     started = time.monotonic()
     proc = _popen(argv, env)
     assert proc.stdout is not None and proc.stderr is not None
     out = _Bounded(proc.stdout, max_bytes)
     err = _Bounded(proc.stderr, _STDERR_MAX)
-    timed_out = False
+    timed_out = cancelled = False
     try:
-        proc.wait(max(0.0, timeout))
+        if cancel is None:
+            proc.wait(max(0.0, timeout))
+        else:
+            cancelled = _wait_unless(proc, cancel, started + timeout)
     except subprocess.TimeoutExpired:
         timed_out = True
     finally:
@@ -190,7 +200,24 @@ def run_command(
     )
     proc.stdout.close()
     proc.stderr.close()
+    if cancelled:
+        raise CommandCancelled(f"{' '.join(argv[:3])}: killed, the collection was given up")
     return result
+
+
+def _wait_unless(proc: subprocess.Popen[bytes], cancel: threading.Event, end: float) -> bool:
+    """Wait for ``proc`` until ``end`` (TimeoutExpired); True if ``cancel`` was set first."""
+    while True:
+        if cancel.is_set():
+            return True
+        left = end - time.monotonic()
+        if left <= 0:
+            raise subprocess.TimeoutExpired(proc.args, 0)
+        try:
+            proc.wait(min(_CANCEL_POLL_S, left))
+            return False
+        except subprocess.TimeoutExpired:
+            continue
 
 
 class LineStream:

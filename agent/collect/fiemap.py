@@ -169,6 +169,54 @@ def open_for_map(path: str) -> int:
         return os.open(path, flags)
 
 
+def open_verified(path: str, dev: int, ino: int) -> int:
+    """Open for mapping the very file a walk saw as ``(dev, ino)``, or raise ENXIO.
+
+    A path seen during a walk can be changed before it is opened: a user who owns a
+    directory on it can swap that directory for a symlink, and O_NOFOLLOW guards only
+    the last component. So the path is first opened with O_PATH, which opens nothing
+    (no device acts on it, no FIFO blocks); the file behind it must be a regular file
+    with the walk's device and inode; only then is that same file opened for reading,
+    through ``/proc/self/fd``. Without /proc, it is opened by path and checked after.
+    """
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC
+    o_path = getattr(os, "O_PATH", 0)  # Linux
+    if not o_path:
+        fd = open_for_map(path)
+    else:
+        pfd = os.open(path, o_path | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            _check_identity(pfd, dev, ino, path)
+            try:
+                fd = os.open(f"/proc/self/fd/{pfd}", flags | os.O_NOATIME)
+            except PermissionError:
+                fd = os.open(f"/proc/self/fd/{pfd}", flags)
+            except FileNotFoundError:  # no /proc mounted
+                fd = open_for_map(path)
+        finally:
+            os.close(pfd)
+    try:
+        _check_identity(fd, dev, ino, path)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _check_identity(fd: int, dev: int, ino: int, path: str) -> None:
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or (st.st_dev, st.st_ino) != (dev, ino):
+        raise OSError(errno.ENXIO, "not the regular file the walk saw (replaced since)", path)
+
+
+def fragments_of_fd(fd: int, *, batch: int = DEFAULT_BATCH, max_extents: int = DEFAULT_MAX_EXTENTS) -> FragmentCount:
+    """Count the fragments of the regular file open as ``fd``."""
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        raise OSError(errno.ENXIO, "not a regular file")
+    extents, truncated = file_extents(fd, batch=batch, max_extents=max_extents)
+    return count_fragments(extents, truncated=truncated)
+
+
 def fragments_of(path: str, *, batch: int = DEFAULT_BATCH, max_extents: int = DEFAULT_MAX_EXTENTS) -> FragmentCount:
     """Open ``path`` (a regular file) and count its fragments."""
     fd = open_for_map(path)

@@ -52,6 +52,7 @@ __all__ = [
     "free_space_fields",
     "ideal_fragments",
     "percentile",
+    "printable_path",
     "sample",
     "walk",
 ]
@@ -63,6 +64,21 @@ WORST_FILES = 10
 DEFAULT_MIN_BYTES = 64 << 10  # smaller files can hardly fragment and would dilute the shares
 FREE_SPACE_FSTYPES = frozenset({"ext4", "xfs"})  # the ones with a reverse map (GETFSMAP)
 _WALK_SHARE = 0.75  # of the budget; the rest is for FIEMAP
+_CLOCK_EVERY = 1024  # entries read in one directory between looks at the clock
+# In a child: the pid of the agent that started it. When the agent is gone (it was
+# interrupted, or gave the collection up and exited), the walk stops early: nobody
+# will read its answer, and it should not go on reading the disk as root.
+_parent: int | None = None
+
+
+def _stop_now(deadline: float) -> bool:
+    return time.monotonic() >= deadline or (_parent is not None and os.getppid() != _parent)
+
+
+def printable_path(path: str) -> str:
+    """A path as text that any UTF-8 consumer takes: bytes that are not UTF-8 (a file
+    name is any bytes) become backslash escapes instead of lone surrogates."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
 @dataclass(frozen=True)
@@ -87,6 +103,7 @@ class WalkResult:
     eligible: int = 0
     complete: bool = False
     errors: Counter[str] = field(default_factory=Counter)
+    dev: int = 0  # the filesystem's device number
 
 
 def walk(root: str, bounds: Bounds, deadline: float, rng: random.Random) -> WalkResult:
@@ -100,11 +117,11 @@ def walk(root: str, bounds: Bounds, deadline: float, rng: random.Random) -> Walk
     n_uniform = bounds.max_files - n_large
     res = WalkResult()
     root_st = os.stat(root)
-    dev = root_st.st_dev
+    dev = res.dev = root_st.st_dev
     seen_dirs = {root_st.st_ino}
     frontier = [root]
     while frontier:
-        if time.monotonic() >= deadline:
+        if _stop_now(deadline):
             return res
         i = rng.randrange(len(frontier))
         frontier[i], frontier[-1] = frontier[-1], frontier[i]
@@ -119,6 +136,8 @@ def walk(root: str, bounds: Bounds, deadline: float, rng: random.Random) -> Walk
             with os.scandir(fd) as it:
                 for entry in it:
                     res.entries += 1
+                    if res.entries % _CLOCK_EVERY == 0 and _stop_now(deadline):
+                        return res  # a huge directory: the rest of it is not read
                     try:
                         if entry.is_dir(follow_symlinks=False):
                             st = entry.stat(follow_symlinks=False)
@@ -166,7 +185,7 @@ class Mapped:
     uniform: bool
 
 
-Mapper = Callable[[str], fiemap.FragmentCount]
+Mapper = Callable[[int], fiemap.FragmentCount]  # an open regular file → its fragments
 
 
 def ideal_fragments(size: int) -> int:
@@ -196,10 +215,13 @@ def sample(
     bounds: Bounds,
     *,
     rng: random.Random | None = None,
-    mapper: Mapper = fiemap.fragments_of,
+    mapper: Mapper = fiemap.fragments_of_fd,
     started: float | None = None,
 ) -> dict[str, Any]:
     """Walk and map one filesystem within ``bounds``: ``FsFragmentation`` fields as a dict.
+
+    Each sampled file is opened only if it is still the one the walk saw (same device
+    and inode: ``fiemap.open_verified``), then handed to ``mapper`` as a descriptor.
 
     ``started`` (a ``time.monotonic()`` value, system-wide on Linux) is when the budget
     began; a child process is given its parent's, so starting the child counts too.
@@ -218,10 +240,14 @@ def sample(
     skipped = 0
     unsupported = ""
     for cand in order:
-        if time.monotonic() >= deadline:
+        if _stop_now(deadline):
             break
         try:
-            count = mapper(cand.path)
+            fd = fiemap.open_verified(cand.path, walked.dev, cand.ino)
+            try:
+                count = mapper(fd)
+            finally:
+                os.close(fd)
         except fiemap.ExtentMapError:
             errors["bad-extent-map"] += 1
             continue
@@ -239,7 +265,7 @@ def sample(
             continue
         mapped.append(Mapped(cand, count, (cand.ino, cand.path) in in_uniform))
     out: dict[str, Any] = {
-        "mountpoint": mountpoint,
+        "mountpoint": printable_path(mountpoint),
         "method": "fiemap",
         "max_files": bounds.max_files,
         "budget_s": bounds.budget_s,
@@ -292,7 +318,7 @@ def summarise(mapped: list[Mapped]) -> dict[str, Any]:
     out["avg_extent_bytes"] = mapped_bytes / sum(m.count.fragments for m in counted)
     out["fragments_max"] = max(m.count.fragments for m in counted)
     out["worst"] = [
-        {"path": m.cand.path, "size": m.cand.size, "fragments": m.count.fragments}
+        {"path": printable_path(m.cand.path), "size": m.cand.size, "fragments": m.count.fragments}
         for m in heapq.nlargest(WORST_FILES, counted, key=lambda m: (m.count.fragments, m.cand.size))
         if m.count.fragments > 1
     ]
@@ -334,12 +360,14 @@ def child_main(argv: list[str]) -> int:
     """Entry point of a child: ``argv[0]`` is the request as JSON; the answer goes to stdout.
 
     Requests: ``{"op": "sample", "mountpoint", "max_files", "budget_s", "min_bytes",
-    "seed" (int or null), "started"}`` answered ``{"ok": true, "fields": {...}}``, or
+    "seed" (int or null), "started", "parent" (the agent's pid)}`` answered ``{"ok": true, "fields": {...}}``, or
     ``{"ok": false, "errno", "strerror", "filename"}`` when the mount point itself cannot
     be walked; ``{"op": "free_space", "mountpoint", "fstype"}`` answered ``{"ok": true,
     "fields": {...}}``.
     """
+    global _parent
     req = json.loads(argv[0])
+    _parent = int(req["parent"]) if req.get("parent") else None
     answer: dict[str, Any]
     if req["op"] == "free_space":
         answer = {"ok": True, "fields": free_space_fields(str(req["mountpoint"]), str(req["fstype"]))}

@@ -165,11 +165,15 @@ class CollectContext:
         *,
         temp_area: TempArea | None = None,
         others_done: threading.Event | None = None,
+        cancelled: threading.Event | None = None,
     ) -> None:
         self.collector = collector
         self.spec = spec
         self.deadline = deadline  # time.monotonic() value
         self._others_done = others_done
+        # Set when the run is given up (``RunningCollection.abandon``): pass it to
+        # ``run_command(cancel=...)`` so a long command is killed instead of finishing.
+        self.cancelled = cancelled if cancelled is not None else threading.Event()
         self._warnings: list[str] = []
         self._artifacts: dict[str, Artifact] = {}
         self.plugin_facts: str | None = None

@@ -241,10 +241,12 @@ class RunningCollection:
         )
 
     def abandon(self) -> None:
-        """Give the run up: whatever the collectors return is never read; temp files go."""
+        """Give the run up: whatever the collectors return is never read; temp files go;
+        commands started with ``cancel=ctx.cancelled`` are killed."""
         for run in self._runs:
             with run.lock:
                 run.abandoned = True
+            run.ctx.cancelled.set()
         self._others_done.set()
         self._temp.cleanup()
 
@@ -280,6 +282,7 @@ def _plan(
     platform = current_platform()
     statuses: dict[str, Status] = {}
     runs: list[_Run] = []
+    cancelled = threading.Event()  # one for the run: abandon() sets it
     for cls in registry.collectors:
         reason = _skip_reason(cls.name, cls.default, spec)
         if reason:
@@ -289,7 +292,9 @@ def _plan(
         else:
             budget = spec.budgets.get(cls.name, cls.budget_s)
             deadline = started + min(budget, spec.total_budget_s)
-            ctx = CollectContext(cls.name, spec, deadline, temp_area=temp, others_done=others_done)
+            ctx = CollectContext(
+                cls.name, spec, deadline, temp_area=temp, others_done=others_done, cancelled=cancelled
+            )
             runs.append(_Run(cls, ctx, budget))
     for plugin in registry.broken:
         reason = _skip_reason(plugin.name, True, spec)

@@ -136,8 +136,15 @@ def _linux(ctx: CollectContext) -> facts_pb2.FragmentationFacts:
     deadline = time.monotonic() + min(budget, max(0.0, ctx.remaining() - _SAFETY_S))
     walkable = [t for t in targets if not t.not_sampled]
     for t in targets:
+        if ctx.cancelled.is_set():
+            break  # the run was given up: start no more children
         if t.not_sampled:
-            facts.filesystems.add(mountpoint=t.mountpoint, device=t.device, fstype=t.fstype, note=t.not_sampled)
+            facts.filesystems.add(
+                mountpoint=_text(t.mountpoint),
+                device=_text(t.device),
+                fstype=_text(t.fstype),
+                note=_text(t.not_sampled),
+            )
             continue
         left = deadline - time.monotonic()
         share = max(0.0, left / max(1, len(walkable)))
@@ -147,41 +154,47 @@ def _linux(ctx: CollectContext) -> facts_pb2.FragmentationFacts:
         # instead of before it, so the sample gets the whole share.
         free = Pending(partial(_free_space, ctx, t, in_child=in_child), name="casefile-getfsmap")
         bounds = lin.Bounds(max_files=max_files, budget_s=share, min_bytes=min_bytes)
+        # A seeded run stays reproducible, and samples the same files in a child or a thread.
+        fs_seed = rng.randrange(2**63) if seed >= 0 else None
         try:
-            fs = _sample(ctx, t.mountpoint, bounds, rng, in_child=in_child, seeded=seed >= 0)
-        except (OSError, CollectionError) as exc:
-            ctx.warn(f"{t.mountpoint}: not sampled: {exc}")
-            fs = facts_pb2.FsFragmentation(mountpoint=t.mountpoint, method="fiemap", note=f"not sampled: {exc}")
-        fs.device, fs.fstype = t.device, t.fstype
+            fs = _sample(ctx, t.mountpoint, bounds, rng, in_child=in_child, seed=fs_seed)
+        except (OSError, CollectionError, ValueError) as exc:  # ValueError: a fact protobuf refused
+            ctx.warn(_text(f"{t.mountpoint}: not sampled: {exc}"))
+            fs = facts_pb2.FsFragmentation(
+                mountpoint=_text(t.mountpoint), method="fiemap", note=_text(f"not sampled: {exc}")
+            )
+        fs.device, fs.fstype = _text(t.device), _text(t.fstype)
         fs.budget_s = share
         fs.media = lin.media_of(t.mountpoint)
         fs.free_space.CopyFrom(_free_space_result(free, ctx))
         fs.duration_s = time.monotonic() - started
         if t.note:
-            fs.note = f"{t.note}; {fs.note}"
+            fs.note = _text(f"{t.note}; {fs.note}")
         facts.filesystems.append(fs)
     return facts
 
 
 def _sample(
-    ctx: CollectContext, mountpoint: str, bounds: lin.Bounds, rng: random.Random, *, in_child: bool, seeded: bool
+    ctx: CollectContext, mountpoint: str, bounds: lin.Bounds, rng: random.Random, *, in_child: bool, seed: int | None
 ) -> facts_pb2.FsFragmentation:
     """One filesystem's sample, in a child interpreter when one can be started."""
     if in_child:
         try:
-            # A seeded run stays reproducible: the child's seed comes from the run's rng.
-            seed = rng.randrange(2**63) if seeded else None
-            return lin.sample_in_child(mountpoint, bounds, seed=seed)
+            # Killed by the collector's own deadline at the latest, so what the other
+            # filesystems gave is kept.
+            timeout = max(0.5, ctx.remaining() - _SAFETY_S)
+            return lin.sample_in_child(mountpoint, bounds, seed=seed, timeout=timeout, cancel=ctx.cancelled)
         except lin.ChildUnavailable as exc:
             ctx.warn(f"fragmentation sampled in-process (no child interpreter: {exc})")
-    return lin.sample_filesystem(mountpoint, bounds, rng=rng)
+    return lin.sample_filesystem(mountpoint, bounds, rng=rng if seed is None else random.Random(seed))
 
 
 def _free_space(ctx: CollectContext, t: Target, *, in_child: bool) -> facts_pb2.FreeSpaceFragmentation:
     """Free-space facts, in a child interpreter when one can be started (fragwalk.py says why)."""
     if in_child:
         try:
-            return lin.free_space_in_child(t.mountpoint, t.fstype, timeout=max(0.5, ctx.remaining() - _SAFETY_S))
+            timeout = max(0.5, ctx.remaining() - _SAFETY_S)
+            return lin.free_space_in_child(t.mountpoint, t.fstype, timeout=timeout, cancel=ctx.cancelled)
         except lin.ChildUnavailable:
             pass  # the sampler warns about it
         except CollectionError as exc:
@@ -196,6 +209,12 @@ def _free_space_result(
         return free.result(max(0.0, ctx.remaining() - _SAFETY_S))
     except TimeoutError:
         return facts_pb2.FreeSpaceFragmentation(available=False, reason="GETFSMAP did not answer within the budget")
+    except Exception as exc:  # e.g. the child could not be started: the sample's facts stay
+        return facts_pb2.FreeSpaceFragmentation(available=False, reason=_text(f"GETFSMAP failed: {exc}"))
+
+
+def _text(value: str) -> str:
+    return lin.printable_path(value)
 
 
 def _fstype_of(mountpoint: str) -> str:
@@ -233,8 +252,9 @@ def _windows(ctx: CollectContext) -> facts_pb2.FragmentationFacts:
             continue
         drive = p.mountpoint.rstrip("\\")
         try:
-            res = run_command(["defrag", drive, "/A", "/V"], timeout=ctx.remaining() - _SAFETY_S,
-                              max_bytes=_COMMAND_MAX_BYTES)
+            res = run_command(
+                ["defrag", drive, "/A", "/V"], timeout=ctx.remaining() - _SAFETY_S, max_bytes=_COMMAND_MAX_BYTES
+            )
             fs = win.parse_defrag_text(win.decode_console(res.stdout), p.mountpoint)
         except (CommandNotFound, win.DefragParseError) as exc:
             fs = facts_pb2.FsFragmentation(mountpoint=p.mountpoint, method="defrag-output", note=str(exc))

@@ -14,12 +14,14 @@ import json
 import os
 import random
 import sys
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from agent.collect import fiemap, fragwalk
-from agent.collect.command import run_command
+from agent.collect.command import CommandCancelled, run_command
 from agent.collect.fragwalk import (
     DEFAULT_MIN_BYTES,
     FREE_SPACE_FSTYPES,
@@ -33,6 +35,7 @@ from agent.collect.fragwalk import (
     bucket,
     ideal_fragments,
     percentile,
+    printable_path,
     walk,
 )
 from agent.errors import CollectionError
@@ -56,6 +59,7 @@ __all__ = [
     "ideal_fragments",
     "media_of",
     "percentile",
+    "printable_path",
     "sample_filesystem",
     "sample_in_child",
     "walk",
@@ -63,8 +67,27 @@ __all__ = [
 
 # Filesystems with no extents of their own (or whose walk would hit the network).
 SKIP_FSTYPES = frozenset(
-    {"proc", "sysfs", "tmpfs", "devtmpfs", "devpts", "squashfs", "overlay", "autofs", "ramfs",
-     "cgroup", "cgroup2", "nfs", "nfs4", "cifs", "smb3", "smbfs", "zfs", "iso9660", "fuseblk"}
+    {
+        "proc",
+        "sysfs",
+        "tmpfs",
+        "devtmpfs",
+        "devpts",
+        "squashfs",
+        "overlay",
+        "autofs",
+        "ramfs",
+        "cgroup",
+        "cgroup2",
+        "nfs",
+        "nfs4",
+        "cifs",
+        "smb3",
+        "smbfs",
+        "zfs",
+        "iso9660",
+        "fuseblk",
+    }
 )
 # The directory holding the ``agent`` package, for the child's imports.
 _PACKAGE_ROOT = str(Path(fragwalk.__file__).resolve().parents[2])
@@ -85,6 +108,9 @@ _CHILD_GRACE_S = 1.0  # past its own deadline, before the child is killed as hun
 _CHILD_MAX_BYTES = 1 << 20  # the answer is a summary: a few KiB
 
 
+_M = TypeVar("_M")
+
+
 class ChildUnavailable(Exception):
     """No child interpreter could be started here (frozen build, no executable)."""
 
@@ -94,21 +120,27 @@ def sample_filesystem(
     bounds: Bounds,
     *,
     rng: random.Random | None = None,
-    mapper: Mapper = fiemap.fragments_of,
+    mapper: Mapper = fiemap.fragments_of_fd,
 ) -> facts_pb2.FsFragmentation:
     """Walk and map one filesystem within ``bounds`` in this thread; never raises for one bad file."""
     return facts_pb2.FsFragmentation(**fragwalk.sample(mountpoint, bounds, rng=rng, mapper=mapper))
 
 
 def sample_in_child(
-    mountpoint: str, bounds: Bounds, *, seed: int | None = None, timeout: float | None = None
+    mountpoint: str,
+    bounds: Bounds,
+    *,
+    seed: int | None = None,
+    timeout: float | None = None,
+    cancel: threading.Event | None = None,
 ) -> facts_pb2.FsFragmentation:
     """``sample_filesystem`` in a child interpreter, off this process's GIL.
 
     The child keeps to ``bounds.budget_s`` on its own (counted from now); it is killed
-    if it has not answered ``timeout`` seconds from now (default: the budget plus a
-    grace). Raises ChildUnavailable when no child can be started, OSError when the
-    mount point cannot be walked, CollectionError when the child failed.
+    if it has not answered within the budget plus a grace, or ``timeout`` seconds if
+    that is sooner. It stops early by itself if this process goes away. Raises
+    ChildUnavailable when no child can be started, OSError when the mount point cannot
+    be walked, CollectionError when the child failed or ``cancel`` was set.
     """
     request = {
         "op": "sample",
@@ -118,11 +150,13 @@ def sample_in_child(
         "min_bytes": bounds.min_bytes,
         "seed": seed,
         "started": time.monotonic(),
+        "parent": os.getpid(),
     }
-    answer = _run_child(request, bounds.budget_s + _CHILD_GRACE_S if timeout is None else timeout)
-    if not answer.get("ok"):
+    limit = bounds.budget_s + _CHILD_GRACE_S
+    answer = _run_child(request, limit if timeout is None else min(limit, timeout), cancel)
+    if answer.get("ok") is False:
         raise OSError(answer.get("errno"), answer.get("strerror"), answer.get("filename"))
-    return facts_pb2.FsFragmentation(**answer["fields"])
+    return _message(facts_pb2.FsFragmentation, answer, request)
 
 
 def free_space_facts(mountpoint: str, fstype: str) -> facts_pb2.FreeSpaceFragmentation:
@@ -130,18 +164,20 @@ def free_space_facts(mountpoint: str, fstype: str) -> facts_pb2.FreeSpaceFragmen
     return facts_pb2.FreeSpaceFragmentation(**fragwalk.free_space_fields(mountpoint, fstype))
 
 
-def free_space_in_child(mountpoint: str, fstype: str, *, timeout: float) -> facts_pb2.FreeSpaceFragmentation:
+def free_space_in_child(
+    mountpoint: str, fstype: str, *, timeout: float, cancel: threading.Event | None = None
+) -> facts_pb2.FreeSpaceFragmentation:
     """``free_space_facts`` in a child interpreter: ``fcntl.ioctl`` would hold our GIL through it.
 
     Raises ChildUnavailable when no child can be started, CollectionError when it failed.
     """
     if fstype not in FREE_SPACE_FSTYPES:
         return free_space_facts(mountpoint, fstype)  # says why, without asking the kernel
-    answer = _run_child({"op": "free_space", "mountpoint": mountpoint, "fstype": fstype}, timeout)
-    return facts_pb2.FreeSpaceFragmentation(**answer["fields"])
+    request = {"op": "free_space", "mountpoint": mountpoint, "fstype": fstype}
+    return _message(facts_pb2.FreeSpaceFragmentation, _run_child(request, timeout, cancel), request)
 
 
-def _run_child(request: dict[str, Any], timeout: float) -> dict[str, Any]:
+def _run_child(request: dict[str, Any], timeout: float, cancel: threading.Event | None = None) -> dict[str, Any]:
     """One request to a fresh ``fragwalk`` child; its JSON answer."""
     exe = sys.executable
     if not exe or getattr(sys, "frozen", False):
@@ -151,21 +187,39 @@ def _run_child(request: dict[str, Any], timeout: float) -> dict[str, Any]:
             [exe, "-I", "-S", "-c", _CHILD_BOOT, _PACKAGE_ROOT, json.dumps(request)],
             timeout=timeout,
             max_bytes=_CHILD_MAX_BYTES,
+            cancel=cancel,
         )
+    except CommandCancelled:
+        raise
     except CollectionError as exc:  # CommandNotFound included: the executable is gone
         raise ChildUnavailable(str(exc)) from None
+    except OSError as exc:  # cannot start one: a pids limit (EAGAIN), ENOMEM, EMFILE, ENOEXEC
+        raise ChildUnavailable(f"cannot start {exe}: {exc}") from None
     what = f"fragmentation {request['op']} child"
     if not res.ok or res.truncated:
         raise CollectionError(f"{what}: {res.describe_failure()}")
     try:
-        answer: dict[str, Any] = json.loads(res.stdout)
+        answer = json.loads(res.stdout)
     except ValueError as exc:
         raise CollectionError(f"{what}: unreadable answer: {exc}") from None
+    if not isinstance(answer, dict):
+        raise CollectionError(f"{what}: answer not understood: {str(answer)[:200]}")
     return answer
 
 
+def _message(kind: Callable[..., _M], answer: dict[str, Any], request: dict[str, Any]) -> _M:
+    """The child's ``fields`` as a message; an answer of another shape is the child's failure."""
+    fields = answer.get("fields") if isinstance(answer, dict) and answer.get("ok") is True else None
+    try:
+        if not isinstance(fields, dict):
+            raise TypeError(f"no fields in {str(answer)[:200]}")
+        return kind(**fields)
+    except (TypeError, ValueError) as exc:  # unknown field, wrong type, not UTF-8
+        raise CollectionError(f"fragmentation {request['op']} child: answer not understood: {exc}") from None
+
+
 def media_of(path: str) -> str:
-    """"ssd" or "rotational" for the block device under ``path``; "" when it cannot be told."""
+    """ "ssd" or "rotational" for the block device under ``path``; "" when it cannot be told."""
     try:
         st_dev = os.stat(path).st_dev
     except OSError:
@@ -179,4 +233,3 @@ def media_of(path: str) -> str:
             continue
         return {"0": "ssd", "1": "rotational"}.get(value, "")
     return ""
-
