@@ -27,6 +27,7 @@ from agent.collect.builtin import fragmentation_linux as lin
 from agent.collect.fiemap import fragments_of, open_verified
 from agent.oneshot import prepare_collection
 from protos import facts_pb2
+from tests.agent.fragfiles import write_interleaved
 
 Status = facts_pb2.CollectorStatus
 REPO = Path(__file__).resolve().parents[2]
@@ -47,19 +48,7 @@ def _fiemap_or_skip(path: Path) -> None:
 
 
 def _interleaved(paths: list[Path], rounds: list[int]) -> None:
-    """Appends interleaved with fsync: file i gets rounds[i] chunks, in pieces (fragments)."""
-    chunk = os.urandom(64 << 10)
-    files = [open(p, "wb") for p in paths]  # noqa: SIM115 - closed below
-    try:
-        for r in range(max(rounds)):
-            for f, n in zip(files, rounds, strict=True):
-                if r < n:
-                    f.write(chunk)
-                    f.flush()
-                    os.fsync(f.fileno())
-    finally:
-        for f in files:
-            f.close()
+    write_interleaved(paths, rounds)
     os.sync()
 
 

@@ -20,6 +20,7 @@ import pytest
 from agent.collect import CollectionSpec, run_collection
 from agent.collect.builtin import fragmentation_linux as lin
 from agent.collect.fiemap import fragments_of, free_space
+from tests.agent.fragfiles import write_interleaved
 
 pytestmark = pytest.mark.root
 
@@ -74,16 +75,7 @@ def make_fragmented(mnt: Path) -> list[Path]:
     """Interleaved appends with fsync (fragments), a partly filled fallocate, a sparse file."""
     chunk = os.urandom(64 << 10)
     paths = [mnt / f"interleaved{i}" for i in range(4)]
-    files = [open(p, "wb") for p in paths]  # noqa: SIM115 - closed below
-    try:
-        for _ in range(24):
-            for f in files:
-                f.write(chunk)
-                f.flush()
-                os.fsync(f.fileno())
-    finally:
-        for f in files:
-            f.close()
+    write_interleaved(paths, [24] * 4, chunk)
     falloc = mnt / "falloc"
     fd = os.open(falloc, os.O_RDWR | os.O_CREAT, 0o644)
     try:
