@@ -19,10 +19,9 @@ from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
 from agent.cli_analysis import register as register_analysis_commands
+from agent.console import lazy_console
 from agent.errors import CasefileError, CollectionError, TransportError, VerificationError
 from agent.state import AgentHome, Enrollment
 from agent.version import __version__
@@ -37,8 +36,8 @@ register_analysis_commands(app)
 agent_app = typer.Typer(help="The agent's identity and enrollment with a collector.", no_args_is_help=True)
 app.add_typer(agent_app, name="agent")
 
-out = Console()
-err = Console(stderr=True)
+out = lazy_console()
+err = lazy_console(stderr=True)
 
 HomeOpt = Annotated[
     Path | None,
@@ -321,6 +320,8 @@ def _split_selectors(values: list[str] | None) -> tuple[tuple[str, ...], tuple[s
 
 
 def _render_preview(p: dict[str, Any]) -> None:
+    from rich.table import Table
+
     table = Table("member", "kind", "bytes", "redactions", title=f"Would be sent (profile {p['profile']})",
                   title_justify="left")
     for m in p["members"]:
@@ -503,6 +504,8 @@ def agent_history(
     if not entries:
         out.print("no live requests yet")
         return
+    from rich.table import Table
+
     t = Table("when (UTC)", "requested by", "scope", "reason", "outcome", "bundle / detail", title="Live requests")
     for e in entries:
         t.add_row(

@@ -19,14 +19,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.console import Console
+
+from agent.console import lazy_console
 
 if TYPE_CHECKING:
     from agent.analysis import BundleView
 
 __all__ = ["register"]
 
-_out = Console(width=100)
+_out = lazy_console(width=100)
 
 BundleArg = Annotated[Path, typer.Argument(help="A bundle (.tar.zst); verified before it is read.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]

@@ -11,9 +11,12 @@ import json
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from agent.errors import KeyStoreError
-from agent.keys import SigningKey, load_or_create_key
+
+if TYPE_CHECKING:
+    from agent.keys import SigningKey
 
 __all__ = ["AgentHome", "Enrollment", "default_home"]
 
@@ -49,6 +52,9 @@ class AgentHome:
         return self.root / "enrollment.json"
 
     def key(self) -> SigningKey:
+        # Imported here: cryptography is ~15 ms that every CLI command would pay at start.
+        from agent.keys import load_or_create_key
+
         self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
         return load_or_create_key(self.key_path)
 
