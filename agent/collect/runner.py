@@ -206,10 +206,12 @@ class RunningCollection:
         started: float,
         temp: TempArea,
         others_done: threading.Event,
+        cancelled: threading.Event,
         guard: tuple[str, ...],
     ) -> None:
         self._registry, self._spec, self._statuses, self._runs = registry, spec, statuses, runs
         self._started, self._temp, self._others_done, self._guard = started, temp, others_done, guard
+        self._cancelled = cancelled
 
     def wait(self) -> CollectionResult:
         """Wait for every collector (or its budget), then merge; call once."""
@@ -246,7 +248,7 @@ class RunningCollection:
         for run in self._runs:
             with run.lock:
                 run.abandoned = True
-            run.ctx.cancelled.set()
+        self._cancelled.set()
         self._others_done.set()
         self._temp.cleanup()
 
@@ -267,22 +269,27 @@ def start_collection(
         raise CollectionError(f"option 'lower_priority' must be true or false, got {lower!r}")
     temp = TempArea()
     others_done = threading.Event()
+    cancelled = threading.Event()  # abandon() sets it: commands run with cancel=ctx.cancelled stop
     with lowered_priority(lower) as guard_notes:
         started = time.monotonic()
-        statuses, runs = _plan(registry, spec, started, temp, others_done)
+        statuses, runs = _plan(registry, spec, started, temp, others_done, cancelled)
         for run in runs:
             run.thread.start()
-    return RunningCollection(registry, spec, statuses, runs, started, temp, others_done, tuple(guard_notes))
+    return RunningCollection(registry, spec, statuses, runs, started, temp, others_done, cancelled, tuple(guard_notes))
 
 
 def _plan(
-    registry: Registry, spec: CollectionSpec, started: float, temp: TempArea, others_done: threading.Event
+    registry: Registry,
+    spec: CollectionSpec,
+    started: float,
+    temp: TempArea,
+    others_done: threading.Event,
+    cancelled: threading.Event,
 ) -> tuple[dict[str, Status], list[_Run]]:
     """Statuses for what will not run (skipped, unsupported, broken), runs for the rest."""
     platform = current_platform()
     statuses: dict[str, Status] = {}
     runs: list[_Run] = []
-    cancelled = threading.Event()  # one for the run: abandon() sets it
     for cls in registry.collectors:
         reason = _skip_reason(cls.name, cls.default, spec)
         if reason:

@@ -50,13 +50,7 @@ import h2.exceptions
 import h2.settings
 from h2.errors import ErrorCodes
 
-from agent.errors import TransportError
-from agent.transport.connect import (
-    PINNED_TARGET_NAME,
-    CollectorAddress,
-    certificate_fingerprint,
-    fetch_certificate,
-)
+from agent.transport.connect import PINNED_TARGET_NAME, CollectorAddress, check_pin, fetch_certificate
 
 __all__ = ["MAX_MESSAGE", "STATUS_NAMES", "BidiStream", "Deframer", "RpcError", "frame"]
 
@@ -187,7 +181,7 @@ class _Ended:
 async def _tls_context(address: CollectorAddress, pin: str | None) -> tuple[ssl.SSLContext, str]:
     if pin:
         pem = await asyncio.to_thread(fetch_certificate, address)
-        _check_pin(address, certificate_fingerprint(pem), pin)
+        check_pin(address, pem, pin)
         ctx = ssl.create_default_context(cadata=pem.decode("ascii"))
         name = PINNED_TARGET_NAME
     else:
@@ -196,15 +190,6 @@ async def _tls_context(address: CollectorAddress, pin: str | None) -> tuple[ssl.
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.set_alpn_protocols(["h2"])
     return ctx, name
-
-
-def _check_pin(address: CollectorAddress, actual: str, pin: str) -> None:
-    if actual.lower() != pin.strip().lower():
-        raise TransportError(
-            f"collector {address.target} certificate fingerprint {actual} does not match the pinned {pin}",
-            peer=address.target,
-            code="PIN_MISMATCH",
-        )
 
 
 class BidiStream:
@@ -279,7 +264,7 @@ class BidiStream:
                 raise RpcError("UNAVAILABLE", f"{address.target} did not agree to HTTP/2 (ALPN {alpn!r})")
             if pin:
                 der = tls.getpeercert(binary_form=True) or b""
-                _check_pin(address, certificate_fingerprint(der), pin)
+                check_pin(address, der, pin)
             stream._start(address.target, path, user_agent)
         except BaseException:
             await stream.close()
@@ -346,10 +331,7 @@ class BidiStream:
     def cancel(self) -> None:
         """End the call from this side: RST_STREAM CANCEL; reads then raise CANCELLED."""
         if self._ended is None and self._sid:
-            with contextlib.suppress(h2.exceptions.H2Error, OSError, RuntimeError):
-                self._conn.reset_stream(self._sid, ErrorCodes.CANCEL)
-                self._flush()
-            self._end(RpcError("CANCELLED", "cancelled by the agent"))
+            self._abandon(RpcError("CANCELLED", "cancelled by the agent"))
 
     async def close(self) -> None:
         if self._sid:

@@ -30,6 +30,7 @@ __all__ = [
     "PINNED_TARGET_NAME",
     "CollectorAddress",
     "certificate_fingerprint",
+    "check_pin",
     "fetch_certificate",
     "is_loopback",
     "open_channel",
@@ -102,6 +103,17 @@ def certificate_fingerprint(cert_pem_or_der: bytes) -> str:
     return "sha256:" + hashlib.sha256(der).hexdigest()
 
 
+def check_pin(address: CollectorAddress, cert_pem_or_der: bytes, pin: str) -> None:
+    """Raise TransportError (code PIN_MISMATCH) unless the certificate hashes to ``pin``."""
+    actual = certificate_fingerprint(cert_pem_or_der)
+    if actual.lower() != pin.strip().lower():
+        raise TransportError(
+            f"collector {address.target} certificate fingerprint {actual} does not match the pinned {pin}",
+            peer=address.target,
+            code="PIN_MISMATCH",
+        )
+
+
 def fetch_certificate(address: CollectorAddress, timeout: float = 10.0) -> bytes:
     """The PEM certificate the collector presents, fetched without trusting it yet.
 
@@ -147,14 +159,7 @@ def open_channel(
         return grpc.insecure_channel(address.target, options=options)
     if ca_fingerprint:
         pem = fetch_certificate(address)
-        actual = certificate_fingerprint(pem)
-        if actual.lower() != ca_fingerprint.strip().lower():
-            raise TransportError(
-                f"collector {address.target} certificate fingerprint {actual} does not match "
-                f"the pinned {ca_fingerprint}",
-                peer=address.target,
-                code="PIN_MISMATCH",
-            )
+        check_pin(address, pem, ca_fingerprint)
         options.append(("grpc.ssl_target_name_override", PINNED_TARGET_NAME))
         creds = grpc.ssl_channel_credentials(root_certificates=pem)
     else:
