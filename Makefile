@@ -9,17 +9,25 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 
+# Bytecode for our own packages, as pip writes it when it installs a wheel: an editable
+# install does not, and with PYTHONDONTWRITEBYTECODE set every `casefile` command would
+# compile ~130 modules from source (~0.1 s of CPU). Up-to-date files are skipped.
+COMPILE := $(BIN)/python -m compileall -q agent collector protos plugins
+
 # Stamps so a second run does not reinstall; pyproject changes trigger a reinstall.
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install -q -e .
+	$(COMPILE)
 	touch $@
 
 $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	$(BIN)/python -m pip install -q -e plugins/casefile-pgsql
+	$(COMPILE)
 	touch $@ $(VENV)/.installed
 
 demo: $(VENV)/.installed
+	$(COMPILE)
 	$(BIN)/python -m collector.demo
 
 # `slow` tests (1,000 uploads through a SIGKILL, connections cut mid-upload) run in

@@ -21,7 +21,7 @@ from typing import Annotated, Any, NoReturn
 import typer
 
 from agent.cli_analysis import register as register_analysis_commands
-from agent.console import lazy_console
+from agent.console import lazy_console, load_console
 from agent.errors import CasefileError, CollectionError, TransportError, VerificationError
 from agent.state import AgentHome, Enrollment
 from agent.version import __version__
@@ -232,6 +232,11 @@ def collect(
             allow_leaks=allow_leaks,
         )
         key = None if preview else state.key()
+        if not as_json:
+            # The summary's tables and rich itself (~30 ms), loaded while the collectors sample.
+            import agent.render  # noqa: F401
+
+            load_console(out)
     except BaseException:
         running.abandon()
         raise

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, cast
 if TYPE_CHECKING:
     from rich.console import Console
 
-__all__ = ["lazy_console"]
+__all__ = ["lazy_console", "load_console"]
 
 
 class _LazyConsole:
@@ -31,3 +31,9 @@ class _LazyConsole:
 def lazy_console(**options: Any) -> Console:
     """A stand-in for ``rich.console.Console(**options)`` that imports rich on first use."""
     return cast("Console", _LazyConsole(**options))
+
+
+def load_console(console: Console) -> None:
+    """Make a lazy console now (imports rich), e.g. while a collection's windows run."""
+    if isinstance(console, _LazyConsole):
+        console.__getattr__("file")

@@ -4,7 +4,7 @@ connect time). MTU, errors and drops per NIC stay in the ``network`` collector.
 
 Options: ``resolve_name`` (default: the collector's host when ``collector_target`` is
 set, else "localhost"), ``collector_target`` ("HOST:PORT"), ``resolve_timeout_s``
-(default 2), ``retrans_sample_s`` (default 0.5).
+(default 2), ``retrans_sample_s`` (default 0.25).
 
 ``getaddrinfo`` has no timeout of its own, so every lookup runs in a ``Pending`` daemon
 thread and is abandoned at its timeout; a dead resolver costs the timeout, not minutes.

@@ -1,7 +1,7 @@
 """Processes: totals, zombies, threads, and the top N by CPU and by resident memory.
 
-CPU % is measured, not asked for: two ``process_iter`` passes ``cpu_sample_s`` apart
-(option ``processes_sample_s``, default 0.5 s), each process's Δ(user+system) over the
+CPU % is measured, not asked for: two ``process_iter`` passes ``processes_sample_s`` apart
+(default 0.25 s), each process's Δ(user+system) over the
 wall-clock Δ, keyed by (pid, create_time) so a reused pid is not mistaken for the old
 process; 100 % = one core, as in top. Only the ``cpu`` collector may call
 ``psutil.cpu_percent`` (module-global state); this collector is the only caller of
