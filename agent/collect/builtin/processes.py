@@ -1,12 +1,14 @@
 """Processes: totals, zombies, threads, and the top N by CPU and by resident memory.
 
 CPU % is measured, not asked for: two ``process_iter`` passes ``processes_sample_s`` apart
-(default 0.25 s), each process's Δ(user+system) over the
-wall-clock Δ, keyed by (pid, create_time) so a reused pid is not mistaken for the old
-process; 100 % = one core, as in top. Only the ``cpu`` collector may call
-``psutil.cpu_percent`` (module-global state); this collector is the only caller of
-``process_iter``. Cost is about 0.07 ms per process per pass (field-notes §3): a few
-hundred ms with thousands of processes, and ``heapq.nlargest`` keeps the ranking O(n).
+(default 0.25 s), each process's Δ(user+system) over the wall-clock Δ. The first pass
+reads only CPU times and start time (one ``/proc/<pid>/stat`` read each on Linux): it
+runs while the CLI loads its modules, and every file read there waits for the GIL. Keyed
+by (pid, create_time) so a reused pid is not mistaken for the old process; 100 % = one
+core, as in top. Only the ``cpu`` collector may call ``psutil.cpu_percent`` (module-global
+state); this collector is the only caller of ``process_iter``. Cost is about 0.07 ms per
+process per pass (field-notes §3): a few hundred ms with thousands of processes, and
+``heapq.nlargest`` keeps the ranking O(n).
 
 Never asked for: ``environ`` (it makes psutil drop kernel threads as root), open
 files and ``memory_full_info`` (slow, privileged). The command line *is* collected: the
@@ -67,6 +69,16 @@ def _snapshot() -> dict[tuple[int, float], _Seen]:
     return seen
 
 
+def _cpu_seconds() -> dict[tuple[int, float], float]:
+    """user+system CPU seconds per (pid, create_time): one read of /proc/<pid>/stat each on Linux."""
+    seen: dict[tuple[int, float], float] = {}
+    for proc in psutil.process_iter(["cpu_times", "create_time"]):
+        times = proc.info.get("cpu_times")
+        key = (int(proc.pid), float(proc.info.get("create_time") or 0.0))
+        seen[key] = float(times.user + times.system) if times is not None else 0.0
+    return seen
+
+
 def count_zombies(proc_root: str = "/proc") -> int:
     """Processes in state Z, read from ``<proc_root>/<pid>/stat``."""
     count = 0
@@ -109,9 +121,10 @@ class ProcessesCollector(Collector):
         wanted = ctx.float_option("processes_sample_s", 0.25, maximum=30.0)
         top_n = ctx.int_option("processes_top_n", 15, minimum=1, maximum=500)
         started = time.monotonic()
-        before = _snapshot()
+        before = _cpu_seconds()
         t0 = time.monotonic()
-        # The second pass will cost what the first did; both must fit in the budget.
+        # The second pass (every field) costs more than the first (CPU times only);
+        # the first's cost is the floor of what is left to fit in the budget.
         sample = min(wanted, max(0.0, ctx.remaining() - _MARGIN_S - (t0 - started)))
         if sample < wanted:
             ctx.warn(f"process sample shortened from {wanted:g} s to {sample:.2f} s")
@@ -123,7 +136,7 @@ class ProcessesCollector(Collector):
         for key, now in after.items():
             old = before.get(key)
             # A process born during the sample counts its whole CPU time since birth.
-            delta = now.cpu_s - (old.cpu_s if old is not None else 0.0)
+            delta = now.cpu_s - (old if old is not None else 0.0)
             cpu[key] = max(0.0, delta) / elapsed * 100.0
 
         facts = facts_pb2.ProcessFacts(
