@@ -21,11 +21,14 @@ class _LazyConsole:
         self._console: Console | None = None
 
     def __getattr__(self, name: str) -> Any:
+        return getattr(self._made(), name)
+
+    def _made(self) -> Console:
         if self._console is None:
             from rich.console import Console
 
             self._console = Console(**self._options)
-        return getattr(self._console, name)
+        return self._console
 
 
 def lazy_console(**options: Any) -> Console:
@@ -36,4 +39,4 @@ def lazy_console(**options: Any) -> Console:
 def load_console(console: Console) -> None:
     """Make a lazy console now (imports rich), e.g. while a collection's windows run."""
     if isinstance(console, _LazyConsole):
-        console.__getattr__("file")
+        console._made()
