@@ -197,6 +197,9 @@ def collect(
             "logs_max_bytes": parse_size(logs_max),
         }
         options.update(_key_values(set_options or (), "--set"))
+        if enrollment and enrollment.collector_host:
+            # The DNS resolve test asks for the name this agent has to reach.
+            options.setdefault("resolve_name", enrollment.collector_host)
         budget_s = {name: float(v) for name, v in _key_values(budgets or (), "--budget", number=True).items()}
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None

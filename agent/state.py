@@ -38,6 +38,12 @@ class Enrollment:
     ca_fingerprint: str | None
     key_fingerprint: str
 
+    @property
+    def collector_host(self) -> str:
+        """The host part of ``collector`` ("HOST:PORT" or "[V6]:PORT"); "" if it has none."""
+        host, sep, _ = self.collector.strip().rpartition(":")
+        return host.strip("[]") if sep else ""
+
 
 class AgentHome:
     def __init__(self, root: Path | None = None) -> None:

@@ -54,6 +54,9 @@ def collect_live(
     options: dict[str, str | int | float | bool] = dict(LIVE_SAMPLING)
     if since_s and "logs" in collectors:
         options["logs_since_s"] = float(since_s)
+    enrollment = AgentHome(home).enrollment()
+    if enrollment and enrollment.collector_host:
+        options["resolve_name"] = enrollment.collector_host  # the name this agent has to reach
     output_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     collected = collect_bundle(
         key=key,

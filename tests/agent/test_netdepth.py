@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from agent.collect import CollectionSpec, run_collection
 from agent.collect.builtin import netdepth_parse as parse
 from agent.collect.builtin.netdepth import probe
+from agent.state import Enrollment
 from protos import facts_pb2
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
@@ -170,11 +171,25 @@ def test_collector_on_this_machine(listener: int) -> None:
     assert nd.connections_by_state["LISTEN"] >= 1
 
 
-def test_resolve_defaults_to_localhost() -> None:
+def test_resolve_test_needs_a_name_and_says_so() -> None:
+    """No collector and no resolve_name: no test that would only read the hosts file, and a warning."""
     result = run_collection(CollectionSpec(only=("netdepth",), options={"retrans_sample_s": 0.0}))
     nd = result.snapshot.network_depth
-    assert nd.resolve.name == "localhost" and nd.resolve.ok
-    assert not nd.HasField("collector")
+    assert not nd.HasField("resolve") and not nd.HasField("collector")
+    warnings = [w for name, w in result.warnings if name == "netdepth"]
+    assert any("resolve test not run" in w and "resolve_name" in w for w in warnings), warnings
+
+
+def test_resolve_name_option() -> None:
+    spec = CollectionSpec(only=("netdepth",), options={"retrans_sample_s": 0.0, "resolve_name": "localhost"})
+    nd = run_collection(spec).snapshot.network_depth
+    assert nd.resolve.name == "localhost" and nd.resolve.ok and nd.resolve.addresses
+
+
+def test_enrolled_collector_host() -> None:
+    assert Enrollment("a", "collector.example:7443", None, "k").collector_host == "collector.example"
+    assert Enrollment("a", "[::1]:7443", None, "k").collector_host == "::1"
+    assert Enrollment("a", "nonsense", None, "k").collector_host == ""
 
 
 def test_network_collector_keeps_mtu_errors_and_drops() -> None:

@@ -84,6 +84,20 @@ def test_enroll_collect_upload_verify_query_download(served: dict[str, str]) -> 
         "--home",
         s["home"],
     )
+    # Enrolled, not uploading: the DNS resolve test asks for the collector's name.
+    local = Path(s["tmp"]) / "local"
+    alone = json.loads(
+        cli("casefile", "collect", "--only", "netdepth", "-o", str(local), "--home", s["home"], "--json").stdout
+    )
+    facts = subprocess.run(
+        ["tar", "--zstd", "-xOf", alone["bundle"]["path"], "--wildcards", "*/facts.json"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    resolved = json.loads(facts)["networkDepth"]["resolve"]
+    assert resolved["name"] == s["addr"].rpartition(":")[0] and resolved["ok"], resolved
+
     out = Path(s["tmp"]) / "out"
     res = cli(
         "casefile",

@@ -3,8 +3,14 @@ connection states, and a reachability probe to the collector (DNS time apart fro
 connect time). MTU, errors and drops per NIC stay in the ``network`` collector.
 
 Options: ``resolve_name`` (default: the collector's host when ``collector_target`` is
-set, else "localhost"), ``collector_target`` ("HOST:PORT"), ``resolve_timeout_s``
-(default 2), ``retrans_sample_s`` (default 0.25).
+set; the CLI and the daemon also set it to the enrolled collector's host),
+``collector_target`` ("HOST:PORT"), ``resolve_timeout_s`` (default 2),
+``retrans_sample_s`` (default 0.25). With no name to resolve the test is not run and a
+warning says so: resolving "localhost" would answer from the hosts file and say nothing
+about DNS.
+
+TCP retransmissions come from two reads of ``/proc/net/snmp`` (Linux). Elsewhere they are
+not measured and a warning says so.
 
 ``getaddrinfo`` has no timeout of its own, so every lookup runs in a ``Pending`` daemon
 thread and is abandoned at its timeout; a dead resolver costs the timeout, not minutes.
@@ -39,15 +45,17 @@ class NetworkDepthCollector(Collector):
         host = ""
         if target:
             host, _ = parse.split_target(target)
-        name = ctx.str_option("resolve_name", "") or host or "localhost"
+        name = ctx.str_option("resolve_name", "").strip() or host
         timeout = ctx.float_option("resolve_timeout_s", 2.0, minimum=0.01, maximum=30.0)
         retrans_wait = ctx.float_option("retrans_sample_s", 0.25, minimum=0.0, maximum=10.0)
         facts = facts_pb2.NetworkDepthFacts()
         platform = current_platform()
         snmp_first = _snmp(ctx) if platform == "linux" else None
+        if platform != "linux":
+            ctx.warn(f"TCP retransmissions not measured: no /proc/net/snmp on {platform}")
         started = time.monotonic()
         # Lookups run while the retransmission window elapses.
-        resolve = Pending(lambda: _timed_lookup(name), name="casefile-resolve")
+        resolve = Pending(lambda: _timed_lookup(name), name="casefile-resolve") if name else None
         routes, dns = _routes_and_dns(ctx, platform)
         facts.default_routes.extend(
             facts_pb2.Route(family=r.family, gateway=r.gateway, interface=r.interface, metric=r.metric)
@@ -56,7 +64,10 @@ class NetworkDepthCollector(Collector):
         facts.dns_servers.extend(dns.servers)
         facts.dns_search.extend(dns.search)
         _sockets(ctx, facts)
-        facts.resolve.CopyFrom(_resolve_result(name, resolve, min(timeout, ctx.remaining())))
+        if resolve is not None:
+            facts.resolve.CopyFrom(_resolve_result(name, resolve, min(timeout, ctx.remaining())))
+        else:
+            ctx.warn("DNS resolve test not run: no collector is known; set resolve_name=HOST to run it")
         if target:
             facts.collector.CopyFrom(probe(target, min(timeout, ctx.remaining())))
         if snmp_first is not None:
