@@ -25,6 +25,7 @@ from agent.collect.builtin.services import (
     parse_launchctl_list,
     parse_systemctl_json,
     parse_systemctl_plain,
+    parse_systemctl_show,
     parse_win32_services,
 )
 from agent.collect.builtin.timeseries import TimeseriesCollector
@@ -77,6 +78,56 @@ def test_systemctl_json_and_plain() -> None:
     ]
     with pytest.raises(ValueError):
         parse_systemctl_json('{"not": "a list"}')
+    gone = parse_systemctl_json('[{"unit":"old.service","load":"not-found","active":"failed","sub":"failed"}]')
+    assert [r.result for r in rows + plain + gone] == ["", "", "", "load: not-found"]
+
+
+# `systemctl show -p Id,Result,ExecMainCode,ExecMainStatus -- a b c d`: one block per unit
+# (systemd prints the properties in its own order, not the order asked).
+SHOW = """Result=exit-code
+ExecMainCode=1
+ExecMainStatus=203
+Id=backup.service
+
+Result=signal
+ExecMainCode=2
+ExecMainStatus=9
+Id=worker.service
+
+Result=core-dump
+ExecMainCode=3
+ExecMainStatus=11
+Id=crashy.service
+
+Result=timeout
+ExecMainCode=0
+ExecMainStatus=0
+Id=slow.service
+
+Result=success
+ExecMainCode=1
+ExecMainStatus=0
+Id=fine.service
+"""
+
+
+def test_systemctl_show_says_why_units_failed() -> None:
+    assert parse_systemctl_show(SHOW) == {
+        "backup.service": "exit-code, status 203",
+        "worker.service": "signal, SIGKILL",
+        "crashy.service": "core-dump, SIGSEGV (core dumped)",
+        "slow.service": "timeout",
+        "fine.service": "",
+    }
+    assert parse_systemctl_show("Id=x.service\r\nResult=exit-code\r\nExecMainCode=1\r\nExecMainStatus=oops\r\n") == {
+        "x.service": "exit-code"
+    }
+
+
+@given(st.text(max_size=400))
+def test_systemctl_show_never_raises(text: str) -> None:
+    out = parse_systemctl_show(text)
+    assert all(isinstance(k, str) and k and isinstance(v, str) for k, v in out.items())
 
 
 @given(st.text(max_size=300))

@@ -1,8 +1,11 @@
 """Services: failed systemd units, stopped auto-start Windows services, failing launchd jobs.
 
 * systemd: ``systemctl list-units --state=failed --all --output=json`` (systemd ≥ 240
-  prints JSON); older ones get ``--plain --no-legend`` parsed. The total is the number
-  of loaded units from ``list-units --all``.
+  prints JSON); older ones get ``--plain --no-legend`` parsed. Why each failed unit
+  failed comes from one ``systemctl show`` for all of them: its ``Result`` (exit-code,
+  signal, timeout, core-dump, start-limit-hit…) and the main process's exit status or
+  signal. A unit whose file is missing says so ("load: not-found"). The total is the
+  number of loaded units from ``list-units --all``.
 * Windows: ``Get-CimInstance Win32_Service`` as JSON through PowerShell; a service with
   StartMode Auto that is not Running is "failed" (what an engineer looks for first).
 * macOS: ``launchctl list`` rows whose last exit status is non-zero.
@@ -14,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 
 from agent.collect.command import CommandNotFound, run_command
 from agent.collect.framework import CollectContext, Collector, current_platform
@@ -24,6 +28,7 @@ __all__ = [
     "parse_launchctl_list",
     "parse_systemctl_json",
     "parse_systemctl_plain",
+    "parse_systemctl_show",
     "parse_win32_services",
 ]
 
@@ -45,7 +50,7 @@ def parse_systemctl_json(text: str) -> list[facts_pb2.ServiceInfo]:
                 state=str(row.get("active", "")),
                 sub_state=str(row.get("sub", "")),
                 description=str(row.get("description", "")),
-                result=str(row.get("load", "")),
+                result=_load_note(str(row.get("load", ""))),
             )
         )
     return out
@@ -61,13 +66,57 @@ def parse_systemctl_plain(text: str) -> list[facts_pb2.ServiceInfo]:
         out.append(
             facts_pb2.ServiceInfo(
                 name=parts[0],
-                result=parts[1],
+                result=_load_note(parts[1]),
                 state=parts[2],
                 sub_state=parts[3],
                 description=parts[4] if len(parts) > 4 else "",
             )
         )
     return out
+
+
+def _load_note(load: str) -> str:
+    return "" if load in ("", "loaded") else f"load: {load}"
+
+
+_CLD_EXITED, _CLD_KILLED, _CLD_DUMPED = 1, 2, 3  # ExecMainCode, as in waitid(2)
+
+
+def parse_systemctl_show(text: str) -> dict[str, str]:
+    """Unit id -> why it failed, from ``systemctl show -p Id,Result,ExecMainCode,ExecMainStatus``.
+
+    The output is one ``KEY=VALUE`` block per unit, blocks separated by an empty line.
+    "exit-code, status 1", "signal, SIGKILL", "timeout"; "" for a unit whose Result is
+    "success" and whose main process exited 0.
+    """
+    out: dict[str, str] = {}
+    for block in text.replace("\r\n", "\n").split("\n\n"):
+        props: dict[str, str] = {}
+        for line in block.splitlines():
+            key, sep, value = line.partition("=")
+            if sep:
+                props[key.strip()] = value.strip()
+        unit = props.get("Id", "")
+        if not unit:
+            continue
+        parts = [r] if (r := props.get("Result", "")) and r != "success" else []
+        try:
+            code, status = int(props.get("ExecMainCode") or 0), int(props.get("ExecMainStatus") or 0)
+        except ValueError:
+            code = status = 0
+        if code == _CLD_EXITED and status:
+            parts.append(f"status {status}")
+        elif code in (_CLD_KILLED, _CLD_DUMPED) and status:
+            parts.append(_signal_name(status) + (" (core dumped)" if code == _CLD_DUMPED else ""))
+        out[unit] = ", ".join(parts)
+    return out
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name  # systemd runs on Linux: this host's numbering
+    except ValueError:
+        return f"signal {number}"
 
 
 def parse_win32_services(text: str) -> tuple[int, list[facts_pb2.ServiceInfo]]:
@@ -169,12 +218,31 @@ class ServicesCollector(Collector):
                 facts.unsupported_reason = f"systemctl failed: {plain.describe_failure()}"
                 return facts
             facts.failed.extend(parse_systemctl_plain(plain.text()))
+        if facts.failed:
+            self._why_failed(ctx, facts)
         every = run_command([*base, "--plain", "--no-legend"], timeout=ctx.remaining(), max_bytes=_MAX_OUT)
         if every.ok:
             facts.total = len(parse_systemctl_plain(every.text()))
         else:
             ctx.warn(f"unit total unknown: {every.describe_failure()}")
         return facts
+
+    @staticmethod
+    def _why_failed(ctx: CollectContext, facts: facts_pb2.ServiceFacts) -> None:
+        units = [u.name for u in facts.failed if u.name and not u.name.startswith("-")]
+        show = run_command(
+            ["systemctl", "show", "--no-pager", "-p", "Id,Result,ExecMainCode,ExecMainStatus", "--", *units],
+            timeout=ctx.remaining() / 2,
+            max_bytes=_MAX_OUT,
+        )
+        if not show.ok:
+            ctx.warn(f"why the failed units failed is unknown: {show.describe_failure()}")
+            return
+        why = parse_systemctl_show(show.text())
+        for unit in facts.failed:
+            reason = why.get(unit.name, "")
+            if reason:
+                unit.result = f"{reason}; {unit.result}" if unit.result else reason
 
     def _windows(self, ctx: CollectContext) -> facts_pb2.ServiceFacts:
         script = (
