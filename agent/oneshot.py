@@ -200,8 +200,12 @@ class Prepared:
         warnings = [(n, self.redactor.redact_text(w, _MANIFEST)) for n, w in self.result.warnings]
         collectors = statuses_to_dicts(self.snapshot.collectors, sizes=self.result.sizes, warnings=warnings)
         paths = {m.path for m in self.members}
+        # A member the privacy profile dropped is listed under redaction.dropped instead;
+        # a source cut to nothing (member "") has no member to drop and stays listed.
         truncated = [
-            _redact_json(t, self.redactor) for t in self.result.truncated() if t.get("member") in paths
+            _redact_json(t, self.redactor)
+            for t in self.result.truncated()
+            if t.get("member") == "" or t.get("member") in paths
         ]
         receipt = self._receipt(consent)
         outputs, analysis_error = self._analysis_outputs()

@@ -4,7 +4,11 @@ Plugins import only from here::
 
     from agent.collect import Collector, CollectContext
 
-and register their class under the ``casefile.collectors`` entry point group.
+and register their class under the ``casefile.collectors`` entry point group. A plugin
+that collects a log reads the run's window and caps with ``log_bounds(ctx)`` (what
+``--since``/``--logs-max`` set) and reports its log in its plugin facts with
+``log_source_entry`` under ``LOG_SOURCES_KEY``, so a cut one is in the manifest's
+``truncated`` list.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from agent.collect.framework import (
     current_platform,
     declaration_problems,
 )
+from agent.collect.logparse.bounds import LOG_SOURCES_KEY, LogBounds, log_bounds, log_source_entry
 from agent.collect.registry import ENTRY_POINT_GROUP, BrokenPlugin, Registry, registered_collectors
 from agent.collect.runner import (
     CollectionResult,
@@ -42,6 +47,7 @@ __all__ = [
     "ARTIFACT_KINDS",
     "ENTRY_POINT_GROUP",
     "KNOWN_PLATFORMS",
+    "LOG_SOURCES_KEY",
     "Artifact",
     "ArtifactKind",
     "BrokenPlugin",
@@ -52,12 +58,15 @@ __all__ = [
     "CommandNotFound",
     "CommandResult",
     "LineStream",
+    "LogBounds",
     "OptionValue",
     "Pending",
     "Registry",
     "RunningCollection",
     "current_platform",
     "declaration_problems",
+    "log_bounds",
+    "log_source_entry",
     "registered_collectors",
     "run_collection",
     "run_command",

@@ -36,6 +36,7 @@ from agent.collect.framework import (
     describe_exception,
 )
 from agent.collect.guard import lowered_priority
+from agent.collect.logparse import truncation_entries
 from agent.collect.registry import Registry, build_registry, registered_collectors
 from agent.errors import CollectionError
 from protos import facts_pb2
@@ -70,17 +71,12 @@ class CollectionResult:
         return statuses_to_dicts(self.statuses, sizes=self.sizes, warnings=self.warnings)
 
     def truncated(self) -> list[dict[str, object]]:
-        """The manifest's ``truncated`` entries: log sources a cap or the window cut."""
-        return [
-            {
-                "member": src.artifact,
-                "source": src.name,
-                "lines_dropped": src.lines_dropped,
-                "reason": "byte cap or time budget; newest lines kept",
-            }
-            for src in self.snapshot.logs.sources
-            if src.truncated
-        ]
+        """The manifest's ``truncated`` entries: log sources a cap or the budget cut.
+
+        The logs collector's and those plugins report in their facts; a source cut to
+        nothing is listed too, with ``member`` "" (``logparse.truncation_entries``).
+        """
+        return truncation_entries(self.snapshot)
 
     def close(self) -> None:
         """Remove the run's temp files; file-backed artifacts are unreadable afterwards."""

@@ -9,9 +9,12 @@ import os
 import time
 from pathlib import Path
 
+from agent.bundle.reader import verify_bundle
 from agent.collect import CollectionSpec, run_collection
 from agent.collect.builtin.logs import LogsCollector
 from agent.collect.logparse import NewestFirstSink, read_text_log
+from agent.keys import SigningKey
+from agent.oneshot import collect_bundle
 from protos import facts_pb2
 
 T = dt.datetime(2026, 11, 23, 12, 0, tzinfo=dt.UTC)
@@ -201,6 +204,32 @@ def test_total_cap_leaves_later_sources_facts_only(tmp_path: Path) -> None:
         assert src.lines == 0 and src.truncated and src.lines_dropped > 0
         assert src.artifact == "" and "total byte cap" in src.error
         assert "logs/file-app.jsonl" not in {a.path for a in result.artifacts}
+        cut = [t for t in result.truncated() if t["source"] == "file-app"]
+        assert cut == [
+            {
+                "member": "",
+                "source": "file-app",
+                "lines_dropped": src.lines_dropped,
+                "reason": "byte cap or time budget; no lines kept, so no member",
+            }
+        ]
+
+
+def test_sources_cut_to_nothing_are_in_the_signed_manifest(tmp_path: Path) -> None:
+    app, other = tmp_path / "app.log", tmp_path / "other.log"
+    _now_log(app, 1)
+    _now_log(other, 1)
+    spec = CollectionSpec(
+        only=("logs",),
+        options={"log_files": f"{app},{other}", "logs_since_s": 7200.0, "logs_max_bytes": 0},
+    )
+    key = SigningKey.generate()
+    collected = collect_bundle(key=key, output_dir=tmp_path / "out", spec=spec)
+    verified = verify_bundle(collected.bundle.path, expected_key=key.public)
+    by_source = {t["source"]: t for t in verified.manifest["truncated"]}
+    for name in ("file-app", "file-other"):
+        assert by_source[name]["member"] == "" and by_source[name]["lines_dropped"] > 0
+    assert not any(m.path.startswith("logs/file-") for m in verified.members)
 
 
 def test_missing_log_file_is_a_reason_not_a_failure(tmp_path: Path) -> None:

@@ -12,23 +12,27 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agent.collect.logparse import (
+    LOG_SOURCES_KEY,
     dmesg_record,
     guess_severity,
     journal_record,
     kmsg_record,
+    log_source_entry,
     macos_record,
     parse_text_line,
     parse_wevtutil_xml,
     read_lines_backwards,
+    truncation_entries,
 )
+from protos import facts_pb2
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "logs"
 HINT = dt.datetime(2026, 11, 23, 12, 0, tzinfo=dt.UTC)
 UTC = dt.UTC
 
 
-def _local(*args: int) -> dt.datetime:
-    return dt.datetime(*args).astimezone().astimezone(UTC)  # type: ignore[misc]
+def _local(year: int, month: int, day: int, hour: int = 0, minute: int = 0, second: int = 0) -> dt.datetime:
+    return dt.datetime(year, month, day, hour, minute, second).astimezone().astimezone(UTC)
 
 
 def test_rfc3164_year_is_inferred_and_local_time_becomes_utc() -> None:
@@ -115,6 +119,85 @@ def test_journal_messages_as_text_bytes_and_null() -> None:
 def test_journal_parser_never_raises(obj: dict[str, object]) -> None:
     rec = journal_record(json.dumps(obj))
     assert rec is not None and isinstance(rec.msg, str)
+
+
+# One occurrence of a journal field as journalctl -o json prints it: text, bytes, or null.
+_FIELD_VALUE = st.one_of(st.text(max_size=20), st.lists(st.integers(0, 255), max_size=8), st.none())
+
+
+@given(st.lists(_FIELD_VALUE, min_size=1, max_size=4))
+def test_repeated_journal_field_keeps_every_value(values: list[object]) -> None:
+    # A field repeated in one entry arrives as an array of its values (journalctl(1)).
+    rec = journal_record(json.dumps({"MESSAGE": values}))
+    assert rec is not None
+    decoded = [
+        v if isinstance(v, str) else bytes(v).decode("utf-8", "replace") if isinstance(v, list) else None
+        for v in values
+    ]
+    assert rec.msg == "\n".join(
+        d if d is not None else "[message omitted by journalctl: field too large]" for d in decoded
+    )
+
+
+def test_byte_array_message_is_not_a_repeated_field() -> None:
+    rec = journal_record(json.dumps({"MESSAGE": [104, 105]}))
+    assert rec is not None and rec.msg == "hi"
+    rec = journal_record(json.dumps({"MESSAGE": []}))
+    assert rec is not None and rec.msg == ""
+
+
+def _snapshot_with(plugin_facts: dict[str, str]) -> facts_pb2.Snapshot:
+    snap = facts_pb2.Snapshot()
+    snap.logs.sources.add(name="syslog", artifact="logs/syslog.jsonl", truncated=True, lines_dropped=7)
+    snap.logs.sources.add(name="kernel", truncated=True, lines_dropped=3)  # cut to nothing
+    snap.logs.sources.add(name="auth", artifact="logs/auth.jsonl")  # whole
+    snap.plugin_facts.update(plugin_facts)
+    return snap
+
+
+def test_truncation_entries_list_sources_cut_to_nothing_and_plugins() -> None:
+    cut = log_source_entry(
+        "postgresql", artifact="", lines=0, bytes_kept=0, truncated=True, lines_dropped=0, error="not kept"
+    )
+    whole = log_source_entry(
+        "app", artifact="logs/app.jsonl", lines=3, bytes_kept=300, truncated=False, lines_dropped=0
+    )
+    snap = _snapshot_with({"pgsql": json.dumps({LOG_SOURCES_KEY: [cut, whole]}), "other": "{}"})
+    entries = truncation_entries(snap)
+    assert [(e["member"], e["source"], e["lines_dropped"]) for e in entries] == [
+        ("logs/syslog.jsonl", "syslog", 7),
+        ("", "kernel", 3),
+        ("", "pgsql/postgresql", 0),
+    ]
+    assert "newest lines kept" in str(entries[0]["reason"]) and "no member" in str(entries[1]["reason"])
+
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=20,
+)
+_SOURCE_ITEM = st.fixed_dictionaries(
+    {},
+    optional={
+        "name": st.one_of(st.text(max_size=8), st.integers()),
+        "artifact": st.one_of(st.text(max_size=8), st.none()),
+        "truncated": st.one_of(st.booleans(), st.integers(0, 1)),
+        "lines_dropped": st.one_of(st.integers(-5, 10), st.booleans(), st.text(max_size=3)),
+    },
+)
+
+
+@given(st.one_of(_JSON, st.dictionaries(st.just(LOG_SOURCES_KEY), st.lists(_SOURCE_ITEM | _JSON, max_size=4))))
+def test_truncation_entries_take_only_well_typed_plugin_reports(facts: object) -> None:
+    # Plugin facts are third-party JSON: anything reaches the manifest only well-typed.
+    entries = truncation_entries(_snapshot_with({"plug": json.dumps(facts)}))
+    assert entries[:2] == truncation_entries(_snapshot_with({}))
+    for e in entries[2:]:
+        assert isinstance(e["member"], str) and isinstance(e["source"], str)
+        assert str(e["source"]).startswith("plug/") and len(str(e["source"])) > len("plug/")
+        dropped = e["lines_dropped"]
+        assert isinstance(dropped, int) and not isinstance(dropped, bool) and dropped >= 0
 
 
 def test_kmsg_and_dmesg_records_use_boot_time() -> None:

@@ -3,7 +3,7 @@
 Sources, by platform (each one ``LogSource`` in ``Snapshot.logs`` and, when it has
 lines, one artifact ``logs/<source>.jsonl`` in the contract of protos/facts.proto):
 
-* Linux: ``journal`` (``journalctl -o json -r``), ``kernel`` (``journalctl -k``, else
+* Linux: ``journal`` (``journalctl -o json -r --all``), ``kernel`` (``journalctl -k``, else
   ``/dev/kmsg``, else ``dmesg -r``; ring-buffer times are boot time + offset, so they
   drift by the time the machine spent suspended), and the text files in
   ``LINUX_TEXT_LOGS`` that exist (syslog, messages, auth, kern, dpkg, yum, dnf).
@@ -11,7 +11,9 @@ lines, one artifact ``logs/<source>.jsonl`` in the contract of protos/facts.prot
 * macOS: the unified log via ``log show --style ndjson``.
 * Everywhere: files named in the ``log_files`` option, as ``file-<name>`` sources.
 
-Options (spec ``options``; the CLI's ``--since``/``--logs-max`` set the first two):
+Options (spec ``options``; the CLI's ``--since``/``--logs-max`` set the first two; read
+by ``log_bounds``, which plugins that collect logs use too, so their logs get the same
+window and per-source cap; see ``agent/collect/logparse/bounds.py``):
 
 =============================  ==========  ===============================================
 ``logs_since_s``               86400       the window: this many seconds back from now
@@ -31,7 +33,6 @@ budget; a cap or the budget cuts the *oldest* lines, and the source says so
 
 from __future__ import annotations
 
-import datetime as dt
 import re
 import time
 from collections.abc import Callable
@@ -51,16 +52,11 @@ from agent.collect.builtin.logsources import (
 )
 from agent.collect.command import CommandNotFound
 from agent.collect.framework import CollectContext, Collector, current_platform, describe_exception
-from agent.collect.logparse import NewestFirstSink
+from agent.collect.logparse import NewestFirstSink, log_bounds
 from protos import facts_pb2
 
 __all__ = ["LogsCollector", "plan_sources"]
 
-DEFAULT_SINCE_S = 24 * 3600
-DEFAULT_MAX_BYTES = 32 * 1024 * 1024
-DEFAULT_MAX_BYTES_PER_SOURCE = 8 * 1024 * 1024
-_MAX_SINCE_S = 366 * 24 * 3600
-_MAX_CAP = 1 << 34
 # Kept back from the budget to turn the spooled lines into the artifacts.
 _FINISH_MARGIN_S = 0.5
 
@@ -123,11 +119,10 @@ class LogsCollector(Collector):
     facts_type = facts_pb2.LogsFacts
 
     def collect(self, ctx: CollectContext) -> facts_pb2.LogsFacts:
-        since_s = ctx.float_option("logs_since_s", DEFAULT_SINCE_S, minimum=1, maximum=_MAX_SINCE_S)
-        total = ctx.int_option("logs_max_bytes", DEFAULT_MAX_BYTES, maximum=_MAX_CAP)
-        per_source = ctx.int_option("logs_max_bytes_per_source", DEFAULT_MAX_BYTES_PER_SOURCE, maximum=_MAX_CAP)
+        bounds = log_bounds(ctx)  # the same reading plugins get through agent.collect
+        total, per_source = bounds.max_bytes, bounds.max_bytes_per_source
         priority = ctx.str_option("logs_priority", "")
-        since = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=since_s)
+        since = bounds.since()
         facts = facts_pb2.LogsFacts(max_bytes_total=total, max_bytes_per_source=per_source)
         facts.since.FromDatetime(since)
         plan = plan_sources(current_platform(), ctx.str_option("log_files", ""))

@@ -17,8 +17,9 @@ from pathlib import Path
 
 import psutil
 
-from agent.collect.command import run_command, stream_lines
+from agent.collect.command import CommandNotFound, run_command, stream_lines
 from agent.collect.logparse import (
+    JOURNAL_FIELDS,
     LogRecord,
     NewestFirstSink,
     TailSpool,
@@ -32,11 +33,13 @@ from agent.collect.logparse import (
 from agent.errors import CollectionError
 
 __all__ = [
+    "KMSG",
     "LINUX_TEXT_LOGS",
     "WINDOWS_CHANNELS",
     "PartialSource",
     "SourceUnavailable",
     "Window",
+    "journal_argv",
     "journal_source",
     "kernel_source",
     "macos_source",
@@ -59,6 +62,7 @@ WINDOWS_CHANNELS: tuple[tuple[str, str], ...] = (
     ("windows-application", "Application"),
     ("windows-refs", "Microsoft-Windows-ReFS/Operational"),
 )
+KMSG = Path("/dev/kmsg")
 # A stream read past the cap only to count dropped lines never reads more than this.
 _STREAM_MAX = 1 << 30
 _WEVT_MAX_EVENTS = 50_000
@@ -83,13 +87,38 @@ def _booted_with_systemd() -> bool:
     return os.path.isdir("/run/systemd/system")  # what sd_booted(3) checks
 
 
-def journal_source(sink: NewestFirstSink, window: Window, *, kernel: bool = False) -> str:
-    """``journalctl -o json -r`` streamed: newest first, so the cap just stops reading."""
-    argv = ["journalctl", "-o", "json", "-r", "-q", "--no-pager", "--since", f"@{int(window.since.timestamp())}"]
+def journal_argv(window: Window, *, kernel: bool = False, only_fields: bool = True) -> list[str]:
+    """The journalctl command line for a window.
+
+    ``--all``: without it every field over 4096 bytes arrives as null, and a message
+    is only cut later, at 16 KiB. ``--output-fields`` (systemd 236+) then keeps a
+    binary field that ``--all`` would print whole (a core dump stored in the journal)
+    out of the line, which is read into memory in one piece.
+    """
+    argv = ["journalctl", "-o", "json", "-r", "-q", "--no-pager", "--all"]
+    if only_fields:
+        argv.append("--output-fields=" + ",".join(JOURNAL_FIELDS))
+    argv += ["--since", f"@{int(window.since.timestamp())}"]
     if kernel:
         argv.append("-k")
     if window.priority:
         argv += ["--priority", window.priority]
+    return argv
+
+
+class _NoOutputFields(Exception):
+    """journalctl older than systemd 236 refused ``--output-fields`` before printing anything."""
+
+
+def journal_source(sink: NewestFirstSink, window: Window, *, kernel: bool = False) -> str:
+    """``journalctl -o json -r`` streamed: newest first, so the cap just stops reading."""
+    try:
+        return _read_journal(sink, window, journal_argv(window, kernel=kernel))
+    except _NoOutputFields:
+        return _read_journal(sink, window, journal_argv(window, kernel=kernel, only_fields=False))
+
+
+def _read_journal(sink: NewestFirstSink, window: Window, argv: list[str]) -> str:
     seen = 0
     with stream_lines(argv, timeout=window.remaining(), max_bytes=_STREAM_MAX) as stream:
         for line in stream:
@@ -108,6 +137,8 @@ def journal_source(sink: NewestFirstSink, window: Window, *, kernel: bool = Fals
         raise PartialSource(origin, "stopped at the time budget; older entries not read")
     if seen == 0:
         if result.returncode not in (0, None):
+            if b"output-fields" in result.stderr and any(a.startswith("--output-fields=") for a in argv):
+                raise _NoOutputFields
             raise SourceUnavailable(result.describe_failure())
         if not _booted_with_systemd():
             raise SourceUnavailable("unsupported: no systemd journal here (not booted with systemd)")
@@ -123,21 +154,32 @@ class PartialSource(Exception):
         self.reason = reason
 
 
-def kernel_source(sink: NewestFirstSink, window: Window) -> str:
-    """``journalctl -k`` where the journal runs, else ``/dev/kmsg``, else ``dmesg -r``."""
-    if _booted_with_systemd():
+def kernel_source(
+    sink: NewestFirstSink,
+    window: Window,
+    *,
+    systemd: bool | None = None,
+    kmsg: Path = KMSG,
+) -> str:
+    """``journalctl -k`` where the journal runs, else ``/dev/kmsg``, else ``dmesg -r``.
+
+    ``systemd`` (default: whether the machine booted with it) and ``kmsg`` choose the
+    path explicitly, for the machines where the default one is not what is to be read.
+    """
+    booted = _booted_with_systemd() if systemd is None else systemd
+    if booted:
         try:
             return journal_source(sink, window, kernel=True)
-        except SourceUnavailable:
+        except (SourceUnavailable, CommandNotFound):
             pass
     boot = dt.datetime.fromtimestamp(psutil.boot_time(), dt.UTC)
     try:
-        records = _read_kmsg(boot)
-        origin = "/dev/kmsg"
+        records = _read_kmsg(boot, kmsg)
+        origin = str(kmsg)
     except OSError:
         result = run_command(["dmesg", "-r"], timeout=window.remaining(), max_bytes=64 << 20)
         if not result.ok:
-            raise SourceUnavailable(f"/dev/kmsg unreadable and {result.describe_failure()}") from None
+            raise SourceUnavailable(f"{kmsg} unreadable and {result.describe_failure()}") from None
         records = [r for r in (dmesg_record(x, boot) for x in result.text().splitlines()) if r]
         origin = "dmesg -r"
     # The ring buffer is small (log_buf_len), so holding it in memory is bounded.
@@ -151,8 +193,8 @@ def kernel_source(sink: NewestFirstSink, window: Window) -> str:
     return origin
 
 
-def _read_kmsg(boot: dt.datetime) -> list[LogRecord]:
-    fd = os.open("/dev/kmsg", os.O_RDONLY | os.O_NONBLOCK)
+def _read_kmsg(boot: dt.datetime, path: Path) -> list[LogRecord]:
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     records: list[LogRecord] = []
     try:
         while True:

@@ -7,7 +7,14 @@ writes them as the bundle's ``logs/<source>.jsonl`` artifact under a byte cap.
 from __future__ import annotations
 
 from agent.collect.logparse.backwards import read_lines_backwards
-from agent.collect.logparse.journal import dmesg_record, journal_record, kmsg_record
+from agent.collect.logparse.bounds import (
+    LOG_SOURCES_KEY,
+    LogBounds,
+    log_bounds,
+    log_source_entry,
+    truncation_entries,
+)
+from agent.collect.logparse.journal import JOURNAL_FIELDS, dmesg_record, journal_record, kmsg_record
 from agent.collect.logparse.platform_logs import (
     macos_record,
     parse_wevtutil_xml,
@@ -18,7 +25,10 @@ from agent.collect.logparse.textfiles import TailSpool, read_text_log, rotated_f
 from agent.collect.logparse.textlog import guess_severity, parse_text_line, pri_severity
 
 __all__ = [
+    "JOURNAL_FIELDS",
+    "LOG_SOURCES_KEY",
     "SEVERITIES",
+    "LogBounds",
     "LogRecord",
     "NewestFirstSink",
     "TailSpool",
@@ -27,6 +37,8 @@ __all__ = [
     "guess_severity",
     "journal_record",
     "kmsg_record",
+    "log_bounds",
+    "log_source_entry",
     "macos_record",
     "parse_text_line",
     "parse_wevtutil_xml",
@@ -34,5 +46,6 @@ __all__ = [
     "read_lines_backwards",
     "read_text_log",
     "rotated_files",
+    "truncation_entries",
     "windows_event_key",
 ]

@@ -1,10 +1,14 @@
 """systemd journal entries (``journalctl -o json``) and kernel ring buffer records.
 
-Journal JSON quirks handled here (systemd.journal-fields(7), journalctl(1)):
-``MESSAGE`` is a string, an array of byte values when it is not valid UTF-8, or null
-when the field is larger than ``--output-fields``/4 KB limits allow; ``PRIORITY`` is a
-string "0".."7"; ``__REALTIME_TIMESTAMP`` is microseconds since the epoch as a string.
-Anything else malformed makes the line a record with no timestamp, never an error.
+Journal JSON quirks handled here (journalctl(1), "json" output mode): ``MESSAGE`` is a
+string; an array of byte values when it holds unprintable or non-UTF-8 bytes; null when
+it is over 4096 bytes and journalctl ran without ``--all`` (the logs collector passes
+``--all``, so a long message arrives whole and ``LogRecord`` cuts it to 16 KiB; null
+still comes from older callers and recorded output); and an array of those values when
+the entry repeats the field. ``PRIORITY`` is a string "0".."7"; ``__REALTIME_TIMESTAMP``
+is microseconds since the epoch as a string. Anything else malformed makes the line a
+record with no timestamp, never an error. ``JOURNAL_FIELDS`` are the fields read (for
+``--output-fields``).
 
 Kernel records from ``/dev/kmsg`` are ``prio,seq,usec_since_boot,flags[,...];text``
 followed by `` KEY=value`` continuation lines; ``dmesg`` lines are ``[secs.usecs] text``.
@@ -20,7 +24,7 @@ import re
 from agent.collect.logparse.record import LogRecord
 from agent.collect.logparse.textlog import pri_severity
 
-__all__ = ["dmesg_record", "journal_record", "kmsg_record"]
+__all__ = ["JOURNAL_FIELDS", "dmesg_record", "journal_record", "kmsg_record"]
 
 _EXTRA_FIELDS = (
     ("_SYSTEMD_UNIT", "unit"),
@@ -28,19 +32,23 @@ _EXTRA_FIELDS = (
     ("_PID", "pid"),
     ("_TRANSPORT", "transport"),
 )
+JOURNAL_FIELDS: tuple[str, ...] = ("MESSAGE", "PRIORITY", *(key for key, _name in _EXTRA_FIELDS))
+_OMITTED = "[message omitted by journalctl: field too large]"
 _DMESG = re.compile(r"(?:<(\d{1,3})>)?\[\s*(\d+)\.(\d{1,6})\]\s?(.*)", re.DOTALL)
 
 
-def _message(value: object) -> str:
+def _message(value: object, *, nested: bool = False) -> str:
     if isinstance(value, str):
         return value
     if isinstance(value, list):
-        try:
-            return bytes(v for v in value if isinstance(v, int) and 0 <= v < 256).decode("utf-8", "replace")
-        except ValueError:
+        if all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+            return bytes(v for v in value if 0 <= v < 256).decode("utf-8", "replace")
+        if nested:
             return ""
+        # A repeated field: one value per occurrence (each a string, bytes or null).
+        return "\n".join(_message(v, nested=True) for v in value)
     if value is None:
-        return "[message omitted by journalctl: field too large]"
+        return _OMITTED
     return str(value)
 
 

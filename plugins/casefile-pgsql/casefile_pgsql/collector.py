@@ -4,14 +4,20 @@ Options:
 
 * ``pg_log_dir``: the server's log directory (default: the first that exists of
   ``/var/log/postgresql``, ``$PGDATA/log``);
-* ``pg_log_hours`` (default 24) and ``pg_log_max_bytes`` (default 8 MiB): the window,
-  newest kept;
+* ``pg_log_hours`` and ``pg_log_max_bytes``: the window and the byte cap, newest kept.
+  Unset, they are the run's own log bounds (``log_bounds``): the window of
+  ``logs_since_s`` (``casefile collect --since 2h``, default 24 h) and the cap of one
+  log source, ``logs_max_bytes_per_source`` (default 8 MiB) but never more than
+  ``logs_max_bytes``. ``pg_log_max_bytes`` can only lower that cap, so the server log
+  never escapes the bounds the run was given;
 * ``pg_dsn``: when set and ``psql`` is installed, ``SELECT version()`` and a few
   ``pg_stat_*`` queries run (read-only, ``statement_timeout`` set) under
   ``pg_query_timeout_s`` (default 3).
 
 Facts go to ``Snapshot.plugin_facts["pgsql"]`` (JSON text), the lines to the artifact
-``logs/postgresql.jsonl`` in the bundle's log contract.
+``logs/postgresql.jsonl`` in the bundle's log contract. The cap counts the artifact's
+bytes; what it cut is in the facts (``truncated``, ``lines_dropped``) and, through
+``log_sources``, in the manifest's ``truncated`` list, also when nothing was kept.
 """
 
 from __future__ import annotations
@@ -19,11 +25,20 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from agent.collect import CollectContext, Collector, CommandNotFound, run_command
-from casefile_pgsql.pglog import SEVERITY, Recent, count_patterns, matches, read_recent
+from agent.collect import (
+    LOG_SOURCES_KEY,
+    CollectContext,
+    Collector,
+    CommandNotFound,
+    log_bounds,
+    log_source_entry,
+    run_command,
+)
+from casefile_pgsql.pglog import SEVERITY, PgLogLine, Recent, count_patterns, matches, read_recent
 
 SOURCE = "postgresql"
 ARTIFACT = f"logs/{SOURCE}.jsonl"
@@ -64,25 +79,38 @@ class PostgresCollector(Collector):
         publish(ctx, facts)
 
 
+def log_window(ctx: CollectContext) -> tuple[float, int]:
+    """Seconds back and the byte cap for the server log: the plugin's options, else the run's."""
+    bounds = log_bounds(ctx)
+    window_s = bounds.since_s
+    if "pg_log_hours" in ctx.options:
+        window_s = ctx.float_option("pg_log_hours", 24.0, minimum=0.01, maximum=24 * 365) * 3600
+    cap = bounds.source_cap
+    if "pg_log_max_bytes" in ctx.options:
+        cap = min(cap, ctx.int_option("pg_log_max_bytes", cap, minimum=1024, maximum=1 << 34))
+    return window_s, cap
+
+
 def gather(ctx: CollectContext) -> dict[str, Any]:
     """Everything the plugin found, as the JSON object that goes into plugin_facts."""
-    hours = ctx.float_option("pg_log_hours", 24.0, minimum=0.01, maximum=24 * 365)
-    max_bytes = ctx.int_option("pg_log_max_bytes", 8 << 20, minimum=1024, maximum=1 << 32)
+    window_s, max_bytes = log_window(ctx)
     facts: dict[str, Any] = {"log_dir": "", "files": [], "counts": {}}
     log_dir = _log_dir(ctx)
     if log_dir is None:
         facts["log_error"] = "no PostgreSQL log directory found (set option pg_log_dir)"
     else:
-        since = dt.datetime.now(dt.UTC) - dt.timedelta(hours=hours)
+        since = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=window_s)
         facts["log_dir"] = str(log_dir)
         facts["since"] = since.strftime("%Y-%m-%dT%H:%M:%SZ")
+        facts["max_bytes"] = max_bytes
         try:
+            # A line's JSON row is longer than the line, so max_bytes of lines fill the cap.
             recent = read_recent(log_dir, since, max_bytes)
         except OSError as exc:
             facts["log_error"] = f"{log_dir}: {exc.strerror or exc}"
         else:
-            _summarise(facts, recent)
-            _write_artifact(ctx, recent)
+            kept = _write_artifact(ctx, recent, max_bytes)
+            _summarise(facts, recent, kept)
     dsn = ctx.str_option("pg_dsn", "")
     if dsn:
         facts["server"] = query_server(ctx, dsn)
@@ -95,40 +123,86 @@ def _log_dir(ctx: CollectContext) -> Path | None:
     return next((d for d in candidates if d.is_dir()), None)
 
 
-def _summarise(facts: dict[str, Any], recent: Recent) -> None:
-    lines = [entry for _, entry in recent.entries]
+@dataclass(frozen=True)
+class Kept:
+    """What went into the artifact: the newest lines under the cap."""
+
+    entries: list[PgLogLine]  # oldest first
+    bytes: int
+    dropped: int  # lines read and then cut; reading itself stops at the cap, older lines are not counted
+    artifact: str  # "" when nothing was kept
+
+
+def _summarise(facts: dict[str, Any], recent: Recent, kept: Kept) -> None:
+    lines = kept.entries
+    truncated = recent.truncated or kept.dropped > 0
     facts["files"] = recent.files
     facts["lines"] = len(lines)
     facts["bytes_read"] = recent.bytes_read
-    facts["truncated"] = recent.truncated
-    facts["counts"] = dict(count_patterns(lines))
+    facts["bytes"] = kept.bytes
+    facts["truncated"] = truncated
+    facts["lines_dropped"] = kept.dropped
+    facts["counts"] = dict(count_patterns(lines))  # of the lines kept: the facts match the artifact
     errors = [e.ts for e in lines if e.ts is not None and e.level in ("ERROR", "FATAL", "PANIC")]
     if errors:
         facts["first_error"] = min(errors).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
         facts["last_error"] = max(errors).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    error = "" if lines or not truncated else "not kept: the log byte cap is smaller than the newest line"
+    facts[LOG_SOURCES_KEY] = [
+        log_source_entry(
+            SOURCE,
+            artifact=kept.artifact,
+            lines=len(lines),
+            bytes_kept=kept.bytes,
+            truncated=truncated,
+            lines_dropped=kept.dropped,
+            error=error,
+        )
+    ]
 
 
-def _write_artifact(ctx: CollectContext, recent: Recent) -> None:
+def _row(n: int, file: str, e: PgLogLine) -> bytes:
+    obj: dict[str, object] = {
+        "ts": None if e.ts is None else e.ts.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+        "src": SOURCE,
+        "sev": SEVERITY.get(e.level),
+        "msg": e.msg,
+        "n": n,
+        "file": file,
+    }
+    if e.level:
+        obj["level"] = e.level
+    if e.pid is not None:
+        obj["pid"] = e.pid
+    hits = matches(e)
+    if hits:
+        obj["patterns"] = hits
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
+
+
+def _write_artifact(ctx: CollectContext, recent: Recent, max_bytes: int) -> Kept:
+    """The newest rows whose JSON fits ``max_bytes``, written oldest first; none: no artifact.
+
+    Rows are numbered 1.. in the artifact (``n``), which is only known after the cut,
+    so the cut sizes each row with the widest number it could get.
+    """
+    entries = recent.entries
+    widest = len(entries)
+    used, first = 0, len(entries)
+    while first > 0:
+        size = len(_row(widest, *entries[first - 1]))
+        if used + size > max_bytes:
+            break
+        used, first = used + size, first - 1
+    if first == len(entries):
+        return Kept([], 0, first, "")
     path = ctx.temp_path("postgresql.jsonl")
+    written = 0
     with open(path, "wb") as out:
-        for n, (file, e) in enumerate(recent.entries, 1):
-            obj: dict[str, object] = {
-                "ts": None if e.ts is None else e.ts.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
-                "src": SOURCE,
-                "sev": SEVERITY.get(e.level),
-                "msg": e.msg,
-                "n": n,
-                "file": file,
-            }
-            if e.level:
-                obj["level"] = e.level
-            if e.pid is not None:
-                obj["pid"] = e.pid
-            hits = matches(e)
-            if hits:
-                obj["patterns"] = hits
-            out.write(json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode() + b"\n")
+        for n, (file, entry) in enumerate(entries[first:], 1):
+            written += out.write(_row(n, file, entry))
     ctx.add_artifact_file(ARTIFACT, path, kind="log")
+    return Kept([e for _, e in entries[first:]], written, first, ARTIFACT)
 
 
 def query_server(ctx: CollectContext, dsn: str) -> dict[str, Any]:
@@ -140,8 +214,9 @@ def query_server(ctx: CollectContext, dsn: str) -> dict[str, Any]:
         wrapped = f"SELECT coalesce(json_agg(q), '[]'::json) FROM ({sql}) q"
         argv = ["psql", dsn, "-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1", "-c", wrapped]
         try:
-            res = run_command(argv, timeout=min(timeout, max(0.1, ctx.remaining() - 0.3)),
-                              max_bytes=_PSQL_MAX_BYTES, env=env)
+            res = run_command(
+                argv, timeout=min(timeout, max(0.1, ctx.remaining() - 0.3)), max_bytes=_PSQL_MAX_BYTES, env=env
+            )
         except CommandNotFound as exc:
             return {"error": str(exc)}
         if not res.ok:
