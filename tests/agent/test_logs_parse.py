@@ -243,9 +243,9 @@ def test_wevtutil_localised_refs_channel_counts_ids() -> None:
     records = list(parse_wevtutil_xml([(FIXTURES / "wevtutil_refs_de.xml").read_bytes()]))
     # Severity comes from the numeric level, never the localised "Fehler"/"Warnung".
     assert [(r.extra["key"], r.sev) for r in records] == [
-        ("ReFS/133", "err"),
-        ("ReFS/133", "err"),
-        ("ReFS/513", "warning"),
+        ("ReFS/147", "err"),
+        ("ReFS/147", "err"),
+        ("ReFS/149", "warning"),
     ]
     assert "langsame E/A-Anforderung" in records[0].msg
     assert "Volume=R:" in records[2].msg or "R:" in records[2].msg

@@ -20,6 +20,8 @@ from typing import Any
 import psutil
 import pytest
 
+from agent.analysis import BundleView, Evidence, run_rules
+from agent.analysis.rules.refs import refs_category
 from agent.collect import CollectionSpec, run_collection
 from agent.collect.builtin.logs import LogsCollector
 from agent.collect.builtin.logsources import (
@@ -337,3 +339,29 @@ def test_logs_collector_passes_window_and_priority(tmp_path: Path, monkeypatch: 
     since = int(journal_call[journal_call.index("--since") + 1].lstrip("@"))
     assert abs(since - (start - 7200)) <= 5
     assert journal_call[-2:] == ["--priority", "err"] and "--all" in journal_call
+
+
+def test_refs_events_from_wevtutil_become_a_finding(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The ReFS/Operational channel read through wevtutil, counted, and judged by the refs-events rule."""
+    fake = FakeBin(tmp_path, monkeypatch)
+    fake.add("wevtutil", stdout=(FIXTURES / "wevtutil_refs_de.xml").read_bytes())
+    sink = _sink(tmp_path, "windows-refs")
+    since = dt.datetime.now(UTC) - dt.timedelta(days=30)
+    windows_source(sink, _window(tmp_path, since), "Microsoft-Windows-ReFS/Operational")
+    snapshot = facts_pb2.Snapshot()
+    source = snapshot.logs.sources.add(name="windows-refs")
+    sink.fill(source)
+    sink.discard()
+    assert dict(source.event_id_counts) == {"ReFS/147": 2, "ReFS/149": 1}
+    (finding,) = [f for f in run_rules(BundleView.from_snapshot(snapshot, [])).findings if f.code == "refs-events"]
+    assert finding.severity == "critical"  # a failed I/O
+    assert "2 slow I/O" in finding.title and "1 failed I/O" in finding.title
+    assert {e.fact_path for e in finding.evidence if isinstance(e, Evidence)} == {
+        'logs.sources[0].event_id_counts["ReFS/147"]',
+        'logs.sources[0].event_id_counts["ReFS/149"]',
+    }
+    # The same ids in the System channel are not these events; System's 130-143 are corruption.
+    assert refs_category("windows-system", "ReFS/147") is None
+    assert refs_category("windows-system", "ReFS/133") == "corruption"
+    assert refs_category("windows-refs", "ReFS/142") is None  # a periodic space report
+    assert refs_category("windows-refs", "Ntfs/147") is None

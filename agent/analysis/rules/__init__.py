@@ -14,6 +14,7 @@ from agent.analysis.rules.ops import (
     OomKills,
     RecentReboot,
 )
+from agent.analysis.rules.refs import ReFSEvents
 
 __all__ = [
     "BUILTIN_RULES",
@@ -30,6 +31,7 @@ __all__ = [
     "MemoryPressure",
     "NicErrors",
     "OomKills",
+    "ReFSEvents",
     "RecentReboot",
     "RunQueue",
     "RunawayProcess",
@@ -41,6 +43,7 @@ BUILTIN_RULES: tuple[type[Rule], ...] = (
     FilesystemFull,
     HeavyFragmentation,
     FragmentationWithLoad,
+    ReFSEvents,
     MemoryPressure,
     SwapActivity,
     CpuSaturation,
