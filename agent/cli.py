@@ -132,11 +132,16 @@ def collect(
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
     only: Annotated[
         list[str] | None,
-        typer.Option("--only", help="Only these collectors, or only artifacts matching this path glob (has / * ?)."),
+        typer.Option(
+            "--only",
+            help="Only these collectors (repeat it, or a,b), or only artifacts matching this path glob (has / * ?).",
+        ),
     ] = None,
     exclude: Annotated[
         list[str] | None,
-        typer.Option("--exclude", help="Skip these collectors, or artifacts matching this path glob (has / * ?)."),
+        typer.Option(
+            "--exclude", help="Skip these collectors (repeat it, or a,b), or artifacts matching this path glob."
+        ),
     ] = None,
     upload: Annotated[str | None, typer.Option("--upload", help="Also send it to this collector HOST:PORT.")] = None,
     token: Annotated[
@@ -221,7 +226,10 @@ def collect(
         raise typer.BadParameter(str(exc)) from None
     # Collecting starts now; the rest of the command (redaction, the bundle writer, the
     # key) is loaded while the collectors wait through their sampling windows.
-    running = start_collection(spec)
+    try:
+        running = start_collection(spec)
+    except CollectionError as exc:  # the spec names a collector or sets an option badly
+        raise typer.BadParameter(str(exc)) from None
     try:
         from agent.oneshot import Consent, PrivacyOptions, prepare_collection
         from agent.summary import snapshot_summary
@@ -319,11 +327,17 @@ def _collector_offset(
 
 
 def _split_selectors(values: list[str] | None) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """(collector names, artifact path globs): a value with / * ? [ is a path glob."""
+    """(collector names, artifact path globs): a value with / * ? [ is a path glob.
+
+    Names may also come comma-separated, as sos takes them (``--only logs,processes``).
+    """
     names: list[str] = []
     globs: list[str] = []
     for v in values or ():
-        (globs if any(c in v for c in "/*?[") else names).append(v)
+        if any(c in v for c in "/*?["):
+            globs.append(v)
+        else:
+            names.extend(n.strip() for n in v.split(",") if n.strip())
     return tuple(names), tuple(globs)
 
 

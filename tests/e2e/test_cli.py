@@ -189,6 +189,15 @@ def test_case_token_one_shot_upload(served: dict[str, str]) -> None:
     assert "Uploaded" in res.stdout and "Signed by key sha256:" in res.stdout
 
 
+def test_only_takes_comma_separated_names(tmp_path: Path) -> None:
+    args = ("--output", str(tmp_path), "--home", str(tmp_path / "home"), "--json")
+    res = json.loads(cli("casefile", "collect", *args, "--only", "host, memory", "--only", "cpu").stdout)
+    ran = {c["name"] for c in res["collectors"] if c["status"] == "ok"}
+    assert ran == {"host", "memory", "cpu"}
+    bad = cli("casefile", "collect", *args, "--only", "host,nosuch", check=False)
+    assert bad.returncode == 2 and "nosuch" in bad.stderr
+
+
 def test_verify_reports_the_first_problem(tmp_path: Path) -> None:
     home = tmp_path / "home"
     res = json.loads(
