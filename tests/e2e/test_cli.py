@@ -118,6 +118,18 @@ def test_enroll_collect_upload_verify_query_download(served: dict[str, str]) -> 
     assert {c["name"] for c in summary["collectors"]} >= {"host", "cpu", "memory", "disks", "network"}
     assert all(c["status"] == "ok" for c in summary["collectors"])
     assert summary["upload"]["sha256"] == summary["bundle"]["sha256"]
+    uploaded = json.loads(
+        subprocess.run(
+            ["tar", "--zstd", "-xOf", str(bundle), "--wildcards", "*/facts.json"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    )
+    # The clock offset to the collector and its reachability were measured on the way.
+    clock, reach = uploaded["clock"], uploaded["networkDepth"]["collector"]
+    assert clock["collectorOffsetKnown"] and abs(clock.get("collectorOffsetMs", 0.0)) < 2000, clock
+    assert reach["ok"] and reach["target"] == s["addr"], reach
 
     names = subprocess.run(["tar", "--zstd", "-tf", str(bundle)], capture_output=True, text=True, check=True).stdout
     members = {n.split("/", 1)[1] for n in names.split()}
