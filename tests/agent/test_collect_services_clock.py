@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
+import shutil
+import subprocess
 import time
 from pathlib import Path
 
@@ -15,6 +17,7 @@ from hypothesis import strategies as st
 from agent.collect import CollectContext, CollectionSpec, Collector, run_collection
 from agent.collect.builtin.clock import (
     ClockCollector,
+    kernel_clock,
     parse_chrony_tracking,
     parse_ntpq_peers,
     parse_timedatectl_show,
@@ -185,7 +188,19 @@ def test_services_and_clock_run_here() -> None:
     else:
         assert "unsupported" in services.unsupported_reason
     assert clock.timezone
-    assert clock.sync_known or clock.detail  # known, or why not
+    # Linux always knows: a daemon's tool answers, or the kernel (adjtimex) does.
+    assert clock.sync_known and clock.detail, clock
+
+
+def test_kernel_clock_agrees_with_the_kernel() -> None:
+    """adjtimex read-only: the same unsynchronised flag timedatectl reports, and an error bound."""
+    synced, max_error_ms = kernel_clock()
+    assert max_error_ms >= 0.0
+    if shutil.which("timedatectl") is None:
+        return
+    text = subprocess.run(["timedatectl", "show"], capture_output=True, text=True, check=False).stdout
+    if "NTPSynchronized=" in text:
+        assert synced == ("NTPSynchronized=yes" in text)
 
 
 def test_time_series_samples_the_window() -> None:

@@ -2,7 +2,10 @@
 
 Linux tries, in order: ``timedatectl show`` (NTPSynchronized — set by whichever daemon
 disciplines the kernel clock), ``chronyc -c tracking`` (offset), ``ntpq -pn`` (the
-selected peer's offset). Windows parses ``w32tm /query /status``; macOS reads
+selected peer's offset). When none answers (no systemd, no daemon's tool, a container),
+the kernel itself is asked: ``adjtimex(2)`` in read-only mode, whose "unsynchronised"
+flag is what timedatectl reports as NTPSynchronized, and whose maximum error bound says
+how far off the kernel thinks it may be. Windows parses ``w32tm /query /status``; macOS reads
 ``systemsetup -getusingnetworktime`` when allowed and otherwise states it does not know.
 The offset to the *collector* is measured by the transport before collection when the
 run will be uploaded, and handed in as option ``collector_offset_ms``.
@@ -11,7 +14,10 @@ run will be uploaded, and handed in as option ``collector_offset_ms``.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import datetime as dt
+import os
 import re
 
 from agent.collect.command import CommandNotFound, run_command
@@ -20,6 +26,7 @@ from protos import facts_pb2
 
 __all__ = [
     "ClockCollector",
+    "kernel_clock",
     "parse_chrony_tracking",
     "parse_ntpq_peers",
     "parse_timedatectl_show",
@@ -150,6 +157,14 @@ class ClockCollector(Collector):
                 notes.append(f"ntpd peer {peer or 'none selected'}")
         if not facts.sync_known:
             notes.append("no time sync daemon answered (no timedatectl/chronyc/ntpq)")
+            try:
+                synced, max_error_ms = kernel_clock()
+            except OSError as exc:
+                notes.append(f"adjtimex failed: {exc}")
+            else:
+                facts.synchronized, facts.sync_known = synced, True
+                state = "synchronised" if synced else "not synchronised (nothing disciplines the clock)"
+                notes.append(f"kernel (adjtimex): {state}, maximum error {max_error_ms:g} ms")
         facts.detail = "; ".join(notes)
 
     def _windows(self, ctx: CollectContext, facts: facts_pb2.ClockFacts) -> None:
@@ -172,6 +187,61 @@ class ClockCollector(Collector):
             facts.detail = "network time enabled (offset not reported by macOS)"
         else:
             facts.detail = "unknown: systemsetup needs admin rights; macOS reports no offset"
+
+
+class _Timeval(ctypes.Structure):
+    _fields_ = (("tv_sec", ctypes.c_long), ("tv_usec", ctypes.c_long))
+
+
+class _Timex(ctypes.Structure):
+    """``struct timex`` of <sys/timex.h> (Linux; the 11 trailing ints are reserved)."""
+
+    _fields_ = (
+        ("modes", ctypes.c_uint),
+        ("offset", ctypes.c_long),
+        ("freq", ctypes.c_long),
+        ("maxerror", ctypes.c_long),
+        ("esterror", ctypes.c_long),
+        ("status", ctypes.c_int),
+        ("constant", ctypes.c_long),
+        ("precision", ctypes.c_long),
+        ("tolerance", ctypes.c_long),
+        ("time", _Timeval),
+        ("tick", ctypes.c_long),
+        ("ppsfreq", ctypes.c_long),
+        ("jitter", ctypes.c_long),
+        ("shift", ctypes.c_int),
+        ("stabil", ctypes.c_long),
+        ("jitcnt", ctypes.c_long),
+        ("calcnt", ctypes.c_long),
+        ("errcnt", ctypes.c_long),
+        ("stbcnt", ctypes.c_long),
+        ("tai", ctypes.c_int),
+        ("_reserved", ctypes.c_int * 11),
+    )
+
+
+_TIME_ERROR = 5  # adjtimex's return value when the clock is not synchronised
+_STA_UNSYNC = 0x0040
+
+
+def kernel_clock() -> tuple[bool, float]:
+    """(synchronised, maximum error in ms) from ``adjtimex(2)`` with modes 0: reads, never sets.
+
+    Synchronised as systemd judges it: the call does not return TIME_ERROR and STA_UNSYNC
+    is clear. Linux only; OSError when the call fails or libc has no adjtimex.
+    """
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    adjtimex = getattr(libc, "adjtimex", None)
+    if adjtimex is None:
+        raise OSError("libc has no adjtimex")
+    tx = _Timex()  # modes = 0: query only, no privilege needed
+    state = adjtimex(ctypes.byref(tx))
+    if state < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"adjtimex: {os.strerror(err)}")
+    synced = state != _TIME_ERROR and not tx.status & _STA_UNSYNC
+    return synced, tx.maxerror / 1000.0  # microseconds
 
 
 def _timezone() -> str:
