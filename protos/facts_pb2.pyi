@@ -559,15 +559,17 @@ class ClockFacts(_message.Message):
     def __init__(self, sync_source: _Optional[str] = ..., synchronized: _Optional[bool] = ..., sync_known: _Optional[bool] = ..., ntp_offset_ms: _Optional[float] = ..., collector_offset_ms: _Optional[float] = ..., collector_offset_known: _Optional[bool] = ..., timezone: _Optional[str] = ..., detail: _Optional[str] = ...) -> None: ...
 
 class TimeSeries(_message.Message):
-    __slots__ = ("interval_s", "samples")
+    __slots__ = ("interval_s", "samples", "agent_cpu_known")
     INTERVAL_S_FIELD_NUMBER: _ClassVar[int]
     SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    AGENT_CPU_KNOWN_FIELD_NUMBER: _ClassVar[int]
     interval_s: float
     samples: _containers.RepeatedCompositeFieldContainer[Sample]
-    def __init__(self, interval_s: _Optional[float] = ..., samples: _Optional[_Iterable[_Union[Sample, _Mapping]]] = ...) -> None: ...
+    agent_cpu_known: bool
+    def __init__(self, interval_s: _Optional[float] = ..., samples: _Optional[_Iterable[_Union[Sample, _Mapping]]] = ..., agent_cpu_known: _Optional[bool] = ...) -> None: ...
 
 class Sample(_message.Message):
-    __slots__ = ("at", "cpu_percent", "mem_percent", "swap_percent", "disk_read_bps", "disk_write_bps", "net_recv_bps", "net_sent_bps", "cpu_system_percent", "cpu_iowait_percent")
+    __slots__ = ("at", "cpu_percent", "mem_percent", "swap_percent", "disk_read_bps", "disk_write_bps", "net_recv_bps", "net_sent_bps", "cpu_system_percent", "cpu_iowait_percent", "agent_cpu_percent", "agent_cpu_system_percent")
     AT_FIELD_NUMBER: _ClassVar[int]
     CPU_PERCENT_FIELD_NUMBER: _ClassVar[int]
     MEM_PERCENT_FIELD_NUMBER: _ClassVar[int]
@@ -578,6 +580,8 @@ class Sample(_message.Message):
     NET_SENT_BPS_FIELD_NUMBER: _ClassVar[int]
     CPU_SYSTEM_PERCENT_FIELD_NUMBER: _ClassVar[int]
     CPU_IOWAIT_PERCENT_FIELD_NUMBER: _ClassVar[int]
+    AGENT_CPU_PERCENT_FIELD_NUMBER: _ClassVar[int]
+    AGENT_CPU_SYSTEM_PERCENT_FIELD_NUMBER: _ClassVar[int]
     at: _timestamp_pb2.Timestamp
     cpu_percent: float
     mem_percent: float
@@ -588,7 +592,9 @@ class Sample(_message.Message):
     net_sent_bps: int
     cpu_system_percent: float
     cpu_iowait_percent: float
-    def __init__(self, at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., cpu_percent: _Optional[float] = ..., mem_percent: _Optional[float] = ..., swap_percent: _Optional[float] = ..., disk_read_bps: _Optional[int] = ..., disk_write_bps: _Optional[int] = ..., net_recv_bps: _Optional[int] = ..., net_sent_bps: _Optional[int] = ..., cpu_system_percent: _Optional[float] = ..., cpu_iowait_percent: _Optional[float] = ...) -> None: ...
+    agent_cpu_percent: float
+    agent_cpu_system_percent: float
+    def __init__(self, at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., cpu_percent: _Optional[float] = ..., mem_percent: _Optional[float] = ..., swap_percent: _Optional[float] = ..., disk_read_bps: _Optional[int] = ..., disk_write_bps: _Optional[int] = ..., net_recv_bps: _Optional[int] = ..., net_sent_bps: _Optional[int] = ..., cpu_system_percent: _Optional[float] = ..., cpu_iowait_percent: _Optional[float] = ..., agent_cpu_percent: _Optional[float] = ..., agent_cpu_system_percent: _Optional[float] = ...) -> None: ...
 
 class NetworkDepthFacts(_message.Message):
     __slots__ = ("default_routes", "dns_servers", "dns_search", "resolve", "tcp_retrans_percent", "tcp_retrans_known", "listening", "connections_by_state", "collector", "tcp_out_segs", "tcp_retrans_segs")

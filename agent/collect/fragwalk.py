@@ -5,10 +5,42 @@ takes seconds), so the bounds are on the walk: a time budget and a file count. A
 depth-first walk cut short by a budget only sees the first subtrees, so the walk picks
 the next directory at random from everything discovered so far, and two pools are
 kept while walking: a uniform reservoir (Algorithm R) of eligible files and a heap of
-the largest ones. Per-file shares (% files fragmented, mean/p50/p95, histogram) come
-from the uniform pool only; byte-weighted figures, the maximum and the worst files use
-the whole sample, because a few huge fragmented files (databases, VM images, backups)
-are what hurts and the uniform pool would rarely hold them.
+the largest ones.
+
+Which figure comes from which pool. The largest files are in the sample on purpose:
+a few huge fragmented files (databases, VM images, backups) are what hurts, and a
+uniform sample would rarely hold them. But they are not typical, so a figure that
+claims to describe the filesystem must not count them like the others (it did: on a
+healthy VM, large files in two extents put 36-47 % of the sample's bytes "in
+fragmented files" while the 95th percentile file had one fragment).
+
+* Per-file figures (% files fragmented, mean/p50/p95, histogram) come from the
+  uniform pool only: a file is drawn there with the same chance as any other.
+* Byte-weighted figures (% bytes in fragmented files, average extent size) are a
+  stratified estimate: the largest files seen are one stratum, taken whole (weight
+  1 each), and the uniform files that are not among them are a uniform sample of
+  the rest (weight = files in the rest / those mapped). Each mapped file counts with
+  its stratum's size over the files mapped in it, so both strata come out at their
+  true share; when everything eligible was mapped every weight is 1. With the
+  uniform pool alone these figures would hang on whether a rare huge file happened
+  to be drawn.
+* The maximum, the worst files and ``files_fragmented`` (a count, not an estimate)
+  use the whole sample.
+
+What "fragmented" means. Fragments are counted as ``filefrag`` counts them (see
+``fiemap``), and a file has ``ideal_fragments`` = ceil(size / 128 MiB) at best. A
+file counts as *fragmented* when it has more fragments than that **and** its
+fragments average less than ``FRAGMENTED_EXTENT_BYTES`` (1 MiB) of data. Why the
+second condition: a 98 MB file in two 49 MB pieces costs one extra seek per 98 MB
+read, nothing anyone can measure, yet "more than ideal" alone calls it fragmented.
+The cost of a fragment is one positioning (~8 ms on a rotational disk, which reads
+~1 MiB in that time; request overhead on an SSD); below ~1 MiB per piece it costs
+more than moving the data does, so reading such a file takes at least twice as
+long as it should. That is the same line the free-space figure draws
+(``pct_free_in_small_extents``: extents < 1 MiB). It is stricter than ``e4defrag
+-c``, which scores extra extents per block and calls up to about one extra extent
+per 100 KiB "no problem". Fragment counts themselves (mean, p50, p95, max,
+histogram, worst files) stay filefrag's numbers.
 
 Why a module of its own, free of protobuf and psutil: the walk is CPU-bound Python.
 In a collector thread it holds the GIL through the very windows in which the other
@@ -39,6 +71,7 @@ from agent.collect import fiemap
 
 __all__ = [
     "DEFAULT_MIN_BYTES",
+    "FRAGMENTED_EXTENT_BYTES",
     "FREE_SPACE_FSTYPES",
     "IDEAL_EXTENT_BYTES",
     "WORST_FILES",
@@ -46,20 +79,26 @@ __all__ = [
     "Candidate",
     "Mapped",
     "Mapper",
+    "Strata",
     "WalkResult",
     "bucket",
     "child_main",
     "free_space_fields",
     "ideal_fragments",
+    "is_fragmented",
     "percentile",
     "printable_path",
     "sample",
+    "stratum_weights",
+    "summarise",
     "walk",
 ]
 
 # An extent-based filesystem caps one extent (ext4: 128 MiB), so a file in pieces of
 # that size reads as well as it can; only more pieces than this count as fragmented.
 IDEAL_EXTENT_BYTES = 128 << 20
+# ...and only when they are this small on average (the module doc says why 1 MiB).
+FRAGMENTED_EXTENT_BYTES = 1 << 20
 WORST_FILES = 10
 DEFAULT_MIN_BYTES = 64 << 10  # smaller files can hardly fragment and would dilute the shares
 FREE_SPACE_FSTYPES = frozenset({"ext4", "xfs"})  # the ones with a reverse map (GETFSMAP)
@@ -182,7 +221,16 @@ def _offer(res: WalkResult, cand: Candidate, n_uniform: int, n_large: int, rng: 
 class Mapped:
     cand: Candidate
     count: fiemap.FragmentCount
-    uniform: bool
+    uniform: bool  # drawn into the uniform reservoir
+    largest: bool  # among the largest files the walk saw
+
+
+@dataclass(frozen=True)
+class Strata:
+    """How many eligible files the walk saw in each stratum (module doc: byte figures)."""
+
+    largest: int  # the largest files, all of them in the sample
+    rest: int  # every other eligible file; the sample holds a uniform part of them
 
 
 Mapper = Callable[[int], fiemap.FragmentCount]  # an open regular file → its fragments
@@ -190,6 +238,11 @@ Mapper = Callable[[int], fiemap.FragmentCount]  # an open regular file → its f
 
 def ideal_fragments(size: int) -> int:
     return max(1, math.ceil(size / IDEAL_EXTENT_BYTES))
+
+
+def is_fragmented(size: int, count: fiemap.FragmentCount) -> bool:
+    """More fragments than ``ideal_fragments`` and under ``FRAGMENTED_EXTENT_BYTES`` each on average."""
+    return count.fragments > ideal_fragments(size) and count.mapped_bytes < FRAGMENTED_EXTENT_BYTES * count.fragments
 
 
 def bucket(fragments: int) -> str:
@@ -232,6 +285,7 @@ def sample(
     deadline = started + bounds.budget_s
     walked = walk(mountpoint, bounds, started + bounds.budget_s * _WALK_SHARE, rng)
     in_uniform = {(c.ino, c.path) for c in walked.uniform}
+    in_largest = {(c.ino, c.path) for c in walked.largest}
     pool = {(c.ino, c.path): c for c in (*walked.uniform, *walked.largest)}
     order = list(pool.values())
     rng.shuffle(order)  # if FIEMAP runs out of time, what was mapped is still unbiased
@@ -263,13 +317,15 @@ def sample(
         if count.fragments == 0:
             skipped += 1  # nothing positioned yet (all delalloc) or no data at all
             continue
-        mapped.append(Mapped(cand, count, (cand.ino, cand.path) in in_uniform))
+        key = (cand.ino, cand.path)
+        mapped.append(Mapped(cand, count, key in in_uniform, key in in_largest))
+    figures, missing = summarise(mapped, Strata(len(walked.largest), walked.eligible - len(walked.largest)))
     out: dict[str, Any] = {
         "mountpoint": printable_path(mountpoint),
         "method": "fiemap",
         "max_files": bounds.max_files,
         "budget_s": bounds.budget_s,
-        **summarise(mapped),
+        **figures,
         "skipped": skipped,
         "errors": sum(errors.values()),
     }
@@ -277,8 +333,9 @@ def sample(
         f"walked {walked.entries} entries ({'whole filesystem' if walked.complete else 'cut by budget'}),"
         f" {walked.eligible} files >= {bounds.min_bytes // 1024} KiB eligible",
         f"sample: {len(walked.uniform)} uniform + {len(walked.largest)} largest;"
-        " per-file shares from the uniform part, byte shares and worst files from all",
+        " per-file shares from the uniform part, byte shares weighted by stratum, worst files from all",
     ]
+    notes += missing
     if errors:
         notes.append("errors: " + ", ".join(f"{k} x{v}" for k, v in sorted(errors.items())))
     if unsupported:
@@ -288,8 +345,8 @@ def sample(
     return out
 
 
-def summarise(mapped: list[Mapped]) -> dict[str, Any]:
-    """The sample's figures (see the module doc for which part each comes from)."""
+def summarise(mapped: list[Mapped], strata: Strata) -> tuple[dict[str, Any], list[str]]:
+    """The sample's figures and notes on what is missing (the module doc says which pool gives which)."""
     out: dict[str, Any] = {"files_sampled": len(mapped), "flagged_encoded": 0, "flagged_unwritten": 0}
     counted = []
     for m in mapped:
@@ -300,29 +357,57 @@ def summarise(mapped: list[Mapped]) -> dict[str, Any]:
             out["flagged_unwritten"] += 1
         counted.append(m)
     if not counted:
-        return out
-    fragmented = [m for m in counted if m.count.fragments > ideal_fragments(m.cand.size)]
-    out["files_fragmented"] = len(fragmented)
-    per_file = [m for m in counted if m.uniform] or counted
-    per_file_frag = sorted(m.count.fragments for m in per_file)
-    n_frag = sum(1 for m in per_file if m.count.fragments > ideal_fragments(m.cand.size))
-    out["pct_files_fragmented"] = 100.0 * n_frag / len(per_file)
-    out["fragments_mean"] = sum(per_file_frag) / len(per_file_frag)
-    out["fragments_p50"] = percentile(per_file_frag, 50)
-    out["fragments_p95"] = percentile(per_file_frag, 95)
-    out["histogram"] = dict(Counter(bucket(value) for value in per_file_frag))
-    total_bytes = sum(m.cand.size for m in counted)
-    if total_bytes:
-        out["pct_bytes_in_fragmented"] = 100.0 * sum(m.cand.size for m in fragmented) / total_bytes
-    mapped_bytes = sum(m.count.mapped_bytes for m in counted)
-    out["avg_extent_bytes"] = mapped_bytes / sum(m.count.fragments for m in counted)
+        return out, []
+    notes = []
+    out["files_fragmented"] = sum(1 for m in counted if is_fragmented(m.cand.size, m.count))
+    # No falling back to the whole sample when no uniform file was mapped: that would be
+    # the largest files alone, the very bias the uniform pool is there to avoid.
+    per_file = [m for m in counted if m.uniform]
+    if per_file:
+        per_file_frag = sorted(m.count.fragments for m in per_file)
+        n_frag = sum(1 for m in per_file if is_fragmented(m.cand.size, m.count))
+        out["pct_files_fragmented"] = 100.0 * n_frag / len(per_file)
+        out["fragments_mean"] = sum(per_file_frag) / len(per_file_frag)
+        out["fragments_p50"] = percentile(per_file_frag, 50)
+        out["fragments_p95"] = percentile(per_file_frag, 95)
+        out["histogram"] = dict(Counter(bucket(value) for value in per_file_frag))
+    else:
+        notes.append("no file of the uniform pool was mapped: no per-file figures")
+    weighted = stratum_weights(counted, strata)
+    if weighted is None:
+        notes.append("a stratum had no file mapped: no byte-weighted figures")
+    else:
+        total_bytes = sum(w * m.cand.size for m, w in weighted)
+        if total_bytes:
+            frag_bytes = sum(w * m.cand.size for m, w in weighted if is_fragmented(m.cand.size, m.count))
+            out["pct_bytes_in_fragmented"] = 100.0 * frag_bytes / total_bytes
+        fragments = sum(w * m.count.fragments for m, w in weighted)
+        if fragments:
+            out["avg_extent_bytes"] = sum(w * m.count.mapped_bytes for m, w in weighted) / fragments
     out["fragments_max"] = max(m.count.fragments for m in counted)
     out["worst"] = [
         {"path": printable_path(m.cand.path), "size": m.cand.size, "fragments": m.count.fragments}
         for m in heapq.nlargest(WORST_FILES, counted, key=lambda m: (m.count.fragments, m.cand.size))
         if m.count.fragments > 1
     ]
-    return out
+    return out, notes
+
+
+def stratum_weights(counted: list[Mapped], strata: Strata) -> list[tuple[Mapped, float]] | None:
+    """Each counted file with the number of eligible files it stands for; None when a stratum
+    that has files is not represented (its share of the bytes cannot be estimated).
+
+    A file among the largest belongs to that stratum even if it was drawn uniformly too.
+    Files drawn uniformly are a uniform sample of the eligible files, so those not among
+    the largest are a uniform sample of the rest.
+    """
+    top = [m for m in counted if m.largest]
+    rest = [m for m in counted if m.uniform and not m.largest]
+    if (strata.largest and not top) or (strata.rest and not rest):
+        return None
+    w_top = strata.largest / len(top) if top else 0.0
+    w_rest = strata.rest / len(rest) if rest else 0.0
+    return [(m, w_top) for m in top] + [(m, w_rest) for m in rest]
 
 
 def free_space_fields(mountpoint: str, fstype: str) -> dict[str, Any]:

@@ -58,8 +58,9 @@ def _fragmented(s: facts_pb2.Snapshot) -> None:
 def _refs_pattern(s: facts_pb2.Snapshot) -> None:
     f = s.fragmentation.filesystems[0]
     f.fstype, f.pct_files_fragmented, f.pct_bytes_in_fragmented = "ReFS", 22.0, 25.0
+    s.timeseries.agent_cpu_known = True
     for x in s.timeseries.samples:
-        x.cpu_system_percent = 48.0
+        x.cpu_system_percent, x.agent_cpu_system_percent = 48.0, 4.0  # 44% besides the agent
 
 
 def _memory_pressure(s: facts_pb2.Snapshot) -> None:
@@ -173,6 +174,54 @@ def test_fragmentation_alone_is_not_the_refs_pattern() -> None:
     assert [f.code for f in run_rules(_view(s)).findings] == ["fragmentation-heavy"]
 
 
+def test_the_agents_own_kernel_cpu_is_not_the_refs_pattern() -> None:
+    """A one-shot collect's kernel time is mostly the agent walking the disk (0.4 s on 2 cores)."""
+    s = healthy_snapshot()
+    _refs_pattern(s)
+    for x in s.timeseries.samples:
+        x.agent_cpu_system_percent = 40.0  # 8% besides the agent
+    assert [f.code for f in run_rules(_view(s)).findings] == []
+
+
+def test_kernel_cpu_the_agent_did_not_record_is_not_used() -> None:
+    """Bundles of older agents: the host's kernel CPU cannot be told apart from the agent's own."""
+    s = healthy_snapshot()
+    _refs_pattern(s)
+    s.timeseries.agent_cpu_known = False
+    assert run_rules(_view(s)).findings == ()
+    s.memory.percent = 96.0
+    for x in s.timeseries.samples:
+        x.mem_percent = 96.0
+    (found,) = run_rules(_view(s)).findings
+    assert (found.code, found.severity) == ("fragmentation-kernel-load", "warning")
+    assert "could not be told apart" in found.explanation and "memory is 96%" in found.title
+
+
+def test_the_refs_finding_says_what_it_measured() -> None:
+    s = healthy_snapshot()
+    _refs_pattern(s)
+    (found,) = run_rules(_view(s)).findings
+    assert "kernel CPU is 44% besides the agent" in found.title
+    assert "44% of all CPUs for work other than this collection (48% in all, 4% of it the agent's own)" in (
+        found.explanation
+    )
+    paths = [e.fact_path for e in found.evidence if isinstance(e, Evidence)]
+    assert paths[:2] == [
+        "timeseries.samples[*].cpu_system_percent (mean)",
+        "timeseries.samples[*].agent_cpu_system_percent (mean)",
+    ]
+
+
+def test_many_fragments_per_file_count_only_with_fragmented_files() -> None:
+    """A p95 of 80 fragments is large files in ideal 128 MiB extents unless files are fragmented."""
+    s = healthy_snapshot()
+    f = s.fragmentation.filesystems[0]
+    f.fragments_p95, f.pct_files_fragmented = 80.0, 1.0
+    assert run_rules(_view(s)).findings == ()
+    f.pct_files_fragmented = 6.0
+    assert [(x.code, x.severity) for x in run_rules(_view(s)).findings] == [("fragmentation-heavy", "warning")]
+
+
 def test_high_kernel_cpu_without_fragmentation_is_not_the_refs_pattern() -> None:
     s = healthy_snapshot()
     for x in s.timeseries.samples:
@@ -182,10 +231,20 @@ def test_high_kernel_cpu_without_fragmentation_is_not_the_refs_pattern() -> None
 
 def test_oom_kill_lines_are_critical_with_log_evidence() -> None:
     logs = [
-        {"ts": "2026-11-22T15:00:00Z", "src": "kernel", "sev": "err", "n": 7,
-         "msg": "Out of memory: Killed process 4242 (java) total-vm:9000000kB, anon-rss:8000000kB"},
-        {"ts": "2026-11-22T15:00:01Z", "src": "kernel", "sev": "info", "n": 8,
-         "msg": "oom_reaper: reaped process 4242"},
+        {
+            "ts": "2026-11-22T15:00:00Z",
+            "src": "kernel",
+            "sev": "err",
+            "n": 7,
+            "msg": "Out of memory: Killed process 4242 (java) total-vm:9000000kB, anon-rss:8000000kB",
+        },
+        {
+            "ts": "2026-11-22T15:00:01Z",
+            "src": "kernel",
+            "sev": "info",
+            "n": 8,
+            "msg": "oom_reaper: reaped process 4242",
+        },
     ]
     found = run_rules(_view(healthy_snapshot(), logs)).findings
     assert [(f.code, f.severity) for f in found] == [("oom-kill", "critical")]
