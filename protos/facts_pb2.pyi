@@ -491,7 +491,7 @@ class ProcessFacts(_message.Message):
     def __init__(self, total: _Optional[int] = ..., zombies: _Optional[int] = ..., threads: _Optional[int] = ..., sample_seconds: _Optional[float] = ..., top_cpu: _Optional[_Iterable[_Union[ProcessInfo, _Mapping]]] = ..., top_rss: _Optional[_Iterable[_Union[ProcessInfo, _Mapping]]] = ...) -> None: ...
 
 class ProcessInfo(_message.Message):
-    __slots__ = ("pid", "name", "username", "cpu_percent", "rss", "cmdline", "started", "num_threads", "status")
+    __slots__ = ("pid", "name", "username", "cpu_percent", "rss", "cmdline", "started", "num_threads", "status", "agent")
     PID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     USERNAME_FIELD_NUMBER: _ClassVar[int]
@@ -501,6 +501,7 @@ class ProcessInfo(_message.Message):
     STARTED_FIELD_NUMBER: _ClassVar[int]
     NUM_THREADS_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
+    AGENT_FIELD_NUMBER: _ClassVar[int]
     pid: int
     name: str
     username: str
@@ -510,7 +511,8 @@ class ProcessInfo(_message.Message):
     started: _timestamp_pb2.Timestamp
     num_threads: int
     status: str
-    def __init__(self, pid: _Optional[int] = ..., name: _Optional[str] = ..., username: _Optional[str] = ..., cpu_percent: _Optional[float] = ..., rss: _Optional[int] = ..., cmdline: _Optional[str] = ..., started: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., num_threads: _Optional[int] = ..., status: _Optional[str] = ...) -> None: ...
+    agent: bool
+    def __init__(self, pid: _Optional[int] = ..., name: _Optional[str] = ..., username: _Optional[str] = ..., cpu_percent: _Optional[float] = ..., rss: _Optional[int] = ..., cmdline: _Optional[str] = ..., started: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., num_threads: _Optional[int] = ..., status: _Optional[str] = ..., agent: _Optional[bool] = ...) -> None: ...
 
 class ServiceFacts(_message.Message):
     __slots__ = ("manager", "failed", "total", "unsupported_reason")

@@ -247,7 +247,8 @@ def _services_processes(s: facts_pb2.Snapshot) -> str:
     services = _table(("service", "state", "result", "description"),
                       ((f.name, f"{f.state}/{f.sub_state}", f.result, f.description) for f in sv.failed))
     top = _table(("process", "pid", "CPU %", "RSS MiB", "user"), (
-        (p.name, p.pid, f"{p.cpu_percent:.0f}", f"{p.rss / 1024**2:.0f}", p.username)
+        (f"{p.name} (Casefile, collecting)" if p.agent else p.name, p.pid, f"{p.cpu_percent:.0f}",
+         f"{p.rss / 1024**2:.0f}", p.username)
         for p in [*pr.top_cpu[:5], *pr.top_rss[:5]]), numeric=(1, 2, 3))
     return (f'<section id="services"><h2>Failed services</h2>{services}</section>'
             f'<section id="processes"><h2>Top processes</h2>{top}</section>')

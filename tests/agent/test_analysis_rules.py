@@ -331,3 +331,25 @@ def test_plugins_register_through_entry_points_and_broken_ones_are_info(plugin_p
         ("analyzer-error", "not_a_rule"),
     ]
     assert "ModuleNotFoundError" in found[1].explanation
+
+
+def test_the_agents_own_processes_are_not_runaways() -> None:
+    s = healthy_snapshot()
+    _runaway_cpu(s)
+    _runaway_rss(s)
+    s.processes.top_cpu[0].agent = s.processes.top_rss[0].agent = True  # the collection's own walker
+    assert [f.code for f in run_rules(_view(s)).findings] == []
+
+
+def test_cpu_saturation_leaves_out_the_agents_own_share() -> None:
+    s = healthy_snapshot()
+    _cpu(s)  # 99 % busy ...
+    s.timeseries.agent_cpu_known = True
+    for x in s.timeseries.samples:
+        x.agent_cpu_percent = 45.0  # ... of which the agent's own collecting 45 %
+    assert [f.code for f in run_rules(_view(s)).findings] == []
+    for x in s.timeseries.samples:
+        x.agent_cpu_percent = 5.0
+    (found,) = run_rules(_view(s)).findings
+    assert found.code == "cpu-saturation" and found.severity == "warning"  # 94 % left: warn, not critical
+    assert "5% of it this agent's own" in found.explanation and found.title == "CPU 94% busy"

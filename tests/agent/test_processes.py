@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -76,3 +77,29 @@ def test_zombies_are_counted_from_proc() -> None:
 
 def test_count_zombies_on_a_missing_proc() -> None:
     assert count_zombies("/nonexistent-proc") == 0
+
+
+def test_the_agents_own_processes_are_marked(tmp_path: Path) -> None:
+    """A child of the collecting process is the agent's own work; a process of someone else is not."""
+    ours = subprocess.Popen([sys.executable, "-c", BUSY])
+    script = tmp_path / "busy.py"
+    script.write_text(BUSY)
+    # A process that is not our descendant: started by a shell that exits at once.
+    theirs_pid = int(
+        subprocess.run(
+            ["sh", "-c", f'"{sys.executable}" "{script}" >/dev/null 2>&1 & echo $!'],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    )
+    try:
+        time.sleep(0.2)
+        facts = _run(processes_sample_s=0.3, processes_top_n=10)
+    finally:
+        ours.kill()
+        ours.wait()
+        os.kill(theirs_pid, 9)
+    marks = {p.pid: p.agent for p in facts.top_cpu}
+    assert marks.get(ours.pid) is True and marks.get(theirs_pid) is False, marks
+    assert all(p.agent == (p.pid == ours.pid or p.pid == os.getpid()) for p in facts.top_cpu if p.pid in marks)

@@ -98,16 +98,25 @@ class CpuSaturation(Rule):
 
     def evaluate(self, view: BundleView) -> Iterator[Finding]:
         busy, path = _cpu_mean(view)
-        if busy < self.opt("warn_pct"):
+        series = view.snapshot.timeseries
+        # Over a one-shot collection most of the CPU can be the agent's own (the time
+        # series says how much): judge the host on what is left.
+        own = statistics.fmean(x.agent_cpu_percent for x in series.samples) if series.agent_cpu_known else 0.0
+        others = max(0.0, busy - own)
+        if others < self.opt("warn_pct"):
             return
         t = view.snapshot.cpu.times_percent
-        severity: Severity = "critical" if busy >= self.opt("crit_pct") else "warning"
+        severity: Severity = "critical" if others >= self.opt("crit_pct") else "warning"
+        mine = f", {own:.0f}% of it this agent's own collecting" if own else ""
+        evidence = [Evidence(path, round(busy, 1))]
+        if own:
+            evidence.append(Evidence("timeseries.samples[*].agent_cpu_percent (mean)", round(own, 1)))
         yield self.finding(
             severity,
-            f"CPU {busy:.0f}% busy",
-            f"The CPUs were {busy:.0f}% busy (user {t.user:.0f}%, system {t.system:.0f}%, "
+            f"CPU {others:.0f}% busy",
+            f"The CPUs were {busy:.0f}% busy{mine} (user {t.user:.0f}%, system {t.system:.0f}%, "
             f"iowait {t.iowait:.0f}%, steal {t.steal:.0f}%). Work queues up and latency grows.",
-            [Evidence(path, round(busy, 1)), Evidence("cpu.times_percent.system", round(t.system, 1)),
+            [*evidence, Evidence("cpu.times_percent.system", round(t.system, 1)),
              Evidence("cpu.times_percent.steal", round(t.steal, 1))],
             "Look at the top CPU processes; high steal means the hypervisor is short of CPU, "
             "high system time points at the kernel (I/O, filesystem, interrupts).",
@@ -149,7 +158,10 @@ class RunawayProcess(Rule):
     def evaluate(self, view: BundleView) -> Iterator[Finding]:
         s = view.snapshot
         total = s.memory.total
+        # The agent's own processes (marked ``agent``) are the collection's work, not the host's.
         for i, p in enumerate(s.processes.top_rss):
+            if p.agent:
+                continue
             share = 100.0 * p.rss / total if total else 0.0
             if share < self.opt("rss_warn_pct"):
                 continue
@@ -165,7 +177,7 @@ class RunawayProcess(Rule):
                 subject=f"rss:{p.name}",
             )
         for i, p in enumerate(s.processes.top_cpu):
-            if p.cpu_percent < self.opt("cpu_pct"):
+            if p.agent or p.cpu_percent < self.opt("cpu_pct"):
                 continue
             yield self.finding(
                 "warning",

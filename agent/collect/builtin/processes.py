@@ -10,6 +10,9 @@ state); this collector is the only caller of ``process_iter``. Cost is about 0.0
 process per pass (field-notes §3): a few hundred ms with thousands of processes, and
 ``heapq.nlargest`` keeps the ranking O(n).
 
+The agent's own processes (this one and its children, e.g. the fragmentation walker)
+are in the ranking like any other, marked ``agent``: rules leave them out.
+
 Never asked for: ``environ`` (it makes psutil drop kernel threads as root), open
 files and ``memory_full_info`` (slow, privileged). The command line *is* collected: the
 privacy phase redacts it. Zombies are counted from ``/proc/*/stat`` on Linux because
@@ -79,6 +82,16 @@ def _cpu_seconds() -> dict[tuple[int, float], float]:
     return seen
 
 
+def _agent_pids() -> frozenset[int]:
+    """This process and its descendants (the fragmentation walker, commands run): the
+    collection's own work, marked ``agent`` so that no one mistakes it for the host's."""
+    try:
+        me = psutil.Process()
+        return frozenset([me.pid, *(kid.pid for kid in me.children(recursive=True))])
+    except psutil.Error:
+        return frozenset([os.getpid()])
+
+
 def count_zombies(proc_root: str = "/proc") -> int:
     """Processes in state Z, read from ``<proc_root>/<pid>/stat``."""
     count = 0
@@ -129,7 +142,9 @@ class ProcessesCollector(Collector):
         if sample < wanted:
             ctx.warn(f"process sample shortened from {wanted:g} s to {sample:.2f} s")
         time.sleep(sample)
+        ours = _agent_pids()  # before and after the pass: children come and go meanwhile
         after = _snapshot()
+        ours |= _agent_pids()
         elapsed = max(time.monotonic() - t0, 1e-6)
 
         cpu: dict[tuple[int, float], float] = {}
@@ -149,14 +164,15 @@ class ProcessesCollector(Collector):
         else:
             facts.zombies = sum(1 for p in after.values() if p.status == psutil.STATUS_ZOMBIE)
         for key in heapq.nlargest(top_n, cpu, key=cpu.__getitem__):
-            self._fill(facts.top_cpu.add(), after[key], cpu[key])
+            self._fill(facts.top_cpu.add(), after[key], cpu[key], ours)
         for key in heapq.nlargest(top_n, after, key=lambda k: after[k].rss):
-            self._fill(facts.top_rss.add(), after[key], cpu.get(key, 0.0))
+            self._fill(facts.top_rss.add(), after[key], cpu.get(key, 0.0), ours)
         return facts
 
     @staticmethod
-    def _fill(info: facts_pb2.ProcessInfo, p: _Seen, cpu_percent: float) -> None:
+    def _fill(info: facts_pb2.ProcessInfo, p: _Seen, cpu_percent: float, ours: frozenset[int]) -> None:
         info.pid = p.pid
+        info.agent = p.pid in ours
         info.name = p.name
         info.username = p.username
         info.cpu_percent = round(cpu_percent, 2)
