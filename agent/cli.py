@@ -23,7 +23,7 @@ import typer
 from agent.cli_analysis import register as register_analysis_commands
 from agent.console import lazy_console, load_console
 from agent.errors import CasefileError, CollectionError, TransportError, VerificationError
-from agent.state import AgentHome, Enrollment
+from agent.state import AgentHome, Enrollment, host_of
 from agent.version import __version__
 
 app = typer.Typer(
@@ -202,14 +202,14 @@ def collect(
             "logs_max_bytes": parse_size(logs_max),
         }
         options.update(_key_values(set_options or (), "--set"))
-        if enrollment and enrollment.collector_host:
-            # The DNS resolve test asks for the name this agent has to reach.
-            options.setdefault("resolve_name", enrollment.collector_host)
         budget_s = {name: float(v) for name, v in _key_values(budgets or (), "--budget", number=True).items()}
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
     wants_upload = not preview and (upload is not None or bool(token and enrollment))
     target = upload or (enrollment.collector if enrollment else None)
+    if target and host_of(target):
+        # The DNS resolve test asks for the name this agent has to reach.
+        options.setdefault("resolve_name", host_of(target))
     if wants_upload and target:
         # Reachability and clock offset to the collector belong in the facts of this run.
         options["collector_target"] = target
@@ -337,7 +337,10 @@ def _split_selectors(values: list[str] | None) -> tuple[tuple[str, ...], tuple[s
         if any(c in v for c in "/*?["):
             globs.append(v)
         else:
-            names.extend(n.strip() for n in v.split(",") if n.strip())
+            listed = [n.strip() for n in v.split(",") if n.strip()]
+            if not listed:  # an empty list must not mean "everything"
+                raise typer.BadParameter(f"{v!r} names no collector")
+            names.extend(listed)
     return tuple(names), tuple(globs)
 
 

@@ -40,9 +40,14 @@ class Enrollment:
 
     @property
     def collector_host(self) -> str:
-        """The host part of ``collector`` ("HOST:PORT" or "[V6]:PORT"); "" if it has none."""
-        host, sep, _ = self.collector.strip().rpartition(":")
-        return host.strip("[]") if sep else ""
+        """The host part of ``collector``; "" if it has none."""
+        return host_of(self.collector)
+
+
+def host_of(address: str) -> str:
+    """The host part of "HOST:PORT" or "[V6]:PORT"; "" if it has none."""
+    host, sep, _ = address.strip().rpartition(":")
+    return host.strip("[]") if sep else ""
 
 
 class AgentHome:

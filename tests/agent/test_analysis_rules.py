@@ -341,15 +341,17 @@ def test_the_agents_own_processes_are_not_runaways() -> None:
     assert [f.code for f in run_rules(_view(s)).findings] == []
 
 
-def test_cpu_saturation_leaves_out_the_agents_own_share() -> None:
+def test_cpu_saturation_judges_what_the_agent_left_to_the_others() -> None:
     s = healthy_snapshot()
-    _cpu(s)  # 99 % busy ...
     s.timeseries.agent_cpu_known = True
     for x in s.timeseries.samples:
-        x.agent_cpu_percent = 45.0  # ... of which the agent's own collecting 45 %
+        x.cpu_percent, x.agent_cpu_percent = 60.0, 45.0  # the agent's walk, the others idle-ish
     assert [f.code for f in run_rules(_view(s)).findings] == []
     for x in s.timeseries.samples:
-        x.agent_cpu_percent = 5.0
+        x.cpu_percent = 99.0  # the others took all the agent left them: saturated without it too
     (found,) = run_rules(_view(s)).findings
-    assert found.code == "cpu-saturation" and found.severity == "warning"  # 94 % left: warn, not critical
-    assert "5% of it this agent's own" in found.explanation and found.title == "CPU 94% busy"
+    assert found.code == "cpu-saturation" and found.severity == "critical"
+    assert found.title == "CPU 99% busy, 45% of it this agent's collecting"
+    assert "the other processes used 54%, 98% of what it left them" in found.explanation
+    s.timeseries.ClearField("samples")  # known, but no sample fitted the window
+    assert [f.code for f in run_rules(_view(s)).findings] == []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import itertools
 import os
 import shutil
@@ -15,6 +16,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from agent.collect import CollectContext, CollectionSpec, Collector, run_collection
+from agent.collect.builtin import clock as clock_module
+from agent.collect.builtin import timeseries as timeseries_module
 from agent.collect.builtin.clock import (
     ClockCollector,
     kernel_clock,
@@ -262,3 +265,52 @@ def test_time_series_alone_takes_its_minimum_samples() -> None:
         assert 250 <= result.statuses[0].duration_ms <= 600
     gaps = [(b.at.ToNanoseconds() - a.at.ToNanoseconds()) / 1e9 for a, b in itertools.pairwise(samples)]
     assert all(g >= 0.08 for g in gaps), gaps  # evenly spaced, not taken back to back
+
+
+def test_a_time_series_with_no_sample_does_not_claim_the_agents_share() -> None:
+    """A budget shorter than one interval leaves no sample: nothing to read the agent's share from."""
+    with run_collection(CollectionSpec(only=("timeseries",), budgets={"timeseries": 0.4})) as result:
+        series = result.snapshot.timeseries
+    assert not series.samples and not series.agent_cpu_known
+
+
+class _ChronyLeftKernel:
+    """libc whose adjtimex answers as chronyd leaves the kernel without ``rtcsync``: STA_UNSYNC
+    set (it keeps the kernel's 11-minute RTC mode off) and TIME_ERROR returned, while the
+    maximum error is a real 50 ms bound. This machine has no NTP daemon to make it so."""
+
+    def adjtimex(self, ref: object) -> int:
+        tx = ctypes.cast(ref, ctypes.POINTER(clock_module._Timex)).contents  # type: ignore[arg-type]
+        assert tx.modes == 0  # a read, never a change
+        tx.status, tx.maxerror = 0x0040, 50_000
+        return 5
+
+
+def test_kernel_clock_judges_sync_as_systemd_does(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(ctypes, "CDLL", lambda *a, **k: _ChronyLeftKernel())
+    assert clock_module.kernel_clock() == (True, 50.0)
+
+
+def test_agent_cpu_does_not_drop_when_a_child_is_reaped_mid_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A child reaped between reading our totals and walking /proc would be in neither reading.
+
+    The race is made to happen every time: os.times() reports the child reaped from its
+    second call on, and /proc no longer lists it from then.
+    """
+    real, calls = os.times(), itertools.count(1)
+    reaped = False
+
+    def times() -> os.times_result:
+        nonlocal reaped
+        children = (0.5, 0.5) if reaped else (0.0, 0.0)
+        if next(calls) == 2:
+            reaped = True  # another thread's wait() lands right after this reading
+        return os.times_result((real.user, real.system, *children, real.elapsed))
+
+    monkeypatch.setattr(os, "times", times)
+    monkeypatch.setattr(timeseries_module, "_proc_children", lambda pid: [] if reaped or pid != os.getpid() else [4242])
+    monkeypatch.setattr(timeseries_module, "_proc_times", lambda pid: (1.0, 0.5))
+    agent = timeseries_module.AgentCpu()
+    agent._proc = True
+    readings = [agent.read()[0] for _ in range(3)]
+    assert readings == sorted(readings), readings

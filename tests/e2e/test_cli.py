@@ -9,6 +9,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -69,6 +70,13 @@ def served(tmp_path: Path) -> Iterator[dict[str, str]]:
     assert proc.returncode == 0
 
 
+def _facts(bundle: str) -> dict[str, Any]:
+    text = subprocess.run(
+        ["tar", "--zstd", "-xOf", bundle, "--wildcards", "*/facts.json"], capture_output=True, text=True, check=True
+    ).stdout
+    return dict(json.loads(text))
+
+
 def test_enroll_collect_upload_verify_query_download(served: dict[str, str]) -> None:
     s = served
     cli(
@@ -89,14 +97,18 @@ def test_enroll_collect_upload_verify_query_download(served: dict[str, str]) -> 
     alone = json.loads(
         cli("casefile", "collect", "--only", "netdepth", "-o", str(local), "--home", s["home"], "--json").stdout
     )
-    facts = subprocess.run(
-        ["tar", "--zstd", "-xOf", alone["bundle"]["path"], "--wildcards", "*/facts.json"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    resolved = json.loads(facts)["networkDepth"]["resolve"]
+    resolved = _facts(alone["bundle"]["path"])["networkDepth"]["resolve"]
     assert resolved["name"] == s["addr"].rpartition(":")[0] and resolved["ok"], resolved
+    # Uploading elsewhere: it asks for the upload target's name (nothing listens there: exit 3,
+    # the bundle stays written).
+    elsewhere = Path(s["tmp"]) / "elsewhere"
+    refused = cli(
+        "casefile", "collect", "--only", "netdepth", "-o", str(elsewhere), "--home", s["home"],
+        "--upload", "127.0.0.2:9", "--insecure", "--yes", check=False,
+    )  # fmt: skip
+    assert refused.returncode == 3, refused.stderr
+    (written,) = elsewhere.glob("*.tar.zst")
+    assert _facts(str(written))["networkDepth"]["resolve"]["name"] == "127.0.0.2"
 
     out = Path(s["tmp"]) / "out"
     res = cli(
@@ -118,14 +130,7 @@ def test_enroll_collect_upload_verify_query_download(served: dict[str, str]) -> 
     assert {c["name"] for c in summary["collectors"]} >= {"host", "cpu", "memory", "disks", "network"}
     assert all(c["status"] == "ok" for c in summary["collectors"])
     assert summary["upload"]["sha256"] == summary["bundle"]["sha256"]
-    uploaded = json.loads(
-        subprocess.run(
-            ["tar", "--zstd", "-xOf", str(bundle), "--wildcards", "*/facts.json"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
-    )
+    uploaded = _facts(str(bundle))
     # The clock offset to the collector and its reachability were measured on the way.
     clock, reach = uploaded["clock"], uploaded["networkDepth"]["collector"]
     assert clock["collectorOffsetKnown"] and abs(clock.get("collectorOffsetMs", 0.0)) < 2000, clock
@@ -208,6 +213,8 @@ def test_only_takes_comma_separated_names(tmp_path: Path) -> None:
     assert ran == {"host", "memory", "cpu"}
     bad = cli("casefile", "collect", *args, "--only", "host,nosuch", check=False)
     assert bad.returncode == 2 and "nosuch" in bad.stderr
+    empty = cli("casefile", "collect", *args, "--only", ",", check=False)  # not "everything"
+    assert empty.returncode == 2 and "names no collector" in empty.stderr
 
 
 def test_verify_reports_the_first_problem(tmp_path: Path) -> None:

@@ -99,23 +99,31 @@ class CpuSaturation(Rule):
     def evaluate(self, view: BundleView) -> Iterator[Finding]:
         busy, path = _cpu_mean(view)
         series = view.snapshot.timeseries
-        # Over a one-shot collection most of the CPU can be the agent's own (the time
-        # series says how much): judge the host on what is left.
-        own = statistics.fmean(x.agent_cpu_percent for x in series.samples) if series.agent_cpu_known else 0.0
-        others = max(0.0, busy - own)
-        if others < self.opt("warn_pct"):
+        # Over a one-shot collection much of the CPU can be the agent's own (the time
+        # series says how much). The host is judged on what the other processes used of
+        # the CPU the agent left them: a host already saturated still shows as such (its
+        # processes take all that is left), an idle one does not (they take little of it).
+        own = 0.0
+        if series.agent_cpu_known and series.samples:
+            own = min(statistics.fmean(x.agent_cpu_percent for x in series.samples), busy)
+        level = 100.0 * (busy - own) / (100.0 - own) if own and own < 100.0 else busy
+        if level < self.opt("warn_pct"):
             return
         t = view.snapshot.cpu.times_percent
-        severity: Severity = "critical" if others >= self.opt("crit_pct") else "warning"
-        mine = f", {own:.0f}% of it this agent's own collecting" if own else ""
+        severity: Severity = "critical" if level >= self.opt("crit_pct") else "warning"
         evidence = [Evidence(path, round(busy, 1))]
         if own:
             evidence.append(Evidence("timeseries.samples[*].agent_cpu_percent (mean)", round(own, 1)))
+            title = f"CPU {busy:.0f}% busy, {own:.0f}% of it this agent's collecting"
+            share = (f" Of that, this agent's own collecting took {own:.0f}%; the other processes used "
+                     f"{busy - own:.0f}%, {level:.0f}% of what it left them.")
+        else:
+            title, share = f"CPU {busy:.0f}% busy", ""
         yield self.finding(
             severity,
-            f"CPU {others:.0f}% busy",
-            f"The CPUs were {busy:.0f}% busy{mine} (user {t.user:.0f}%, system {t.system:.0f}%, "
-            f"iowait {t.iowait:.0f}%, steal {t.steal:.0f}%). Work queues up and latency grows.",
+            title,
+            f"The CPUs were {busy:.0f}% busy (user {t.user:.0f}%, system {t.system:.0f}%, "
+            f"iowait {t.iowait:.0f}%, steal {t.steal:.0f}%).{share} Work queues up and latency grows.",
             [*evidence, Evidence("cpu.times_percent.system", round(t.system, 1)),
              Evidence("cpu.times_percent.steal", round(t.steal, 1))],
             "Look at the top CPU processes; high steal means the hypervisor is short of CPU, "

@@ -3,9 +3,9 @@
 Linux tries, in order: ``timedatectl show`` (NTPSynchronized — set by whichever daemon
 disciplines the kernel clock), ``chronyc -c tracking`` (offset), ``ntpq -pn`` (the
 selected peer's offset). When none answers (no systemd, no daemon's tool, a container),
-the kernel itself is asked: ``adjtimex(2)`` in read-only mode, whose "unsynchronised"
-flag is what timedatectl reports as NTPSynchronized, and whose maximum error bound says
-how far off the kernel thinks it may be. Windows parses ``w32tm /query /status``; macOS reads
+the kernel itself is asked: ``adjtimex(2)`` in read-only mode, whose maximum error bound
+is what timedatectl reports NTPSynchronized from (below the kernel's 16 s ceiling) and
+says how far off the kernel thinks it may be. Windows parses ``w32tm /query /status``; macOS reads
 ``systemsetup -getusingnetworktime`` when allowed and otherwise states it does not know.
 The offset to the *collector* is measured by the transport before collection when the
 run will be uploaded, and handed in as option ``collector_offset_ms``.
@@ -221,15 +221,16 @@ class _Timex(ctypes.Structure):
     )
 
 
-_TIME_ERROR = 5  # adjtimex's return value when the clock is not synchronised
-_STA_UNSYNC = 0x0040
+_NTP_MAXERROR_US = 16_000_000  # the kernel's ceiling: maxerror sits there when nothing disciplines the clock
 
 
 def kernel_clock() -> tuple[bool, float]:
     """(synchronised, maximum error in ms) from ``adjtimex(2)`` with modes 0: reads, never sets.
 
-    Synchronised as systemd judges it: the call does not return TIME_ERROR and STA_UNSYNC
-    is clear. Linux only; OSError when the call fails or libc has no adjtimex.
+    Synchronised as systemd (timedatectl's NTPSynchronized) judges it: the maximum error
+    is below the kernel's 16 s ceiling. STA_UNSYNC is not looked at: NTP daemons set it
+    on purpose to keep the kernel from writing the hardware clock. Linux only; OSError
+    when the call fails or libc has no adjtimex.
     """
     libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
     adjtimex = getattr(libc, "adjtimex", None)
@@ -240,8 +241,7 @@ def kernel_clock() -> tuple[bool, float]:
     if state < 0:
         err = ctypes.get_errno()
         raise OSError(err, f"adjtimex: {os.strerror(err)}")
-    synced = state != _TIME_ERROR and not tx.status & _STA_UNSYNC
-    return synced, tx.maxerror / 1000.0  # microseconds
+    return tx.maxerror < _NTP_MAXERROR_US, tx.maxerror / 1000.0  # microseconds
 
 
 def _timezone() -> str:

@@ -91,13 +91,14 @@ def journal_argv(window: Window, *, kernel: bool = False, only_fields: bool = Tr
     """The journalctl command line for a window.
 
     ``--all``: without it every field over 4096 bytes arrives as null, and a message
-    is only cut later, at 16 KiB. ``--output-fields`` (systemd 236+) then keeps a
-    binary field that ``--all`` would print whole (a core dump stored in the journal)
-    out of the line, which is read into memory in one piece.
+    is only cut later, at 16 KiB. Only together with ``--output-fields`` (systemd 236+),
+    which keeps a binary field that ``--all`` would print whole (a core dump stored in
+    the journal) out of the line, which is read into memory in one piece. An older
+    journalctl gets neither: long messages arrive as null, which the parser handles.
     """
-    argv = ["journalctl", "-o", "json", "-r", "-q", "--no-pager", "--all"]
+    argv = ["journalctl", "-o", "json", "-r", "-q", "--no-pager"]
     if only_fields:
-        argv.append("--output-fields=" + ",".join(JOURNAL_FIELDS))
+        argv += ["--all", "--output-fields=" + ",".join(JOURNAL_FIELDS)]
     argv += ["--since", f"@{int(window.since.timestamp())}"]
     if kernel:
         argv.append("-k")

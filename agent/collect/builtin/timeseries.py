@@ -91,10 +91,16 @@ class AgentCpu:
         self._gone = (0.0, 0.0)
 
     def read(self) -> tuple[float, float]:
-        own = os.times()
+        # A child reaped between reading our totals and walking the live children would be
+        # in neither: read the totals again after the walk and retry if they moved.
+        for _ in range(5):
+            own = os.times()
+            kids_busy, kids_system = self._linux_children() if self._proc else self._psutil_children()
+            again = os.times()
+            if (again.children_user, again.children_system) == (own.children_user, own.children_system):
+                break
         busy = own.user + own.system + own.children_user + own.children_system
         system = own.system + own.children_system
-        kids_busy, kids_system = self._linux_children() if self._proc else self._psutil_children()
         return busy + kids_busy, system + kids_system
 
     def _linux_children(self) -> tuple[float, float]:
@@ -194,7 +200,7 @@ class TimeseriesCollector(Collector):
         if duration > fit:
             ctx.warn(f"time series shortened from {duration:g} s to {fit:.2f} s to fit the budget")
             duration = fit
-        series = facts_pb2.TimeSeries(interval_s=interval, agent_cpu_known=True)
+        series = facts_pb2.TimeSeries(interval_s=interval)
         agent = AgentCpu()
         prev_t, prev_cpu, prev_io, prev_own = time.monotonic(), psutil.cpu_times(), _io(), agent.read()
         fixed = duration > 0
@@ -238,6 +244,7 @@ class TimeseriesCollector(Collector):
             sample.at.FromDatetime(dt.datetime.now(dt.UTC))
             prev_t, prev_cpu, prev_io, prev_own = now_t, now_cpu, now_io, now_own
             next_at += interval
+        series.agent_cpu_known = len(series.samples) > 0  # each sample has the agent's share
         return series
 
 
