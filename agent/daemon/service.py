@@ -20,7 +20,9 @@ to the spool and is delivered after the next accepted connection.
 
 Collections and uploads run in a child process (``agent.daemon.worker``): the collection
 machinery is never imported here, so the resident process stays small at rest and returns
-to that size after every snapshot.
+to that size after every snapshot. Two children, each started when needed: one for live
+snapshots (the collection and its upload), one for delivering the spool, so an engineer's
+snapshot never waits behind a large spooled bundle crawling up a slow link.
 """
 
 from __future__ import annotations
@@ -117,7 +119,8 @@ class AgentService:
             home.root / "spool", max_bytes=self.policy.spool_max_bytes, max_bundles=self.policy.spool_max_bundles
         )
         self.work = home.root / "work"
-        self.worker = CollectionWorker(linger_s=self.options.worker_linger_s)
+        self.worker = CollectionWorker(linger_s=self.options.worker_linger_s)  # live snapshots
+        self.spool_worker = CollectionWorker(linger_s=self.options.worker_linger_s)  # spool delivery
         self._stop = asyncio.Event()
         self._outbox: asyncio.Queue[collector_pb2.AgentMessage] | None = None
         self._busy = asyncio.Lock()  # one collection at a time: bounded load on the customer's machine
@@ -151,7 +154,7 @@ class AgentService:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        await self.worker.close()
+        await asyncio.gather(self.worker.close(), self.spool_worker.close())
 
     async def _open(self) -> BidiStream:
         return await BidiStream.open(
@@ -364,8 +367,8 @@ class AgentService:
                 f"{bound}: oldest bundle dropped",
             )
 
-    async def _upload(self, path: Path, bundle_id: str) -> None:
-        await self.worker.upload(
+    async def _upload(self, path: Path, bundle_id: str, worker: CollectionWorker | None = None) -> None:
+        await (worker or self.worker).upload(
             home=self.home.root,
             agent_id=self.enrollment.agent_id,
             collector=self.enrollment.collector,
@@ -381,7 +384,7 @@ class AgentService:
                 if self._stop.is_set():
                     return
                 try:
-                    await self._upload(item.path, item.bundle_id)
+                    await self._upload(item.path, item.bundle_id, self.spool_worker)
                 except CasefileError as exc:
                     log.warning("spooled bundle %s not delivered yet: %s", item.bundle_id, exc)
                     return

@@ -12,7 +12,8 @@ holds only h2, the generated Channel messages, its key and the stream (see
 The child, ``python -m agent.daemon.execute``, is started on the first request and kept
 ``linger_s`` after the last one, so an engineer's follow-up snapshots do not pay its
 start again (interpreter and imports, ~0.2 s of CPU); then it is told to exit (EOF on
-its stdin). One request at a time. A child that dies is replaced on the next request;
+its stdin). One request at a time per child (the daemon keeps two: live snapshots, spool
+delivery). A child that dies is replaced on the next request;
 the request it was serving fails (``CollectionError``, ``UploadError``). When the daemon
 stops during a request, the child is terminated.
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ssl
+import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -27,10 +28,12 @@ from hyperframe.frame import PingFrame
 
 from agent.daemon import AgentService, DaemonOptions
 from agent.daemon.h2stream import BidiStream, RpcError, frame
+from agent.daemon.worker import CollectionWorker
 from agent.state import AgentHome, Enrollment
 from agent.transport import enroll, open_channel, parse_address
 from collector.server import ServerConfig
 from collector.tls import TlsMaterial, ensure_self_signed
+from protos import collector_pb2, collector_pb2_grpc
 from tests.collector.conftest import RunningCollector, _run_server
 
 # -- a raw HTTP/2 peer ------------------------------------------------------------------
@@ -382,3 +385,46 @@ def test_after_a_silently_dead_connection_the_agent_gets_back_in(
             await relay.close()
 
     asyncio.run(main())
+
+
+# -- a snapshot does not wait behind the spool ------------------------------------------
+
+
+def test_a_snapshot_does_not_wait_behind_the_spool_delivery(plain_collector: RunningCollector, tmp_path: Path) -> None:
+    """The spool is delivered by a child of its own: with that delivery stuck (a large bundle
+    crawling up a slow link, stood in for by a child that takes the request and never
+    answers), an engineer's snapshot is still collected, uploaded and stored."""
+    collector = plain_collector
+    home = AgentHome(tmp_path / "home")
+    key = home.key()
+    with open_channel(parse_address(collector.address), ca_fingerprint=collector.fingerprint) as ch:
+        agent_id = enroll(ch, token=collector.enroll_token(), key=key, hostname="busy", agent_version="t").agent_id
+    home.save_enrollment(Enrollment(agent_id, collector.address, collector.fingerprint, key.fingerprint))
+    undelivered = tmp_path / "big.tar.zst"
+    undelivered.write_bytes(b"a bundle the collector has not seen yet")
+    md = (("authorization", f"Bearer {collector.engineer_token()}"),)
+
+    def snapshot() -> list[str]:
+        spec = collector_pb2.SnapshotRequestSpec(host=agent_id, reason="while the spool drains")
+        with collector.channel() as ch:
+            events = collector_pb2_grpc.QueryStub(ch).RequestSnapshot(spec, metadata=md, timeout=60)
+            return [e.state for e in events]
+
+    async def main() -> list[str]:
+        service = AgentService(home, _options())
+        service.spool.add(undelivered, bundle_id="b-spooled", request_id="r-old", sha256="0" * 64)
+        service.spool_worker = CollectionWorker(
+            linger_s=30, command=(sys.executable, "-c", "import sys, time; sys.stdin.readline(); time.sleep(600)")
+        )
+        running = asyncio.create_task(service.run())
+        try:
+            deadline = time.monotonic() + 20
+            while service.spool_worker.pid is None and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            assert service.spool_worker.pid is not None, "the spool delivery never started"
+            return await asyncio.wait_for(asyncio.to_thread(snapshot), 60)
+        finally:
+            await _stop(service, running, 15)
+
+    states = asyncio.run(main())
+    assert states[-1] == "done", states
