@@ -138,11 +138,14 @@ def _resources(s: facts_pb2.Snapshot) -> str:
             '<p class="empty">No time series in this bundle.</p></section>'
         )
     t = [x.at.ToMicroseconds() / 1e6 for x in samples]
-    cpu = line_chart("CPU %", t, [
+    cpu_series = [
         Series("total", tuple(x.cpu_percent for x in samples), "#3b6ea5"),
         Series("kernel", tuple(x.cpu_system_percent for x in samples), "#b3261e"),
         Series("iowait", tuple(x.cpu_iowait_percent for x in samples), "#a15c00"),
-    ], unit="%", y_max=100)
+    ]
+    if s.timeseries.agent_cpu_known:  # what of the total was this agent collecting
+        cpu_series.append(Series("Casefile itself", tuple(x.agent_cpu_percent for x in samples), "#6d6d6d"))
+    cpu = line_chart("CPU %", t, cpu_series, unit="%", y_max=100)
     mem = line_chart("Memory and swap %", t, [
         Series("memory", tuple(x.mem_percent for x in samples), "#2e7d32"),
         Series("swap", tuple(x.swap_percent for x in samples), "#7b1fa2"),

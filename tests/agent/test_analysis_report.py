@@ -52,6 +52,19 @@ def test_html_and_text_report_on_each_kind_of_bundle(tmp_path: Path, key: Signin
         assert "onset" in html and "errors began" in text
 
 
+def test_the_agents_own_share_is_charted_and_its_processes_labelled(tmp_path: Path, key: SigningKey) -> None:
+    snapshot = healthy_snapshot()
+    assert "Casefile itself" not in render_html(analyse(BundleView.from_file(write_bundle(tmp_path, key, snapshot))))
+    snapshot.timeseries.agent_cpu_known = True
+    for x in snapshot.timeseries.samples:
+        x.agent_cpu_percent = 30.0
+    snapshot.processes.top_cpu[0].agent = True
+    (tmp_path / "again").mkdir()
+    html = render_html(analyse(BundleView.from_file(write_bundle(tmp_path / "again", key, snapshot))))
+    assert "Casefile itself" in html
+    assert f"{snapshot.processes.top_cpu[0].name} (Casefile, collecting)" in html
+
+
 def test_hostile_facts_are_escaped(tmp_path: Path, key: SigningKey) -> None:
     s = healthy_snapshot()
     evil = '<script>alert("x")</script><img src=//evil.example/x>'
