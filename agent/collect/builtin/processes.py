@@ -34,7 +34,7 @@ from protos import facts_pb2
 
 __all__ = ["ProcessesCollector", "count_zombies"]
 
-_ATTRS = ["pid", "name", "username", "cpu_times", "memory_info", "create_time", "num_threads", "status"]
+_ATTRS = ["pid", "ppid", "name", "username", "cpu_times", "memory_info", "create_time", "num_threads", "status"]
 _MAX_CMDLINE = 4096
 _MARGIN_S = 0.5
 
@@ -42,6 +42,7 @@ _MARGIN_S = 0.5
 @dataclass(frozen=True)
 class _Seen:
     pid: int
+    ppid: int
     name: str
     username: str
     cpu_s: float
@@ -61,6 +62,7 @@ def _snapshot() -> dict[tuple[int, float], _Seen]:
         pid = int(info["pid"])
         seen[(pid, create)] = _Seen(
             pid=pid,
+            ppid=int(info.get("ppid") or 0),
             name=str(info.get("name") or ""),
             username=str(info.get("username") or ""),
             cpu_s=float(times.user + times.system) if times is not None else 0.0,
@@ -82,14 +84,20 @@ def _cpu_seconds() -> dict[tuple[int, float], float]:
     return seen
 
 
-def _agent_pids() -> frozenset[int]:
-    """This process and its descendants (the fragmentation walker, commands run): the
-    collection's own work, marked ``agent`` so that no one mistakes it for the host's."""
-    try:
-        me = psutil.Process()
-        return frozenset([me.pid, *(kid.pid for kid in me.children(recursive=True))])
-    except psutil.Error:
-        return frozenset([os.getpid()])
+def _agent_pids(seen: dict[tuple[int, float], _Seen]) -> frozenset[int]:
+    """This process and its descendants among ``seen`` (the fragmentation walker, commands
+    run): the collection's own work, marked ``agent`` so that no one mistakes it for the
+    host's. From the pass's own parent pids: no extra pass over every process."""
+    children: dict[int, list[int]] = {}
+    for p in seen.values():
+        children.setdefault(p.ppid, []).append(p.pid)
+    ours, todo = {os.getpid()}, [os.getpid()]
+    while todo:
+        for kid in children.get(todo.pop(), ()):
+            if kid not in ours:
+                ours.add(kid)
+                todo.append(kid)
+    return frozenset(ours)
 
 
 def count_zombies(proc_root: str = "/proc") -> int:
@@ -142,9 +150,8 @@ class ProcessesCollector(Collector):
         if sample < wanted:
             ctx.warn(f"process sample shortened from {wanted:g} s to {sample:.2f} s")
         time.sleep(sample)
-        ours = _agent_pids()  # before and after the pass: children come and go meanwhile
         after = _snapshot()
-        ours |= _agent_pids()
+        ours = _agent_pids(after)
         elapsed = max(time.monotonic() - t0, 1e-6)
 
         cpu: dict[tuple[int, float], float] = {}
