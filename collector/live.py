@@ -41,6 +41,7 @@ __all__ = [
     "Session",
     "audit_entry",
     "event_of",
+    "make_router",
     "request_snapshot",
 ]
 
@@ -235,6 +236,19 @@ class LiveRouter:
             )
             return
         await self.advance(request_id, "done", detail=f"bundle {bundle.bundle_id} stored", bundle_id=bundle.bundle_id)
+
+
+def make_router(store: Store, db_url: str, replica_id: str | None = None) -> LiveRouter:
+    """The in-process router on SQLite; the replica-aware one on PostgreSQL.
+
+    ``collector.live_pg`` (and psycopg, the ``postgres`` extra) is imported only for a
+    PostgreSQL store: a collector on SQLite needs neither.
+    """
+    if store.engine.dialect.name == "postgresql":
+        from collector.live_pg import PgLiveRouter, default_replica_id, libpq_dsn
+
+        return PgLiveRouter(store, libpq_dsn(db_url), replica_id or default_replica_id())
+    return LiveRouter(store)
 
 
 def audit_entry(rec: AuditRecord) -> collector_pb2.AuditEntry:

@@ -41,7 +41,7 @@ from collector.live import LiveRouter, Session, event_of
 from collector.storage import LiveRequestRecord, Store
 from collector.storage.live import LIVE_CHANNEL
 
-__all__ = ["PgLiveRouter", "default_replica_id", "libpq_dsn", "make_router"]
+__all__ = ["PgLiveRouter", "default_replica_id", "libpq_dsn"]
 
 log = logging.getLogger("casefile.collector.live_pg")
 
@@ -53,13 +53,6 @@ def default_replica_id() -> str:
 def libpq_dsn(db_url: str) -> str:
     """A SQLAlchemy ``postgresql+psycopg://`` URL as a plain libpq connection string."""
     return make_url(db_url).set(drivername="postgresql").render_as_string(hide_password=False)
-
-
-def make_router(store: Store, db_url: str, replica_id: str | None = None) -> LiveRouter:
-    """The in-process router on SQLite; the replica-aware one on PostgreSQL."""
-    if store.engine.dialect.name == "postgresql":
-        return PgLiveRouter(store, libpq_dsn(db_url), replica_id or default_replica_id())
-    return LiveRouter(store)
 
 
 def _us(seconds_ago: float) -> int:

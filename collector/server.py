@@ -20,8 +20,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from agent.transport.connect import is_loopback, parse_address
-from collector.live import LiveRouter
-from collector.live_pg import make_router
+from collector.live import LiveRouter, make_router
 from collector.metrics import CollectorMetrics, MetricsEndpoint
 from collector.services import EnrollService, IngestLimits, IngestService, QueryService
 from collector.services.channel import ChannelService
