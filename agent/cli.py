@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import gc
 import json
+import os
 import socket
 import sys
 from collections.abc import Iterable
@@ -201,7 +202,8 @@ def collect(
             "logs_since_s": parse_duration(since).total_seconds(),
             "logs_max_bytes": parse_size(logs_max),
         }
-        options.update(_key_values(set_options or (), "--set"))
+        asked = _key_values(set_options or (), "--set")
+        options.update(asked)
         budget_s = {name: float(v) for name, v in _key_values(budgets or (), "--budget", number=True).items()}
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
@@ -284,6 +286,13 @@ def collect(
             exclude=tuple(exclude or ()),
         )
         done = prepared.seal(output, state.key(), consent)
+    for unread in sorted(set(done.result.unread_options) & set(asked)):
+        err.print(
+            f"warning: --set {unread}: no collector of this run reads it (misspelt, or its collector did not run;"
+            " README lists the options)",
+            highlight=False,
+            markup=False,
+        )
     b = done.bundle
     summary = snapshot_summary(done.result.snapshot)
     summary["bundle"] = {
@@ -310,7 +319,23 @@ def collect(
     else:
         _render_summary(summary)
     if confirmed == "declined":
-        err.print(f"Not sent. The bundle stays at {b.path}; send it later with: casefile upload {b.path}")
+        later = " ".join(
+            [f"casefile upload {b.path}"]
+            + ([f"--to {upload}"] if upload else [])
+            + ([f"--ca-fingerprint {ca_fingerprint}"] if ca_fingerprint else [])
+            + ([f"--ca-file {ca_file}"] if ca_file else [])
+            + (["--insecure"] if insecure else [])
+            + (["--home", str(state.root)] if home else [])
+            # The token itself is never printed: from the environment it is found again.
+            + (["--token", "<the case token>"] if token and "CASEFILE_TOKEN" not in os.environ else [])
+        )
+        # One line to copy: not wrapped, not coloured, and a "[" in a path is not markup.
+        err.print(
+            f"Not sent. The bundle stays at {b.path}; send it later with: {later}",
+            soft_wrap=True,
+            highlight=False,
+            markup=False,
+        )
 
 
 def _collector_offset(
@@ -441,7 +466,9 @@ def verify(
 @app.command("upload")
 def upload_cmd(
     bundle: Annotated[Path, typer.Argument(help="A bundle written by 'casefile collect'.")],
-    to: Annotated[str | None, typer.Option("--to", help="Collector HOST:PORT (default: the enrolled one).")] = None,
+    to: Annotated[
+        str | None, typer.Option("--to", "--upload", help="Collector HOST:PORT (default: the enrolled one).")
+    ] = None,
     token: Annotated[
         str | None, typer.Option("--token", envvar="CASEFILE_TOKEN", help="Case token from support.")
     ] = None,

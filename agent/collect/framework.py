@@ -29,7 +29,7 @@ import sys
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -154,6 +154,29 @@ def _check_artifact_path(path: object) -> None:
         raise ValueError("is reserved for the bundle itself")
 
 
+class _ReadRecorder(Mapping[str, OptionValue]):
+    """The spec's options, noting each key a collector looks at (``CollectionResult.unread_options``)."""
+
+    def __init__(self, options: Mapping[str, OptionValue], reads: set[str]) -> None:
+        self._options, self._reads = options, reads
+
+    def __getitem__(self, key: str) -> OptionValue:
+        self._reads.add(key)
+        return self._options[key]
+
+    def __contains__(self, key: object) -> bool:
+        if isinstance(key, str):
+            self._reads.add(key)
+        return key in self._options
+
+    def __iter__(self) -> Iterator[str]:
+        self._reads.update(self._options)  # a collector that walks them all has seen them all
+        return iter(self._options)
+
+    def __len__(self) -> int:
+        return len(self._options)
+
+
 class CollectContext:
     """What a running collector gets: options, its deadline, warnings, artifacts, temp files."""
 
@@ -177,12 +200,13 @@ class CollectContext:
         self._warnings: list[str] = []
         self._artifacts: dict[str, Artifact] = {}
         self.plugin_facts: str | None = None
+        self.option_reads: set[str] = set()  # option keys this collector looked at
         # A context made outside a run (tests, tools) owns its area; it goes with the context.
         self._temp = temp_area if temp_area is not None else TempArea()
 
     @property
     def options(self) -> Mapping[str, OptionValue]:
-        return self.spec.options
+        return _ReadRecorder(self.spec.options, self.option_reads)
 
     def remaining(self) -> float:
         """Seconds left in this collector's budget (never negative)."""
@@ -252,7 +276,7 @@ class CollectContext:
 
     def float_option(self, key: str, default: float, *, minimum: float = 0.0, maximum: float = MAX_BUDGET_S) -> float:
         """Option ``key`` as a float in [minimum, maximum]; a bad value is a clear error."""
-        value = self.spec.options.get(key, default)
+        value = self.options.get(key, default)
         if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
             raise CollectionError(f"option {key!r} must be a number, got {value!r}")
         if not minimum <= value <= maximum:
@@ -261,7 +285,7 @@ class CollectContext:
 
     def int_option(self, key: str, default: int, *, minimum: int = 0, maximum: int) -> int:
         """Option ``key`` as an int in [minimum, maximum]; a bad value is a clear error."""
-        value = self.spec.options.get(key, default)
+        value = self.options.get(key, default)
         if isinstance(value, bool) or not isinstance(value, int):
             raise CollectionError(f"option {key!r} must be an integer, got {value!r}")
         if not minimum <= value <= maximum:
@@ -269,7 +293,7 @@ class CollectContext:
         return value
 
     def str_option(self, key: str, default: str) -> str:
-        value = self.spec.options.get(key, default)
+        value = self.options.get(key, default)
         if not isinstance(value, str):
             raise CollectionError(f"option {key!r} must be a string, got {value!r}")
         return value

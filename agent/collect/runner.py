@@ -60,6 +60,9 @@ class CollectionResult:
     spec: CollectionSpec
     selected: tuple[str, ...]
     guard: tuple[str, ...] = ()  # what the resource guard did
+    # Options in the spec that no collector of this run looked at: a misspelt --set key, or
+    # one for a collector that did not run.
+    unread_options: tuple[str, ...] = ()
     temp: TempArea = field(default_factory=TempArea, repr=False, compare=False)
 
     def spec_dict(self) -> dict[str, object]:
@@ -236,6 +239,7 @@ class RunningCollection:
             selected=tuple(run.cls.name for run in runs),
             guard=self._guard,
             temp=self._temp,
+            unread_options=_unread(spec, runs),
         )
 
     def abandon(self) -> None:
@@ -272,6 +276,14 @@ def start_collection(
         for run in runs:
             run.thread.start()
     return RunningCollection(registry, spec, statuses, runs, started, temp, others_done, cancelled, tuple(guard_notes))
+
+
+_RUNNER_OPTIONS = frozenset({"lower_priority"})  # read here, not by a collector
+
+
+def _unread(spec: CollectionSpec, runs: list[_Run]) -> tuple[str, ...]:
+    read = set(_RUNNER_OPTIONS).union(*(run.ctx.option_reads for run in runs))
+    return tuple(sorted(key for key in spec.options if key not in read))
 
 
 def _plan(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -208,9 +209,13 @@ def test_case_token_one_shot_upload(served: dict[str, str]) -> None:
 
 def test_only_takes_comma_separated_names(tmp_path: Path) -> None:
     args = ("--output", str(tmp_path), "--home", str(tmp_path / "home"), "--json")
-    res = json.loads(cli("casefile", "collect", *args, "--only", "host, memory", "--only", "cpu").stdout)
-    ran = {c["name"] for c in res["collectors"] if c["status"] == "ok"}
+    done = cli("casefile", "collect", *args, "--only", "host, memory", "--only", "cpu",
+               "--set", "cpu_sample_s=0.1", "--set", "frag_budget=3")  # fmt: skip
+    ran = {c["name"] for c in json.loads(done.stdout)["collectors"] if c["status"] == "ok"}
     assert ran == {"host", "memory", "cpu"}
+    # A --set key no collector of the run reads is pointed out; one that is read is not.
+    assert "--set frag_budget: no collector of this run reads it" in " ".join(done.stderr.split())
+    assert "cpu_sample_s" not in done.stderr
     bad = cli("casefile", "collect", *args, "--only", "host,nosuch", check=False)
     assert bad.returncode == 2 and "nosuch" in bad.stderr
     empty = cli("casefile", "collect", *args, "--only", ",", check=False)  # not "everything"
@@ -248,3 +253,45 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     )
     assert res.returncode == 0, res.stdout + res.stderr
     assert "byte-identical to the customer's bundle: True" in res.stdout
+
+
+def test_declined_upload_leaves_a_command_that_sends_it_later(tmp_path: Path) -> None:
+    """At a terminal the customer is asked before anything is sent; saying no prints the
+    exact command that sends the bundle later (it parses: it fails only on the network)."""
+    import pty
+    import select
+    import shlex
+
+    env = {**os.environ, "CASEFILE_TOKEN": "cfc_not_a_real_token"}  # a case token, as support hands it out
+    primary, secondary = pty.openpty()
+    proc = subprocess.Popen(
+        [str(BIN / "casefile"), "collect", "--only", "host", "-o", str(tmp_path / "out"),
+         "--home", str(tmp_path / "home"), "--upload", "127.0.0.1:9", "--insecure"],
+        stdin=secondary, stdout=secondary, stderr=secondary, close_fds=True, env=env,
+    )  # fmt: skip
+    os.close(secondary)
+    seen = b""
+    try:
+        deadline = time.monotonic() + 60
+        while b"Send this bundle" not in seen and time.monotonic() < deadline:
+            if select.select([primary], [], [], 0.5)[0]:
+                seen += os.read(primary, 65536)
+        assert b"Send this bundle" in seen, seen.decode(errors="replace")
+        os.write(primary, b"n\n")
+        while proc.poll() is None and time.monotonic() < deadline:
+            if select.select([primary], [], [], 0.5)[0]:
+                with contextlib.suppress(OSError):
+                    seen += os.read(primary, 65536)
+        proc.wait(timeout=10)
+    finally:
+        os.close(primary)
+        if proc.poll() is None:
+            proc.kill()
+    text = seen.decode(errors="replace").replace("\r", "")
+    assert "Not sent." in text, text
+    later = text.split("send it later with:", 1)[1].strip().splitlines()[0]  # one line, no colour
+    assert later.startswith("casefile upload ") and "--to 127.0.0.1:9 --insecure" in later, later
+    argv = shlex.split(later)
+    assert "cfc_not_a_real_token" not in text  # never printed
+    again = cli(str(BIN / argv[0]), *argv[1:], env=env, check=False)
+    assert again.returncode == 3, again.stderr  # parsed and verified; only the collector is missing
