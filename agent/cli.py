@@ -441,7 +441,12 @@ def verify(
     from agent.keys import load_public_key
 
     expected = load_public_key(key.read_bytes()) if key else None
-    vb = verify_bundle(bundle, expected_key=expected, expected_fingerprint=fingerprint)
+    try:
+        vb = verify_bundle(bundle, expected_key=expected, expected_fingerprint=fingerprint)
+    except VerificationError as exc:
+        if as_json:  # a script asked for JSON: it gets JSON on failure too (and exit 1)
+            print(json.dumps({"ok": False, "bundle": str(bundle), "error": str(exc)}, indent=1))
+        raise
     m = vb.manifest
     result = {
         "ok": True,

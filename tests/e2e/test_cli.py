@@ -233,6 +233,9 @@ def test_verify_reports_the_first_problem(tmp_path: Path) -> None:
     cut.write_bytes(bundle.read_bytes()[:-200])
     bad = cli("casefile", "verify", str(cut), check=False)
     assert bad.returncode == 1 and bad.stderr.count("\n") == 1 and "verification failed" in bad.stderr
+    as_json = cli("casefile", "verify", str(cut), "--json", check=False)
+    report = json.loads(as_json.stdout)
+    assert as_json.returncode == 1 and report["ok"] is False and report["error"] and report["bundle"] == str(cut)
     missing = cli("casefile", "verify", str(tmp_path / "nope.tar.zst"), check=False)
     assert missing.returncode != 0
 
