@@ -82,6 +82,8 @@ def _store(data_dir: Path, db_url: str | None) -> Any:
     from collector.storage import Store
 
     data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    with contextlib.suppress(PermissionError):  # a folder made by a package may be 0755
+        data_dir.chmod(0o700)
     return Store.open(db_url or default_db_url(data_dir))
 
 

@@ -69,7 +69,7 @@ def test_sqlite_pragmas_are_set(tmp_path: Path) -> None:
     with Store.open(f"sqlite:///{tmp_path / 'm.db'}") as store, store.engine.connect() as conn:
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
         assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
-        assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 1  # NORMAL
+        assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 2  # FULL: durable before a receipt
         assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar_one() > 0
 
 
