@@ -15,8 +15,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import getpass
 import json
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -85,6 +87,25 @@ def _store(data_dir: Path, db_url: str | None) -> Any:
     with contextlib.suppress(PermissionError):  # a folder made by a package may be 0755
         data_dir.chmod(0o700)
     return Store.open(db_url or default_db_url(data_dir))
+
+
+def _audit_operator(store: Any, action: str, target: str, outcome: str, detail: str) -> None:
+    """Audit a token change made on the server with this CLI: the actor is "operator"
+    (the local user in the label), the target is the token id, never the token."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = f"uid {os.getuid()}" if hasattr(os, "getuid") else "unknown"
+    store.audit(
+        actor="operator",
+        actor_label=f"{user} (casefile-collector CLI)",
+        role="operator",
+        action=action,
+        target=target,
+        peer="local",
+        outcome=outcome,
+        detail=detail,
+    )
 
 
 # ------------------------------------------------------------------ operator
@@ -255,6 +276,15 @@ def token_create(
             ttl=parse_duration(ttl or defaults[kind][0]),
             max_uses=uses if uses is not None else defaults[kind][1],
         )
+        _audit_operator(
+            store,
+            "token.create",
+            rec.id,
+            "ok",
+            f"kind {kind}{', role ' + str(rec.role) if rec.role else ''}"
+            f"{', case ' + str(rec.case_id) if rec.case_id else ''}, label {label!r}, "
+            f"uses {rec.max_uses if rec.max_uses is not None else 'unlimited'}, expires {_fmt_us(rec.expires_at_us)}",
+        )
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
     finally:
@@ -317,9 +347,16 @@ def token_list(data_dir: DataDirOpt = Path("casefile-data"), db_url: DbUrlOpt = 
 @token_app.command("revoke")
 def token_revoke(token_id: str, data_dir: DataDirOpt = Path("casefile-data"), db_url: DbUrlOpt = None) -> None:
     """Revoke a token by its id."""
+    from collector.storage.errors import NotFound
+
     store = _store(data_dir, db_url)
     try:
-        store.revoke_token(token_id)
+        try:
+            store.revoke_token(token_id)
+        except NotFound as exc:
+            _audit_operator(store, "token.revoke", token_id, "not_found", str(exc))
+            raise
+        _audit_operator(store, "token.revoke", token_id, "ok", "")
     finally:
         store.close()
     out.print(f"revoked {token_id}")
@@ -489,13 +526,15 @@ def download(
         stream = stub.DownloadBundle(collector_pb2.GetBundleRequest(bundle_id=bundle_id), metadata=md)
         first = next(stream)
         hdr = first.header
-        dest = output or Path(hdr.file_name)
+        name = download_name(hdr.file_name, bundle_id)
+        dest = output or Path(name)
         if dest.is_dir():
-            dest = dest / hdr.file_name
+            dest = dest / name
         tmp = dest.with_name(f".{dest.name}.partial")
         h = hashlib.sha256()
         try:
-            with tmp.open("wb") as fh:
+            # 0600, as the agent writes bundles: they hold a customer's data.
+            with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as fh:
                 for chunk in stream:
                     fh.write(chunk.data)
                     h.update(chunk.data)
@@ -507,6 +546,15 @@ def download(
         raise CasefileError(f"download of {bundle_id} hashed to {h.hexdigest()}, expected {hdr.sha256}")
     tmp.replace(dest)
     out.print(f"[green]saved[/] {dest} ({hdr.size:,} bytes, sha256 {hdr.sha256})")
+
+
+def download_name(file_name: str, bundle_id: str) -> str:
+    """The file name to save a download under. It comes from the server: only its last
+    part, and never empty, ".", "..", hidden or with a NUL (then the bundle id names it)."""
+    name = file_name.replace("\\", "/").rsplit("/", 1)[-1]
+    if name in ("", ".", "..") or name.startswith(".") or "\0" in name:
+        return f"{bundle_id}.tar.zst"
+    return name
 
 
 @app.command("findings")
@@ -671,7 +719,7 @@ def audit_cmd(
     action: Annotated[
         str | None, typer.Option("--action", help="e.g. live.request_snapshot, channel.connect.")
     ] = None,
-    outcome: Annotated[str | None, typer.Option("--outcome", help="ok, denied or error.")] = None,
+    outcome: Annotated[str | None, typer.Option("--outcome", help="ok, denied, or an error status such as not_found or invalid_argument.")] = None,
     limit: Annotated[int, typer.Option("--limit", help="Newest entries to show.")] = 100,
     ca_fingerprint: CaFpOpt = None,
     ca_file: CaFileOpt = None,

@@ -1,4 +1,5 @@
-"""The collector's own files and messages: owner-only, durable before a receipt, no secret echoed."""
+"""The collector's own files and messages: owner-only, durable before a receipt, no secret echoed;
+and what the engineer's CLI saves from it."""
 
 from __future__ import annotations
 
@@ -8,9 +9,11 @@ import stat
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from sqlalchemy import text
 
-from collector.cli import _store
+from collector.cli import _store, download_name
 from collector.storage import Store
 from tests.collector.conftest import RunningCollector
 
@@ -52,3 +55,20 @@ def test_a_database_password_is_never_echoed() -> None:
     with pytest.raises(ValueError) as info:
         Store.open("mysql://casefile:S3cretPassw0rd@db.internal/casefile")
     assert "S3cretPassw0rd" not in str(info.value) and "unsupported database URL" in str(info.value)
+
+
+@given(st.text(max_size=80))
+def test_a_downloaded_bundle_is_saved_in_the_folder_asked_for(file_name: str) -> None:
+    """The name a collector sends is untrusted: never a path, never hidden, never empty."""
+    name = download_name(file_name, "0" * 32)
+    assert name and "/" not in name and "\\" not in name and "\0" not in name
+    assert name not in (".", "..") and not name.startswith(".")
+    assert (Path("/srv/out") / name).parent == Path("/srv/out")
+
+
+def test_download_names() -> None:
+    ordinary = "casefile-web1-SR-1-20261129T1Z-ab.tar.zst"
+    assert download_name(ordinary, "x") == ordinary
+    assert download_name("../../etc/cron.d/evil", "b" * 32) == "evil"
+    assert download_name("..\\..\\evil.tar.zst", "b" * 32) == "evil.tar.zst"
+    assert download_name("..", "b" * 32) == download_name("", "b" * 32) == "b" * 32 + ".tar.zst"

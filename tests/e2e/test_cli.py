@@ -157,6 +157,7 @@ def test_enroll_collect_upload_verify_query_download(served: dict[str, str]) -> 
     assert "Disks" in shown and "Collectors" in shown
     copy = Path(s["tmp"]) / "copy.tar.zst"
     cli("casefile-collector", "download", summary["bundle"]["bundle_id"], "-o", str(copy), env=env)
+    assert copy.stat().st_mode & 0o777 == 0o600  # a customer's data, as the agent writes it
     assert copy.read_bytes() == bundle.read_bytes()
 
     # A viewer may not download; an unknown token is refused; both exit 3 with one line.
