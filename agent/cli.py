@@ -191,6 +191,8 @@ def collect(
     from agent.collect import CollectionSpec, start_collection
     from agent.collect.framework import DEFAULT_TOTAL_BUDGET_S
 
+    if case is not None and not case.isprintable():
+        raise typer.BadParameter(f"--case {case!r} holds a control character")
     state = AgentHome(home)
     enrollment = state.enrollment()
     col_only, glob_only = _split_selectors(only)

@@ -416,7 +416,13 @@ def run_cli() -> None:
     import argparse
 
     parser = argparse.ArgumentParser(prog="casefile-agent", description="Casefile agent service (live snapshots).")
-    parser.add_argument("--home", type=Path, default=None, help="agent state folder (default: /var/lib/casefile)")
+    parser.add_argument(
+        "--home",
+        type=Path,
+        default=None,
+        help="agent state folder (default: $CASEFILE_HOME, else /var/lib/casefile for root, "
+        "~/.local/share/casefile otherwise)",
+    )
     run(parser.parse_args().home)
 
 
