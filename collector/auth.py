@@ -2,27 +2,33 @@
 
 Roles rank viewer < engineer < admin (DESIGN §5): viewers read facts and findings,
 engineers also download raw bundles (and later request live snapshots), admins also
-manage tokens and users. Every engineer call is written to the audit log, allowed or
-denied, with the token's public id, never the token.
+manage tokens and users. Every engineer call is written to the audit log once, when it
+ends, with its outcome (ok, denied, or the error status) and the token's public id, never
+the token.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import functools
+import inspect
 import time
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import grpc
 
 from agent.keys import PublicKey, fingerprint_of
 from agent.transport.proof import PROOF_WINDOW_S, proof_message
-from collector.edge import Rejected
+from collector.edge import Rejected, status_for
 from collector.storage import AgentRecord, Store, TokenRecord
+from collector.storage.audit import outcome_for_status
 from collector.storage.errors import AuthError, NotFound
 from protos import collector_pb2
 
-__all__ = ["ROLES", "EngineerAuth", "UploadIdentity", "authorize_upload", "bearer_token"]
+__all__ = ["ROLES", "AuditedCall", "EngineerAuth", "UploadIdentity", "authorize_upload", "bearer_token"]
 
 ROLES = {"viewer": 1, "engineer": 2, "admin": 3}
 
@@ -36,8 +42,31 @@ def bearer_token(context: grpc.aio.ServicerContext[Any, Any]) -> str | None:
     return None
 
 
+@dataclass
+class AuditedCall:
+    """One engineer call being audited: filled in as it runs, written once when it ends."""
+
+    action: str
+    target: str = ""
+    record: TokenRecord | None = None
+    actor: str = ""  # the token id of a refused but known token
+    detail: str = ""
+
+
+_CURRENT_CALL: contextvars.ContextVar[AuditedCall | None] = contextvars.ContextVar(
+    "casefile_audited_call", default=None
+)
+
+Handler = TypeVar("Handler", bound=Callable[..., Any])
+
+
 class EngineerAuth:
-    """Checks an engineer's bearer token and role, and audits the call either way."""
+    """Checks an engineer's bearer token and role; the call is audited either way.
+
+    Inside a handler wrapped by :meth:`audited`, :meth:`require` only notes who called;
+    the wrapper writes exactly one audit row when the handler finishes, with its final
+    outcome: ``ok``, ``denied``, or the status it failed with (``not_found``…).
+    """
 
     def __init__(self, store: Store) -> None:
         self._store = store
@@ -50,48 +79,115 @@ class EngineerAuth:
         action: str,
         target: str = "",
     ) -> TokenRecord:
-        peer = context.peer() or ""
+        call = _CURRENT_CALL.get()
+        if call is None:  # not wrapped: audit the authorisation itself, as it happens
+            call = AuditedCall(action=action, target=target)
+            try:
+                record = await self._check(call, context, role)
+            except Exception as exc:
+                await self._write(call, context.peer() or "", "denied", call.detail or str(exc))
+                raise
+            await self._write(call, context.peer() or "", "ok", "")
+            return record
+        call.action, call.target = action, target
+        return await self._check(call, context, role)
+
+    async def _check(
+        self, call: AuditedCall, context: grpc.aio.ServicerContext[Any, Any], role: str
+    ) -> TokenRecord:
         token = bearer_token(context)
         if token is None:
-            await self._audit(None, action, target, peer, "denied", "no bearer token")
+            call.detail = "no bearer token"
             raise Rejected(
                 grpc.StatusCode.UNAUTHENTICATED,
-                f"{action}: engineer token required (metadata 'authorization: Bearer <token>')",
+                f"{call.action}: engineer token required (metadata 'authorization: Bearer <token>')",
             )
         try:
             record = await asyncio.to_thread(self._store.authenticate, token, {"engineer"})
         except AuthError as exc:
-            await self._audit(None, action, target, peer, "denied", str(exc))
+            call.actor = exc.token_id or ""
+            call.detail = str(exc)
             raise
+        call.record = record
         if ROLES.get(record.role or "", 0) < ROLES[role]:
-            await self._audit(record, action, target, peer, "denied", f"needs role {role}")
+            call.detail = f"needs role {role}"
             raise Rejected(
                 grpc.StatusCode.PERMISSION_DENIED,
-                f"{action}: role {record.role!r} is not allowed; it needs {role!r} or above",
+                f"{call.action}: role {record.role!r} is not allowed; it needs {role!r} or above",
             )
-        await self._audit(record, action, target, peer, "ok", "")
         return record
 
-    async def _audit(
-        self,
-        record: TokenRecord | None,
-        action: str,
-        target: str,
-        peer: str,
-        outcome: str,
-        detail: str,
-    ) -> None:
+    @staticmethod
+    def audited(action: str, target: Callable[[Any], str] = lambda _request: "") -> Callable[[Handler], Handler]:
+        """Wrap a Query handler (coroutine or async generator) taking ``(self, request,
+        context)`` whose ``self._auth`` is an EngineerAuth: one audit row per call, written
+        when it ends. ``action``/``target`` name the call until ``require`` runs, so a
+        request refused before authorisation (a malformed id) is audited too."""
+
+        def wrap(fn: Handler) -> Handler:
+            if inspect.isasyncgenfunction(fn):
+
+                @functools.wraps(fn)
+                async def stream(self: Any, request: Any, context: Any) -> AsyncIterator[Any]:
+                    call = AuditedCall(action=action, target=target(request))
+                    reset = _CURRENT_CALL.set(call)
+                    outcome, detail = "ok", ""
+                    try:
+                        async for item in fn(self, request, context):
+                            yield item
+                    except BaseException as exc:
+                        outcome, detail = _outcome(call, exc)
+                        raise
+                    finally:
+                        _CURRENT_CALL.reset(reset)
+                        await self._auth._write(call, context.peer() or "", outcome, detail)
+
+                return cast(Handler, stream)
+
+            @functools.wraps(fn)
+            async def unary(self: Any, request: Any, context: Any) -> Any:
+                call = AuditedCall(action=action, target=target(request))
+                reset = _CURRENT_CALL.set(call)
+                outcome, detail = "ok", ""
+                try:
+                    return await fn(self, request, context)
+                except BaseException as exc:
+                    outcome, detail = _outcome(call, exc)
+                    raise
+                finally:
+                    _CURRENT_CALL.reset(reset)
+                    await self._auth._write(call, context.peer() or "", outcome, detail)
+
+            return cast(Handler, unary)
+
+        return wrap
+
+    async def _write(self, call: AuditedCall, peer: str, outcome: str, detail: str) -> None:
+        record = call.record
         await asyncio.to_thread(
             self._store.audit,
-            actor=record.id if record else "",
+            actor=record.id if record else call.actor,
             actor_label=record.label if record else "",
             role=(record.role or "") if record else "",
-            action=action,
-            target=target,
+            action=call.action,
+            target=call.target,
             peer=peer,
             outcome=outcome,
             detail=detail,
         )
+
+
+def _outcome(call: AuditedCall, exc: BaseException) -> tuple[str, str]:
+    """``(outcome, detail)`` for a call that ended with ``exc``."""
+    if isinstance(exc, asyncio.CancelledError | GeneratorExit):
+        return "cancelled", "the caller went away"
+    if isinstance(exc, grpc.aio.AbortError):
+        return "error", "aborted by the handler"
+    code, message = status_for(exc)
+    outcome = outcome_for_status(code.name)
+    if outcome == "denied" and call.detail:
+        message = call.detail
+    return outcome, message
 
 
 @dataclass(frozen=True)
@@ -137,8 +233,12 @@ async def authorize_upload(
                 f"unknown agent {proof.agent_id!r}: enroll it first",
             ) from None
         key = PublicKey(agent.public_key)
+        if agent.case_id is not None:
+            # An identity made by a case token stays bound to that case: every upload
+            # needs a valid token for its own case, never just the key.
+            case_token = await _case_token_for(store, token, agent)
     elif token is not None:
-        case_token = await asyncio.to_thread(store.authenticate, token, {"case"})
+        case_token = await asyncio.to_thread(store.authenticate, token, {"case"}, count_uses=False)
         if len(proof.public_key) != 32:
             raise Rejected(
                 grpc.StatusCode.INVALID_ARGUMENT,
@@ -169,3 +269,25 @@ async def authorize_upload(
             f"upload proof for bundle {bundle_id} does not match the key of agent {agent.id} ({key.fingerprint})",
         )
     return UploadIdentity(agent=agent, public_key=key, case_token=case_token)
+
+
+async def _case_token_for(store: Store, token: str | None, agent: AgentRecord) -> TokenRecord:
+    """The presented case token, if it is valid for the case-bound ``agent``'s own case.
+
+    Uses are not checked here (a replay of a stored bundle needs none); the ingest
+    service refuses a used-up token before taking bytes and counts a use at commit.
+    """
+    if token is None:
+        raise Rejected(
+            grpc.StatusCode.UNAUTHENTICATED,
+            f"agent {agent.id} is bound to case {agent.case_id!r}: every upload needs that "
+            "case's token ('authorization: Bearer <token>')",
+        )
+    record = await asyncio.to_thread(store.authenticate, token, {"case"}, count_uses=False)
+    if record.case_id != agent.case_id:
+        raise Rejected(
+            grpc.StatusCode.PERMISSION_DENIED,
+            f"agent {agent.id} is bound to case {agent.case_id!r}; the token presented "
+            f"({record.id}) is for another case",
+        )
+    return record

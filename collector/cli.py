@@ -719,7 +719,7 @@ def audit_cmd(
     action: Annotated[
         str | None, typer.Option("--action", help="e.g. live.request_snapshot, channel.connect.")
     ] = None,
-    outcome: Annotated[str | None, typer.Option("--outcome", help="ok, denied, or an error status such as not_found or invalid_argument.")] = None,
+    outcome: Annotated[str | None, typer.Option("--outcome", help="ok, denied or a status (not_found…).")] = None,
     limit: Annotated[int, typer.Option("--limit", help="Newest entries to show.")] = 100,
     ca_fingerprint: CaFpOpt = None,
     ca_file: CaFileOpt = None,

@@ -16,6 +16,7 @@ import grpc
 
 from agent.errors import CasefileError, VerificationError
 from collector.storage.errors import AuthError, Conflict, NotFound, StoreError
+from collector.storage.text import clip
 
 __all__ = ["Rejected", "server_stream", "status_for", "unary"]
 
@@ -53,6 +54,9 @@ def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
 
 async def _abort(context: grpc.aio.ServicerContext[Any, Any], exc: BaseException, where: str) -> None:
     code, message = status_for(exc)
+    # Bounded: a message echoing a huge request field would exceed the peer's metadata
+    # limit, and the client would see "Stream removed" instead of the status.
+    message = clip(message)
     if code is grpc.StatusCode.INTERNAL:
         log.exception("%s failed", where, exc_info=exc)
     else:

@@ -91,6 +91,15 @@ class BundleMeta:
             raise BundleError(f"bundle kind must be one of {', '.join(KINDS)}, got {self.kind!r}")
         if self.created_at.tzinfo is None or self.created_at.utcoffset() is None:
             raise BundleError("bundle created_at must be timezone-aware")
+        for field in ("hostname", "case_id", "agent_id", "agent_version", "request_id"):
+            value = getattr(self, field)
+            if value is None:
+                continue
+            if len(value) > _ONE_LINE_MAX:
+                raise BundleError(f"bundle {field} is {len(value):,} characters long (at most {_ONE_LINE_MAX:,})")
+            bad = _CONTROL.search(value)
+            if bad:
+                raise BundleError(f"bundle {field} {value!r} holds control character U+{ord(bad.group()):04X}")
 
 
 def new_bundle_id() -> str:
@@ -225,6 +234,12 @@ _FIELD_TYPES: dict[str, tuple[type, ...]] = {
 }
 
 
+# Names and ids stored and shown one per line (and in PostgreSQL text, which refuses NUL).
+_ONE_LINE_FIELDS = ("agent_id", "case_id", "request_id", "hostname", "agent_version", "kind")
+_ONE_LINE_MAX = 1024
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
 def parse_manifest(data: bytes) -> tuple[dict[str, Any], PublicKey, tuple[MemberInfo, ...]]:
     """Parse and check ``MANIFEST.json``; return it, its public key and its member list.
 
@@ -245,6 +260,14 @@ def parse_manifest(data: bytes) -> tuple[dict[str, Any], PublicKey, tuple[Member
             raise _bad(f"required field {field!r} missing")
         if not isinstance(manifest[field], types):
             raise _bad(f"field {field!r} has the wrong type ({type(manifest[field]).__name__})")
+    for field in _ONE_LINE_FIELDS:
+        value = manifest[field]
+        if isinstance(value, str):
+            if len(value) > _ONE_LINE_MAX:
+                raise _bad(f"field {field!r} is {len(value):,} characters long (at most {_ONE_LINE_MAX:,})")
+            bad = _CONTROL.search(value)
+            if bad:
+                raise _bad(f"field {field!r} holds control character U+{ord(bad.group()):04X} at index {bad.start()}")
     if manifest["format"] != FORMAT:
         raise _bad(f"unknown format {manifest['format']!r} (expected {FORMAT!r})")
     if not _BUNDLE_ID.fullmatch(manifest["bundle_id"]):

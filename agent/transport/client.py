@@ -99,6 +99,19 @@ class UploadTarget:
         return (("authorization", f"Bearer {self.case_token}"),) if self.case_token else ()
 
 
+# A deadline for the Upload stream, so a stream the collector never answers (a half-dead
+# connection, a lost status) ends and is retried instead of hanging the agent for ever.
+# Generous: a fixed allowance for verification and commit, plus the bytes still to send
+# at a slow link's rate.
+UPLOAD_BASE_S = 300.0
+UPLOAD_MIN_BYTES_PER_S = 64 * 1024
+
+
+def upload_deadline_s(remaining_bytes: int) -> float:
+    """Seconds the Upload stream may take for ``remaining_bytes`` still to send."""
+    return UPLOAD_BASE_S + max(0, remaining_bytes) / UPLOAD_MIN_BYTES_PER_S
+
+
 def upload_bundle(
     channel: grpc.Channel,
     path: Path,
@@ -140,7 +153,8 @@ def upload_bundle(
                 file_name=path.name,
             )
             chunks = _chunks(path, header, chunk_bytes, progress)
-            receipt: collector_pb2.Receipt = stub.Upload(chunks, metadata=meta)
+            timeout = upload_deadline_s(size - state.committed_offset)
+            receipt: collector_pb2.Receipt = stub.Upload(chunks, metadata=meta, timeout=timeout)
             return receipt
         except grpc.RpcError as err:
             if err.code() not in _RETRYABLE:

@@ -113,6 +113,13 @@ class ChannelService(collector_pb2_grpc.ChannelServicer):
                 grpc.StatusCode.UNAUTHENTICATED,
                 f"channel challenge not signed by the key of agent {agent.id} ({key.fingerprint})",
             )
+        if agent.case_id is not None:
+            detail = (
+                f"agent {agent.id} is a case-token identity (case {agent.case_id!r}): "
+                "live channels are for enrolled agents"
+            )
+            await self._audit(agent.id, peer, "denied", detail)
+            raise Rejected(grpc.StatusCode.PERMISSION_DENIED, f"{detail}; enroll the host with an enrollment token")
         existing = self._router.session(agent.id)
         if existing is not None and not await self._router.probe(existing, PROBE_TIMEOUT_S):
             # The old stream's connection died without either end being told at once (a

@@ -10,6 +10,7 @@ import grpc
 from agent.keys import PublicKey
 from collector.edge import Rejected, unary
 from collector.storage import Store
+from collector.storage.errors import Conflict, NotFound
 from protos import collector_pb2, collector_pb2_grpc
 
 __all__ = ["EnrollService"]
@@ -31,15 +32,28 @@ class EnrollService(collector_pb2_grpc.EnrollServicer):
                 f"public_key must be a raw 32-byte Ed25519 key, got {len(request.public_key)} bytes",
             )
         key = PublicKey(bytes(request.public_key))
+        hostname = request.hostname[:255]
+        if not hostname.strip():
+            raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, "hostname must be 1-255 characters, got an empty one")
         token = await asyncio.to_thread(self._store.authenticate, request.token, {"enroll"})
-        # Consume only after the request is known good, so a malformed call does not
-        # burn a single-use token.
+        # Consume only after the request is known good (hostname, key binding), so a
+        # malformed call does not burn a single-use token.
+        try:
+            bound = await asyncio.to_thread(self._store.get_agent_by_fingerprint, key.fingerprint)
+        except NotFound:
+            bound = None
+        if bound is not None and bound.case_id is not None:
+            raise Conflict(
+                f"key {key.fingerprint} is already enrolled as {bound.id} with a different binding "
+                f"(case {bound.case_id!r}); generate a new key to enroll this host",
+                key=bound.id,
+            )
         await asyncio.to_thread(self._store.consume_token, token.id)
         agent = await asyncio.to_thread(
             self._store.create_agent,
             key.raw,
             key.fingerprint,
-            request.hostname[:255],
+            hostname,
             token.id,
             None,
         )

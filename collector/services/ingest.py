@@ -13,6 +13,7 @@ import asyncio
 import collections
 import contextlib
 import datetime as dt
+import functools
 import logging
 import os
 import re
@@ -32,7 +33,7 @@ from collector.auth import UploadIdentity, authorize_upload
 from collector.edge import Rejected, unary
 from collector.metrics import CollectorMetrics
 from collector.storage import BlobStore, BundleRecord, Store
-from collector.storage.errors import Conflict, NotFound
+from collector.storage.errors import AuthError, Conflict, NotFound, StagedByOther
 from collector.timestamps import timestamp_us
 from protos import collector_pb2, collector_pb2_grpc, facts_pb2
 
@@ -63,6 +64,16 @@ class IngestLimits:
     # this many such workers at once; other uploads are verified after their last byte.
     stream_verify_min_bytes: int = 1024 * 1024
     stream_verify_workers: int = 4
+
+
+@dataclass(frozen=True)
+class _Stream:
+    """The stream this process runs for a bundle id: who sends which bytes."""
+
+    task: asyncio.Task[Any]
+    agent_id: str
+    size: int
+    sha256: str
 
 
 class _Abandoned(Exception):
@@ -206,7 +217,10 @@ class IngestService(collector_pb2_grpc.IngestServicer):
         self._store = store
         self._blobs = blobs
         self._limits = limits or IngestLimits()
-        self._active: dict[str, asyncio.Task[Any]] = {}
+        self._active: dict[str, _Stream] = {}
+        # Handlers cancelled because a newer stream of the same upload took over: they
+        # answer ABORTED instead of ending without a status.
+        self._superseded: set[asyncio.Task[Any]] = set()
         self._committing: set[asyncio.Task[collector_pb2.Receipt]] = set()
         self._on_stored = on_stored
         self._metrics = metrics
@@ -279,7 +293,7 @@ class IngestService(collector_pb2_grpc.IngestServicer):
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> collector_pb2.UploadState:
         _check_header_fields(request.bundle_id, request.size, request.sha256, self._limits)
-        await authorize_upload(
+        identity = await authorize_upload(
             self._store,
             context,
             bundle_id=request.bundle_id,
@@ -292,6 +306,7 @@ class IngestService(collector_pb2_grpc.IngestServicer):
             return collector_pb2.UploadState(
                 committed_offset=existing.size, complete=True, receipt=receipt_for(existing)
             )
+        _require_uses_left(identity, request.bundle_id)
         offset = await asyncio.to_thread(self._blobs.staged_offset, request.bundle_id, request.size, request.sha256)
         return collector_pb2.UploadState(committed_offset=offset)
 
@@ -320,11 +335,12 @@ class IngestService(collector_pb2_grpc.IngestServicer):
         existing = await self._existing(header.bundle_id, header.sha256)
         if existing is not None:
             return receipt_for(existing)  # idempotent: same id, same bytes, same receipt
+        _require_uses_left(identity, header.bundle_id)
 
-        staged = await self._take_staging(header)
+        staged = await self._take_staging(header, identity)
         this = asyncio.current_task()
         if this is not None:
-            self._active[header.bundle_id] = this
+            self._active[header.bundle_id] = _Stream(this, identity.agent.id, header.size, header.sha256)
         resumed_at = staged.offset
         handed_over = False
         following: _Following | None = None
@@ -361,37 +377,71 @@ class IngestService(collector_pb2_grpc.IngestServicer):
             self._committing.add(committer)
             committer.add_done_callback(self._committing.discard)
             return await asyncio.shield(committer)
+        except asyncio.CancelledError:
+            if this is None or this not in self._superseded:
+                raise
+            # Cancelled by _take_staging, not by gRPC: this client is still there and
+            # must hear why its stream ends (grpc.aio sends no status for a cancelled handler).
+            self._superseded.discard(this)
+            this.uncancel()
+            raise Rejected(
+                grpc.StatusCode.ABORTED,
+                f"bundle {header.bundle_id}: a newer stream of the same upload took over at byte "
+                f"{staged.offset}; ask GetUploadState and resume",
+            ) from None
         finally:
             # Runs on cancellation too: whatever arrived becomes the durable resume point.
             if not handed_over:
                 if following is not None:
                     following[0].abandon()
                 staged.close()
-            if self._active.get(header.bundle_id) is this:
+            current = self._active.get(header.bundle_id)
+            if current is not None and current.task is this:
                 del self._active[header.bundle_id]
+            if this is not None:
+                self._superseded.discard(this)
             if self._metrics is not None:
                 self._metrics.uploads_in_flight.dec()
                 self._metrics.ingested_bytes.inc(max(0, staged.offset - resumed_at))
 
-    async def _take_staging(self, header: collector_pb2.UploadHeader) -> Any:
+    async def _take_staging(self, header: collector_pb2.UploadHeader, identity: UploadIdentity) -> Any:
         """The staged partial for this bundle, taking it over from a stream that went quiet.
 
         An agent resumes only after it lost its previous stream, so a stream this process
         still holds for the same bundle is a dead connection not noticed yet (a NAT or
-        proxy dropped it without a reset): the newest stream wins. A partial held by
-        another process stays theirs (ABORTED: try again).
+        proxy dropped it without a reset): the newest stream of the same agent, for the
+        same size and sha256, wins, and the older one is answered ABORTED. Anyone else is
+        refused, and a staged partial is never reset for other bytes or another agent.
+        A partial held by another process stays theirs (ABORTED: try again).
         """
         bundle_id = header.bundle_id
         for attempt in range(2):
             try:
-                return await self._open_upload(header)
+                return await self._open_upload(header, identity.agent.id)
+            except StagedByOther as exc:
+                raise Rejected(
+                    grpc.StatusCode.ALREADY_EXISTS,
+                    f"bundle {bundle_id}: {exc}; refusing to replace it (a bundle id is not reusable)",
+                ) from None
             except Conflict as exc:
                 previous = self._active.get(bundle_id)
-                if attempt or previous is None or previous.done():
+                if attempt or previous is None or previous.task.done():
                     raise Rejected(grpc.StatusCode.ABORTED, f"bundle {bundle_id}: {exc}") from None
+                if previous.agent_id != identity.agent.id:
+                    raise Rejected(
+                        grpc.StatusCode.PERMISSION_DENIED,
+                        f"bundle {bundle_id} is being uploaded by another agent; it cannot be taken over",
+                    ) from None
+                if (previous.size, previous.sha256) != (header.size, header.sha256):
+                    raise Rejected(
+                        grpc.StatusCode.ALREADY_EXISTS,
+                        f"bundle {bundle_id} is being uploaded with another size/sha256; "
+                        "refusing different bytes under the same id",
+                    ) from None
                 log.info("bundle %s: a new stream takes over from one that went quiet", bundle_id)
-                previous.cancel()
-                await asyncio.wait({previous}, timeout=10)
+                self._superseded.add(previous.task)
+                previous.task.cancel()
+                await asyncio.wait({previous.task}, timeout=10)
         raise AssertionError("unreachable")
 
     async def _commit_and_close(
@@ -406,11 +456,14 @@ class IngestService(collector_pb2_grpc.IngestServicer):
         finally:
             staged.close()
 
-    async def _open_upload(self, header: collector_pb2.UploadHeader) -> Any:
+    async def _open_upload(self, header: collector_pb2.UploadHeader, owner: str) -> Any:
         """open_upload in a thread, without leaking its lock if this stream is cancelled
         while the thread runs (the thread finishes anyway: whatever it took is closed)."""
         loop = asyncio.get_running_loop()
-        fut = loop.run_in_executor(None, self._blobs.open_upload, header.bundle_id, header.size, header.sha256)
+        fut = loop.run_in_executor(
+            None,
+            functools.partial(self._blobs.open_upload, header.bundle_id, header.size, header.sha256, owner=owner),
+        )
         try:
             return await asyncio.shield(fut)
         except asyncio.CancelledError:
@@ -543,6 +596,17 @@ class IngestService(collector_pb2_grpc.IngestServicer):
             await asyncio.to_thread(staged.abort)
             raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, f"bundle {bundle_id} rejected: " + "; ".join(problems))
 
+        if identity.case_token is not None:
+            # One use per stored bundle, counted once whatever the number of resumed
+            # streams it took; a replay of a stored bundle never gets here.
+            try:
+                await asyncio.to_thread(self._store.consume_token, identity.case_token.id)
+            except AuthError as exc:
+                await asyncio.to_thread(staged.abort)
+                raise Rejected(
+                    grpc.StatusCode.UNAUTHENTICATED,
+                    f"bundle {bundle_id} not stored: case token {identity.case_token.id} is {exc.reason}",
+                ) from None
         blob_key = await asyncio.to_thread(staged.commit)
         statuses = manifest.get("collectors") or []
         ok = sum(1 for s in statuses if isinstance(s, dict) and s.get("status") == "ok")
@@ -589,6 +653,16 @@ class IngestService(collector_pb2_grpc.IngestServicer):
             except Exception:
                 log.exception("live request %s: bundle %s stored, but notifying failed", request_id, bundle_id)
         return receipt_for(stored)
+
+
+def _require_uses_left(identity: UploadIdentity, bundle_id: str) -> None:
+    """Refuse a new bundle under a used-up case token before taking its bytes."""
+    token = identity.case_token
+    if token is not None and token.max_uses is not None and token.uses >= token.max_uses:
+        raise Rejected(
+            grpc.StatusCode.UNAUTHENTICATED,
+            f"bundle {bundle_id}: case token {token.id} is used up ({token.uses}/{token.max_uses} uploads)",
+        )
 
 
 def _parse_time(value: object) -> dt.datetime | None:

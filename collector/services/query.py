@@ -1,7 +1,8 @@
 """Query: what engineers call — hosts, bundles, one bundle's facts, the original file.
 
 Reading facts needs the viewer role; downloading the raw bundle needs engineer, because
-it holds raw artifacts (logs, command output). Every call is audited by EngineerAuth.
+it holds raw artifacts (logs, command output). Every call is audited once, when it ends,
+with its outcome (``EngineerAuth.audited``); request fields are checked first.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
+import re
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -20,6 +22,8 @@ from collector.auth import EngineerAuth
 from collector.edge import Rejected, server_stream, unary
 from collector.live import LiveRouter, audit_entry, request_snapshot
 from collector.storage import BlobStore, BundleRecord, HostRecord, Store
+from collector.storage.errors import InvalidArgument
+from collector.storage.text import CONTROL_RE, clip
 from collector.timestamps import timestamp_us
 from protos import collector_pb2, collector_pb2_grpc, facts_pb2
 
@@ -66,6 +70,42 @@ def _when(ts: Timestamp, present: bool) -> dt.datetime | None:
     return ts.ToDatetime(tzinfo=dt.UTC) if present else None
 
 
+# Request fields are checked before authorisation and before anything is written: ids
+# have fixed formats, free text is bounded and holds no control character (NUL cannot
+# be stored in PostgreSQL text at all). The messages never echo more than a short prefix.
+
+_BUNDLE_ID_RE = re.compile(r"[0-9a-f]{32}")
+_AGENT_ID_RE = re.compile(r"ag_[0-9A-Za-z_-]{1,29}")
+_FREE_TEXT_CONTROL_RE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")  # tab and newline allowed
+
+
+def _bundle_id(field: str, value: str) -> str:
+    if not _BUNDLE_ID_RE.fullmatch(value):
+        raise InvalidArgument(f"{field} {clip(value, 40)!r} is not a bundle id (32 lowercase hex digits)")
+    return value
+
+
+def _text(field: str, value: str, limit: int, *, multiline: bool = False) -> str:
+    if len(value) > limit:
+        raise InvalidArgument(f"{field} is {len(value)} characters long; at most {limit} are allowed")
+    if (_FREE_TEXT_CONTROL_RE if multiline else CONTROL_RE).search(value):
+        raise InvalidArgument(f"{field} {clip(value, 40)!r} holds a control character")
+    return value
+
+
+def _agent_id(field: str, value: str) -> str:
+    if value and not _AGENT_ID_RE.fullmatch(value):
+        raise InvalidArgument(f"{field} {clip(value, 40)!r} is not an agent id (ag_…, at most 32 characters)")
+    return value
+
+
+def _page_token(value: str) -> str:
+    return _text("page_token", value, 1000)
+
+
+audited = EngineerAuth.audited
+
+
 class QueryService(collector_pb2_grpc.QueryServicer):
     def __init__(self, store: Store, blobs: BlobStore, router: LiveRouter | None = None) -> None:
         self._store = store
@@ -74,9 +114,11 @@ class QueryService(collector_pb2_grpc.QueryServicer):
         self._router = router
 
     @unary
+    @audited("query.list_hosts")
     async def ListHosts(
         self, request: collector_pb2.ListHostsRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> collector_pb2.ListHostsResponse:
+        _page_token(request.page_token)
         await self._auth.require(context, role="viewer", action="query.list_hosts")
         hosts, nxt = await asyncio.to_thread(
             self._store.list_hosts, page_size=request.page_size or 100, cursor=request.page_token or None
@@ -84,9 +126,14 @@ class QueryService(collector_pb2_grpc.QueryServicer):
         return collector_pb2.ListHostsResponse(hosts=[_host(h) for h in hosts], next_page_token=nxt or "")
 
     @unary
+    @audited("query.list_bundles")
     async def ListBundles(
         self, request: collector_pb2.ListBundlesRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> collector_pb2.ListBundlesResponse:
+        _text("hostname", request.hostname, 255)
+        _text("case_id", request.case_id, 200)
+        _agent_id("agent_id", request.agent_id)
+        _page_token(request.page_token)
         filters = ",".join(
             f"{k}={v}"
             for k, v in (("host", request.hostname), ("case", request.case_id), ("agent", request.agent_id))
@@ -106,9 +153,11 @@ class QueryService(collector_pb2_grpc.QueryServicer):
         return collector_pb2.ListBundlesResponse(bundles=[summary_of(r) for r in rows], next_page_token=nxt or "")
 
     @unary
+    @audited("query.get_bundle", lambda r: r.bundle_id)
     async def GetBundle(
         self, request: collector_pb2.GetBundleRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> collector_pb2.BundleDetail:
+        _bundle_id("bundle_id", request.bundle_id)
         await self._auth.require(context, role="viewer", action="query.get_bundle", target=request.bundle_id)
         rec = await asyncio.to_thread(self._store.get_bundle, request.bundle_id)
         facts_pb, manifest_json = await asyncio.to_thread(self._store.get_bundle_content, request.bundle_id)
@@ -119,9 +168,11 @@ class QueryService(collector_pb2_grpc.QueryServicer):
         )
 
     @server_stream
+    @audited("query.download_bundle", lambda r: r.bundle_id)
     async def DownloadBundle(
         self, request: collector_pb2.GetBundleRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[collector_pb2.DownloadChunk]:
+        _bundle_id("bundle_id", request.bundle_id)
         await self._auth.require(context, role="engineer", action="query.download_bundle", target=request.bundle_id)
         rec = await asyncio.to_thread(self._store.get_bundle, request.bundle_id)
         fh = await asyncio.to_thread(self._blobs.open_blob, rec.blob_key)
@@ -144,18 +195,22 @@ class QueryService(collector_pb2_grpc.QueryServicer):
         return await asyncio.to_thread(BundleView.from_file, self._blobs.blob_path(rec.blob_key))
 
     @unary
+    @audited("query.get_findings", lambda r: r.bundle_id)
     async def GetFindings(
         self, request: collector_pb2.GetBundleRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> collector_pb2.FindingsResponse:
+        _bundle_id("bundle_id", request.bundle_id)
         await self._auth.require(context, role="viewer", action="query.get_findings", target=request.bundle_id)
         view = await self._view(request.bundle_id)
         result = await asyncio.to_thread(lambda: analyse(view).findings)
         return collector_pb2.FindingsResponse(json=result.to_json())
 
     @unary
+    @audited("query.get_timeline", lambda r: r.bundle_id)
     async def GetTimeline(
         self, request: collector_pb2.TimelineRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> collector_pb2.TimelineResponse:
+        _bundle_id("bundle_id", request.bundle_id)
         await self._auth.require(context, role="viewer", action="query.get_timeline", target=request.bundle_id)
         interval = request.interval_s or None
         if interval is not None and (interval < 10 or interval > 86400 or interval % 10):
@@ -165,9 +220,12 @@ class QueryService(collector_pb2_grpc.QueryServicer):
         return collector_pb2.TimelineResponse(json=json.dumps(timeline.to_dict(), ensure_ascii=False))
 
     @unary
+    @audited("query.diff", lambda r: f"{r.a},{r.b}")
     async def DiffBundles(
         self, request: collector_pb2.DiffRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> collector_pb2.DiffResponse:
+        _bundle_id("a", request.a)
+        _bundle_id("b", request.b)
         await self._auth.require(context, role="viewer", action="query.diff", target=f"{request.a},{request.b}")
         a, b = await self._view(request.a), await self._view(request.b)
         result = await asyncio.to_thread(diff_bundles, a, b, force=request.force)
@@ -176,18 +234,25 @@ class QueryService(collector_pb2_grpc.QueryServicer):
         )
 
     @unary
+    @audited("query.render_report", lambda r: r.bundle_id)
     async def RenderReport(
         self, request: collector_pb2.GetBundleRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> collector_pb2.ReportResponse:
+        _bundle_id("bundle_id", request.bundle_id)
         await self._auth.require(context, role="viewer", action="query.render_report", target=request.bundle_id)
         view = await self._view(request.bundle_id)
         page = await asyncio.to_thread(lambda: render_html(analyse(view)))
         return collector_pb2.ReportResponse(html=page.encode("utf-8"))
 
     @server_stream
+    @audited("live.request_snapshot", lambda r: r.host)
     async def RequestSnapshot(
         self, request: collector_pb2.SnapshotRequestSpec, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[collector_pb2.SnapshotEvent]:
+        _text("host", request.host, 255)
+        for scope in request.scopes:
+            _text("scope", scope, 100)
+        _text("reason", request.reason, 2000, multiline=True)
         token = await self._auth.require(
             context, role="engineer", action="live.request_snapshot", target=request.host
         )
@@ -197,9 +262,13 @@ class QueryService(collector_pb2_grpc.QueryServicer):
             yield event
 
     @unary
+    @audited("query.list_audit", lambda r: r.action)
     async def ListAudit(
         self, request: collector_pb2.ListAuditRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> collector_pb2.ListAuditResponse:
+        _text("actor", request.actor, 32)
+        _text("action", request.action, 100)
+        _text("outcome", request.outcome, 16)
         await self._auth.require(context, role="admin", action="query.list_audit", target=request.action)
         rows = await asyncio.to_thread(
             self._store.list_audit,

@@ -11,11 +11,54 @@ from collector.storage.base import StoreBase
 from collector.storage.cursors import clamp_page_size
 from collector.storage.errors import InvalidArgument
 from collector.storage.schema import AuditRecord, audit_log, to_micros
+from collector.storage.text import clip, printable
 from collector.storage.tokens import redact_tokens
 
-__all__ = ["OUTCOMES", "AuditMethods"]
+__all__ = ["OUTCOMES", "AuditMethods", "outcome_for_status"]
 
-OUTCOMES = frozenset({"ok", "denied", "error"})
+# The outcome of a call: ok, denied (UNAUTHENTICATED / PERMISSION_DENIED), or the
+# lowercased gRPC status code it ended with; the three codes whose names do not fit the
+# 16-character column are shortened. "error" is an older, unspecific failure.
+_SHORT_STATUS = {
+    "deadline_exceeded": "deadline",
+    "resource_exhausted": "exhausted",
+    "failed_precondition": "precondition",
+    "unauthenticated": "denied",
+    "permission_denied": "denied",
+}
+OUTCOMES = frozenset(
+    {
+        "ok",
+        "denied",
+        "error",
+        "cancelled",
+        "unknown",
+        "invalid_argument",
+        "deadline",
+        "not_found",
+        "already_exists",
+        "exhausted",
+        "precondition",
+        "aborted",
+        "out_of_range",
+        "unimplemented",
+        "internal",
+        "unavailable",
+        "data_loss",
+    }
+)
+
+
+def outcome_for_status(code_name: str) -> str:
+    """The audit outcome for a gRPC status code name (``"NOT_FOUND"`` -> ``"not_found"``)."""
+    name = code_name.lower()
+    outcome = _SHORT_STATUS.get(name, name)
+    return outcome if outcome in OUTCOMES else "error"
+
+
+def _field(text: str) -> str:
+    """A caller-influenced audit field: no token, no control character, bounded length."""
+    return clip(printable(redact_tokens(text)))
 
 
 def _audit(row: Row[Any]) -> AuditRecord:
@@ -50,19 +93,23 @@ class AuditMethods(StoreBase):
         detail: str = "",
         at: datetime | None = None,
     ) -> AuditRecord:
-        """Append one entry. ``actor`` is a token id; anything token-shaped is redacted."""
+        """Append one entry. ``actor`` is a token id; anything token-shaped is redacted.
+
+        Text fields are stored printable (control characters escaped) and cut to a
+        bounded length with a marker, whoever supplied them.
+        """
         if outcome not in OUTCOMES:
             raise InvalidArgument(f"audit outcome {outcome!r} unknown; expected {sorted(OUTCOMES)}")
         values: dict[str, Any] = {
             "at": to_micros(at) if at is not None else self._now(),
-            "actor": redact_tokens(actor)[:32],
-            "actor_label": redact_tokens(actor_label),
-            "role": role,
-            "action": action,
-            "target": redact_tokens(target),
-            "peer": peer,
+            "actor": printable(redact_tokens(actor))[:32],
+            "actor_label": _field(actor_label),
+            "role": printable(role)[:16],
+            "action": printable(action)[:100],
+            "target": _field(target),
+            "peer": _field(peer),
             "outcome": outcome,
-            "detail": redact_tokens(detail),
+            "detail": _field(detail),
         }
         with self._write() as conn:
             row = conn.execute(audit_log.insert().values(values).returning(*audit_log.c)).one()

@@ -4,7 +4,7 @@ Layout under ``root``::
 
     blobs/<sha[:2]>/<sha[2:4]>/<sha>     committed bundles, named by SHA-256
     staging/<bundle_id>.part             bytes received so far
-    staging/<bundle_id>.json             sidecar: size, sha256, durable offset
+    staging/<bundle_id>.json             sidecar: size, sha256, durable offset, owner agent
 
 The sidecar's offset only ever names bytes that were fsync'd before it was
 written, so after a crash the ``.part`` may hold more than the sidecar says
@@ -34,7 +34,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import BinaryIO, Protocol, runtime_checkable
 
-from collector.storage.errors import Conflict, InvalidArgument, NotFound, StoreError
+from collector.storage.errors import Conflict, InvalidArgument, NotFound, StagedByOther, StoreError
 
 __all__ = ["DEFAULT_SYNC_EVERY", "BlobBackend", "BlobStore", "StagedUpload"]
 
@@ -82,10 +82,12 @@ class StagedUpload:
         sha256: str,
         fd: int,
         sync_every: int,
+        owner: str = "",
     ) -> None:
         self.bundle_id = bundle_id
         self.size = size
         self.sha256 = sha256
+        self.owner = owner
         self._store = store
         self._fd: int | None = fd
         self._sync_every = sync_every
@@ -179,7 +181,10 @@ class StagedUpload:
             self.durable_offset = target  # only once the sidecar says so
 
     def _write_sidecar(self, offset: int) -> None:
-        body = json.dumps({"size": self.size, "sha256": self.sha256, "offset": offset}).encode()
+        meta: dict[str, object] = {"size": self.size, "sha256": self.sha256, "offset": offset}
+        if self.owner:
+            meta["owner"] = self.owner  # the uploading agent: only it may resume this partial
+        body = json.dumps(meta).encode()
         tmp = self._sidecar.with_suffix(".json.tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
@@ -261,8 +266,9 @@ class StagedUpload:
 class BlobBackend(Protocol):
     """Where bundle files live, named by SHA-256, with resumable upload staging."""
 
-    def open_upload(self, bundle_id: str, size: int, sha256: str) -> StagedUpload:
-        """Start or resume staging; raises Conflict while another upload holds the id."""
+    def open_upload(self, bundle_id: str, size: int, sha256: str, *, owner: str = "") -> StagedUpload:
+        """Start or resume staging; raises Conflict while another upload holds the id,
+        StagedByOther if a partial of other bytes or another owner is staged under it."""
         ...
 
     def durable_offset(self, bundle_id: str, size: int, sha256: str) -> int: ...
@@ -386,8 +392,14 @@ class BlobStore:
                 return fd
             os.close(fd)
 
-    def open_upload(self, bundle_id: str, size: int, sha256: str) -> StagedUpload:
-        """Start or resume staging ``bundle_id``; raises Conflict if already being written."""
+    def open_upload(self, bundle_id: str, size: int, sha256: str, *, owner: str = "") -> StagedUpload:
+        """Start or resume staging ``bundle_id``; raises Conflict if already being written.
+
+        With an ``owner`` (the uploading agent, as ingest passes it) a partial holding
+        bytes is only resumed for the same size, sha256 and owner: anything else raises
+        StagedByOther and leaves the partial as it is, so nobody can wipe another's
+        upload half-way. Without one, other bytes start over from 0.
+        """
         _check_bundle_id(bundle_id)
         _check_key(sha256)
         if size < 0:
@@ -398,13 +410,35 @@ class BlobStore:
         except BaseException:
             self._release(bundle_id)
             raise
-        upload = StagedUpload(self, bundle_id, size, sha256, fd, self._sync_every)
+        try:
+            if owner:
+                self._check_claim(bundle_id, size, sha256, owner)
+        except BaseException:
+            os.close(fd)
+            self._release(bundle_id)
+            raise
+        upload = StagedUpload(self, bundle_id, size, sha256, fd, self._sync_every, owner)
         try:
             upload._resume(self.durable_offset(bundle_id, size, sha256))
         except BaseException:
             upload.close()
             raise
         return upload
+
+    def _check_claim(self, bundle_id: str, size: int, sha256: str, owner: str) -> None:
+        meta = self._read_sidecar(bundle_id)
+        staged = meta.get("offset") if meta is not None else None
+        if meta is None or not isinstance(staged, int) or staged <= 0:
+            return  # nothing staged worth keeping
+        if meta.get("size") != size or meta.get("sha256") != sha256:
+            raise StagedByOther(
+                f"upload {bundle_id}: a partial of {meta.get('offset')} bytes is staged for other "
+                f"bytes (size {meta.get('size')}, sha256 {str(meta.get('sha256'))[:16]}…)",
+                key=bundle_id,
+            )
+        held_by = meta.get("owner") or ""
+        if held_by and held_by != owner:
+            raise StagedByOther(f"upload {bundle_id}: the staged partial belongs to another uploader", key=bundle_id)
 
     def stale_uploads(self, older_than: timedelta, *, remove: bool = False) -> list[str]:
         """Bundle ids of partials untouched for ``older_than``; removes them if asked.

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from agent.errors import CasefileError
 
-__all__ = ["AuthError", "Conflict", "InvalidArgument", "NotFound", "SchemaError", "StoreError"]
+__all__ = ["AuthError", "Conflict", "InvalidArgument", "NotFound", "SchemaError", "StagedByOther", "StoreError"]
 
 
 class StoreError(CasefileError):
@@ -58,6 +58,14 @@ class NotFound(StoreError):
 
 class Conflict(StoreError):
     """The write contradicts stored state (same id, different content) or is already under way."""
+
+    def __init__(self, message: str, *, key: str | None = None) -> None:
+        super().__init__(message)
+        self.key = key
+
+
+class StagedByOther(StoreError):
+    """A partial upload of this id is staged for other bytes or by another uploader."""
 
     def __init__(self, message: str, *, key: str | None = None) -> None:
         super().__init__(message)

@@ -38,6 +38,7 @@ from collector.storage.schema import (
     to_micros,
 )
 from collector.storage.stats import StatsMethods
+from collector.storage.text import clip
 from collector.storage.tokens import TokenMethods
 
 __all__ = ["Store"]
@@ -99,7 +100,7 @@ class Store(TokenMethods, AgentMethods, AuditMethods, LiveMethods, StatsMethods)
         another sha256 raises ``Conflict``.
         """
         if not _BUNDLE_ID_RE.fullmatch(rec.bundle_id):
-            raise InvalidArgument(f"bundle id {rec.bundle_id!r} is not 32 lowercase hex digits")
+            raise InvalidArgument(f"bundle id {clip(rec.bundle_id, 80)!r} is not 32 lowercase hex digits")
         if not _SHA256_RE.fullmatch(rec.sha256):
             raise InvalidArgument(f"bundle {rec.bundle_id}: sha256 is not a lowercase hex digest")
         if rec.size < 0 or not rec.hostname or not rec.blob_key:
@@ -185,7 +186,7 @@ class Store(TokenMethods, AgentMethods, AuditMethods, LiveMethods, StatsMethods)
         with self._read() as conn:
             row = conn.execute(select(*_SUMMARY).where(bundles.c.bundle_id == bundle_id)).first()
         if row is None:
-            raise NotFound(f"bundle {bundle_id!r} not found", what="bundle", key=bundle_id)
+            raise NotFound(f"bundle {clip(bundle_id, 80)!r} not found", what="bundle", key=bundle_id)
         return _bundle(row._mapping)
 
     def get_bundle_content(self, bundle_id: str) -> tuple[bytes, str]:
@@ -197,7 +198,7 @@ class Store(TokenMethods, AgentMethods, AuditMethods, LiveMethods, StatsMethods)
                 )
             ).first()
         if row is None:
-            raise NotFound(f"bundle {bundle_id!r} not found", what="bundle", key=bundle_id)
+            raise NotFound(f"bundle {clip(bundle_id, 80)!r} not found", what="bundle", key=bundle_id)
         return bytes(row.facts_pb), str(row.manifest_json)
 
     def list_bundles(

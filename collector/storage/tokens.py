@@ -199,10 +199,14 @@ class TokenMethods(StoreBase):
             raise NotFound(f"token {token_id!r} not found", what="token", key=token_id)
         return _token(row)
 
-    def authenticate(self, plaintext: str, kinds: set[str] | frozenset[str]) -> TokenRecord:
+    def authenticate(
+        self, plaintext: str, kinds: set[str] | frozenset[str], *, count_uses: bool = True
+    ) -> TokenRecord:
         """The token record for ``plaintext`` if it is usable as one of ``kinds``.
 
-        Does not count a use; call ``consume_token`` for that.
+        Does not count a use; call ``consume_token`` for that. With ``count_uses=False``
+        a used-up (but unrevoked, unexpired) token still authenticates: the caller
+        decides, as ingest does for the replay of a bundle already stored.
         """
         if not looks_like_token(plaintext):
             raise AuthError("unknown")
@@ -216,7 +220,7 @@ class TokenMethods(StoreBase):
         if rec.kind not in kinds:
             raise AuthError("wrong kind", token_id=rec.id)
         reason = rec.refusal(self._clock())
-        if reason is not None:
+        if reason is not None and (count_uses or reason != "used up"):
             raise AuthError(reason, token_id=rec.id)
         return rec
 

@@ -460,3 +460,12 @@ def test_memory_stays_bounded(tmp_path: Path, key: SigningKey) -> None:
     assert done.size > 32 * 1024 * 1024
     assert write_peak < 8 * 1024 * 1024, write_peak
     assert verify_peak < 8 * 1024 * 1024, verify_peak
+
+
+@pytest.mark.parametrize("field", ["hostname", "case_id", "agent_id", "agent_version", "request_id"])
+def test_names_with_control_characters_are_refused_before_writing(field: str) -> None:
+    """PostgreSQL text refuses NUL, and a name is shown one per line: caught when the bundle
+    is made, as the collector would refuse it on arrival."""
+    base = {"bundle_id": "a" * 32, "hostname": "web1", "created_at": datetime.now(UTC)}
+    with pytest.raises(BundleError, match=rf"bundle {field} .*control character U\+0000"):
+        BundleMeta(**{**base, field: "x\x00y"})  # type: ignore[arg-type]

@@ -20,12 +20,12 @@ import pytest
 from agent.daemon import AgentService, DaemonOptions, channel_message
 from agent.keys import SigningKey
 from agent.state import AgentHome, Enrollment
-from agent.transport import enroll
+from agent.transport import UploadTarget, enroll, upload_bundle
 from agent.transport.connect import PINNED_TARGET_NAME, fetch_certificate, parse_address
 from collector.server import ServerConfig
 from collector.storage import LiveRequestRecord
 from protos import collector_pb2, collector_pb2_grpc
-from tests.collector.conftest import RunningCollector, _run_server
+from tests.collector.conftest import RunningCollector, _run_server, small_bundle
 
 
 def _enrolled(collector: RunningCollector, home: Path) -> tuple[str, SigningKey]:
@@ -149,6 +149,25 @@ def _request(store: Any, agent_id: str, *, expires_in: float) -> LiveRequestReco
         expires_at=dt.datetime.now(dt.UTC) + dt.timedelta(seconds=expires_in),
     )
     return rec
+
+
+def test_case_identity_cannot_hold_a_live_channel(sqlite_collector: RunningCollector, tmp_path: Path) -> None:
+    """Live channels are for enrolled agents: a customer's case-token identity (hostname
+    self-declared) is refused, so live requests for a hostname never reach it."""
+    c = sqlite_collector
+    _enrolled(c, tmp_path / "home")
+    token, _ = c.store.create_token("case", case_id="SR-1", label="customer")
+    key = SigningKey.generate()
+    b = small_bundle(tmp_path / "case", key, case_id="SR-1")
+    with c.channel() as ch:
+        receipt = upload_bundle(ch, b.path, bundle_id=b.bundle_id, target=UploadTarget(key=key, case_token=token))
+    agent_id = receipt.agent_id
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        asyncio.run(_handshake(c, agent_id, lambda n: key.sign(channel_message(n, agent_id))))
+    assert info.value.code() is grpc.StatusCode.PERMISSION_DENIED
+    assert "enrolled agents" in (info.value.details() or "")
+    row = c.store.list_audit(limit=1)[0]
+    assert (row.action, row.outcome, row.actor) == ("channel.connect", "denied", agent_id)
 
 
 def test_agent_refuses_expired_and_replayed_requests(connected: tuple[RunningCollector, str, Path]) -> None:

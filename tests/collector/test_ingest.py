@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import io
 import os
@@ -16,18 +17,20 @@ import zstandard
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from agent.bundle import BundleMeta
 from agent.errors import EnrollmentError, UploadError
 from agent.keys import SigningKey
 from agent.transport import UploadTarget, enroll, file_sha256, upload_bundle
 from agent.transport.proof import make_proof
+from collector.storage import NotFound
 from protos import collector_pb2, collector_pb2_grpc
 from tests.collector.conftest import RunningCollector, small_bundle
 
 
-def _enrolled(c: RunningCollector) -> tuple[SigningKey, str]:
+def _enrolled(c: RunningCollector, hostname: str = "web-1") -> tuple[SigningKey, str]:
     key = SigningKey.generate()
     with c.channel() as ch:
-        resp = enroll(ch, token=c.enroll_token(), key=key, hostname="web-1", agent_version="test")
+        resp = enroll(ch, token=c.enroll_token(), key=key, hostname=hostname, agent_version="test")
     return key, resp.agent_id
 
 
@@ -249,8 +252,6 @@ def test_enrollment_tokens(collector: RunningCollector) -> None:
 
 
 def test_abandoned_partials_are_swept_at_start(tmp_path: Path) -> None:
-    import datetime as dt
-
     from collector.server import ServerConfig
     from collector.storage import BlobStore
     from tests.collector.conftest import _run_server
@@ -445,3 +446,245 @@ def test_a_failed_fsync_fails_the_upload_and_the_next_one_lands(
         receipt = upload_bundle(ch, b.path, bundle_id=b.bundle_id, target=target)
     assert receipt.sha256 == b.sha256
     assert _no_verifier_left(c)
+
+
+# ---------------------------------------------------------------- case-bound identities
+
+
+def _case_upload(c: RunningCollector, tmp: Path, case: str, **token_kw: object) -> tuple[SigningKey, str, str, str]:
+    token, rec = c.store.create_token("case", case_id=case, label="customer", **token_kw)  # type: ignore[arg-type]
+    key = SigningKey.generate()
+    b = small_bundle(tmp / "first", key, case_id=case)
+    with c.channel() as ch:
+        receipt = upload_bundle(ch, b.path, bundle_id=b.bundle_id, target=UploadTarget(key=key, case_token=token))
+    return key, receipt.agent_id, token, rec.id
+
+
+def _piece(data: bytes, i: int, upto: int) -> collector_pb2.UploadChunk:
+    return collector_pb2.UploadChunk(data=data[i : min(i + 256 * 1024, upto)])
+
+
+def test_case_identity_cannot_upload_to_another_case_without_its_token(
+    sqlite_collector: RunningCollector, tmp_path: Path
+) -> None:
+    """A case token's identity stays bound to its case: naming its agent id is not enough,
+    another case's token does not do, and a revoked token ends it."""
+    c = sqlite_collector
+    key, agent_id, token, token_id = _case_upload(c, tmp_path, "SR-1")
+    assert c.store.get_agent(agent_id).case_id == "SR-1"
+    other = small_bundle(tmp_path / "other", key, case_id="SR-OTHER-CUSTOMER")
+    with c.channel() as ch:
+        with pytest.raises(UploadError, match=r"UNAUTHENTICATED.*bound to case"):
+            upload_bundle(ch, other.path, bundle_id=other.bundle_id, target=UploadTarget(key=key, agent_id=agent_id))
+        other_token, _ = c.store.create_token("case", case_id="SR-OTHER-CUSTOMER")
+        with pytest.raises(UploadError, match="PERMISSION_DENIED"):
+            upload_bundle(
+                ch, other.path, bundle_id=other.bundle_id,
+                target=UploadTarget(key=key, agent_id=agent_id, case_token=other_token),
+            )
+        # With its own token and agent id, a bundle of its own case still lands.
+        own = small_bundle(tmp_path / "own", key, case_id="SR-1")
+        mine = UploadTarget(key=key, agent_id=agent_id, case_token=token)
+        upload_bundle(ch, own.path, bundle_id=own.bundle_id, target=mine)
+        c.store.revoke_token(token_id)
+        again = small_bundle(tmp_path / "again", key, case_id="SR-1")
+        with pytest.raises(UploadError, match="revoked"):
+            upload_bundle(
+                ch, again.path, bundle_id=again.bundle_id,
+                target=UploadTarget(key=key, agent_id=agent_id, case_token=token),
+            )
+    assert c.store.list_bundles(case_id="SR-OTHER-CUSTOMER")[0] == []
+
+
+def test_case_token_max_uses_is_enforced(sqlite_collector: RunningCollector, tmp_path: Path) -> None:
+    """`--uses 1` lets one bundle in; a second one is refused before its bytes are taken."""
+    c = sqlite_collector
+    token, rec = c.store.create_token("case", case_id="SR-5", max_uses=1, ttl=dt.timedelta(hours=1))
+    key = SigningKey.generate()
+    first = small_bundle(tmp_path / "0", key, case_id="SR-5")
+    second = small_bundle(tmp_path / "1", key, case_id="SR-5")
+    target = UploadTarget(key=key, case_token=token)
+    with c.channel() as ch:
+        receipt = upload_bundle(ch, first.path, bundle_id=first.bundle_id, target=target)
+        assert c.store.get_token(rec.id).uses == 1
+        with pytest.raises(UploadError, match="used up"):
+            upload_bundle(ch, second.path, bundle_id=second.bundle_id, target=target)
+        # A replay of the stored bundle (its receipt was lost, say) still gets the receipt, free.
+        assert upload_bundle(ch, first.path, bundle_id=first.bundle_id, target=target) == receipt
+    assert c.store.get_token(rec.id).uses == 1
+
+
+def test_resumed_case_upload_counts_one_use(sqlite_collector: RunningCollector, tmp_path: Path) -> None:
+    c = sqlite_collector
+    token, rec = c.store.create_token("case", case_id="SR-6", max_uses=1)
+    key = SigningKey.generate()
+    b = small_bundle(tmp_path / "b", key, case_id="SR-6", payload=os.urandom(2 * 1024 * 1024))
+    data = b.path.read_bytes()
+    half = len(data) // 2
+    header = collector_pb2.UploadHeader(
+        bundle_id=b.bundle_id,
+        size=b.size,
+        sha256=b.sha256,
+        proof=make_proof(key, agent_id="", bundle_id=b.bundle_id, sha256=b.sha256, size=b.size),
+    )
+    with c.channel() as ch:
+        with pytest.raises(grpc.RpcError) as info:  # the stream ends half-way
+            collector_pb2_grpc.IngestStub(ch).Upload(
+                iter(
+                    [collector_pb2.UploadChunk(header=header)]
+                    + [_piece(data, i, half) for i in range(0, half, 256 * 1024)]
+                ),
+                metadata=(("authorization", f"Bearer {token}"),),
+                timeout=30,
+            )
+        assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert c.store.get_token(rec.id).uses == 0
+        receipt = upload_bundle(ch, b.path, bundle_id=b.bundle_id, target=UploadTarget(key=key, case_token=token))
+    assert receipt.case_id == "SR-6"
+    assert c.store.get_token(rec.id).uses == 1
+
+
+def test_enroll_with_bad_hostname_does_not_burn_the_token(sqlite_collector: RunningCollector) -> None:
+    """Bad input loses nothing: the hostname is checked before the one-use token is consumed."""
+    c = sqlite_collector
+    token = c.enroll_token(uses=1)
+    key = SigningKey.generate()
+    with c.channel() as ch:
+        stub = collector_pb2_grpc.EnrollStub(ch)
+        with pytest.raises(grpc.RpcError) as info:
+            stub.Enroll(collector_pb2.EnrollRequest(token=token, public_key=key.public.raw, hostname=""))
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "hostname" in (info.value.details() or "")
+        resp = stub.Enroll(collector_pb2.EnrollRequest(token=token, public_key=key.public.raw, hostname="ok-host"))
+    assert resp.agent_id.startswith("ag_")
+
+
+def test_enroll_of_a_case_bound_key_does_not_burn_the_token(sqlite_collector: RunningCollector, tmp_path: Path) -> None:
+    c = sqlite_collector
+    key, _agent_id, _token, _ = _case_upload(c, tmp_path, "SR-8")
+    token = c.enroll_token(uses=1)
+    with c.channel() as ch:
+        with pytest.raises(EnrollmentError, match="ALREADY_EXISTS"):
+            enroll(ch, token=token, key=key, hostname="h", agent_version="t")
+        enroll(ch, token=token, key=SigningKey.generate(), hostname="h", agent_version="t")
+
+
+# ---------------------------------------------------------------- concurrent streams of one bundle
+
+
+def test_other_identity_cannot_wipe_a_partial_upload(sqlite_collector: RunningCollector, tmp_path: Path) -> None:
+    """A staged partial is resumed only for its own size/sha256 and agent: another agent
+    naming the same bundle id with other bytes is refused and the partial stays."""
+    c = sqlite_collector
+    key_a, agent_a = _enrolled(c, "host-a")
+    key_b, agent_b = _enrolled(c, "host-b")
+    b = small_bundle(tmp_path / "a", key_a, agent_id=agent_a, payload=os.urandom(2 * 1024 * 1024))
+    data = b.path.read_bytes()
+    half = len(data) // 2
+    header = collector_pb2.UploadHeader(
+        bundle_id=b.bundle_id,
+        size=b.size,
+        sha256=b.sha256,
+        proof=make_proof(key_a, agent_id=agent_a, bundle_id=b.bundle_id, sha256=b.sha256, size=b.size),
+    )
+    with c.channel() as ch:
+        stub = collector_pb2_grpc.IngestStub(ch)
+        with pytest.raises(grpc.RpcError) as info:  # truncated upload: stream ends at half
+            stub.Upload(
+                iter(
+                    [collector_pb2.UploadChunk(header=header)]
+                    + [_piece(data, i, half) for i in range(0, half, 256 * 1024)]
+                ),
+                timeout=30,
+            )
+        assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert c.server.blobs.staged_offset(b.bundle_id, b.size, b.sha256) == half
+        for size, sha in ((10, "f" * 64), (b.size, b.sha256)):  # other bytes, or the same bytes
+            hb = collector_pb2.UploadHeader(
+                bundle_id=b.bundle_id,
+                size=size,
+                sha256=sha,
+                proof=make_proof(key_b, agent_id=agent_b, bundle_id=b.bundle_id, sha256=sha, size=size),
+            )
+            with pytest.raises(grpc.RpcError) as info:
+                stub.Upload(iter([collector_pb2.UploadChunk(header=hb)]), timeout=30)
+            assert info.value.code() == grpc.StatusCode.ALREADY_EXISTS, info.value.details()
+            assert "staged" in (info.value.details() or "")
+        assert c.server.blobs.staged_offset(b.bundle_id, b.size, b.sha256) == half, "agent A's partial was wiped"
+        # Agent A itself resumes from where it was.
+        receipt = upload_bundle(ch, b.path, bundle_id=b.bundle_id, target=UploadTarget(key=key_a, agent_id=agent_a))
+    assert receipt.sha256 == b.sha256 and receipt.agent_id == agent_a
+
+
+def test_concurrent_uploads_of_one_bundle_all_finish(sqlite_collector: RunningCollector, tmp_path: Path) -> None:
+    """A newer stream of the same upload takes over; the older one is told ABORTED (not
+    left waiting for a status that never comes), and another agent cannot take over."""
+    c = sqlite_collector
+    key, agent_id = _enrolled(c)
+    key_b, agent_b = _enrolled(c, "host-b")
+    b = small_bundle(tmp_path / "big", key, agent_id=agent_id, payload=os.urandom(3 * 1024 * 1024))
+    data = b.path.read_bytes()
+    header = collector_pb2.UploadHeader(
+        bundle_id=b.bundle_id,
+        size=b.size,
+        sha256=b.sha256,
+        proof=make_proof(key, agent_id=agent_id, bundle_id=b.bundle_id, sha256=b.sha256, size=b.size),
+    )
+    sent_half = threading.Event()
+    go_on = threading.Event()
+    step = 256 * 1024
+
+    def slow() -> Iterator[collector_pb2.UploadChunk]:
+        yield collector_pb2.UploadChunk(header=header)
+        for i in range(0, len(data), step):
+            if i >= len(data) // 2 and not sent_half.is_set():
+                sent_half.set()
+                go_on.wait(30)  # a live but slow stream (not a dead one)
+            yield collector_pb2.UploadChunk(data=data[i : i + step])
+
+    with c.channel() as ch_a, c.channel() as ch_b:
+        first = collector_pb2_grpc.IngestStub(ch_a).Upload.future(slow())  # no deadline
+        try:
+            assert sent_half.wait(30)
+            threading.Event().wait(0.5)
+            # Another agent naming the same id while the stream is live is refused.
+            hb = collector_pb2.UploadHeader(
+                bundle_id=b.bundle_id,
+                size=b.size,
+                sha256=b.sha256,
+                proof=make_proof(key_b, agent_id=agent_b, bundle_id=b.bundle_id, sha256=b.sha256, size=b.size),
+            )
+            with pytest.raises(grpc.RpcError) as info:
+                collector_pb2_grpc.IngestStub(ch_b).Upload(iter([collector_pb2.UploadChunk(header=hb)]), timeout=30)
+            assert info.value.code() in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.ALREADY_EXISTS)
+            target = UploadTarget(key=key, agent_id=agent_id)
+            receipt = upload_bundle(ch_b, b.path, bundle_id=b.bundle_id, target=target)
+            assert receipt.sha256 == b.sha256
+            go_on.set()
+            with pytest.raises(grpc.RpcError) as info:
+                first.result(timeout=30)
+            assert info.value.code() == grpc.StatusCode.ABORTED, info.value.details()
+            assert "took over" in (info.value.details() or "")
+        except grpc.FutureTimeoutError:
+            pytest.fail("the first (taken-over) uploader got no answer within 30 s")
+        finally:
+            go_on.set()
+            first.cancel()
+
+
+def test_a_control_character_in_a_signed_name_is_refused_before_anything_is_stored(
+    collector: RunningCollector, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A hostname holding U+0000 (PostgreSQL text refuses NUL) is named in the refusal;
+    before, on PostgreSQL the blob was published and then the row failed: INTERNAL.
+    Our agent refuses to make such a bundle; a hostile one signs it anyway."""
+    key, agent_id = _enrolled(collector)
+    monkeypatch.setattr(BundleMeta, "__post_init__", lambda self: None)  # the hostile agent's writer
+    b = small_bundle(tmp_path / "n", key, agent_id=agent_id, hostname="web\x001")
+    monkeypatch.undo()
+    with collector.channel() as ch, pytest.raises(UploadError) as info:
+        upload_bundle(ch, b.path, bundle_id=b.bundle_id, target=UploadTarget(key=key, agent_id=agent_id))
+    assert "INTERNAL" not in str(info.value)
+    assert "'hostname' holds control character U+0000 at index 3" in str(info.value)
+    with pytest.raises(NotFound):
+        collector.store.get_bundle(b.bundle_id)

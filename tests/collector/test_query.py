@@ -13,6 +13,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from agent.keys import SigningKey
 from agent.transport import UploadTarget, enroll, upload_bundle
+from collector.storage import AuditRecord
 from protos import collector_pb2, collector_pb2_grpc
 from tests.collector.conftest import RunningCollector, small_bundle
 
@@ -117,3 +118,106 @@ def test_health_and_reflection(collector: RunningCollector) -> None:
         answers = list(stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")])))
         names = {s.name for s in answers[0].list_services_response.service}
         assert {"casefile.v1.Ingest", "casefile.v1.Query", "casefile.v1.Enroll", "grpc.health.v1.Health"} <= names
+
+
+# ---------------------------------------------------------------- request checks and the audit log
+
+
+def _rows(c: RunningCollector, action: str) -> list[AuditRecord]:
+    return [e for e in c.store.list_audit(limit=50) if e.action == action]
+
+
+def test_unauthenticated_caller_cannot_bloat_audit_log(collector: RunningCollector) -> None:
+    """A 1.9 MB bundle id from a caller with no token is refused before authorisation; its
+    audit row keeps a bounded target with a cut marker, and the admin can still read the log."""
+    admin = collector.engineer_token("admin")
+    with collector.channel() as ch:
+        q = collector_pb2_grpc.QueryStub(ch)
+        for _ in range(3):
+            with pytest.raises(grpc.RpcError) as info:
+                q.GetBundle(collector_pb2.GetBundleRequest(bundle_id="z" * 1_900_000))
+            assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert len(info.value.details() or "") < 1000
+        rows = _rows(collector, "query.get_bundle")
+        assert len(rows) == 3
+        assert all(r.outcome == "invalid_argument" and r.actor == "" for r in rows)
+        assert all(len(r.target) <= 600 and "[cut 1899500 chars]" in r.target for r in rows)
+        assert q.ListAudit(collector_pb2.ListAuditRequest(), metadata=_md(admin)).entries
+
+
+def test_oversized_bundle_id_gets_clear_invalid_argument(collector: RunningCollector) -> None:
+    """A 100 KB id is not echoed whole into the status (16 KiB metadata limit)."""
+    viewer = collector.engineer_token("viewer")
+    with collector.channel() as ch, pytest.raises(grpc.RpcError) as info:
+        collector_pb2_grpc.QueryStub(ch).GetBundle(
+            collector_pb2.GetBundleRequest(bundle_id="a" * 100_000), metadata=_md(viewer)
+        )
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    details = info.value.details() or ""
+    assert "bundle_id" in details and "not a bundle id" in details and len(details) < 1000
+
+
+def test_nul_in_query_parameter_is_rejected_and_audited(collector: RunningCollector) -> None:
+    """A NUL (which PostgreSQL text cannot hold) gets INVALID_ARGUMENT, and the audit row
+    is still written, with the NUL escaped."""
+    viewer = collector.engineer_token("viewer")
+    admin = collector.engineer_token("admin")
+    with collector.channel() as ch:
+        q = collector_pb2_grpc.QueryStub(ch)
+        with pytest.raises(grpc.RpcError) as info:
+            q.GetBundle(collector_pb2.GetBundleRequest(bundle_id="ab\x00cd"), metadata=_md(viewer))
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "bundle" in (info.value.details() or "")
+        with pytest.raises(grpc.RpcError) as info:
+            q.ListBundles(collector_pb2.ListBundlesRequest(hostname="db\x00-1"), metadata=_md(viewer))
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        with pytest.raises(grpc.RpcError) as info:
+            q.ListAudit(collector_pb2.ListAuditRequest(action="x\x00"), metadata=_md(admin))
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    rows = _rows(collector, "query.get_bundle")
+    assert [(r.outcome, r.target) for r in rows] == [("invalid_argument", "ab\\x00cd")]
+    assert [r.outcome for r in _rows(collector, "query.list_bundles")] == ["invalid_argument"]
+    # The audit writer itself is safe too, whoever calls it.
+    entry = collector.store.audit(actor="tok_x", action="t", outcome="ok", target="a\x00b", detail="\x1b[31m")
+    assert (entry.target, entry.detail) == ("a\\x00b", "\\x1b[31m")
+
+
+def test_audit_records_the_outcome_not_just_the_authorization(collector: RunningCollector, tmp_path: Path) -> None:
+    """One audit row per call, written when it ends, with its final outcome."""
+    ids = _seed(collector, tmp_path, 1)
+    viewer = collector.engineer_token("viewer")
+    engineer = collector.engineer_token("engineer")
+    with collector.channel() as ch:
+        q = collector_pb2_grpc.QueryStub(ch)
+        with pytest.raises(grpc.RpcError) as info:
+            q.GetBundle(collector_pb2.GetBundleRequest(bundle_id="0" * 32), metadata=_md(viewer))
+        assert info.value.code() == grpc.StatusCode.NOT_FOUND
+        with pytest.raises(grpc.RpcError) as info:
+            q.GetTimeline(collector_pb2.TimelineRequest(bundle_id=ids[0], interval_s=7), metadata=_md(viewer))
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert list(q.DownloadBundle(collector_pb2.GetBundleRequest(bundle_id=ids[0]), metadata=_md(engineer)))
+        with pytest.raises(grpc.RpcError) as info:
+            list(q.DownloadBundle(collector_pb2.GetBundleRequest(bundle_id="1" * 32), metadata=_md(engineer)))
+        assert info.value.code() == grpc.StatusCode.NOT_FOUND
+    got = [(r.outcome, r.target) for r in _rows(collector, "query.get_bundle")]
+    assert got == [("not_found", "0" * 32)]
+    assert _rows(collector, "query.get_bundle")[0].actor != ""
+    assert "not found" in _rows(collector, "query.get_bundle")[0].detail
+    assert [r.outcome for r in _rows(collector, "query.get_timeline")] == ["invalid_argument"]
+    assert [(r.outcome, r.target) for r in _rows(collector, "query.download_bundle")] == [
+        ("not_found", "1" * 32),
+        ("ok", ids[0]),
+    ]
+
+
+def test_denied_call_with_revoked_token_names_the_token(collector: RunningCollector) -> None:
+    """A refused but known token (revoked here) is named in the audit row."""
+    store = collector.store
+    token, rec = store.create_token("engineer", role="admin", label="ex-employee", ttl=dt.timedelta(hours=1))
+    store.revoke_token(rec.id)
+    with collector.channel() as ch, pytest.raises(grpc.RpcError) as info:
+        collector_pb2_grpc.QueryStub(ch).ListAudit(collector_pb2.ListAuditRequest(), metadata=_md(token))
+    assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    row = store.list_audit(limit=1)[0]
+    assert (row.action, row.outcome, row.actor) == ("query.list_audit", "denied", rec.id)
+    assert "revoked" in row.detail and token not in row.detail

@@ -25,6 +25,7 @@ import pytest
 
 import collector
 from collector.storage import BlobStore, Conflict, NotFound, S3BlobStore, S3Location, StagedUpload, StoreError
+from collector.storage.errors import StagedByOther
 
 # The checkout that holds the package under test, for the child process.
 REPO = Path(collector.__file__).resolve().parents[1]
@@ -208,6 +209,22 @@ def test_other_size_or_hash_starts_over(tmp_path: Path, blob_backend: MakeStore)
     store.sidecar_path(bid).write_text("{not json")
     with store.open_upload(bid, len(other), other_sha) as up:
         assert up.offset == 0
+
+
+def test_an_owned_partial_is_resumed_only_by_its_owner_for_its_bytes(tmp_path: Path, blob_backend: MakeStore) -> None:
+    store = blob_backend(tmp_path)
+    data, sha = blob()
+    other, other_sha = blob(len(data))
+    bid = secrets.token_hex(16)
+    with store.open_upload(bid, len(data), sha, owner="ag_a") as up:
+        send(up, data[:100_000])
+    with pytest.raises(StagedByOther):
+        store.open_upload(bid, len(other), other_sha, owner="ag_a")
+    with pytest.raises(StagedByOther):
+        store.open_upload(bid, len(data), sha, owner="ag_b")
+    assert store.durable_offset(bid, len(data), sha) == 100_000
+    with store.open_upload(bid, len(data), sha, owner="ag_a") as up:
+        assert up.offset == 100_000
 
 
 def test_refuses_overflow_bad_hash_and_short_commit(tmp_path: Path, blob_backend: MakeStore) -> None:

@@ -299,3 +299,36 @@ def test_declined_upload_leaves_a_command_that_sends_it_later(tmp_path: Path) ->
     assert "cfc_not_a_real_token" not in text  # never printed
     again = cli(str(BIN / argv[0]), *argv[1:], env=env, check=False)
     assert again.returncode == 3, again.stderr  # parsed and verified; only the collector is missing
+
+
+def test_token_management_is_audited(tmp_path: Path) -> None:
+    """`casefile-collector token create|revoke` (there is no RPC for it) is audited with
+    actor "operator" and the token id as target, never the token."""
+    from typer.testing import CliRunner
+
+    from collector.cli import app
+    from collector.storage import Store
+
+    data = tmp_path / "data"
+    runner = CliRunner()
+    made = runner.invoke(
+        app, ["token", "create", "--kind", "engineer", "--role", "admin", "-q", "--data-dir", str(data)]
+    )
+    assert made.exit_code == 0, made.output
+    token = made.output.strip()
+    with Store.open(f"sqlite:///{data / 'casefile.db'}") as store:
+        token_id = store.list_tokens()[0].id
+    revoked = runner.invoke(app, ["token", "revoke", token_id, "--data-dir", str(data)])
+    assert revoked.exit_code == 0, revoked.output
+    missing = runner.invoke(app, ["token", "revoke", "tok_0000000000", "--data-dir", str(data)])
+    assert missing.exit_code != 0
+    with Store.open(f"sqlite:///{data / 'casefile.db'}") as store:
+        entries = store.list_audit(limit=10)
+    got = [(e.action, e.actor, e.target, e.outcome) for e in reversed(entries)]
+    assert got == [
+        ("token.create", "operator", token_id, "ok"),
+        ("token.revoke", "operator", token_id, "ok"),
+        ("token.revoke", "operator", "tok_0000000000", "not_found"),
+    ]
+    assert "role admin" in entries[-1].detail
+    assert all(token not in e.detail + e.target + e.actor_label for e in entries)
