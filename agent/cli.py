@@ -584,6 +584,9 @@ def _exit(code: int, message: str) -> NoReturn:
 
 
 def main() -> None:
+    # grpc core's own log lines (a TLS handshake failure, a reconnect) would bury the one
+    # line this CLI prints about what went wrong; an operator can still ask for them.
+    os.environ.setdefault("GRPC_VERBOSITY", "NONE")
     try:
         app()
     except VerificationError as exc:

@@ -32,10 +32,21 @@ _RETRYABLE = {
 }
 
 
+def _untrusted(err: grpc.RpcError) -> bool:
+    """The TLS handshake failed on the collector's certificate: no retry will change that."""
+    detail = err.details() if hasattr(err, "details") else str(err)
+    return "CERTIFICATE_VERIFY_FAILED" in (detail or "").upper()
+
+
 def _fail(cls: type[UploadError] | type[EnrollmentError], what: str, err: grpc.RpcError) -> Exception:
     code = err.code() if hasattr(err, "code") else None
     detail = err.details() if hasattr(err, "details") else str(err)
     name = code.name if code else "UNKNOWN"
+    if _untrusted(err):
+        detail = (
+            "the collector's certificate is not trusted here: pass --ca-fingerprint sha256:<hex> "
+            f"(what the collector printed at start, from support) or --ca-file ({detail})"
+        )
     return cls(f"{what}: {name}: {detail}", code=name)
 
 
@@ -157,7 +168,7 @@ def upload_bundle(
             receipt: collector_pb2.Receipt = stub.Upload(chunks, metadata=meta, timeout=timeout)
             return receipt
         except grpc.RpcError as err:
-            if err.code() not in _RETRYABLE:
+            if err.code() not in _RETRYABLE or _untrusted(err):
                 raise _fail(UploadError, f"upload of bundle {bundle_id} failed", err) from None
             last = err
     assert last is not None

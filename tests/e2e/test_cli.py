@@ -206,6 +206,14 @@ def test_case_token_one_shot_upload(served: dict[str, str]) -> None:
         "memory",
     )
     assert "Uploaded" in res.stdout and "Signed by key sha256:" in res.stdout
+    # Without the pin the self-signed certificate is not trusted: one attempt, one line
+    # that says what to pass, no retries and no grpc log lines around it.
+    (bundle,) = Path(s["tmp"]).glob("casefile-*-SR-5-*.tar.zst")
+    unpinned = cli("casefile", "upload", str(bundle), "--to", s["addr"], "--token", case_token,
+                   "--home", s["home"], check=False)  # fmt: skip
+    assert unpinned.returncode == 3, unpinned.stderr
+    assert "--ca-fingerprint" in unpinned.stderr and "gave up after" not in unpinned.stderr
+    assert unpinned.stderr.strip().count("\n") == 0, unpinned.stderr
 
 
 def test_only_takes_comma_separated_names(tmp_path: Path) -> None:
