@@ -309,7 +309,14 @@ def collect(
         "redaction_hits": dict(done.redaction.get("totals", {})),
     }
     if wants_upload and confirmed in ("yes-flag", "interactive", "non-interactive"):
-        receipt = _upload(b.path, b.bundle_id, state, upload, token, ca_fingerprint, ca_file, insecure)
+        try:
+            receipt = _upload(b.path, b.bundle_id, state, upload, token, ca_fingerprint, ca_file, insecure)
+        except TransportError as exc:
+            if as_json:  # the bundle is written: a script still gets where, and why it was not sent
+                summary["upload"] = {"collector": upload or (enrollment.collector if enrollment else ""),
+                                     "error": str(exc)}  # fmt: skip
+                print(json.dumps(summary, indent=1))
+            raise
         summary["upload"] = {
             "collector": upload or (enrollment.collector if enrollment else ""),
             "agent_id": receipt.agent_id,

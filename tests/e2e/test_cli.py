@@ -105,11 +105,14 @@ def test_enroll_collect_upload_verify_query_download(served: dict[str, str]) -> 
     elsewhere = Path(s["tmp"]) / "elsewhere"
     refused = cli(
         "casefile", "collect", "--only", "netdepth", "-o", str(elsewhere), "--home", s["home"],
-        "--upload", "127.0.0.2:9", "--insecure", "--yes", check=False,
+        "--upload", "127.0.0.2:9", "--insecure", "--yes", "--json", check=False,
     )  # fmt: skip
     assert refused.returncode == 3, refused.stderr
     (written,) = elsewhere.glob("*.tar.zst")
     assert _facts(str(written))["networkDepth"]["resolve"]["name"] == "127.0.0.2"
+    # --json still answers with JSON: where the bundle is, and why it was not sent.
+    answer = json.loads(refused.stdout)
+    assert answer["bundle"]["path"] == str(written) and answer["upload"]["error"], answer
 
     out = Path(s["tmp"]) / "out"
     res = cli(
