@@ -27,7 +27,7 @@ from typing import Annotated, Any, NoReturn
 import grpc
 import typer
 from rich.console import Console
-from rich.table import Table
+from rich.table import Column, Table
 
 from agent import units
 from agent.errors import CasefileError, TransportError
@@ -457,7 +457,8 @@ def bundles(
     if as_json:
         print(json_format.MessageToJson(resp, indent=1))
         return
-    t = Table("bundle id", "host", "case", "kind", "created", "size", "collectors")
+    # The id whole, never cut by a narrow terminal: it is what show/download/report take.
+    t = Table(Column("bundle id", no_wrap=True, min_width=32), "host", "case", "kind", "created", "size", "collectors")
     for b in resp.bundles:
         t.add_row(
             b.bundle_id,

@@ -156,6 +156,8 @@ def test_enroll_collect_upload_verify_query_download(served: dict[str, str]) -> 
         cli("casefile-collector", "bundles", "--case", "SR-1234", "--since", "1h", "--json", env=env).stdout
     )
     assert [b["bundleId"] for b in listed["bundles"]] == [summary["bundle"]["bundle_id"]]
+    narrow = cli("casefile-collector", "bundles", "--case", "SR-1234", env={**env, "COLUMNS": "80"}).stdout
+    assert summary["bundle"]["bundle_id"] in narrow  # whole, to paste into show/download
     shown = cli("casefile-collector", "show", summary["bundle"]["bundle_id"], env=env).stdout
     assert "Disks" in shown and "Collectors" in shown
     copy = Path(s["tmp"]) / "copy.tar.zst"
