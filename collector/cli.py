@@ -266,6 +266,8 @@ def token_create(
         raise typer.BadParameter("--kind must be enroll, case or engineer")
     if kind == "engineer" and role is None:
         role = "viewer"
+    if kind == "case" and not case:
+        raise typer.BadParameter("a case token needs --case ID (the support case it uploads to)")
     store = _store(data_dir, db_url)
     try:
         plain, rec = store.create_token(
