@@ -10,6 +10,7 @@ the token.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import functools
 import inspect
@@ -124,39 +125,35 @@ class EngineerAuth:
         when it ends. ``action``/``target`` name the call until ``require`` runs, so a
         request refused before authorisation (a malformed id) is audited too."""
 
+        @contextlib.asynccontextmanager
+        async def scope(self: Any, request: Any, context: Any) -> AsyncIterator[None]:
+            call = AuditedCall(action=action, target=target(request))
+            reset = _CURRENT_CALL.set(call)
+            outcome, detail = "ok", ""
+            try:
+                yield
+            except BaseException as exc:
+                outcome, detail = _outcome(call, exc)
+                raise
+            finally:
+                _CURRENT_CALL.reset(reset)
+                await self._auth._write(call, context.peer() or "", outcome, detail)
+
         def wrap(fn: Handler) -> Handler:
             if inspect.isasyncgenfunction(fn):
 
                 @functools.wraps(fn)
                 async def stream(self: Any, request: Any, context: Any) -> AsyncIterator[Any]:
-                    call = AuditedCall(action=action, target=target(request))
-                    reset = _CURRENT_CALL.set(call)
-                    outcome, detail = "ok", ""
-                    try:
+                    async with scope(self, request, context):
                         async for item in fn(self, request, context):
                             yield item
-                    except BaseException as exc:
-                        outcome, detail = _outcome(call, exc)
-                        raise
-                    finally:
-                        _CURRENT_CALL.reset(reset)
-                        await self._auth._write(call, context.peer() or "", outcome, detail)
 
                 return cast(Handler, stream)
 
             @functools.wraps(fn)
             async def unary(self: Any, request: Any, context: Any) -> Any:
-                call = AuditedCall(action=action, target=target(request))
-                reset = _CURRENT_CALL.set(call)
-                outcome, detail = "ok", ""
-                try:
+                async with scope(self, request, context):
                     return await fn(self, request, context)
-                except BaseException as exc:
-                    outcome, detail = _outcome(call, exc)
-                    raise
-                finally:
-                    _CURRENT_CALL.reset(reset)
-                    await self._auth._write(call, context.peer() or "", outcome, detail)
 
             return cast(Handler, unary)
 
