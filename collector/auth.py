@@ -64,33 +64,23 @@ Handler = TypeVar("Handler", bound=Callable[..., Any])
 class EngineerAuth:
     """Checks an engineer's bearer token and role; the call is audited either way.
 
-    Inside a handler wrapped by :meth:`audited`, :meth:`require` only notes who called;
-    the wrapper writes exactly one audit row when the handler finishes, with its final
-    outcome: ``ok``, ``denied``, or the status it failed with (``not_found``…).
+    A handler wrapped by :meth:`audited` calls :meth:`require`, which only notes who
+    called; the wrapper writes exactly one audit row when the handler finishes, with its
+    final outcome: ``ok``, ``denied``, or the status it failed with (``not_found``…).
     """
 
     def __init__(self, store: Store) -> None:
         self._store = store
 
-    async def require(
-        self,
-        context: grpc.aio.ServicerContext[Any, Any],
-        *,
-        role: str,
-        action: str,
-        target: str = "",
-    ) -> TokenRecord:
+    async def require(self, context: grpc.aio.ServicerContext[Any, Any], *, role: str) -> TokenRecord:
+        """The caller's token, if it holds ``role``; notes who called for the audit row.
+
+        Only inside a handler wrapped by :meth:`audited`, which names the action and target
+        and writes the row when the handler ends.
+        """
         call = _CURRENT_CALL.get()
-        if call is None:  # not wrapped: audit the authorisation itself, as it happens
-            call = AuditedCall(action=action, target=target)
-            try:
-                record = await self._check(call, context, role)
-            except Exception as exc:
-                await self._write(call, context.peer() or "", "denied", call.detail or str(exc))
-                raise
-            await self._write(call, context.peer() or "", "ok", "")
-            return record
-        call.action, call.target = action, target
+        if call is None:
+            raise RuntimeError("EngineerAuth.require() outside a handler wrapped by EngineerAuth.audited")
         return await self._check(call, context, role)
 
     async def _check(
@@ -122,8 +112,8 @@ class EngineerAuth:
     def audited(action: str, target: Callable[[Any], str] = lambda _request: "") -> Callable[[Handler], Handler]:
         """Wrap a Query handler (coroutine or async generator) taking ``(self, request,
         context)`` whose ``self._auth`` is an EngineerAuth: one audit row per call, written
-        when it ends. ``action``/``target`` name the call until ``require`` runs, so a
-        request refused before authorisation (a malformed id) is audited too."""
+        when it ends. ``action``/``target`` name the call from the start, so a request
+        refused before authorisation (a malformed id) is audited too."""
 
         @contextlib.asynccontextmanager
         async def scope(self: Any, request: Any, context: Any) -> AsyncIterator[None]:
