@@ -17,6 +17,7 @@ from agent.bundle.manifest import (
     BundleMeta,
     MemberInfo,
     bundle_file_name,
+    is_bundle_id,
     new_bundle_id,
 )
 from agent.bundle.reader import VerifiedBundle, verify_bundle
@@ -33,6 +34,7 @@ __all__ = [
     "VerifiedBundle",
     "WrittenBundle",
     "bundle_file_name",
+    "is_bundle_id",
     "new_bundle_id",
     "verify_bundle",
 ]

@@ -35,6 +35,7 @@ __all__ = [
     "bundle_file_name",
     "encode_manifest",
     "format_time",
+    "is_bundle_id",
     "member_path_problem",
     "new_bundle_id",
     "parse_manifest",
@@ -50,6 +51,11 @@ BundleKind = Literal["one-shot", "live", "scheduled"]
 KINDS: tuple[BundleKind, ...] = ("one-shot", "live", "scheduled")
 
 _BUNDLE_ID = re.compile(r"[0-9a-f]{32}")
+
+
+def is_bundle_id(value: object) -> bool:
+    """A bundle id: 32 lowercase hex digits (``new_bundle_id``)."""
+    return isinstance(value, str) and _BUNDLE_ID.fullmatch(value) is not None
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _UNSAFE_NAME_CHARS = re.compile(r"[^A-Za-z0-9._-]")
 # Control characters break `sha256sum -c` lines and terminals; backslash is a
@@ -85,7 +91,7 @@ class BundleMeta:
     request_id: str | None = None
 
     def __post_init__(self) -> None:
-        if not _BUNDLE_ID.fullmatch(self.bundle_id):
+        if not is_bundle_id(self.bundle_id):
             raise BundleError(f"bundle id must be 32 lowercase hex digits, got {self.bundle_id!r}")
         if self.kind not in KINDS:
             raise BundleError(f"bundle kind must be one of {', '.join(KINDS)}, got {self.kind!r}")
@@ -270,7 +276,7 @@ def parse_manifest(data: bytes) -> tuple[dict[str, Any], PublicKey, tuple[Member
                 raise _bad(f"field {field!r} holds control character U+{ord(bad.group()):04X} at index {bad.start()}")
     if manifest["format"] != FORMAT:
         raise _bad(f"unknown format {manifest['format']!r} (expected {FORMAT!r})")
-    if not _BUNDLE_ID.fullmatch(manifest["bundle_id"]):
+    if not is_bundle_id(manifest["bundle_id"]):
         raise _bad(f"bundle_id {manifest['bundle_id']!r} is not 32 lowercase hex digits")
     if manifest["kind"] not in KINDS:
         raise _bad(f"kind {manifest['kind']!r} is not one of {', '.join(KINDS)}")

@@ -27,7 +27,7 @@ from typing import Any
 import grpc
 from google.protobuf.message import DecodeError
 
-from agent.bundle import VerifiedBundle, verify_bundle
+from agent.bundle import VerifiedBundle, is_bundle_id, verify_bundle
 from agent.errors import VerificationError
 from collector.auth import UploadIdentity, authorize_upload
 from collector.edge import Rejected, unary
@@ -46,7 +46,6 @@ OnStored = Callable[[BundleRecord, str], Awaitable[None]]
 
 log = logging.getLogger("casefile.collector.ingest")
 
-_HEX32 = re.compile(r"^[0-9a-f]{32}$")
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -186,7 +185,7 @@ def receipt_for(rec: BundleRecord) -> collector_pb2.Receipt:
 
 
 def _check_header_fields(bundle_id: str, size: int, sha256: str, limits: IngestLimits) -> None:
-    if not _HEX32.match(bundle_id):
+    if not is_bundle_id(bundle_id):
         raise Rejected(
             grpc.StatusCode.INVALID_ARGUMENT,
             f"malformed header: bundle_id must be 32 lowercase hex characters, got {bundle_id!r:.60}",

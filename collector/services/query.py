@@ -18,6 +18,7 @@ import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from agent.analysis import BundleView, analyse, build_timeline, diff_bundles, render_diff_text, render_html
+from agent.bundle import is_bundle_id
 from collector.auth import EngineerAuth
 from collector.edge import Rejected, server_stream, unary
 from collector.live import LiveRouter, audit_entry, request_snapshot
@@ -74,13 +75,12 @@ def _when(ts: Timestamp, present: bool) -> dt.datetime | None:
 # have fixed formats, free text is bounded and holds no control character (NUL cannot
 # be stored in PostgreSQL text at all). The messages never echo more than a short prefix.
 
-_BUNDLE_ID_RE = re.compile(r"[0-9a-f]{32}")
 _AGENT_ID_RE = re.compile(r"ag_[0-9A-Za-z_-]{1,29}")
 _FREE_TEXT_CONTROL_RE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")  # tab and newline allowed
 
 
 def _bundle_id(field: str, value: str) -> str:
-    if not _BUNDLE_ID_RE.fullmatch(value):
+    if not is_bundle_id(value):
         raise InvalidArgument(f"{field} {clip(value, 40)!r} is not a bundle id (32 lowercase hex digits)")
     return value
 

@@ -34,19 +34,19 @@ from pathlib import Path
 from types import TracebackType
 from typing import BinaryIO, Protocol, runtime_checkable
 
+from agent.bundle.manifest import is_bundle_id
 from collector.storage.errors import Conflict, InvalidArgument, NotFound, StagedByOther, StoreError
 
 __all__ = ["DEFAULT_SYNC_EVERY", "BlobBackend", "BlobStore", "StagedUpload"]
 
 DEFAULT_SYNC_EVERY = 8 * 1024 * 1024
-_BUNDLE_ID_RE = re.compile(r"[0-9a-f]{32}")
 _SHA256_RE = re.compile(r"[0-9a-f]{64}")
 _HASH_READ = 1024 * 1024
 
 
 def _check_bundle_id(bundle_id: str) -> None:
     # Paths are built from this: only the exact id shape may pass.
-    if not isinstance(bundle_id, str) or not _BUNDLE_ID_RE.fullmatch(bundle_id):
+    if not is_bundle_id(bundle_id):
         raise InvalidArgument(f"bundle id {bundle_id!r} is not 32 lowercase hex digits")
 
 
@@ -449,7 +449,7 @@ class BlobStore:
         stale: list[str] = []
         for part in sorted(self._staging.glob("*.part")):
             bundle_id = part.stem
-            if not _BUNDLE_ID_RE.fullmatch(bundle_id):
+            if not is_bundle_id(bundle_id):
                 continue
             try:
                 if part.stat().st_mtime >= cutoff:

@@ -16,6 +16,7 @@ from typing import Any
 from sqlalchemy import Connection, Select, and_, case, or_, select
 from sqlalchemy.exc import IntegrityError, OperationalError
 
+from agent.bundle.manifest import is_bundle_id
 from collector.storage.agents import AgentMethods
 from collector.storage.audit import AuditMethods
 from collector.storage.base import Clock, make_engine, utc_now
@@ -43,7 +44,6 @@ from collector.storage.tokens import TokenMethods
 
 __all__ = ["Store"]
 
-_BUNDLE_ID_RE = re.compile(r"[0-9a-f]{32}")
 _SHA256_RE = re.compile(r"[0-9a-f]{64}")
 # Every bundle column except the two large ones, for listings.
 _SUMMARY = [c for c in bundles.c if c.name not in ("facts_pb", "manifest_json")]
@@ -99,7 +99,7 @@ class Store(TokenMethods, AgentMethods, AuditMethods, LiveMethods, StatsMethods)
         not an error: it returns the stored record and ``False``. The same id with
         another sha256 raises ``Conflict``.
         """
-        if not _BUNDLE_ID_RE.fullmatch(rec.bundle_id):
+        if not is_bundle_id(rec.bundle_id):
             raise InvalidArgument(f"bundle id {clip(rec.bundle_id, 80)!r} is not 32 lowercase hex digits")
         if not _SHA256_RE.fullmatch(rec.sha256):
             raise InvalidArgument(f"bundle {rec.bundle_id}: sha256 is not a lowercase hex digest")
