@@ -34,6 +34,23 @@ app = typer.Typer(
     add_completion=False,
 )
 register_analysis_commands(app)
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        sys.stdout.write(f"casefile {__version__}\n")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option("--version", help="Print the version and exit.", callback=_show_version, is_eager=True),
+    ] = False,
+) -> None:
+    """Collect, seal, verify and send diagnostics for a support case."""
+
 agent_app = typer.Typer(help="The agent's identity and enrollment with a collector.", no_args_is_help=True)
 app.add_typer(agent_app, name="agent")
 
@@ -210,6 +227,19 @@ def collect(
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
     wants_upload = not preview and (upload is not None or bool(token and enrollment))
+    # The command line is checked whole before any collecting: a mistake costs seconds, not a run.
+    if token and upload is None and enrollment is None and not preview:
+        raise typer.BadParameter("--token is the key to an upload: pass --upload HOST:PORT as well")
+    if upload is not None and not token and enrollment is None and not preview:
+        raise typer.BadParameter("--upload needs --token (a case token from support) or an enrolled agent")
+    from agent.attachments import check_attachment
+    from agent.redact.errors import RedactionError
+
+    for attached in add_file or ():
+        try:
+            check_attachment(attached)
+        except RedactionError as exc:
+            raise typer.BadParameter(str(exc)) from None
     target = upload or (enrollment.collector if enrollment else None)
     if target and host_of(target):
         # The DNS resolve test asks for the name this agent has to reach.
@@ -297,6 +327,7 @@ def collect(
         )
     b = done.bundle
     summary = snapshot_summary(done.result.snapshot)
+    summary["casefile_version"] = __version__
     summary["bundle"] = {
         "path": str(b.path),
         "bundle_id": b.bundle_id,
@@ -312,11 +343,18 @@ def collect(
         try:
             receipt = _upload(b.path, b.bundle_id, state, upload, token, ca_fingerprint, ca_file, insecure)
         except TransportError as exc:
-            if as_json:  # the bundle is written: a script still gets where, and why it was not sent
+            # The bundle is written: say where it is and how to send it once the collector answers.
+            later = _send_later(b.path, upload, ca_fingerprint, ca_file, insecure, home, state, token)
+            if as_json:
                 summary["upload"] = {"collector": upload or (enrollment.collector if enrollment else ""),
-                                     "error": str(exc)}  # fmt: skip
+                                     "error": str(exc), "send_later": later}  # fmt: skip
                 print(json.dumps(summary, indent=1))
-            raise
+            else:
+                _render_summary(summary)
+                err.print(f"Not sent: {exc}", soft_wrap=True, highlight=False, markup=False)
+                err.print(f"The bundle stays at {b.path}; send it later with: {later}",
+                          soft_wrap=True, highlight=False, markup=False)  # fmt: skip
+            raise typer.Exit(3) from None
         summary["upload"] = {
             "collector": upload or (enrollment.collector if enrollment else ""),
             "agent_id": receipt.agent_id,
@@ -328,16 +366,7 @@ def collect(
     else:
         _render_summary(summary)
     if confirmed == "declined":
-        later = " ".join(
-            [f"casefile upload {b.path}"]
-            + ([f"--to {upload}"] if upload else [])
-            + ([f"--ca-fingerprint {ca_fingerprint}"] if ca_fingerprint else [])
-            + ([f"--ca-file {ca_file}"] if ca_file else [])
-            + (["--insecure"] if insecure else [])
-            + (["--home", str(state.root)] if home else [])
-            # The token itself is never printed: from the environment it is found again.
-            + (["--token", "<the case token>"] if token and "CASEFILE_TOKEN" not in os.environ else [])
-        )
+        later = _send_later(b.path, upload, ca_fingerprint, ca_file, insecure, home, state, token)
         # One line to copy: not wrapped, not coloured, and a "[" in a path is not markup.
         err.print(
             f"Not sent. The bundle stays at {b.path}; send it later with: {later}",
@@ -345,6 +374,29 @@ def collect(
             highlight=False,
             markup=False,
         )
+
+
+def _send_later(
+    path: Path,
+    upload: str | None,
+    ca_fingerprint: str | None,
+    ca_file: Path | None,
+    insecure: bool,
+    home: Path | None,
+    state: AgentHome,
+    token: str | None,
+) -> str:
+    """The one command that sends a written bundle later (the token itself is never printed)."""
+    return " ".join(
+        [f"casefile upload {path}"]
+        + ([f"--to {upload}"] if upload else [])
+        + ([f"--ca-fingerprint {ca_fingerprint}"] if ca_fingerprint else [])
+        + ([f"--ca-file {ca_file}"] if ca_file else [])
+        + (["--insecure"] if insecure else [])
+        + (["--home", str(state.root)] if home else [])
+        # From the environment the token is found again; on the command line it is named only.
+        + (["--token", "<the case token>"] if token and "CASEFILE_TOKEN" not in os.environ else [])
+    )
 
 
 def _collector_offset(
@@ -459,6 +511,7 @@ def verify(
     m = vb.manifest
     result = {
         "ok": True,
+        "casefile_version": __version__,
         "bundle_id": m.get("bundle_id"),
         "hostname": m.get("hostname"),
         "case_id": m.get("case_id"),

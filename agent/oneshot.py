@@ -36,6 +36,7 @@ from typing import IO, Any
 
 from google.protobuf import json_format
 
+from agent.attachments import check_attachment, open_attachment
 from agent.bundle import BundleMeta, BundleWriter, WrittenBundle, new_bundle_id
 from agent.collect import (
     CollectionResult,
@@ -354,10 +355,7 @@ def _check_added(privacy: PrivacyOptions, raw: bool) -> list[tuple[Path, str]]:
         )
     out: list[tuple[Path, str]] = []
     for path in privacy.add_files:
-        if not path.is_file():
-            raise RedactionError(f"--add-file {path}: not a regular file (or not found)")
-        if not os.access(path, os.R_OK):
-            raise RedactionError(f"--add-file {path}: not readable")
+        check_attachment(path)
         member = f"files/{path.name}"
         if any(m == member for _, m in out):
             raise RedactionError(f"--add-file {path}: another added file is also named {path.name!r}")
@@ -458,8 +456,8 @@ def _prepare(
         added_entries: list[dict[str, str]] = []
         for source, member in added:
             path = redactor.redact_text(member, "member-paths")
-            with open(source, "rb") as src:
-                spool_in(path, "file", src)
+            with open_attachment(source) as attached:
+                spool_in(path, "file", attached)
             added_entries.append({"member": path, "source": redactor.redact_text(str(source), _MANIFEST)})
     except BaseException:
         for m in members:

@@ -38,6 +38,26 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        from agent.version import __version__
+
+        sys.stdout.write(f"casefile-collector {__version__}\n")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option("--version", help="Print the version and exit.", callback=_show_version, is_eager=True),
+    ] = False,
+) -> None:
+    """The Casefile collector: serve, issue tokens, and query bundles."""
+
+
 token_app = typer.Typer(help="Enrollment, case and engineer tokens (shown once, stored hashed).", no_args_is_help=True)
 app.add_typer(token_app, name="token")
 
