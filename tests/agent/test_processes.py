@@ -60,19 +60,31 @@ def test_busy_and_big_processes_rank_first() -> None:
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc")
-def test_zombies_are_counted_from_proc() -> None:
-    before = count_zombies()
-    child = subprocess.Popen(["true"])
+def test_zombies_are_counted_from_proc(tmp_path: Path) -> None:
+    # Other work on the machine makes and reaps zombies of its own at any time, so the
+    # count is checked on a /proc of this test's processes only: the real stat lines of
+    # two zombie children (one named with ") Z" to try the parser) and of this process.
+    odd = tmp_path / "odd) Z name"
+    odd.symlink_to("/bin/true")
+    children = [subprocess.Popen(["true"]), subprocess.Popen([str(odd)])]
     try:
-        for _ in range(200):  # it exits at once; unreaped it stays a zombie
-            with open(f"/proc/{child.pid}/stat") as fh:
-                if fh.read().rsplit(")", 1)[1].split()[0] == "Z":
-                    break
-            time.sleep(0.01)
-        assert count_zombies() >= before + 1
-        assert _run(processes_sample_s=0.0).zombies >= 1
+        for child in children:
+            for _ in range(200):  # it exits at once; unreaped it stays a zombie
+                with open(f"/proc/{child.pid}/stat") as fh:
+                    if fh.read().rsplit(")", 1)[1].split()[0] == "Z":
+                        break
+                time.sleep(0.01)
+        mine = tmp_path / "proc"
+        for pid in [os.getpid(), *(c.pid for c in children)]:
+            (mine / str(pid)).mkdir(parents=True)
+            (mine / str(pid) / "stat").write_bytes(Path(f"/proc/{pid}/stat").read_bytes())
+        (mine / "self").mkdir()  # not a pid: skipped
+        assert count_zombies(str(mine)) == 2
+        # The collector reads the real /proc: at least these two are there.
+        assert _run(processes_sample_s=0.0).zombies >= 2
     finally:
-        child.wait()
+        for child in children:
+            child.wait()
 
 
 def test_count_zombies_on_a_missing_proc() -> None:
