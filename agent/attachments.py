@@ -14,9 +14,15 @@ import stat
 from pathlib import Path
 from typing import IO, cast
 
-from agent.redact.errors import RedactionError
+from agent.errors import CasefileError
 
-__all__ = ["ATTACHMENT_MAX_BYTES", "check_attachment", "open_attachment"]
+__all__ = ["ATTACHMENT_MAX_BYTES", "AttachmentError", "check_attachment", "open_attachment"]
+
+
+
+class AttachmentError(CasefileError):
+    """An attachment cannot be read as asked; the message names the file."""
+
 
 # Support asks for config files and application logs, not disk images: 512 MiB is far
 # above the former and still bounds the time a run can spend reading one.
@@ -56,25 +62,25 @@ def _mount_type(path: Path, mountinfo: str = "/proc/self/mountinfo") -> str | No
 
 
 def check_attachment(path: Path, *, max_bytes: int = ATTACHMENT_MAX_BYTES) -> Path:
-    """The resolved path of an attachment that may be read, or a RedactionError naming it."""
+    """The resolved path of an attachment that may be read, or a AttachmentError naming it."""
     flag = f"--add-file {path}"
     try:
         real = path.resolve(strict=True)
         st = os.stat(real)
     except FileNotFoundError:
-        raise RedactionError(f"{flag}: no such file") from None
+        raise AttachmentError(f"{flag}: no such file") from None
     except OSError as exc:
-        raise RedactionError(f"{flag}: {exc.strerror or exc}") from None
+        raise AttachmentError(f"{flag}: {exc.strerror or exc}") from None
     if not stat.S_ISREG(st.st_mode):
         kind = "a folder" if stat.S_ISDIR(st.st_mode) else "a device, FIFO or socket"
-        raise RedactionError(f"{flag}: {kind}, not a regular file")
+        raise AttachmentError(f"{flag}: {kind}, not a regular file")
     fstype = _mount_type(real)
     if fstype in _PSEUDO_FILESYSTEMS:
-        raise RedactionError(f"{flag}: on a {fstype} filesystem (a kernel interface, not a file to attach)")
+        raise AttachmentError(f"{flag}: on a {fstype} filesystem (a kernel interface, not a file to attach)")
     if st.st_size > max_bytes:
-        raise RedactionError(f"{flag}: {st.st_size:,} bytes, over the {max_bytes:,}-byte limit for an attachment")
+        raise AttachmentError(f"{flag}: {st.st_size:,} bytes, over the {max_bytes:,}-byte limit for an attachment")
     if not os.access(real, os.R_OK):
-        raise RedactionError(f"{flag}: not readable (permission denied)")
+        raise AttachmentError(f"{flag}: not readable (permission denied)")
     return real
 
 
@@ -89,10 +95,10 @@ class _Bounded:
         try:
             data = self._fh.read(want)
         except OSError as exc:
-            raise RedactionError(f"--add-file {self._path}: {exc.strerror or exc} while reading") from None
+            raise AttachmentError(f"--add-file {self._path}: {exc.strerror or exc} while reading") from None
         self._left -= len(data)
         if self._left < 0:
-            raise RedactionError(f"--add-file {self._path}: grew past the attachment limit while being read")
+            raise AttachmentError(f"--add-file {self._path}: grew past the attachment limit while being read")
         return data
 
     def close(self) -> None:
@@ -111,9 +117,9 @@ def open_attachment(path: Path, *, max_bytes: int = ATTACHMENT_MAX_BYTES) -> IO[
     try:
         fd = os.open(real, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0))
     except OSError as exc:
-        raise RedactionError(f"--add-file {path}: {exc.strerror or exc}") from None
+        raise AttachmentError(f"--add-file {path}: {exc.strerror or exc}") from None
     if not stat.S_ISREG(os.fstat(fd).st_mode):
         os.close(fd)
-        raise RedactionError(f"--add-file {path}: changed into something other than a regular file")
+        raise AttachmentError(f"--add-file {path}: changed into something other than a regular file")
     # Only read() and the context manager are used by the redactor and the gate.
     return cast("IO[bytes]", _Bounded(path, os.fdopen(fd, "rb"), max_bytes))

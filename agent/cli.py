@@ -232,13 +232,12 @@ def collect(
         raise typer.BadParameter("--token is the key to an upload: pass --upload HOST:PORT as well")
     if upload is not None and not token and enrollment is None and not preview:
         raise typer.BadParameter("--upload needs --token (a case token from support) or an enrolled agent")
-    from agent.attachments import check_attachment
-    from agent.redact.errors import RedactionError
+    from agent.attachments import AttachmentError, check_attachment
 
     for attached in add_file or ():
         try:
             check_attachment(attached)
-        except RedactionError as exc:
+        except AttachmentError as exc:
             raise typer.BadParameter(str(exc)) from None
     target = upload or (enrollment.collector if enrollment else None)
     if target and host_of(target):
@@ -266,7 +265,12 @@ def collect(
         raise typer.BadParameter(str(exc)) from None
     try:
         from agent.oneshot import Consent, PrivacyOptions, prepare_collection
+        from agent.redact import PROFILES
         from agent.summary import snapshot_summary
+
+        # Checked here, not before the collectors start: the redaction package loads while they sample.
+        if profile not in PROFILES:
+            raise typer.BadParameter(f"unknown {profile!r}; known: {', '.join(PROFILES)}", param_hint="--profile")
 
         privacy = PrivacyOptions(
             profile=profile,

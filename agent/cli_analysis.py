@@ -65,9 +65,13 @@ def timeline(
 ) -> None:
     """Errors and warnings per interval on one UTC clock, and when the burst began."""
     from agent.analysis import build_timeline, parse_interval
+    from agent.analysis.errors import AnalysisError
     from agent.analysis.report_text import print_timeline
 
-    seconds = parse_interval(interval) if interval else None
+    try:
+        seconds = parse_interval(interval) if interval else None
+    except AnalysisError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--interval") from None
     view = _view(bundle, key)
     tl = build_timeline(view, seconds)
     if as_json:

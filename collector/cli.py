@@ -22,15 +22,17 @@ import os
 import signal
 import sys
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
-import grpc
 import typer
 from rich.console import Console
 from rich.table import Column, Table
 
 from agent import units
 from agent.errors import CasefileError, TransportError
+
+if TYPE_CHECKING:
+    import grpc
 
 app = typer.Typer(
     name="casefile-collector",
@@ -99,10 +101,17 @@ def parse_when(text: str) -> dt.datetime:
     return t if t.tzinfo else t.replace(tzinfo=dt.UTC)
 
 
-def _store(data_dir: Path, db_url: str | None) -> Any:
+def _store(data_dir: Path, db_url: str | None, *, read_only: bool = False) -> Any:
+    """The collector's store; a command that only reads never makes a data folder."""
     from collector.server import default_db_url
     from collector.storage import Store
 
+    if read_only and db_url is None and not (data_dir / "casefile.db").exists():
+        raise typer.BadParameter(
+            f"no collector data in {data_dir.resolve()}: pass --data-dir (or set CASEFILE_DATA_DIR) to the folder"
+            " `casefile-collector serve` uses",
+            param_hint="--data-dir",
+        )
     data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     with contextlib.suppress(PermissionError):  # a folder made by a package may be 0755
         data_dir.chmod(0o700)
@@ -325,7 +334,7 @@ def token_create(
 @token_app.command("list")
 def token_list(data_dir: DataDirOpt = Path("casefile-data"), db_url: DbUrlOpt = None, as_json: JsonOpt = False) -> None:
     """List tokens (ids and metadata; the secrets are not stored)."""
-    store = _store(data_dir, db_url)
+    store = _store(data_dir, db_url, read_only=True)
     try:
         rows = store.list_tokens()
     finally:
@@ -351,7 +360,15 @@ def token_list(data_dir: DataDirOpt = Path("casefile-data"), db_url: DbUrlOpt = 
             )
         )
         return
-    t = Table("id", "kind", "role", "case", "label", "uses", "expires", "revoked")
+    # The id whole, never cut: it is what `token revoke` takes.
+    if db_url:
+        from sqlalchemy import make_url
+
+        where = make_url(db_url).render_as_string(hide_password=True)
+    else:
+        where = str(data_dir.resolve())
+    out.print(f"Tokens in {where}", soft_wrap=True, highlight=False, markup=False)
+    t = Table(Column("id", no_wrap=True), "kind", "role", "case", "label", "uses", "expires", "revoked")
     for r in rows:
         t.add_row(
             r.id,
@@ -371,7 +388,7 @@ def token_revoke(token_id: str, data_dir: DataDirOpt = Path("casefile-data"), db
     """Revoke a token by its id."""
     from collector.storage.errors import NotFound
 
-    store = _store(data_dir, db_url)
+    store = _store(data_dir, db_url, read_only=True)
     try:
         try:
             store.revoke_token(token_id)
@@ -420,7 +437,7 @@ def hosts(
     ca_file: CaFileOpt = None,
     insecure: InsecureOpt = False,
     as_json: JsonOpt = False,
-    limit: Annotated[int, typer.Option("--limit", help="Page size.")] = 100,
+    limit: Annotated[int, typer.Option("--limit", min=1, max=1000, help="Page size.")] = 100,
     page_token: Annotated[str, typer.Option("--page-token", help="Cursor from the previous page.")] = "",
 ) -> None:
     """Hosts that have sent bundles."""
@@ -458,7 +475,7 @@ def bundles(
         str | None, typer.Option("--since", help="Created at/after: ISO time or a duration ago (2h, 7d).")
     ] = None,
     until: Annotated[str | None, typer.Option("--until", help="Created before: ISO time or a duration ago.")] = None,
-    limit: Annotated[int, typer.Option("--limit", help="Page size (max 1000).")] = 50,
+    limit: Annotated[int, typer.Option("--limit", min=1, max=1000, help="Page size (max 1000).")] = 50,
     page_token: Annotated[str, typer.Option("--page-token", help="Cursor from the previous page.")] = "",
 ) -> None:
     """Bundles, newest first, with filters and cursor pagination."""
@@ -709,8 +726,14 @@ def snapshot_cmd(
     ca_fingerprint: CaFpOpt = None,
     ca_file: CaFileOpt = None,
     insecure: InsecureOpt = False,
+    as_json: JsonOpt = False,
 ) -> None:
-    """Ask a connected agent for a fresh bundle; show its progress, then its summary and findings."""
+    """Ask a connected agent for a fresh bundle; show its progress, then its summary and findings.
+
+    Exit 0 when the bundle arrived, 5 when the agent's policy denied the request, 3 when it
+    ended otherwise (offline, expired, failed)."""
+    from google.protobuf import json_format
+
     from protos import collector_pb2
 
     since_s = int(parse_duration(since).total_seconds()) if since else 0
@@ -719,14 +742,35 @@ def snapshot_cmd(
     )
     channel, stub, md = _query(collector, token, ca_fingerprint, ca_file, insecure)
     last = None
+    events: list[dict[str, Any]] = []
     with channel:
         for event in stub.RequestSnapshot(spec, metadata=md, timeout=wait + timeout + 30):
             last = event
+            if as_json:
+                events.append(json_format.MessageToDict(event, preserving_proto_field_name=True))
+                continue
             extra = f" bundle {event.bundle_id}" if event.bundle_id else ""
-            out.print(f"{_fmt_ts(event.at) if event.HasField('at') else '':20} {event.state:11} {event.detail}{extra}")
+            out.print(
+                f"{_fmt_ts(event.at) if event.HasField('at') else '':20} {event.state:11} {event.detail}{extra}",
+                markup=False,
+                highlight=False,
+            )
+        doc: dict[str, Any] = {"host": host, "state": last.state if last else "no answer", "events": events}
+        if as_json and last is not None and last.state == "done":
+            doc["bundle_id"] = last.bundle_id
+            found = stub.GetFindings(
+                collector_pb2.GetBundleRequest(bundle_id=last.bundle_id), metadata=md, timeout=120
+            )
+            doc["findings"] = json.loads(found.json)
+    if as_json:
+        print(json.dumps(doc, indent=1))
     if last is None or last.state != "done":
-        state = last.state if last else "no answer"
-        raise CasefileError(f"snapshot of {host} ended {state}: {last.detail if last else ''}".rstrip(": "))
+        message = f"snapshot of {host} ended {doc['state']}: {last.detail if last else ''}".rstrip(": ")
+        if last is not None and last.state == "denied":
+            raise PolicyDenied(message)
+        raise TransportError(message)
+    if as_json:
+        return
     show(last.bundle_id, collector, token, ca_fingerprint, ca_file, insecure, False)
     # findings' own exit code (10/20 by severity) is for that command; a snapshot that
     # arrived is a success.
@@ -738,12 +782,16 @@ def snapshot_cmd(
 def audit_cmd(
     collector: CollectorOpt,
     token: TokenOpt,
-    actor: Annotated[str | None, typer.Option("--actor", help="Token id (or agent id for channel events).")] = None,
+    actor: Annotated[
+        str | None,
+        typer.Option("--actor", help="Token id, its label (alice), operator, or an agent id for channel events."),
+    ] = None,
     action: Annotated[
-        str | None, typer.Option("--action", help="e.g. live.request_snapshot, channel.connect.")
+        str | None,
+        typer.Option("--action", help="An action or a part of it: live.snapshot, live, snapshot, channel.connect."),
     ] = None,
     outcome: Annotated[str | None, typer.Option("--outcome", help="ok, denied or a status (not_found…).")] = None,
-    limit: Annotated[int, typer.Option("--limit", help="Newest entries to show.")] = 100,
+    limit: Annotated[int, typer.Option("--limit", min=1, max=1000, help="Newest entries to show.")] = 100,
     ca_fingerprint: CaFpOpt = None,
     ca_file: CaFileOpt = None,
     insecure: InsecureOpt = False,
@@ -758,9 +806,9 @@ def audit_cmd(
     channel, stub, md = _query(collector, token, ca_fingerprint, ca_file, insecure)
     with channel:
         resp = stub.ListAudit(req, metadata=md, timeout=30)
-    if as_json:
-        for e in resp.entries:
-            print(json.dumps(json_format.MessageToDict(e, preserving_proto_field_name=True), sort_keys=True))
+    if as_json:  # one JSON document, `[]` when nothing matches
+        entries = [json_format.MessageToDict(e, preserving_proto_field_name=True) for e in resp.entries]
+        print(json.dumps(entries, indent=1, sort_keys=True))
         return
     cols = ("id", "when", "actor", "role", "action", "target", "outcome", "detail")
     t = Table(*cols, title="Audit", title_justify="left")
@@ -770,18 +818,54 @@ def audit_cmd(
     out.print(t)
 
 
+class PolicyDenied(CasefileError):
+    """The agent's own policy refused a live request (exit 5)."""
+
+
 def _exit(code: int, message: str) -> NoReturn:
     err.print(f"[red]casefile-collector:[/] {message}", highlight=False, soft_wrap=True)
     raise SystemExit(code)
 
 
+# What an engineer reads instead of a gRPC status name: the cause in plain words and the fix.
+_PLAIN = {
+    "UNAVAILABLE": "cannot reach the collector ({detail}); check --collector / CASEFILE_COLLECTOR",
+    "UNAUTHENTICATED": "the collector refused the token ({detail}); check --token / CASEFILE_TOKEN",
+    "PERMISSION_DENIED": "the token's role does not allow this ({detail})",
+    "NOT_FOUND": "not found: {detail}",
+    "DEADLINE_EXCEEDED": "the collector did not answer in time ({detail})",
+    "RESOURCE_EXHAUSTED": "the collector is busy or the answer too large ({detail}); try again or ask for less",
+}
+
+
+def rpc_error_message(exc: grpc.RpcError) -> tuple[int, str]:
+    """(exit code, one line) for a failed call: 2 for a request the collector found malformed."""
+    code = exc.code().name if hasattr(exc, "code") else "UNKNOWN"
+    detail = (exc.details() if hasattr(exc, "details") else str(exc)) or ""
+    if "CERTIFICATE_VERIFY_FAILED" in detail.upper() or "HANDSHAKE" in detail.upper():
+        return 3, (
+            "the collector's certificate is not trusted: pass --ca-fingerprint sha256:<hex> (what `serve` printed)"
+            " or set CASEFILE_CA_FINGERPRINT, or pass --ca-file"
+        )
+    if code == "INVALID_ARGUMENT":
+        return 2, detail
+    return 3, _PLAIN.get(code, code + ": {detail}").format(detail=detail)
+
+
 def main() -> None:
+    # grpc core's own log lines (a failed TLS handshake) would bury the one line printed
+    # here; the server keeps them, and an operator can ask for them with GRPC_VERBOSITY.
+    # grpc core reads it once, when it loads: so grpc is imported here, after it is set.
+    if sys.argv[1:2] != ["serve"]:
+        os.environ.setdefault("GRPC_VERBOSITY", "NONE")
+    import grpc
+
     try:
         app()
     except grpc.RpcError as exc:
-        code = exc.code().name if hasattr(exc, "code") else "UNKNOWN"
-        detail = exc.details() if hasattr(exc, "details") else str(exc)
-        _exit(3, f"{code}: {detail}")
+        _exit(*rpc_error_message(exc))
+    except PolicyDenied as exc:
+        _exit(5, str(exc))
     except TransportError as exc:
         _exit(3, str(exc))
     except CasefileError as exc:

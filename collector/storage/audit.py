@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Row, select
+from sqlalchemy import Row, or_, select
 
 from collector.storage.base import StoreBase
 from collector.storage.cursors import clamp_page_size
@@ -131,9 +131,22 @@ class AuditMethods(StoreBase):
         if before_id is not None:
             query = query.where(a.id < before_id)
         if actor is not None:
-            query = query.where(a.actor == actor)
+            # What the table shows: "alice (tok_…)" is found by the token id or by its label;
+            # "root (casefile-collector CLI)" by "root" as well as by the label whole.
+            query = query.where(
+                or_(a.actor == actor, a.actor_label == actor, a.actor_label.startswith(f"{actor} (", autoescape=True))
+            )
         if action is not None:
-            query = query.where(a.action == action)
+            # An action is found by its name or any dotted part of it: "live" and "snapshot"
+            # both find "live.snapshot".
+            query = query.where(
+                or_(
+                    a.action == action,
+                    a.action.startswith(f"{action}.", autoescape=True),
+                    a.action.endswith(f".{action}", autoescape=True),
+                    a.action.contains(f".{action}.", autoescape=True),
+                )
+            )
         if outcome is not None:
             query = query.where(a.outcome == outcome)
         with self._read() as conn:
