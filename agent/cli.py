@@ -100,6 +100,8 @@ def _upload(
     ca_fingerprint: str | None,
     ca_file: Path | None,
     insecure: bool,
+    *,
+    show_progress: bool = False,
 ) -> Any:
     from agent.transport import UploadTarget, upload_bundle
 
@@ -115,8 +117,14 @@ def _upload(
         target = UploadTarget(key=key, agent_id=enrollment.agent_id)
     else:
         raise typer.BadParameter("uploading needs --token (a case token from support) or an enrolled agent")
-    with _channel(address, ca_fingerprint, ca_file, insecure, home) as channel:
-        return upload_bundle(channel, path, bundle_id=bundle_id, target=target)
+    from agent.cli_progress import TransferProgress
+
+    # On a terminal only: a script or --json reads the same bytes as before.
+    with (
+        _channel(address, ca_fingerprint, ca_file, insecure, home) as channel,
+        TransferProgress(err, f"uploading to {address}", enabled=show_progress and err.is_terminal) as bar,
+    ):
+        return upload_bundle(channel, path, bundle_id=bundle_id, target=target, progress=bar.update)
 
 
 def _key_values(items: Iterable[str], flag: str, *, number: bool = False) -> dict[str, str | int | float | bool]:
@@ -286,6 +294,11 @@ def collect(
             import agent.render  # noqa: F401
 
             load_console(out)
+            # A deep scan takes minutes: say how far it is (a terminal only; a default run is
+            # over before anything would show).
+            from agent.cli_progress import wait_with_progress
+
+            wait_with_progress(running, err, enabled=err.is_terminal)
     except BaseException:
         running.abandon()
         raise
@@ -345,7 +358,9 @@ def collect(
     }
     if wants_upload and confirmed in ("yes-flag", "interactive", "non-interactive"):
         try:
-            receipt = _upload(b.path, b.bundle_id, state, upload, token, ca_fingerprint, ca_file, insecure)
+            receipt = _upload(
+                b.path, b.bundle_id, state, upload, token, ca_fingerprint, ca_file, insecure, show_progress=not as_json
+            )
         except TransportError as exc:
             # The bundle is written: say where it is and how to send it once the collector answers.
             later = _send_later(b.path, upload, ca_fingerprint, ca_file, insecure, home, state, token)
@@ -553,7 +568,9 @@ def upload_cmd(
 
     state = AgentHome(home)
     vb = verify_bundle(bundle, expected_key=state.key().public)
-    receipt = _upload(bundle, str(vb.manifest["bundle_id"]), state, to, token, ca_fingerprint, ca_file, insecure)
+    receipt = _upload(
+        bundle, str(vb.manifest["bundle_id"]), state, to, token, ca_fingerprint, ca_file, insecure, show_progress=True
+    )
     out.print(f"[green]Uploaded[/] {bundle.name}: bundle {receipt.bundle_id}, sha256 {receipt.sha256[:16]}…")
 
 

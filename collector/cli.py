@@ -559,6 +559,7 @@ def download(
     """Download the original bundle file, byte-identical (needs the engineer role)."""
     import hashlib
 
+    from agent.cli_progress import TransferProgress
     from protos import collector_pb2
 
     channel, stub, md = _query(collector, token, ca_fingerprint, ca_file, insecure)
@@ -572,12 +573,18 @@ def download(
             dest = dest / name
         tmp = dest.with_name(f".{dest.name}.partial")
         h = hashlib.sha256()
+        got = 0
         try:
             # 0600, as the agent writes bundles: they hold a customer's data.
-            with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as fh:
+            with (
+                os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as fh,
+                TransferProgress(err, f"downloading {bundle_id[:12]}…", enabled=err.is_terminal) as bar,
+            ):
                 for chunk in stream:
                     fh.write(chunk.data)
                     h.update(chunk.data)
+                    got += len(chunk.data)
+                    bar.update(got, hdr.size)
         except BaseException:
             tmp.unlink(missing_ok=True)  # a cut download leaves nothing half-written behind
             raise

@@ -212,6 +212,22 @@ class RunningCollection:
         self._started, self._temp, self._others_done, self._guard = started, temp, others_done, guard
         self._cancelled = cancelled
 
+    @property
+    def total(self) -> int:
+        """How many collectors run, observers aside (they run until the others are done)."""
+        return sum(1 for run in self._runs if not run.cls.observes)
+
+    @property
+    def total_budget_s(self) -> float:
+        return self._spec.total_budget_s
+
+    def elapsed_s(self) -> float:
+        return time.monotonic() - self._started
+
+    def pending(self) -> tuple[str, ...]:
+        """The collectors still running, observers aside; for a progress display."""
+        return tuple(run.cls.name for run in self._runs if not run.cls.observes and not run.finished)
+
     def wait(self) -> CollectionResult:
         """Wait for every collector (or its budget), then merge; call once."""
         spec, statuses, runs, started = self._spec, self._statuses, self._runs, self._started

@@ -183,6 +183,8 @@ def _chunks(
 ) -> Iterator[collector_pb2.UploadChunk]:
     yield collector_pb2.UploadChunk(header=header)
     sent = header.offset
+    if progress:  # where this attempt starts: a resume shows as a first call above zero
+        progress(sent, header.size)
     with path.open("rb") as fh:
         fh.seek(header.offset)
         while block := fh.read(chunk_bytes):
