@@ -34,10 +34,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
 
-from google.protobuf import json_format
-
 from agent.attachments import check_attachment, open_attachment
 from agent.bundle import BundleMeta, BundleWriter, WrittenBundle, new_bundle_id
+from agent.bundle.factsjson import facts_json
 from agent.collect import (
     CollectionResult,
     CollectionSpec,
@@ -168,8 +167,7 @@ class Prepared:
         self.redactor, self.gate, self.privacy, self.created = redactor, gate, privacy, created
         self.kind, self.request_id, self.case_id, self.added = kind, request_id, case_id, added
         self.facts_pb = snapshot.SerializeToString(deterministic=True)
-        facts_json = json_format.MessageToJson(snapshot, indent=1, sort_keys=True) + "\n"
-        self.facts_json = facts_json.encode("utf-8")
+        self.facts_json = facts_json(snapshot)
         gate.scan_bytes("facts.pb", self.facts_pb)
         gate.scan_bytes("facts.json", self.facts_json)
         self.preview = self._preview()

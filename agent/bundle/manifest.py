@@ -41,7 +41,10 @@ __all__ = [
     "parse_manifest",
 ]
 
-FORMAT = "casefile-bundle/1"
+# /2: facts.json keeps the .proto's field names and writes integers as numbers (/1 had
+# protobuf's canonical camelCase and 64-bit integers as strings). Both are read.
+FORMAT = "casefile-bundle/2"
+READABLE_FORMATS = frozenset({"casefile-bundle/1", FORMAT})
 BUNDLE_SUFFIX = ".tar.zst"
 MANIFEST_NAME = "MANIFEST.json"
 SIGNATURE_NAME = "MANIFEST.sig"
@@ -274,7 +277,7 @@ def parse_manifest(data: bytes) -> tuple[dict[str, Any], PublicKey, tuple[Member
             bad = _CONTROL.search(value)
             if bad:
                 raise _bad(f"field {field!r} holds control character U+{ord(bad.group()):04X} at index {bad.start()}")
-    if manifest["format"] != FORMAT:
+    if manifest["format"] not in READABLE_FORMATS:
         raise _bad(f"unknown format {manifest['format']!r} (expected {FORMAT!r})")
     if not is_bundle_id(manifest["bundle_id"]):
         raise _bad(f"bundle_id {manifest['bundle_id']!r} is not 32 lowercase hex digits")

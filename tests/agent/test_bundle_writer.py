@@ -145,7 +145,7 @@ def test_written_bundle_describes_the_file(written: WrittenBundle, key: SigningK
 def test_manifest_fields(written: WrittenBundle, key: SigningKey, syslog: Path) -> None:
     m = json.loads(written.manifest_bytes)
     assert written.manifest_bytes.endswith(b"\n")
-    assert m["format"] == "casefile-bundle/1"
+    assert m["format"] == "casefile-bundle/2"
     assert m["bundle_id"] == written.bundle_id and len(m["bundle_id"]) == 32
     assert m["agent_id"] == "agent-7"
     assert m["key"] == {

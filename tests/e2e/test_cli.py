@@ -98,7 +98,7 @@ def test_enroll_collect_upload_verify_query_download(served: dict[str, str]) -> 
     alone = json.loads(
         cli("casefile", "collect", "--only", "netdepth", "-o", str(local), "--home", s["home"], "--json").stdout
     )
-    resolved = _facts(alone["bundle"]["path"])["networkDepth"]["resolve"]
+    resolved = _facts(alone["bundle"]["path"])["network_depth"]["resolve"]
     assert resolved["name"] == s["addr"].rpartition(":")[0] and resolved["ok"], resolved
     # Uploading elsewhere: it asks for the upload target's name (nothing listens there: exit 3,
     # the bundle stays written).
@@ -109,7 +109,7 @@ def test_enroll_collect_upload_verify_query_download(served: dict[str, str]) -> 
     )  # fmt: skip
     assert refused.returncode == 3, refused.stderr
     (written,) = elsewhere.glob("*.tar.zst")
-    assert _facts(str(written))["networkDepth"]["resolve"]["name"] == "127.0.0.2"
+    assert _facts(str(written))["network_depth"]["resolve"]["name"] == "127.0.0.2"
     # --json still answers with JSON: where the bundle is, and why it was not sent.
     answer = json.loads(refused.stdout)
     assert answer["bundle"]["path"] == str(written) and answer["upload"]["error"], answer
@@ -136,8 +136,8 @@ def test_enroll_collect_upload_verify_query_download(served: dict[str, str]) -> 
     assert summary["upload"]["sha256"] == summary["bundle"]["sha256"]
     uploaded = _facts(str(bundle))
     # The clock offset to the collector and its reachability were measured on the way.
-    clock, reach = uploaded["clock"], uploaded["networkDepth"]["collector"]
-    assert clock["collectorOffsetKnown"] and abs(clock.get("collectorOffsetMs", 0.0)) < 2000, clock
+    clock, reach = uploaded["clock"], uploaded["network_depth"]["collector"]
+    assert clock["collector_offset_known"] and abs(clock["collector_offset_ms"]) < 2000, clock
     assert reach["ok"] and reach["target"] == s["addr"], reach
 
     names = subprocess.run(["tar", "--zstd", "-tf", str(bundle)], capture_output=True, text=True, check=True).stdout
