@@ -14,8 +14,11 @@ from agent.analysis.model import format_utc
 
 __all__ = ["Series", "bar_chart", "line_chart", "stacked_histogram"]
 
-_W, _H = 640, 200
-_PAD_L, _PAD_R, _PAD_T, _PAD_B = 44, 10, 12, 28
+_W, _H = 640, 216
+# Room on the left for the axis title and labels such as "100%" or "1.5G B/s", and at
+# the bottom for the time labels and the axis title under them: nothing is clipped.
+_PAD_L, _PAD_R, _PAD_T, _PAD_B = 72, 14, 12, 42
+_CHAR_W = 6.5  # width of an 11 px axis glyph, for keeping labels inside the frame
 
 
 @dataclass(frozen=True)
@@ -44,20 +47,46 @@ def _hhmm(ts: float) -> str:
     return text[11:16]
 
 
-def _frame(title: str, y_max: float, unit: str, body: list[str], x_labels: list[tuple[float, str]]) -> str:
+def _anchor(x: float, label: str) -> str:
+    """Centred under its point, unless that would push the label out of the frame."""
+    half = len(label) * _CHAR_W / 2
+    if x + half > _W - 2:
+        return "end"
+    if x - half < 2:
+        return "start"
+    return "middle"
+
+
+def _frame(
+    title: str,
+    y_max: float,
+    unit: str,
+    body: list[str],
+    x_labels: list[tuple[float, str]],
+    *,
+    y_title: str,
+    x_title: str,
+) -> str:
     plot_h = _H - _PAD_T - _PAD_B
     parts = [
         f'<svg class="chart" viewBox="0 0 {_W} {_H}" role="img" aria-label="{_esc(title)}" '
         'xmlns="http://www.w3.org/2000/svg">',
         f"<title>{_esc(title)}</title>",
     ]
+    sep = " " if unit and unit != "%" else ""
     for frac in (0.0, 0.5, 1.0):
         y = _PAD_T + plot_h * (1 - frac)
         parts.append(f'<line x1="{_PAD_L}" x2="{_W - _PAD_R}" y1="{y:.1f}" y2="{y:.1f}" class="grid"/>')
         parts.append(f'<text x="{_PAD_L - 4}" y="{y + 4:.1f}" class="axis" text-anchor="end">'
-                     f"{_esc(_fmt(y_max * frac))}{_esc(unit)}</text>")
+                     f"{_esc(_fmt(y_max * frac))}{sep}{_esc(unit)}</text>")
     for x, label in x_labels:
-        parts.append(f'<text x="{x:.1f}" y="{_H - 8}" class="axis" text-anchor="middle">{_esc(label)}</text>')
+        parts.append(f'<text x="{x:.1f}" y="{_PAD_T + plot_h + 16:.1f}" class="axis" '
+                     f'text-anchor="{_anchor(x, label)}">{_esc(label)}</text>')
+    # Axis titles: what the numbers count, and in what unit.
+    parts.append(f'<text transform="rotate(-90)" x="{-(_PAD_T + plot_h / 2):.1f}" y="12" class="axis" '
+                 f'text-anchor="middle">{_esc(y_title)}</text>')
+    parts.append(f'<text x="{_PAD_L + (_W - _PAD_L - _PAD_R) / 2:.1f}" y="{_H - 6}" class="axis" '
+                 f'text-anchor="middle">{_esc(x_title)}</text>')
     parts += body
     parts.append("</svg>")
     return "".join(parts)
@@ -71,7 +100,7 @@ def _x_labels(times: Sequence[float], xs: Sequence[float], count: int = 5) -> li
 
 
 def line_chart(title: str, times: Sequence[float], series: Sequence[Series], *, unit: str = "",
-               y_max: float | None = None) -> str:
+               y_max: float | None = None, y_title: str = "") -> str:
     """Lines over time; ``y_max`` fixes the scale (100 for percentages)."""
     top = y_max or max([v for s in series for v in s.values] + [1.0])
     plot_w, plot_h = _W - _PAD_L - _PAD_R, _H - _PAD_T - _PAD_B
@@ -86,11 +115,11 @@ def line_chart(title: str, times: Sequence[float], series: Sequence[Series], *, 
         body.append(f'<rect x="{legend_x}" y="{_PAD_T + 2}" width="10" height="10" fill="{_esc(s.color)}"/>')
         body.append(f'<text x="{legend_x + 14}" y="{_PAD_T + 11}" class="legend">{_esc(s.label)}</text>')
         legend_x += 18 + 7 * len(s.label)
-    return _frame(title, top, unit, body, _x_labels(times, xs))
+    return _frame(title, top, unit, body, _x_labels(times, xs), y_title=y_title or unit, x_title="time (UTC)")
 
 
 def stacked_histogram(title: str, starts: Sequence[float], stacks: Sequence[Series], *,
-                      marker: int | None = None, marker_label: str = "") -> str:
+                      marker: int | None = None, marker_label: str = "", y_title: str = "lines per interval") -> str:
     """Stacked bars per interval (errors over warnings), with an optional onset marker."""
     totals = [sum(s.values[i] for s in stacks) for i in range(len(starts))]
     top = max([*totals, 1.0])
@@ -122,12 +151,13 @@ def stacked_histogram(title: str, starts: Sequence[float], stacks: Sequence[Seri
         body.append(f'<rect x="{legend_x}" y="{_PAD_T + 18}" width="10" height="10" fill="{_esc(s.color)}"/>')
         body.append(f'<text x="{legend_x + 14}" y="{_PAD_T + 27}" class="legend">{_esc(s.label)}</text>')
         legend_x += 18 + 7 * len(s.label)
-    return _frame(title, top, "", body, _x_labels(starts, xs))
+    return _frame(title, top, "", body, _x_labels(starts, xs), y_title=y_title, x_title="interval start (UTC)")
 
 
-def bar_chart(title: str, labels: Sequence[str], values: Sequence[float], *, color: str = "#3b6ea5") -> str:
+def bar_chart(title: str, labels: Sequence[str], values: Sequence[float], *, color: str = "#3b6ea5",
+              y_title: str = "files", x_title: str = "fragments per file") -> str:
     """Vertical bars with a label under each (the fragmentation distribution)."""
-    top = max([*values, 1.0])
+    top = max([*values, 1.0]) * 1.15  # headroom: the tallest bar's value label stays inside
     plot_w, plot_h = _W - _PAD_L - _PAD_R, _H - _PAD_T - _PAD_B
     n = max(len(values), 1)
     bar = plot_w / n
@@ -140,4 +170,4 @@ def bar_chart(title: str, labels: Sequence[str], values: Sequence[float], *, col
         body.append(f'<text x="{x + bar * 0.35:.1f}" y="{_PAD_T + plot_h - h - 3:.1f}" class="axis" '
                     f'text-anchor="middle">{_esc(_fmt(v))}</text>')
     labels_at = [(_PAD_L + bar * (i + 0.5), label) for i, label in enumerate(labels)]
-    return _frame(title, top, "", body, labels_at)
+    return _frame(title, top, "", body, labels_at, y_title=y_title, x_title=x_title)

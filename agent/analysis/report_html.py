@@ -145,17 +145,17 @@ def _resources(s: facts_pb2.Snapshot) -> str:
     ]
     if s.timeseries.agent_cpu_known:  # what of the total was this agent collecting
         cpu_series.append(Series("Casefile itself", tuple(x.agent_cpu_percent for x in samples), "#6d6d6d"))
-    cpu = line_chart("CPU %", t, cpu_series, unit="%", y_max=100)
+    cpu = line_chart("CPU %", t, cpu_series, unit="%", y_max=100, y_title="% of all CPUs")
     mem = line_chart("Memory and swap %", t, [
         Series("memory", tuple(x.mem_percent for x in samples), "#2e7d32"),
         Series("swap", tuple(x.swap_percent for x in samples), "#7b1fa2"),
-    ], unit="%", y_max=100)
+    ], unit="%", y_max=100, y_title="% of total")
     io = line_chart("Disk and network bytes/s", t, [
         Series("disk read", tuple(float(x.disk_read_bps) for x in samples), "#3b6ea5"),
         Series("disk write", tuple(float(x.disk_write_bps) for x in samples), "#b3261e"),
         Series("net in", tuple(float(x.net_recv_bps) for x in samples), "#2e7d32"),
         Series("net out", tuple(float(x.net_sent_bps) for x in samples), "#a15c00"),
-    ])
+    ], unit="B/s", y_title="bytes per second")
     return f'<section id="resources"><h2>CPU, memory and I/O</h2>{cpu}{mem}{io}</section>'
 
 
@@ -245,10 +245,24 @@ def _network(s: facts_pb2.Snapshot) -> str:
     return "".join(parts)
 
 
+def services_unavailable(s: facts_pb2.Snapshot) -> str:
+    """Why the bundle cannot say which services failed ("" when it can)."""
+    if s.services.unsupported_reason:
+        return s.services.unsupported_reason
+    for c in s.collectors:
+        if c.name == "services" and c.state != facts_pb2.CollectorStatus.OK:
+            state = facts_pb2.CollectorStatus.State.Name(c.state).lower()
+            return f"the services collector ended {state}" + (f": {c.error}" if c.error else "")
+    return ""
+
+
 def _services_processes(s: facts_pb2.Snapshot) -> str:
     sv, pr = s.services, s.processes
     services = _table(("service", "state", "result", "description"),
                       ((f.name, f"{f.state}/{f.sub_state}", f.result, f.description) for f in sv.failed))
+    missing = services_unavailable(s)
+    if missing:  # "none" would claim every service runs
+        services = f'<p class="empty">not available: {_e(missing)}</p>'
     top = _table(("process", "pid", "CPU %", "RSS MiB", "user"), (
         (f"{p.name} (Casefile, collecting)" if p.agent else p.name, p.pid, f"{p.cpu_percent:.0f}",
          f"{p.rss / 1024**2:.0f}", p.username)

@@ -125,3 +125,24 @@ def test_report_without_bundle_collects_fresh(tmp_path: Path) -> None:
     assert r.exit_code in (0, 10, 20), r.output
     doc = json.loads(r.output)
     assert Path(doc["bundle"]).is_file() and Path(doc["html"]).read_text().startswith("<!DOCTYPE html>")
+
+
+def test_services_the_bundle_cannot_judge_are_not_available_never_none(tmp_path: Path, key: SigningKey) -> None:
+    def services_section(snapshot: facts_pb2.Snapshot, where: Path) -> str:
+        html = render_html(analyse(BundleView.from_file(write_bundle(where, key, snapshot))))
+        return html.split('<section id="services">', 1)[1].split("</section>", 1)[0]
+
+    healthy = healthy_snapshot()
+    assert "none" in services_section(healthy, tmp_path / "a")  # judged: nothing failed
+    unsupported = healthy_snapshot()
+    unsupported.services.unsupported_reason = "no service manager found (systemctl missing)"
+    shown = services_section(unsupported, tmp_path / "b")
+    assert "not available: no service manager found (systemctl missing)" in shown and ">none<" not in shown
+    timed_out = healthy_snapshot()
+    for c in timed_out.collectors:
+        if c.name == "services":
+            c.state, c.error = facts_pb2.CollectorStatus.TIMEOUT, "did not finish within its budget of 5 s"
+            break
+    else:
+        timed_out.collectors.add(name="services", state=facts_pb2.CollectorStatus.TIMEOUT, error="budget 5 s")
+    assert "not available: the services collector ended timeout" in services_section(timed_out, tmp_path / "c")

@@ -84,3 +84,57 @@ def test_report_renders_in_headless_chromium(tmp_path: Path) -> None:
     assert taken.returncode == 0, taken.stderr[-2000:]
     assert shot.is_file() and shot.stat().st_size > 10_000
     print(f"\nreport screenshot (412x915, phone): {shot}\nreport html: {report}")
+
+
+# Measures, in the browser's own layout, every text of every chart against its frame,
+# and writes what sticks out into the page for --dump-dom to carry back.
+_MEASURE = """
+<script>
+addEventListener("load", () => {
+  const out = [];
+  document.querySelectorAll("svg.chart").forEach((svg, i) => {
+    const frame = svg.getBoundingClientRect();
+    svg.querySelectorAll("text").forEach((t) => {
+      const b = t.getBoundingClientRect();
+      if (b.left < frame.left - 0.5 || b.right > frame.right + 0.5 || b.top < frame.top - 0.5 ||
+          b.bottom > frame.bottom + 0.5) {
+        out.push(i + ": " + t.textContent);
+      }
+    });
+  });
+  const p = document.createElement("pre");
+  p.id = "clipped";
+  p.textContent = JSON.stringify(out);
+  document.body.appendChild(p);
+});
+</script>
+"""
+
+
+@pytest.mark.parametrize("width", [412, 1280])
+def test_chart_labels_and_axis_titles_are_inside_their_frames(tmp_path: Path, width: int) -> None:
+    import json
+    import re
+
+    browser = _chromium()
+    s = healthy_snapshot()
+    f = s.fragmentation.filesystems[0]
+    f.histogram.update({"1": 1300, "2-3": 400, "4-9": 200, "10-99": 90, "100+": 10})
+    for sample in s.timeseries.samples:  # large byte rates: the longest y labels
+        sample.disk_read_bps = 1_512_000_000
+    logs = generate_logs(burst_at=COLLECTED - dt.timedelta(minutes=7))  # the onset label at the right edge
+    bundle = write_bundle(tmp_path / "bundle", SigningKey.generate(), s, logs)
+    html = render_html(analyse(BundleView.from_file(bundle)))
+    style = re.search(r"<style>.*?</style>", html, re.S)
+    charts = re.findall(r"<svg class=\"chart\".*?</svg>", html, re.S)
+    assert style and len(charts) >= 5
+    for chart in charts:  # every chart says what its axes count
+        titles = re.findall(r'<text transform="rotate\(-90\)"[^>]*>([^<]+)</text>', chart)
+        assert titles and titles[0].strip(), chart[:200]
+    page = tmp_path / "charts.html"
+    page.write_text(f"<!doctype html><html><head>{style.group(0)}</head><body>{''.join(charts)}{_MEASURE}</body></html>")
+    dom = _run(browser, tmp_path / "profile", f"--window-size={width},900", "--dump-dom", page.as_uri())
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    found = re.search(r'<pre id="clipped">(.*?)</pre>', dom.stdout, re.S)
+    assert found, dom.stdout[-500:]
+    assert json.loads(found.group(1).replace("&quot;", '"').replace("&amp;", "&")) == []
