@@ -132,7 +132,8 @@ def test_chart_labels_and_axis_titles_are_inside_their_frames(tmp_path: Path, wi
         titles = re.findall(r'<text transform="rotate\(-90\)"[^>]*>([^<]+)</text>', chart)
         assert titles and titles[0].strip(), chart[:200]
     page = tmp_path / "charts.html"
-    page.write_text(f"<!doctype html><html><head>{style.group(0)}</head><body>{''.join(charts)}{_MEASURE}</body></html>")
+    body = "".join(charts) + _MEASURE
+    page.write_text(f"<!doctype html><html><head>{style.group(0)}</head><body>{body}</body></html>")
     dom = _run(browser, tmp_path / "profile", f"--window-size={width},900", "--dump-dom", page.as_uri())
     assert dom.returncode == 0, dom.stderr[-2000:]
     found = re.search(r'<pre id="clipped">(.*?)</pre>', dom.stdout, re.S)
