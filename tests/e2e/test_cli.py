@@ -345,3 +345,23 @@ def test_token_management_is_audited(tmp_path: Path) -> None:
     ]
     assert "role admin" in entries[-1].detail
     assert all(token not in e.detail + e.target + e.actor_label for e in entries)
+
+
+def test_engineer_commands_print_stored_text_escaped(served: dict[str, str]) -> None:
+    """A label with a terminal escape, a C1 CSI, a bidi override and rich markup, stored
+    as it was typed: the audit listing shows it escaped and literal, never raw."""
+    s = served
+    env = {"CASEFILE_DATA_DIR": s["data"], "COLUMNS": "400"}
+    label = "ops\x1b]0;owned\x07\x9b2J\u202eevil[bold]x[/]"
+    admin = cli(
+        "casefile-collector", "token", "create", "--kind", "engineer", "--role", "admin", "--label", label, "-q",
+        env=env,
+    ).stdout.strip()  # fmt: skip
+    remote = ("--collector", s["addr"], "--token", admin, "--ca-fingerprint", s["fp"])
+    cli("casefile-collector", "hosts", *remote, env=env)  # one audited call under that label
+    listed = cli("casefile-collector", "audit", *remote, env=env).stdout
+    tokens = cli("casefile-collector", "token", "list", env=env).stdout
+    for output in (listed, tokens):
+        raw = [c for c in output if (ord(c) < 0x20 and c != "\n") or 0x7F <= ord(c) <= 0x9F or c == "\u202e"]
+        assert raw == [], output
+        assert "\\x9b2J\\u202eevil[bold]x[/]" in output, output
