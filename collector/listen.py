@@ -23,7 +23,7 @@ class ListenError(OSError):
         self.reason = reason
 
 
-def why_not_listening(host: str, port: int) -> str:
+def why_not_listening(host: str, port: int, option: str = "--address") -> str:
     """The reason a listening socket on ``host:port`` cannot be made, as a phrase."""
     try:
         infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
@@ -37,7 +37,7 @@ def why_not_listening(host: str, port: int) -> str:
                 if exc.errno == errno.EADDRINUSE:
                     return (
                         f"port {port} is already in use (another collector or program listens there); "
-                        "stop it or choose another --address"
+                        f"stop it or choose another {option}"
                     )
                 if exc.errno == errno.EACCES:
                     return f"permission denied for port {port} (ports below 1024 need privileges)"

@@ -163,6 +163,18 @@ class CollectorServer:
             self.port = 0
         if self.port == 0 or (listen.port != 0 and self.port != listen.port):
             raise ListenError(self.config.address, why_not_listening(listen.host, listen.port))
+        if self.config.metrics_address:
+            # Before serving, so a metrics port in use refuses the start as the gRPC one does.
+            self._metrics_endpoint = MetricsEndpoint(self.metrics, self.config.metrics_address)
+            try:
+                self.metrics_port = self._metrics_endpoint.start()
+            except OSError:
+                self._metrics_endpoint = None
+                await server.stop(None)  # releases the gRPC port bound above
+                metrics = parse_address(self.config.metrics_address, listen=True)
+                reason = why_not_listening(metrics.host, metrics.port, "--metrics-address")
+                raise ListenError(f"{self.config.metrics_address} (metrics)", reason) from None
+            log.info("metrics on %s (port %d), path /metrics", self.config.metrics_address, self.metrics_port)
         await server.start()
         self.loop = asyncio.get_running_loop()
         await self.router.start()
@@ -170,10 +182,6 @@ class CollectorServer:
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
         self._server = server
         self._janitor = asyncio.create_task(self._sweep_stale_uploads())
-        if self.config.metrics_address:
-            self._metrics_endpoint = MetricsEndpoint(self.metrics, self.config.metrics_address)
-            self.metrics_port = self._metrics_endpoint.start()
-            log.info("metrics on %s (port %d), path /metrics", self.config.metrics_address, self.metrics_port)
         log.info("collector listening on %s port %d (blobs: %s)", target, self.port, self.blobs.describe())
         return self.port
 
