@@ -32,7 +32,7 @@ from rich.table import Column, Table
 
 from agent import units
 from agent.errors import CasefileError, TransportError
-from agent.identity_text import display
+from agent.identity_text import display, identity_problem
 
 app = typer.Typer(
     name="casefile-collector",
@@ -295,6 +295,10 @@ def token_create(
         role = "viewer"
     if kind == "case" and not case:
         raise typer.BadParameter("a case token needs --case ID (the support case it uploads to)")
+    # Both are printed to engineers and written to the audit log: plain printable text.
+    for option, value in (("--label", label), ("--case", case)):
+        if value and (problem := identity_problem(value)) is not None:
+            raise typer.BadParameter(f"{option} {problem}")
     store = _store(data_dir, db_url)
     try:
         plain, rec = store.create_token(
