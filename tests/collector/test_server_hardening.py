@@ -101,6 +101,7 @@ def test_health_watch_through_the_metrics_wrapper(
         unknown = next(stub.Watch(health_pb2.HealthCheckRequest(service="no.such.Service"), timeout=20))
         assert unknown.status == health_pb2.HealthCheckResponse.SERVICE_UNKNOWN
     assert _server_problems(caplog.records) == []
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
 
 
 # ------------------------------------------------------------------ identity text
