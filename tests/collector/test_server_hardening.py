@@ -3,10 +3,14 @@ that are no protobuf message, and identity text with control characters."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import secrets
 import time
+from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import grpc
 import pytest
@@ -15,7 +19,8 @@ from sqlalchemy import func, select
 
 from agent.keys import SigningKey
 from agent.transport.proof import make_proof
-from collector.interceptors import LOG_EVERY_S
+from collector.interceptors import LOG_EVERY_S, MalformedRequests
+from collector.metrics import CollectorMetrics
 from collector.storage.schema import agents
 from protos import collector_pb2, collector_pb2_grpc
 from tests.collector.conftest import RunningCollector
@@ -170,3 +175,85 @@ def test_case_token_proof_with_bad_hostname_makes_no_identity(collector: Running
         request.proof.hostname = "laptop-7"
         stub.GetUploadState(request, metadata=md, timeout=20)
     assert _agent_rows(collector) == 1
+
+
+def test_interceptors_keep_every_handler_shape() -> None:
+    """The shapes grpc.aio drives: a plain function and a generator (on threads), a
+    coroutine (writing with context.write or returning), an async generator; each
+    answers through both interceptors and is counted with its status."""
+    metrics = CollectorMetrics()
+    decode = collector_pb2.EnrollRequest.FromString
+
+    def plain(request: Any, context: Any) -> bytes:
+        return b"plain:" + request.hostname.encode()
+
+    def generator(request: Any, context: Any) -> Iterator[bytes]:
+        yield b"g1"
+        yield b"g2"
+
+    async def writer(request: Any, context: Any) -> None:
+        await context.write(b"w1")
+        await context.write(b"w2")
+
+    async def joined(requests: AsyncIterator[Any], context: Any) -> bytes:
+        return b",".join([r.hostname.encode() async for r in requests])
+
+    async def echoed(requests: AsyncIterator[Any], context: Any) -> AsyncIterator[bytes]:
+        async for r in requests:
+            yield r.hostname.encode()
+
+    handlers = {
+        "Plain": grpc.unary_unary_rpc_method_handler(plain, decode),
+        "Generator": grpc.unary_stream_rpc_method_handler(generator, decode),
+        "Writer": grpc.unary_stream_rpc_method_handler(writer, decode),
+        "Joined": grpc.stream_unary_rpc_method_handler(joined, decode),
+        "Echoed": grpc.stream_stream_rpc_method_handler(echoed, decode),
+    }
+    msg = [collector_pb2.EnrollRequest(hostname=h).SerializeToString() for h in ("a", "b")]
+
+    async def run() -> dict[str, Any]:
+        server = grpc.aio.server(
+            migration_thread_pool=ThreadPoolExecutor(2), interceptors=[metrics.interceptor(), MalformedRequests()]
+        )
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("test.Shapes", handlers),))
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        got: dict[str, Any] = {}
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+                got["Plain"] = await ch.unary_unary("/test.Shapes/Plain")(msg[0], timeout=10)
+                got["Generator"] = [m async for m in ch.unary_stream("/test.Shapes/Generator")(msg[0], timeout=10)]
+                got["Writer"] = [m async for m in ch.unary_stream("/test.Shapes/Writer")(msg[0], timeout=10)]
+                got["Joined"] = await ch.stream_unary("/test.Shapes/Joined")(iter(msg), timeout=10)
+                got["Echoed"] = [m async for m in ch.stream_stream("/test.Shapes/Echoed")(iter(msg), timeout=10)]
+                for name, call in (
+                    ("Writer", ch.unary_stream("/test.Shapes/Writer")(GARBAGE, timeout=10)),
+                    ("Echoed", ch.stream_stream("/test.Shapes/Echoed")(iter([msg[0], GARBAGE]), timeout=10)),
+                ):
+                    with pytest.raises(grpc.aio.AioRpcError) as refused:
+                        [m async for m in call]
+                    got[f"{name} garbage"] = refused.value.code()
+        finally:
+            await server.stop(0)
+        return got
+
+    assert asyncio.run(run()) == {
+        "Plain": b"plain:a",
+        "Generator": [b"g1", b"g2"],
+        "Writer": [b"w1", b"w2"],
+        "Joined": b"a,b",
+        "Echoed": [b"a", b"b"],
+        "Writer garbage": grpc.StatusCode.INVALID_ARGUMENT,
+        "Echoed garbage": grpc.StatusCode.INVALID_ARGUMENT,
+    }
+    counted = {
+        (s.labels["method"].rpartition("/")[2], s.labels["code"]): s.value
+        for family in metrics.registry.collect()
+        for s in family.samples
+        if s.name == "casefile_grpc_requests_total"
+    }
+    assert counted == {
+        **{(name, "OK"): 1.0 for name in handlers},
+        ("Writer", "INVALID_ARGUMENT"): 1.0,
+        ("Echoed", "INVALID_ARGUMENT"): 1.0,
+    }
