@@ -22,7 +22,7 @@ from typing import Any, TypeVar, cast
 import grpc
 
 from agent.keys import PublicKey, fingerprint_of
-from agent.transport.proof import PROOF_WINDOW_S, proof_message
+from agent.transport.proof import PROOF_WINDOW_S, check_proof_text, proof_message
 from collector.edge import Rejected, status_for
 from collector.storage import AgentRecord, Store, TokenRecord
 from collector.storage.audit import outcome_for_status
@@ -201,6 +201,10 @@ async def authorize_upload(
     customer's one-shot upload carries a case token and its public key instead; the
     key becomes an identity bound to that case on first use.
     """
+    try:
+        check_proof_text(proof)
+    except ValueError as exc:
+        raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, f"upload proof for bundle {bundle_id}: {exc}") from None
     now = int(time.time())
     if abs(now - proof.timestamp_unix) > PROOF_WINDOW_S:
         raise Rejected(
@@ -241,7 +245,7 @@ async def authorize_upload(
             store.create_agent,
             key.raw,
             fingerprint_of(key.raw),
-            proof.hostname[:255] or f"case {case_token.case_id}",
+            proof.hostname or f"case {case_token.case_id}",
             case_token.id,
             case_token.case_id,
         )

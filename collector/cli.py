@@ -6,8 +6,8 @@ engineer token: ``hosts``, ``bundles``, ``show``, ``download``, ``snapshot`` (li
 ``CASEFILE_COLLECTOR``, ``CASEFILE_TOKEN`` and ``CASEFILE_CA_FINGERPRINT`` so a session
 needs them once.
 
-Exit codes: 0 success, 2 usage error, 3 collector unreachable or request refused,
-4 any other Casefile error.
+Exit codes: 0 success, 2 usage error (``serve``: also an address it cannot listen on),
+3 collector unreachable or request refused, 4 any other Casefile error.
 """
 
 from __future__ import annotations
@@ -26,10 +26,12 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Column, Table
 
 from agent import units
 from agent.errors import CasefileError, TransportError
+from agent.identity_text import display, identity_problem
 
 if TYPE_CHECKING:
     import grpc
@@ -80,6 +82,24 @@ CaFpOpt = Annotated[
 CaFileOpt = Annotated[Path | None, typer.Option("--ca-file", help="Trust this CA/certificate PEM.")]
 InsecureOpt = Annotated[bool, typer.Option("--insecure", help="Plaintext (loopback only).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+
+def shown(text: str) -> str:
+    """Stored or server-sent text for the terminal: control and bidi characters escaped
+    (a host name with ESC sequences must not rewrite the engineer's screen), and rich
+    markup inert (a label "[red]…" prints as typed)."""
+    return escape(display(text))
+
+
+def _shown_tree(value: Any) -> Any:
+    """Every string in a JSON-shaped value through :func:`shown` (a bundle's facts)."""
+    if isinstance(value, str):
+        return shown(value)
+    if isinstance(value, dict):
+        return {k: _shown_tree(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_shown_tree(v) for v in value]
+    return value
+
 
 def parse_duration(text: str) -> dt.timedelta:
     try:
@@ -180,6 +200,7 @@ def serve(
     ] = None,
 ) -> None:
     """Run the collector until SIGINT/SIGTERM."""
+    from collector.listen import ListenError
     from collector.server import CollectorServer, ServerConfig
     from collector.services import IngestLimits
 
@@ -203,7 +224,13 @@ def serve(
         raise typer.BadParameter(str(exc)) from None
 
     async def run() -> None:
-        port = await server.start()
+        try:
+            port = await server.start()
+        except ListenError as exc:
+            # Refused before "serving on" is printed: a second collector on an address in
+            # use would otherwise share the port (the kernel splitting connections).
+            await asyncio.to_thread(server.store.close)
+            _exit(2, str(exc))
         host = address.rpartition(":")[0]
         fp = server.tls.fingerprint if server.tls else None
         err.print(f"casefile-collector serving on {host}:{port} ({'TLS' if fp else 'PLAINTEXT'})")
@@ -297,6 +324,10 @@ def token_create(
         role = "viewer"
     if kind == "case" and not case:
         raise typer.BadParameter("a case token needs --case ID (the support case it uploads to)")
+    # Both are printed to engineers and written to the audit log: plain printable text.
+    for option, value in (("--label", label), ("--case", case)):
+        if value and (problem := identity_problem(value)) is not None:
+            raise typer.BadParameter(f"{option} {problem}")
     store = _store(data_dir, db_url)
     try:
         plain, rec = store.create_token(
@@ -371,11 +402,11 @@ def token_list(data_dir: DataDirOpt = Path("casefile-data"), db_url: DbUrlOpt = 
     t = Table(Column("id", no_wrap=True), "kind", "role", "case", "label", "uses", "expires", "revoked")
     for r in rows:
         t.add_row(
-            r.id,
+            shown(r.id),
             r.kind,
-            r.role or "",
-            r.case_id or "",
-            r.label,
+            shown(r.role or ""),
+            shown(r.case_id or ""),
+            shown(r.label),
             f"{r.uses}/{r.max_uses if r.max_uses is not None else '∞'}",
             _fmt_us(r.expires_at_us),
             "yes" if r.revoked_at_us is not None else "",
@@ -455,7 +486,14 @@ def hosts(
         return
     t = Table("hostname", "os", "bundles", "last seen", "last bundle", "agents")
     for h in resp.hosts:
-        t.add_row(h.hostname, h.os, str(h.bundle_count), _fmt_ts(h.last_seen), h.last_bundle_id, ", ".join(h.agent_ids))
+        t.add_row(
+            shown(h.hostname),
+            shown(h.os),
+            str(h.bundle_count),
+            _fmt_ts(h.last_seen),
+            shown(h.last_bundle_id),
+            shown(", ".join(h.agent_ids)),
+        )
     out.print(t)
     if resp.next_page_token:
         out.print(f"more: --page-token {resp.next_page_token}")
@@ -500,10 +538,10 @@ def bundles(
     t = Table(Column("bundle id", no_wrap=True, min_width=32), "host", "case", "kind", "created", "size", "collectors")
     for b in resp.bundles:
         t.add_row(
-            b.bundle_id,
-            b.hostname,
-            b.case_id,
-            b.kind,
+            shown(b.bundle_id),
+            shown(b.hostname),
+            shown(b.case_id),
+            shown(b.kind),
             _fmt_ts(b.created_at),
             f"{b.size:,}",
             f"{b.collectors_ok} ok" + (f", [red]{b.collectors_failed} failed[/]" if b.collectors_failed else ""),
@@ -538,10 +576,11 @@ def show(
         return
     b = detail.summary
     out.print(
-        f"[bold]bundle {b.bundle_id}[/] from {b.hostname} (agent {b.agent_id}), case {b.case_id or '—'}, "
-        f"{b.kind}, created {_fmt_ts(b.created_at)}, {b.size:,} bytes, key {b.key_fingerprint}"
+        f"[bold]bundle {shown(b.bundle_id)}[/] from {shown(b.hostname)} (agent {shown(b.agent_id)}), "
+        f"case {shown(b.case_id) or '—'}, {shown(b.kind)}, created {_fmt_ts(b.created_at)}, {b.size:,} bytes, "
+        f"key {shown(b.key_fingerprint)}"
     )
-    print_summary(out, snapshot_summary(detail.facts))
+    print_summary(out, _shown_tree(snapshot_summary(detail.facts)))
 
 
 @app.command()
@@ -626,7 +665,7 @@ def findings_cmd(
     else:
         t = Table("severity", "finding", "next step", title=f"Findings of {bundle_id}", title_justify="left")
         for f in doc["findings"]:
-            t.add_row(f["severity"], f"{f['title']}\n[dim]{f['code']}[/]", f["next_step"])
+            t.add_row(shown(f["severity"]), f"{shown(f['title'])}\n[dim]{shown(f['code'])}[/]", shown(f["next_step"]))
         out.print(t if doc["findings"] else "[green]No findings[/]")
     raise typer.Exit(int(doc["exit_code"]))
 
@@ -655,12 +694,12 @@ def timeline_cmd(
         print(resp.json)
         return
     doc = json.loads(resp.json)
-    out.print(doc["summary"])
+    out.print(shown(doc["summary"]))
     onset = doc["onset"]
     if onset:
         t = Table("count", "message template", title="Dominant messages of the burst", title_justify="left")
         for g in onset["templates"]:
-            t.add_row(str(g["count"]), g["template"])
+            t.add_row(str(g["count"]), shown(g["template"]))
         out.print(t)
 
 
@@ -685,7 +724,7 @@ def diff_cmd(
     if as_json:
         print(resp.json)
     else:
-        sys.stdout.write(resp.text)
+        sys.stdout.write("\n".join(display(line) for line in resp.text.split("\n")))
 
 
 @app.command("report")
@@ -756,12 +795,9 @@ def snapshot_cmd(
             if as_json:
                 events.append(json_format.MessageToDict(event, preserving_proto_field_name=True))
                 continue
-            extra = f" bundle {event.bundle_id}" if event.bundle_id else ""
-            out.print(
-                f"{_fmt_ts(event.at) if event.HasField('at') else '':20} {event.state:11} {event.detail}{extra}",
-                markup=False,
-                highlight=False,
-            )
+            extra = f" bundle {shown(event.bundle_id)}" if event.bundle_id else ""
+            when = _fmt_ts(event.at) if event.HasField("at") else ""
+            out.print(f"{when:20} {shown(event.state):11} {shown(event.detail)}{extra}", highlight=False)
         doc: dict[str, Any] = {"host": host, "state": last.state if last else "no answer", "events": events}
         if as_json and last is not None and last.state == "done":
             doc["bundle_id"] = last.bundle_id
@@ -821,7 +857,8 @@ def audit_cmd(
     t = Table(*cols, title="Audit", title_justify="left")
     for e in resp.entries:
         who = f"{e.actor_label} ({e.actor})" if e.actor_label else e.actor
-        t.add_row(str(e.id), _fmt_ts(e.at), who, e.role, e.action, e.target, e.outcome, e.detail)
+        fields = (who, e.role, e.action, e.target, e.outcome, e.detail)
+        t.add_row(str(e.id), _fmt_ts(e.at), *(shown(f) for f in fields))
     out.print(t)
 
 
@@ -830,7 +867,8 @@ class PolicyDenied(CasefileError):
 
 
 def _exit(code: int, message: str) -> NoReturn:
-    err.print(f"[red]casefile-collector:[/] {message}", highlight=False, soft_wrap=True)
+    # The message may quote what a server or a stored row said: shown, never raw.
+    err.print(f"[red]casefile-collector:[/] {shown(message)}", highlight=False, soft_wrap=True)
     raise SystemExit(code)
 
 

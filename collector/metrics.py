@@ -23,13 +23,14 @@ demo) never share or collide on counters.
 from __future__ import annotations
 
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 from agent.transport.connect import parse_address
+from collector.interceptors import observe, rebuild
 
 __all__ = ["CollectorMetrics", "MetricsEndpoint", "RequestMetricsInterceptor"]
 
@@ -118,49 +119,8 @@ class RequestMetricsInterceptor(grpc.aio.ServerInterceptor):
                 default = grpc.StatusCode.UNKNOWN
             counter.labels(method=method, code=_code_of(context, default)).inc()
 
-        def wrap_unary(behavior: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
-            async def wrapped(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-                try:
-                    result = await behavior(request, context)
-                except BaseException as exc:
-                    record(context, exc)
-                    raise
-                record(context, None)
-                return result
-
-            return wrapped
-
-        def wrap_stream(behavior: Callable[..., AsyncIterator[Any]]) -> Callable[..., AsyncIterator[Any]]:
-            async def wrapped(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
-                try:
-                    async for item in behavior(request, context):
-                        yield item
-                except BaseException as exc:
-                    record(context, exc)
-                    raise
-                record(context, None)
-
-            return wrapped
-
-        # The stubs type these behaviours as sync; on grpc.aio they are coroutines and async generators.
-        h: Any = handler
-        if h.unary_unary is not None:
-            return grpc.unary_unary_rpc_method_handler(
-                wrap_unary(h.unary_unary), h.request_deserializer, h.response_serializer
-            )
-        if h.stream_unary is not None:
-            return grpc.stream_unary_rpc_method_handler(
-                wrap_unary(h.stream_unary), h.request_deserializer, h.response_serializer
-            )
-        if h.unary_stream is not None:
-            return grpc.unary_stream_rpc_method_handler(
-                wrap_stream(h.unary_stream), h.request_deserializer, h.response_serializer
-            )
-        if h.stream_stream is not None:
-            return grpc.stream_stream_rpc_method_handler(
-                wrap_stream(h.stream_stream), h.request_deserializer, h.response_serializer
-            )
-        return handler
+        # Any shape: grpc_health's Watch, for one, is a coroutine writing with context.write.
+        return rebuild(handler, lambda behavior, kind: observe(behavior, kind, record))
 
 
 class MetricsEndpoint:

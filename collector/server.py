@@ -20,6 +20,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from agent.transport.connect import is_loopback, parse_address
+from collector.interceptors import MalformedRequests
+from collector.listen import ListenError, why_not_listening
 from collector.live import LiveRouter, make_router
 from collector.metrics import CollectorMetrics, MetricsEndpoint
 from collector.services import EnrollService, IngestLimits, IngestService, QueryService
@@ -116,8 +118,12 @@ class CollectorServer:
         # pings a second.
         age_ms = int(self.config.max_connection_age_s * 1000 * random.uniform(0.9, 1.1))
         server = grpc.aio.server(
-            interceptors=[self.metrics.interceptor()],
+            # Metrics outermost, so a malformed request is counted with the status it got.
+            interceptors=[self.metrics.interceptor(), MalformedRequests()],
             options=[
+                # gRPC sets SO_REUSEPORT by default: a second collector on this address
+                # would start and the kernel would split connections between the two.
+                ("grpc.so_reuseport", 0),
                 ("grpc.max_receive_message_length", 2 * 1024 * 1024),
                 ("grpc.server.max_pending_requests", 20_000),
                 ("grpc.server.max_pending_requests_hard_limit", 40_000),
@@ -140,18 +146,35 @@ class CollectorServer:
         collector_pb2_grpc.add_ChannelServicer_to_server(self._channel, server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection((*_SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
-        target = parse_address(self.config.address, listen=True).target
-        if self.config.insecure:
-            self.port = server.add_insecure_port(target)
-        else:
+        listen = parse_address(self.config.address, listen=True)
+        target = listen.target
+        if not self.config.insecure:
             if self.config.cert_file and self.config.key_file:
                 self.tls = load_tls_files(self.config.cert_file, self.config.key_file)
             else:
                 self.tls = ensure_self_signed(self.config.data_dir / "tls")
-            creds = grpc.ssl_server_credentials([(self.tls.key_pem, self.tls.cert_pem)])
-            self.port = server.add_secure_port(target, creds)
-        if self.port == 0:
-            raise OSError(f"cannot listen on {self.config.address}")
+        try:
+            if self.tls is None:
+                self.port = server.add_insecure_port(target)
+            else:
+                creds = grpc.ssl_server_credentials([(self.tls.key_pem, self.tls.cert_pem)])
+                self.port = server.add_secure_port(target, creds)
+        except RuntimeError:  # grpc >= 1.5x raises where older versions returned 0
+            self.port = 0
+        if self.port == 0 or (listen.port != 0 and self.port != listen.port):
+            raise ListenError(self.config.address, why_not_listening(listen.host, listen.port))
+        if self.config.metrics_address:
+            # Before serving, so a metrics port in use refuses the start as the gRPC one does.
+            self._metrics_endpoint = MetricsEndpoint(self.metrics, self.config.metrics_address)
+            try:
+                self.metrics_port = self._metrics_endpoint.start()
+            except OSError:
+                self._metrics_endpoint = None
+                await server.stop(None)  # releases the gRPC port bound above
+                metrics = parse_address(self.config.metrics_address, listen=True)
+                reason = why_not_listening(metrics.host, metrics.port, "--metrics-address")
+                raise ListenError(f"{self.config.metrics_address} (metrics)", reason) from None
+            log.info("metrics on %s (port %d), path /metrics", self.config.metrics_address, self.metrics_port)
         await server.start()
         self.loop = asyncio.get_running_loop()
         await self.router.start()
@@ -159,10 +182,6 @@ class CollectorServer:
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
         self._server = server
         self._janitor = asyncio.create_task(self._sweep_stale_uploads())
-        if self.config.metrics_address:
-            self._metrics_endpoint = MetricsEndpoint(self.metrics, self.config.metrics_address)
-            self.metrics_port = self._metrics_endpoint.start()
-            log.info("metrics on %s (port %d), path /metrics", self.config.metrics_address, self.metrics_port)
         log.info("collector listening on %s port %d (blobs: %s)", target, self.port, self.blobs.describe())
         return self.port
 

@@ -7,6 +7,7 @@ from typing import Any
 
 import grpc
 
+from agent.identity_text import check_identity_text
 from agent.keys import PublicKey
 from collector.edge import Rejected, unary
 from collector.storage import Store
@@ -32,9 +33,13 @@ class EnrollService(collector_pb2_grpc.EnrollServicer):
                 f"public_key must be a raw 32-byte Ed25519 key, got {len(request.public_key)} bytes",
             )
         key = PublicKey(bytes(request.public_key))
-        hostname = request.hostname[:255]
-        if not hostname.strip():
-            raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, "hostname must be 1-255 characters, got an empty one")
+        # Checked before the token is looked at: a refused Enroll spends no use and
+        # leaves no agent row. The host name is later printed in engineers' terminals
+        # and stored in PostgreSQL (no NUL), so it is refused rather than cut or cleaned.
+        try:
+            hostname = check_identity_text("hostname", request.hostname)
+        except ValueError as exc:
+            raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, f"enroll refused: {exc}") from None
         token = await asyncio.to_thread(self._store.authenticate, request.token, {"enroll"})
         # Consume only after the request is known good (hostname, key binding), so a
         # malformed call does not burn a single-use token.
@@ -66,6 +71,6 @@ class EnrollService(collector_pb2_grpc.EnrollServicer):
             target=agent.id,
             peer=context.peer() or "",
             outcome="ok",
-            detail=f"{request.hostname[:255]} {key.fingerprint}",
+            detail=f"{hostname} {key.fingerprint}",
         )
         return collector_pb2.EnrollResponse(agent_id=agent.id, key_fingerprint=key.fingerprint)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import socket
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,6 +15,7 @@ from agent.bundle import BundleMeta, BundleWriter
 from agent.errors import UploadError
 from agent.keys import SigningKey
 from agent.transport import UploadTarget, enroll, upload_bundle
+from collector.listen import ListenError
 from collector.server import ServerConfig
 from protos import facts_pb2
 from tests.collector.conftest import RunningCollector, _run_server, small_bundle
@@ -102,3 +104,15 @@ def test_metrics_after_real_uploads(metered: RunningCollector, tmp_path: Path) -
 
 def test_no_metrics_endpoint_by_default(sqlite_collector: RunningCollector) -> None:
     assert sqlite_collector.server.metrics_port == 0
+
+
+def test_metrics_port_in_use_refuses_the_start(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config = ServerConfig(
+            address="127.0.0.1:0", data_dir=tmp_path / "collector", metrics_address=f"127.0.0.1:{port}"
+        )
+        with pytest.raises(ListenError, match=f"port {port} is already in use.*--metrics-address"):
+            next(_run_server(config))

@@ -345,3 +345,28 @@ def test_token_management_is_audited(tmp_path: Path) -> None:
     ]
     assert "role admin" in entries[-1].detail
     assert all(token not in e.detail + e.target + e.actor_label for e in entries)
+
+
+def test_engineer_commands_print_stored_text_escaped(served: dict[str, str]) -> None:
+    """A label with a terminal escape, a C1 CSI, a bidi override and rich markup, stored
+    as it was typed: the audit listing shows it escaped and literal, never raw."""
+    from collector.storage import Store
+
+    s = served
+    env = {"CASEFILE_DATA_DIR": s["data"], "COLUMNS": "400"}
+    label = "ops\x1b]0;owned\x07\x9b2J\u202eevil[bold]x[/]"
+    refused = cli(
+        "casefile-collector", "token", "create", "--kind", "engineer", "--label", label, env=env, check=False
+    )
+    assert refused.returncode == 2 and "--label has a control or format character U+001B" in refused.stderr
+    # A row stored before labels were checked: written through the store directly.
+    with Store.open(f"sqlite:///{Path(s['data']) / 'casefile.db'}") as store:
+        admin, _ = store.create_token("engineer", role="admin", label=label)
+    remote = ("--collector", s["addr"], "--token", admin, "--ca-fingerprint", s["fp"])
+    cli("casefile-collector", "hosts", *remote, env=env)  # one audited call under that label
+    listed = cli("casefile-collector", "audit", *remote, env=env).stdout
+    tokens = cli("casefile-collector", "token", "list", env=env).stdout
+    for output in (listed, tokens):
+        raw = [c for c in output if (ord(c) < 0x20 and c != "\n") or 0x7F <= ord(c) <= 0x9F or c == "\u202e"]
+        assert raw == [], output
+        assert "\\x9b2J\\u202eevil[bold]x[/]" in output, output

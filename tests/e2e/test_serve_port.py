@@ -1,0 +1,70 @@
+"""``casefile-collector serve`` on an address another collector already listens on."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from agent.transport import open_channel, parse_address
+
+BIN = Path(sys.executable).parent
+
+
+def _serve(data: Path, address: str, ready: Path, log: Path) -> subprocess.Popen[bytes]:
+    with log.open("w") as fh:
+        return subprocess.Popen(
+            [str(BIN / "casefile-collector"), "serve", "--address", address, "--ready-file", str(ready)],
+            env={**os.environ, "CASEFILE_DATA_DIR": str(data)},
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+        )
+
+
+@pytest.fixture
+def first(tmp_path: Path) -> Iterator[dict[str, str]]:
+    ready = tmp_path / "first.json"
+    log = tmp_path / "first.log"
+    proc = _serve(tmp_path / "first", "127.0.0.1:0", ready, log)
+    try:
+        for _ in range(600):
+            if ready.exists() or proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        assert ready.exists(), log.read_text()
+        yield json.loads(ready.read_text())
+    finally:
+        proc.terminate()
+        proc.wait(20)
+    assert proc.returncode == 0, log.read_text()
+
+
+def test_second_serve_on_a_port_in_use_refuses_and_the_first_keeps_serving(
+    first: dict[str, str], tmp_path: Path
+) -> None:
+    ready = tmp_path / "second.json"
+    log = tmp_path / "second.log"
+    second = _serve(tmp_path / "second", first["address"], ready, log)
+    try:
+        code = second.wait(30)
+    except subprocess.TimeoutExpired:
+        second.terminate()
+        second.wait(20)
+        pytest.fail(f"a second collector started on {first['address']}:\n{log.read_text()}")
+    output = log.read_text()
+    assert code == 2, output
+    assert f"cannot listen on {first['address']}: port {first['port']} is already in use" in output
+    assert "serving on" not in output and "Traceback" not in output
+    assert not ready.exists()
+    # Every new connection reaches the one collector there (its certificate, its answer).
+    for _ in range(10):
+        with open_channel(parse_address(first["address"]), ca_fingerprint=first["fingerprint"]) as ch:
+            answer = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=10)
+        assert answer.status == health_pb2.HealthCheckResponse.SERVING
