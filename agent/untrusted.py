@@ -42,7 +42,7 @@ def is_request_id(value: object) -> bool:
 def describe_id(value: str, limit: int = 80) -> str:
     """A bad id as it may be logged and recorded: escaped (``repr``) and cut."""
     shown = ascii(value[:limit])
-    return shown + (f"…[{len(value) - limit} more chars]" if len(value) > limit else "")
+    return shown + (f"...[{len(value) - limit} more chars]" if len(value) > limit else "")
 
 
 def request_id_problem(value: str) -> str | None:
