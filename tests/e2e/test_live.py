@@ -279,6 +279,30 @@ def test_admin_reads_the_audit_log(live: Live) -> None:
     assert res.returncode == 3 and "PERMISSION_DENIED" in res.stderr
 
 
+def test_a_logs_request_without_a_window_gets_the_policys_maximum(live: Live, tmp_path: Path) -> None:
+    """``snapshot --scope logs`` without ``--since`` sends 0; the agent took that as "no
+    window asked", skipped the policy's max_logs_window_s and collected a day of logs."""
+    c = live.collector
+    agent = enroll_agent(c, tmp_path / "logs-home", "logs-box")
+    policy = {"allowed_scopes": ["facts", "logs"], "max_logs_window_s": 120}
+    (agent.home / "policy.json").write_text(json.dumps(policy))
+    before = connects(c, agent.agent_id)
+    agent.start()
+    try:
+        wait_for("agent connected", lambda: connects(c, agent.agent_id) > before, logs=agent.log.read_text)
+        events = Live(c, agent, live.tokens).snapshot(scopes=["logs"], reason="no --since")
+        assert events[-1].state == "done", events[-1]
+        with c.store() as store:
+            manifest = json.loads(store.get_bundle_content(events[-1].bundle_id)[1])
+        assert manifest["spec"]["options"]["logs_since_s"] == 120, manifest["spec"]
+        accepted = next(e for e in agent.history() if e["outcome"] == "accepted")
+        assert accepted["since_s"] == 120
+        denied = Live(c, agent, live.tokens).snapshot(scopes=["logs"], since_seconds=121)
+        assert denied[-1].detail == "denied by policy: logs window 121 s exceeds max_logs_window_s 120"
+    finally:
+        agent.stop_all()
+
+
 def _audited_after(c: Collector, after_id: int) -> Any:
     """The live.request_snapshot audit row written after ``after_id`` (written as the call ends)."""
 
