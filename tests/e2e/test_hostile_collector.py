@@ -46,7 +46,7 @@ class HostileChannel(collector_pb2_grpc.ChannelServicer):
         self.answers: list[collector_pb2.SnapshotProgress] = []
         self.streams = 0
 
-    async def Connect(  # noqa: N802 - the gRPC method name
+    async def Connect(
         self, request_iterator: AsyncIterator[collector_pb2.AgentMessage], context: Any
     ) -> AsyncIterator[collector_pb2.CollectorMessage]:
         self.streams += 1
