@@ -234,7 +234,8 @@ class LiveRouter:
                 "agent %s reported on request %s of agent %s: ignored", session.agent_id, rec.request_id, rec.agent_id
             )
             return
-        await self.advance(rec.request_id, progress.state, detail=progress.detail[:2000])
+        # The agent's words reach the engineer's terminal: cleaned like the other way round.
+        await self.advance(rec.request_id, progress.state, detail=clean_text(progress.detail, 2000))
 
     async def bundle_stored(self, bundle: BundleRecord, request_id: str) -> None:
         """Ingest's hook: the bundle answering a live request is stored."""

@@ -137,6 +137,10 @@ def test_a_collector_with_the_pinned_key_cannot_delete_or_name_files_nor_drive_t
             request_id=shown_id, scopes=["fragmentation"], requested_by=TERMINAL_TRICKS, reason="a\nb" + TERMINAL_TRICKS
         )
     )
+    # Numbers out of any sensible range: answered, not a crashed handler and silence.
+    ancient, backwards = secrets.token_hex(16), secrets.token_hex(16)
+    requests.append(collector_pb2.SnapshotRequest(request_id=ancient, scopes=facts, expires_at_unix=-(2**62)))
+    requests.append(collector_pb2.SnapshotRequest(request_id=backwards, scopes=facts, since_seconds=-(2**63)))
     good_id = secrets.token_hex(16)  # and one the agent takes: collected in a folder it names
     requests.append(collector_pb2.SnapshotRequest(request_id=good_id, scopes=facts, requested_by="thief"))
     servicer = HostileChannel(requests)
@@ -197,6 +201,12 @@ def test_a_collector_with_the_pinned_key_cannot_delete_or_name_files_nor_drive_t
     assert denied["outcome"] == "denied" and "scope 'fragmentation' is not allowed" in denied["detail"]
     assert denied["requested_by"] == "[31mroot[0m]0;ownedgpj.exex2J"
     assert denied["reason"] == "a b[31mroot[0m]0;ownedgpj.exex2J"
+
+    by_id = {e["request_id"]: e for e in entries}
+    assert by_id[ancient]["outcome"] == "expired"
+    assert by_id[ancient]["detail"] == f"request expired at unix time {-(2**62)}"
+    assert by_id[backwards]["outcome"] == "denied" and "logs window" in by_id[backwards]["detail"]
+    assert answered[ancient].state == "expired" and answered[backwards].state == "denied"
 
     # The good request was collected in a folder the agent named, now gone, and spooled
     # (the hostile collector serves no Ingest).
