@@ -474,6 +474,23 @@ def test_collector_down_during_collection_spools_and_delivers_once(restartable: 
     assert sum(1 for e in agent.history() if e.get("request_id") == request_id and e["outcome"] == "delivered") == 1
 
 
+def test_an_agents_progress_detail_is_stored_clean(tmp_path: Path) -> None:
+    """What an agent reports reaches the engineer's terminal (``snapshot`` prints it): a
+    compromised agent must not drive that terminal either."""
+    import asyncio
+
+    from collector.live import LiveRouter, Session
+
+    with Store.open(f"sqlite:///{tmp_path / 'casefile.db'}") as store:
+        rec = store.create_live_request(
+            agent_id="ag_1", hostname="h", requested_by="tok_1", requested_label="eng", scopes=("facts",),
+            since_s=0, reason="r", expires_at=dt.datetime.now(dt.UTC) + dt.timedelta(minutes=5),
+        )  # fmt: skip
+        progress = collector_pb2.SnapshotProgress(request_id=rec.request_id, state="failed", detail="\x1b[2Jx\u202ey")
+        asyncio.run(LiveRouter(store).agent_progress(Session(agent_id="ag_1", peer="p"), progress))
+        assert store.get_live_request(rec.request_id).detail == "[2Jxy"
+
+
 def _leaked(modules: list[str]) -> list[str]:
     return [m for m in modules if any(m == n or m.startswith(n + ".") for n in DAEMON_NEVER_IMPORTS)]
 
