@@ -12,8 +12,8 @@ that was accepted and then ends (the collector's maximum connection age, a repli
 shutting down) resets ``n``: it is rebalancing, not an outage.
 
 Per request, in order: an id that is not an id (``agent.untrusted``) → ``refused``
-(answered ``denied``; nothing is named after it); seen before → ``denied`` (duplicate; at most once per id),
-past ``expires_at_unix`` → ``expired``, outside the policy → ``denied by policy:
+(answered ``denied``; nothing is named after it); seen before → ``denied`` (duplicate;
+at most once per id), past ``expires_at_unix`` → ``expired``, outside the policy → ``denied by policy:
 <rule>``; else recorded as accepted, collected (kind "live", with the request id in the
 manifest) as ``collecting``, uploaded through Ingest as ``uploading``. The collector
 reports ``done`` once it has stored the bundle. A bundle that cannot be uploaded goes
@@ -324,7 +324,13 @@ class AgentService:
                 who["since_s"] = window
             await asyncio.to_thread(lambda: self.history.append("accepted", **who))
             self._progress(req.request_id, "collecting", f"scopes {', '.join(scopes)}")
-            work = await asyncio.to_thread(self._work_dir)
+            try:
+                work = await asyncio.to_thread(self._work_dir)
+            except OSError as exc:  # a full or read-only disk: answered like any failed collection
+                detail = f"collection failed: no work folder under {self.work}: {exc}"
+                await asyncio.to_thread(lambda: self.history.append("failed", detail=detail, **who))
+                self._progress(req.request_id, "failed", detail)
+                return
             try:
                 bundle = await self.worker.collect(
                     home=self.home.root,
