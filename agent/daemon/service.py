@@ -46,7 +46,7 @@ from google.protobuf.message import DecodeError
 from agent.daemon.h2stream import BidiStream, RpcError
 from agent.daemon.history import History
 from agent.daemon.policy import Policy, collectors_for, load_policy
-from agent.daemon.protocol import channel_message
+from agent.daemon.protocol import NONCE_BYTES, channel_message
 from agent.daemon.spool import Spool
 from agent.daemon.worker import CollectionWorker, LiveBundle
 from agent.errors import CasefileError, TransportError
@@ -203,7 +203,7 @@ class AgentService:
                     "DEADLINE_EXCEEDED", f"the collector did not finish the handshake within {HANDSHAKE_TIMEOUT_S:g} s"
                 ) from None
             accepted = True
-            log.info("connected to %s as %s", self.enrollment.collector, second.accepted.agent_id)
+            log.info("connected to %s as %s", self.enrollment.collector, clean_text(second.accepted.agent_id, 64))
             outbox: asyncio.Queue[collector_pb2.AgentMessage] = asyncio.Queue()
             self._outbox = outbox
             writer = asyncio.create_task(self._write(call, outbox))
@@ -251,7 +251,12 @@ class AgentService:
         first = _parse(await call.read())
         if first is None or first.WhichOneof("msg") != "challenge":
             raise TransportError("collector did not send a challenge", peer=self.enrollment.collector)
-        signature = self.key.sign(channel_message(bytes(first.challenge.nonce), agent_id))
+        nonce = bytes(first.challenge.nonce)
+        if len(nonce) != NONCE_BYTES:  # the key signs exactly what the protocol says, nothing a peer chose more of
+            raise TransportError(
+                f"collector sent a {len(nonce)}-byte challenge (expected {NONCE_BYTES})", peer=self.enrollment.collector
+            )
+        signature = self.key.sign(channel_message(nonce, agent_id))
         response = collector_pb2.ChallengeResponse(signature=signature)
         await call.write(collector_pb2.AgentMessage(challenge_response=response).SerializeToString())
         second = _parse(await call.read())

@@ -26,10 +26,11 @@ from typing import Any
 
 import grpc
 
+from agent.daemon import AgentService, DaemonOptions
 from agent.state import AgentHome, Enrollment
 from agent.transport import enroll, open_channel, parse_address
 from collector.server import ServerConfig
-from collector.tls import TlsMaterial
+from collector.tls import TlsMaterial, ensure_self_signed
 from protos import collector_pb2, collector_pb2_grpc
 from tests.collector.conftest import _run_server
 from tests.e2e.test_live import BIN
@@ -41,9 +42,11 @@ class HostileChannel(collector_pb2_grpc.ChannelServicer):
     """Accepts the agent without checking it (a thief needs no check) and sends ``requests``
     down its first stream; keeps every SnapshotProgress the agent answers."""
 
-    def __init__(self, requests: list[collector_pb2.SnapshotRequest]) -> None:
+    def __init__(self, requests: list[collector_pb2.SnapshotRequest], nonce_bytes: int = 32) -> None:
         self.requests = requests
+        self.nonce_bytes = nonce_bytes
         self.answers: list[collector_pb2.SnapshotProgress] = []
+        self.signed: list[bytes] = []  # the challenge responses received
         self.streams = 0
 
     async def Connect(
@@ -53,8 +56,9 @@ class HostileChannel(collector_pb2_grpc.ChannelServicer):
         first = self.streams == 1
         it = aiter(request_iterator)
         hello = await anext(it)
-        yield collector_pb2.CollectorMessage(challenge=collector_pb2.Challenge(nonce=secrets.token_bytes(32)))
-        await anext(it)  # the agent's signature, not even looked at
+        nonce = secrets.token_bytes(self.nonce_bytes)
+        yield collector_pb2.CollectorMessage(challenge=collector_pb2.Challenge(nonce=nonce))
+        self.signed.append(bytes((await anext(it)).challenge_response.signature))  # not even checked
         yield collector_pb2.CollectorMessage(accepted=collector_pb2.ChannelAccepted(agent_id=hello.hello.agent_id))
 
         async def read() -> None:
@@ -219,3 +223,30 @@ def test_a_collector_with_the_pinned_key_cannot_delete_or_name_files_nor_drive_t
     for out in (table, as_json):
         assert not any(c in out for c in "\x00\x1b\x07\x9b\u202e\u202c\u2066\u2069"), out
     assert "gpj.exe" in table and "thief" in table and shown_id in as_json
+
+
+def test_the_agent_signs_only_a_challenge_of_the_protocols_size(tmp_path: Path) -> None:
+    """The agent's key signs ``context + nonce + agent id``; a peer that picks a nonce of
+    any length picks most of what the key signs. A challenge that is not 32 bytes ends
+    the stream unsigned, and the agent dials again."""
+    tls = ensure_self_signed(tmp_path / "tls")
+    servicer = HostileChannel([], nonce_bytes=4096)
+
+    async def main() -> None:
+        async with _hostile_server(tls, servicer) as port:
+            home = AgentHome(tmp_path / "home")
+            home.save_enrollment(Enrollment("ag_x", f"127.0.0.1:{port}", tls.fingerprint, home.key().fingerprint))
+            options = DaemonOptions(backoff_base_s=0.05, backoff_cap_s=0.2, worker_linger_s=0)
+            service = AgentService(home, options)
+            running = asyncio.create_task(service.run())
+            try:
+                deadline = asyncio.get_running_loop().time() + 20
+                while servicer.streams < 3 and asyncio.get_running_loop().time() < deadline:
+                    await asyncio.sleep(0.05)
+            finally:
+                service.stop()
+                await asyncio.wait_for(running, 10)
+
+    asyncio.run(main())
+    assert servicer.streams >= 3, "the agent did not dial again"
+    assert servicer.signed == [], "the agent signed a challenge of 4096 bytes"
