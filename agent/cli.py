@@ -638,23 +638,35 @@ def agent_history(
 
     entries = History(AgentHome(home).root / "history.jsonl").entries()
     if as_json:
+        from agent.untrusted import terminal_json
+
         for e in entries:
-            sys.stdout.write(json.dumps(e, ensure_ascii=False, sort_keys=True) + "\n")
+            sys.stdout.write(terminal_json(e) + "\n")
         return
     if not entries:
         out.print("no live requests yet")
         return
     from rich.table import Table
+    from rich.text import Text
 
+    from agent.daemon.history import shown
+
+    # Text cells, not str: rich would read "[...]" in a reason as markup. ``shown`` drops
+    # control and bidi characters the collector (or an edit of the file) put there.
     t = Table("when (UTC)", "requested by", "scope", "reason", "outcome", "bundle / detail", title="Live requests")
     for e in entries:
         t.add_row(
-            str(e.get("at", ""))[:19].replace("T", " "),
-            str(e.get("requested_by", "")),
-            ",".join(e.get("scopes") or []),
-            str(e.get("reason", "")),
-            str(e.get("outcome", "")),
-            str(e.get("bundle_id") or e.get("detail") or ""),
+            *(
+                Text(shown(v))
+                for v in (
+                    str(e.get("at", ""))[:19].replace("T", " "),
+                    e.get("requested_by", ""),
+                    e.get("scopes") or [],
+                    e.get("reason", ""),
+                    e.get("outcome", ""),
+                    e.get("bundle_id") or e.get("detail") or "",
+                )
+            )
         )
     out.print(t)
 

@@ -29,7 +29,15 @@ from collector.storage.audit import outcome_for_status
 from collector.storage.errors import AuthError, NotFound
 from protos import collector_pb2
 
-__all__ = ["ROLES", "AuditedCall", "EngineerAuth", "UploadIdentity", "authorize_upload", "bearer_token"]
+__all__ = [
+    "ROLES",
+    "AuditedCall",
+    "EngineerAuth",
+    "UploadIdentity",
+    "authorize_upload",
+    "bearer_token",
+    "record_outcome",
+]
 
 ROLES = {"viewer": 1, "engineer": 2, "admin": 3}
 
@@ -52,6 +60,11 @@ class AuditedCall:
     record: TokenRecord | None = None
     actor: str = ""  # the token id of a refused but known token
     detail: str = ""
+    # Set by a handler whose call succeeds or fails for a reason of its own (a live
+    # request the agent denied, found offline, let expire): recorded instead of what the
+    # call's status alone says.
+    outcome: str = ""
+    outcome_detail: str = ""
 
 
 _CURRENT_CALL: contextvars.ContextVar[AuditedCall | None] = contextvars.ContextVar(
@@ -59,6 +72,13 @@ _CURRENT_CALL: contextvars.ContextVar[AuditedCall | None] = contextvars.ContextV
 )
 
 Handler = TypeVar("Handler", bound=Callable[..., Any])
+
+
+def record_outcome(outcome: str, detail: str = "") -> None:
+    """Inside an audited handler: the outcome its audit row records (see ``AuditedCall``)."""
+    call = _CURRENT_CALL.get()
+    if call is not None:
+        call.outcome, call.outcome_detail = outcome, detail
 
 
 class EngineerAuth:
@@ -124,7 +144,12 @@ class EngineerAuth:
                 yield
             except BaseException as exc:
                 outcome, detail = _outcome(call, exc)
+                if call.outcome and outcome != "cancelled":
+                    outcome, detail = call.outcome, call.outcome_detail
                 raise
+            else:
+                if call.outcome:
+                    outcome, detail = call.outcome, call.outcome_detail
             finally:
                 _CURRENT_CALL.reset(reset)
                 await self._auth._write(call, context.peer() or "", outcome, detail)

@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from agent.untrusted import clean_text
+from collector.auth import record_outcome
 from collector.edge import Rejected
 from collector.storage import AgentRecord, AuditRecord, BundleRecord, LiveRequestRecord, Store, TokenRecord
 from collector.timestamps import timestamp_us
@@ -42,6 +44,7 @@ __all__ = [
     "audit_entry",
     "event_of",
     "make_router",
+    "request_message",
     "request_snapshot",
 ]
 
@@ -54,6 +57,24 @@ log = logging.getLogger("casefile.collector.live")
 
 # What an agent may report about a request; "done" is not among them (see module doc).
 AGENT_STATES = frozenset({"collecting", "uploading", "denied", "failed", "expired"})
+
+
+def request_message(rec: LiveRequestRecord) -> collector_pb2.CollectorMessage:
+    """The ``SnapshotRequest`` sent down the agent's stream for ``rec``.
+
+    Its text is cleaned again here (it was when the request was created): a row written
+    by an older collector must not carry escape sequences to the customer's terminal.
+    """
+    return collector_pb2.CollectorMessage(
+        snapshot_request=collector_pb2.SnapshotRequest(
+            request_id=rec.request_id,
+            scopes=list(rec.scopes),
+            since_seconds=rec.since_s,
+            requested_by=clean_text(rec.requested_label or rec.requested_by, 200),
+            reason=clean_text(rec.reason, 500),
+            expires_at_unix=rec.expires_at_us // 1_000_000,
+        )
+    )
 
 
 def event_of(rec: LiveRequestRecord) -> collector_pb2.SnapshotEvent:
@@ -186,16 +207,7 @@ class LiveRouter:
         session = self._sessions.get(rec.agent_id)
         if session is None:
             return False
-        msg = collector_pb2.CollectorMessage(
-            snapshot_request=collector_pb2.SnapshotRequest(
-                request_id=rec.request_id,
-                scopes=list(rec.scopes),
-                since_seconds=rec.since_s,
-                requested_by=rec.requested_label or rec.requested_by,
-                reason=rec.reason,
-                expires_at_unix=rec.expires_at_us // 1_000_000,
-            )
-        )
+        msg = request_message(rec)
         await self.advance(rec.request_id, "delivered", detail=f"sent to {session.peer}")
         session.outbox.put_nowait(msg)
         return True
@@ -222,7 +234,8 @@ class LiveRouter:
                 "agent %s reported on request %s of agent %s: ignored", session.agent_id, rec.request_id, rec.agent_id
             )
             return
-        await self.advance(rec.request_id, progress.state, detail=progress.detail[:2000])
+        # The agent's words reach the engineer's terminal: cleaned like the other way round.
+        await self.advance(rec.request_id, progress.state, detail=clean_text(progress.detail, 2000))
 
     async def bundle_stored(self, bundle: BundleRecord, request_id: str) -> None:
         """Ingest's hook: the bundle answering a live request is stored."""
@@ -273,19 +286,45 @@ def _when(us: int | None) -> str:
 
 
 async def _resolve(store: Store, router: LiveRouter, host: str) -> AgentRecord:
-    """A host name or agent id → one agent; a connected agent wins over stale ones."""
+    """A host name or agent id → the one enrolled agent a request may go to.
+
+    A case-token identity never takes live requests: its host name is whatever the
+    customer's upload claimed, so anyone with a case token could name themselves
+    ``web-7`` and be sent the requests meant for the real one. Of several enrolled agents
+    reporting the name, the one connected is chosen if it is the only one; otherwise the
+    request is refused with their ids, never sent to whichever sorts first.
+    """
     if host.startswith("ag_"):
-        return await asyncio.to_thread(store.get_agent, host)
+        agent = await asyncio.to_thread(store.get_agent, host)
+        if agent.case_id is not None:
+            raise Rejected(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"agent {agent.id} is a case-token identity (case {agent.case_id!r}): "
+                "live requests go to enrolled agents only",
+            )
+        return agent
     found = await asyncio.to_thread(store.agents_by_hostname, host)
-    if not found:
-        raise Rejected(grpc.StatusCode.NOT_FOUND, f"no enrolled agent reports hostname {host!r}")
-    live = [a for a in found if await router.is_online(a.id)]
-    if len(live) > 1:
-        ids = ", ".join(a.id for a in live)
-        raise Rejected(
-            grpc.StatusCode.FAILED_PRECONDITION, f"host {host!r} has several connected agents ({ids}); name one by id"
-        )
-    return live[0] if live else found[0]
+    enrolled = [a for a in found if a.case_id is None]
+    if not enrolled:
+        bound = ""
+        if found:
+            bound = f"; {len(found)} case-token identities report it ({_ids(found)}) and take no live requests"
+        raise Rejected(grpc.StatusCode.NOT_FOUND, f"no enrolled agent reports hostname {host!r}{bound}")
+    if len(enrolled) == 1:
+        return enrolled[0]
+    live = [a for a in enrolled if await router.is_online(a.id)]
+    if len(live) == 1:
+        return live[0]
+    which = "connected " if live else ""
+    raise Rejected(
+        grpc.StatusCode.FAILED_PRECONDITION,
+        f"host {host!r} has several {which}enrolled agents ({_ids(live or enrolled)}); name one by id",
+    )
+
+
+def _ids(agents: list[AgentRecord], most: int = 10) -> str:
+    shown = ", ".join(a.id for a in agents[:most])
+    return shown + (f" and {len(agents) - most} more" if len(agents) > most else "")
 
 
 async def request_snapshot(
@@ -309,12 +348,14 @@ async def request_snapshot(
     rec = await asyncio.to_thread(
         lambda: store.create_live_request(
             agent_id=agent.id,
-            hostname=agent.hostname,
+            # What the agent shows its owner: no control or bidi characters (see
+            # agent.untrusted); the agent cleans it again, trusting no collector.
+            hostname=clean_text(agent.hostname, 255),
             requested_by=token.id,
-            requested_label=token.label or token.id,
+            requested_label=clean_text(token.label or token.id, 200),
             scopes=scopes,
             since_s=int(spec.since_seconds),
-            reason=spec.reason[:500],
+            reason=clean_text(spec.reason, 500),
             expires_at=expires,
         )
     )
@@ -334,6 +375,7 @@ async def request_snapshot(
                 detail=detail,
             )
         )
+        record_outcome("offline", detail)
         raise Rejected(grpc.StatusCode.FAILED_PRECONDITION, detail + " (use --wait to queue the request)")
     q = router.watch(rec.request_id)
     try:
@@ -360,6 +402,8 @@ async def request_snapshot(
                 break
             yield event
             if event.state in ("done", "denied", "failed", "expired", "offline"):
+                # The audit row of the call says how the request ended, not just that the call did.
+                record_outcome(event.state, event.detail)
                 return
         current = await asyncio.to_thread(store.get_live_request, rec.request_id)
         final = None
@@ -367,10 +411,13 @@ async def request_snapshot(
             final = await router.advance(rec.request_id, "expired", detail=f"timed out after {timeout} s")
         if final is None:
             # Already past queued/delivered and still running (e.g. a slow upload).
+            detail = f"no result within {timeout} s"
+            record_outcome("timeout", f"{detail} (request {current.state})")
             yield collector_pb2.SnapshotEvent(
-                request_id=rec.request_id, state="timeout", detail=f"no result within {timeout} s", agent_id=agent.id
+                request_id=rec.request_id, state="timeout", detail=detail, agent_id=agent.id
             )
         else:
+            record_outcome(final.state, final.detail)
             yield event_of(final)
     finally:
         router.unwatch(rec.request_id, q)

@@ -37,7 +37,7 @@ from psycopg import sql
 from sqlalchemy import make_url
 
 from collector.edge import Rejected
-from collector.live import LiveRouter, Session, event_of
+from collector.live import LiveRouter, Session, event_of, request_message
 from collector.storage import LiveRequestRecord, Store
 from collector.storage.live import LIVE_CHANNEL
 
@@ -172,22 +172,8 @@ class PgLiveRouter(LiveRouter):
         if claimed is None:
             return False  # another path (notification, scan, other replica) got it first
         self._publish(claimed)
-        session.outbox.put_nowait(self._message(claimed))
+        session.outbox.put_nowait(request_message(claimed))
         return True
-
-    def _message(self, rec: LiveRequestRecord) -> Any:
-        from protos import collector_pb2
-
-        return collector_pb2.CollectorMessage(
-            snapshot_request=collector_pb2.SnapshotRequest(
-                request_id=rec.request_id,
-                scopes=list(rec.scopes),
-                since_seconds=rec.since_s,
-                requested_by=rec.requested_label or rec.requested_by,
-                reason=rec.reason,
-                expires_at_unix=rec.expires_at_us // 1_000_000,
-            )
-        )
 
     async def _on_change(self, request_id: str) -> None:
         interested = request_id in self._watchers

@@ -8,7 +8,14 @@ never hides a request. Fields: ``at`` (UTC ISO time), ``request_id``,
 Outcomes: ``accepted`` (about to collect), ``done`` (uploaded), ``spooled`` (collector
 unreachable; kept in the spool), ``delivered`` (a spooled bundle uploaded later),
 ``dropped`` (a spooled bundle removed at the spool's bound), ``denied`` (policy),
-``duplicate`` (a request id seen before), ``expired``, ``failed``.
+``duplicate`` (a request id seen before), ``expired``, ``failed``, ``refused`` (a request
+the agent could not take as a request at all: its id is not an id — see
+``agent.untrusted`` — recorded with ``request_id`` empty and the id, escaped and cut, in
+``bad_request_id``).
+
+What the collector sent (who asked, the reason) is recorded cleaned of control and bidi
+characters, and cleaned again by ``shown`` when displayed: a file written by an older
+agent, or edited, must not drive the owner's terminal either.
 
 The history is also the at-most-once ledger: a request id that appears in it is never
 executed again.
@@ -23,11 +30,20 @@ import threading
 from pathlib import Path
 from typing import Any
 
-__all__ = ["OUTCOMES", "History"]
+from agent.untrusted import clean_text
+
+__all__ = ["OUTCOMES", "History", "shown"]
 
 OUTCOMES = frozenset(
-    {"accepted", "done", "spooled", "delivered", "dropped", "denied", "duplicate", "expired", "failed"}
+    {"accepted", "done", "spooled", "delivered", "dropped", "denied", "duplicate", "expired", "failed", "refused"}
 )
+
+
+def shown(value: object, limit: int = 200) -> str:
+    """One field of an entry as it may be put on a terminal (see module doc)."""
+    if isinstance(value, list):
+        value = ",".join(str(v) for v in value)
+    return clean_text("" if value is None else str(value), limit)
 
 
 class History:
@@ -66,7 +82,7 @@ class History:
         return out
 
     def seen(self, request_id: str) -> bool:
-        return any(e.get("request_id") == request_id for e in self.entries())
+        return bool(request_id) and any(e.get("request_id") == request_id for e in self.entries())
 
     def accepted_since(self, since: dt.datetime) -> int:
         count = 0

@@ -8,8 +8,9 @@ daemon's first start when missing; edit it and restart the service::
     {
       "version": 1,
       "allowed_scopes": ["facts"],      // of: facts, logs, fragmentation, commands
-      "max_logs_window_s": 3600,        // largest --since an engineer may ask for logs
-      "rate_limit_per_hour": 12,        // accepted requests per rolling hour (0: none)
+      "max_logs_window_s": 3600,        // largest --since for logs; also the window of a
+                                        //   request that names none (0: no logs at all)
+      "rate_limit_per_hour": 12,        // accepted requests per rolling hour (0: no limit)
       "profile": "standard",            // redaction: standard, private or facts-only
       "spool_max_bytes": 268435456,     // undeliverable bundles kept at most (256 MiB)
       "spool_max_bundles": 50           //   ... and at most this many
@@ -20,6 +21,12 @@ disks, network, processes, services, network depth, clock, time series (no logs)
 ``logs`` — system logs of at most ``max_logs_window_s``; ``fragmentation`` — the
 sampled fragmentation scan; ``commands`` — raw command output (reserved: no built-in
 collector emits it yet, so it adds nothing, but it is still allowed or denied here).
+
+A request that names no logs window (``since_seconds`` 0, what ``snapshot`` without
+``--since`` sends) gets ``max_logs_window_s``, never the collector's own default of a day:
+leaving the option out is no way around the policy. A negative window is refused. Every
+number has a ceiling (``LIMITS``) so a typo of a few digits is an error at start, not a
+window before the epoch or a spool the disk cannot hold.
 """
 
 from __future__ import annotations
@@ -34,6 +41,7 @@ from agent.errors import CasefileError
 
 __all__ = [
     "DEFAULT_POLICY",
+    "LIMITS",
     "PROFILE_NAMES",
     "SCOPES",
     "SCOPE_COLLECTORS",
@@ -66,6 +74,14 @@ SCOPES = tuple(SCOPE_COLLECTORS)
 # policy without importing the redaction package (its rules and psutil); a test keeps
 # the two equal.
 PROFILE_NAMES = ("standard", "private", "facts-only")
+
+# The largest value of each number in the policy.
+LIMITS: dict[str, int] = {
+    "max_logs_window_s": 366 * 86400,  # a year of logs
+    "rate_limit_per_hour": 3600,  # one a second
+    "spool_max_bytes": 1 << 40,  # 1 TiB
+    "spool_max_bundles": 100_000,
+}
 
 
 class PolicyError(CasefileError):
@@ -101,8 +117,11 @@ class Policy:
 
         def number(name: str, minimum: int) -> int:
             value = data.get(name, getattr(base, name))
-            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-                raise PolicyError(f"policy {where}: {name} must be an integer >= {minimum}; got {value!r}")
+            maximum = LIMITS[name]
+            if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= maximum:
+                raise PolicyError(
+                    f"policy {where}: {name} must be an integer >= {minimum} and <= {maximum}; got {_shown(value)}"
+                )
             return value
 
         profile = data.get("profile", base.profile)
@@ -117,21 +136,40 @@ class Policy:
             spool_max_bundles=number("spool_max_bundles", 0),
         )
 
+    def logs_window(self, since_s: int) -> int:
+        """The window a request's logs are collected over: what it asked for, or the
+        policy's maximum when it asked for none (0)."""
+        return since_s or self.max_logs_window_s
+
     def denial(self, scopes: tuple[str, ...], since_s: int, accepted_last_hour: int) -> str | None:
         """The rule a request breaks, or None when the policy allows it."""
         for scope in scopes:
             if scope not in SCOPES:
-                return f"unknown scope {scope!r}"
+                return f"unknown scope {scope[:100]!r}"
             if scope not in self.allowed_scopes:
                 return f"scope {scope!r} is not allowed (allowed: {', '.join(self.allowed_scopes) or 'none'})"
-        if "logs" in scopes and since_s > self.max_logs_window_s:
-            return f"logs window {since_s} s exceeds max_logs_window_s {self.max_logs_window_s}"
+        if since_s < 0:
+            return f"logs window {since_s} s is negative"
+        if "logs" in scopes:
+            if self.max_logs_window_s == 0:
+                return "max_logs_window_s is 0: no logs are collected"
+            window = self.logs_window(since_s)
+            if window > self.max_logs_window_s:
+                return f"logs window {window} s exceeds max_logs_window_s {self.max_logs_window_s}"
         if self.rate_limit_per_hour and accepted_last_hour >= self.rate_limit_per_hour:
             return f"rate limit of {self.rate_limit_per_hour} requests per hour reached"
         return None
 
 
 DEFAULT_POLICY = Policy()
+
+
+def _shown(value: object) -> str:
+    """A refused value, short: an integer of thousands of digits cannot even be printed."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 64:
+        return f"an integer of {value.bit_length()} bits"
+    text = repr(value)
+    return text if len(text) <= 40 else text[:40] + "…"
 
 
 def collectors_for(scopes: tuple[str, ...]) -> tuple[str, ...]:

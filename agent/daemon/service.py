@@ -11,8 +11,9 @@ forever: a collector outage never ends the service. Only SIGTERM/SIGINT do. A st
 that was accepted and then ends (the collector's maximum connection age, a replica
 shutting down) resets ``n``: it is rebalancing, not an outage.
 
-Per request, in order: seen before → ``denied`` (duplicate; at most once per id),
-past ``expires_at_unix`` → ``expired``, outside the policy → ``denied by policy:
+Per request, in order: an id that is not an id (``agent.untrusted``) → ``refused``
+(answered ``denied``; nothing is named after it); seen before → ``denied`` (duplicate;
+at most once per id), past ``expires_at_unix`` → ``expired``, outside the policy → ``denied by policy:
 <rule>``; else recorded as accepted, collected (kind "live", with the request id in the
 manifest) as ``collecting``, uploaded through Ingest as ``uploading``. The collector
 reports ``done`` once it has stored the bundle. A bundle that cannot be uploaded goes
@@ -35,6 +36,7 @@ import os
 import random
 import shutil
 import signal
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,13 +46,14 @@ from google.protobuf.message import DecodeError
 from agent.daemon.h2stream import BidiStream, RpcError
 from agent.daemon.history import History
 from agent.daemon.policy import Policy, collectors_for, load_policy
-from agent.daemon.protocol import channel_message
+from agent.daemon.protocol import NONCE_BYTES, channel_message
 from agent.daemon.spool import Spool
 from agent.daemon.worker import CollectionWorker, LiveBundle
 from agent.errors import CasefileError, TransportError
 from agent.keys import SigningKey
 from agent.state import AgentHome, Enrollment
 from agent.transport.connect import parse_address
+from agent.untrusted import REQUEST_ID_MAX, clean_text, describe_id, request_id_problem
 from agent.version import __version__
 from protos import collector_pb2
 
@@ -66,6 +69,7 @@ _MIN_KEEPALIVE_S = 20.0
 # must not hold the agent: it dials again, perhaps to a healthy replica.
 HANDSHAKE_TIMEOUT_S = 20.0
 _UPLOAD_ATTEMPTS = 3  # then spool: the spool retries on every reconnect, for ever
+_SCOPES_RECORDED = 8  # of a request's scopes, the history keeps this many (there are four)
 
 
 @dataclass(frozen=True)
@@ -199,7 +203,7 @@ class AgentService:
                     "DEADLINE_EXCEEDED", f"the collector did not finish the handshake within {HANDSHAKE_TIMEOUT_S:g} s"
                 ) from None
             accepted = True
-            log.info("connected to %s as %s", self.enrollment.collector, second.accepted.agent_id)
+            log.info("connected to %s as %s", self.enrollment.collector, clean_text(second.accepted.agent_id, 64))
             outbox: asyncio.Queue[collector_pb2.AgentMessage] = asyncio.Queue()
             self._outbox = outbox
             writer = asyncio.create_task(self._write(call, outbox))
@@ -247,7 +251,12 @@ class AgentService:
         first = _parse(await call.read())
         if first is None or first.WhichOneof("msg") != "challenge":
             raise TransportError("collector did not send a challenge", peer=self.enrollment.collector)
-        signature = self.key.sign(channel_message(bytes(first.challenge.nonce), agent_id))
+        nonce = bytes(first.challenge.nonce)
+        if len(nonce) != NONCE_BYTES:  # the key signs exactly what the protocol says, nothing a peer chose more of
+            raise TransportError(
+                f"collector sent a {len(nonce)}-byte challenge (expected {NONCE_BYTES})", peer=self.enrollment.collector
+            )
+        signature = self.key.sign(channel_message(nonce, agent_id))
         response = collector_pb2.ChallengeResponse(signature=signature)
         await call.write(collector_pb2.AgentMessage(challenge_response=response).SerializeToString())
         second = _parse(await call.read())
@@ -278,44 +287,62 @@ class AgentService:
     # -- requests ------------------------------------------------------------------
 
     async def _handle(self, req: collector_pb2.SnapshotRequest) -> None:
+        # Every field is the collector's word, and a collector holding the pinned key may be
+        # stolen: the id is checked before any use, the text is cleaned before it is recorded
+        # or logged, and the work folder is named here, never after the request.
         scopes = tuple(req.scopes) or ("facts",)
+        since = int(req.since_seconds)
         who = {
             "request_id": req.request_id,
-            "requested_by": req.requested_by,
-            "reason": req.reason,
-            "scopes": list(scopes),
-            "since_s": int(req.since_seconds),
+            "requested_by": clean_text(req.requested_by, 200),
+            "reason": clean_text(req.reason, 500),
+            "scopes": [clean_text(s, 40) for s in scopes[:_SCOPES_RECORDED]],
+            "since_s": since,
         }
+        problem = request_id_problem(req.request_id)
+        if problem is not None:
+            await self._refuse(req, problem, who)
+            return
         async with self._busy:
-            if not req.request_id or await asyncio.to_thread(self.history.seen, req.request_id):
+            if await asyncio.to_thread(self.history.seen, req.request_id):
                 detail = f"duplicate request id {req.request_id!r}: already handled once"
                 await asyncio.to_thread(lambda: self.history.append("duplicate", detail=detail, **who))
                 self._progress(req.request_id, "denied", detail)
                 return
             if req.expires_at_unix and dt.datetime.now(dt.UTC).timestamp() > req.expires_at_unix:
-                detail = f"request expired at {dt.datetime.fromtimestamp(req.expires_at_unix, dt.UTC).isoformat()}"
+                detail = f"request expired at {_unix_time(req.expires_at_unix)}"
                 await asyncio.to_thread(lambda: self.history.append("expired", detail=detail, **who))
                 self._progress(req.request_id, "expired", detail)
                 return
             hour_ago = dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)
             recent = await asyncio.to_thread(self.history.accepted_since, hour_ago)
-            rule = self.policy.denial(scopes, int(req.since_seconds), recent)
+            rule = self.policy.denial(scopes, since, recent)
             if rule is not None:
                 detail = f"denied by policy: {rule}"
                 await asyncio.to_thread(lambda: self.history.append("denied", detail=detail, **who))
                 self._progress(req.request_id, "denied", detail)
-                log.info("request %s from %s %s", req.request_id, req.requested_by, detail)
+                log.info("request %s from %s %s", req.request_id, who["requested_by"], detail)
                 return
+            # No window named means the policy's largest, never the collector's default.
+            window = self.policy.logs_window(since) if "logs" in scopes else None
+            if window is not None:
+                who["since_s"] = window
             await asyncio.to_thread(lambda: self.history.append("accepted", **who))
             self._progress(req.request_id, "collecting", f"scopes {', '.join(scopes)}")
-            work = self.work / req.request_id
+            try:
+                work = await asyncio.to_thread(self._work_dir)
+            except OSError as exc:  # a full or read-only disk: answered like any failed collection
+                detail = f"collection failed: no work folder under {self.work}: {exc}"
+                await asyncio.to_thread(lambda: self.history.append("failed", detail=detail, **who))
+                self._progress(req.request_id, "failed", detail)
+                return
             try:
                 bundle = await self.worker.collect(
                     home=self.home.root,
                     agent_id=self.enrollment.agent_id,
                     request_id=req.request_id,
                     collectors=collectors_for(scopes),
-                    since_s=int(req.since_seconds) or None,
+                    since_s=window,
                     profile=self.policy.profile,
                     output_dir=work,
                 )
@@ -349,6 +376,20 @@ class AgentService:
             await asyncio.to_thread(lambda: self.history.append("done", **ids))
         finally:
             shutil.rmtree(work, ignore_errors=True)
+
+    def _work_dir(self) -> Path:
+        """A fresh folder for one collection, under ``<home>/work``, named by us."""
+        self.work.mkdir(parents=True, exist_ok=True, mode=0o700)
+        return Path(tempfile.mkdtemp(prefix="live-", dir=self.work))
+
+    async def _refuse(self, req: collector_pb2.SnapshotRequest, problem: str, who: dict[str, Any]) -> None:
+        """A request whose id is no id: recorded and answered, never acted on."""
+        entry = {**who, "request_id": "", "bad_request_id": describe_id(req.request_id)}
+        detail = f"refused: {problem}"
+        await asyncio.to_thread(lambda: self.history.append("refused", detail=detail, **entry))
+        log.warning("refused a request from the collector: %s", problem)
+        # Echoed (cut) so the collector can tell which request it was; it is not used here.
+        self._progress(req.request_id[: 2 * REQUEST_ID_MAX], "denied", detail)
 
     def _record(self, outcome: str, ids: dict[str, Any], detail: str) -> None:
         self.history.append(outcome, detail=detail, **ids)
@@ -396,6 +437,13 @@ class AgentService:
                     "",
                 )
                 log.info("spooled bundle %s delivered", item.bundle_id)
+
+
+def _unix_time(seconds: int) -> str:
+    try:
+        return dt.datetime.fromtimestamp(seconds, dt.UTC).isoformat()
+    except (OverflowError, ValueError, OSError):  # out of datetime's range
+        return f"unix time {seconds}"
 
 
 def _parse(data: bytes | None) -> collector_pb2.CollectorMessage | None:

@@ -18,7 +18,9 @@ __all__ = ["OUTCOMES", "AuditMethods", "outcome_for_status"]
 
 # The outcome of a call: ok, denied (UNAUTHENTICATED / PERMISSION_DENIED), or the
 # lowercased gRPC status code it ended with; the three codes whose names do not fit the
-# 16-character column are shortened. "error" is an older, unspecific failure.
+# 16-character column are shortened. "error" is an older, unspecific failure. A live
+# snapshot request records how the request ended: done, denied, offline, expired,
+# timeout or failed.
 _SHORT_STATUS = {
     "deadline_exceeded": "deadline",
     "resource_exhausted": "exhausted",
@@ -45,6 +47,11 @@ OUTCOMES = frozenset(
         "internal",
         "unavailable",
         "data_loss",
+        "done",
+        "offline",
+        "expired",
+        "timeout",
+        "failed",
     }
 )
 

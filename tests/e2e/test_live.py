@@ -273,9 +273,148 @@ def test_admin_reads_the_audit_log(live: Live) -> None:
     assert res.returncode == 0, res.stderr
     rows = [json.loads(x) for x in res.stdout.splitlines()]
     assert rows and all(r["action"] == "live.request_snapshot" for r in rows)
-    assert {"ok", "denied"} <= {r["outcome"] for r in rows}  # the viewer's attempt is there too
+    # The requests' own outcomes (done, denied by the agent) and the viewer's refused call.
+    assert {"done", "denied"} <= {r["outcome"] for r in rows}
     res = subprocess.run([*base, "--token", live.tokens["engineer"]], capture_output=True, text=True, timeout=60)
     assert res.returncode == 3 and "PERMISSION_DENIED" in res.stderr
+
+
+def test_a_logs_request_without_a_window_gets_the_policys_maximum(live: Live, tmp_path: Path) -> None:
+    """``snapshot --scope logs`` without ``--since`` sends 0; the agent took that as "no
+    window asked", skipped the policy's max_logs_window_s and collected a day of logs."""
+    c = live.collector
+    agent = enroll_agent(c, tmp_path / "logs-home", "logs-box")
+    policy = {"allowed_scopes": ["facts", "logs"], "max_logs_window_s": 120}
+    (agent.home / "policy.json").write_text(json.dumps(policy))
+    before = connects(c, agent.agent_id)
+    agent.start()
+    try:
+        wait_for("agent connected", lambda: connects(c, agent.agent_id) > before, logs=agent.log.read_text)
+        events = Live(c, agent, live.tokens).snapshot(scopes=["logs"], reason="no --since")
+        assert events[-1].state == "done", events[-1]
+        with c.store() as store:
+            manifest = json.loads(store.get_bundle_content(events[-1].bundle_id)[1])
+        assert manifest["spec"]["options"]["logs_since_s"] == 120, manifest["spec"]
+        accepted = next(e for e in agent.history() if e["outcome"] == "accepted")
+        assert accepted["since_s"] == 120
+        denied = Live(c, agent, live.tokens).snapshot(scopes=["logs"], since_seconds=121)
+        assert denied[-1].detail == "denied by policy: logs window 121 s exceeds max_logs_window_s 120"
+    finally:
+        agent.stop_all()
+
+
+def _audited_after(c: Collector, after_id: int) -> Any:
+    """The live.request_snapshot audit row written after ``after_id`` (written as the call ends)."""
+
+    def row() -> Any:
+        with c.store() as store:
+            rows = store.list_audit(5, action="live.request_snapshot")
+        return next((r for r in rows if r.id > after_id), None)
+
+    return wait_for("the audit row", row)
+
+
+def _last_audit_id(c: Collector) -> int:
+    with c.store() as store:
+        rows = store.list_audit(1)
+    return rows[0].id if rows else 0
+
+
+def test_the_audit_row_records_how_the_request_ended(live: Live, tmp_path: Path) -> None:
+    """It said ``ok`` for a snapshot the agent denied by policy while the agent's history
+    said ``denied``: the row now records the request's outcome."""
+    c = live.collector
+    before = _last_audit_id(c)
+    events = live.snapshot(scopes=["fragmentation"], reason="audit: denied")
+    assert events[-1].state == "denied" and live.agent.history()[-1]["outcome"] == "denied"
+    row = _audited_after(c, before)
+    assert (row.outcome, row.target) == ("denied", live.agent.agent_id)
+    assert row.detail.startswith("denied by policy: scope 'fragmentation' is not allowed"), row.detail
+
+    before = _last_audit_id(c)
+    assert live.snapshot(reason="audit: done")[-1].state == "done"
+    row = _audited_after(c, before)
+    assert row.outcome == "done" and row.detail.startswith("bundle ") and row.detail.endswith(" stored")
+
+    away = Live(c, enroll_agent(c, tmp_path / "away-home", "away-box"), live.tokens)
+    before = _last_audit_id(c)
+    with pytest.raises(grpc.RpcError):
+        away.snapshot()
+    row = _audited_after(c, before)
+    assert row.outcome == "offline" and "offline since never" in row.detail
+    before = _last_audit_id(c)
+    assert away.snapshot(wait_s=1, timeout_s=1)[-1].state == "expired"
+    assert _audited_after(c, before).outcome == "expired"
+
+
+def test_text_an_engineer_sends_reaches_the_agent_clean(live: Live) -> None:
+    """Who asked and why are shown to the customer: the collector stores them without
+    control or bidi characters (the agent cleans them again, trusting no collector)."""
+    c = live.collector
+    with c.store() as store:
+        token, _ = store.create_token(
+            "engineer", role="engineer", label="eve\x1b[2J\u202egnp.exe", ttl=dt.timedelta(hours=1)
+        )
+    events = Live(c, live.agent, {"engineer": token}).snapshot(
+        scopes=["fragmentation"], reason="SR-9\tslow \u2066disk\u2069\u0085now"
+    )
+    with c.store() as store:
+        rec = store.get_live_request(events[-1].request_id)
+    assert (rec.requested_label, rec.reason) == ("eve[2Jgnp.exe", "SR-9 slow disk now")
+    entry = next(e for e in live.agent.history() if e.get("request_id") == rec.request_id)
+    assert (entry["requested_by"], entry["reason"]) == ("eve[2Jgnp.exe", "SR-9 slow disk now")
+
+
+def test_identities_of_case_tokens_never_take_live_requests(
+    live: Live, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Anyone with a case token can upload claiming the host name ``web-7``; the identity
+    that upload makes must never be sent a live request meant for the real web-7, nor be
+    chosen among several agents of that name."""
+    from agent.transport import UploadTarget, upload_bundle
+    from tests.collector.conftest import small_bundle
+
+    c = live.collector
+    with c.store() as store:
+        case_token, _ = store.create_token("case", case_id="SR-7", label="customer", ttl=dt.timedelta(hours=1))
+    # The upload's proof names the machine it runs on; these stand for three other machines.
+    monkeypatch.setattr(socket, "gethostname", lambda: "web-7")
+    claimants = []
+    for n in range(3):
+        key = SigningKey.generate()
+        b = small_bundle(tmp_path / f"case-{n}", key, case_id="SR-7", hostname="web-7")
+        with c.channel() as ch:
+            target = UploadTarget(key=key, case_token=case_token)
+            claimants.append(upload_bundle(ch, b.path, bundle_id=b.bundle_id, target=target).agent_id)
+    monkeypatch.undo()
+
+    def queued_for_claimants() -> list[str]:
+        with c.store() as store:
+            return [r.request_id for a in claimants for r in store.queued_live_requests(a)]
+
+    web7 = Live(c, live.agent, live.tokens)
+    with pytest.raises(grpc.RpcError) as info:
+        web7.snapshot(host="web-7", wait_s=1, timeout_s=1)
+    assert info.value.code() is grpc.StatusCode.NOT_FOUND
+    details = info.value.details() or ""
+    assert "no enrolled agent reports hostname 'web-7'" in details and all(a in details for a in claimants)
+    with pytest.raises(grpc.RpcError) as info:
+        web7.snapshot(host=claimants[0], wait_s=1, timeout_s=1)
+    assert info.value.code() is grpc.StatusCode.FAILED_PRECONDITION
+    assert "case-token identity" in (info.value.details() or "")
+    assert queued_for_claimants() == []
+
+    # The one enrolled web-7 (offline here) gets it, though the claimants were seen later.
+    real = enroll_agent(c, tmp_path / "web7-home", "web-7")
+    events = web7.snapshot(host="web-7", wait_s=1, timeout_s=1)
+    assert {e.agent_id for e in events if e.agent_id} == {real.agent_id}, events
+    # Two enrolled web-7s, neither connected: refused with both ids, not sent to either.
+    twin = enroll_agent(c, tmp_path / "web7-twin", "web-7")
+    with pytest.raises(grpc.RpcError) as info:
+        web7.snapshot(host="web-7", wait_s=1, timeout_s=1)
+    assert info.value.code() is grpc.StatusCode.FAILED_PRECONDITION
+    assert real.agent_id in (info.value.details() or "") and twin.agent_id in (info.value.details() or "")
+    assert queued_for_claimants() == []
 
 
 # ---------------------------------------------------------------- collector restarts
@@ -333,6 +472,23 @@ def test_collector_down_during_collection_spools_and_delivers_once(restartable: 
     same = [b for b in live_bundles if b.sha256 == rec.sha256]
     assert len(same) == 1  # exactly once
     assert sum(1 for e in agent.history() if e.get("request_id") == request_id and e["outcome"] == "delivered") == 1
+
+
+def test_an_agents_progress_detail_is_stored_clean(tmp_path: Path) -> None:
+    """What an agent reports reaches the engineer's terminal (``snapshot`` prints it): a
+    compromised agent must not drive that terminal either."""
+    import asyncio
+
+    from collector.live import LiveRouter, Session
+
+    with Store.open(f"sqlite:///{tmp_path / 'casefile.db'}") as store:
+        rec = store.create_live_request(
+            agent_id="ag_1", hostname="h", requested_by="tok_1", requested_label="eng", scopes=("facts",),
+            since_s=0, reason="r", expires_at=dt.datetime.now(dt.UTC) + dt.timedelta(minutes=5),
+        )  # fmt: skip
+        progress = collector_pb2.SnapshotProgress(request_id=rec.request_id, state="failed", detail="\x1b[2Jx\u202ey")
+        asyncio.run(LiveRouter(store).agent_progress(Session(agent_id="ag_1", peer="p"), progress))
+        assert store.get_live_request(rec.request_id).detail == "[2Jxy"
 
 
 def _leaked(modules: list[str]) -> list[str]:
