@@ -162,3 +162,14 @@ def test_windows_figures_feed_the_same_rules() -> None:
     assert free.title == "E:: free space 71% fragmented by the Windows analysis"
     # German volume: 17 % by Windows, 4 % of files: below the thresholds, as Windows itself says.
     assert german.vendor_fragmented_pct == 17
+
+
+def test_a_small_fragmented_file_held_open_is_not_the_pattern() -> None:
+    """A daemon's log in a few small pieces, open while the kernel is busy: seen on a healthy VM."""
+    s = healthy_snapshot()
+    w = s.fragmentation.filesystems[0].worst.add(
+        path="/var/lib/mysql/aria_log.00000001", size=417_792, fragments=9, mapped_bytes=417_792, fragmented=True
+    )
+    w.open_by.add(pid=700, name="mariadbd")
+    _load(s, system=47.0, agent=6.0, iowait=45.0)
+    assert _frag(_run(s)) == []

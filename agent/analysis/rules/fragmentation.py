@@ -313,10 +313,13 @@ class FragmentationWithLoad(Rule):
         for i, fs in enumerate(s.fragmentation.filesystems):
             level = fragmentation_level(fs, self.opt("min_files"))
             files = fragmented_files(fs)
-            read = [w for w in files if w.readers]
             large = [w for w in files if w.size >= self.opt("large_file_bytes")]
-            if level < self.opt("frag_pct") and not large and not read:
+            heavy = level >= self.opt("frag_pct")
+            if not heavy and not large:
                 continue
+            # A small fragmented file held open (a daemon's log) is everywhere and costs nothing:
+            # a reader counts when the file is large or the filesystem as a whole is fragmented.
+            read = [w for w in files if w.readers and (heavy or w.size >= self.opt("large_file_bytes"))]
             # I/O wait belongs to no process: it counts only when a process had a fragmented
             # file of this filesystem open (the agent's own walk waits on the disk too).
             iowait_high = bool(read) and load.iowait >= self.opt("iowait_pct")
