@@ -384,7 +384,7 @@ class FragmentationFacts(_message.Message):
     def __init__(self, filesystems: _Optional[_Iterable[_Union[FsFragmentation, _Mapping]]] = ..., unsupported_reason: _Optional[str] = ...) -> None: ...
 
 class FsFragmentation(_message.Message):
-    __slots__ = ("mountpoint", "device", "fstype", "method", "files_sampled", "files_fragmented", "pct_files_fragmented", "pct_bytes_in_fragmented", "fragments_mean", "fragments_p50", "fragments_p95", "fragments_max", "avg_extent_bytes", "worst", "skipped", "errors", "flagged_encoded", "flagged_unwritten", "duration_s", "max_files", "budget_s", "free_space", "vendor_fragmented_pct", "note", "histogram", "media", "local_snapshots")
+    __slots__ = ("mountpoint", "device", "fstype", "method", "files_sampled", "files_fragmented", "pct_files_fragmented", "pct_bytes_in_fragmented", "fragments_mean", "fragments_p50", "fragments_p95", "fragments_max", "avg_extent_bytes", "worst", "skipped", "errors", "flagged_encoded", "flagged_unwritten", "duration_s", "max_files", "budget_s", "free_space", "vendor_fragmented_pct", "note", "histogram", "media", "local_snapshots", "files_eligible", "walk_complete")
     class HistogramEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -419,6 +419,8 @@ class FsFragmentation(_message.Message):
     HISTOGRAM_FIELD_NUMBER: _ClassVar[int]
     MEDIA_FIELD_NUMBER: _ClassVar[int]
     LOCAL_SNAPSHOTS_FIELD_NUMBER: _ClassVar[int]
+    FILES_ELIGIBLE_FIELD_NUMBER: _ClassVar[int]
+    WALK_COMPLETE_FIELD_NUMBER: _ClassVar[int]
     mountpoint: str
     device: str
     fstype: str
@@ -446,7 +448,9 @@ class FsFragmentation(_message.Message):
     histogram: _containers.ScalarMap[str, int]
     media: str
     local_snapshots: int
-    def __init__(self, mountpoint: _Optional[str] = ..., device: _Optional[str] = ..., fstype: _Optional[str] = ..., method: _Optional[str] = ..., files_sampled: _Optional[int] = ..., files_fragmented: _Optional[int] = ..., pct_files_fragmented: _Optional[float] = ..., pct_bytes_in_fragmented: _Optional[float] = ..., fragments_mean: _Optional[float] = ..., fragments_p50: _Optional[float] = ..., fragments_p95: _Optional[float] = ..., fragments_max: _Optional[int] = ..., avg_extent_bytes: _Optional[float] = ..., worst: _Optional[_Iterable[_Union[FragmentedFile, _Mapping]]] = ..., skipped: _Optional[int] = ..., errors: _Optional[int] = ..., flagged_encoded: _Optional[int] = ..., flagged_unwritten: _Optional[int] = ..., duration_s: _Optional[float] = ..., max_files: _Optional[int] = ..., budget_s: _Optional[float] = ..., free_space: _Optional[_Union[FreeSpaceFragmentation, _Mapping]] = ..., vendor_fragmented_pct: _Optional[float] = ..., note: _Optional[str] = ..., histogram: _Optional[_Mapping[str, int]] = ..., media: _Optional[str] = ..., local_snapshots: _Optional[int] = ...) -> None: ...
+    files_eligible: int
+    walk_complete: bool
+    def __init__(self, mountpoint: _Optional[str] = ..., device: _Optional[str] = ..., fstype: _Optional[str] = ..., method: _Optional[str] = ..., files_sampled: _Optional[int] = ..., files_fragmented: _Optional[int] = ..., pct_files_fragmented: _Optional[float] = ..., pct_bytes_in_fragmented: _Optional[float] = ..., fragments_mean: _Optional[float] = ..., fragments_p50: _Optional[float] = ..., fragments_p95: _Optional[float] = ..., fragments_max: _Optional[int] = ..., avg_extent_bytes: _Optional[float] = ..., worst: _Optional[_Iterable[_Union[FragmentedFile, _Mapping]]] = ..., skipped: _Optional[int] = ..., errors: _Optional[int] = ..., flagged_encoded: _Optional[int] = ..., flagged_unwritten: _Optional[int] = ..., duration_s: _Optional[float] = ..., max_files: _Optional[int] = ..., budget_s: _Optional[float] = ..., free_space: _Optional[_Union[FreeSpaceFragmentation, _Mapping]] = ..., vendor_fragmented_pct: _Optional[float] = ..., note: _Optional[str] = ..., histogram: _Optional[_Mapping[str, int]] = ..., media: _Optional[str] = ..., local_snapshots: _Optional[int] = ..., files_eligible: _Optional[int] = ..., walk_complete: _Optional[bool] = ...) -> None: ...
 
 class FragmentedFile(_message.Message):
     __slots__ = ("path", "size", "fragments", "mapped_bytes", "fragmented", "open_by")

@@ -338,6 +338,8 @@ def sample(
         "mountpoint": printable_path(mountpoint),
         "method": "fiemap",
         "max_files": bounds.max_files,
+        "files_eligible": walked.eligible,
+        "walk_complete": walked.complete,
         "budget_s": bounds.budget_s,
         **figures,
         "skipped": skipped,

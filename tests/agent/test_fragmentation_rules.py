@@ -30,7 +30,7 @@ def _frag(found: list[Finding]) -> list[Finding]:
 def _backup_volume(s: facts_pb2.Snapshot) -> facts_pb2.FsFragmentation:
     """The support case: five large files on a backup volume, one in 5,790 extents, 83 % of the bytes fragmented."""
     f = s.fragmentation.filesystems.add(mountpoint="/backup", device="/dev/sdb1", fstype="xfs", method="fiemap")
-    f.files_sampled, f.files_fragmented = 5, 2
+    f.files_sampled, f.files_fragmented, f.files_eligible, f.walk_complete = 5, 2, 5, True
     f.pct_files_fragmented, f.pct_bytes_in_fragmented = 40.0, 83.0
     f.fragments_p95, f.fragments_max = 5790, 5790
     f.worst.add(path="/backup/job1.vbk", size=600 * GIB, fragments=5790, mapped_bytes=600 * GIB, fragmented=True)
@@ -63,9 +63,23 @@ def test_one_file_is_enough() -> None:
     s = healthy_snapshot()
     f = s.fragmentation.filesystems.add(mountpoint="/srv", fstype="ext4", method="fiemap")
     f.files_sampled, f.files_fragmented, f.pct_files_fragmented, f.pct_bytes_in_fragmented = 1, 1, 100.0, 100.0
+    f.files_eligible, f.walk_complete = 1, True
     f.worst.add(path="/srv/db.img", size=8 * GIB, fragments=40_000, mapped_bytes=8 * GIB, fragmented=True)
     (heavy,) = _frag(_run(s))
     assert heavy.severity == "critical" and "worst /srv/db.img in 40,000 extents" in heavy.title
+
+
+def test_a_walk_cut_short_makes_no_share_but_a_file_is_still_a_fact() -> None:
+    """Five files mapped of a walk the budget cut (a busy machine): 83 % of them is no estimate."""
+    s = healthy_snapshot()
+    f = _backup_volume(s)
+    f.walk_complete, f.files_eligible = False, 90_000
+    del f.worst[0]  # what is left is 300 MiB in pieces: below the size that counts alone
+    assert [x.code for x in _frag(_run(s))] == ["fragmentation-free-space"]
+    f.worst.add(path="/backup/job1.vbk", size=600 * GIB, fragments=5790, mapped_bytes=600 * GIB, fragmented=True)
+    (heavy,) = [x for x in _frag(_run(s)) if x.code == "fragmentation-heavy"]
+    assert heavy.title == "/backup: /backup/job1.vbk (600.0 GiB) is in 5,790 extents"
+    assert "too few of a walk cut short by its budget" in heavy.explanation
 
 
 def test_bytes_weigh_more_than_file_counts() -> None:
@@ -173,3 +187,21 @@ def test_a_small_fragmented_file_held_open_is_not_the_pattern() -> None:
     w.open_by.add(pid=700, name="mariadbd")
     _load(s, system=47.0, agent=6.0, iowait=45.0)
     assert _frag(_run(s)) == []
+
+
+def test_the_load_finding_on_a_large_file_alone_does_not_call_the_volume_0_percent_fragmented() -> None:
+    s = healthy_snapshot()
+    s.fragmentation.filesystems[0].pct_bytes_in_fragmented = 3.0
+    w = s.fragmentation.filesystems[0].worst.add(
+        path="/var/lib/vm.img", size=40 * GIB, fragments=90_000, mapped_bytes=40 * GIB, fragmented=True
+    )
+    w.open_by.add(pid=900, name="qemu-system-x86")
+    _load(s, system=40.0, agent=5.0)
+    (load,) = [x for x in _run(s) if x.code == "fragmentation-kernel-load"]
+    assert load.title == (
+        "/var: /var/lib/vm.img in 90,000 extents read by qemu-system-x86 (pid 900) while kernel CPU is 35% "
+        "besides the agent"
+    )
+    assert "/var (ext4) holds a large fragmented file and" in load.explanation and "% fragmented" not in (
+        load.explanation
+    )

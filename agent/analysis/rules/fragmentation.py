@@ -5,9 +5,10 @@ fragmented file is its definition (``agent/collect/fragwalk.py``), which it appl
 each of the worst files (``FragmentedFile.fragmented``). How a filesystem is judged:
 
 * **From one file.** A filesystem holding five files is judged as surely as one holding
-  a million: the byte share and the worst files need no minimum sample. Only the share
-  of *files* fragmented waits for ``min_files`` files, because one file in a sample of
-  three makes 33 % of nothing in particular.
+  a million: when the walk saw the whole filesystem, the byte share needs no minimum
+  sample, and a worst file is a fact about that file. The share of *files* fragmented
+  waits for ``min_files`` files, and so does the byte share of a walk cut short by the
+  budget: one file in a sample of three makes 33 % of nothing in particular.
 * **By bytes.** What hurts is the data that reads slowly, so the estimated share of the
   data in fragmented files, and the size of the worst fragmented file, set the severity:
   one 2 TiB file in 50,000 extents weighs more than a thousand small files in pieces.
@@ -38,6 +39,7 @@ __all__ = [
     "FreeSpaceFragmentation",
     "HeavyFragmentation",
     "WorstFile",
+    "bytes_judged",
     "fragmentation_level",
     "fragmented_files",
 ]
@@ -45,11 +47,18 @@ __all__ = [
 GIB = 1 << 30
 
 
+def bytes_judged(fs: facts_pb2.FsFragmentation, min_files: float) -> bool:
+    """Whether the byte share can be judged: the walk saw the whole filesystem (however few files
+    it holds, the sample covers them), or ``min_files`` files were mapped. A walk cut short by
+    the budget on a busy machine may have mapped three files of a million: no estimate."""
+    return fs.files_sampled > 0 and (fs.walk_complete or fs.files_sampled >= min_files)
+
+
 def fragmentation_level(fs: facts_pb2.FsFragmentation, min_files: float) -> float:
-    """A single 0-100 figure: the worst of the vendor's %, % of bytes in fragmented files (from
-    any sample) and % of files fragmented (from ``min_files`` sampled files on)."""
+    """A single 0-100 figure: the worst of the vendor's %, % of bytes in fragmented files (when
+    ``bytes_judged``) and % of files fragmented (from ``min_files`` sampled files on)."""
     level = fs.vendor_fragmented_pct
-    if fs.files_sampled:
+    if bytes_judged(fs, min_files):
         level = max(level, fs.pct_bytes_in_fragmented)
     if fs.files_sampled >= min_files:
         level = max(level, fs.pct_files_fragmented)
@@ -154,7 +163,7 @@ class HeavyFragmentation(Rule):
     def _judge(self, i: int, fs: facts_pb2.FsFragmentation) -> Finding | None:
         warn, crit = self.opt("warn_pct"), self.opt("crit_pct")
         enough_files = fs.files_sampled >= self.opt("min_files")
-        by_bytes = fs.pct_bytes_in_fragmented if fs.files_sampled else 0.0
+        by_bytes = fs.pct_bytes_in_fragmented if bytes_judged(fs, self.opt("min_files")) else 0.0
         by_files = fs.pct_files_fragmented if enough_files else 0.0
         vendor = fs.vendor_fragmented_pct
         files = fragmented_files(fs)
@@ -199,9 +208,13 @@ class HeavyFragmentation(Rule):
         else:
             files = (f"{fs.pct_files_fragmented:.0f}% of the files are fragmented"
                      if enough_files else f"with {fs.files_sampled} files sampled the share of files is not judged")
+            share = (f"hold an estimated {by_bytes:.0f}% of the data in the {fs.files_sampled} files sampled"
+                     if bytes_judged(fs, self.opt("min_files")) else
+                     f"were looked for in {fs.files_sampled} files, too few of a walk cut short by its budget to "
+                     "estimate their share of the data")
             text = (f"{where} fragmented files (more pieces than ideal and under 1 MiB each on average, or 10,000 "
-                    f"pieces and more) hold an estimated {by_bytes:.0f}% of the data in the {fs.files_sampled} "
-                    f"files sampled; {files}; the 95th percentile file has {fs.fragments_p95:.0f} fragments.")
+                    f"pieces and more) {share}; {files}; the 95th percentile file has {fs.fragments_p95:.0f} "
+                    "fragments.")
         return (text + " Reading a fragmented file turns sequential I/O into random I/O, and the filesystem "
                 "spends CPU and memory on its extent map.")
 
@@ -340,8 +353,10 @@ class FragmentationWithLoad(Rule):
             yield self.finding(
                 "critical" if critical else "warning",
                 f"{fs.mountpoint}: {what} while {' and '.join(high)}",
-                f"{fs.mountpoint} ({fs.fstype or 'unknown fs'}) is {level:.0f}% fragmented (by the share of data "
-                f"in fragmented files, or the vendor's figure) and, over the collection window, {load.cpu_text}; "
+                f"{fs.mountpoint} ({fs.fstype or 'unknown fs'}) "
+                + (f"is {level:.0f}% fragmented (the share of its data in fragmented files, or the vendor's figure)"
+                   if heavy else "holds a large fragmented file")
+                + f" and, over the collection window, {load.cpu_text}; "
                 f"the CPUs waited on I/O {load.iowait:.0f}% of the time and memory stood at {load.mem:.0f}%."
                 f"{_worst_text(shown)} On ReFS and other copy-on-write filesystems, and for any file read in "
                 "many small pieces, the extent lookups and the I/O they split into show up as kernel CPU, "
