@@ -236,26 +236,27 @@ def media_of(path: str) -> str:
     return ""
 
 
-def open_by(paths: set[str], exclude: set[int], deadline: float) -> dict[str, list[tuple[int, str]]]:
+def open_by(paths: set[str], exclude: set[int], deadline: float) -> tuple[dict[str, list[tuple[int, str]]], bool]:
     """The processes (pid, name) holding each of ``paths`` open, from ``/proc/*/fd``.
 
     A fragmented file that some process is reading is what turns fragmentation into load
     (the fragmentation-kernel-load rule names it). Processes in ``exclude`` (the agent's
     own) are left out; so are those whose descriptors we may not read (another user's,
-    when not root). Stops at ``deadline`` (``time.monotonic()``) with what it found.
+    when not root). Stops at ``deadline`` (``time.monotonic()``) with what it found;
+    the flag says whether every process was looked at.
     """
     found: dict[str, list[tuple[int, str]]] = {}
     if not paths:
-        return found
+        return found, True
     try:
         pids = [int(e.name) for e in os.scandir("/proc") if e.name.isdigit()]
     except OSError:
-        return found
+        return found, False
     for pid in pids:
         if pid in exclude:
             continue
         if time.monotonic() >= deadline:
-            break
+            return found, False
         base = f"/proc/{pid}/fd"
         try:
             names = os.listdir(base)
@@ -277,4 +278,4 @@ def open_by(paths: set[str], exclude: set[int], deadline: float) -> dict[str, li
                 name = ""
             for target in sorted(hits):
                 found.setdefault(target, []).append((pid, name))
-    return found
+    return found, True
