@@ -171,9 +171,9 @@ def test_windows_figures_feed_the_same_rules() -> None:
     # DefragAnalysis does not analyse: no figures, no finding.
     assert set(found) == {("fragmentation-heavy", "E:"), ("fragmentation-free-space", "E::free")}
     heavy, free = found["fragmentation-heavy", "E:"], found["fragmentation-free-space", "E::free"]
-    assert heavy.severity == "warning" and heavy.title == "E:: 38% fragmented by the Windows analysis"
+    assert heavy.severity == "warning" and heavy.title == "E: 38% fragmented by the Windows analysis"
     assert "rates the volume 38% fragmented; 20,415 of 91,210 files are fragmented" in heavy.explanation
-    assert free.title == "E:: free space 71% fragmented by the Windows analysis"
+    assert free.title == "E: free space 71% fragmented by the Windows analysis"
     # German volume: 17 % by Windows, 4 % of files: below the thresholds, as Windows itself says.
     assert german.vendor_fragmented_pct == 17
 

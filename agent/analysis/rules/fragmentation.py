@@ -100,6 +100,11 @@ def size_text(n: float) -> str:
     return f"{n:.0f} B"
 
 
+def _label(mountpoint: str) -> str:
+    """The mount point opening a title: "/backup:", but "E:" as it is (not "E::")."""
+    return mountpoint if mountpoint.endswith(":") else f"{mountpoint}:"
+
+
 def _fs_evidence(i: int, fs: facts_pb2.FsFragmentation) -> list[Evidence]:
     base = f"fragmentation.filesystems[{i}]"
     out = [
@@ -191,7 +196,7 @@ class HeavyFragmentation(Rule):
             files[0].path) else ""
         return self.finding(
             severity,
-            f"{fs.mountpoint}: {head}{tail}",
+            f"{_label(fs.mountpoint)} {head}{tail}",
             self._explain(fs, by_bytes, enough_files) + _worst_text(files),
             [*_fs_evidence(i, fs), *_file_evidence(i, files)],
             "Defragment the worst files in a quiet window (e4defrag FILE, xfs_fsr FILE, Optimize-Volume or "
@@ -243,7 +248,7 @@ class FreeSpaceFragmentation(Rule):
                 fact = Evidence(f"{base}.vendor_fragmented_pct", round(free.vendor_fragmented_pct, 1))
             yield self.finding(
                 "critical" if level >= self.opt("crit_pct") else "warning",
-                f"{fs.mountpoint}: {head}",
+                f"{_label(fs.mountpoint)} {head}",
                 f"On {fs.mountpoint} ({fs.fstype or 'unknown fs'}), {head}: {free.free_extents:,} free extents "
                 f"of {size_text(free.avg_free_extent_bytes)} on average, the largest "
                 f"{size_text(free.largest_free_extent_bytes)}. Files written or grown from now on are laid out in "
@@ -352,7 +357,7 @@ class FragmentationWithLoad(Rule):
             shown = read + [w for w in files if not w.readers]
             yield self.finding(
                 "critical" if critical else "warning",
-                f"{fs.mountpoint}: {what} while {' and '.join(high)}",
+                f"{_label(fs.mountpoint)} {what} while {' and '.join(high)}",
                 f"{fs.mountpoint} ({fs.fstype or 'unknown fs'}) "
                 + (f"is {level:.0f}% fragmented (the share of its data in fragmented files, or the vendor's figure)"
                    if heavy else "holds a large fragmented file")
