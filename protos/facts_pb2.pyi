@@ -384,7 +384,7 @@ class FragmentationFacts(_message.Message):
     def __init__(self, filesystems: _Optional[_Iterable[_Union[FsFragmentation, _Mapping]]] = ..., unsupported_reason: _Optional[str] = ...) -> None: ...
 
 class FsFragmentation(_message.Message):
-    __slots__ = ("mountpoint", "device", "fstype", "method", "files_sampled", "files_fragmented", "pct_files_fragmented", "pct_bytes_in_fragmented", "fragments_mean", "fragments_p50", "fragments_p95", "fragments_max", "avg_extent_bytes", "worst", "skipped", "errors", "flagged_encoded", "flagged_unwritten", "duration_s", "max_files", "budget_s", "free_space", "vendor_fragmented_pct", "note", "histogram", "media", "local_snapshots")
+    __slots__ = ("mountpoint", "device", "fstype", "method", "files_sampled", "files_fragmented", "pct_files_fragmented", "pct_bytes_in_fragmented", "fragments_mean", "fragments_p50", "fragments_p95", "fragments_max", "avg_extent_bytes", "worst", "skipped", "errors", "flagged_encoded", "flagged_unwritten", "duration_s", "max_files", "budget_s", "free_space", "vendor_fragmented_pct", "note", "histogram", "media", "local_snapshots", "files_eligible", "walk_complete")
     class HistogramEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -419,6 +419,8 @@ class FsFragmentation(_message.Message):
     HISTOGRAM_FIELD_NUMBER: _ClassVar[int]
     MEDIA_FIELD_NUMBER: _ClassVar[int]
     LOCAL_SNAPSHOTS_FIELD_NUMBER: _ClassVar[int]
+    FILES_ELIGIBLE_FIELD_NUMBER: _ClassVar[int]
+    WALK_COMPLETE_FIELD_NUMBER: _ClassVar[int]
     mountpoint: str
     device: str
     fstype: str
@@ -446,33 +448,51 @@ class FsFragmentation(_message.Message):
     histogram: _containers.ScalarMap[str, int]
     media: str
     local_snapshots: int
-    def __init__(self, mountpoint: _Optional[str] = ..., device: _Optional[str] = ..., fstype: _Optional[str] = ..., method: _Optional[str] = ..., files_sampled: _Optional[int] = ..., files_fragmented: _Optional[int] = ..., pct_files_fragmented: _Optional[float] = ..., pct_bytes_in_fragmented: _Optional[float] = ..., fragments_mean: _Optional[float] = ..., fragments_p50: _Optional[float] = ..., fragments_p95: _Optional[float] = ..., fragments_max: _Optional[int] = ..., avg_extent_bytes: _Optional[float] = ..., worst: _Optional[_Iterable[_Union[FragmentedFile, _Mapping]]] = ..., skipped: _Optional[int] = ..., errors: _Optional[int] = ..., flagged_encoded: _Optional[int] = ..., flagged_unwritten: _Optional[int] = ..., duration_s: _Optional[float] = ..., max_files: _Optional[int] = ..., budget_s: _Optional[float] = ..., free_space: _Optional[_Union[FreeSpaceFragmentation, _Mapping]] = ..., vendor_fragmented_pct: _Optional[float] = ..., note: _Optional[str] = ..., histogram: _Optional[_Mapping[str, int]] = ..., media: _Optional[str] = ..., local_snapshots: _Optional[int] = ...) -> None: ...
+    files_eligible: int
+    walk_complete: bool
+    def __init__(self, mountpoint: _Optional[str] = ..., device: _Optional[str] = ..., fstype: _Optional[str] = ..., method: _Optional[str] = ..., files_sampled: _Optional[int] = ..., files_fragmented: _Optional[int] = ..., pct_files_fragmented: _Optional[float] = ..., pct_bytes_in_fragmented: _Optional[float] = ..., fragments_mean: _Optional[float] = ..., fragments_p50: _Optional[float] = ..., fragments_p95: _Optional[float] = ..., fragments_max: _Optional[int] = ..., avg_extent_bytes: _Optional[float] = ..., worst: _Optional[_Iterable[_Union[FragmentedFile, _Mapping]]] = ..., skipped: _Optional[int] = ..., errors: _Optional[int] = ..., flagged_encoded: _Optional[int] = ..., flagged_unwritten: _Optional[int] = ..., duration_s: _Optional[float] = ..., max_files: _Optional[int] = ..., budget_s: _Optional[float] = ..., free_space: _Optional[_Union[FreeSpaceFragmentation, _Mapping]] = ..., vendor_fragmented_pct: _Optional[float] = ..., note: _Optional[str] = ..., histogram: _Optional[_Mapping[str, int]] = ..., media: _Optional[str] = ..., local_snapshots: _Optional[int] = ..., files_eligible: _Optional[int] = ..., walk_complete: _Optional[bool] = ...) -> None: ...
 
 class FragmentedFile(_message.Message):
-    __slots__ = ("path", "size", "fragments")
+    __slots__ = ("path", "size", "fragments", "mapped_bytes", "fragmented", "open_by")
     PATH_FIELD_NUMBER: _ClassVar[int]
     SIZE_FIELD_NUMBER: _ClassVar[int]
     FRAGMENTS_FIELD_NUMBER: _ClassVar[int]
+    MAPPED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    FRAGMENTED_FIELD_NUMBER: _ClassVar[int]
+    OPEN_BY_FIELD_NUMBER: _ClassVar[int]
     path: str
     size: int
     fragments: int
-    def __init__(self, path: _Optional[str] = ..., size: _Optional[int] = ..., fragments: _Optional[int] = ...) -> None: ...
+    mapped_bytes: int
+    fragmented: bool
+    open_by: _containers.RepeatedCompositeFieldContainer[FileUser]
+    def __init__(self, path: _Optional[str] = ..., size: _Optional[int] = ..., fragments: _Optional[int] = ..., mapped_bytes: _Optional[int] = ..., fragmented: _Optional[bool] = ..., open_by: _Optional[_Iterable[_Union[FileUser, _Mapping]]] = ...) -> None: ...
+
+class FileUser(_message.Message):
+    __slots__ = ("pid", "name")
+    PID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    pid: int
+    name: str
+    def __init__(self, pid: _Optional[int] = ..., name: _Optional[str] = ...) -> None: ...
 
 class FreeSpaceFragmentation(_message.Message):
-    __slots__ = ("available", "reason", "free_extents", "avg_free_extent_bytes", "largest_free_extent_bytes", "pct_free_in_small_extents")
+    __slots__ = ("available", "reason", "free_extents", "avg_free_extent_bytes", "largest_free_extent_bytes", "pct_free_in_small_extents", "vendor_fragmented_pct")
     AVAILABLE_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
     FREE_EXTENTS_FIELD_NUMBER: _ClassVar[int]
     AVG_FREE_EXTENT_BYTES_FIELD_NUMBER: _ClassVar[int]
     LARGEST_FREE_EXTENT_BYTES_FIELD_NUMBER: _ClassVar[int]
     PCT_FREE_IN_SMALL_EXTENTS_FIELD_NUMBER: _ClassVar[int]
+    VENDOR_FRAGMENTED_PCT_FIELD_NUMBER: _ClassVar[int]
     available: bool
     reason: str
     free_extents: int
     avg_free_extent_bytes: float
     largest_free_extent_bytes: int
     pct_free_in_small_extents: float
-    def __init__(self, available: _Optional[bool] = ..., reason: _Optional[str] = ..., free_extents: _Optional[int] = ..., avg_free_extent_bytes: _Optional[float] = ..., largest_free_extent_bytes: _Optional[int] = ..., pct_free_in_small_extents: _Optional[float] = ...) -> None: ...
+    vendor_fragmented_pct: float
+    def __init__(self, available: _Optional[bool] = ..., reason: _Optional[str] = ..., free_extents: _Optional[int] = ..., avg_free_extent_bytes: _Optional[float] = ..., largest_free_extent_bytes: _Optional[int] = ..., pct_free_in_small_extents: _Optional[float] = ..., vendor_fragmented_pct: _Optional[float] = ...) -> None: ...
 
 class ProcessFacts(_message.Message):
     __slots__ = ("total", "zombies", "threads", "sample_seconds", "top_cpu", "top_rss")

@@ -42,6 +42,13 @@ long as it should. That is the same line the free-space figure draws
 per 100 KiB "no problem". Fragment counts themselves (mean, p50, p95, max,
 histogram, worst files) stay filefrag's numbers.
 
+A file in ``MANY_FRAGMENTS`` (10,000) pieces or more, over twice its ideal, counts
+as fragmented however large the pieces: a 2 TiB backup file in 50,000 extents of
+~40 MiB reads at near full speed, but every extent is a record the filesystem must
+look up, cache and, on copy-on-write filesystems (ReFS, btrfs, XFS with reflinks),
+reference-count. That metadata work is the kernel CPU and memory of the ReFS case,
+and it grows with the count, not with the extent size.
+
 Why a module of its own, free of protobuf and psutil: the walk is CPU-bound Python.
 In a collector thread it holds the GIL through the very windows in which the other
 collectors wait to take their second reading, and it walks at half speed for it
@@ -74,6 +81,7 @@ __all__ = [
     "FRAGMENTED_EXTENT_BYTES",
     "FREE_SPACE_FSTYPES",
     "IDEAL_EXTENT_BYTES",
+    "MANY_FRAGMENTS",
     "WORST_FILES",
     "Bounds",
     "Candidate",
@@ -97,8 +105,10 @@ __all__ = [
 # An extent-based filesystem caps one extent (ext4: 128 MiB), so a file in pieces of
 # that size reads as well as it can; only more pieces than this count as fragmented.
 IDEAL_EXTENT_BYTES = 128 << 20
-# ...and only when they are this small on average (the module doc says why 1 MiB).
+# ...and only when they are this small on average (the module doc says why 1 MiB),
 FRAGMENTED_EXTENT_BYTES = 1 << 20
+# ...or when there are this many of them, whatever their size (the module doc says why).
+MANY_FRAGMENTS = 10_000
 WORST_FILES = 10
 DEFAULT_MIN_BYTES = 64 << 10  # smaller files can hardly fragment and would dilute the shares
 FREE_SPACE_FSTYPES = frozenset({"ext4", "xfs"})  # the ones with a reverse map (GETFSMAP)
@@ -241,8 +251,12 @@ def ideal_fragments(size: int) -> int:
 
 
 def is_fragmented(size: int, count: fiemap.FragmentCount) -> bool:
-    """More fragments than ``ideal_fragments`` and under ``FRAGMENTED_EXTENT_BYTES`` each on average."""
-    return count.fragments > ideal_fragments(size) and count.mapped_bytes < FRAGMENTED_EXTENT_BYTES * count.fragments
+    """More fragments than ``ideal_fragments`` and under ``FRAGMENTED_EXTENT_BYTES`` each on average;
+    or at least ``MANY_FRAGMENTS`` of them and more than twice the ideal (the module doc says why)."""
+    n, ideal = count.fragments, ideal_fragments(size)
+    if n >= MANY_FRAGMENTS and n > 2 * ideal:
+        return True
+    return n > ideal and count.mapped_bytes < FRAGMENTED_EXTENT_BYTES * n
 
 
 def bucket(fragments: int) -> str:
@@ -324,6 +338,8 @@ def sample(
         "mountpoint": printable_path(mountpoint),
         "method": "fiemap",
         "max_files": bounds.max_files,
+        "files_eligible": walked.eligible,
+        "walk_complete": walked.complete,
         "budget_s": bounds.budget_s,
         **figures,
         "skipped": skipped,
@@ -386,8 +402,17 @@ def summarise(mapped: list[Mapped], strata: Strata) -> tuple[dict[str, Any], lis
             out["avg_extent_bytes"] = sum(w * m.count.mapped_bytes for m, w in weighted) / fragments
     out["fragments_max"] = max(m.count.fragments for m in counted)
     out["worst"] = [
-        {"path": printable_path(m.cand.path), "size": m.cand.size, "fragments": m.count.fragments}
-        for m in heapq.nlargest(WORST_FILES, counted, key=lambda m: (m.count.fragments, m.cand.size))
+        {
+            "path": printable_path(m.cand.path),
+            "size": m.cand.size,
+            "fragments": m.count.fragments,
+            "mapped_bytes": m.count.mapped_bytes,
+            "fragmented": is_fragmented(m.cand.size, m.count),
+        }
+        # Fragmented files first: large files in many ideal 128 MiB extents must not crowd them out.
+        for m in heapq.nlargest(
+            WORST_FILES, counted, key=lambda m: (is_fragmented(m.cand.size, m.count), m.count.fragments, m.cand.size)
+        )
         if m.count.fragments > 1
     ]
     return out, notes

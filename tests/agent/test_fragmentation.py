@@ -8,6 +8,8 @@ import contextlib
 import os
 import random
 import struct
+import subprocess
+import time
 from pathlib import Path
 from typing import NamedTuple
 
@@ -335,6 +337,23 @@ def test_collector_runs_within_its_budget_on_this_machine() -> None:
     for fs in result.snapshot.fragmentation.filesystems:
         assert fs.max_files == 200 or fs.note.startswith(("network", "ZFS"))
     assert FragmentationCollector.budget_s >= 3.0
+
+
+def test_open_by_names_the_processes_holding_a_file(tmp_path: Path) -> None:
+    """Who holds a file open, from /proc/*/fd: others are named, the excluded (the agent) are not."""
+    held = tmp_path / "held"
+    held.write_bytes(b"x" * 4096)
+    with held.open("rb") as fh:
+        child = subprocess.Popen(["sleep", "30"], stdin=fh)  # the file is the child's stdin
+    try:
+        deadline = time.monotonic() + 5
+        found, complete = lin.open_by({str(held)}, {os.getpid()}, deadline)
+        assert complete and found == {str(held): [(child.pid, "sleep")]}
+        assert lin.open_by({str(held)}, {os.getpid(), child.pid}, deadline) == ({}, True)
+        assert lin.open_by({str(held)}, set(), time.monotonic() - 1) == ({}, False)  # out of time: says so
+    finally:
+        child.kill()
+        child.wait()
 
 
 # --- Windows ------------------------------------------------------------------------

@@ -20,48 +20,12 @@ import pytest
 from agent.collect import CollectionSpec, run_collection
 from agent.collect.builtin import fragmentation_linux as lin
 from agent.collect.fiemap import fragments_of, free_space
-from tests.agent.fragfiles import write_interleaved
+from tests.agent.fragfiles import mount_image, write_interleaved
 
 pytestmark = pytest.mark.root
 
-MKFS = {
-    "ext4": (["mkfs.ext4", "-q", "-F"], 64),
-    "xfs": (["mkfs.xfs", "-q", "-f"], 320),  # xfsprogs >= 5.19 refuses less than 300 MiB
-    "btrfs": (["mkfs.btrfs", "-q", "-f"], 128),
-}
-
-
-def _why_not(fstype: str) -> str | None:
-    if os.geteuid() != 0:
-        return "needs root (mount, loop devices)"
-    if shutil.which("filefrag") is None:
-        return "filefrag not installed (Debian package e2fsprogs)"
-    if shutil.which(MKFS[fstype][0][0]) is None:
-        return f"{MKFS[fstype][0][0]} not installed"
-    probe = subprocess.run(["losetup", "-f"], capture_output=True, text=True, check=False)
-    if probe.returncode != 0:
-        return f"no free loop device: {probe.stderr.strip() or 'losetup -f failed'}"
-    return None
-
-
 def _mount(fstype: str, tmp: Path, options: str = "") -> Iterator[Path]:
-    reason = _why_not(fstype)
-    if reason:
-        pytest.skip(reason)
-    argv, size_mib = MKFS[fstype]
-    img, mnt = tmp / f"{fstype}.img", tmp / "mnt"
-    mnt.mkdir()
-    with open(img, "wb") as fh:
-        fh.truncate(size_mib << 20)
-    subprocess.run([*argv, str(img)], check=True, capture_output=True)
-    opts = "loop" + (f",{options}" if options else "")
-    done = subprocess.run(["mount", "-o", opts, str(img), str(mnt)], capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a {fstype} loop image here: {done.stderr.strip()}")
-    try:
-        yield mnt
-    finally:
-        subprocess.run(["umount", str(mnt)], check=False, capture_output=True)
+    return mount_image(fstype, tmp, options)
 
 
 @pytest.fixture(params=["ext4", "xfs", "btrfs"])

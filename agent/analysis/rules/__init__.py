@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from agent.analysis.findings import Rule
 from agent.analysis.rules.compute import CpuSaturation, MemoryPressure, RunawayProcess, RunQueue, SwapActivity
-from agent.analysis.rules.disk import FilesystemFull, FragmentationWithLoad, HeavyFragmentation
+from agent.analysis.rules.disk import FilesystemFull
+from agent.analysis.rules.fragmentation import FragmentationWithLoad, FreeSpaceFragmentation, HeavyFragmentation
 from agent.analysis.rules.network import CollectorReachability, DnsResolution, NicErrors, TcpRetransmissions
 from agent.analysis.rules.ops import (
     ClockSkew,
@@ -26,6 +27,7 @@ __all__ = [
     "FailedServices",
     "FilesystemFull",
     "FragmentationWithLoad",
+    "FreeSpaceFragmentation",
     "HeavyFragmentation",
     "LogErrorBurst",
     "MemoryPressure",
@@ -42,6 +44,7 @@ __all__ = [
 BUILTIN_RULES: tuple[type[Rule], ...] = (
     FilesystemFull,
     HeavyFragmentation,
+    FreeSpaceFragmentation,
     FragmentationWithLoad,
     ReFSEvents,
     MemoryPressure,

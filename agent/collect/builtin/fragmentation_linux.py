@@ -58,6 +58,7 @@ __all__ = [
     "free_space_in_child",
     "ideal_fragments",
     "media_of",
+    "open_by",
     "percentile",
     "printable_path",
     "sample_filesystem",
@@ -233,3 +234,48 @@ def media_of(path: str) -> str:
             continue
         return {"0": "ssd", "1": "rotational"}.get(value, "")
     return ""
+
+
+def open_by(paths: set[str], exclude: set[int], deadline: float) -> tuple[dict[str, list[tuple[int, str]]], bool]:
+    """The processes (pid, name) holding each of ``paths`` open, from ``/proc/*/fd``.
+
+    A fragmented file that some process is reading is what turns fragmentation into load
+    (the fragmentation-kernel-load rule names it). Processes in ``exclude`` (the agent's
+    own) are left out; so are those whose descriptors we may not read (another user's,
+    when not root). Stops at ``deadline`` (``time.monotonic()``) with what it found;
+    the flag says whether every process was looked at.
+    """
+    found: dict[str, list[tuple[int, str]]] = {}
+    if not paths:
+        return found, True
+    try:
+        pids = [int(e.name) for e in os.scandir("/proc") if e.name.isdigit()]
+    except OSError:
+        return found, False
+    for pid in pids:
+        if pid in exclude:
+            continue
+        if time.monotonic() >= deadline:
+            return found, False
+        base = f"/proc/{pid}/fd"
+        try:
+            names = os.listdir(base)
+        except OSError:  # gone, or not ours to read
+            continue
+        hits = set()
+        for fd in names:
+            try:
+                target = printable_path(os.readlink(f"{base}/{fd}"))
+            except OSError:
+                continue
+            if target in paths:
+                hits.add(target)
+        if hits:
+            try:
+                with open(f"/proc/{pid}/comm") as fh:
+                    name = fh.read().strip()
+            except OSError:
+                name = ""
+            for target in sorted(hits):
+                found.setdefault(target, []).append((pid, name))
+    return found, True

@@ -93,6 +93,7 @@ def _volume(item: object, index: int) -> facts_pb2.FsFragmentation:
         free_extents=int(_num(analysis.get("TotalFreeSpaceExtents"))),
         avg_free_extent_bytes=_num(analysis.get("AverageFreeSpacePerExtent")),
         largest_free_extent_bytes=int(_num(analysis.get("LargestFreeSpaceExtent"))),
+        vendor_fragmented_pct=_num(analysis.get("FreeSpacePercentFragmentation")),
     )
     out.free_space.CopyFrom(free)
     notes = [
