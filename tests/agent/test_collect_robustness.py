@@ -221,7 +221,7 @@ def test_a_refused_collect_command_leaves_no_process_behind(tmp_path: Path) -> N
     )
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout.strip().splitlines()[-1])
-    assert report["rc"] == 4 and "unknown redaction profile" in report["stderr"]
+    assert report["rc"] == 2 and "unknown 'no-such-profile'" in report["stderr"]  # a usage error
     # A child killed on the way out and not yet reaped (a zombie) is not left behind.
     running = [p for p in report["left"] if p["status"] != "zombie"]
     assert running == [], f"processes left behind by the refused command: {running}"
