@@ -48,47 +48,83 @@ _SECTIONS: tuple[tuple[str, tuple[str, ...], Pair], ...] = (
 )
 
 
-def _rests_on(f: Finding) -> tuple[set[str], bool]:
-    """(collectors whose facts a finding rests on, whether it rests on fragmentation figures)."""
+# Facts the sections compare, by fact path prefix. A finding that rests only on these,
+# while its sections show no change, moved with noise across a rule's threshold
+# (CPU at 97 % then 100 %: "warning" then "critical"): not a change of the machine.
+_COMPARED_FACTS: tuple[tuple[str, str], ...] = (
+    ("cpu.load", "load"), ("cpu.total_percent", "cpu"), ("cpu.times_percent", "cpu"),
+    ("cpu.logical_count", "cpu"), ("timeseries.samples", "cpu"),
+    *((f"memory.{f}", "memory") for f in ("percent", "available", "total", "used")),
+    *((f"memory.{f}", "swap") for f in ("swap_percent", "swap_used", "swap_total")),
+    ("disks.partitions", "filesystems"), ("fragmentation.filesystems", "fragmentation"),
+    ("processes.top_", "processes"), ("services.failed", "failed_services"),
+    ("host.boot_time", "os"), ("host.uptime_seconds", "os"),  # uptime always grows; a reboot shows as boot time
+)
+
+
+def _rests_on(f: Finding) -> tuple[set[str], set[str] | None]:
+    """(collectors whose facts a finding rests on, the sections comparing them or None when not all are)."""
     collectors: set[str] = set()
-    frag = False
+    sections: set[str] | None = set()
     for e in f.evidence:
-        if isinstance(e, Evidence):
-            collectors.add(collector_of_fact(e.fact_path))
-            frag = frag or e.fact_path.startswith("fragmentation.")
-        else:
+        if not isinstance(e, Evidence):
             collectors.add("logs")
-    return collectors, frag
+            sections = None
+            continue
+        name = collector_of_fact(e.fact_path)
+        if name:
+            collectors.add(name)
+        section = next((s for prefix, s in _COMPARED_FACTS if e.fact_path.startswith(prefix)), None)
+        if sections is not None and section is not None:
+            sections.add(section)
+        elif name is not None:
+            sections = None
+    return collectors, sections or None
 
 
-def _findings(a: BundleView, b: BundleView, ca: Coverage, cb: Coverage, frag: DiffSection) -> DiffSection:
+def _why_not(key: str, found: list[Finding], ca: Coverage, cb: Coverage, by_name: dict[str, DiffSection]) -> str | None:
+    """Why a finding that differs is not a change (see ``_COMPARED_FACTS``), or None when it is one."""
+    collectors: set[str] = set()
+    sections: set[str] | None = set()
+    for f in found:
+        got, secs = _rests_on(f)
+        collectors |= got
+        sections = None if secs is None or sections is None else sections | secs
+    why = not_collected(ca, cb, tuple(sorted(collectors)))
+    if why:
+        return why
+    subject = found[0].subject
+    for name in sorted(sections or ()):
+        for n in by_name[name].not_compared:
+            if n.key in ("", subject):
+                return f"rests on {name} figures not compared: {n.reason}"
+    if sections and all(by_name[n].empty for n in sections):
+        return f"the {', '.join(sorted(sections))} figures it rests on moved within their noise"
+    return None
+
+
+def _findings(a: BundleView, b: BundleView, ca: Coverage, cb: Coverage, done: list[DiffSection]) -> DiffSection:
     fa = {f.key: f for f in run_rules(a).findings}
     fb = {f.key: f for f in run_rules(b).findings}
-    partial = {n.key: n.reason for n in frag.not_compared}
+    by_name = {s.name: s for s in done}
     skipped: list[NotCompared] = []
     ra: sec.Records = {}
     rb: sec.Records = {}
     for key in sorted(set(fa) | set(fb)):
-        collectors: set[str] = set()
-        on_frag = False
-        for f in (fa.get(key), fb.get(key)):
-            if f is not None:
-                got, fr = _rests_on(f)
-                collectors |= got
-                on_frag = on_frag or fr
-        subject = (fa.get(key) or fb[key]).subject
-        why = not_collected(ca, cb, tuple(sorted(collectors)))
-        if why is None and on_frag and ("" in partial or subject in partial):
-            why = f"rests on fragmentation figures not compared: {partial.get(subject) or partial.get('')}"
-        if why is not None:
-            if key in fa and key in fb and fa[key].severity == fb[key].severity:
-                continue  # the same in both: nothing to say
-            skipped.append(NotCompared(key, why))
+        before, after = fa.get(key), fb.get(key)
+        if before is not None and after is not None and before.severity == after.severity:
+            ra[key] = rb[key] = {"severity": Measure(before.severity)}
             continue
-        if key in fa:
-            ra[key] = {"severity": Measure(fa[key].severity)}
-        if key in fb:
-            rb[key] = {"severity": Measure(fb[key].severity)}
+        why = _why_not(key, [f for f in (before, after) if f is not None], ca, cb, by_name)
+        if why is not None:
+            was = before.severity if before else "none"
+            now = after.severity if after else "none"
+            skipped.append(NotCompared(key, f"{was} -> {now}: {why}"))
+            continue
+        if before is not None:
+            ra[key] = {"severity": Measure(before.severity)}
+        if after is not None:
+            rb[key] = {"severity": Measure(after.severity)}
     return sec.compare("findings", ra, rb, not_compared=skipped)
 
 
@@ -107,7 +143,7 @@ def diff_bundles(a: BundleView, b: BundleView, *, force: bool = False) -> DiffRe
         why = not_collected(ca, cb, collectors)
         sections.append(DiffSection(name, not_compared=(NotCompared("", why),)) if why else
                         fn(a.snapshot, b.snapshot))
-    sections.append(_findings(a, b, ca, cb, next(s for s in sections if s.name == "fragmentation")))
+    sections.append(_findings(a, b, ca, cb, sections))
     return DiffResult(
         host_a=host_a,
         host_b=host_b,

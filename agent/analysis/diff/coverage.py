@@ -19,17 +19,22 @@ if TYPE_CHECKING:
 
 __all__ = ["Coverage", "collector_of_fact"]
 
-# Snapshot fields whose collector has another name.
-_FIELD_TO_COLLECTOR = {"network_depth": "netdepth"}
+# Snapshot fields filled by one collector each, and that collector's name. Other fields
+# (``collectors``, the bundle's identity) belong to the run, not to a collector.
+_FIELD_TO_COLLECTOR = {
+    **{f: f for f in ("host", "cpu", "memory", "disks", "network", "logs", "fragmentation", "processes",
+                      "services", "clock", "timeseries")},
+    "network_depth": "netdepth",
+}
 
 
-def collector_of_fact(fact_path: str) -> str:
-    """The collector behind a fact path: ``disks.partitions[1].percent`` -> ``disks``."""
+def collector_of_fact(fact_path: str) -> str | None:
+    """The collector behind a fact path (``disks.partitions[1].percent`` -> ``disks``), if any."""
     head, _, rest = fact_path.partition(".")
     head = head.split("[", 1)[0]
     if head == "plugin_facts":
-        return rest.split(".", 1)[0].split("[", 1)[0]
-    return _FIELD_TO_COLLECTOR.get(head, head)
+        return rest.split(".", 1)[0].split("[", 1)[0] or None
+    return _FIELD_TO_COLLECTOR.get(head)
 
 
 @dataclass(frozen=True)

@@ -71,7 +71,7 @@ def _change(section: str, c: Change) -> str:
 def _describe(figures: dict[str, Measure]) -> str:
     parts = []
     for f, m in figures.items():
-        if (f == "count" and m.value == 1) or m.value in (None, ""):
+        if (f == "count" and m.value == 1) or m.value in (None, "") or (m.unit == "bytes" and not m.value):
             continue
         text = format_value(m.value, m.unit)
         if m.size is not None:
