@@ -99,7 +99,7 @@ def _why_not(key: str, found: list[Finding], ca: Coverage, cb: Coverage, by_name
             if n.key in ("", subject):
                 return f"rests on {name} figures not compared: {n.reason}"
     if sections and all(by_name[n].empty for n in sections):
-        return f"the {', '.join(sorted(sections))} figures it rests on moved within their noise"
+        return f"the {', '.join(sorted(sections))} figures it rests on did not change beyond their noise"
     return None
 
 

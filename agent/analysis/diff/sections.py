@@ -5,8 +5,10 @@ sampling error of the figure, whichever is larger):
 
 * CPU busy/kernel/iowait: the mean of the time-series samples over the collection
   window (about a second) with the agent's own share taken out: the collection's own
-  work is not the host's. Its standard error comes from the samples' spread; below
-  15 points of all CPUs (a third of a core on a 2-core machine) nothing is said.
+  work is not the host's. Its standard error comes from the samples' spread (adjacent
+  samples share bursts, so that understates it); below 25 points of all CPUs (half a
+  core on a 2-core machine; two runs a few seconds apart on a busy 2-core machine saw
+  kernel time move by 15) nothing is said. I/O wait: 10 points.
 * Load: an exponentially damped average of runnable tasks; it moves by less than half
   a task per core (or a quarter of itself) while nothing changes.
 * Memory and swap used: instantaneous and exact, but other programs allocate and free
@@ -32,7 +34,7 @@ __all__ = ["Record", "compare", "cpu", "filesystems", "host", "interfaces", "loa
 Record = dict[str, Measure]
 Records = dict[str, Record]
 
-CPU_FLOOR_PCT = 15.0
+CPU_FLOOR_PCT = 25.0
 IOWAIT_FLOOR_PCT = 10.0
 MEMORY_FLOOR_PCT = 5.0
 DISK_FLOOR_PCT = 1.0
@@ -95,7 +97,7 @@ def _mean_sd(values: list[float]) -> tuple[float, float]:
 def _busy(s: facts_pb2.Snapshot, from_series: bool) -> Record:
     if not from_series:
         # One sub-second window with the agent's own work in it: only a large move says anything.
-        return {"busy_pct": _pct(s.cpu.total_percent, floor=2 * CPU_FLOOR_PCT)}
+        return {"busy_pct": _pct(s.cpu.total_percent, floor=1.5 * CPU_FLOOR_PCT)}
     samples = s.timeseries.samples
     busy = _mean_sd([max(0.0, x.cpu_percent - x.agent_cpu_percent) for x in samples])
     system = _mean_sd([max(0.0, x.cpu_system_percent - x.agent_cpu_system_percent) for x in samples])
