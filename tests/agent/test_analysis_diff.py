@@ -14,6 +14,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from agent.analysis import BundleView, DifferentHostsError, diff_bundles, render_diff_text
@@ -300,3 +302,50 @@ def test_different_hosts_refused_unless_forced(tmp_path: Path) -> None:
     forced = CliRunner().invoke(app, ["diff", str(a), str(b), "--force", "--json"])
     assert forced.exit_code == 0, forced.output
     assert '"host": "web-7"' in forced.output
+
+
+# --- untrusted facts ------------------------------------------------------------------------------
+
+_any_float = st.floats(allow_nan=True, allow_infinity=True)
+_u64 = st.integers(0, 2**64 - 1)
+
+
+@st.composite
+def _snapshots(draw: st.DrawFn) -> facts_pb2.Snapshot:
+    """Facts as a hostile or broken agent could sign them: any number where the diff reads one."""
+    s = healthy_snapshot()
+    s.host.boot_time.seconds = draw(st.integers(-(2**62), 2**62))
+    s.cpu.total_percent, s.cpu.load1, s.cpu.logical_count = draw(_any_float), draw(_any_float), draw(
+        st.integers(0, 2**31 - 1))
+    s.memory.percent, s.memory.total, s.memory.available = draw(_any_float), draw(_u64), draw(_u64)
+    s.memory.swap_percent, s.memory.swap_used = draw(_any_float), draw(_u64)
+    s.timeseries.agent_cpu_known = draw(st.booleans())
+    for x in s.timeseries.samples:
+        x.cpu_percent, x.agent_cpu_percent, x.cpu_system_percent = draw(_any_float), draw(_any_float), draw(_any_float)
+    p = s.disks.partitions[0]
+    p.percent, p.used, p.total, p.inodes_total, p.inodes_used = (draw(_any_float), draw(_u64), draw(_u64),
+                                                                 draw(_u64), draw(_u64))
+    f = s.fragmentation.filesystems[0]
+    f.pct_files_fragmented, f.pct_bytes_in_fragmented, f.fragments_mean = (draw(_any_float), draw(_any_float),
+                                                                           draw(_any_float))
+    f.files_sampled, f.method = draw(_u64), draw(st.sampled_from(["fiemap", "defrag-output", ""]))
+    f.note = draw(st.sampled_from(["", "walked 9 entries (whole filesystem), 0 files >= 64 KiB eligible",
+                                   "walked 9 entries (whole filesystem), 99999999999999999999 files",
+                                   "walked 9 entries (cut by budget), 5 files"]))
+    f.histogram["1"] = draw(_u64)
+    for _ in range(draw(st.integers(0, 3))):
+        s.processes.top_cpu.add(pid=draw(st.integers(0, 9)), name="x", cmdline=draw(st.text(max_size=20)),
+                                cpu_percent=draw(_any_float), rss=draw(_u64), agent=draw(st.booleans()))
+    s.processes.sample_seconds = draw(_any_float)
+    for c in draw(st.lists(st.sampled_from(["host", "cpu", "memory", "disks", "fragmentation", "processes"]),
+                           max_size=6)):
+        s.collectors.add(name=c, state=draw(st.sampled_from(list(facts_pb2.CollectorStatus.State.values()))))
+    return s
+
+
+@settings(max_examples=60, deadline=None)
+@given(_snapshots(), _snapshots())
+def test_any_facts_give_a_diff_and_one_json_document(a: facts_pb2.Snapshot, b: facts_pb2.Snapshot) -> None:
+    d = diff_bundles(BundleView.from_snapshot(a), BundleView.from_snapshot(b))
+    assert render_diff_text(d).startswith("diff ")
+    json.loads(json.dumps(d.to_dict(), allow_nan=False))  # strict JSON: no NaN or Infinity

@@ -43,10 +43,10 @@ def _coverage(f: facts_pb2.FsFragmentation) -> tuple[str | None, int]:
 
 def _binomial_sd(pct: float, n: int, population: int) -> float:
     """Standard error, in points, of a share estimated from ``n`` of ``population`` files."""
-    if n <= 0:
+    if n <= 0 or not math.isfinite(pct):
         return 0.0
     # Agresti-Coull: a share of 0 of a small draw is not known to be exactly 0.
-    x = pct / 100.0 * n
+    x = min(max(pct, 0.0), 100.0) / 100.0 * n
     p = (x + 2.0) / (n + 4.0)
     if population <= n:
         return 0.0  # every eligible file was mapped: the figure is exact

@@ -14,7 +14,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Change", "DiffResult", "DiffSection", "Measure", "NotCompared", "Value", "tolerance"]
+__all__ = ["Change", "DiffResult", "DiffSection", "Measure", "NotCompared", "Value", "differs", "finite", "tolerance"]
 
 Value = str | int | float | bool | None
 
@@ -39,18 +39,26 @@ def _number(v: Value) -> float | None:
     return float(v) if isinstance(v, int | float) and not isinstance(v, bool) else None
 
 
+def finite(v: Value) -> Value:
+    """``v``, or None for a float that is not a number JSON can carry (facts are untrusted)."""
+    return None if isinstance(v, float) and not math.isfinite(v) else v
+
+
 def tolerance(a: Measure, b: Measure) -> float:
     """The largest difference between ``a`` and ``b`` that is still noise (0 for exact facts)."""
     x, y = _number(a.value) or 0.0, _number(b.value) or 0.0
-    sampled = SIGMAS * math.sqrt(a.sd**2 + b.sd**2)
+    sd = math.hypot(a.sd, b.sd)
+    sampled = SIGMAS * sd if math.isfinite(sd) else 0.0
     relative = max(a.rel, b.rel) * max(abs(x), abs(y))
-    return max(a.floor, b.floor, sampled, relative)
+    return max(a.floor, b.floor, sampled, relative if math.isfinite(relative) else 0.0)
 
 
 def differs(a: Measure, b: Measure) -> bool:
     x, y = _number(a.value), _number(b.value)
     if x is None or y is None:
         return a.value != b.value
+    if not (math.isfinite(x) and math.isfinite(y)):
+        return not (x == y or (math.isnan(x) and math.isnan(y)))
     return abs(y - x) > tolerance(a, b)
 
 
@@ -68,7 +76,9 @@ class Change:
     tolerance: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"key": self.key, "field": self.field, "before": self.before, "after": self.after}
+        out: dict[str, Any] = {
+            "key": self.key, "field": self.field, "before": finite(self.before), "after": finite(self.after)
+        }
         if self.unit:
             out["unit"] = self.unit
         if self.size_before is not None or self.size_after is not None:
@@ -123,7 +133,7 @@ class DiffSection:
             "not_compared": [n.to_dict() for n in self.not_compared],
         }
         if self.details:
-            out["values"] = {k: {f: m.value for f, m in d} for k, d in self.details}
+            out["values"] = {k: {f: finite(m.value) for f, m in d} for k, d in self.details}
         return out
 
 

@@ -15,6 +15,7 @@ the window and, on a busy machine, half of itself from scheduling.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from agent.analysis.diff.model import DiffSection, Measure, tolerance
@@ -55,7 +56,7 @@ def _rss(value: int) -> Measure:
 
 def _side(s: facts_pb2.Snapshot) -> _Side:
     pr = s.processes
-    window = pr.sample_seconds or _DEFAULT_SAMPLE_S
+    window = pr.sample_seconds if math.isfinite(pr.sample_seconds) and pr.sample_seconds > 0.01 else _DEFAULT_SAMPLE_S
     sd = 100.0 / (_TICK_HZ * window)  # one tick at either end of the window
     seen: dict[int, facts_pb2.ProcessInfo] = {}
     for p in (*pr.top_cpu, *pr.top_rss):

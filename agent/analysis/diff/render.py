@@ -7,6 +7,7 @@ Diff answer and a file; ``->`` rather than an arrow glyph, for any console encod
 from __future__ import annotations
 
 import datetime as dt
+import math
 
 from agent.analysis.diff.model import Change, DiffResult, DiffSection, Measure, Value
 
@@ -44,14 +45,19 @@ def format_value(value: Value, unit: str = "") -> str:
         return "-"
     if isinstance(value, bool) or not isinstance(value, int | float):
         return str(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
     if unit == "bytes":
         return _size(int(value))
     if unit == "time":
-        return dt.datetime.fromtimestamp(value, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        try:
+            return dt.datetime.fromtimestamp(value, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        except (OverflowError, OSError, ValueError):  # a boot time no clock can show
+            return str(value)
     if unit == "%":
         return f"{value:.1f} %"
     if unit == "% of a core":
-        return f"{value:.1f} % CPU"
+        return f"{value:.1f} % of a core"
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
@@ -76,7 +82,8 @@ def _describe(figures: dict[str, Measure]) -> str:
         text = format_value(m.value, m.unit)
         if m.size is not None:
             text += f" ({_size(m.size)})"
-        parts.append(text if f in ("cpu_percent",) else f"{_LABELS.get(f, f.replace('_', ' '))} {text}")
+        parts.append(f"{text.removesuffix(' % of a core')} % CPU" if f == "cpu_percent"
+                     else f"{_LABELS.get(f, f.replace('_', ' '))} {text}")
     return f" ({', '.join(parts)})" if parts else ""
 
 

@@ -88,7 +88,8 @@ def host(s: facts_pb2.Snapshot) -> Records:
 
 
 def _mean_sd(values: list[float]) -> tuple[float, float]:
-    """Mean of a few samples and its standard error (none from one sample)."""
+    """Mean of a few samples and its standard error (none from one sample); non-numbers left out."""
+    values = [v for v in values if math.isfinite(v)]
     if len(values) < 2:
         return (values[0] if values else 0.0), 0.0
     return statistics.fmean(values), statistics.stdev(values) / math.sqrt(len(values))
