@@ -10,6 +10,7 @@ started between them, an unchanged machine) are in tests/e2e/test_diff_real.py.
 from __future__ import annotations
 
 import json
+import socket
 from collections.abc import Callable
 from pathlib import Path
 
@@ -190,6 +191,34 @@ def test_collector_not_run_is_not_compared(tmp_path: Path, real: facts_pb2.Snaps
         findings = d.section("findings")
         assert not any(k.startswith(("fragmentation", "services")) for k in findings.added + findings.removed)
         assert f"fragmentation skipped in the {side} bundle" in render_diff_text(d)
+
+
+def test_reboot_and_interface_down_show(tmp_path: Path, real: facts_pb2.Snapshot) -> None:
+    nic = real.network.interfaces[0].name
+
+    def rebooted(s: facts_pb2.Snapshot) -> None:
+        s.host.boot_time.seconds += 3600
+        s.host.uptime_seconds = 60.0
+        next(n for n in s.network.interfaces if n.name == nic).is_up = False
+
+    d = _diff(tmp_path, *_pair(real, rebooted))
+    assert [(c.field, c.after - c.before) for c in d.section("os").changed] == [("booted", 3600)]  # type: ignore[operator]
+    assert [(c.key, c.field, c.after) for c in d.section("interfaces").changed] == [(nic, "up", False)]
+    assert "  ~ booted: " in render_diff_text(d) and "Z -> " in render_diff_text(d)
+
+
+def test_port_opened_between_two_real_collections(tmp_path: Path, real: facts_pb2.Snapshot) -> None:
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        done = collect_bundle(key=KEY, output_dir=tmp_path / "b", spec=CollectionSpec(only=("host", "netdepth")))
+    before = write_bundle(tmp_path / "a", KEY, facts_pb2.Snapshot.FromString(real.SerializeToString()))
+    d = diff_bundles(BundleView.from_file(before), BundleView.from_file(done.bundle.path))
+    assert f"tcp 127.0.0.1:{port}" in d.section("listening_ports").added, render_diff_text(d)
+    # What the second run did not collect is not compared, whatever the first said.
+    assert d.section("processes").empty and d.section("processes").not_compared[0].reason == (
+        "processes skipped in the newer bundle")
 
 
 def _walk(s: facts_pb2.Snapshot, whole: bool, pct: float, n: int = 1000, eligible: int = 50_000) -> None:
