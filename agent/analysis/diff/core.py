@@ -42,8 +42,8 @@ _SECTIONS: tuple[tuple[str, tuple[str, ...], Pair], ...] = (
     ("filesystems", ("disks",), _each("filesystems", sec.filesystems, describe=True)),
     ("fragmentation", ("fragmentation",), fragmentation),
     ("processes", ("processes",), processes),
-    ("listening_ports", ("netdepth",), _each("listening_ports", sec.ports)),
-    ("failed_services", ("services",), _each("failed_services", sec.services)),
+    ("listening_ports", ("netdepth",), _each("listening_ports", sec.ports, describe=True)),
+    ("failed_services", ("services",), _each("failed_services", sec.services, describe=True)),
     ("interfaces", ("network",), _each("interfaces", sec.interfaces)),
 )
 
@@ -125,7 +125,7 @@ def _findings(a: BundleView, b: BundleView, ca: Coverage, cb: Coverage, done: li
             ra[key] = {"severity": Measure(before.severity)}
         if after is not None:
             rb[key] = {"severity": Measure(after.severity)}
-    return sec.compare("findings", ra, rb, not_compared=skipped)
+    return sec.compare("findings", ra, rb, describe=True, not_compared=skipped)
 
 
 def diff_bundles(a: BundleView, b: BundleView, *, force: bool = False) -> DiffResult:
