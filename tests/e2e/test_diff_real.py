@@ -123,7 +123,10 @@ def _isolated() -> str | None:
     return None if probe.returncode == 0 else f"unshare refused: {probe.stderr.decode(errors='replace').strip()}"
 
 
-@pytest.mark.skipif(_isolated() is not None, reason=str(_isolated()))
+_NOT_ISOLATED = _isolated()
+
+
+@pytest.mark.skipif(_NOT_ISOLATED is not None, reason=str(_NOT_ISOLATED))
 def test_two_back_to_back_collections_of_an_unchanged_machine_show_no_change(tmp_path: Path) -> None:
     res = subprocess.run(
         ["unshare", "--pid", "--fork", "--mount-proc", "--net", sys.executable, "-c", _DRIVER,
