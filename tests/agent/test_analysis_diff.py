@@ -301,6 +301,24 @@ def test_diff_reports_exactly_the_changes(pair: tuple[Path, Path]) -> None:
     assert "  + new: java -jar app.jar (50.0 % CPU)" in text
 
 
+def test_a_finding_that_crossed_its_threshold_within_noise_is_not_a_change(tmp_path: Path) -> None:
+    """Memory 89 % then 91 % used: the memory-pressure rule fires at < 10 % available, the figure moved
+    2 points (noise for memory): the finding is listed as not compared, not as new."""
+    a, b = healthy_snapshot(), healthy_snapshot()
+    for s, used in ((a, 89.0), (b, 91.0)):
+        s.collectors.add(name="memory", state=_OK)
+        s.memory.percent = used
+        s.memory.available = int(s.memory.total * (100 - used) / 100)
+    d = _diff(tmp_path / "1", a, b)
+    findings = d.section("findings")
+    assert findings.empty and [n.key for n in findings.not_compared] == ["memory-pressure"], render_diff_text(d)
+    assert "none -> warning: the memory figures it rests on did not change beyond their noise" in (
+        findings.not_compared[0].reason)
+    b.memory.percent, b.memory.available = 97.0, b.memory.total * 3 // 100  # a real change: reported
+    d = _diff(tmp_path / "2", a, b)
+    assert d.section("findings").added == ("memory-pressure",), render_diff_text(d)
+
+
 def test_json_is_one_document(pair: tuple[Path, Path]) -> None:
     out = CliRunner().invoke(app, ["diff", str(pair[0]), str(pair[1]), "--json"])
     assert out.exit_code == 0, out.output

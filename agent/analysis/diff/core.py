@@ -62,43 +62,46 @@ _COMPARED_FACTS: tuple[tuple[str, str], ...] = (
 )
 
 
-def _rests_on(f: Finding) -> tuple[set[str], set[str] | None]:
-    """(collectors whose facts a finding rests on, the sections comparing them or None when not all are)."""
+def _rests_on(f: Finding) -> tuple[set[str], set[str], bool]:
+    """(collectors whose facts a finding rests on, the sections comparing some of them, whether they compare all)."""
     collectors: set[str] = set()
-    sections: set[str] | None = set()
+    sections: set[str] = set()
+    covered = True
     for e in f.evidence:
         if not isinstance(e, Evidence):
             collectors.add("logs")
-            sections = None
+            covered = False
             continue
         name = collector_of_fact(e.fact_path)
         if name:
             collectors.add(name)
         section = next((s for prefix, s in _COMPARED_FACTS if e.fact_path.startswith(prefix)), None)
-        if sections is not None and section is not None:
+        if section is not None:
             sections.add(section)
         elif name is not None:
-            sections = None
-    return collectors, sections or None
+            covered = False
+    return collectors, sections, covered and bool(sections)
 
 
-def _why_not(key: str, found: list[Finding], ca: Coverage, cb: Coverage, by_name: dict[str, DiffSection]) -> str | None:
+def _why_not(found: list[Finding], ca: Coverage, cb: Coverage, by_name: dict[str, DiffSection]) -> str | None:
     """Why a finding that differs is not a change (see ``_COMPARED_FACTS``), or None when it is one."""
     collectors: set[str] = set()
-    sections: set[str] | None = set()
+    sections: set[str] = set()
+    covered = True
     for f in found:
-        got, secs = _rests_on(f)
+        got, secs, all_compared = _rests_on(f)
         collectors |= got
-        sections = None if secs is None or sections is None else sections | secs
+        sections |= secs
+        covered = covered and all_compared
     why = not_collected(ca, cb, tuple(sorted(collectors)))
     if why:
         return why
     subject = found[0].subject
-    for name in sorted(sections or ()):
+    for name in sorted(sections):
         for n in by_name[name].not_compared:
             if n.key in ("", subject):
                 return f"rests on {name} figures not compared: {n.reason}"
-    if sections and all(by_name[n].empty for n in sections):
+    if covered and all(by_name[n].empty for n in sections):
         return f"the {', '.join(sorted(sections))} figures it rests on did not change beyond their noise"
     return None
 
@@ -115,7 +118,7 @@ def _findings(a: BundleView, b: BundleView, ca: Coverage, cb: Coverage, done: li
         if before is not None and after is not None and before.severity == after.severity:
             ra[key] = rb[key] = {"severity": Measure(before.severity)}
             continue
-        why = _why_not(key, [f for f in (before, after) if f is not None], ca, cb, by_name)
+        why = _why_not([f for f in (before, after) if f is not None], ca, cb, by_name)
         if why is not None:
             was = before.severity if before else "none"
             now = after.severity if after else "none"

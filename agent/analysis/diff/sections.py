@@ -92,7 +92,10 @@ def _mean_sd(values: list[float]) -> tuple[float, float]:
     values = [v for v in values if math.isfinite(v)]
     if len(values) < 2:
         return (values[0] if values else 0.0), 0.0
-    return statistics.fmean(values), statistics.stdev(values) / math.sqrt(len(values))
+    try:
+        return statistics.fmean(values), statistics.stdev(values) / math.sqrt(len(values))
+    except OverflowError:  # figures near the largest float: no agent measures a CPU like that
+        return math.nan, 0.0
 
 
 def _busy(s: facts_pb2.Snapshot, from_series: bool) -> Record:
