@@ -91,4 +91,4 @@ def print_report(a: Analysis, console: Console) -> None:
 
 
 def print_diff(d: DiffResult, console: Console) -> None:
-    console.print(render_diff_text(d), highlight=False, markup=False, end="")
+    console.print(render_diff_text(d), highlight=False, markup=False, end="", soft_wrap=True)

@@ -15,7 +15,7 @@ from agent.transport import UploadTarget, enroll, upload_bundle
 from collector.cli import app as collector_app
 from protos import collector_pb2, collector_pb2_grpc, facts_pb2
 from tests.collector.conftest import RunningCollector
-from tests.fixtures.analysis.crafted import COLLECTED, generate_logs, healthy_snapshot, write_bundle
+from tests.fixtures.analysis.crafted import COLLECTED, GIB, generate_logs, healthy_snapshot, write_bundle
 
 
 def _md(token: str) -> tuple[tuple[str, str], ...]:
@@ -39,7 +39,9 @@ def _upload(c: RunningCollector, tmp: Path, bundles: list[tuple[facts_pb2.Snapsh
 def test_findings_timeline_diff_report(collector: RunningCollector, tmp_path: Path) -> None:
     before = healthy_snapshot()
     after = healthy_snapshot()
-    after.disks.partitions[1].percent = 99.0
+    for snap in (before, after):  # the diff compares only what both bundles say they collected
+        snap.collectors.add(name="disks", state=facts_pb2.CollectorStatus.OK)
+    after.disks.partitions[1].percent, after.disks.partitions[1].used = 99.0, 99 * GIB
     other_host = healthy_snapshot("web-7")
     logs = generate_logs(burst_at=COLLECTED - dt.timedelta(hours=2, minutes=5))
     a, b, w = _upload(collector, tmp_path, [(before, logs), (after, None), (other_host, None)])
@@ -59,9 +61,10 @@ def test_findings_timeline_diff_report(collector: RunningCollector, tmp_path: Pa
 
         d = stub.DiffBundles(collector_pb2.DiffRequest(a=a, b=b), metadata=viewer)
         assert json.loads(d.json)["sections"]["filesystems"]["changed"] == [
-            {"key": "/var", "field": "used_pct", "before": 63.0, "after": 99.0}
+            {"key": "/var", "field": "used_pct", "before": 63.0, "after": 99.0, "unit": "%",
+             "size_before": 63 * GIB, "size_after": 99 * GIB, "tolerance": 1.0}
         ]
-        assert "~ /var used_pct: 63.0 -> 99.0" in d.text
+        assert "~ /var used: 63.0 % -> 99.0 % (63.0 GiB -> 99.0 GiB)" in d.text
         with pytest.raises(grpc.RpcError) as err:
             stub.DiffBundles(collector_pb2.DiffRequest(a=a, b=w), metadata=viewer)
         assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
@@ -90,7 +93,7 @@ def test_findings_timeline_diff_report(collector: RunningCollector, tmp_path: Pa
     r = runner.invoke(collector_app, ["timeline", a, *common, "--interval", "10m"])
     assert r.exit_code == 0 and "errors began" in r.output, r.output
     r = runner.invoke(collector_app, ["diff", a, b, *common])
-    assert r.exit_code == 0 and "used_pct: 63.0 -> 99.0" in r.output, r.output
+    assert r.exit_code == 0 and "used: 63.0 % -> 99.0 % (63.0 GiB -> 99.0 GiB)" in r.output, r.output
     out = tmp_path / "report.html"
     r = runner.invoke(collector_app, ["report", a, *common, "-o", str(out)])
     assert r.exit_code == 0, r.output
