@@ -23,7 +23,7 @@ from protos import facts_pb2
 
 __all__ = ["fragmentation"]
 
-# The walk's own account of its coverage, written by agent.collect.fragwalk into ``note``.
+# Older bundles' only account of the walk's coverage, written by agent.collect.fragwalk into ``note``.
 _WALK = re.compile(r"walked \d+ entries \((whole filesystem|cut by budget)\), (\d+) files")
 _PCT_FLOOR = 1.0          # points: below this a change in fragmented files is not worth a line
 _BYTES_FLOOR = 5.0        # byte shares are weighted by file size: fewer files carry them
@@ -32,7 +32,14 @@ _WHOLE_VOLUME_FLOOR = 2.0
 
 
 def _coverage(f: facts_pb2.FsFragmentation) -> tuple[str | None, int]:
-    """(why this sample cannot be compared or None, eligible files) for a fiemap sample."""
+    """(why this sample cannot be compared or None, eligible files) for a fiemap sample.
+
+    Bundles record the coverage as typed facts (``walk_complete``, ``files_eligible``);
+    older ones only in the walk's note, which is read when the typed facts are absent."""
+    if f.walk_complete:
+        return None, int(f.files_eligible)
+    if f.files_eligible:  # typed facts present, and the walk did not finish
+        return "the walk was cut by its time budget: its figures describe the directories walked", 0
     m = _WALK.search(f.note)
     if m is None:
         return "the bundle does not say what part of the filesystem its sample covers", 0
