@@ -3,33 +3,31 @@
 Times are corrected by the measured clock offset (ClockFacts.collector_offset_ms) so
 that bundles from several machines line up on the collector's clock.
 
-Onset detection ("when did it really start?"): the first interval whose
-errors+warnings count ``c`` is improbable under the trailing baseline. The baseline
-rate ``λ`` is robust to earlier bursts — the larger of the median and the mean of the
-lower 75 % of the last ``window`` intervals (at least 0.5). An interval fires when
-``c >= min_count``, ``c >= factor·λ`` and ``P(X >= c | Poisson(λ)) < p_value``. The
-first ``warmup`` intervals never fire: without a baseline, the first busy interval
-would always look like an onset (the naive version fired at the first bucket).
+Onset ("when did it really start?") is the start of the rise still in progress at
+collection (``agent.analysis.onset``), looked for in per-minute errors+warnings of the
+whole log, of each source and of the busiest templates, each against its own baseline.
+Earlier bursts that ended are *episodes*, listed with their start and end.
 """
 
 from __future__ import annotations
 
 import math
 import re
-import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from agent.analysis.errors import AnalysisError
-from agent.analysis.logscan import BASE_S, LogScan
+from agent.analysis.logscan import BASE_S, LogScan, TemplateStats, evidence_of
 from agent.analysis.model import LogEvidence, format_utc
+from agent.analysis.onset import OnsetParams, Rise, find_episodes, find_rise
 
 if TYPE_CHECKING:
     from agent.analysis.view import BundleView
 
 __all__ = [
     "Bucket",
+    "Episode",
     "Onset",
     "OnsetParams",
     "TemplateGroup",
@@ -98,31 +96,10 @@ def poisson_sf(count: int, lam: float) -> float:
     return min(total, 1.0)
 
 
-@dataclass(frozen=True)
-class OnsetParams:
-    warmup: int = 6
-    window: int = 24
-    min_count: int = 5
-    factor: float = 3.0
-    p_value: float = 1e-9
-
-
-def _baseline(trailing: Sequence[int]) -> float:
-    ordered = sorted(trailing)
-    lower = ordered[: max(1, math.ceil(len(ordered) * 0.75))]
-    return max(statistics.median(ordered), sum(lower) / len(lower), 0.5)
-
-
 def detect_onset(counts: Sequence[int], params: OnsetParams = OnsetParams()) -> tuple[int, float] | None:
-    """Index of the first interval that rises well above its trailing baseline, and that baseline."""
-    for i in range(params.warmup, len(counts)):
-        c = counts[i]
-        if c < params.min_count:
-            continue
-        lam = _baseline(counts[max(0, i - params.window) : i])
-        if c >= params.factor * lam and poisson_sf(c, lam) < params.p_value:
-            return i, lam
-    return None
+    """Index where the sustained rise lasting to the end of ``counts`` began, and the baseline per count."""
+    rise = find_rise(counts, params)
+    return None if rise is None else (rise.start, rise.baseline)
 
 
 @dataclass(frozen=True)
@@ -145,6 +122,20 @@ class TemplateGroup:
 
 
 @dataclass(frozen=True)
+class Episode:
+    """An earlier burst that ended: ``[start, end)`` on the corrected clock."""
+
+    start: float
+    end: float
+    count: int
+    baseline_per_min: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"start": format_utc(self.start), "end": format_utc(self.end), "count": self.count,
+                "baseline_per_min": round(self.baseline_per_min, 3)}
+
+
+@dataclass(frozen=True)
 class Onset:
     bucket_index: int
     bucket_start: float
@@ -154,7 +145,8 @@ class Onset:
     kind: str  # "errors" or "warnings": which dominates the burst
     burst_end: float
     before_collection_s: float | None
-    templates: tuple[TemplateGroup, ...]
+    templates: tuple[TemplateGroup, ...]  # in the order their first lines came
+    series: str = "all"  # where the rise was clearest: "all", "source <name>" or "template"
 
 
 @dataclass(frozen=True)
@@ -164,6 +156,7 @@ class Timeline:
     end: float | None
     buckets: tuple[Bucket, ...]
     onset: Onset | None
+    episodes: tuple[Episode, ...]
     records: int
     untimed: int
     bad_lines: int
@@ -195,11 +188,13 @@ class Timeline:
                 "kind": onset.kind,
                 "burst_end": format_utc(onset.burst_end),
                 "before_collection_s": onset.before_collection_s,
+                "series": onset.series,
                 "templates": [
                     {"template": t.template, "count": t.count, "example": t.example.to_dict() if t.example else None}
                     for t in onset.templates
                 ],
             },
+            "episodes": [e.to_dict() for e in self.episodes],
             "buckets": [
                 {"start": format_utc(b.start), "errors": b.errors, "warnings": b.warnings, "other": b.other}
                 for b in self.buckets
@@ -228,66 +223,135 @@ def _grid(scan: LogScan, end: float, interval: int) -> tuple[float, list[Bucket]
     return start, [Bucket(start + i * interval, *row) for i, row in enumerate(rows)]
 
 
+_TOP_SERIES = 8
+_RECENT_S = 6 * 3600
+
+
+def _series(scan: LogScan, m0: int, n: int) -> dict[str, list[int]]:
+    """Per-minute errors+warnings: all lines, each source, and the templates busiest lately."""
+    per = 60 // BASE_S
+    total = [0] * n
+    for index, row in scan.buckets.items():
+        slot = index // per - m0
+        if 0 <= slot < n:
+            total[slot] += row[0] + row[1]
+    out = {"all": total}
+    if len(scan.alarming_by_source) > 1:
+        for src, counts in scan.alarming_by_source.items():
+            out[f"source {src}"] = _dense(counts, m0, n, 1)
+    recent = (m0 + n) * 60 - _RECENT_S
+    lo = int(recent // BASE_S)
+    ranked = sorted(((sum(c for i, c in st.buckets.items() if i >= lo), key) for key, st in scan.templates.items()),
+                    reverse=True)
+    for count, key in ranked[:_TOP_SERIES]:
+        if count:
+            out[f"template {key}"] = _dense(scan.templates[key].buckets, m0, n, per)
+    return out
+
+
+def _dense(counts: dict[int, int], m0: int, n: int, per: int) -> list[int]:
+    row = [0] * n
+    for index, c in counts.items():
+        slot = index // per - m0
+        if 0 <= slot < n:
+            row[slot] += c
+    return row
+
+
+def _groups(scan: LogScan, start: float, end: float) -> tuple[TemplateGroup, ...]:
+    """The dominant templates of ``[start, end)``, each shown by its first line there, in time order."""
+    lo, hi = int(start // BASE_S), int(math.ceil(end / BASE_S)) + 1
+    ranked = sorted(((st.count_between(lo, hi), key) for key, st in scan.templates.items()), reverse=True)
+    groups: list[tuple[float, TemplateGroup]] = []
+    for n, key in ranked[:TOP_TEMPLATES]:
+        if not n:
+            continue
+        stats: TemplateStats = scan.templates[key]
+        kept = stats.first_from(start)
+        example = evidence_of(*kept) if kept is not None else stats.example(start, end + BASE_S)
+        groups.append((kept[1] if kept is not None else end, TemplateGroup(key, n, example)))
+    groups.sort(key=lambda item: item[0])
+    return tuple(g for _, g in groups)
+
+
 def _onset(
-    scan: LogScan, buckets: list[Bucket], interval: int, collected_at: float | None, params: OnsetParams
-) -> Onset | None:
-    found = detect_onset([b.alarming for b in buckets], params)
-    if found is None:
-        return None
-    i, lam = found
-    hot = max(params.min_count, params.factor * lam)
-    j = i + 1
-    while j < len(buckets) and buckets[j].alarming >= hot:
-        j += 1
-    start, end = buckets[i].start, buckets[j - 1].start + interval
-    lo, hi = int(start // BASE_S), int(end // BASE_S)
-    # Minute-level start: the first 10 s slice of the onset interval that is itself hot.
-    per_base = lam * BASE_S / interval
-    began = start
-    for k in range(lo, lo + interval // BASE_S):
-        row = scan.buckets.get(k)
-        if row is not None and row[0] + row[1] >= max(1.0, params.factor * per_base):
-            began = float(k * BASE_S)
-            break
-    ranked = sorted(
-        ((stats.count_between(lo, hi), key) for key, stats in scan.templates.items()), reverse=True
+    scan: LogScan, buckets: list[Bucket], interval: int, collected_at: float | None, end: float,
+    params: OnsetParams,
+) -> tuple[Onset | None, tuple[Episode, ...]]:
+    assert scan.first_ts is not None
+    m0 = int(scan.first_ts // 60)
+    n = int(end // 60) - m0 + 1
+    series = _series(scan, m0, n)
+    rises = [(name, rise) for name, counts in series.items() if (rise := find_rise(counts, params)) is not None]
+    onset: Onset | None = None
+    cut = n
+    if rises:
+        # The clearest rise: a template or source with a quiet baseline shows the start
+        # sharper than the sum of everything, whose bursts blur it.
+        name, rise = max(rises, key=lambda item: item[1].score)
+        onset = _make_onset(scan, buckets, interval, collected_at, end, m0, name, rise)
+        cut = rise.start
+    total = series["all"]
+    episodes = tuple(
+        Episode(float((m0 + e.start) * 60), float((m0 + e.end) * 60), e.count, e.baseline)
+        for e in find_episodes(total, params, until=cut)
     )
-    groups = tuple(
-        TemplateGroup(key, n, scan.templates[key].example(start, end)) for n, key in ranked[:TOP_TEMPLATES] if n
-    )
-    errors = sum(b.errors for b in buckets[i:j])
-    warnings = sum(b.warnings for b in buckets[i:j])
+    return onset, episodes
+
+
+def _make_onset(
+    scan: LogScan, buckets: list[Bucket], interval: int, collected_at: float | None, end: float, m0: int,
+    name: str, rise: Rise,
+) -> Onset:
+    start = float((m0 + rise.start) * 60)
+    groups = _groups(scan, start, end)
+    # The first line of the rise: the earliest of the dominant templates' first lines, when in the start minute.
+    firsts = [kept[1] for g in groups if (kept := scan.templates[g.template].first_from(start)) is not None]
+    began = min(firsts) if firsts and min(firsts) < start + 60 else start
+    i = max(0, min(len(buckets) - 1, int((start - buckets[0].start) // interval)))
+    errors = sum(b.errors for b in buckets[i:])
+    warnings = sum(b.warnings for b in buckets[i:])
     return Onset(
         bucket_index=i,
-        bucket_start=start,
+        bucket_start=buckets[i].start,
         began_at=began,
         count=buckets[i].alarming,
-        baseline=lam,
+        baseline=rise.baseline * interval / 60,
         kind="errors" if errors >= warnings else "warnings",
         burst_end=end,
         before_collection_s=None if collected_at is None else collected_at - began,
         templates=groups,
+        series=name.split(" ", 1)[0],
     )
 
 
-def _summary(scan: LogScan, onset: Onset | None, interval: int, has_logs: bool) -> str:
+def _when(ts: float) -> str:
+    return (format_utc(ts, seconds=False) or "").replace("T", " ").replace("Z", " UTC")
+
+
+def _summary(scan: LogScan, onset: Onset | None, episodes: tuple[Episode, ...], interval: int,
+             has_logs: bool) -> str:
     if scan.first_ts is None:
         if not has_logs:
             return "No log lines in this bundle (facts only, or no logs were collected)."
         return f"No timestamped log lines ({scan.records} lines without a time, {scan.bad_lines} unreadable)."
+    earlier = ""
+    if episodes:
+        shown = ", ".join(f"{_when(e.start)[5:]}–{_when(e.end)[11:16]} ({e.count})" for e in episodes[-3:])
+        more = f" (the last 3 of {len(episodes)})" if len(episodes) > 3 else ""
+        earlier = f" Earlier bursts that ended{more}: {shown}."
     if onset is None:
         return (
-            f"No burst: errors and warnings stayed near their baseline "
-            f"({scan.errors} errors, {scan.warnings} warnings in {scan.records} lines)."
+            f"No burst in progress: errors and warnings are near their baseline at collection "
+            f"({scan.errors} errors, {scan.warnings} warnings in {scan.records} lines).{earlier}"
         )
-    when = format_utc(onset.began_at, seconds=False) or ""
-    text = f"{onset.kind} began {when.replace('T', ' ').replace('Z', ' UTC')}"
+    text = f"{onset.kind} began {_when(onset.began_at)}"
     if onset.before_collection_s is not None:
         direction = "before" if onset.before_collection_s >= 0 else "after"
-        text += f", {format_duration(onset.before_collection_s)} {direction} collection"
+        text += f", {format_duration(onset.before_collection_s)} {direction} collection, and still going"
     return (
-        f"{text} ({onset.count} errors+warnings in {format_duration(interval)} "
-        f"against a baseline of {onset.baseline:.1f})."
+        f"{text} ({onset.count} errors+warnings in the first {format_duration(interval)} "
+        f"against a baseline of {onset.baseline:.1f}).{earlier}"
     )
 
 
@@ -302,24 +366,26 @@ def build_timeline(
         start = end = None
         buckets: list[Bucket] = []
         onset = None
+        episodes: tuple[Episode, ...] = ()
     else:
         # Stretch the window to the collection time, unless the logs are far older (then the tail is noise).
         recent = collected is not None and collected - scan.last_ts < 7 * 86400
         end = max(scan.last_ts, collected) if recent and collected is not None else scan.last_ts
         interval = interval_s or choose_interval(end - scan.first_ts)
         start, buckets = _grid(scan, end, interval)
-        onset = _onset(scan, buckets, interval, collected, params)
+        onset, episodes = _onset(scan, buckets, interval, collected, end, params)
     return Timeline(
         interval_s=interval,
         start=start,
         end=end,
         buckets=tuple(buckets),
         onset=onset,
+        episodes=episodes,
         records=scan.records,
         untimed=scan.untimed,
         bad_lines=scan.bad_lines,
         sources=dict(scan.sources),
         clock_offset_s=scan.offset_s,
         collected_at=collected,
-        summary=_summary(scan, onset, interval, view.has_logs),
+        summary=_summary(scan, onset, episodes, interval, view.has_logs),
     )

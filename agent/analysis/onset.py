@@ -1,0 +1,170 @@
+"""Onset: the rise still in progress at collection, and the earlier episodes that ended.
+
+Works on per-minute counts of errors+warnings (the whole log, each source, and the
+busiest templates each give one series). The question asked of a bundle is "what is
+going wrong now, and since when?", so the onset is the start of the latest *sustained*
+rise that lasts to the end of the window; a spike that ended hours before is an
+episode, listed with its start and end, never the onset.
+
+For one series ``x`` of ``n`` minutes:
+
+1. Is the end raised? For tail lengths ``L`` of 5, 10, 20, ... minutes, the tail's
+   sum is compared with the sums of every earlier window of the same length. The
+   baseline is their median (daily spikes and bursts sit in the upper quantiles, so
+   they do not raise it) and the spread their interquartile range, never below the
+   Poisson spread: real logs are overdispersed (bursty), so a Poisson test alone would
+   fire on ordinary chatter. The tail must stand ``z`` spreads and ``factor`` times
+   above the baseline, and be *persistent*: at least three of its four quarters are
+   above the baseline each, the last one included — a single burst is not a rise.
+2. Where did it start? The last minimum of the cumulative excess
+   ``sum(x - k)`` with ``k`` just above the baseline rate (a tenth of the way to the
+   tail's rate): before the rise the sum drifts down, during it up, so the minimum is
+   where the rate *leaves* its baseline — for a gentle ramp, its foot, not the point
+   where it crosses a high threshold.
+
+Because the baseline is taken per window length from the history, the same incident
+gives the same onset whether the window is 24 h or 3 days.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+__all__ = ["Episode", "OnsetParams", "Rise", "find_episodes", "find_rise"]
+
+_SCALES = (5, 10, 20, 40, 80, 160, 320, 640, 1280)
+_MIN_WINDOWS = 6  # history windows needed to trust a baseline at one scale
+
+
+@dataclass(frozen=True)
+class OnsetParams:
+    warmup: int = 30  # minutes of history before the tail can be judged
+    min_count: int = 5
+    factor: float = 3.0
+    z: float = 6.0
+    lift: float = 0.1  # where between baseline and raised rate the start is placed
+
+
+@dataclass(frozen=True)
+class Rise:
+    start: int  # index of the first raised minute
+    baseline: float  # per minute
+    rate: float  # per minute, from the start to the end
+    score: float  # spreads above the baseline at the best scale
+    scale: int
+
+
+@dataclass(frozen=True)
+class Episode:
+    start: int
+    end: int  # exclusive
+    count: int
+    baseline: float  # per minute
+
+
+def _prefix(x: Sequence[int]) -> list[int]:
+    out = [0]
+    total = 0
+    for v in x:
+        total += v
+        out.append(total)
+    return out
+
+
+def _history(prefix: list[int], hi: int, length: int) -> list[int]:
+    """Sums of the windows of ``length`` inside ``[0, hi)``, half-overlapping."""
+    step = max(1, length // 2)
+    return [prefix[i + length] - prefix[i] for i in range(hi - length, -1, -step)]
+
+
+def _stats(sums: list[int], length: int) -> tuple[float, float]:
+    """(baseline sum, spread) of a window length from its history sums."""
+    q = statistics.quantiles(sums, n=4, method="inclusive")
+    base = max(q[1], 0.5 * length / 60)  # at least one line per two hours
+    spread = math.sqrt(max(base, ((q[2] - q[0]) / 1.349) ** 2, 1.0))
+    return base, spread
+
+
+def _persistent(prefix: list[int], lo: int, hi: int, base_rate: float) -> bool:
+    """Three of the four quarters of ``[lo, hi)`` above baseline, the last one included."""
+    edges = [lo + (hi - lo) * k // 4 for k in range(5)]
+    above = [prefix[b] - prefix[a] > max(1.0, 1.5 * base_rate * (b - a)) for a, b in zip(edges, edges[1:], strict=False)]
+    return above[-1] and sum(above) >= 3
+
+
+def find_rise(x: Sequence[int], params: OnsetParams = OnsetParams()) -> Rise | None:
+    """The sustained rise lasting to the end of ``x`` (per-minute counts), or None."""
+    n = len(x)
+    if n < params.warmup + _SCALES[0]:
+        return None
+    prefix = _prefix(x)
+    best: tuple[float, int, float, float] | None = None  # (score, length, baseline, mean; per minute)
+    for length in _SCALES:
+        hi = n - length
+        if hi < params.warmup or (hi - length) // max(1, length // 2) + 1 < _MIN_WINDOWS:
+            break
+        tail = prefix[n] - prefix[hi]
+        sums = _history(prefix, hi, length)
+        base, spread = _stats(sums, length)
+        score = (tail - base) / spread
+        if (
+            tail >= params.min_count
+            and tail >= params.factor * base
+            and score >= params.z
+            and _persistent(prefix, hi, n, base / length)
+            and (best is None or score > best[0])
+        ):
+            # The background's mean rate (bursts included, spikes above the 90th percentile not):
+            # a bursty background's median is below its mean, and the start is placed against the mean.
+            ordered = sorted(sums)[: max(1, math.ceil(len(sums) * 0.9))]
+            best = (score, length, base / length, max(base, sum(ordered) / len(ordered)) / length)
+    if best is None:
+        return None
+    score, length, lam, mean = best
+    # Search back over twice the best tail (capped by the warmup) for the foot of the rise.
+    lo = max(params.warmup // 2, n - 4 * length)
+    rate = (prefix[n] - prefix[n - length]) / length
+    k = mean + params.lift * max(rate - mean, 0.0)
+    level = low = 0.0
+    start = n - length
+    for i in range(lo, n):
+        if level <= low:
+            low, start = level, i
+        level += x[i] - k
+    # The minimum can sit on quiet minutes before the first raised one: step to the first line.
+    while start < n - 1 and x[start] == 0:
+        start += 1
+    raised = (prefix[n] - prefix[start]) / (n - start)
+    return Rise(start=start, baseline=lam, rate=raised, score=score, scale=length)
+
+
+def find_episodes(
+    x: Sequence[int], params: OnsetParams = OnsetParams(), *, block: int = 5, until: int | None = None
+) -> list[Episode]:
+    """Bursts of ``block``-minute windows well above the median, merged when a block apart."""
+    n = len(x) if until is None else min(until, len(x))
+    blocks = [sum(x[i : i + block]) for i in range(0, n - block + 1, block)]
+    if len(blocks) < _MIN_WINDOWS:
+        return []
+    base, spread = _stats(blocks, block)
+    hot = [b >= params.min_count and b >= params.factor * base and (b - base) / spread >= params.z for b in blocks]
+    out: list[Episode] = []
+    i = 0
+    while i < len(blocks):
+        if not hot[i]:
+            i += 1
+            continue
+        j = i + 1
+        while j < len(blocks) and (hot[j] or (j + 1 < len(blocks) and hot[j + 1])):
+            j += 1
+        lo, hi = i * block, j * block
+        while lo < hi and x[lo] == 0:
+            lo += 1
+        while hi > lo and x[hi - 1] == 0:
+            hi -= 1
+        out.append(Episode(lo, hi, sum(x[lo:hi]), base / block))
+        i = j
+    return out
