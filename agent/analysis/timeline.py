@@ -224,6 +224,7 @@ def _grid(scan: LogScan, end: float, interval: int) -> tuple[float, list[Bucket]
 
 
 _TOP_SERIES = 8
+_CLEAR = 0.5  # a rise at least half as clear as the clearest can place the onset
 _RECENT_S = 6 * 3600
 
 
@@ -286,9 +287,13 @@ def _onset(
     onset: Onset | None = None
     cut = n
     if rises:
-        # The clearest rise: a template or source with a quiet baseline shows the start
-        # sharper than the sum of everything, whose bursts blur it.
-        name, rise = max(rises, key=lambda item: item[1].score)
+        # Every one of these rises lasts to the end; the earliest foot is when the trouble
+        # still going began (a later one is a further burst on top). Only the clear ones
+        # count: a template or source with a quiet baseline shows that foot sharply, while
+        # the sum of everything, blurred by its bursts, places it loosely.
+        top = max(rise.score for _, rise in rises)
+        clear = [item for item in rises if item[1].score >= _CLEAR * top]
+        name, rise = min(clear, key=lambda item: (item[1].start, -item[1].score))
         onset = _make_onset(scan, buckets, interval, collected_at, end, m0, name, rise)
         cut = rise.start
     total = series["all"]
