@@ -68,10 +68,11 @@ def choose_interval(window_s: float) -> int:
 
 
 def format_duration(seconds: float) -> str:
-    """``2 h 05 min``, ``45 min``, ``3 d 4 h``, ``40 s``."""
+    """``2 h 05 min``, ``45 min``, ``3 d 4 h``, ``40 s`` (to the nearest minute from a minute up)."""
     s = round(abs(seconds))
     if s < 60:
         return f"{s} s"
+    s = round(abs(seconds) / 60) * 60
     minutes, hours, days = s // 60 % 60, s // 3600 % 24, s // 86400
     if days:
         return f"{days} d {hours} h"
@@ -314,6 +315,10 @@ def _make_onset(
     firsts = [kept[1] for g in groups if (kept := scan.templates[g.template].first_from(start)) is not None]
     began = min(firsts) if firsts and min(firsts) < start + 60 else start
     i = max(0, min(len(buckets) - 1, int((start - buckets[0].start) // interval)))
+    # The baseline shown is of all errors+warnings per interval before the onset (their mean,
+    # the busiest tenth of intervals left out): what a reader compares the first interval with.
+    before = sorted(b.alarming for b in buckets[:i])[: math.ceil(i * 0.9)]
+    shown = sum(before) / len(before) if before else rise.baseline * interval / 60
     errors = sum(b.errors for b in buckets[i:])
     warnings = sum(b.warnings for b in buckets[i:])
     return Onset(
@@ -321,7 +326,7 @@ def _make_onset(
         bucket_start=buckets[i].start,
         began_at=began,
         count=buckets[i].alarming,
-        baseline=rise.baseline * interval / 60,
+        baseline=shown,
         kind="errors" if errors >= warnings else "warnings",
         burst_end=end,
         before_collection_s=None if collected_at is None else collected_at - began,
@@ -342,7 +347,7 @@ def _summary(scan: LogScan, onset: Onset | None, episodes: tuple[Episode, ...], 
         return f"No timestamped log lines ({scan.records} lines without a time, {scan.bad_lines} unreadable)."
     earlier = ""
     if episodes:
-        shown = ", ".join(f"{_when(e.start)[5:]}–{_when(e.end)[11:16]} ({e.count})" for e in episodes[-3:])
+        shown = ", ".join(f"{_when(e.start)[5:16]}–{_when(e.end)[11:16]} UTC ({e.count} lines)" for e in episodes[-3:])
         more = f" (the last 3 of {len(episodes)})" if len(episodes) > 3 else ""
         earlier = f" Earlier bursts that ended{more}: {shown}."
     if onset is None:

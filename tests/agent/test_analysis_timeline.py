@@ -46,13 +46,40 @@ def test_clock_offset_moves_every_event_onto_the_collector_clock() -> None:
 def test_no_burst_in_steady_logs() -> None:
     tl = build_timeline(_view(generate_logs(seed=7)))
     assert tl.onset is None
-    assert tl.summary.startswith("No burst")
+    assert tl.summary.startswith("No burst in progress")
 
 
 def test_a_burst_in_the_first_buckets_never_fires_warmup() -> None:
-    counts = [300, 280, 2, 3, 2, 1, 2, 3, 2, 2]
-    assert detect_onset(counts) is None
-    assert detect_onset([2, 3, 2, 1, 2, 3, 2, 2, 3, 2, 120, 130]) == (10, pytest.approx(2.0, abs=0.6))
+    assert detect_onset([300, 280] + [2, 3, 2, 1, 2, 3, 2, 2] * 8) is None
+    assert detect_onset([2, 3, 2, 1, 2, 3, 2, 2, 3, 2] * 6 + [120, 130, 125, 118] * 5) == (60, pytest.approx(2.0, abs=0.6))
+
+
+def test_a_burst_that_ended_is_an_episode_not_the_onset() -> None:
+    """Old code: the first burst over the baseline was "errors began", though it ended hours before."""
+    burst = COLLECTED - dt.timedelta(hours=20)
+    tl = build_timeline(_view(generate_logs(burst_at=burst, burst_minutes=15)))
+    assert tl.onset is None
+    assert tl.summary.startswith("No burst in progress")
+    assert len(tl.episodes) == 1
+    assert tl.episodes[0].start == pytest.approx(burst.timestamp(), abs=60)
+    assert tl.episodes[0].end == pytest.approx(burst.timestamp() + 900, abs=60)
+    assert "Earlier bursts that ended: 11-21 20:07–20:22 UTC (" in tl.summary
+    assert tl.to_dict()["episodes"][0]["start"].startswith("2026-11-21T20:07")
+
+
+def test_the_incident_in_progress_wins_over_a_bigger_spike_before() -> None:
+    spike, incident = COLLECTED - dt.timedelta(hours=20), COLLECTED - dt.timedelta(hours=1, minutes=10)
+    logs = generate_logs(burst_at=spike, burst_minutes=15, burst_per_minute=200)
+    now = generate_logs(burst_at=incident, burst_per_minute=10, per_minute=0.001, seed=3)
+    tl = build_timeline(_view({k: logs.get(k, []) + now.get(k, []) for k in set(logs) | set(now)}))
+    assert tl.onset is not None
+    assert tl.onset.began_at == pytest.approx(incident.timestamp(), abs=60)
+    assert [round((e.end - e.start) / 60) for e in tl.episodes] == [15]
+    # Evidence in time order: the first template shown holds the incident's first line.
+    firsts = [g.example.ts for g in tl.onset.templates if g.example is not None]
+    assert firsts == sorted(firsts)
+    assert firsts[0] is not None and firsts[0].startswith(dt.datetime.fromtimestamp(tl.onset.began_at, dt.UTC)
+                                                          .strftime("%Y-%m-%dT%H:%M:%S"))
 
 
 @settings(max_examples=60, deadline=None)
