@@ -157,3 +157,27 @@ def test_templates_keep_words() -> None:
     assert template_of("EXT4-fs error (device sda1): ext4_find_entry:1455: bad") == (
         "EXT4-fs error (device sda1): ext4_find_entry:<*>: bad"
     )
+
+
+def test_terminal_timeline_prints_log_text_with_brackets_verbatim() -> None:
+    """rich read "[error]" and "[client …]" as markup and dropped them from the tables."""
+    from rich.console import Console
+
+    from agent.analysis.report_text import print_timeline
+
+    incident = COLLECTED - dt.timedelta(minutes=50)
+    logs = generate_logs(seed=4)
+    start = incident.timestamp()
+    logs["apache"] = [
+        {"ts": dt.datetime.fromtimestamp(start + 6 * i, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"), "src": "apache",
+         "sev": "err", "msg": f"[error] [client 10.0.0.{i % 200}] [bold]AH01071: Got error 'Primary script unknown'",
+         "n": i + 1}
+        for i in range(int((COLLECTED.timestamp() - start) / 6))
+    ]
+    tl = build_timeline(_view(logs))
+    assert tl.onset is not None and tl.onset.began_at == pytest.approx(start, abs=1)
+    console = Console(record=True, width=100, color_system=None)
+    print_timeline(tl, console)
+    text = console.export_text()
+    assert "[error] [client <*>] [bold]AH0<*>: Got error" in text
+    assert "apache:1 " in text  # the incident's first line, shown first
