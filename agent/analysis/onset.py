@@ -35,7 +35,9 @@ from dataclasses import dataclass
 
 __all__ = ["Episode", "OnsetParams", "Rise", "find_episodes", "find_rise"]
 
-_SCALES = (5, 10, 20, 40, 80, 160, 320, 640, 1280)
+# Tail lengths in minutes: a rise shorter than 10 min is not sustained; one older than
+# 5 h still shows at 320 min (the whole tail raised), and its foot is searched further back.
+_SCALES = (10, 20, 40, 80, 160, 320)
 _MIN_WINDOWS = 6  # history windows needed to trust a baseline at one scale
 
 

@@ -225,6 +225,7 @@ def _grid(scan: LogScan, end: float, interval: int) -> tuple[float, list[Bucket]
 
 
 _TOP_SERIES = 8
+_KINDS = ("template", "source", "all")
 _CLEAR = 0.5  # a rise at least half as clear as the clearest can place the onset
 _RECENT_S = 6 * 3600
 
@@ -288,12 +289,14 @@ def _onset(
     onset: Onset | None = None
     cut = n
     if rises:
-        # Every one of these rises lasts to the end; the earliest foot is when the trouble
-        # still going began (a later one is a further burst on top). Only the clear ones
-        # count: a template or source with a quiet baseline shows that foot sharply, while
-        # the sum of everything, blurred by its bursts, places it loosely.
-        top = max(rise.score for _, rise in rises)
-        clear = [item for item in rises if item[1].score >= _CLEAR * top]
+        # Templates first, then sources, then everything: the narrower the series, the
+        # quieter its baseline and the sharper its foot (the sum of everything, blurred by
+        # every burst, places it loosely). Among the clear rises of the narrowest kind —
+        # every one lasting to the end — the earliest foot is when the trouble began.
+        kind = min(rises, key=lambda item: _KINDS.index(item[0].split(" ", 1)[0]))[0].split(" ", 1)[0]
+        narrow = [item for item in rises if item[0].split(" ", 1)[0] == kind]
+        top = max(rise.score for _, rise in narrow)
+        clear = [item for item in narrow if item[1].score >= _CLEAR * top]
         name, rise = min(clear, key=lambda item: (item[1].start, -item[1].score))
         onset = _make_onset(scan, buckets, interval, collected_at, end, m0, name, rise)
         cut = rise.start

@@ -3,13 +3,22 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import random
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.analysis import AnalysisError, BundleView, build_timeline, detect_onset, parse_interval, template_of
+from agent.analysis import (
+    AnalysisError,
+    BundleView,
+    build_timeline,
+    detect_onset,
+    parse_interval,
+    seal_outputs,
+    template_of,
+)
 from agent.analysis.timeline import OnsetParams, choose_interval, format_duration, poisson_sf
 from tests.fixtures.analysis.crafted import COLLECTED, generate_logs, healthy_snapshot
 
@@ -65,6 +74,10 @@ def test_a_burst_that_ended_is_an_episode_not_the_onset() -> None:
     assert tl.episodes[0].end == pytest.approx(burst.timestamp() + 900, abs=60)
     assert "Earlier bursts that ended: 11-21 20:07–20:22 UTC (" in tl.summary
     assert tl.to_dict()["episodes"][0]["start"].startswith("2026-11-21T20:07")
+    outputs = seal_outputs(_view(generate_logs(burst_at=burst, burst_minutes=15)))
+    assert json.loads(outputs["findings.json"])["timeline"]["episodes"][0]["end"].startswith("2026-11-21T20:2")
+    assert "Earlier bursts that ended" in outputs["report.html"].decode() and "2026-11-21 20:07" in outputs[
+        "report.html"].decode()
 
 
 def test_the_incident_in_progress_wins_over_a_bigger_spike_before() -> None:
