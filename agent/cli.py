@@ -394,7 +394,8 @@ def _render_preview(p: dict[str, Any]) -> None:
     gate = p["leak_gate"]
     if gate["leaks"]:
         for leak in gate["leaks"]:
-            out.print(f"[red]leak gate[/]: {escape(str(leak['artifact']))} still matches {leak['rule']} ({leak['count']}x)")
+            artifact = escape(str(leak["artifact"]))
+            out.print(f"[red]leak gate[/]: {artifact} still matches {leak['rule']} ({leak['count']}x)")
     else:
         out.print("[green]leak gate passes[/]: no secret pattern (and, if private, no host value) remains")
     out.print(f"preview digest sha256:{p['preview_digest']}")

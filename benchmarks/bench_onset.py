@@ -9,8 +9,8 @@ For each loghub sample in ``../shared/corpus/loghub/`` (11 datasets, 2,000 lines
   stretched over 3.5 days; a second dataset as a quieter second source; a periodic job
   (every 15 min, a warning) as a third;
 * an incident made of the dataset's own error/warning lines, in one of these shapes:
-  ``sharp`` (a step rise), ``ramp`` (rate rising linearly over 60–120 min, then flat),
-  ``crashloop`` (a burst of 3–8 lines every 1–3 min), ``noisy`` (a sharp rise during an
+  ``sharp`` (a step rise), ``ramp`` (rate rising linearly over 60-120 min, then flat),
+  ``crashloop`` (a burst of 3-8 lines every 1-3 min), ``noisy`` (a sharp rise during an
   hour of four-fold chatter), ``daily`` (a sharp rise after 15-min spikes of the same
   lines at the same time on each earlier day), and ``none`` (the daily spikes only: any
   onset reported is a false onset).
@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import itertools
 import json
 import math
 import random
@@ -107,7 +108,7 @@ def load_dataset(name: str, corpus: Path = CORPUS) -> list[Line]:
         if m is None:
             continue
         ts, level, msg = parse(m)
-        sev = _LEVELS.get(level or "", None) if level is not None else guess_severity(msg)
+        sev = _LEVELS.get(level or "") if level is not None else guess_severity(msg)
         out.append(Line(ts, sev, msg))
     out.sort(key=lambda x: x.ts)
     return out
@@ -115,7 +116,7 @@ def load_dataset(name: str, corpus: Path = CORPUS) -> list[Line]:
 
 def _background(lines: list[Line], n: int, start: float, span: float, rng: random.Random) -> list[Line]:
     """``n`` lines over ``[start, start+span)``: runs of consecutive real gaps, stretched."""
-    gaps = [max(0.0, b.ts - a.ts) for a, b in zip(lines, lines[1:], strict=False)]
+    gaps = [max(0.0, b.ts - a.ts) for a, b in itertools.pairwise(lines)]
     # Outliers (a sample spanning months) would swallow the whole span: cap at the 99th percentile.
     cap = sorted(gaps)[int(len(gaps) * 0.99)] or 1.0
     picks: list[tuple[float, Line]] = []

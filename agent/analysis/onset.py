@@ -28,12 +28,13 @@ gives the same onset whether the window is 24 h or 3 days.
 
 from __future__ import annotations
 
+import itertools
 import math
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-__all__ = ["Episode", "OnsetParams", "Rise", "find_episodes", "find_rise"]
+__all__ = ["DEFAULT_PARAMS", "Episode", "OnsetParams", "Rise", "find_episodes", "find_rise"]
 
 # Tail lengths in minutes: a rise shorter than 10 min is not sustained; one older than
 # 5 h still shows at 320 min (the whole tail raised), and its foot is searched further back.
@@ -48,6 +49,9 @@ class OnsetParams:
     factor: float = 3.0
     z: float = 6.0
     lift: float = 0.1  # where between baseline and raised rate the start is placed
+
+
+DEFAULT_PARAMS = OnsetParams()
 
 
 @dataclass(frozen=True)
@@ -93,11 +97,11 @@ def _stats(sums: list[int], length: int) -> tuple[float, float]:
 def _persistent(prefix: list[int], lo: int, hi: int, base_rate: float) -> bool:
     """Three of the four quarters of ``[lo, hi)`` above baseline, the last one included."""
     edges = [lo + (hi - lo) * k // 4 for k in range(5)]
-    above = [prefix[b] - prefix[a] > max(1.0, 1.5 * base_rate * (b - a)) for a, b in zip(edges, edges[1:], strict=False)]
+    above = [prefix[b] - prefix[a] > max(1.0, 1.5 * base_rate * (b - a)) for a, b in itertools.pairwise(edges)]
     return above[-1] and sum(above) >= 3
 
 
-def find_rise(x: Sequence[int], params: OnsetParams = OnsetParams()) -> Rise | None:
+def find_rise(x: Sequence[int], params: OnsetParams = DEFAULT_PARAMS) -> Rise | None:
     """The sustained rise lasting to the end of ``x`` (per-minute counts), or None."""
     n = len(x)
     if n < params.warmup + _SCALES[0]:
@@ -144,7 +148,7 @@ def find_rise(x: Sequence[int], params: OnsetParams = OnsetParams()) -> Rise | N
 
 
 def find_episodes(
-    x: Sequence[int], params: OnsetParams = OnsetParams(), *, block: int = 5, until: int | None = None
+    x: Sequence[int], params: OnsetParams = DEFAULT_PARAMS, *, block: int = 5, until: int | None = None
 ) -> list[Episode]:
     """Bursts of ``block``-minute windows well above the median, merged when a block apart."""
     n = len(x) if until is None else min(until, len(x))

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from agent.analysis.errors import AnalysisError
 from agent.analysis.logscan import BASE_S, LogScan, TemplateStats, evidence_of
 from agent.analysis.model import LogEvidence, format_utc
-from agent.analysis.onset import OnsetParams, Rise, find_episodes, find_rise
+from agent.analysis.onset import DEFAULT_PARAMS, OnsetParams, Rise, find_episodes, find_rise
 
 if TYPE_CHECKING:
     from agent.analysis.view import BundleView
@@ -97,7 +97,7 @@ def poisson_sf(count: int, lam: float) -> float:
     return min(total, 1.0)
 
 
-def detect_onset(counts: Sequence[int], params: OnsetParams = OnsetParams()) -> tuple[int, float] | None:
+def detect_onset(counts: Sequence[int], params: OnsetParams = DEFAULT_PARAMS) -> tuple[int, float] | None:
     """Index where the sustained rise lasting to the end of ``counts`` began, and the baseline per count."""
     rise = find_rise(counts, params)
     return None if rise is None else (rise.start, rise.baseline)
@@ -263,7 +263,7 @@ def _dense(counts: dict[int, int], m0: int, n: int, per: int) -> list[int]:
 
 def _groups(scan: LogScan, start: float, end: float) -> tuple[TemplateGroup, ...]:
     """The dominant templates of ``[start, end)``, each shown by its first line there, in time order."""
-    lo, hi = int(start // BASE_S), int(math.ceil(end / BASE_S)) + 1
+    lo, hi = int(start // BASE_S), math.ceil(end / BASE_S) + 1
     ranked = sorted(((st.count_between(lo, hi), key) for key, st in scan.templates.items()), reverse=True)
     groups: list[tuple[float, TemplateGroup]] = []
     for n, key in ranked[:TOP_TEMPLATES]:
@@ -350,7 +350,9 @@ def _summary(scan: LogScan, onset: Onset | None, episodes: tuple[Episode, ...], 
         return f"No timestamped log lines ({scan.records} lines without a time, {scan.bad_lines} unreadable)."
     earlier = ""
     if episodes:
-        shown = ", ".join(f"{_when(e.start)[5:16]}–{_when(e.end)[11:16]} UTC ({e.count} lines)" for e in episodes[-3:])
+        shown = ", ".join(
+            f"{_when(e.start)[5:16]} to {_when(e.end)[11:16]} UTC ({e.count} lines)" for e in episodes[-3:]
+        )
         more = f" (the last 3 of {len(episodes)})" if len(episodes) > 3 else ""
         earlier = f" Earlier bursts that ended{more}: {shown}."
     if onset is None:
@@ -369,7 +371,7 @@ def _summary(scan: LogScan, onset: Onset | None, episodes: tuple[Episode, ...], 
 
 
 def build_timeline(
-    view: BundleView, interval_s: int | None = None, params: OnsetParams = OnsetParams()
+    view: BundleView, interval_s: int | None = None, params: OnsetParams = DEFAULT_PARAMS
 ) -> Timeline:
     """Count the view's log lines per interval (chosen from the window when not given) and find the onset."""
     scan = view.log_scan

@@ -60,7 +60,8 @@ def test_no_burst_in_steady_logs() -> None:
 
 def test_a_burst_in_the_first_buckets_never_fires_warmup() -> None:
     assert detect_onset([300, 280] + [2, 3, 2, 1, 2, 3, 2, 2] * 8) is None
-    assert detect_onset([2, 3, 2, 1, 2, 3, 2, 2, 3, 2] * 6 + [120, 130, 125, 118] * 5) == (60, pytest.approx(2.0, abs=0.6))
+    counts = [2, 3, 2, 1, 2, 3, 2, 2, 3, 2] * 6 + [120, 130, 125, 118] * 5
+    assert detect_onset(counts) == (60, pytest.approx(2.0, abs=0.6))
 
 
 def test_a_burst_that_ended_is_an_episode_not_the_onset() -> None:
@@ -72,7 +73,7 @@ def test_a_burst_that_ended_is_an_episode_not_the_onset() -> None:
     assert len(tl.episodes) == 1
     assert tl.episodes[0].start == pytest.approx(burst.timestamp(), abs=60)
     assert tl.episodes[0].end == pytest.approx(burst.timestamp() + 900, abs=60)
-    assert "Earlier bursts that ended: 11-21 20:07–20:22 UTC (" in tl.summary
+    assert "Earlier bursts that ended: 11-21 20:07 to 20:22 UTC (" in tl.summary
     assert tl.to_dict()["episodes"][0]["start"].startswith("2026-11-21T20:07")
     outputs = seal_outputs(_view(generate_logs(burst_at=burst, burst_minutes=15)))
     assert json.loads(outputs["findings.json"])["timeline"]["episodes"][0]["end"].startswith("2026-11-21T20:2")
