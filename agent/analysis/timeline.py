@@ -343,7 +343,7 @@ def _when(ts: float) -> str:
 
 
 def _summary(scan: LogScan, onset: Onset | None, episodes: tuple[Episode, ...], interval: int,
-             has_logs: bool) -> str:
+             has_logs: bool, end: float | None) -> str:
     if scan.first_ts is None:
         if not has_logs:
             return "No log lines in this bundle (facts only, or no logs were collected)."
@@ -355,6 +355,12 @@ def _summary(scan: LogScan, onset: Onset | None, episodes: tuple[Episode, ...], 
         )
         more = f" (the last 3 of {len(episodes)})" if len(episodes) > 3 else ""
         earlier = f" Earlier bursts that ended{more}: {shown}."
+    span = (end or 0.0) - scan.first_ts
+    if onset is None and span < (DEFAULT_PARAMS.warmup + 10) * 60:
+        return (
+            f"Only {format_duration(span)} of logs: too short to tell a rise from the baseline "
+            f"({scan.errors} errors, {scan.warnings} warnings in {scan.records} lines).{earlier}"
+        )
     if onset is None:
         return (
             f"No burst in progress: errors and warnings are near their baseline at collection "
@@ -402,5 +408,5 @@ def build_timeline(
         sources=dict(scan.sources),
         clock_offset_s=scan.offset_s,
         collected_at=collected,
-        summary=_summary(scan, onset, episodes, interval, view.has_logs),
+        summary=_summary(scan, onset, episodes, interval, view.has_logs, end),
     )

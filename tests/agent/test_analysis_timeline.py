@@ -195,3 +195,9 @@ def test_terminal_timeline_prints_log_text_with_brackets_verbatim() -> None:
     text = console.export_text()
     assert "[error] [client <*>] [bold]AH0<*>: Got error" in text
     assert "apache:1 " in text  # the incident's first line, shown first
+
+
+def test_too_short_a_log_says_so_instead_of_no_burst() -> None:
+    tl = build_timeline(_view(generate_logs(hours=0.3)))
+    assert tl.onset is None
+    assert tl.summary.startswith("Only 18 min of logs: too short to tell a rise from the baseline")
