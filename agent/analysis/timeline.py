@@ -225,6 +225,7 @@ def _grid(scan: LogScan, end: float, interval: int) -> tuple[float, list[Bucket]
 
 
 _TOP_SERIES = 8
+_SAME_PREFIX = 48
 _KINDS = ("template", "source", "all")
 _CLEAR = 0.5  # a rise at least half as clear as the clearest can place the onset
 _RECENT_S = 6 * 3600
@@ -262,19 +263,29 @@ def _dense(counts: dict[int, int], m0: int, n: int, per: int) -> list[int]:
 
 
 def _groups(scan: LogScan, start: float, end: float) -> tuple[TemplateGroup, ...]:
-    """The dominant templates of ``[start, end)``, each shown by its first line there, in time order."""
+    """The dominant templates of ``[start, end)``, each shown by its first line there, in time order.
+
+    Templates that read the same for their first ``_SAME_PREFIX`` characters (one message
+    about several hosts or files) are one group: shown once, counted together.
+    """
     lo, hi = int(start // BASE_S), math.ceil(end / BASE_S) + 1
     ranked = sorted(((st.count_between(lo, hi), key) for key, st in scan.templates.items()), reverse=True)
-    groups: list[tuple[float, TemplateGroup]] = []
-    for n, key in ranked[:TOP_TEMPLATES]:
+    merged: dict[str, tuple[float, TemplateGroup]] = {}
+    for n, key in ranked[: 4 * TOP_TEMPLATES]:
         if not n:
-            continue
+            break
         stats: TemplateStats = scan.templates[key]
         kept = stats.first_from(start)
         example = evidence_of(*kept) if kept is not None else stats.example(start, end + BASE_S)
-        groups.append((kept[1] if kept is not None else end, TemplateGroup(key, n, example)))
-    groups.sort(key=lambda item: item[0])
-    return tuple(g for _, g in groups)
+        first = kept[1] if kept is not None else end
+        same = key[:_SAME_PREFIX]
+        if same in merged:
+            t0, g = merged[same]
+            merged[same] = (first, TemplateGroup(g.template, g.count + n, example)) if first < t0 else (
+                t0, TemplateGroup(g.template, g.count + n, g.example))
+        elif len(merged) < TOP_TEMPLATES:
+            merged[same] = (first, TemplateGroup(key, n, example))
+    return tuple(g for _, g in sorted(merged.values(), key=lambda item: item[0]))
 
 
 def _onset(

@@ -201,3 +201,18 @@ def test_too_short_a_log_says_so_instead_of_no_burst() -> None:
     tl = build_timeline(_view(generate_logs(hours=0.3)))
     assert tl.onset is None
     assert tl.summary.startswith("Only 18 min of logs: too short to tell a rise from the baseline")
+
+
+def test_near_duplicate_templates_are_one_group() -> None:
+    logs = generate_logs(seed=5)
+    start = (COLLECTED - dt.timedelta(minutes=45)).timestamp()
+    logs["ganglia"] = [
+        {"ts": dt.datetime.fromtimestamp(start + 5 * i, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"), "src": "ganglia",
+         "sev": "warning", "msg": f"gmetad: Warning: we failed to resolve data source name {name}", "n": i + 1}
+        for i, name in enumerate(["alpha", "beta", "gamma", "delta"] * 135)
+    ]
+    tl = build_timeline(_view(logs))
+    assert tl.onset is not None
+    gmetad = [g for g in tl.onset.templates if g.template.startswith("gmetad")]
+    assert len(gmetad) == 1 and gmetad[0].count == 540
+    assert gmetad[0].example is not None and gmetad[0].example.text.endswith("alpha")
