@@ -39,7 +39,8 @@ __all__ = ["DEFAULT_PARAMS", "Episode", "OnsetParams", "Rise", "find_episodes", 
 # Tail lengths in minutes: a rise shorter than 10 min is not sustained; one older than
 # 5 h still shows at 320 min (the whole tail raised), and its foot is searched further back.
 _SCALES = (10, 20, 40, 80, 160, 320)
-_MIN_WINDOWS = 6  # history windows needed to trust a baseline at one scale
+_MIN_WINDOWS = 6
+_STEP = 5.0  # history windows needed to trust a baseline at one scale
 
 
 @dataclass(frozen=True)
@@ -48,7 +49,7 @@ class OnsetParams:
     min_count: int = 5
     factor: float = 3.0
     z: float = 6.0
-    lift: float = 0.1  # where between baseline and raised rate the start is placed
+    lift: float = 0.05  # where between baseline and raised rate the start is placed
 
 
 DEFAULT_PARAMS = OnsetParams()
@@ -101,6 +102,35 @@ def _persistent(prefix: list[int], lo: int, hi: int, base_rate: float) -> bool:
     return above[-1] and sum(above) >= 3
 
 
+def _past_plateau(prefix: list[int], start: int, n: int) -> int:
+    """A sharp step on top of a milder raised plateau (an incident in a noisy hour) starts at the step.
+
+    The best single split of ``[start, n)`` (Poisson likelihood) is taken when the rate
+    after it is at least ``_STEP`` times the rate before, and the part before is flat
+    (its last third no busier than its first): a gentle ramp rises through its first part, so its
+    foot stays where it is.
+    """
+    if n - start < 20:
+        return start
+    total = prefix[n] - prefix[start]
+    best, split = 0.0, start
+    for i in range(start + 5, n - 5):
+        a, b = prefix[i] - prefix[start], total - (prefix[i] - prefix[start])
+        ra, rb = a / (i - start), b / (n - i)
+        if ra <= 0 or rb <= _STEP * ra:
+            continue
+        gain = b * math.log(rb / ra) - (rb - ra) * (n - i)  # how much better a step at i explains the tail
+        if gain > best:
+            best, split = gain, i
+    if split == start:
+        return start
+    # Flat: the last third of the part before the step no busier than its first third (by 1.25).
+    third = (split - start) // 3
+    first, last = prefix[start + third] - prefix[start], prefix[split] - prefix[split - third]
+    flat = third > 0 and last <= 1.25 * max(first, 1)
+    return split if flat and best >= 10.0 else start
+
+
 def find_rise(x: Sequence[int], params: OnsetParams = DEFAULT_PARAMS) -> Rise | None:
     """The sustained rise lasting to the end of ``x`` (per-minute counts), or None."""
     n = len(x)
@@ -140,6 +170,7 @@ def find_rise(x: Sequence[int], params: OnsetParams = DEFAULT_PARAMS) -> Rise | 
         if level <= low:
             low, start = level, i
         level += x[i] - k
+    start = _past_plateau(prefix, start, n)
     # The minimum can sit on quiet minutes before the first raised one: step to the first line.
     while start < n - 1 and x[start] == 0:
         start += 1
