@@ -90,7 +90,7 @@ class LogScan:
     last_ts: float | None = None
     templates: dict[str, TemplateStats] = field(default_factory=dict)
     # source -> minute index (ts // 60) -> errors+warnings: per-source baselines for the onset
-    alarming_by_source: dict[str, Counter[int]] = field(default_factory=dict)
+    alarming_by_source: dict[str, dict[int, int]] = field(default_factory=dict)
     oom_kills: int = 0
     oom_evidence: list[LogEvidence] = field(default_factory=list)
 
@@ -155,8 +155,8 @@ def scan_logs(view: BundleView) -> LogScan:
                 minute = index // _PER_MINUTE
                 per = by_source.get(rec.src)
                 if per is None:
-                    per = by_source[rec.src] = Counter()
-                per[minute] += 1
+                    per = by_source[rec.src] = {}
+                per[minute] = per.get(minute, 0) + 1  # a dict: Counter's += on a new key calls Python code
                 minutes = stats.minutes
                 kept = minutes.get(minute)
                 if kept is None and kept_minutes < MAX_MINUTES:
