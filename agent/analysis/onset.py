@@ -17,10 +17,12 @@ For one series ``x`` of ``n`` minutes:
    above the baseline, and be *persistent*: at least three of its four quarters are
    above the baseline each, the last one included — a single burst is not a rise.
 2. Where did it start? The last minimum of the cumulative excess
-   ``sum(x - k)`` with ``k`` just above the baseline rate (a tenth of the way to the
-   tail's rate): before the rise the sum drifts down, during it up, so the minimum is
-   where the rate *leaves* its baseline — for a gentle ramp, its foot, not the point
-   where it crosses a high threshold.
+   ``sum(x - k)`` with ``k`` just above the background's mean rate (5 % of the way to
+   the tail's rate): before the rise the sum drifts down, during it up, so the minimum
+   is where the rate *leaves* its baseline — for a gentle ramp, its foot, not the point
+   where it crosses a high threshold. When the part after that foot is a flat, mildly
+   raised plateau followed by a step at least five times higher (an incident during a
+   noisy hour), the start is the step.
 
 Because the baseline is taken per window length from the history, the same incident
 gives the same onset whether the window is 24 h or 3 days.
@@ -33,13 +35,21 @@ import math
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-__all__ = ["DEFAULT_PARAMS", "Episode", "OnsetParams", "Rise", "find_episodes", "find_rise"]
+from agent.analysis.logscan import BASE_S
+
+if TYPE_CHECKING:
+    from agent.analysis.logscan import LogScan
+
+__all__ = ["DEFAULT_PARAMS", "Episode", "OnsetParams", "Rise", "find_episodes", "find_rise", "minute_series"]
 
 # Tail lengths in minutes: a rise shorter than 10 min is not sustained; one older than
 # 5 h still shows at 320 min (the whole tail raised), and its foot is searched further back.
 _SCALES = (10, 20, 40, 80, 160, 320)
 _MIN_WINDOWS = 6
+_TOP_SERIES = 8  # templates, the busiest of the last _RECENT_S
+_RECENT_S = 6 * 3600
 _STEP = 5.0  # history windows needed to trust a baseline at one scale
 
 
@@ -205,3 +215,34 @@ def find_episodes(
         out.append(Episode(lo, hi, sum(x[lo:hi]), base / block))
         i = j
     return out
+
+
+def minute_series(scan: LogScan, m0: int, n: int) -> dict[str, list[int]]:
+    """Per-minute errors+warnings: all lines, each source, and the templates busiest lately."""
+    per = 60 // BASE_S
+    total = [0] * n
+    for index, row in scan.buckets.items():
+        slot = index // per - m0
+        if 0 <= slot < n:
+            total[slot] += row[0] + row[1]
+    out = {"all": total}
+    if len(scan.alarming_by_source) > 1:
+        for src, counts in scan.alarming_by_source.items():
+            out[f"source {src}"] = _dense(counts, m0, n, 1)
+    recent = (m0 + n) * 60 - _RECENT_S
+    lo = int(recent // BASE_S)
+    ranked = sorted(((sum(c for i, c in st.buckets.items() if i >= lo), key) for key, st in scan.templates.items()),
+                    reverse=True)
+    for count, key in ranked[:_TOP_SERIES]:
+        if count:
+            out[f"template {key}"] = _dense(scan.templates[key].buckets, m0, n, per)
+    return out
+
+
+def _dense(counts: dict[int, int], m0: int, n: int, per: int) -> list[int]:
+    row = [0] * n
+    for index, c in counts.items():
+        slot = index // per - m0
+        if 0 <= slot < n:
+            row[slot] += c
+    return row

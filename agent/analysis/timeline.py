@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from agent.analysis.errors import AnalysisError
 from agent.analysis.logscan import BASE_S, LogScan, TemplateStats, evidence_of
 from agent.analysis.model import LogEvidence, format_utc
-from agent.analysis.onset import DEFAULT_PARAMS, OnsetParams, Rise, find_episodes, find_rise
+from agent.analysis.onset import DEFAULT_PARAMS, OnsetParams, Rise, find_episodes, find_rise, minute_series
 
 if TYPE_CHECKING:
     from agent.analysis.view import BundleView
@@ -224,42 +224,9 @@ def _grid(scan: LogScan, end: float, interval: int) -> tuple[float, list[Bucket]
     return start, [Bucket(start + i * interval, *row) for i, row in enumerate(rows)]
 
 
-_TOP_SERIES = 8
 _SAME_PREFIX = 48
 _KINDS = ("template", "source", "all")
 _CLEAR = 0.5  # a rise at least half as clear as the clearest can place the onset
-_RECENT_S = 6 * 3600
-
-
-def _series(scan: LogScan, m0: int, n: int) -> dict[str, list[int]]:
-    """Per-minute errors+warnings: all lines, each source, and the templates busiest lately."""
-    per = 60 // BASE_S
-    total = [0] * n
-    for index, row in scan.buckets.items():
-        slot = index // per - m0
-        if 0 <= slot < n:
-            total[slot] += row[0] + row[1]
-    out = {"all": total}
-    if len(scan.alarming_by_source) > 1:
-        for src, counts in scan.alarming_by_source.items():
-            out[f"source {src}"] = _dense(counts, m0, n, 1)
-    recent = (m0 + n) * 60 - _RECENT_S
-    lo = int(recent // BASE_S)
-    ranked = sorted(((sum(c for i, c in st.buckets.items() if i >= lo), key) for key, st in scan.templates.items()),
-                    reverse=True)
-    for count, key in ranked[:_TOP_SERIES]:
-        if count:
-            out[f"template {key}"] = _dense(scan.templates[key].buckets, m0, n, per)
-    return out
-
-
-def _dense(counts: dict[int, int], m0: int, n: int, per: int) -> list[int]:
-    row = [0] * n
-    for index, c in counts.items():
-        slot = index // per - m0
-        if 0 <= slot < n:
-            row[slot] += c
-    return row
 
 
 def _groups(scan: LogScan, start: float, end: float) -> tuple[TemplateGroup, ...]:
@@ -295,7 +262,7 @@ def _onset(
     assert scan.first_ts is not None
     m0 = int(scan.first_ts // 60)
     n = int(end // 60) - m0 + 1
-    series = _series(scan, m0, n)
+    series = minute_series(scan, m0, n)
     rises = [(name, rise) for name, counts in series.items() if (rise := find_rise(counts, params)) is not None]
     onset: Onset | None = None
     cut = n
