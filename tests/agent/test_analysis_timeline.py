@@ -216,3 +216,14 @@ def test_near_duplicate_templates_are_one_group() -> None:
     gmetad = [g for g in tl.onset.templates if g.template.startswith("gmetad")]
     assert len(gmetad) == 1 and gmetad[0].count == 540
     assert gmetad[0].example is not None and gmetad[0].example.text.endswith("alpha")
+
+
+@settings(max_examples=80, deadline=None)
+@given(counts=st.lists(st.integers(0, 10_000), max_size=600))
+def test_any_counts_give_a_start_inside_the_series_or_none(counts: list[int]) -> None:
+    from agent.analysis.onset import find_episodes, find_rise
+
+    rise = find_rise(counts)
+    assert rise is None or (0 <= rise.start < len(counts) and rise.rate >= 0)
+    for e in find_episodes(counts):
+        assert 0 <= e.start <= e.end <= len(counts) and e.count == sum(counts[e.start : e.end])
