@@ -53,6 +53,7 @@ bench: $(VENV)/.installed-dev
 	$(BIN)/python benchmarks/bench_fragmentation.py
 	$(BIN)/python benchmarks/bench_redact.py
 	$(BIN)/python benchmarks/bench_analysis.py
+	$(BIN)/python benchmarks/bench_onset.py --seeds 4
 	$(BIN)/python benchmarks/bench_ingest.py
 	$(BIN)/python benchmarks/bench_query.py --rows 100000
 	$(BIN)/python benchmarks/bench_live.py --agents 1000 --snapshots 30

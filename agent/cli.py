@@ -450,20 +450,23 @@ def _split_selectors(values: list[str] | None) -> tuple[tuple[str, ...], tuple[s
 
 
 def _render_preview(p: dict[str, Any]) -> None:
+    from rich.markup import escape
     from rich.table import Table
+    from rich.text import Text
 
     table = Table("member", "kind", "bytes", "redactions", title=f"Would be sent (profile {p['profile']})",
                   title_justify="left")
     for m in p["members"]:
         hits = ", ".join(f"{rule} {n}" for rule, n in m["hits"].items()) or "-"
-        table.add_row(m["path"], m["kind"], f"{m['size']:,}", hits)
+        table.add_row(Text(m["path"]), m["kind"], f"{m['size']:,}", hits)  # a path is not markup
     out.print(table)
     for d in p["dropped"]:
-        out.print(f"[dim]left out[/] {d['path']}: {d['reason']}")
+        out.print(f"[dim]left out[/] {escape(d['path'])}: {escape(d['reason'])}")
     gate = p["leak_gate"]
     if gate["leaks"]:
         for leak in gate["leaks"]:
-            out.print(f"[red]leak gate[/]: {leak['artifact']} still matches {leak['rule']} ({leak['count']}x)")
+            artifact = escape(str(leak["artifact"]))
+            out.print(f"[red]leak gate[/]: {artifact} still matches {leak['rule']} ({leak['count']}x)")
     else:
         out.print("[green]leak gate passes[/]: no secret pattern (and, if private, no host value) remains")
     out.print(f"preview digest sha256:{p['preview_digest']}")
@@ -672,7 +675,9 @@ def agent_history(
 
 
 def _exit(code: int, message: str) -> NoReturn:
-    err.print(f"[red]casefile:[/] {message}", highlight=False, soft_wrap=True)
+    from rich.markup import escape
+
+    err.print(f"[red]casefile:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise SystemExit(code)
 
 

@@ -361,6 +361,28 @@ def _check_added(privacy: PrivacyOptions, raw: bool) -> list[tuple[Path, str]]:
     return out
 
 
+def _attached_log(
+    source: Path, taken: set[str], logs: facts_pb2.LogsFacts, privacy: PrivacyOptions
+) -> tuple[facts_pb2.LogSource, Path] | None:
+    """``source`` parsed as a text log (raw JSONL in a temp file), or None when it is not one."""
+    from agent.collect.logparse.attached import attached_log, source_name
+
+    name = source_name(source, taken)
+    member = f"logs/{name}.jsonl"
+    if _matches(member, privacy.exclude_paths) or (privacy.only_paths and not _matches(member, privacy.only_paths)):
+        return None
+    now = dt.datetime.now(dt.UTC)
+    since = logs.since.ToDatetime(dt.UTC) if logs.HasField("since") else now - dt.timedelta(days=1)
+    cap = logs.max_bytes_per_source or 8 << 20
+    fd, tmp = tempfile.mkstemp(prefix="casefile-attached-", suffix=".jsonl")
+    os.close(fd)
+    facts = attached_log(source, Path(tmp), name=name, since=since, max_bytes=cap)
+    if facts is None:
+        Path(tmp).unlink(missing_ok=True)
+        return None
+    return facts, Path(tmp)
+
+
 def prepare_collection(
     *,
     key: SigningKey | None,
@@ -427,6 +449,7 @@ def _prepare(
     members: list[_Member] = []
     dropped: list[dict[str, str]] = []
     gone: set[str] = set()
+    attached_sources: list[facts_pb2.LogSource] = []
 
     def spool_in(path: str, kind_: str, src: IO[bytes]) -> None:
         spool = tempfile.SpooledTemporaryFile(max_size=_SPOOL_MAX, mode="w+b")  # noqa: SIM115 - closed by Prepared
@@ -452,11 +475,26 @@ def _prepare(
             with art.open() as src:
                 spool_in(path, art.kind, src)
         added_entries: list[dict[str, str]] = []
+        taken = {s.name for s in result.snapshot.logs.sources}
         for source, member in added:
             path = redactor.redact_text(member, "member-paths")
-            with open_attachment(source) as attached:
-                spool_in(path, "file", attached)
-            added_entries.append({"member": path, "source": redactor.redact_text(str(source), _MANIFEST)})
+            with open_attachment(source) as attached_file:
+                spool_in(path, "file", attached_file)
+            entry = {"member": path, "source": redactor.redact_text(str(source), _MANIFEST), "log": ""}
+            # A file that reads as a log also joins the timeline, as a log_files source would.
+            attached = _attached_log(source, taken, result.snapshot.logs, privacy)
+            if attached is not None:
+                facts, jsonl = attached
+                taken.add(facts.name)
+                facts.artifact = redactor.redact_text(f"logs/{facts.name}.jsonl", "member-paths")
+                try:
+                    with open(jsonl, "rb") as src:
+                        spool_in(facts.artifact, "log", src)
+                finally:
+                    jsonl.unlink(missing_ok=True)
+                attached_sources.append(facts)
+                entry["log"] = facts.artifact
+            added_entries.append(entry)
     except BaseException:
         for m in members:
             m.spool.close()
@@ -468,6 +506,7 @@ def _prepare(
     for src_facts in snapshot.logs.sources:
         if src_facts.artifact in gone:
             src_facts.artifact = ""  # the counts stay; the member does not exist
+    snapshot.logs.sources.extend(attached_sources)
     redact_message(snapshot, redactor)
     created = dt.datetime.now(dt.UTC)
     snapshot.bundle_id = new_bundle_id()

@@ -21,6 +21,11 @@ if TYPE_CHECKING:
 __all__ = ["BASE_S", "ERROR_SEVERITIES", "MAX_TEMPLATES", "LogScan", "TemplateStats", "scan_logs"]
 
 BASE_S = 10
+# First line of each minute per template, so that evidence can start at an onset found
+# after the pass; capped per template and in all (a million distinct minutes cost only recall).
+MAX_MINUTES_PER_TEMPLATE = 1024
+MAX_MINUTES = 200_000
+_PER_MINUTE = 60 // BASE_S
 ERROR_SEVERITIES = frozenset({"emerg", "alert", "crit", "err"})
 MAX_TEMPLATES = 20_000
 MAX_OOM_EVIDENCE = 20
@@ -47,6 +52,7 @@ class TemplateStats:
     buckets: Counter[int] = field(default_factory=Counter)
     first: tuple[LogRecord, float] | None = None
     last: tuple[LogRecord, float] | None = None
+    minutes: dict[int, tuple[LogRecord, float]] = field(default_factory=dict)
 
     def count_between(self, lo: int, hi: int) -> int:
         """Errors+warnings in base buckets ``lo <= index < hi``."""
@@ -58,6 +64,14 @@ class TemplateStats:
             if kept is not None and (lo_ts is None or lo_ts <= kept[1]) and (hi_ts is None or kept[1] < hi_ts):
                 return evidence_of(*kept)
         return evidence_of(*self.first) if self.first is not None else None
+
+    def first_from(self, ts: float) -> tuple[LogRecord, float] | None:
+        """The first kept line at or after ``ts`` (the first of each minute is kept)."""
+        found: tuple[LogRecord, float] | None = None
+        for minute, kept in self.minutes.items():
+            if minute >= ts // 60 and kept[1] >= ts and (found is None or kept[1] < found[1]):
+                found = kept
+        return found
 
 
 @dataclass
@@ -75,6 +89,8 @@ class LogScan:
     first_ts: float | None = None
     last_ts: float | None = None
     templates: dict[str, TemplateStats] = field(default_factory=dict)
+    # source -> minute index (ts // 60) -> errors+warnings: per-source baselines for the onset
+    alarming_by_source: dict[str, dict[int, int]] = field(default_factory=dict)
     oom_kills: int = 0
     oom_evidence: list[LogEvidence] = field(default_factory=list)
 
@@ -96,8 +112,9 @@ def scan_logs(view: BundleView) -> LogScan:
     template = TemplateCache()
     sources = scan.sources
     severities = scan.severities
+    by_source = scan.alarming_by_source
     first = last = None
-    records = untimed = 0
+    records = untimed = kept_minutes = 0
     for rec in view.iter_logs():
         records += 1
         sources[rec.src] += 1
@@ -135,6 +152,21 @@ def scan_logs(view: BundleView) -> LogScan:
                 if stats.first is None:
                     stats.first = (rec, ts)
                 stats.last = (rec, ts)
+                minute = index // _PER_MINUTE
+                per = by_source.get(rec.src)
+                if per is None:
+                    per = by_source[rec.src] = {}
+                per[minute] = per.get(minute, 0) + 1  # a dict: Counter's += on a new key calls Python code
+                minutes = stats.minutes
+                kept = minutes.get(minute)
+                if kept is None and kept_minutes < MAX_MINUTES:
+                    if len(minutes) >= MAX_MINUTES_PER_TEMPLATE:
+                        del minutes[next(iter(minutes))]
+                    else:
+                        kept_minutes += 1
+                    minutes[minute] = (rec, ts)
+                elif kept is not None and ts < kept[1]:
+                    minutes[minute] = (rec, ts)
         if _OOM_MARKER in rec.msg:
             scan.oom_kills += 1
             if len(scan.oom_evidence) < MAX_OOM_EVIDENCE:

@@ -17,8 +17,9 @@ __all__ = ["seal_outputs"]
 def seal_outputs(view: BundleView) -> dict[str, bytes]:
     """``{"findings.json": ..., "report.html": ...}`` for the bundle writer to add as members."""
     a = analyse(view)
-    findings = {**a.findings.to_dict(), "timeline": {"summary": a.timeline.summary,
-                                                     "onset": a.timeline.to_dict()["onset"]}}
+    tl = a.timeline.to_dict()
+    findings = {**a.findings.to_dict(), "timeline": {"summary": tl["summary"], "onset": tl["onset"],
+                                                     "episodes": tl["episodes"]}}
     return {
         "findings.json": (json.dumps(findings, indent=1, ensure_ascii=False) + "\n").encode("utf-8"),
         "report.html": render_html(a).encode("utf-8"),

@@ -180,9 +180,15 @@ def _timeline(a: Analysis) -> str:
                      f"({_e(', '.join(sorted(tl.sources)))}); {tl.untimed:,} without a time; "
                      f"{tl.bad_lines:,} unreadable; clock corrected by {tl.clock_offset_s:+.3f} s.</p>")
         if onset and onset.templates:
-            parts.append("<h3>Messages dominating the burst</h3>")
-            parts.append(_table(("count", "template", "example"), (
+            parts.append("<h3>Messages since the onset (first line of each, in time order)</h3>")
+            parts.append(_table(("count", "template", "first line"), (
                 (g.count, g.template, _example(g.example)) for g in onset.templates), numeric=(0,)))
+        if tl.episodes:
+            parts.append("<h3>Earlier bursts that ended</h3>")
+            parts.append(_table(("start (UTC)", "end (UTC)", "lines"), (
+                ((format_utc(e.start, seconds=False) or "").replace("T", " ").rstrip("Z"),
+                 (format_utc(e.end, seconds=False) or "").replace("T", " ").rstrip("Z"), e.count)
+                for e in tl.episodes[-10:]), numeric=(2,)))
     parts.append("</section>")
     return "".join(parts)
 

@@ -11,7 +11,7 @@ from rich.text import Text
 
 from agent.analysis.analysis import Analysis
 from agent.analysis.diff import DiffResult, render_diff_text
-from agent.analysis.model import Evidence, LogEvidence
+from agent.analysis.model import Evidence, LogEvidence, format_utc
 from agent.analysis.timeline import Timeline, format_duration
 
 __all__ = ["WIDTH", "print_diff", "print_findings", "print_report", "print_timeline"]
@@ -44,25 +44,38 @@ def print_findings(a: Analysis, console: Console) -> None:
 
 
 def print_timeline(tl: Timeline, console: Console, *, bars: bool = True) -> None:
+    # Log text goes in as Text, never as markup: "[error]" or "[client 10.0.0.5]" would vanish.
     console.print(Text("Timeline: ", style="bold") + Text(tl.summary))
     if tl.onset and tl.onset.templates:
-        t = Table("count", "message template (burst)", width=WIDTH, title_justify="left")
+        t = Table("count", "message template (since the onset; first line of each, in time order)", width=WIDTH,
+                  title_justify="left")
         for g in tl.onset.templates:
-            t.add_row(str(g.count), g.template)
+            cell = Text(g.template)
+            if g.example is not None:
+                cell.append("\n" + _evidence_text(g.example), style="dim")
+            t.add_row(str(g.count), cell)
         console.print(t)
+    if tl.episodes:
+        e = Table("episode (UTC)", "until", "lines", width=WIDTH, box=None, title="Earlier bursts that ended",
+                  title_justify="left")
+        for ep in tl.episodes[-10:]:
+            e.add_row(_minute(ep.start), _minute(ep.end)[11:], str(ep.count))
+        console.print(e)
     if bars and tl.buckets:
         top = max(b.alarming for b in tl.buckets) or 1
-        shown = [b for b in tl.buckets if b.alarming] [-40:]
+        shown = [b for b in tl.buckets if b.alarming][-40:]
         t = Table("interval (UTC)", "err", "warn", "", width=WIDTH, box=None,
                   title=f"errors+warnings per {format_duration(tl.interval_s)} (non-empty, last 40)",
                   title_justify="left")
-        from agent.analysis.model import format_utc
-
         for b in shown:
             mark = " ◀ onset" if tl.onset and b.start == tl.onset.bucket_start else ""
-            t.add_row((format_utc(b.start) or "")[:16].replace("T", " "), str(b.errors), str(b.warnings),
+            t.add_row(_minute(b.start), str(b.errors), str(b.warnings),
                       "█" * max(1, round(50 * b.alarming / top)) + mark)
         console.print(t)
+
+
+def _minute(ts: float) -> str:
+    return (format_utc(ts) or "")[:16].replace("T", " ")
 
 
 def print_report(a: Analysis, console: Console) -> None:
@@ -77,17 +90,17 @@ def print_report(a: Analysis, console: Console) -> None:
                   f"{c.load15:.2f}; memory {m.percent:.0f}% of {m.total / 1024**3:.1f} GiB, swap {m.swap_percent:.0f}%")
     d = Table("mount", "fs", "GiB", "used %", "inodes %", title="Filesystems", title_justify="left", width=WIDTH)
     for p in s.disks.partitions:
-        d.add_row(p.mountpoint, p.fstype, f"{p.total / 1024**3:.1f}", p.error or f"{p.percent:.1f}",
+        d.add_row(Text(p.mountpoint), Text(p.fstype), f"{p.total / 1024**3:.1f}", Text(p.error or f"{p.percent:.1f}"),
                   f"{100 * p.inodes_used / p.inodes_total:.1f}" if p.inodes_total else "")
     console.print(d)
     if s.network.interfaces:
         n = Table("interface", "up", "addresses", "err", "drop", title="Network", title_justify="left", width=WIDTH)
         for i in s.network.interfaces:
-            n.add_row(i.name, "yes" if i.is_up else "no", ", ".join(x.address for x in i.addresses),
+            n.add_row(Text(i.name), "yes" if i.is_up else "no", Text(", ".join(x.address for x in i.addresses)),
                       str(i.counters.errin + i.counters.errout), str(i.counters.dropin + i.counters.dropout))
         console.print(n)
     if s.services.failed:
-        console.print("Failed services: " + ", ".join(f.name for f in s.services.failed))
+        console.print(Text("Failed services: " + ", ".join(f.name for f in s.services.failed)))
 
 
 def print_diff(d: DiffResult, console: Console) -> None:

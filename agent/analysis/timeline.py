@@ -3,33 +3,31 @@
 Times are corrected by the measured clock offset (ClockFacts.collector_offset_ms) so
 that bundles from several machines line up on the collector's clock.
 
-Onset detection ("when did it really start?"): the first interval whose
-errors+warnings count ``c`` is improbable under the trailing baseline. The baseline
-rate ``λ`` is robust to earlier bursts — the larger of the median and the mean of the
-lower 75 % of the last ``window`` intervals (at least 0.5). An interval fires when
-``c >= min_count``, ``c >= factor·λ`` and ``P(X >= c | Poisson(λ)) < p_value``. The
-first ``warmup`` intervals never fire: without a baseline, the first busy interval
-would always look like an onset (the naive version fired at the first bucket).
+Onset ("when did it really start?") is the start of the rise still in progress at
+collection (``agent.analysis.onset``), looked for in per-minute errors+warnings of the
+whole log, of each source and of the busiest templates, each against its own baseline.
+Earlier bursts that ended are *episodes*, listed with their start and end.
 """
 
 from __future__ import annotations
 
 import math
 import re
-import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from agent.analysis.errors import AnalysisError
-from agent.analysis.logscan import BASE_S, LogScan
+from agent.analysis.logscan import BASE_S, LogScan, TemplateStats, evidence_of
 from agent.analysis.model import LogEvidence, format_utc
+from agent.analysis.onset import DEFAULT_PARAMS, OnsetParams, Rise, find_episodes, find_rise, minute_series
 
 if TYPE_CHECKING:
     from agent.analysis.view import BundleView
 
 __all__ = [
     "Bucket",
+    "Episode",
     "Onset",
     "OnsetParams",
     "TemplateGroup",
@@ -70,10 +68,11 @@ def choose_interval(window_s: float) -> int:
 
 
 def format_duration(seconds: float) -> str:
-    """``2 h 05 min``, ``45 min``, ``3 d 4 h``, ``40 s``."""
+    """``2 h 05 min``, ``45 min``, ``3 d 4 h``, ``40 s`` (to the nearest minute from a minute up)."""
     s = round(abs(seconds))
     if s < 60:
         return f"{s} s"
+    s = round(abs(seconds) / 60) * 60
     minutes, hours, days = s // 60 % 60, s // 3600 % 24, s // 86400
     if days:
         return f"{days} d {hours} h"
@@ -98,31 +97,10 @@ def poisson_sf(count: int, lam: float) -> float:
     return min(total, 1.0)
 
 
-@dataclass(frozen=True)
-class OnsetParams:
-    warmup: int = 6
-    window: int = 24
-    min_count: int = 5
-    factor: float = 3.0
-    p_value: float = 1e-9
-
-
-def _baseline(trailing: Sequence[int]) -> float:
-    ordered = sorted(trailing)
-    lower = ordered[: max(1, math.ceil(len(ordered) * 0.75))]
-    return max(statistics.median(ordered), sum(lower) / len(lower), 0.5)
-
-
-def detect_onset(counts: Sequence[int], params: OnsetParams = OnsetParams()) -> tuple[int, float] | None:
-    """Index of the first interval that rises well above its trailing baseline, and that baseline."""
-    for i in range(params.warmup, len(counts)):
-        c = counts[i]
-        if c < params.min_count:
-            continue
-        lam = _baseline(counts[max(0, i - params.window) : i])
-        if c >= params.factor * lam and poisson_sf(c, lam) < params.p_value:
-            return i, lam
-    return None
+def detect_onset(counts: Sequence[int], params: OnsetParams = DEFAULT_PARAMS) -> tuple[int, float] | None:
+    """Index where the sustained rise lasting to the end of ``counts`` began, and the baseline per count."""
+    rise = find_rise(counts, params)
+    return None if rise is None else (rise.start, rise.baseline)
 
 
 @dataclass(frozen=True)
@@ -145,6 +123,20 @@ class TemplateGroup:
 
 
 @dataclass(frozen=True)
+class Episode:
+    """An earlier burst that ended: ``[start, end)`` on the corrected clock."""
+
+    start: float
+    end: float
+    count: int
+    baseline_per_min: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"start": format_utc(self.start), "end": format_utc(self.end), "count": self.count,
+                "baseline_per_min": round(self.baseline_per_min, 3)}
+
+
+@dataclass(frozen=True)
 class Onset:
     bucket_index: int
     bucket_start: float
@@ -154,7 +146,8 @@ class Onset:
     kind: str  # "errors" or "warnings": which dominates the burst
     burst_end: float
     before_collection_s: float | None
-    templates: tuple[TemplateGroup, ...]
+    templates: tuple[TemplateGroup, ...]  # in the order their first lines came
+    series: str = "all"  # where the rise was clearest: "all", "source <name>" or "template"
 
 
 @dataclass(frozen=True)
@@ -164,6 +157,7 @@ class Timeline:
     end: float | None
     buckets: tuple[Bucket, ...]
     onset: Onset | None
+    episodes: tuple[Episode, ...]
     records: int
     untimed: int
     bad_lines: int
@@ -195,11 +189,13 @@ class Timeline:
                 "kind": onset.kind,
                 "burst_end": format_utc(onset.burst_end),
                 "before_collection_s": onset.before_collection_s,
+                "series": onset.series,
                 "templates": [
                     {"template": t.template, "count": t.count, "example": t.example.to_dict() if t.example else None}
                     for t in onset.templates
                 ],
             },
+            "episodes": [e.to_dict() for e in self.episodes],
             "buckets": [
                 {"start": format_utc(b.start), "errors": b.errors, "warnings": b.warnings, "other": b.other}
                 for b in self.buckets
@@ -228,71 +224,138 @@ def _grid(scan: LogScan, end: float, interval: int) -> tuple[float, list[Bucket]
     return start, [Bucket(start + i * interval, *row) for i, row in enumerate(rows)]
 
 
-def _onset(
-    scan: LogScan, buckets: list[Bucket], interval: int, collected_at: float | None, params: OnsetParams
-) -> Onset | None:
-    found = detect_onset([b.alarming for b in buckets], params)
-    if found is None:
-        return None
-    i, lam = found
-    hot = max(params.min_count, params.factor * lam)
-    j = i + 1
-    while j < len(buckets) and buckets[j].alarming >= hot:
-        j += 1
-    start, end = buckets[i].start, buckets[j - 1].start + interval
-    lo, hi = int(start // BASE_S), int(end // BASE_S)
-    # Minute-level start: the first 10 s slice of the onset interval that is itself hot.
-    per_base = lam * BASE_S / interval
-    began = start
-    for k in range(lo, lo + interval // BASE_S):
-        row = scan.buckets.get(k)
-        if row is not None and row[0] + row[1] >= max(1.0, params.factor * per_base):
-            began = float(k * BASE_S)
+_SAME_PREFIX = 48
+_KINDS = ("template", "source", "all")
+_CLEAR = 0.5  # a rise at least half as clear as the clearest can place the onset
+
+
+def _groups(scan: LogScan, start: float, end: float) -> tuple[TemplateGroup, ...]:
+    """The dominant templates of ``[start, end)``, each shown by its first line there, in time order.
+
+    Templates that read the same for their first ``_SAME_PREFIX`` characters (one message
+    about several hosts or files) are one group: shown once, counted together.
+    """
+    lo, hi = int(start // BASE_S), math.ceil(end / BASE_S) + 1
+    ranked = sorted(((st.count_between(lo, hi), key) for key, st in scan.templates.items()), reverse=True)
+    merged: dict[str, tuple[float, TemplateGroup]] = {}
+    for n, key in ranked[: 4 * TOP_TEMPLATES]:
+        if not n:
             break
-    ranked = sorted(
-        ((stats.count_between(lo, hi), key) for key, stats in scan.templates.items()), reverse=True
+        stats: TemplateStats = scan.templates[key]
+        kept = stats.first_from(start)
+        example = evidence_of(*kept) if kept is not None else stats.example(start, end + BASE_S)
+        first = kept[1] if kept is not None else end
+        same = key[:_SAME_PREFIX]
+        if same in merged:
+            t0, g = merged[same]
+            merged[same] = (first, TemplateGroup(g.template, g.count + n, example)) if first < t0 else (
+                t0, TemplateGroup(g.template, g.count + n, g.example))
+        elif len(merged) < TOP_TEMPLATES:
+            merged[same] = (first, TemplateGroup(key, n, example))
+    return tuple(g for _, g in sorted(merged.values(), key=lambda item: item[0]))
+
+
+def _onset(
+    scan: LogScan, buckets: list[Bucket], interval: int, collected_at: float | None, end: float,
+    params: OnsetParams,
+) -> tuple[Onset | None, tuple[Episode, ...]]:
+    assert scan.first_ts is not None
+    m0 = int(scan.first_ts // 60)
+    n = int(end // 60) - m0 + 1
+    series = minute_series(scan, m0, n)
+    rises = [(name, rise) for name, counts in series.items() if (rise := find_rise(counts, params)) is not None]
+    onset: Onset | None = None
+    cut = n
+    if rises:
+        # Templates first, then sources, then everything: the narrower the series, the
+        # quieter its baseline and the sharper its foot (the sum of everything, blurred by
+        # every burst, places it loosely). Among the clear rises of the narrowest kind —
+        # every one lasting to the end — the earliest foot is when the trouble began.
+        kind = min(rises, key=lambda item: _KINDS.index(item[0].split(" ", 1)[0]))[0].split(" ", 1)[0]
+        narrow = [item for item in rises if item[0].split(" ", 1)[0] == kind]
+        top = max(rise.score for _, rise in narrow)
+        clear = [item for item in narrow if item[1].score >= _CLEAR * top]
+        name, rise = min(clear, key=lambda item: (item[1].start, -item[1].score))
+        onset = _make_onset(scan, buckets, interval, collected_at, end, m0, name, rise)
+        cut = rise.start
+    total = series["all"]
+    episodes = tuple(
+        Episode(float((m0 + e.start) * 60), float((m0 + e.end) * 60), e.count, e.baseline)
+        for e in find_episodes(total, params, until=cut)
     )
-    groups = tuple(
-        TemplateGroup(key, n, scan.templates[key].example(start, end)) for n, key in ranked[:TOP_TEMPLATES] if n
-    )
-    errors = sum(b.errors for b in buckets[i:j])
-    warnings = sum(b.warnings for b in buckets[i:j])
+    return onset, episodes
+
+
+def _make_onset(
+    scan: LogScan, buckets: list[Bucket], interval: int, collected_at: float | None, end: float, m0: int,
+    name: str, rise: Rise,
+) -> Onset:
+    start = float((m0 + rise.start) * 60)
+    groups = _groups(scan, start, end)
+    # The first line of the rise: the earliest of the dominant templates' first lines, when in the start minute.
+    firsts = [kept[1] for g in groups if (kept := scan.templates[g.template].first_from(start)) is not None]
+    began = min(firsts) if firsts and min(firsts) < start + 60 else start
+    i = max(0, min(len(buckets) - 1, int((start - buckets[0].start) // interval)))
+    # The baseline shown is of all errors+warnings per interval before the onset (their mean,
+    # the busiest tenth of intervals left out): what a reader compares the first interval with.
+    before = sorted(b.alarming for b in buckets[:i])[: math.ceil(i * 0.9)]
+    shown = sum(before) / len(before) if before else rise.baseline * interval / 60
+    errors = sum(b.errors for b in buckets[i:])
+    warnings = sum(b.warnings for b in buckets[i:])
     return Onset(
         bucket_index=i,
-        bucket_start=start,
+        bucket_start=buckets[i].start,
         began_at=began,
         count=buckets[i].alarming,
-        baseline=lam,
+        baseline=shown,
         kind="errors" if errors >= warnings else "warnings",
         burst_end=end,
         before_collection_s=None if collected_at is None else collected_at - began,
         templates=groups,
+        series=name.split(" ", 1)[0],
     )
 
 
-def _summary(scan: LogScan, onset: Onset | None, interval: int, has_logs: bool) -> str:
+def _when(ts: float) -> str:
+    return (format_utc(ts, seconds=False) or "").replace("T", " ").replace("Z", " UTC")
+
+
+def _summary(scan: LogScan, onset: Onset | None, episodes: tuple[Episode, ...], interval: int,
+             has_logs: bool, end: float | None) -> str:
     if scan.first_ts is None:
         if not has_logs:
             return "No log lines in this bundle (facts only, or no logs were collected)."
         return f"No timestamped log lines ({scan.records} lines without a time, {scan.bad_lines} unreadable)."
+    earlier = ""
+    if episodes:
+        shown = ", ".join(
+            f"{_when(e.start)[5:16]} to {_when(e.end)[11:16]} UTC ({e.count} lines)" for e in episodes[-3:]
+        )
+        more = f" (the last 3 of {len(episodes)})" if len(episodes) > 3 else ""
+        earlier = f" Earlier bursts that ended{more}: {shown}."
+    span = (end or 0.0) - scan.first_ts
+    if onset is None and span < (DEFAULT_PARAMS.warmup + 10) * 60:
+        return (
+            f"Only {format_duration(span)} of logs: too short to tell a rise from the baseline "
+            f"({scan.errors} errors, {scan.warnings} warnings in {scan.records} lines).{earlier}"
+        )
     if onset is None:
         return (
-            f"No burst: errors and warnings stayed near their baseline "
-            f"({scan.errors} errors, {scan.warnings} warnings in {scan.records} lines)."
+            f"No burst in progress: errors and warnings are near their baseline at collection "
+            f"({scan.errors} errors, {scan.warnings} warnings in {scan.records} lines).{earlier}"
         )
-    when = format_utc(onset.began_at, seconds=False) or ""
-    text = f"{onset.kind} began {when.replace('T', ' ').replace('Z', ' UTC')}"
+    text = f"{onset.kind} began {_when(onset.began_at)}"
     if onset.before_collection_s is not None:
         direction = "before" if onset.before_collection_s >= 0 else "after"
-        text += f", {format_duration(onset.before_collection_s)} {direction} collection"
+        text += f", {format_duration(onset.before_collection_s)} {direction} collection, and still going"
     return (
-        f"{text} ({onset.count} errors+warnings in {format_duration(interval)} "
-        f"against a baseline of {onset.baseline:.1f})."
+        f"{text} ({onset.count} errors+warnings in the first {format_duration(interval)} "
+        f"against a baseline of {onset.baseline:.1f}).{earlier}"
     )
 
 
 def build_timeline(
-    view: BundleView, interval_s: int | None = None, params: OnsetParams = OnsetParams()
+    view: BundleView, interval_s: int | None = None, params: OnsetParams = DEFAULT_PARAMS
 ) -> Timeline:
     """Count the view's log lines per interval (chosen from the window when not given) and find the onset."""
     scan = view.log_scan
@@ -302,24 +365,26 @@ def build_timeline(
         start = end = None
         buckets: list[Bucket] = []
         onset = None
+        episodes: tuple[Episode, ...] = ()
     else:
         # Stretch the window to the collection time, unless the logs are far older (then the tail is noise).
         recent = collected is not None and collected - scan.last_ts < 7 * 86400
         end = max(scan.last_ts, collected) if recent and collected is not None else scan.last_ts
         interval = interval_s or choose_interval(end - scan.first_ts)
         start, buckets = _grid(scan, end, interval)
-        onset = _onset(scan, buckets, interval, collected, params)
+        onset, episodes = _onset(scan, buckets, interval, collected, end, params)
     return Timeline(
         interval_s=interval,
         start=start,
         end=end,
         buckets=tuple(buckets),
         onset=onset,
+        episodes=episodes,
         records=scan.records,
         untimed=scan.untimed,
         bad_lines=scan.bad_lines,
         sources=dict(scan.sources),
         clock_offset_s=scan.offset_s,
         collected_at=collected,
-        summary=_summary(scan, onset, interval, view.has_logs),
+        summary=_summary(scan, onset, episodes, interval, view.has_logs, end),
     )

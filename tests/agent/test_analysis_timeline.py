@@ -3,13 +3,22 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import random
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.analysis import AnalysisError, BundleView, build_timeline, detect_onset, parse_interval, template_of
+from agent.analysis import (
+    AnalysisError,
+    BundleView,
+    build_timeline,
+    detect_onset,
+    parse_interval,
+    seal_outputs,
+    template_of,
+)
 from agent.analysis.timeline import OnsetParams, choose_interval, format_duration, poisson_sf
 from tests.fixtures.analysis.crafted import COLLECTED, generate_logs, healthy_snapshot
 
@@ -46,13 +55,45 @@ def test_clock_offset_moves_every_event_onto_the_collector_clock() -> None:
 def test_no_burst_in_steady_logs() -> None:
     tl = build_timeline(_view(generate_logs(seed=7)))
     assert tl.onset is None
-    assert tl.summary.startswith("No burst")
+    assert tl.summary.startswith("No burst in progress")
 
 
 def test_a_burst_in_the_first_buckets_never_fires_warmup() -> None:
-    counts = [300, 280, 2, 3, 2, 1, 2, 3, 2, 2]
-    assert detect_onset(counts) is None
-    assert detect_onset([2, 3, 2, 1, 2, 3, 2, 2, 3, 2, 120, 130]) == (10, pytest.approx(2.0, abs=0.6))
+    assert detect_onset([300, 280] + [2, 3, 2, 1, 2, 3, 2, 2] * 8) is None
+    counts = [2, 3, 2, 1, 2, 3, 2, 2, 3, 2] * 6 + [120, 130, 125, 118] * 5
+    assert detect_onset(counts) == (60, pytest.approx(2.0, abs=0.6))
+
+
+def test_a_burst_that_ended_is_an_episode_not_the_onset() -> None:
+    """Old code: the first burst over the baseline was "errors began", though it ended hours before."""
+    burst = COLLECTED - dt.timedelta(hours=20)
+    tl = build_timeline(_view(generate_logs(burst_at=burst, burst_minutes=15)))
+    assert tl.onset is None
+    assert tl.summary.startswith("No burst in progress")
+    assert len(tl.episodes) == 1
+    assert tl.episodes[0].start == pytest.approx(burst.timestamp(), abs=60)
+    assert tl.episodes[0].end == pytest.approx(burst.timestamp() + 900, abs=60)
+    assert "Earlier bursts that ended: 11-21 20:07 to 20:22 UTC (" in tl.summary
+    assert tl.to_dict()["episodes"][0]["start"].startswith("2026-11-21T20:07")
+    outputs = seal_outputs(_view(generate_logs(burst_at=burst, burst_minutes=15)))
+    assert json.loads(outputs["findings.json"])["timeline"]["episodes"][0]["end"].startswith("2026-11-21T20:2")
+    assert "Earlier bursts that ended" in outputs["report.html"].decode() and "2026-11-21 20:07" in outputs[
+        "report.html"].decode()
+
+
+def test_the_incident_in_progress_wins_over_a_bigger_spike_before() -> None:
+    spike, incident = COLLECTED - dt.timedelta(hours=20), COLLECTED - dt.timedelta(hours=1, minutes=10)
+    logs = generate_logs(burst_at=spike, burst_minutes=15, burst_per_minute=200)
+    now = generate_logs(burst_at=incident, burst_per_minute=10, per_minute=0.001, seed=3)
+    tl = build_timeline(_view({k: logs.get(k, []) + now.get(k, []) for k in set(logs) | set(now)}))
+    assert tl.onset is not None
+    assert tl.onset.began_at == pytest.approx(incident.timestamp(), abs=60)
+    assert [round((e.end - e.start) / 60) for e in tl.episodes] == [15]
+    # Evidence in time order: the first template shown holds the incident's first line.
+    firsts = [g.example.ts for g in tl.onset.templates if g.example is not None]
+    assert firsts == sorted(firsts)
+    assert firsts[0] is not None and firsts[0].startswith(dt.datetime.fromtimestamp(tl.onset.began_at, dt.UTC)
+                                                          .strftime("%Y-%m-%dT%H:%M:%S"))
 
 
 @settings(max_examples=60, deadline=None)
@@ -130,3 +171,59 @@ def test_templates_keep_words() -> None:
     assert template_of("EXT4-fs error (device sda1): ext4_find_entry:1455: bad") == (
         "EXT4-fs error (device sda1): ext4_find_entry:<*>: bad"
     )
+
+
+def test_terminal_timeline_prints_log_text_with_brackets_verbatim() -> None:
+    """rich read "[error]" and "[client …]" as markup and dropped them from the tables."""
+    from rich.console import Console
+
+    from agent.analysis.report_text import print_timeline
+
+    incident = COLLECTED - dt.timedelta(minutes=50)
+    logs = generate_logs(seed=4)
+    start = incident.timestamp()
+    logs["apache"] = [
+        {"ts": dt.datetime.fromtimestamp(start + 6 * i, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"), "src": "apache",
+         "sev": "err", "msg": f"[error] [client 10.0.0.{i % 200}] [bold]AH01071: Got error 'Primary script unknown'",
+         "n": i + 1}
+        for i in range(int((COLLECTED.timestamp() - start) / 6))
+    ]
+    tl = build_timeline(_view(logs))
+    assert tl.onset is not None and tl.onset.began_at == pytest.approx(start, abs=1)
+    console = Console(record=True, width=100, color_system=None)
+    print_timeline(tl, console)
+    text = console.export_text()
+    assert "[error] [client <*>] [bold]AH0<*>: Got error" in text
+    assert "apache:1 " in text  # the incident's first line, shown first
+
+
+def test_too_short_a_log_says_so_instead_of_no_burst() -> None:
+    tl = build_timeline(_view(generate_logs(hours=0.3)))
+    assert tl.onset is None
+    assert tl.summary.startswith("Only 18 min of logs: too short to tell a rise from the baseline")
+
+
+def test_near_duplicate_templates_are_one_group() -> None:
+    logs = generate_logs(seed=5)
+    start = (COLLECTED - dt.timedelta(minutes=45)).timestamp()
+    logs["ganglia"] = [
+        {"ts": dt.datetime.fromtimestamp(start + 5 * i, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"), "src": "ganglia",
+         "sev": "warning", "msg": f"gmetad: Warning: we failed to resolve data source name {name}", "n": i + 1}
+        for i, name in enumerate(["alpha", "beta", "gamma", "delta"] * 135)
+    ]
+    tl = build_timeline(_view(logs))
+    assert tl.onset is not None
+    gmetad = [g for g in tl.onset.templates if g.template.startswith("gmetad")]
+    assert len(gmetad) == 1 and gmetad[0].count == 540
+    assert gmetad[0].example is not None and gmetad[0].example.text.endswith("alpha")
+
+
+@settings(max_examples=80, deadline=None)
+@given(counts=st.lists(st.integers(0, 10_000), max_size=600))
+def test_any_counts_give_a_start_inside_the_series_or_none(counts: list[int]) -> None:
+    from agent.analysis.onset import find_episodes, find_rise
+
+    rise = find_rise(counts)
+    assert rise is None or (0 <= rise.start < len(counts) and rise.rate >= 0)
+    for e in find_episodes(counts):
+        assert 0 <= e.start <= e.end <= len(counts) and e.count == sum(counts[e.start : e.end])
