@@ -179,6 +179,7 @@ def _positives() -> list[Positive]:
     add("client-config", "netrc", f"    password {pw}\n", pw)
     add("client-config", "kv-secret", f"password = {pw}", pw)  # .my.cnf [client]
     add("client-config", "cli-secret", f"mysqldump -uroot -p{pw} --all-databases", pw)
+    add("client-config", "cli-user-password", f"curl -u deploy:{pw} https://artifacts.example.com/x.tgz", pw)
     add("client-config", "kv-secret", f'<add key="ClearTextPassword" value="{pw}" />', pw)  # NuGet.Config
 
     # -- private keys --------------------------------------------------------------------
@@ -258,6 +259,9 @@ def _negatives() -> list[tuple[str, str]]:
         ("generic", "Priority: 20, Token: Token { kind: ContainerToken, service: 10.0.0.1:28345 }, ]"),
         ("generic", "at com.android.server.wm.AppWindowToken.destroySurfaces:374"),
         ("generic", "token bucket refilled; status: ok"),
+        ("ai", "sk-learn 1.3 loaded; hf_hub cache at /var/cache/hf"),
+        ("service-account", json.dumps({"type": "service_account", "project_id": "p", "client_id": "1234"})),
+        ("http-auth", 'WWW-Authenticate: Basic realm="ops"; no bearer given'),
     ]
 
 

@@ -65,23 +65,18 @@ def keep_lead(rule: str, lead: int) -> Callable[[re.Match[str]], str]:
     return repl
 
 
-_ESCAPED_QUOTES = ('\\"', "\\'")
-
-
 def value_group(rule: str, group: str = "val") -> Callable[[re.Match[str]], str]:
     """Replace only the named group, keeping key, separator and the quotes around it
-    (plain or JSON-escaped, ``\\"``) so the line keeps its shape."""
+    (plain or JSON-escaped any number of times, ``\\"``) so the line keeps its shape."""
 
     def repl(m: re.Match[str]) -> str:
         start, end = m.span(group)
         base = m.start(0)
         whole = m.group(0)
         value = m.group(group)
-        keep = 0
-        if len(value) >= 4 and value[:2] in _ESCAPED_QUOTES and value[-2:] == value[:2]:
-            keep = 2
-        elif len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
-            keep = 1
+        keep = len(value) - len(value.lstrip("\\")) + 1  # backslashes, then the quote they escape
+        if not (len(value) >= 2 * keep and value[keep - 1 : keep] in ("\"", "'") and value.endswith(value[:keep])):
+            keep = 0
         return whole[: start - base + keep] + marker(rule) + whole[end - base - keep :]
 
     return repl

@@ -19,7 +19,7 @@ from agent.redact.secrets._base import CheckedRule, SecretRule, marker
 
 __all__ = ["FINANCIAL_RULES", "iban_valid", "luhn_valid"]
 
-_ISSUER = re.compile(r"4|5[1-5]|2[2-7]|3[47]|3[0689]|6(?:011|5|4[4-9]|2)|5[06-9]|6\d")
+_ISSUER = re.compile(r"4|5[1-5]|2[2-7]|3[47]|3[0689]|35(?:2[89]|[3-8]\d)|6(?:011|5|4[4-9]|2)|5[06-9]|6\d")
 
 
 def luhn_valid(digits: str) -> bool:

@@ -1,8 +1,8 @@
 """Secrets found by what surrounds them: a key that names a secret, an HTTP header, a URL's
 user-info, a command-line option, an XML element.
 
-Values may be bare, quoted, single-quoted or JSON-escaped (``\\"…\\"``, as a JSON log line
-carries an embedded JSON document); separators ``=``, ``:``, ``:=``, ``=>``, ``?=``.
+Values may be bare, quoted, single-quoted or JSON-escaped once or more (``\\"…\\"``, as a
+JSON log line carries an embedded JSON document); separators ``=``, ``:``, ``:=``, ``=>``, ``?=``.
 The kv rule refuses values that already hold ``[REDACTED`` so a vendor token caught by
 its own rule is not counted twice (field-notes §5.3).
 """
@@ -28,13 +28,13 @@ KV_KEYWORD = re.compile(
 # a lone backslash stay part of it.
 _BARE = r"(?:[^\s\"',;&<>\\]++|\\\\|\\(?![rnt\"'u]))++"
 _VALUE = (
-    r"(?P<val>\\\"(?:[^\"\\]|\\\\|\\(?!\"))*\\\"|\"(?:[^\"\\]|\\.)*\"|'[^']*'"
+    r"(?P<val>\"(?:[^\"\\]|\\.)*\"|'[^']*'|(?P<q>\\+[\"']).*?(?P=q)"
     r"|(?!\S*\[REDACTED)" + _BARE + ")"
 )
 _SEP = r"(?P<sep>[ \t]*(?::=|=>|\?=|[:=])[ \t]*)"
 # Possessive (3.11+): a key never holds a quote or separator, so giving characters back
 # could not help, and not trying costs a third of the time on key=value-dense lines.
-_KV_PATTERN = re.compile(r"(?<![\w./-])(?:--?)?(?P<key>[A-Za-z_][\w.-]{0,80}+)(?:\\?[\"'])?" + _SEP + _VALUE)
+_KV_PATTERN = re.compile(r"(?<![\w./-])(?:--?)?(?P<key>[A-Za-z_][\w.-]{0,80}+)(?:\\*[\"'])?" + _SEP + _VALUE)
 
 # Values that are not credentials although their key says so: an object printed by its
 # type (``token=Token{a64f992``, ``Token: Token { kind: … }``, Java's
@@ -44,6 +44,7 @@ _OBJECT = re.compile(
     r"[A-Z][A-Za-z0-9]*[a-z][A-Za-z0-9]*(?:\{[0-9a-f]{5,8})?"  # Token{a64f992, or a type name before " {"
     r"|(?:[a-z_]\w*\.)+[A-Z][\w$]*@[0-9a-f]{1,8}"  # pkg.Class@hash
 )
+_FIELDS = re.compile(r" ?\{ ?\w+[:=]")  # " { kind: …": the fields of the object just named
 _DEB_ARCH = frozenset(
     {
         "all", "any", "native", "amd64", "arm64", "armel", "armhf", "i386", "mips64el", "mipsel", "ppc64el",
@@ -68,8 +69,7 @@ def _not_a_secret(line: str, m: re.Match[str]) -> bool:
     if m.group("sep") == ":" and value.rstrip(".") in _DEB_ARCH:
         return True
     if _OBJECT.fullmatch(value):
-        rest = line[m.end() :].lstrip(" ")
-        return "{" in value or "@" in value or rest[:1] in ("{", "(")
+        return "{" in value or "@" in value or _FIELDS.match(line, m.end()) is not None
     return False
 
 
@@ -127,7 +127,7 @@ class _NamedValueRule(SecretRule):
         return (out, n) if n else (line, 0)
 
 
-_Q = r"\\?[\"']"  # a quote, plain or JSON-escaped
+_Q = r"\\*[\"']"  # a quote, plain or JSON-escaped (once or more)
 # Compound keys (``authkey``, ``dockerconfigjson``) without one of these are still
 # matched when the line is read for another hint (their values are base64: ``eyJ``…).
 _KV_HINTS = ("pass", "secret", "token", "credential", "_key", "-key", ".key", "apikey", "accesskey", "privatekey",
@@ -138,8 +138,8 @@ GENERIC_RULES: tuple[SecretRule, ...] = (
         "auth-header",
         ("authorization", "bearer", "cookie"),
         re.compile(
-            r"(?i)(?:(?:proxy-)?authorization\\?[\"']?\s*[:=]\s*\\?[\"']?(?:(?:bearer|basic|token|digest|negotiate"
-            r"|apikey|sso-key)\s+)?|\bbearer\s+(?=[A-Za-z0-9._~+/=-]{16,})|(?:set-)?cookie\\?[\"']?\s*[:=]\s*\\?[\"']?)"
+            r"(?i)(?:(?:proxy-)?authorization\\*[\"']?\s*[:=]\s*\\*[\"']?(?:(?:bearer|basic|token|digest|negotiate"
+            r"|apikey|sso-key)\s+)?|\bbearer\s+(?=[A-Za-z0-9._~+/=-]{16,})|(?:set-)?cookie\\*[\"']?\s*[:=]\s*\\*[\"']?)"
             r"(?P<val>(?!\[REDACTED)[^\s\"';\\]+(?:[ ]*;[ ]*[^\s\"';\\]+)*)"
         ),
         value_group("auth-header"),
@@ -185,7 +185,7 @@ LATE_RULES: tuple[SecretRule, ...] = (
         _KV_HINTS,
         re.compile(
             r"(?i)(?:name|key)" + _Q + r"?\s*[:=]\s*" + _Q + r"(?P<name>[\w.-]{1,80})" + _Q + r"\s*,?\s*"
-            + _Q + r"?value" + _Q + r"?\s*[:=]\s*(?P<val>\\\"(?:[^\"\\]|\\\\)*\\\"|\"(?:[^\"\\]|\\.)*\"|'[^']*')"
+            + _Q + r"?value" + _Q + r"?\s*[:=]\s*(?P<val>\"(?:[^\"\\]|\\.)*\"|'[^']*'|(?P<q>\\+[\"']).*?(?P=q))"
         ),
         value_group("kv-secret"),
         fold=True,

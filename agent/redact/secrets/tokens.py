@@ -144,7 +144,7 @@ NAMED_RULES: tuple[SecretRule, ...] = (
         "aws-secret-key",
         ("secret",),
         re.compile(
-            r"(?i)(?:aws)?_?secret_?(?:access)?_?key\\?[\"']?\s*[:=]\s*\\?[\"']?"
+            r"(?i)(?:aws)?_?secret_?(?:access)?_?key\\*[\"']?\s*[:=]\s*\\*[\"']?"
             r"(?P<val>(?!\[REDACTED)[A-Za-z0-9/+=]{40})(?![A-Za-z0-9/+=])"
         ),
         value_group("aws-secret-key"),
@@ -178,13 +178,13 @@ NAMED_RULES: tuple[SecretRule, ...] = (
     SecretRule(
         "stripe-key",
         ("_live_", "_test_", "k_prod_", "whsec_"),
-        re.compile(r"(?<![A-Za-z0-9])(?:[sr]k_(?:live|test|prod)_[A-Za-z0-9]{10,255}|whsec_[A-Za-z0-9]{24,})"),
+        re.compile(r"(?:(?<![A-Za-z0-9])|(?<=\\[nrt]))(?:[sr]k_(?:live|test|prod)_[A-Za-z0-9]{10,255}|whsec_[A-Za-z0-9]{24,})"),
         keep_lead("stripe-key", 8),
     ),
     SecretRule(
         "gcp-api-key",
         ("AIza",),
-        re.compile(r"(?<![A-Za-z0-9_-])AIza[A-Za-z0-9_-]{35}(?![A-Za-z0-9_-])"),
+        re.compile(r"(?:(?<![A-Za-z0-9_-])|(?<=\\[nrt]))AIza[A-Za-z0-9_-]{35}(?![A-Za-z0-9_-])"),
         keep_lead("gcp-api-key", 4),
     ),
     SecretRule(
@@ -199,7 +199,7 @@ NAMED_RULES: tuple[SecretRule, ...] = (
     SecretRule(
         "jwt",
         ("eyJ",),
-        re.compile(r"(?<![A-Za-z0-9_-])eyJ[A-Za-z0-9_-]{10,}\.eyJ[A-Za-z0-9_-]{10,}\.[A-Za-z0-9_-]{10,}={0,2}"),
+        re.compile(r"(?:(?<![A-Za-z0-9_-])|(?<=\\[nrt]))eyJ[A-Za-z0-9_-]{10,}\.eyJ[A-Za-z0-9_-]{10,}\.[A-Za-z0-9_-]{10,}={0,2}"),
         keep_lead("jwt", 3),
     ),
 )
