@@ -38,7 +38,7 @@ def _user_password(m: re.Match[str]) -> bool:
 def _wraps_secret(m: re.Match[str]) -> bool:
     """Base64 of a private key or of a docker config with credentials (not a certificate)."""
     raw = _b64(m.group("val"))
-    return raw is not None and (b"PRIVATE KEY" in raw or (b'"auths"' in raw and b'"auth' in raw[9:]))
+    return raw is not None and (b"PRIVATE KEY" in raw or (b'"auths"' in raw and raw.count(b'"auth') >= 2))
 
 
 _Q = r'\\*"'  # a JSON quote, escaped any number of times
