@@ -90,6 +90,15 @@ def test_basic_auth_stops_at_a_written_out_crlf() -> None:
 
 # -- checksums ---------------------------------------------------------------------------
 
+
+def test_a_grouped_number_running_into_the_next_one_is_still_found() -> None:
+    visa = card_number("4", 16, 7)
+    spaced = " ".join(visa[i : i + 4] for i in range(0, 16, 4))
+    es = iban("ES", "21000418450200051332")  # 24 characters: six full groups, then "SEPA" looks like a 7th
+    es_spaced = " ".join(es[i : i + 4] for i in range(0, len(es), 4))
+    assert standard().redact_text(f"card={spaced} 7 items", "t") == "card=[REDACTED:payment-card] 7 items"
+    assert standard().redact_text(f"iban {es_spaced} SEPA", "t") == "iban [REDACTED:iban] SEPA"
+
 ISSUERS = [("4", 16), ("4", 13), ("51", 16), ("2221", 16), ("34", 15), ("37", 15), ("6011", 16), ("65", 19),
            ("3530", 16), ("36", 14), ("62", 17)]  # fmt: skip
 

@@ -14,8 +14,10 @@ Digits carry no literal to key on, so both rules run on lines that name a paymen
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
+from dataclasses import dataclass
 
-from agent.redact.secrets._base import CheckedRule, SecretRule, marker
+from agent.redact.secrets._base import SecretRule, marker
 
 __all__ = ["FINANCIAL_RULES", "iban_valid", "luhn_valid"]
 
@@ -32,9 +34,36 @@ def luhn_valid(digits: str) -> bool:
     return total % 10 == 0
 
 
-def _card(m: re.Match[str]) -> bool:
-    digits = re.sub(r"[ -]", "", m.group(0))
+def _is_card(text: str) -> bool:
+    digits = text.replace(" ", "").replace("-", "")
     return 13 <= len(digits) <= 19 and _ISSUER.match(digits) is not None and luhn_valid(digits)
+
+
+@dataclass(frozen=True)
+class _GroupedRule(SecretRule):
+    """A number written in groups may run into a following short number or word
+    (``4111 … 1111 7``, ``GB29 … 19 EUR``): the match is tried whole, then with its last
+    groups dropped one by one, so the number is found either way and nothing else goes."""
+
+    valid: Callable[[str], bool] = lambda text: False
+
+    def apply(self, line: str) -> tuple[str, int]:
+        parts: list[str] = []
+        at = n = 0
+        for m in self.pattern.finditer(line):
+            candidate = m.group(0)
+            while candidate:
+                if self.valid(candidate):
+                    parts.append(line[at : m.start()] + marker(self.name))
+                    at = m.start() + len(candidate)
+                    n += 1
+                    break
+                cut = max(candidate.rfind(" "), candidate.rfind("-"))
+                candidate = candidate[:cut] if cut > 0 else ""
+        if not n:
+            return line, 0
+        parts.append(line[at:])
+        return "".join(parts), n
 
 
 # ISO 13616 registry: country -> IBAN length.
@@ -60,7 +89,7 @@ def iban_valid(text: str) -> bool:
 
 
 FINANCIAL_RULES: tuple[SecretRule, ...] = (
-    CheckedRule(
+    _GroupedRule(
         "payment-card",
         ("card", "pan", "payment", "credit"),
         re.compile(
@@ -69,9 +98,9 @@ FINANCIAL_RULES: tuple[SecretRule, ...] = (
         ),
         lambda m: marker("payment-card"),
         fold=True,
-        check=_card,
+        valid=_is_card,
     ),
-    CheckedRule(
+    _GroupedRule(
         "iban",
         ("iban", "account", "credit"),
         re.compile(
@@ -79,6 +108,6 @@ FINANCIAL_RULES: tuple[SecretRule, ...] = (
         ),
         lambda m: marker("iban"),
         fold=True,
-        check=lambda m: iban_valid(m.group(0)),
+        valid=iban_valid,
     ),
 )
