@@ -11,7 +11,7 @@ A replacement keeps the shape readable — ``AKIA…[REDACTED:aws-access-key]``,
 The families, by module (docs/redaction.md maps family -> rule -> test):
 
 - ``tokens``: vendor tokens by their own shape (cloud, VCS and CI, package registries,
-  messaging, payments, AI, other SaaS) and JWTs;
+  messaging, payments, AI, age keys) and JWTs;
 - ``shapes``: credentials by the shape of their file (docker config.json, npm ``_auth``,
   one-line JSON Kubernetes Secrets, .pgpass, .netrc, base64-wrapped keys);
 - ``financial``: payment cards (Luhn) and IBANs (mod 97);

@@ -37,8 +37,8 @@ class SecretRule:
 
 @dataclass(frozen=True)
 class CheckedRule(SecretRule):
-    """A rule whose matches must also pass ``check`` (a checksum, a decoding): a card
-    number that fails Luhn, or base64 that does not decode to a credential, stays."""
+    """A rule whose matches must also pass ``check`` (a decoding, a checksum): base64
+    under ``"auth"`` that does not decode to ``user:password`` stays."""
 
     check: Callable[[re.Match[str]], bool] = lambda m: True
 
