@@ -22,6 +22,7 @@ from typing import Annotated, Any, NoReturn
 import typer
 
 from agent.cli_analysis import register as register_analysis_commands
+from agent.cli_version import add_version_option
 from agent.console import lazy_console, load_console
 from agent.errors import CasefileError, CollectionError, TransportError, VerificationError
 from agent.state import AgentHome, Enrollment, host_of
@@ -35,21 +36,7 @@ app = typer.Typer(
 )
 register_analysis_commands(app)
 
-
-def _show_version(value: bool) -> None:
-    if value:
-        sys.stdout.write(f"casefile {__version__}\n")
-        raise typer.Exit(0)
-
-
-@app.callback()
-def _root(
-    version: Annotated[
-        bool,
-        typer.Option("--version", help="Print the version and exit.", callback=_show_version, is_eager=True),
-    ] = False,
-) -> None:
-    """Collect, seal, verify and send diagnostics for a support case."""
+add_version_option(app, "casefile")
 
 agent_app = typer.Typer(help="The agent's identity and enrollment with a collector.", no_args_is_help=True)
 app.add_typer(agent_app, name="agent")

@@ -30,6 +30,7 @@ from rich.markup import escape
 from rich.table import Column, Table
 
 from agent import units
+from agent.cli_version import add_version_option
 from agent.errors import CasefileError, TransportError
 from agent.identity_text import display, identity_problem
 
@@ -43,23 +44,7 @@ app = typer.Typer(
     add_completion=False,
 )
 
-
-def _show_version(value: bool) -> None:
-    if value:
-        from agent.version import __version__
-
-        sys.stdout.write(f"casefile-collector {__version__}\n")
-        raise typer.Exit(0)
-
-
-@app.callback()
-def _root(
-    version: Annotated[
-        bool,
-        typer.Option("--version", help="Print the version and exit.", callback=_show_version, is_eager=True),
-    ] = False,
-) -> None:
-    """The Casefile collector: serve, issue tokens, and query bundles."""
+add_version_option(app, "casefile-collector")
 
 
 token_app = typer.Typer(help="Enrollment, case and engineer tokens (shown once, stored hashed).", no_args_is_help=True)
