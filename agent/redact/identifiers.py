@@ -23,7 +23,7 @@ import re
 
 from agent.redact.pseudonym import TOKEN_RE, Pseudonymizer, ip_token_kind
 
-__all__ = ["IPV4_RE", "IPV6_RE", "SYSTEM_USERS", "IdentifierRules"]
+__all__ = ["IPV4_RE", "IPV6_RE", "SYSTEM_USERS", "IdentifierRules", "learnable"]
 
 SYSTEM_USERS = frozenset(
     {
@@ -67,7 +67,7 @@ _TS = (
 )
 _SYSLOG_HEAD = re.compile(
     r"(?:<\d{1,3}>)?(?:(?P<ts>" + _TS + r") +)?(?P<host>" + _HOSTNAME + r"(?:[/@]" + _HOSTNAME + r")?)"
-    r" +(?P<tag>[A-Za-z0-9_.()/-]{1,64}?)(?P<pid>\[\d+\])?:(?=\s|$)"
+    r" +(?:(?P<tag>[A-Za-z0-9_.()/-]{1,64}?)(?P<pid>\[\d+\])?(?: \(\[\d+\]\))?:(?=\s|$))?"
 )
 # A name does not end in a dot: "of user gina." keeps its full stop.
 _USER_NAME = r"(?P<u>[A-Za-z_](?:[A-Za-z0-9_.-]{0,30}[A-Za-z0-9_-])?\$?)(?![\w@-])"
@@ -93,6 +93,16 @@ _UNIT_SUFFIX = (".service", ".socket", ".timer", ".target", ".mount", ".slice", 
                 ".swap", ".automount")  # fmt: skip
 
 
+_WORD = re.compile(r"(?<![\w.-])[A-Za-z0-9][\w-]*(?:\.[\w-]+)*")
+
+
+def learnable(name: str) -> bool:
+    """A host field worth looking for elsewhere: not a token, not a plain short word."""
+    if len(name) < 3 or TOKEN_RE.fullmatch(name) or name.lower() in _NOT_HOSTS or _is_ip(name):
+        return False
+    return len(name) >= 6 or any(c.isdigit() or c == "-" or c.isupper() for c in name)
+
+
 def _is_ip(text: str) -> bool:
     try:
         ipaddress.ip_address(text)
@@ -115,6 +125,9 @@ class IdentifierRules:
             if ordered
             else None
         )
+        # Host names learned from syslog host fields, replaced wherever they appear later
+        # ("setting hostname to \"web02.local\""). Lower-case name -> kind.
+        self._learned: dict[str, str] = {}
 
     def literals(self, line: str, counts: dict[str, int], prefix: str = "") -> str:
         """Harvested values only (the leak gate's private-profile check); kinds get ``prefix``."""
@@ -130,6 +143,17 @@ class IdentifierRules:
             return self.pseudo.token(kind, m.group(0))
 
         return self._literal_re.sub(literal, line)
+
+    def _learned_word(self, word: str, counts: dict[str, int]) -> str:
+        kind = self._learned.get(word.lower())
+        if kind is not None:
+            counts[kind] = counts.get(kind, 0) + 1
+            return self.pseudo.token(kind, word)
+        first, dot, rest = word.partition(".")
+        if dot and self._learned.get(first.lower()) == "host":  # web02.local, web02.corp.example
+            counts["host"] = counts.get("host", 0) + 1
+            return self.pseudo.token("host", first) + dot + rest
+        return word
 
     def _host(self, name: str, counts: dict[str, int]) -> str:
         if TOKEN_RE.fullmatch(name) or name.lower() in _NOT_HOSTS or _is_ip(name) or name.isdigit():
@@ -201,6 +225,8 @@ class IdentifierRules:
             out = _EMAIL.sub(email, out)
         out = self.literals(out, counts)
         out = self._syslog_head(out, counts)
+        if self._learned:
+            out = _WORD.sub(lambda m: self._learned_word(m.group(0), counts), out)
         lower = out.lower()
         if "user" in lower or "sudo" in lower or "acct" in lower or "logname" in lower or "uname" in lower \
                 or "for " in out or "(uid=" in out:  # fmt: skip
@@ -223,11 +249,18 @@ class IdentifierRules:
         m = _SYSLOG_HEAD.match(line)
         if m is None:
             return line
-        if m.group("ts") is None and m.group("pid") is None and m.group("tag") not in _PIDLESS_TAGS:
-            return line  # "word word:" with no time and no pid is any sentence, not syslog
+        ts, tag = m.group("ts"), m.group("tag")
+        # Without a BSD time the position alone proves nothing ("2026-… main ERROR x"):
+        # the tag must look like syslog's, with a pid or one of the pid-less daemons.
+        bsd = ts is not None and not ts[0].isdigit()
+        if not bsd and (tag is None or (m.group("pid") is None and tag not in _PIDLESS_TAGS)):
+            return line
         host = m.group("host")
         parts = re.split(r"([/@])", host)
         new = "".join(p if p in ("/", "@") else self._host(p, counts) for p in parts)
+        for p in parts:
+            if learnable(p):
+                self._learned.setdefault(p.lower(), "fqdn" if "." in p else "host")
         if new == host:
             return line
         s, e = m.span("host")

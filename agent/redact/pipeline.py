@@ -24,7 +24,7 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, cast
 
 from agent.redact.entropy import ENTROPY_RULE, whole_value_rule
 from agent.redact.errors import RedactionError
@@ -221,7 +221,7 @@ class Redactor:
                 done = self._json_document(head, dst, counts)
                 if done is not None:
                     return done
-            src = _Chain(head, src)  # not JSON, or too big to hold: redacted as text
+            src = cast(IO[bytes], _Chain(head, src))  # not JSON, or too big to hold: as text
         state = _State()
         jsonl = is_jsonl(artifact)
         written = 0

@@ -86,7 +86,7 @@ def test_gate_reads_json_lines_decoded() -> None:
     raw = json.dumps({"msg": "key ghp_" + "a1" * 18}, ensure_ascii=True).replace("g", "\\u0067") + "\n"
     gate = LeakGate(None)
     gate.scan_bytes("logs/app.jsonl", raw.encode())
-    with pytest.raises(LeakError, match="logs/app.jsonl \\(github-token"):
+    with pytest.raises(LeakError, match=r"logs/app.jsonl \(github-token"):
         gate.check(allow_leaks=False)
     out = io.BytesIO()
     Redactor(get_profile("standard")).redact_stream(io.BytesIO(raw.encode()), out, "logs/app.jsonl")
@@ -122,5 +122,5 @@ def test_a_secret_cut_by_the_redactors_line_bound_is_caught() -> None:
     assert token in out.getvalue()
     gate = LeakGate(None)
     gate.scan_bytes("files/min.js", out.getvalue())
-    with pytest.raises(LeakError, match="files/min.js \\(github-token: 1"):
+    with pytest.raises(LeakError, match=r"files/min.js \(github-token: 1"):
         gate.check(allow_leaks=False)
