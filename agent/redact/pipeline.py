@@ -58,6 +58,10 @@ _KEY_END = re.compile(r"-----END[ A-Z0-9_-]{0,100}PRIVATE KEY(?: BLOCK)?-----")
 _B64_RUN = re.compile(r"(?<![\[A-Za-z0-9+/=])[A-Za-z0-9+/=]{8,}")
 
 
+# A double-quoted JSON string literal (linear: an escape or a plain character at a time).
+_LITERAL = re.compile(r'"(?:[^"\\\n]|\\.)*"')
+
+
 def is_jsonl(artifact: str) -> bool:
     """Members written as JSON lines, redacted record by record in decoded form."""
     return artifact.endswith(".jsonl")
@@ -319,6 +323,8 @@ class Redactor:
             out = self._key_body(out, counts, state)
             if state.in_key:
                 return out
+        if "\\" in out and '"' in out:
+            out = _LITERAL.sub(lambda m: self._literal(m.group(0), counts), out)
         lower = out.lower()
         for rule in RULES:
             if rule.wanted(out, lower):
@@ -334,6 +340,21 @@ class Redactor:
         if self._ids is not None:
             out = self._identifiers(out, counts)
         return line if out == line else out
+
+    def _literal(self, literal: str, counts: dict[str, int]) -> str:
+        """A JSON string literal inside a text, redacted as the text it encodes.
+
+        A JSON document logged inside a message (``detail: "password=\\"x\\""``) hides
+        its quotes behind backslashes; decoded, the rules see them as quotes.
+        """
+        if "\\" not in literal:
+            return literal
+        try:
+            text = json.loads(literal)
+        except ValueError:
+            return literal
+        new = self._text(text, counts)
+        return literal if new == text else json.dumps(new, ensure_ascii=False)
 
     def _identifiers(self, line: str, counts: dict[str, int]) -> str:
         assert self._ids is not None
