@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from agent.redact.secrets import _KV_KEYWORD, SecretRule, marker
 
-__all__ = ["ENTROPY_RULE", "KEY_RULE", "looks_random", "whole_value_rule"]
+__all__ = ["ENTROPY_RULE", "KEY_RULE", "NET_FOLLOW", "NET_WORDS", "looks_random", "whole_value_rule"]
 
 MIN_LEN = 16
 MIN_BITS = 3.3
@@ -30,15 +30,17 @@ NAME = "high-entropy-secret"
 KEY_RULE = "kv-secret"
 
 # Key endings that may hold a credential but are too common to redact unconditionally.
-_NET_KEY = re.compile(
-    r"(?i)(?:key|auth|sig|signature|session|sessid|sessionid|sid|cookie|jwt|cred|creds|seed|licen[cs]e"
-    r"|salt|priv|nonce|otp|hmac)$"
-)
+_NET_KEY = re.compile(r"(?i)(?:key|auth|sig|signature|session|sessid|sessionid|sid|cookie|jwt|cred|creds)$")
+# The words the keys above contain (hints): the pipeline visits a line only where one of
+# them is followed by key characters and a separator (``NET_FOLLOW``), so "publickey for"
+# or "Started Session 3" cost a lookup, not a line.
+NET_WORDS = ("key", "auth", "sig", "sess", "sid", "cookie", "jwt", "cred")
+NET_FOLLOW = re.compile(rb"[a-z0-9_.-]{0,40}[\"']?[:=]")
+# The separator follows the key directly (``key=``, ``key:``, ``"key": ``).
 _PATTERN = re.compile(
-    r"(?<![\w.-])(?P<key>[A-Za-z_][\w.-]{0,60})[\"']?(?P<sep>[ \t]*[:=][ \t]*)[\"']?"
+    r"(?<![\w.-])(?P<key>[A-Za-z_][\w.-]{0,60})[\"']?(?P<sep>[:=][ \t]*)[\"']?"
     r"(?P<val>[A-Za-z0-9+/=_.~-]{" + str(MIN_LEN) + r",})"
 )
-
 
 def looks_random(value: str) -> bool:
     """Long enough, mixed letters and digits, and high Shannon entropy per character."""
@@ -88,8 +90,7 @@ def _unused(m: re.Match[str]) -> str:  # _NetRule.apply does the replacing itsel
 
 ENTROPY_RULE: SecretRule = _NetRule(
     NAME,
-    ("key", "auth", "sig", "sess", "sid", "cookie", "jwt", "cred", "seed", "licen", "salt", "priv", "nonce",
-     "otp", "hmac"),
+    NET_WORDS,
     _PATTERN,
     _unused,
     fold=True,

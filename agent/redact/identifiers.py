@@ -93,7 +93,7 @@ _UNIT_SUFFIX = (".service", ".socket", ".timer", ".target", ".mount", ".slice", 
                 ".swap", ".automount")  # fmt: skip
 
 
-_WORD = re.compile(r"(?<![\w.-])[A-Za-z0-9][\w-]*(?:\.[\w-]+)*")
+_IPISH = re.compile(r"[0-9A-Fa-f:.%]+")
 
 
 def learnable(name: str) -> bool:
@@ -104,11 +104,26 @@ def learnable(name: str) -> bool:
 
 
 def _is_ip(text: str) -> bool:
+    if _IPISH.fullmatch(text) is None:  # most names: no exception raised and caught
+        return False
     try:
         ipaddress.ip_address(text)
     except ValueError:
         return False
     return True
+
+
+_CACHE = 65536
+
+
+def _ip_kind(text: str) -> str | None:
+    if ":" in text and "::" not in text and text.count(":") < 7:
+        return None  # a time of day or similar, never a full IPv6 address
+    try:
+        addr = ipaddress.ip_address(text.split("%", 1)[0])
+    except ValueError:
+        return None
+    return ip_token_kind(addr)
 
 
 class IdentifierRules:
@@ -128,6 +143,8 @@ class IdentifierRules:
         # Host names learned from syslog host fields, replaced wherever they appear later
         # ("setting hostname to \"web02.local\""). Lower-case name -> kind.
         self._learned: dict[str, str] = {}
+        self._learned_re: re.Pattern[str] | None = None
+        self._ip_kinds: dict[str, str | None] = {}  # address text -> token kind (None: left)
 
     def literals(self, line: str, counts: dict[str, int], prefix: str = "") -> str:
         """Harvested values only (the leak gate's private-profile check); kinds get ``prefix``."""
@@ -208,16 +225,15 @@ class IdentifierRules:
 
         def ip(m: re.Match[str]) -> str:
             text = m.group(0)
-            if ":" in text and "::" not in text and text.count(":") < 7:
-                return text  # a time of day or similar, never a full IPv6 address
-            try:
-                addr = ipaddress.ip_address(text.split("%", 1)[0])
-            except ValueError:
-                return text
-            kind = ip_token_kind(addr)
+            if text in self._ip_kinds:
+                kind = self._ip_kinds[text]
+            else:
+                kind = self._ip_kinds[text] = _ip_kind(text)
+                if len(self._ip_kinds) > _CACHE:
+                    self._ip_kinds.clear()
             if kind is None:
                 return text
-            count("ipv4" if addr.version == 4 else "ipv6")
+            count("ipv4" if kind.startswith("ip4") else "ipv6")
             return pseudo.token(kind, text)
 
         out = line
@@ -225,8 +241,8 @@ class IdentifierRules:
             out = _EMAIL.sub(email, out)
         out = self.literals(out, counts)
         out = self._syslog_head(out, counts)
-        if self._learned:
-            out = _WORD.sub(lambda m: self._learned_word(m.group(0), counts), out)
+        if self._learned_re is not None:
+            out = self._learned_re.sub(lambda m: self._learned_word(m.group(0), counts), out)
         lower = out.lower()
         if "user" in lower or "sudo" in lower or "acct" in lower or "logname" in lower or "uname" in lower \
                 or "for " in out or "(uid=" in out:  # fmt: skip
@@ -258,9 +274,14 @@ class IdentifierRules:
         host = m.group("host")
         parts = re.split(r"([/@])", host)
         new = "".join(p if p in ("/", "@") else self._host(p, counts) for p in parts)
+        grown = False
         for p in parts:
-            if learnable(p):
-                self._learned.setdefault(p.lower(), "fqdn" if "." in p else "host")
+            if p.lower() not in self._learned and learnable(p):
+                self._learned[p.lower()] = "fqdn" if "." in p else "host"
+                grown = True
+        if grown:  # a few dozen names in a real log: one alternation, rebuilt when one is new
+            names = "|".join(re.escape(n) for n in sorted(self._learned, key=len, reverse=True))
+            self._learned_re = re.compile(r"(?i)(?<![\w.-])(?:" + names + r")(?:\.[\w-]+)*(?![\w-])")
         if new == host:
             return line
         s, e = m.span("host")

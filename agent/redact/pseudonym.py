@@ -44,6 +44,7 @@ KEY_NAME = "redact.key"
 MAP_NAME = "redact-map.jsonl"
 TOKEN_HEX = 12
 _KEY_BYTES = 32
+_CACHE = 65536
 TOKEN_RE = re.compile(
     r"\b(?:host|fqdn|domain|user|email|mac|ip4-(?:private|public|linklocal|shared)"
     r"|ip6-(?:private|public|linklocal))-[0-9a-f]{" + str(TOKEN_HEX) + r"}(?:-w[0-9a-f]{6})?\b"
@@ -122,8 +123,20 @@ class Pseudonymizer:
         self._lock = threading.Lock()
         self._new: dict[str, tuple[str, str]] = {}
         self._known: set[str] = set(load_mapping(home)) if home is not None else set()
+        # The same names recur on every line: one HMAC per distinct (kind, spelling).
+        self._cache: dict[tuple[str, str], str] = {}
 
     def token(self, kind: str, value: str) -> str:
+        cached = self._cache.get((kind, value))
+        if cached is not None:
+            return cached
+        token = self._make(kind, value)
+        if len(self._cache) >= _CACHE:
+            self._cache.clear()
+        self._cache[(kind, value)] = token
+        return token
+
+    def _make(self, kind: str, value: str) -> str:
         canon = canonical(kind, value)
         digest = hmac.new(self._key, f"{kind}\0{canon}".encode(), hashlib.sha256).hexdigest()
         token = f"{kind}-{digest[:TOKEN_HEX]}"
