@@ -48,8 +48,14 @@ _MAX_KEY_LINES = 300
 
 # bytes.find per hint runs at memchr speed; one regex alternation of ~50 literals
 # would try every alternative at every byte (measured ~30x slower).
-_CS_HINTS = tuple(sorted({h.encode() for r in SECRET_RULES if not r.fold for h in r.hints}))
-_CI_HINTS = tuple(sorted({h.encode() for r in SECRET_RULES if r.fold for h in r.hints}))
+def _fewest(hints: set[bytes], also: tuple[bytes, ...] = ()) -> tuple[bytes, ...]:
+    """Hints not containing another one: a line holding "--pass" holds "pass" (one find less)."""
+    keep = [h for h in hints if not any(o != h and o in h for o in hints) and not any(o in h.lower() for o in also)]
+    return tuple(sorted(keep))
+
+
+_CI_HINTS = _fewest({h.encode() for r in SECRET_RULES if r.fold for h in r.hints})
+_CS_HINTS = _fewest({h.encode() for r in SECRET_RULES if not r.fold for h in r.hints}, _CI_HINTS)
 _NET_HINTS = tuple(w.encode() for w in NET_WORDS)
 # In JSON an escape can hide a hint (\u0070assword, https:\/\/): such lines are decoded too.
 _JSON_HINTS = (b"\\u", b"\\/")
