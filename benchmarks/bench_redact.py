@@ -78,7 +78,10 @@ def as_jsonl(data: bytes) -> bytes:
     return "".join(out).encode()
 
 
-def throughput(data: bytes, profile: str, lines: int, repeat: int = 3, member: str = "bench") -> dict[str, float]:
+def throughput(data: bytes, profile: str, lines: int, repeat: int = 0, member: str = "bench") -> dict[str, float]:
+    # Best of several: on a shared 2-core machine other processes only ever slow a pass
+    # down, so the fastest pass is the closest to the code's own cost.
+    repeat = repeat or (3 if profile == "private" else 9)
     harvested = Harvested(hostnames=("web01",), ips=("192.0.2.7",), users=("deploy",))
     best = float("inf")
     for _ in range(repeat):
