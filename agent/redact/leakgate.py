@@ -96,8 +96,7 @@ class LeakGate:
     ``harvested`` (the private profile) adds this host's values to the secret rules.
     """
 
-    def __init__(self, harvested: Harvested | None, *, secrets: bool = True) -> None:
-        del secrets  # the rules are the redactor's; always on
+    def __init__(self, harvested: Harvested | None) -> None:
         self._checker = _Checker(harvested)
         self.report = LeakReport()
 
