@@ -319,8 +319,11 @@ class Prepared:
 def _redact_json(obj: Any, redactor: Redactor) -> Any:
     if isinstance(obj, str):
         return redactor.redact_text(obj, _MANIFEST)
-    if isinstance(obj, dict):
-        return {k: _redact_json(v, redactor) for k, v in obj.items()}
+    if isinstance(obj, dict):  # a string whose key names a secret goes whole, as the gate expects
+        return {
+            k: redactor.redact_field(str(k), v, _MANIFEST) if isinstance(v, str) else _redact_json(v, redactor)
+            for k, v in obj.items()
+        }
     if isinstance(obj, list | tuple):
         return [_redact_json(v, redactor) for v in obj]
     return obj

@@ -89,6 +89,6 @@ def _redact_map(msg: Message, field: FieldDescriptor, value: object, redactor: R
         for key in list(container):
             redact_message(container[key], redactor, artifact)
     elif value_field.type == _STRING:
-        for key in list(container):
-            container[key] = redactor.redact_text(container[key], artifact)
+        for key in list(container):  # a value whose key names a secret goes whole, as in JSON
+            container[key] = redactor.redact_field(key, container[key], artifact)
     # Maps to numbers are counts keyed by a fixed vocabulary (severity, state, event id).

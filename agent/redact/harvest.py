@@ -38,7 +38,7 @@ class Harvested:
     users: tuple[str, ...] = ()
 
     def literals(self) -> tuple[tuple[str, str], ...]:
-        """(kind, value) for the literal matcher: names only (addresses have patterns)."""
+        """(kind, value) for the literal matcher: names and dashed IPv4 forms (addresses have patterns)."""
         out: dict[str, str] = {}
         for kind, values in (
             ("fqdn", self.fqdns),
@@ -48,6 +48,11 @@ class Harvested:
         ):
             for v in values:
                 out.setdefault(v.lower(), kind)
+        # An address written with dashes is part of a host name (ip-10-1-2-3.ec2.internal,
+        # dhcp-192-168-0-66, sos#3388): no address pattern sees it, so it is a literal.
+        for ip in self.ips:
+            if "." in ip:
+                out.setdefault(ip.replace(".", "-"), "host")
         return tuple((kind, value) for value, kind in out.items())
 
     def values(self) -> tuple[tuple[str, str], ...]:

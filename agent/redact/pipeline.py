@@ -1,8 +1,14 @@
-"""The redaction pipeline: every artifact and every string fact passes through here.
+r"""The redaction pipeline: every artifact and every string fact passes through here.
 
-Order per line: secret rules (all profiles), then — when the profile pseudonymises —
-e-mails, harvested host/user names, home folders, MACs, IPv4, IPv6. Only hit *counts*
+Order per line: secret rules and the high-entropy net (all profiles), then — when the
+profile pseudonymises — the identifier rules (``identifiers.py``). Only hit *counts*
 per rule per artifact are kept, never values.
+
+Members in JSON lines (``logs/*.jsonl``) are redacted in their decoded form: each line
+is parsed, every key and string value is redacted as the text it stands for, a value
+whose key names a secret is replaced whole, and a changed record is serialised again —
+so ``token=\"…\"`` inside a message is seen with real quotes, a ``\u``-escaped value
+cannot hide, and every line stays valid JSON. A line that is not JSON is redacted as text.
 
 Streams are read in 1 MiB blocks. With secrets only, one bytes regex of every rule's
 hints scans the whole block in C and only the lines it points at are decoded and
@@ -13,55 +19,78 @@ bounded by the block size plus one line (lines are cut at ``MAX_LINE``).
 
 from __future__ import annotations
 
-import ipaddress
+import io
+import json
 import re
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, cast
 
+from agent.redact.entropy import ENTROPY_RULE, NET_FOLLOW, NET_WORDS, whole_value_rule
 from agent.redact.errors import RedactionError
 from agent.redact.harvest import Harvested
+from agent.redact.identifiers import IdentifierRules
 from agent.redact.profiles import Profile
-from agent.redact.pseudonym import Pseudonymizer, ip_token_kind
-from agent.redact.secrets import SECRET_RULES, marker
+from agent.redact.pseudonym import Pseudonymizer
+from agent.redact.secrets import SECRET_RULES, SecretRule, marker
 
-__all__ = ["MAX_LINE", "Redactor"]
+__all__ = ["MAX_LINE", "RULES", "Redactor", "is_jsonl"]
+
+# The one rule set: the redactor applies it, the leak gate re-applies it to the result.
+RULES: tuple[SecretRule, ...] = (*SECRET_RULES, ENTROPY_RULE)
 
 BLOCK = 1 << 20
 MAX_LINE = 1 << 20
+# A .json member up to this size is parsed whole; a larger one is redacted as text.
+_MAX_JSON = 64 << 20
 # A key block whose END never comes stops swallowing lines after this many.
 _MAX_KEY_LINES = 300
 
 # bytes.find per hint runs at memchr speed; one regex alternation of ~50 literals
 # would try every alternative at every byte (measured ~30x slower).
-_CS_HINTS = tuple(sorted({h.encode() for r in SECRET_RULES if not r.fold for h in r.hints}))
-_CI_HINTS = tuple(sorted({h.encode() for r in SECRET_RULES if r.fold for h in r.hints}))
+def _fewest(hints: set[bytes], also: tuple[bytes, ...] = ()) -> tuple[bytes, ...]:
+    """Hints not containing another one: a line holding "--pass" holds "pass" (one find less)."""
+    keep = [h for h in hints if not any(o != h and o in h for o in hints) and not any(o in h.lower() for o in also)]
+    return tuple(sorted(keep))
+
+
+_CI_HINTS = _fewest({h.encode() for r in SECRET_RULES if r.fold for h in r.hints})
+_CS_HINTS = _fewest({h.encode() for r in SECRET_RULES if not r.fold for h in r.hints}, _CI_HINTS)
+_NET_HINTS = tuple(w.encode() for w in NET_WORDS)
+# In JSON an escape can hide a hint (\u0070assword, https:\/\/): such lines are decoded too.
+_JSON_HINTS = (b"\\u", b"\\/")
 _KEY_BEGIN = re.compile(r"-----BEGIN[ A-Z0-9_-]{0,100}PRIVATE KEY(?: BLOCK)?-----")
 _KEY_END = re.compile(r"-----END[ A-Z0-9_-]{0,100}PRIVATE KEY(?: BLOCK)?-----")
-_B64_RUN = re.compile(r"[A-Za-z0-9+/=]{8,}")
-
-_EMAIL = re.compile(r"(?<![A-Za-z0-9._%+-])[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}\b")
-_HOME = re.compile(r"(?:(?<=/home/)|(?<=/Users/)|(?<=\\Users\\))(?!(?:user|host)-[0-9a-f])[^/\\\s\"':;,]+")
-_MAC = re.compile(r"(?<![0-9A-Fa-f:-])[0-9A-Fa-f]{2}([:-])[0-9A-Fa-f]{2}(?:\1[0-9A-Fa-f]{2}){4}(?![0-9A-Fa-f:-])")
-_OCTET = r"(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)"
-_IPV4 = re.compile(r"(?<![0-9A-Za-z.])(?:" + _OCTET + r"\.){3}" + _OCTET + r"(?![0-9A-Za-z]|\.\d)")
-_IPV6 = re.compile(
-    r"(?<![0-9A-Za-z:.])(?:[0-9A-Fa-f]{1,4}(?::[0-9A-Fa-f]{0,4}){2,7}|::(?:[0-9A-Fa-f]{1,4}:){0,6}[0-9A-Fa-f]{1,4})"
-    r"(?:%[0-9A-Za-z_.-]+)?(?![0-9A-Za-z:])"
-)
-_NO_MAC = frozenset({"00:00:00:00:00:00", "ff:ff:ff:ff:ff:ff"})
+# A base64 run in a key body; not the inside of a marker left by an earlier pass.
+_B64_RUN = re.compile(r"(?<![\[A-Za-z0-9+/=])[A-Za-z0-9+/=]{8,}")
 
 
-def _hint_positions(data: bytes) -> list[int]:
+# A double-quoted JSON string literal (linear: an escape or a plain character at a time).
+_LITERAL = re.compile(r'"(?:[^"\\\n]|\\.)*"')
+
+
+def is_jsonl(artifact: str) -> bool:
+    """Members written as JSON lines, redacted record by record in decoded form."""
+    return artifact.endswith(".jsonl")
+
+
+def _hint_positions(data: bytes, jsonl: bool = False) -> list[int]:
     """Offsets of every secret-rule hint in ``data``, sorted."""
     found: list[int] = []
-    for hints, text in ((_CS_HINTS, data), (_CI_HINTS, data.lower())):
+    cs = _CS_HINTS + _JSON_HINTS if jsonl else _CS_HINTS
+    lower = data.lower()
+    for hints, text in ((cs, data), (_CI_HINTS, lower)):
         for h in hints:
             i = text.find(h)
             while i >= 0:
                 found.append(i)
                 i = text.find(h, i + 1)
+    for h in _NET_HINTS:
+        i = lower.find(h)
+        while i >= 0:
+            if NET_FOLLOW.match(lower, i + len(h)) is not None:
+                found.append(i)
+            i = lower.find(h, i + 1)
     found.sort()
     return found
 
@@ -72,6 +101,7 @@ class _State:
 
     in_key: bool = False
     key_lines: int = 0
+    counted: bool = False  # this block's body had key material (a marker-only body is not a hit)
 
 
 class Redactor:
@@ -79,6 +109,7 @@ class Redactor:
 
     ``key`` (the installation's pseudonym key) is needed when the profile pseudonymises;
     pass ``pseudonymizer`` instead to share one map across several redactors.
+    ``max_line``: a line longer than this is cut (memory bound; the gate reads wider).
     """
 
     def __init__(
@@ -89,24 +120,18 @@ class Redactor:
         *,
         pseudonymizer: Pseudonymizer | None = None,
         home: Path | None = None,
+        max_line: int = MAX_LINE,
     ) -> None:
         self.profile = profile
         self.harvested = harvested or Harvested()
+        self.max_line = max_line
         if pseudonymizer is None and key is not None and profile.pseudonymise:
             pseudonymizer = Pseudonymizer(key, home=home)
         if profile.pseudonymise and pseudonymizer is None:
             raise RedactionError(f"profile {profile.name!r} needs the installation's pseudonym key")
         self.pseudo = pseudonymizer if profile.pseudonymise else None
+        self._ids = IdentifierRules(self.pseudo, self.harvested.literals()) if self.pseudo is not None else None
         self._hits: dict[str, dict[str, int]] = {}
-        literals = sorted(self.harvested.literals(), key=lambda kv: -len(kv[1]))
-        self._literal_kind = {value: kind for kind, value in literals}
-        self._literal_re = (
-            re.compile(
-                "(?i)(?<![A-Za-z0-9])(?:" + "|".join(re.escape(v) for _, v in literals) + ")(?![A-Za-z0-9])"
-            )
-            if literals
-            else None
-        )
 
     # -- results ---------------------------------------------------------------
 
@@ -134,7 +159,9 @@ class Redactor:
         """Redact a whole text (multi-line allowed: key blocks span lines)."""
         if not text:
             return text
-        counts = self._hits.setdefault(artifact, {})
+        return self._text(text, self._hits.setdefault(artifact, {}))
+
+    def _text(self, text: str, counts: dict[str, int]) -> str:
         state = _State()
         if "\n" not in text and "\r" not in text:
             return self._line(text, counts, state)
@@ -148,12 +175,73 @@ class Redactor:
         counts[kind] = counts.get(kind, 0) + 1
         return self.pseudo.token(kind, value)
 
+    def redact_field(self, key: str, value: str, artifact: str) -> str:
+        """A structured field's value: replaced whole when its key names a secret."""
+        return self._field(key, value, self._hits.setdefault(artifact, {}))
+
+    def _field(self, key: str, value: str, counts: dict[str, int]) -> str:
+        rule = whole_value_rule(key, value)
+        if rule is None:
+            return self._text(value, counts) if value else value
+        counts[rule] = counts.get(rule, 0) + 1
+        return marker(rule)
+
+    # -- JSON ------------------------------------------------------------------
+
+    def _json_line(self, text: str, counts: dict[str, int], state: _State) -> str:
+        """One line of a JSON-lines member, redacted in decoded form; text if not JSON."""
+        try:
+            obj = json.loads(text)
+        except ValueError:
+            return self._line(text, counts, state)
+        new = self._walk(obj, counts)
+        if new is obj:
+            return text
+        end = text[len(text.rstrip("\r\n")) :]
+        try:
+            return json.dumps(new, ensure_ascii=False, separators=(",", ":")) + end
+        except UnicodeEncodeError:  # pragma: no cover - dumps to str never encodes
+            return json.dumps(new, separators=(",", ":")) + end
+
+    def _walk(self, obj: object, counts: dict[str, int]) -> object:
+        """``obj`` itself when nothing in it changed, else a redacted copy."""
+        if isinstance(obj, str):
+            out = self._text(obj, counts) if obj else obj
+            return obj if out == obj else out
+        if isinstance(obj, dict):
+            changed = False
+            items: list[tuple[object, object]] = []
+            for k, v in obj.items():
+                nk = self._walk(k, counts)
+                nv = self._field(k, v, counts) if isinstance(v, str) else self._walk(v, counts)
+                if nv is not v and nv == v:
+                    nv = v
+                changed = changed or nk is not k or nv is not v
+                items.append((nk, nv))
+            return dict(items) if changed else obj
+        if isinstance(obj, list):
+            new = [self._walk(v, counts) for v in obj]
+            return new if any(a is not b for a, b in zip(new, obj, strict=True)) else obj
+        return obj
+
     # -- streams ---------------------------------------------------------------
 
     def redact_stream(self, src: IO[bytes], dst: IO[bytes], artifact: str) -> int:
-        """Copy ``src`` to ``dst`` redacted; return the bytes written."""
+        """Copy ``src`` to ``dst`` redacted; return the bytes written.
+
+        ``artifact`` names the member; one in JSON lines (``is_jsonl``) is redacted
+        record by record in decoded form.
+        """
         counts = self._hits.setdefault(artifact, {})
+        if artifact.endswith(".json"):
+            head = src.read(_MAX_JSON + 1)
+            if len(head) <= _MAX_JSON:
+                done = self._json_document(head, dst, counts)
+                if done is not None:
+                    return done
+            src = cast(IO[bytes], _Chain(head, src))  # not JSON, or too big to hold: as text
         state = _State()
+        jsonl = is_jsonl(artifact)
         written = 0
         carry = b""
         while True:
@@ -163,7 +251,7 @@ class Redactor:
                 break
             if block:
                 cut = data.rfind(b"\n") + 1
-                if cut == 0 and len(data) < MAX_LINE:
+                if cut == 0 and len(data) < self.max_line:
                     carry = data
                     continue
                 if cut == 0:
@@ -171,23 +259,37 @@ class Redactor:
                 data, carry = data[:cut], data[cut:]
             else:
                 carry = b""
-            written += self._block(data, dst, counts, state)
+            written += self._block(data, dst, counts, state, jsonl)
             if not block:
                 break
         return written
 
-    def _block(self, data: bytes, dst: IO[bytes], counts: dict[str, int], state: _State) -> int:
+    def _json_document(self, data: bytes, dst: IO[bytes], counts: dict[str, int]) -> int | None:
+        """A whole JSON document redacted in decoded form; None when it is not JSON."""
+        try:
+            obj = json.loads(data.decode("utf-8", "surrogateescape"))
+        except ValueError:
+            return None
+        new = self._walk(obj, counts)
+        if new is not obj:
+            indent = 1 if b"\n" in data.strip() else None
+            text = json.dumps(new, ensure_ascii=False, indent=indent, separators=None if indent else (",", ":"))
+            data = text.encode("utf-8", "surrogateescape") + (b"\n" if data.endswith(b"\n") else b"")
+        dst.write(data)
+        return len(data)
+
+    def _block(self, data: bytes, dst: IO[bytes], counts: dict[str, int], state: _State, jsonl: bool) -> int:
         end = len(data)
         if self.pseudo is not None:
-            return self._lines(data, 0, end, dst, counts, state)
+            return self._lines(data, 0, end, dst, counts, state, jsonl)
         written = 0
         pos = 0
         while state.in_key and pos < end:  # a key block went on from the previous block
             le = data.find(b"\n", pos)
             le = end if le < 0 else le + 1
-            written += self._lines(data, pos, le, dst, counts, state)
+            written += self._lines(data, pos, le, dst, counts, state, jsonl)
             pos = le
-        for p in _hint_positions(data):
+        for p in _hint_positions(data, jsonl):
             if p < pos:
                 continue
             ls = data.rfind(b"\n", 0, p) + 1
@@ -196,12 +298,12 @@ class Redactor:
                 written += ls - pos
             le = data.find(b"\n", p)
             le = end if le < 0 else le + 1
-            written += self._lines(data, ls, le, dst, counts, state)
+            written += self._lines(data, ls, le, dst, counts, state, jsonl)
             pos = le
             while state.in_key and pos < end:
                 le = data.find(b"\n", pos)
                 le = end if le < 0 else le + 1
-                written += self._lines(data, pos, le, dst, counts, state)
+                written += self._lines(data, pos, le, dst, counts, state, jsonl)
                 pos = le
         if pos < end:
             dst.write(data[pos:] if pos else data)
@@ -209,7 +311,7 @@ class Redactor:
         return written
 
     def _lines(
-        self, data: bytes, start: int, end: int, dst: IO[bytes], counts: dict[str, int], state: _State
+        self, data: bytes, start: int, end: int, dst: IO[bytes], counts: dict[str, int], state: _State, jsonl: bool
     ) -> int:
         written = 0
         pos = start
@@ -218,7 +320,7 @@ class Redactor:
             le = end if le < 0 else le + 1
             raw = data[pos:le]
             text = raw.decode("utf-8", "surrogateescape")
-            out = self._line(text, counts, state)
+            out = self._json_line(text, counts, state) if jsonl else self._line(text, counts, state)
             if out is not text:
                 raw = out.encode("utf-8", "surrogateescape")
             dst.write(raw)
@@ -232,11 +334,13 @@ class Redactor:
         """The redacted line; the very same object when nothing changed."""
         out = line
         if state.in_key:
-            out = self._key_body(out, state)
+            out = self._key_body(out, counts, state)
             if state.in_key:
                 return out
+        if "\\" in out and '"' in out:
+            out = _LITERAL.sub(lambda m: self._literal(m.group(0), counts), out)
         lower = out.lower()
-        for rule in SECRET_RULES:
+        for rule in RULES:
             if rule.wanted(out, lower):
                 new, n = rule.apply(out)
                 if n and new != out:
@@ -244,86 +348,65 @@ class Redactor:
                     tag = marker(rule.name)
                     counts[rule.name] = counts.get(rule.name, 0) + new.count(tag) - out.count(tag)
                     out = new
+                    lower = out.lower()
         if "-----BEGIN" in out:
             out = self._key_start(out, counts, state)
-        if self.pseudo is not None:
+        if self._ids is not None:
             out = self._identifiers(out, counts)
         return line if out == line else out
+
+    def _literal(self, literal: str, counts: dict[str, int]) -> str:
+        """A JSON string literal inside a text, redacted as the text it encodes.
+
+        A JSON document logged inside a message (``detail: "password=\\"x\\""``) hides
+        its quotes behind backslashes; decoded, the rules see them as quotes.
+        """
+        if "\\" not in literal:
+            return literal
+        try:
+            text = json.loads(literal)
+        except ValueError:
+            return literal
+        new = self._text(text, counts)
+        return literal if new == text else json.dumps(new, ensure_ascii=False)
+
+    def _identifiers(self, line: str, counts: dict[str, int]) -> str:
+        assert self._ids is not None
+        return self._ids.apply(line, counts)
 
     def _key_start(self, line: str, counts: dict[str, int], state: _State) -> str:
         m = _KEY_BEGIN.search(line)
         if m is None or line.startswith(marker("private-key"), m.end()):
             return line
-        state.in_key, state.key_lines = True, 0
-        counts["private-key"] = counts.get("private-key", 0) + 1
-        return line[: m.end()] + self._key_body(line[m.end() :], state)
+        state.in_key, state.key_lines, state.counted = True, 0, False
+        return line[: m.end()] + self._key_body(line[m.end() :], counts, state)
 
-    def _key_body(self, text: str, state: _State) -> str:
+    def _key_body(self, text: str, counts: dict[str, int], state: _State) -> str:
         state.key_lines += 1
         end = _KEY_END.search(text)
         body, tail = (text[: end.start()], text[end.start() :]) if end else (text, "")
         if end or state.key_lines > _MAX_KEY_LINES:
             state.in_key = False
-        body = _B64_RUN.sub(marker("private-key"), body)
+        body, n = _B64_RUN.subn(marker("private-key"), body)
+        if n and not state.counted:
+            # One hit per key; a body that is only markers (redacted before) is none.
+            state.counted = True
+            counts["private-key"] = counts.get("private-key", 0) + 1
         return body + tail
 
-    def _identifiers(self, line: str, counts: dict[str, int]) -> str:
-        def sub(pattern: re.Pattern[str], fn: Callable[[re.Match[str]], str], text: str) -> str:
-            return pattern.sub(fn, text)
 
-        def count(rule: str) -> None:
-            counts[rule] = counts.get(rule, 0) + 1
+class _Chain(io.RawIOBase):
+    """Bytes already read, then the rest of the stream."""
 
-        pseudo = self.pseudo
-        assert pseudo is not None
+    def __init__(self, head: bytes, rest: IO[bytes]) -> None:
+        self._head, self._rest = head, rest
 
-        def email(m: re.Match[str]) -> str:
-            count("email")
-            return pseudo.token("email", m.group(0))
+    def readable(self) -> bool:
+        return True
 
-        def literal(m: re.Match[str]) -> str:
-            kind = self._literal_kind.get(m.group(0).lower(), "host")
-            count(kind)
-            return pseudo.token(kind, m.group(0))
-
-        def home(m: re.Match[str]) -> str:
-            count("user")
-            return pseudo.token("user", m.group(0))
-
-        def mac(m: re.Match[str]) -> str:
-            value = m.group(0).lower().replace("-", ":")
-            if value in _NO_MAC:
-                return m.group(0)
-            count("mac")
-            return pseudo.token("mac", value)
-
-        def ip(m: re.Match[str]) -> str:
-            text = m.group(0)
-            if ":" in text and "::" not in text and text.count(":") < 7:
-                return text  # a time of day or similar, never a full IPv6 address
-            try:
-                addr = ipaddress.ip_address(text.split("%", 1)[0])
-            except ValueError:
-                return text
-            kind = ip_token_kind(addr)
-            if kind is None:
-                return text
-            count("ipv4" if addr.version == 4 else "ipv6")
-            return pseudo.token(kind, text)
-
-        out = line
-        if "@" in out:
-            out = sub(_EMAIL, email, out)
-        if self._literal_re is not None:
-            lower = out.lower()
-            if any(v in lower for v in self._literal_kind):
-                out = sub(self._literal_re, literal, out)
-        if "/home/" in out or "Users" in out:
-            out = sub(_HOME, home, out)
-        if ":" in out or "-" in out:
-            out = sub(_MAC, mac, out)
-        if "." in out:
-            out = sub(_IPV4, ip, out)
-        if ":" in out:
-            out = sub(_IPV6, ip, out)
-        return out
+    def read(self, size: int = -1) -> bytes:
+        if self._head:
+            out, self._head = (self._head, b"") if size < 0 or size >= len(self._head) else (
+                self._head[:size], self._head[size:])
+            return out
+        return self._rest.read(size)

@@ -2,7 +2,10 @@
 
 A token is ``<kind>-<first 12 hex of HMAC-SHA256(key, kind NUL canonical value)>``:
 48 bits, so ~10k distinct values collide with probability ~2e-7 (field-notes §5.3 asks
-for ≥ 10 hex digits). The key is made once per installation (``redact.key``, 0600 in the
+for ≥ 10 hex digits). A value written other than in its canonical form (``WEB7``,
+``FE80:0000::1``, ``3C-22-FB-…``) gets the same token plus ``-w<6 hex>`` naming the
+spelling, so engineers still correlate on the first part while ``casefile unmask``
+restores exactly the text that was written. The key is made once per installation (``redact.key``, 0600 in the
 agent home), so the same address gives the same token in every artifact and every later
 bundle — engineers can correlate without learning the value.
 
@@ -41,9 +44,10 @@ KEY_NAME = "redact.key"
 MAP_NAME = "redact-map.jsonl"
 TOKEN_HEX = 12
 _KEY_BYTES = 32
+_CACHE = 65536
 TOKEN_RE = re.compile(
     r"\b(?:host|fqdn|domain|user|email|mac|ip4-(?:private|public|linklocal|shared)"
-    r"|ip6-(?:private|public|linklocal))-[0-9a-f]{" + str(TOKEN_HEX) + r"}\b"
+    r"|ip6-(?:private|public|linklocal))-[0-9a-f]{" + str(TOKEN_HEX) + r"}(?:-w[0-9a-f]{6})?\b"
 )
 
 
@@ -119,11 +123,27 @@ class Pseudonymizer:
         self._lock = threading.Lock()
         self._new: dict[str, tuple[str, str]] = {}
         self._known: set[str] = set(load_mapping(home)) if home is not None else set()
+        # The same names recur on every line: one HMAC per distinct (kind, spelling).
+        self._cache: dict[tuple[str, str], str] = {}
 
     def token(self, kind: str, value: str) -> str:
-        value = canonical(kind, value)
-        digest = hmac.new(self._key, f"{kind}\0{value}".encode(), hashlib.sha256).hexdigest()
+        cached = self._cache.get((kind, value))
+        if cached is not None:
+            return cached
+        token = self._make(kind, value)
+        if len(self._cache) >= _CACHE:
+            self._cache.clear()
+        self._cache[(kind, value)] = token
+        return token
+
+    def _make(self, kind: str, value: str) -> str:
+        canon = canonical(kind, value)
+        digest = hmac.new(self._key, f"{kind}\0{canon}".encode(), hashlib.sha256).hexdigest()
         token = f"{kind}-{digest[:TOKEN_HEX]}"
+        if value != canon:
+            # The spelling as written, so unmask gives back these very characters.
+            written = hmac.new(self._key, f"{kind}\0{canon}\0{value}".encode(), hashlib.sha256).hexdigest()
+            token = f"{token}-w{written[:6]}"
         if token not in self._known:
             with self._lock:
                 self._new.setdefault(token, (kind, value))

@@ -134,25 +134,80 @@ def test_facts_only_has_no_raw_member_and_refuses_add_file(tmp_path: Path) -> No
 
 
 def test_leak_gate_fails_closed_then_allow_leaks_is_recorded(tmp_path: Path) -> None:
+    # The gate re-runs the redactor's rules, so it can only fail on what no rule could
+    # redact: here a token straddling the redactor's line bound (a 1 MiB line with no
+    # newline, as in a minified file); the gate reads longer lines and sees it whole.
+    from agent.redact.pipeline import MAX_LINE
+
+    token = "ghp_" + "Q" * 36
+    planted = tmp_path / "bundle.min.js"
+    planted.write_text(("x," * (MAX_LINE // 2))[: MAX_LINE - 21] + "," + token + "," + "y," * 100 + "\n")
+    out = tmp_path / "out"
+    args = ["collect", "--home", str(tmp_path / "home"), "-o", str(out), "--only", "host",
+            "--add-file", str(planted)]
+    res = casefile(*args, check=False)
+    assert res.returncode == 4
+    assert "files/bundle.min.js (github-token: 1)" in res.stderr
+    assert not out.exists() or not list(out.iterdir())  # nothing sealed, no partial left
+    _, _, manifest = collect(tmp_path, "--only", "host", "--add-file", str(planted), "--allow-leaks", add=False)
+    red = manifest["redaction"]
+    assert isinstance(red, dict) and red["allow_leaks"] is True
+    assert red["leak_gate"]["result"] == "leaks-allowed"
+    assert red["leak_gate"]["leaks"] == [{"artifact": "files/bundle.min.js", "rule": "github-token", "count": 1}]
+
+
+def test_dashed_host_address_is_pseudonymised_and_unmasked(tmp_path: Path) -> None:
     h = harvest_host()
     ip4 = next((ip for ip in h.ips if "." in ip), None)
     if ip4 is None:
         pytest.skip("this host has no non-loopback IPv4 address to plant")
+    line = f"resolved peer ip-{ip4.replace('.', '-')}.ec2.internal"
     planted = tmp_path / "cloud.log"
-    planted.write_text(f"resolved peer ip-{ip4.replace('.', '-')}.ec2.internal\n")
-    out = tmp_path / "out"
-    args = ["collect", "--home", str(tmp_path / "home"), "-o", str(out), "--profile", "private",
-            "--only", "host", "--add-file", str(planted)]
-    res = casefile(*args, check=False)
-    assert res.returncode == 4
-    assert "files/cloud.log (harvested-ip-dashed" in res.stderr
-    assert not out.exists() or not list(out.iterdir())  # nothing sealed, no partial left
-    _, _, manifest = collect(tmp_path, "--profile", "private", "--only", "host", "--add-file", str(planted),
-                             "--allow-leaks", add=False)
+    planted.write_text(line + "\n")
+    _, raw, manifest = collect(tmp_path, "--profile", "private", "--only", "host", "--add-file", str(planted),
+                               add=False)
     red = manifest["redaction"]
-    assert isinstance(red, dict) and red["allow_leaks"] is True
-    assert red["leak_gate"]["result"] == "leaks-allowed"
-    assert red["leak_gate"]["leaks"] == [{"artifact": "files/cloud.log", "rule": "harvested-ip-dashed", "count": 1}]
+    assert isinstance(red, dict) and red["leak_gate"]["result"] == "pass"
+    assert ip4.replace(".", "-").encode() not in raw
+    masked = re.search(rb"resolved peer ip-(\S+)\.ec2\.internal", raw)
+    assert masked is not None
+    res = casefile("unmask", "--home", str(tmp_path / "home"), masked.group(0).decode())
+    assert res.stdout.strip() == line
+
+
+SAME_LINES = [
+    'login ok token="tok3nV4lue9876543" user=bob',
+    'request body {"password":"hunter2hunter2","n":1}',
+    'proxy cookie="a=1; sessionid=s3ss10nS3cr3tValue"',
+    "auth header Authorization: Bearer abcdefghij0123456789",
+    "upload sig=Zq81LmW0cPzT4rYv9xKd9a done",
+    "db url postgres://app:PgPa55word@db.internal/x",
+]
+
+
+def test_the_same_line_is_redacted_alike_in_files_and_logs(tmp_path: Path) -> None:
+    import datetime as dt
+
+    now = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    stamps = [(now - dt.timedelta(minutes=len(SAME_LINES) - i)).strftime("%Y-%m-%dT%H:%M:%SZ")
+              for i in range(len(SAME_LINES))]
+    log = tmp_path / "appsrv.log"
+    log.write_text("".join(f"{ts} {msg}\n" for ts, msg in zip(stamps, SAME_LINES, strict=True)))
+    bundle, _, manifest = collect(tmp_path, "--only", "logs", "--set", f"log_files={log}", "--add-file", str(log),
+                                  add=False)
+    from agent.bundle import verify_bundle
+
+    kept = verify_bundle(bundle, keep=("files/appsrv.log", "logs/file-appsrv.jsonl")).kept
+    file_lines = kept["files/appsrv.log"].decode().splitlines()
+    records = [json.loads(x) for x in kept["logs/file-appsrv.jsonl"].decode().splitlines()]  # every line is JSON
+    assert [r["msg"] for r in records] == [x.split(" ", 1)[1] for x in file_lines]
+    text = "\n".join(file_lines)
+    for secret in ("tok3nV4lue9876543", "hunter2hunter2", "s3ss10nS3cr3tValue", "abcdefghij0123456789",
+                   "Zq81LmW0cPzT4rYv9xKd9a", "PgPa55word"):
+        assert secret not in text
+    red = manifest["redaction"]
+    assert isinstance(red, dict)
+    assert red["hits"]["files/appsrv.log"] == red["hits"]["logs/file-appsrv.jsonl"]
 
 
 def _tree(root: Path) -> set[str]:

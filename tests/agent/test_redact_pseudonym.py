@@ -92,3 +92,16 @@ def test_facts_are_walked_and_typed_identifiers_pseudonymised(tmp_path: Path) ->
 def test_standard_leaves_identifiers_alone() -> None:
     r = Redactor(get_profile("standard"), harvested=Harvested(hostnames=("web7",)))
     assert r.redact_text("web7 10.1.2.3 a@b.example", "x") == "web7 10.1.2.3 a@b.example"
+
+
+def test_spellings_share_a_token_and_unmask_gives_each_back(tmp_path: Path) -> None:
+    h = Harvested(hostnames=("web7",))
+    r = private(tmp_path, h)
+    text = "web7 WEB7 fe80::d8a5:90ff:fef5:7fff FE80:0000:0000:0000:D8A5:90FF:FEF5:7FFF fe80::1%eth0 3C-22-FB-12-34-56"
+    out = r.redact_text(text, "x")
+    a, b, c, d, e, f = out.split()
+    assert b.startswith(a + "-w") and d.startswith(c + "-w")  # one address, one name: the same first part
+    assert e.startswith("ip6-linklocal-") and "-w" in e and f.startswith("mac-") and "-w" in f
+    assert r.pseudo is not None
+    r.pseudo.flush()
+    assert unmask_text(out, load_mapping(tmp_path)) == (text, 6, 0)

@@ -139,7 +139,7 @@ GENERIC_RULES: tuple[SecretRule, ...] = (
         ("authorization", "bearer", "cookie"),
         re.compile(
             r"(?i)(?:(?:proxy-)?authorization\\*[\"']?\s*[:=]\s*\\*[\"']?(?:(?:bearer|basic|token|digest|negotiate"
-            r"|apikey|sso-key)\s+)?|\bbearer\s+(?=[A-Za-z0-9._~+/=-]{16,})|(?:set-)?cookie\\*[\"']?\s*[:=]\s*\\*[\"']?)"
+            r"|apikey|sso-key)\s+)?+|\bbearer\s+(?=[A-Za-z0-9._~+/=-]{16,})|(?:set-)?cookie\\*[\"']?\s*[:=]\s*\\*[\"']?)"
             r"(?P<val>(?!\[REDACTED)[^\s\"';\\]+(?:[ ]*;[ ]*[^\s\"';\\]+)*)"
         ),
         value_group("auth-header"),
