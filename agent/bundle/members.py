@@ -124,9 +124,7 @@ def iter_members(
     try:
         with open(label, "rb") as fh:
             tar_source = TarSource(fh, _declared_bound(verified, max_total_bytes))
-            with tarfile.open(
-                fileobj=tar_source, mode="r|", bufsize=TAR_BUFSIZE, tarinfo=BoundedTarInfo
-            ) as tar:
+            with tarfile.open(fileobj=tar_source, mode="r|", bufsize=TAR_BUFSIZE, tarinfo=BoundedTarInfo) as tar:
                 while (info := tar.next()) is not None:
                     if not info.isreg() or not info.name.startswith(prefix):
                         continue  # not this bundle's any more: its members show up missing below
@@ -157,9 +155,7 @@ def iter_members(
                         stream._finish()
         missing = sorted(p for p in expected if predicate(p) and p not in seen)
         if missing:
-            raise fail(
-                "missing-member", f"member {missing[0]}: gone since verification (the file changed)", missing[0]
-            )
+            raise fail("missing-member", f"member {missing[0]}: gone since verification (the file changed)", missing[0])
     except VerificationError as exc:
         exc.path = exc.path or label
         raise

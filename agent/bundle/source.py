@@ -91,9 +91,7 @@ class Bound:
         return f"{self.limit:,} bytes decompressed, {self.why}"
 
 
-def decompressed_bound(
-    compressed: int | None, *, max_total: int, max_ratio: int | None, ratio_floor: int
-) -> Bound:
+def decompressed_bound(compressed: int | None, *, max_total: int, max_ratio: int | None, ratio_floor: int) -> Bound:
     """The bound for a bundle of ``compressed`` bytes (None: unknown, then ``max_total``)."""
     if compressed is not None and max_ratio:
         by_ratio = max(ratio_floor, max_ratio * compressed)

@@ -1,0 +1,227 @@
+"""Bundle verification for ingest, on threads of its own.
+
+Verification is the costly part of an upload: decompress, hash, check the signature.
+It never runs in the event loop's default executor, which every database call goes
+through: eight decompression bombs there once held all six of its threads for a
+minute, and ``ListHosts`` timed out behind them. Two small pools instead:
+
+* followers verify a big upload while it arrives (one thread per upload, waiting on
+  the network most of the time), at most ``stream_verify_workers`` at once;
+* checks verify the rest after their last byte, at most ``verify_workers`` at once;
+  more wait their turn.
+
+Both run at a lower priority (``verify_nice``) where the OS allows one per thread, and
+every read is bounded by the bundle's compressed size (``agent.bundle.source``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import functools
+import logging
+import os
+import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import IO, Any, cast
+
+from agent.bundle import VerifiedBundle, verify_bundle
+from agent.bundle.reader import ReadMeter
+from agent.keys import PublicKey
+from collector.services.upload_limits import IngestLimits
+
+__all__ = ["Abandoned", "Following", "StagedTail", "Verifier"]
+
+log = logging.getLogger("casefile.collector.ingest")
+
+
+class Abandoned(Exception):
+    """The upload stopped before its last byte; the verifier following it gives up."""
+
+
+class StagedTail:
+    """The staged file as the verifier reads it while the upload is still arriving.
+
+    ``read`` returns only bytes the receiver has published (written and hashed); it
+    blocks for more until the receiver calls ``end`` (then end of file) or ``abandon``
+    (then it raises). The chunks just published are also held in memory (up to
+    ``_HELD_BYTES``), so a verifier that keeps up takes them as they are; one that
+    falls behind reads the file, with its own descriptor, so the receiver's writes and
+    the verifier's reads never share a file position.
+    """
+
+    _HELD_BYTES = 8 * 1024 * 1024
+
+    def __init__(self, path: Path, available: int) -> None:
+        self._fd = os.open(path, os.O_RDONLY)
+        self._cond = threading.Condition()
+        self._available = available
+        self._pos = 0
+        self._state = "open"  # open | ended | abandoned
+        self._held: collections.deque[tuple[int, bytes]] = collections.deque()
+        self._held_bytes = 0
+
+    def publish(self, offset: int, data: bytes = b"") -> None:
+        """Bytes up to ``offset`` are in the file; ``data`` are the last of them."""
+        with self._cond:
+            if data:
+                self._held.append((offset - len(data), data))
+                self._held_bytes += len(data)
+                while self._held_bytes > self._HELD_BYTES:
+                    self._held_bytes -= len(self._held.popleft()[1])
+            self._available = offset
+            self._cond.notify()
+
+    def end(self) -> None:
+        with self._cond:
+            self._state = "ended"
+            self._cond.notify()
+
+    def abandon(self) -> None:
+        with self._cond:
+            if self._state == "open":
+                self._state = "abandoned"
+            self._cond.notify()
+
+    def read(self, size: int = -1) -> bytes:
+        with self._cond:
+            while self._pos >= self._available and self._state == "open":
+                self._cond.wait()
+            if self._state == "abandoned":
+                raise Abandoned()
+            ready = self._available - self._pos
+            want = ready if size < 0 else min(size, ready)
+            piece = self._from_memory(want) if want > 0 else b""
+        if ready <= 0:
+            return b""
+        data = piece or os.pread(self._fd, want, self._pos)
+        self._pos += len(data)
+        return data
+
+    def _from_memory(self, want: int) -> bytes:
+        """Up to ``want`` bytes at the read position from the held chunks, or b"" (caller holds the lock)."""
+        held, pos = self._held, self._pos
+        while held and held[0][0] + len(held[0][1]) <= pos:
+            self._held_bytes -= len(held.popleft()[1])
+        if not held or held[0][0] > pos:
+            return b""
+        start, chunk = held[0]
+        if start == pos and len(chunk) <= want:
+            return chunk  # the common case: whole chunks, no copy
+        return chunk[pos - start : pos - start + want]
+
+    def close(self) -> None:
+        os.close(self._fd)
+
+
+Following = tuple[StagedTail, "asyncio.Future[VerifiedBundle]"]
+
+
+def _retrieve(fut: asyncio.Future[Any]) -> None:
+    """Mark an outcome nobody may await (an abandoned verifier) as seen."""
+    if not fut.cancelled():
+        fut.exception()
+
+
+def _lower_priority(nice: int) -> None:
+    """Make the calling worker thread nicer (Linux keeps a nice value per thread)."""
+    if nice <= 0 or not sys.platform.startswith("linux"):
+        return
+    with contextlib.suppress(OSError):
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + nice))
+
+
+class Verifier:
+    """Runs ``verify_bundle`` for ingest on its own bounded, lower-priority threads."""
+
+    def __init__(self, limits: IngestLimits) -> None:
+        self._limits = limits
+        self._followers: ThreadPoolExecutor | None = None
+        self._checks: ThreadPoolExecutor | None = None
+        self.following = 0  # follower threads busy (event loop only)
+        self._lock = threading.Lock()
+        # Every verification's decompressed bytes, refused ones included: what uploads
+        # cost the collector, for operators (and tests) to see.
+        self.decompressed_bytes = 0
+        self.compressed_bytes = 0
+
+    @property
+    def started_followers(self) -> bool:
+        return self._followers is not None
+
+    def close(self) -> None:
+        """Let the verifier threads go (uploads still running were abandoned by then)."""
+        for pool in (self._followers, self._checks):
+            if pool is not None:
+                # Queued verifiers still run: their uploads were abandoned, so they end at once.
+                pool.shutdown(wait=False)
+        self._followers = self._checks = None
+
+    def _pool(self, workers: int, name: str) -> ThreadPoolExecutor:
+        return ThreadPoolExecutor(
+            workers, thread_name_prefix=name, initializer=_lower_priority, initargs=(self._limits.verify_nice,)
+        )
+
+    def _verify(self, source: Path | IO[bytes], key: PublicKey, size: int, label: str) -> VerifiedBundle:
+        limits = self._limits
+        meter = ReadMeter()
+        try:
+            return verify_bundle(
+                source,
+                expected_key=key,
+                keep=("facts.pb",),
+                compressed_size=size,
+                max_total_bytes=limits.max_decompressed_bytes,
+                max_ratio=limits.max_compression_ratio,
+                ratio_floor=limits.ratio_floor_bytes,
+                meter=meter,
+            )
+        except Exception as exc:
+            log.info("bundle %s refused after %d bytes decompressed: %s", label, meter.decompressed, exc)
+            raise
+        finally:
+            with self._lock:
+                self.decompressed_bytes += meter.decompressed
+                self.compressed_bytes += meter.compressed
+
+    def follow(self, staged: Any, key: PublicKey, size: int) -> Following | None:
+        """Start verifying this upload while it arrives, if it is big enough and a worker is free."""
+        limits = self._limits
+        if size < limits.stream_verify_min_bytes or self.following >= limits.stream_verify_workers:
+            return None
+        if self._followers is None:
+            self._followers = self._pool(limits.stream_verify_workers, "casefile-verify-follow")
+        try:
+            tail = StagedTail(staged.path, staged.offset)
+        except OSError as exc:  # out of descriptors, say: verify after the last byte instead
+            log.warning("bundle %s: verifying after receipt, not while receiving: %s", staged.bundle_id, exc)
+            return None
+        loop = asyncio.get_running_loop()
+        self.following += 1
+
+        def run() -> VerifiedBundle:
+            try:
+                return self._verify(cast(IO[bytes], tail), key, size, staged.bundle_id)
+            finally:
+                tail.close()
+                # Counted down by the worker itself: its thread, not the awaiting future, holds the slot.
+                with contextlib.suppress(RuntimeError):  # the loop is gone at shutdown
+                    loop.call_soon_threadsafe(self._follower_done)
+
+        fut = loop.run_in_executor(self._followers, run)
+        fut.add_done_callback(_retrieve)
+        return tail, fut
+
+    def _follower_done(self) -> None:
+        self.following -= 1
+
+    async def check(self, path: Path, key: PublicKey, size: int, label: str) -> VerifiedBundle:
+        """Verify a staged file whose every byte is here (waits for a free check thread)."""
+        if self._checks is None:
+            self._checks = self._pool(self._limits.verify_workers, "casefile-verify")
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._checks, functools.partial(self._verify, path, key, size, label))
