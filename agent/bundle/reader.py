@@ -211,11 +211,11 @@ def _check_trailer(tar: tarfile.TarFile, source: TarSource) -> None:
     """After the last member only zeros may follow: the end-of-archive blocks and padding."""
     end = tar.offset
     pending = source.delivered - end
-    if pending > len(source.tail):
+    tail = source.tail()
+    if pending > len(tail):
         raise fail("corrupt", f"corrupt archive: bad tar header or data at offset {end}")
-    trailer = len(source.tail) - pending
     size = pending
-    nonzero = bytes(source.tail[trailer:]).count(0) != pending
+    nonzero = tail[len(tail) - pending :].count(0) != pending
     while not nonzero and size <= _TRAILER_MAX and (chunk := source.read(TAR_BUFSIZE)):
         size += len(chunk)
         nonzero = chunk.count(0) != len(chunk)

@@ -18,6 +18,7 @@ for whatever headers do not declare (extended headers, padding, the trailer).
 
 from __future__ import annotations
 
+import collections
 import io
 import os
 import stat
@@ -254,8 +255,15 @@ class TarSource:
         self.bound = bound
         self._meter = meter if meter is not None else ReadMeter()
         self.delivered = 0
-        self.tail = bytearray()
+        # The last chunks delivered, at least _TAIL_KEEP bytes of them, kept as they are:
+        # copying every chunk into one buffer cost a memmove per read, under the GIL.
+        self._recent: collections.deque[bytes] = collections.deque()
+        self._recent_bytes = 0
         self.done = False
+
+    def tail(self) -> bytes:
+        """The last bytes delivered (at least the last 256 KiB, when there were that many)."""
+        return b"".join(self._recent)
 
     def read(self, size: int = -1) -> bytes:
         if self.done:
@@ -272,9 +280,10 @@ class TarSource:
         self._meter.decompressed = self.delivered
         if self.delivered > self.bound.limit:
             raise fail("too-large", f"more than {self.bound.describe()}")
-        self.tail += data
-        if len(self.tail) > _TAIL_KEEP:
-            del self.tail[:-_TAIL_KEEP]
+        self._recent.append(data)
+        self._recent_bytes += len(data)
+        while self._recent_bytes - len(self._recent[0]) >= _TAIL_KEEP:
+            self._recent_bytes -= len(self._recent.popleft())
         return data
 
     # tarfile's type asks for a whole file object; a read-only stream needs none of these.
