@@ -45,15 +45,17 @@ class IngestLimits:
     # Uploads under one case token refused by verification before the token takes no more.
     max_refused_per_case_token: int = 10
     # Bundles at least this big are verified while they arrive, by a worker thread that
-    # follows the staged file, so the receipt does not wait for a second pass. At most
-    # this many such workers at once; other uploads are verified after their last byte,
-    # by at most ``verify_workers`` threads. Neither uses the default executor, which
-    # every database call goes through: a flood of bad bundles queues behind itself.
-    stream_verify_min_bytes: int = 1024 * 1024
+    # follows the staged file, so the receipt of a big bundle does not wait for a second
+    # pass; at most ``stream_verify_workers`` such threads at once. Other uploads are
+    # verified after their last byte, in ``verify_workers`` worker processes, where a
+    # bomb's decompression never holds the lock the event loop needs. Neither uses the
+    # default executor, which every database call goes through. One process: on two
+    # cores a second one doubled ListHosts p99 while bombs arrived (bench_bombs.py).
+    stream_verify_min_bytes: int = 8 * 1024 * 1024
     stream_verify_workers: int = 4
-    verify_workers: int = 2
-    # Verifier threads run this much nicer than the rest (Linux, per thread), so serving
-    # queries and receiving bytes comes first when the cores are busy.
+    verify_workers: int = 1
+    # Verifiers run this much nicer than the collector (processes; follower threads on
+    # Linux, which keeps a nice value per thread), so serving queries comes first.
     verify_nice: int = 10
     # Decompression bound of every bundle (see agent.bundle.source).
     max_decompressed_bytes: int = DEFAULT_MAX_TOTAL

@@ -7,11 +7,15 @@ minute, and ``ListHosts`` timed out behind them. Two small pools instead:
 
 * followers verify a big upload while it arrives (one thread per upload, waiting on
   the network most of the time), at most ``stream_verify_workers`` at once;
-* checks verify the rest after their last byte, at most ``verify_workers`` at once;
-  more wait their turn.
+* checks verify the rest after their last byte, in ``verify_workers`` worker
+  processes; more wait their turn. A process, not a thread: decompressing and hashing
+  a bomb in a thread held the interpreter lock a third of the time, and the event
+  loop waited for it (ListHosts p50 3 ms idle, 19 ms during eight bombs; see
+  benchmarks/bench_bombs.py).
 
-Both run at a lower priority (``verify_nice``) where the OS allows one per thread, and
-every read is bounded by the bundle's compressed size (``agent.bundle.source``).
+Both run at a lower priority (``verify_nice``; followers where the OS keeps one per
+thread), and every read is bounded by the bundle's compressed size
+(``agent.bundle.source``).
 """
 
 from __future__ import annotations
@@ -21,16 +25,22 @@ import collections
 import contextlib
 import functools
 import logging
+import multiprocessing
 import os
 import sys
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import IO, Any, cast
 
+import grpc
+
 from agent.bundle import VerifiedBundle, verify_bundle
+from agent.bundle.outcome import verify_outcome
 from agent.bundle.reader import ReadMeter
 from agent.keys import PublicKey
+from collector.edge import Rejected
 from collector.services.upload_limits import IngestLimits
 
 __all__ = ["Abandoned", "Following", "StagedTail", "Verifier"]
@@ -141,7 +151,7 @@ class Verifier:
     def __init__(self, limits: IngestLimits) -> None:
         self._limits = limits
         self._followers: ThreadPoolExecutor | None = None
-        self._checks: ThreadPoolExecutor | None = None
+        self._checks: ProcessPoolExecutor | None = None
         self.following = 0  # follower threads busy (event loop only)
         self._lock = threading.Lock()
         # Every verification's decompressed bytes, refused ones included: what uploads
@@ -155,10 +165,11 @@ class Verifier:
 
     def close(self) -> None:
         """Let the verifier threads go (uploads still running were abandoned by then)."""
-        for pool in (self._followers, self._checks):
-            if pool is not None:
-                # Queued verifiers still run: their uploads were abandoned, so they end at once.
-                pool.shutdown(wait=False)
+        if self._followers is not None:
+            # Queued verifiers still run: their uploads were abandoned, so they end at once.
+            self._followers.shutdown(wait=False)
+        if self._checks is not None:
+            self._checks.shutdown(wait=False, cancel_futures=True)
         self._followers = self._checks = None
 
     def _pool(self, workers: int, name: str) -> ThreadPoolExecutor:
@@ -220,8 +231,46 @@ class Verifier:
         self.following -= 1
 
     async def check(self, path: Path, key: PublicKey, size: int, label: str) -> VerifiedBundle:
-        """Verify a staged file whose every byte is here (waits for a free check thread)."""
+        """Verify a staged file whose every byte is here, in a worker process (waits for a free one)."""
+        limits = self._limits
         if self._checks is None:
-            self._checks = self._pool(self._limits.verify_workers, "casefile-verify")
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._checks, functools.partial(self._verify, path, key, size, label))
+            # spawn, not fork: a forked copy of a process running grpc threads is not safe.
+            self._checks = ProcessPoolExecutor(
+                limits.verify_workers,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=_lower_process_priority,
+                initargs=(limits.verify_nice,),
+            )
+        run = functools.partial(
+            verify_outcome,
+            str(path),
+            expected_key=key,
+            keep=("facts.pb",),
+            compressed_size=size,
+            max_total_bytes=limits.max_decompressed_bytes,
+            max_ratio=limits.max_compression_ratio,
+            ratio_floor=limits.ratio_floor_bytes,
+        )
+        try:
+            outcome = await asyncio.get_running_loop().run_in_executor(self._checks, run)
+        except BrokenProcessPool:
+            self._checks = None  # a worker died (killed, out of memory): the next check starts new ones
+            raise Rejected(
+                grpc.StatusCode.UNAVAILABLE,
+                f"bundle {label}: the verifier process died; the partial was discarded, upload again",
+            ) from None
+        with self._lock:
+            self.decompressed_bytes += outcome.decompressed
+            self.compressed_bytes += outcome.compressed
+        if outcome.refusal is not None:
+            log.info(
+                "bundle %s refused after %d bytes decompressed: %s", label, outcome.decompressed, outcome.refusal[0]
+            )
+        return outcome.result()
+
+
+def _lower_process_priority(nice: int) -> None:
+    """A verifier process runs nicer than the collector (the whole process: no lock to share)."""
+    if nice > 0:
+        with contextlib.suppress(OSError):
+            os.nice(nice)
