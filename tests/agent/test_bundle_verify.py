@@ -546,6 +546,26 @@ def test_swapped_in_bomb_stops_the_member_stream_at_its_header(tmp_path: Path) -
     assert (caught.value.reason, caught.value.member) == ("size-mismatch", "logs/syslog.txt")
 
 
+def test_outcome_crosses_a_process_boundary(tmp_path: Path) -> None:
+    """What the collector's verifier process sends back pickles, and turns back into the
+    same bundle or the same refusal (a VerificationError itself does not unpickle)."""
+    import pickle
+
+    from agent.bundle.outcome import verify_outcome
+
+    data, key = original()
+    good, bomb = tmp_path / "good.tar.zst", tmp_path / "bomb.tar.zst"
+    good.write_bytes(data)
+    bomb.write_bytes(zero_bomb(data))
+    ok = pickle.loads(pickle.dumps(verify_outcome(good, expected_key=key.public)))
+    assert ok.result().members == verify_bundle(good).members and ok.decompressed > 0
+    refused = pickle.loads(pickle.dumps(verify_outcome(bomb, expected_key=key.public)))
+    with pytest.raises(VerificationError) as caught:
+        refused.result()
+    assert (caught.value.reason, caught.value.member) == ("too-large", "bomb.bin")
+    assert refused.decompressed < 1 << 20
+
+
 def test_path_is_recorded_on_errors(tmp_path: Path) -> None:
     target = tmp_path / "x.tar.zst"
     target.write_bytes(b"junk")
