@@ -206,9 +206,7 @@ async def authorize_upload(
 
     Enrolled agents name their agent id and are checked against the stored key. A
     customer's one-shot upload carries a case token and its public key instead; the
-    key becomes an identity bound to that case on first use, and only once the token
-    is known good, the proof checked and the token still open for uploads (not used up,
-    fewer than ``max_refused`` uploads refused): a refused call writes nothing.
+    key becomes an identity bound to that case on first use.
     """
     now = int(time.time())
     if abs(now - proof.timestamp_unix) > PROOF_WINDOW_S:
@@ -247,18 +245,19 @@ async def authorize_upload(
                 grpc.StatusCode.UNAUTHENTICATED,
                 f"upload proof for bundle {bundle_id} is not signed by the key it carries",
             )
+        # A new identity only once the token is known good, the proof checked and the
+        # token still open for uploads (not used up, fewer than ``max_refused`` refused):
+        # a refused call writes nothing; a closed token may only find the one it made.
         closed = await _closed(store, case_token, max_refused)
-        if closed is None:
-            agent = await asyncio.to_thread(
-                store.create_agent,
-                key.raw,
-                fingerprint_of(key.raw),
-                proof.hostname[:255] or f"case {case_token.case_id}",
-                case_token.id,
-                case_token.case_id,
-            )
-        else:
-            agent = await _existing_case_agent(store, key, case_token, f"bundle {bundle_id}: {closed}")
+        existing = await _existing_case_agent(store, key, case_token, bundle_id, closed) if closed else None
+        agent = existing if existing is not None else await asyncio.to_thread(
+            store.create_agent,
+            key.raw,
+            fingerprint_of(key.raw),
+            proof.hostname[:255] or f"case {case_token.case_id}",
+            case_token.id,
+            case_token.case_id,
+        )
     else:
         raise Rejected(
             grpc.StatusCode.UNAUTHENTICATED,
@@ -288,14 +287,16 @@ async def _closed(store: Store, token: TokenRecord, max_refused: int | None) -> 
     return None
 
 
-async def _existing_case_agent(store: Store, key: PublicKey, token: TokenRecord, refusal: str) -> AgentRecord:
+async def _existing_case_agent(
+    store: Store, key: PublicKey, token: TokenRecord, bundle_id: str, closed: str
+) -> AgentRecord:
     """The identity this key already has in the token's case; a closed token makes none."""
     try:
         agent = await asyncio.to_thread(store.get_agent_by_fingerprint, key.fingerprint)
     except NotFound:
-        raise Rejected(grpc.StatusCode.UNAUTHENTICATED, refusal) from None
-    if agent.case_id != token.case_id:
-        raise Rejected(grpc.StatusCode.UNAUTHENTICATED, refusal)
+        agent = None
+    if agent is None or agent.case_id != token.case_id:
+        raise Rejected(grpc.StatusCode.UNAUTHENTICATED, f"bundle {bundle_id}: {closed}")
     return agent
 
 
