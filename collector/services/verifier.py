@@ -29,6 +29,7 @@ import multiprocessing
 import os
 import sys
 import threading
+import time
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
@@ -238,7 +239,7 @@ class Verifier:
             self._checks = ProcessPoolExecutor(
                 limits.verify_workers,
                 mp_context=multiprocessing.get_context("spawn"),
-                initializer=_lower_process_priority,
+                initializer=_verifier_process_init,
                 initargs=(limits.verify_nice,),
             )
         run = functools.partial(
@@ -269,8 +270,19 @@ class Verifier:
         return outcome.result()
 
 
-def _lower_process_priority(nice: int) -> None:
-    """A verifier process runs nicer than the collector (the whole process: no lock to share)."""
+def _verifier_process_init(nice: int) -> None:
+    """Runs first in each verifier process: nicer than the collector (the whole process,
+    no lock to share), and gone when the collector is. A worker blocks on a queue whose
+    write end it holds itself, so a collector killed outright (SIGKILL, the OOM killer)
+    would otherwise leave it behind for ever."""
     if nice > 0:
         with contextlib.suppress(OSError):
             os.nice(nice)
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="casefile-verify-parent", daemon=True).start()

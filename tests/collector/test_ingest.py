@@ -985,3 +985,49 @@ def test_streams_without_a_header_are_closed_by_the_collector(tmp_path: Path) ->
     finally:
         release.set()
         gen.close()
+
+
+def test_verifier_process_ends_with_a_killed_collector(tmp_path: Path) -> None:
+    """Uploads are verified in a worker process; a collector killed outright (SIGKILL,
+    the OOM killer) must not leave it behind."""
+    import json
+    import signal
+    import subprocess
+    import sys
+
+    import psutil
+
+    from agent.transport import open_channel, parse_address
+
+    binary = str(Path(sys.executable).parent / "casefile-collector")
+    data = ["--data-dir", str(tmp_path / "collector")]
+    token = subprocess.run(
+        [binary, "token", "create", "--kind", "enroll", "-q", *data], check=True, capture_output=True, text=True
+    ).stdout.strip()
+    ready = tmp_path / "ready.json"
+    proc = subprocess.Popen(
+        [binary, "serve", "--address", "127.0.0.1:0", *data, "--ready-file", str(ready)], stderr=subprocess.DEVNULL
+    )
+    try:
+        for _ in range(600):
+            if ready.exists() or proc.poll() is not None:
+                break
+            threading.Event().wait(0.05)
+        info = json.loads(ready.read_text())
+        key = SigningKey.generate()
+        with open_channel(parse_address(f"127.0.0.1:{info['port']}"), ca_fingerprint=info["fingerprint"]) as ch:
+            agent_id = enroll(ch, token=token, key=key, hostname="h", agent_version="t").agent_id
+            b = small_bundle(tmp_path / "b", key, agent_id=agent_id)
+            upload_bundle(ch, b.path, bundle_id=b.bundle_id, target=UploadTarget(key=key, agent_id=agent_id))
+        workers = [
+            p for p in psutil.Process(proc.pid).children(recursive=True) if "spawn_main" in " ".join(p.cmdline())
+        ]
+        assert workers, "the upload was not verified in a worker process"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+        _, alive = psutil.wait_procs(workers, timeout=15)
+        assert not alive, f"verifier processes outlived the collector: {[p.pid for p in alive]}"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
