@@ -204,11 +204,17 @@ def _outcome(call: AuditedCall, exc: BaseException) -> tuple[str, str]:
 
 @dataclass(frozen=True)
 class UploadIdentity:
-    """Who is uploading: the agent record the bundle must be signed by."""
+    """Who is uploading: the agent record the bundle must be signed by.
+
+    ``closed`` says why this identity may not start a new upload (its case token is
+    used up, or has had too many uploads refused), or is None; it may still ask again
+    for the receipt of a bundle it stored.
+    """
 
     agent: AgentRecord
     public_key: PublicKey
     case_token: TokenRecord | None
+    closed: str | None = None
 
 
 async def authorize_upload(
@@ -219,6 +225,7 @@ async def authorize_upload(
     sha256: str,
     size: int,
     proof: collector_pb2.AgentProof,
+    max_refused: int | None = None,
 ) -> UploadIdentity:
     """Check the proof of key possession; resolve (or, for case tokens, create) the agent.
 
@@ -240,6 +247,7 @@ async def authorize_upload(
     message = proof_message(bundle_id, sha256, size, proof.timestamp_unix)
     token = bearer_token(context)
     case_token: TokenRecord | None = None
+    closed: str | None = None
     if proof.agent_id:
         try:
             agent = await asyncio.to_thread(store.get_agent, proof.agent_id)
@@ -266,7 +274,12 @@ async def authorize_upload(
                 grpc.StatusCode.UNAUTHENTICATED,
                 f"upload proof for bundle {bundle_id} is not signed by the key it carries",
             )
-        agent = await asyncio.to_thread(
+        # A new identity only once the token is known good, the proof checked and the
+        # token still open for uploads (not used up, fewer than ``max_refused`` refused):
+        # a refused call writes nothing; a closed token may only find the one it made.
+        closed = await _closed(store, case_token, max_refused)
+        existing = await _existing_case_agent(store, key, case_token, bundle_id, closed) if closed else None
+        agent = existing if existing is not None else await asyncio.to_thread(
             store.create_agent,
             key.raw,
             fingerprint_of(key.raw),
@@ -284,7 +297,36 @@ async def authorize_upload(
             grpc.StatusCode.UNAUTHENTICATED,
             f"upload proof for bundle {bundle_id} does not match the key of agent {agent.id} ({key.fingerprint})",
         )
-    return UploadIdentity(agent=agent, public_key=key, case_token=case_token)
+    if proof.agent_id and case_token is not None:
+        closed = await _closed(store, case_token, max_refused)
+    return UploadIdentity(agent=agent, public_key=key, case_token=case_token, closed=closed)
+
+
+async def _closed(store: Store, token: TokenRecord, max_refused: int | None) -> str | None:
+    """Why ``token`` takes no new upload, or None."""
+    if token.max_uses is not None and token.uses >= token.max_uses:
+        return f"case token {token.id} is used up ({token.uses}/{token.max_uses} uploads)"
+    if max_refused is not None:
+        refused = await asyncio.to_thread(store.refused_uploads, token.id)
+        if refused >= max_refused:
+            return (
+                f"case token {token.id} has had {refused} uploads refused (at most {max_refused}); "
+                "ask support for a new token"
+            )
+    return None
+
+
+async def _existing_case_agent(
+    store: Store, key: PublicKey, token: TokenRecord, bundle_id: str, closed: str
+) -> AgentRecord:
+    """The identity this key already has in the token's case; a closed token makes none."""
+    try:
+        agent = await asyncio.to_thread(store.get_agent_by_fingerprint, key.fingerprint)
+    except NotFound:
+        agent = None
+    if agent is None or agent.case_id != token.case_id:
+        raise Rejected(grpc.StatusCode.UNAUTHENTICATED, f"bundle {bundle_id}: {closed}")
+    return agent
 
 
 async def _case_token_for(store: Store, token: str | None, agent: AgentRecord) -> TokenRecord:

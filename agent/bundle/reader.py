@@ -9,7 +9,9 @@ entry name when that path is itself the problem; None for the archive as a whole
 
     corrupt            not zstd, bad zstd data, bad tar headers, data after the archive
     truncated          the file ends early (inside a zstd frame or a tar member)
-    too-large          decompressed total, manifest or a kept member over its cap
+    too-large          decompressed total, manifest, a kept member or an extended
+                       header over its cap (see ``agent.bundle.source`` for the bound
+                       on decompressed bytes, checked at each member's header)
     too-many-members   more members than allowed
     unsafe-member      not a regular file (link, device, fifo, folder, sparse), or setuid
     unsafe-path        absolute, ``..``, backslash, control chars, outside the top folder
@@ -31,9 +33,8 @@ import functools
 import hashlib
 import os
 import tarfile
-from collections.abc import Callable, Collection, Iterator
-from dataclasses import dataclass
-from typing import IO, Any, cast
+from collections.abc import Callable, Collection
+from typing import IO
 
 import zstandard
 
@@ -45,6 +46,22 @@ from agent.bundle.manifest import (
     member_path_problem,
     parse_manifest,
 )
+from agent.bundle.members import MemberStream, VerifiedBundle, iter_members
+from agent.bundle.source import (
+    CHUNK,
+    DEFAULT_MAX_RATIO,
+    DEFAULT_MAX_TOTAL,
+    DEFAULT_RATIO_FLOOR,
+    TAR_BUFSIZE,
+    Bound,
+    BoundedTarInfo,
+    ReadMeter,
+    TarSource,
+    compressed_size_of,
+    decompressed_bound,
+    fail,
+    show,
+)
 from agent.errors import BundleError, VerificationError
 from agent.keys import PublicKey
 
@@ -52,202 +69,22 @@ __all__ = [
     "DEFAULT_MAX_MANIFEST",
     "DEFAULT_MAX_MEMBERS",
     "DEFAULT_MAX_MEMBER_KEEP",
+    "DEFAULT_MAX_RATIO",
     "DEFAULT_MAX_TOTAL",
+    "DEFAULT_RATIO_FLOOR",
     "MemberStream",
+    "ReadMeter",
     "VerifiedBundle",
     "iter_members",
     "verify_bundle",
 ]
 
-DEFAULT_MAX_TOTAL = 8 << 30
 DEFAULT_MAX_MEMBERS = 100_000
 DEFAULT_MAX_MANIFEST = 16 << 20
 DEFAULT_MAX_MEMBER_KEEP = 64 << 20
-# zstd -19 uses an 8 MiB window; refusing bigger ones caps the decoder's memory.
-MAX_WINDOW = 16 << 20
-_CHUNK = 256 << 10
-_TAR_BUFSIZE = 64 << 10
-_TAIL_KEEP = 4 * _TAR_BUFSIZE
 _TRAILER_MIN = 2 * tarfile.BLOCKSIZE
 _TRAILER_MAX = 1 << 20
 _SIGNATURE_SIZE = 64
-_ZSTD_MAGIC = 0xFD2FB528
-
-
-@dataclass(frozen=True)
-class VerifiedBundle:
-    """A bundle that passed every check. ``members`` excludes MANIFEST.json/.sig."""
-
-    manifest: dict[str, Any]
-    manifest_bytes: bytes
-    public_key: PublicKey
-    top: str
-    members: tuple[MemberInfo, ...]
-    kept: dict[str, bytes]
-    key_pinned: bool
-
-    @property
-    def bundle_id(self) -> str:
-        return str(self.manifest["bundle_id"])
-
-    @property
-    def fingerprint(self) -> str:
-        return self.public_key.fingerprint
-
-
-def _fail(reason: str, message: str, member: str | None = None) -> VerificationError:
-    return VerificationError(message, reason=reason, member=member)
-
-
-def _show(name: str) -> str:
-    return name if name.isprintable() else repr(name)
-
-
-class _FrameChecker:
-    """Walks the zstd frame structure of the compressed bytes as they pass.
-
-    ``zstandard``'s stream reader ends quietly when its input stops inside a frame,
-    so a truncated bundle would otherwise look like a shorter valid stream.
-    """
-
-    def __init__(self) -> None:
-        self.seen = 0
-        self.frames = 0
-        self._state = "magic"
-        self._need = 4
-        self._buf = bytearray()
-        self._skip = 0
-        self._then = "magic"
-        self._checksum = False
-
-    def feed(self, data: bytes) -> None:
-        view = memoryview(data)
-        i = 0
-        while i < len(view):
-            if self._skip:
-                step = min(self._skip, len(view) - i)
-                self._skip -= step
-                i += step
-                if not self._skip:
-                    self._enter(self._then)
-                continue
-            take = min(self._need - len(self._buf), len(view) - i)
-            self._buf += view[i : i + take]
-            i += take
-            if len(self._buf) == self._need:
-                field = bytes(self._buf)
-                self._buf.clear()
-                self._parse(field, self.seen + i - len(field))
-        self.seen += len(view)
-
-    def finish(self) -> None:
-        if self.seen == 0:
-            raise _fail("corrupt", "not a bundle: the file is empty")
-        if self._state != "magic" or self._buf or self._skip or not self.frames:
-            raise _fail(
-                "truncated", f"truncated: the file ends inside a zstd frame (at byte {self.seen})"
-            )
-
-    def _enter(self, state: str) -> None:
-        if state == "checksum":
-            self._skip_then(4, "end") if self._checksum else self._enter("end")
-            return
-        if state == "end":
-            self.frames += 1
-            state = "magic"
-        self._state = state
-        self._need = {"magic": 4, "skip-size": 4, "fhd": 1, "block": 3}[state]
-
-    def _skip_then(self, count: int, then: str) -> None:
-        if count:
-            self._skip, self._then = count, then
-        else:
-            self._enter(then)
-
-    def _parse(self, field: bytes, at: int) -> None:
-        value = int.from_bytes(field, "little")
-        if self._state == "magic":
-            if value == _ZSTD_MAGIC:
-                self._enter("fhd")
-            elif value & 0xFFFFFFF0 == 0x184D2A50:
-                self._enter("skip-size")
-            else:
-                raise _fail("corrupt", f"not a zstd-compressed bundle (no zstd frame at byte {at})")
-        elif self._state == "skip-size":
-            self._skip_then(value, "magic")
-        elif self._state == "fhd":
-            if value & 0x08:
-                raise _fail("corrupt", f"corrupt zstd frame header at byte {at}")
-            single = bool(value & 0x20)
-            self._checksum = bool(value & 0x04)
-            dict_id = (0, 1, 2, 4)[value & 0x03]
-            content_size = (1 if single else 0, 2, 4, 8)[value >> 6]
-            self._skip_then((0 if single else 1) + dict_id + content_size, "block")
-        else:
-            block_type, size = (value >> 1) & 0x03, value >> 3
-            if block_type == 3 or size > 128 << 10:
-                raise _fail("corrupt", f"corrupt zstd block header at byte {at}")
-            then = "checksum" if value & 1 else "block"
-            self._skip_then(1 if block_type == 1 else size, then)
-
-
-class _CompressedSource:
-    """The bundle file as the zstd decoder reads it, checked frame by frame."""
-
-    def __init__(self, fh: IO[bytes], checker: _FrameChecker) -> None:
-        self._fh = fh
-        self._checker = checker
-
-    def read(self, size: int = -1) -> bytes:
-        data = self._fh.read(size if size > 0 else _CHUNK)
-        self._checker.feed(data)
-        return data
-
-
-class _TarSource:
-    """The decompressed tar stream as tarfile reads it: counted, capped, tail kept."""
-
-    def __init__(self, fh: IO[bytes], max_total: int) -> None:
-        self._checker = _FrameChecker()
-        decoder = zstandard.ZstdDecompressor(max_window_size=MAX_WINDOW)
-        self._reader = decoder.stream_reader(
-            cast(IO[bytes], _CompressedSource(fh, self._checker)),
-            read_size=_CHUNK,
-            read_across_frames=True,
-        )
-        self._max_total = max_total
-        self.delivered = 0
-        self.tail = bytearray()
-        self.done = False
-
-    def read(self, size: int = -1) -> bytes:
-        if self.done:
-            return b""
-        data: bytes = self._reader.read(size if size > 0 else _CHUNK)
-        if not data:
-            self._checker.finish()
-            self.done = True
-            return b""
-        self.delivered += len(data)
-        if self.delivered > self._max_total:
-            raise _fail("too-large", f"more than {self._max_total} bytes once decompressed")
-        self.tail += data
-        if len(self.tail) > _TAIL_KEEP:
-            del self.tail[:-_TAIL_KEEP]
-        return data
-
-    # tarfile's type asks for a whole file object; a read-only stream needs none of these.
-    def write(self, b: bytes, /) -> int:
-        raise OSError("read-only")
-
-    def tell(self) -> int:
-        return self.delivered
-
-    def seek(self, pos: int, /) -> int:
-        raise OSError("not seekable")
-
-    def close(self) -> None:
-        pass
 
 
 _KINDS = {
@@ -277,37 +114,45 @@ class _Scan:
         self.count = 0
         self.current: str | None = None
 
-    def entry(self, tar: tarfile.TarFile, info: tarfile.TarInfo) -> None:
+    def entry(self, tar: tarfile.TarFile, info: tarfile.TarInfo, bound: Bound) -> None:
         if info.type not in (tarfile.REGTYPE, tarfile.AREGTYPE) or info.sparse is not None:
             label = self._label(info.name)
             kind = _KINDS.get(info.type, f"of tar type {info.type!r}")
             kind = "a sparse file" if info.sparse is not None else kind
-            raise _fail(
-                "unsafe-member", f"member {_show(label)} is {kind}, not a regular file", label
+            raise fail(
+                "unsafe-member", f"member {show(label)} is {kind}, not a regular file", label
             )
         rel = self._relative(info.name)
-        shown = _show(rel)
+        shown = show(rel)
         self.count += 1
         if self.count > self.max_members:
-            raise _fail("too-many-members", f"more than {self.max_members} members", rel)
+            raise fail("too-many-members", f"more than {self.max_members} members", rel)
         if info.mode & 0o7000:
             # Content is signed, headers are not: a setuid bit added later would
             # survive `tar -xp` as root.
-            raise _fail("unsafe-member", f"member {shown} has mode {info.mode:o}", rel)
+            raise fail("unsafe-member", f"member {shown} has mode {info.mode:o}", rel)
         if self.signature is not None:
-            raise _fail("trailing-member", f"member {shown} after MANIFEST.sig", rel)
+            raise fail("trailing-member", f"member {shown} after MANIFEST.sig", rel)
         if self.manifest is not None and rel != SIGNATURE_NAME:
-            raise _fail("trailing-member", f"member {shown} after MANIFEST.json", rel)
+            raise fail("trailing-member", f"member {shown} after MANIFEST.json", rel)
         clash = self.paths.add(rel)
         if clash is not None:
-            raise _fail(clash[0], f"member {shown} {clash[1]}", rel)
+            raise fail(clash[0], f"member {shown} {clash[1]}", rel)
         cap = {MANIFEST_NAME: self.max_manifest, SIGNATURE_NAME: _SIGNATURE_SIZE}.get(rel)
         if cap is None and rel in self.keep:
             cap = self.max_keep
         if rel == SIGNATURE_NAME and info.size != _SIGNATURE_SIZE:
-            raise _fail("bad-signature", f"MANIFEST.sig is {info.size} bytes, not 64", rel)
+            raise fail("bad-signature", f"MANIFEST.sig is {info.size} bytes, not 64", rel)
         if cap is not None and info.size > cap:
-            raise _fail("too-large", f"member {shown} is {info.size} bytes, over {cap}", rel)
+            raise fail("too-large", f"member {shown} is {info.size} bytes, over {cap}", rel)
+        if info.offset_data + info.size > bound.limit:
+            # Checked at the header, before a byte of the member is decompressed.
+            raise fail(
+                "too-large",
+                f"member {shown} is {info.size:,} bytes by its tar header, which takes the "
+                f"archive past {bound.describe()}; refused before reading it",
+                rel,
+            )
         self.current = rel
         digest, data = _read_member(tar, info, keep=cap is not None)
         self.current = None
@@ -329,18 +174,18 @@ class _Scan:
     def _relative(self, name: str) -> str:
         top, sep, rel = name.partition("/")
         if name.startswith("/"):
-            raise _fail("unsafe-path", f"member {_show(name)}: absolute path", name)
+            raise fail("unsafe-path", f"member {show(name)}: absolute path", name)
         problem = member_path_problem(top) or member_path_problem(rel)
         if not sep:
             problem = "not inside a top folder"
         if problem is not None:
-            raise _fail("unsafe-path", f"member {_show(name)}: {problem}", name)
+            raise fail("unsafe-path", f"member {show(name)}: {problem}", name)
         if self.top is None:
             self.top = top
         elif top != self.top:
-            raise _fail(
+            raise fail(
                 "unsafe-path",
-                f"member {_show(name)} is outside the top folder {self.top}",
+                f"member {show(name)} is outside the top folder {self.top}",
                 name,
             )
         return rel
@@ -351,35 +196,35 @@ def _read_member(
 ) -> tuple[str, bytes | None]:
     fh = tar.extractfile(info)
     if fh is None:  # only for non-regular members, which were refused before
-        raise _fail("unsafe-member", f"member {_show(info.name)} has no data", info.name)
+        raise fail("unsafe-member", f"member {show(info.name)} has no data", info.name)
     digest = hashlib.sha256()
     parts: list[bytes] | None = [] if keep else None
     with fh:
-        while chunk := fh.read(_CHUNK):
+        while chunk := fh.read(CHUNK):
             digest.update(chunk)
             if parts is not None:
                 parts.append(chunk)
     return digest.hexdigest(), b"".join(parts) if parts is not None else None
 
 
-def _check_trailer(tar: tarfile.TarFile, source: _TarSource) -> None:
+def _check_trailer(tar: tarfile.TarFile, source: TarSource) -> None:
     """After the last member only zeros may follow: the end-of-archive blocks and padding."""
     end = tar.offset
     pending = source.delivered - end
-    if pending > len(source.tail):
-        raise _fail("corrupt", f"corrupt archive: bad tar header or data at offset {end}")
-    trailer = len(source.tail) - pending
+    tail = source.tail()
+    if pending > len(tail):
+        raise fail("corrupt", f"corrupt archive: bad tar header or data at offset {end}")
     size = pending
-    nonzero = bytes(source.tail[trailer:]).count(0) != pending
-    while not nonzero and size <= _TRAILER_MAX and (chunk := source.read(_TAR_BUFSIZE)):
+    nonzero = tail[len(tail) - pending :].count(0) != pending
+    while not nonzero and size <= _TRAILER_MAX and (chunk := source.read(TAR_BUFSIZE)):
         size += len(chunk)
         nonzero = chunk.count(0) != len(chunk)
     if nonzero and size < tarfile.BLOCKSIZE:
-        raise _fail("truncated", f"truncated: the archive ends inside a tar header (offset {end})")
+        raise fail("truncated", f"truncated: the archive ends inside a tar header (offset {end})")
     if nonzero or size > _TRAILER_MAX:
-        raise _fail("corrupt", f"corrupt archive: bad tar header or data at offset {end}")
+        raise fail("corrupt", f"corrupt archive: bad tar header or data at offset {end}")
     if size < _TRAILER_MIN:
-        raise _fail("truncated", f"truncated: the archive has no end marker (offset {end})")
+        raise fail("truncated", f"truncated: the archive has no end marker (offset {end})")
 
 
 def verify_bundle(
@@ -392,19 +237,31 @@ def verify_bundle(
     max_total_bytes: int = DEFAULT_MAX_TOTAL,
     max_members: int = DEFAULT_MAX_MEMBERS,
     max_manifest_bytes: int = DEFAULT_MAX_MANIFEST,
+    max_ratio: int | None = DEFAULT_MAX_RATIO,
+    ratio_floor: int = DEFAULT_RATIO_FLOOR,
+    compressed_size: int | None = None,
+    meter: ReadMeter | None = None,
 ) -> VerifiedBundle:
     """Check a bundle file (path or binary file object); return what it holds.
 
     ``keep`` names members (relative to the top folder) whose bytes to return in
-    ``kept``. Raises VerificationError on the first problem, BundleError if the
-    file cannot be read at all.
+    ``kept``. Decompressed bytes are bounded by ``max_total_bytes`` and by
+    ``max_ratio`` times the compressed size (at least ``ratio_floor``; see
+    ``agent.bundle.source``); the compressed size is ``compressed_size`` or, for a file
+    or seekable stream, what is left of it. ``meter``, if given, learns what the read
+    cost. Raises VerificationError on the first problem, BundleError if the file cannot
+    be read at all.
     """
     run = functools.partial(
         _verify,
         expected_key=expected_key,
         expected_fingerprint=expected_fingerprint,
         scan=_Scan(keep, max_member_keep, max_members, max_manifest_bytes),
-        max_total=max_total_bytes,
+        limits=functools.partial(
+            decompressed_bound, max_total=max_total_bytes, max_ratio=max_ratio, ratio_floor=ratio_floor
+        ),
+        compressed_size=compressed_size,
+        meter=meter,
     )
     label: str | None = None
     try:
@@ -427,13 +284,16 @@ def _verify(
     expected_key: PublicKey | None,
     expected_fingerprint: str | None,
     scan: _Scan,
-    max_total: int,
+    limits: Callable[[int | None], Bound],
+    compressed_size: int | None,
+    meter: ReadMeter | None,
 ) -> VerifiedBundle:
-    source = _TarSource(fh, max_total)
+    size = compressed_size if compressed_size is not None else compressed_size_of(fh)
+    source = TarSource(fh, limits(size), meter)
     try:
-        with tarfile.open(fileobj=source, mode="r|", bufsize=_TAR_BUFSIZE) as tar:
+        with tarfile.open(fileobj=source, mode="r|", bufsize=TAR_BUFSIZE, tarinfo=BoundedTarInfo) as tar:
             while (info := tar.next()) is not None:
-                scan.entry(tar, info)
+                scan.entry(tar, info, source.bound)
             _check_trailer(tar, source)
     except VerificationError as exc:
         # Raised below tarfile (zstd framing, size cap): name the member being read.
@@ -442,9 +302,9 @@ def _verify(
     except tarfile.ReadError as exc:
         text = str(exc)
         reason = "truncated" if "unexpected end" in text or "truncated" in text else "corrupt"
-        raise _fail(reason, f"{reason} archive: {exc}", scan.current) from None
+        raise fail(reason, f"{reason} archive: {exc}", scan.current) from None
     except (tarfile.TarError, zstandard.ZstdError, EOFError, ValueError, OverflowError) as exc:
-        raise _fail("corrupt", f"corrupt archive: {exc}", scan.current) from None
+        raise fail("corrupt", f"corrupt archive: {exc}", scan.current) from None
     return _check_manifest(scan, expected_key, expected_fingerprint)
 
 
@@ -452,12 +312,12 @@ def _check_manifest(
     scan: _Scan, expected_key: PublicKey | None, expected_fingerprint: str | None
 ) -> VerifiedBundle:
     if scan.manifest is None:
-        raise _fail("missing-manifest", "no MANIFEST.json in the bundle", MANIFEST_NAME)
+        raise fail("missing-manifest", "no MANIFEST.json in the bundle", MANIFEST_NAME)
     if scan.signature is None:
-        raise _fail("missing-manifest", "no MANIFEST.sig after MANIFEST.json", SIGNATURE_NAME)
+        raise fail("missing-manifest", "no MANIFEST.sig after MANIFEST.json", SIGNATURE_NAME)
     manifest, key, listed = parse_manifest(scan.manifest)
     if not key.verify(scan.signature, scan.manifest):
-        raise _fail(
+        raise fail(
             "bad-signature",
             f"MANIFEST.sig is not a valid signature of MANIFEST.json by key {key.fingerprint}",
             SIGNATURE_NAME,
@@ -465,7 +325,7 @@ def _check_manifest(
     wanted = expected_key.fingerprint if expected_key is not None else None
     for expected in (wanted, expected_fingerprint):
         if expected is not None and key.fingerprint != _normal_fingerprint(expected):
-            raise _fail(
+            raise fail(
                 "wrong-key",
                 f"MANIFEST.json: signed by key {key.fingerprint}, expected {expected}",
                 MANIFEST_NAME,
@@ -473,20 +333,20 @@ def _check_manifest(
     for member in listed:
         actual = scan.members.get(member.path)
         if actual is None:
-            raise _fail(
+            raise fail(
                 "missing-member",
                 f"member {member.path}: in the manifest, not in the archive",
                 member.path,
             )
         if actual.size != member.size:
-            raise _fail(
+            raise fail(
                 "size-mismatch",
                 f"member {member.path}: size mismatch (manifest "
                 f"{member.size}, actual {actual.size})",
                 member.path,
             )
         if actual.sha256 != member.sha256:
-            raise _fail(
+            raise fail(
                 "hash-mismatch",
                 f"member {member.path}: sha256 mismatch (manifest "
                 f"{member.sha256[:12]}…, actual {actual.sha256[:12]}…)",
@@ -495,8 +355,8 @@ def _check_manifest(
     listed_paths = {member.path for member in listed}
     for path in scan.members:
         if path not in listed_paths:
-            raise _fail(
-                "extra-member", f"member {_show(path)}: in the archive, not in the manifest", path
+            raise fail(
+                "extra-member", f"member {show(path)}: in the archive, not in the manifest", path
             )
     assert scan.top is not None  # a manifest member was seen, so the top folder is known
     return VerifiedBundle(
@@ -513,92 +373,3 @@ def _check_manifest(
 def _normal_fingerprint(text: str) -> str:
     text = text.strip().lower()
     return text if text.startswith("sha256:") else "sha256:" + text
-
-
-# --- streaming members of an already verified bundle ------------------------------------
-
-
-class MemberStream:
-    """One member's bytes as ``iter_members`` streams them, hashed as they pass.
-
-    Read it with ``read(size)``; whatever is left unread is drained (and hashed)
-    before the next member, so the hash check covers the whole member either way.
-    """
-
-    def __init__(self, path: str, fh: IO[bytes], expected: MemberInfo) -> None:
-        self.path = path
-        self._fh = fh
-        self._expected = expected
-        self._digest = hashlib.sha256()
-        self._size = 0
-
-    def read(self, size: int = _CHUNK) -> bytes:
-        data = self._fh.read(size if size > 0 else _CHUNK)
-        self._digest.update(data)
-        self._size += len(data)
-        return data
-
-    def _finish(self) -> None:
-        while self.read(_CHUNK):
-            pass
-        if self._size != self._expected.size or self._digest.hexdigest() != self._expected.sha256:
-            raise _fail(
-                "hash-mismatch",
-                f"member {self.path}: changed since verification (sha256 or size differs from the manifest)",
-                self.path,
-            )
-
-
-def iter_members(
-    source: str | os.PathLike[str],
-    verified: VerifiedBundle,
-    predicate: Callable[[str], bool],
-    *,
-    max_total_bytes: int = DEFAULT_MAX_TOTAL,
-) -> Iterator[MemberStream]:
-    """Stream the members of a bundle that ``verify_bundle`` already accepted.
-
-    The file is read again, so it may have been swapped since: only members the
-    verified manifest lists (and ``predicate`` accepts) are yielded, each one is
-    hashed while it streams and compared with the manifest when the caller moves
-    on, and the decompressed total stays under ``max_total_bytes``. A difference
-    raises VerificationError(reason="hash-mismatch"), a member no longer there
-    reason="missing-member", each naming the member.
-    """
-    expected = {m.path: m for m in verified.members}
-    label = os.fspath(source)
-    prefix = verified.top + "/"
-    seen: set[str] = set()
-    try:
-        with open(label, "rb") as fh:
-            tar_source = _TarSource(fh, max_total_bytes)
-            with tarfile.open(fileobj=tar_source, mode="r|", bufsize=_TAR_BUFSIZE) as tar:
-                while (info := tar.next()) is not None:
-                    if not info.isreg() or not info.name.startswith(prefix):
-                        continue
-                    rel = info.name[len(prefix) :]
-                    member = expected.get(rel)
-                    if member is None or not predicate(rel):
-                        continue
-                    data = tar.extractfile(info)
-                    if data is None:
-                        continue
-                    seen.add(rel)
-                    with data:
-                        stream = MemberStream(rel, data, member)
-                        yield stream
-                        stream._finish()
-        missing = sorted(p for p in expected if predicate(p) and p not in seen)
-        if missing:
-            raise _fail(
-                "missing-member", f"member {missing[0]}: gone since verification (the file changed)", missing[0]
-            )
-    except VerificationError as exc:
-        exc.path = exc.path or label
-        raise
-    except (tarfile.TarError, zstandard.ZstdError, EOFError, ValueError, OverflowError) as exc:
-        error = _fail("corrupt", f"corrupt archive on re-read: {exc}")
-        error.path = label
-        raise error from None
-    except OSError as exc:
-        raise BundleError(f"cannot read bundle {label}: {exc.strerror or exc}", path=label) from None

@@ -10,28 +10,24 @@ later stream can resume from the collector's durable offset.
 from __future__ import annotations
 
 import asyncio
-import collections
-import contextlib
 import datetime as dt
 import functools
 import logging
-import os
 import re
-import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import grpc
 from google.protobuf.message import DecodeError
 
-from agent.bundle import VerifiedBundle, is_bundle_id, verify_bundle
+from agent.bundle import VerifiedBundle
 from agent.errors import VerificationError
 from collector.auth import UploadIdentity, authorize_upload
 from collector.edge import Rejected, unary
 from collector.metrics import CollectorMetrics
+from collector.services.upload_limits import IngestLimits, UploadSlots, check_header_fields
+from collector.services.verifier import Following, StagedTail, Verifier
 from collector.storage import BlobStore, BundleRecord, Store
 from collector.storage.errors import AuthError, Conflict, NotFound, StagedByOther
 from collector.timestamps import timestamp_us
@@ -46,24 +42,6 @@ OnStored = Callable[[BundleRecord, str], Awaitable[None]]
 
 log = logging.getLogger("casefile.collector.ingest")
 
-_HEX64 = re.compile(r"^[0-9a-f]{64}$")
-
-
-@dataclass(frozen=True)
-class IngestLimits:
-    max_bundle_bytes: int = 4 * 1024**3
-    # Chunks are 256 KiB by default; anything over 1 MiB is a client bug or an attack.
-    max_chunk_bytes: int = 1024 * 1024
-    # fsync the staged bytes this often so a crash loses little of a long upload.
-    sync_every_bytes: int = 16 * 1024 * 1024
-    # A stream that sends nothing for this long is dropped so its partial is free to resume.
-    idle_timeout_s: float = 120.0
-    # Bundles at least this big are verified while they arrive, by a worker thread that
-    # follows the staged file, so the receipt does not wait for a second pass. At most
-    # this many such workers at once; other uploads are verified after their last byte.
-    stream_verify_min_bytes: int = 1024 * 1024
-    stream_verify_workers: int = 4
-
 
 @dataclass(frozen=True)
 class _Stream:
@@ -73,102 +51,6 @@ class _Stream:
     agent_id: str
     size: int
     sha256: str
-
-
-class _Abandoned(Exception):
-    """The upload stopped before its last byte; the verifier following it gives up."""
-
-
-class _StagedTail:
-    """The staged file as the verifier reads it while the upload is still arriving.
-
-    ``read`` returns only bytes the receiver has published (written and hashed); it
-    blocks for more until the receiver calls ``end`` (then end of file) or ``abandon``
-    (then it raises). The chunks just published are also held in memory (up to
-    ``_HELD_BYTES``), so a verifier that keeps up takes them as they are; one that
-    falls behind reads the file, with its own descriptor, so the receiver's writes and
-    the verifier's reads never share a file position.
-    """
-
-    _HELD_BYTES = 8 * 1024 * 1024
-
-    def __init__(self, path: Path, available: int) -> None:
-        self._fd = os.open(path, os.O_RDONLY)
-        self._cond = threading.Condition()
-        self._available = available
-        self._pos = 0
-        self._state = "open"  # open | ended | abandoned
-        self._held: collections.deque[tuple[int, bytes]] = collections.deque()
-        self._held_bytes = 0
-
-    def publish(self, offset: int, data: bytes = b"") -> None:
-        """Bytes up to ``offset`` are in the file; ``data`` are the last of them."""
-        with self._cond:
-            if data:
-                self._held.append((offset - len(data), data))
-                self._held_bytes += len(data)
-                while self._held_bytes > self._HELD_BYTES:
-                    self._held_bytes -= len(self._held.popleft()[1])
-            self._available = offset
-            self._cond.notify()
-
-    def end(self) -> None:
-        with self._cond:
-            self._state = "ended"
-            self._cond.notify()
-
-    def abandon(self) -> None:
-        with self._cond:
-            if self._state == "open":
-                self._state = "abandoned"
-            self._cond.notify()
-
-    def read(self, size: int = -1) -> bytes:
-        with self._cond:
-            while self._pos >= self._available and self._state == "open":
-                self._cond.wait()
-            if self._state == "abandoned":
-                raise _Abandoned()
-            ready = self._available - self._pos
-            want = ready if size < 0 else min(size, ready)
-            piece = self._from_memory(want) if want > 0 else b""
-        if ready <= 0:
-            return b""
-        data = piece or os.pread(self._fd, want, self._pos)
-        self._pos += len(data)
-        return data
-
-    def _from_memory(self, want: int) -> bytes:
-        """Up to ``want`` bytes at the read position from the held chunks, or b"" (caller holds the lock)."""
-        held, pos = self._held, self._pos
-        while held and held[0][0] + len(held[0][1]) <= pos:
-            self._held_bytes -= len(held.popleft()[1])
-        if not held or held[0][0] > pos:
-            return b""
-        start, chunk = held[0]
-        if start == pos and len(chunk) <= want:
-            return chunk  # the common case: whole chunks, no copy
-        return chunk[pos - start : pos - start + want]
-
-    def close(self) -> None:
-        os.close(self._fd)
-
-
-_Following = tuple[_StagedTail, "asyncio.Future[VerifiedBundle]"]
-
-
-def _retrieve(fut: asyncio.Future[Any]) -> None:
-    """Mark an outcome nobody may await (an abandoned verifier) as seen."""
-    if not fut.cancelled():
-        fut.exception()
-
-
-def _verify_following(tail: _StagedTail, key: Any, finished: Callable[[], None]) -> VerifiedBundle:
-    try:
-        return verify_bundle(tail, expected_key=key, keep=("facts.pb",))  # type: ignore[arg-type]
-    finally:
-        tail.close()
-        finished()
 
 
 def receipt_for(rec: BundleRecord) -> collector_pb2.Receipt:
@@ -182,26 +64,6 @@ def receipt_for(rec: BundleRecord) -> collector_pb2.Receipt:
         received_at=timestamp_us(rec.received_at_us),
         key_fingerprint=rec.key_fingerprint,
     )
-
-
-def _check_header_fields(bundle_id: str, size: int, sha256: str, limits: IngestLimits) -> None:
-    if not is_bundle_id(bundle_id):
-        raise Rejected(
-            grpc.StatusCode.INVALID_ARGUMENT,
-            f"malformed header: bundle_id must be 32 lowercase hex characters, got {bundle_id!r:.60}",
-        )
-    if not _HEX64.match(sha256):
-        raise Rejected(
-            grpc.StatusCode.INVALID_ARGUMENT,
-            f"malformed header for bundle {bundle_id}: sha256 must be 64 lowercase hex characters",
-        )
-    if size <= 0:
-        raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, f"malformed header for bundle {bundle_id}: size is 0")
-    if size > limits.max_bundle_bytes:
-        raise Rejected(
-            grpc.StatusCode.RESOURCE_EXHAUSTED,
-            f"bundle {bundle_id} is {size} bytes; this collector accepts at most {limits.max_bundle_bytes}",
-        )
 
 
 class IngestService(collector_pb2_grpc.IngestServicer):
@@ -223,51 +85,40 @@ class IngestService(collector_pb2_grpc.IngestServicer):
         self._committing: set[asyncio.Task[collector_pb2.Receipt]] = set()
         self._on_stored = on_stored
         self._metrics = metrics
-        self._verifiers: ThreadPoolExecutor | None = None
-        self._verifying = 0
+        self.verifier = Verifier(self._limits)
+        self._slots = UploadSlots(self._limits.max_uploads_per_identity)
+        self.headerless = 0  # streams waiting for their header (event loop only)
 
     def close(self) -> None:
         """Let the verifier threads go (uploads still running were abandoned by then)."""
-        if self._verifiers is not None:
-            # Queued verifiers still run: their uploads were abandoned, so they end at once.
-            self._verifiers.shutdown(wait=False)
-            self._verifiers = None
+        self.verifier.close()
 
-    def _follow(self, staged: Any, identity: UploadIdentity) -> _Following | None:
-        """Start verifying this upload while it arrives, if it is big enough and a worker is free."""
-        limits = self._limits
-        if staged.size < limits.stream_verify_min_bytes or self._verifying >= limits.stream_verify_workers:
-            return None
-        if self._verifiers is None:
-            self._verifiers = ThreadPoolExecutor(limits.stream_verify_workers, thread_name_prefix="casefile-verify")
-        try:
-            tail = _StagedTail(staged.path, staged.offset)
-        except OSError as exc:  # out of descriptors, say: verify after the last byte instead
-            log.warning("bundle %s: verifying after receipt, not while receiving: %s", staged.bundle_id, exc)
-            return None
-        loop = asyncio.get_running_loop()
-        self._verifying += 1
-
-        def finished() -> None:
-            # Counted down by the worker itself: its thread, not the awaiting future, holds the slot.
-            with contextlib.suppress(RuntimeError):  # the loop is gone at shutdown
-                loop.call_soon_threadsafe(self._verifier_done)
-
-        fut = loop.run_in_executor(self._verifiers, _verify_following, tail, identity.public_key, finished)
-        fut.add_done_callback(_retrieve)
-        return tail, fut
-
-    def _verifier_done(self) -> None:
-        self._verifying -= 1
-
-    def _verification_failed(self, reason: str) -> None:
+    async def _refused(self, identity: UploadIdentity, reason: str) -> None:
+        """An upload failed verification: count it (against a case token too)."""
         if self._metrics is not None:
             self._metrics.verification_failed(reason)
+        token = identity.case_token
+        if token is None:
+            return
+        try:
+            refused = await asyncio.to_thread(self._store.count_refused_upload, token.id)
+        except Exception:
+            log.exception("case token %s: an upload was refused (%s) but could not be counted", token.id, reason)
+            return
+        if refused >= self._limits.max_refused_per_case_token:
+            log.warning("case token %s: %d uploads refused; it takes no more uploads", token.id, refused)
 
-    async def _existing(self, bundle_id: str, sha256: str) -> BundleRecord | None:
+    async def _existing(self, bundle_id: str, sha256: str, identity: UploadIdentity) -> BundleRecord | None:
+        """The stored bundle ``bundle_id`` if ``identity`` stored it.
+
+        Anyone else is answered as for a bundle never stored: a receipt names the agent,
+        host, case and key, and even whether an id exists is not theirs to learn.
+        """
         try:
             rec = await asyncio.to_thread(self._store.get_bundle, bundle_id)
         except NotFound:
+            return None
+        if rec.agent_id != identity.agent.id:
             return None
         if rec.sha256 != sha256:
             raise Rejected(
@@ -276,6 +127,51 @@ class IngestService(collector_pb2_grpc.IngestServicer):
                 f"refusing different bytes ({sha256[:16]}…) under the same id",
             )
         return rec
+
+    def _authorize(
+        self,
+        context: grpc.aio.ServicerContext[Any, Any],
+        bundle_id: str,
+        sha256: str,
+        size: int,
+        proof: collector_pb2.AgentProof,
+    ) -> Awaitable[UploadIdentity]:
+        return authorize_upload(
+            self._store,
+            context,
+            bundle_id=bundle_id,
+            sha256=sha256,
+            size=size,
+            proof=proof,
+            max_refused=self._limits.max_refused_per_case_token,
+        )
+
+    async def _header(self, request_iterator: AsyncIterator[collector_pb2.UploadChunk]) -> collector_pb2.UploadHeader:
+        """The first message, which must be the header, within ``header_timeout_s``."""
+        limits = self._limits
+        if self.headerless >= limits.max_headerless_streams:
+            raise Rejected(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"{self.headerless} upload streams are waiting for their header; try again shortly",
+            )
+        self.headerless += 1
+        try:
+            async with asyncio.timeout(limits.header_timeout_s):
+                first = await anext(aiter(request_iterator), None)
+        except TimeoutError:
+            raise Rejected(
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+                f"malformed upload: no header within {limits.header_timeout_s:g} s of the stream opening "
+                "(the header must be the first message)",
+            ) from None
+        finally:
+            self.headerless -= 1
+        if first is None or first.WhichOneof("part") != "header":
+            raise Rejected(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "malformed upload: the first message must be the header",
+            )
+        return first.header
 
     @unary
     async def Clock(
@@ -291,22 +187,19 @@ class IngestService(collector_pb2_grpc.IngestServicer):
         request: collector_pb2.UploadStateRequest,
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> collector_pb2.UploadState:
-        _check_header_fields(request.bundle_id, request.size, request.sha256, self._limits)
-        identity = await authorize_upload(
-            self._store,
-            context,
-            bundle_id=request.bundle_id,
-            sha256=request.sha256,
-            size=request.size,
-            proof=request.proof,
-        )
-        existing = await self._existing(request.bundle_id, request.sha256)
+        check_header_fields(request.bundle_id, request.size, request.sha256, self._limits)
+        identity = await self._authorize(context, request.bundle_id, request.sha256, request.size, request.proof)
+        existing = await self._existing(request.bundle_id, request.sha256, identity)
         if existing is not None:
             return collector_pb2.UploadState(
                 committed_offset=existing.size, complete=True, receipt=receipt_for(existing)
             )
-        _require_uses_left(identity, request.bundle_id)
-        offset = await asyncio.to_thread(self._blobs.staged_offset, request.bundle_id, request.size, request.sha256)
+        _require_open(identity, request.bundle_id)
+        offset = await asyncio.to_thread(
+            functools.partial(
+                self._blobs.staged_offset, request.bundle_id, request.size, request.sha256, owner=identity.agent.id
+            )
+        )
         return collector_pb2.UploadState(committed_offset=offset)
 
     @unary
@@ -315,34 +208,25 @@ class IngestService(collector_pb2_grpc.IngestServicer):
         request_iterator: AsyncIterator[collector_pb2.UploadChunk],
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> collector_pb2.Receipt:
-        first = await anext(aiter(request_iterator), None)
-        if first is None or first.WhichOneof("part") != "header":
-            raise Rejected(
-                grpc.StatusCode.INVALID_ARGUMENT,
-                "malformed upload: the first message must be the header",
-            )
-        header = first.header
-        _check_header_fields(header.bundle_id, header.size, header.sha256, self._limits)
-        identity = await authorize_upload(
-            self._store,
-            context,
-            bundle_id=header.bundle_id,
-            sha256=header.sha256,
-            size=header.size,
-            proof=header.proof,
-        )
-        existing = await self._existing(header.bundle_id, header.sha256)
+        header = await self._header(request_iterator)
+        check_header_fields(header.bundle_id, header.size, header.sha256, self._limits)
+        identity = await self._authorize(context, header.bundle_id, header.sha256, header.size, header.proof)
+        existing = await self._existing(header.bundle_id, header.sha256, identity)
         if existing is not None:
             return receipt_for(existing)  # idempotent: same id, same bytes, same receipt
-        _require_uses_left(identity, header.bundle_id)
-
-        staged = await self._take_staging(header, identity)
+        _require_open(identity, header.bundle_id)
+        self._slots.take(identity, header.bundle_id)
+        try:
+            staged = await self._take_staging(header, identity)
+        except BaseException:
+            self._slots.release(identity, header.bundle_id)
+            raise
         this = asyncio.current_task()
         if this is not None:
             self._active[header.bundle_id] = _Stream(this, identity.agent.id, header.size, header.sha256)
         resumed_at = staged.offset
         handed_over = False
-        following: _Following | None = None
+        following: Following | None = None
         if self._metrics is not None:
             self._metrics.uploads_in_flight.inc()
         try:
@@ -352,11 +236,11 @@ class IngestService(collector_pb2_grpc.IngestServicer):
                     f"bundle {header.bundle_id}: stream starts at byte {header.offset} but the "
                     f"collector holds {staged.offset}; ask GetUploadState and resume from there",
                 )
-            following = self._follow(staged, identity)
+            following = self.verifier.follow(staged, identity.public_key, header.size)
             await self._receive(request_iterator, staged, header, following[0] if following else None)
             if staged.sha256_hex() != header.sha256:
                 actual = staged.sha256_hex()
-                self._verification_failed("sha256-mismatch")
+                await self._refused(identity, "sha256-mismatch")
                 await asyncio.to_thread(staged.abort)
                 raise Rejected(
                     grpc.StatusCode.DATA_LOSS,
@@ -375,6 +259,9 @@ class IngestService(collector_pb2_grpc.IngestServicer):
             handed_over = True
             self._committing.add(committer)
             committer.add_done_callback(self._committing.discard)
+            # The identity's slot is held until the commit ends, not until this client
+            # leaves: hanging up after the last byte must not free it for the next bomb.
+            committer.add_done_callback(lambda _: self._slots.release(identity, header.bundle_id))
             return await asyncio.shield(committer)
         except asyncio.CancelledError:
             if this is None or this not in self._superseded:
@@ -394,6 +281,7 @@ class IngestService(collector_pb2_grpc.IngestServicer):
                 if following is not None:
                     following[0].abandon()
                 staged.close()
+                self._slots.release(identity, header.bundle_id)
             current = self._active.get(header.bundle_id)
             if current is not None and current.task is this:
                 del self._active[header.bundle_id]
@@ -479,7 +367,7 @@ class IngestService(collector_pb2_grpc.IngestServicer):
         request_iterator: AsyncIterator[collector_pb2.UploadChunk],
         staged: Any,
         header: collector_pb2.UploadHeader,
-        tail: _StagedTail | None,
+        tail: StagedTail | None,
     ) -> None:
         limits = self._limits
         stream = aiter(request_iterator)
@@ -568,11 +456,9 @@ class IngestService(collector_pb2_grpc.IngestServicer):
             if verified is not None:
                 vb: VerifiedBundle = await verified
             else:
-                vb = await asyncio.to_thread(
-                    verify_bundle, staged.path, expected_key=identity.public_key, keep=("facts.pb",)
-                )
+                vb = await self.verifier.check(staged.path, identity.public_key, header.size, bundle_id)
         except Exception as exc:
-            self._verification_failed(exc.reason if isinstance(exc, VerificationError) else "unreadable")
+            await self._refused(identity, exc.reason if isinstance(exc, VerificationError) else "unreadable")
             await asyncio.to_thread(staged.abort)
             raise
         manifest = vb.manifest
@@ -591,7 +477,7 @@ class IngestService(collector_pb2_grpc.IngestServicer):
         except DecodeError as exc:
             problems.append(f"member facts.pb does not parse as a Snapshot: {exc}")
         if problems:
-            self._verification_failed("manifest-mismatch")
+            await self._refused(identity, "manifest-mismatch")
             await asyncio.to_thread(staged.abort)
             raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, f"bundle {bundle_id} rejected: " + "; ".join(problems))
 
@@ -635,6 +521,10 @@ class IngestService(collector_pb2_grpc.IngestServicer):
             facts_pb=vb.kept.get("facts.pb", b""),
             manifest_json=vb.manifest_bytes.decode("utf-8"),
         )
+        if stored.agent_id != identity.agent.id:
+            # Only another agent's bundle of the same bytes could land here, which its
+            # signature rules out; still, its receipt is never this uploader's answer.
+            raise Rejected(grpc.StatusCode.ALREADY_EXISTS, f"bundle {bundle_id}: this bundle id is taken")
         if inserted and self._metrics is not None:
             self._metrics.ingested_bundles.inc()
         log.info(
@@ -654,14 +544,10 @@ class IngestService(collector_pb2_grpc.IngestServicer):
         return receipt_for(stored)
 
 
-def _require_uses_left(identity: UploadIdentity, bundle_id: str) -> None:
-    """Refuse a new bundle under a used-up case token before taking its bytes."""
-    token = identity.case_token
-    if token is not None and token.max_uses is not None and token.uses >= token.max_uses:
-        raise Rejected(
-            grpc.StatusCode.UNAUTHENTICATED,
-            f"bundle {bundle_id}: case token {token.id} is used up ({token.uses}/{token.max_uses} uploads)",
-        )
+def _require_open(identity: UploadIdentity, bundle_id: str) -> None:
+    """Refuse a new bundle under a used-up (or too often refused) case token before taking its bytes."""
+    if identity.closed is not None:
+        raise Rejected(grpc.StatusCode.UNAUTHENTICATED, f"bundle {bundle_id}: {identity.closed}")
 
 
 def _parse_time(value: object) -> dt.datetime | None:

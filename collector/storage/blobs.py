@@ -271,9 +271,9 @@ class BlobBackend(Protocol):
         StagedByOther if a partial of other bytes or another owner is staged under it."""
         ...
 
-    def durable_offset(self, bundle_id: str, size: int, sha256: str) -> int: ...
+    def durable_offset(self, bundle_id: str, size: int, sha256: str, *, owner: str = "") -> int: ...
 
-    def staged_offset(self, bundle_id: str, size: int, sha256: str) -> int: ...
+    def staged_offset(self, bundle_id: str, size: int, sha256: str, *, owner: str = "") -> int: ...
 
     def exists(self, key: str) -> bool: ...
 
@@ -349,10 +349,16 @@ class BlobStore:
             return None
         return loaded if isinstance(loaded, dict) else None
 
-    def durable_offset(self, bundle_id: str, size: int, sha256: str) -> int:
-        """Bytes durably staged for this exact upload, without taking its lock."""
+    def durable_offset(self, bundle_id: str, size: int, sha256: str, *, owner: str = "") -> int:
+        """Bytes durably staged for this exact upload, without taking its lock.
+
+        With an ``owner``, a partial staged by another uploader counts as nothing: how
+        far someone else's upload got is not theirs to learn.
+        """
         meta = self._read_sidecar(bundle_id)
         if meta is None or meta.get("size") != size or meta.get("sha256") != sha256:
+            return 0
+        if owner and (meta.get("owner") or owner) != owner:
             return 0
         offset = meta.get("offset")
         return offset if isinstance(offset, int) and 0 <= offset <= size else 0

@@ -3,7 +3,7 @@
 ``Store`` is synchronous (SQLAlchemy Core, one engine); the asyncio services
 call it through ``asyncio.to_thread``. Every method is one short transaction.
 The method groups live in their own modules (``tokens``, ``agents``,
-``audit``, ``live``, ``stats``); this one holds opening the store, bundles and hosts.
+``audit``, ``live``, ``stats``, ``refusals``); this one holds opening the store, bundles and hosts.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from collector.storage.cursors import (
 from collector.storage.errors import Conflict, InvalidArgument, NotFound, StoreError
 from collector.storage.live import LiveMethods
 from collector.storage.migrations import migrate
+from collector.storage.refusals import RefusalMethods
 from collector.storage.schema import (
     BundleRecord,
     HostRecord,
@@ -70,7 +71,7 @@ def _bundle(m: Mapping[Any, Any]) -> BundleRecord:
     )
 
 
-class Store(TokenMethods, AgentMethods, AuditMethods, LiveMethods, StatsMethods):
+class Store(TokenMethods, AgentMethods, AuditMethods, LiveMethods, StatsMethods, RefusalMethods):
     """Metadata for the collector. Open with ``Store.open(url)``; close when done."""
 
     @classmethod

@@ -21,8 +21,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from agent.bundle import BundleMeta, BundleWriter, VerifiedBundle, new_bundle_id, verify_bundle
+from agent.bundle.reader import ReadMeter, iter_members
 from agent.errors import VerificationError
 from agent.keys import SigningKey
+from tests.bombs import pax_bomb, zero_bomb
 
 Entry = tuple[tarfile.TarInfo, bytes]
 
@@ -436,6 +438,132 @@ def test_decompression_bomb_stops_early() -> None:
     bomb = pack(entries)
     assert len(bomb) < 64 << 10
     check(bomb, "too-large", "bomb.bin", max_total_bytes=1 << 20)
+
+
+# -- decompression bombs: bounded before the manifest is known ------------------------
+
+
+def test_seven_gib_bomb_is_refused_at_its_header() -> None:
+    """A 7 GiB zero member in ~230 KB, not in the manifest: before, the whole 7 GiB was
+    decompressed and hashed (15 s here) before "extra-member"; now its tar header alone
+    is over the bound (1000 x the compressed size) and it is refused there."""
+    data, key = original()
+    bomb = zero_bomb(data)
+    assert len(bomb) < 300_000
+    meter = ReadMeter()
+    err = check(bomb, "too-large", "bomb.bin", expected_key=key.public, meter=meter)
+    assert "member bomb.bin is 7,516,192,768 bytes by its tar header" in str(err)
+    assert f"a bundle of {len(bomb):,} bytes (ratio 1000" in str(err)
+    assert meter.decompressed < 1 << 20, meter  # headers and the small members only
+    assert meter.compressed <= len(bomb)
+
+
+def test_bomb_within_the_bound_costs_no_more_than_the_bound() -> None:
+    """An attacker who sizes the zeros to stay under the bound gets the bound's worth of
+    work, then the refusal naming the member; one byte more is refused at the header."""
+    data, key = original()
+    kw: dict[str, Any] = {"expected_key": key.public, "max_ratio": 100, "ratio_floor": 4 << 20}
+    under = zero_bomb(data, zeros=3 << 20)
+    meter = ReadMeter()
+    check(under, "extra-member", "bomb.bin", meter=meter, **kw)
+    assert 3 << 20 < meter.decompressed <= 4 << 20
+    over = zero_bomb(data, zeros=4 << 20)
+    meter = ReadMeter()
+    check(over, "too-large", "bomb.bin", meter=meter, **kw)
+    assert meter.decompressed <= 256 << 10
+    # Padding raises the compressed size, and with it the bound: at most 100 x.
+    padded = zero_bomb(data, zeros=16 << 20, padding=os.urandom(150_000))
+    meter = ReadMeter()
+    check(padded, "extra-member", "padding.bin", meter=meter, **kw)
+    assert meter.decompressed <= 100 * len(padded)
+
+
+def test_oversized_extended_header_is_refused_unread() -> None:
+    """A pax header declaring 1 GiB: tarfile reads a pax header whole into memory, so
+    before, 14 KB made the verifier hold 1.1 GiB (and parse it for minutes)."""
+    data, _ = original()
+    meter = ReadMeter()
+    err = check(pax_bomb(data), "too-large", None, meter=meter)
+    assert "extended tar header at offset 0 declares 1,073,741,824 bytes" in str(err)
+    assert meter.decompressed < 1 << 20
+
+
+def test_bound_without_a_known_size_is_the_absolute_cap() -> None:
+    """A stream of unknown length (a pipe) gets only ``max_total_bytes``: still bounded."""
+    data, _ = original()
+
+    class Pipe(io.RawIOBase):
+        def __init__(self, data: bytes) -> None:
+            self._src = io.BytesIO(data)
+
+        def readable(self) -> bool:
+            return True
+
+        def readinto(self, b: Any) -> int:
+            chunk = self._src.read(len(b))
+            b[: len(chunk)] = chunk
+            return len(chunk)
+
+    meter = ReadMeter()
+    with pytest.raises(VerificationError) as caught:
+        verify_bundle(Pipe(zero_bomb(data, zeros=8 << 20)), max_total_bytes=2 << 20, meter=meter)
+    assert (caught.value.reason, caught.value.member) == ("too-large", "bomb.bin")
+    assert meter.decompressed <= 256 << 10
+
+
+def test_offline_verify_of_a_bomb_is_bounded_the_same_way(tmp_path: Path) -> None:
+    """`casefile verify` reads the file by path: the same bound from its size."""
+    import subprocess
+    import sys
+
+    data, _ = original()
+    path = tmp_path / "bomb.tar.zst"
+    path.write_bytes(zero_bomb(data))
+    casefile = Path(sys.executable).parent / "casefile"
+    res = subprocess.run([str(casefile), "verify", str(path)], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 1, res
+    assert "member bomb.bin is 7,516,192,768 bytes by its tar header" in res.stderr
+    assert "refused before reading it" in res.stderr
+
+
+def test_swapped_in_bomb_stops_the_member_stream_at_its_header(tmp_path: Path) -> None:
+    """Re-reading a verified bundle, the manifest is known first: a member it does not
+    list stops the read at its header, and the total is bounded by what it declares."""
+    data, key = original()
+    path = tmp_path / "b.tar.zst"
+    path.write_bytes(data)
+    verified = verify_bundle(path, expected_key=key.public)
+    path.write_bytes(zero_bomb(data, name="logs/zz.txt"))  # sorted after the listed logs
+    with pytest.raises(VerificationError) as caught:
+        for stream in iter_members(path, verified, lambda p: p.startswith("logs/")):
+            stream.read()
+    assert (caught.value.reason, caught.value.member) == ("extra-member", "logs/zz.txt")
+    bigger = modify("logs/syslog.txt", lambda d: d + b"x" * 10)
+    path.write_bytes(pack(bigger))
+    with pytest.raises(VerificationError) as caught:
+        for stream in iter_members(path, verified, lambda p: p.startswith("commands/")):
+            stream.read()
+    assert (caught.value.reason, caught.value.member) == ("size-mismatch", "logs/syslog.txt")
+
+
+def test_outcome_crosses_a_process_boundary(tmp_path: Path) -> None:
+    """What the collector's verifier process sends back pickles, and turns back into the
+    same bundle or the same refusal (a VerificationError itself does not unpickle)."""
+    import pickle
+
+    from agent.bundle.outcome import verify_outcome
+
+    data, key = original()
+    good, bomb = tmp_path / "good.tar.zst", tmp_path / "bomb.tar.zst"
+    good.write_bytes(data)
+    bomb.write_bytes(zero_bomb(data))
+    ok = pickle.loads(pickle.dumps(verify_outcome(good, expected_key=key.public)))
+    assert ok.result().members == verify_bundle(good).members and ok.decompressed > 0
+    refused = pickle.loads(pickle.dumps(verify_outcome(bomb, expected_key=key.public)))
+    with pytest.raises(VerificationError) as caught:
+        refused.result()
+    assert (caught.value.reason, caught.value.member) == ("too-large", "bomb.bin")
+    assert refused.decompressed < 1 << 20
 
 
 def test_path_is_recorded_on_errors(tmp_path: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 import io
 import os
@@ -10,6 +11,7 @@ import tarfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -17,13 +19,14 @@ import zstandard
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.bundle import BundleMeta
+from agent.bundle import BundleMeta, new_bundle_id
 from agent.errors import EnrollmentError, UploadError
 from agent.keys import SigningKey
 from agent.transport import UploadTarget, enroll, file_sha256, upload_bundle
 from agent.transport.proof import make_proof
 from collector.storage import NotFound
 from protos import collector_pb2, collector_pb2_grpc
+from tests.bombs import zero_bomb
 from tests.collector.conftest import RunningCollector, small_bundle
 
 
@@ -293,7 +296,7 @@ def verifying_collector(request: pytest.FixtureRequest, tmp_path: Path) -> Itera
 def _no_verifier_left(c: RunningCollector) -> bool:
     ingest = c.server._ingest
     for _ in range(200):
-        if ingest is None or ingest._verifying == 0:
+        if ingest is None or ingest.verifier.following == 0:
             return True
         threading.Event().wait(0.025)
     return False
@@ -325,7 +328,7 @@ def test_every_tampering_is_caught_either_way(verifying_collector: RunningCollec
     assert receipt.sha256 == good.sha256
     assert _no_verifier_left(c)
     streaming = c.server.config.limits.stream_verify_min_bytes == 0
-    assert c.server._ingest is not None and (c.server._ingest._verifiers is not None) == streaming
+    assert c.server._ingest is not None and c.server._ingest.verifier.started_followers == streaming
 
 
 def test_cut_and_resumed_upload_is_verified_from_the_first_byte(
@@ -390,13 +393,13 @@ def test_staged_tail_reads_exactly_the_published_bytes(chunks: list[bytes], read
     sizes, the verifier sees the staged bytes in order, once, and then end of file."""
     import tempfile
 
-    from collector.services.ingest import _StagedTail
+    from collector.services.verifier import StagedTail
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "x.part"
         resumed = b"".join(chunks[:already])  # on disk before this stream, never held
         path.write_bytes(resumed)
-        tail = _StagedTail(path, len(resumed))
+        tail = StagedTail(path, len(resumed))
         tail._HELD_BYTES = 4000  # type: ignore[misc]  # small, so lagging reads fall back to the file
         offset = len(resumed)
         with path.open("ab") as fh:
@@ -479,7 +482,9 @@ def test_case_identity_cannot_upload_to_another_case_without_its_token(
         other_token, _ = c.store.create_token("case", case_id="SR-OTHER-CUSTOMER")
         with pytest.raises(UploadError, match="PERMISSION_DENIED"):
             upload_bundle(
-                ch, other.path, bundle_id=other.bundle_id,
+                ch,
+                other.path,
+                bundle_id=other.bundle_id,
                 target=UploadTarget(key=key, agent_id=agent_id, case_token=other_token),
             )
         # With its own token and agent id, a bundle of its own case still lands.
@@ -490,7 +495,9 @@ def test_case_identity_cannot_upload_to_another_case_without_its_token(
         again = small_bundle(tmp_path / "again", key, case_id="SR-1")
         with pytest.raises(UploadError, match="revoked"):
             upload_bundle(
-                ch, again.path, bundle_id=again.bundle_id,
+                ch,
+                again.path,
+                bundle_id=again.bundle_id,
                 target=UploadTarget(key=key, agent_id=agent_id, case_token=token),
             )
     assert c.store.list_bundles(case_id="SR-OTHER-CUSTOMER")[0] == []
@@ -688,3 +695,339 @@ def test_a_control_character_in_a_signed_name_is_refused_before_anything_is_stor
     assert "'hostname' holds control character U+0000 at index 3" in str(info.value)
     with pytest.raises(NotFound):
         collector.store.get_bundle(b.bundle_id)
+
+
+# ---------------------------------------------------------------- hostile uploaders (issue 15)
+
+
+def _limited(tmp_path: Path, **limits: object) -> Iterator[RunningCollector]:
+    from collector.server import ServerConfig
+    from collector.services.ingest import IngestLimits
+    from tests.collector.conftest import _run_server
+
+    yield from _run_server(
+        ServerConfig(address="127.0.0.1:0", data_dir=tmp_path / "collector", limits=IngestLimits(**limits))  # type: ignore[arg-type]
+    )
+
+
+def _count(c: RunningCollector, table: str) -> int:
+    from sqlalchemy import func, select
+    from sqlalchemy import table as sql_table
+
+    with c.store.engine.connect() as conn:
+        return int(conn.execute(select(func.count()).select_from(sql_table(table))).scalar_one())
+
+
+def _status(call: object) -> tuple[grpc.StatusCode, str]:
+    with pytest.raises(grpc.RpcError) as info:
+        call()  # type: ignore[operator]
+    return info.value.code(), info.value.details() or ""
+
+
+def test_decompression_bomb_is_refused_naming_the_member_and_bounded(
+    sqlite_collector: RunningCollector, tmp_path: Path
+) -> None:
+    """A 240 KB upload holding a 7 GiB zero member, signed by an enrolled key: before, the
+    collector decompressed all 7 GiB (in the executor every database call shares) before
+    refusing an extra member; now its tar header is over the bound and ends it there."""
+    c = sqlite_collector
+    key, agent_id = _enrolled(c)
+    good = small_bundle(tmp_path / "g", key, agent_id=agent_id)
+    bomb = tmp_path / "bomb.tar.zst"
+    bomb.write_bytes(zero_bomb(good.path.read_bytes()))
+    target = UploadTarget(key=key, agent_id=agent_id)
+    with c.channel() as ch:
+        with pytest.raises(UploadError, match="INVALID_ARGUMENT") as info:
+            upload_bundle(ch, bomb, bundle_id=good.bundle_id, target=target)
+        assert "member bomb.bin is 7,516,192,768 bytes by its tar header" in str(info.value)
+        assert "refused before reading it" in str(info.value)
+        verifier = c.server._ingest.verifier  # type: ignore[union-attr]
+        assert verifier.decompressed_bytes < 1 << 20, verifier.decompressed_bytes
+        assert c.store.list_bundles()[0] == []
+        assert not (c.data_dir / "staging" / f"{good.bundle_id}.part").exists()
+        assert upload_bundle(ch, good.path, bundle_id=good.bundle_id, target=target).sha256 == good.sha256
+
+
+def test_bombs_within_the_bound_cost_at_most_the_bound(tmp_path: Path) -> None:
+    """Zeros sized to stay under the bound get that much work and no more, then the refusal
+    names the member; and the collector's ratio setting is the one applied."""
+    c = next(gen := _limited(tmp_path, max_compression_ratio=50, ratio_floor_bytes=2 << 20))
+    try:
+        key, agent_id = _enrolled(c)
+        good = small_bundle(tmp_path / "g", key, agent_id=agent_id)
+        bomb = tmp_path / "bomb.tar.zst"
+        bomb.write_bytes(zero_bomb(good.path.read_bytes(), zeros=(2 << 20) - 64 * 1024))
+        with c.channel() as ch, pytest.raises(UploadError, match="INVALID_ARGUMENT") as info:
+            upload_bundle(ch, bomb, bundle_id=good.bundle_id, target=UploadTarget(key=key, agent_id=agent_id))
+        assert "member bomb.bin: in the archive, not in the manifest" in str(info.value)
+        assert c.server._ingest.verifier.decompressed_bytes <= 2 << 20  # type: ignore[union-attr]
+    finally:
+        gen.close()
+
+
+def test_used_up_case_token_writes_nothing(sqlite_collector: RunningCollector, tmp_path: Path) -> None:
+    """A used-up case token made an agent row (with a host name of the caller's choosing)
+    on every refused call; now refusal comes before any write."""
+    c = sqlite_collector
+    key, agent_id, token, _ = _case_upload(c, tmp_path, "SR-20", max_uses=1)
+    first = c.store.list_bundles()[0][0]
+    agents, audit = _count(c, "agents"), _count(c, "audit_log")
+    b = small_bundle(tmp_path / "next", key, case_id="SR-20")
+    meta = (("authorization", f"Bearer {token}"),)
+    with c.channel() as ch:
+        stub = collector_pb2_grpc.IngestStub(ch)
+        for i in range(20):
+            other = SigningKey.generate()
+            proof = make_proof(other, agent_id="", bundle_id=b.bundle_id, sha256=b.sha256, size=b.size)
+            proof.hostname = f"chosen-{i}"
+            request = collector_pb2.UploadStateRequest(bundle_id=b.bundle_id, size=b.size, sha256=b.sha256, proof=proof)
+            header = collector_pb2.UploadHeader(bundle_id=b.bundle_id, size=b.size, sha256=b.sha256, proof=proof)
+            if i % 2:
+                code, msg = _status(functools.partial(stub.GetUploadState, request, metadata=meta, timeout=10))
+            else:
+                chunks = [collector_pb2.UploadChunk(header=header)]
+                code, msg = _status(functools.partial(stub.Upload, iter(chunks), metadata=meta, timeout=10))
+            assert code == grpc.StatusCode.UNAUTHENTICATED and "used up (1/1 uploads)" in msg, msg
+        with pytest.raises(UploadError, match="used up"):
+            upload_bundle(ch, b.path, bundle_id=b.bundle_id, target=UploadTarget(key=key, case_token=token))
+        assert (_count(c, "agents"), _count(c, "audit_log")) == (agents, audit)
+        assert not list((c.data_dir / "staging").glob("*.part"))
+        # The identity that used it still gets its receipt again.
+        proof = make_proof(key, agent_id="", bundle_id=first.bundle_id, sha256=first.sha256, size=first.size)
+        state = collector_pb2_grpc.IngestStub(ch).GetUploadState(
+            collector_pb2.UploadStateRequest(
+                bundle_id=first.bundle_id, size=first.size, sha256=first.sha256, proof=proof
+            ),
+            metadata=meta,
+            timeout=10,
+        )
+    assert state.complete and state.receipt.agent_id == agent_id
+
+
+def test_refused_uploads_use_up_a_case_token(tmp_path: Path) -> None:
+    """Bad bundles under a case token are counted; at the limit the token takes no more
+    uploads (not even good ones) and makes no new identity."""
+    c = next(gen := _limited(tmp_path, max_refused_per_case_token=3))
+    try:
+        token, rec = c.store.create_token("case", case_id="SR-30")
+        with c.channel() as ch:
+            for i in range(3):
+                key = SigningKey.generate()
+                bad = small_bundle(tmp_path / f"bad{i}", key, case_id="SR-30", payload=b"A" * 5000)
+                flipped = _rebuild(bad.path, tmp_path / f"f{i}.tar.zst", {"logs/payload.bin": b"B" * 5000})
+                with pytest.raises(UploadError, match="INVALID_ARGUMENT"):
+                    upload_bundle(ch, flipped, bundle_id=bad.bundle_id, target=UploadTarget(key=key, case_token=token))
+            assert c.store.refused_uploads(rec.id) == 3
+            agents = _count(c, "agents")
+            key = SigningKey.generate()
+            good = small_bundle(tmp_path / "good", key, case_id="SR-30")
+            with pytest.raises(UploadError, match=r"UNAUTHENTICATED.*3 uploads refused"):
+                upload_bundle(ch, good.path, bundle_id=good.bundle_id, target=UploadTarget(key=key, case_token=token))
+        assert _count(c, "agents") == agents
+        assert c.store.list_bundles()[0] == []
+    finally:
+        gen.close()
+
+
+def test_upload_state_answers_only_the_uploader(collector: RunningCollector, tmp_path: Path) -> None:
+    """Another case's token that knows a bundle's id, sha256 and size learned its receipt
+    (agent, host, case, key). Now it gets what an unknown bundle gets, from GetUploadState
+    and from Upload, and so does an enrolled agent; the uploader still gets its receipt."""
+    c = collector
+    key_a, agent_a, token_a, _ = _case_upload(c, tmp_path / "a", "SR-A")
+    stored = c.store.list_bundles()[0][0]
+    token_b, _ = c.store.create_token("case", case_id="SR-B")
+    key_b = SigningKey.generate()
+    key_e, agent_e = _enrolled(c, "other-host")
+    unknown = new_bundle_id()
+
+    def ask(key: SigningKey, agent_id: str, token: str | None, bundle_id: str, sha: str) -> object:
+        proof = make_proof(key, agent_id=agent_id, bundle_id=bundle_id, sha256=sha, size=stored.size)
+        meta = (("authorization", f"Bearer {token}"),) if token else ()
+        stub = collector_pb2_grpc.IngestStub(ch)
+        state = stub.GetUploadState(
+            collector_pb2.UploadStateRequest(bundle_id=bundle_id, size=stored.size, sha256=sha, proof=proof),
+            metadata=meta,
+            timeout=10,
+        )
+        header = collector_pb2.UploadHeader(bundle_id=bundle_id, size=stored.size, sha256=sha, proof=proof)
+        code, msg = _status(
+            lambda: stub.Upload(iter([collector_pb2.UploadChunk(header=header)]), metadata=meta, timeout=10)
+        )
+        return state, code, msg.replace(bundle_id, "<id>")
+
+    with c.channel() as ch:
+        for asker in ((key_b, "", token_b), (key_e, agent_e, None)):
+            for sha in (stored.sha256, "e" * 64):
+                assert ask(*asker, stored.bundle_id, sha) == ask(*asker, unknown, sha)
+                state = ask(*asker, stored.bundle_id, sha)[0]
+                assert not state.complete and state.committed_offset == 0  # type: ignore[attr-defined]
+                assert not state.HasField("receipt")  # type: ignore[attr-defined]
+        proof = make_proof(key_a, agent_id=agent_a, bundle_id=stored.bundle_id, sha256=stored.sha256, size=stored.size)
+        mine = collector_pb2_grpc.IngestStub(ch).GetUploadState(
+            collector_pb2.UploadStateRequest(
+                bundle_id=stored.bundle_id, size=stored.size, sha256=stored.sha256, proof=proof
+            ),
+            metadata=(("authorization", f"Bearer {token_a}"),),
+            timeout=10,
+        )
+    assert mine.complete and mine.receipt.case_id == "SR-A"  # type: ignore[attr-defined]
+
+
+def test_upload_state_does_not_tell_how_far_anothers_upload_got(
+    sqlite_collector: RunningCollector, tmp_path: Path
+) -> None:
+    c = sqlite_collector
+    key_a, agent_a = _enrolled(c, "host-a")
+    key_b, agent_b = _enrolled(c, "host-b")
+    b = small_bundle(tmp_path / "a", key_a, agent_id=agent_a, payload=os.urandom(2 * 1024 * 1024))
+    _cut_upload(c, key_a, agent_a, b.path, b.bundle_id, upto=b.size // 2)
+    with c.channel() as ch:
+        stub = collector_pb2_grpc.IngestStub(ch)
+
+        def offset(key: SigningKey, agent_id: str) -> int:
+            proof = make_proof(key, agent_id=agent_id, bundle_id=b.bundle_id, sha256=b.sha256, size=b.size)
+            req = collector_pb2.UploadStateRequest(bundle_id=b.bundle_id, size=b.size, sha256=b.sha256, proof=proof)
+            for _ in range(100):
+                try:
+                    return int(stub.GetUploadState(req, timeout=10).committed_offset)
+                except grpc.RpcError as err:  # the cut stream may still be closing
+                    assert err.code() == grpc.StatusCode.ABORTED
+                    threading.Event().wait(0.05)
+            raise AssertionError("the cut stream never closed")
+
+        assert offset(key_a, agent_a) > 0
+        assert offset(key_b, agent_b) == 0
+
+
+def test_one_identity_runs_a_bounded_number_of_uploads(tmp_path: Path) -> None:
+    """An identity holding its uploads open cannot open more (RESOURCE_EXHAUSTED, which the
+    agent retries); others are not held up, and the slots come back when streams end."""
+    c = next(gen := _limited(tmp_path, max_uploads_per_identity=2))
+    release = threading.Event()
+    try:
+        key, agent_id = _enrolled(c)
+        made = [small_bundle(tmp_path / f"b{i}", key, agent_id=agent_id, payload=os.urandom(300_000)) for i in range(3)]
+
+        def held(b: Any) -> Iterator[collector_pb2.UploadChunk]:
+            yield collector_pb2.UploadChunk(header=_header(key, agent_id, b.path, b.bundle_id))
+            yield collector_pb2.UploadChunk(data=b.path.read_bytes()[:1000])
+            release.wait(30)
+
+        with c.channel() as ch:
+            stub = collector_pb2_grpc.IngestStub(ch)
+            calls = [stub.Upload.future(held(b), timeout=60) for b in made[:2]]
+            ingest = c.server._ingest
+            for _ in range(400):
+                if ingest is not None and ingest._slots.in_flight_count() == 2:  # type: ignore[attr-defined]
+                    break
+                threading.Event().wait(0.025)
+            third = [collector_pb2.UploadChunk(header=_header(key, agent_id, made[2].path, made[2].bundle_id))]
+            code, msg = _status(lambda: stub.Upload(iter(third), timeout=10))
+            assert code == grpc.StatusCode.RESOURCE_EXHAUSTED and "already has 2 uploads in progress" in msg, msg
+            key_b, agent_b = _enrolled(c, "host-b")
+            other = small_bundle(tmp_path / "other", key_b, agent_id=agent_b)
+            upload_bundle(ch, other.path, bundle_id=other.bundle_id, target=UploadTarget(key=key_b, agent_id=agent_b))
+            release.set()
+            for call in calls:
+                with pytest.raises(grpc.RpcError):
+                    call.result(timeout=30)
+            receipt = upload_bundle(
+                ch, made[2].path, bundle_id=made[2].bundle_id, target=UploadTarget(key=key, agent_id=agent_id)
+            )
+        assert receipt.sha256 == made[2].sha256
+    finally:
+        release.set()
+        gen.close()
+
+
+def test_streams_without_a_header_are_closed_by_the_collector(tmp_path: Path) -> None:
+    """Streams that never sent a header were never timed out (10,000 of them doubled the
+    collector's memory); now each ends within the header timeout, and past a cap more are
+    refused at once. A stream that goes quiet after its header ends too."""
+    c = next(gen := _limited(tmp_path, header_timeout_s=2.0, max_headerless_streams=6, idle_timeout_s=1.0))
+    release = threading.Event()
+    try:
+
+        def silent() -> Iterator[collector_pb2.UploadChunk]:
+            release.wait(60)  # sends nothing until the test ends
+            return
+            yield  # a generator
+
+        with c.channel() as ch:
+            stub = collector_pb2_grpc.IngestStub(ch)
+            calls = [stub.Upload.future(silent(), timeout=30) for _ in range(6)]
+            ingest = c.server._ingest
+            assert ingest is not None
+            for _ in range(400):
+                if ingest.headerless == 6:
+                    break
+                threading.Event().wait(0.01)
+            assert ingest.headerless == 6
+            code, msg = _status(lambda: stub.Upload(silent(), timeout=10))
+            assert code == grpc.StatusCode.RESOURCE_EXHAUSTED and "waiting for their header" in msg, msg
+            for call in calls:  # each ends by itself, long before the client's own 30 s deadline
+                with pytest.raises(grpc.RpcError) as info:
+                    call.result(timeout=30)
+                assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+                assert "no header within 2 s" in (info.value.details() or "")
+            assert ingest.headerless == 0
+            # After the header, a stream that sends nothing more ends too.
+            key, agent_id = _enrolled(c)
+            b = small_bundle(tmp_path / "b", key, agent_id=agent_id)
+
+            def quiet() -> Iterator[collector_pb2.UploadChunk]:
+                yield collector_pb2.UploadChunk(header=_header(key, agent_id, b.path, b.bundle_id))
+                release.wait(60)
+
+            code, msg = _status(lambda: stub.Upload(quiet(), timeout=30))
+            assert code == grpc.StatusCode.DEADLINE_EXCEEDED and "no data for 1 s at byte 0" in msg, msg
+    finally:
+        release.set()
+        gen.close()
+
+
+def test_verifier_process_ends_with_a_killed_collector(tmp_path: Path) -> None:
+    """Uploads are verified in a worker process; a collector killed outright (SIGKILL,
+    the OOM killer) must not leave it behind."""
+    import json
+    import signal
+    import subprocess
+    import sys
+
+    import psutil
+
+    from agent.transport import open_channel, parse_address
+
+    binary = str(Path(sys.executable).parent / "casefile-collector")
+    data = ["--data-dir", str(tmp_path / "collector")]
+    token = subprocess.run(
+        [binary, "token", "create", "--kind", "enroll", "-q", *data], check=True, capture_output=True, text=True
+    ).stdout.strip()
+    ready = tmp_path / "ready.json"
+    proc = subprocess.Popen(
+        [binary, "serve", "--address", "127.0.0.1:0", *data, "--ready-file", str(ready)], stderr=subprocess.DEVNULL
+    )
+    try:
+        for _ in range(600):
+            if ready.exists() or proc.poll() is not None:
+                break
+            threading.Event().wait(0.05)
+        info = json.loads(ready.read_text())
+        key = SigningKey.generate()
+        with open_channel(parse_address(f"127.0.0.1:{info['port']}"), ca_fingerprint=info["fingerprint"]) as ch:
+            agent_id = enroll(ch, token=token, key=key, hostname="h", agent_version="t").agent_id
+            b = small_bundle(tmp_path / "b", key, agent_id=agent_id)
+            upload_bundle(ch, b.path, bundle_id=b.bundle_id, target=UploadTarget(key=key, agent_id=agent_id))
+        workers = [
+            p for p in psutil.Process(proc.pid).children(recursive=True) if "spawn_main" in " ".join(p.cmdline())
+        ]
+        assert workers, "the upload was not verified in a worker process"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+        _, alive = psutil.wait_procs(workers, timeout=15)
+        assert not alive, f"verifier processes outlived the collector: {[p.pid for p in alive]}"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)

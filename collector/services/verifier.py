@@ -1,0 +1,288 @@
+"""Bundle verification for ingest, on threads of its own.
+
+Verification is the costly part of an upload: decompress, hash, check the signature.
+It never runs in the event loop's default executor, which every database call goes
+through: eight decompression bombs there once held all six of its threads for a
+minute, and ``ListHosts`` timed out behind them. Two small pools instead:
+
+* followers verify a big upload while it arrives (one thread per upload, waiting on
+  the network most of the time), at most ``stream_verify_workers`` at once;
+* checks verify the rest after their last byte, in ``verify_workers`` worker
+  processes; more wait their turn. A process, not a thread: decompressing and hashing
+  a bomb in a thread held the interpreter lock a third of the time, and the event
+  loop waited for it (ListHosts p50 3 ms idle, 19 ms during eight bombs; see
+  benchmarks/bench_bombs.py).
+
+Both run at a lower priority (``verify_nice``; followers where the OS keeps one per
+thread), and every read is bounded by the bundle's compressed size
+(``agent.bundle.source``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import functools
+import logging
+import multiprocessing
+import os
+import sys
+import threading
+import time
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
+from typing import IO, Any, cast
+
+import grpc
+
+from agent.bundle import VerifiedBundle, verify_bundle
+from agent.bundle.outcome import verify_outcome
+from agent.bundle.reader import ReadMeter
+from agent.keys import PublicKey
+from collector.edge import Rejected
+from collector.services.upload_limits import IngestLimits
+
+__all__ = ["Abandoned", "Following", "StagedTail", "Verifier"]
+
+log = logging.getLogger("casefile.collector.ingest")
+
+
+class Abandoned(Exception):
+    """The upload stopped before its last byte; the verifier following it gives up."""
+
+
+class StagedTail:
+    """The staged file as the verifier reads it while the upload is still arriving.
+
+    ``read`` returns only bytes the receiver has published (written and hashed); it
+    blocks for more until the receiver calls ``end`` (then end of file) or ``abandon``
+    (then it raises). The chunks just published are also held in memory (up to
+    ``_HELD_BYTES``), so a verifier that keeps up takes them as they are; one that
+    falls behind reads the file, with its own descriptor, so the receiver's writes and
+    the verifier's reads never share a file position.
+    """
+
+    _HELD_BYTES = 8 * 1024 * 1024
+
+    def __init__(self, path: Path, available: int) -> None:
+        self._fd = os.open(path, os.O_RDONLY)
+        self._cond = threading.Condition()
+        self._available = available
+        self._pos = 0
+        self._state = "open"  # open | ended | abandoned
+        self._held: collections.deque[tuple[int, bytes]] = collections.deque()
+        self._held_bytes = 0
+
+    def publish(self, offset: int, data: bytes = b"") -> None:
+        """Bytes up to ``offset`` are in the file; ``data`` are the last of them."""
+        with self._cond:
+            if data:
+                self._held.append((offset - len(data), data))
+                self._held_bytes += len(data)
+                while self._held_bytes > self._HELD_BYTES:
+                    self._held_bytes -= len(self._held.popleft()[1])
+            self._available = offset
+            self._cond.notify()
+
+    def end(self) -> None:
+        with self._cond:
+            self._state = "ended"
+            self._cond.notify()
+
+    def abandon(self) -> None:
+        with self._cond:
+            if self._state == "open":
+                self._state = "abandoned"
+            self._cond.notify()
+
+    def read(self, size: int = -1) -> bytes:
+        with self._cond:
+            while self._pos >= self._available and self._state == "open":
+                self._cond.wait()
+            if self._state == "abandoned":
+                raise Abandoned()
+            ready = self._available - self._pos
+            want = ready if size < 0 else min(size, ready)
+            piece = self._from_memory(want) if want > 0 else b""
+        if ready <= 0:
+            return b""
+        data = piece or os.pread(self._fd, want, self._pos)
+        self._pos += len(data)
+        return data
+
+    def _from_memory(self, want: int) -> bytes:
+        """Up to ``want`` bytes at the read position from the held chunks, or b"" (caller holds the lock)."""
+        held, pos = self._held, self._pos
+        while held and held[0][0] + len(held[0][1]) <= pos:
+            self._held_bytes -= len(held.popleft()[1])
+        if not held or held[0][0] > pos:
+            return b""
+        start, chunk = held[0]
+        if start == pos and len(chunk) <= want:
+            return chunk  # the common case: whole chunks, no copy
+        return chunk[pos - start : pos - start + want]
+
+    def close(self) -> None:
+        os.close(self._fd)
+
+
+Following = tuple[StagedTail, "asyncio.Future[VerifiedBundle]"]
+
+
+def _retrieve(fut: asyncio.Future[Any]) -> None:
+    """Mark an outcome nobody may await (an abandoned verifier) as seen."""
+    if not fut.cancelled():
+        fut.exception()
+
+
+def _lower_priority(nice: int) -> None:
+    """Make the calling worker thread nicer (Linux keeps a nice value per thread)."""
+    if nice <= 0 or not sys.platform.startswith("linux"):
+        return
+    with contextlib.suppress(OSError):
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + nice))
+
+
+class Verifier:
+    """Runs ``verify_bundle`` for ingest on its own bounded, lower-priority threads."""
+
+    def __init__(self, limits: IngestLimits) -> None:
+        self._limits = limits
+        self._followers: ThreadPoolExecutor | None = None
+        self._checks: ProcessPoolExecutor | None = None
+        self.following = 0  # follower threads busy (event loop only)
+        self._lock = threading.Lock()
+        # Every verification's decompressed bytes, refused ones included: what uploads
+        # cost the collector, for operators (and tests) to see.
+        self.decompressed_bytes = 0
+        self.compressed_bytes = 0
+
+    @property
+    def started_followers(self) -> bool:
+        return self._followers is not None
+
+    def close(self) -> None:
+        """Let the verifier threads go (uploads still running were abandoned by then)."""
+        if self._followers is not None:
+            # Queued verifiers still run: their uploads were abandoned, so they end at once.
+            self._followers.shutdown(wait=False)
+        if self._checks is not None:
+            self._checks.shutdown(wait=False, cancel_futures=True)
+        self._followers = self._checks = None
+
+    def _pool(self, workers: int, name: str) -> ThreadPoolExecutor:
+        return ThreadPoolExecutor(
+            workers, thread_name_prefix=name, initializer=_lower_priority, initargs=(self._limits.verify_nice,)
+        )
+
+    def _verify(self, source: Path | IO[bytes], key: PublicKey, size: int, label: str) -> VerifiedBundle:
+        limits = self._limits
+        meter = ReadMeter()
+        try:
+            return verify_bundle(
+                source,
+                expected_key=key,
+                keep=("facts.pb",),
+                compressed_size=size,
+                max_total_bytes=limits.max_decompressed_bytes,
+                max_ratio=limits.max_compression_ratio,
+                ratio_floor=limits.ratio_floor_bytes,
+                meter=meter,
+            )
+        except Exception as exc:
+            log.info("bundle %s refused after %d bytes decompressed: %s", label, meter.decompressed, exc)
+            raise
+        finally:
+            with self._lock:
+                self.decompressed_bytes += meter.decompressed
+                self.compressed_bytes += meter.compressed
+
+    def follow(self, staged: Any, key: PublicKey, size: int) -> Following | None:
+        """Start verifying this upload while it arrives, if it is big enough and a worker is free."""
+        limits = self._limits
+        if size < limits.stream_verify_min_bytes or self.following >= limits.stream_verify_workers:
+            return None
+        if self._followers is None:
+            self._followers = self._pool(limits.stream_verify_workers, "casefile-verify-follow")
+        try:
+            tail = StagedTail(staged.path, staged.offset)
+        except OSError as exc:  # out of descriptors, say: verify after the last byte instead
+            log.warning("bundle %s: verifying after receipt, not while receiving: %s", staged.bundle_id, exc)
+            return None
+        loop = asyncio.get_running_loop()
+        self.following += 1
+
+        def run() -> VerifiedBundle:
+            try:
+                return self._verify(cast(IO[bytes], tail), key, size, staged.bundle_id)
+            finally:
+                tail.close()
+                # Counted down by the worker itself: its thread, not the awaiting future, holds the slot.
+                with contextlib.suppress(RuntimeError):  # the loop is gone at shutdown
+                    loop.call_soon_threadsafe(self._follower_done)
+
+        fut = loop.run_in_executor(self._followers, run)
+        fut.add_done_callback(_retrieve)
+        return tail, fut
+
+    def _follower_done(self) -> None:
+        self.following -= 1
+
+    async def check(self, path: Path, key: PublicKey, size: int, label: str) -> VerifiedBundle:
+        """Verify a staged file whose every byte is here, in a worker process (waits for a free one)."""
+        limits = self._limits
+        if self._checks is None:
+            # spawn, not fork: a forked copy of a process running grpc threads is not safe.
+            self._checks = ProcessPoolExecutor(
+                limits.verify_workers,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=_verifier_process_init,
+                initargs=(limits.verify_nice,),
+            )
+        run = functools.partial(
+            verify_outcome,
+            str(path),
+            expected_key=key,
+            keep=("facts.pb",),
+            compressed_size=size,
+            max_total_bytes=limits.max_decompressed_bytes,
+            max_ratio=limits.max_compression_ratio,
+            ratio_floor=limits.ratio_floor_bytes,
+        )
+        try:
+            outcome = await asyncio.get_running_loop().run_in_executor(self._checks, run)
+        except BrokenProcessPool:
+            self._checks = None  # a worker died (killed, out of memory): the next check starts new ones
+            raise Rejected(
+                grpc.StatusCode.UNAVAILABLE,
+                f"bundle {label}: the verifier process died; the partial was discarded, upload again",
+            ) from None
+        with self._lock:
+            self.decompressed_bytes += outcome.decompressed
+            self.compressed_bytes += outcome.compressed
+        if outcome.refusal is not None:
+            log.info(
+                "bundle %s refused after %d bytes decompressed: %s", label, outcome.decompressed, outcome.refusal[0]
+            )
+        return outcome.result()
+
+
+def _verifier_process_init(nice: int) -> None:
+    """Runs first in each verifier process: nicer than the collector (the whole process,
+    no lock to share), and gone when the collector is. A worker blocks on a queue whose
+    write end it holds itself, so a collector killed outright (SIGKILL, the OOM killer)
+    would otherwise leave it behind for ever."""
+    if nice > 0:
+        with contextlib.suppress(OSError):
+            os.nice(nice)
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="casefile-verify-parent", daemon=True).start()
