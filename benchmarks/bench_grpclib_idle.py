@@ -141,7 +141,7 @@ def _enroll(store: Store, addr: str, fp: str, root: Path, hostname: str) -> str:
 
 
 def _spread(values: list[float]) -> str:
-    return f"{statistics.median(values):.1f} MiB ({min(values):.1f}–{max(values):.1f})"
+    return f"{statistics.median(values):.1f} MiB ({min(values):.1f}-{max(values):.1f})"
 
 
 def main() -> None:
@@ -195,7 +195,7 @@ def main() -> None:
 
     print(f"{args.rounds} rounds, {args.warmup:g} s connected before reading; {os.cpu_count()} cores; "
           f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())} at end")
-    print("| stream through | VmRSS, median (min–max) | anon | file-backed |")
+    print("| stream through | VmRSS, median (min-max) | anon | file-backed |")
     print("|---|---|---|---|")
     for variant in VARIANTS:
         rows = results[variant]
