@@ -45,7 +45,6 @@ DEFAULT_TIMEOUT_S = 60
 _MAX_WAIT_S = 7 * 86400
 
 
-
 def make_router(store: Store, db_url: str, replica_id: str | None = None) -> LiveRouter:
     """The in-process router on SQLite; the replica-aware one on PostgreSQL.
 

@@ -39,7 +39,8 @@ log = logging.getLogger("casefile.collector.live")
 
 
 def request_message(rec: LiveRequestRecord) -> collector_pb2.CollectorMessage:
-    """The ``SnapshotRequest`` sent down the agent's stream for ``rec``.
+    """The ``SnapshotRequest`` sent down the agent's stream for ``rec``: the one place it
+    is built, for this router and ``PgLiveRouter`` alike.
 
     Its text is cleaned again here (it was when the request was created): a row written
     by an older collector must not carry escape sequences to the customer's terminal.
