@@ -1,6 +1,6 @@
 """Routing live snapshot requests between collector replicas through PostgreSQL.
 
-Same interface as :class:`collector.live.LiveRouter`; the services do not know which one
+Same interface as :class:`collector.live_router.LiveRouter`; the services do not know which one
 they hold. What changes when several replicas share one database:
 
 - **Who holds which agent.** ``agent_channels`` maps agent id → replica id. A replica
@@ -36,8 +36,9 @@ import psycopg
 from psycopg import sql
 from sqlalchemy import make_url
 
+from agent.transport.live_states import LiveState
 from collector.edge import Rejected
-from collector.live import LiveRouter, Session, event_of, request_message
+from collector.live_router import LiveRouter, Session, event_of, request_message
 from collector.storage import LiveRequestRecord, Store
 from collector.storage.live import LIVE_CHANNEL
 
@@ -181,14 +182,14 @@ class PgLiveRouter(LiveRouter):
             rec = await asyncio.to_thread(self._store.get_live_request, request_id)
         except Exception:
             return
-        if rec.state == "queued" and rec.agent_id in self._sessions:
+        if rec.state == LiveState.QUEUED and rec.agent_id in self._sessions:
             await self._deliver_or_expire(rec)
         elif interested:
             self._publish(rec)
 
     async def _deliver_or_expire(self, rec: LiveRequestRecord) -> None:
         if rec.expires_at_us <= _us(0):
-            await self.advance(rec.request_id, "expired", detail="expired before the agent reconnected")
+            await self.advance(rec.request_id, LiveState.EXPIRED, detail="expired before the agent reconnected")
         else:
             await self.deliver(rec)
 

@@ -1,9 +1,10 @@
 """Rules turn a bundle into findings; the registry holds built-ins and plugins.
 
-A rule is a small class that *declares* its code, title, description and default
-thresholds (``options``), and implements ``evaluate(view)`` yielding findings. Plugins
-register rule classes under the ``casefile.analyzers`` entry point group. A plugin
-that fails to load, or a rule that raises, becomes an ``analyzer-error`` info finding:
+A rule (``agent.analysis.rule.Rule``, re-exported here) is a small class that *declares*
+its code, title, description and default thresholds (``options``), and implements
+``evaluate(view)`` yielding findings. Plugins register rule classes under the
+``casefile.analyzers`` entry point group (loaded by ``agent.plugins``). A plugin that
+fails to load, or a rule that raises, becomes an ``analyzer-error`` info finding:
 analysis of a customer's bundle never crashes on one bad rule.
 
 Exit status of ``casefile findings`` follows the worst severity (``exit_code_for``):
@@ -13,15 +14,14 @@ Exit status of ``casefile findings`` follows the worst severity (``exit_code_for
 from __future__ import annotations
 
 import json
-import re
 import threading
-from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any
 
-from agent.analysis.model import SEVERITY_RANK, Evidence, Finding, LogEvidence, Severity
+from agent.analysis.model import SEVERITY_RANK, Finding, Severity
+from agent.analysis.rule import Rule, rule_problems
+from agent.plugins import BrokenPlugin, describe_exception, load_plugins
 
 if TYPE_CHECKING:
     from agent.analysis.view import BundleView
@@ -44,85 +44,10 @@ __all__ = [
 
 ENTRY_POINT_GROUP = "casefile.analyzers"
 EXIT_OK, EXIT_WARNING, EXIT_CRITICAL = 0, 10, 20
-_CODE_RE = re.compile(r"[a-z][a-z0-9-]*\Z")
-_MAX_ERROR = 500
 
 
-class Rule(ABC):
-    """One check over a bundle. Subclasses declare the class attributes and implement evaluate.
-
-    ``options`` are the default thresholds; an instance may override them
-    (``Rule(**{"warn_pct": 80})``), which is how tests and callers tune a rule.
-    """
-
-    code: ClassVar[str]
-    title: ClassVar[str]
-    description: ClassVar[str]
-    options: ClassVar[Mapping[str, float]] = MappingProxyType({})
-
-    def __init__(self, **overrides: float) -> None:
-        unknown = set(overrides) - set(self.options)
-        if unknown:
-            raise ValueError(f"rule {self.code}: unknown options {sorted(unknown)}")
-        self._values = {**self.options, **overrides}
-
-    def opt(self, name: str) -> float:
-        return self._values[name]
-
-    @abstractmethod
-    def evaluate(self, view: BundleView) -> Iterable[Finding]:
-        """Yield the findings this rule draws from ``view`` (none when healthy)."""
-
-    def finding(
-        self,
-        severity: Severity,
-        title: str,
-        explanation: str,
-        evidence: Iterable[Evidence | LogEvidence],
-        next_step: str,
-        *,
-        subject: str = "",
-    ) -> Finding:
-        return Finding(
-            code=self.code,
-            severity=severity,
-            title=title,
-            explanation=explanation,
-            evidence=tuple(evidence),
-            next_step=next_step,
-            subject=subject,
-            rule=type(self).__name__,
-        )
-
-
-def rule_problems(obj: object) -> list[str]:
-    """What is wrong with a rule class's declarations; empty when it is sound."""
-    if not (isinstance(obj, type) and issubclass(obj, Rule)):
-        return [f"{obj!r} is not a Rule subclass"]
-    problems: list[str] = []
-    code = getattr(obj, "code", None)
-    if not (isinstance(code, str) and _CODE_RE.match(code)):
-        problems.append(f"code {code!r} is not a lowercase-dashed identifier")
-    if getattr(obj, "__abstractmethods__", None):
-        problems.append("evaluate() is not implemented")
-    for attr in ("title", "description"):
-        value = getattr(obj, attr, None)
-        if not (isinstance(value, str) and value.strip()):
-            problems.append(f"{attr} is empty")
-    options = getattr(obj, "options", None)
-    if not isinstance(options, Mapping) or not all(
-        isinstance(k, str) and isinstance(v, int | float) and not isinstance(v, bool) for k, v in options.items()
-    ):
-        problems.append("options must map names to numbers")
-    return problems
-
-
-@dataclass(frozen=True)
-class BrokenRule:
-    """An entry point that did not load as a sound rule."""
-
-    name: str
-    error: str
+# A rule plugin that did not load as a sound rule: ``agent.plugins.BrokenPlugin``.
+BrokenRule = BrokenPlugin
 
 
 @dataclass(frozen=True)
@@ -157,37 +82,15 @@ def registered_rules(*, refresh: bool = False) -> RuleRegistry:
     global _registry
     with _lock:
         if _registry is None or refresh:
-            from agent.analysis.rules import BUILTIN_RULES
+            from agent.analysis.rules import BUILTIN_RULES  # loaded when first asked for, not on import
 
             plugins, broken = _load_plugins({r.code for r in BUILTIN_RULES})
             _registry = build_rule_registry((*BUILTIN_RULES, *plugins), broken)
         return _registry
 
 
-def _describe(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}"[:_MAX_ERROR]
-
-
 def _load_plugins(taken: set[str]) -> tuple[list[type[Rule]], list[BrokenRule]]:
-    from importlib.metadata import entry_points
-
-    plugins: list[type[Rule]] = []
-    broken: list[BrokenRule] = []
-    for ep in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda e: (e.name, e.value)):
-        try:
-            obj = ep.load()
-        except (Exception, SystemExit) as exc:  # a broken plugin is an entry, never a crash
-            broken.append(BrokenRule(ep.name, f"plugin {ep.value!r} failed to load: {_describe(exc)}"))
-            continue
-        problems = rule_problems(obj)
-        if not problems and obj.code in taken:
-            problems = [f"code {obj.code!r} is already taken"]
-        if problems:
-            broken.append(BrokenRule(ep.name, f"plugin {ep.value!r} is declared wrongly: {'; '.join(problems)}"))
-            continue
-        taken.add(obj.code)
-        plugins.append(obj)
-    return plugins, broken
+    return load_plugins(ENTRY_POINT_GROUP, rule_problems, key=lambda r: str(r.code), key_label="code", taken=taken)
 
 
 def _error_finding(name: str, error: str) -> Finding:
@@ -251,6 +154,6 @@ def run_rules(
             rule = cls(**(overrides or {}).get(cls.code, {}))
             findings.extend(rule.evaluate(view))
         except Exception as exc:  # one rule failing never hides the others
-            findings.append(_error_finding(cls.code, f"rule raised {_describe(exc)}"))
+            findings.append(_error_finding(cls.code, f"rule raised {describe_exception(exc)}"))
     findings.sort(key=lambda f: (-SEVERITY_RANK[f.severity], f.code, f.subject))
     return FindingsResult(tuple(findings), registry.codes())

@@ -39,6 +39,8 @@ from google.protobuf.message import Message
 
 from agent.collect.artifacts import ARTIFACT_KINDS, Artifact, ArtifactKind, TempArea
 from agent.errors import CollectionError
+from agent.plugins import describe_exception as describe_exception  # one error format, plugin or not
+from agent.plugins import truncate_error as truncate_error
 from protos import facts_pb2
 
 KNOWN_PLATFORMS: frozenset[str] = frozenset({"linux", "darwin", "windows"})
@@ -54,7 +56,6 @@ RESERVED_FIELDS = frozenset({"collected_at", "collectors"})
 RESERVED_MEMBERS = frozenset(
     {"facts.pb", "facts.json", "findings.json", "report.html", "MANIFEST.json", "MANIFEST.sig"}
 )
-_MAX_ERROR_CHARS = 2000
 _NAME_RE = re.compile(r"[a-z][a-z0-9_]*\Z")
 
 OptionValue: TypeAlias = str | int | float | bool
@@ -413,11 +414,3 @@ class CollectionSpec:
         }
 
 
-def truncate_error(text: str) -> str:
-    return text if len(text) <= _MAX_ERROR_CHARS else text[: _MAX_ERROR_CHARS - 1] + "…"
-
-
-def describe_exception(exc: BaseException) -> str:
-    """``ExcType: message`` as recorded in a status (just ``ExcType`` when there is none)."""
-    text = str(exc)
-    return truncate_error(f"{type(exc).__name__}: {text}" if text else type(exc).__name__)

@@ -1,8 +1,8 @@
 """The collector registry: built-ins plus plugins from the ``casefile.collectors`` entry points.
 
 Declarations are checked once here, so the runner can trust every class it is given; a
-plugin that fails to load or is declared wrongly becomes a ``BrokenPlugin`` that reports
-as ERROR in every run, never a crash.
+plugin that fails to load or is declared wrongly becomes a ``BrokenPlugin`` (from the one
+entry-point loader, ``agent.plugins``) that reports as ERROR in every run, never a crash.
 """
 
 from __future__ import annotations
@@ -11,8 +11,9 @@ import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from agent.collect.framework import Collector, declaration_problems, describe_exception, truncate_error
+from agent.collect.framework import Collector, declaration_problems
 from agent.errors import CollectionError
+from agent.plugins import BrokenPlugin, load_plugins
 
 __all__ = [
     "ENTRY_POINT_GROUP",
@@ -24,14 +25,6 @@ __all__ = [
 
 
 ENTRY_POINT_GROUP = "casefile.collectors"
-
-
-@dataclass(frozen=True)
-class BrokenPlugin:
-    """An entry point that did not load as a sound collector; it reports as ERROR."""
-
-    name: str  # the entry point's name
-    error: str
 
 
 @dataclass(frozen=True)
@@ -88,24 +81,6 @@ def registered_collectors(*, refresh: bool = False) -> Registry:
 
 
 def _load_plugins() -> tuple[list[type[Collector]], list[BrokenPlugin]]:
-    from importlib.metadata import entry_points
-
-    plugins: list[type[Collector]] = []
-    broken: list[BrokenPlugin] = []
-    for ep in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda e: (e.name, e.value)):
-        try:
-            obj = ep.load()
-        except (Exception, SystemExit) as exc:  # a broken plugin is an entry, never a crash
-            broken.append(BrokenPlugin(ep.name, f"plugin {ep.value!r} failed to load: {describe_exception(exc)}"))
-            continue
-        problems = declaration_problems(obj)
-        if problems:
-            broken.append(
-                BrokenPlugin(
-                    ep.name,
-                    truncate_error(f"plugin {ep.value!r} is declared wrongly: {'; '.join(problems)}"),
-                )
-            )
-        else:
-            plugins.append(obj)
-    return plugins, broken
+    # Name clashes are build_registry's to judge: a plugin taking a built-in's name is a
+    # CollectionError naming both, not a silently broken entry.
+    return load_plugins(ENTRY_POINT_GROUP, declaration_problems)

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from agent.daemon.history import History
 from agent.daemon.policy import DEFAULT_POLICY, SCOPE_COLLECTORS, SCOPES, Policy, PolicyError, load_policy
-from agent.daemon.protocol import channel_message
 from agent.daemon.service import AgentService, DaemonOptions, run
 from agent.daemon.spool import Spool, SpooledBundle
+from agent.transport.channel_proof import channel_message
 
 __all__ = [
     "DEFAULT_POLICY",

@@ -30,12 +30,17 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from agent.transport.live_states import LiveState
 from agent.untrusted import clean_text
 
 __all__ = ["OUTCOMES", "History", "shown"]
 
-OUTCOMES = frozenset(
-    {"accepted", "done", "spooled", "delivered", "dropped", "denied", "duplicate", "expired", "failed", "refused"}
+# The ends a request shares with the collector's view of it are its states' words
+# (``agent.transport.live_states``); the rest are the ledger's own. ``delivered`` here is a
+# spooled bundle uploaded later, not the request state of that name.
+OUTCOMES: frozenset[str] = frozenset(
+    {str(s) for s in (LiveState.DONE, LiveState.DENIED, LiveState.EXPIRED, LiveState.FAILED)}
+    | {"accepted", "spooled", "delivered", "dropped", "duplicate", "refused"}
 )
 
 

@@ -3,7 +3,7 @@
 One asyncio loop. ``AgentService.run`` dials the enrolled collector (TLS, pinned
 certificate), opens ``Channel.Connect`` (gRPC over ``h2``, not grpcio: see
 ``agent.daemon.h2stream``), proves the agent's key (see
-``agent.daemon.protocol``) and then waits for ``SnapshotRequest``s. When the stream
+``agent.transport.channel_proof``) and then waits for ``SnapshotRequest``s. When the stream
 cannot be opened or breaks — collector restarted, network gone, UNAVAILABLE or
 CANCELLED — it waits a random time in ``[0, min(cap, base·2^n)]`` (exponential backoff
 with full jitter, so a thousand agents do not reconnect in step) and tries again,
@@ -46,13 +46,14 @@ from google.protobuf.message import DecodeError
 from agent.daemon.h2stream import BidiStream, RpcError
 from agent.daemon.history import History
 from agent.daemon.policy import Policy, collectors_for, load_policy
-from agent.daemon.protocol import NONCE_BYTES, channel_message
 from agent.daemon.spool import Spool
 from agent.daemon.worker import CollectionWorker, LiveBundle
 from agent.errors import CasefileError, TransportError
 from agent.keys import SigningKey
 from agent.state import AgentHome, Enrollment
+from agent.transport.channel_proof import NONCE_BYTES, channel_message
 from agent.transport.connect import parse_address
+from agent.transport.live_states import LiveState
 from agent.untrusted import REQUEST_ID_MAX, clean_text, describe_id, request_id_problem
 from agent.version import __version__
 from protos import collector_pb2
@@ -273,7 +274,7 @@ class AgentService:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def _progress(self, request_id: str, state: str, detail: str = "", bundle_id: str = "") -> None:
+    def _progress(self, request_id: str, state: LiveState, detail: str = "", bundle_id: str = "") -> None:
         outbox = self._outbox
         if outbox is not None:  # no stream: the collector learns the outcome from Ingest
             outbox.put_nowait(
@@ -307,12 +308,12 @@ class AgentService:
             if await asyncio.to_thread(self.history.seen, req.request_id):
                 detail = f"duplicate request id {req.request_id!r}: already handled once"
                 await asyncio.to_thread(lambda: self.history.append("duplicate", detail=detail, **who))
-                self._progress(req.request_id, "denied", detail)
+                self._progress(req.request_id, LiveState.DENIED, detail)
                 return
             if req.expires_at_unix and dt.datetime.now(dt.UTC).timestamp() > req.expires_at_unix:
                 detail = f"request expired at {_unix_time(req.expires_at_unix)}"
                 await asyncio.to_thread(lambda: self.history.append("expired", detail=detail, **who))
-                self._progress(req.request_id, "expired", detail)
+                self._progress(req.request_id, LiveState.EXPIRED, detail)
                 return
             hour_ago = dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)
             recent = await asyncio.to_thread(self.history.accepted_since, hour_ago)
@@ -320,7 +321,7 @@ class AgentService:
             if rule is not None:
                 detail = f"denied by policy: {rule}"
                 await asyncio.to_thread(lambda: self.history.append("denied", detail=detail, **who))
-                self._progress(req.request_id, "denied", detail)
+                self._progress(req.request_id, LiveState.DENIED, detail)
                 log.info("request %s from %s %s", req.request_id, who["requested_by"], detail)
                 return
             # No window named means the policy's largest, never the collector's default.
@@ -328,13 +329,13 @@ class AgentService:
             if window is not None:
                 who["since_s"] = window
             await asyncio.to_thread(lambda: self.history.append("accepted", **who))
-            self._progress(req.request_id, "collecting", f"scopes {', '.join(scopes)}")
+            self._progress(req.request_id, LiveState.COLLECTING, f"scopes {', '.join(scopes)}")
             try:
                 work = await asyncio.to_thread(self._work_dir)
             except OSError as exc:  # a full or read-only disk: answered like any failed collection
                 detail = f"collection failed: no work folder under {self.work}: {exc}"
                 await asyncio.to_thread(lambda: self.history.append("failed", detail=detail, **who))
-                self._progress(req.request_id, "failed", detail)
+                self._progress(req.request_id, LiveState.FAILED, detail)
                 return
             try:
                 bundle = await self.worker.collect(
@@ -355,10 +356,10 @@ class AgentService:
                 detail = f"collection failed: {exc}"
                 log.exception("request %s: %s", req.request_id, detail)
                 await asyncio.to_thread(lambda: self.history.append("failed", detail=detail, **who))
-                self._progress(req.request_id, "failed", detail)
+                self._progress(req.request_id, LiveState.FAILED, detail)
                 shutil.rmtree(work, ignore_errors=True)
                 return
-        self._progress(req.request_id, "uploading", f"bundle {bundle.bundle_id}, {bundle.size:,} bytes")
+        self._progress(req.request_id, LiveState.UPLOADING, f"bundle {bundle.bundle_id}, {bundle.size:,} bytes")
         ids = {**who, "bundle_id": bundle.bundle_id, "sha256": bundle.sha256}
         try:
             await self._upload(bundle.path, bundle.bundle_id)
@@ -371,7 +372,7 @@ class AgentService:
             async with self._spool_lock:
                 await asyncio.to_thread(self._spool, bundle, req.request_id, ids, detail)
             log.warning("request %s: %s", req.request_id, detail)
-            self._progress(req.request_id, "uploading", detail, bundle.bundle_id)
+            self._progress(req.request_id, LiveState.UPLOADING, detail, bundle.bundle_id)
         else:
             await asyncio.to_thread(lambda: self.history.append("done", **ids))
         finally:
@@ -389,7 +390,7 @@ class AgentService:
         await asyncio.to_thread(lambda: self.history.append("refused", detail=detail, **entry))
         log.warning("refused a request from the collector: %s", problem)
         # Echoed (cut) so the collector can tell which request it was; it is not used here.
-        self._progress(req.request_id[: 2 * REQUEST_ID_MAX], "denied", detail)
+        self._progress(req.request_id[: 2 * REQUEST_ID_MAX], LiveState.DENIED, detail)
 
     def _record(self, outcome: str, ids: dict[str, Any], detail: str) -> None:
         self.history.append(outcome, detail=detail, **ids)

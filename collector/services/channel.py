@@ -29,8 +29,8 @@ from typing import Any
 
 import grpc
 
-from agent.daemon.protocol import NONCE_BYTES, channel_message
 from agent.keys import PublicKey
+from agent.transport.channel_proof import NONCE_BYTES, channel_message
 from collector.edge import Rejected, server_stream
 from collector.live import LiveRouter
 from collector.storage import Store

@@ -257,7 +257,7 @@ class QueryService(collector_pb2_grpc.QueryServicer):
         token = await self._auth.require(context, role="engineer")
         if self._router is None:
             raise Rejected(grpc.StatusCode.UNIMPLEMENTED, "this collector serves no live channel")
-        async for event in request_snapshot(self._store, self._router, token, request, context.peer() or ""):
+        async for event in request_snapshot(self._store, self._router, token, request):
             yield event
 
     @unary

@@ -7,6 +7,7 @@ from typing import Any
 
 from sqlalchemy import Row, or_, select
 
+from agent.transport.live_states import CALL_ENDS
 from collector.storage.base import StoreBase
 from collector.storage.cursors import clamp_page_size
 from collector.storage.errors import InvalidArgument
@@ -47,12 +48,9 @@ OUTCOMES = frozenset(
         "internal",
         "unavailable",
         "data_loss",
-        "done",
-        "offline",
-        "expired",
-        "timeout",
-        "failed",
     }
+    # How a live request ended (``agent.transport.live_states``): done, offline, timeout…
+    | {str(s) for s in CALL_ENDS}
 )
 
 

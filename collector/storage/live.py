@@ -1,12 +1,10 @@
 """Live snapshot requests: one row per engineer request, its state and result.
 
 The table lives in its own ``MetaData`` so schema version 1 (``create_all`` of the
-original tables) stays what it was; migration step 2 creates it. States:
-
-``queued`` (waiting for the agent's channel) → ``delivered`` (sent down the stream)
-→ ``collecting`` → ``uploading`` → ``done`` (with bundle id); or a final
-``denied`` / ``failed`` / ``expired`` / ``offline``. A final state never changes again,
-so a late progress message cannot resurrect a finished request.
+original tables) stays what it was; migration step 2 creates it. The states are
+``agent.transport.live_states.LiveState`` (all but ``timeout``, which is never stored): a
+final state never changes again, so a late progress message cannot resurrect a finished
+request.
 """
 
 from __future__ import annotations
@@ -16,11 +14,21 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, Column, Connection, Index, Integer, MetaData, Row, String, Table, Text, select, text
+from sqlalchemy import Connection, Row, select, text
 
+from agent.transport.live_states import FINAL_STATES as _FINAL
+from agent.transport.live_states import STORED_STATES, LiveState
 from collector.storage.agents import _agent
 from collector.storage.base import StoreBase
 from collector.storage.errors import InvalidArgument, NotFound
+from collector.storage.live_schema import (
+    agent_channels,
+    create_channel_tables,
+    create_live_tables,
+    live_metadata,
+    live_requests,
+    replica_metadata,
+)
 from collector.storage.schema import AgentRecord, agents, from_micros, to_micros
 
 __all__ = [
@@ -41,79 +49,10 @@ __all__ = [
 # The PostgreSQL NOTIFY channel of live requests; the payload is the request id.
 LIVE_CHANNEL = "casefile_live"
 
-LIVE_STATES = (
-    "queued",
-    "delivered",
-    "collecting",
-    "uploading",
-    "done",
-    "denied",
-    "failed",
-    "expired",
-    "offline",
-)
-FINAL_STATES = frozenset({"done", "denied", "failed", "expired", "offline"})
+# The states (``agent.transport.live_states``), as the plain strings the column holds.
+LIVE_STATES: tuple[str, ...] = tuple(str(s) for s in STORED_STATES)
+FINAL_STATES: frozenset[str] = frozenset(str(s) for s in _FINAL)
 
-live_metadata = MetaData(
-    naming_convention={
-        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
-        "pk": "pk_%(table_name)s",
-    }
-)
-
-live_requests = Table(
-    "live_requests",
-    live_metadata,
-    Column("request_id", String(32), primary_key=True),
-    Column("agent_id", String(32), nullable=False),
-    Column("hostname", Text, nullable=False),
-    Column("requested_by", String(32), nullable=False),  # engineer token id
-    Column("requested_label", Text, nullable=False),
-    Column("scopes", Text, nullable=False),  # comma-separated
-    Column("since_s", Integer, nullable=False),
-    Column("reason", Text, nullable=False),
-    Column("state", String(16), nullable=False),
-    Column("detail", Text, nullable=False),
-    Column("bundle_id", String(32), nullable=True),
-    Column("created_at", BigInteger, nullable=False),
-    Column("expires_at", BigInteger, nullable=False),
-    Column("updated_at", BigInteger, nullable=False),
-    Index(None, "agent_id", "state"),
-)
-
-
-def create_live_tables(conn: Connection) -> None:
-    """Migration step 2."""
-    live_metadata.create_all(conn)
-
-
-# Its own MetaData: step 2 runs ``live_metadata.create_all`` and must keep creating
-# exactly what it did, so this table belongs to step 3 alone.
-replica_metadata = MetaData(
-    naming_convention={
-        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
-        "pk": "pk_%(table_name)s",
-    }
-)
-
-# Which collector replica holds each agent's Channel stream. A row is live while its
-# replica keeps ``heartbeat_at`` fresh; a replica that died leaves rows that go stale
-# and are taken over by the next replica the agent reaches.
-agent_channels = Table(
-    "agent_channels",
-    replica_metadata,
-    Column("agent_id", String(32), primary_key=True),
-    Column("replica_id", String(128), nullable=False),
-    Column("peer", Text, nullable=False),
-    Column("connected_at", BigInteger, nullable=False),
-    Column("heartbeat_at", BigInteger, nullable=False),
-    Index(None, "replica_id"),
-)
-
-
-def create_channel_tables(conn: Connection) -> None:
-    """Migration step 3."""
-    replica_metadata.create_all(conn)
 
 
 @dataclass(frozen=True)
@@ -198,7 +137,7 @@ class LiveMethods(StoreBase):
             "scopes": ",".join(scopes),
             "since_s": since_s,
             "reason": reason,
-            "state": "queued",
+            "state": str(LiveState.QUEUED),
             "detail": "",
             "bundle_id": None,
             "created_at": now,
@@ -222,9 +161,10 @@ class LiveMethods(StoreBase):
     ) -> LiveRequestRecord | None:
         """Move a request to ``state``; ``None`` when it is unknown or already final."""
         if state not in LIVE_STATES:
-            raise InvalidArgument(f"live request state {state!r} unknown; expected one of {LIVE_STATES}")
+            known = ", ".join(LIVE_STATES)
+            raise InvalidArgument(f"live request state {str(state)!r} unknown; expected one of {known}")
         c = live_requests.c
-        values: dict[str, Any] = {"state": state, "detail": detail[:2000], "updated_at": self._now()}
+        values: dict[str, Any] = {"state": str(state), "detail": detail[:2000], "updated_at": self._now()}
         if bundle_id is not None:
             values["bundle_id"] = bundle_id
         with self._write() as conn:
@@ -241,7 +181,8 @@ class LiveMethods(StoreBase):
     def queued_live_requests(self, agent_id: str) -> list[LiveRequestRecord]:
         """Requests still waiting for this agent, oldest first."""
         c = live_requests.c
-        query = select(live_requests).where(c.agent_id == agent_id, c.state == "queued").order_by(c.created_at)
+        queued = str(LiveState.QUEUED)
+        query = select(live_requests).where(c.agent_id == agent_id, c.state == queued).order_by(c.created_at)
         with self._read() as conn:
             return [_rec(r) for r in conn.execute(query)]
 

@@ -25,6 +25,8 @@ from datetime import UTC, datetime
 from sqlalchemy import Connection, Engine, func, select, text
 
 from collector.storage.errors import SchemaError
+from collector.storage.live_schema import create_channel_tables, create_live_tables
+from collector.storage.refusals_schema import create_refusal_tables
 from collector.storage.schema import metadata, schema_version, to_micros
 
 __all__ = [
@@ -58,30 +60,11 @@ def _initial_schema(conn: Connection) -> None:
     metadata.create_all(conn)
 
 
-def _live_requests(conn: Connection) -> None:
-    # Imported here: live.py builds on StoreBase, which imports this module.
-    from collector.storage.live import create_live_tables
-
-    create_live_tables(conn)
-
-
-def _agent_channels(conn: Connection) -> None:
-    from collector.storage.live import create_channel_tables
-
-    create_channel_tables(conn)
-
-
-def _upload_refusals(conn: Connection) -> None:
-    from collector.storage.refusals import create_refusal_tables
-
-    create_refusal_tables(conn)
-
-
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial schema", _initial_schema),
-    Migration(2, "live snapshot requests", _live_requests),
-    Migration(3, "agent channels held by collector replicas", _agent_channels),
-    Migration(4, "refused uploads per case token", _upload_refusals),
+    Migration(2, "live snapshot requests", create_live_tables),
+    Migration(3, "agent channels held by collector replicas", create_channel_tables),
+    Migration(4, "refused uploads per case token", create_refusal_tables),
 )
 LATEST_VERSION = MIGRATIONS[-1].version
 

@@ -9,27 +9,12 @@ migration step 1 stay as they were.
 
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, Column, Connection, Integer, MetaData, String, Table, select
+from sqlalchemy import select
 
 from collector.storage.base import StoreBase
+from collector.storage.refusals_schema import create_refusal_tables, upload_refusals
 
 __all__ = ["RefusalMethods", "create_refusal_tables", "upload_refusals"]
-
-refusal_metadata = MetaData()
-
-upload_refusals = Table(
-    "upload_refusals",
-    refusal_metadata,
-    Column("token_id", String(32), primary_key=True),
-    Column("refused", Integer, nullable=False),
-    Column("last_at", BigInteger, nullable=False),
-)
-
-
-def create_refusal_tables(conn: Connection) -> None:
-    """Migration step 4."""
-    refusal_metadata.create_all(conn)
-
 
 class RefusalMethods(StoreBase):
     """Counting and reading refused uploads per case token."""

@@ -342,6 +342,10 @@ def test_the_audit_row_records_how_the_request_ended(live: Live, tmp_path: Path)
         away.snapshot()
     row = _audited_after(c, before)
     assert row.outcome == "offline" and "offline since never" in row.detail
+    # One refusal, one row: it was once audited a second time as live.snapshot_offline.
+    with c.store() as store:
+        about = [r for r in store.list_audit(50) if r.id > before and away.agent.agent_id in r.target + r.detail]
+    assert [r.action for r in about] == ["live.request_snapshot"]
     before = _last_audit_id(c)
     assert away.snapshot(wait_s=1, timeout_s=1)[-1].state == "expired"
     assert _audited_after(c, before).outcome == "expired"

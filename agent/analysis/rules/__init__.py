@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from agent.analysis.findings import Rule
+from agent.analysis.rule import Rule
 from agent.analysis.rules.compute import CpuSaturation, MemoryPressure, RunawayProcess, RunQueue, SwapActivity
 from agent.analysis.rules.disk import FilesystemFull
 from agent.analysis.rules.fragmentation import FragmentationWithLoad, FreeSpaceFragmentation, HeavyFragmentation

@@ -7,8 +7,8 @@ from collections.abc import Iterator
 from types import MappingProxyType
 from typing import TYPE_CHECKING
 
-from agent.analysis.findings import Rule
 from agent.analysis.model import Evidence, Finding, Severity
+from agent.analysis.rule import Rule
 
 if TYPE_CHECKING:
     from agent.analysis.view import BundleView

@@ -27,8 +27,8 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import TYPE_CHECKING
 
-from agent.analysis.findings import Rule
 from agent.analysis.model import Evidence, Finding, Severity
+from agent.analysis.rule import Rule
 
 if TYPE_CHECKING:
     from agent.analysis.view import BundleView

@@ -6,8 +6,8 @@ from collections.abc import Iterator
 from types import MappingProxyType
 from typing import TYPE_CHECKING
 
-from agent.analysis.findings import Rule
 from agent.analysis.model import Evidence, Finding, LogEvidence, Severity
+from agent.analysis.rule import Rule
 from protos import facts_pb2
 
 if TYPE_CHECKING:

@@ -6,6 +6,10 @@ The nonce is 32 random bytes the collector chose for this one stream, so a signa
 recorded on one stream is worthless on the next; the agent id is inside what is signed,
 so a signature cannot be presented for another identity even if two agents ever shared
 a key. The collector verifies with the key stored for that agent id at enrollment.
+
+Beside ``proof`` (the upload's proof) and free of imports, so the collector checks it
+without loading the agent's daemon (and its ``h2``), and the daemon signs it without
+loading grpcio.
 """
 
 from __future__ import annotations

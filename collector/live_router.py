@@ -1,0 +1,232 @@
+"""The live router: agent id → its Channel stream, request id → the engineers watching.
+
+``LiveRouter`` maps an agent id to the send queue of its one live Channel stream, and a
+request id to the engineers watching it. Every state change goes to the store first
+(the ``live_requests`` table is the truth, so a request queued for an offline agent
+survives a collector restart) and then to the watchers' queues.
+
+Trust: an agent's progress is accepted only for requests addressed to that agent, and
+``done`` only ever comes from Ingest having stored a bundle whose manifest names the
+request (``bundle_stored``), never from the agent's word.
+
+The layer below both ``collector.live`` (requests from engineers, choosing a router) and
+``collector.live_pg`` (the replica-aware router on PostgreSQL), so neither imports the
+other in a circle.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import secrets
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from agent.transport.live_states import AGENT_STATES, LiveState
+from agent.untrusted import clean_text
+from collector.edge import Rejected
+from collector.storage import BundleRecord, LiveRequestRecord, Store
+from protos import collector_pb2
+
+__all__ = ["AGENT_STATES", "LiveRouter", "Session", "event_of", "request_message"]
+
+log = logging.getLogger("casefile.collector.live")
+
+
+def request_message(rec: LiveRequestRecord) -> collector_pb2.CollectorMessage:
+    """The ``SnapshotRequest`` sent down the agent's stream for ``rec``: the one place it
+    is built, for this router and ``PgLiveRouter`` alike.
+
+    Its text is cleaned again here (it was when the request was created): a row written
+    by an older collector must not carry escape sequences to the customer's terminal.
+    """
+    return collector_pb2.CollectorMessage(
+        snapshot_request=collector_pb2.SnapshotRequest(
+            request_id=rec.request_id,
+            scopes=list(rec.scopes),
+            since_seconds=rec.since_s,
+            requested_by=clean_text(rec.requested_label or rec.requested_by, 200),
+            reason=clean_text(rec.reason, 500),
+            expires_at_unix=rec.expires_at_us // 1_000_000,
+        )
+    )
+
+
+def event_of(rec: LiveRequestRecord) -> collector_pb2.SnapshotEvent:
+    at = Timestamp()
+    at.FromMicroseconds(rec.updated_at_us)
+    return collector_pb2.SnapshotEvent(
+        request_id=rec.request_id,
+        state=rec.state,
+        detail=rec.detail,
+        bundle_id=rec.bundle_id or "",
+        at=at,
+        agent_id=rec.agent_id,
+    )
+
+
+@dataclass(eq=False)
+class Session:
+    """One authenticated Channel stream; ``outbox`` feeds its writer (None ends it)."""
+
+    agent_id: str
+    peer: str
+    connected_at: float = field(default_factory=time.time)
+    outbox: asyncio.Queue[collector_pb2.CollectorMessage | None] = field(default_factory=asyncio.Queue)
+    probes: dict[bytes, asyncio.Future[None]] = field(default_factory=dict)  # nonce → answered
+
+
+class LiveRouter:
+    """Agent id → live stream; request id → watchers. Lives on the server's event loop."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self._sessions: dict[str, Session] = {}
+        self._watchers: dict[str, set[asyncio.Queue[collector_pb2.SnapshotEvent]]] = defaultdict(set)
+
+    # -- streams -----------------------------------------------------------------
+
+    def register(self, agent_id: str, peer: str) -> Session:
+        existing = self._sessions.get(agent_id)
+        if existing is not None:
+            raise Rejected(
+                grpc.StatusCode.ALREADY_EXISTS,
+                f"agent {agent_id} already connected from {existing.peer} — possibly a cloned machine "
+                "(two hosts with one agent key); refusing this second stream",
+            )
+        session = Session(agent_id=agent_id, peer=peer)
+        self._sessions[agent_id] = session
+        return session
+
+    def unregister(self, session: Session) -> None:
+        if self._sessions.get(session.agent_id) is session:
+            del self._sessions[session.agent_id]
+
+    async def probe(self, session: Session, timeout_s: float) -> bool:
+        """Ask the stream's agent to answer (``Probe``); True if it did within ``timeout_s``."""
+        nonce = secrets.token_bytes(16)
+        answered: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        session.probes[nonce] = answered
+        session.outbox.put_nowait(collector_pb2.CollectorMessage(probe=collector_pb2.Probe(nonce=nonce)))
+        try:
+            await asyncio.wait_for(answered, timeout_s)
+        except TimeoutError:
+            return False
+        finally:
+            session.probes.pop(nonce, None)
+        return True
+
+    def answered(self, session: Session, answer: collector_pb2.ProbeAnswer) -> None:
+        waiting = session.probes.get(bytes(answer.nonce))
+        if waiting is not None and not waiting.done():
+            waiting.set_result(None)
+
+    def supersede(self, session: Session) -> None:
+        """End a stream whose agent no longer answers, so the agent's new stream can take over."""
+        self.unregister(session)
+        session.outbox.put_nowait(None)
+
+    def session(self, agent_id: str) -> Session | None:
+        return self._sessions.get(agent_id)
+
+    def connected(self) -> list[str]:
+        return list(self._sessions)
+
+    async def is_online(self, agent_id: str) -> bool:
+        """Whether some replica holds the agent's stream (here: this process)."""
+        return agent_id in self._sessions
+
+    async def start(self) -> None:
+        """Background work a router needs while serving; none in one process."""
+
+    async def aclose(self) -> None:
+        """Undo :meth:`start` (after :meth:`close`)."""
+
+    def close(self) -> None:
+        """End every stream (server shutdown): agents reconnect to the next process."""
+        for session in list(self._sessions.values()):
+            session.outbox.put_nowait(None)
+        self._sessions.clear()
+
+    # -- requests ----------------------------------------------------------------
+
+    def watch(self, request_id: str) -> asyncio.Queue[collector_pb2.SnapshotEvent]:
+        q: asyncio.Queue[collector_pb2.SnapshotEvent] = asyncio.Queue()
+        self._watchers[request_id].add(q)
+        return q
+
+    def unwatch(self, request_id: str, q: asyncio.Queue[collector_pb2.SnapshotEvent]) -> None:
+        watchers = self._watchers.get(request_id)
+        if watchers is not None:
+            watchers.discard(q)
+            if not watchers:
+                del self._watchers[request_id]
+
+    def _publish(self, rec: LiveRequestRecord) -> None:
+        event = event_of(rec)
+        for q in self._watchers.get(rec.request_id, ()):
+            q.put_nowait(event)
+
+    async def advance(
+        self, request_id: str, state: str, *, detail: str = "", bundle_id: str | None = None
+    ) -> LiveRequestRecord | None:
+        rec = await asyncio.to_thread(
+            self._store.advance_live_request, request_id, state, detail=detail, bundle_id=bundle_id
+        )
+        if rec is not None:
+            self._publish(rec)
+        return rec
+
+    async def deliver(self, rec: LiveRequestRecord) -> bool:
+        """Send a request down its agent's stream; False when the agent is not connected."""
+        session = self._sessions.get(rec.agent_id)
+        if session is None:
+            return False
+        msg = request_message(rec)
+        await self.advance(rec.request_id, LiveState.DELIVERED, detail=f"sent to {session.peer}")
+        session.outbox.put_nowait(msg)
+        return True
+
+    async def drain(self, agent_id: str) -> None:
+        """Deliver what was queued while the agent was away; expire what is too old."""
+        now = dt.datetime.now(dt.UTC)
+        for rec in await asyncio.to_thread(self._store.queued_live_requests, agent_id):
+            if rec.expires_at <= now:
+                await self.advance(rec.request_id, LiveState.EXPIRED, detail="expired before the agent reconnected")
+            else:
+                await self.deliver(rec)
+
+    async def agent_progress(self, session: Session, progress: collector_pb2.SnapshotProgress) -> None:
+        if progress.state not in AGENT_STATES:
+            return
+        try:
+            rec = await asyncio.to_thread(self._store.get_live_request, progress.request_id)
+        except Exception:
+            log.info("agent %s reported on unknown request %r", session.agent_id, progress.request_id)
+            return
+        if rec.agent_id != session.agent_id:
+            log.warning(
+                "agent %s reported on request %s of agent %s: ignored", session.agent_id, rec.request_id, rec.agent_id
+            )
+            return
+        # The agent's words reach the engineer's terminal: cleaned like the other way round.
+        await self.advance(rec.request_id, progress.state, detail=clean_text(progress.detail, 2000))
+
+    async def bundle_stored(self, bundle: BundleRecord, request_id: str) -> None:
+        """Ingest's hook: the bundle answering a live request is stored."""
+        try:
+            rec = await asyncio.to_thread(self._store.get_live_request, request_id)
+        except Exception:
+            return
+        if rec.agent_id != bundle.agent_id:
+            log.warning(
+                "bundle %s from %s names request %s of another agent", bundle.bundle_id, bundle.agent_id, request_id
+            )
+            return
+        stored = f"bundle {bundle.bundle_id} stored"
+        await self.advance(request_id, LiveState.DONE, detail=stored, bundle_id=bundle.bundle_id)
