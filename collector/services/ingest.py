@@ -222,6 +222,9 @@ class IngestService(collector_pb2_grpc.IngestServicer):
         self._superseded: set[asyncio.Task[Any]] = set()
         self._committing: set[asyncio.Task[collector_pb2.Receipt]] = set()
         self._on_stored = on_stored
+        # Called with each stored bundle as its receipt goes out; must not block (the
+        # collector queues the bundle's analysis for a background worker).
+        self.after_receipt: Callable[[BundleRecord], None] = lambda _rec: None
         self._metrics = metrics
         self._verifiers: ThreadPoolExecutor | None = None
         self._verifying = 0
@@ -651,6 +654,7 @@ class IngestService(collector_pb2_grpc.IngestServicer):
                 await self._on_stored(stored, request_id)
             except Exception:
                 log.exception("live request %s: bundle %s stored, but notifying failed", request_id, bundle_id)
+        self.after_receipt(stored)
         return receipt_for(stored)
 
 
