@@ -250,15 +250,17 @@ def compile_query(query: str, *, now: dt.datetime, limit: int = 100) -> Compiled
     cond: ColumnElement[bool] | None = None
     if p.peek().kind not in ("end",) and not (p.peek().kind == "kw" and p.peek().text in ("since", "until")):
         cond = p.expr()
-    time_conds: list[ColumnElement[bool]] = []
+    times: list[tuple[str, int]] = []
     while p.peek().kind == "kw" and p.peek().text in ("since", "until"):
         word = p.take().text
-        at = p.when()
-        time_conds.append(_m.created_at >= at if word == "since" else _m.created_at < at)
+        times.append((word, p.when()))
     tail = p.peek()
     if tail.kind != "end":
         raise QueryError(f"expected 'and', 'or', 'since', 'until' or the end, but found {_describe(tail)}", tail.pos)
     uses_fs = any(FIELDS[f].fs for f in p.fields)
+    # Time and order on the table the query walks: fs_metrics when it names a filesystem.
+    when = _f.created_at if uses_fs else _m.created_at
+    time_conds = [when >= at if word == "since" else when < at for word, at in times]
     cols: list[Any] = [_m.bundle_id, _m.hostname, _m.case_id, _m.agent_id, _m.created_at]
     source: Any = bundle_metrics
     if uses_fs:
@@ -270,7 +272,7 @@ def compile_query(query: str, *, now: dt.datetime, limit: int = 100) -> Compiled
         select(*cols)
         .select_from(source)
         .where(*conds)
-        .order_by(_m.created_at.desc(), _m.bundle_id)
+        .order_by(when.desc(), (_f if uses_fs else _m).bundle_id)
         .limit(max(1, min(limit, 1000)))
     )
     return CompiledQuery(stmt, tuple(p.fields), uses_fs)

@@ -118,12 +118,15 @@ bundle_metrics = Table(
 Index(None, bundle_metrics.c.created_at, bundle_metrics.c.bundle_id)
 Index(None, bundle_metrics.c.hostname, bundle_metrics.c.created_at)
 
-# One row per filesystem of a bundle: use and fragmentation.
+# One row per filesystem of a bundle: use and fragmentation. The bundle's time is copied
+# in so a query on filesystems walks this table newest first and stops at its limit,
+# instead of sorting every matching filesystem of the fleet.
 fs_metrics = Table(
     "fs_metrics",
     analysis_metadata,
     Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
     Column("bundle_id", String(32), nullable=False),
+    Column("created_at", BigInteger, nullable=False),
     Column("mountpoint", Text, nullable=False),
     Column("fstype", String(64), nullable=False),
     Column("use_pct", Float, nullable=True),
@@ -132,6 +135,7 @@ fs_metrics = Table(
     Column("fragments_p95", Float, nullable=True),
 )
 Index(None, fs_metrics.c.bundle_id)
+Index(None, fs_metrics.c.created_at, fs_metrics.c.bundle_id)
 
 
 def create_analysis_tables(conn: Connection) -> None:
@@ -278,8 +282,10 @@ class FindingsMethods(StoreBase):
             if rows.filesystems:
                 conn.execute(
                     fs_metrics.insert(),
-                    [{"bundle_id": bundle_id, **vars(fs)} for fs in rows.filesystems],
+                    [{"bundle_id": bundle_id, "created_at": b.created_at, **vars(fs)} for fs in rows.filesystems],
                 )
+        for name in ("finding_rows", "bundle_metrics", "fs_metrics"):
+            self._rows_inserted(name)  # keeps SQLite's planner statistics current
         return None if old is None else _stored(old._mapping)
 
     def get_analysis(self, bundle_id: str) -> StoredAnalysis | None:

@@ -40,7 +40,7 @@ ANALYZE_MIN_ROWS = 1000
 ANALYZE_GROWTH = 10
 
 
-ANALYZED_TABLES = ("bundles", "audit_log")
+ANALYZED_TABLES = ("bundles", "audit_log", "finding_rows", "bundle_metrics", "fs_metrics")
 
 
 def _counts(conn: Connection, table: str) -> tuple[int, int | None]:

@@ -43,7 +43,8 @@ _ROWS = [
     for i in range(10)
 ]
 _FS = [
-    {"bundle_id": f"{i:032x}", "mountpoint": "/var" if i % 2 else "/", "fstype": "ext4", "use_pct": float(i * 9),
+    {"bundle_id": f"{i:032x}", "created_at": _NOW_US - i * _DAY_US, "mountpoint": "/var" if i % 2 else "/",
+     "fstype": "ext4", "use_pct": float(i * 9),
      "fragmented_files_pct": float(i * 7), "fragmented_bytes_pct": None if i == 3 else float(i * 8),
      "fragments_p95": 1.0}
     for i in range(10)
