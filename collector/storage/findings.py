@@ -239,10 +239,13 @@ class FindingsMethods(StoreBase):
         Readers see the old analysis or the new one, never a mix.
         """
         with self._write() as conn:
+            # The bundle row locked (PostgreSQL; SQLite's BEGIN IMMEDIATE already serialises):
+            # the worker and a query analysing the same bundle at once then replace in turn
+            # instead of colliding on the primary key.
             b = conn.execute(
-                select(bundles.c.hostname, bundles.c.case_id, bundles.c.agent_id, bundles.c.created_at).where(
-                    bundles.c.bundle_id == bundle_id
-                )
+                select(bundles.c.hostname, bundles.c.case_id, bundles.c.agent_id, bundles.c.created_at)
+                .where(bundles.c.bundle_id == bundle_id)
+                .with_for_update()
             ).first()
             if b is None:
                 raise NotFound(f"bundle {bundle_id!r} not found", what="bundle", key=bundle_id)

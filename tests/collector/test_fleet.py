@@ -239,3 +239,35 @@ def test_put_analysis_of_an_unknown_bundle_is_not_found(store: Store) -> None:
     rows = AnalysisRows("r0", "{}", "{}", "", (), {}, ())
     with pytest.raises(NotFound):
         store.put_analysis("0" * 32, rows, analysed_at_us=int(dt.datetime.now(dt.UTC).timestamp() * 1e6))
+
+
+def test_concurrent_replacements_of_one_analysis_never_collide(store: Store) -> None:
+    """The worker and an on-demand query may store one bundle's analysis at the same time."""
+    import threading
+
+    from collector.storage.findings import AnalysisRows, FindingRow, FsRow
+    from tests.collector.test_storage_bundles import make_agent, make_bundle
+
+    rec = make_bundle(make_agent(store))
+    store.insert_bundle(rec, facts_pb=b"", manifest_json="{}")
+    finding = FindingRow("disk-full", "critical", 3, "full", "/var:space", {"p": 99.0}, ("p",))
+    rows = AnalysisRows("r1", '{"findings": []}', "{}", "<html>", (finding, finding), {"memory_percent": 50.0},
+                        (FsRow("/var", "ext4", 99.0, 1.0, 2.0, 3.0),))
+    errors: list[BaseException] = []
+
+    def replace() -> None:
+        try:
+            for _ in range(15):
+                store.put_analysis(rec.bundle_id, rows, analysed_at_us=1)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=replace) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert len(store.list_findings()[0]) == 2  # one analysis' rows, never two interleaved
+    stored = store.get_analysis(rec.bundle_id)
+    assert stored is not None and stored.report_html == "<html>"
