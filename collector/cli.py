@@ -838,7 +838,9 @@ def snapshot_cmd(
     # findings' own exit code (10/20 by severity) is for that command; a snapshot that
     # arrived is a success.
     with contextlib.suppress(typer.Exit):
-        findings_cmd(last.bundle_id, collector, token, ca_fingerprint, ca_file, insecure, False)
+        findings_cmd(
+            collector, token, last.bundle_id, ca_fingerprint=ca_fingerprint, ca_file=ca_file, insecure=insecure
+        )
 
 
 @app.command("audit")
