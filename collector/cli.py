@@ -1,8 +1,9 @@
 """``casefile-collector``: run the collector, manage tokens, and query it as an engineer.
 
 Operator commands work on the local data folder: ``serve``, ``token create|list|revoke``,
-``tls-fingerprint``. Engineer commands talk to a running collector over gRPC with an
-engineer token: ``hosts``, ``bundles``, ``show``, ``download``, ``snapshot`` (live), ``audit`` (admin); they read
+``tls-fingerprint``, ``reanalyze``. Engineer commands talk to a running collector over gRPC with an
+engineer token: ``hosts``, ``bundles``, ``show``, ``download``, ``findings``, ``query``, ``snapshot``
+(live), ``audit`` (admin); they read
 ``CASEFILE_COLLECTOR``, ``CASEFILE_TOKEN`` and ``CASEFILE_CA_FINGERPRINT`` so a session
 needs them once.
 
@@ -630,17 +631,37 @@ def download_name(file_name: str, bundle_id: str) -> str:
 
 @app.command("findings")
 def findings_cmd(
-    bundle_id: Annotated[str, typer.Argument(help="Bundle id (32 hex).")],
     collector: CollectorOpt,
     token: TokenOpt,
+    bundle_id: Annotated[str | None, typer.Argument(help="Bundle id (32 hex); none: across bundles.")] = None,
     ca_fingerprint: CaFpOpt = None,
     ca_file: CaFileOpt = None,
     insecure: InsecureOpt = False,
     as_json: JsonOpt = False,
+    rule: Annotated[list[str] | None, typer.Option("--rule", help="Finding code (repeatable); across bundles.")] = None,
+    severity: Annotated[str, typer.Option("--severity", help="At least: info, warning or critical.")] = "",
+    host: Annotated[str, typer.Option("--host", help="Only this host.")] = "",
+    case: Annotated[str, typer.Option("--case", help="Only this case.")] = "",
+    agent: Annotated[str, typer.Option("--agent", help="Only this agent id.")] = "",
+    since: Annotated[str | None, typer.Option("--since", help="Bundles created since (ISO time or 7d).")] = None,
+    until: Annotated[str | None, typer.Option("--until", help="Bundles created before (ISO time or 2h).")] = None,
+    text: Annotated[str, typer.Option("--text", help="Substring of the title or subject.")] = "",
+    limit: Annotated[int, typer.Option("--limit", min=1, max=1000, help="Page size.")] = 100,
+    page_token: Annotated[str, typer.Option("--page-token", help="Cursor from the previous page.")] = "",
 ) -> None:
-    """A stored bundle's findings; exit 0 (none/info), 10 (warning) or 20 (critical)."""
+    """A stored bundle's findings (exit 0 none/info, 10 warning, 20 critical); without a
+    bundle id, stored findings across bundles, newest first, filtered by the options."""
     from protos import collector_pb2
 
+    if bundle_id is None:
+        from collector.cli_fleet import list_findings
+
+        list_findings(
+            (collector, token, ca_fingerprint, ca_file, insecure),
+            rules=rule or [], severity=severity, host=host, case=case, agent=agent, since=since,
+            until=until, text=text, limit=limit, page_token=page_token, as_json=as_json,
+        )
+        return
     channel, stub, md = _query(collector, token, ca_fingerprint, ca_file, insecure)
     with channel:
         resp = stub.GetFindings(collector_pb2.GetBundleRequest(bundle_id=bundle_id), metadata=md, timeout=120)
@@ -803,7 +824,9 @@ def snapshot_cmd(
     # findings' own exit code (10/20 by severity) is for that command; a snapshot that
     # arrived is a success.
     with contextlib.suppress(typer.Exit):
-        findings_cmd(last.bundle_id, collector, token, ca_fingerprint, ca_file, insecure, False)
+        findings_cmd(
+            collector, token, last.bundle_id, ca_fingerprint=ca_fingerprint, ca_file=ca_file, insecure=insecure
+        )
 
 
 @app.command("audit")
@@ -880,6 +903,10 @@ def rpc_error_message(exc: grpc.RpcError) -> tuple[int, str]:
     if code == "INVALID_ARGUMENT":
         return 2, detail
     return 3, _PLAIN.get(code, code + ": {detail}").format(detail=detail)
+
+
+# The fleet commands (query, reanalyze) register themselves on ``app``.
+import collector.cli_fleet  # noqa: E402, F401
 
 
 def main() -> None:

@@ -20,6 +20,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from agent.transport.connect import is_loopback, parse_address
+from collector.analysis import AnalysisWorker
 from collector.interceptors import MalformedRequests
 from collector.listen import ListenError, why_not_listening
 from collector.live import LiveRouter, make_router
@@ -89,6 +90,7 @@ class CollectorServer:
         self.store = Store.open(config.db_url or default_db_url(config.data_dir))
         self.blobs: BlobStore = open_blob_backend(config.data_dir, config.blob_url, s3_endpoint=config.s3_endpoint)
         self.metrics = CollectorMetrics()
+        self.analysis = AnalysisWorker(self.store, self.blobs)
         self._metrics_endpoint: MetricsEndpoint | None = None
         self.metrics_port = 0
         self._server: grpc.aio.Server | None = None
@@ -140,6 +142,7 @@ class CollectorServer:
         self._ingest = IngestService(
             self.store, self.blobs, self.config.limits, on_stored=self._stored, metrics=self.metrics
         )
+        self._ingest.after_receipt = lambda rec: self.analysis.submit(rec.bundle_id)
         collector_pb2_grpc.add_IngestServicer_to_server(self._ingest, server)
         collector_pb2_grpc.add_QueryServicer_to_server(QueryService(self.store, self.blobs, self.router), server)
         self._channel = ChannelService(self.store, self.router)
@@ -182,6 +185,7 @@ class CollectorServer:
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
         self._server = server
         self._janitor = asyncio.create_task(self._sweep_stale_uploads())
+        self.analysis.start()  # first analyses bundles a previous run stored but never analysed
         log.info("collector listening on %s port %d (blobs: %s)", target, self.port, self.blobs.describe())
         return self.port
 
@@ -221,6 +225,7 @@ class CollectorServer:
         if self._ingest is not None:
             self._ingest.close()
             self._ingest = None
+        await asyncio.to_thread(self.analysis.stop)
         await self.router.aclose()
         if self._metrics_endpoint is not None:
             await asyncio.to_thread(self._metrics_endpoint.stop)

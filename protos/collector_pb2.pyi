@@ -457,3 +457,107 @@ class ListAuditResponse(_message.Message):
     ENTRIES_FIELD_NUMBER: _ClassVar[int]
     entries: _containers.RepeatedCompositeFieldContainer[AuditEntry]
     def __init__(self, entries: _Optional[_Iterable[_Union[AuditEntry, _Mapping]]] = ...) -> None: ...
+
+class ListFindingsRequest(_message.Message):
+    __slots__ = ("rules", "min_severity", "hostname", "case_id", "agent_id", "since", "until", "text", "page_size", "page_token")
+    RULES_FIELD_NUMBER: _ClassVar[int]
+    MIN_SEVERITY_FIELD_NUMBER: _ClassVar[int]
+    HOSTNAME_FIELD_NUMBER: _ClassVar[int]
+    CASE_ID_FIELD_NUMBER: _ClassVar[int]
+    AGENT_ID_FIELD_NUMBER: _ClassVar[int]
+    SINCE_FIELD_NUMBER: _ClassVar[int]
+    UNTIL_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    rules: _containers.RepeatedScalarFieldContainer[str]
+    min_severity: str
+    hostname: str
+    case_id: str
+    agent_id: str
+    since: _timestamp_pb2.Timestamp
+    until: _timestamp_pb2.Timestamp
+    text: str
+    page_size: int
+    page_token: str
+    def __init__(self, rules: _Optional[_Iterable[str]] = ..., min_severity: _Optional[str] = ..., hostname: _Optional[str] = ..., case_id: _Optional[str] = ..., agent_id: _Optional[str] = ..., since: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., until: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., text: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+
+class StoredFinding(_message.Message):
+    __slots__ = ("bundle_id", "hostname", "case_id", "agent_id", "created_at", "rule", "severity", "title", "subject", "numbers", "evidence")
+    class NumbersEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    BUNDLE_ID_FIELD_NUMBER: _ClassVar[int]
+    HOSTNAME_FIELD_NUMBER: _ClassVar[int]
+    CASE_ID_FIELD_NUMBER: _ClassVar[int]
+    AGENT_ID_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    RULE_FIELD_NUMBER: _ClassVar[int]
+    SEVERITY_FIELD_NUMBER: _ClassVar[int]
+    TITLE_FIELD_NUMBER: _ClassVar[int]
+    SUBJECT_FIELD_NUMBER: _ClassVar[int]
+    NUMBERS_FIELD_NUMBER: _ClassVar[int]
+    EVIDENCE_FIELD_NUMBER: _ClassVar[int]
+    bundle_id: str
+    hostname: str
+    case_id: str
+    agent_id: str
+    created_at: _timestamp_pb2.Timestamp
+    rule: str
+    severity: str
+    title: str
+    subject: str
+    numbers: _containers.ScalarMap[str, float]
+    evidence: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, bundle_id: _Optional[str] = ..., hostname: _Optional[str] = ..., case_id: _Optional[str] = ..., agent_id: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., rule: _Optional[str] = ..., severity: _Optional[str] = ..., title: _Optional[str] = ..., subject: _Optional[str] = ..., numbers: _Optional[_Mapping[str, float]] = ..., evidence: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class ListFindingsResponse(_message.Message):
+    __slots__ = ("findings", "next_page_token")
+    FINDINGS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    findings: _containers.RepeatedCompositeFieldContainer[StoredFinding]
+    next_page_token: str
+    def __init__(self, findings: _Optional[_Iterable[_Union[StoredFinding, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class QueryMetricsRequest(_message.Message):
+    __slots__ = ("query", "limit")
+    QUERY_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    query: str
+    limit: int
+    def __init__(self, query: _Optional[str] = ..., limit: _Optional[int] = ...) -> None: ...
+
+class MetricRow(_message.Message):
+    __slots__ = ("bundle_id", "hostname", "case_id", "agent_id", "created_at", "mountpoint", "values")
+    class ValuesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    BUNDLE_ID_FIELD_NUMBER: _ClassVar[int]
+    HOSTNAME_FIELD_NUMBER: _ClassVar[int]
+    CASE_ID_FIELD_NUMBER: _ClassVar[int]
+    AGENT_ID_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    MOUNTPOINT_FIELD_NUMBER: _ClassVar[int]
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    bundle_id: str
+    hostname: str
+    case_id: str
+    agent_id: str
+    created_at: _timestamp_pb2.Timestamp
+    mountpoint: str
+    values: _containers.ScalarMap[str, float]
+    def __init__(self, bundle_id: _Optional[str] = ..., hostname: _Optional[str] = ..., case_id: _Optional[str] = ..., agent_id: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., mountpoint: _Optional[str] = ..., values: _Optional[_Mapping[str, float]] = ...) -> None: ...
+
+class QueryMetricsResponse(_message.Message):
+    __slots__ = ("rows",)
+    ROWS_FIELD_NUMBER: _ClassVar[int]
+    rows: _containers.RepeatedCompositeFieldContainer[MetricRow]
+    def __init__(self, rows: _Optional[_Iterable[_Union[MetricRow, _Mapping]]] = ...) -> None: ...

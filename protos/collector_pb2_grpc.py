@@ -329,6 +329,16 @@ class QueryStub:
                 request_serializer=protos_dot_collector__pb2.ListAuditRequest.SerializeToString,
                 response_deserializer=protos_dot_collector__pb2.ListAuditResponse.FromString,
                 _registered_method=True)
+        self.ListFindings = channel.unary_unary(
+                '/casefile.v1.Query/ListFindings',
+                request_serializer=protos_dot_collector__pb2.ListFindingsRequest.SerializeToString,
+                response_deserializer=protos_dot_collector__pb2.ListFindingsResponse.FromString,
+                _registered_method=True)
+        self.QueryMetrics = channel.unary_unary(
+                '/casefile.v1.Query/QueryMetrics',
+                request_serializer=protos_dot_collector__pb2.QueryMetricsRequest.SerializeToString,
+                response_deserializer=protos_dot_collector__pb2.QueryMetricsResponse.FromString,
+                _registered_method=True)
 
 
 class QueryServicer:
@@ -401,6 +411,20 @@ class QueryServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListFindings(self, request, context):
+        """Fleet questions over the stored analysis (viewer role): findings across bundles,
+        and the metric filter language (README "Fleet questions").
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def QueryMetrics(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_QueryServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -453,6 +477,16 @@ def add_QueryServicer_to_server(servicer, server):
                     servicer.ListAudit,
                     request_deserializer=protos_dot_collector__pb2.ListAuditRequest.FromString,
                     response_serializer=protos_dot_collector__pb2.ListAuditResponse.SerializeToString,
+            ),
+            'ListFindings': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListFindings,
+                    request_deserializer=protos_dot_collector__pb2.ListFindingsRequest.FromString,
+                    response_serializer=protos_dot_collector__pb2.ListFindingsResponse.SerializeToString,
+            ),
+            'QueryMetrics': grpc.unary_unary_rpc_method_handler(
+                    servicer.QueryMetrics,
+                    request_deserializer=protos_dot_collector__pb2.QueryMetricsRequest.FromString,
+                    response_serializer=protos_dot_collector__pb2.QueryMetricsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -727,6 +761,60 @@ class Query:
             '/casefile.v1.Query/ListAudit',
             protos_dot_collector__pb2.ListAuditRequest.SerializeToString,
             protos_dot_collector__pb2.ListAuditResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListFindings(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/casefile.v1.Query/ListFindings',
+            protos_dot_collector__pb2.ListFindingsRequest.SerializeToString,
+            protos_dot_collector__pb2.ListFindingsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def QueryMetrics(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/casefile.v1.Query/QueryMetrics',
+            protos_dot_collector__pb2.QueryMetricsRequest.SerializeToString,
+            protos_dot_collector__pb2.QueryMetricsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -144,6 +144,11 @@ class QueryStub:
     """
     ListAudit: _grpc.UnaryUnaryMultiCallable[_collector_pb2.ListAuditRequest, _collector_pb2.ListAuditResponse]
     """The collector's audit log, newest first (admin role)."""
+    ListFindings: _grpc.UnaryUnaryMultiCallable[_collector_pb2.ListFindingsRequest, _collector_pb2.ListFindingsResponse]
+    """Fleet questions over the stored analysis (viewer role): findings across bundles,
+    and the metric filter language (README "Fleet questions").
+    """
+    QueryMetrics: _grpc.UnaryUnaryMultiCallable[_collector_pb2.QueryMetricsRequest, _collector_pb2.QueryMetricsResponse]
 
 @_typing.type_check_only
 class QueryAsyncStub(QueryStub):
@@ -166,6 +171,11 @@ class QueryAsyncStub(QueryStub):
     """
     ListAudit: _aio.UnaryUnaryMultiCallable[_collector_pb2.ListAuditRequest, _collector_pb2.ListAuditResponse]  # type: ignore[assignment]
     """The collector's audit log, newest first (admin role)."""
+    ListFindings: _aio.UnaryUnaryMultiCallable[_collector_pb2.ListFindingsRequest, _collector_pb2.ListFindingsResponse]  # type: ignore[assignment]
+    """Fleet questions over the stored analysis (viewer role): findings across bundles,
+    and the metric filter language (README "Fleet questions").
+    """
+    QueryMetrics: _aio.UnaryUnaryMultiCallable[_collector_pb2.QueryMetricsRequest, _collector_pb2.QueryMetricsResponse]  # type: ignore[assignment]
 
 class QueryServicer(metaclass=_abc_1.ABCMeta):
     """---------------------------------------------------------------- Query"""
@@ -245,6 +255,23 @@ class QueryServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_collector_pb2.ListAuditResponse, _abc.Awaitable[_collector_pb2.ListAuditResponse]]:
         """The collector's audit log, newest first (admin role)."""
+
+    @_abc_1.abstractmethod
+    def ListFindings(
+        self,
+        request: _collector_pb2.ListFindingsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_collector_pb2.ListFindingsResponse, _abc.Awaitable[_collector_pb2.ListFindingsResponse]]:
+        """Fleet questions over the stored analysis (viewer role): findings across bundles,
+        and the metric filter language (README "Fleet questions").
+        """
+
+    @_abc_1.abstractmethod
+    def QueryMetrics(
+        self,
+        request: _collector_pb2.QueryMetricsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_collector_pb2.QueryMetricsResponse, _abc.Awaitable[_collector_pb2.QueryMetricsResponse]]: ...
 
 def add_QueryServicer_to_server(servicer: QueryServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
 

@@ -84,6 +84,9 @@ class IngestService(collector_pb2_grpc.IngestServicer):
         self._superseded: set[asyncio.Task[Any]] = set()
         self._committing: set[asyncio.Task[collector_pb2.Receipt]] = set()
         self._on_stored = on_stored
+        # Called with each stored bundle as its receipt goes out; must not block (the
+        # collector queues the bundle's analysis for a background worker).
+        self.after_receipt: Callable[[BundleRecord], None] = lambda _rec: None
         self._metrics = metrics
         self.verifier = Verifier(self._limits)
         self._slots = UploadSlots(self._limits.max_uploads_per_identity)
@@ -541,6 +544,7 @@ class IngestService(collector_pb2_grpc.IngestServicer):
                 await self._on_stored(stored, request_id)
             except Exception:
                 log.exception("live request %s: bundle %s stored, but notifying failed", request_id, bundle_id)
+        self.after_receipt(stored)
         return receipt_for(stored)
 
 

@@ -17,11 +17,12 @@ from typing import Any
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from agent.analysis import BundleView, analyse, build_timeline, diff_bundles, render_diff_text, render_html
+from agent.analysis import BundleView, build_timeline, diff_bundles, render_diff_text
 from agent.bundle import is_bundle_id
 from collector.auth import EngineerAuth
 from collector.edge import Rejected, server_stream, unary
 from collector.live import LiveRouter, audit_entry, request_snapshot
+from collector.services.fleet import FleetQueries, stored_analysis
 from collector.storage import BlobStore, BundleRecord, HostRecord, Store
 from collector.storage.errors import InvalidArgument
 from collector.storage.text import CONTROL_RE, clip
@@ -30,8 +31,10 @@ from protos import collector_pb2, collector_pb2_grpc, facts_pb2
 
 __all__ = ["QueryService", "summary_of"]
 
-# Analysis reads the stored blob: verified again (the blob store is not trusted more than
-# the wire), and run in a worker thread because a large bundle takes seconds.
+# Findings, the default timeline and the report are read from the analysis stored once
+# per bundle (collector/analysis.py). What is not stored (a diff, a timeline at another
+# interval) reads the blob: verified again (the blob store is not trusted more than the
+# wire), in a worker thread because a large bundle takes seconds.
 
 _DOWNLOAD_CHUNK = 256 * 1024
 
@@ -112,7 +115,7 @@ def _bundle_filters(request: collector_pb2.ListBundlesRequest) -> str:
 audited = EngineerAuth.audited
 
 
-class QueryService(collector_pb2_grpc.QueryServicer):
+class QueryService(FleetQueries, collector_pb2_grpc.QueryServicer):
     def __init__(self, store: Store, blobs: BlobStore, router: LiveRouter | None = None) -> None:
         self._store = store
         self._blobs = blobs
@@ -202,9 +205,8 @@ class QueryService(collector_pb2_grpc.QueryServicer):
     ) -> collector_pb2.FindingsResponse:
         _bundle_id("bundle_id", request.bundle_id)
         await self._auth.require(context, role="viewer")
-        view = await self._view(request.bundle_id)
-        result = await asyncio.to_thread(lambda: analyse(view).findings)
-        return collector_pb2.FindingsResponse(json=result.to_json())
+        stored = await stored_analysis(self._store, self._blobs, request.bundle_id)
+        return collector_pb2.FindingsResponse(json=stored.findings_json)
 
     @unary
     @audited("query.get_timeline", lambda r: r.bundle_id)
@@ -216,6 +218,9 @@ class QueryService(collector_pb2_grpc.QueryServicer):
         interval = request.interval_s or None
         if interval is not None and (interval < 10 or interval > 86400 or interval % 10):
             raise ValueError(f"interval_s {interval} must be a multiple of 10 between 10 and 86400")
+        if interval is None:
+            stored = await stored_analysis(self._store, self._blobs, request.bundle_id)
+            return collector_pb2.TimelineResponse(json=stored.timeline_json)
         view = await self._view(request.bundle_id)
         timeline = await asyncio.to_thread(build_timeline, view, interval)
         return collector_pb2.TimelineResponse(json=json.dumps(timeline.to_dict(), ensure_ascii=False))
@@ -241,9 +246,8 @@ class QueryService(collector_pb2_grpc.QueryServicer):
     ) -> collector_pb2.ReportResponse:
         _bundle_id("bundle_id", request.bundle_id)
         await self._auth.require(context, role="viewer")
-        view = await self._view(request.bundle_id)
-        page = await asyncio.to_thread(lambda: render_html(analyse(view)))
-        return collector_pb2.ReportResponse(html=page.encode("utf-8"))
+        stored = await stored_analysis(self._store, self._blobs, request.bundle_id)
+        return collector_pb2.ReportResponse(html=stored.report_html.encode("utf-8"))
 
     @server_stream
     @audited("live.request_snapshot", lambda r: r.host)

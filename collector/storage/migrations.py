@@ -25,6 +25,7 @@ from datetime import UTC, datetime
 from sqlalchemy import Connection, Engine, func, select, text
 
 from collector.storage.errors import SchemaError
+from collector.storage.findings_schema import create_analysis_tables
 from collector.storage.live_schema import create_channel_tables, create_live_tables
 from collector.storage.refusals_schema import create_refusal_tables
 from collector.storage.schema import metadata, schema_version, to_micros
@@ -65,6 +66,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(2, "live snapshot requests", create_live_tables),
     Migration(3, "agent channels held by collector replicas", create_channel_tables),
     Migration(4, "refused uploads per case token", create_refusal_tables),
+    Migration(5, "stored analysis: findings and metrics indexed", create_analysis_tables),
 )
 LATEST_VERSION = MIGRATIONS[-1].version
 

@@ -40,7 +40,7 @@ ANALYZE_MIN_ROWS = 1000
 ANALYZE_GROWTH = 10
 
 
-ANALYZED_TABLES = ("bundles", "audit_log")
+ANALYZED_TABLES = ("bundles", "audit_log", "finding_rows", "bundle_metrics", "fs_metrics")
 
 
 def _counts(conn: Connection, table: str) -> tuple[int, int | None]:
@@ -68,7 +68,7 @@ def _due_at(analyzed: int | None) -> int:
 
 
 class StatsMethods(StoreBase):
-    """Keeping SQLite's planner statistics for the bundles table and the audit log current."""
+    """Keeping SQLite's planner statistics current for the tables that list queries page through."""
 
     def __init__(self, engine: Engine, *, clock: Clock = utc_now) -> None:
         super().__init__(engine, clock=clock)

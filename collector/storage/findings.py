@@ -1,0 +1,288 @@
+"""Stored analysis: one row per analysed bundle, its findings and typed metrics, indexed.
+
+The collector analyses each bundle once (``collector.analysis``) and keeps the result
+here, so fleet questions (``ListFindings``, the metric filter language) are index
+range scans and per-bundle queries (findings, timeline, report) never re-verify the blob.
+The tables live in their own ``MetaData``: a migration step creates them. Host, case,
+agent and creation time are copied from ``bundles`` into each table because every fleet
+query filters and orders on them, and a join per row would defeat the indexes.
+"""
+
+from __future__ import annotations
+
+import json
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import (
+    ColumnElement,
+    and_,
+    delete,
+    or_,
+    select,
+)
+
+from collector.storage.base import StoreBase
+from collector.storage.errors import InvalidArgument, NotFound
+from collector.storage.findings_schema import (
+    analysis_metadata,
+    bundle_analysis,
+    bundle_metrics,
+    create_analysis_tables,
+    finding_rows,
+    fs_metrics,
+)
+from collector.storage.schema import bundles
+
+__all__ = [
+    "AnalysisRows",
+    "FindingRow",
+    "FindingsMethods",
+    "FsRow",
+    "StoredAnalysis",
+    "analysis_metadata",
+    "bundle_analysis",
+    "bundle_metrics",
+    "create_analysis_tables",
+    "finding_rows",
+    "fs_metrics",
+]
+
+@dataclass(frozen=True)
+class FindingRow:
+    rule: str
+    severity: str
+    rank: int
+    title: str
+    subject: str
+    numbers: dict[str, float]
+    evidence: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class FsRow:
+    mountpoint: str
+    fstype: str
+    use_pct: float | None
+    fragmented_files_pct: float | None
+    fragmented_bytes_pct: float | None
+    fragments_p95: float | None
+
+
+@dataclass(frozen=True)
+class AnalysisRows:
+    """Everything one analysis of one bundle stores."""
+
+    version: str
+    findings_json: str
+    timeline_json: str
+    report_html: str
+    findings: tuple[FindingRow, ...]
+    metrics: dict[str, float | None]  # bundle_metrics column -> value
+    filesystems: tuple[FsRow, ...]
+
+
+@dataclass(frozen=True)
+class StoredAnalysis:
+    bundle_id: str
+    version: str
+    analysed_at_us: int
+    findings_json: str
+    timeline_json: str
+    report_html: str
+
+
+@dataclass(frozen=True)
+class ListedFinding:
+    id: int
+    bundle_id: str
+    hostname: str
+    case_id: str | None
+    agent_id: str
+    created_at_us: int
+    rule: str
+    severity: str
+    title: str
+    subject: str
+    numbers: dict[str, float]
+    evidence: tuple[str, ...]
+
+
+def _listed(m: Any) -> ListedFinding:
+    return ListedFinding(
+        id=m["id"],
+        bundle_id=m["bundle_id"],
+        hostname=m["hostname"],
+        case_id=m["case_id"],
+        agent_id=m["agent_id"],
+        created_at_us=m["created_at"],
+        rule=m["rule"],
+        severity=m["severity"],
+        title=m["title"],
+        subject=m["subject"],
+        numbers=json.loads(m["numbers_json"]),
+        evidence=tuple(json.loads(m["evidence_json"])),
+    )
+
+
+def decode_position(token: str | None) -> tuple[int, int] | None:
+    """A page token is ``<created_at>.<id>`` of the last row handed out."""
+    if not token:
+        return None
+    head, sep, tail = token.partition(".")
+    if not sep or not head.isdigit() or not tail.isdigit() or len(token) > 40:
+        raise InvalidArgument(f"page_token {token[:40]!r} is not one this collector handed out")
+    return int(head), int(tail)
+
+
+class FindingsMethods(StoreBase):
+    """Writing and reading stored analysis."""
+
+    def put_analysis(self, bundle_id: str, rows: AnalysisRows, *, analysed_at_us: int) -> StoredAnalysis | None:
+        """Replace the bundle's stored analysis in one transaction; returns the previous one.
+
+        Readers see the old analysis or the new one, never a mix.
+        """
+        with self._write() as conn:
+            # The bundle row locked (PostgreSQL; SQLite's BEGIN IMMEDIATE already serialises):
+            # the worker and a query analysing the same bundle at once then replace in turn
+            # instead of colliding on the primary key.
+            b = conn.execute(
+                select(bundles.c.hostname, bundles.c.case_id, bundles.c.agent_id, bundles.c.created_at)
+                .where(bundles.c.bundle_id == bundle_id)
+                .with_for_update()
+            ).first()
+            if b is None:
+                raise NotFound(f"bundle {bundle_id!r} not found", what="bundle", key=bundle_id)
+            old = conn.execute(select(bundle_analysis).where(bundle_analysis.c.bundle_id == bundle_id)).first()
+            for table in (bundle_analysis, finding_rows, bundle_metrics, fs_metrics):
+                conn.execute(delete(table).where(table.c.bundle_id == bundle_id))
+            where = {"hostname": b.hostname, "case_id": b.case_id, "agent_id": b.agent_id, "created_at": b.created_at}
+            conn.execute(
+                bundle_analysis.insert().values(
+                    bundle_id=bundle_id,
+                    version=rows.version,
+                    analysed_at=analysed_at_us,
+                    findings_json=rows.findings_json,
+                    timeline_json=rows.timeline_json,
+                    report_html_z=zlib.compress(rows.report_html.encode("utf-8"), 6),
+                )
+            )
+            if rows.findings:
+                conn.execute(
+                    finding_rows.insert(),
+                    [
+                        {
+                            "bundle_id": bundle_id,
+                            **where,
+                            "rule": f.rule,
+                            "severity": f.severity,
+                            "rank": f.rank,
+                            "title": f.title,
+                            "subject": f.subject,
+                            "numbers_json": json.dumps(f.numbers, sort_keys=True),
+                            "evidence_json": json.dumps(list(f.evidence)),
+                        }
+                        for f in rows.findings
+                    ],
+                )
+            conn.execute(bundle_metrics.insert().values(bundle_id=bundle_id, **where, **rows.metrics))
+            if rows.filesystems:
+                conn.execute(
+                    fs_metrics.insert(),
+                    [{"bundle_id": bundle_id, "created_at": b.created_at, **vars(fs)} for fs in rows.filesystems],
+                )
+        for name in ("finding_rows", "bundle_metrics", "fs_metrics"):
+            self._rows_inserted(name)  # keeps SQLite's planner statistics current
+        return None if old is None else _stored(old._mapping)
+
+    def get_analysis(self, bundle_id: str) -> StoredAnalysis | None:
+        with self._read() as conn:
+            row = conn.execute(select(bundle_analysis).where(bundle_analysis.c.bundle_id == bundle_id)).first()
+        return None if row is None else _stored(row._mapping)
+
+    def bundles_to_analyse(
+        self, *, version: str | None = None, since_us: int | None = None, after: str = "", limit: int = 100
+    ) -> list[str]:
+        """Bundle ids without stored analysis (or, given ``version``, analysed by another one),
+        in id order after ``after``: the start-up sweep and ``reanalyze`` page through it."""
+        j = bundles.outerjoin(bundle_analysis, bundle_analysis.c.bundle_id == bundles.c.bundle_id)
+        cond: ColumnElement[bool] = bundle_analysis.c.bundle_id.is_(None)
+        if version is not None:
+            cond = or_(cond, bundle_analysis.c.version != version)
+        if since_us is not None:
+            cond = and_(cond, bundles.c.created_at >= since_us)
+        stmt = (
+            select(bundles.c.bundle_id)
+            .select_from(j)
+            .where(cond, bundles.c.bundle_id > after)
+            .order_by(bundles.c.bundle_id)
+            .limit(limit)
+        )
+        with self._read() as conn:
+            return [r[0] for r in conn.execute(stmt)]
+
+    def list_findings(
+        self,
+        *,
+        rules: Sequence[str] = (),
+        min_rank: int = 0,
+        hostname: str | None = None,
+        case_id: str | None = None,
+        agent_id: str | None = None,
+        since_us: int | None = None,
+        until_us: int | None = None,
+        text: str | None = None,
+        page_size: int = 100,
+        cursor: str | None = None,
+    ) -> tuple[list[ListedFinding], str | None]:
+        """Stored findings, newest bundle first, keyset-paged; every value is a bound parameter."""
+        t = finding_rows.c
+        conds: list[ColumnElement[bool]] = []
+        if rules:
+            conds.append(t.rule.in_(list(rules)))
+        if min_rank:
+            conds.append(t.rank >= min_rank)
+        if hostname:
+            conds.append(t.hostname == hostname)
+        if case_id:
+            conds.append(t.case_id == case_id)
+        if agent_id:
+            conds.append(t.agent_id == agent_id)
+        if since_us is not None:
+            conds.append(t.created_at >= since_us)
+        if until_us is not None:
+            conds.append(t.created_at < until_us)
+        if text:
+            # Substring, case-insensitive; LIKE metacharacters in the text match themselves.
+            pattern = "%" + text.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+            conds.append(or_(t.title.ilike(pattern, escape="\\"), t.subject.ilike(pattern, escape="\\")))
+        pos = decode_position(cursor)
+        if pos is not None:
+            conds.append(or_(t.created_at < pos[0], and_(t.created_at == pos[0], t.id < pos[1])))
+        size = max(1, min(page_size, 1000))
+        stmt = select(finding_rows).where(*conds).order_by(t.created_at.desc(), t.id.desc()).limit(size + 1)
+        with self._read() as conn:
+            rows = [_listed(r._mapping) for r in conn.execute(stmt)]
+        more = len(rows) > size
+        rows = rows[:size]
+        nxt = f"{rows[-1].created_at_us}.{rows[-1].id}" if more and rows else None
+        return rows, nxt
+
+    def run_metric_query(self, stmt: Any) -> list[dict[str, Any]]:
+        """Execute a statement built by ``collector.query_lang`` (bound parameters only)."""
+        with self._read() as conn:
+            return [dict(r._mapping) for r in conn.execute(stmt)]
+
+
+def _stored(m: Any) -> StoredAnalysis:
+    return StoredAnalysis(
+        bundle_id=m["bundle_id"],
+        version=m["version"],
+        analysed_at_us=m["analysed_at"],
+        findings_json=m["findings_json"],
+        timeline_json=m["timeline_json"],
+        report_html=zlib.decompress(m["report_html_z"]).decode("utf-8"),
+    )
