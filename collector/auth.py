@@ -204,11 +204,22 @@ def _outcome(call: AuditedCall, exc: BaseException) -> tuple[str, str]:
 
 @dataclass(frozen=True)
 class UploadIdentity:
-    """Who is uploading: the agent record the bundle must be signed by."""
+    """Who is uploading: the agent record that proved its key, and the case token if any."""
 
     agent: AgentRecord
     public_key: PublicKey
     case_token: TokenRecord | None
+
+    @property
+    def bundle_key(self) -> PublicKey | None:
+        """The key the bundle must be signed by; ``None``: the key its manifest names.
+
+        An upload under a case token delivers to the token's case, so a bundle made on
+        another machine may be carried in by anyone holding the token (a technician's
+        laptop); its signature is then checked against its own manifest's key, which is
+        recorded as its origin. An enrolled agent still uploads only what it signed.
+        """
+        return None if self.case_token is not None else self.public_key
 
 
 async def authorize_upload(
@@ -224,7 +235,8 @@ async def authorize_upload(
 
     Enrolled agents name their agent id and are checked against the stored key. A
     customer's one-shot upload carries a case token and its public key instead; the
-    key becomes an identity bound to that case on first use.
+    key becomes an identity on first use, and is bound to the token's case (one key
+    may be bound to several cases, one per token it presented).
     """
     try:
         check_proof_text(proof)
@@ -267,12 +279,12 @@ async def authorize_upload(
                 f"upload proof for bundle {bundle_id} is not signed by the key it carries",
             )
         agent = await asyncio.to_thread(
-            store.create_agent,
+            store.bind_case_key,
             key.raw,
             fingerprint_of(key.raw),
             proof.hostname or f"case {case_token.case_id}",
             case_token.id,
-            case_token.case_id,
+            case_token.case_id or "",
         )
     else:
         raise Rejected(
@@ -288,10 +300,12 @@ async def authorize_upload(
 
 
 async def _case_token_for(store: Store, token: str | None, agent: AgentRecord) -> TokenRecord:
-    """The presented case token, if it is valid for the case-bound ``agent``'s own case.
+    """The presented case token, if valid; the case-bound ``agent`` is bound to its case too.
 
-    Uses are not checked here (a replay of a stored bundle needs none); the ingest
-    service refuses a used-up token before taking bytes and counts a use at commit.
+    A token of another case than the agent's first is a new case for the same machine
+    (the bundle must still be of the token's case: ingest checks the manifest). Uses are
+    not checked here (a replay of a stored bundle needs none); the ingest service refuses
+    a used-up token before taking bytes and counts a use at commit.
     """
     if token is None:
         raise Rejected(
@@ -300,10 +314,5 @@ async def _case_token_for(store: Store, token: str | None, agent: AgentRecord) -
             "case's token ('authorization: Bearer <token>')",
         )
     record = await asyncio.to_thread(store.authenticate, token, {"case"}, count_uses=False)
-    if record.case_id != agent.case_id:
-        raise Rejected(
-            grpc.StatusCode.PERMISSION_DENIED,
-            f"agent {agent.id} is bound to case {agent.case_id!r}; the token presented "
-            f"({record.id}) is for another case",
-        )
+    await asyncio.to_thread(store.bind_case, agent.id, record.case_id or "", record.id)
     return record

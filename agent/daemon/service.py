@@ -51,6 +51,7 @@ from agent.daemon.spool import Spool
 from agent.daemon.worker import CollectionWorker, LiveBundle
 from agent.errors import CasefileError, TransportError
 from agent.keys import SigningKey
+from agent.scopes import reads_logs
 from agent.state import AgentHome, Enrollment
 from agent.transport.connect import parse_address
 from agent.untrusted import REQUEST_ID_MAX, clean_text, describe_id, request_id_problem
@@ -324,7 +325,7 @@ class AgentService:
                 log.info("request %s from %s %s", req.request_id, who["requested_by"], detail)
                 return
             # No window named means the policy's largest, never the collector's default.
-            window = self.policy.logs_window(since) if "logs" in scopes else None
+            window = self.policy.logs_window(since) if reads_logs(scopes) else None
             if window is not None:
                 who["since_s"] = window
             await asyncio.to_thread(lambda: self.history.append("accepted", **who))

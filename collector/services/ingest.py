@@ -33,6 +33,7 @@ from collector.auth import UploadIdentity, authorize_upload
 from collector.edge import Rejected, unary
 from collector.metrics import CollectorMetrics
 from collector.storage import BlobStore, BundleRecord, Store
+from collector.storage.counts import collector_counts
 from collector.storage.errors import AuthError, Conflict, NotFound, StagedByOther
 from collector.timestamps import timestamp_us
 from protos import collector_pb2, collector_pb2_grpc, facts_pb2
@@ -253,7 +254,7 @@ class IngestService(collector_pb2_grpc.IngestServicer):
             with contextlib.suppress(RuntimeError):  # the loop is gone at shutdown
                 loop.call_soon_threadsafe(self._verifier_done)
 
-        fut = loop.run_in_executor(self._verifiers, _verify_following, tail, identity.public_key, finished)
+        fut = loop.run_in_executor(self._verifiers, _verify_following, tail, identity.bundle_key, finished)
         fut.add_done_callback(_retrieve)
         return tail, fut
 
@@ -569,7 +570,7 @@ class IngestService(collector_pb2_grpc.IngestServicer):
                 vb: VerifiedBundle = await verified
             else:
                 vb = await asyncio.to_thread(
-                    verify_bundle, staged.path, expected_key=identity.public_key, keep=("facts.pb",)
+                    verify_bundle, staged.path, expected_key=identity.bundle_key, keep=("facts.pb",)
                 )
         except Exception as exc:
             self._verification_failed(exc.reason if isinstance(exc, VerificationError) else "unreadable")
@@ -607,8 +608,7 @@ class IngestService(collector_pb2_grpc.IngestServicer):
                     f"bundle {bundle_id} not stored: case token {identity.case_token.id} is {exc.reason}",
                 ) from None
         blob_key = await asyncio.to_thread(staged.commit)
-        statuses = manifest.get("collectors") or []
-        ok = sum(1 for s in statuses if isinstance(s, dict) and s.get("status") == "ok")
+        ok, skipped, failed = collector_counts(manifest)
         created = _parse_time(manifest.get("created_at"))
         now = dt.datetime.now(dt.UTC)
         record = BundleRecord(
@@ -625,9 +625,11 @@ class IngestService(collector_pb2_grpc.IngestServicer):
             agent_version=str(manifest.get("agent_version") or ""),
             file_name=_safe_file_name(header.file_name, bundle_id),
             collectors_ok=ok,
-            collectors_failed=len(statuses) - ok,
+            collectors_failed=failed,
             blob_key=blob_key,
             os=facts.host.os_release or facts.host.os,
+            origin_fingerprint=vb.public_key.fingerprint,
+            collectors_skipped=skipped,
         )
         stored, inserted = await asyncio.to_thread(
             self._store.insert_bundle,

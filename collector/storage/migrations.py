@@ -10,22 +10,24 @@ each step takes a transaction-scoped advisory lock first, and re-reads the
 version under it, so exactly one replica applies a step. On SQLite the
 ``BEGIN IMMEDIATE`` of a write transaction serialises the same way.
 
-Adding a step: append ``Migration(n + 1, "what", fn)``. Version 1 builds the
-tables from today's ``schema.metadata``; once a step 2 changes a table, freeze
-version 1 by giving it a copy of the original table definitions, so a fresh
-database still walks every step in order.
+Adding a step: append ``Migration(n + 1, "what", fn)``. A step that adds tables
+gives them their own ``MetaData`` (``live``, ``cases``); one that changes a table
+of ``schema.metadata`` alters it here. Version 1 is frozen in ``schema_v1`` (the
+original tables), so a fresh database walks every step in order.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from sqlalchemy import Connection, Engine, func, select, text
 
+from collector.storage.counts import SKIPPED_STATES
 from collector.storage.errors import SchemaError
-from collector.storage.schema import metadata, schema_version, to_micros
+from collector.storage.schema import schema_version, to_micros
 
 __all__ = [
     "IMMEDIATE",
@@ -55,7 +57,9 @@ class Migration:
 
 
 def _initial_schema(conn: Connection) -> None:
-    metadata.create_all(conn)
+    from collector.storage.schema_v1 import create_v1
+
+    create_v1(conn)
 
 
 def _live_requests(conn: Connection) -> None:
@@ -71,10 +75,52 @@ def _agent_channels(conn: Connection) -> None:
     create_channel_tables(conn)
 
 
+def _case_bindings(conn: Connection) -> None:
+    from collector.storage.cases import create_case_tables
+
+    create_case_tables(conn)
+
+
+
+
+
+def _bundle_origin_and_skipped(conn: Connection) -> None:
+    """Bundle columns ``origin_fingerprint`` (the signer; so far always the uploader)
+    and ``collectors_skipped`` (counted again from each stored manifest, and taken out
+    of ``collectors_failed``, which counted them until now)."""
+    conn.execute(text("ALTER TABLE bundles ADD COLUMN origin_fingerprint VARCHAR(80) NOT NULL DEFAULT ''"))
+    conn.execute(text("ALTER TABLE bundles ADD COLUMN collectors_skipped INTEGER NOT NULL DEFAULT 0"))
+    conn.execute(text("UPDATE bundles SET origin_fingerprint = key_fingerprint"))
+    # Only manifests that can hold such a status are read, one at a time: a large
+    # database's manifests are never all in memory at once.
+    ids = conn.execute(
+        text("SELECT bundle_id FROM bundles WHERE manifest_json LIKE '%skipped%' OR manifest_json LIKE '%unsupported%'")
+    ).scalars().all()
+    for bundle_id in ids:
+        manifest_json = conn.execute(
+            text("SELECT manifest_json FROM bundles WHERE bundle_id = :id"), {"id": bundle_id}
+        ).scalar_one()
+        try:
+            statuses = json.loads(manifest_json).get("collectors") or []
+        except (ValueError, AttributeError):
+            continue
+        skipped = sum(1 for s in statuses if isinstance(s, dict) and s.get("status") in SKIPPED_STATES)
+        if skipped:
+            conn.execute(
+                text(
+                    "UPDATE bundles SET collectors_skipped = :n, collectors_failed = collectors_failed - :n "
+                    "WHERE bundle_id = :id"
+                ),
+                {"n": skipped, "id": bundle_id},
+            )
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial schema", _initial_schema),
     Migration(2, "live snapshot requests", _live_requests),
     Migration(3, "agent channels held by collector replicas", _agent_channels),
+    Migration(4, "case bindings: one agent key, several cases", _case_bindings),
+    Migration(5, "bundle origin key and skipped collectors", _bundle_origin_and_skipped),
 )
 LATEST_VERSION = MIGRATIONS[-1].version
 

@@ -204,7 +204,8 @@ def test_engineer_snapshot_reaches_agent_and_is_stored(live: Live) -> None:
         [str(BIN / "casefile"), "agent", "history", "--home", str(live.agent.home), "--json"],
         capture_output=True, text=True, timeout=60, check=True,
     )
-    assert manifest["request_id"] in shown.stdout
+    listed = json.loads(shown.stdout)  # one document: the list of entries
+    assert [e["outcome"] for e in listed if e.get("request_id") == manifest["request_id"]] == ["accepted", "done"]
 
 
 def test_policy_denial_is_answered_not_dropped(live: Live) -> None:
