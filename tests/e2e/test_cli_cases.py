@@ -40,10 +40,8 @@ def test_a_second_case_from_the_same_machine(served: dict[str, str]) -> None:
     assert [b["bundleId"] for b in _listed(s, "SR-1")] == [first["bundle"]["bundle_id"]]
     assert [b["bundleId"] for b in _listed(s, "SR-2")] == [second["bundle"]["bundle_id"]]
     # Each upload still needs a token for its own case: a new SR-1 bundle is not SR-2's.
-    later = json.loads(
-        cli("casefile", "collect", "--only", "host", "-o", str(out), "--case", "SR-1", "--home", s["home"],
-            "--json").stdout  # fmt: skip
-    )
+    alone = ("casefile", "collect", "--only", "host", "-o", str(out), "--case", "SR-1", "--home", s["home"], "--json")
+    later = json.loads(cli(*alone).stdout)
     again = cli("casefile", "upload", later["bundle"]["path"], "--to", s["addr"], "--token", sr2,
                 "--ca-fingerprint", s["fp"], "--home", s["home"], check=False)  # fmt: skip
     assert again.returncode == 3 and "is not the token's case" in " ".join(again.stderr.split()), again.stderr
@@ -55,10 +53,9 @@ def test_a_technician_carries_a_customers_bundle_in(served: dict[str, str]) -> N
     and nothing is written to the technician's home."""
     s = served
     tmp = Path(s["tmp"])
-    made = json.loads(
-        cli("casefile", "collect", "--case", "SR-9", "--only", "host", "-o", str(tmp / "usb"),
-            "--home", str(tmp / "customer"), "--json").stdout  # fmt: skip
-    )
+    at_customer = ("casefile", "collect", "--case", "SR-9", "--only", "host", "-o", str(tmp / "usb"),
+                   "--home", str(tmp / "customer"), "--json")  # fmt: skip
+    made = json.loads(cli(*at_customer).stdout)
     bundle, signer = made["bundle"]["path"], made["bundle"]["key_fingerprint"]
     laptop = tmp / "technician"
     token = _case_token(s, "SR-9")
