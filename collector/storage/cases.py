@@ -1,8 +1,8 @@
-"""Case bindings: which support cases an agent key has delivered bundles to.
+"""Case bindings: which support cases an agent key is bound to by case tokens.
 
 A case token lets a key upload to the token's case. One machine often serves several
 cases over its life (SR-1 in spring, SR-2 in autumn), so an identity is not tied to the
-case of its first token: each case it uploads to with a valid token adds a row here
+case of its first token: each case whose valid token it presents adds a row here
 (one per agent and case, with the token that first bound it). ``agents.case_id`` keeps the case
 the identity was first made for; it still marks an identity made by a case token, which
 never uploads without a token for the bundle's case.
