@@ -139,13 +139,15 @@ class QueryService(collector_pb2_grpc.QueryServicer):
     async def _agents_without_bundles(self) -> list[collector_pb2.AgentWithoutBundles]:
         """Machines set up but not hosts yet (no bundle), and whether each is connected now."""
         found = await asyncio.to_thread(self._store.agents_without_bundles)
+        ids = [agent.id for agent, _ in found]
+        online = await self._router.online_among(ids) if self._router is not None else set()
         listed = []
         for agent, cases in found:
             entry = collector_pb2.AgentWithoutBundles(
                 agent_id=agent.id,
                 hostname=agent.hostname,
                 enrolled_at=timestamp_us(agent.created_at_us),
-                connected=self._router is not None and await self._router.is_online(agent.id),
+                connected=agent.id in online,
                 case_ids=list(cases),
             )
             if agent.last_seen_at_us is not None:
