@@ -70,7 +70,7 @@ _MIN_KEEPALIVE_S = 20.0
 # must not hold the agent: it dials again, perhaps to a healthy replica.
 HANDSHAKE_TIMEOUT_S = 20.0
 _UPLOAD_ATTEMPTS = 3  # then spool: the spool retries on every reconnect, for ever
-_SCOPES_RECORDED = 8  # of a request's scopes, the history keeps this many (there are four)
+_SCOPES_RECORDED = 8  # of a request's scopes, the history keeps this many (four built in, plus plugins)
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,8 @@
 """Ingest: resumable, verified, idempotent bundle upload (DESIGN §4).
 
 A bundle becomes visible only after its bytes hash to the header's SHA-256, its
-manifest signature checks against the uploader's enrolled key, and every member
+manifest signature checks against the uploader's enrolled key (under a case token:
+against the key its manifest names, stored as its origin), and every member
 matches the manifest; then the blob is moved into the content-addressed store and the
 metadata row is written in one transaction. Until then it is a staged partial that a
 later stream can resume from the collector's durable offset.
