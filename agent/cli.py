@@ -17,7 +17,7 @@ import socket
 import sys
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 
@@ -27,6 +27,9 @@ from agent.console import lazy_console, load_console
 from agent.errors import CasefileError, CollectionError, TransportError, VerificationError
 from agent.state import AgentHome, Enrollment, host_of
 from agent.version import __version__
+
+if TYPE_CHECKING:
+    from agent.keys import SigningKey
 
 app = typer.Typer(
     name="casefile",
@@ -88,8 +91,10 @@ def _upload(
     ca_file: Path | None,
     insecure: bool,
     *,
+    key: SigningKey,
     show_progress: bool = False,
 ) -> Any:
+    """Send ``path``; ``key`` proves who sends it (the home's key, or a courier's)."""
     from agent.transport import UploadTarget, upload_bundle
 
     enrollment = home.enrollment()
@@ -97,7 +102,6 @@ def _upload(
         address = enrollment.collector
     if address is None:
         raise typer.BadParameter("no collector: pass --upload HOST:PORT (or enroll this agent first)")
-    key = home.key()
     if token:
         target = UploadTarget(key=key, case_token=token)
     elif enrollment is not None:
@@ -346,8 +350,9 @@ def collect(
     if wants_upload and confirmed in ("yes-flag", "interactive", "non-interactive"):
         try:
             receipt = _upload(
-                b.path, b.bundle_id, state, upload, token, ca_fingerprint, ca_file, insecure, show_progress=not as_json
-            )
+                b.path, b.bundle_id, state, upload, token, ca_fingerprint, ca_file, insecure,
+                key=state.key(), show_progress=not as_json,
+            )  # fmt: skip
         except TransportError as exc:
             # The bundle is written: say where it is and how to send it once the collector answers.
             later = _send_later(b.path, upload, ca_fingerprint, ca_file, insecure, home, state, token)
@@ -553,15 +558,34 @@ def upload_cmd(
     insecure: InsecureOpt = False,
     home: HomeOpt = None,
 ) -> None:
-    """Send an existing bundle; resumes where an interrupted upload stopped."""
+    """Send an existing bundle; resumes where an interrupted upload stopped.
+
+    With a case token it may be any bundle of that case, made on this machine or
+    carried from another (a technician's laptop): it is verified against the key that
+    signed it, and the collector records that key as its origin. Without a token an
+    enrolled agent sends only bundles its own key signed. Nothing is written to the
+    home: with no key there, a key derived from the token proves the upload.
+    """
     from agent.bundle import verify_bundle
+    from agent.courier import courier_key
 
     state = AgentHome(home)
-    vb = verify_bundle(bundle, expected_key=state.key().public)
+    own = state.existing_key()
+    if token:
+        vb = verify_bundle(bundle)
+        key = own or courier_key(token)
+    else:
+        if own is None or state.enrollment() is None:
+            raise typer.BadParameter("uploading needs --token (a case token from support) or an enrolled agent")
+        vb = verify_bundle(bundle, expected_key=own.public)
+        key = own
     receipt = _upload(
-        bundle, str(vb.manifest["bundle_id"]), state, to, token, ca_fingerprint, ca_file, insecure, show_progress=True
-    )
+        bundle, str(vb.manifest["bundle_id"]), state, to, token, ca_fingerprint, ca_file, insecure,
+        key=key, show_progress=True,
+    )  # fmt: skip
     out.print(f"[green]Uploaded[/] {bundle.name}: bundle {receipt.bundle_id}, sha256 {receipt.sha256[:16]}…")
+    if vb.public_key.fingerprint != key.fingerprint:
+        out.print(f"signed by {vb.public_key.fingerprint}; delivered by key {key.fingerprint}")
 
 
 @agent_app.command("enroll")
@@ -621,7 +645,9 @@ def agent_run(home: HomeOpt = None) -> None:
 @agent_app.command("history")
 def agent_history(
     home: HomeOpt = None,
-    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line, as stored.")] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="One JSON document: the list of entries ([] when none).")
+    ] = False,
 ) -> None:
     """Every live request this agent received: who, when, scope, reason, outcome, bundle."""
     from agent.daemon import History
@@ -630,8 +656,8 @@ def agent_history(
     if as_json:
         from agent.untrusted import terminal_json
 
-        for e in entries:
-            sys.stdout.write(terminal_json(e) + "\n")
+        # One document, like every other --json: a reader parses the whole output once.
+        sys.stdout.write(terminal_json(entries) + "\n")
         return
     if not entries:
         out.print("no live requests yet")

@@ -69,6 +69,12 @@ class AgentHome:
         self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
         return load_or_create_key(self.key_path)
 
+    def existing_key(self) -> SigningKey | None:
+        """The key, if this home has one; never makes one (nor the folder)."""
+        from agent.keys import SigningKey
+
+        return SigningKey.load(self.key_path) if self.key_path.exists() else None
+
     def enrollment(self) -> Enrollment | None:
         try:
             data = json.loads(self.enrollment_path.read_text("utf-8"))

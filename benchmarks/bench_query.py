@@ -52,7 +52,7 @@ from collector.storage.schema import bundles
 from protos import collector_pb2, collector_pb2_grpc
 
 BIN = Path(sys.executable).parent
-HOSTS, CASES, BATCH, PAGE = 1000, 5000, 10_000, 50
+HOSTS, CASES, BATCH, PAGE, IDLE_AGENTS = 1000, 5000, 10_000, 50, 100
 CASE_SHARE, CASE_DAYS, SKEW = 0.2, 3, 0.9
 BASE_US = 1_700_000_000_000_000
 DAY_US = 86_400 * 10**6
@@ -120,6 +120,9 @@ def _fill(store: Store, rows: int) -> Fleet:
         # What autovacuum would have done by now (it is off on the CI server).
         with store.engine.connect() as conn:
             conn.execution_options(isolation_level="AUTOCOMMIT").execute(text("ANALYZE bundles"))
+    for w in range(IDLE_AGENTS):  # enrolled, no bundle yet: what ListHosts lists after the hosts
+        pub = SigningKey.generate().public
+        store.create_agent(pub.raw, pub.fingerprint, f"idle-{w:03d}", None)
     print(f"inserted {rows} rows in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
     return Fleet(rows, agents, cases)
 
@@ -209,6 +212,16 @@ def run(url: str, rows: int, reps: int, tmp: Path) -> dict[str, tuple[float, flo
                 got = len(stub.ListBundles(req, metadata=md, timeout=30).bundles)
                 print(f"{name} ({got} rows): api p50/p95 {results[name][0]:.2f}/{results[name][1]:.2f} ms, "
                       f"direct {results[name][2]:.2f}/{results[name][3]:.2f} ms", file=sys.stderr)
+            # ListHosts' first page also lists the agents without bundles (NOT EXISTS over
+            # the agent index of bundles); the baseline is the host page alone, as before.
+            hosts_req = collector_pb2.ListHostsRequest(page_size=100)
+            api = _time(lambda: stub.ListHosts(hosts_req, metadata=md, timeout=30), reps)
+            direct = _time(lambda: store.list_hosts(page_size=100), reps)
+            results["hosts, first page"] = (_pct(api, 0.5), _pct(api, 0.95), _pct(direct, 0.5), _pct(direct, 0.95))
+            waiting = len(stub.ListHosts(hosts_req, metadata=md, timeout=30).agents_without_bundles)
+            print(f"hosts, first page (+{waiting} agents without bundles): api p50/p95 "
+                  f"{results['hosts, first page'][0]:.2f}/{results['hosts, first page'][1]:.2f} ms, direct "
+                  f"{results['hosts, first page'][2]:.2f}/{results['hosts, first page'][3]:.2f} ms", file=sys.stderr)
     finally:
         proc.terminate()
         proc.wait(30)

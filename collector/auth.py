@@ -216,6 +216,17 @@ class UploadIdentity:
     case_token: TokenRecord | None
     closed: str | None = None
 
+    @property
+    def bundle_key(self) -> PublicKey | None:
+        """The key the bundle must be signed by; ``None``: the key its manifest names.
+
+        An upload under a case token delivers to the token's case, so a bundle made on
+        another machine may be carried in by anyone holding the token (a technician's
+        laptop); its signature is then checked against its own manifest's key, which is
+        recorded as its origin. An enrolled agent still uploads only what it signed.
+        """
+        return None if self.case_token is not None else self.public_key
+
 
 async def authorize_upload(
     store: Store,
@@ -280,12 +291,12 @@ async def authorize_upload(
         closed = await _closed(store, case_token, max_refused)
         existing = await _existing_case_agent(store, key, case_token, bundle_id, closed) if closed else None
         agent = existing if existing is not None else await asyncio.to_thread(
-            store.create_agent,
+            store.bind_case_key,
             key.raw,
             fingerprint_of(key.raw),
             proof.hostname or f"case {case_token.case_id}",
             case_token.id,
-            case_token.case_id,
+            case_token.case_id or "",
         )
     else:
         raise Rejected(
@@ -324,16 +335,18 @@ async def _existing_case_agent(
         agent = await asyncio.to_thread(store.get_agent_by_fingerprint, key.fingerprint)
     except NotFound:
         agent = None
-    if agent is None or agent.case_id != token.case_id:
+    if agent is None or (token.case_id or "") not in await asyncio.to_thread(store.cases_of, agent.id):
         raise Rejected(grpc.StatusCode.UNAUTHENTICATED, f"bundle {bundle_id}: {closed}")
     return agent
 
 
 async def _case_token_for(store: Store, token: str | None, agent: AgentRecord) -> TokenRecord:
-    """The presented case token, if it is valid for the case-bound ``agent``'s own case.
+    """The presented case token, if valid; the case-bound ``agent`` is bound to its case too.
 
-    Uses are not checked here (a replay of a stored bundle needs none); the ingest
-    service refuses a used-up token before taking bytes and counts a use at commit.
+    A token of another case than the agent's first is a new case for the same machine
+    (the bundle must still be of the token's case: ingest checks the manifest). Uses are
+    not checked here (a replay of a stored bundle needs none); the ingest service refuses
+    a used-up token before taking bytes and counts a use at commit.
     """
     if token is None:
         raise Rejected(
@@ -342,10 +355,5 @@ async def _case_token_for(store: Store, token: str | None, agent: AgentRecord) -
             "case's token ('authorization: Bearer <token>')",
         )
     record = await asyncio.to_thread(store.authenticate, token, {"case"}, count_uses=False)
-    if record.case_id != agent.case_id:
-        raise Rejected(
-            grpc.StatusCode.PERMISSION_DENIED,
-            f"agent {agent.id} is bound to case {agent.case_id!r}; the token presented "
-            f"({record.id}) is for another case",
-        )
+    await asyncio.to_thread(store.bind_case, agent.id, record.case_id or "", record.id)
     return record

@@ -457,7 +457,7 @@ def hosts(
     limit: Annotated[int, typer.Option("--limit", min=1, max=1000, help="Page size.")] = 100,
     page_token: Annotated[str, typer.Option("--page-token", help="Cursor from the previous page.")] = "",
 ) -> None:
-    """Hosts that have sent bundles."""
+    """Hosts that have sent bundles, then agents that have sent none yet (connected now?)."""
     from google.protobuf import json_format
 
     from protos import collector_pb2
@@ -483,6 +483,23 @@ def hosts(
     out.print(t)
     if resp.next_page_token:
         out.print(f"more: --page-token {resp.next_page_token}")
+    if resp.agents_without_bundles:
+        _print_waiting_agents(resp.agents_without_bundles)
+
+
+def _print_waiting_agents(agents: Any) -> None:
+    """Agents set up (enrolled, or made by a case token) that have sent no bundle yet."""
+    t = Table("agent", "hostname", "connected", "last seen", "enrolled", "cases", title="Agents without bundles yet")
+    for a in agents:
+        t.add_row(
+            shown(a.agent_id),
+            shown(a.hostname),
+            "[green]connected now[/]" if a.connected else "no",
+            _fmt_ts(a.last_seen) if a.HasField("last_seen") else "never",
+            _fmt_ts(a.enrolled_at),
+            shown(", ".join(a.case_ids)) or "—",
+        )
+    out.print(t)
 
 
 @app.command()
@@ -527,14 +544,21 @@ def bundles(
             shown(b.bundle_id),
             shown(b.hostname),
             shown(b.case_id),
-            shown(b.kind),
+            shown(b.kind) + (" (carried)" if _carried(b) else ""),
             _fmt_ts(b.created_at),
             f"{b.size:,}",
-            f"{b.collectors_ok} ok" + (f", [red]{b.collectors_failed} failed[/]" if b.collectors_failed else ""),
+            f"{b.collectors_ok} ok"
+            + (f", {b.collectors_skipped} skipped" if b.collectors_skipped else "")
+            + (f", [red]{b.collectors_failed} failed[/]" if b.collectors_failed else ""),
         )
     out.print(t)
     if resp.next_page_token:
         out.print(f"more: --page-token {resp.next_page_token}")
+
+
+def _carried(b: Any) -> bool:
+    """The bundle was delivered by another key than the one that signed it."""
+    return bool(b.origin_fingerprint) and b.origin_fingerprint != b.key_fingerprint
 
 
 @app.command()
@@ -561,11 +585,16 @@ def show(
         print(json_format.MessageToJson(detail, indent=1))
         return
     b = detail.summary
+    origin = b.origin_fingerprint or b.key_fingerprint
     out.print(
-        f"[bold]bundle {shown(b.bundle_id)}[/] from {shown(b.hostname)} (agent {shown(b.agent_id)}), "
+        f"[bold]bundle {shown(b.bundle_id)}[/] from {shown(b.hostname)}, "
         f"case {shown(b.case_id) or '—'}, {shown(b.kind)}, created {_fmt_ts(b.created_at)}, {b.size:,} bytes, "
-        f"key {shown(b.key_fingerprint)}"
+        f"signed by key {shown(origin)}"
     )
+    if _carried(b):
+        out.print(f"carried in by agent {shown(b.agent_id)} (key {shown(b.key_fingerprint)}) with a case token")
+    else:
+        out.print(f"uploaded by agent {shown(b.agent_id)}")
     print_summary(out, _shown_tree(snapshot_summary(detail.facts)))
 
 
@@ -767,7 +796,11 @@ def snapshot_cmd(
     collector: CollectorOpt,
     token: TokenOpt,
     scope: Annotated[
-        list[str] | None, typer.Option("--scope", help="facts (default), logs, fragmentation, commands; repeatable.")
+        list[str] | None,
+        typer.Option(
+            "--scope",
+            help="facts (default), logs, fragmentation, commands, plugin:NAME (a plugin collector); repeatable.",
+        ),
     ] = None,
     since: Annotated[
         str | None, typer.Option("--since", help="Logs window, e.g. 1h (the agent's policy caps it).")

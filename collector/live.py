@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator
 
 import grpc
 
+from agent import scopes as _scopes
 from agent.transport.live_states import AGENT_STATES, CALL_ENDS, LiveState
 from agent.untrusted import clean_text
 from collector.auth import record_outcome
@@ -39,8 +40,9 @@ __all__ = [
     "request_snapshot",
 ]
 
-# The scopes an engineer may name; the agent's policy decides which it honours.
-SCOPES = ("facts", "logs", "fragmentation", "commands")
+# The scopes an engineer may name (``agent.scopes``, the agent's own table); the agent's
+# policy decides which it honours.
+SCOPES = _scopes.SCOPES
 DEFAULT_TIMEOUT_S = 60
 _MAX_WAIT_S = 7 * 86400
 
@@ -129,9 +131,9 @@ async def request_snapshot(
 ) -> AsyncIterator[collector_pb2.SnapshotEvent]:
     """Create, deliver and follow one live request until it ends or times out."""
     scopes = tuple(dict.fromkeys(spec.scopes)) or ("facts",)
-    unknown = [s for s in scopes if s not in SCOPES]
+    unknown = [s for s in scopes if not _scopes.is_scope(s)]
     if unknown:
-        raise ValueError(f"unknown scope(s) {', '.join(unknown)}; known: {', '.join(SCOPES)}")
+        raise ValueError(f"unknown scope(s) {', '.join(unknown)}; known: {_scopes.scope_names()}")
     if spec.since_seconds < 0 or spec.wait_s < 0 or spec.timeout_s < 0 or spec.wait_s > _MAX_WAIT_S:
         raise ValueError("since_seconds, wait_s and timeout_s must be >= 0 (wait_s at most 7 days)")
     agent = await _resolve(store, router, spec.host)

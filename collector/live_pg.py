@@ -134,6 +134,13 @@ class PgLiveRouter(LiveRouter):
                 # The heartbeat stops for it, so the row goes stale by itself.
                 log.warning("could not release the channel row of %s", session.agent_id, exc_info=True)
 
+    async def online_among(self, agent_ids: list[str]) -> set[str]:
+        """Those of ``agent_ids`` whose stream this or another replica holds (one query)."""
+        here = {a for a in agent_ids if a in self._sessions}
+        rest = [a for a in agent_ids if a not in here]
+        elsewhere = await asyncio.to_thread(self._store.agents_with_fresh_channels, rest, _us(self._stale_s))
+        return here | elsewhere
+
     async def is_online(self, agent_id: str) -> bool:
         if agent_id in self._sessions:
             return True

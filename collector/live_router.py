@@ -137,6 +137,10 @@ class LiveRouter:
     def connected(self) -> list[str]:
         return list(self._sessions)
 
+    async def online_among(self, agent_ids: list[str]) -> set[str]:
+        """Those of ``agent_ids`` holding a live stream now."""
+        return {a for a in agent_ids if a in self._sessions}
+
     async def is_online(self, agent_id: str) -> bool:
         """Whether some replica holds the agent's stream (here: this process)."""
         return agent_id in self._sessions

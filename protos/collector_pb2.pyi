@@ -146,13 +146,31 @@ class Host(_message.Message):
     os: str
     def __init__(self, hostname: _Optional[str] = ..., agent_ids: _Optional[_Iterable[str]] = ..., first_seen: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_seen: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., bundle_count: _Optional[int] = ..., last_bundle_id: _Optional[str] = ..., os: _Optional[str] = ...) -> None: ...
 
+class AgentWithoutBundles(_message.Message):
+    __slots__ = ("agent_id", "hostname", "enrolled_at", "last_seen", "connected", "case_ids")
+    AGENT_ID_FIELD_NUMBER: _ClassVar[int]
+    HOSTNAME_FIELD_NUMBER: _ClassVar[int]
+    ENROLLED_AT_FIELD_NUMBER: _ClassVar[int]
+    LAST_SEEN_FIELD_NUMBER: _ClassVar[int]
+    CONNECTED_FIELD_NUMBER: _ClassVar[int]
+    CASE_IDS_FIELD_NUMBER: _ClassVar[int]
+    agent_id: str
+    hostname: str
+    enrolled_at: _timestamp_pb2.Timestamp
+    last_seen: _timestamp_pb2.Timestamp
+    connected: bool
+    case_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, agent_id: _Optional[str] = ..., hostname: _Optional[str] = ..., enrolled_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_seen: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., connected: _Optional[bool] = ..., case_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
 class ListHostsResponse(_message.Message):
-    __slots__ = ("hosts", "next_page_token")
+    __slots__ = ("hosts", "next_page_token", "agents_without_bundles")
     HOSTS_FIELD_NUMBER: _ClassVar[int]
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    AGENTS_WITHOUT_BUNDLES_FIELD_NUMBER: _ClassVar[int]
     hosts: _containers.RepeatedCompositeFieldContainer[Host]
     next_page_token: str
-    def __init__(self, hosts: _Optional[_Iterable[_Union[Host, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+    agents_without_bundles: _containers.RepeatedCompositeFieldContainer[AgentWithoutBundles]
+    def __init__(self, hosts: _Optional[_Iterable[_Union[Host, _Mapping]]] = ..., next_page_token: _Optional[str] = ..., agents_without_bundles: _Optional[_Iterable[_Union[AgentWithoutBundles, _Mapping]]] = ...) -> None: ...
 
 class ListBundlesRequest(_message.Message):
     __slots__ = ("hostname", "case_id", "agent_id", "since", "until", "page_size", "page_token")
@@ -173,7 +191,7 @@ class ListBundlesRequest(_message.Message):
     def __init__(self, hostname: _Optional[str] = ..., case_id: _Optional[str] = ..., agent_id: _Optional[str] = ..., since: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., until: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
 
 class BundleSummary(_message.Message):
-    __slots__ = ("bundle_id", "agent_id", "hostname", "case_id", "kind", "created_at", "received_at", "size", "sha256", "key_fingerprint", "agent_version", "file_name", "collectors_ok", "collectors_failed")
+    __slots__ = ("bundle_id", "agent_id", "hostname", "case_id", "kind", "created_at", "received_at", "size", "sha256", "key_fingerprint", "agent_version", "file_name", "collectors_ok", "collectors_failed", "origin_fingerprint", "collectors_skipped")
     BUNDLE_ID_FIELD_NUMBER: _ClassVar[int]
     AGENT_ID_FIELD_NUMBER: _ClassVar[int]
     HOSTNAME_FIELD_NUMBER: _ClassVar[int]
@@ -188,6 +206,8 @@ class BundleSummary(_message.Message):
     FILE_NAME_FIELD_NUMBER: _ClassVar[int]
     COLLECTORS_OK_FIELD_NUMBER: _ClassVar[int]
     COLLECTORS_FAILED_FIELD_NUMBER: _ClassVar[int]
+    ORIGIN_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
+    COLLECTORS_SKIPPED_FIELD_NUMBER: _ClassVar[int]
     bundle_id: str
     agent_id: str
     hostname: str
@@ -202,7 +222,9 @@ class BundleSummary(_message.Message):
     file_name: str
     collectors_ok: int
     collectors_failed: int
-    def __init__(self, bundle_id: _Optional[str] = ..., agent_id: _Optional[str] = ..., hostname: _Optional[str] = ..., case_id: _Optional[str] = ..., kind: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., received_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., size: _Optional[int] = ..., sha256: _Optional[str] = ..., key_fingerprint: _Optional[str] = ..., agent_version: _Optional[str] = ..., file_name: _Optional[str] = ..., collectors_ok: _Optional[int] = ..., collectors_failed: _Optional[int] = ...) -> None: ...
+    origin_fingerprint: str
+    collectors_skipped: int
+    def __init__(self, bundle_id: _Optional[str] = ..., agent_id: _Optional[str] = ..., hostname: _Optional[str] = ..., case_id: _Optional[str] = ..., kind: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., received_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., size: _Optional[int] = ..., sha256: _Optional[str] = ..., key_fingerprint: _Optional[str] = ..., agent_version: _Optional[str] = ..., file_name: _Optional[str] = ..., collectors_ok: _Optional[int] = ..., collectors_failed: _Optional[int] = ..., origin_fingerprint: _Optional[str] = ..., collectors_skipped: _Optional[int] = ...) -> None: ...
 
 class ListBundlesResponse(_message.Message):
     __slots__ = ("bundles", "next_page_token")

@@ -52,7 +52,7 @@ def collect_live(
     # An engineer waits on a live snapshot: sample "now" over a fifth of a second rather
     # than the half second to a second a one-shot run affords (same facts, shorter windows).
     options: dict[str, str | int | float | bool] = dict(LIVE_SAMPLING)
-    if since_s and "logs" in collectors:
+    if since_s:  # the daemon names a window only for scopes that read logs (agent.scopes.reads_logs)
         options["logs_since_s"] = float(since_s)
     enrollment = AgentHome(home).enrollment()
     if enrollment and enrollment.collector_host:

@@ -7,7 +7,8 @@ daemon's first start when missing; edit it and restart the service::
 
     {
       "version": 1,
-      "allowed_scopes": ["facts"],      // of: facts, logs, fragmentation, commands
+      "allowed_scopes": ["facts"],      // of: facts, logs, fragmentation, commands,
+                                        //   plugin:<name> (one per plugin collector)
       "max_logs_window_s": 3600,        // largest --since for logs; also the window of a
                                         //   request that names none (0: no logs at all)
       "rate_limit_per_hour": 12,        // accepted requests per rolling hour (0: no limit)
@@ -16,11 +17,9 @@ daemon's first start when missing; edit it and restart the service::
       "spool_max_bundles": 50           //   ... and at most this many
     }
 
-Scopes and what they collect (``SCOPE_COLLECTORS``): ``facts`` — host, CPU, memory,
-disks, network, processes, services, network depth, clock, time series (no logs);
-``logs`` — system logs of at most ``max_logs_window_s``; ``fragmentation`` — the
-sampled fragmentation scan; ``commands`` — raw command output (reserved: no built-in
-collector emits it yet, so it adds nothing, but it is still allowed or denied here).
+The scopes and what each collects are in ``agent.scopes`` (one table, which the
+collector reads too). A plugin scope's collector reads its own logs within the same
+window as the ``logs`` scope.
 
 A request that names no logs window (``since_seconds`` 0, what ``snapshot`` without
 ``--since`` sends) gets ``max_logs_window_s``, never the collector's own default of a day:
@@ -38,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.errors import CasefileError
+from agent.scopes import SCOPE_COLLECTORS, SCOPES, collectors_for, is_scope, reads_logs, scope_names
 
 __all__ = [
     "DEFAULT_POLICY",
@@ -50,25 +50,6 @@ __all__ = [
     "collectors_for",
     "load_policy",
 ]
-
-SCOPE_COLLECTORS: dict[str, tuple[str, ...]] = {
-    "facts": (
-        "host",
-        "cpu",
-        "memory",
-        "disks",
-        "network",
-        "processes",
-        "services",
-        "netdepth",
-        "clock",
-        "timeseries",
-    ),
-    "logs": ("logs",),
-    "fragmentation": ("fragmentation",),
-    "commands": (),
-}
-SCOPES = tuple(SCOPE_COLLECTORS)
 
 # The names of ``agent.redact.PROFILES``, repeated so the resident daemon can check its
 # policy without importing the redaction package (its rules and psutil); a test keeps
@@ -112,8 +93,8 @@ class Policy:
             raise PolicyError(f"policy {where}: unknown field(s) {', '.join(extra)}; known: {', '.join(sorted(known))}")
         base = cls()
         scopes = data.get("allowed_scopes", list(base.allowed_scopes))
-        if not isinstance(scopes, list) or not all(isinstance(s, str) and s in SCOPES for s in scopes):
-            raise PolicyError(f"policy {where}: allowed_scopes must be a list of {', '.join(SCOPES)}; got {scopes!r}")
+        if not isinstance(scopes, list) or not all(isinstance(s, str) and is_scope(s) for s in scopes):
+            raise PolicyError(f"policy {where}: allowed_scopes must be a list of {scope_names()}; got {scopes!r}")
 
         def number(name: str, minimum: int) -> int:
             value = data.get(name, getattr(base, name))
@@ -144,13 +125,13 @@ class Policy:
     def denial(self, scopes: tuple[str, ...], since_s: int, accepted_last_hour: int) -> str | None:
         """The rule a request breaks, or None when the policy allows it."""
         for scope in scopes:
-            if scope not in SCOPES:
+            if not is_scope(scope):
                 return f"unknown scope {scope[:100]!r}"
             if scope not in self.allowed_scopes:
                 return f"scope {scope!r} is not allowed (allowed: {', '.join(self.allowed_scopes) or 'none'})"
         if since_s < 0:
             return f"logs window {since_s} s is negative"
-        if "logs" in scopes:
+        if reads_logs(scopes):
             if self.max_logs_window_s == 0:
                 return "max_logs_window_s is 0: no logs are collected"
             window = self.logs_window(since_s)
@@ -170,14 +151,6 @@ def _shown(value: object) -> str:
         return f"an integer of {value.bit_length()} bits"
     text = repr(value)
     return text if len(text) <= 40 else text[:40] + "…"
-
-
-def collectors_for(scopes: tuple[str, ...]) -> tuple[str, ...]:
-    names: dict[str, None] = {}
-    for scope in scopes:
-        names.update(dict.fromkeys(SCOPE_COLLECTORS.get(scope, ())))
-    # "host" always: a bundle without it cannot be filed under its machine.
-    return ("host", *(n for n in names if n != "host"))
 
 
 def load_policy(home: Path) -> Policy:

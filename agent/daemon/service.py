@@ -50,6 +50,7 @@ from agent.daemon.spool import Spool
 from agent.daemon.worker import CollectionWorker, LiveBundle
 from agent.errors import CasefileError, TransportError
 from agent.keys import SigningKey
+from agent.scopes import reads_logs
 from agent.state import AgentHome, Enrollment
 from agent.transport.channel_proof import NONCE_BYTES, channel_message
 from agent.transport.connect import parse_address
@@ -70,7 +71,7 @@ _MIN_KEEPALIVE_S = 20.0
 # must not hold the agent: it dials again, perhaps to a healthy replica.
 HANDSHAKE_TIMEOUT_S = 20.0
 _UPLOAD_ATTEMPTS = 3  # then spool: the spool retries on every reconnect, for ever
-_SCOPES_RECORDED = 8  # of a request's scopes, the history keeps this many (there are four)
+_SCOPES_RECORDED = 8  # of a request's scopes, the history keeps this many (four built in, plus plugins)
 
 
 @dataclass(frozen=True)
@@ -325,7 +326,7 @@ class AgentService:
                 log.info("request %s from %s %s", req.request_id, who["requested_by"], detail)
                 return
             # No window named means the policy's largest, never the collector's default.
-            window = self.policy.logs_window(since) if "logs" in scopes else None
+            window = self.policy.logs_window(since) if reads_logs(scopes) else None
             if window is not None:
                 who["since_s"] = window
             await asyncio.to_thread(lambda: self.history.append("accepted", **who))

@@ -1,7 +1,8 @@
 """Ingest: resumable, verified, idempotent bundle upload (DESIGN §4).
 
 A bundle becomes visible only after its bytes hash to the header's SHA-256, its
-manifest signature checks against the uploader's enrolled key, and every member
+manifest signature checks against the uploader's enrolled key (under a case token:
+against the key its manifest names, stored as its origin), and every member
 matches the manifest; then the blob is moved into the content-addressed store and the
 metadata row is written in one transaction. Until then it is a staged partial that a
 later stream can resume from the collector's durable offset.
@@ -29,6 +30,7 @@ from collector.metrics import CollectorMetrics
 from collector.services.upload_limits import IngestLimits, UploadSlots, check_header_fields
 from collector.services.verifier import Following, StagedTail, Verifier
 from collector.storage import BlobStore, BundleRecord, Store
+from collector.storage.counts import collector_counts
 from collector.storage.errors import AuthError, Conflict, NotFound, StagedByOther
 from collector.timestamps import timestamp_us
 from protos import collector_pb2, collector_pb2_grpc, facts_pb2
@@ -239,7 +241,7 @@ class IngestService(collector_pb2_grpc.IngestServicer):
                     f"bundle {header.bundle_id}: stream starts at byte {header.offset} but the "
                     f"collector holds {staged.offset}; ask GetUploadState and resume from there",
                 )
-            following = self.verifier.follow(staged, identity.public_key, header.size)
+            following = self.verifier.follow(staged, identity.bundle_key, header.size)
             await self._receive(request_iterator, staged, header, following[0] if following else None)
             if staged.sha256_hex() != header.sha256:
                 actual = staged.sha256_hex()
@@ -459,7 +461,7 @@ class IngestService(collector_pb2_grpc.IngestServicer):
             if verified is not None:
                 vb: VerifiedBundle = await verified
             else:
-                vb = await self.verifier.check(staged.path, identity.public_key, header.size, bundle_id)
+                vb = await self.verifier.check(staged.path, identity.bundle_key, header.size, bundle_id)
         except Exception as exc:
             await self._refused(identity, exc.reason if isinstance(exc, VerificationError) else "unreadable")
             await asyncio.to_thread(staged.abort)
@@ -496,8 +498,7 @@ class IngestService(collector_pb2_grpc.IngestServicer):
                     f"bundle {bundle_id} not stored: case token {identity.case_token.id} is {exc.reason}",
                 ) from None
         blob_key = await asyncio.to_thread(staged.commit)
-        statuses = manifest.get("collectors") or []
-        ok = sum(1 for s in statuses if isinstance(s, dict) and s.get("status") == "ok")
+        ok, skipped, failed = collector_counts(manifest)
         created = _parse_time(manifest.get("created_at"))
         now = dt.datetime.now(dt.UTC)
         record = BundleRecord(
@@ -514,9 +515,11 @@ class IngestService(collector_pb2_grpc.IngestServicer):
             agent_version=str(manifest.get("agent_version") or ""),
             file_name=_safe_file_name(header.file_name, bundle_id),
             collectors_ok=ok,
-            collectors_failed=len(statuses) - ok,
+            collectors_failed=failed,
             blob_key=blob_key,
             os=facts.host.os_release or facts.host.os,
+            origin_fingerprint=vb.public_key.fingerprint,
+            collectors_skipped=skipped,
         )
         stored, inserted = await asyncio.to_thread(
             self._store.insert_bundle,

@@ -55,6 +55,8 @@ def summary_of(rec: BundleRecord) -> collector_pb2.BundleSummary:
         file_name=rec.file_name,
         collectors_ok=rec.collectors_ok,
         collectors_failed=rec.collectors_failed,
+        origin_fingerprint=rec.origin_fingerprint or rec.key_fingerprint,
+        collectors_skipped=rec.collectors_skipped,
     )
 
 
@@ -132,7 +134,29 @@ class QueryService(FleetQueries, collector_pb2_grpc.QueryServicer):
         hosts, nxt = await asyncio.to_thread(
             self._store.list_hosts, page_size=request.page_size or 100, cursor=request.page_token or None
         )
-        return collector_pb2.ListHostsResponse(hosts=[_host(h) for h in hosts], next_page_token=nxt or "")
+        resp = collector_pb2.ListHostsResponse(hosts=[_host(h) for h in hosts], next_page_token=nxt or "")
+        if not request.page_token:
+            resp.agents_without_bundles.extend(await self._agents_without_bundles())
+        return resp
+
+    async def _agents_without_bundles(self) -> list[collector_pb2.AgentWithoutBundles]:
+        """Machines set up but not hosts yet (no bundle), and whether each is connected now."""
+        found = await asyncio.to_thread(self._store.agents_without_bundles)
+        ids = [agent.id for agent, _ in found]
+        online = await self._router.online_among(ids) if self._router is not None else set()
+        listed = []
+        for agent, cases in found:
+            entry = collector_pb2.AgentWithoutBundles(
+                agent_id=agent.id,
+                hostname=agent.hostname,
+                enrolled_at=timestamp_us(agent.created_at_us),
+                connected=agent.id in online,
+                case_ids=list(cases),
+            )
+            if agent.last_seen_at_us is not None:
+                entry.last_seen.CopyFrom(timestamp_us(agent.last_seen_at_us))
+            listed.append(entry)
+        return listed
 
     @unary
     @audited("query.list_bundles", _bundle_filters)

@@ -178,7 +178,7 @@ class Verifier:
             workers, thread_name_prefix=name, initializer=_lower_priority, initargs=(self._limits.verify_nice,)
         )
 
-    def _verify(self, source: Path | IO[bytes], key: PublicKey, size: int, label: str) -> VerifiedBundle:
+    def _verify(self, source: Path | IO[bytes], key: PublicKey | None, size: int, label: str) -> VerifiedBundle:
         limits = self._limits
         meter = ReadMeter()
         try:
@@ -200,7 +200,7 @@ class Verifier:
                 self.decompressed_bytes += meter.decompressed
                 self.compressed_bytes += meter.compressed
 
-    def follow(self, staged: Any, key: PublicKey, size: int) -> Following | None:
+    def follow(self, staged: Any, key: PublicKey | None, size: int) -> Following | None:
         """Start verifying this upload while it arrives, if it is big enough and a worker is free."""
         limits = self._limits
         if size < limits.stream_verify_min_bytes or self.following >= limits.stream_verify_workers:
@@ -231,7 +231,7 @@ class Verifier:
     def _follower_done(self) -> None:
         self.following -= 1
 
-    async def check(self, path: Path, key: PublicKey, size: int, label: str) -> VerifiedBundle:
+    async def check(self, path: Path, key: PublicKey | None, size: int, label: str) -> VerifiedBundle:
         """Verify a staged file whose every byte is here, in a worker process (waits for a free one)."""
         limits = self._limits
         if self._checks is None:

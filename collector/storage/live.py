@@ -275,6 +275,15 @@ class LiveMethods(StoreBase):
             done = conn.execute(stmt)
         return done.rowcount
 
+    def agents_with_fresh_channels(self, agent_ids: list[str], fresh_after_us: int) -> set[str]:
+        """Those of ``agent_ids`` whose stream some replica holds with a fresh heartbeat (one query)."""
+        if not agent_ids:
+            return set()
+        h = agent_channels.c
+        query = select(h.agent_id).where(h.agent_id.in_(agent_ids), h.heartbeat_at >= fresh_after_us)
+        with self._read() as conn:
+            return {str(a) for a in conn.execute(query).scalars()}
+
     def channel_holder(self, agent_id: str, fresh_after_us: int) -> ChannelHolder | None:
         """The replica holding the agent's stream, if its heartbeat is fresh."""
         h = agent_channels.c

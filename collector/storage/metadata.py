@@ -20,6 +20,7 @@ from agent.bundle.manifest import is_bundle_id
 from collector.storage.agents import AgentMethods
 from collector.storage.audit import AuditMethods
 from collector.storage.base import Clock, make_engine, utc_now
+from collector.storage.cases import CaseMethods
 from collector.storage.cursors import (
     clamp_page_size,
     decode_bundle_cursor,
@@ -69,10 +70,14 @@ def _bundle(m: Mapping[Any, Any]) -> BundleRecord:
         collectors_failed=m["collectors_failed"],
         blob_key=m["blob_key"],
         os=m["os"],
+        origin_fingerprint=m["origin_fingerprint"],
+        collectors_skipped=m["collectors_skipped"],
     )
 
 
-class Store(TokenMethods, AgentMethods, AuditMethods, LiveMethods, StatsMethods, RefusalMethods, FindingsMethods):
+class Store(
+    TokenMethods, AgentMethods, CaseMethods, AuditMethods, LiveMethods, StatsMethods, RefusalMethods, FindingsMethods
+):
     """Metadata for the collector. Open with ``Store.open(url)``; close when done."""
 
     @classmethod

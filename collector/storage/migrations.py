@@ -10,25 +10,31 @@ each step takes a transaction-scoped advisory lock first, and re-reads the
 version under it, so exactly one replica applies a step. On SQLite the
 ``BEGIN IMMEDIATE`` of a write transaction serialises the same way.
 
-Adding a step: append ``Migration(n + 1, "what", fn)``. Version 1 builds the
-tables from today's ``schema.metadata``; once a step 2 changes a table, freeze
-version 1 by giving it a copy of the original table definitions, so a fresh
-database still walks every step in order.
+Adding a step: append ``Migration(n + 1, "what", fn)``. A step that adds tables
+gives them their own ``MetaData`` in a ``*_schema`` module (``live_schema``,
+``refusals_schema``, ``findings_schema``, ``cases_schema``), which this module imports
+without importing the store; one that changes a table of ``schema.metadata`` alters it
+here. Version 1 is frozen in ``schema_v1`` (the original tables), so a fresh database
+walks every step in order.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from sqlalchemy import Connection, Engine, func, select, text
 
+from collector.storage.cases_schema import create_case_tables
+from collector.storage.counts import SKIPPED_STATES
 from collector.storage.errors import SchemaError
 from collector.storage.findings_schema import create_analysis_tables
 from collector.storage.live_schema import create_channel_tables, create_live_tables
 from collector.storage.refusals_schema import create_refusal_tables
-from collector.storage.schema import metadata, schema_version, to_micros
+from collector.storage.schema import schema_version, to_micros
+from collector.storage.schema_v1 import create_v1
 
 __all__ = [
     "IMMEDIATE",
@@ -58,7 +64,38 @@ class Migration:
 
 
 def _initial_schema(conn: Connection) -> None:
-    metadata.create_all(conn)
+    create_v1(conn)
+
+
+def _bundle_origin_and_skipped(conn: Connection) -> None:
+    """Bundle columns ``origin_fingerprint`` (the signer; so far always the uploader)
+    and ``collectors_skipped`` (counted again from each stored manifest, and taken out
+    of ``collectors_failed``, which counted them until now)."""
+    conn.execute(text("ALTER TABLE bundles ADD COLUMN origin_fingerprint VARCHAR(80) NOT NULL DEFAULT ''"))
+    conn.execute(text("ALTER TABLE bundles ADD COLUMN collectors_skipped INTEGER NOT NULL DEFAULT 0"))
+    conn.execute(text("UPDATE bundles SET origin_fingerprint = key_fingerprint"))
+    # Only manifests that can hold such a status are read, one at a time: a large
+    # database's manifests are never all in memory at once.
+    ids = conn.execute(
+        text("SELECT bundle_id FROM bundles WHERE manifest_json LIKE '%skipped%' OR manifest_json LIKE '%unsupported%'")
+    ).scalars().all()
+    for bundle_id in ids:
+        manifest_json = conn.execute(
+            text("SELECT manifest_json FROM bundles WHERE bundle_id = :id"), {"id": bundle_id}
+        ).scalar_one()
+        try:
+            statuses = json.loads(manifest_json).get("collectors") or []
+        except (ValueError, AttributeError):
+            continue
+        skipped = sum(1 for s in statuses if isinstance(s, dict) and s.get("status") in SKIPPED_STATES)
+        if skipped:
+            conn.execute(
+                text(
+                    "UPDATE bundles SET collectors_skipped = :n, collectors_failed = collectors_failed - :n "
+                    "WHERE bundle_id = :id"
+                ),
+                {"n": skipped, "id": bundle_id},
+            )
 
 
 MIGRATIONS: tuple[Migration, ...] = (
@@ -67,6 +104,8 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(3, "agent channels held by collector replicas", create_channel_tables),
     Migration(4, "refused uploads per case token", create_refusal_tables),
     Migration(5, "stored analysis: findings and metrics indexed", create_analysis_tables),
+    Migration(6, "case bindings: one agent key, several cases", create_case_tables),
+    Migration(7, "bundle origin key and skipped collectors", _bundle_origin_and_skipped),
 )
 LATEST_VERSION = MIGRATIONS[-1].version
 

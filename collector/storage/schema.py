@@ -114,6 +114,12 @@ bundles = Table(
     Column("os", Text, nullable=False),
     Column("manifest_json", Text, nullable=False),
     Column("facts_pb", LargeBinary, nullable=False),
+    # Step 5. The key that signed the manifest: the uploader's own key, or, for a bundle
+    # carried to its case by someone else (a technician's laptop), the machine it came from.
+    Column("origin_fingerprint", String(80), nullable=False, server_default=""),
+    # Step 5. Collectors left out on purpose (SKIPPED, UNSUPPORTED), counted apart from
+    # ``collectors_failed`` (ERROR, TIMEOUT): a platform guard is not a fault.
+    Column("collectors_skipped", Integer, nullable=False, server_default="0"),
 )
 # One index per list query: equality on the filter column, then the page order, so
 # a keyset page is a single index range scan on both databases.
@@ -211,7 +217,9 @@ class BundleRecord:
     """A stored bundle's summary (its facts and manifest are fetched separately).
 
     ``case_id`` is ``None`` for bundles outside a case; an empty string given on
-    insert is stored as ``None``. ``os`` is a one-line OS description for the
+    insert is stored as ``None``. ``agent_id``/``key_fingerprint`` name the identity
+    that uploaded it, ``origin_fingerprint`` the key that signed it (they differ for a
+    bundle carried by someone else with a case token). ``os`` is a one-line OS description for the
     host listing (may be empty).
     """
 
@@ -231,6 +239,14 @@ class BundleRecord:
     collectors_failed: int
     blob_key: str
     os: str = ""
+    # The manifest's signer; "" on insert means the uploader's own key (``key_fingerprint``).
+    origin_fingerprint: str = ""
+    collectors_skipped: int = 0
+
+    @property
+    def carried(self) -> bool:
+        """Delivered by a key other than the one that signed it."""
+        return bool(self.origin_fingerprint) and self.origin_fingerprint != self.key_fingerprint
 
     @property
     def created_at(self) -> datetime:

@@ -470,8 +470,10 @@ def _piece(data: bytes, i: int, upto: int) -> collector_pb2.UploadChunk:
 def test_case_identity_cannot_upload_to_another_case_without_its_token(
     sqlite_collector: RunningCollector, tmp_path: Path
 ) -> None:
-    """A case token's identity stays bound to its case: naming its agent id is not enough,
-    another case's token does not do, and a revoked token ends it."""
+    """A case token's identity never uploads on its key alone: naming its agent id is not
+    enough, a bundle goes only to the case of the token presented (another case's token
+    binds the same machine to that case too, for that case's bundles only), and a revoked
+    token ends it."""
     c = sqlite_collector
     key, agent_id, token, token_id = _case_upload(c, tmp_path, "SR-1")
     assert c.store.get_agent(agent_id).case_id == "SR-1"
@@ -479,14 +481,17 @@ def test_case_identity_cannot_upload_to_another_case_without_its_token(
     with c.channel() as ch:
         with pytest.raises(UploadError, match=r"UNAUTHENTICATED.*bound to case"):
             upload_bundle(ch, other.path, bundle_id=other.bundle_id, target=UploadTarget(key=key, agent_id=agent_id))
-        other_token, _ = c.store.create_token("case", case_id="SR-OTHER-CUSTOMER")
-        with pytest.raises(UploadError, match="PERMISSION_DENIED"):
+        with pytest.raises(UploadError, match="is not the token's case"):
             upload_bundle(
-                ch,
-                other.path,
-                bundle_id=other.bundle_id,
-                target=UploadTarget(key=key, agent_id=agent_id, case_token=other_token),
+                ch, other.path, bundle_id=other.bundle_id,
+                target=UploadTarget(key=key, agent_id=agent_id, case_token=token),
             )
+        other_token, _ = c.store.create_token("case", case_id="SR-OTHER-CUSTOMER")
+        upload_bundle(
+            ch, other.path, bundle_id=other.bundle_id,
+            target=UploadTarget(key=key, agent_id=agent_id, case_token=other_token),
+        )
+        assert c.store.cases_of(agent_id) == ("SR-1", "SR-OTHER-CUSTOMER")
         # With its own token and agent id, a bundle of its own case still lands.
         own = small_bundle(tmp_path / "own", key, case_id="SR-1")
         mine = UploadTarget(key=key, agent_id=agent_id, case_token=token)
@@ -500,7 +505,7 @@ def test_case_identity_cannot_upload_to_another_case_without_its_token(
                 bundle_id=again.bundle_id,
                 target=UploadTarget(key=key, agent_id=agent_id, case_token=token),
             )
-    assert c.store.list_bundles(case_id="SR-OTHER-CUSTOMER")[0] == []
+    assert [b.bundle_id for b in c.store.list_bundles(case_id="SR-OTHER-CUSTOMER")[0]] == [other.bundle_id]
 
 
 def test_case_token_max_uses_is_enforced(sqlite_collector: RunningCollector, tmp_path: Path) -> None:

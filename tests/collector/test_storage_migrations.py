@@ -86,3 +86,51 @@ def test_unreachable_postgres_names_the_database() -> None:
     with pytest.raises(StoreError, match="cannot open metadata store") as info:
         Store.open(url)
     assert "secret" not in str(info.value)
+
+
+def test_steps_4_and_5_bind_existing_case_identities_and_count_skipped_collectors(store_url: str) -> None:
+    """A database written by the collector before case bindings and bundle origins: its
+    case identities become bindings, its bundles' origin is their uploader's key, and a
+    SKIPPED or UNSUPPORTED collector moves from the failed count to the skipped one."""
+    import json
+
+    from sqlalchemy import text
+
+    from agent.keys import SigningKey
+    from collector.storage.base import make_engine
+    from collector.storage.migrations import MIGRATIONS, migrate
+
+    engine = make_engine(store_url)
+    assert migrate(engine, "test", MIGRATIONS[:3]) == 3
+    key = SigningKey.generate()
+    statuses = [{"name": "host", "status": "ok"}, {"name": "cpu", "status": "error"},
+                {"name": "logs", "status": "skipped"}, {"name": "fragmentation", "status": "unsupported"}]  # fmt: skip
+    with engine.begin() as conn:
+        conn.execute(
+            text("INSERT INTO tokens (id, kind, case_id, label, secret_sha256, created_at, uses) "
+                 "VALUES ('tok_1', 'case', 'SR-3', '', :h, 1, 1)"), {"h": b"\x01" * 32},
+        )  # fmt: skip
+        conn.execute(
+            text("INSERT INTO agents (id, hostname, public_key, fingerprint, created_at, token_id, case_id) "
+                 "VALUES ('ag_1', 'db-01', :k, :f, 5, 'tok_1', 'SR-3')"),
+            {"k": key.public.raw, "f": key.fingerprint},
+        )  # fmt: skip
+        conn.execute(
+            text("INSERT INTO bundles (bundle_id, agent_id, hostname, case_id, kind, created_at, received_at, size, "
+                 "sha256, key_fingerprint, agent_version, file_name, collectors_ok, collectors_failed, blob_key, os, "
+                 "manifest_json, facts_pb) VALUES (:id, 'ag_1', 'db-01', 'SR-3', 'one-shot', 1, 1, 10, :sha, :f, "
+                 "'0.1', 'b.tar.zst', 1, 3, 'k', '', :m, :pb)"),
+            {"id": "a" * 32, "sha": "b" * 64, "f": key.fingerprint, "m": json.dumps({"collectors": statuses}),
+             "pb": b""},
+        )  # fmt: skip
+    engine.dispose()
+    with Store.open(store_url) as store:
+        assert store.schema_version() == LATEST_VERSION
+        assert store.cases_of("ag_1") == ("SR-3",)
+        rec = store.get_bundle("a" * 32)
+        assert (rec.collectors_ok, rec.collectors_skipped, rec.collectors_failed) == (1, 2, 1)
+        assert rec.origin_fingerprint == key.fingerprint and not rec.carried
+        # The same key presenting another case's token is bound to that case as well.
+        _, other = store.create_token("case", case_id="SR-4")
+        again = store.bind_case_key(key.public.raw, key.fingerprint, "db-01", other.id, "SR-4")
+        assert again.id == "ag_1" and store.cases_of("ag_1") == ("SR-3", "SR-4")

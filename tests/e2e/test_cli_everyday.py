@@ -171,3 +171,8 @@ def test_token_list_reads_and_never_makes_a_data_folder(tmp_path: Path) -> None:
     token_id = made.stdout.split("token id ", 1)[1].split()[0]
     listed = cli("casefile-collector", "token", "list", "--data-dir", str(data), env={"COLUMNS": "60"}).stdout
     assert f"Tokens in {data}" in " ".join(listed.split()) and token_id in listed
+
+
+def test_agent_history_json_is_one_document_even_when_empty(tmp_path: Path) -> None:
+    res = cli("casefile", "agent", "history", "--home", str(tmp_path / "home"), "--json")
+    assert json.loads(res.stdout) == []

@@ -204,7 +204,8 @@ def test_engineer_snapshot_reaches_agent_and_is_stored(live: Live) -> None:
         [str(BIN / "casefile"), "agent", "history", "--home", str(live.agent.home), "--json"],
         capture_output=True, text=True, timeout=60, check=True,
     )
-    assert manifest["request_id"] in shown.stdout
+    listed = json.loads(shown.stdout)  # one document: the list of entries
+    assert [e["outcome"] for e in listed if e.get("request_id") == manifest["request_id"]] == ["accepted", "done"]
 
 
 def test_policy_denial_is_answered_not_dropped(live: Live) -> None:
@@ -546,3 +547,60 @@ def test_daemon_that_served_a_snapshot_still_holds_no_collection_machinery(live:
     assert proc.returncode == 0, probe.log.read_text()
     assert _leaked(json.loads(out)) == []
 
+
+
+def test_a_plugin_collector_runs_only_under_its_own_scope(live: Live, tmp_path: Path) -> None:
+    """casefile-pgsql (a ``casefile.collectors`` entry point) runs in a live snapshot when
+    the engineer asks for ``plugin:pgsql`` and the machine's policy lists it; ``facts``
+    alone never runs it, and a plugin the policy does not list is denied by name."""
+    c = live.collector
+    agent = enroll_agent(c, tmp_path / "pg-home", "pg-box")
+    policy = {"allowed_scopes": ["facts", "plugin:pgsql"], "max_logs_window_s": 600}
+    (agent.home / "policy.json").write_text(json.dumps(policy))
+    before = connects(c, agent.agent_id)
+    agent.start()
+    try:
+        wait_for("agent connected", lambda: connects(c, agent.agent_id) > before, logs=agent.log.read_text)
+        session = Live(c, agent, live.tokens)
+
+        def ran(events: list[collector_pb2.SnapshotEvent]) -> tuple[dict[str, str], dict[str, Any]]:
+            assert events[-1].state == "done", events[-1]
+            with c.store() as store:
+                manifest = json.loads(store.get_bundle_content(events[-1].bundle_id)[1])
+            return {s["name"]: s["status"] for s in manifest["collectors"]}, manifest
+
+        facts_only, _ = ran(session.snapshot(scopes=["facts"]))
+        assert facts_only.get("pgsql", "skipped") == "skipped", facts_only
+        with_plugin, manifest = ran(session.snapshot(scopes=["plugin:pgsql"], reason="SR-1 database"))
+        assert with_plugin["pgsql"] == "ok" and with_plugin["host"] == "ok", with_plugin
+        assert manifest["spec"]["options"]["logs_since_s"] == 600  # the policy's logs window bounds the plugin
+        denied = session.snapshot(scopes=["plugin:mysql"])
+        assert denied[-1].state == "denied"
+        assert denied[-1].detail.startswith("denied by policy: scope 'plugin:mysql' is not allowed"), denied[-1]
+        with pytest.raises(grpc.RpcError) as info:  # not a scope at all: refused before it is queued
+            session.snapshot(scopes=["plugin:"])
+        assert info.value.code() is grpc.StatusCode.INVALID_ARGUMENT and "plugin:<name>" in str(info.value.details())
+    finally:
+        agent.stop_all()
+
+
+def test_hosts_shows_agents_without_bundles_and_which_are_connected(live: Live, tmp_path: Path) -> None:
+    c = live.collector
+    idle = enroll_agent(c, tmp_path / "idle-home", "idle-box")  # enrolled, never started
+    waiting = enroll_agent(c, tmp_path / "wait-home", "waiting-box")
+    before = connects(c, waiting.agent_id)
+    waiting.start()
+    try:
+        wait_for("agent connected", lambda: connects(c, waiting.agent_id) > before, logs=waiting.log.read_text)
+        args = [str(BIN / "casefile-collector"), "hosts", "--collector", c.addr, "--token", live.tokens["viewer"],
+                "--ca-fingerprint", c.fingerprint]  # fmt: skip
+        env = {**os.environ, "COLUMNS": "200"}
+        res = subprocess.run([*args, "--json"], capture_output=True, text=True, timeout=60, env=env, check=True)
+        agents = {a["agentId"]: a for a in json.loads(res.stdout)["agentsWithoutBundles"]}
+        assert agents[waiting.agent_id].get("connected") is True and "lastSeen" in agents[waiting.agent_id]
+        assert not agents[idle.agent_id].get("connected") and agents[idle.agent_id]["hostname"] == "idle-box"
+        table = subprocess.run(args, capture_output=True, text=True, timeout=60, env=env, check=True).stdout
+        line = next(x for x in table.splitlines() if waiting.agent_id in x)
+        assert "connected now" in line and "waiting-box" in line, table
+    finally:
+        waiting.stop_all()

@@ -85,6 +85,17 @@ def pair(tmp_path: Path, postgres_url: str) -> Iterator[Pair]:
         r1.stop()
 
 
+def test_hosts_on_replica_1_shows_the_agent_replica_2_holds_as_connected(pair: Pair) -> None:
+    """Before its first bundle the agent is listed among the agents without bundles, and
+    "connected" comes from the shared channel table, whichever replica is asked."""
+    md = (("authorization", f"Bearer {pair.engineer}"),)
+    for r in (pair.r1, pair.r2):
+        with r.channel() as ch:
+            resp = collector_pb2_grpc.QueryStub(ch).ListHosts(collector_pb2.ListHostsRequest(), metadata=md, timeout=30)
+        (listed,) = [a for a in resp.agents_without_bundles if a.agent_id == pair.agent_id]
+        assert listed.connected and listed.hostname == "replica-box", (r.addr, listed)
+
+
 def test_engineer_on_replica_1_gets_snapshot_from_agent_on_replica_2(pair: Pair) -> None:
     md = (("authorization", f"Bearer {pair.engineer}"),)
     spec = collector_pb2.SnapshotRequestSpec(host=pair.agent_id, reason="SR-7 across replicas", timeout_s=60)
