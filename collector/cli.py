@@ -897,6 +897,12 @@ def rpc_error_message(exc: grpc.RpcError) -> tuple[int, str]:
     return 3, _PLAIN.get(code, code + ": {detail}").format(detail=detail)
 
 
+# Registered last: the hunt commands reuse this module's options and helpers.
+from collector.cli_hunt import hunt_app  # noqa: E402
+
+app.add_typer(hunt_app, name="hunt")
+
+
 def main() -> None:
     # grpc core's own log lines (a failed TLS handshake) would bury the one line printed
     # here; the server keeps them, and an operator can ask for them with GRPC_VERBOSITY.

@@ -28,6 +28,7 @@ from collector.storage.cursors import (
     encode_host_cursor,
 )
 from collector.storage.errors import Conflict, InvalidArgument, NotFound, StoreError
+from collector.storage.hunts import HuntMethods
 from collector.storage.live import LiveMethods
 from collector.storage.migrations import migrate
 from collector.storage.schema import (
@@ -70,7 +71,7 @@ def _bundle(m: Mapping[Any, Any]) -> BundleRecord:
     )
 
 
-class Store(TokenMethods, AgentMethods, AuditMethods, LiveMethods, StatsMethods):
+class Store(TokenMethods, AgentMethods, AuditMethods, LiveMethods, StatsMethods, HuntMethods):
     """Metadata for the collector. Open with ``Store.open(url)``; close when done."""
 
     @classmethod

@@ -71,10 +71,17 @@ def _agent_channels(conn: Connection) -> None:
     create_channel_tables(conn)
 
 
+def _hunts(conn: Connection) -> None:
+    from collector.storage.hunts import create_hunt_tables
+
+    create_hunt_tables(conn)
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial schema", _initial_schema),
     Migration(2, "live snapshot requests", _live_requests),
     Migration(3, "agent channels held by collector replicas", _agent_channels),
+    Migration(4, "hunts, their live requests, agent labels", _hunts),
 )
 LATEST_VERSION = MIGRATIONS[-1].version
 

@@ -1,0 +1,184 @@
+"""Hunts: one engineer request for many agents, and the labels that select them.
+
+A hunt is a row here plus one ``live_requests`` row per selected agent (linked by
+``hunt_requests``); the live requests carry every state, so a hunt has no state of its
+own to drift from theirs. ``agent_labels`` holds the ``key=value`` pairs an agent gave
+at enroll (checked by :mod:`agent.labels`). Own ``MetaData``: one migration step
+creates all three tables and must keep creating exactly those.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import BigInteger, Column, Index, MetaData, Row, String, Table, Text, func, select
+from sqlalchemy.engine import Connection
+
+from collector.storage.agents import _agent
+from collector.storage.base import StoreBase
+from collector.storage.errors import NotFound
+from collector.storage.live import LiveRequestRecord, _rec, live_requests
+from collector.storage.schema import AgentRecord, agents, to_micros
+
+__all__ = ["HuntMethods", "HuntRecord", "create_hunt_tables", "hunt_metadata"]
+
+hunt_metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+hunts = Table(
+    "hunts",
+    hunt_metadata,
+    Column("hunt_id", String(32), primary_key=True),
+    Column("case_id", String(200), nullable=False),
+    Column("created_by", String(32), nullable=False),  # engineer token id
+    Column("created_label", Text, nullable=False),
+    Column("selector", Text, nullable=False),  # "role=web,site=paris host=web-*", as shown
+    Column("scopes", Text, nullable=False),  # comma-separated
+    Column("reason", Text, nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+    Column("expires_at", BigInteger, nullable=False),
+    Index(None, "created_by", "created_at"),
+)
+
+hunt_requests = Table(
+    "hunt_requests",
+    hunt_metadata,
+    Column("hunt_id", String(32), primary_key=True),
+    Column("request_id", String(32), primary_key=True),
+)
+
+agent_labels = Table(
+    "agent_labels",
+    hunt_metadata,
+    Column("agent_id", String(32), primary_key=True),
+    Column("key", String(63), primary_key=True),
+    Column("value", Text, nullable=False),
+    Index(None, "key", "value"),
+)
+
+
+def create_hunt_tables(conn: Connection) -> None:
+    """Migration step: hunts, their requests, agent labels."""
+    hunt_metadata.create_all(conn)
+
+
+@dataclass(frozen=True)
+class HuntRecord:
+    hunt_id: str
+    case_id: str
+    created_by: str
+    created_label: str
+    selector: str
+    scopes: tuple[str, ...]
+    reason: str
+    created_at_us: int
+    expires_at_us: int
+
+
+def _hunt(row: Row[Any]) -> HuntRecord:
+    m = row._mapping
+    return HuntRecord(
+        hunt_id=m["hunt_id"],
+        case_id=m["case_id"],
+        created_by=m["created_by"],
+        created_label=m["created_label"],
+        selector=m["selector"],
+        scopes=tuple(s for s in str(m["scopes"]).split(",") if s),
+        reason=m["reason"],
+        created_at_us=m["created_at"],
+        expires_at_us=m["expires_at"],
+    )
+
+
+class HuntMethods(StoreBase):
+    """Labels per agent; hunts and the live requests they made."""
+
+    def set_agent_labels(self, agent_id: str, labels: dict[str, str]) -> None:
+        """Replace the agent's labels (enrolling again states them anew)."""
+        with self._write() as conn:
+            conn.execute(agent_labels.delete().where(agent_labels.c.agent_id == agent_id))
+            if labels:
+                conn.execute(
+                    agent_labels.insert(), [{"agent_id": agent_id, "key": k, "value": v} for k, v in labels.items()]
+                )
+
+    def agent_labels(self, agent_ids: list[str]) -> dict[str, dict[str, str]]:
+        out: dict[str, dict[str, str]] = {a: {} for a in agent_ids}
+        if not agent_ids:
+            return out
+        c = agent_labels.c
+        with self._read() as conn:
+            for row in conn.execute(select(c.agent_id, c.key, c.value).where(c.agent_id.in_(agent_ids))):
+                out[row.agent_id][row.key] = row.value
+        return out
+
+    def enrolled_agents_with(self, labels: dict[str, str], limit: int) -> list[AgentRecord]:
+        """Enrolled agents (no case-token identities) carrying every label, by id; at most ``limit``."""
+        query = select(agents).where(agents.c.case_id.is_(None)).order_by(agents.c.id).limit(limit)
+        c = agent_labels.c
+        for key, value in labels.items():
+            query = query.where(agents.c.id.in_(select(c.agent_id).where(c.key == key, c.value == value)))
+        with self._read() as conn:
+            return [_agent(r) for r in conn.execute(query)]
+
+    def create_hunt(
+        self,
+        *,
+        case_id: str,
+        created_by: str,
+        created_label: str,
+        selector: str,
+        scopes: tuple[str, ...],
+        reason: str,
+        expires_at: datetime,
+    ) -> HuntRecord:
+        values = {
+            "hunt_id": "hu_" + secrets.token_hex(12),
+            "case_id": case_id,
+            "created_by": created_by[:32],
+            "created_label": created_label,
+            "selector": selector,
+            "scopes": ",".join(scopes),
+            "reason": reason,
+            "created_at": self._now(),
+            "expires_at": to_micros(expires_at),
+        }
+        with self._write() as conn:
+            row = conn.execute(hunts.insert().values(values).returning(*hunts.c)).one()
+        return _hunt(row)
+
+    def add_hunt_request(self, hunt_id: str, request_id: str) -> None:
+        with self._write() as conn:
+            conn.execute(hunt_requests.insert().values(hunt_id=hunt_id, request_id=request_id))
+
+    def get_hunt(self, hunt_id: str) -> HuntRecord:
+        with self._read() as conn:
+            row = conn.execute(select(hunts).where(hunts.c.hunt_id == hunt_id)).first()
+        if row is None:
+            raise NotFound(f"hunt {hunt_id!r} not found", what="hunt", key=hunt_id)
+        return _hunt(row)
+
+    def hunt_live_requests(self, hunt_id: str) -> list[LiveRequestRecord]:
+        """The hunt's live requests, by host name then agent id."""
+        lr = live_requests.c
+        query = (
+            select(live_requests)
+            .join(hunt_requests, hunt_requests.c.request_id == lr.request_id)
+            .where(hunt_requests.c.hunt_id == hunt_id)
+            .order_by(lr.hostname, lr.agent_id)
+        )
+        with self._read() as conn:
+            return [_rec(r) for r in conn.execute(query)]
+
+    def hunts_created_since(self, created_by: str, since_us: int) -> int:
+        c = hunts.c
+        query = select(func.count()).select_from(hunts).where(c.created_by == created_by[:32], c.created_at >= since_us)
+        with self._read() as conn:
+            return int(conn.execute(query).scalar_one())
