@@ -20,6 +20,7 @@ from typing import Any
 import grpc
 import pytest
 
+from agent.errors import EnrollmentError
 from agent.state import AgentHome, Enrollment
 from agent.transport import enroll
 from collector.hunts import HUNTS_PER_HOUR
@@ -207,3 +208,18 @@ def test_labels_at_enroll_via_the_agent_cli(fleet: Fleet, tmp_path: Path) -> Non
     agent_id = AgentHome(tmp_path / "h").enrollment().agent_id  # type: ignore[union-attr]
     with c.store() as store:
         assert store.agent_labels([agent_id]) == {agent_id: {"role": "cli", "site": "nice"}}
+
+
+def test_the_collector_checks_labels_again_and_spends_no_token_on_bad_ones(fleet: Fleet, tmp_path: Path) -> None:
+    """A modified agent can send anything: the collector refuses, the token stays usable."""
+    c = fleet.collector
+    with c.store() as store:
+        token, _ = store.create_token("enroll", label="test", ttl=dt.timedelta(hours=1), max_uses=1)
+    key = AgentHome(tmp_path / "raw").key()
+    with c.channel() as ch:
+        with pytest.raises(EnrollmentError) as info:
+            enroll(ch, token=token, key=key, hostname="web-x", agent_version="t", labels=("role=web\x1b]0;x\x07",))
+        assert "INVALID_ARGUMENT" in str(info.value) and "U+001B" in str(info.value)
+        resp = enroll(ch, token=token, key=key, hostname="web-x", agent_version="t", labels=("role=web",))
+    with c.store() as store:
+        assert store.agent_labels([resp.agent_id]) == {resp.agent_id: {"role": "web"}}
