@@ -117,42 +117,32 @@ async def create_hunt(
     expires = now + dt.timedelta(seconds=spec.expires_s or DEFAULT_EXPIRES_S)
     label = clean_text(token.label or token.id, 200)
     reason = clean_text(f"[{spec.case_id}] {spec.reason}".rstrip(), 500)
-    hunt = await asyncio.to_thread(
+    hunt, recs = await asyncio.to_thread(
         lambda: store.create_hunt(
             case_id=spec.case_id,
             created_by=token.id,
             created_label=label,
             selector=selector,
             scopes=scopes,
+            since_s=int(spec.since_seconds),
             reason=reason,
             expires_at=expires,
+            # What each agent shows its owner: cleaned as RequestSnapshot's (agent.untrusted).
+            agents=[(a.id, clean_text(a.hostname, 255)) for a in agents],
         )
     )
-    for agent in agents:
-        rec = await asyncio.to_thread(
-            lambda agent=agent: store.create_live_request(  # type: ignore[misc]
-                agent_id=agent.id,
-                hostname=clean_text(agent.hostname, 255),
-                requested_by=token.id,
-                requested_label=label,
-                scopes=scopes,
-                since_s=int(spec.since_seconds),
-                reason=reason,
-                expires_at=expires,
-            )
-        )
-        await asyncio.to_thread(store.add_hunt_request, hunt.hunt_id, rec.request_id)
-        online = await router.is_online(agent.id)
+    for rec in recs:
+        online = await router.is_online(rec.agent_id)
         await asyncio.to_thread(
-            lambda agent=agent, rec=rec, online=online: store.audit(  # type: ignore[misc]
+            lambda rec=rec, online=online: store.audit(  # type: ignore[misc]
                 actor=token.id,
                 actor_label=token.label,
                 role=token.role or "",
                 action="hunt.request",
-                target=agent.id,
+                target=rec.agent_id,
                 peer=peer,
                 outcome="ok",
-                detail=f"hunt {hunt.hunt_id} request {rec.request_id} {agent.hostname} "
+                detail=f"hunt {hunt.hunt_id} request {rec.request_id} {rec.hostname} "
                 + ("delivered" if online else "queued (offline)"),
             )
         )

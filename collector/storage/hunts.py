@@ -14,13 +14,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, Column, Index, MetaData, Row, String, Table, Text, func, select
+from sqlalchemy import BigInteger, Column, Index, MetaData, Row, String, Table, Text, func, select, text
 from sqlalchemy.engine import Connection
 
 from collector.storage.agents import _agent
 from collector.storage.base import StoreBase
-from collector.storage.errors import NotFound
-from collector.storage.live import LiveRequestRecord, _rec, live_requests
+from collector.storage.errors import InvalidArgument, NotFound
+from collector.storage.live import LIVE_CHANNEL, LiveRequestRecord, _rec, live_requests
 from collector.storage.schema import AgentRecord, agents, to_micros
 
 __all__ = ["HuntMethods", "HuntRecord", "create_hunt_tables", "hunt_metadata"]
@@ -136,10 +136,22 @@ class HuntMethods(StoreBase):
         created_label: str,
         selector: str,
         scopes: tuple[str, ...],
+        since_s: int,
         reason: str,
         expires_at: datetime,
-    ) -> HuntRecord:
-        values = {
+        agents: list[tuple[str, str]],
+    ) -> tuple[HuntRecord, list[LiveRequestRecord]]:
+        """The hunt and one queued live request per ``(agent id, hostname)``, in one transaction.
+
+        The request rows are the ones ``create_live_request`` writes (same columns, same
+        ``queued`` start, same NOTIFY on PostgreSQL so the replica holding an agent's
+        stream delivers it); a crash half-way leaves no hunt with some of its hosts.
+        """
+        if any("," in s or not s for s in scopes):
+            raise InvalidArgument(f"scopes {scopes!r}: names must be non-empty and without commas")
+        now = self._now()
+        expires_us = to_micros(expires_at)
+        hunt_values = {
             "hunt_id": "hu_" + secrets.token_hex(12),
             "case_id": case_id,
             "created_by": created_by[:32],
@@ -147,16 +159,50 @@ class HuntMethods(StoreBase):
             "selector": selector,
             "scopes": ",".join(scopes),
             "reason": reason,
-            "created_at": self._now(),
-            "expires_at": to_micros(expires_at),
+            "created_at": now,
+            "expires_at": expires_us,
         }
+        ids = [secrets.token_hex(16) for _ in agents]
+        rows: list[dict[str, Any]] = [
+            {
+                "request_id": rid,
+                "agent_id": agent_id,
+                "hostname": hostname,
+                "requested_by": created_by[:32],
+                "requested_label": created_label,
+                "scopes": ",".join(scopes),
+                "since_s": since_s,
+                "reason": reason,
+                "state": "queued",
+                "detail": "",
+                "bundle_id": None,
+                "created_at": now,
+                "expires_at": expires_us,
+                "updated_at": now,
+            }
+            for rid, (agent_id, hostname) in zip(ids, agents, strict=True)
+        ]
         with self._write() as conn:
-            row = conn.execute(hunts.insert().values(values).returning(*hunts.c)).one()
-        return _hunt(row)
+            hunt = conn.execute(hunts.insert().values(hunt_values).returning(*hunts.c)).one()
+            if rows:
+                conn.execute(live_requests.insert(), rows)
+                conn.execute(
+                    hunt_requests.insert(),
+                    [{"hunt_id": hunt_values["hunt_id"], "request_id": r["request_id"]} for r in rows],
+                )
+            if self._pg:
+                # As LiveMethods._notify_live: delivered on commit, one per request.
+                for r in rows:
+                    conn.execute(text("SELECT pg_notify(:ch, :rid)"), {"ch": LIVE_CHANNEL, "rid": r["request_id"]})
+        return _hunt(hunt), self.hunt_requests_in_order(ids)
 
-    def add_hunt_request(self, hunt_id: str, request_id: str) -> None:
-        with self._write() as conn:
-            conn.execute(hunt_requests.insert().values(hunt_id=hunt_id, request_id=request_id))
+    def hunt_requests_in_order(self, request_ids: list[str]) -> list[LiveRequestRecord]:
+        if not request_ids:
+            return []
+        with self._read() as conn:
+            query = select(live_requests).where(live_requests.c.request_id.in_(request_ids))
+            found = {r.request_id: r for r in map(_rec, conn.execute(query))}
+        return [found[i] for i in request_ids]
 
     def get_hunt(self, hunt_id: str) -> HuntRecord:
         with self._read() as conn:
