@@ -57,6 +57,7 @@ bench: $(VENV)/.installed-dev
 	$(BIN)/python benchmarks/bench_ingest.py
 	$(BIN)/python benchmarks/bench_query.py --rows 100000
 	$(BIN)/python benchmarks/bench_live.py --agents 1000 --snapshots 30
+	$(BIN)/python benchmarks/bench_hunt.py --agents 200 --runs 3
 	$(BIN)/python benchmarks/bench_agent_idle.py --seconds 600
 	$(BIN)/python benchmarks/bench_channels.py --agents 10000
 

@@ -596,14 +596,32 @@ def agent_enroll(
     ca_file: CaFileOpt = None,
     insecure: InsecureOpt = False,
     home: HomeOpt = None,
+    label: Annotated[
+        list[str] | None,
+        typer.Option("--label", help="key=value that selects this agent for hunts (role=web); repeatable."),
+    ] = None,
 ) -> None:
-    """Enroll this machine: its key is registered with the collector, the pin remembered."""
+    """Enroll this machine: its key is registered with the collector, the pin remembered.
+
+    Labels are stated at each enroll: enrolling again replaces them."""
+    from agent.labels import parse_labels
     from agent.transport import enroll
 
+    try:
+        parse_labels(label or [])
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--label") from None
     state = AgentHome(home)
     key = state.key()
     with _channel(collector, ca_fingerprint, ca_file, insecure) as channel:
-        resp = enroll(channel, token=token, key=key, hostname=socket.gethostname(), agent_version=__version__)
+        resp = enroll(
+            channel,
+            token=token,
+            key=key,
+            hostname=socket.gethostname(),
+            agent_version=__version__,
+            labels=tuple(label or ()),
+        )
     state.save_enrollment(
         Enrollment(
             agent_id=resp.agent_id,

@@ -941,6 +941,11 @@ def rpc_error_message(exc: grpc.RpcError) -> tuple[int, str]:
 # The fleet commands (query, reanalyze) register themselves on ``app``.
 import collector.cli_fleet  # noqa: E402, F401
 
+# Registered last: the hunt commands reuse this module's options and helpers.
+from collector.cli_hunt import hunt_app  # noqa: E402
+
+app.add_typer(hunt_app, name="hunt")
+
 
 def main() -> None:
     # grpc core's own log lines (a failed TLS handshake) would bury the one line printed

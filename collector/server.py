@@ -27,6 +27,7 @@ from collector.live import LiveRouter, make_router
 from collector.metrics import CollectorMetrics, MetricsEndpoint
 from collector.services import EnrollService, IngestLimits, IngestService, QueryService
 from collector.services.channel import ChannelService
+from collector.services.hunt_service import HuntService
 from collector.storage import BlobStore, BundleRecord, Store, open_blob_backend
 from collector.tls import TlsMaterial, ensure_self_signed, load_tls_files
 from protos import collector_pb2, collector_pb2_grpc
@@ -145,6 +146,7 @@ class CollectorServer:
         self._ingest.after_receipt = lambda rec: self.analysis.submit(rec.bundle_id)
         collector_pb2_grpc.add_IngestServicer_to_server(self._ingest, server)
         collector_pb2_grpc.add_QueryServicer_to_server(QueryService(self.store, self.blobs, self.router), server)
+        collector_pb2_grpc.add_HuntServicer_to_server(HuntService(self.store, self.blobs, self.router), server)
         self._channel = ChannelService(self.store, self.router)
         collector_pb2_grpc.add_ChannelServicer_to_server(self._channel, server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)

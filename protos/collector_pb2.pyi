@@ -11,16 +11,18 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class EnrollRequest(_message.Message):
-    __slots__ = ("token", "public_key", "hostname", "agent_version")
+    __slots__ = ("token", "public_key", "hostname", "agent_version", "labels")
     TOKEN_FIELD_NUMBER: _ClassVar[int]
     PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
     HOSTNAME_FIELD_NUMBER: _ClassVar[int]
     AGENT_VERSION_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
     token: str
     public_key: bytes
     hostname: str
     agent_version: str
-    def __init__(self, token: _Optional[str] = ..., public_key: _Optional[bytes] = ..., hostname: _Optional[str] = ..., agent_version: _Optional[str] = ...) -> None: ...
+    labels: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, token: _Optional[str] = ..., public_key: _Optional[bytes] = ..., hostname: _Optional[str] = ..., agent_version: _Optional[str] = ..., labels: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class EnrollResponse(_message.Message):
     __slots__ = ("agent_id", "key_fingerprint")
@@ -583,3 +585,84 @@ class QueryMetricsResponse(_message.Message):
     ROWS_FIELD_NUMBER: _ClassVar[int]
     rows: _containers.RepeatedCompositeFieldContainer[MetricRow]
     def __init__(self, rows: _Optional[_Iterable[_Union[MetricRow, _Mapping]]] = ...) -> None: ...
+
+class HuntSpec(_message.Message):
+    __slots__ = ("labels", "host_pattern", "case_id", "scopes", "reason", "expires_s", "since_seconds")
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    HOST_PATTERN_FIELD_NUMBER: _ClassVar[int]
+    CASE_ID_FIELD_NUMBER: _ClassVar[int]
+    SCOPES_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_S_FIELD_NUMBER: _ClassVar[int]
+    SINCE_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    labels: _containers.RepeatedScalarFieldContainer[str]
+    host_pattern: str
+    case_id: str
+    scopes: _containers.RepeatedScalarFieldContainer[str]
+    reason: str
+    expires_s: int
+    since_seconds: int
+    def __init__(self, labels: _Optional[_Iterable[str]] = ..., host_pattern: _Optional[str] = ..., case_id: _Optional[str] = ..., scopes: _Optional[_Iterable[str]] = ..., reason: _Optional[str] = ..., expires_s: _Optional[int] = ..., since_seconds: _Optional[int] = ...) -> None: ...
+
+class HuntRef(_message.Message):
+    __slots__ = ("hunt_id",)
+    HUNT_ID_FIELD_NUMBER: _ClassVar[int]
+    hunt_id: str
+    def __init__(self, hunt_id: _Optional[str] = ...) -> None: ...
+
+class HuntHost(_message.Message):
+    __slots__ = ("agent_id", "hostname", "request_id", "state", "detail", "bundle_id", "updated_at")
+    AGENT_ID_FIELD_NUMBER: _ClassVar[int]
+    HOSTNAME_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    BUNDLE_ID_FIELD_NUMBER: _ClassVar[int]
+    UPDATED_AT_FIELD_NUMBER: _ClassVar[int]
+    agent_id: str
+    hostname: str
+    request_id: str
+    state: str
+    detail: str
+    bundle_id: str
+    updated_at: _timestamp_pb2.Timestamp
+    def __init__(self, agent_id: _Optional[str] = ..., hostname: _Optional[str] = ..., request_id: _Optional[str] = ..., state: _Optional[str] = ..., detail: _Optional[str] = ..., bundle_id: _Optional[str] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class HuntStatus(_message.Message):
+    __slots__ = ("hunt_id", "case_id", "created_by", "created_at", "expires_at", "scopes", "selector", "reason", "hosts", "counts")
+    class CountsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    HUNT_ID_FIELD_NUMBER: _ClassVar[int]
+    CASE_ID_FIELD_NUMBER: _ClassVar[int]
+    CREATED_BY_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    SCOPES_FIELD_NUMBER: _ClassVar[int]
+    SELECTOR_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    HOSTS_FIELD_NUMBER: _ClassVar[int]
+    COUNTS_FIELD_NUMBER: _ClassVar[int]
+    hunt_id: str
+    case_id: str
+    created_by: str
+    created_at: _timestamp_pb2.Timestamp
+    expires_at: _timestamp_pb2.Timestamp
+    scopes: _containers.RepeatedScalarFieldContainer[str]
+    selector: str
+    reason: str
+    hosts: _containers.RepeatedCompositeFieldContainer[HuntHost]
+    counts: _containers.ScalarMap[str, int]
+    def __init__(self, hunt_id: _Optional[str] = ..., case_id: _Optional[str] = ..., created_by: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., scopes: _Optional[_Iterable[str]] = ..., selector: _Optional[str] = ..., reason: _Optional[str] = ..., hosts: _Optional[_Iterable[_Union[HuntHost, _Mapping]]] = ..., counts: _Optional[_Mapping[str, int]] = ...) -> None: ...
+
+class HuntResults(_message.Message):
+    __slots__ = ("status", "json")
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    JSON_FIELD_NUMBER: _ClassVar[int]
+    status: HuntStatus
+    json: str
+    def __init__(self, status: _Optional[_Union[HuntStatus, _Mapping]] = ..., json: _Optional[str] = ...) -> None: ...

@@ -911,3 +911,176 @@ class Channel:
             timeout,
             metadata,
             _registered_method=True)
+
+
+class HuntStub:
+    """---------------------------------------------------------------- hunts (fleet requests)
+    One request for many agents: a hunt row plus one live request per selected agent,
+    created like RequestSnapshot's (each agent's policy decides; an offline agent gets its
+    request when it reconnects, until the hunt expires). Engineer role; audited as
+    "hunt.create" plus one "hunt.request" row per host.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.CreateHunt = channel.unary_unary(
+                '/casefile.v1.Hunt/CreateHunt',
+                request_serializer=protos_dot_collector__pb2.HuntSpec.SerializeToString,
+                response_deserializer=protos_dot_collector__pb2.HuntStatus.FromString,
+                _registered_method=True)
+        self.GetHuntStatus = channel.unary_unary(
+                '/casefile.v1.Hunt/GetHuntStatus',
+                request_serializer=protos_dot_collector__pb2.HuntRef.SerializeToString,
+                response_deserializer=protos_dot_collector__pb2.HuntStatus.FromString,
+                _registered_method=True)
+        self.GetHuntResults = channel.unary_unary(
+                '/casefile.v1.Hunt/GetHuntResults',
+                request_serializer=protos_dot_collector__pb2.HuntRef.SerializeToString,
+                response_deserializer=protos_dot_collector__pb2.HuntResults.FromString,
+                _registered_method=True)
+
+
+class HuntServicer:
+    """---------------------------------------------------------------- hunts (fleet requests)
+    One request for many agents: a hunt row plus one live request per selected agent,
+    created like RequestSnapshot's (each agent's policy decides; an offline agent gets its
+    request when it reconnects, until the hunt expires). Engineer role; audited as
+    "hunt.create" plus one "hunt.request" row per host.
+    """
+
+    def CreateHunt(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetHuntStatus(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetHuntResults(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_HuntServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'CreateHunt': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateHunt,
+                    request_deserializer=protos_dot_collector__pb2.HuntSpec.FromString,
+                    response_serializer=protos_dot_collector__pb2.HuntStatus.SerializeToString,
+            ),
+            'GetHuntStatus': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetHuntStatus,
+                    request_deserializer=protos_dot_collector__pb2.HuntRef.FromString,
+                    response_serializer=protos_dot_collector__pb2.HuntStatus.SerializeToString,
+            ),
+            'GetHuntResults': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetHuntResults,
+                    request_deserializer=protos_dot_collector__pb2.HuntRef.FromString,
+                    response_serializer=protos_dot_collector__pb2.HuntResults.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'casefile.v1.Hunt', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('casefile.v1.Hunt', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class Hunt:
+    """---------------------------------------------------------------- hunts (fleet requests)
+    One request for many agents: a hunt row plus one live request per selected agent,
+    created like RequestSnapshot's (each agent's policy decides; an offline agent gets its
+    request when it reconnects, until the hunt expires). Engineer role; audited as
+    "hunt.create" plus one "hunt.request" row per host.
+    """
+
+    @staticmethod
+    def CreateHunt(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/casefile.v1.Hunt/CreateHunt',
+            protos_dot_collector__pb2.HuntSpec.SerializeToString,
+            protos_dot_collector__pb2.HuntStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetHuntStatus(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/casefile.v1.Hunt/GetHuntStatus',
+            protos_dot_collector__pb2.HuntRef.SerializeToString,
+            protos_dot_collector__pb2.HuntStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetHuntResults(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/casefile.v1.Hunt/GetHuntResults',
+            protos_dot_collector__pb2.HuntRef.SerializeToString,
+            protos_dot_collector__pb2.HuntResults.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)

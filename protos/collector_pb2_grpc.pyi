@@ -317,3 +317,64 @@ class ChannelServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_abc.Iterator[_collector_pb2.CollectorMessage], _abc.AsyncIterator[_collector_pb2.CollectorMessage]]: ...
 
 def add_ChannelServicer_to_server(servicer: ChannelServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
+
+class HuntStub:
+    """---------------------------------------------------------------- hunts (fleet requests)
+    One request for many agents: a hunt row plus one live request per selected agent,
+    created like RequestSnapshot's (each agent's policy decides; an offline agent gets its
+    request when it reconnects, until the hunt expires). Engineer role; audited as
+    "hunt.create" plus one "hunt.request" row per host.
+    """
+
+    @_typing.overload
+    def __new__(cls, channel: _grpc.Channel) -> _Self: ...
+    @_typing.overload
+    def __new__(cls, channel: _aio.Channel) -> HuntAsyncStub: ...
+    CreateHunt: _grpc.UnaryUnaryMultiCallable[_collector_pb2.HuntSpec, _collector_pb2.HuntStatus]
+    GetHuntStatus: _grpc.UnaryUnaryMultiCallable[_collector_pb2.HuntRef, _collector_pb2.HuntStatus]
+    GetHuntResults: _grpc.UnaryUnaryMultiCallable[_collector_pb2.HuntRef, _collector_pb2.HuntResults]
+
+@_typing.type_check_only
+class HuntAsyncStub(HuntStub):
+    """---------------------------------------------------------------- hunts (fleet requests)
+    One request for many agents: a hunt row plus one live request per selected agent,
+    created like RequestSnapshot's (each agent's policy decides; an offline agent gets its
+    request when it reconnects, until the hunt expires). Engineer role; audited as
+    "hunt.create" plus one "hunt.request" row per host.
+    """
+
+    def __init__(self, channel: _aio.Channel) -> None: ...
+    CreateHunt: _aio.UnaryUnaryMultiCallable[_collector_pb2.HuntSpec, _collector_pb2.HuntStatus]  # type: ignore[assignment]
+    GetHuntStatus: _aio.UnaryUnaryMultiCallable[_collector_pb2.HuntRef, _collector_pb2.HuntStatus]  # type: ignore[assignment]
+    GetHuntResults: _aio.UnaryUnaryMultiCallable[_collector_pb2.HuntRef, _collector_pb2.HuntResults]  # type: ignore[assignment]
+
+class HuntServicer(metaclass=_abc_1.ABCMeta):
+    """---------------------------------------------------------------- hunts (fleet requests)
+    One request for many agents: a hunt row plus one live request per selected agent,
+    created like RequestSnapshot's (each agent's policy decides; an offline agent gets its
+    request when it reconnects, until the hunt expires). Engineer role; audited as
+    "hunt.create" plus one "hunt.request" row per host.
+    """
+
+    @_abc_1.abstractmethod
+    def CreateHunt(
+        self,
+        request: _collector_pb2.HuntSpec,
+        context: _ServicerContext,
+    ) -> _typing.Union[_collector_pb2.HuntStatus, _abc.Awaitable[_collector_pb2.HuntStatus]]: ...
+
+    @_abc_1.abstractmethod
+    def GetHuntStatus(
+        self,
+        request: _collector_pb2.HuntRef,
+        context: _ServicerContext,
+    ) -> _typing.Union[_collector_pb2.HuntStatus, _abc.Awaitable[_collector_pb2.HuntStatus]]: ...
+
+    @_abc_1.abstractmethod
+    def GetHuntResults(
+        self,
+        request: _collector_pb2.HuntRef,
+        context: _ServicerContext,
+    ) -> _typing.Union[_collector_pb2.HuntResults, _abc.Awaitable[_collector_pb2.HuntResults]]: ...
+
+def add_HuntServicer_to_server(servicer: HuntServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -51,13 +51,23 @@ def _fail(cls: type[UploadError] | type[EnrollmentError], what: str, err: grpc.R
 
 
 def enroll(
-    channel: grpc.Channel, *, token: str, key: SigningKey, hostname: str, agent_version: str
+    channel: grpc.Channel,
+    *,
+    token: str,
+    key: SigningKey,
+    hostname: str,
+    agent_version: str,
+    labels: tuple[str, ...] = (),
 ) -> collector_pb2.EnrollResponse:
     stub = collector_pb2_grpc.EnrollStub(channel)
     try:
         resp: collector_pb2.EnrollResponse = stub.Enroll(
             collector_pb2.EnrollRequest(
-                token=token, public_key=key.public.raw, hostname=hostname, agent_version=agent_version
+                token=token,
+                public_key=key.public.raw,
+                hostname=hostname,
+                agent_version=agent_version,
+                labels=list(labels),
             ),
             timeout=30,
         )

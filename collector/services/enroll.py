@@ -9,6 +9,7 @@ import grpc
 
 from agent.identity_text import check_identity_text
 from agent.keys import PublicKey
+from agent.labels import parse_labels
 from collector.edge import Rejected, unary
 from collector.storage import Store
 from collector.storage.errors import Conflict, NotFound
@@ -38,6 +39,7 @@ class EnrollService(collector_pb2_grpc.EnrollServicer):
         # and stored in PostgreSQL (no NUL), so it is refused rather than cut or cleaned.
         try:
             hostname = check_identity_text("hostname", request.hostname)
+            labels = parse_labels(list(request.labels))
         except ValueError as exc:
             raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, f"enroll refused: {exc}") from None
         token = await asyncio.to_thread(self._store.authenticate, request.token, {"enroll"})
@@ -62,6 +64,8 @@ class EnrollService(collector_pb2_grpc.EnrollServicer):
             token.id,
             None,
         )
+        await asyncio.to_thread(self._store.set_agent_labels, agent.id, labels)
+        shown = "".join(f" {k}={v}" for k, v in sorted(labels.items()))
         await asyncio.to_thread(
             self._store.audit,
             actor=token.id,
@@ -71,6 +75,6 @@ class EnrollService(collector_pb2_grpc.EnrollServicer):
             target=agent.id,
             peer=context.peer() or "",
             outcome="ok",
-            detail=f"{hostname} {key.fingerprint}",
+            detail=f"{hostname} {key.fingerprint}{shown}",
         )
         return collector_pb2.EnrollResponse(agent_id=agent.id, key_fingerprint=key.fingerprint)

@@ -30,6 +30,7 @@ from collector.storage.cursors import (
 )
 from collector.storage.errors import Conflict, InvalidArgument, NotFound, StoreError
 from collector.storage.findings import FindingsMethods
+from collector.storage.hunts import HuntMethods
 from collector.storage.live import LiveMethods
 from collector.storage.migrations import migrate
 from collector.storage.refusals import RefusalMethods
@@ -76,7 +77,15 @@ def _bundle(m: Mapping[Any, Any]) -> BundleRecord:
 
 
 class Store(
-    TokenMethods, AgentMethods, CaseMethods, AuditMethods, LiveMethods, StatsMethods, RefusalMethods, FindingsMethods
+    TokenMethods,
+    AgentMethods,
+    CaseMethods,
+    AuditMethods,
+    LiveMethods,
+    StatsMethods,
+    RefusalMethods,
+    FindingsMethods,
+    HuntMethods,
 ):
     """Metadata for the collector. Open with ``Store.open(url)``; close when done."""
 

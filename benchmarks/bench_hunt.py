@@ -1,0 +1,291 @@
+"""A hunt over N connected agents: time until every bundle is stored, and Query meanwhile.
+
+A real collector process (TLS, SQLite) on loopback; ``--agents`` N simulated agents in
+this process, labelled ``role=web``, speaking the real Channel protocol (hello, signed
+challenge). Each answers the ``SnapshotRequest`` a hunt sends it the way a real agent's
+worker does after collecting: it writes a real signed live bundle naming the request
+(facts with CPU, memory, load, swap and one filesystem; one host in fifty busy, so the
+comparison has something to find) and uploads it through Ingest (``upload_bundle``, the
+agent's own client) from a pool of ``--uploaders`` threads. There is no collection: the
+figure is the collector's side — fan-out, N uploads verified and stored, ``done`` for
+each — not how long a machine takes to gather facts (bench_live's ``collect`` column).
+
+Per run: one ``CreateHunt`` (a fresh token each run, so the hourly limit never bites);
+the time from the call to the last request ``done`` (read from the store); a Query
+client calling ``ListHosts`` back to back the whole time, whose p99 is compared with
+the same loop run for as long with the N agents connected and idle (the baseline, same
+process, same run). Then ``GetHuntResults`` once, timed.
+
+    .venv/bin/python benchmarks/bench_hunt.py --agents 200 --runs 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import json
+import random
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from agent.bundle import BundleMeta, BundleWriter, new_bundle_id
+from agent.daemon import channel_message
+from agent.keys import SigningKey, fingerprint_of
+from agent.transport import open_channel, parse_address
+from agent.transport.client import UploadTarget, upload_bundle
+from agent.transport.connect import PINNED_TARGET_NAME, fetch_certificate
+from collector.storage import Store
+from protos import collector_pb2, collector_pb2_grpc, facts_pb2
+
+BIN = Path(sys.executable).parent
+AGENTS_PER_CONNECTION = 50
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait(check: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.05)
+    raise SystemExit(f"timed out: {what}")
+
+
+def _bundle(out: Path, key: SigningKey, agent_id: str, hostname: str, request_id: str, busy: bool) -> Any:
+    """A real signed live bundle answering ``request_id``, as a worker would upload it."""
+    now = dt.datetime.now(dt.UTC)
+    snap = facts_pb2.Snapshot(agent_id=agent_id, kind="live", request_id=request_id, agent_version="bench")
+    snap.collected_at.FromDatetime(now)
+    snap.host.hostname = hostname
+    snap.host.os = "Linux"
+    snap.cpu.logical_count = 4
+    snap.cpu.total_percent = 97.0 if busy else random.uniform(5, 25)
+    snap.cpu.load1 = 7.5 if busy else random.uniform(0.2, 1.0)
+    snap.memory.total = 8 << 30
+    snap.memory.percent = random.uniform(40, 60)
+    snap.memory.swap_total = 2 << 30
+    snap.memory.swap_percent = random.uniform(0, 5)
+    snap.disks.partitions.add(mountpoint="/", total=100 << 30, percent=random.uniform(30, 60))
+    meta = BundleMeta(
+        bundle_id=new_bundle_id(),
+        hostname=hostname,
+        created_at=now,
+        kind="live",
+        agent_id=agent_id,
+        agent_version="bench",
+        request_id=request_id,
+    )
+    snap.bundle_id = meta.bundle_id
+    out.mkdir(parents=True, exist_ok=True)
+    with BundleWriter(out, key=key, meta=meta) as w:
+        w.add_bytes("facts.pb", snap.SerializeToString(deterministic=True))
+        return w.finish(spec={"bench": True}, collectors=[], truncated=[], redaction=None)
+
+
+class Fleet:
+    """N simulated agents on one event loop; requests answered from a thread pool."""
+
+    def __init__(self, addr: str, fp: str, pem: bytes, agents: list[tuple[str, str, SigningKey]], tmp: Path,
+                 uploaders: int) -> None:
+        self.addr, self.fp, self.pem, self.agents, self.tmp = addr, fp, pem, agents, tmp
+        self.pool = ThreadPoolExecutor(uploaders)
+        self.ready = 0
+        self.answered = 0
+        self.errors: list[str] = []
+        self._local = threading.local()
+
+    def _channel(self) -> grpc.Channel:
+        ch = getattr(self._local, "ch", None)
+        if ch is None:
+            ch = self._local.ch = open_channel(parse_address(self.addr), ca_fingerprint=self.fp)
+        return ch
+
+    def _answer(self, agent_id: str, hostname: str, key: SigningKey, request_id: str, busy: bool) -> None:
+        try:
+            written = _bundle(self.tmp / "out" / agent_id, key, agent_id, hostname, request_id, busy)
+            target = UploadTarget(key=key, agent_id=agent_id)
+            upload_bundle(self._channel(), written.path, bundle_id=written.bundle_id, target=target)
+            written.path.unlink()
+            self.answered += 1
+        except Exception as exc:  # a benchmark reports, it does not hide
+            self.errors.append(f"{agent_id}: {exc!r}")
+            print(f"answer failed: {agent_id}: {exc!r}", file=sys.stderr, flush=True)
+
+    async def run(self) -> None:
+        creds = grpc.ssl_channel_credentials(root_certificates=self.pem)
+        loop = asyncio.get_running_loop()
+        channels = []
+
+        async def one(stub: Any, n: int, agent_id: str, hostname: str, key: SigningKey) -> None:
+            call: Any = stub.Connect()
+            await call.write(collector_pb2.AgentMessage(hello=collector_pb2.ChannelHello(agent_id=agent_id)))
+            challenge = await call.read()
+            sig = key.sign(channel_message(bytes(challenge.challenge.nonce), agent_id))
+            await call.write(
+                collector_pb2.AgentMessage(challenge_response=collector_pb2.ChallengeResponse(signature=sig))
+            )
+            accepted = await call.read()
+            assert accepted.WhichOneof("msg") == "accepted"
+            self.ready += 1
+            while True:
+                msg = await call.read()
+                if msg is grpc.aio.EOF:
+                    return
+                if msg.WhichOneof("msg") == "snapshot_request":
+                    rid = msg.snapshot_request.request_id
+                    loop.run_in_executor(self.pool, self._answer, agent_id, hostname, key, rid, n % 50 == 7)
+                elif msg.WhichOneof("msg") == "probe":
+                    answer = collector_pb2.ProbeAnswer(nonce=msg.probe.nonce)
+                    await call.write(collector_pb2.AgentMessage(probe_answer=answer))
+
+        tasks = []
+        for i in range(0, len(self.agents), AGENTS_PER_CONNECTION):
+            ch = grpc.aio.secure_channel(
+                self.addr, creds, options=[("grpc.ssl_target_name_override", PINNED_TARGET_NAME)]
+            )
+            channels.append(ch)
+            stub = collector_pb2_grpc.ChannelStub(ch)
+            for n, (a, h, k) in enumerate(self.agents[i : i + AGENTS_PER_CONNECTION], start=i):
+                tasks.append(asyncio.ensure_future(one(stub, n, a, h, k)))
+        try:
+            await asyncio.gather(*tasks)
+        finally:
+            for t in tasks:
+                t.cancel()
+            for ch in channels:
+                await ch.close()
+
+
+def _query_loop(addr: str, fp: str, token: str, stop: threading.Event, out: list[float]) -> None:
+    md = (("authorization", f"Bearer {token}"),)
+    with open_channel(parse_address(addr), ca_fingerprint=fp) as ch:
+        stub = collector_pb2_grpc.QueryStub(ch)
+        while not stop.is_set():
+            t = time.perf_counter()
+            stub.ListHosts(collector_pb2.ListHostsRequest(page_size=50), metadata=md, timeout=60)
+            out.append((time.perf_counter() - t) * 1000)
+            stop.wait(0.01)  # an engineer's client, not a flood: about 100 calls a second at most
+
+
+def _p99(xs: list[float]) -> float:
+    return statistics.quantiles(xs, n=100, method="inclusive")[98] if len(xs) >= 2 else xs[0]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--agents", type=int, default=200, help="connected simulated agents (at most 500, the hunt cap)")
+    ap.add_argument("--runs", type=int, default=3, help="hunts, one after another")
+    ap.add_argument("--uploaders", type=int, default=8, help="threads the simulated agents upload from")
+    args = ap.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="bench-hunt-"))
+    data = tmp / "data"
+    addr = f"127.0.0.1:{_free_port()}"
+    ready_file = tmp / "ready.json"
+    coll = subprocess.Popen(
+        [str(BIN / "casefile-collector"), "serve", "--address", addr, "--data-dir", str(data),
+         "--ready-file", str(ready_file)],
+        stdout=(tmp / "collector.log").open("w"),
+        stderr=subprocess.STDOUT,
+    )
+    sim_loop = asyncio.new_event_loop()
+    sim_task = None
+    try:
+        _wait(ready_file.exists, 60, "collector start")
+        fp = json.loads(ready_file.read_text())["fingerprint"]
+        store = Store.open(f"sqlite:///{data / 'casefile.db'}")
+        agents = []
+        for i in range(args.agents):
+            key = SigningKey.generate()
+            rec = store.create_agent(key.public.raw, fingerprint_of(key.public.raw), f"web-{i:04d}", None)
+            store.set_agent_labels(rec.id, {"role": "web"})
+            agents.append((rec.id, rec.hostname, key))
+        fleet = Fleet(addr, fp, fetch_certificate(parse_address(addr)), agents, tmp, args.uploaders)
+        threading.Thread(target=sim_loop.run_forever, daemon=True).start()
+        sim_task = asyncio.run_coroutine_threadsafe(fleet.run(), sim_loop)
+        _wait(lambda: fleet.ready >= len(agents), 600, f"{len(agents)} simulated agents connected")
+        eng, _ = store.create_token("engineer", role="engineer", label="bench-q", ttl=dt.timedelta(hours=2))
+        md = lambda tok: (("authorization", f"Bearer {tok}"),)  # noqa: E731
+        done_s, results_ms, during, baseline = [], [], [], []
+        with open_channel(parse_address(addr), ca_fingerprint=fp) as ch:
+            hunt_stub = collector_pb2_grpc.HuntStub(ch)
+            for run in range(args.runs):
+                hunter, _ = store.create_token("engineer", role="engineer", label=f"bench-{run}",
+                                               ttl=dt.timedelta(hours=2))
+                stop, lat = threading.Event(), []
+                q = threading.Thread(target=_query_loop, args=(addr, fp, eng, stop, lat))
+                before = fleet.answered
+                t0 = time.perf_counter()
+                q.start()
+                status = hunt_stub.CreateHunt(
+                    collector_pb2.HuntSpec(labels=["role=web"], case_id=f"SR-{run}", reason="bench"),
+                    metadata=md(hunter), timeout=600,
+                )
+
+                def finished(hunt_id: str = status.hunt_id) -> bool:
+                    return all(r.state == "done" for r in store.hunt_live_requests(hunt_id))
+
+                _wait(finished, 900, f"hunt {status.hunt_id} all done")
+                took = time.perf_counter() - t0
+                stop.set()
+                q.join()
+                done_s.append(took)
+                during += lat
+                assert fleet.answered - before == len(agents), (fleet.answered, before, fleet.errors[:3])
+                # Baseline: the same Query loop as long, the agents connected and idle.
+                stop, base = threading.Event(), []
+                q = threading.Thread(target=_query_loop, args=(addr, fp, eng, stop, base))
+                q.start()
+                time.sleep(took)
+                stop.set()
+                q.join()
+                baseline += base
+                t = time.perf_counter()
+                res = hunt_stub.GetHuntResults(collector_pb2.HuntRef(hunt_id=status.hunt_id), metadata=md(hunter),
+                                               timeout=600)
+                results_ms.append((time.perf_counter() - t) * 1000)
+                doc = json.loads(res.json)
+                cpu = next(m for m in doc["metrics"] if m["metric"] == "cpu_percent")
+                print(f"run {run + 1}: {len(doc['bundles'])} bundles in {took:.2f} s; cpu outliers "
+                      f"{len(cpu['outliers'])} (expected {sum(1 for n in range(len(agents)) if n % 50 == 7)})")
+        if fleet.errors:
+            print("errors:", fleet.errors[:5])
+        print(f"agents: {len(agents)} simulated, SQLite, one collector; uploader threads {args.uploaders}")
+        print("| figure | median | min | max | n |")
+        print("|---|---|---|---|---|")
+        print(f"| hunt create → all bundles stored, s | {statistics.median(done_s):.2f} | {min(done_s):.2f} | "
+              f"{max(done_s):.2f} | {len(done_s)} |")
+        print(f"| bundles stored per second | {len(agents) / statistics.median(done_s):.0f} | "
+              f"{len(agents) / max(done_s):.0f} | {len(agents) / min(done_s):.0f} | {len(done_s)} |")
+        print(f"| hunt results (compare all bundles), ms | {statistics.median(results_ms):.0f} | "
+              f"{min(results_ms):.0f} | {max(results_ms):.0f} | {len(results_ms)} |")
+        print(f"| ListHosts p50 / p99 ms during hunts | {statistics.median(during):.1f} / {_p99(during):.1f} | | | "
+              f"{len(during)} |")
+        print(f"| ListHosts p50 / p99 ms idle (baseline) | {statistics.median(baseline):.1f} / "
+              f"{_p99(baseline):.1f} | | | {len(baseline)} |")
+        print(f"| p99 ratio during / baseline | {_p99(during) / _p99(baseline):.1f}x | | | |")
+    finally:
+        if sim_task is not None:
+            sim_task.cancel()
+        coll.send_signal(signal.SIGTERM)
+        coll.wait(60)
+
+
+if __name__ == "__main__":
+    main()
