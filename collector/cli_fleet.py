@@ -15,7 +15,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from collector.cli import (
+from collector.cli_common import (
     CaFileOpt,
     CaFpOpt,
     CollectorOpt,

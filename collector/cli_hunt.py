@@ -14,7 +14,7 @@ from typing import Annotated, Any
 
 import typer
 
-from collector.cli import (
+from collector.cli_common import (
     CaFileOpt,
     CaFpOpt,
     CollectorOpt,

@@ -15,7 +15,6 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Row, func, select, text
-from sqlalchemy.engine import Connection
 
 from collector.storage.agents import _agent
 from collector.storage.base import StoreBase
