@@ -1,5 +1,5 @@
-"""The reserved agent that hand-carried bundles with an unknown signer are filed under
-is never an uploader: its all-zero key must not let anyone sign an upload as it."""
+"""Hand-carried bundles at the store: the reserved agent that bundles with an unknown
+signer are filed under is never an uploader, and a bundle id keeps its first bytes."""
 
 from __future__ import annotations
 
