@@ -1,8 +1,9 @@
 """``casefile-collector``: run the collector, manage tokens, and query it as an engineer.
 
 Operator commands work on the local data folder: ``serve``, ``token create|list|revoke``,
-``import`` (bundles brought by hand), ``tls-fingerprint``. Engineer commands talk to a running collector over gRPC with an
-engineer token: ``hosts``, ``bundles``, ``show``, ``download``, ``snapshot`` (live), ``audit`` (admin); they read
+``import`` (bundles brought by hand), ``tls-fingerprint``. Engineer commands talk to a
+running collector over gRPC with an engineer token: ``hosts``, ``bundles``, ``show``,
+``download``, ``snapshot`` (live), ``audit`` (admin); they read
 ``CASEFILE_COLLECTOR``, ``CASEFILE_TOKEN`` and ``CASEFILE_CA_FINGERPRINT`` so a session
 needs them once.
 
