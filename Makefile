@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test test-slow lint typecheck protos bench clean
+.PHONY: demo test test-slow test-dist dist lint typecheck protos bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -38,8 +38,26 @@ test: $(VENV)/.installed-dev lint typecheck
 test-slow: $(VENV)/.installed-dev
 	$(BIN)/python -m pytest -m slow $(PYTEST_ARGS)
 
+# The single file dist/casefile-<version>-linux-<arch> (PyInstaller one-file; ~1 min).
+# Not part of `make test`: `make test-dist` builds it and runs its tests.
+$(VENV)/.installed-dist: pyproject.toml | $(VENV)/.installed-dev
+	$(BIN)/python -m pip install -q -e '.[dist]'
+	touch $@
+
+dist: $(VENV)/.installed-dist
+	$(BIN)/python packaging/build_dist.py
+
+# A minimal Debian root without Python, made once (~1 min; needs root, debootstrap and
+# the Debian mirror): the single file is run there through chroot.
+DEBIAN_ROOT ?= .dist-root/bookworm
+$(DEBIAN_ROOT)/bin/sh:
+	debootstrap --variant=minbase bookworm $(DEBIAN_ROOT) http://deb.debian.org/debian
+
+test-dist: dist $(DEBIAN_ROOT)/bin/sh
+	CASEFILE_DEBIAN_ROOT=$(abspath $(DEBIAN_ROOT)) $(BIN)/python -m pytest tests/dist $(PYTEST_ARGS)
+
 lint: $(VENV)/.installed-dev
-	$(BIN)/ruff check agent collector protos tests benchmarks plugins
+	$(BIN)/ruff check agent collector protos tests benchmarks plugins packaging
 
 typecheck: $(VENV)/.installed-dev
 	$(BIN)/mypy
@@ -62,4 +80,4 @@ bench: $(VENV)/.installed-dev
 	$(BIN)/python benchmarks/bench_channels.py --agents 10000
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build dist *.egg-info

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from agent.version import __version__
+from agent.version import __version__, build
 
 __all__ = ["add_version_option"]
 
@@ -18,7 +18,8 @@ def add_version_option(app: typer.Typer, program: str) -> None:
 
     def show(value: bool) -> None:
         if value:
-            sys.stdout.write(f"{program} {__version__}\n")
+            stamp = build()
+            sys.stdout.write(f"{program} {__version__}" + (f" ({stamp})" if stamp else "") + "\n")
             raise typer.Exit(0)
 
     @app.callback()

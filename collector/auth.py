@@ -267,6 +267,10 @@ async def authorize_upload(
                 grpc.StatusCode.UNAUTHENTICATED,
                 f"unknown agent {proof.agent_id!r}: enroll it first",
             ) from None
+        if agent.id == "ag_signer-not-enrolled":
+            # The reserved agent that bundles imported with an unknown signer are filed
+            # under (collector.services.handcarried): nobody uploads as it.
+            raise Rejected(grpc.StatusCode.UNAUTHENTICATED, f"agent {agent.id!r} takes no uploads")
         key = PublicKey(agent.public_key)
         if agent.case_id is not None:
             # An identity made by a case token stays bound to that case: every upload

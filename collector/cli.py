@@ -1,9 +1,10 @@
 """``casefile-collector``: run the collector, manage tokens, and query it as an engineer.
 
 Operator commands work on the local data folder: ``serve``, ``token create|list|revoke``,
-``tls-fingerprint``, ``reanalyze``. Engineer commands talk to a running collector over gRPC with an
-engineer token: ``hosts``, ``bundles``, ``show``, ``download``, ``findings``, ``query``, ``snapshot``
-(live), ``audit`` (admin); they read
+``import`` (bundles brought by hand), ``tls-fingerprint``, ``reanalyze``. Engineer commands
+talk to a running collector over gRPC with an engineer token: ``hosts``, ``bundles``,
+``show``, ``download``, ``findings``, ``query``, ``snapshot`` (live), ``hunt``, ``audit``
+(admin); they read
 ``CASEFILE_COLLECTOR``, ``CASEFILE_TOKEN`` and ``CASEFILE_CA_FINGERPRINT`` so a session
 needs them once.
 
@@ -334,6 +335,61 @@ def token_revoke(token_id: str, data_dir: DataDirOpt = Path("casefile-data"), db
     out.print(f"revoked {token_id}")
 
 
+@app.command("import")
+def import_(
+    files: Annotated[list[Path], typer.Argument(help="Bundle files (.tar.zst) received by hand.")],
+    case: Annotated[str | None, typer.Option("--case", help="File them under this support case.")] = None,
+    blob_url: Annotated[
+        str | None, typer.Option("--blob-url", envvar="CASEFILE_BLOB_URL", help="As for serve; default: --data-dir.")
+    ] = None,
+    as_json: JsonOpt = False,
+    data_dir: DataDirOpt = Path("casefile-data"),
+    db_url: DbUrlOpt = None,
+) -> None:
+    """File bundles received by hand (USB stick, mail) through the checks an upload gets.
+
+    Exit 0 when every file is stored (or was already), 4 when any was refused.
+    """
+    from collector.services.handcarried import UNENROLLED_LABEL, ImportRefused, import_bundles
+    from collector.storage import open_blob_backend
+
+    if case and (problem := identity_problem(case)) is not None:
+        raise typer.BadParameter(f"--case {problem}")
+    store = _store(data_dir, db_url)
+    try:
+        results = asyncio.run(import_bundles(store, open_blob_backend(data_dir, blob_url), files, case))
+        rows = []
+        for r in results:
+            if isinstance(r, ImportRefused):
+                _audit_operator(store, "bundle.import", "", "invalid_argument", str(r))
+                err.print(f"[red]{shown(str(r))}[/]")
+                rows.append({"error": str(r)})
+                continue
+            rec = r.record
+            signer = "enrolled" if r.signer_enrolled else UNENROLLED_LABEL
+            state = "stored" if r.inserted else "already stored"
+            _audit_operator(
+                store,
+                "bundle.import",
+                rec.bundle_id,
+                "ok",
+                f"{state}, {r.path.name}, key {rec.key_fingerprint}, {signer}",
+            )
+            rows.append({"bundle_id": rec.bundle_id, "state": state, "agent_id": rec.agent_id, "signer": signer})
+            if not as_json:
+                warn = "" if r.signer_enrolled else f" [red]({UNENROLLED_LABEL})[/]"
+                out.print(
+                    f"{shown(str(r.path))}: bundle {rec.bundle_id} {state} (host {shown(rec.hostname)}, "
+                    f"agent {rec.agent_id}, key {rec.key_fingerprint}){warn}"
+                )
+    finally:
+        store.close()
+    if as_json:
+        print(json.dumps(rows, indent=1))
+    if any(isinstance(r, ImportRefused) for r in results):
+        raise typer.Exit(4)
+
+
 # ------------------------------------------------------------------ engineer
 
 
@@ -436,7 +492,9 @@ def bundles(
             shown(b.bundle_id),
             shown(b.hostname),
             shown(b.case_id),
-            shown(b.kind) + (" (carried)" if _carried(b) else ""),
+            shown(b.kind)
+            + (" (carried)" if _carried(b) else "")
+            + ("\n[red](signer not enrolled)[/]" if b.agent_id == "ag_signer-not-enrolled" else ""),
             _fmt_ts(b.created_at),
             f"{b.size:,}",
             f"{b.collectors_ok} ok"
@@ -482,6 +540,7 @@ def show(
         f"[bold]bundle {shown(b.bundle_id)}[/] from {shown(b.hostname)}, "
         f"case {shown(b.case_id) or '—'}, {shown(b.kind)}, created {_fmt_ts(b.created_at)}, {b.size:,} bytes, "
         f"signed by key {shown(origin)}"
+        + (" [red](signer not enrolled)[/]" if b.agent_id == "ag_signer-not-enrolled" else "")
     )
     if _carried(b):
         out.print(f"carried in by agent {shown(b.agent_id)} (key {shown(b.key_fingerprint)}) with a case token")

@@ -232,7 +232,10 @@ class Verifier:
         self.following -= 1
 
     async def check(self, path: Path, key: PublicKey | None, size: int, label: str) -> VerifiedBundle:
-        """Verify a staged file whose every byte is here, in a worker process (waits for a free one)."""
+        """Verify a staged file whose every byte is here, in a worker process (waits for a free one).
+
+        ``key`` None checks the signature against the bundle's own key (a bundle brought
+        by hand, whose signer is matched to an enrolled agent afterwards)."""
         limits = self._limits
         if self._checks is None:
             # spawn, not fork: a forked copy of a process running grpc threads is not safe.

@@ -1,0 +1,69 @@
+"""Build the single file: ``dist/casefile-<version>-linux-x86_64`` (``make dist``).
+
+PyInstaller one-file, from agent/single_file.py: the ``casefile`` command line and the
+``casefile-agent`` service with every dependency and a Python of their own; the target
+needs no Python. It links against the build machine's glibc, so it runs on that glibc
+and newer: the stamp ``--version`` prints names it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _commit() -> str:
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(ROOT), "rev-parse", "--short=10", "HEAD"], capture_output=True, text=True, check=True
+        )
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown commit"
+    return out.stdout.strip()
+
+
+def main() -> int:
+    sys.path.insert(0, str(ROOT))
+    from agent.version import __version__
+
+    machine = platform.machine()
+    name = f"casefile-{__version__}-linux-{machine}"
+    libc, libc_version = platform.libc_ver()
+    when = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%MZ")
+    stamp = f"single file {name}, commit {_commit()}, built {when}, needs {libc or 'libc'} >= {libc_version}"
+    with tempfile.TemporaryDirectory(prefix="casefile-dist-") as work:
+        stamp_file = Path(work) / "casefile-build.txt"
+        stamp_file.write_text(stamp + "\n", encoding="utf-8")
+        cmd = [
+            sys.executable, "-m", "PyInstaller", "--onefile", "--noconfirm", "--clean", "--log-level", "WARN",
+            "--name", name, "--distpath", str(ROOT / "dist"), "--workpath", str(Path(work) / "build"),
+            "--specpath", work, "--paths", str(ROOT),
+            "--add-data", f"{stamp_file}{os.pathsep}.",
+            # Collectors, renderers and services are imported inside functions (to keep the
+            # CLI's start-up short); take every module of our own packages.
+            "--collect-submodules", "agent", "--collect-submodules", "protos",
+            # The collector is the server's, never the customer's.
+            "--exclude-module", "collector", "--exclude-module", "pytest", "--exclude-module", "hypothesis",
+            # The protos' generator (protoc and its includes: several MiB) is a developer's tool.
+            "--exclude-module", "protos.generate", "--exclude-module", "grpc_tools",
+            "--exclude-module", "sqlalchemy", "--exclude-module", "psycopg", "--exclude-module", "boto3",
+            "--exclude-module", "botocore", "--exclude-module", "moto", "--exclude-module", "setuptools",
+            str(ROOT / "agent" / "single_file.py"),
+        ]  # fmt: skip
+        subprocess.run(cmd, check=True, cwd=work)
+    out = ROOT / "dist" / name
+    print(f"{out}: {out.stat().st_size / 2**20:.1f} MiB; {stamp}")
+    shutil.rmtree(ROOT / "build", ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
