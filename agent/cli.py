@@ -622,8 +622,24 @@ def agent_run(home: HomeOpt = None) -> None:
 def agent_history(
     home: HomeOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line, as stored.")] = False,
+    metrics: Annotated[
+        bool, typer.Option("--metrics", help="What the flight recorder keeps on this machine, not the requests.")
+    ] = False,
+    since: Annotated[str, typer.Option("--since", help="With --metrics: the window, 30m, 6h (default), 7d.")] = "6h",
 ) -> None:
     """Every live request this agent received: who, when, scope, reason, outcome, bundle."""
+    if metrics:
+        from agent.daemon.recorder_show import metrics_document, render
+        from agent.units import parse_duration
+        from agent.untrusted import terminal_json
+
+        doc = metrics_document(AgentHome(home).root, parse_duration(since).total_seconds())
+        if as_json:  # one document, not lines: the summary belongs with its samples
+            sys.stdout.write(terminal_json(doc) + "\n")
+        else:
+            for part in render(doc):
+                out.print(part)
+        return
     from agent.daemon import History
 
     entries = History(AgentHome(home).root / "history.jsonl").entries()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -120,8 +121,8 @@ def test_a_simulated_week_keeps_the_resolutions_and_the_retention(tmp_path: Path
     fine = [s.at for s in samples if s.at >= now - settings.fine_s]
     coarse = [s.at for s in samples if s.at < now - settings.fine_s - settings.interval_s]
     assert len(fine) == pytest.approx(settings.fine_s / settings.interval_s, abs=61)
-    assert all(b - a == settings.interval_s for a, b in zip(fine, fine[1:], strict=False))
-    assert all(b - a >= 60 for a, b in zip(coarse, coarse[1:], strict=False))
+    assert all(b - a == settings.interval_s for a, b in itertools.pairwise(fine))
+    assert all(b - a >= 60 for a, b in itertools.pairwise(coarse))
     assert len(coarse) == pytest.approx((settings.retention_s - settings.fine_s) / 60, abs=62)
     assert rec.size_bytes() <= settings.max_bytes
     rec.close()
@@ -136,3 +137,39 @@ def test_the_size_bound_holds_after_a_simulated_week(tmp_path: Path) -> None:
     assert on_disk <= settings.max_bytes + 1024 * 1024  # the WAL is cut to 1 MiB at most
     newest = max(s.at for s in read_samples(tmp_path))
     assert newest >= clock.t - 20  # the oldest go first, never the newest
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "agent.cli", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "COLUMNS": "200"},
+    )
+
+
+def test_agent_history_metrics_json_is_one_document(tmp_path: Path) -> None:
+    rec = Recorder(tmp_path, RecorderSettings(interval_s=0.2))
+    for _ in range(3):
+        rec.record()
+        time.sleep(0.2)
+    rec.close()
+    done = _cli("agent", "history", "--metrics", "--since", "1h", "--json", "--home", str(tmp_path))
+    assert done.returncode == 0, done.stderr
+    doc = json.loads(done.stdout)  # one document: a second one would make this raise
+    assert doc["sample_count"] == 3 and len(doc["samples"]) == 3
+    assert doc["summary"]["mem.total_bytes"]["count"] == 3
+    assert "cpu.user_pct" in doc["summary"]  # a rate, from the second sample on
+    assert doc["samples"][-1]["metrics"]["top_rss"]
+    console = _cli("agent", "history", "--metrics", "--home", str(tmp_path))
+    assert console.returncode == 0, console.stderr
+    assert "Recorded metrics" in console.stdout and "mem.total_bytes" in console.stdout
+
+
+def test_agent_history_metrics_with_nothing_recorded(tmp_path: Path) -> None:
+    done = _cli("agent", "history", "--metrics", "--json", "--home", str(tmp_path))
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["sample_count"] == 0
+    assert not (tmp_path / DB_NAME).exists()  # showing never creates the database

@@ -29,7 +29,7 @@ from typing import Any
 
 from agent.daemon.recorder_sample import Sampler
 
-__all__ = ["RecorderSettings", "Recorder", "Sample", "read_samples", "DB_NAME"]
+__all__ = ["DB_NAME", "Recorder", "RecorderSettings", "Sample", "read_samples"]
 
 DB_NAME = "recorder.db"
 _PRUNE_EVERY = 60  # samples between prunes: pruning scans the old rows, sampling must not
@@ -66,9 +66,7 @@ def _connect(path: Path) -> sqlite3.Connection:
     db.execute("PRAGMA journal_mode=WAL")
     db.execute("PRAGMA synchronous=NORMAL")
     db.execute("PRAGMA journal_size_limit=1048576")
-    db.execute(
-        "CREATE TABLE IF NOT EXISTS samples (at REAL NOT NULL, res REAL NOT NULL, metrics TEXT NOT NULL)"
-    )
+    db.execute("CREATE TABLE IF NOT EXISTS samples (at REAL NOT NULL, res REAL NOT NULL, metrics TEXT NOT NULL)")
     db.execute("CREATE INDEX IF NOT EXISTS samples_at ON samples(at)")
     db.execute("CREATE INDEX IF NOT EXISTS samples_fine ON samples(res, at)")  # the rows still to downsample
     return db
@@ -98,7 +96,8 @@ class Recorder:
         at = self.now()
         data = self.sampler.sample(at) if metrics is None else metrics
         self._db.execute(
-            "INSERT INTO samples VALUES (?, ?, ?)", (at, self.settings.interval_s, json.dumps(data, separators=(",", ":")))
+            "INSERT INTO samples VALUES (?, ?, ?)",
+            (at, self.settings.interval_s, json.dumps(data, separators=(",", ":"))),
         )
         self._since_prune += 1
         if self._since_prune >= _PRUNE_EVERY:

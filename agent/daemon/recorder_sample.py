@@ -11,11 +11,12 @@ as one JSON row and read back without a schema per metric.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Sampler", "TOP_N"]
+__all__ = ["TOP_N", "Sampler"]
 
 TOP_N = 5
 _SECTOR = 512  # /proc/diskstats counts 512-byte sectors whatever the device's own size
@@ -117,7 +118,7 @@ class Sampler:
             out["tcp.out_segs_ps"] = round(d["tcp.out_segs"] / dt, 2)
             out["tcp.retrans_ps"] = round(d.get("tcp.retrans_segs", 0) / dt, 2)
         for k, v in d.items():
-            if k.startswith("disk.") and k.endswith("_Bps") or k.startswith("net."):
+            if (k.startswith("disk.") and k.endswith("_Bps")) or k.startswith("net."):
                 out[k] = round(v / dt, 1)
             elif k.endswith(".io_ms"):
                 ios = d.get(k[: -len("io_ms")] + "ios", 0)
@@ -126,10 +127,8 @@ class Sampler:
     # -- levels ------------------------------------------------------------------
 
     def _load_mem(self, out: dict[str, Any]) -> None:
-        try:
+        with contextlib.suppress(OSError, ValueError, IndexError):
             out["load.1m"] = float(_read(f"{self.proc}/loadavg").split()[0])
-        except (OSError, ValueError, IndexError):
-            pass
         try:
             info = {}
             for line in _read(f"{self.proc}/meminfo").splitlines():
