@@ -215,6 +215,8 @@ def collect(
         options: dict[str, str | int | float | bool] = {
             "logs_since_s": parse_duration(since).total_seconds(),
             "logs_max_bytes": parse_size(logs_max),
+            "recorder_home": str(state.root),  # the flight recorder's history, when this machine has one
+            "recorder_since_s": parse_duration(since).total_seconds(),
         }
         asked = _key_values(set_options or (), "--set")
         options.update(asked)

@@ -70,6 +70,7 @@ SCOPE_COLLECTORS: dict[str, tuple[str, ...]] = {
         "netdepth",
         "clock",
         "timeseries",
+        "recorder",
     ),
     "logs": ("logs",),
     "fragmentation": ("fragmentation",),

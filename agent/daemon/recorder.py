@@ -22,16 +22,16 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from agent.daemon.recorder_sample import Sampler
+from agent.recorder_db import DB_NAME, Sample, read_samples
 
 __all__ = ["DB_NAME", "Recorder", "RecorderSettings", "Sample", "read_samples"]
 
-DB_NAME = "recorder.db"
 _PRUNE_EVERY = 60  # samples between prunes: pruning scans the old rows, sampling must not
 
 
@@ -41,13 +41,6 @@ class RecorderSettings:
     fine_s: int = 6 * 3600
     retention_s: int = 7 * 86400
     max_bytes: int = 32 * 1024 * 1024
-
-
-@dataclass(frozen=True)
-class Sample:
-    at: float
-    resolution_s: float
-    metrics: dict[str, Any]
 
 
 def _connect(path: Path) -> sqlite3.Connection:
@@ -156,32 +149,6 @@ class Recorder:
             if delay < 0:  # the machine was suspended or starved: start again from now
                 next_at, delay = time.monotonic(), 0.0
             stop.wait(delay)
-
-
-def read_samples(home: Path, since_unix: float = 0.0, until_unix: float | None = None) -> Iterator[Sample]:
-    """The recorded samples in ``[since, until]``, oldest first; none when nothing is recorded.
-
-    Opened read-only, so showing the history never creates or changes the database."""
-    path = home / DB_NAME
-    if not path.exists():
-        return
-    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-    try:
-        if db.execute("SELECT 1 FROM sqlite_master WHERE name = 'samples'").fetchone() is None:
-            return  # created a moment ago by a recorder that has not made its table yet
-        rows = db.execute(
-            "SELECT at, res, metrics FROM samples WHERE at >= ? AND at <= ? ORDER BY at",
-            (since_unix, until_unix if until_unix is not None else float("inf")),
-        ).fetchall()
-        for at, res, metrics in rows:
-            try:
-                data = json.loads(metrics)
-            except ValueError:
-                continue  # a row this version cannot read is skipped, not fatal
-            if isinstance(data, dict):
-                yield Sample(float(at), float(res), data)
-    finally:
-        db.close()
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from agent.daemon.recorder import DB_NAME, Sample, read_samples
+from agent.recorder_db import DB_NAME, Sample, read_samples
 
 __all__ = ["ROWS", "metrics_document", "render"]
 

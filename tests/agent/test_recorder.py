@@ -18,7 +18,7 @@ from agent.daemon.recorder import DB_NAME, Recorder, RecorderSettings, read_samp
 
 pytestmark = pytest.mark.skipif(not Path("/proc/stat").exists(), reason="the recorder reads /proc (Linux)")
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 BUSY = (
     "import sys, time\n"
     "open('/proc/self/comm', 'w').write('cfbusyloop')\n"
@@ -173,3 +173,65 @@ def test_agent_history_metrics_with_nothing_recorded(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["sample_count"] == 0
     assert not (tmp_path / DB_NAME).exists()  # showing never creates the database
+
+
+def _recorded_home(tmp_path: Path) -> Path:
+    """A home whose recorder ran 10 minutes ago and now, with a named process on top."""
+    home = tmp_path / "home"
+    home.mkdir()
+    clock = _Clock(time.time() - 600)
+    rec = Recorder(home, RecorderSettings(interval_s=10), now=clock)
+    rec.record()
+    clock.t += 10
+    real = rec.record().metrics
+    old = {**real, "cpu.user_pct": 7.5, "top_cpu": [["cfoldproc", 3.0]], "top_rss": [["cfoldproc", 1 << 20]]}
+    clock.t = time.time() - 30
+    rec.record({**real, "cpu.user_pct": 91.0, "top_cpu": [["cfhogproc", 95.0]], "top_rss": [["cfhogproc", 1 << 30]]})
+    rec.close()
+    # The sample 10 minutes back is outside a 5-minute window; the one 30 s back is in it.
+    db = sqlite3.connect(home / DB_NAME)
+    db.execute("UPDATE samples SET metrics = ? WHERE at < ?", (json.dumps(old), time.time() - 300))
+    db.commit()
+    db.close()
+    return home
+
+
+@pytest.mark.parametrize("profile", ["standard", "private", "facts-only"])
+def test_the_bundle_carries_the_history_of_its_window(tmp_path: Path, profile: str) -> None:
+    from agent.analysis import BundleView
+    from agent.collect import CollectionSpec
+    from agent.keys import SigningKey
+    from agent.oneshot import PrivacyOptions, collect_bundle
+
+    home = _recorded_home(tmp_path)
+    spec = CollectionSpec(only=("host", "recorder"), options={"recorder_home": str(home), "recorder_since_s": 300.0})
+    done = collect_bundle(
+        key=SigningKey.generate(),
+        output_dir=tmp_path / "out",
+        spec=spec,
+        privacy=PrivacyOptions(profile=profile, home=home),
+    )
+    hist = BundleView.from_file(done.bundle.path).snapshot.recorded_history
+    assert len(hist.at_unix) == 1 and not hist.detail  # only the sample inside --since
+    assert time.time() - 60 < hist.at_unix[0] < time.time()
+    series = {s.metric: list(s.values) for s in hist.series}
+    assert series["cpu.user_pct"] == [91.0]
+    assert series["mem.total_bytes"][0] > 0
+    names = [p.name for p in hist.top[0].by_cpu]
+    if profile != "standard":  # facts-only pseudonymises as private does, and keeps the history
+        assert names and names[0].startswith("process-") and "cfhogproc" not in names
+    else:
+        assert names == ["cfhogproc"]
+    assert hist.top[0].by_rss[0].rss_bytes == 1 << 30
+
+
+def test_a_bundle_without_a_recorder_says_so(tmp_path: Path) -> None:
+    from agent.analysis import BundleView
+    from agent.collect import CollectionSpec
+    from agent.keys import SigningKey
+    from agent.oneshot import collect_bundle
+
+    spec = CollectionSpec(only=("host", "recorder"), options={"recorder_home": str(tmp_path)})
+    done = collect_bundle(key=SigningKey.generate(), output_dir=tmp_path / "out", spec=spec)
+    hist = BundleView.from_file(done.bundle.path).snapshot.recorded_history
+    assert not hist.at_unix and "no flight recorder" in hist.detail
