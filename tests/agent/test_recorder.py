@@ -235,3 +235,20 @@ def test_a_bundle_without_a_recorder_says_so(tmp_path: Path) -> None:
     done = collect_bundle(key=SigningKey.generate(), output_dir=tmp_path / "out", spec=spec)
     hist = BundleView.from_file(done.bundle.path).snapshot.recorded_history
     assert not hist.at_unix and "no flight recorder" in hist.detail
+
+
+def test_the_report_draws_the_recorded_history(tmp_path: Path) -> None:
+    from agent.analysis import BundleView, analyse, render_html
+    from agent.collect import CollectionSpec
+    from agent.keys import SigningKey
+    from agent.oneshot import collect_bundle
+
+    home = _recorded_home(tmp_path)
+    spec = CollectionSpec(only=("host", "recorder"), options={"recorder_home": str(home), "recorder_since_s": 3600.0})
+    done = collect_bundle(key=SigningKey.generate(), output_dir=tmp_path / "out", spec=spec)
+    view = BundleView.from_file(done.bundle.path)
+    assert len(view.snapshot.recorded_history.at_unix) == 3
+    page = render_html(analyse(view))
+    section = page[page.index('id="recorded"') :]
+    assert "CPU % (recorded)" in section and "Memory and swap % (recorded)" in section
+    assert section.index("<polyline") < section.index("</section>")
