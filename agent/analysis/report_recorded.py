@@ -6,6 +6,8 @@ import html
 import math
 
 from agent.analysis.charts import Series, line_chart
+from agent.analysis.metric_onset import metric_onsets
+from agent.analysis.model import format_utc
 from protos import facts_pb2
 
 __all__ = ["recorded_section"]
@@ -37,6 +39,12 @@ def recorded_section(s: facts_pb2.Snapshot) -> str:
         if (col := _column(h, metric)) is not None
     ]
     parts = [head, f"<p>{len(t)} samples recorded on the machine before and up to this collection.</p>"]
+    onsets = metric_onsets(h)
+    if onsets:
+        items = "".join(
+            f"<li>{html.escape(o.describe())} at {html.escape(format_utc(o.at_unix) or '')}</li>" for o in onsets
+        )
+        parts.append(f'<ul class="onsets">{items}</ul>')
     if cpu:
         parts.append(line_chart("CPU % (recorded)", t, cpu, unit="%", y_max=100, y_title="% of all CPUs"))
     used, total = _column(h, "mem.used_bytes"), _column(h, "mem.total_bytes")
