@@ -108,7 +108,8 @@ class Policy:
     profile: str = "standard"
     spool_max_bytes: int = 256 * 1024 * 1024
     spool_max_bundles: int = 50
-    recorder_interval_s: int = 10  # the flight recorder (agent.daemon.recorder); 0: off
+    # The flight recorder (agent.daemon.recorder); 0 in the interval, retention or size: off.
+    recorder_interval_s: int = 10
     recorder_fine_s: int = 6 * 3600
     recorder_retention_s: int = 7 * 86400
     recorder_max_bytes: int = 32 * 1024 * 1024
@@ -153,8 +154,12 @@ class Policy:
             recorder_interval_s=number("recorder_interval_s", 0),
             recorder_fine_s=number("recorder_fine_s", 0),
             recorder_retention_s=number("recorder_retention_s", 0),
-            recorder_max_bytes=number("recorder_max_bytes", 65536),
+            recorder_max_bytes=number("recorder_max_bytes", 0),
         )
+
+    @property
+    def recorder_on(self) -> bool:
+        return bool(self.recorder_interval_s and self.recorder_retention_s and self.recorder_max_bytes)
 
     def recorder_settings(self) -> RecorderSettings:
         from agent.daemon.recorder import RecorderSettings

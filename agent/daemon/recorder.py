@@ -163,7 +163,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     from agent.daemon.policy import load_policy
 
-    settings = load_policy(args.home).recorder_settings()
+    policy = load_policy(args.home)
+    if not policy.recorder_on and args.interval is None:
+        raise SystemExit(f"casefile-recorder: the flight recorder is off in {args.home / 'policy.json'}")
+    settings = policy.recorder_settings()
     if args.interval is not None:
         settings = RecorderSettings(args.interval, settings.fine_s, settings.retention_s, settings.max_bytes)
     stop = threading.Event()

@@ -148,7 +148,7 @@ class AgentService:
 
     def _start_recorder(self) -> tuple[threading.Event, threading.Thread] | None:
         """The flight recorder, on its own thread: a slow disk never delays the channel."""
-        if self.policy.recorder_interval_s == 0:
+        if not self.policy.recorder_on:
             return None
         from agent.daemon.recorder import Recorder
 
