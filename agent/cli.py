@@ -219,6 +219,8 @@ def collect(
         options: dict[str, str | int | float | bool] = {
             "logs_since_s": parse_duration(since).total_seconds(),
             "logs_max_bytes": parse_size(logs_max),
+            "recorder_home": str(state.root),  # the flight recorder's history, when this machine has one
+            "recorder_since_s": parse_duration(since).total_seconds(),
         }
         asked = _key_values(set_options or (), "--set")
         options.update(asked)
@@ -666,8 +668,28 @@ def agent_history(
     as_json: Annotated[
         bool, typer.Option("--json", help="One JSON document: the list of entries ([] when none).")
     ] = False,
+    metrics: Annotated[
+        bool, typer.Option("--metrics", help="What the flight recorder keeps on this machine, not the requests.")
+    ] = False,
+    since: Annotated[str, typer.Option("--since", help="With --metrics: the window, 30m, 6h (default), 7d.")] = "6h",
 ) -> None:
     """Every live request this agent received: who, when, scope, reason, outcome, bundle."""
+    if metrics:
+        from agent.daemon.recorder_show import metrics_document, render
+        from agent.units import parse_duration
+        from agent.untrusted import terminal_json
+
+        try:
+            window_s = parse_duration(since).total_seconds()
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--since") from None
+        doc = metrics_document(AgentHome(home).root, window_s)
+        if as_json:  # one document, not lines: the summary belongs with its samples
+            sys.stdout.write(terminal_json(doc) + "\n")
+        else:
+            for part in render(doc):
+                out.print(part)
+        return
     from agent.daemon import History
 
     entries = History(AgentHome(home).root / "history.jsonl").entries()

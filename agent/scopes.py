@@ -43,6 +43,7 @@ SCOPE_COLLECTORS: dict[str, tuple[str, ...]] = {
         "netdepth",
         "clock",
         "timeseries",
+        "recorder",
     ),
     "logs": ("logs",),
     "fragmentation": ("fragmentation",),

@@ -11,7 +11,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Snapshot(_message.Message):
-    __slots__ = ("bundle_id", "agent_id", "case_id", "kind", "request_id", "collected_at", "agent_version", "key_fingerprint", "host", "cpu", "memory", "disks", "network", "logs", "fragmentation", "processes", "services", "clock", "timeseries", "network_depth", "collectors", "plugin_facts")
+    __slots__ = ("bundle_id", "agent_id", "case_id", "kind", "request_id", "collected_at", "agent_version", "key_fingerprint", "host", "cpu", "memory", "disks", "network", "logs", "fragmentation", "processes", "services", "clock", "timeseries", "network_depth", "recorded_history", "collectors", "plugin_facts")
     class PluginFactsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -39,6 +39,7 @@ class Snapshot(_message.Message):
     CLOCK_FIELD_NUMBER: _ClassVar[int]
     TIMESERIES_FIELD_NUMBER: _ClassVar[int]
     NETWORK_DEPTH_FIELD_NUMBER: _ClassVar[int]
+    RECORDED_HISTORY_FIELD_NUMBER: _ClassVar[int]
     COLLECTORS_FIELD_NUMBER: _ClassVar[int]
     PLUGIN_FACTS_FIELD_NUMBER: _ClassVar[int]
     bundle_id: str
@@ -61,9 +62,10 @@ class Snapshot(_message.Message):
     clock: ClockFacts
     timeseries: TimeSeries
     network_depth: NetworkDepthFacts
+    recorded_history: RecordedHistory
     collectors: _containers.RepeatedCompositeFieldContainer[CollectorStatus]
     plugin_facts: _containers.ScalarMap[str, str]
-    def __init__(self, bundle_id: _Optional[str] = ..., agent_id: _Optional[str] = ..., case_id: _Optional[str] = ..., kind: _Optional[str] = ..., request_id: _Optional[str] = ..., collected_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., agent_version: _Optional[str] = ..., key_fingerprint: _Optional[str] = ..., host: _Optional[_Union[HostFacts, _Mapping]] = ..., cpu: _Optional[_Union[CpuFacts, _Mapping]] = ..., memory: _Optional[_Union[MemoryFacts, _Mapping]] = ..., disks: _Optional[_Union[DiskFacts, _Mapping]] = ..., network: _Optional[_Union[NetworkFacts, _Mapping]] = ..., logs: _Optional[_Union[LogsFacts, _Mapping]] = ..., fragmentation: _Optional[_Union[FragmentationFacts, _Mapping]] = ..., processes: _Optional[_Union[ProcessFacts, _Mapping]] = ..., services: _Optional[_Union[ServiceFacts, _Mapping]] = ..., clock: _Optional[_Union[ClockFacts, _Mapping]] = ..., timeseries: _Optional[_Union[TimeSeries, _Mapping]] = ..., network_depth: _Optional[_Union[NetworkDepthFacts, _Mapping]] = ..., collectors: _Optional[_Iterable[_Union[CollectorStatus, _Mapping]]] = ..., plugin_facts: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    def __init__(self, bundle_id: _Optional[str] = ..., agent_id: _Optional[str] = ..., case_id: _Optional[str] = ..., kind: _Optional[str] = ..., request_id: _Optional[str] = ..., collected_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., agent_version: _Optional[str] = ..., key_fingerprint: _Optional[str] = ..., host: _Optional[_Union[HostFacts, _Mapping]] = ..., cpu: _Optional[_Union[CpuFacts, _Mapping]] = ..., memory: _Optional[_Union[MemoryFacts, _Mapping]] = ..., disks: _Optional[_Union[DiskFacts, _Mapping]] = ..., network: _Optional[_Union[NetworkFacts, _Mapping]] = ..., logs: _Optional[_Union[LogsFacts, _Mapping]] = ..., fragmentation: _Optional[_Union[FragmentationFacts, _Mapping]] = ..., processes: _Optional[_Union[ProcessFacts, _Mapping]] = ..., services: _Optional[_Union[ServiceFacts, _Mapping]] = ..., clock: _Optional[_Union[ClockFacts, _Mapping]] = ..., timeseries: _Optional[_Union[TimeSeries, _Mapping]] = ..., network_depth: _Optional[_Union[NetworkDepthFacts, _Mapping]] = ..., recorded_history: _Optional[_Union[RecordedHistory, _Mapping]] = ..., collectors: _Optional[_Iterable[_Union[CollectorStatus, _Mapping]]] = ..., plugin_facts: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class HostFacts(_message.Message):
     __slots__ = ("hostname", "fqdn", "os", "os_release", "os_version", "kernel", "arch", "boot_time", "uptime_seconds", "timezone", "python_version", "virtualized", "virtualization")
@@ -704,3 +706,45 @@ class Reachability(_message.Message):
     connect_ms: float
     error: str
     def __init__(self, target: _Optional[str] = ..., ok: _Optional[bool] = ..., dns_ms: _Optional[float] = ..., connect_ms: _Optional[float] = ..., error: _Optional[str] = ...) -> None: ...
+
+class RecordedHistory(_message.Message):
+    __slots__ = ("since_unix", "at_unix", "resolution_s", "series", "top", "detail")
+    SINCE_UNIX_FIELD_NUMBER: _ClassVar[int]
+    AT_UNIX_FIELD_NUMBER: _ClassVar[int]
+    RESOLUTION_S_FIELD_NUMBER: _ClassVar[int]
+    SERIES_FIELD_NUMBER: _ClassVar[int]
+    TOP_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    since_unix: float
+    at_unix: _containers.RepeatedScalarFieldContainer[float]
+    resolution_s: _containers.RepeatedScalarFieldContainer[float]
+    series: _containers.RepeatedCompositeFieldContainer[RecordedSeries]
+    top: _containers.RepeatedCompositeFieldContainer[RecordedTop]
+    detail: str
+    def __init__(self, since_unix: _Optional[float] = ..., at_unix: _Optional[_Iterable[float]] = ..., resolution_s: _Optional[_Iterable[float]] = ..., series: _Optional[_Iterable[_Union[RecordedSeries, _Mapping]]] = ..., top: _Optional[_Iterable[_Union[RecordedTop, _Mapping]]] = ..., detail: _Optional[str] = ...) -> None: ...
+
+class RecordedSeries(_message.Message):
+    __slots__ = ("metric", "values")
+    METRIC_FIELD_NUMBER: _ClassVar[int]
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    metric: str
+    values: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, metric: _Optional[str] = ..., values: _Optional[_Iterable[float]] = ...) -> None: ...
+
+class RecordedTop(_message.Message):
+    __slots__ = ("by_cpu", "by_rss")
+    BY_CPU_FIELD_NUMBER: _ClassVar[int]
+    BY_RSS_FIELD_NUMBER: _ClassVar[int]
+    by_cpu: _containers.RepeatedCompositeFieldContainer[RecordedProcess]
+    by_rss: _containers.RepeatedCompositeFieldContainer[RecordedProcess]
+    def __init__(self, by_cpu: _Optional[_Iterable[_Union[RecordedProcess, _Mapping]]] = ..., by_rss: _Optional[_Iterable[_Union[RecordedProcess, _Mapping]]] = ...) -> None: ...
+
+class RecordedProcess(_message.Message):
+    __slots__ = ("name", "cpu_percent", "rss_bytes")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    CPU_PERCENT_FIELD_NUMBER: _ClassVar[int]
+    RSS_BYTES_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    cpu_percent: float
+    rss_bytes: int
+    def __init__(self, name: _Optional[str] = ..., cpu_percent: _Optional[float] = ..., rss_bytes: _Optional[int] = ...) -> None: ...

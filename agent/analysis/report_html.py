@@ -14,6 +14,7 @@ from collections.abc import Iterable, Sequence
 from agent.analysis.analysis import Analysis
 from agent.analysis.charts import Series, bar_chart, line_chart, stacked_histogram
 from agent.analysis.model import Evidence, Finding, LogEvidence, format_utc
+from agent.analysis.report_recorded import recorded_section
 from agent.analysis.timeline import format_duration
 from protos import facts_pb2
 
@@ -294,8 +295,8 @@ def render_html(a: Analysis) -> str:
         f"case {_e(s.case_id or '—')} · agent {_e(s.agent_version or '?')}</p></header>"
     )
     body = "".join((
-        header, _findings(a), _host(s, a), _timeline(a), _resources(s), _disks(s), _fragmentation(s),
-        _network(s), _services_processes(s), _collectors(s),
+        header, _findings(a), _host(s, a), _timeline(a), _resources(s), recorded_section(s), _disks(s),
+        _fragmentation(s), _network(s), _services_processes(s), _collectors(s),
     ))
     return (
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"

@@ -54,6 +54,8 @@ def collect_live(
     options: dict[str, str | int | float | bool] = dict(LIVE_SAMPLING)
     if since_s:  # the daemon names a window only for scopes that read logs (agent.scopes.reads_logs)
         options["logs_since_s"] = float(since_s)
+    options["recorder_home"] = str(home)  # the flight recorder's history, for the same window
+    options["recorder_since_s"] = float(since_s or 3600)
     enrollment = AgentHome(home).enrollment()
     if enrollment and enrollment.collector_host:
         options["resolve_name"] = enrollment.collector_host  # the name this agent has to reach

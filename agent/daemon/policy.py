@@ -14,7 +14,11 @@ daemon's first start when missing; edit it and restart the service::
       "rate_limit_per_hour": 12,        // accepted requests per rolling hour (0: no limit)
       "profile": "standard",            // redaction: standard, private or facts-only
       "spool_max_bytes": 268435456,     // undeliverable bundles kept at most (256 MiB)
-      "spool_max_bundles": 50           //   ... and at most this many
+      "spool_max_bundles": 50,          //   ... and at most this many
+      "recorder_interval_s": 10,        // flight recorder: seconds between samples (0: off)
+      "recorder_fine_s": 21600,         //   every sample kept this long (6 h), then one a minute
+      "recorder_retention_s": 604800,   //   ... up to this age (7 days)
+      "recorder_max_bytes": 33554432    //   ... in at most this much disk (32 MiB)
     }
 
 The scopes and what each collects are in ``agent.scopes`` (one table, which the
@@ -34,10 +38,13 @@ import json
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agent.errors import CasefileError
 from agent.scopes import SCOPE_COLLECTORS, SCOPES, collectors_for, is_scope, reads_logs, scope_names
+
+if TYPE_CHECKING:
+    from agent.daemon.recorder import RecorderSettings
 
 __all__ = [
     "DEFAULT_POLICY",
@@ -62,6 +69,10 @@ LIMITS: dict[str, int] = {
     "rate_limit_per_hour": 3600,  # one a second
     "spool_max_bytes": 1 << 40,  # 1 TiB
     "spool_max_bundles": 100_000,
+    "recorder_interval_s": 3600,
+    "recorder_fine_s": 7 * 86400,
+    "recorder_retention_s": 366 * 86400,
+    "recorder_max_bytes": 1 << 36,  # 64 GiB
 }
 
 
@@ -77,6 +88,11 @@ class Policy:
     profile: str = "standard"
     spool_max_bytes: int = 256 * 1024 * 1024
     spool_max_bundles: int = 50
+    # The flight recorder (agent.daemon.recorder); 0 in the interval, retention or size: off.
+    recorder_interval_s: int = 10
+    recorder_fine_s: int = 6 * 3600
+    recorder_retention_s: int = 7 * 86400
+    recorder_max_bytes: int = 32 * 1024 * 1024
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -115,6 +131,24 @@ class Policy:
             profile=str(profile),
             spool_max_bytes=number("spool_max_bytes", 0),
             spool_max_bundles=number("spool_max_bundles", 0),
+            recorder_interval_s=number("recorder_interval_s", 0),
+            recorder_fine_s=number("recorder_fine_s", 0),
+            recorder_retention_s=number("recorder_retention_s", 0),
+            recorder_max_bytes=number("recorder_max_bytes", 0),
+        )
+
+    @property
+    def recorder_on(self) -> bool:
+        return bool(self.recorder_interval_s and self.recorder_retention_s and self.recorder_max_bytes)
+
+    def recorder_settings(self) -> RecorderSettings:
+        from agent.daemon.recorder import RecorderSettings
+
+        return RecorderSettings(
+            float(self.recorder_interval_s or 10),
+            self.recorder_fine_s,
+            self.recorder_retention_s,
+            self.recorder_max_bytes,
         )
 
     def logs_window(self, since_s: int) -> int:

@@ -37,6 +37,7 @@ import random
 import shutil
 import signal
 import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -139,6 +140,40 @@ class AgentService:
     # -- connection loop -----------------------------------------------------------
 
     async def run(self) -> None:
+        recorder = self._start_recorder()
+        try:
+            await self._serve()
+        finally:
+            if recorder is not None:
+                recorder[0].set()
+                await asyncio.to_thread(recorder[1].join, 15)
+
+    def _start_recorder(self) -> tuple[threading.Event, threading.Thread] | None:
+        """The flight recorder, on its own thread: a slow disk never delays the channel."""
+        if not self.policy.recorder_on:
+            return None
+        from agent.daemon.recorder import Recorder
+
+        stop = threading.Event()
+
+        def record() -> None:
+            try:
+                recorder = Recorder(self.home.root, self.policy.recorder_settings())
+            except Exception as exc:  # an unwritable home: the service still serves snapshots
+                log.error("flight recorder not started: %s", exc)
+                return
+            try:
+                recorder.run(stop)
+            except Exception:
+                log.exception("flight recorder stopped")
+            finally:
+                recorder.close()
+
+        thread = threading.Thread(target=record, name="recorder", daemon=True)
+        thread.start()
+        return stop, thread
+
+    async def _serve(self) -> None:
         failures = 0
         while not self._stop.is_set():
             accepted = False

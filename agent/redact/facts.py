@@ -41,6 +41,7 @@ _TYPED = {
     _P + "HostFacts.fqdn": "fqdn",
     _P + "Interface.mac": "mac",
     _P + "ProcessInfo.username": "user",
+    _P + "RecordedProcess.name": "process",
 }
 _SYSTEM_USERS = frozenset({"root", "nobody", "daemon", "systemd-network", "systemd-resolve", "messagebus"})
 _STRING = FieldDescriptor.TYPE_STRING

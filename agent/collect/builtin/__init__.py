@@ -12,6 +12,7 @@ from agent.collect.builtin.memory import MemoryCollector
 from agent.collect.builtin.netdepth import NetworkDepthCollector
 from agent.collect.builtin.network import NetworkCollector
 from agent.collect.builtin.processes import ProcessesCollector
+from agent.collect.builtin.recorded import RecordedHistoryCollector
 from agent.collect.builtin.services import ServicesCollector
 from agent.collect.builtin.timeseries import TimeseriesCollector
 from agent.collect.framework import Collector
@@ -29,6 +30,7 @@ BUILTIN_COLLECTORS: tuple[type[Collector], ...] = (
     ClockCollector,
     LogsCollector,
     TimeseriesCollector,
+    RecordedHistoryCollector,
 )
 
 __all__ = [
@@ -43,6 +45,7 @@ __all__ = [
     "NetworkCollector",
     "NetworkDepthCollector",
     "ProcessesCollector",
+    "RecordedHistoryCollector",
     "ServicesCollector",
     "TimeseriesCollector",
 ]
