@@ -38,13 +38,11 @@ import json
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from agent.daemon.recorder_settings import RecorderSettings
 from agent.errors import CasefileError
 from agent.scopes import SCOPE_COLLECTORS, SCOPES, collectors_for, is_scope, reads_logs, scope_names
-
-if TYPE_CHECKING:
-    from agent.daemon.recorder import RecorderSettings
 
 __all__ = [
     "DEFAULT_POLICY",
@@ -142,7 +140,6 @@ class Policy:
         return bool(self.recorder_interval_s and self.recorder_retention_s and self.recorder_max_bytes)
 
     def recorder_settings(self) -> RecorderSettings:
-        from agent.daemon.recorder import RecorderSettings
 
         return RecorderSettings(
             float(self.recorder_interval_s or 10),

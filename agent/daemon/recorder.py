@@ -23,24 +23,16 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from agent.daemon.recorder_sample import Sampler
+from agent.daemon.recorder_settings import RecorderSettings
 from agent.recorder_db import DB_NAME, Sample, read_samples
 
 __all__ = ["DB_NAME", "Recorder", "RecorderSettings", "Sample", "read_samples"]
 
 _PRUNE_EVERY = 60  # samples between prunes: pruning scans the old rows, sampling must not
-
-
-@dataclass(frozen=True)
-class RecorderSettings:
-    interval_s: float = 10.0
-    fine_s: int = 6 * 3600
-    retention_s: int = 7 * 86400
-    max_bytes: int = 32 * 1024 * 1024
 
 
 def _connect(path: Path) -> sqlite3.Connection:
