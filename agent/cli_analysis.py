@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -34,6 +34,13 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output."
 KeyOpt = Annotated[Path | None, typer.Option("--key", help="Expected signer public key file.")]
 
 
+
+def _print_json(doc: dict[str, Any]) -> None:
+    """One JSON document, carrying the version that made it (as every --json answer does)."""
+    from agent.version import __version__
+
+    print(json.dumps({**doc, "casefile_version": __version__}, indent=1, ensure_ascii=False))
+
 def _view(path: Path, key: Path | None) -> BundleView:
     from agent.analysis import BundleView
     from agent.keys import load_public_key
@@ -49,7 +56,7 @@ def findings(bundle: BundleArg, as_json: JsonOpt = False, key: KeyOpt = None) ->
     view = _view(bundle, key)
     a = analyse(view)
     if as_json:
-        print(a.findings.to_json())
+        _print_json(a.findings.to_dict())
     else:
         print_findings(a, _out)
     raise typer.Exit(a.findings.exit_code)
@@ -75,7 +82,7 @@ def timeline(
     view = _view(bundle, key)
     tl = build_timeline(view, seconds)
     if as_json:
-        print(json.dumps(tl.to_dict(), indent=1, ensure_ascii=False))
+        _print_json(tl.to_dict())
     else:
         print_timeline(tl, _out)
 
@@ -93,7 +100,7 @@ def diff(
     va, vb = BundleView.from_file(a), BundleView.from_file(b)
     d = diff_bundles(va, vb, force=force)
     if as_json:
-        print(json.dumps(d.to_dict(), indent=1, ensure_ascii=False))
+        _print_json(d.to_dict())
     else:
         print_diff(d, _out)
 
@@ -131,7 +138,7 @@ def report(
             doc = {"bundle": str(bundle) if output or bundle.parent != Path(tmp) else None,
                    "findings": a.findings.to_dict(), "timeline": a.timeline.to_dict(),
                    "html": str(html) if html else None}
-            print(json.dumps(doc, indent=1, ensure_ascii=False))
+            _print_json(doc)
         else:
             print_report(a, _out)
             if html is not None:

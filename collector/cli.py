@@ -123,7 +123,7 @@ def serve(
     )
     try:
         server = CollectorServer(config)
-    except ValueError as exc:
+    except (ValueError, TransportError) as exc:  # a bad --address is a usage error
         raise typer.BadParameter(str(exc)) from None
 
     async def run() -> None:

@@ -64,8 +64,10 @@ def parse_address(text: str, *, listen: bool = False) -> CollectorAddress:
     """Parse ``HOST:PORT`` or ``[V6]:PORT``; port 0 (any free port) only for ``listen``."""
     host, sep, port = text.strip().rpartition(":")
     lowest = 0 if listen else 1
-    if not sep or not host or not port.isdigit() or not lowest <= int(port) < 65536:
+    if not sep or not host or not port.isdigit():
         raise TransportError(f"collector address must be HOST:PORT, got {text!r}")
+    if not lowest <= int(port) < 65536:
+        raise TransportError(f"port {int(port)} in {text!r} is out of range: a port is {lowest} to 65535")
     return CollectorAddress(host.strip("[]"), int(port))
 
 

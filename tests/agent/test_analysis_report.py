@@ -104,6 +104,7 @@ def test_findings_cli_exit_codes_and_json(tmp_path: Path, key: SigningKey) -> No
     result = runner.invoke(app, ["findings", str(sick), "--json"])
     assert result.exit_code == 20
     assert json.loads(result.output)["findings"][0]["code"] == "dns-failure"
+    assert json.loads(result.output)["casefile_version"] == "0.1.0"  # every --json answer names it
 
 
 def test_timeline_and_report_cli(tmp_path: Path, key: SigningKey) -> None:
@@ -112,6 +113,7 @@ def test_timeline_and_report_cli(tmp_path: Path, key: SigningKey) -> None:
     assert t.exit_code == 0, t.output
     doc = json.loads(t.output)
     assert doc["interval_s"] == 600 and doc["onset"]["began_at"].startswith("2026-11-22T11:0")
+    assert doc["casefile_version"] == "0.1.0"
     html = tmp_path / "r.html"
     r = runner.invoke(app, ["report", str(path), "--html", str(html)])
     assert r.exit_code == 10, r.output  # the burst is a warning

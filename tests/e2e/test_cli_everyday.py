@@ -176,3 +176,10 @@ def test_token_list_reads_and_never_makes_a_data_folder(tmp_path: Path) -> None:
 def test_agent_history_json_is_one_document_even_when_empty(tmp_path: Path) -> None:
     res = cli("casefile", "agent", "history", "--home", str(tmp_path / "home"), "--json")
     assert json.loads(res.stdout) == []
+
+
+def test_serve_with_a_port_out_of_range_says_so_and_exits_2(tmp_path: Path) -> None:
+    res = cli("casefile-collector", "serve", "--address", "127.0.0.1:99999", "--data-dir", str(tmp_path / "d"),
+              check=False)  # fmt: skip
+    assert res.returncode == 2, res.stderr
+    assert "port 99999" in res.stderr and "out of range" in " ".join(res.stderr.split())
