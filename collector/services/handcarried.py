@@ -23,9 +23,8 @@ from google.protobuf.message import DecodeError
 from sqlalchemy.exc import IntegrityError
 
 from agent.errors import CasefileError, VerificationError
-from collector.services.ingest import IngestLimits, IngestService
+from collector.services.ingest import IngestLimits, IngestService, bundle_record
 from collector.storage import BlobStore, BundleRecord, Store
-from collector.storage.counts import collector_counts
 from collector.storage.errors import NotFound
 from collector.storage.schema import agents
 from protos import facts_pb2
@@ -95,7 +94,6 @@ def _unenrolled_agent(store: Store) -> str:
 
 async def _import_one(service: IngestService, store: Store, blobs: BlobStore, path: Path, case: str | None) -> Imported:
     # Private helpers of ingest: the record is built exactly as for an upload.
-    from collector.services.ingest import _parse_time, _safe_file_name
 
     size, sha256 = await asyncio.to_thread(_hash, path)
     try:
@@ -157,28 +155,17 @@ async def _import_one(service: IngestService, store: Store, blobs: BlobStore, pa
         blob_key = await asyncio.to_thread(staged.commit)
     finally:
         staged.close()
-    ok, skipped, failed = collector_counts(manifest)  # counted as Ingest counts them
-    now = dt.datetime.now(dt.UTC)
-    created = _parse_time(manifest.get("created_at")) or now
-    record = BundleRecord(
+    record = bundle_record(
+        vb,
+        facts,
         bundle_id=bundle_id,
         agent_id=agent_id,
-        hostname=str(manifest.get("hostname") or facts.host.hostname or "unknown"),
         case_id=case_id,
-        kind=str(manifest.get("kind") or "one-shot"),
-        created_at_us=int(created.timestamp() * 1_000_000),
-        received_at_us=int(now.timestamp() * 1_000_000),
         size=size,
         sha256=sha256,
         key_fingerprint=vb.public_key.fingerprint,
-        agent_version=str(manifest.get("agent_version") or ""),
-        file_name=_safe_file_name(path.name, bundle_id),
-        collectors_ok=ok,
-        collectors_failed=failed,
+        file_name=path.name,
         blob_key=blob_key,
-        os=facts.host.os_release or facts.host.os,
-        origin_fingerprint=vb.public_key.fingerprint,
-        collectors_skipped=skipped,
     )
     stored, inserted = await asyncio.to_thread(
         store.insert_bundle, record, facts_pb=vb.kept.get("facts.pb", b""), manifest_json=vb.manifest_bytes.decode()

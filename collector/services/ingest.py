@@ -68,6 +68,47 @@ def receipt_for(rec: BundleRecord) -> collector_pb2.Receipt:
     )
 
 
+def bundle_record(
+    vb: VerifiedBundle,
+    facts: facts_pb2.Snapshot,
+    *,
+    bundle_id: str,
+    agent_id: str,
+    case_id: str | None,
+    size: int,
+    sha256: str,
+    key_fingerprint: str,
+    file_name: str,
+    blob_key: str,
+) -> BundleRecord:
+    """The metadata row of a verified bundle: one reading of its manifest for an upload and
+    for a bundle brought by hand (``collector.services.handcarried``)."""
+    manifest = vb.manifest
+    ok, skipped, failed = collector_counts(manifest)
+    now = dt.datetime.now(dt.UTC)
+    created = _parse_time(manifest.get("created_at")) or now
+    return BundleRecord(
+        bundle_id=bundle_id,
+        agent_id=agent_id,
+        hostname=str(manifest.get("hostname") or facts.host.hostname or "unknown"),
+        case_id=case_id,
+        kind=str(manifest.get("kind") or "one-shot"),
+        created_at_us=int(created.timestamp() * 1_000_000),
+        received_at_us=int(now.timestamp() * 1_000_000),
+        size=size,
+        sha256=sha256,
+        key_fingerprint=key_fingerprint,
+        agent_version=str(manifest.get("agent_version") or ""),
+        file_name=_safe_file_name(file_name, bundle_id),
+        collectors_ok=ok,
+        collectors_failed=failed,
+        blob_key=blob_key,
+        os=facts.host.os_release or facts.host.os,
+        origin_fingerprint=vb.public_key.fingerprint,
+        collectors_skipped=skipped,
+    )
+
+
 class IngestService(collector_pb2_grpc.IngestServicer):
     def __init__(
         self,
@@ -498,28 +539,17 @@ class IngestService(collector_pb2_grpc.IngestServicer):
                     f"bundle {bundle_id} not stored: case token {identity.case_token.id} is {exc.reason}",
                 ) from None
         blob_key = await asyncio.to_thread(staged.commit)
-        ok, skipped, failed = collector_counts(manifest)
-        created = _parse_time(manifest.get("created_at"))
-        now = dt.datetime.now(dt.UTC)
-        record = BundleRecord(
+        record = bundle_record(
+            vb,
+            facts,
             bundle_id=bundle_id,
             agent_id=identity.agent.id,
-            hostname=str(manifest.get("hostname") or facts.host.hostname or "unknown"),
             case_id=manifest.get("case_id") or None,
-            kind=str(manifest.get("kind") or "one-shot"),
-            created_at_us=int((created or now).timestamp() * 1_000_000),
-            received_at_us=int(now.timestamp() * 1_000_000),
             size=header.size,
             sha256=header.sha256,
             key_fingerprint=identity.public_key.fingerprint,
-            agent_version=str(manifest.get("agent_version") or ""),
-            file_name=_safe_file_name(header.file_name, bundle_id),
-            collectors_ok=ok,
-            collectors_failed=failed,
+            file_name=header.file_name,
             blob_key=blob_key,
-            os=facts.host.os_release or facts.host.os,
-            origin_fingerprint=vb.public_key.fingerprint,
-            collectors_skipped=skipped,
         )
         stored, inserted = await asyncio.to_thread(
             self._store.insert_bundle,
