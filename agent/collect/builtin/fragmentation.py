@@ -138,6 +138,7 @@ def _linux(ctx: CollectContext) -> facts_pb2.FragmentationFacts:
     facts = facts_pb2.FragmentationFacts()
     deadline = time.monotonic() + min(budget, max(0.0, ctx.remaining() - _SAFETY_S))
     walkable = [t for t in targets if not t.not_sampled]
+    free_space: list[tuple[int, Pending[facts_pb2.FreeSpaceFragmentation]]] = []
     for t in targets:
         if ctx.cancelled.is_set():
             break  # the run was given up: start no more children
@@ -169,11 +170,15 @@ def _linux(ctx: CollectContext) -> facts_pb2.FragmentationFacts:
         fs.device, fs.fstype = _text(t.device), _text(t.fstype)
         fs.budget_s = share
         fs.media = lin.media_of(t.mountpoint)
-        fs.free_space.CopyFrom(_free_space_result(free, ctx))
         fs.duration_s = time.monotonic() - started
         if t.note:
             fs.note = _text(f"{t.note}; {fs.note}")
         facts.filesystems.append(fs)
+        # Its GETFSMAP goes on while the next filesystem is sampled: on a large root with
+        # fragmented free space it takes seconds, which are not the next sample's share.
+        free_space.append((len(facts.filesystems) - 1, free))
+    for index, free in free_space:
+        facts.filesystems[index].free_space.CopyFrom(_free_space_result(free, ctx))
     _add_open_by(ctx, facts)
     return facts
 
