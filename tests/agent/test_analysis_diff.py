@@ -323,7 +323,7 @@ def test_json_is_one_document(pair: tuple[Path, Path]) -> None:
     out = CliRunner().invoke(app, ["diff", str(pair[0]), str(pair[1]), "--json"])
     assert out.exit_code == 0, out.output
     doc = json.loads(out.output)  # one document, nothing else on stdout
-    assert set(doc) == {"a", "b", "sections"}
+    assert set(doc) == {"a", "b", "sections", "casefile_version"}
     for s in doc["sections"].values():
         assert {"added", "removed", "changed", "not_compared"} <= set(s)
     (used,) = doc["sections"]["filesystems"]["changed"]
