@@ -528,10 +528,10 @@ def verify(
     result = {
         "ok": True,
         "casefile_version": __version__,
-        "bundle_id": m.get("bundle_id"),
-        "hostname": m.get("hostname"),
-        "case_id": m.get("case_id"),
-        "created_at": m.get("created_at"),
+        "bundle_id": m.bundle_id,
+        "hostname": m.hostname,
+        "case_id": m.case_id,
+        "created_at": m.created_at,
         "members": len(vb.members),
         "key_fingerprint": vb.public_key.fingerprint,
         "key_pinned": vb.key_pinned,
@@ -582,7 +582,7 @@ def upload_cmd(
         vb = verify_bundle(bundle, expected_key=own.public)
         key = own
     receipt = _upload(
-        bundle, str(vb.manifest["bundle_id"]), state, to, token, ca_fingerprint, ca_file, insecure,
+        bundle, vb.bundle_id, state, to, token, ca_fingerprint, ca_file, insecure,
         key=key, show_progress=True,
     )  # fmt: skip
     out.print(f"[green]Uploaded[/] {bundle.name}: bundle {receipt.bundle_id}, sha256 {receipt.sha256[:16]}…")

@@ -35,7 +35,9 @@ from agent.bundle.manifest import (
     MANIFEST_NAME,
     RESERVED_NAMES,
     SIGNATURE_NAME,
+    BundleKind,
     BundleMeta,
+    Manifest,
     MemberInfo,
     PathSet,
     bundle_file_name,
@@ -67,7 +69,7 @@ class WrittenBundle:
     size: int
     sha256: str
     fingerprint: str
-    manifest: dict[str, Any]
+    manifest: dict[str, Any]  # the JSON object signed (``Manifest.document()``)
     manifest_bytes: bytes
 
 
@@ -264,7 +266,7 @@ class BundleWriter:
             size=self._sink.size,
             sha256=self._sink.sha.hexdigest(),
             fingerprint=self._key.fingerprint,
-            manifest=manifest,
+            manifest=manifest.document(),
             manifest_bytes=manifest_bytes,
         )
 
@@ -364,34 +366,26 @@ class BundleWriter:
         truncated: Sequence[Any],
         redaction: Mapping[str, Any] | None,
         extra: Mapping[str, Any],
-    ) -> dict[str, Any]:
+    ) -> Manifest:
         meta = self.meta
-        manifest: dict[str, Any] = {
-            "format": FORMAT,
-            "bundle_id": meta.bundle_id,
-            "agent_id": meta.agent_id,
-            "key": {
-                "algorithm": "ed25519",
-                "public_key": self._key.public.b64,
-                "fingerprint": self._key.fingerprint,
-            },
-            "case_id": meta.case_id,
-            "kind": meta.kind,
-            "request_id": meta.request_id,
-            "hostname": meta.hostname,
-            "created_at": format_time(meta.created_at),
-            "agent_version": meta.agent_version,
-            "spec": dict(spec or {}),
-            "collectors": [dict(entry) for entry in collectors],
-            "truncated": [*truncated, *self._shrunk],
-            "redaction": dict(redaction) if redaction is not None else None,
-            "members": [m._asdict() for m in self._members],
-        }
-        clash = sorted(set(extra) & set(manifest))
-        if clash:
-            raise BundleError(f"extra manifest keys would overwrite {', '.join(clash)}")
-        manifest.update(extra)
-        return manifest
+        return Manifest(
+            format=FORMAT,
+            bundle_id=meta.bundle_id,
+            agent_id=meta.agent_id,
+            key=self._key.public,
+            case_id=meta.case_id,
+            kind=cast(BundleKind, meta.kind),  # BundleMeta checked it
+            request_id=meta.request_id,
+            hostname=meta.hostname,
+            created_at=format_time(meta.created_at),
+            agent_version=meta.agent_version,
+            spec=dict(spec or {}),
+            collectors=tuple(dict(entry) for entry in collectors),
+            truncated=(*truncated, *self._shrunk),
+            redaction=dict(redaction) if redaction is not None else None,
+            members=tuple(self._members),
+            extra=dict(extra),
+        )
 
     def _publish(self) -> None:
         # link() refuses an existing name where rename() would silently replace it.

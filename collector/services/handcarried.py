@@ -104,11 +104,9 @@ async def _import_one(service: IngestService, store: Store, blobs: BlobStore, pa
         where = f" (member {exc.member})" if exc.member else ""
         raise ImportRefused(f"{path}: refused{where}: {exc}") from None
     manifest = vb.manifest
-    bundle_id = str(manifest.get("bundle_id") or "")
+    bundle_id = manifest.bundle_id  # the reader checked its shape
     problems = []
-    if not bundle_id:
-        problems.append("the manifest names no bundle_id")
-    manifest_case = manifest.get("case_id") or None
+    manifest_case = manifest.case_id or None
     if case and manifest_case and manifest_case != case:
         problems.append(f"manifest case_id {manifest_case!r} is not --case {case!r}")
     facts = facts_pb2.Snapshot()

@@ -84,21 +84,21 @@ def bundle_record(
     """The metadata row of a verified bundle: one reading of its manifest for an upload and
     for a bundle brought by hand (``collector.services.handcarried``)."""
     manifest = vb.manifest
-    ok, skipped, failed = collector_counts(manifest)
+    ok, skipped, failed = collector_counts(manifest.collectors)
     now = dt.datetime.now(dt.UTC)
-    created = _parse_time(manifest.get("created_at")) or now
     return BundleRecord(
         bundle_id=bundle_id,
         agent_id=agent_id,
-        hostname=str(manifest.get("hostname") or facts.host.hostname or "unknown"),
+        # The reader checked every field's type; an empty host name falls back to the facts'.
+        hostname=manifest.hostname or facts.host.hostname or "unknown",
         case_id=case_id,
-        kind=str(manifest.get("kind") or "one-shot"),
-        created_at_us=int(created.timestamp() * 1_000_000),
+        kind=manifest.kind,
+        created_at_us=int(manifest.created.timestamp() * 1_000_000),
         received_at_us=int(now.timestamp() * 1_000_000),
         size=size,
         sha256=sha256,
         key_fingerprint=key_fingerprint,
-        agent_version=str(manifest.get("agent_version") or ""),
+        agent_version=manifest.agent_version,
         file_name=_safe_file_name(file_name, bundle_id),
         collectors_ok=ok,
         collectors_failed=failed,
@@ -509,13 +509,13 @@ class IngestService(collector_pb2_grpc.IngestServicer):
             raise
         manifest = vb.manifest
         problems = []
-        if manifest.get("bundle_id") != bundle_id:
-            problems.append(f"manifest bundle_id {manifest.get('bundle_id')!r} != header {bundle_id}")
-        if identity.case_token is None and manifest.get("agent_id") not in ("", identity.agent.id):
-            problems.append(f"manifest agent_id {manifest.get('agent_id')!r} != uploader {identity.agent.id}")
-        if identity.case_token is not None and manifest.get("case_id") != identity.case_token.case_id:
+        if manifest.bundle_id != bundle_id:
+            problems.append(f"manifest bundle_id {manifest.bundle_id!r} != header {bundle_id}")
+        if identity.case_token is None and manifest.agent_id not in ("", identity.agent.id):
+            problems.append(f"manifest agent_id {manifest.agent_id!r} != uploader {identity.agent.id}")
+        if identity.case_token is not None and manifest.case_id != identity.case_token.case_id:
             problems.append(
-                f"manifest case_id {manifest.get('case_id')!r} is not the token's case {identity.case_token.case_id!r}"
+                f"manifest case_id {manifest.case_id!r} is not the token's case {identity.case_token.case_id!r}"
             )
         facts = facts_pb2.Snapshot()
         try:
@@ -544,7 +544,7 @@ class IngestService(collector_pb2_grpc.IngestServicer):
             facts,
             bundle_id=bundle_id,
             agent_id=identity.agent.id,
-            case_id=manifest.get("case_id") or None,
+            case_id=manifest.case_id or None,
             size=header.size,
             sha256=header.sha256,
             key_fingerprint=identity.public_key.fingerprint,
@@ -571,8 +571,8 @@ class IngestService(collector_pb2_grpc.IngestServicer):
             "stored" if inserted else "already stored",
             stored.size,
         )
-        request_id = manifest.get("request_id")
-        if self._on_stored is not None and isinstance(request_id, str) and request_id:
+        request_id = manifest.request_id
+        if self._on_stored is not None and request_id:
             try:
                 await self._on_stored(stored, request_id)
             except Exception:
@@ -587,18 +587,8 @@ def _require_open(identity: UploadIdentity, bundle_id: str) -> None:
         raise Rejected(grpc.StatusCode.UNAUTHENTICATED, f"bundle {bundle_id}: {identity.closed}")
 
 
-def _parse_time(value: object) -> dt.datetime | None:
-    if not isinstance(value, str):
-        return None
-    try:
-        parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
-
-
-_NAME = re.compile(r"^[A-Za-z0-9._-]{1,200}$")
+_NAME = re.compile(r"[A-Za-z0-9._-]{1,200}")
 
 
 def _safe_file_name(name: str, bundle_id: str) -> str:
-    return name if _NAME.match(name) and name.endswith(".tar.zst") else f"casefile-{bundle_id}.tar.zst"
+    return name if _NAME.fullmatch(name) and name.endswith(".tar.zst") else f"casefile-{bundle_id}.tar.zst"

@@ -26,7 +26,6 @@ import fcntl
 import hashlib
 import json
 import os
-import re
 import threading
 import time
 from datetime import timedelta
@@ -34,13 +33,12 @@ from pathlib import Path
 from types import TracebackType
 from typing import BinaryIO, Protocol, runtime_checkable
 
-from agent.bundle.manifest import is_bundle_id
+from agent.bundle.names import is_bundle_id, is_sha256
 from collector.storage.errors import Conflict, InvalidArgument, NotFound, StagedByOther, StoreError
 
 __all__ = ["DEFAULT_SYNC_EVERY", "BlobBackend", "BlobStore", "StagedUpload"]
 
 DEFAULT_SYNC_EVERY = 8 * 1024 * 1024
-_SHA256_RE = re.compile(r"[0-9a-f]{64}")
 _HASH_READ = 1024 * 1024
 
 
@@ -51,7 +49,7 @@ def _check_bundle_id(bundle_id: str) -> None:
 
 
 def _check_key(key: str) -> None:
-    if not isinstance(key, str) or not _SHA256_RE.fullmatch(key):
+    if not is_sha256(key):
         raise InvalidArgument(f"blob key {key!r} is not a lowercase SHA-256 hex digest")
 
 
