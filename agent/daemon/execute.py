@@ -18,10 +18,11 @@ from typing import IO, Any
 
 from agent.bundle import WrittenBundle
 from agent.collect import CollectionSpec
+from agent.collect_request import run_options, upload_target
 from agent.keys import SigningKey
 from agent.oneshot import PrivacyOptions, collect_bundle
 from agent.state import AgentHome
-from agent.transport import UploadTarget, open_channel, parse_address, upload_bundle
+from agent.transport import open_channel, parse_address, upload_bundle
 
 __all__ = ["LIVE_SAMPLING", "collect_live", "main", "serve"]
 
@@ -54,11 +55,10 @@ def collect_live(
     options: dict[str, str | int | float | bool] = dict(LIVE_SAMPLING)
     if since_s:  # the daemon names a window only for scopes that read logs (agent.scopes.reads_logs)
         options["logs_since_s"] = float(since_s)
-    options["recorder_home"] = str(home)  # the flight recorder's history, for the same window
-    options["recorder_since_s"] = float(since_s or 3600)
     enrollment = AgentHome(home).enrollment()
-    if enrollment and enrollment.collector_host:
-        options["resolve_name"] = enrollment.collector_host  # the name this agent has to reach
+    # The flight recorder's history for the same window, and the name this agent has to reach.
+    collector_host = enrollment.collector_host if enrollment else ""
+    options.update(run_options(home=home, recorder_since_s=float(since_s or 3600), collector_host=collector_host))
     output_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     collected = collect_bundle(
         key=key,
@@ -100,7 +100,7 @@ def _collect(request: dict[str, Any]) -> dict[str, Any]:
 
 def _upload(request: dict[str, Any]) -> dict[str, Any]:
     bundle_id = str(request["bundle_id"])
-    target = UploadTarget(key=_key(Path(request["home"])), agent_id=str(request["agent_id"]))
+    target = upload_target(_key(Path(request["home"])), token=None, agent_id=str(request["agent_id"]))
     address = parse_address(str(request["collector"]))
     with open_channel(address, ca_fingerprint=request.get("ca_fingerprint")) as channel:
         upload_bundle(
