@@ -23,7 +23,8 @@ from google.protobuf.message import DecodeError
 from sqlalchemy.exc import IntegrityError
 
 from agent.errors import CasefileError, VerificationError
-from collector.services.ingest import IngestLimits, IngestService, bundle_record
+from collector.services.bundle_record import bundle_record
+from collector.services.ingest import IngestLimits, IngestService
 from collector.storage import BlobStore, BundleRecord, Store
 from collector.storage.errors import NotFound
 from collector.storage.schema import agents
