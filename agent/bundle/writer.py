@@ -3,7 +3,8 @@
 Memory stays bounded whatever the member sizes: ``add_file`` copies from the
 source in chunks, ``open_member`` spools to an anonymous temporary file beside the
 bundle once a member passes 1 MiB (tar needs a member's size before its data), and
-the zstd compressor works on a fixed window.
+the zstd compressor works on a fixed window (the file objects involved are in
+``agent.bundle.sinks``).
 
 The bundle is written to ``.<name>.partial`` in the output folder, fsynced, and only
 then linked to its final name, so a reader never sees half a bundle under the real
@@ -15,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import io
 import os
 import shutil
 import stat
@@ -45,11 +45,12 @@ from agent.bundle.manifest import (
     format_time,
     member_path_problem,
 )
+from agent.bundle.sinks import HashingSink, MemberWriter
 from agent.errors import BundleError
 from agent.keys import SigningKey
 
 if TYPE_CHECKING:
-    from _typeshed import ReadableBuffer
+    pass
 
 __all__ = ["BundleWriter", "MemberWriter", "WrittenBundle"]
 
@@ -71,44 +72,6 @@ class WrittenBundle:
     fingerprint: str
     manifest: dict[str, Any]  # the JSON object signed (``Manifest.document()``)
     manifest_bytes: bytes
-
-
-class MemberWriter(io.RawIOBase):
-    """The writable file handed out by ``BundleWriter.open_member``."""
-
-    def __init__(self, spool: IO[bytes]) -> None:
-        super().__init__()
-        self._spool = spool
-        self.size = 0
-
-    def writable(self) -> bool:
-        return True
-
-    def write(self, b: ReadableBuffer) -> int:
-        if self.closed:
-            raise ValueError("write to a closed bundle member")
-        count = memoryview(b).nbytes
-        self._spool.write(b)
-        self.size += count
-        return count
-
-
-class _HashingSink:
-    """What the compressor writes into: the partial file, hashed and counted on the way."""
-
-    def __init__(self, raw: IO[bytes]) -> None:
-        self.raw = raw
-        self.sha = hashlib.sha256()
-        self.size = 0
-
-    def write(self, data: bytes) -> int:
-        self.raw.write(data)
-        self.sha.update(data)
-        self.size += len(data)
-        return len(data)
-
-    def flush(self) -> None:
-        self.raw.flush()
 
 
 class BundleWriter:
@@ -142,7 +105,7 @@ class BundleWriter:
                 f"cannot create bundle in {self._dir}: {exc.strerror or exc}", path=str(self.path)
             ) from None
         self._raw = os.fdopen(fd, "wb")
-        self._sink = _HashingSink(self._raw)
+        self._sink = HashingSink(self._raw)
         compressor = zstandard.ZstdCompressor(level=ZSTD_LEVEL, write_checksum=True)
         # The sink has the one method the compressor calls; its stub asks for a whole file.
         self._zstd = compressor.stream_writer(cast(IO[bytes], self._sink), closefd=False)
