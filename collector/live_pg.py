@@ -3,11 +3,18 @@
 Same interface as :class:`collector.live_router.LiveRouter`; the services do not know which one
 they hold. What changes when several replicas share one database:
 
+- **Who is alive.** Each replica has one row in ``collector_replicas`` and refreshes its
+  ``heartbeat_at`` every ``heartbeat_s``: one row written per replica, however many agents
+  it holds (at 50,000 agents on 6 replicas, ~1.2 writes a second instead of ~10,000).
 - **Who holds which agent.** ``agent_channels`` maps agent id → replica id. A replica
   claims the row when an agent's stream is accepted (refused with ALREADY_EXISTS while
-  another live replica holds it), refreshes ``heartbeat_at`` for all its rows every
-  ``heartbeat_s``, and deletes the row when the stream ends. A replica that died stops
-  refreshing; after ``stale_s`` its rows count as gone and the next replica takes over.
+  another live replica holds it) and deletes it when the stream ends; nothing else
+  writes it. "Connected" is: the agent has a row, and the replica it names has a
+  heartbeat newer than ``stale_s``. A replica that died (SIGKILL) stops its heartbeat;
+  after ``stale_s`` all its agents count as gone at once, the next replica an agent
+  reaches takes its row over, and the survivors delete the dead replica's rows lazily
+  (every ``stale_s``). A replica that was only paused past ``stale_s`` and finds its row
+  reaped writes the rows of the streams it still holds again.
 - **Requests.** Creating or advancing a request writes the row and
   ``NOTIFY casefile_live, '<request id>'`` in one transaction (``collector.storage.live``).
   Every replica LISTENs on a dedicated psycopg connection. On a notification it re-reads
@@ -90,6 +97,10 @@ class PgLiveRouter(LiveRouter):
     async def start(self) -> None:
         # Rows of an earlier process with the same --replica-id are not streams any more.
         await asyncio.to_thread(self._store.release_replica_channels, self.replica_id)
+        # Alive before the first stream is accepted: a claim names a replica with a row.
+        await asyncio.to_thread(self._store.heartbeat_replica, self.replica_id)
+        with contextlib.suppress(Exception):
+            await asyncio.to_thread(self._store.reap_orphan_channels)
         self._tasks = [
             asyncio.create_task(self._listen(), name="live-listen"),
             asyncio.create_task(self._scan(), name="live-scan"),
@@ -103,7 +114,7 @@ class PgLiveRouter(LiveRouter):
                 await task
         self._tasks = []
         with contextlib.suppress(Exception):
-            await asyncio.to_thread(self._store.release_replica_channels, self.replica_id)
+            await asyncio.to_thread(self._store.forget_replica, self.replica_id)
 
     # -- streams -------------------------------------------------------------------
 
@@ -131,7 +142,8 @@ class PgLiveRouter(LiveRouter):
             try:
                 self._store.release_channel(session.agent_id, self.replica_id)
             except Exception:
-                # The heartbeat stops for it, so the row goes stale by itself.
+                # Left for the next claim to take over; it still names this replica, so
+                # the agent shows connected until then or until this replica stops.
                 log.warning("could not release the channel row of %s", session.agent_id, exc_info=True)
 
     async def online_among(self, agent_ids: list[str]) -> set[str]:
@@ -226,18 +238,32 @@ class PgLiveRouter(LiveRouter):
             await asyncio.sleep(min(5.0, 0.1 * 2 ** min(failures, 6)))
 
     async def _scan(self) -> None:
-        last_beat = 0.0
+        last_beat = last_reap = time.monotonic()
         while True:
             await asyncio.sleep(self._scan_s)
             try:
                 if time.monotonic() - last_beat >= self._heartbeat_s:
-                    await asyncio.to_thread(self._store.heartbeat_channels, self.replica_id)
+                    await self._heartbeat()
                     last_beat = time.monotonic()
+                if time.monotonic() - last_reap >= self._stale_s:
+                    last_reap = time.monotonic()
+                    chans, reps = await asyncio.to_thread(self._store.reap_dead_replicas, _us(self._stale_s))
+                    if reps:
+                        log.warning("%d replica(s) without a heartbeat for %.0f s: %d channel row(s) deleted",
+                                    reps, self._stale_s, chans)
                 await self._catch_up()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 log.warning("live catch-up scan failed (%s); retrying in %.0f s", exc, self._scan_s)
+
+    async def _heartbeat(self) -> None:
+        if await asyncio.to_thread(self._store.heartbeat_replica, self.replica_id):
+            return
+        held = [(a, s.peer) for a, s in list(self._sessions.items())]
+        n = await asyncio.to_thread(self._store.reclaim_channels, self.replica_id, held)
+        log.warning("replica %s was taken for dead (no heartbeat for %.0f s); %d of its %d channel row(s) "
+                    "written again", self.replica_id, self._stale_s, n, len(held))
 
     async def _catch_up(self) -> None:
         for rec in await asyncio.to_thread(self._store.queued_live_requests_for_replica, self.replica_id):

@@ -29,6 +29,7 @@ from collector.storage.live_schema import (
     live_requests,
     replica_metadata,
 )
+from collector.storage.replicas_schema import collector_replicas
 from collector.storage.schema import AgentRecord, agents, from_micros, to_micros
 
 __all__ = [
@@ -39,6 +40,7 @@ __all__ = [
     "LiveMethods",
     "LiveRequestRecord",
     "agent_channels",
+    "collector_replicas",
     "create_channel_tables",
     "create_live_tables",
     "live_metadata",
@@ -230,11 +232,66 @@ class LiveMethods(StoreBase):
         with self._read() as conn:
             return [_rec(r) for r in conn.execute(query)]
 
-    def claim_channel(self, agent_id: str, replica_id: str, peer: str, stale_before_us: int) -> ChannelHolder | None:
-        """Record that ``replica_id`` holds the agent's stream.
+    def heartbeat_replica(self, replica_id: str) -> bool:
+        """Refresh this replica's one liveness row (one row written, however many agents it
+        holds). ``False`` when the row was missing: another replica took this one for dead
+        (a long pause) and deleted its channel rows, which the caller must then write again
+        (``reclaim_channels``)."""
+        now = self._now()
+        r = collector_replicas.c
+        with self._write() as conn:
+            done = conn.execute(collector_replicas.update().where(r.replica_id == replica_id).values(heartbeat_at=now))
+            if done.rowcount:
+                return True
+            ins = self._insert(collector_replicas).values(replica_id=replica_id, started_at=now, heartbeat_at=now)
+            conn.execute(ins.on_conflict_do_update(index_elements=[r.replica_id], set_={"heartbeat_at": now}))
+        return False
 
-        ``None`` on success; the current holder when another replica holds it with a
-        heartbeat at or after ``stale_before_us`` (the row is then left alone).
+    def forget_replica(self, replica_id: str) -> int:
+        """A replica stopping: its row and its channel rows go; returns how many channels."""
+        with self._write() as conn:
+            n = conn.execute(agent_channels.delete().where(agent_channels.c.replica_id == replica_id)).rowcount
+            conn.execute(collector_replicas.delete().where(collector_replicas.c.replica_id == replica_id))
+        return int(n)
+
+    def _alive(self, fresh_after_us: int) -> Any:
+        """The replicas whose heartbeat is at or after ``fresh_after_us`` (a subquery)."""
+        r = collector_replicas.c
+        return select(r.replica_id).where(r.heartbeat_at >= fresh_after_us)
+
+    def reap_dead_replicas(self, fresh_after_us: int) -> tuple[int, int]:
+        """Delete the rows of replicas without a fresh heartbeat, then their channel rows.
+
+        Nothing depends on it for correctness (a dead replica's channels already count as
+        gone); it keeps the tables small. The replica rows go first, each only if still
+        stale under its row lock, and only their channels after: a replica that was merely
+        paused and heartbeats meanwhile either keeps its row (and its channels) or finds it
+        gone and writes its channels again. Returns (channel rows, replica rows) deleted."""
+        h, r = agent_channels.c, collector_replicas.c
+        with self._write() as conn:
+            dead = list(
+                conn.execute(
+                    collector_replicas.delete().where(r.heartbeat_at < fresh_after_us).returning(r.replica_id)
+                ).scalars()
+            )
+            if not dead:
+                return 0, 0
+            chans = conn.execute(agent_channels.delete().where(h.replica_id.in_(dead)))
+        return int(chans.rowcount), len(dead)
+
+    def reap_orphan_channels(self) -> int:
+        """Channel rows naming a replica that has no row at all (left by a collector from
+        before the replicas table, or by one whose row was already reaped)."""
+        h = agent_channels.c
+        known = select(collector_replicas.c.replica_id)
+        with self._write() as conn:
+            return int(conn.execute(agent_channels.delete().where(h.replica_id.not_in(known))).rowcount)
+
+    def claim_channel(self, agent_id: str, replica_id: str, peer: str, fresh_after_us: int) -> ChannelHolder | None:
+        """Record that ``replica_id`` holds the agent's stream (one row written per connect).
+
+        ``None`` on success; the current holder when another replica holds it and that
+        replica's heartbeat is at or after ``fresh_after_us`` (the row is then left alone).
         """
         now = self._now()
         ins = self._insert(agent_channels).values(
@@ -249,14 +306,32 @@ class LiveMethods(StoreBase):
                 "connected_at": ins.excluded.connected_at,
                 "heartbeat_at": ins.excluded.heartbeat_at,
             },
-            where=(h.heartbeat_at < stale_before_us) | (h.replica_id == replica_id),
+            where=h.replica_id.not_in(self._alive(fresh_after_us)) | (h.replica_id == replica_id),
         ).returning(h.agent_id)
         with self._write() as conn:
             if conn.execute(stmt).first() is not None:
                 return None
-            row = conn.execute(select(agent_channels).where(h.agent_id == agent_id)).one()
-        m = row._mapping
-        return ChannelHolder(m["agent_id"], m["replica_id"], m["peer"], m["connected_at"], m["heartbeat_at"])
+        return self.channel_holder(agent_id, fresh_after_us)
+
+    def reclaim_channels(self, replica_id: str, held: list[tuple[str, str]]) -> int:
+        """Write the rows of the streams ``replica_id`` still holds, (agent id, peer) each,
+        after its rows were reaped; rows another replica took meanwhile stay its. Returns
+        how many were written."""
+        if not held:
+            return 0
+        now = self._now()
+        h = agent_channels.c
+        rows = [
+            {"agent_id": a, "replica_id": replica_id, "peer": p, "connected_at": now, "heartbeat_at": now}
+            for a, p in held
+        ]
+        written = 0
+        with self._write() as conn:
+            for i in range(0, len(rows), 1000):  # bound parameters per statement: PostgreSQL takes ≤ 65,535
+                ins = self._insert(agent_channels).values(rows[i : i + 1000])
+                ins = ins.on_conflict_do_nothing(index_elements=[h.agent_id])
+                written += len(conn.execute(ins.returning(h.agent_id)).all())
+        return written
 
     def release_channel(self, agent_id: str, replica_id: str) -> None:
         h = agent_channels.c
@@ -267,30 +342,25 @@ class LiveMethods(StoreBase):
         with self._write() as conn:
             return conn.execute(agent_channels.delete().where(agent_channels.c.replica_id == replica_id)).rowcount
 
-    def heartbeat_channels(self, replica_id: str) -> int:
-        """Refresh every row this replica holds; returns how many."""
-        h = agent_channels.c
-        with self._write() as conn:
-            stmt = agent_channels.update().where(h.replica_id == replica_id).values(heartbeat_at=self._now())
-            done = conn.execute(stmt)
-        return done.rowcount
-
     def agents_with_fresh_channels(self, agent_ids: list[str], fresh_after_us: int) -> set[str]:
-        """Those of ``agent_ids`` whose stream some replica holds with a fresh heartbeat (one query)."""
+        """Those of ``agent_ids`` whose stream a replica with a fresh heartbeat holds (one query)."""
         if not agent_ids:
             return set()
         h = agent_channels.c
-        query = select(h.agent_id).where(h.agent_id.in_(agent_ids), h.heartbeat_at >= fresh_after_us)
+        query = select(h.agent_id).where(h.agent_id.in_(agent_ids), h.replica_id.in_(self._alive(fresh_after_us)))
         with self._read() as conn:
             return {str(a) for a in conn.execute(query).scalars()}
 
     def channel_holder(self, agent_id: str, fresh_after_us: int) -> ChannelHolder | None:
-        """The replica holding the agent's stream, if its heartbeat is fresh."""
-        h = agent_channels.c
+        """The replica holding the agent's stream, if that replica's heartbeat is fresh."""
+        h, r = agent_channels.c, collector_replicas.c
+        query = (
+            select(h.agent_id, h.replica_id, h.peer, h.connected_at, r.heartbeat_at)
+            .join(collector_replicas, r.replica_id == h.replica_id)
+            .where(h.agent_id == agent_id, r.heartbeat_at >= fresh_after_us)
+        )
         with self._read() as conn:
-            row = conn.execute(
-                select(agent_channels).where(h.agent_id == agent_id, h.heartbeat_at >= fresh_after_us)
-            ).first()
+            row = conn.execute(query).first()
         if row is None:
             return None
         m = row._mapping

@@ -60,9 +60,11 @@ replica_metadata = MetaData(
     }
 )
 
-# Which collector replica holds each agent's Channel stream. A row is live while its
-# replica keeps ``heartbeat_at`` fresh; a replica that died leaves rows that go stale
-# and are taken over by the next replica the agent reaches.
+# Which collector replica holds each agent's Channel stream: written when the stream opens and
+# deleted when it closes. A row is live while its replica's ``collector_replicas`` row has a fresh
+# heartbeat (``replicas_schema``); ``heartbeat_at`` here is only the time of the claim (it was
+# refreshed every 5 s before step 9). A dead replica's rows are taken over by the next replica
+# the agent reaches, and deleted lazily by the survivors.
 agent_channels = Table(
     "agent_channels",
     replica_metadata,

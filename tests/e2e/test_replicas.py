@@ -150,3 +150,69 @@ def test_snapshot_of_unknown_stream_owner_is_offline_at_once(pair: Pair) -> None
             list(collector_pb2_grpc.QueryStub(ch).RequestSnapshot(
                 collector_pb2.SnapshotRequestSpec(host=other.id), metadata=md, timeout=30))
         assert info.value.code() is grpc.StatusCode.FAILED_PRECONDITION
+
+
+def _connected(r: Served, agent_id: str, engineer: str) -> bool:
+    md = (("authorization", f"Bearer {engineer}"),)
+    with r.channel() as ch:
+        resp = collector_pb2_grpc.QueryStub(ch).ListHosts(collector_pb2.ListHostsRequest(), metadata=md, timeout=30)
+    return any(a.connected for a in resp.agents_without_bundles if a.agent_id == agent_id)
+
+
+def _xmins(r: Served, agent_id: str, replica_id: str) -> tuple[str, str]:
+    """PostgreSQL's row versions of the agent's channel row and of the replica's row: an
+    UPDATE makes a new version with a new ``xmin``."""
+    from sqlalchemy import text
+
+    with r.store() as store, store._read() as conn:
+        chan = conn.execute(text("SELECT xmin::text FROM agent_channels WHERE agent_id = :a"), {"a": agent_id})
+        rep = conn.execute(text("SELECT xmin::text FROM collector_replicas WHERE replica_id = :r"), {"r": replica_id})
+        return str(chan.scalar_one()), str(rep.scalar_one())
+
+
+def _replica_rows(r: Served) -> tuple[set[str], set[str]]:
+    from sqlalchemy import select
+
+    from collector.storage.live import agent_channels, collector_replicas
+
+    with r.store() as store, store._read() as conn:
+        reps = set(conn.execute(select(collector_replicas.c.replica_id)).scalars())
+        held = set(conn.execute(select(agent_channels.c.replica_id)).scalars())
+    return reps, held
+
+
+def test_a_held_channel_row_is_not_rewritten_while_the_replica_heartbeats(pair: Pair) -> None:
+    """Liveness is one row per replica: over two heartbeat periods the replica's own row
+    gets new versions and the agent's channel row none."""
+    chan0, rep0 = _xmins(pair.r1, pair.agent_id, "r2")
+    time.sleep(11)
+    chan1, rep1 = _xmins(pair.r1, pair.agent_id, "r2")
+    assert chan1 == chan0, "the channel row was rewritten while the agent stayed connected"
+    assert rep1 != rep0, "replica r2's heartbeat row was not refreshed in 11 s"
+    assert _holder(pair.r1, pair.agent_id) == "r2" and _connected(pair.r1, pair.agent_id, pair.engineer)
+
+
+def test_sigkilled_replica_agents_are_gone_then_taken_over_and_its_rows_reaped(pair: Pair, tmp_path: Path) -> None:
+    """Replica 2 is SIGKILLed (no release of its rows): replica 1 sees its agent as gone once
+    r2's heartbeat is older than the timeout; a new replica r3 on r2's address takes the
+    agent's stale row over when the agent reconnects; the survivors delete r2's rows."""
+    assert _connected(pair.r1, pair.agent_id, pair.engineer)
+    pair.r2.stop(signal.SIGKILL)
+    killed = time.monotonic()
+    assert _replica_rows(pair.r1)[1] == {"r2"}  # nothing released: the row is still there
+    wait_for("r1 sees the agent of the killed r2 as gone",
+             lambda: not _connected(pair.r1, pair.agent_id, pair.engineer), timeout=40)
+    assert time.monotonic() - killed >= 8  # not before a heartbeat period or so went missing
+    r3 = Served(pair.r2.data, pair.r2.port, tmp_path / "r3.log", db_url=pair.r2.db_url, replica_id="r3")
+    r3.start()
+    try:
+        wait_for("the agent reconnected to r3, which took the row over",
+                 lambda: _holder(pair.r1, pair.agent_id) == "r3", timeout=60, logs=pair.agent_log.read_text)
+        assert _connected(pair.r1, pair.agent_id, pair.engineer)
+        wait_for("r2's replica row and channel rows reaped by a survivor",
+                 lambda: "r2" not in _replica_rows(pair.r1)[0], timeout=60)
+        reps, held = _replica_rows(pair.r1)
+        assert reps == {"r1", "r3"} and held == {"r3"}
+        assert "without a heartbeat" in pair.r1.log.read_text() + r3.log.read_text()
+    finally:
+        r3.stop()

@@ -1,0 +1,93 @@
+"""Replica liveness in the store: one heartbeat row per replica, channel rows written only
+on connect and disconnect, and "connected" meaning the holding replica is alive."""
+
+from __future__ import annotations
+
+import time
+
+from sqlalchemy import select
+
+from collector.storage import Store
+from collector.storage.live import agent_channels, collector_replicas
+
+
+def _us(seconds_ago: float = 0.0) -> int:
+    return int((time.time() - seconds_ago) * 1_000_000)
+
+
+def _channel_rows(store: Store) -> dict[str, tuple[str, int, int]]:
+    h = agent_channels.c
+    with store._read() as conn:
+        rows = conn.execute(select(h.agent_id, h.replica_id, h.connected_at, h.heartbeat_at))
+        return {r.agent_id: (r.replica_id, r.connected_at, r.heartbeat_at) for r in rows}
+
+
+def _beats(store: Store) -> dict[str, int]:
+    r = collector_replicas.c
+    with store._read() as conn:
+        return {row.replica_id: row.heartbeat_at for row in conn.execute(select(r.replica_id, r.heartbeat_at))}
+
+
+def test_heartbeat_writes_one_row_and_leaves_channel_rows_alone(store: Store) -> None:
+    assert store.heartbeat_replica("r1") is False  # first beat: the row was not there
+    agents = [f"agent-{i:03d}" for i in range(50)]
+    for a in agents:
+        assert store.claim_channel(a, "r1", f"ipv4:127.0.0.1:{1000 + len(a)}", _us(15)) is None
+    before = _channel_rows(store)
+    beat0 = _beats(store)["r1"]
+    time.sleep(0.01)
+    for _ in range(3):
+        assert store.heartbeat_replica("r1") is True
+    assert _channel_rows(store) == before  # 3 heartbeats, not one channel row touched
+    assert _beats(store)["r1"] > beat0 and list(_beats(store)) == ["r1"]
+    assert store.agents_with_fresh_channels([*agents, "nobody"], _us(15)) == set(agents)
+    holder = store.channel_holder("agent-007", _us(15))
+    assert holder is not None and holder.replica_id == "r1" and holder.heartbeat_at_us == _beats(store)["r1"]
+
+
+def test_agents_of_a_replica_without_a_fresh_heartbeat_are_gone_and_taken_over(store: Store) -> None:
+    store.heartbeat_replica("r1")
+    store.heartbeat_replica("r2")
+    assert store.claim_channel("a1", "r1", "p1", _us(15)) is None
+    # While r1 is alive a second stream elsewhere is refused and the row stays r1's.
+    refused = store.claim_channel("a1", "r2", "p2", _us(15))
+    assert refused is not None and refused.replica_id == "r1" and refused.peer == "p1"
+    # Seen from a moment when r1's last heartbeat is too old (it was SIGKILLed): gone.
+    later = _us(-1)
+    store.heartbeat_replica("r2")  # r2 keeps beating
+    assert store.channel_holder("a1", later) is None
+    assert store.agents_with_fresh_channels(["a1"], later) == set()
+    # The agent reconnects to r2: r2 takes the row over from the dead replica.
+    assert store.claim_channel("a1", "r2", "p2", later) is None
+    assert _channel_rows(store)["a1"][0] == "r2"
+
+
+def test_survivors_reap_a_dead_replica_and_a_paused_one_writes_its_rows_again(store: Store) -> None:
+    store.heartbeat_replica("dead")
+    for a in ("d1", "d2", "d3"):
+        store.claim_channel(a, "dead", "p", _us(15))
+    time.sleep(0.01)
+    cutoff = _us()
+    time.sleep(0.01)
+    store.heartbeat_replica("alive")
+    store.claim_channel("x1", "alive", "p", _us(15))
+    assert store.reap_dead_replicas(cutoff) == (3, 1)
+    assert set(_channel_rows(store)) == {"x1"} and set(_beats(store)) == {"alive"}
+    assert store.reap_dead_replicas(cutoff) == (0, 0)
+    # "dead" was only paused: its next heartbeat finds its row gone and it writes the rows
+    # of the streams it still holds; d3 reconnected to "alive" meanwhile and stays there.
+    store.claim_channel("d3", "alive", "p", _us(15))
+    assert store.heartbeat_replica("dead") is False
+    assert store.reclaim_channels("dead", [("d1", "p"), ("d2", "p"), ("d3", "p")]) == 2
+    rows = _channel_rows(store)
+    assert {a: rows[a][0] for a in rows} == {"x1": "alive", "d1": "dead", "d2": "dead", "d3": "alive"}
+
+
+def test_orphan_rows_and_a_stopping_replica(store: Store) -> None:
+    store.heartbeat_replica("r1")
+    store.claim_channel("a1", "r1", "p", _us(15))
+    store.claim_channel("old", "pre-upgrade-replica", "p", _us(15))  # no replica row at all
+    assert store.channel_holder("old", _us(15)) is None
+    assert store.reap_orphan_channels() == 1
+    assert store.forget_replica("r1") == 1
+    assert _channel_rows(store) == {} and _beats(store) == {}
