@@ -10,28 +10,28 @@ whose key names a secret is replaced whole, and a changed record is serialised a
 so ``token=\"…\"`` inside a message is seen with real quotes, a ``\u``-escaped value
 cannot hide, and every line stays valid JSON. A line that is not JSON is redacted as text.
 
-Streams are read in 1 MiB blocks. With secrets only, one bytes regex of every rule's
-hints scans the whole block in C and only the lines it points at are decoded and
-rewritten; everything else is copied byte for byte. Pseudonymising needs every line
+Streams are read in 1 MiB blocks. With secrets only, one multi-pattern pass over every
+rule's hints (``scan.py``) points at the lines that may hold a secret; only those are
+decoded and rewritten, everything else is copied byte for byte. Pseudonymising needs every line
 (almost all hold a dot or a colon), so that path goes line by line. Memory stays
 bounded by the block size plus one line (lines are cut at ``MAX_LINE``).
 """
 
 from __future__ import annotations
 
-import io
 import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, cast
 
-from agent.redact.entropy import ENTROPY_RULE, NET_FOLLOW, NET_WORDS, whole_value_rule
+from agent.redact.entropy import ENTROPY_RULE, whole_value_rule
 from agent.redact.errors import RedactionError
 from agent.redact.harvest import Harvested
 from agent.redact.identifiers import IdentifierRules
 from agent.redact.profiles import Profile
 from agent.redact.pseudonym import Pseudonymizer
+from agent.redact.scan import Chain, hint_positions
 from agent.redact.secrets import SECRET_RULES, SecretRule, marker
 
 __all__ = ["MAX_LINE", "RULES", "Redactor", "is_jsonl"]
@@ -46,19 +46,6 @@ _MAX_JSON = 64 << 20
 # A key block whose END never comes stops swallowing lines after this many.
 _MAX_KEY_LINES = 300
 
-# bytes.find per hint runs at memchr speed; one regex alternation of ~50 literals
-# would try every alternative at every byte (measured ~30x slower).
-def _fewest(hints: set[bytes], also: tuple[bytes, ...] = ()) -> tuple[bytes, ...]:
-    """Hints not containing another one: a line holding "--pass" holds "pass" (one find less)."""
-    keep = [h for h in hints if not any(o != h and o in h for o in hints) and not any(o in h.lower() for o in also)]
-    return tuple(sorted(keep))
-
-
-_CI_HINTS = _fewest({h.encode() for r in SECRET_RULES if r.fold for h in r.hints})
-_CS_HINTS = _fewest({h.encode() for r in SECRET_RULES if not r.fold for h in r.hints}, _CI_HINTS)
-_NET_HINTS = tuple(w.encode() for w in NET_WORDS)
-# In JSON an escape can hide a hint (\u0070assword, https:\/\/): such lines are decoded too.
-_JSON_HINTS = (b"\\u", b"\\/")
 _KEY_BEGIN = re.compile(r"-----BEGIN[ A-Z0-9_-]{0,100}PRIVATE KEY(?: BLOCK)?-----")
 _KEY_END = re.compile(r"-----END[ A-Z0-9_-]{0,100}PRIVATE KEY(?: BLOCK)?-----")
 # A base64 run in a key body; not the inside of a marker left by an earlier pass.
@@ -72,27 +59,6 @@ _LITERAL = re.compile(r'"(?:[^"\\\n]|\\.)*"')
 def is_jsonl(artifact: str) -> bool:
     """Members written as JSON lines, redacted record by record in decoded form."""
     return artifact.endswith(".jsonl")
-
-
-def _hint_positions(data: bytes, jsonl: bool = False) -> list[int]:
-    """Offsets of every secret-rule hint in ``data``, sorted."""
-    found: list[int] = []
-    cs = _CS_HINTS + _JSON_HINTS if jsonl else _CS_HINTS
-    lower = data.lower()
-    for hints, text in ((cs, data), (_CI_HINTS, lower)):
-        for h in hints:
-            i = text.find(h)
-            while i >= 0:
-                found.append(i)
-                i = text.find(h, i + 1)
-    for h in _NET_HINTS:
-        i = lower.find(h)
-        while i >= 0:
-            if NET_FOLLOW.match(lower, i + len(h)) is not None:
-                found.append(i)
-            i = lower.find(h, i + 1)
-    found.sort()
-    return found
 
 
 @dataclass
@@ -239,7 +205,7 @@ class Redactor:
                 done = self._json_document(head, dst, counts)
                 if done is not None:
                     return done
-            src = cast(IO[bytes], _Chain(head, src))  # not JSON, or too big to hold: as text
+            src = cast(IO[bytes], Chain(head, src))  # not JSON, or too big to hold: as text
         state = _State()
         jsonl = is_jsonl(artifact)
         written = 0
@@ -289,7 +255,7 @@ class Redactor:
             le = end if le < 0 else le + 1
             written += self._lines(data, pos, le, dst, counts, state, jsonl)
             pos = le
-        for p in _hint_positions(data, jsonl):
+        for p in hint_positions(data, jsonl):
             if p < pos:
                 continue
             ls = data.rfind(b"\n", 0, p) + 1
@@ -394,19 +360,3 @@ class Redactor:
             counts["private-key"] = counts.get("private-key", 0) + 1
         return body + tail
 
-
-class _Chain(io.RawIOBase):
-    """Bytes already read, then the rest of the stream."""
-
-    def __init__(self, head: bytes, rest: IO[bytes]) -> None:
-        self._head, self._rest = head, rest
-
-    def readable(self) -> bool:
-        return True
-
-    def read(self, size: int = -1) -> bytes:
-        if self._head:
-            out, self._head = (self._head, b"") if size < 0 or size >= len(self._head) else (
-                self._head[:size], self._head[size:])
-            return out
-        return self._rest.read(size)
