@@ -56,6 +56,17 @@ _B64_RUN = re.compile(r"(?<![\[A-Za-z0-9+/=])[A-Za-z0-9+/=]{8,}")
 _LITERAL = re.compile(r'"(?:[^"\\\n]|\\.)*"')
 
 
+# The log record envelope (agent/collect/logparse/record.py): its keys, and the values of
+# ``ts`` and ``sev`` when they have the one form the collector writes, hold nothing to redact.
+_ENVELOPE_KEYS = frozenset({"ts", "src", "sev", "msg", "n"})
+_SEVERITIES = frozenset({"emerg", "alert", "crit", "err", "warning", "notice", "info", "debug"})
+_TS = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z")
+
+
+def _plain_field(key: object, value: str) -> bool:
+    return (key == "ts" and _TS.fullmatch(value) is not None) or (key == "sev" and value in _SEVERITIES)
+
+
 def is_jsonl(artifact: str) -> bool:
     """Members written as JSON lines, redacted record by record in decoded form."""
     return artifact.endswith(".jsonl")
@@ -98,6 +109,7 @@ class Redactor:
         self.pseudo = pseudonymizer if profile.pseudonymise else None
         self._ids = IdentifierRules(self.pseudo, self.harvested.literals()) if self.pseudo is not None else None
         self._hits: dict[str, dict[str, int]] = {}
+        self._no_secret = False  # set per line by _lines: the line holds no rule's hint
 
     # -- results ---------------------------------------------------------------
 
@@ -178,8 +190,12 @@ class Redactor:
             changed = False
             items: list[tuple[object, object]] = []
             for k, v in obj.items():
-                nk = self._walk(k, counts)
-                nv = self._field(k, v, counts) if isinstance(v, str) else self._walk(v, counts)
+                nk = k if k in _ENVELOPE_KEYS else self._walk(k, counts)
+                nv: object
+                if isinstance(v, str):
+                    nv = v if _plain_field(k, v) else self._field(k, v, counts)
+                else:
+                    nv = self._walk(v, counts)
                 if nv is not v and nv == v:
                     nv = v
                 changed = changed or nk is not k or nv is not v
@@ -247,7 +263,7 @@ class Redactor:
     def _block(self, data: bytes, dst: IO[bytes], counts: dict[str, int], state: _State, jsonl: bool) -> int:
         end = len(data)
         if self.pseudo is not None:
-            return self._lines(data, 0, end, dst, counts, state, jsonl)
+            return self._lines(data, 0, end, dst, counts, state, jsonl, hint_positions(data, jsonl))
         written = 0
         pos = 0
         while state.in_key and pos < end:  # a key block went on from the previous block
@@ -277,21 +293,39 @@ class Redactor:
         return written
 
     def _lines(
-        self, data: bytes, start: int, end: int, dst: IO[bytes], counts: dict[str, int], state: _State, jsonl: bool
+        self,
+        data: bytes,
+        start: int,
+        end: int,
+        dst: IO[bytes],
+        counts: dict[str, int],
+        state: _State,
+        jsonl: bool,
+        hints: list[int] | None = None,
     ) -> int:
+        """Lines ``start``..``end`` redacted one by one. With ``hints`` (the pseudonymising
+        path, which visits every line) the secret rules run only on lines holding a hint."""
         written = 0
         pos = start
-        while pos < end:
-            le = data.find(b"\n", pos, end)
-            le = end if le < 0 else le + 1
-            raw = data[pos:le]
-            text = raw.decode("utf-8", "surrogateescape")
-            out = self._json_line(text, counts, state) if jsonl else self._line(text, counts, state)
-            if out is not text:
-                raw = out.encode("utf-8", "surrogateescape")
-            dst.write(raw)
-            written += len(raw)
-            pos = le
+        at = 0
+        try:
+            while pos < end:
+                le = data.find(b"\n", pos, end)
+                le = end if le < 0 else le + 1
+                if hints is not None:
+                    while at < len(hints) and hints[at] < pos:
+                        at += 1
+                    self._no_secret = at == len(hints) or hints[at] >= le
+                raw = data[pos:le]
+                text = raw.decode("utf-8", "surrogateescape")
+                out = self._json_line(text, counts, state) if jsonl else self._line(text, counts, state)
+                if out is not text:
+                    raw = out.encode("utf-8", "surrogateescape")
+                dst.write(raw)
+                written += len(raw)
+                pos = le
+        finally:
+            self._no_secret = False
         return written
 
     # -- one line --------------------------------------------------------------
@@ -303,6 +337,11 @@ class Redactor:
             out = self._key_body(out, counts, state)
             if state.in_key:
                 return out
+        if self._no_secret and not state.in_key:
+            # No hint in this line (hint_positions): no secret rule could match.
+            if self._ids is not None:
+                out = self._identifiers(out, counts)
+            return line if out == line else out
         if "\\" in out and '"' in out:
             out = _LITERAL.sub(lambda m: self._literal(m.group(0), counts), out)
         lower = out.lower()
