@@ -35,10 +35,16 @@ def _user_password(m: re.Match[str]) -> bool:
     return raw is not None and b":" in raw and raw.isascii()
 
 
+_JWT = re.compile(rb"eyJ[A-Za-z0-9_-]{10,}\.eyJ[A-Za-z0-9_-]{10,}\.[A-Za-z0-9_-]{10,}")
+
+
 def _wraps_secret(m: re.Match[str]) -> bool:
-    """Base64 of a private key or of a docker config with credentials (not a certificate)."""
+    """Base64 of a private key, of a docker config with credentials (not a certificate),
+    or of a JWT (``ZXlK…``, gitleaks' jwt-base64)."""
     raw = _b64(m.group("val"))
-    return raw is not None and (b"PRIVATE KEY" in raw or (b'"auths"' in raw and raw.count(b'"auth') >= 2))
+    if raw is None:
+        return False
+    return b"PRIVATE KEY" in raw or (b'"auths"' in raw and raw.count(b'"auth') >= 2) or _JWT.match(raw) is not None
 
 
 _Q = r'\\*"'  # a JSON quote, escaped any number of times
@@ -136,8 +142,8 @@ PRIVATE_KEY = SecretRule(
 SHAPE_RULES: tuple[SecretRule, ...] = (
     CheckedRule(
         "encoded-secret",
-        ("LS0tLS1CRUdJTi", "eyJ"),
-        re.compile(r"(?<![A-Za-z0-9+/])(?P<val>(?:LS0tLS1CRUdJTi|eyJhdXRocyI6)[A-Za-z0-9+/]{16,}={0,2})"),
+        ("LS0tLS1CRUdJTi", "eyJ", "ZXlK"),
+        re.compile(r"(?<![A-Za-z0-9+/])(?P<val>(?:LS0tLS1CRUdJTi|eyJhdXRocyI6|ZXlK)[A-Za-z0-9+/]{16,}={0,2})"),
         value_group("encoded-secret"),
         check=_wraps_secret,
     ),
