@@ -14,7 +14,8 @@ The owner lists triggers; the flight recorder checks them after each sample
     "triggers_max_per_hour": 4
 
 ``when``: a threshold — ``cpu`` (busy % of all CPUs), ``iowait``, ``memory``, ``swap``
-(% used), ``disk`` (% used of the fullest filesystem) — held at or above ``above_pct``
+(% used), ``disk`` (% used of the filesystem mounted at ``mount``, else of the fullest)
+— held at or above ``above_pct``
 for ``for_s`` seconds; or an event — ``oom_kill`` (the kernel's OOM killer ran),
 ``kernel_oops`` (the kernel marked itself tainted by an oops), ``unit_failed`` (a
 systemd unit entered the failed state). A threshold fires once per episode: it must
@@ -55,7 +56,7 @@ TRIGGER_LIMITS: dict[str, tuple[int, int]] = {
     "history_s": (60, 8 * 86400),
 }
 _NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,39}")
-_FIELDS = frozenset({"name", "when", "scopes", *TRIGGER_LIMITS})
+_FIELDS = frozenset({"name", "when", "scopes", "mount", *TRIGGER_LIMITS})
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,7 @@ class TriggerSpec:
     min_interval_s: int = 3600
     history_s: int = 3600
     scopes: tuple[str, ...] = ("facts",)
+    mount: str = ""  # disk only: the mount point watched; "" is the fullest filesystem
 
     @property
     def is_threshold(self) -> bool:
@@ -76,6 +78,8 @@ class TriggerSpec:
         d: dict[str, Any] = {"name": self.name, "when": self.when}
         if self.is_threshold:
             d.update(above_pct=self.above_pct, for_s=self.for_s)
+        if self.mount:
+            d["mount"] = self.mount
         d.update(min_interval_s=self.min_interval_s, history_s=self.history_s, scopes=list(self.scopes))
         return d
 
@@ -114,6 +118,11 @@ def _one(item: object, allowed_scopes: tuple[str, ...], where: str) -> TriggerSp
         raise CasefileError(f"{where}: above_pct and for_s are for thresholds, not the event {when}")
     if when in THRESHOLDS and "above_pct" not in item:
         raise CasefileError(f"{where}: a threshold needs above_pct")
+    mount = item.get("mount", "")
+    if mount and when != "disk":
+        raise CasefileError(f"{where}: mount is for the disk threshold only")
+    if not isinstance(mount, str) or (mount and (not mount.startswith("/") or len(mount) > 4096)):
+        raise CasefileError(f"{where}: mount must be an absolute path (a mount point); got {str(mount)[:80]!r}")
     base = TriggerSpec(name, str(when))
 
     def number(field: str) -> int:
@@ -140,4 +149,5 @@ def _one(item: object, allowed_scopes: tuple[str, ...], where: str) -> TriggerSp
         min_interval_s=number("min_interval_s"),
         history_s=number("history_s"),
         scopes=tuple(dict.fromkeys(scopes)),
+        mount=mount.rstrip("/") or mount,
     )

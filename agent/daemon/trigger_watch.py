@@ -47,7 +47,7 @@ class Firing:
     detail: str
 
 
-def threshold_value(when: str, metrics: dict[str, Any]) -> tuple[float, str] | None:
+def threshold_value(when: str, metrics: dict[str, Any], mount: str = "") -> tuple[float, str] | None:
     """The sample's value for a threshold, in %, and what it is; None when not measured."""
 
     def num(key: str) -> float | None:
@@ -65,8 +65,16 @@ def threshold_value(when: str, metrics: dict[str, Any]) -> tuple[float, str] | N
         key = "mem" if when == "memory" else "swap"
         used, total = num(f"{key}.used_bytes"), num(f"{key}.total_bytes")
         return (100.0 * used / total, f"{when} used") if used is not None and total else None
+    if when == "disk" and mount:
+        v = num(f"fs.{mount}.used_pct")
+        return None if v is None else (v, f"filesystem {mount} used")
     if when == "disk":
-        uses = [(v, k[3:-8]) for k in metrics if k.startswith("fs.") and k.endswith(".used_pct") if (v := num(k))]
+        suffix = ".used_pct"
+        uses = [
+            (v, k[3 : -len(suffix)])
+            for k in metrics
+            if k.startswith("fs.") and k.endswith(suffix) and (v := num(k)) is not None
+        ]
         if not uses:
             return None
         value, mount = max(uses)
@@ -156,7 +164,7 @@ class TriggerWatch:
         return fired
 
     def _threshold(self, t: TriggerSpec, at: float, metrics: dict[str, Any]) -> str | None:
-        measured = threshold_value(t.when, metrics)
+        measured = threshold_value(t.when, metrics, t.mount)
         if measured is None:
             return None  # not measured in this sample: the episode neither starts nor ends
         value, what = measured
