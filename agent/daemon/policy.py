@@ -7,7 +7,7 @@ daemon's first start when missing; edit it and restart the service::
 
     {
       "version": 1,
-      "allowed_scopes": ["facts"],      // of: facts, logs, fragmentation, commands,
+      "allowed_scopes": ["facts"],      // of: facts, logs, fragmentation, crashes, commands,
                                         //   plugin:<name> (one per plugin collector)
       "max_logs_window_s": 3600,        // largest --since for logs; also the window of a
                                         //   request that names none (0: no logs at all)
