@@ -13,6 +13,12 @@ from protos import facts_pb2
 __all__ = ["recorded_section"]
 
 
+def _when(ts: float, days: bool) -> str:
+    """14:05 UTC, or 12-03 14:05 UTC on a chart of more than a day."""
+    text = format_utc(ts, seconds=False) or ""
+    return (text[5:16].replace("T", " ") if days else text[11:16]) + " UTC"
+
+
 def _column(h: facts_pb2.RecordedHistory, metric: str) -> tuple[float, ...] | None:
     for s in h.series:
         if s.metric == metric:
@@ -21,7 +27,8 @@ def _column(h: facts_pb2.RecordedHistory, metric: str) -> tuple[float, ...] | No
     return None
 
 
-def recorded_section(s: facts_pb2.Snapshot) -> str:
+def recorded_section(s: facts_pb2.Snapshot, incident_at: float | None = None) -> str:
+    """The recorded charts, marked at each metric onset and at ``incident_at`` (the log onset)."""
     h = s.recorded_history
     head = '<section id="recorded"><h2>Before the collection (flight recorder)</h2>'
     if len(h.at_unix) < 2:
@@ -40,13 +47,21 @@ def recorded_section(s: facts_pb2.Snapshot) -> str:
     ]
     parts = [head, f"<p>{len(t)} samples recorded on the machine before and up to this collection.</p>"]
     onsets = metric_onsets(h)
+    days = t[-1] - t[0] > 86400
+    markers = [(o.at_unix, f"{o.metric.split(' ')[0]} {o.kind} {_when(o.at_unix, days)}") for o in onsets]
+    if incident_at is not None:
+        markers.append((incident_at, f"log onset {_when(incident_at, days)}"))
+    markers.sort()
     if onsets:
         items = "".join(
-            f"<li>{html.escape(o.describe())} at {html.escape(format_utc(o.at_unix) or '')}</li>" for o in onsets
+            f"<li>{html.escape(o.describe())} {'from' if o.kind == 'rise' else 'at'} "
+            f"{html.escape(format_utc(o.at_unix) or '')}</li>"
+            for o in onsets
         )
         parts.append(f'<ul class="onsets">{items}</ul>')
     if cpu:
-        parts.append(line_chart("CPU % (recorded)", t, cpu, unit="%", y_max=100, y_title="% of all CPUs"))
+        parts.append(line_chart("CPU % (recorded)", t, cpu, unit="%", y_max=100, y_title="% of all CPUs",
+                                markers=markers))
     used, total = _column(h, "mem.used_bytes"), _column(h, "mem.total_bytes")
     swap, swap_total = _column(h, "swap.used_bytes"), _column(h, "swap.total_bytes")
     mem: list[Series] = []
@@ -59,6 +74,7 @@ def recorded_section(s: facts_pb2.Snapshot) -> str:
             Series("swap", tuple(100.0 * u / m if m else 0.0 for u, m in zip(swap, swap_total, strict=True)), "#7b1fa2")
         )
     if mem:
-        parts.append(line_chart("Memory and swap % (recorded)", t, mem, unit="%", y_max=100, y_title="% of total"))
+        parts.append(line_chart("Memory and swap % (recorded)", t, mem, unit="%", y_max=100, y_title="% of total",
+                                markers=markers))
     parts.append("</section>")
     return "".join(parts)

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from agent.analysis import BundleView, analyse
+from agent.analysis import BundleView, analyse, render_html
 from agent.bundle import verify_bundle
 from agent.collect import CollectionSpec
 from agent.daemon.recorder import Recorder, RecorderSettings
@@ -82,6 +82,13 @@ def test_metric_onsets_join_the_timeline_and_rules_judge_what_lasted(tmp_path: P
     sealed = json.loads(verify_bundle(done.bundle.path, keep=("findings.json",)).kept["findings.json"])
     assert [m["kind"] for m in sealed["timeline"]["metric_onsets"]] == ["step", "rise"]
     assert "onset" in sealed["timeline"]
+    # The report draws the three days, dated on the axis, marked where each change began.
+    page = render_html(a)
+    section = page[page.index('id="recorded"') : page.index("</section>", page.index('id="recorded"'))]
+    assert section.count('class="onset"') == 4  # two onsets on each of the two charts
+    assert f"memory rise {time.strftime('%m-%d %H:%M', time.gmtime(mem.at_unix))} UTC" in section
+    assert f"CPU step {time.strftime('%m-%d %H:%M', time.gmtime(cpu.at_unix))} UTC" in section
+    assert time.strftime("%m-%d", time.gmtime(when["climb"] - 86400)) in section
 
 
 def test_one_busy_sample_is_no_saturation(tmp_path: Path) -> None:
