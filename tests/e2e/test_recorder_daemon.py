@@ -9,6 +9,7 @@ its recording is intact and goes on after a restart.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import signal
@@ -26,6 +27,7 @@ from agent.recorder_db import DB_NAME, read_samples
 from protos import facts_pb2
 from tests.agent.fragfiles import mount_image
 from tests.agent.test_recorder import BUSY
+from tests.e2e.test_cli import cli
 from tests.e2e.test_live import HOSTNAME, Agent, Collector, connects, enroll_agent, free_port, wait_for
 
 pytestmark = [
@@ -115,6 +117,15 @@ def test_a_trigger_fires_once_and_its_bundle_carries_the_rise(tmp_path: Path, sc
         seen = [at for at, top in zip(t, h.top, strict=True) if any(p.name == "cfbusyloop" for p in top.by_cpu)]
         assert seen and all(busy_from <= at <= busy_to + 1.5 for at in seen), [at - busy_from for at in seen]
 
+        # The collector lists it as a triggered bundle; the customer's history names the trigger.
+        with c.store() as store:
+            token, _ = store.create_token("engineer", role="viewer", label="v", ttl=dt.timedelta(hours=1))
+        env = {"CASEFILE_COLLECTOR": c.addr, "CASEFILE_TOKEN": token, "CASEFILE_CA_FINGERPRINT": c.fingerprint}
+        listed = json.loads(cli("casefile-collector", "bundles", "--json", env=env).stdout)["bundles"]
+        assert [(b["bundleId"], b["kind"]) for b in listed] == [(outcome["bundle_id"], "triggered")]
+        shown = cli("casefile", "agent", "history", "--home", str(agent.home), env={"COLUMNS": "200"}).stdout
+        assert f"trigger {TRIGGER}" in shown and "triggered" in shown
+
         # SIGKILL: what was recorded stays readable and whole; a restart records on.
         kept = len(list(read_samples(agent.home)))
         os.kill(proc.pid, signal.SIGKILL)
@@ -134,6 +145,4 @@ def test_a_trigger_fires_once_and_its_bundle_carries_the_rise(tmp_path: Path, sc
 
 
 def _unix(iso: str) -> float:
-    import datetime as dt
-
     return dt.datetime.fromisoformat(iso).timestamp()
