@@ -82,7 +82,13 @@ class Recorder:
     def record(self, metrics: dict[str, Any] | None = None) -> Sample:
         """Take one sample (or store ``metrics``, for a replayed series) and keep the bounds."""
         at = self.now()
-        data = self.sampler.sample(at) if metrics is None else metrics
+        if metrics is None:
+            data = self.sampler.sample(at)
+            # Stamped when the reading ended: a busy machine can take a second over /proc,
+            # and what a sample saw is then never dated before it was there.
+            at = self.now()
+        else:
+            data = metrics
         self._db.execute(
             "INSERT INTO samples VALUES (?, ?, ?)",
             (at, self.settings.interval_s, json.dumps(data, separators=(",", ":"))),
