@@ -37,6 +37,7 @@ pytestmark = [
 ]
 
 TRIGGER = "scratch-full"
+OFFLINE = "scratch-fuller"  # fires while the collector is down: spooled, delivered on reconnect
 
 
 @pytest.fixture
@@ -45,11 +46,11 @@ def scratch(tmp_path: Path) -> Iterator[Path]:
     yield from mount_image("ext4", tmp_path / "fs", size_mib=64)
 
 
-def _fill_to(mnt: Path, pct: float) -> None:
+def _fill_to(mnt: Path, pct: float, name: str = "fill") -> None:
     st = os.statvfs(mnt)
     size = st.f_blocks * st.f_frsize
     need = int(pct / 100 * size - (size - st.f_bavail * st.f_frsize))
-    with open(mnt / "fill", "wb") as fh:
+    with open(mnt / name, "wb") as fh:
         chunk = b"\x5a" * (1 << 20)
         while need > 0:
             fh.write(chunk[: min(need, len(chunk))])
@@ -58,8 +59,8 @@ def _fill_to(mnt: Path, pct: float) -> None:
         os.fsync(fh.fileno())
 
 
-def _entries(agent: Agent, outcome: str) -> list[dict[str, Any]]:
-    return [e for e in agent.history() if e.get("outcome") == outcome and e.get("trigger") == TRIGGER]
+def _entries(agent: Agent, outcome: str, trigger: str = TRIGGER) -> list[dict[str, Any]]:
+    return [e for e in agent.history() if e.get("outcome") == outcome and e.get("trigger") == trigger]
 
 
 def test_a_trigger_fires_once_and_its_bundle_carries_the_rise(tmp_path: Path, scratch: Path) -> None:
@@ -74,6 +75,7 @@ def test_a_trigger_fires_once_and_its_bundle_carries_the_rise(tmp_path: Path, sc
             "triggers": [
                 {"name": TRIGGER, "when": "disk", "mount": str(scratch), "above_pct": 70, "for_s": 2,
                  "history_s": 600},
+                {"name": OFFLINE, "when": "disk", "mount": str(scratch), "above_pct": 92, "for_s": 1},
             ],
             "triggers_max_per_hour": 4,
         }
@@ -125,6 +127,23 @@ def test_a_trigger_fires_once_and_its_bundle_carries_the_rise(tmp_path: Path, sc
         assert [(b["bundleId"], b["kind"]) for b in listed] == [(outcome["bundle_id"], "triggered")]
         shown = cli("casefile", "agent", "history", "--home", str(agent.home), env={"COLUMNS": "200"}).stdout
         assert f"trigger {TRIGGER}" in shown and "triggered" in shown
+
+        # Offline: the collector is down when the next trigger fires; its bundle is spooled
+        # and delivered once the agent is connected again.
+        c.stop()
+        _fill_to(scratch, 96, "more")
+        (spooled,) = wait_for("spooled", lambda: _entries(agent, "spooled", OFFLINE), 120, agent.log.read_text)
+        assert "collector unreachable" in spooled["detail"]
+        c.start()
+
+        def delivered() -> list[dict[str, Any]]:
+            return [e for e in agent.history() if e.get("outcome") == "delivered" and
+                    e.get("bundle_id") == spooled["bundle_id"]]
+
+        wait_for("the spooled bundle delivered", delivered, 120, agent.log.read_text)
+        with c.store() as store:
+            assert store.get_bundle(spooled["bundle_id"]).kind == "triggered"
+        assert len(_entries(agent, "triggered", OFFLINE)) == 1 and len(_entries(agent, "triggered")) == 1
 
         # SIGKILL: what was recorded stays readable and whole; a restart records on.
         kept = len(list(read_samples(agent.home)))
