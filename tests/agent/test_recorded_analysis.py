@@ -11,7 +11,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from rich.console import Console
+
 from agent.analysis import BundleView, analyse, render_html
+from agent.analysis.report_text import print_report
 from agent.bundle import verify_bundle
 from agent.collect import CollectionSpec
 from agent.daemon.recorder import Recorder, RecorderSettings
@@ -89,6 +92,16 @@ def test_metric_onsets_join_the_timeline_and_rules_judge_what_lasted(tmp_path: P
     assert f"memory rise {time.strftime('%m-%d %H:%M', time.gmtime(mem.at_unix))} UTC" in section
     assert f"CPU step {time.strftime('%m-%d %H:%M', time.gmtime(cpu.at_unix))} UTC" in section
     assert time.strftime("%m-%d", time.gmtime(when["climb"] - 86400)) in section
+    # The console draws the same three days, with a caret under each change.
+    console = Console(record=True, width=120)
+    print_report(a, console)
+    text = console.export_text()
+    lines = text[text.index("Recorded before the collection: 4320 samples") :].splitlines()
+    cpu_bar, mem_bar, carets, legend = lines[1], lines[2], lines[3], "\n".join(lines[4:6])
+    assert cpu_bar.startswith("    CPU % |▁") and cpu_bar.endswith("█| max 95")
+    assert mem_bar.startswith(" memory % |▁") and "▅" in mem_bar and "max 62" in mem_bar
+    assert carets.count("^") == 2 and carets.index("^") == 11 + 20  # a third of 60 columns: the climb
+    assert "memory used rose 10.0-fold" in legend and "CPU busy % rose from 10 % to 95 %" in legend
 
 
 def test_one_busy_sample_is_no_saturation(tmp_path: Path) -> None:
