@@ -148,7 +148,7 @@ def agent_history(
                 Text(shown(v))
                 for v in (
                     str(e.get("at", ""))[:19].replace("T", " "),
-                    e.get("requested_by", ""),
+                    e.get("requested_by") or (f"trigger {e['trigger']}" if e.get("trigger") else ""),
                     e.get("scopes") or [],
                     e.get("reason", ""),
                     e.get("outcome", ""),

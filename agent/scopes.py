@@ -7,7 +7,9 @@ module to check a request's scope names before queuing it, so both sides agree o
 Built-in scopes and what they collect (``SCOPE_COLLECTORS``): ``facts`` — host, CPU,
 memory, disks, network, processes, services, network depth, clock, time series (no
 logs); ``logs`` — system logs within the policy's logs window; ``fragmentation`` — the
-sampled fragmentation scan; ``commands`` — raw command output (reserved: no built-in
+sampled fragmentation scan; ``crashes`` — crash artefacts (systemd-coredump entries,
+metadata only; the kernel's pstore and the previous boot's oops/panic lines; the
+``/var/crash`` listing); ``commands`` — raw command output (reserved: no built-in
 collector emits it yet, so it adds nothing, but it is still allowed or denied).
 
 A plugin collector (entry point group ``casefile.collectors``) runs in a live snapshot
@@ -47,6 +49,7 @@ SCOPE_COLLECTORS: dict[str, tuple[str, ...]] = {
     ),
     "logs": ("logs",),
     "fragmentation": ("fragmentation",),
+    "crashes": ("coredumps", "kernel_crashes", "crash_files"),
     "commands": (),
 }
 SCOPES = tuple(SCOPE_COLLECTORS)

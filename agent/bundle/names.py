@@ -39,8 +39,9 @@ MANIFEST_NAME = "MANIFEST.json"
 SIGNATURE_NAME = "MANIFEST.sig"
 RESERVED_NAMES = frozenset({MANIFEST_NAME, SIGNATURE_NAME})
 
-BundleKind = Literal["one-shot", "live", "scheduled"]
-KINDS: tuple[BundleKind, ...] = ("one-shot", "live", "scheduled")
+# "triggered": sealed by the agent when a trigger of its policy fired (agent.daemon.capture).
+BundleKind = Literal["one-shot", "live", "scheduled", "triggered"]
+KINDS: tuple[BundleKind, ...] = ("one-shot", "live", "scheduled", "triggered")
 
 _BUNDLE_ID = re.compile(r"[0-9a-f]{32}")
 _SHA256 = re.compile(r"[0-9a-f]{64}")

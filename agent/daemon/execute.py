@@ -48,8 +48,12 @@ def collect_live(
     profile: str,
     home: Path,
     output_dir: Path,
+    trigger: str = "",
+    history_s: int | None = None,
 ) -> WrittenBundle:
-    """Collect ``collectors`` into a signed bundle in ``output_dir`` (blocking)."""
+    """Collect ``collectors`` into a signed bundle in ``output_dir`` (blocking); kind
+    "triggered" when ``trigger`` names the policy's trigger that fired (in the manifest's
+    ``spec.options.trigger``)."""
     # An engineer waits on a live snapshot: sample "now" over a fifth of a second rather
     # than the half second to a second a one-shot run affords (same facts, shorter windows).
     options: dict[str, str | int | float | bool] = dict(LIVE_SAMPLING)
@@ -58,14 +62,18 @@ def collect_live(
     enrollment = AgentHome(home).enrollment()
     # The flight recorder's history for the same window, and the name this agent has to reach.
     collector_host = enrollment.collector_host if enrollment else ""
-    options.update(run_options(home=home, recorder_since_s=float(since_s or 3600), collector_host=collector_host))
+    options.update(
+        run_options(home=home, recorder_since_s=float(history_s or since_s or 3600), collector_host=collector_host)
+    )
+    if trigger:
+        options["trigger"] = trigger
     output_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     collected = collect_bundle(
         key=key,
         output_dir=output_dir,
         agent_id=agent_id,
-        kind="live",
-        request_id=request_id,
+        kind="triggered" if trigger else "live",
+        request_id=request_id or None,
         spec=CollectionSpec(only=collectors, options=options),
         privacy=PrivacyOptions(profile=profile, home=home),
     )
@@ -87,6 +95,8 @@ def _collect(request: dict[str, Any]) -> dict[str, Any]:
         profile=str(request["profile"]),
         home=home,
         output_dir=Path(request["output_dir"]),
+        trigger=str(request.get("trigger") or ""),
+        history_s=int(request["history_s"]) if request.get("history_s") else None,
     )
     return {
         "bundle": {

@@ -7,7 +7,7 @@ daemon's first start when missing; edit it and restart the service::
 
     {
       "version": 1,
-      "allowed_scopes": ["facts"],      // of: facts, logs, fragmentation, commands,
+      "allowed_scopes": ["facts"],      // of: facts, logs, fragmentation, crashes, commands,
                                         //   plugin:<name> (one per plugin collector)
       "max_logs_window_s": 3600,        // largest --since for logs; also the window of a
                                         //   request that names none (0: no logs at all)
@@ -18,7 +18,9 @@ daemon's first start when missing; edit it and restart the service::
       "recorder_interval_s": 10,        // flight recorder: seconds between samples (0: off)
       "recorder_fine_s": 21600,         //   every sample kept this long (6 h), then one a minute
       "recorder_retention_s": 604800,   //   ... up to this age (7 days)
-      "recorder_max_bytes": 33554432    //   ... in at most this much disk (32 MiB)
+      "recorder_max_bytes": 33554432,   //   ... in at most this much disk (32 MiB)
+      "triggers": [],                   // triggered capture (agent.daemon.trigger_spec)
+      "triggers_max_per_hour": 4        //   all triggers together, per rolling hour (0: off)
     }
 
 The scopes and what each collects are in ``agent.scopes`` (one table, which the
@@ -41,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.daemon.recorder_settings import RecorderSettings
+from agent.daemon.trigger_spec import TriggerSpec, parse_triggers
 from agent.errors import CasefileError
 from agent.scopes import SCOPE_COLLECTORS, SCOPES, collectors_for, is_scope, reads_logs, scope_names
 
@@ -71,6 +74,7 @@ LIMITS: dict[str, int] = {
     "recorder_fine_s": 7 * 86400,
     "recorder_retention_s": 366 * 86400,
     "recorder_max_bytes": 1 << 36,  # 64 GiB
+    "triggers_max_per_hour": 60,
 }
 
 
@@ -91,10 +95,14 @@ class Policy:
     recorder_fine_s: int = 6 * 3600
     recorder_retention_s: int = 7 * 86400
     recorder_max_bytes: int = 32 * 1024 * 1024
+    # Triggered capture (agent.daemon.trigger_spec); sampled with the recorder, so off with it.
+    triggers: tuple[TriggerSpec, ...] = ()
+    triggers_max_per_hour: int = 4
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["allowed_scopes"] = list(self.allowed_scopes)
+        d["triggers"] = [t.to_dict() for t in self.triggers]
         return {"version": 1, **d}
 
     @classmethod
@@ -122,8 +130,15 @@ class Policy:
         profile = data.get("profile", base.profile)
         if profile not in PROFILE_NAMES:
             raise PolicyError(f"policy {where}: profile must be one of {', '.join(PROFILE_NAMES)}; got {profile!r}")
+        allowed = tuple(dict.fromkeys(scopes))
+        try:
+            triggers = parse_triggers(data.get("triggers", []), allowed, where)
+        except PolicyError:
+            raise
+        except CasefileError as exc:
+            raise PolicyError(str(exc)) from None
         return cls(
-            allowed_scopes=tuple(dict.fromkeys(scopes)),
+            allowed_scopes=allowed,
             max_logs_window_s=number("max_logs_window_s", 0),
             rate_limit_per_hour=number("rate_limit_per_hour", 0),
             profile=str(profile),
@@ -133,14 +148,19 @@ class Policy:
             recorder_fine_s=number("recorder_fine_s", 0),
             recorder_retention_s=number("recorder_retention_s", 0),
             recorder_max_bytes=number("recorder_max_bytes", 0),
+            triggers=triggers,
+            triggers_max_per_hour=number("triggers_max_per_hour", 0),
         )
 
     @property
     def recorder_on(self) -> bool:
         return bool(self.recorder_interval_s and self.recorder_retention_s and self.recorder_max_bytes)
 
-    def recorder_settings(self) -> RecorderSettings:
+    @property
+    def triggers_on(self) -> bool:
+        return bool(self.recorder_on and self.triggers and self.triggers_max_per_hour)
 
+    def recorder_settings(self) -> RecorderSettings:
         return RecorderSettings(
             float(self.recorder_interval_s or 10),
             self.recorder_fine_s,

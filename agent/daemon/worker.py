@@ -18,7 +18,8 @@ the request it was serving fails (``CollectionError``, ``UploadError``). When th
 stops during a request, the child is terminated.
 
 Protocol, one JSON object per line, ``op`` first. ``{"op": "collect", "home",
-"agent_id", "request_id", "collectors", "since_s", "profile", "output_dir"}`` →
+"agent_id", "request_id", "collectors", "since_s", "profile", "output_dir", "trigger",
+"history_s"}`` →
 ``{"bundle": {"path", "bundle_id", "size", "sha256"}}``; ``{"op": "upload", "home",
 "agent_id", "collector", "ca_fingerprint", "path", "bundle_id", "attempts"}`` →
 ``{"uploaded": "<bundle id>"}``; either may answer ``{"error": "<message>"}``. The
@@ -91,8 +92,11 @@ class CollectionWorker:
         since_s: int | None,
         profile: str,
         output_dir: Path,
+        trigger: str = "",
+        history_s: int | None = None,
     ) -> LiveBundle:
-        """Collect ``collectors`` into a signed live bundle in ``output_dir``, in the child."""
+        """Collect ``collectors`` into a signed bundle in ``output_dir``, in the child: kind
+        "live", or "triggered" when ``trigger`` names the policy's trigger that fired."""
         request = {
             "op": "collect",
             "home": str(home),
@@ -102,6 +106,8 @@ class CollectionWorker:
             "since_s": since_s,
             "profile": profile,
             "output_dir": str(output_dir),
+            "trigger": trigger,
+            "history_s": history_s,
         }
         reply = await self._request(request, CollectionError, COLLECT_DEADLINE_S)
         try:

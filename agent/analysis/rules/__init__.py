@@ -15,6 +15,7 @@ from agent.analysis.rules.ops import (
     OomKills,
     RecentReboot,
 )
+from agent.analysis.rules.recorded import RecordedCpuSaturation, RecordedGrowth
 from agent.analysis.rules.refs import ReFSEvents
 
 __all__ = [
@@ -35,6 +36,8 @@ __all__ = [
     "OomKills",
     "ReFSEvents",
     "RecentReboot",
+    "RecordedCpuSaturation",
+    "RecordedGrowth",
     "RunQueue",
     "RunawayProcess",
     "SwapActivity",
@@ -50,6 +53,8 @@ BUILTIN_RULES: tuple[type[Rule], ...] = (
     MemoryPressure,
     SwapActivity,
     CpuSaturation,
+    RecordedCpuSaturation,
+    RecordedGrowth,
     RunQueue,
     RunawayProcess,
     NicErrors,
