@@ -6,6 +6,7 @@ Exit codes (stable, for scripts):
   2  usage error
   3  the collector could not be reached or refused the request
   4  any other Casefile error (key store, bundle writing, collection framework)
+  5  the file is a sealed (age-encrypted) bundle: only its recipient opens and verifies it
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import typer
 from agent.cli_analysis import register as register_analysis_commands
 from agent.cli_version import add_version_option
 from agent.console import lazy_console, load_console
-from agent.errors import CasefileError, CollectionError, TransportError, VerificationError
+from agent.errors import CasefileError, CollectionError, SealedBundleError, TransportError, VerificationError
 from agent.state import AgentHome, Enrollment, host_of
 from agent.version import __version__
 
@@ -192,6 +193,9 @@ def collect(
         list[str] | None,
         typer.Option("--budget", help="A collector's time budget NAME=SECONDS, e.g. fragmentation=60."),
     ] = None,
+    encrypt_to: Annotated[
+        str | None, typer.Option("--encrypt-to", help="Seal the bundle (age) for this recipient age1… from support.")
+    ] = None,
     ca_fingerprint: CaFingerprintOpt = None,
     ca_file: CaFileOpt = None,
     insecure: InsecureOpt = False,
@@ -234,6 +238,13 @@ def collect(
     if upload is not None and not token and enrollment is None and not preview:
         raise typer.BadParameter("--upload needs --token (a case token from support) or an enrolled agent")
     from agent.attachments import AttachmentError, check_attachment
+    from agent.sealed import check_recipient, seal_bundle
+
+    try:
+        if encrypt_to:
+            check_recipient(encrypt_to)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--encrypt-to") from None
 
     for attached in add_file or ():
         try:
@@ -328,6 +339,7 @@ def collect(
             exclude=tuple(exclude or ()),
         )
         done = prepared.seal(output, state.key(), consent)
+    done = seal_bundle(done, encrypt_to) if encrypt_to else done  # the signed bundle, encrypted whole
     for unread in sorted(set(done.result.unread_options) & set(asked)):
         err.print(
             f"warning: --set {unread}: no collector of this run reads it (misspelt, or its collector did not run;"
@@ -516,7 +528,9 @@ def verify(
     """Check a bundle: signature, every member's hash, no missing/extra members, no unsafe paths."""
     from agent.bundle import verify_bundle
     from agent.keys import load_public_key
+    from agent.sealed import refuse_sealed
 
+    refuse_sealed(bundle, as_json)  # exit 5: says what it is and who can open it
     expected = load_public_key(key.read_bytes()) if key else None
     try:
         vb = verify_bundle(bundle, expected_key=expected, expected_fingerprint=fingerprint)
@@ -570,23 +584,25 @@ def upload_cmd(
     """
     from agent.bundle import verify_bundle
     from agent.courier import courier_key
+    from agent.sealed import sealed_upload_id
 
     state = AgentHome(home)
     own = state.existing_key()
+    sealed_id = sealed_upload_id(bundle)  # sealed (age): the collector opens and verifies it
     if token:
-        vb = verify_bundle(bundle)
+        vb = None if sealed_id else verify_bundle(bundle)
         key = own or courier_key(token)
     else:
         if own is None or state.enrollment() is None:
             raise typer.BadParameter("uploading needs --token (a case token from support) or an enrolled agent")
-        vb = verify_bundle(bundle, expected_key=own.public)
+        vb = None if sealed_id else verify_bundle(bundle, expected_key=own.public)
         key = own
     receipt = _upload(
-        bundle, str(vb.manifest["bundle_id"]), state, to, token, ca_fingerprint, ca_file, insecure,
-        key=key, show_progress=True,
+        bundle, str(vb.manifest["bundle_id"] if vb else sealed_id), state, to, token, ca_fingerprint, ca_file,
+        insecure, key=key, show_progress=True,
     )  # fmt: skip
     out.print(f"[green]Uploaded[/] {bundle.name}: bundle {receipt.bundle_id}, sha256 {receipt.sha256[:16]}…")
-    if vb.public_key.fingerprint != key.fingerprint:
+    if vb is not None and vb.public_key.fingerprint != key.fingerprint:
         out.print(f"signed by {vb.public_key.fingerprint}; delivered by key {key.fingerprint}")
 
 
@@ -742,6 +758,8 @@ def main() -> None:
         app()
     except VerificationError as exc:
         _exit(1, f"verification failed: {exc}")
+    except SealedBundleError as exc:
+        _exit(5, str(exc))
     except TransportError as exc:
         _exit(3, str(exc))
     except CasefileError as exc:
