@@ -92,6 +92,15 @@ def test_sealed_upload_and_import_round_trip(served: dict[str, str], tmp_path: P
     assert rows[0]["state"] == "already stored", rows
     assert _stored(s) == {bundle["bundle_id"], carried["bundle_id"]}
     _no_leftovers(s)
+    # Making the identity was audited (once); the secret appears in no listing.
+    admin = cli("casefile-collector", "token", "create", "--kind", "engineer", "--role", "admin", "-q",
+                env=data_env).stdout.strip()  # fmt: skip
+    audit = cli("casefile-collector", "audit", "--action", "recipient.create", "--json",
+                env={**env, "CASEFILE_TOKEN": admin}).stdout  # fmt: skip
+    rows = json.loads(audit)
+    assert [(r["actor"], r["target"]) for r in rows] == [("operator", recipient)], rows
+    secret = (Path(s["data"]) / "recipient" / "age-identity.txt").read_text().splitlines()[-1]
+    assert secret.startswith("AGE-SECRET-KEY-1") and secret not in audit
 
 
 def test_wrong_recipient_tampered_and_truncated_are_refused(served: dict[str, str], tmp_path: Path) -> None:
