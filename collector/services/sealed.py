@@ -180,7 +180,11 @@ def commit_staged(staged: Any, opened: Opened | None, blobs: BlobStore) -> tuple
     stores the bundle that was inside it and drops the sealed bytes."""
     if opened is None:
         return staged.commit(), staged.size, staged.sha256
-    key = opened.publish(blobs)
+    try:
+        key = opened.publish(blobs)
+    except BaseException:
+        opened.discard()  # the sealed bytes stay staged: the agent's next attempt opens them again
+        raise
     staged.abort()
     return key, opened.size, opened.sha256
 
