@@ -6,6 +6,7 @@ Exit codes (stable, for scripts):
   2  usage error
   3  the collector could not be reached or refused the request
   4  any other Casefile error (key store, bundle writing, collection framework)
+  5  the file is a sealed (age-encrypted) bundle: only its recipient opens and verifies it
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from agent.cli_common import (
 )
 from agent.collect_request import send_later_command
 from agent.console import load_console
-from agent.errors import CasefileError, CollectionError, TransportError, VerificationError
+from agent.errors import CasefileError, CollectionError, SealedBundleError, TransportError, VerificationError
 from agent.state import AgentHome
 from agent.version import __version__
 
@@ -90,6 +91,9 @@ def collect(
         list[str] | None,
         typer.Option("--budget", help="A collector's time budget NAME=SECONDS, e.g. fragmentation=60."),
     ] = None,
+    encrypt_to: Annotated[
+        str | None, typer.Option("--encrypt-to", help="Seal the bundle (age) for this recipient age1… from support.")
+    ] = None,
     ca_fingerprint: CaFingerprintOpt = None,
     ca_file: CaFileOpt = None,
     insecure: InsecureOpt = False,
@@ -115,6 +119,13 @@ def collect(
         )  # fmt: skip
     except RequestError as exc:
         raise typer.BadParameter(str(exc), param_hint=exc.hint) from None
+    from agent.sealed import check_recipient, seal_bundle
+
+    try:
+        if encrypt_to:
+            check_recipient(encrypt_to)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--encrypt-to") from None
     wants_upload = request.wants_upload
     measured: dict[str, str | int | float | bool] = {}
     if wants_upload and request.collector:
@@ -190,6 +201,7 @@ def collect(
             exclude=tuple(exclude or ()),
         )
         done = prepared.seal(output, state.key(), consent)
+    done = seal_bundle(done, encrypt_to) if encrypt_to else done  # the signed bundle, encrypted whole
     for unread in sorted(set(done.result.unread_options) & request.asked):
         err.print(
             f"warning: --set {unread}: no collector of this run reads it (misspelt, or its collector did not run;"
@@ -322,6 +334,8 @@ def main() -> None:
         app()
     except VerificationError as exc:
         _exit(1, f"verification failed: {exc}")
+    except SealedBundleError as exc:
+        _exit(5, str(exc))
     except TransportError as exc:
         _exit(3, str(exc))
     except CasefileError as exc:

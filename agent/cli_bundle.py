@@ -62,6 +62,9 @@ def verify(
     """Check a bundle: signature, every member's hash, no missing/extra members, no unsafe paths."""
     from agent.bundle import verify_bundle
     from agent.keys import load_public_key
+    from agent.sealed import refuse_sealed
+
+    refuse_sealed(bundle, as_json)  # exit 5: says what it is and who can open it
 
     expected = load_public_key(key.read_bytes()) if key else None
     try:
@@ -116,21 +119,23 @@ def upload_cmd(
     """
     from agent.bundle import verify_bundle
     from agent.courier import courier_key
+    from agent.sealed import sealed_upload_id
 
     state = AgentHome(home)
     own = state.existing_key()
+    sealed_id = sealed_upload_id(bundle)  # sealed (age): the collector opens and verifies it
     if token:
-        vb = verify_bundle(bundle)
+        vb = None if sealed_id else verify_bundle(bundle)
         key = own or courier_key(token)
     else:
         if own is None or state.enrollment() is None:
             raise typer.BadParameter("uploading needs --token (a case token from support) or an enrolled agent")
-        vb = verify_bundle(bundle, expected_key=own.public)
+        vb = None if sealed_id else verify_bundle(bundle, expected_key=own.public)
         key = own
     receipt = upload_to_collector(
-        bundle, vb.bundle_id, state, to, token, ca_fingerprint, ca_file, insecure,
+        bundle, vb.bundle_id if vb else str(sealed_id), state, to, token, ca_fingerprint, ca_file, insecure,
         key=key, show_progress=True,
     )  # fmt: skip
     out.print(f"[green]Uploaded[/] {bundle.name}: bundle {receipt.bundle_id}, sha256 {receipt.sha256[:16]}…")
-    if vb.public_key.fingerprint != key.fingerprint:
+    if vb is not None and vb.public_key.fingerprint != key.fingerprint:
         out.print(f"signed by {vb.public_key.fingerprint}; delivered by key {key.fingerprint}")

@@ -204,13 +204,15 @@ def import_(
     Exit 0 when every file is stored (or was already), 4 when any was refused.
     """
     from collector.services.handcarried import UNENROLLED_LABEL, ImportRefused, import_bundles
+    from collector.services.sealed import CollectorRecipient
     from collector.storage import open_blob_backend
 
     if case and (problem := identity_problem(case)) is not None:
         raise typer.BadParameter(f"--case {problem}")
     store = _store(data_dir, db_url)
     try:
-        results = asyncio.run(import_bundles(store, open_blob_backend(data_dir, blob_url), files, case))
+        blobs, keys = open_blob_backend(data_dir, blob_url), CollectorRecipient(data_dir)
+        results = asyncio.run(import_bundles(store, blobs, files, case, sealed=keys))
         rows = []
         for r in results:
             if isinstance(r, ImportRefused):
@@ -285,6 +287,7 @@ from collector.cli_live import PolicyDenied  # noqa: E402
 import collector.cli_fleet  # noqa: E402
 import collector.cli_tokens  # noqa: E402, F401
 from collector.cli_hunt import hunt_app  # noqa: E402
+from collector.cli_sealed import recipient  # noqa: E402, F401  (registers `recipient`)
 # isort: on
 
 app.add_typer(hunt_app, name="hunt")

@@ -28,6 +28,7 @@ from collector.metrics import CollectorMetrics, MetricsEndpoint
 from collector.services import EnrollService, IngestLimits, IngestService, QueryService
 from collector.services.channel import ChannelService
 from collector.services.hunt_service import HuntService
+from collector.services.sealed import CollectorRecipient
 from collector.storage import BlobStore, BundleRecord, Store, open_blob_backend
 from collector.tls import TlsMaterial, ensure_self_signed, load_tls_files
 from protos import collector_pb2, collector_pb2_grpc
@@ -144,6 +145,7 @@ class CollectorServer:
             self.store, self.blobs, self.config.limits, on_stored=self._stored, metrics=self.metrics
         )
         self._ingest.after_receipt = lambda rec: self.analysis.submit(rec.bundle_id)
+        self._ingest.sealed = CollectorRecipient(self.config.data_dir)
         collector_pb2_grpc.add_IngestServicer_to_server(self._ingest, server)
         collector_pb2_grpc.add_QueryServicer_to_server(QueryService(self.store, self.blobs, self.router), server)
         collector_pb2_grpc.add_HuntServicer_to_server(HuntService(self.store, self.blobs, self.router), server)

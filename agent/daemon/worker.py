@@ -46,7 +46,13 @@ log = logging.getLogger("casefile.agent.daemon")
 
 # -P: the daemon's working directory must not shadow a module in the child, which runs as
 # the daemon's user (root under the unit) and starts in that directory.
-WORKER_COMMAND: tuple[str, ...] = (sys.executable, "-P", "-m", "agent.daemon.execute")
+# In the single file (``make dist``) there is no interpreter to pass -m to: the file itself
+# starts the child when its first argument is ``agent-worker`` (agent/single_file.py).
+WORKER_COMMAND: tuple[str, ...] = (
+    (sys.executable, "agent-worker")
+    if getattr(sys, "frozen", False)
+    else (sys.executable, "-P", "-m", "agent.daemon.execute")
+)
 _EXIT_GRACE_S = 10.0  # a child told to exit (EOF, SIGTERM) gets this long before SIGKILL
 _KILLED_WAIT_S = 5.0  # after SIGKILL: a child stuck in the kernel is given up on, not waited for
 _REPLY_LIMIT = 1 << 20  # longest reply line; replies are small, an error message may not be

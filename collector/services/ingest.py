@@ -26,6 +26,7 @@ from collector.auth import UploadIdentity, authorize_upload
 from collector.edge import Rejected, unary
 from collector.metrics import CollectorMetrics
 from collector.services.bundle_record import bundle_record, receipt_for, stored_by
+from collector.services.sealed import CollectorRecipient, commit_staged, discard, open_sealed
 from collector.services.upload_limits import IngestLimits, UploadSlots, check_header_fields
 from collector.services.upload_stream import open_staged, read_header, receive_chunks
 from collector.services.verifier import Following, Verifier
@@ -76,6 +77,7 @@ class IngestService(collector_pb2_grpc.IngestServicer):
         self.after_receipt: Callable[[BundleRecord], None] = lambda _rec: None
         self._metrics = metrics
         self.verifier = Verifier(self._limits)
+        self.sealed: CollectorRecipient | None = None  # opens uploads sealed (age) to this collector
         self._slots = UploadSlots(self._limits.max_uploads_per_identity)
         self.headerless = 0  # streams waiting for their header (event loop only)
 
@@ -308,12 +310,17 @@ class IngestService(collector_pb2_grpc.IngestServicer):
         verified: asyncio.Future[VerifiedBundle] | None,
     ) -> collector_pb2.Receipt:
         bundle_id = header.bundle_id
+        opened = None
         try:
-            if verified is not None:
-                vb: VerifiedBundle = await verified
+            opened = await open_sealed(staged.path, self.sealed, bundle_id, self._blobs)
+            if opened is not None:  # sealed: the bundle inside is verified, then stored
+                vb: VerifiedBundle = await self.verifier.check(opened.path, identity.bundle_key, opened.size, bundle_id)
+            elif verified is not None:
+                vb = await verified
             else:
                 vb = await self.verifier.check(staged.path, identity.bundle_key, header.size, bundle_id)
         except Exception as exc:
+            discard(opened)
             await self._refused(identity, exc.reason if isinstance(exc, VerificationError) else "unreadable")
             await asyncio.to_thread(staged.abort)
             raise
@@ -333,6 +340,7 @@ class IngestService(collector_pb2_grpc.IngestServicer):
         except DecodeError as exc:
             problems.append(f"member facts.pb does not parse as a Snapshot: {exc}")
         if problems:
+            discard(opened)
             await self._refused(identity, "manifest-mismatch")
             await asyncio.to_thread(staged.abort)
             raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, f"bundle {bundle_id} rejected: " + "; ".join(problems))
@@ -343,20 +351,21 @@ class IngestService(collector_pb2_grpc.IngestServicer):
             try:
                 await asyncio.to_thread(self._store.consume_token, identity.case_token.id)
             except AuthError as exc:
+                discard(opened)
                 await asyncio.to_thread(staged.abort)
                 raise Rejected(
                     grpc.StatusCode.UNAUTHENTICATED,
                     f"bundle {bundle_id} not stored: case token {identity.case_token.id} is {exc.reason}",
                 ) from None
-        blob_key = await asyncio.to_thread(staged.commit)
+        blob_key, size, sha256 = await asyncio.to_thread(commit_staged, staged, opened, self._blobs)
         record = bundle_record(
             vb,
             facts,
             bundle_id=bundle_id,
             agent_id=identity.agent.id,
             case_id=manifest.case_id or None,
-            size=header.size,
-            sha256=header.sha256,
+            size=size,
+            sha256=sha256,
             key_fingerprint=identity.public_key.fingerprint,
             file_name=header.file_name,
             blob_key=blob_key,

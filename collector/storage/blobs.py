@@ -108,6 +108,18 @@ class BlobStore:
         _check_bundle_id(bundle_id)
         return self._staging / f"{bundle_id}.json"
 
+    @property
+    def staging_dir(self) -> Path:
+        """The owner-only folder of partial files (on the blobs' disk for a local store)."""
+        return self._staging
+
+    def publish_file(self, path: Path, key: str, size: int) -> str:
+        """Store the complete, fsync'd file ``path`` (in ``staging_dir``) as the blob ``key``
+        (its sha256, which the caller computed); ``path`` is gone afterwards."""
+        _check_key(key)
+        self._publish(path, key, size)
+        return key
+
     def describe(self) -> str:
         return f"folder {self._blobs}"
 
