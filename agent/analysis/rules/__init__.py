@@ -16,6 +16,7 @@ from agent.analysis.rules.ops import (
     RecentReboot,
 )
 from agent.analysis.rules.refs import ReFSEvents
+from agent.analysis.rules.specs import SpecRules
 
 __all__ = [
     "BUILTIN_RULES",
@@ -37,6 +38,7 @@ __all__ = [
     "RecentReboot",
     "RunQueue",
     "RunawayProcess",
+    "SpecRules",
     "SwapActivity",
     "TcpRetransmissions",
 ]
@@ -62,4 +64,5 @@ BUILTIN_RULES: tuple[type[Rule], ...] = (
     RecentReboot,
     OomKills,
     CollectionIncomplete,
+    SpecRules,
 )
