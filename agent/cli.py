@@ -194,7 +194,7 @@ def collect(
     ] = None,
     spec_arg: Annotated[
         str | None,
-        typer.Option("--spec", help="Also run a collection spec: a signed spec file, or postgresql, rabbitmq, systemd."),
+        typer.Option("--spec", help="Also run a collection spec: a signed spec file or postgresql, rabbitmq, systemd."),
     ] = None,
     ca_fingerprint: CaFingerprintOpt = None,
     ca_file: CaFileOpt = None,

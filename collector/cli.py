@@ -896,6 +896,9 @@ import collector.cli_fleet  # noqa: E402, F401
 from collector.cli_hunt import hunt_app  # noqa: E402
 
 app.add_typer(hunt_app, name="hunt")
+from collector.cli_spec import spec_app  # noqa: E402  # spec keygen|sign|add|list|show
+
+app.add_typer(spec_app, name="spec")
 
 
 def main() -> None:

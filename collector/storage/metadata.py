@@ -42,6 +42,7 @@ from collector.storage.schema import (
     hosts,
     to_micros,
 )
+from collector.storage.specs import SpecMethods
 from collector.storage.stats import StatsMethods
 from collector.storage.text import clip
 from collector.storage.tokens import TokenMethods
@@ -86,6 +87,7 @@ class Store(
     RefusalMethods,
     FindingsMethods,
     HuntMethods,
+    SpecMethods,
 ):
     """Metadata for the collector. Open with ``Store.open(url)``; close when done."""
 
