@@ -36,6 +36,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from agent.specs.patterns import SpecPattern
 from agent.specs.yamlsafe import SpecError
 
 __all__ = [
@@ -95,7 +96,7 @@ class CommandItem:
 @dataclass(frozen=True)
 class RedactItem:
     name: str
-    pattern: re.Pattern[str]
+    pattern: SpecPattern
 
 
 @dataclass(frozen=True)
@@ -105,7 +106,7 @@ class RuleItem:
     title: str
     explanation: str
     next_step: str
-    count: re.Pattern[str] | None  # a pattern rule...
+    count: SpecPattern | None  # a pattern rule...
     sources: tuple[str, ...]  # ...over these (logs, commands, logs:NAME, commands:NAME)
     fact: str  # ...or a threshold over a fact (dotted path into facts.json)
     at_least: float | None

@@ -12,7 +12,6 @@ from __future__ import annotations
 import datetime as dt
 import glob
 import os
-import re
 import stat
 import time
 from collections.abc import Iterator, Mapping
@@ -20,7 +19,7 @@ from pathlib import Path, PurePosixPath
 
 from agent.collect.logparse import LogRecord, NewestFirstSink, guess_severity, parse_text_line, read_lines_backwards
 from agent.specs.model import _PARAM_RE
-from agent.specs.patterns import MAX_MATCH_CHARS
+from agent.specs.patterns import MAX_MATCH_CHARS, SpecPattern
 
 __all__ = ["Refused", "expand", "matching_files", "read_bounded", "read_log", "redact_text"]
 
@@ -84,13 +83,27 @@ def read_bounded(path: Path, max_bytes: int) -> tuple[bytes, bool]:
     return data[:max_bytes], len(data) > max_bytes
 
 
-def redact_text(text: str, patterns: tuple[tuple[str, re.Pattern[str]], ...], hits: dict[str, int]) -> str:
-    """``text`` with each pattern's matches replaced by ``[REDACTED:<name>]``, counted."""
-    for name, pattern in patterns:
-        text, n = pattern.subn(f"[REDACTED:{name}]", text)
-        if n:
-            hits[name] = hits.get(name, 0) + n
-    return text
+def redact_text(text: str, patterns: tuple[tuple[str, SpecPattern], ...], hits: dict[str, int]) -> str:
+    """``text`` with each pattern's matches replaced by ``[REDACTED:<name>]``, counted.
+
+    Line by line: a line on which a pattern runs out of time is replaced whole
+    (``[REDACTED:<name>:timeout]``), never passed on unredacted.
+    """
+    if not patterns or not text:
+        return text
+    lines = text.splitlines(keepends=True)
+    for i, line in enumerate(lines):
+        for name, pattern in patterns:
+            done = pattern.subn(f"[REDACTED:{name}]", line)
+            if done is None:
+                end = line[len(line.rstrip("\r\n")) :]
+                line, n = f"[REDACTED:{name}:timeout]{end}", 1
+            else:
+                line, n = done
+            if n:
+                hits[name] = hits.get(name, 0) + n
+        lines[i] = line
+    return "".join(lines)
 
 
 def _parse(line: str, fmt: str, hint: dt.datetime) -> tuple[dt.datetime | None, str | None, str]:
@@ -113,7 +126,7 @@ def read_log(
     fmt: str,
     since: dt.datetime,
     deadline: float,
-    redact: tuple[tuple[str, re.Pattern[str]], ...],
+    redact: tuple[tuple[str, SpecPattern], ...],
     hits: dict[str, int],
 ) -> Iterator[str]:
     """Feed ``files`` (newest first) into ``sink`` newest line first, stopping at the

@@ -120,8 +120,9 @@ def _run(spec: Spec, identity: Mapping[str, object], ctx: CollectContext) -> dic
     facts["files"] = _files(spec, params, ctx, redact, hits)
     facts["logs"], facts[LOG_SOURCES_KEY] = _logs(spec, params, ctx, redact, hits, texts)
     facts["commands"] = _commands(spec, params, ctx, redact, hits, texts)
-    facts["redacted"] = hits
-    facts["counts"] = _counts(spec, texts)
+    # Pairs, not an object: a pattern named like "app-token" must not read as a secret's key.
+    facts["redacted"] = [[name, n] for name, n in sorted(hits.items())]
+    facts["counts"], facts["count_timeouts"] = _counts(spec, texts)
     facts["rules"] = [r.to_dict() for r in spec.rules]
     return facts
 
@@ -221,7 +222,7 @@ def _commands(
     out: dict[str, Any] = {}
     for cmd in spec.commands:
         argv = [expand(a, params) for a in cmd.argv]
-        entry: dict[str, Any] = {"argv": argv}
+        entry: dict[str, Any] = {"argv": [redact_text(a, redact, hits) for a in argv]}
         out[cmd.name] = entry
         timeout = min(cmd.timeout_s, ctx.remaining() - _MARGIN_S)
         if timeout <= 0:
@@ -249,15 +250,22 @@ def _commands(
     return out
 
 
-def _counts(spec: Spec, texts: Mapping[str, list[str]]) -> dict[str, int]:
+def _counts(spec: Spec, texts: Mapping[str, list[str]]) -> tuple[dict[str, int], dict[str, int]]:
+    """Lines each count rule's pattern matches, and lines it ran out of time on (skipped)."""
     counts: dict[str, int] = {}
+    timeouts: dict[str, int] = {}
     for rule in spec.rules:
         if rule.count is None:
             continue
-        n = 0
+        n = slow = 0
         for key, lines in texts.items():
             kind = key.split(":", 1)[0]
             if kind in rule.sources or key in rule.sources:
-                n += sum(1 for line in lines if rule.count.search(line))
+                for line in lines:
+                    hit = rule.count.search(line)
+                    n += hit is True
+                    slow += hit is None
         counts[rule.id] = n
-    return counts
+        if slow:
+            timeouts[rule.id] = slow
+    return counts, timeouts

@@ -73,8 +73,9 @@ def load_yaml(data: bytes | str, *, where: str = "spec") -> object:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise SpecError(f"{where}: not UTF-8 ({exc.reason} at byte {exc.start})") from None
-    loader = _Loader(text)
+    loader: _Loader | None = None
     try:
+        loader = _Loader(text)
         node = loader.get_single_node()
         if node is None:
             raise SpecError("empty document")
@@ -84,10 +85,11 @@ def load_yaml(data: bytes | str, *, where: str = "spec") -> object:
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         raise SpecError(f"{where}: not valid YAML at {_where(mark)}: {exc.problem or exc.context}") from None
-    except yaml.YAMLError as exc:
+    except yaml.YAMLError as exc:  # ReaderError: a control character, a bad encoding
         raise SpecError(f"{where}: not valid YAML: {str(exc)[:200]}") from None
     except RecursionError:
         raise SpecError(f"{where}: nested too deeply") from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
     return doc
