@@ -46,6 +46,7 @@ from google.protobuf.message import DecodeError
 
 from agent.daemon.h2stream import BidiStream, RpcError
 from agent.daemon.history import History
+from agent.daemon.live_spec import check_live_spec
 from agent.daemon.policy import Policy, collectors_for, load_policy
 from agent.daemon.spool import Spool
 from agent.daemon.worker import CollectionWorker, LiveBundle
@@ -121,6 +122,8 @@ class AgentService:
         self.options = options or DaemonOptions.from_env()
         self.key: SigningKey = home.key()
         self.policy: Policy = load_policy(home.root)
+        for note in self.policy.notes:
+            log.warning("%s", note)
         self.history = History(home.root / "history.jsonl")
         self.spool = Spool(
             home.root / "spool", max_bytes=self.policy.spool_max_bytes, max_bundles=self.policy.spool_max_bundles
@@ -354,6 +357,10 @@ class AgentService:
             hour_ago = dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)
             recent = await asyncio.to_thread(self.history.accepted_since, hour_ago)
             rule = self.policy.denial(scopes, since, recent)
+            checked = None if rule else check_live_spec(scopes, req.spec_envelope, *self._spec_trust())
+            if checked is not None:  # a spec: what it is goes in the history, allowed or not
+                who["spec"] = checked.record
+                rule = checked.denial
             if rule is not None:
                 detail = f"denied by policy: {rule}"
                 await asyncio.to_thread(lambda: self.history.append("denied", detail=detail, **who))
@@ -382,6 +389,7 @@ class AgentService:
                     since_s=window,
                     profile=self.policy.profile,
                     output_dir=work,
+                    spec=(req.spec_envelope, self.policy.spec_signers) if checked is not None else None,
                 )
             except asyncio.CancelledError:
                 # The agent is stopping: the child was ended, nothing will be uploaded.
@@ -413,6 +421,9 @@ class AgentService:
             await asyncio.to_thread(lambda: self.history.append("done", **ids))
         finally:
             shutil.rmtree(work, ignore_errors=True)
+
+    def _spec_trust(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        return self.policy.spec_signers, self.policy.live_specs
 
     def _work_dir(self) -> Path:
         """A fresh folder for one collection, under ``<home>/work``, named by us."""

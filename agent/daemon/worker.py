@@ -91,9 +91,11 @@ class CollectionWorker:
         since_s: int | None,
         profile: str,
         output_dir: Path,
+        spec: tuple[bytes, tuple[str, ...]] | None = None,
     ) -> LiveBundle:
-        """Collect ``collectors`` into a signed live bundle in ``output_dir``, in the child."""
-        request = {
+        """Collect ``collectors`` into a signed live bundle in ``output_dir``, in the child;
+        ``spec``: a signed collection spec and the signers trusted for it, run as well."""
+        request: dict[str, object] = {
             "op": "collect",
             "home": str(home),
             "agent_id": agent_id,
@@ -103,6 +105,9 @@ class CollectionWorker:
             "profile": profile,
             "output_dir": str(output_dir),
         }
+        if spec is not None:
+            request["spec_envelope"] = spec[0].decode("ascii", "replace")
+            request["spec_signers"] = list(spec[1])
         reply = await self._request(request, CollectionError, COLLECT_DEADLINE_S)
         try:
             b = reply["bundle"]

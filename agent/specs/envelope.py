@@ -1,7 +1,9 @@
 """Signed specs: the YAML, who signed it, until when, and an Ed25519 signature.
 
 The signature is the bundles' own: an Ed25519 signature over a canonical JSON manifest
-(``agent.bundle.manifest.encode_manifest``: sorted keys, indent 1, ASCII) whose ``key``
+(as ``agent.bundle.manifest.encode_manifest`` writes one: sorted keys, indent 1, ASCII,
+final newline; not imported, so the resident daemon can verify a spec without loading
+the bundle package — a test keeps the two byte-equal) whose ``key``
 block names the signer (``algorithm``, ``public_key``, ``fingerprint``). A signed spec is
 one JSON file (``<name>.spec.json``)::
 
@@ -28,8 +30,6 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from agent.bundle.manifest import encode_manifest
-from agent.errors import BundleError
 from agent.keys import PublicKey, SigningKey, fingerprint_of
 from agent.specs.model import Spec
 from agent.specs.parse import parse_spec
@@ -76,6 +76,11 @@ class SignedSpec:
         return hashlib.sha256(self.yaml_text.encode("utf-8")).hexdigest()
 
 
+def encode_signed(manifest: dict[str, Any]) -> bytes:
+    """The exact bytes that get signed (``encode_manifest``'s encoding)."""
+    return (json.dumps(manifest, sort_keys=True, indent=1, ensure_ascii=True, allow_nan=False) + "\n").encode("utf-8")
+
+
 def _iso(moment: dt.datetime) -> str:
     return moment.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -96,10 +101,7 @@ def sign_spec(yaml_text: str, key: SigningKey, *, valid_for: dt.timedelta, now: 
         "expires_at": _iso(now + valid_for),
         "key": {"algorithm": "ed25519", "public_key": key.public.b64, "fingerprint": key.fingerprint},
     }
-    try:
-        signed = encode_manifest(manifest)
-    except BundleError as exc:
-        raise SpecError(str(exc)) from None
+    signed = encode_signed(manifest)
     envelope = {
         "format": ENVELOPE_FORMAT,
         "signed": signed.decode("ascii"),

@@ -15,12 +15,11 @@ live request's spec must also be listed in ``live_specs`` (``live_denial``).
 from __future__ import annotations
 
 import json
-import re
-from collections.abc import Collection
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
+from agent.scopes import check_spec_signers, spec_allowed_live
 from agent.specs.envelope import SignedSpec, verify_spec
 from agent.specs.model import Spec
 from agent.specs.parse import parse_spec
@@ -30,7 +29,6 @@ __all__ = [
     "BUILTIN_SIGNER",
     "LoadedSpec",
     "builtin_names",
-    "check_live_specs",
     "check_signers",
     "live_denial",
     "load_builtin",
@@ -39,8 +37,6 @@ __all__ = [
 ]
 
 BUILTIN_SIGNER = "builtin"
-_FINGERPRINT = re.compile(r"sha256:[0-9a-f]{64}\Z")
-_LIVE_ENTRY = re.compile(r"(?:[a-z][a-z0-9-]{0,39}|sha256:[0-9a-f]{64}/\*)\Z")
 
 
 @dataclass(frozen=True)
@@ -57,25 +53,17 @@ class LoadedSpec:
 
 def check_signers(value: object, where: str) -> tuple[str, ...]:
     """``spec_signers`` of a policy: a list of ``sha256:<hex>`` fingerprints."""
-    if not isinstance(value, list) or not all(isinstance(v, str) and _FINGERPRINT.match(v) for v in value):
+    found = check_spec_signers(value)
+    if found is None:
         raise SpecError(
             f"{where}: spec_signers must be a list of key fingerprints sha256:<64 hex>; got {str(value)[:80]}"
         )
-    return tuple(dict.fromkeys(value))
+    return found
 
 
-def check_live_specs(value: object, where: str) -> tuple[str, ...]:
-    """``live_specs`` of a policy: spec names, or ``sha256:<hex>/*`` for all of one signer."""
-    if not isinstance(value, list) or not all(isinstance(v, str) and _LIVE_ENTRY.match(v) for v in value):
-        raise SpecError(f"{where}: live_specs must be a list of spec names or sha256:<hex>/*; got {str(value)[:80]}")
-    return tuple(dict.fromkeys(value))
-
-
-def live_denial(signed: SignedSpec, live_specs: Collection[str]) -> str | None:
+def live_denial(signed: SignedSpec, live_specs: tuple[str, ...]) -> str | None:
     """Why a verified spec may not run live here, or None."""
-    if signed.spec.name in live_specs or f"{signed.signer}/*" in live_specs:
-        return None
-    return f"spec {signed.spec.name!r} is not listed in live_specs (by name or as {signed.signer}/*)"
+    return spec_allowed_live(signed.spec.name, signed.signer, live_specs)
 
 
 def trusted_signers(home: Path) -> tuple[str, ...]:

@@ -108,3 +108,11 @@ def test_a_bad_spec_is_never_signed(support: SigningKey) -> None:
 )
 def test_malformed_envelopes_are_refused(support: SigningKey, junk: bytes) -> None:
     assert _refused(junk, {support.fingerprint}).reason == "malformed"
+
+
+def test_the_signed_bytes_are_encoded_as_bundle_manifests_are(support: SigningKey) -> None:
+    from agent.bundle.manifest import encode_manifest
+    from agent.specs.envelope import encode_signed
+
+    manifest = json.loads(json.loads(sign_spec(TEXT, support, valid_for=DAY))["signed"])
+    assert encode_signed(manifest) == encode_manifest(manifest)
