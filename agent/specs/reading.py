@@ -4,12 +4,19 @@ A glob is expanded, and every match is resolved (``realpath``) and must *still* 
 the glob: a symlink inside ``/etc/postgresql/*/main/*.conf`` that points at
 ``/etc/shadow`` is refused, so a spec reads only where it says it reads. The file is
 then opened with ``O_NOFOLLOW`` (a symlink swapped in meanwhile fails the open) and
-``O_NONBLOCK`` (a FIFO cannot hang the read), and must be a regular file.
+``O_NONBLOCK`` (a FIFO cannot hang the read), and must be a regular file; on Linux the
+opened file's own path (``/proc/self/fd``) must still be the one checked, so a folder
+swapped for a symlink between the check and the open is caught too.
+
+Some files are never read by a spec, whatever it says (``NEVER_READ``): password and
+key material — the shadow files, SSH and TLS private keys, the agent's own keys. A
+signed spec is trusted to ask for a product's files, not for the machine's secrets.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import fnmatch
 import glob
 import os
 import stat
@@ -21,9 +28,23 @@ from agent.collect.logparse import LogRecord, NewestFirstSink, guess_severity, p
 from agent.specs.model import _PARAM_RE
 from agent.specs.patterns import MAX_MATCH_CHARS, SpecPattern
 
-__all__ = ["Refused", "expand", "matching_files", "read_bounded", "read_log", "redact_text"]
+__all__ = ["NEVER_READ", "Refused", "expand", "matching_files", "read_bounded", "read_log", "redact_text"]
 
 _MAX_GLOB_HITS = 1000
+NEVER_READ: tuple[str, ...] = (
+    "/etc/shadow*",
+    "/etc/gshadow*",
+    "/etc/security/opasswd",
+    "/etc/ssh/ssh_host_*key",
+    "*/.ssh/*",
+    "/etc/ssl/private/*",
+    "/etc/pki/tls/private/*",
+    "*.key",
+    "*/agent.key",
+    "*/redact.key",
+    "*/.gnupg/*",
+    "*/.pgpass",
+)
 
 
 class Refused(Exception):
@@ -52,6 +73,9 @@ def matching_files(pattern: str, limit: int) -> tuple[list[Path], list[str]]:
         if not _inside(real, pattern):
             refused.append(f"{hit}: resolves to {real}, outside {pattern}")
             continue
+        if any(fnmatch.fnmatchcase(real, secret) for secret in NEVER_READ):
+            refused.append(f"{hit}: secret material is never read by a spec")
+            continue
         try:
             st = os.stat(real)
         except OSError as exc:
@@ -68,10 +92,17 @@ def matching_files(pattern: str, limit: int) -> tuple[list[Path], list[str]]:
 
 
 def _open(path: Path) -> int:
+    """``path`` (a resolved path from ``matching_files``) opened for reading, or Refused."""
     fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise Refused(f"{path}: not a regular file")
+        proc = f"/proc/self/fd/{fd}"
+        if os.path.exists(proc) and os.path.realpath(proc) != str(path):
+            raise Refused(f"{path}: changed into {os.path.realpath(proc)} while it was being opened")
+    except BaseException:
         os.close(fd)
-        raise Refused(f"{path}: not a regular file")
+        raise
     return fd
 
 

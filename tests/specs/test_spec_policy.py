@@ -77,3 +77,30 @@ def test_spec_requests_need_trusted_signers_and_one_spec_and_the_logs_window() -
         with pytest.raises(PolicyError):
             Policy.from_dict(bad, "test")
     assert Policy.from_dict(trusting.to_dict(), "again") == trusting
+
+
+SECRETS_SPEC = """
+name: greedy
+version: 1
+description: asks for key material next to a config file
+parameters:
+  dir: {default: /nonexistent, help: folder}
+files:
+  - {glob: "{dir}/*", max_bytes: 1000}
+"""
+
+
+def test_secret_material_is_never_read_whatever_the_spec_says(tmp_path: Path) -> None:
+    (tmp_path / "app.conf").write_text("port = 1\n")
+    (tmp_path / "server.key").write_text("-----BEGIN PRIVATE KEY-----\nabc\n")
+    (tmp_path / "agent.key").write_text("x\n")
+    cls = spec_collector(parse_spec(SECRETS_SPEC), {"signer": "test"})
+    result = run_collection(CollectionSpec(only=(cls.name,), options={"spec.dir": str(tmp_path)}), collectors=[cls])
+    try:
+        facts = json.loads(result.snapshot.plugin_facts[cls.name])
+        members = [a.path for a in result.artifacts]
+    finally:
+        result.close()
+    assert [c["path"] for c in facts["files"][0]["copied"]] == [str(tmp_path / "app.conf")]
+    assert sum("secret material is never read" in r for r in facts["files"][0]["refused"]) == 2
+    assert all(not m.endswith(".key") for m in members)

@@ -8,6 +8,8 @@ import json
 from importlib import resources
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from agent.keys import SigningKey
 from agent.specs import SpecError, SpecRefused, sign_spec, verify_spec
@@ -116,3 +118,30 @@ def test_the_signed_bytes_are_encoded_as_bundle_manifests_are(support: SigningKe
 
     manifest = json.loads(json.loads(sign_spec(TEXT, support, valid_for=DAY))["signed"])
     assert encode_signed(manifest) == encode_manifest(manifest)
+
+
+_SIGNER = SigningKey.generate()
+_SIGNED = sign_spec(TEXT, _SIGNER, valid_for=DAY)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(min_value=0, max_value=len(_SIGNED) - 1), st.integers(min_value=0, max_value=255))
+def test_any_changed_byte_is_refused_or_changes_nothing_signed(index: int, value: int) -> None:
+    data = bytearray(_SIGNED)
+    data[index] = value
+    try:
+        signed = verify_spec(bytes(data), {_SIGNER.fingerprint})
+    except SpecRefused as exc:
+        assert exc.reason in ("unsigned", "tampered", "malformed", "untrusted-signer", "expired")
+        return
+    # Accepted: the byte was outside what is signed (JSON layout, an escape of the same
+    # character), so what runs is exactly what was signed.
+    assert signed.yaml_text == TEXT and signed.signer == _SIGNER.fingerprint
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.dictionaries(st.sampled_from(["format", "signed", "signature", "x"]), st.text(max_size=60) | st.integers()))
+def test_hostile_envelopes_are_refused_with_a_reason(envelope: dict[str, object]) -> None:
+    with pytest.raises(SpecRefused) as info:
+        verify_spec(json.dumps(envelope).encode(), {_SIGNER.fingerprint})
+    assert info.value.reason in ("unsigned", "tampered", "malformed")
