@@ -24,7 +24,7 @@ import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path, PurePosixPath
 
-from agent.collect.logparse import LogRecord, NewestFirstSink, guess_severity, parse_text_line, read_lines_backwards
+from agent.collect import LogRecord, NewestFirstSink, guess_severity, parse_text_line, read_lines_backwards
 from agent.specs.model import _PARAM_RE
 from agent.specs.patterns import MAX_MATCH_CHARS, SpecPattern
 

@@ -33,12 +33,12 @@ from agent.collect import (
     CollectContext,
     Collector,
     CommandNotFound,
+    NewestFirstSink,
     log_bounds,
     log_source_entry,
     run_command,
 )
 from agent.collect.framework import MAX_BUDGET_S
-from agent.collect.logparse import NewestFirstSink
 from agent.errors import CollectionError
 from agent.specs.model import Spec
 from agent.specs.patterns import MAX_MATCH_CHARS
