@@ -53,8 +53,6 @@ SEVERITY = {
     "LOG": "info",
     "INFO": "info",
 }
-_BLOCK = 64 * 1024
-_MAX_LINE = 64 * 1024
 _OLD_LINES_BEFORE_STOP = 50
 
 
