@@ -102,6 +102,8 @@ def spec_collector(spec: Spec, origin: Mapping[str, str]) -> type[Collector]:
         name = spec.collector_name
         description = f"Spec {spec.name} v{spec.version}: {spec.description}"[:300]
         budget_s = spec_budget(spec)
+        # Globs, O_NOFOLLOW and /proc/self/fd checks are POSIX; elsewhere: "unsupported".
+        platforms = frozenset({"linux", "darwin"})
         default = True
 
         def collect(self, ctx: CollectContext) -> None:
