@@ -94,7 +94,7 @@ def spec_add(
         try:
             rec = store.add_spec(signed, added_by="operator")
         except ValueError as exc:
-            _audit_operator(store, "spec.add", target, "refused", str(exc))
+            _audit_operator(store, "spec.add", target, "invalid_argument", str(exc))
             raise typer.BadParameter(str(exc)) from None
         _audit_operator(store, "spec.add", target, "ok", f"signer {rec.signer} sha256 {rec.sha256}")
     finally:
