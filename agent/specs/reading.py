@@ -65,6 +65,9 @@ def matching_files(pattern: str, limit: int) -> tuple[list[Path], list[str]]:
     other matches were refused."""
     refused: list[str] = []
     found: list[tuple[float, Path]] = []
+    if not pattern.startswith("/") or ".." in PurePosixPath(pattern).parts or "\0" in pattern:
+        # A parameter's value made it so (the spec's own globs were checked when parsed).
+        return [], [f"{pattern}: not an absolute path without '..'; nothing was read"]
     for n, hit in enumerate(glob.iglob(pattern)):
         if n >= _MAX_GLOB_HITS:
             refused.append(f"{pattern}: more than {_MAX_GLOB_HITS} matches; the rest were not looked at")

@@ -104,3 +104,15 @@ def test_secret_material_is_never_read_whatever_the_spec_says(tmp_path: Path) ->
     assert [c["path"] for c in facts["files"][0]["copied"]] == [str(tmp_path / "app.conf")]
     assert sum("secret material is never read" in r for r in facts["files"][0]["refused"]) == 2
     assert all(not m.endswith(".key") for m in members)
+
+
+def test_a_parameter_cannot_make_a_glob_relative_or_climb(tmp_path: Path) -> None:
+    (tmp_path / "app.conf").write_text("port = 1\n")
+    cls = spec_collector(parse_spec(SECRETS_SPEC), {"signer": "test"})
+    for value in (f"{tmp_path}/../{tmp_path.name}", "relative/dir"):
+        result = run_collection(CollectionSpec(only=(cls.name,), options={"spec.dir": value}), collectors=[cls])
+        try:
+            files = json.loads(result.snapshot.plugin_facts[cls.name])["files"][0]
+        finally:
+            result.close()
+        assert files["copied"] == [] and "not an absolute path without '..'" in files["refused"][0]
