@@ -20,7 +20,7 @@ from importlib import resources
 from pathlib import Path
 
 from agent.scopes import check_spec_signers, spec_allowed_live
-from agent.specs.envelope import SignedSpec, verify_spec
+from agent.specs.envelope import SignedSpec, SpecRefused, verify_spec
 from agent.specs.model import Spec
 from agent.specs.parse import parse_spec
 from agent.specs.yamlsafe import SpecError
@@ -107,5 +107,11 @@ def load_spec_arg(arg: str, home: Path) -> LoadedSpec:
         data = path.read_bytes()
     except OSError as exc:
         raise SpecError(f"--spec {arg}: {exc.strerror or exc}") from None
-    signed = verify_spec(data, trusted_signers(home), where=str(path))
+    try:
+        signed = verify_spec(data, trusted_signers(home), where=str(path))
+    except SpecRefused as exc:
+        if exc.reason != "untrusted-signer":
+            raise
+        hint = f"; to trust it, add its fingerprint to spec_signers in {home / 'policy.json'}"
+        raise SpecRefused(exc.reason, str(exc).split(": ", 1)[1] + hint) from None
     return LoadedSpec(signed.spec, signed.signer, signed.spec_sha256, str(path), signed)
