@@ -91,6 +91,10 @@ def collect(
         list[str] | None,
         typer.Option("--budget", help="A collector's time budget NAME=SECONDS, e.g. fragmentation=60."),
     ] = None,
+    spec_arg: Annotated[
+        str | None,
+        typer.Option("--spec", help="Also run a collection spec: a signed spec file or postgresql, rabbitmq, systemd."),
+    ] = None,
     encrypt_to: Annotated[
         str | None, typer.Option("--encrypt-to", help="Seal the bundle (age) for this recipient age1… from support.")
     ] = None,
@@ -136,8 +140,14 @@ def collect(
             measured["collector_offset_ms"] = round(offset, 1)
     # Collecting starts now; the rest of the command (redaction, the bundle writer, the
     # key) is loaded while the collectors wait through their sampling windows.
+    spec = request.spec(measured)
+    collectors = None
+    if spec_arg is not None:  # shows what the spec reads and runs, before it does
+        from agent.cli_spec import prepare_spec
+
+        collectors, spec = prepare_spec(spec_arg, state.root, spec, preview=preview, as_json=as_json, yes=yes)
     try:
-        running = start_collection(request.spec(measured))
+        running = start_collection(spec, collectors=collectors)
     except CollectionError as exc:  # the spec names a collector or sets an option badly
         raise typer.BadParameter(str(exc)) from None
     try:

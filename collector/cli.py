@@ -291,6 +291,12 @@ from collector.cli_sealed import recipient  # noqa: E402, F401  (registers `reci
 # isort: on
 
 app.add_typer(hunt_app, name="hunt")
+from collector.cli_spec import spec_app  # noqa: E402  # spec keygen|sign|add|list|show
+
+app.add_typer(spec_app, name="spec")
+from collector.cli_spec import spec_app  # noqa: E402  # spec keygen|sign|add|list|show
+
+app.add_typer(spec_app, name="spec")
 
 
 def main() -> None:

@@ -34,8 +34,11 @@ def snapshot_cmd(
         list[str] | None,
         typer.Option(
             "--scope",
-            help="facts (default), logs, fragmentation, commands, plugin:NAME (a plugin collector); repeatable.",
+            help="facts (default), logs, fragmentation, crashes, plugin:NAME (a plugin collector); repeatable.",
         ),
+    ] = None,
+    spec_name: Annotated[
+        str | None, typer.Option("--spec", help="Also run this stored collection spec: NAME or NAME@VERSION.")
     ] = None,
     since: Annotated[
         str | None, typer.Option("--since", help="Logs window, e.g. 1h (the agent's policy caps it).")
@@ -55,7 +58,8 @@ def snapshot_cmd(
 
     since_s = int(parse_duration(since).total_seconds()) if since else 0
     spec = collector_pb2.SnapshotRequestSpec(
-        host=host, scopes=scope or [], since_seconds=since_s, reason=reason, wait_s=wait, timeout_s=timeout
+        host=host, scopes=scope or [], since_seconds=since_s, reason=reason, wait_s=wait, timeout_s=timeout,
+        spec=spec_name or "",
     )
     channel, stub, md = conn.open()
     last = None

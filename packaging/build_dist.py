@@ -51,6 +51,8 @@ def main() -> int:
             "--name", name, "--distpath", str(ROOT / "dist"), "--workpath", str(Path(work) / "build"),
             "--specpath", work, "--paths", str(ROOT),
             "--add-data", f"{stamp_file}{os.pathsep}.",
+            # The collection specs shipped with the agent (casefile collect --spec postgresql).
+            "--add-data", f"{ROOT / 'agent' / 'specs' / 'builtin'}{os.pathsep}agent/specs/builtin",
             # Collectors, renderers and services are imported inside functions (to keep the
             # CLI's start-up short); take every module of our own packages.
             "--collect-submodules", "agent", "--collect-submodules", "protos",

@@ -8,6 +8,7 @@ module brings in the whole collection machinery.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -17,10 +18,10 @@ from pathlib import Path
 from typing import IO, Any
 
 from agent.bundle import WrittenBundle
-from agent.collect import CollectionSpec
+from agent.collect import CollectionSpec, RunningCollection, registered_collectors, start_collection
 from agent.collect_request import run_options, upload_target
 from agent.keys import SigningKey
-from agent.oneshot import PrivacyOptions, collect_bundle
+from agent.oneshot import PrivacyOptions, collect_bundle, prepare_collection
 from agent.state import AgentHome
 from agent.transport import open_channel, parse_address, upload_bundle
 
@@ -50,10 +51,13 @@ def collect_live(
     output_dir: Path,
     trigger: str = "",
     history_s: int | None = None,
+    spec_envelope: bytes | None = None,
+    spec_signers: tuple[str, ...] = (),
 ) -> WrittenBundle:
     """Collect ``collectors`` into a signed bundle in ``output_dir`` (blocking); kind
     "triggered" when ``trigger`` names the policy's trigger that fired (in the manifest's
-    ``spec.options.trigger``)."""
+    ``spec.options.trigger``); with ``spec_envelope``, that signed spec (verified again
+    here) runs as one more collector."""
     # An engineer waits on a live snapshot: sample "now" over a fifth of a second rather
     # than the half second to a second a one-shot run affords (same facts, shorter windows).
     options: dict[str, str | int | float | bool] = dict(LIVE_SAMPLING)
@@ -68,16 +72,39 @@ def collect_live(
     if trigger:
         options["trigger"] = trigger
     output_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    collected = collect_bundle(
-        key=key,
-        output_dir=output_dir,
-        agent_id=agent_id,
-        kind="triggered" if trigger else "live",
-        request_id=request_id or None,
-        spec=CollectionSpec(only=collectors, options=options),
-        privacy=PrivacyOptions(profile=profile, home=home),
-    )
-    return collected.bundle
+    spec = CollectionSpec(only=collectors, options=options)
+    privacy = PrivacyOptions(profile=profile, home=home)
+    kind = "triggered" if trigger else "live"
+    if spec_envelope is None:
+        collected = collect_bundle(
+            key=key,
+            output_dir=output_dir,
+            agent_id=agent_id,
+            kind=kind,
+            request_id=request_id or None,
+            spec=spec,
+            privacy=privacy,
+        )
+        return collected.bundle
+    running = start_spec_collection(spec, spec_envelope, spec_signers)
+    with prepare_collection(
+        key=key, agent_id=agent_id, kind=kind, request_id=request_id or None, running=running, privacy=privacy
+    ) as prepared:
+        return prepared.seal(output_dir, key).bundle
+
+
+def start_spec_collection(spec: CollectionSpec, envelope: bytes, signers: tuple[str, ...]) -> RunningCollection:
+    """Start ``spec``'s collectors plus the signed collection spec's own."""
+    from agent.specs import verify_spec
+    from agent.specs.runner import spec_budget, spec_collector
+    from agent.specs.trust import LoadedSpec
+
+    signed = verify_spec(envelope, signers)
+    loaded = LoadedSpec(signed.spec, signed.signer, signed.spec_sha256, "live request", signed)
+    cls = spec_collector(signed.spec, loaded.origin())
+    total = max(spec.total_budget_s, spec_budget(signed.spec) + 2.0)
+    spec = dataclasses.replace(spec, only=(*spec.only, cls.name), total_budget_s=total)
+    return start_collection(spec, collectors=(*registered_collectors().collectors, cls))
 
 
 def _key(home: Path) -> SigningKey:
@@ -97,6 +124,8 @@ def _collect(request: dict[str, Any]) -> dict[str, Any]:
         output_dir=Path(request["output_dir"]),
         trigger=str(request.get("trigger") or ""),
         history_s=int(request["history_s"]) if request.get("history_s") else None,
+        spec_envelope=str(request["spec_envelope"]).encode("ascii") if request.get("spec_envelope") else None,
+        spec_signers=tuple(str(s) for s in request.get("spec_signers") or ()),
     )
     return {
         "bundle": {

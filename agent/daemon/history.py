@@ -3,7 +3,9 @@
 One JSON object per line, appended and flushed before the agent acts, so a crash
 never hides a request. Fields: ``at`` (UTC ISO time), ``request_id``,
 ``requested_by`` (the engineer's token label), ``reason``, ``scopes``, ``since_s``,
-``outcome`` and ``detail``, ``bundle_id`` and ``sha256`` where there is a bundle.
+``outcome`` and ``detail``, ``bundle_id`` and ``sha256`` where there is a bundle, and
+``spec`` (``name``, ``version``, ``signer``, ``sha256``) when the request named a signed
+collection spec (null when the spec could not be read at all).
 
 Outcomes: ``accepted`` (about to collect), ``done`` (uploaded), ``spooled`` (collector
 unreachable; kept in the spool), ``delivered`` (a spooled bundle uploaded later),

@@ -26,6 +26,7 @@ from typing import Any
 
 from agent.daemon.delivery import Delivery
 from agent.daemon.history import History
+from agent.daemon.live_spec import check_live_spec
 from agent.daemon.policy import Policy, collectors_for
 from agent.daemon.worker import CollectionWorker
 from agent.scopes import reads_logs
@@ -98,6 +99,10 @@ class RequestHandler:
             hour_ago = dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)
             recent = await asyncio.to_thread(self.history.accepted_since, hour_ago)
             rule = self.policy.denial(scopes, since, recent)
+            checked = None if rule else check_live_spec(scopes, req.spec_envelope, *self._spec_trust())
+            if checked is not None:  # a spec: what it is goes in the history, allowed or not
+                who["spec"] = checked.record
+                rule = checked.denial
             if rule is not None:
                 detail = f"denied by policy: {rule}"
                 await self._record("denied", detail, who)
@@ -126,6 +131,7 @@ class RequestHandler:
                     since_s=window,
                     profile=self.policy.profile,
                     output_dir=work,
+                    spec=(req.spec_envelope, self.policy.spec_signers) if checked is not None else None,
                 )
             except asyncio.CancelledError:
                 # The agent is stopping: the child was ended, nothing will be uploaded.
@@ -148,6 +154,9 @@ class RequestHandler:
                 self.progress(rid, LiveState.UPLOADING, spooled, bundle.bundle_id)
         finally:
             shutil.rmtree(work, ignore_errors=True)
+
+    def _spec_trust(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        return self.policy.spec_signers, self.policy.live_specs
 
     def _work_dir(self) -> Path:
         """A fresh folder for one collection, under ``<home>/work``, named by us."""

@@ -115,6 +115,8 @@ class AgentService:
         self.options = options or DaemonOptions.from_env()
         self.key: SigningKey = home.key()
         self.policy: Policy = load_policy(home.root)
+        for note in self.policy.notes:
+            log.warning("%s", note)
         self.history = History(home.root / "history.jsonl")
         self.spool = Spool(
             home.root / "spool", max_bytes=self.policy.spool_max_bytes, max_bundles=self.policy.spool_max_bundles

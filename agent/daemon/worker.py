@@ -100,10 +100,12 @@ class CollectionWorker:
         output_dir: Path,
         trigger: str = "",
         history_s: int | None = None,
+        spec: tuple[bytes, tuple[str, ...]] | None = None,
     ) -> LiveBundle:
         """Collect ``collectors`` into a signed bundle in ``output_dir``, in the child: kind
-        "live", or "triggered" when ``trigger`` names the policy's trigger that fired."""
-        request = {
+        "live", or "triggered" when ``trigger`` names the policy's trigger that fired;
+        ``spec``: a signed collection spec and the signers trusted for it, run as well."""
+        request: dict[str, object] = {
             "op": "collect",
             "home": str(home),
             "agent_id": agent_id,
@@ -115,6 +117,9 @@ class CollectionWorker:
             "trigger": trigger,
             "history_s": history_s,
         }
+        if spec is not None:
+            request["spec_envelope"] = spec[0].decode("ascii", "replace")
+            request["spec_signers"] = list(spec[1])
         reply = await self._request(request, CollectionError, COLLECT_DEADLINE_S)
         try:
             b = reply["bundle"]

@@ -41,6 +41,7 @@ from collector.storage.schema import (
     hosts,
     to_micros,
 )
+from collector.storage.specs import SpecMethods
 from collector.storage.stats import StatsMethods
 from collector.storage.text import clip
 from collector.storage.tokens import TokenMethods
@@ -84,6 +85,7 @@ class Store(
     RefusalMethods,
     FindingsMethods,
     HuntMethods,
+    SpecMethods,
 ):
     """Metadata for the collector. Open with ``Store.open(url)``; close when done."""
 

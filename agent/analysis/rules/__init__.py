@@ -17,6 +17,7 @@ from agent.analysis.rules.ops import (
 )
 from agent.analysis.rules.recorded import RecordedCpuSaturation, RecordedGrowth
 from agent.analysis.rules.refs import ReFSEvents
+from agent.analysis.rules.specs import SpecRules
 
 __all__ = [
     "BUILTIN_RULES",
@@ -40,6 +41,7 @@ __all__ = [
     "RecordedGrowth",
     "RunQueue",
     "RunawayProcess",
+    "SpecRules",
     "SwapActivity",
     "TcpRetransmissions",
 ]
@@ -67,4 +69,5 @@ BUILTIN_RULES: tuple[type[Rule], ...] = (
     RecentReboot,
     OomKills,
     CollectionIncomplete,
+    SpecRules,
 )
