@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import grpc
 import pytest
 
 from agent.keys import SigningKey
@@ -99,13 +100,13 @@ class Http:
         return self.post("/signin", {"csrf": self.csrf(form.body), "token": token, "next": next_path})
 
 
-def _upload(c: RunningCollector, tmp: Path) -> dict[str, str]:
-    """Three real bundles of one host in one case (an incident in the logs, then a full
+def upload_case(channel: grpc.Channel, enroll_token: str, tmp: Path) -> dict[str, str]:
+    """Two real bundles of one host in one case (an incident in the logs, then a full
     disk), and one of a host whose name, mount point and log lines are hostile HTML."""
     key = SigningKey.generate()
     ids: dict[str, str] = {}
-    with c.channel() as ch:
-        agent_id = enroll(ch, token=c.enroll_token(), key=key, hostname="db-1", agent_version="t").agent_id
+    with channel as ch:
+        agent_id = enroll(ch, token=enroll_token, key=key, hostname="db-1", agent_version="t").agent_id
         before, after = healthy_snapshot(), healthy_snapshot()
         for snap in (before, after):  # a diff compares what both bundles say they collected
             snap.collectors.add(name="disks", state=facts_pb2.CollectorStatus.OK)
@@ -135,5 +136,5 @@ def console(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Console]:
         tokens = {role: running.engineer_token(role) for role in ("viewer", "engineer", "admin")}
         assert running.server.web_port
         con = Console(running, running.server.web_port, tokens)
-        con.bundles = _upload(running, tmp / "bundles")
+        con.bundles = upload_case(running.channel(), running.enroll_token(), tmp / "bundles")
         yield con
