@@ -210,6 +210,16 @@ def test_engineer_works_a_case_and_gets_a_live_snapshot(site: Site, browser: Any
     assert HOSTNAME in d.find_element(By.TAG_NAME, "h1").text
     assert console_errors(d) == []
 
+    # A scope the agent's policy does not allow: the page shows the agent's denial.
+    d.get(f"{site.base}/host?name={HOSTNAME}")
+    d.find_element(By.CSS_SELECTOR, 'input[name=scope][value=logs]').click()
+    d.find_element(By.ID, "reason").send_keys("SR-4711: logs too")
+    d.find_element(By.CSS_SELECTOR, '#live button[type="submit"]').click()
+    wait_for("denied shown", lambda: d.find_elements(By.CSS_SELECTOR, "#progress li.state-denied"), timeout=60)
+    assert "not allowed" in d.find_element(By.CSS_SELECTOR, "#progress li.state-denied").text
+    shoot(site, d, "snapshot-denied")
+    assert console_errors(d) == []
+
     d.find_element(By.CSS_SELECTOR, ".signout button").click()
     wait_for("signed out", lambda: d.current_url.endswith("/signin"))
     d.get(f"{site.base}/cases")

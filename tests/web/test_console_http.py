@@ -6,12 +6,14 @@ the client here is ``http.client`` with the collector's certificate as trust anc
 
 from __future__ import annotations
 
+import json
 import re
 
 from markupsafe import escape
 
 from collector.web.app import CSP
 from collector.web.sessions import COOKIE
+from tests.e2e.test_live import wait_for
 from tests.web.conftest import CASE, HOSTILE_HOST, HOSTILE_LOG, HOSTILE_MOUNT, Console
 
 
@@ -108,7 +110,8 @@ def test_cases_hosts_and_bundle_pages_show_the_work(console: Console) -> None:
     assert report.status == 200 and report.headers["Content-Security-Policy"].startswith("sandbox")
     download = web.get(f"/bundles/{console.bundles['before']}/download")
     assert download.status == 200 and int(download.headers["Content-Length"]) > 0
-    audit = console.collector.store.list_audit(50, action="query.download_bundle")
+    # The download's audit row is written when its stream ends, just after the last byte.
+    audit = wait_for("download audited", lambda: console.collector.store.list_audit(50, action="query.download_bundle"))
     assert audit[0].target == console.bundles["before"] and audit[0].outcome == "ok"
     assert audit[0].peer.startswith("console ")
 
@@ -212,3 +215,24 @@ def test_every_asset_is_served_by_the_collector(console: Console) -> None:
         assert answer.headers["X-Content-Type-Options"] == "nosniff"
     assert "http://" not in page.body and "https://" not in page.body
     assert "<script>" not in page.body and " on" + "load=" not in page.body
+
+
+def test_snapshot_of_an_offline_host_ends_offline_with_when_it_was_last_seen(console: Console) -> None:
+    web = console.client()
+    web.sign_in(console.tokens["engineer"])
+    host = web.get("/host?name=db-1")
+    assert 'action="/snapshots"' in host.body
+    missing = web.post("/snapshots", {"csrf": web.csrf(host.body), "host": "db-1", "scope": "facts", "reason": ""})
+    assert missing.status == 400 and "reason is required" in missing.body
+    started = web.post("/snapshots", {"csrf": web.csrf(host.body), "host": "db-1", "scope": "facts",
+                                      "reason": "SR-4711 check"})
+    assert started.status == 303 and started.headers["location"].startswith("/snapshots/")
+    events = web.get(started.headers["location"] + "/events")
+    got = json.loads(events.body)
+    assert got["final"] and got["events"][-1]["state"] == "offline"
+    assert "offline since never" in got["events"][-1]["detail"]
+    other = console.client()
+    other.sign_in(console.tokens["admin"])
+    assert other.get(started.headers["location"]).status == 404  # another engineer's request is not listed
+    rows = console.collector.store.list_audit(10, action="live.request_snapshot", outcome="offline")
+    assert rows and rows[0].peer.startswith("console ")
