@@ -211,7 +211,10 @@ class CollectorServer:
         if cert is None or key is None:
             ensure_self_signed(tls_dir)  # also for a plaintext gRPC port: the console is HTTPS only
             cert, key = tls_dir / "collector.crt", tls_dir / "collector.key"
-        self.console = ConsoleServer(self.store, self.blobs, self.router, self.config.web_address, cert, key)
+        self.console = ConsoleServer(
+            self.store, self.blobs, self.router, self.config.web_address, (cert, key),
+            self.config.data_dir / "console-cache",
+        )
         try:
             self.web_port = await self.console.start()
         except OSError:

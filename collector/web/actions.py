@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from agent.bundle import is_bundle_id
@@ -79,9 +80,10 @@ def _check_new_token(req: NewToken) -> tuple[dt.timedelta, int | None]:
 
 
 class ConsoleActions:
-    def __init__(self, store: Store, blobs: BlobStore) -> None:
+    def __init__(self, store: Store, blobs: BlobStore, cache_dir: Path) -> None:
         self._store = store
         self._blobs = blobs
+        self._cache_dir = cache_dir  # the log viewer's indexes
         self._auth = EngineerAuth(store)
 
     @unary
@@ -138,4 +140,4 @@ class ConsoleActions:
         await self._auth.require(context, role="engineer")
         rec = await asyncio.to_thread(self._store.get_bundle, r.bundle_id)
         path = self._blobs.blob_path(rec.blob_key)
-        return await asyncio.to_thread(read_log_page, r.bundle_id, path, flt, int(r.page))
+        return await asyncio.to_thread(read_log_page, r.bundle_id, path, self._cache_dir, flt, int(r.page))

@@ -99,11 +99,11 @@ Endpoint = Callable[[Request], Awaitable[Response]]
 class Console:
     """The console over one collector's store, blobs and live router."""
 
-    def __init__(self, store: Store, blobs: BlobStore, router: LiveRouter | None) -> None:
+    def __init__(self, store: Store, blobs: BlobStore, router: LiveRouter | None, cache_dir: Path) -> None:
         self.store = store
         self.router = router
         self.query = QueryService(store, blobs, router)
-        self.actions = ConsoleActions(store, blobs)
+        self.actions = ConsoleActions(store, blobs, cache_dir)
         self.sessions = SessionTable()
         self.templates = Environment(
             loader=FileSystemLoader(HERE / "templates"), autoescape=True, trim_blocks=True, lstrip_blocks=True

@@ -1,24 +1,22 @@
 """The log viewer's server side: one page of a stored bundle's log lines, filtered.
 
-The blob is verified once (as every read of a blob is: the blob store is trusted no
-more than the wire) and the view kept in a small cache, since a bundle never changes;
-each page is then one streaming pass over the log members that stops as soon as the
-page is full, so the first pages of a 1,000,000-line bundle cost a fraction of a full
-pass. Filters: source (exact), severity (this level or worse), text (a substring of the
-message, any case) and a time range.
+The first view of a bundle's logs verifies its blob (as every read of a blob is: the
+blob store is trusted no more than the wire) and copies the lines into an indexed
+SQLite file (``collector.web.log_index``); every page is then one query. Filters:
+source (exact), severity (this level or worse), text (a substring of the message, any
+case for ASCII letters) and a time range.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import threading
-from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
-from agent.analysis import BundleView, LogRecord
+from agent.analysis import BundleView
 from collector.storage.errors import InvalidArgument
 from collector.storage.text import CONTROL_RE, clip
+from collector.web.log_index import LogIndex
 
 __all__ = ["PAGE_SIZE", "SEVERITY_LEVELS", "LogFilter", "LogPage", "parse_filter", "read_log_page"]
 
@@ -26,9 +24,7 @@ PAGE_SIZE = 200
 MAX_PAGE = 10_000
 SEVERITY_LEVELS = ("emerg", "alert", "crit", "err", "warning", "notice", "info", "debug")
 _RANK = {s: i for i, s in enumerate(SEVERITY_LEVELS)}
-_VIEWS: OrderedDict[tuple[str, str], BundleView] = OrderedDict()
-_VIEWS_LOCK = threading.Lock()
-_VIEWS_MAX = 4
+
 
 
 @dataclass(frozen=True)
@@ -39,16 +35,6 @@ class LogFilter:
     since: float | None = None
     until: float | None = None
 
-    def matches(self, rec: LogRecord) -> bool:
-        if self.source and rec.src != self.source:
-            return False
-        if self.severity and (rec.sev is None or _RANK.get(rec.sev, 99) > _RANK[self.severity]):
-            return False
-        if self.since is not None and (rec.ts is None or rec.ts < self.since):
-            return False
-        if self.until is not None and (rec.ts is None or rec.ts >= self.until):
-            return False
-        return not self.text or self.text.casefold() in rec.msg.casefold()
 
 
 @dataclass(frozen=True)
@@ -93,42 +79,23 @@ def parse_filter(source: str, severity: str, text: str, since: str, until: str) 
     return LogFilter(source, severity, text, _time("since", since), _time("until", until))
 
 
-def _view(bundle_id: str, path: Path) -> BundleView:
-    key = (bundle_id, str(path))
-    with _VIEWS_LOCK:
-        view = _VIEWS.get(key)
-        if view is not None:
-            _VIEWS.move_to_end(key)
-            return view
-    view = BundleView.from_file(path)
-    with _VIEWS_LOCK:
-        _VIEWS[key] = view
-        while len(_VIEWS) > _VIEWS_MAX:
-            _VIEWS.popitem(last=False)
-    return view
-
-
 def _fmt(ts: float | None) -> str:
     if ts is None:
         return ""
     return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
 
 
-def read_log_page(bundle_id: str, path: Path, flt: LogFilter, page: int) -> LogPage:
+def read_log_page(bundle_id: str, path: Path, cache_dir: Path, flt: LogFilter, page: int) -> LogPage:
     if page < 0 or page > MAX_PAGE:
         raise InvalidArgument(f"page {page} is not between 0 and {MAX_PAGE}")
-    view = _view(bundle_id, path)
-    skip = page * PAGE_SIZE
-    lines: list[LogLine] = []
-    more = False
-    for rec in view.iter_logs():
-        if not flt.matches(rec):
-            continue
-        if skip:
-            skip -= 1
-            continue
-        if len(lines) == PAGE_SIZE:
-            more = True
-            break
-        lines.append(LogLine(rec.n, _fmt(rec.ts), rec.src, rec.sev or "", rec.msg))
-    return LogPage(bundle_id, page, tuple(lines), more, view.has_logs)
+    index = LogIndex(cache_dir, bundle_id)
+    if not index.path.exists():
+        index.ensure(BundleView.from_file(path).iter_logs(), _RANK)
+    rows = index.page(
+        source=flt.source, max_rank=_RANK[flt.severity] if flt.severity else None, text=flt.text,
+        since=flt.since, until=flt.until, offset=page * PAGE_SIZE, limit=PAGE_SIZE + 1,
+    )
+    lines = tuple(LogLine(n, _fmt(ts), src, sev, msg) for n, ts, src, sev, msg in rows[:PAGE_SIZE])
+    has_logs = bool(rows) or page > 0 or bool(index.page(
+        source="", max_rank=None, text="", since=None, until=None, offset=0, limit=1))
+    return LogPage(bundle_id, page, lines, len(rows) > PAGE_SIZE, has_logs)

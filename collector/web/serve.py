@@ -39,12 +39,19 @@ class ConsoleServer:
     """Start with :meth:`start` (returns the bound port), stop with :meth:`stop`."""
 
     def __init__(
-        self, store: Store, blobs: BlobStore, router: LiveRouter | None, address: str, cert_file: Path, key_file: Path
+        self,
+        store: Store,
+        blobs: BlobStore,
+        router: LiveRouter | None,
+        address: str,
+        tls: tuple[Path, Path],
+        cache_dir: Path,
     ) -> None:
+        """``tls``: the certificate and key files; ``cache_dir``: the log viewer's indexes."""
         self.address = address
-        self.console = Console(store, blobs, router)
+        self.console = Console(store, blobs, router, cache_dir)
         self.app = self.console.asgi([*pages.routes(self.console), *work.routes(self.console)])
-        self._cert, self._key = cert_file, key_file
+        self._cert, self._key = tls
         self._server: _Server | None = None
         self._task: asyncio.Task[None] | None = None
         self.port = 0
