@@ -191,7 +191,8 @@ class Console:
 
         async def handler(request: Request, session: Session) -> Response:
             form = await self.form(request)
-            if not session.csrf_ok(form.get("csrf") if isinstance(form.get("csrf"), str) else None):  # type: ignore[arg-type]
+            presented = form.get("csrf")
+            if not session.csrf_ok(presented if isinstance(presented, str) else None):
                 raise Forbidden("The form's security token is missing or stale; reload the page and try again.")
             return await fn(request, session, form)
 
