@@ -84,7 +84,10 @@ def routes(console: Console) -> list[Route]:
     async def signin(request: Request) -> Response:
         old = request.cookies.get(COOKIE)
         pre = console.sessions.get(old)
-        form = await console.form(request)
+        try:
+            form = await console.form(request)
+        except (CallFailed, ValueError) as exc:  # not a form, too large, too many fields
+            return console.error(request, 400, str(exc))
         nxt = safe_next(_field(form, "next"))
         if pre is None or not pre.csrf_ok(_field(form, "csrf")):
             return _signin_page(request, nxt, "The sign-in form expired; please try again.", 403)

@@ -71,8 +71,14 @@ def test_bad_token_is_refused_and_audited(console: Console) -> None:
     assert answer.status == 401 and "not accepted" in answer.body
     rows = console.collector.store.list_audit(20, action="console.sign_in", outcome="denied")
     assert rows and rows[0].peer.startswith("console ipv4:127.0.0.1:")
-    # The sign-in form needs its own CSRF token too.
+    # The sign-in form needs its own CSRF token too; what is not a form is refused in words.
     assert web.post("/signin", {"token": console.tokens["admin"], "next": "/cases"}).status == 403
+    assert web.request("POST", "/signin", headers={"Content-Type": "application/json"}).status == 400
+    many = "&".join(f"f{i}=x" for i in range(500))
+    answer = web.request("POST", "/signin", headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert answer.status == 403  # an empty form: no CSRF token
+    conn_answer = web.raw_post("/signin", many)
+    assert conn_answer.status == 400
 
 
 def test_next_only_leads_to_paths_on_the_console(console: Console) -> None:
