@@ -129,7 +129,7 @@ def _epoch(text: str | None) -> float:
 
 def timeline_svg(timeline: dict[str, Any]) -> str:
     """The timeline chart (as the HTML report draws it): errors and warnings per interval,
-    the onset marked. Empty when the bundle has no timed log lines."""
+    the onset marked, earlier bursts shaded. Empty when the bundle has no timed log lines."""
     buckets = timeline.get("buckets") or []
     if not buckets:
         return ""
@@ -142,13 +142,20 @@ def timeline_svg(timeline: dict[str, Any]) -> str:
             marker = starts.index(onset["bucket_start"])
         label = f"onset {(onset.get('began_at') or '')[11:16]} UTC"
     interval = int(timeline.get("interval_s") or 60)
+    times = [_epoch(b["start"]) for b in buckets]
+    bands = []
+    for episode in timeline.get("episodes") or []:
+        inside = [i for i, t in enumerate(times) if _epoch(episode["start"]) - interval < t <= _epoch(episode["end"])]
+        if inside:
+            bands.append((inside[0], inside[-1]))
     return stacked_histogram(
         f"Errors and warnings per {interval} s",
-        [_epoch(b["start"]) for b in buckets],
+        times,
         [
             Series("errors", tuple(float(b["errors"]) for b in buckets), "#b3261e"),
             Series("warnings", tuple(float(b["warnings"]) for b in buckets), "#e0a030"),
         ],
         marker=marker,
         marker_label=label,
+        bands=bands,
     )

@@ -109,6 +109,21 @@ class Http:
         return self.post("/signin", {"csrf": self.csrf(form.body), "token": token, "next": next_path})
 
 
+def _two_bursts() -> dict[str, list[dict[str, object]]]:
+    """A day of logs: a burst that ended ten hours ago (an earlier episode), then one still
+    going that began 2 h 05 min before collection (the onset)."""
+    merged: dict[str, list[dict[str, object]]] = {}
+    earlier = generate_logs(burst_at=COLLECTED - dt.timedelta(hours=10), burst_minutes=20, seed=2, per_minute=0)
+    for part in (generate_logs(burst_at=COLLECTED - dt.timedelta(hours=2, minutes=5)), earlier):
+        for source, lines in part.items():
+            merged.setdefault(source, []).extend(lines)
+    for lines in merged.values():
+        lines.sort(key=lambda line: str(line["ts"]))
+        for n, line in enumerate(lines, 1):
+            line["n"] = n
+    return merged
+
+
 def upload_case(channel: grpc.Channel, enroll_token: str, tmp: Path) -> dict[str, str]:
     """Two real bundles of one host in one case (an incident in the logs, then a full
     disk), and one of a host whose name, mount point and log lines are hostile HTML."""
@@ -125,7 +140,7 @@ def upload_case(channel: grpc.Channel, enroll_token: str, tmp: Path) -> dict[str
         p = hostile.disks.partitions.add(mountpoint=HOSTILE_MOUNT, device="/dev/sdz1", fstype="ext4",
                                          total=100 * GIB, percent=99.5)
         p.used, p.free = int(99.5 * GIB), int(0.5 * GIB)
-        logs = generate_logs(burst_at=COLLECTED - dt.timedelta(hours=2, minutes=5))
+        logs = _two_bursts()
         hostile_logs = {"syslog": [{"ts": "2026-11-22T16:00:00Z", "src": "syslog", "sev": "err",
                                     "msg": HOSTILE_LOG, "n": 1}]}
         for name, snap, lg in (("before", before, logs), ("after", after, None), ("hostile", hostile, hostile_logs)):

@@ -112,6 +112,7 @@ def test_cases_hosts_and_bundle_pages_show_the_work(console: Console) -> None:
     assert diff.status == 200 and "/var used: 63.0 % -&gt; 99.0 %" in diff.body
     earlier = web.get(f"/bundles/{console.bundles['before']}")
     assert "<svg" in earlier.body and 'class="onset"' in earlier.body  # the chart with its onset marker
+    assert 'class="episode"' in earlier.body and 'id="episodes"' in earlier.body  # and the earlier burst
     report = web.get(f"/bundles/{console.bundles['before']}/report")
     assert report.status == 200 and report.headers["Content-Security-Policy"].startswith("sandbox")
     download = web.get(f"/bundles/{console.bundles['before']}/download")
