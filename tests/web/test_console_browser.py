@@ -267,4 +267,8 @@ def test_admin_pages_work_from_the_keyboard(site: Site, browser: Any) -> None:
     assert not unlabelled_fields(d)
     assert "token.create" in d.find_element(By.TAG_NAME, "table").text
     shoot(site, d, "audit")
+    d.get(f"{site.base}/fleet?rule=disk-full")
+    assert not unlabelled_fields(d)
+    assert site.bundles["after"][:12] in d.find_element(By.ID, "fleet-findings").text
+    shoot(site, d, "fleet")
     assert console_errors(d) == []

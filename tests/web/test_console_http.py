@@ -243,3 +243,18 @@ def test_snapshot_of_an_offline_host_ends_offline_with_when_it_was_last_seen(con
     assert other.get(started.headers["location"]).status == 404  # another engineer's request is not listed
     rows = console.collector.store.list_audit(10, action="live.request_snapshot", outcome="offline")
     assert rows and rows[0].peer.startswith("console ")
+
+
+def test_fleet_questions_run_through_the_api(console: Console) -> None:
+    web = console.client()
+    web.sign_in(console.tokens["viewer"])
+    found = web.get("/fleet?rule=disk-full&severity=critical")
+    assert found.status == 200 and f"/bundles/{console.bundles['after']}" in found.body
+    assert f"/bundles/{console.bundles['before']}" not in found.body.split('id="fleet-findings"')[1]
+    rows = web.get("/fleet?q=" + "fs.use_pct+%3E+95")
+    body = rows.body.split('id="metric-rows"')[1]
+    assert f"/bundles/{console.bundles['after']}" in body and str(escape(HOSTILE_MOUNT)) in body
+    bad = web.get("/fleet?q=nonsense.field+%3E+1")
+    assert bad.status == 400 and "nonsense.field" in bad.body
+    rows_audit = console.collector.store.list_audit(5, action="query.query_metrics")
+    assert rows_audit and rows_audit[0].peer.startswith("console ")
