@@ -79,6 +79,7 @@ bench: $(VENV)/.installed-dev
 	$(BIN)/python benchmarks/bench_hunt.py --agents 200 --runs 3
 	$(BIN)/python benchmarks/bench_agent_idle.py --seconds 600
 	$(BIN)/python benchmarks/bench_channels.py --agents 10000
+	$(BIN)/python benchmarks/bench_console.py --rows 100000
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build dist *.egg-info

@@ -87,6 +87,10 @@ def serve(
         str | None,
         typer.Option("--metrics-address", help="Serve Prometheus /metrics on HOST:PORT, e.g. 127.0.0.1:9464 (off)."),
     ] = None,
+    web_address: Annotated[
+        str | None,
+        typer.Option("--web-address", help="Serve the engineer console (HTTPS) on HOST:PORT, e.g. 127.0.0.1:8443."),
+    ] = None,
 ) -> None:
     """Run the collector until SIGINT/SIGTERM."""
     from collector.listen import ListenError
@@ -106,6 +110,7 @@ def serve(
         blob_url=blob_url,
         s3_endpoint=s3_endpoint,
         metrics_address=metrics_address,
+        web_address=web_address,
     )
     try:
         server = CollectorServer(config)
@@ -125,9 +130,12 @@ def serve(
         err.print(f"casefile-collector serving on {host}:{port} ({'TLS' if fp else 'PLAINTEXT'})")
         if fp:
             err.print(f"certificate fingerprint (agents pin it with --ca-fingerprint): {fp}")
+        if server.web_port:
+            err.print(f"engineer console on https://{(web_address or '').rpartition(':')[0]}:{server.web_port}/")
         if ready_file:
             tmp = ready_file.with_suffix(".tmp")
-            tmp.write_text(json.dumps({"address": f"{host}:{port}", "port": port, "fingerprint": fp}))
+            ready = {"address": f"{host}:{port}", "port": port, "fingerprint": fp, "web_port": server.web_port or None}
+            tmp.write_text(json.dumps(ready))
             tmp.replace(ready_file)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()

@@ -136,8 +136,10 @@ def line_chart(title: str, times: Sequence[float], series: Sequence[Series], *, 
 
 
 def stacked_histogram(title: str, starts: Sequence[float], stacks: Sequence[Series], *,
-                      marker: int | None = None, marker_label: str = "", y_title: str = "lines per interval") -> str:
-    """Stacked bars per interval (errors over warnings), with an optional onset marker."""
+                      marker: int | None = None, marker_label: str = "", y_title: str = "lines per interval",
+                      bands: Sequence[tuple[int, int]] = ()) -> str:
+    """Stacked bars per interval (errors over warnings), with an optional onset marker and
+    shaded ``bands`` (first and last interval index of each earlier burst, class ``episode``)."""
     totals = [sum(s.values[i] for s in stacks) for i in range(len(starts))]
     top = max([*totals, 1.0])
     plot_w, plot_h = _W - _PAD_L - _PAD_R, _H - _PAD_T - _PAD_B
@@ -145,6 +147,10 @@ def stacked_histogram(title: str, starts: Sequence[float], stacks: Sequence[Seri
     bar = plot_w / n
     xs = [_PAD_L + bar * (i + 0.5) for i in range(len(starts))]
     body: list[str] = []
+    for first, last in bands:
+        if 0 <= first <= last < len(starts):
+            body.append(f'<rect x="{_PAD_L + bar * first:.2f}" y="{_PAD_T}" width="{bar * (last - first + 1):.2f}" '
+                        f'height="{plot_h}" class="episode"/>')
     for i in range(len(starts)):
         base = 0.0
         for s in stacks:
