@@ -186,8 +186,13 @@ _ONE_LINE_FIELDS = ("agent_id", "case_id", "request_id", "hostname", "agent_vers
 
 def encode_manifest(manifest: Manifest) -> bytes:
     """The exact bytes that get signed: sorted keys, indent 1, ASCII-safe, final newline."""
+    return encode_document(manifest.document())
+
+
+def encode_document(document: Mapping[str, Any]) -> bytes:
+    """A signed JSON document's bytes (a bundle's manifest, a collection spec's envelope)."""
     try:
-        text = json.dumps(manifest.document(), sort_keys=True, indent=1, ensure_ascii=True, allow_nan=False)
+        text = json.dumps(document, sort_keys=True, indent=1, ensure_ascii=True, allow_nan=False)
     except (TypeError, ValueError) as exc:
         raise BundleError(f"manifest is not plain JSON: {exc}") from None
     return (text + "\n").encode("utf-8")

@@ -30,6 +30,7 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from agent.bundle.manifest import encode_document
 from agent.keys import PublicKey, SigningKey, fingerprint_of
 from agent.specs.model import Spec
 from agent.specs.parse import parse_spec
@@ -77,8 +78,8 @@ class SignedSpec:
 
 
 def encode_signed(manifest: dict[str, Any]) -> bytes:
-    """The exact bytes that get signed (``encode_manifest``'s encoding)."""
-    return (json.dumps(manifest, sort_keys=True, indent=1, ensure_ascii=True, allow_nan=False) + "\n").encode("utf-8")
+    """The exact bytes that get signed: a bundle manifest's encoding (``encode_document``)."""
+    return encode_document(manifest)
 
 
 def _iso(moment: dt.datetime) -> str:
