@@ -48,12 +48,15 @@ def test_busy_and_big_processes_rank_first() -> None:
     assert facts.total > 2 and facts.threads >= facts.total
     assert 0.3 < facts.sample_seconds < 5
     assert len(facts.top_cpu) == 5 and len(facts.top_rss) == 5
-    top_cpu_pids = [p.pid for p in facts.top_cpu[:2]]
-    assert busy.pid in top_cpu_pids
+    # Ranked, not necessarily first: on a shared machine (a test suite's own process, a
+    # browser) something else may be busier or bigger; what ranks above must really be.
+    assert busy.pid in [p.pid for p in facts.top_cpu]
     hot = next(p for p in facts.top_cpu if p.pid == busy.pid)
     assert hot.cpu_percent > 20 and hot.name.startswith("python")
-    assert facts.top_rss[0].pid == big.pid and facts.top_rss[0].rss > 250 << 20
-    assert "casefile-big-marker" in facts.top_rss[0].cmdline  # redaction happens later
+    assert big.pid in [p.pid for p in facts.top_rss]
+    large = next(p for p in facts.top_rss if p.pid == big.pid)
+    assert large.rss > 250 << 20 and all(p.rss >= large.rss for p in facts.top_rss[: list(facts.top_rss).index(large)])
+    assert "casefile-big-marker" in large.cmdline  # redaction happens later
     assert hot.started.seconds > 0 and hot.username
     cpu = [p.cpu_percent for p in facts.top_cpu]
     assert cpu == sorted(cpu, reverse=True)
