@@ -37,14 +37,14 @@ class Delivery:
         enrollment: Enrollment,
         history: History,
         spool: Spool,
-        spool_worker: CollectionWorker,
+        spool_worker: Callable[[], CollectionWorker],
         stopping: Callable[[], bool],
     ) -> None:
         self.home = home
         self.enrollment = enrollment
         self.history = history
         self.spool = spool
-        self.spool_worker = spool_worker
+        self.spool_worker = spool_worker  # the service's, looked up at each delivery
         self.stopping = stopping
         self.lock = asyncio.Lock()  # one writer of the spool at a time
 
@@ -102,7 +102,7 @@ class Delivery:
                 if self.stopping():
                     return
                 try:
-                    await self.upload(item.path, item.bundle_id, self.spool_worker)
+                    await self.upload(item.path, item.bundle_id, self.spool_worker())
                 except CasefileError as exc:
                     log.warning("spooled bundle %s not delivered yet: %s", item.bundle_id, exc)
                     return

@@ -180,8 +180,10 @@ class Sampler:
             t = int(f[11]) + int(f[12])  # utime + stime
             ticks[pid] = t
             cpu = 0.0
-            if dt and pid in self._prev_pid_ticks:
-                cpu = 100.0 * (t - self._prev_pid_ticks[pid]) / self._tick_hz / dt
+            if dt:
+                # A process not seen at the previous sample was born since: all its time
+                # was spent in this interval (a short-lived hog is seen in its first sample).
+                cpu = max(0.0, 100.0 * (t - self._prev_pid_ticks.get(pid, 0)) / self._tick_hz / dt)
             rows.append((stat[lpar + 1 : rpar][:32], round(cpu, 1), int(f[21]) * self._page))
         self._prev_pid_ticks = ticks
         if dt:

@@ -132,7 +132,7 @@ class AgentService:
             enrollment=enrollment,
             history=self.history,
             spool=self.spool,
-            spool_worker=self.spool_worker,
+            spool_worker=lambda: self.spool_worker,
             stopping=self._stop.is_set,
         )
         self.requests = RequestHandler(

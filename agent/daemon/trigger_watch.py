@@ -20,6 +20,7 @@ the limits.
 from __future__ import annotations
 
 import logging
+import os
 import subprocess
 import time
 from collections import deque
@@ -84,6 +85,8 @@ def threshold_value(when: str, metrics: dict[str, Any], mount: str = "") -> tupl
 
 def failed_units(command: Sequence[str] = _SYSTEMCTL, timeout: float = 10.0) -> frozenset[str] | None:
     """The failed systemd units; None when systemctl cannot tell (no systemd, not booted with it)."""
+    if tuple(command) == _SYSTEMCTL and not os.path.isdir("/run/systemd/system"):
+        return None  # not booted with systemd: no process started to be told so every minute
     try:
         done = subprocess.run(list(command), capture_output=True, text=True, timeout=timeout, check=False)
     except (OSError, subprocess.SubprocessError):

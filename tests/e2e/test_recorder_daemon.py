@@ -86,7 +86,9 @@ def test_a_trigger_fires_once_and_its_bundle_carries_the_rise(tmp_path: Path, sc
         wait_for("three samples", lambda: len(list(read_samples(agent.home))) >= 3, logs=agent.log.read_text)
 
         busy_from = time.time()
-        subprocess.run([sys.executable, "-c", BUSY, "2.0"], check=True)
+        # Raised above the shared machine's other work (the test runs as root): a loop that
+        # gets a sliver of a core behind dozens of others is not among the top five.
+        subprocess.run([sys.executable, "-c", BUSY, "5.0"], check=True, preexec_fn=lambda: os.nice(-10))
         busy_to = time.time()
         time.sleep(1.5)
         filled_at = time.time()
@@ -117,7 +119,9 @@ def test_a_trigger_fires_once_and_its_bundle_carries_the_rise(tmp_path: Path, sc
         assert all(v < 30 for at, v in zip(t, used, strict=True) if at < filled_at)
         # The busy loop is in the recorded history while it ran, and only then.
         seen = [at for at, top in zip(t, h.top, strict=True) if any(p.name == "cfbusyloop" for p in top.by_cpu)]
-        assert seen and all(busy_from <= at <= busy_to + 1.5 for at in seen), [at - busy_from for at in seen]
+        around = [(round(at - busy_from, 1), [(p.name, round(p.cpu_percent)) for p in top.by_cpu])
+                  for at, top in zip(t, h.top, strict=True) if busy_from - 2 <= at <= busy_to + 2]
+        assert seen and all(busy_from <= at <= busy_to + 1.5 for at in seen), around
 
         # The collector lists it as a triggered bundle; the customer's history names the trigger.
         with c.store() as store:
