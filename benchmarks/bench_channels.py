@@ -6,7 +6,9 @@ N agents are enrolled in its store, then ``--clients`` worker processes (this sc
 signature over the collector's fresh nonce, accepted) and then hold them idle.
 ``--per-connection`` streams share one HTTP/2 connection (1 = one TCP connection per
 agent, like real agents). Reported: the collector's RSS before and with N channels (the
-difference / N is the memory per channel) and its CPU over ``--idle-seconds`` at rest.
+difference / N is the memory per channel) and its CPU over ``--idle-seconds`` at rest; with
+PostgreSQL also the rows the replica wrote a second at rest (inserted + updated + deleted,
+from ``pg_stat_user_tables``), which is what N idle agents cost the database.
 
     .venv/bin/python benchmarks/bench_channels.py --agents 10000
 """
@@ -50,6 +52,22 @@ def _raise_nofile() -> int:
     want = hard if hard != resource.RLIM_INFINITY else 1_048_576
     resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
     return want
+
+
+def _pg_rows_written(db_url: str | None) -> int:
+    """Rows inserted, updated and deleted so far in the database (PostgreSQL's statistics)."""
+    if not db_url:
+        return 0
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(db_url)
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("SELECT pg_stat_clear_snapshot()"))
+            q = "SELECT coalesce(sum(n_tup_ins + n_tup_upd + n_tup_del), 0) FROM pg_stat_user_tables"
+            return int(conn.execute(text(q)).scalar_one())
+    finally:
+        engine.dispose()
 
 
 def _free_port() -> int:
@@ -152,9 +170,11 @@ def main() -> None:
         connect_s = time.perf_counter() - t0
         held = sum(int(p.read_text()) for p in done)
         time.sleep(2.0)
+        r0 = _pg_rows_written(args.db_url)
         c0, w0 = proc.cpu_times(), time.monotonic()
         time.sleep(args.idle_seconds)
         c1, w1 = proc.cpu_times(), time.monotonic()
+        r1 = _pg_rows_written(args.db_url)
         rss1 = proc.memory_info().rss
         cpu = (c1.user + c1.system - c0.user - c0.system) / (w1 - w0) * 100
         fds = proc.num_fds()
@@ -168,6 +188,8 @@ def main() -> None:
         print(f"| memory per channel | {(rss1 - rss0) / max(held, 1) / 1024:.1f} KiB |")
         print(f"| collector CPU at rest over {args.idle_seconds:g} s | {cpu:.2f} % of a core |")
         print(f"| collector open file descriptors | {fds:,} |")
+        if args.db_url:
+            print(f"| PostgreSQL rows written at rest, all tables | {(r1 - r0) / (w1 - w0):.2f} a second |")
     finally:
         for w in workers:
             w.send_signal(signal.SIGTERM)
