@@ -76,9 +76,8 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-async def _hold(addr: str, agents: list[tuple[int, str]], per_conn: int, ready: Path) -> None:
-    pem = fetch_certificate(parse_address(addr))
-    creds = grpc.ssl_channel_credentials(root_certificates=pem)
+async def _hold(addr: str, agents: list[tuple[int, str]], per_conn: int, ready: Path, insecure: bool) -> None:
+    creds = None if insecure else grpc.ssl_channel_credentials(root_certificates=fetch_certificate(parse_address(addr)))
     opts = [("grpc.ssl_target_name_override", PINNED_TARGET_NAME), ("grpc.use_local_subchannel_pool", 1)]
     channels: list[grpc.aio.Channel] = []
     calls: list[Any] = []
@@ -101,7 +100,9 @@ async def _hold(addr: str, agents: list[tuple[int, str]], per_conn: int, ready: 
 
     jobs = []
     for i in range(0, len(agents), per_conn):
-        ch = grpc.aio.secure_channel(addr, creds, options=opts)
+        ch = grpc.aio.insecure_channel(addr, options=opts) if creds is None else grpc.aio.secure_channel(
+            addr, creds, options=opts
+        )
         channels.append(ch)
         stub = collector_pb2_grpc.ChannelStub(ch)
         jobs += [one(stub, idx, aid) for idx, aid in agents[i : i + per_conn]]
@@ -115,7 +116,7 @@ async def _hold(addr: str, agents: list[tuple[int, str]], per_conn: int, ready: 
 def worker(args: argparse.Namespace) -> None:
     _raise_nofile()
     agents = [tuple(x) for x in json.loads(Path(args.worker).read_text())]
-    asyncio.run(_hold(args.addr, agents, args.per_connection, Path(args.worker + ".ready")))  # type: ignore[arg-type]
+    asyncio.run(_hold(args.addr, agents, args.per_connection, Path(args.worker + ".ready"), args.insecure))  # type: ignore[arg-type]
 
 
 def main() -> None:
@@ -125,6 +126,7 @@ def main() -> None:
     ap.add_argument("--per-connection", type=int, default=1, help="streams per HTTP/2 connection")
     ap.add_argument("--idle-seconds", type=float, default=30.0)
     ap.add_argument("--db-url", default=None)
+    ap.add_argument("--insecure", action="store_true", help="plaintext on loopback: what TLS costs per channel")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--addr", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -139,6 +141,8 @@ def main() -> None:
            "--ready-file", str(ready)]
     if args.db_url:
         cmd += ["--db-url", args.db_url]
+    if args.insecure:
+        cmd += ["--insecure"]
     coll = subprocess.Popen(cmd, stdout=(tmp / "collector.log").open("w"), stderr=subprocess.STDOUT)
     workers: list[subprocess.Popen[bytes]] = []
     try:
@@ -161,7 +165,8 @@ def main() -> None:
             f = tmp / f"worker-{k}.json"
             f.write_text(json.dumps(part))
             workers.append(subprocess.Popen([sys.executable, __file__, "--worker", str(f), "--addr", addr,
-                                             "--per-connection", str(args.per_connection)]))
+                                             "--per-connection", str(args.per_connection)]
+                                            + (["--insecure"] if args.insecure else [])))
         done = [tmp / f"worker-{k}.json.ready" for k in range(args.clients)]
         while not all(p.exists() for p in done):
             if any(w.poll() is not None for w in workers):
