@@ -51,7 +51,8 @@ dist: $(VENV)/.installed-dist
 # the Debian mirror): the single file is run there through chroot.
 DEBIAN_ROOT ?= .dist-root/bookworm
 $(DEBIAN_ROOT)/bin/sh:
-	debootstrap --variant=minbase bookworm $(DEBIAN_ROOT) http://deb.debian.org/debian
+	mkdir -p $(DEBIAN_ROOT)
+	debootstrap --variant=minbase bookworm $(abspath $(DEBIAN_ROOT)) http://deb.debian.org/debian
 
 test-dist: dist $(DEBIAN_ROOT)/bin/sh
 	CASEFILE_DEBIAN_ROOT=$(abspath $(DEBIAN_ROOT)) $(BIN)/python -m pytest tests/dist $(PYTEST_ARGS)
@@ -78,6 +79,7 @@ bench: $(VENV)/.installed-dev
 	$(BIN)/python benchmarks/bench_hunt.py --agents 200 --runs 3
 	$(BIN)/python benchmarks/bench_agent_idle.py --seconds 600
 	$(BIN)/python benchmarks/bench_channels.py --agents 10000
+	$(BIN)/python benchmarks/bench_console.py --rows 100000
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build dist *.egg-info

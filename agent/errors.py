@@ -86,3 +86,7 @@ class UploadError(TransportError):
     ) -> None:
         super().__init__(message, peer=peer, code=code)
         self.bundle_id = bundle_id
+
+
+class SealedBundleError(CasefileError):
+    """The file is a sealed (age-encrypted) bundle: only its recipient can open it (``casefile`` exit 5)."""

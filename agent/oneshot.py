@@ -20,21 +20,17 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import fnmatch
 import getpass
 import hashlib
 import json
 import os
-import secrets
 import shutil
-import tempfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Any
+from typing import Any
 
-from agent.attachments import check_attachment, open_attachment
 from agent.bundle import BundleMeta, BundleWriter, WrittenBundle, new_bundle_id
 from agent.bundle.factsjson import facts_json
 from agent.collect import (
@@ -45,17 +41,23 @@ from agent.collect import (
     statuses_to_dicts,
 )
 from agent.keys import SigningKey
+from agent.privacy_phase import (
+    MANIFEST_SOURCE,
+    Member,
+    Preview,
+    PrivacyOptions,
+    check_added,
+    make_redactor,
+    redact_artifacts,
+    redact_json,
+)
 from agent.redact import (
     FACTS_ARTIFACT,
     RULESET_VERSION,
-    Harvested,
     LeakGate,
-    Pseudonymizer,
     RedactionError,
     Redactor,
     get_profile,
-    harvest_host,
-    load_or_create_redact_key,
     redact_message,
 )
 from agent.version import __version__
@@ -71,25 +73,6 @@ __all__ = [
     "prepare_collection",
 ]
 
-_SPOOL_MAX = 1 << 20
-_MANIFEST = "MANIFEST.json"
-
-
-@dataclass(frozen=True)
-class PrivacyOptions:
-    """How the privacy phase runs. ``home`` holds the pseudonym key and the unmask map.
-
-    ``only_paths``/``exclude_paths`` are artifact path globs (``logs/*``, ``commands``);
-    ``add_files`` become ``files/<basename>`` members of kind ``file``.
-    """
-
-    profile: str = "standard"
-    home: Path | None = None
-    only_paths: tuple[str, ...] = ()
-    exclude_paths: tuple[str, ...] = ()
-    add_files: tuple[Path, ...] = ()
-    allow_leaks: bool = False
-    harvested: Harvested | None = None  # None: harvest this host
 
 
 @dataclass(frozen=True)
@@ -110,38 +93,10 @@ class Consent:
 
 
 @dataclass(frozen=True)
-class Preview:
-    """Every member the bundle would hold, after redaction; ``digest`` is over ``listing``."""
-
-    profile: str
-    listing: tuple[dict[str, Any], ...]
-    dropped: tuple[dict[str, str], ...]
-    leaks: tuple[dict[str, object], ...]
-    digest: str
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "profile": self.profile,
-            "members": list(self.listing),
-            "dropped": list(self.dropped),
-            "leak_gate": {"result": "fail" if self.leaks else "pass", "leaks": list(self.leaks)},
-            "preview_digest": self.digest,
-        }
-
-
-@dataclass(frozen=True)
 class Collected:
     bundle: WrittenBundle
     result: CollectionResult
     redaction: Mapping[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class _Member:
-    path: str
-    kind: str
-    size: int
-    spool: IO[bytes]
 
 
 class Prepared:
@@ -152,7 +107,7 @@ class Prepared:
         *,
         result: CollectionResult,
         snapshot: facts_pb2.Snapshot,
-        members: list[_Member],
+        members: list[Member],
         dropped: list[dict[str, str]],
         redactor: Redactor,
         gate: LeakGate,
@@ -195,14 +150,14 @@ class Prepared:
         consent = consent or Consent()
         if self.snapshot.key_fingerprint != key.fingerprint:
             raise RedactionError("this collection was prepared for preview only (no signing key); collect again")
-        spec = _redact_json(self.result.spec_dict(), self.redactor)
-        warnings = [(n, self.redactor.redact_text(w, _MANIFEST)) for n, w in self.result.warnings]
+        spec = redact_json(self.result.spec_dict(), self.redactor)
+        warnings = [(n, self.redactor.redact_text(w, MANIFEST_SOURCE)) for n, w in self.result.warnings]
         collectors = statuses_to_dicts(self.snapshot.collectors, sizes=self.result.sizes, warnings=warnings)
         paths = {m.path for m in self.members}
         # A member the privacy profile dropped is listed under redaction.dropped instead;
         # a source cut to nothing (member "") has no member to drop and stays listed.
         truncated = [
-            _redact_json(t, self.redactor)
+            redact_json(t, self.redactor)
             for t in self.result.truncated()
             if t.get("member") == "" or t.get("member") in paths
         ]
@@ -210,8 +165,8 @@ class Prepared:
         outputs, analysis_error = self._analysis_outputs()
         for name, data in outputs.items():
             self.gate.scan_bytes(name, data)
-        self.gate.scan_bytes(_MANIFEST, json.dumps([spec, collectors, truncated, receipt]).encode("utf-8"))
-        self.gate.scan_bytes(_MANIFEST, self.snapshot.host.hostname.encode("utf-8"))
+        self.gate.scan_bytes(MANIFEST_SOURCE, json.dumps([spec, collectors, truncated, receipt]).encode("utf-8"))
+        self.gate.scan_bytes(MANIFEST_SOURCE, self.snapshot.host.hostname.encode("utf-8"))
         gate_entry = self.gate.check(allow_leaks=self.privacy.allow_leaks)
         redaction: dict[str, Any] = {
             "profile": self.privacy.profile,
@@ -287,11 +242,11 @@ class Prepared:
         except (OSError, KeyError):
             who = str(os.getuid()) if hasattr(os, "getuid") else "unknown"
         if self.redactor.pseudo is not None and who not in ("root", "SYSTEM"):
-            who = self.redactor.pseudonym("user", who, _MANIFEST)
+            who = self.redactor.pseudonym("user", who, MANIFEST_SOURCE)
         return {
             "profile": self.privacy.profile,
-            "only": [self.redactor.redact_text(x, _MANIFEST) for x in consent.only],
-            "exclude": [self.redactor.redact_text(x, _MANIFEST) for x in consent.exclude],
+            "only": [self.redactor.redact_text(x, MANIFEST_SOURCE) for x in consent.only],
+            "exclude": [self.redactor.redact_text(x, MANIFEST_SOURCE) for x in consent.exclude],
             "added_files": self.added,
             "who": who,
             "when": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
@@ -314,76 +269,6 @@ class Prepared:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
-
-
-def _redact_json(obj: Any, redactor: Redactor) -> Any:
-    if isinstance(obj, str):
-        return redactor.redact_text(obj, _MANIFEST)
-    if isinstance(obj, dict):  # a string whose key names a secret goes whole, as the gate expects
-        return {
-            k: redactor.redact_field(str(k), v, _MANIFEST) if isinstance(v, str) else _redact_json(v, redactor)
-            for k, v in obj.items()
-        }
-    if isinstance(obj, list | tuple):
-        return [_redact_json(v, redactor) for v in obj]
-    return obj
-
-
-def _matches(path: str, patterns: tuple[str, ...]) -> bool:
-    return any(fnmatch.fnmatchcase(path, p) or path.startswith(p.rstrip("/") + "/") for p in patterns)
-
-
-def _make_redactor(privacy: PrivacyOptions, *, preview: bool) -> Redactor:
-    profile = get_profile(privacy.profile)
-    if not profile.pseudonymise:
-        return Redactor(profile)
-    harvested = privacy.harvested if privacy.harvested is not None else harvest_host()
-    if privacy.home is None:
-        raise RedactionError(f"profile {profile.name!r} needs the agent home for its pseudonym key")
-    # A preview writes nothing: without a key yet, it pseudonymises with a throwaway one.
-    key = load_or_create_redact_key(privacy.home, create=not preview)
-    if key is None:
-        return Redactor(profile, harvested=harvested, pseudonymizer=Pseudonymizer(secrets.token_bytes(32)))
-    pseudo = Pseudonymizer(key, home=None if preview else privacy.home)
-    return Redactor(profile, harvested=harvested, pseudonymizer=pseudo)
-
-
-def _check_added(privacy: PrivacyOptions, raw: bool) -> list[tuple[Path, str]]:
-    if privacy.add_files and not raw:
-        raise RedactionError(
-            f"--add-file is refused under profile {privacy.profile!r}: it would attach raw file content; "
-            "use --profile private (pseudonymised) or standard"
-        )
-    out: list[tuple[Path, str]] = []
-    for path in privacy.add_files:
-        check_attachment(path)
-        member = f"files/{path.name}"
-        if any(m == member for _, m in out):
-            raise RedactionError(f"--add-file {path}: another added file is also named {path.name!r}")
-        out.append((path, member))
-    return out
-
-
-def _attached_log(
-    source: Path, taken: set[str], logs: facts_pb2.LogsFacts, privacy: PrivacyOptions
-) -> tuple[facts_pb2.LogSource, Path] | None:
-    """``source`` parsed as a text log (raw JSONL in a temp file), or None when it is not one."""
-    from agent.collect.logparse.attached import attached_log, source_name
-
-    name = source_name(source, taken)
-    member = f"logs/{name}.jsonl"
-    if _matches(member, privacy.exclude_paths) or (privacy.only_paths and not _matches(member, privacy.only_paths)):
-        return None
-    now = dt.datetime.now(dt.UTC)
-    since = logs.since.ToDatetime(dt.UTC) if logs.HasField("since") else now - dt.timedelta(days=1)
-    cap = logs.max_bytes_per_source or 8 << 20
-    fd, tmp = tempfile.mkstemp(prefix="casefile-attached-", suffix=".jsonl")
-    os.close(fd)
-    facts = attached_log(source, Path(tmp), name=name, since=since, max_bytes=cap)
-    if facts is None:
-        Path(tmp).unlink(missing_ok=True)
-        return None
-    return facts, Path(tmp)
 
 
 def prepare_collection(
@@ -410,12 +295,12 @@ def prepare_collection(
     try:
         privacy = privacy or PrivacyOptions()
         profile = get_profile(privacy.profile)
-        added = _check_added(privacy, profile.raw)
+        added = check_added(privacy, profile.raw)
         if running is None:
             running = start_collection(spec or CollectionSpec())
         # The collectors spend most of the run asleep in their sampling windows: what
         # comes after them (the redactor, the modules sealing needs) is readied meanwhile.
-        redactor = _make_redactor(privacy, preview=preview)
+        redactor = make_redactor(privacy, preview=preview)
         gate = LeakGate(redactor.harvested if profile.pseudonymise else None)
         if not preview:
             _load_sealing_modules()
@@ -448,68 +333,15 @@ def _prepare(
     kind: str,
     request_id: str | None,
 ) -> Prepared:
-    profile = redactor.profile
-    members: list[_Member] = []
-    dropped: list[dict[str, str]] = []
-    gone: set[str] = set()
-    attached_sources: list[facts_pb2.LogSource] = []
-
-    def spool_in(path: str, kind_: str, src: IO[bytes]) -> None:
-        spool = tempfile.SpooledTemporaryFile(max_size=_SPOOL_MAX, mode="w+b")  # noqa: SIM115 - closed by Prepared
-        size = redactor.redact_stream(src, spool, path)
-        spool.seek(0)
-        gate.scan_stream(path, spool)
-        members.append(_Member(path, kind_, size, spool))
-
-    try:
-        for art in result.artifacts:
-            reason = ""
-            if not profile.raw and art.kind in ("log", "command"):
-                reason = f"profile {profile.name} keeps no raw {art.kind} output"
-            elif privacy.only_paths and not _matches(art.path, privacy.only_paths):
-                reason = "not selected by --only"
-            elif _matches(art.path, privacy.exclude_paths):
-                reason = "excluded by --exclude"
-            path = redactor.redact_text(art.path, "member-paths")
-            if reason:
-                gone.add(art.path)
-                dropped.append({"path": path, "kind": art.kind, "reason": reason})
-                continue
-            with art.open() as src:
-                spool_in(path, art.kind, src)
-        added_entries: list[dict[str, str]] = []
-        taken = {s.name for s in result.snapshot.logs.sources}
-        for source, member in added:
-            path = redactor.redact_text(member, "member-paths")
-            with open_attachment(source) as attached_file:
-                spool_in(path, "file", attached_file)
-            entry = {"member": path, "source": redactor.redact_text(str(source), _MANIFEST), "log": ""}
-            # A file that reads as a log also joins the timeline, as a log_files source would.
-            attached = _attached_log(source, taken, result.snapshot.logs, privacy)
-            if attached is not None:
-                facts, jsonl = attached
-                taken.add(facts.name)
-                facts.artifact = redactor.redact_text(f"logs/{facts.name}.jsonl", "member-paths")
-                try:
-                    with open(jsonl, "rb") as src:
-                        spool_in(facts.artifact, "log", src)
-                finally:
-                    jsonl.unlink(missing_ok=True)
-                attached_sources.append(facts)
-                entry["log"] = facts.artifact
-            added_entries.append(entry)
-    except BaseException:
-        for m in members:
-            m.spool.close()
-        raise
+    redacted = redact_artifacts(result, redactor, gate, privacy, added)
     redactor.forget("member-paths")
 
     snapshot = facts_pb2.Snapshot()
     snapshot.CopyFrom(result.snapshot)
     for src_facts in snapshot.logs.sources:
-        if src_facts.artifact in gone:
+        if src_facts.artifact in redacted.gone:
             src_facts.artifact = ""  # the counts stay; the member does not exist
-    snapshot.logs.sources.extend(attached_sources)
+    snapshot.logs.sources.extend(redacted.attached_sources)
     redact_message(snapshot, redactor)
     created = dt.datetime.now(dt.UTC)
     snapshot.bundle_id = new_bundle_id()
@@ -523,8 +355,8 @@ def _prepare(
     return Prepared(
         result=result,
         snapshot=snapshot,
-        members=members,
-        dropped=dropped,
+        members=redacted.members,
+        dropped=redacted.dropped,
         redactor=redactor,
         gate=gate,
         privacy=privacy,
@@ -532,7 +364,7 @@ def _prepare(
         kind=kind,
         request_id=request_id,
         case_id=case_id,
-        added=added_entries,
+        added=redacted.added,
     )
 
 

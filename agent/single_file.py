@@ -2,7 +2,10 @@
 
 ``casefile …`` is the customer's command line; the agent service runs as
 ``casefile agent-service [--home DIR]``, or under the name ``casefile-agent`` (a
-symlink to the file), so the systemd unit works with either install. The build
+symlink to the file), so the systemd unit works with either install; ``casefile agent
+run`` runs the same service. The service starts its collection child as
+``<this file> agent-worker`` (agent.daemon.worker.WORKER_COMMAND), where an installed
+agent runs ``python -m agent.daemon.execute``. The build
 stamp (version, commit, date, build machine's glibc) is written into the bundle by
 packaging/build_dist.py and shown by ``--version``.
 """
@@ -16,11 +19,17 @@ import sys
 __all__ = ["main"]
 
 SERVICE_SUBCOMMAND = "agent-service"
+WORKER_SUBCOMMAND = "agent-worker"  # agent.daemon.worker.WORKER_COMMAND, when frozen
 
 
 def main() -> None:
     # A frozen program started as a multiprocessing child must run the child, not the CLI.
     multiprocessing.freeze_support()
+    if sys.argv[1:] == [WORKER_SUBCOMMAND]:
+        from agent.daemon.execute import main as worker_main
+
+        worker_main()
+        return
     name = os.path.basename(sys.argv[0])
     if name.startswith("casefile-agent") or sys.argv[1:2] == [SERVICE_SUBCOMMAND]:
         if sys.argv[1:2] == [SERVICE_SUBCOMMAND]:

@@ -22,6 +22,11 @@ depends on the page cache and on memory pressure: compare with the baseline of t
 same run. USS (pages no other process shares) is printed for information only.
 
     .venv/bin/python benchmarks/bench_agent_idle.py --seconds 600
+    .venv/bin/python benchmarks/bench_agent_idle.py --seconds 600 --triggers   # with policy triggers
+
+``--triggers`` writes a policy with one trigger of each kind (five thresholds that do not
+fire in a quiet window, an OOM kill, a kernel oops and a failed unit), all checked after
+every recorder sample: their cost is in the daemon's CPU.
 """
 
 from __future__ import annotations
@@ -53,6 +58,11 @@ from collector.storage import Store
 from protos import collector_pb2, collector_pb2_grpc
 
 BIN = Path(sys.executable).parent
+# One trigger of each kind; the thresholds need a full day held, so none fires in a window.
+TRIGGERS = [
+    *({"name": w, "when": w, "above_pct": 100, "for_s": 86400} for w in ("cpu", "iowait", "memory", "swap", "disk")),
+    *({"name": w, "when": w} for w in ("oom_kill", "kernel_oops", "unit_failed")),
+]
 BASELINE = "import grpc, psutil, cryptography.hazmat.primitives.asymmetric.ed25519, time; time.sleep(10**6)"
 FLOOR = r"""
 import asyncio, socket, ssl, sys
@@ -188,6 +198,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=float, default=600.0, help="length of each of the two idle windows")
     ap.add_argument("--warmup", type=float, default=5.0)
+    ap.add_argument("--triggers", action="store_true", help="the daemon's policy with triggers of every kind")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="bench-idle-"))
     addr = f"127.0.0.1:{_free_port()}"
@@ -208,6 +219,8 @@ def main() -> None:
         agent_id = _enroll(store, addr, fp, home, "idle")
         floor_id = _enroll(store, addr, fp, floor_home, "floor")
         env = {**os.environ, "CASEFILE_LOG_LEVEL": "WARNING"}
+        if args.triggers:
+            (home.root / "policy.json").write_text(json.dumps({"triggers": TRIGGERS}))
         agent = subprocess.Popen([str(BIN / "casefile-agent"), "--home", str(home.root)], env=env)
         base = subprocess.Popen([sys.executable, "-c", BASELINE])
         host, port = addr.rsplit(":", 1)
@@ -230,7 +243,8 @@ def main() -> None:
         def row(name: str, s: Sample) -> str:
             return f"| {name} | {s.rss:.1f} | {s.anon:.1f} / {s.file:.1f} | {s.uss:.1f} | {s.cpu:.3f} |"
 
-        print(f"two idle windows of {args.seconds:g} s (after {args.warmup:g} s warm-up each); "
+        print(f"policy triggers: {'on, one of each kind' if args.triggers else 'none'}; "
+              f"two idle windows of {args.seconds:g} s (after {args.warmup:g} s warm-up each); "
               f"load average {load0[0]:.2f} {load0[1]:.2f} {load0[2]:.2f} at start, "
               f"{' '.join(f'{x:.2f}' for x in os.getloadavg())} at end; {os.cpu_count()} cores")
         print("| process | RSS MiB | of which anon / file-backed MiB | USS MiB (info) | CPU % of a core |")

@@ -1,16 +1,23 @@
 """What every ``casefile-collector`` command module shares: the app, the consoles, the
-connection and data-folder options, the store and query openers, and how stored text is
-shown. ``collector.cli`` (operator and engineer commands), ``collector.cli_fleet`` and
-``collector.cli_hunt`` build on it; none of them imports another (no import circle)."""
+data-folder options, the one declaration of the engineer commands' connection options
+(``engineer_command`` and ``Connection``), the store and query openers, and how stored
+text is shown. ``collector.cli`` (entry point, operator commands), ``collector.cli_tokens``,
+``collector.cli_engineer``, ``collector.cli_live``, ``collector.cli_fleet`` and
+``collector.cli_hunt`` build on it; it imports none of them (no import circle)."""
 
 from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import functools
 import getpass
+import inspect
 import os
+import typing
+from collections.abc import Callable
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
@@ -48,6 +55,72 @@ CaFpOpt = Annotated[
 CaFileOpt = Annotated[Path | None, typer.Option("--ca-file", help="Trust this CA/certificate PEM.")]
 InsecureOpt = Annotated[bool, typer.Option("--insecure", help="Plaintext (loopback only).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+
+
+@dataclass(frozen=True)
+class Connection:
+    """Which collector an engineer command talks to, as whom, and how it trusts it.
+
+    Each field is one command-line option of every engineer command (``--collector``,
+    ``--token``, ``--ca-fingerprint``, ``--ca-file``, ``--insecure``), declared once in
+    ``_CONNECTION_OPTIONS`` and added to a command by ``engineer_command``.
+    """
+
+    collector: str
+    token: str
+    ca_fingerprint: str | None = None
+    ca_file: Path | None = None
+    insecure: bool = False
+
+    def open(self) -> tuple[Any, Any, Any]:
+        """``(channel, Query stub, call metadata)``; close the channel when done."""
+        return _query(self.collector, self.token, self.ca_fingerprint, self.ca_file, self.insecure)
+
+
+_KW = inspect.Parameter.KEYWORD_ONLY
+_CONNECTION_OPTIONS = (
+    inspect.Parameter("collector", _KW, annotation=CollectorOpt),
+    inspect.Parameter("token", _KW, annotation=TokenOpt),
+    inspect.Parameter("ca_fingerprint", _KW, default=None, annotation=CaFpOpt),
+    inspect.Parameter("ca_file", _KW, default=None, annotation=CaFileOpt),
+    inspect.Parameter("insecure", _KW, default=False, annotation=InsecureOpt),
+)
+assert [p.name for p in _CONNECTION_OPTIONS] == [f.name for f in fields(Connection)]
+
+_Command = TypeVar("_Command", bound=Callable[..., Any])
+
+
+def engineer_command(on: typer.Typer, name: str | None = None) -> Callable[[_Command], _Command]:
+    """Register an engineer command on ``on``: where the function takes ``conn: Connection``
+    the command line takes the five connection options, in that place of ``--help``.
+
+    The function itself is returned unchanged, so one command can run another
+    (``snapshot`` shows the bundle it brought with ``show``).
+    """
+
+    def register(command: _Command) -> _Command:
+        signature = inspect.signature(command)
+        hints = typing.get_type_hints(command, include_extras=True)
+        if "conn" not in signature.parameters:
+            raise TypeError(f"{command.__name__} takes no conn: Connection parameter")
+        params: list[inspect.Parameter] = []
+        for param in signature.parameters.values():
+            if param.name == "conn":
+                params.extend(_CONNECTION_OPTIONS)
+            else:  # keyword-only: required options may follow ones with defaults
+                params.append(param.replace(kind=_KW, annotation=hints.get(param.name, param.annotation)))
+
+        @functools.wraps(command)
+        def run(**options: Any) -> Any:
+            conn = Connection(*(options.pop(p.name) for p in _CONNECTION_OPTIONS))
+            return command(conn=conn, **options)
+
+        run.__signature__ = signature.replace(parameters=params)  # type: ignore[attr-defined]
+        run.__annotations__ = {p.name: p.annotation for p in params} | {"return": hints.get("return")}
+        on.command(name)(run)
+        return command
+
+    return register
 
 def shown(text: str) -> str:
     """Stored or server-sent text for the terminal: control and bidi characters escaped

@@ -16,18 +16,14 @@ import typer
 from rich.table import Table
 
 from collector.cli_common import (
-    CaFileOpt,
-    CaFpOpt,
-    CollectorOpt,
+    Connection,
     DataDirOpt,
     DbUrlOpt,
-    InsecureOpt,
     JsonOpt,
-    TokenOpt,
     _fmt_ts,
-    _query,
     _store,
     app,
+    engineer_command,
     out,
     parse_when,
     shown,
@@ -37,7 +33,7 @@ __all__ = ["list_findings"]
 
 
 def list_findings(
-    stub_args: tuple[str, str, str | None, Path | None, bool],
+    conn: Connection,
     *,
     rules: list[str],
     severity: str,
@@ -72,7 +68,7 @@ def list_findings(
             ts = Timestamp()
             ts.FromDatetime(parse_when(value))
             getattr(req, name).CopyFrom(ts)
-    channel, stub, md = _query(*stub_args)
+    channel, stub, md = conn.open()
     with channel:
         resp = stub.ListFindings(req, metadata=md, timeout=60)
     if as_json:
@@ -93,14 +89,10 @@ def list_findings(
         out.print(f"more: --page-token {resp.next_page_token}")
 
 
-@app.command("query")
+@engineer_command(app, "query")
 def query_cmd(
     query: Annotated[str, typer.Argument(help="Filter, e.g. 'fs.fragmented_bytes_pct > 30 since 7d'.")],
-    collector: CollectorOpt,
-    token: TokenOpt,
-    ca_fingerprint: CaFpOpt = None,
-    ca_file: CaFileOpt = None,
-    insecure: InsecureOpt = False,
+    conn: Connection,
     as_json: JsonOpt = False,
     limit: Annotated[int, typer.Option("--limit", min=1, max=1000, help="At most this many rows.")] = 100,
 ) -> None:
@@ -109,7 +101,7 @@ def query_cmd(
 
     from protos import collector_pb2
 
-    channel, stub, md = _query(collector, token, ca_fingerprint, ca_file, insecure)
+    channel, stub, md = conn.open()
     with channel:
         resp = stub.QueryMetrics(collector_pb2.QueryMetricsRequest(query=query, limit=limit), metadata=md, timeout=60)
     if as_json:

@@ -15,14 +15,10 @@ from typing import Annotated, Any
 import typer
 
 from collector.cli_common import (
-    CaFileOpt,
-    CaFpOpt,
-    CollectorOpt,
-    InsecureOpt,
+    Connection,
     JsonOpt,
-    TokenOpt,
     _fmt_ts,
-    _query,
+    engineer_command,
     out,
     parse_duration,
     shown,
@@ -38,10 +34,10 @@ hunt_app = typer.Typer(
 _ORDER = ("done", "collecting", "uploading", "delivered", "queued", "offline", "denied", "failed", "expired")
 
 
-def _stub(collector: str, token: str, ca_fingerprint: str | None, ca_file: Any, insecure: bool) -> Any:
+def _stub(conn: Connection) -> Any:
     from protos import collector_pb2_grpc
 
-    channel, _, md = _query(collector, token, ca_fingerprint, ca_file, insecure)
+    channel, _, md = conn.open()
     return channel, collector_pb2_grpc.HuntStub(channel), md
 
 
@@ -71,10 +67,9 @@ def _print_status(status: Any) -> None:
         )
 
 
-@hunt_app.command("create")
+@engineer_command(hunt_app, "create")
 def hunt_create(
-    collector: CollectorOpt,
-    token: TokenOpt,
+    conn: Connection,
     case: Annotated[str, typer.Option("--case", help="The case this hunt serves, e.g. SR-1234.")],
     label: Annotated[
         list[str] | None, typer.Option("--label", help="key=value every selected agent carries; repeatable.")
@@ -88,9 +83,6 @@ def hunt_create(
     expires: Annotated[
         str, typer.Option("--expires", help="How long offline agents may still pick it up (at most 7d).")
     ] = "24h",
-    ca_fingerprint: CaFpOpt = None,
-    ca_file: CaFileOpt = None,
-    insecure: InsecureOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Ask every selected agent for a bundle; print the hunt id and each host's state."""
@@ -105,7 +97,7 @@ def hunt_create(
         expires_s=int(parse_duration(expires).total_seconds()),
         since_seconds=int(parse_duration(since).total_seconds()) if since else 0,
     )
-    channel, stub, md = _stub(collector, token, ca_fingerprint, ca_file, insecure)
+    channel, stub, md = _stub(conn)
     with channel:
         status = stub.CreateHunt(spec, metadata=md, timeout=120)
     if as_json:
@@ -115,20 +107,16 @@ def hunt_create(
     out.print(f"follow with: casefile-collector hunt status {shown(status.hunt_id)}", highlight=False)
 
 
-@hunt_app.command("status")
+@engineer_command(hunt_app, "status")
 def hunt_status_cmd(
     hunt_id: Annotated[str, typer.Argument(help="The hunt id (hu_…) that `hunt create` printed.")],
-    collector: CollectorOpt,
-    token: TokenOpt,
-    ca_fingerprint: CaFpOpt = None,
-    ca_file: CaFileOpt = None,
-    insecure: InsecureOpt = False,
+    conn: Connection,
     as_json: JsonOpt = False,
 ) -> None:
     """Each host's state: queued, offline, delivered, collecting, uploading, done, denied, failed, expired."""
     from protos import collector_pb2
 
-    channel, stub, md = _stub(collector, token, ca_fingerprint, ca_file, insecure)
+    channel, stub, md = _stub(conn)
     with channel:
         status = stub.GetHuntStatus(collector_pb2.HuntRef(hunt_id=hunt_id), metadata=md, timeout=60)
     if as_json:
@@ -137,20 +125,16 @@ def hunt_status_cmd(
     _print_status(status)
 
 
-@hunt_app.command("results")
+@engineer_command(hunt_app, "results")
 def hunt_results_cmd(
     hunt_id: Annotated[str, typer.Argument(help="The hunt id (hu_…).")],
-    collector: CollectorOpt,
-    token: TokenOpt,
-    ca_fingerprint: CaFpOpt = None,
-    ca_file: CaFileOpt = None,
-    insecure: InsecureOpt = False,
+    conn: Connection,
     as_json: JsonOpt = False,
 ) -> None:
     """The hunt's bundles compared: hosts standing out per metric, findings only some hosts have."""
     from protos import collector_pb2
 
-    channel, stub, md = _stub(collector, token, ca_fingerprint, ca_file, insecure)
+    channel, stub, md = _stub(conn)
     with channel:
         res = stub.GetHuntResults(collector_pb2.HuntRef(hunt_id=hunt_id), metadata=md, timeout=300)
     doc = json.loads(res.json)

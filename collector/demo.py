@@ -5,6 +5,10 @@ certificate), issues an enrollment and an engineer token, enrolls an agent, runs
 one-shot collection and uploads it, verifies the bundle, queries it as an engineer,
 downloads it back byte-identical, and stops the collector. Exit 0 only if every step
 worked. Everything lives in a fresh folder (``--dir``, default ``./demo-data``).
+
+The collector also serves the engineer console (``--web-address``): the demo prints its
+address and a sign-in token made for it (an admin token, one hour, shown this once) and,
+at a terminal, keeps the collector running until Enter is pressed.
 """
 
 from __future__ import annotations
@@ -15,9 +19,11 @@ import json
 import os
 import shlex
 import shutil
+import ssl
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 BIN = Path(sys.executable).parent
@@ -44,6 +50,12 @@ def run(args: list[str], *, env: dict[str, str], capture: bool = False) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description="Run the Casefile demo end to end.")
     parser.add_argument("--dir", type=Path, default=Path("demo-data"))
+    parser.add_argument(
+        "--keep-console",
+        action=argparse.BooleanOptionalAction,
+        default=sys.stdin.isatty(),
+        help="keep the collector (and its console) running until Enter (default: at a terminal)",
+    )
     opts = parser.parse_args()
     root: Path = opts.dir.resolve()
     if root.exists():
@@ -73,19 +85,29 @@ def main() -> int:
         env=env,
         capture=True,
     ).strip()
-    SECRETS.update({enroll_token: "$ENROLL_TOKEN", eng_token: "$ENGINEER_TOKEN"})
+    console_token = run(
+        ["casefile-collector", "token", "create", "--kind", "engineer", "--role", "admin", "--ttl", "1h",
+         "--label", "demo console", "-q"],
+        env=env,
+        capture=True,
+    ).strip()
+    SECRETS.update({enroll_token: "$ENROLL_TOKEN", eng_token: "$ENGINEER_TOKEN", console_token: "$CONSOLE_TOKEN"})
     print("(tokens captured as $ENROLL_TOKEN and $ENGINEER_TOKEN; a token is shown once and stored hashed)")
 
     print("\n== Operator: start the collector (TLS, self-signed certificate)")
     ready = root / "ready.json"
     log = (root / "collector.log").open("w")
     server = subprocess.Popen(
-        [_cmd("casefile-collector"), "serve", "--address", "127.0.0.1:0", "--ready-file", str(ready)],
+        [_cmd("casefile-collector"), "serve", "--address", "127.0.0.1:0", "--web-address", "127.0.0.1:0",
+         "--ready-file", str(ready)],
         env=env,
         stdout=log,
         stderr=subprocess.STDOUT,
     )
-    print(f"$ casefile-collector serve --address 127.0.0.1:0 --ready-file {ready}   (pid {server.pid})")
+    print(
+        f"$ casefile-collector serve --address 127.0.0.1:0 --web-address 127.0.0.1:0 --ready-file {ready}"
+        f"   (pid {server.pid})"
+    )
     try:
         deadline = time.monotonic() + 30
         while not ready.exists():
@@ -159,6 +181,7 @@ def main() -> int:
         print(f"\ndownloaded copy is byte-identical to the customer's bundle: {same}")
         if not same:
             return 1
+        _console(data, info["web_port"], console_token, keep=opts.keep_console)
     finally:
         server.terminate()
         try:
@@ -168,6 +191,22 @@ def main() -> int:
         log.close()
     print(f"\ncollector stopped (exit {server.returncode}); everything is in {root}")
     return 0 if server.returncode == 0 else 1
+
+
+def _console(data: Path, port: int, token: str, *, keep: bool) -> None:
+    """Print the console's address and its sign-in token; check it answers over HTTPS."""
+    url = f"https://127.0.0.1:{port}/"
+    ctx = ssl.create_default_context(cafile=str(data / "tls" / "collector.crt"))
+    with urllib.request.urlopen(url + "signin", context=ctx, timeout=10) as resp:
+        status = resp.status
+    print("\n== Engineer: the console (HTTPS, the collector's certificate)")
+    print(f"engineer console: {url}  (answers {status}; the certificate is {data / 'tls' / 'collector.crt'})")
+    print(f"sign in with this token (admin, valid 1 h, shown only now): {token}")
+    if keep:
+        try:
+            input("the collector keeps serving; press Enter to stop it ")
+        except (EOFError, KeyboardInterrupt):
+            print()
 
 
 if __name__ == "__main__":

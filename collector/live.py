@@ -118,6 +118,16 @@ async def _resolve(store: Store, router: LiveRouter, host: str) -> AgentRecord:
     )
 
 
+def spec_scope(store: Store, name: str) -> str:
+    """The scope ``spec:<name>@<version>`` of a stored spec (``name`` or ``name@version``);
+    NotFound (NOT_FOUND to the caller) when it is not stored."""
+    base, _, version = name.partition("@")
+    if not version.isdigit() and version:
+        raise ValueError(f"spec {name[:60]!r}: expected NAME or NAME@VERSION")
+    rec = store.get_spec(base, int(version) if version else None)
+    return f"{_scopes.SPEC_PREFIX}{rec.name}@{rec.version}"
+
+
 def _ids(agents: list[AgentRecord], most: int = 10) -> str:
     shown = ", ".join(a.id for a in agents[:most])
     return shown + (f" and {len(agents) - most} more" if len(agents) > most else "")
@@ -131,6 +141,10 @@ async def request_snapshot(
 ) -> AsyncIterator[collector_pb2.SnapshotEvent]:
     """Create, deliver and follow one live request until it ends or times out."""
     scopes = tuple(dict.fromkeys(spec.scopes)) or ("facts",)
+    if any(_scopes.spec_of(s) for s in scopes):
+        raise ValueError("name a collection spec with --spec (the request's spec field), not as a scope")
+    if spec.spec:
+        scopes = (*scopes, await asyncio.to_thread(spec_scope, store, spec.spec))
     unknown = [s for s in scopes if not _scopes.is_scope(s)]
     if unknown:
         raise ValueError(f"unknown scope(s) {', '.join(unknown)}; known: {_scopes.scope_names()}")

@@ -45,7 +45,7 @@ from sqlalchemy import make_url
 
 from agent.transport.live_states import LiveState
 from collector.edge import Rejected
-from collector.live_router import LiveRouter, Session, event_of, request_message
+from collector.live_router import LiveRouter, Session, event_of, request_message, spec_envelope
 from collector.storage import LiveRequestRecord, Store
 from collector.storage.live import LIVE_CHANNEL
 
@@ -192,7 +192,8 @@ class PgLiveRouter(LiveRouter):
         if claimed is None:
             return False  # another path (notification, scan, other replica) got it first
         self._publish(claimed)
-        session.outbox.put_nowait(request_message(claimed))
+        envelope = await asyncio.to_thread(spec_envelope, self._store, claimed)
+        session.outbox.put_nowait(request_message(claimed, envelope))
         return True
 
     async def _on_change(self, request_id: str) -> None:

@@ -27,18 +27,28 @@ from dataclasses import dataclass, field
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from agent.scopes import spec_of
 from agent.transport.live_states import AGENT_STATES, LiveState
 from agent.untrusted import clean_text
 from collector.edge import Rejected
 from collector.storage import BundleRecord, LiveRequestRecord, Store
 from protos import collector_pb2
 
-__all__ = ["AGENT_STATES", "LiveRouter", "Session", "event_of", "request_message"]
+__all__ = ["AGENT_STATES", "LiveRouter", "Session", "event_of", "request_message", "spec_envelope"]
 
 log = logging.getLogger("casefile.collector.live")
 
 
-def request_message(rec: LiveRequestRecord) -> collector_pb2.CollectorMessage:
+def spec_envelope(store: Store, rec: LiveRequestRecord) -> bytes:
+    """The signed spec a request's ``spec:<name>@<version>`` scope names (b"" for none)."""
+    for scope in rec.scopes:
+        named = spec_of(scope)
+        if named is not None:
+            return store.get_spec(*named).envelope
+    return b""
+
+
+def request_message(rec: LiveRequestRecord, envelope: bytes = b"") -> collector_pb2.CollectorMessage:
     """The ``SnapshotRequest`` sent down the agent's stream for ``rec``: the one place it
     is built, for this router and ``PgLiveRouter`` alike.
 
@@ -53,6 +63,7 @@ def request_message(rec: LiveRequestRecord) -> collector_pb2.CollectorMessage:
             requested_by=clean_text(rec.requested_label or rec.requested_by, 200),
             reason=clean_text(rec.reason, 500),
             expires_at_unix=rec.expires_at_us // 1_000_000,
+            spec_envelope=envelope,
         )
     )
 
@@ -191,7 +202,7 @@ class LiveRouter:
         session = self._sessions.get(rec.agent_id)
         if session is None:
             return False
-        msg = request_message(rec)
+        msg = request_message(rec, await asyncio.to_thread(spec_envelope, self._store, rec))
         await self.advance(rec.request_id, LiveState.DELIVERED, detail=f"sent to {session.peer}")
         session.outbox.put_nowait(msg)
         return True

@@ -14,6 +14,7 @@ import logging
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -28,9 +29,13 @@ from collector.metrics import CollectorMetrics, MetricsEndpoint
 from collector.services import EnrollService, IngestLimits, IngestService, QueryService
 from collector.services.channel import ChannelService
 from collector.services.hunt_service import HuntService
+from collector.services.sealed import CollectorRecipient
 from collector.storage import BlobStore, BundleRecord, Store, open_blob_backend
 from collector.tls import TlsMaterial, ensure_self_signed, load_tls_files
 from protos import collector_pb2, collector_pb2_grpc
+
+if TYPE_CHECKING:
+    from collector.web.serve import ConsoleServer
 
 __all__ = ["CollectorServer", "ServerConfig", "default_db_url"]
 
@@ -70,6 +75,8 @@ class ServerConfig:
     s3_endpoint: str | None = None
     # HOST:PORT for Prometheus /metrics; None = no metrics endpoint.
     metrics_address: str | None = None
+    # HOST:PORT for the engineer console (HTTPS, collector.web); None = no console.
+    web_address: str | None = None
 
 
 class CollectorServer:
@@ -94,6 +101,8 @@ class CollectorServer:
         self.analysis = AnalysisWorker(self.store, self.blobs)
         self._metrics_endpoint: MetricsEndpoint | None = None
         self.metrics_port = 0
+        self.console: ConsoleServer | None = None
+        self.web_port = 0
         self._server: grpc.aio.Server | None = None
         self._ingest: IngestService | None = None
         self._channel: ChannelService | None = None
@@ -149,6 +158,7 @@ class CollectorServer:
             self.store, self.blobs, self.config.limits, on_stored=self._stored, metrics=self.metrics
         )
         self._ingest.after_receipt = lambda rec: self.analysis.submit(rec.bundle_id)
+        self._ingest.sealed = CollectorRecipient(self.config.data_dir)
         collector_pb2_grpc.add_IngestServicer_to_server(self._ingest, server)
         collector_pb2_grpc.add_QueryServicer_to_server(QueryService(self.store, self.blobs, self.router), server)
         collector_pb2_grpc.add_HuntServicer_to_server(HuntService(self.store, self.blobs, self.router), server)
@@ -185,6 +195,8 @@ class CollectorServer:
                 reason = why_not_listening(metrics.host, metrics.port, "--metrics-address")
                 raise ListenError(f"{self.config.metrics_address} (metrics)", reason) from None
             log.info("metrics on %s (port %d), path /metrics", self.config.metrics_address, self.metrics_port)
+        if self.config.web_address:
+            await self._start_console(server)
         await server.start()
         self.loop = asyncio.get_running_loop()
         await self.router.start()
@@ -195,6 +207,30 @@ class CollectorServer:
         self.analysis.start()  # first analyses bundles a previous run stored but never analysed
         log.info("collector listening on %s port %d (blobs: %s)", target, self.port, self.blobs.describe())
         return self.port
+
+    async def _start_console(self, server: grpc.aio.Server) -> None:
+        """The engineer console (collector.web) beside the gRPC server, with its certificate."""
+        from collector.web.serve import ConsoleServer
+
+        assert self.config.web_address is not None
+        tls_dir = self.config.data_dir / "tls"
+        cert, key = self.config.cert_file, self.config.key_file
+        if cert is None or key is None:
+            ensure_self_signed(tls_dir)  # also for a plaintext gRPC port: the console is HTTPS only
+            cert, key = tls_dir / "collector.crt", tls_dir / "collector.key"
+        self.console = ConsoleServer(
+            self.store, self.blobs, self.router, self.config.web_address, (cert, key),
+            self.config.data_dir / "console-cache",
+        )
+        try:
+            self.web_port = await self.console.start()
+        except OSError:
+            self.console = None
+            await server.stop(None)
+            if self._metrics_endpoint is not None:
+                await asyncio.to_thread(self._metrics_endpoint.stop)
+                self._metrics_endpoint = None
+            raise
 
     async def _stored(self, bundle: BundleRecord, request_id: str) -> None:
         """Ingest's hook for live answers: finish the request, then time it."""
@@ -221,6 +257,9 @@ class CollectorServer:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._janitor
         await self._health.enter_graceful_shutdown()
+        if self.console is not None:
+            await self.console.stop()
+            self.console = None
         # Live channels never end by themselves; close them so the grace period is
         # spent on uploads and queries in flight, and agents reconnect at once.
         self.router.close()

@@ -30,6 +30,10 @@ def _commit() -> str:
     return out.stdout.strip()
 
 
+_CJK_CODECS = ("_codecs_cn", "_codecs_hk", "_codecs_iso2022", "_codecs_jp", "_codecs_kr", "_codecs_tw",
+               "_multibytecodec")
+
+
 def main() -> int:
     sys.path.insert(0, str(ROOT))
     from agent.version import __version__
@@ -47,6 +51,8 @@ def main() -> int:
             "--name", name, "--distpath", str(ROOT / "dist"), "--workpath", str(Path(work) / "build"),
             "--specpath", work, "--paths", str(ROOT),
             "--add-data", f"{stamp_file}{os.pathsep}.",
+            # The collection specs shipped with the agent (casefile collect --spec postgresql).
+            "--add-data", f"{ROOT / 'agent' / 'specs' / 'builtin'}{os.pathsep}agent/specs/builtin",
             # Collectors, renderers and services are imported inside functions (to keep the
             # CLI's start-up short); take every module of our own packages.
             "--collect-submodules", "agent", "--collect-submodules", "protos",
@@ -56,11 +62,28 @@ def main() -> int:
             "--exclude-module", "protos.generate", "--exclude-module", "grpc_tools",
             "--exclude-module", "sqlalchemy", "--exclude-module", "psycopg", "--exclude-module", "boto3",
             "--exclude-module", "botocore", "--exclude-module", "moto", "--exclude-module", "setuptools",
+            # zstandard ships two backends; the C one is the one it loads (its cffi twin: 2.6 MiB).
+            "--exclude-module", "zstandard._cffi", "--exclude-module", "zstandard.backend_cffi",
+            # The CJK multibyte codecs (0.5 MiB): every text Casefile reads is decoded as UTF-8
+            # (or UTF-16 / cp850 from Windows tools); an unknown codec is a clean LookupError.
+            *(x for m in _CJK_CODECS for x in ("--exclude-module", m)),
+            # Symbols and debug sections of the packed libraries (zstandard's C backend
+            # alone carries 10 MiB of debug info; the code is unchanged).
+            "--strip",
             str(ROOT / "agent" / "single_file.py"),
         ]  # fmt: skip
         subprocess.run(cmd, check=True, cwd=work)
     out = ROOT / "dist" / name
     print(f"{out}: {out.stat().st_size / 2**20:.1f} MiB; {stamp}")
+    # The stamp names the build machine's glibc; what the packed libraries need must not exceed it.
+    sys.path.insert(0, str(ROOT / "packaging"))
+    from glibc_needed import glibc_needed
+
+    needed, by = glibc_needed(out)
+    print(f"highest GLIBC_ symbol version needed: {needed} (by {', '.join(by)})")
+    if tuple(map(int, needed.split("."))) > tuple(map(int, libc_version.split(".") or ["0"])):
+        print(f"error: the stamp says glibc >= {libc_version}, the file needs {needed}", file=sys.stderr)
+        return 1
     shutil.rmtree(ROOT / "build", ignore_errors=True)
     return 0
 

@@ -335,20 +335,22 @@ class ChannelAccepted(_message.Message):
     def __init__(self, agent_id: _Optional[str] = ...) -> None: ...
 
 class SnapshotRequest(_message.Message):
-    __slots__ = ("request_id", "scopes", "since_seconds", "requested_by", "reason", "expires_at_unix")
+    __slots__ = ("request_id", "scopes", "since_seconds", "requested_by", "reason", "expires_at_unix", "spec_envelope")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     SCOPES_FIELD_NUMBER: _ClassVar[int]
     SINCE_SECONDS_FIELD_NUMBER: _ClassVar[int]
     REQUESTED_BY_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
     EXPIRES_AT_UNIX_FIELD_NUMBER: _ClassVar[int]
+    SPEC_ENVELOPE_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     scopes: _containers.RepeatedScalarFieldContainer[str]
     since_seconds: int
     requested_by: str
     reason: str
     expires_at_unix: int
-    def __init__(self, request_id: _Optional[str] = ..., scopes: _Optional[_Iterable[str]] = ..., since_seconds: _Optional[int] = ..., requested_by: _Optional[str] = ..., reason: _Optional[str] = ..., expires_at_unix: _Optional[int] = ...) -> None: ...
+    spec_envelope: bytes
+    def __init__(self, request_id: _Optional[str] = ..., scopes: _Optional[_Iterable[str]] = ..., since_seconds: _Optional[int] = ..., requested_by: _Optional[str] = ..., reason: _Optional[str] = ..., expires_at_unix: _Optional[int] = ..., spec_envelope: _Optional[bytes] = ...) -> None: ...
 
 class SnapshotProgress(_message.Message):
     __slots__ = ("request_id", "state", "detail", "bundle_id")
@@ -407,20 +409,22 @@ class ReportResponse(_message.Message):
     def __init__(self, html: _Optional[bytes] = ...) -> None: ...
 
 class SnapshotRequestSpec(_message.Message):
-    __slots__ = ("host", "scopes", "since_seconds", "reason", "wait_s", "timeout_s")
+    __slots__ = ("host", "scopes", "since_seconds", "reason", "wait_s", "timeout_s", "spec")
     HOST_FIELD_NUMBER: _ClassVar[int]
     SCOPES_FIELD_NUMBER: _ClassVar[int]
     SINCE_SECONDS_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
     WAIT_S_FIELD_NUMBER: _ClassVar[int]
     TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
+    SPEC_FIELD_NUMBER: _ClassVar[int]
     host: str
     scopes: _containers.RepeatedScalarFieldContainer[str]
     since_seconds: int
     reason: str
     wait_s: int
     timeout_s: int
-    def __init__(self, host: _Optional[str] = ..., scopes: _Optional[_Iterable[str]] = ..., since_seconds: _Optional[int] = ..., reason: _Optional[str] = ..., wait_s: _Optional[int] = ..., timeout_s: _Optional[int] = ...) -> None: ...
+    spec: str
+    def __init__(self, host: _Optional[str] = ..., scopes: _Optional[_Iterable[str]] = ..., since_seconds: _Optional[int] = ..., reason: _Optional[str] = ..., wait_s: _Optional[int] = ..., timeout_s: _Optional[int] = ..., spec: _Optional[str] = ...) -> None: ...
 
 class SnapshotEvent(_message.Message):
     __slots__ = ("request_id", "state", "detail", "bundle_id", "at", "agent_id")

@@ -11,7 +11,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Snapshot(_message.Message):
-    __slots__ = ("bundle_id", "agent_id", "case_id", "kind", "request_id", "collected_at", "agent_version", "key_fingerprint", "host", "cpu", "memory", "disks", "network", "logs", "fragmentation", "processes", "services", "clock", "timeseries", "network_depth", "recorded_history", "collectors", "plugin_facts")
+    __slots__ = ("bundle_id", "agent_id", "case_id", "kind", "request_id", "collected_at", "agent_version", "key_fingerprint", "host", "cpu", "memory", "disks", "network", "logs", "fragmentation", "processes", "services", "clock", "timeseries", "network_depth", "recorded_history", "coredumps", "kernel_crashes", "crash_files", "collectors", "plugin_facts")
     class PluginFactsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -40,6 +40,9 @@ class Snapshot(_message.Message):
     TIMESERIES_FIELD_NUMBER: _ClassVar[int]
     NETWORK_DEPTH_FIELD_NUMBER: _ClassVar[int]
     RECORDED_HISTORY_FIELD_NUMBER: _ClassVar[int]
+    COREDUMPS_FIELD_NUMBER: _ClassVar[int]
+    KERNEL_CRASHES_FIELD_NUMBER: _ClassVar[int]
+    CRASH_FILES_FIELD_NUMBER: _ClassVar[int]
     COLLECTORS_FIELD_NUMBER: _ClassVar[int]
     PLUGIN_FACTS_FIELD_NUMBER: _ClassVar[int]
     bundle_id: str
@@ -63,9 +66,12 @@ class Snapshot(_message.Message):
     timeseries: TimeSeries
     network_depth: NetworkDepthFacts
     recorded_history: RecordedHistory
+    coredumps: CoredumpFacts
+    kernel_crashes: KernelCrashFacts
+    crash_files: CrashFileFacts
     collectors: _containers.RepeatedCompositeFieldContainer[CollectorStatus]
     plugin_facts: _containers.ScalarMap[str, str]
-    def __init__(self, bundle_id: _Optional[str] = ..., agent_id: _Optional[str] = ..., case_id: _Optional[str] = ..., kind: _Optional[str] = ..., request_id: _Optional[str] = ..., collected_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., agent_version: _Optional[str] = ..., key_fingerprint: _Optional[str] = ..., host: _Optional[_Union[HostFacts, _Mapping]] = ..., cpu: _Optional[_Union[CpuFacts, _Mapping]] = ..., memory: _Optional[_Union[MemoryFacts, _Mapping]] = ..., disks: _Optional[_Union[DiskFacts, _Mapping]] = ..., network: _Optional[_Union[NetworkFacts, _Mapping]] = ..., logs: _Optional[_Union[LogsFacts, _Mapping]] = ..., fragmentation: _Optional[_Union[FragmentationFacts, _Mapping]] = ..., processes: _Optional[_Union[ProcessFacts, _Mapping]] = ..., services: _Optional[_Union[ServiceFacts, _Mapping]] = ..., clock: _Optional[_Union[ClockFacts, _Mapping]] = ..., timeseries: _Optional[_Union[TimeSeries, _Mapping]] = ..., network_depth: _Optional[_Union[NetworkDepthFacts, _Mapping]] = ..., recorded_history: _Optional[_Union[RecordedHistory, _Mapping]] = ..., collectors: _Optional[_Iterable[_Union[CollectorStatus, _Mapping]]] = ..., plugin_facts: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    def __init__(self, bundle_id: _Optional[str] = ..., agent_id: _Optional[str] = ..., case_id: _Optional[str] = ..., kind: _Optional[str] = ..., request_id: _Optional[str] = ..., collected_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., agent_version: _Optional[str] = ..., key_fingerprint: _Optional[str] = ..., host: _Optional[_Union[HostFacts, _Mapping]] = ..., cpu: _Optional[_Union[CpuFacts, _Mapping]] = ..., memory: _Optional[_Union[MemoryFacts, _Mapping]] = ..., disks: _Optional[_Union[DiskFacts, _Mapping]] = ..., network: _Optional[_Union[NetworkFacts, _Mapping]] = ..., logs: _Optional[_Union[LogsFacts, _Mapping]] = ..., fragmentation: _Optional[_Union[FragmentationFacts, _Mapping]] = ..., processes: _Optional[_Union[ProcessFacts, _Mapping]] = ..., services: _Optional[_Union[ServiceFacts, _Mapping]] = ..., clock: _Optional[_Union[ClockFacts, _Mapping]] = ..., timeseries: _Optional[_Union[TimeSeries, _Mapping]] = ..., network_depth: _Optional[_Union[NetworkDepthFacts, _Mapping]] = ..., recorded_history: _Optional[_Union[RecordedHistory, _Mapping]] = ..., coredumps: _Optional[_Union[CoredumpFacts, _Mapping]] = ..., kernel_crashes: _Optional[_Union[KernelCrashFacts, _Mapping]] = ..., crash_files: _Optional[_Union[CrashFileFacts, _Mapping]] = ..., collectors: _Optional[_Iterable[_Union[CollectorStatus, _Mapping]]] = ..., plugin_facts: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class HostFacts(_message.Message):
     __slots__ = ("hostname", "fqdn", "os", "os_release", "os_version", "kernel", "arch", "boot_time", "uptime_seconds", "timezone", "python_version", "virtualized", "virtualization")
@@ -748,3 +754,75 @@ class RecordedProcess(_message.Message):
     cpu_percent: float
     rss_bytes: int
     def __init__(self, name: _Optional[str] = ..., cpu_percent: _Optional[float] = ..., rss_bytes: _Optional[int] = ...) -> None: ...
+
+class CoredumpFacts(_message.Message):
+    __slots__ = ("coredumps", "total", "detail")
+    COREDUMPS_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    coredumps: _containers.RepeatedCompositeFieldContainer[Coredump]
+    total: int
+    detail: str
+    def __init__(self, coredumps: _Optional[_Iterable[_Union[Coredump, _Mapping]]] = ..., total: _Optional[int] = ..., detail: _Optional[str] = ...) -> None: ...
+
+class Coredump(_message.Message):
+    __slots__ = ("time", "pid", "uid", "gid", "signal", "signal_name", "executable", "corefile", "size", "command_line", "unit", "stack")
+    TIME_FIELD_NUMBER: _ClassVar[int]
+    PID_FIELD_NUMBER: _ClassVar[int]
+    UID_FIELD_NUMBER: _ClassVar[int]
+    GID_FIELD_NUMBER: _ClassVar[int]
+    SIGNAL_FIELD_NUMBER: _ClassVar[int]
+    SIGNAL_NAME_FIELD_NUMBER: _ClassVar[int]
+    EXECUTABLE_FIELD_NUMBER: _ClassVar[int]
+    COREFILE_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    COMMAND_LINE_FIELD_NUMBER: _ClassVar[int]
+    UNIT_FIELD_NUMBER: _ClassVar[int]
+    STACK_FIELD_NUMBER: _ClassVar[int]
+    time: _timestamp_pb2.Timestamp
+    pid: int
+    uid: int
+    gid: int
+    signal: int
+    signal_name: str
+    executable: str
+    corefile: str
+    size: int
+    command_line: str
+    unit: str
+    stack: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., pid: _Optional[int] = ..., uid: _Optional[int] = ..., gid: _Optional[int] = ..., signal: _Optional[int] = ..., signal_name: _Optional[str] = ..., executable: _Optional[str] = ..., corefile: _Optional[str] = ..., size: _Optional[int] = ..., command_line: _Optional[str] = ..., unit: _Optional[str] = ..., stack: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class KernelCrashFacts(_message.Message):
+    __slots__ = ("pstore", "pstore_lines", "previous_boot", "detail")
+    PSTORE_FIELD_NUMBER: _ClassVar[int]
+    PSTORE_LINES_FIELD_NUMBER: _ClassVar[int]
+    PREVIOUS_BOOT_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    pstore: _containers.RepeatedCompositeFieldContainer[CrashFile]
+    pstore_lines: _containers.RepeatedScalarFieldContainer[str]
+    previous_boot: _containers.RepeatedScalarFieldContainer[str]
+    detail: str
+    def __init__(self, pstore: _Optional[_Iterable[_Union[CrashFile, _Mapping]]] = ..., pstore_lines: _Optional[_Iterable[str]] = ..., previous_boot: _Optional[_Iterable[str]] = ..., detail: _Optional[str] = ...) -> None: ...
+
+class CrashFile(_message.Message):
+    __slots__ = ("path", "size", "modified")
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    MODIFIED_FIELD_NUMBER: _ClassVar[int]
+    path: str
+    size: int
+    modified: _timestamp_pb2.Timestamp
+    def __init__(self, path: _Optional[str] = ..., size: _Optional[int] = ..., modified: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class CrashFileFacts(_message.Message):
+    __slots__ = ("directory", "files", "total", "detail")
+    DIRECTORY_FIELD_NUMBER: _ClassVar[int]
+    FILES_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    directory: str
+    files: _containers.RepeatedCompositeFieldContainer[CrashFile]
+    total: int
+    detail: str
+    def __init__(self, directory: _Optional[str] = ..., files: _Optional[_Iterable[_Union[CrashFile, _Mapping]]] = ..., total: _Optional[int] = ..., detail: _Optional[str] = ...) -> None: ...

@@ -96,12 +96,26 @@ def _x_labels(times: Sequence[float], xs: Sequence[float], count: int = 5) -> li
     if not times:
         return []
     step = max(1, len(times) // count)
+    if times[-1] - times[0] > 86400:  # days on the axis (a week of recorded history): the date too
+        return [(xs[i], (format_utc(times[i], seconds=False) or "")[5:16].replace("T", " ")) for i in
+                range(0, len(times), step)]
     return [(xs[i], _hhmm(times[i])) for i in range(0, len(times), step)]
 
 
+def _vertical(x: float, label: str, right: bool, row: int = 0) -> list[str]:
+    """A dashed marker line with its label (an onset, an incident)."""
+    plot_h = _H - _PAD_T - _PAD_B
+    anchor, dx = ("end", -4) if right else ("start", 4)
+    return [f'<line x1="{x:.1f}" x2="{x:.1f}" y1="{_PAD_T}" y2="{_PAD_T + plot_h}" class="onset"/>',
+            f'<text x="{x + dx:.1f}" y="{_PAD_T + 26 + 14 * row}" class="onset-label" text-anchor="{anchor}">'
+            f"{_esc(label)}</text>"]
+
+
 def line_chart(title: str, times: Sequence[float], series: Sequence[Series], *, unit: str = "",
-               y_max: float | None = None, y_title: str = "") -> str:
-    """Lines over time; ``y_max`` fixes the scale (100 for percentages)."""
+               y_max: float | None = None, y_title: str = "",
+               markers: Sequence[tuple[float, str]] = ()) -> str:
+    """Lines over time; ``y_max`` fixes the scale (100 for percentages); ``markers`` are
+    (time, label) lines drawn at the sample nearest each time inside the span."""
     top = y_max or max([v for s in series for v in s.values] + [1.0])
     plot_w, plot_h = _W - _PAD_L - _PAD_R, _H - _PAD_T - _PAD_B
     n = max(len(times), 2)
@@ -110,6 +124,9 @@ def line_chart(title: str, times: Sequence[float], series: Sequence[Series], *, 
     for s in series:
         pts = " ".join(f"{xs[i]:.1f},{_PAD_T + plot_h * (1 - min(v, top) / top):.1f}" for i, v in enumerate(s.values))
         body.append(f'<polyline points="{pts}" fill="none" stroke="{_esc(s.color)}" stroke-width="2"/>')
+    for row, (at, label) in enumerate(m for m in markers if times and times[0] <= m[0] <= times[-1]):
+        i = min(range(len(times)), key=lambda j: abs(times[j] - at))
+        body += _vertical(xs[i], label, i > len(times) * 0.6, row)
     legend_x = _PAD_L + 6
     for s in series:
         body.append(f'<rect x="{legend_x}" y="{_PAD_T + 2}" width="10" height="10" fill="{_esc(s.color)}"/>')
@@ -119,8 +136,10 @@ def line_chart(title: str, times: Sequence[float], series: Sequence[Series], *, 
 
 
 def stacked_histogram(title: str, starts: Sequence[float], stacks: Sequence[Series], *,
-                      marker: int | None = None, marker_label: str = "", y_title: str = "lines per interval") -> str:
-    """Stacked bars per interval (errors over warnings), with an optional onset marker."""
+                      marker: int | None = None, marker_label: str = "", y_title: str = "lines per interval",
+                      bands: Sequence[tuple[int, int]] = ()) -> str:
+    """Stacked bars per interval (errors over warnings), with an optional onset marker and
+    shaded ``bands`` (first and last interval index of each earlier burst, class ``episode``)."""
     totals = [sum(s.values[i] for s in stacks) for i in range(len(starts))]
     top = max([*totals, 1.0])
     plot_w, plot_h = _W - _PAD_L - _PAD_R, _H - _PAD_T - _PAD_B
@@ -128,6 +147,10 @@ def stacked_histogram(title: str, starts: Sequence[float], stacks: Sequence[Seri
     bar = plot_w / n
     xs = [_PAD_L + bar * (i + 0.5) for i in range(len(starts))]
     body: list[str] = []
+    for first, last in bands:
+        if 0 <= first <= last < len(starts):
+            body.append(f'<rect x="{_PAD_L + bar * first:.2f}" y="{_PAD_T}" width="{bar * (last - first + 1):.2f}" '
+                        f'height="{plot_h}" class="episode"/>')
     for i in range(len(starts)):
         base = 0.0
         for s in stacks:

@@ -50,7 +50,8 @@ _SCALES = (10, 20, 40, 80, 160, 320)
 _MIN_WINDOWS = 6
 _TOP_SERIES = 8  # templates, the busiest of the last _RECENT_S
 _RECENT_S = 6 * 3600
-_STEP = 5.0  # history windows needed to trust a baseline at one scale
+_STEP = 5.0  # a step this many times above a raised plateau starts the rise
+_USUAL_STEP = 2.0  # ... or this many times above a plateau at the background's usual level
 
 
 @dataclass(frozen=True)
@@ -105,72 +106,83 @@ def _stats(sums: list[int], length: int) -> tuple[float, float]:
     return base, spread
 
 
+def _floor(prefix: list[int], lo: int, length: int) -> int:
+    """The quietest quarter of ``[lo, lo + length)``: how *steadily* raised the window is."""
+    edges = [lo + length * k // 4 for k in range(5)]
+    return min(prefix[b] - prefix[a] for a, b in itertools.pairwise(edges))
+
+
 def _persistent(prefix: list[int], lo: int, hi: int, base_rate: float) -> bool:
-    """Three of the four quarters of ``[lo, hi)`` above baseline, the last one included."""
-    edges = [lo + (hi - lo) * k // 4 for k in range(5)]
-    above = [prefix[b] - prefix[a] > max(1.0, 1.5 * base_rate * (b - a)) for a, b in itertools.pairwise(edges)]
-    return above[-1] and sum(above) >= 3
+    """Every quarter of ``[lo, hi)`` above baseline: one burst inside the tail is not a rise."""
+    return _floor(prefix, lo, hi - lo) > max(1.0, 1.5 * base_rate * (hi - lo) / 4)
 
 
-def _past_plateau(prefix: list[int], start: int, n: int) -> int:
-    """A sharp step on top of a milder raised plateau (an incident in a noisy hour) starts at the step.
+def _ordinary(prefix: list[int], before: int, length: int, floor: int) -> bool:
+    """The series had an earlier window of ``length``, ended before ``before``, at least as steadily raised.
 
-    The best single split of ``[start, n)`` (Poisson likelihood) is taken when the rate
-    after it is at least ``_STEP`` times the rate before, and the part before is flat
-    (its last third no busier than its first): a gentle ramp rises through its first part, so its
-    foot stays where it is.
+    An empirical tail test against the series' own history: a burst as strong as the
+    ones the log has had before (and that ended) is the log's ordinary behaviour.
     """
-    if n - start < 20:
-        return start
+    step = max(1, length // 4)
+    return any(_floor(prefix, i, length) >= floor for i in range(before - length, -1, -step))
+
+
+def _usual(prefix: list[int], before: int, length: int, total: float) -> bool:
+    """``total`` lines in ``length`` minutes is usual for the series before ``before``: the busiest
+    tenth of its earlier windows of that length were at least as busy."""
+    sums = _history(prefix, before, length)
+    if len(sums) < _MIN_WINDOWS:
+        return False
+    return statistics.quantiles(sums, n=10, method="inclusive")[-1] >= total
+
+
+def _best_step(prefix: list[int], start: int, n: int, ratio: float) -> tuple[float, int]:
+    """The split of ``[start, n)`` with the best Poisson gain whose rate after is ``ratio`` times the rate before."""
     total = prefix[n] - prefix[start]
     best, split = 0.0, start
     for i in range(start + 5, n - 5):
         a, b = prefix[i] - prefix[start], total - (prefix[i] - prefix[start])
         ra, rb = a / (i - start), b / (n - i)
-        if ra <= 0 or rb <= _STEP * ra:
+        if ra <= 0 or rb <= ratio * ra:
             continue
         gain = b * math.log(rb / ra) - (rb - ra) * (n - i)  # how much better a step at i explains the tail
         if gain > best:
             best, split = gain, i
-    if split == start:
+    return best, split
+
+
+def _past_plateau(prefix: list[int], start: int, n: int) -> int:
+    """A sharp step on top of a milder raised plateau (an incident in a noisy hour) starts at the step.
+
+    The best single split of ``[start, n)`` (Poisson likelihood) is taken when the part
+    before it is flat (its last third no busier than its first: a gentle ramp rises
+    through its first part, so its foot stays where it is) and the rate after it is
+    ``_USUAL_STEP`` times the rate before where the plateau is at the series' usual
+    level (the busiest tenth of its earlier stretches of a quarter of the plateau's
+    length were as busy: a background's "on" state), else ``_STEP`` times.
+    """
+    if n - start < 20:
         return start
-    # Flat: the last third of the part before the step no busier than its first third (by 1.25).
-    third = (split - start) // 3
-    first, last = prefix[start + third] - prefix[start], prefix[split] - prefix[split - third]
-    flat = third > 0 and last <= 1.25 * max(first, 1)
-    return split if flat and best >= 10.0 else start
+    for ratio in (_USUAL_STEP, _STEP):
+        gain, split = _best_step(prefix, start, n, ratio)
+        if split == start or gain < 10.0:
+            continue
+        # Flat: the last third of the part before the step no busier than its first third (by 1.25).
+        third = (split - start) // 3
+        first, last = prefix[start + third] - prefix[start], prefix[split] - prefix[split - third]
+        if third <= 0 or last > 1.25 * max(first, 1):
+            continue
+        # Usual: the busiest tenth of the series' earlier stretches of a quarter of its length were as busy.
+        span = max(10, (split - start) // 4)
+        if ratio == _STEP or _usual(prefix, start, span, (prefix[split] - prefix[start]) * span / (split - start)):
+            return split
+    return start
 
 
-def find_rise(x: Sequence[int], params: OnsetParams = DEFAULT_PARAMS) -> Rise | None:
-    """The sustained rise lasting to the end of ``x`` (per-minute counts), or None."""
+def _foot(x: Sequence[int], prefix: list[int], length: int, mean: float, params: OnsetParams) -> int:
+    """Where the rise seen at ``length`` left its baseline: the last minimum of the cumulative excess."""
     n = len(x)
-    if n < params.warmup + _SCALES[0]:
-        return None
-    prefix = _prefix(x)
-    best: tuple[float, int, float, float] | None = None  # (score, length, baseline, mean; per minute)
-    for length in _SCALES:
-        hi = n - length
-        if hi < params.warmup or (hi - length) // max(1, length // 2) + 1 < _MIN_WINDOWS:
-            break
-        tail = prefix[n] - prefix[hi]
-        sums = _history(prefix, hi, length)
-        base, spread = _stats(sums, length)
-        score = (tail - base) / spread
-        if (
-            tail >= params.min_count
-            and tail >= params.factor * base
-            and score >= params.z
-            and _persistent(prefix, hi, n, base / length)
-            and (best is None or score > best[0])
-        ):
-            # The background's mean rate (bursts included, spikes above the 90th percentile not):
-            # a bursty background's median is below its mean, and the start is placed against the mean.
-            ordered = sorted(sums)[: max(1, math.ceil(len(sums) * 0.9))]
-            best = (score, length, base / length, max(base, sum(ordered) / len(ordered)) / length)
-    if best is None:
-        return None
-    score, length, lam, mean = best
-    # Search back over twice the best tail (capped by the warmup) for the foot of the rise.
+    # Search back over thrice the tail (capped by the warmup) for the foot of the rise.
     lo = max(params.warmup // 2, n - 4 * length)
     rate = (prefix[n] - prefix[n - length]) / length
     k = mean + params.lift * max(rate - mean, 0.0)
@@ -184,8 +196,43 @@ def find_rise(x: Sequence[int], params: OnsetParams = DEFAULT_PARAMS) -> Rise | 
     # The minimum can sit on quiet minutes before the first raised one: step to the first line.
     while start < n - 1 and x[start] == 0:
         start += 1
-    raised = (prefix[n] - prefix[start]) / (n - start)
-    return Rise(start=start, baseline=lam, rate=raised, score=score, scale=length)
+    return start
+
+
+def find_rise(x: Sequence[int], params: OnsetParams = DEFAULT_PARAMS) -> Rise | None:
+    """The sustained rise lasting to the end of ``x`` (per-minute counts), or None."""
+    n = len(x)
+    if n < params.warmup + _SCALES[0]:
+        return None
+    prefix = _prefix(x)
+    best: Rise | None = None
+    for length in _SCALES:
+        hi = n - length
+        if hi < params.warmup or (hi - length) // max(1, length // 2) + 1 < _MIN_WINDOWS:
+            break
+        tail = prefix[n] - prefix[hi]
+        sums = _history(prefix, hi, length)
+        base, spread = _stats(sums, length)
+        score = (tail - base) / spread
+        if not (
+            tail >= params.min_count
+            and tail >= params.factor * base
+            and score >= params.z
+            and _persistent(prefix, hi, n, base / length)
+            and (best is None or score > best.score)
+        ):
+            continue
+        # The background's mean rate (bursts included, spikes above the 90th percentile not):
+        # a bursty background's median is below its mean, and the start is placed against the mean.
+        ordered = sorted(sums)[: max(1, math.ceil(len(sums) * 0.9))]
+        mean = max(base, sum(ordered) / len(ordered)) / length
+        start = _foot(x, prefix, length, mean, params)
+        # Before the rise, was there already a window as steadily raised as the tail? Then this is ordinary.
+        if _ordinary(prefix, start, length, _floor(prefix, hi, length)):
+            continue
+        raised = (prefix[n] - prefix[start]) / (n - start)
+        best = Rise(start=start, baseline=base / length, rate=raised, score=score, scale=length)
+    return best
 
 
 def find_episodes(

@@ -19,7 +19,8 @@ def seal_outputs(view: BundleView) -> dict[str, bytes]:
     a = analyse(view)
     tl = a.timeline.to_dict()
     findings = {**a.findings.to_dict(), "timeline": {"summary": tl["summary"], "onset": tl["onset"],
-                                                     "episodes": tl["episodes"]}}
+                                                     "episodes": tl["episodes"],
+                                                     "metric_onsets": tl["metric_onsets"]}}
     return {
         "findings.json": (json.dumps(findings, indent=1, ensure_ascii=False) + "\n").encode("utf-8"),
         "report.html": render_html(a).encode("utf-8"),

@@ -164,6 +164,12 @@ def _example(e: LogEvidence | None) -> str:
     return f"{e.source}:{e.line_no if e.line_no is not None else '?'} {e.text}" if e else ""
 
 
+def _incident(a: Analysis) -> float | None:
+    """The log onset on the recorder's clock (the machine's own, before the correction)."""
+    onset = a.timeline.onset
+    return None if onset is None else onset.began_at - a.timeline.clock_offset_s
+
+
 def _timeline(a: Analysis) -> str:
     tl = a.timeline
     parts = [f'<section id="timeline"><h2>Timeline</h2><p>{_e(tl.summary)}</p>']
@@ -295,7 +301,7 @@ def render_html(a: Analysis) -> str:
         f"case {_e(s.case_id or '—')} · agent {_e(s.agent_version or '?')}</p></header>"
     )
     body = "".join((
-        header, _findings(a), _host(s, a), _timeline(a), _resources(s), recorded_section(s), _disks(s),
+        header, _findings(a), _host(s, a), _timeline(a), _resources(s), recorded_section(s, _incident(a)), _disks(s),
         _fragmentation(s), _network(s), _services_processes(s), _collectors(s),
     ))
     return (

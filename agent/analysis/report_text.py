@@ -12,6 +12,7 @@ from rich.text import Text
 from agent.analysis.analysis import Analysis
 from agent.analysis.diff import DiffResult, render_diff_text
 from agent.analysis.model import Evidence, LogEvidence, format_utc
+from agent.analysis.report_recorded import recorded_text
 from agent.analysis.timeline import Timeline, format_duration
 
 __all__ = ["WIDTH", "print_diff", "print_findings", "print_report", "print_timeline"]
@@ -86,6 +87,10 @@ def print_report(a: Analysis, console: Console) -> None:
                   + Text(f" — {h.os_release or h.os} (kernel {h.kernel}, {h.arch}), up {up}"))
     print_findings(a, console)
     print_timeline(a.timeline, console, bars=False)
+    onset = a.timeline.onset
+    incident = None if onset is None else onset.began_at - a.timeline.clock_offset_s
+    for line in recorded_text(s.recorded_history, incident):
+        console.print(Text(line), highlight=False)
     console.print(f"CPU {c.total_percent:.0f}% of {c.logical_count} cores, load {c.load1:.2f}/{c.load5:.2f}/"
                   f"{c.load15:.2f}; memory {m.percent:.0f}% of {m.total / 1024**3:.1f} GiB, swap {m.swap_percent:.0f}%")
     d = Table("mount", "fs", "GiB", "used %", "inodes %", title="Filesystems", title_justify="left", width=WIDTH)

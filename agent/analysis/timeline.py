@@ -6,7 +6,9 @@ that bundles from several machines line up on the collector's clock.
 Onset ("when did it really start?") is the start of the rise still in progress at
 collection (``agent.analysis.onset``), looked for in per-minute errors+warnings of the
 whole log, of each source and of the busiest templates, each against its own baseline.
-Earlier bursts that ended are *episodes*, listed with their start and end.
+Earlier bursts that ended are *episodes*, listed with their start and end. Beside the
+log onset stand the metric onsets of the flight recorder's history in the bundle
+(``agent.analysis.metric_onset``: steps and sustained rises), on the same corrected clock.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from agent.analysis.errors import AnalysisError
 from agent.analysis.logscan import BASE_S, LogScan, TemplateStats, evidence_of
+from agent.analysis.metric_onset import MetricOnset, metric_onsets, onsets_sentence
 from agent.analysis.model import LogEvidence, format_utc
 from agent.analysis.onset import DEFAULT_PARAMS, OnsetParams, Rise, find_episodes, find_rise, minute_series
 
@@ -165,6 +168,7 @@ class Timeline:
     clock_offset_s: float
     collected_at: float | None
     summary: str
+    metric_onsets: tuple[MetricOnset, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         onset = self.onset
@@ -196,6 +200,7 @@ class Timeline:
                 ],
             },
             "episodes": [e.to_dict() for e in self.episodes],
+            "metric_onsets": [m.to_dict() for m in self.metric_onsets],
             "buckets": [
                 {"start": format_utc(b.start), "errors": b.errors, "warnings": b.warnings, "other": b.other}
                 for b in self.buckets
@@ -373,6 +378,7 @@ def build_timeline(
         interval = interval_s or choose_interval(end - scan.first_ts)
         start, buckets = _grid(scan, end, interval)
         onset, episodes = _onset(scan, buckets, interval, collected, end, params)
+    metric = tuple(m.shifted(scan.offset_s) for m in metric_onsets(view.snapshot.recorded_history))
     return Timeline(
         interval_s=interval,
         start=start,
@@ -386,5 +392,6 @@ def build_timeline(
         sources=dict(scan.sources),
         clock_offset_s=scan.offset_s,
         collected_at=collected,
-        summary=_summary(scan, onset, episodes, interval, view.has_logs, end),
+        summary=_summary(scan, onset, episodes, interval, view.has_logs, end) + onsets_sentence(metric),
+        metric_onsets=metric,
     )

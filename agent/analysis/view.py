@@ -11,7 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -160,7 +160,7 @@ class BundleView:
         snapshot: facts_pb2.Snapshot,
         records: Callable[[_Counter], Iterable[LogRecord]],
         *,
-        manifest: dict[str, Any] | None = None,
+        manifest: Mapping[str, Any] | None = None,
         label: str = "",
         has_logs: bool = False,
     ) -> None:

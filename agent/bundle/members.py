@@ -14,11 +14,11 @@ import os
 import tarfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import IO, Any
+from typing import IO
 
 import zstandard
 
-from agent.bundle.manifest import MANIFEST_NAME, SIGNATURE_NAME, MemberInfo
+from agent.bundle.manifest import MANIFEST_NAME, SIGNATURE_NAME, Manifest, MemberInfo
 from agent.bundle.source import (
     CHUNK,
     DEFAULT_MAX_TOTAL,
@@ -44,7 +44,7 @@ _TRAILER_ALLOWANCE = 1 << 20
 class VerifiedBundle:
     """A bundle that passed every check. ``members`` excludes MANIFEST.json/.sig."""
 
-    manifest: dict[str, Any]
+    manifest: Manifest
     manifest_bytes: bytes
     public_key: PublicKey
     top: str
@@ -54,7 +54,7 @@ class VerifiedBundle:
 
     @property
     def bundle_id(self) -> str:
-        return str(self.manifest["bundle_id"])
+        return self.manifest.bundle_id
 
     @property
     def fingerprint(self) -> str:

@@ -315,7 +315,8 @@ def _check_manifest(
         raise fail("missing-manifest", "no MANIFEST.json in the bundle", MANIFEST_NAME)
     if scan.signature is None:
         raise fail("missing-manifest", "no MANIFEST.sig after MANIFEST.json", SIGNATURE_NAME)
-    manifest, key, listed = parse_manifest(scan.manifest)
+    manifest = parse_manifest(scan.manifest)
+    key, listed = manifest.key, manifest.members
     if not key.verify(scan.signature, scan.manifest):
         raise fail(
             "bad-signature",

@@ -3,7 +3,8 @@
 Memory stays bounded whatever the member sizes: ``add_file`` copies from the
 source in chunks, ``open_member`` spools to an anonymous temporary file beside the
 bundle once a member passes 1 MiB (tar needs a member's size before its data), and
-the zstd compressor works on a fixed window.
+the zstd compressor works on a fixed window (the file objects involved are in
+``agent.bundle.sinks``).
 
 The bundle is written to ``.<name>.partial`` in the output folder, fsynced, and only
 then linked to its final name, so a reader never sees half a bundle under the real
@@ -15,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import io
 import os
 import shutil
 import stat
@@ -35,7 +35,9 @@ from agent.bundle.manifest import (
     MANIFEST_NAME,
     RESERVED_NAMES,
     SIGNATURE_NAME,
+    BundleKind,
     BundleMeta,
+    Manifest,
     MemberInfo,
     PathSet,
     bundle_file_name,
@@ -43,11 +45,12 @@ from agent.bundle.manifest import (
     format_time,
     member_path_problem,
 )
+from agent.bundle.sinks import HashingSink, MemberWriter
 from agent.errors import BundleError
 from agent.keys import SigningKey
 
 if TYPE_CHECKING:
-    from _typeshed import ReadableBuffer
+    pass
 
 __all__ = ["BundleWriter", "MemberWriter", "WrittenBundle"]
 
@@ -67,46 +70,8 @@ class WrittenBundle:
     size: int
     sha256: str
     fingerprint: str
-    manifest: dict[str, Any]
+    manifest: dict[str, Any]  # the JSON object signed (``Manifest.document()``)
     manifest_bytes: bytes
-
-
-class MemberWriter(io.RawIOBase):
-    """The writable file handed out by ``BundleWriter.open_member``."""
-
-    def __init__(self, spool: IO[bytes]) -> None:
-        super().__init__()
-        self._spool = spool
-        self.size = 0
-
-    def writable(self) -> bool:
-        return True
-
-    def write(self, b: ReadableBuffer) -> int:
-        if self.closed:
-            raise ValueError("write to a closed bundle member")
-        count = memoryview(b).nbytes
-        self._spool.write(b)
-        self.size += count
-        return count
-
-
-class _HashingSink:
-    """What the compressor writes into: the partial file, hashed and counted on the way."""
-
-    def __init__(self, raw: IO[bytes]) -> None:
-        self.raw = raw
-        self.sha = hashlib.sha256()
-        self.size = 0
-
-    def write(self, data: bytes) -> int:
-        self.raw.write(data)
-        self.sha.update(data)
-        self.size += len(data)
-        return len(data)
-
-    def flush(self) -> None:
-        self.raw.flush()
 
 
 class BundleWriter:
@@ -140,7 +105,7 @@ class BundleWriter:
                 f"cannot create bundle in {self._dir}: {exc.strerror or exc}", path=str(self.path)
             ) from None
         self._raw = os.fdopen(fd, "wb")
-        self._sink = _HashingSink(self._raw)
+        self._sink = HashingSink(self._raw)
         compressor = zstandard.ZstdCompressor(level=ZSTD_LEVEL, write_checksum=True)
         # The sink has the one method the compressor calls; its stub asks for a whole file.
         self._zstd = compressor.stream_writer(cast(IO[bytes], self._sink), closefd=False)
@@ -264,7 +229,7 @@ class BundleWriter:
             size=self._sink.size,
             sha256=self._sink.sha.hexdigest(),
             fingerprint=self._key.fingerprint,
-            manifest=manifest,
+            manifest=manifest.document(),
             manifest_bytes=manifest_bytes,
         )
 
@@ -364,34 +329,26 @@ class BundleWriter:
         truncated: Sequence[Any],
         redaction: Mapping[str, Any] | None,
         extra: Mapping[str, Any],
-    ) -> dict[str, Any]:
+    ) -> Manifest:
         meta = self.meta
-        manifest: dict[str, Any] = {
-            "format": FORMAT,
-            "bundle_id": meta.bundle_id,
-            "agent_id": meta.agent_id,
-            "key": {
-                "algorithm": "ed25519",
-                "public_key": self._key.public.b64,
-                "fingerprint": self._key.fingerprint,
-            },
-            "case_id": meta.case_id,
-            "kind": meta.kind,
-            "request_id": meta.request_id,
-            "hostname": meta.hostname,
-            "created_at": format_time(meta.created_at),
-            "agent_version": meta.agent_version,
-            "spec": dict(spec or {}),
-            "collectors": [dict(entry) for entry in collectors],
-            "truncated": [*truncated, *self._shrunk],
-            "redaction": dict(redaction) if redaction is not None else None,
-            "members": [m._asdict() for m in self._members],
-        }
-        clash = sorted(set(extra) & set(manifest))
-        if clash:
-            raise BundleError(f"extra manifest keys would overwrite {', '.join(clash)}")
-        manifest.update(extra)
-        return manifest
+        return Manifest(
+            format=FORMAT,
+            bundle_id=meta.bundle_id,
+            agent_id=meta.agent_id,
+            key=self._key.public,
+            case_id=meta.case_id,
+            kind=cast(BundleKind, meta.kind),  # BundleMeta checked it
+            request_id=meta.request_id,
+            hostname=meta.hostname,
+            created_at=format_time(meta.created_at),
+            agent_version=meta.agent_version,
+            spec=dict(spec or {}),
+            collectors=tuple(dict(entry) for entry in collectors),
+            truncated=(*truncated, *self._shrunk),
+            redaction=dict(redaction) if redaction is not None else None,
+            members=tuple(self._members),
+            extra=dict(extra),
+        )
 
     def _publish(self) -> None:
         # link() refuses an existing name where rename() would silently replace it.

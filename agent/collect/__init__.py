@@ -8,7 +8,11 @@ and register their class under the ``casefile.collectors`` entry point group. A 
 that collects a log reads the run's window and caps with ``log_bounds(ctx)`` (what
 ``--since``/``--logs-max`` set) and reports its log in its plugin facts with
 ``log_source_entry`` under ``LOG_SOURCES_KEY``, so a cut one is in the manifest's
-``truncated`` list.
+``truncated`` list. A plugin that writes a log member of its own uses the same log
+record contract (``LogRecord``, ``format_ts``), the newest-first sink that keeps the
+newest lines under a cap (``NewestFirstSink``), the backward line reader
+(``read_lines_backwards``) and the text-line parser (``parse_text_line``,
+``guess_severity``) that the built-in logs collector and collection specs use.
 """
 
 from __future__ import annotations
@@ -32,7 +36,10 @@ from agent.collect.framework import (
     current_platform,
     declaration_problems,
 )
+from agent.collect.logparse.backwards import read_lines_backwards
 from agent.collect.logparse.bounds import LOG_SOURCES_KEY, LogBounds, log_bounds, log_source_entry
+from agent.collect.logparse.record import LogRecord, NewestFirstSink, format_ts
+from agent.collect.logparse.textlog import guess_severity, parse_text_line
 from agent.collect.registry import ENTRY_POINT_GROUP, BrokenPlugin, Registry, registered_collectors
 from agent.collect.runner import (
     CollectionResult,
@@ -59,14 +66,20 @@ __all__ = [
     "CommandResult",
     "LineStream",
     "LogBounds",
+    "LogRecord",
+    "NewestFirstSink",
     "OptionValue",
     "Pending",
     "Registry",
     "RunningCollection",
     "current_platform",
     "declaration_problems",
+    "format_ts",
+    "guess_severity",
     "log_bounds",
     "log_source_entry",
+    "parse_text_line",
+    "read_lines_backwards",
     "registered_collectors",
     "run_collection",
     "run_command",

@@ -8,6 +8,7 @@ module brings in the whole collection machinery.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -17,11 +18,12 @@ from pathlib import Path
 from typing import IO, Any
 
 from agent.bundle import WrittenBundle
-from agent.collect import CollectionSpec
+from agent.collect import CollectionSpec, RunningCollection, registered_collectors, start_collection
+from agent.collect_request import run_options, upload_target
 from agent.keys import SigningKey
-from agent.oneshot import PrivacyOptions, collect_bundle
+from agent.oneshot import PrivacyOptions, collect_bundle, prepare_collection
 from agent.state import AgentHome
-from agent.transport import UploadTarget, open_channel, parse_address, upload_bundle
+from agent.transport import open_channel, parse_address, upload_bundle
 
 __all__ = ["LIVE_SAMPLING", "collect_live", "main", "serve"]
 
@@ -47,29 +49,62 @@ def collect_live(
     profile: str,
     home: Path,
     output_dir: Path,
+    trigger: str = "",
+    history_s: int | None = None,
+    spec_envelope: bytes | None = None,
+    spec_signers: tuple[str, ...] = (),
 ) -> WrittenBundle:
-    """Collect ``collectors`` into a signed bundle in ``output_dir`` (blocking)."""
+    """Collect ``collectors`` into a signed bundle in ``output_dir`` (blocking); kind
+    "triggered" when ``trigger`` names the policy's trigger that fired (in the manifest's
+    ``spec.options.trigger``); with ``spec_envelope``, that signed spec (verified again
+    here) runs as one more collector."""
     # An engineer waits on a live snapshot: sample "now" over a fifth of a second rather
     # than the half second to a second a one-shot run affords (same facts, shorter windows).
     options: dict[str, str | int | float | bool] = dict(LIVE_SAMPLING)
     if since_s:  # the daemon names a window only for scopes that read logs (agent.scopes.reads_logs)
         options["logs_since_s"] = float(since_s)
-    options["recorder_home"] = str(home)  # the flight recorder's history, for the same window
-    options["recorder_since_s"] = float(since_s or 3600)
     enrollment = AgentHome(home).enrollment()
-    if enrollment and enrollment.collector_host:
-        options["resolve_name"] = enrollment.collector_host  # the name this agent has to reach
-    output_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    collected = collect_bundle(
-        key=key,
-        output_dir=output_dir,
-        agent_id=agent_id,
-        kind="live",
-        request_id=request_id,
-        spec=CollectionSpec(only=collectors, options=options),
-        privacy=PrivacyOptions(profile=profile, home=home),
+    # The flight recorder's history for the same window, and the name this agent has to reach.
+    collector_host = enrollment.collector_host if enrollment else ""
+    options.update(
+        run_options(home=home, recorder_since_s=float(history_s or since_s or 3600), collector_host=collector_host)
     )
-    return collected.bundle
+    if trigger:
+        options["trigger"] = trigger
+    output_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    spec = CollectionSpec(only=collectors, options=options)
+    privacy = PrivacyOptions(profile=profile, home=home)
+    kind = "triggered" if trigger else "live"
+    if spec_envelope is None:
+        collected = collect_bundle(
+            key=key,
+            output_dir=output_dir,
+            agent_id=agent_id,
+            kind=kind,
+            request_id=request_id or None,
+            spec=spec,
+            privacy=privacy,
+        )
+        return collected.bundle
+    running = start_spec_collection(spec, spec_envelope, spec_signers)
+    with prepare_collection(
+        key=key, agent_id=agent_id, kind=kind, request_id=request_id or None, running=running, privacy=privacy
+    ) as prepared:
+        return prepared.seal(output_dir, key).bundle
+
+
+def start_spec_collection(spec: CollectionSpec, envelope: bytes, signers: tuple[str, ...]) -> RunningCollection:
+    """Start ``spec``'s collectors plus the signed collection spec's own."""
+    from agent.specs import verify_spec
+    from agent.specs.runner import spec_budget, spec_collector
+    from agent.specs.trust import LoadedSpec
+
+    signed = verify_spec(envelope, signers)
+    loaded = LoadedSpec(signed.spec, signed.signer, signed.spec_sha256, "live request", signed)
+    cls = spec_collector(signed.spec, loaded.origin())
+    total = max(spec.total_budget_s, spec_budget(signed.spec) + 2.0)
+    spec = dataclasses.replace(spec, only=(*spec.only, cls.name), total_budget_s=total)
+    return start_collection(spec, collectors=(*registered_collectors().collectors, cls))
 
 
 def _key(home: Path) -> SigningKey:
@@ -87,6 +122,10 @@ def _collect(request: dict[str, Any]) -> dict[str, Any]:
         profile=str(request["profile"]),
         home=home,
         output_dir=Path(request["output_dir"]),
+        trigger=str(request.get("trigger") or ""),
+        history_s=int(request["history_s"]) if request.get("history_s") else None,
+        spec_envelope=str(request["spec_envelope"]).encode("ascii") if request.get("spec_envelope") else None,
+        spec_signers=tuple(str(s) for s in request.get("spec_signers") or ()),
     )
     return {
         "bundle": {
@@ -100,7 +139,7 @@ def _collect(request: dict[str, Any]) -> dict[str, Any]:
 
 def _upload(request: dict[str, Any]) -> dict[str, Any]:
     bundle_id = str(request["bundle_id"])
-    target = UploadTarget(key=_key(Path(request["home"])), agent_id=str(request["agent_id"]))
+    target = upload_target(_key(Path(request["home"])), token=None, agent_id=str(request["agent_id"]))
     address = parse_address(str(request["collector"]))
     with open_channel(address, ca_fingerprint=request.get("ca_fingerprint")) as channel:
         upload_bundle(

@@ -31,6 +31,9 @@ What it implements of gRPC over HTTP/2 (grpc/doc/PROTOCOL-HTTP2.md), client side
   reader; sends wait for window. Server push is switched off.
 - Frames are handed to h2 one at a time, and none after a GOAWAY: h2 refuses every
   frame that follows a GOAWAY and would drop the messages that came with it.
+
+The framing and the status codes are in ``agent.daemon.grpc_wire``; this module runs
+the connection and the call.
 """
 
 from __future__ import annotations
@@ -41,7 +44,6 @@ import os
 import ssl
 from collections.abc import Sequence
 from typing import Any, Final
-from urllib.parse import unquote
 
 import h2.config
 import h2.connection
@@ -50,27 +52,21 @@ import h2.exceptions
 import h2.settings
 from h2.errors import ErrorCodes
 
+from agent.daemon.grpc_wire import (
+    HTTP_STATUS,
+    MAX_MESSAGE,
+    STATUS_NAMES,
+    Deframer,
+    Frames,
+    RpcError,
+    frame,
+    status_from,
+)
 from agent.transport.connect import PINNED_TARGET_NAME, CollectorAddress, check_pin, fetch_certificate
 
 __all__ = ["MAX_MESSAGE", "STATUS_NAMES", "BidiStream", "Deframer", "RpcError", "frame"]
 
-MAX_MESSAGE: Final = 4 * 1024 * 1024  # gRPC's default receive limit
-_HEADER: Final = 5
 _MAX_QUEUED: Final = 16  # messages read ahead before received data waits for the reader
-
-# grpc-status values (grpc/doc/statuscodes.md), by number.
-STATUS_NAMES: Final = (
-    "OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND",
-    "ALREADY_EXISTS", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION",
-    "ABORTED", "OUT_OF_RANGE", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS",
-    "UNAUTHENTICATED",
-)  # fmt: skip
-
-# HTTP status without grpc-status → gRPC status (grpc/doc/http-grpc-status-mapping.md).
-_HTTP_STATUS: Final = {
-    "400": "INTERNAL", "401": "UNAUTHENTICATED", "403": "PERMISSION_DENIED", "404": "UNIMPLEMENTED",
-    "429": "UNAVAILABLE", "502": "UNAVAILABLE", "503": "UNAVAILABLE", "504": "UNAVAILABLE",
-}  # fmt: skip
 
 # RST_STREAM error code → gRPC status (PROTOCOL-HTTP2.md, "Errors").
 _RESET_STATUS: Final = {
@@ -79,94 +75,6 @@ _RESET_STATUS: Final = {
     ErrorCodes.ENHANCE_YOUR_CALM: "RESOURCE_EXHAUSTED",
     ErrorCodes.INADEQUATE_SECURITY: "PERMISSION_DENIED",
 }
-
-
-class RpcError(Exception):
-    """The stream ended with a gRPC status other than OK, or could not carry on."""
-
-    def __init__(self, code: str, details: str) -> None:
-        super().__init__(f"{code}: {details}")
-        self.code = code
-        self.details = details
-
-
-def frame(payload: bytes) -> bytes:
-    """One gRPC message on the wire: uncompressed flag, length, payload."""
-    return b"\x00" + len(payload).to_bytes(4, "big") + payload
-
-
-class Deframer:
-    """Cuts the response body into gRPC messages; the collector's bytes are untrusted.
-
-    ``feed`` returns every message completed by ``data`` and keeps the rest. A bad
-    header raises ``RpcError`` naming the byte offset in the body where it starts.
-    """
-
-    def __init__(self, max_message: int = MAX_MESSAGE) -> None:
-        self._buf = bytearray()
-        self._max = max_message
-        self._offset = 0  # body offset of self._buf[0]
-
-    @property
-    def pending(self) -> int:
-        """Bytes of a message that has not arrived whole yet."""
-        return len(self._buf)
-
-    def feed(self, data: bytes) -> list[bytes]:
-        self._buf += data
-        out: list[bytes] = []
-        while len(self._buf) >= _HEADER:
-            flag = self._buf[0]
-            length = int.from_bytes(self._buf[1:_HEADER], "big")
-            where = f"message header at byte {self._offset} of the response"
-            if flag == 1:
-                raise RpcError("INTERNAL", f"{where}: compressed, but the agent offered no compression")
-            if flag != 0:
-                raise RpcError("INTERNAL", f"{where}: flag byte {flag:#04x} is neither 0 nor 1")
-            if length > self._max:
-                raise RpcError("RESOURCE_EXHAUSTED", f"{where}: {length:,} bytes exceeds the {self._max:,} byte limit")
-            end = _HEADER + length
-            if len(self._buf) < end:
-                break
-            out.append(bytes(self._buf[_HEADER:end]))
-            del self._buf[:end]
-            self._offset += end
-        return out
-
-
-def _status_from(headers: dict[str, str]) -> RpcError | None:
-    """None for OK; else the error the trailers carry."""
-    raw = headers.get("grpc-status", "")
-    message = unquote(headers.get("grpc-message", ""), errors="replace")
-    if not (raw.isascii() and raw.isdigit() and len(raw) <= 3):
-        return RpcError("UNKNOWN", f"the collector sent grpc-status {raw[:20]!r}, not a status code")
-    number = int(raw)
-    if number == 0:
-        return None
-    code = STATUS_NAMES[number] if number < len(STATUS_NAMES) else "UNKNOWN"
-    return RpcError(code, message or f"grpc-status {number}")
-
-
-class _Frames:
-    """Cuts the received bytes at HTTP/2 frame boundaries (9-byte header, 24-bit length)."""
-
-    def __init__(self) -> None:
-        self._buf = bytearray()
-
-    def feed(self, data: bytes, max_frame: int) -> list[bytes]:
-        self._buf += data
-        out: list[bytes] = []
-        while len(self._buf) >= 9:
-            length = int.from_bytes(self._buf[:3], "big")
-            if length > max_frame:  # h2 refuses it from the header alone: no need to buffer it
-                out.append(bytes(self._buf))
-                self._buf.clear()
-                break
-            if len(self._buf) < 9 + length:
-                break
-            out.append(bytes(self._buf[: 9 + length]))
-            del self._buf[: 9 + length]
-        return out
 
 
 class _Ended:
@@ -217,7 +125,7 @@ class BidiStream:
         self._conn.local_settings = h2.settings.Settings(
             client=True, initial_values={codes.ENABLE_PUSH: 0, codes.MAX_HEADER_LIST_SIZE: 65536}
         )
-        self._frames = _Frames()
+        self._frames = Frames()
         self._sid = 0  # 0 until the call is started: then nothing HTTP/2 was sent
         self._deframer = Deframer(max_message)
         self._messages: asyncio.Queue[bytes | _Ended] = asyncio.Queue()
@@ -441,7 +349,7 @@ class BidiStream:
             return
         status = headers.get(":status", "")
         if status != "200":
-            code = _HTTP_STATUS.get(status, "UNKNOWN")
+            code = HTTP_STATUS.get(status, "UNKNOWN")
             self._abandon(RpcError(code, f"the collector answered HTTP {status or '(no status)'}"))
         elif not _is_grpc(headers.get("content-type", "")):
             kind = headers.get("content-type", "(none)")
@@ -450,7 +358,7 @@ class BidiStream:
             self._end(RpcError("INTERNAL", "the collector ended the call without a grpc-status"))
 
     def _on_trailers(self, headers: dict[str, str]) -> None:
-        error = _status_from(headers)
+        error = status_from(headers)
         if error is None and self._deframer.pending:
             error = RpcError("INTERNAL", f"the call ended inside a message ({self._deframer.pending} bytes of it came)")
         self._end(error)

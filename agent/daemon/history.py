@@ -3,7 +3,9 @@
 One JSON object per line, appended and flushed before the agent acts, so a crash
 never hides a request. Fields: ``at`` (UTC ISO time), ``request_id``,
 ``requested_by`` (the engineer's token label), ``reason``, ``scopes``, ``since_s``,
-``outcome`` and ``detail``, ``bundle_id`` and ``sha256`` where there is a bundle.
+``outcome`` and ``detail``, ``bundle_id`` and ``sha256`` where there is a bundle, and
+``spec`` (``name``, ``version``, ``signer``, ``sha256``) when the request named a signed
+collection spec (null when the spec could not be read at all).
 
 Outcomes: ``accepted`` (about to collect), ``done`` (uploaded), ``spooled`` (collector
 unreachable; kept in the spool), ``delivered`` (a spooled bundle uploaded later),
@@ -11,7 +13,9 @@ unreachable; kept in the spool), ``delivered`` (a spooled bundle uploaded later)
 ``duplicate`` (a request id seen before), ``expired``, ``failed``, ``refused`` (a request
 the agent could not take as a request at all: its id is not an id — see
 ``agent.untrusted`` — recorded with ``request_id`` empty and the id, escaped and cut, in
-``bad_request_id``).
+``bad_request_id``), ``triggered`` (a trigger of the policy fired: ``trigger`` names it,
+``detail`` says what it saw; its bundle's ``failed``/``done``/``spooled`` entries carry
+the same ``trigger`` and an empty ``request_id``).
 
 What the collector sent (who asked, the reason) is recorded cleaned of control and bidi
 characters, and cleaned again by ``shown`` when displayed: a file written by an older
@@ -40,7 +44,7 @@ __all__ = ["OUTCOMES", "History", "shown"]
 # spooled bundle uploaded later, not the request state of that name.
 OUTCOMES: frozenset[str] = frozenset(
     {str(s) for s in (LiveState.DONE, LiveState.DENIED, LiveState.EXPIRED, LiveState.FAILED)}
-    | {"accepted", "spooled", "delivered", "dropped", "duplicate", "refused"}
+    | {"accepted", "spooled", "delivered", "dropped", "duplicate", "refused", "triggered"}
 )
 
 

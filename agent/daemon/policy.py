@@ -7,8 +7,11 @@ daemon's first start when missing; edit it and restart the service::
 
     {
       "version": 1,
-      "allowed_scopes": ["facts"],      // of: facts, logs, fragmentation, commands,
+      "allowed_scopes": ["facts"],      // of: facts, logs, fragmentation, crashes,
                                         //   plugin:<name> (one per plugin collector)
+      "spec_signers": [],               // keys trusted to sign collection specs (sha256:<hex>)
+      "live_specs": [],                 // specs a live request may name: a spec's name, or
+                                        //   sha256:<hex>/* for every spec of one signer
       "max_logs_window_s": 3600,        // largest --since for logs; also the window of a
                                         //   request that names none (0: no logs at all)
       "rate_limit_per_hour": 12,        // accepted requests per rolling hour (0: no limit)
@@ -18,12 +21,19 @@ daemon's first start when missing; edit it and restart the service::
       "recorder_interval_s": 10,        // flight recorder: seconds between samples (0: off)
       "recorder_fine_s": 21600,         //   every sample kept this long (6 h), then one a minute
       "recorder_retention_s": 604800,   //   ... up to this age (7 days)
-      "recorder_max_bytes": 33554432    //   ... in at most this much disk (32 MiB)
+      "recorder_max_bytes": 33554432,   //   ... in at most this much disk (32 MiB)
+      "triggers": [],                   // triggered capture (agent.daemon.trigger_spec)
+      "triggers_max_per_hour": 4        //   all triggers together, per rolling hour (0: off)
     }
 
 The scopes and what each collects are in ``agent.scopes`` (one table, which the
-collector reads too). A plugin scope's collector reads its own logs within the same
-window as the ``logs`` scope.
+collector reads too). A live request that names a collection spec (``snapshot --spec``)
+carries the signed spec; it runs only when its signer is in ``spec_signers`` and the
+spec (or its signer) in ``live_specs`` — checked in ``agent.daemon.service`` — and it
+never widens the scopes or the logs window: its logs are read within the same window.
+``commands`` in an old policy loads with a deprecation note (``notes``) and allows
+nothing. A plugin scope's collector reads its own logs within the same window as the
+``logs`` scope.
 
 A request that names no logs window (``since_seconds`` 0, what ``snapshot`` without
 ``--since`` sends) gets ``max_logs_window_s``, never the collector's own default of a day:
@@ -36,13 +46,24 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from agent.daemon.recorder_settings import RecorderSettings
+from agent.daemon.trigger_spec import TriggerSpec, parse_triggers
 from agent.errors import CasefileError
-from agent.scopes import SCOPE_COLLECTORS, SCOPES, collectors_for, is_scope, reads_logs, scope_names
+from agent.scopes import (
+    DEPRECATED_SCOPES,
+    SCOPE_COLLECTORS,
+    SCOPES,
+    check_live_specs,
+    check_spec_signers,
+    collectors_for,
+    is_scope,
+    reads_logs,
+    spec_of,
+)
 
 __all__ = [
     "DEFAULT_POLICY",
@@ -71,6 +92,7 @@ LIMITS: dict[str, int] = {
     "recorder_fine_s": 7 * 86400,
     "recorder_retention_s": 366 * 86400,
     "recorder_max_bytes": 1 << 36,  # 64 GiB
+    "triggers_max_per_hour": 60,
 }
 
 
@@ -91,24 +113,49 @@ class Policy:
     recorder_fine_s: int = 6 * 3600
     recorder_retention_s: int = 7 * 86400
     recorder_max_bytes: int = 32 * 1024 * 1024
+    # Triggered capture (agent.daemon.trigger_spec); sampled with the recorder, so off with it.
+    triggers: tuple[TriggerSpec, ...] = ()
+    triggers_max_per_hour: int = 4
+    # Collection specs (agent.specs): who may sign them, which may run live.
+    spec_signers: tuple[str, ...] = ()
+    live_specs: tuple[str, ...] = ()
+    # What loading noticed (a deprecated scope); the daemon logs each at start.
+    notes: tuple[str, ...] = field(default=(), compare=False)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        d["allowed_scopes"] = list(self.allowed_scopes)
+        d.pop("notes")
+        for name in ("allowed_scopes", "spec_signers", "live_specs"):
+            d[name] = list(getattr(self, name))
+        d["triggers"] = [t.to_dict() for t in self.triggers]
         return {"version": 1, **d}
 
     @classmethod
     def from_dict(cls, data: object, where: str) -> Policy:
         if not isinstance(data, dict):
             raise PolicyError(f"policy {where}: expected a JSON object")
-        known = {"version", *cls.__dataclass_fields__}
+        known = {"version", *cls.__dataclass_fields__} - {"notes"}
         extra = sorted(set(data) - known)
         if extra:
             raise PolicyError(f"policy {where}: unknown field(s) {', '.join(extra)}; known: {', '.join(sorted(known))}")
         base = cls()
         scopes = data.get("allowed_scopes", list(base.allowed_scopes))
-        if not isinstance(scopes, list) or not all(isinstance(s, str) and is_scope(s) for s in scopes):
-            raise PolicyError(f"policy {where}: allowed_scopes must be a list of {scope_names()}; got {scopes!r}")
+        if not isinstance(scopes, list) or not all(
+            isinstance(s, str) and ((is_scope(s) and spec_of(s) is None) or s in DEPRECATED_SCOPES) for s in scopes
+        ):
+            raise PolicyError(
+                f"policy {where}: allowed_scopes must be a list of {', '.join(SCOPES)}, plugin:<name>; got {scopes!r}"
+            )
+        notes = tuple(
+            f"policy {where}: allowed_scopes: {DEPRECATED_SCOPES[s]}" for s in scopes if s in DEPRECATED_SCOPES
+        )
+        scopes = [s for s in scopes if s not in DEPRECATED_SCOPES]
+        signers = check_spec_signers(data.get("spec_signers", []))
+        if signers is None:
+            raise PolicyError(f"policy {where}: spec_signers must be a list of key fingerprints sha256:<64 hex>")
+        live_specs = check_live_specs(data.get("live_specs", []))
+        if live_specs is None:
+            raise PolicyError(f"policy {where}: live_specs must be a list of spec names or sha256:<64 hex>/*")
 
         def number(name: str, minimum: int) -> int:
             value = data.get(name, getattr(base, name))
@@ -122,8 +169,15 @@ class Policy:
         profile = data.get("profile", base.profile)
         if profile not in PROFILE_NAMES:
             raise PolicyError(f"policy {where}: profile must be one of {', '.join(PROFILE_NAMES)}; got {profile!r}")
+        allowed = tuple(dict.fromkeys(scopes))
+        try:
+            triggers = parse_triggers(data.get("triggers", []), allowed, where)
+        except PolicyError:
+            raise
+        except CasefileError as exc:
+            raise PolicyError(str(exc)) from None
         return cls(
-            allowed_scopes=tuple(dict.fromkeys(scopes)),
+            allowed_scopes=allowed,
             max_logs_window_s=number("max_logs_window_s", 0),
             rate_limit_per_hour=number("rate_limit_per_hour", 0),
             profile=str(profile),
@@ -133,14 +187,22 @@ class Policy:
             recorder_fine_s=number("recorder_fine_s", 0),
             recorder_retention_s=number("recorder_retention_s", 0),
             recorder_max_bytes=number("recorder_max_bytes", 0),
+            triggers=triggers,
+            triggers_max_per_hour=number("triggers_max_per_hour", 0),
+            spec_signers=signers,
+            live_specs=live_specs,
+            notes=notes,
         )
 
     @property
     def recorder_on(self) -> bool:
         return bool(self.recorder_interval_s and self.recorder_retention_s and self.recorder_max_bytes)
 
-    def recorder_settings(self) -> RecorderSettings:
+    @property
+    def triggers_on(self) -> bool:
+        return bool(self.recorder_on and self.triggers and self.triggers_max_per_hour)
 
+    def recorder_settings(self) -> RecorderSettings:
         return RecorderSettings(
             float(self.recorder_interval_s or 10),
             self.recorder_fine_s,
@@ -154,10 +216,23 @@ class Policy:
         return since_s or self.max_logs_window_s
 
     def denial(self, scopes: tuple[str, ...], since_s: int, accepted_last_hour: int) -> str | None:
-        """The rule a request breaks, or None when the policy allows it."""
+        """The rule a request breaks, or None when the policy allows it.
+
+        A ``spec:`` scope is judged by the spec's signature and ``live_specs`` once the
+        spec is verified (``agent.daemon.service``); here only one is allowed per request,
+        and a spec reads logs like a plugin does: within ``max_logs_window_s``.
+        """
+        if sum(spec_of(s) is not None for s in scopes) > 1:
+            return "a request may name one collection spec"
         for scope in scopes:
+            if scope in DEPRECATED_SCOPES:
+                return DEPRECATED_SCOPES[scope]
             if not is_scope(scope):
                 return f"unknown scope {scope[:100]!r}"
+            if spec_of(scope) is not None:
+                if not self.spec_signers:
+                    return "no collection specs are trusted here (spec_signers is empty)"
+                continue
             if scope not in self.allowed_scopes:
                 return f"scope {scope!r} is not allowed (allowed: {', '.join(self.allowed_scopes) or 'none'})"
         if since_s < 0:

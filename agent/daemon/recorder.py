@@ -18,6 +18,7 @@ samples can be written in a second to check the bounds.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sqlite3
 import threading
@@ -31,6 +32,8 @@ from agent.daemon.recorder_settings import RecorderSettings
 from agent.recorder_db import DB_NAME, Sample, read_samples
 
 __all__ = ["DB_NAME", "Recorder", "RecorderSettings", "Sample", "read_samples"]
+
+log = logging.getLogger("casefile.agent.daemon")
 
 _PRUNE_EVERY = 60  # samples between prunes: pruning scans the old rows, sampling must not
 
@@ -79,7 +82,13 @@ class Recorder:
     def record(self, metrics: dict[str, Any] | None = None) -> Sample:
         """Take one sample (or store ``metrics``, for a replayed series) and keep the bounds."""
         at = self.now()
-        data = self.sampler.sample(at) if metrics is None else metrics
+        if metrics is None:
+            data = self.sampler.sample(at)
+            # Stamped when the reading ended: a busy machine can take a second over /proc,
+            # and what a sample saw is then never dated before it was there.
+            at = self.now()
+        else:
+            data = metrics
         self._db.execute(
             "INSERT INTO samples VALUES (?, ?, ?)",
             (at, self.settings.interval_s, json.dumps(data, separators=(",", ":"))),
@@ -130,12 +139,20 @@ class Recorder:
         size = self._db.execute("PRAGMA page_size").fetchone()[0]
         return int((pages - free) * size)
 
-    def run(self, stop: threading.Event) -> None:
-        """Sample until ``stop`` is set, on the interval's grid (no drift)."""
+    def run(self, stop: threading.Event, on_sample: Callable[[Sample], None] | None = None) -> None:
+        """Sample until ``stop`` is set, on the interval's grid (no drift).
+
+        ``on_sample`` sees each stored sample in this thread (the policy's triggers): a
+        failure there is logged, never the end of the recording."""
         interval = self.settings.interval_s
         next_at = time.monotonic()
         while not stop.is_set():
-            self.record()
+            sample = self.record()
+            if on_sample is not None:
+                try:
+                    on_sample(sample)
+                except Exception:
+                    log.exception("checking the triggers after a sample failed")
             next_at += interval
             delay = next_at - time.monotonic()
             if delay < 0:  # the machine was suspended or starved: start again from now

@@ -11,13 +11,10 @@ forever: a collector outage never ends the service. Only SIGTERM/SIGINT do. A st
 that was accepted and then ends (the collector's maximum connection age, a replica
 shutting down) resets ``n``: it is rebalancing, not an outage.
 
-Per request, in order: an id that is not an id (``agent.untrusted``) → ``refused``
-(answered ``denied``; nothing is named after it); seen before → ``denied`` (duplicate;
-at most once per id), past ``expires_at_unix`` → ``expired``, outside the policy → ``denied by policy:
-<rule>``; else recorded as accepted, collected (kind "live", with the request id in the
-manifest) as ``collecting``, uploaded through Ingest as ``uploading``. The collector
-reports ``done`` once it has stored the bundle. A bundle that cannot be uploaded goes
-to the spool and is delivered after the next accepted connection.
+Requests are answered by ``agent.daemon.requests``; bundles are uploaded or spooled by
+``agent.daemon.delivery``. The flight recorder samples on its own thread
+(``agent.daemon.recorder``) and checks the policy's triggers after each sample; a trigger
+that fires seals a bundle of its own (``agent.daemon.capture``).
 
 Collections and uploads run in a child process (``agent.daemon.worker``): the collection
 machinery is never imported here, so the resident process stays small at rest and returns
@@ -30,13 +27,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime as dt
 import logging
 import os
 import random
-import shutil
 import signal
-import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,19 +38,21 @@ from typing import Any
 
 from google.protobuf.message import DecodeError
 
+from agent.daemon.capture import Capture
+from agent.daemon.delivery import Delivery
 from agent.daemon.h2stream import BidiStream, RpcError
 from agent.daemon.history import History
-from agent.daemon.policy import Policy, collectors_for, load_policy
+from agent.daemon.policy import Policy, load_policy
+from agent.daemon.requests import RequestHandler
 from agent.daemon.spool import Spool
-from agent.daemon.worker import CollectionWorker, LiveBundle
+from agent.daemon.worker import CollectionWorker
 from agent.errors import CasefileError, TransportError
 from agent.keys import SigningKey
-from agent.scopes import reads_logs
 from agent.state import AgentHome, Enrollment
 from agent.transport.channel_proof import NONCE_BYTES, channel_message
 from agent.transport.connect import parse_address
 from agent.transport.live_states import LiveState
-from agent.untrusted import REQUEST_ID_MAX, clean_text, describe_id, request_id_problem
+from agent.untrusted import clean_text
 from agent.version import __version__
 from protos import collector_pb2
 
@@ -71,8 +67,6 @@ _MIN_KEEPALIVE_S = 20.0
 # collector that answers pings but not the hello (its handler stuck on its database)
 # must not hold the agent: it dials again, perhaps to a healthy replica.
 HANDSHAKE_TIMEOUT_S = 20.0
-_UPLOAD_ATTEMPTS = 3  # then spool: the spool retries on every reconnect, for ever
-_SCOPES_RECORDED = 8  # of a request's scopes, the history keeps this many (four built in, plus plugins)
 
 
 @dataclass(frozen=True)
@@ -121,18 +115,36 @@ class AgentService:
         self.options = options or DaemonOptions.from_env()
         self.key: SigningKey = home.key()
         self.policy: Policy = load_policy(home.root)
+        for note in self.policy.notes:
+            log.warning("%s", note)
         self.history = History(home.root / "history.jsonl")
         self.spool = Spool(
             home.root / "spool", max_bytes=self.policy.spool_max_bytes, max_bundles=self.policy.spool_max_bundles
         )
-        self.work = home.root / "work"
         self.worker = CollectionWorker(linger_s=self.options.worker_linger_s)  # live snapshots
         self.spool_worker = CollectionWorker(linger_s=self.options.worker_linger_s)  # spool delivery
         self._stop = asyncio.Event()
         self._outbox: asyncio.Queue[collector_pb2.AgentMessage] | None = None
         self._busy = asyncio.Lock()  # one collection at a time: bounded load on the customer's machine
-        self._spool_lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[None]] = set()
+        self.delivery = Delivery(
+            home=home.root,
+            enrollment=enrollment,
+            history=self.history,
+            spool=self.spool,
+            spool_worker=self.spool_worker,
+            stopping=self._stop.is_set,
+        )
+        self.requests = RequestHandler(
+            home=home.root,
+            agent_id=enrollment.agent_id,
+            policy=self.policy,
+            history=self.history,
+            delivery=self.delivery,
+            worker=self.worker,
+            busy=self._busy,
+            progress=self._progress,
+        )
 
     def stop(self) -> None:
         self._stop.set()
@@ -149,12 +161,32 @@ class AgentService:
                 await asyncio.to_thread(recorder[1].join, 15)
 
     def _start_recorder(self) -> tuple[threading.Event, threading.Thread] | None:
-        """The flight recorder, on its own thread: a slow disk never delays the channel."""
+        """The flight recorder, on its own thread: a slow disk never delays the channel.
+
+        The triggers are checked in the same thread after each sample (no thread of their
+        own); a firing is handed to this loop for its capture."""
         if not self.policy.recorder_on:
             return None
-        from agent.daemon.recorder import Recorder
+        from agent.daemon.recorder import Recorder, Sample
 
         stop = threading.Event()
+        on_sample = None
+        if self.policy.triggers_on:
+            capture = Capture(
+                home=self.home.root,
+                agent_id=self.enrollment.agent_id,
+                policy=self.policy,
+                history=self.history,
+                delivery=self.delivery,
+                worker=self.worker,
+                busy=self._busy,
+                spawn=self._spawn,
+            )
+            watch = capture.watch()
+
+            def on_sample(sample: Sample) -> None:
+                for firing in watch.observe(sample.at, sample.metrics):
+                    capture.fired(firing)
 
         def record() -> None:
             try:
@@ -163,7 +195,7 @@ class AgentService:
                 log.error("flight recorder not started: %s", exc)
                 return
             try:
-                recorder.run(stop)
+                recorder.run(stop, on_sample)
             except Exception:
                 log.exception("flight recorder stopped")
             finally:
@@ -244,7 +276,7 @@ class AgentService:
             outbox: asyncio.Queue[collector_pb2.AgentMessage] = asyncio.Queue()
             self._outbox = outbox
             writer = asyncio.create_task(self._write(call, outbox))
-            self._spawn(self._deliver_spool())
+            self._spawn(self.delivery.deliver_spool())
             stopper = asyncio.create_task(self._stop.wait())
             try:
                 while True:
@@ -266,7 +298,7 @@ class AgentService:
                         break
                     kind = msg.WhichOneof("msg")
                     if kind == "snapshot_request":
-                        self._spawn(self._handle(msg.snapshot_request))
+                        self._spawn(self.requests.handle(msg.snapshot_request))
                     elif kind == "probe":  # the collector asks whether this stream is still alive
                         answer = collector_pb2.ProbeAnswer(nonce=msg.probe.nonce)
                         outbox.put_nowait(collector_pb2.AgentMessage(probe_answer=answer))
@@ -310,7 +342,7 @@ class AgentService:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def _progress(self, request_id: str, state: LiveState, detail: str = "", bundle_id: str = "") -> None:
+    def _progress(self, request_id: str, state: LiveState, detail: str, bundle_id: str) -> None:
         outbox = self._outbox
         if outbox is not None:  # no stream: the collector learns the outcome from Ingest
             outbox.put_nowait(
@@ -320,167 +352,6 @@ class AgentService:
                     )
                 )
             )
-
-    # -- requests ------------------------------------------------------------------
-
-    async def _handle(self, req: collector_pb2.SnapshotRequest) -> None:
-        # Every field is the collector's word, and a collector holding the pinned key may be
-        # stolen: the id is checked before any use, the text is cleaned before it is recorded
-        # or logged, and the work folder is named here, never after the request.
-        scopes = tuple(req.scopes) or ("facts",)
-        since = int(req.since_seconds)
-        who = {
-            "request_id": req.request_id,
-            "requested_by": clean_text(req.requested_by, 200),
-            "reason": clean_text(req.reason, 500),
-            "scopes": [clean_text(s, 40) for s in scopes[:_SCOPES_RECORDED]],
-            "since_s": since,
-        }
-        problem = request_id_problem(req.request_id)
-        if problem is not None:
-            await self._refuse(req, problem, who)
-            return
-        async with self._busy:
-            if await asyncio.to_thread(self.history.seen, req.request_id):
-                detail = f"duplicate request id {req.request_id!r}: already handled once"
-                await asyncio.to_thread(lambda: self.history.append("duplicate", detail=detail, **who))
-                self._progress(req.request_id, LiveState.DENIED, detail)
-                return
-            if req.expires_at_unix and dt.datetime.now(dt.UTC).timestamp() > req.expires_at_unix:
-                detail = f"request expired at {_unix_time(req.expires_at_unix)}"
-                await asyncio.to_thread(lambda: self.history.append("expired", detail=detail, **who))
-                self._progress(req.request_id, LiveState.EXPIRED, detail)
-                return
-            hour_ago = dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)
-            recent = await asyncio.to_thread(self.history.accepted_since, hour_ago)
-            rule = self.policy.denial(scopes, since, recent)
-            if rule is not None:
-                detail = f"denied by policy: {rule}"
-                await asyncio.to_thread(lambda: self.history.append("denied", detail=detail, **who))
-                self._progress(req.request_id, LiveState.DENIED, detail)
-                log.info("request %s from %s %s", req.request_id, who["requested_by"], detail)
-                return
-            # No window named means the policy's largest, never the collector's default.
-            window = self.policy.logs_window(since) if reads_logs(scopes) else None
-            if window is not None:
-                who["since_s"] = window
-            await asyncio.to_thread(lambda: self.history.append("accepted", **who))
-            self._progress(req.request_id, LiveState.COLLECTING, f"scopes {', '.join(scopes)}")
-            try:
-                work = await asyncio.to_thread(self._work_dir)
-            except OSError as exc:  # a full or read-only disk: answered like any failed collection
-                detail = f"collection failed: no work folder under {self.work}: {exc}"
-                await asyncio.to_thread(lambda: self.history.append("failed", detail=detail, **who))
-                self._progress(req.request_id, LiveState.FAILED, detail)
-                return
-            try:
-                bundle = await self.worker.collect(
-                    home=self.home.root,
-                    agent_id=self.enrollment.agent_id,
-                    request_id=req.request_id,
-                    collectors=collectors_for(scopes),
-                    since_s=window,
-                    profile=self.policy.profile,
-                    output_dir=work,
-                )
-            except asyncio.CancelledError:
-                # The agent is stopping: the child was ended, nothing will be uploaded.
-                self.history.append("failed", detail="interrupted: the agent stopped during the collection", **who)
-                shutil.rmtree(work, ignore_errors=True)
-                raise
-            except Exception as exc:
-                detail = f"collection failed: {exc}"
-                log.exception("request %s: %s", req.request_id, detail)
-                await asyncio.to_thread(lambda: self.history.append("failed", detail=detail, **who))
-                self._progress(req.request_id, LiveState.FAILED, detail)
-                shutil.rmtree(work, ignore_errors=True)
-                return
-        self._progress(req.request_id, LiveState.UPLOADING, f"bundle {bundle.bundle_id}, {bundle.size:,} bytes")
-        ids = {**who, "bundle_id": bundle.bundle_id, "sha256": bundle.sha256}
-        try:
-            await self._upload(bundle.path, bundle.bundle_id)
-        except asyncio.CancelledError:
-            # The agent is stopping mid-upload: keep the bundle for the next start.
-            self._spool(bundle, req.request_id, ids, "the agent stopped during the upload; delivered on restart")
-            raise
-        except CasefileError as exc:
-            detail = f"collector unreachable ({exc}); spooled for delivery on reconnect"
-            async with self._spool_lock:
-                await asyncio.to_thread(self._spool, bundle, req.request_id, ids, detail)
-            log.warning("request %s: %s", req.request_id, detail)
-            self._progress(req.request_id, LiveState.UPLOADING, detail, bundle.bundle_id)
-        else:
-            await asyncio.to_thread(lambda: self.history.append("done", **ids))
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
-
-    def _work_dir(self) -> Path:
-        """A fresh folder for one collection, under ``<home>/work``, named by us."""
-        self.work.mkdir(parents=True, exist_ok=True, mode=0o700)
-        return Path(tempfile.mkdtemp(prefix="live-", dir=self.work))
-
-    async def _refuse(self, req: collector_pb2.SnapshotRequest, problem: str, who: dict[str, Any]) -> None:
-        """A request whose id is no id: recorded and answered, never acted on."""
-        entry = {**who, "request_id": "", "bad_request_id": describe_id(req.request_id)}
-        detail = f"refused: {problem}"
-        await asyncio.to_thread(lambda: self.history.append("refused", detail=detail, **entry))
-        log.warning("refused a request from the collector: %s", problem)
-        # Echoed (cut) so the collector can tell which request it was; it is not used here.
-        self._progress(req.request_id[: 2 * REQUEST_ID_MAX], LiveState.DENIED, detail)
-
-    def _record(self, outcome: str, ids: dict[str, Any], detail: str) -> None:
-        self.history.append(outcome, detail=detail, **ids)
-
-    def _spool(self, bundle: LiveBundle, request_id: str, ids: dict[str, Any], detail: str) -> None:
-        """Keep an undelivered bundle in the spool; record it, and what the spool's bound pushed out."""
-        _, dropped = self.spool.add(
-            bundle.path, bundle_id=bundle.bundle_id, request_id=request_id, sha256=bundle.sha256
-        )
-        self.history.append("spooled", detail=detail, **ids)
-        bound = f"spool bound reached ({self.spool.max_bundles} bundles, {self.spool.max_bytes} bytes)"
-        for old in dropped:
-            self._record(
-                "dropped",
-                {"request_id": old.request_id, "bundle_id": old.bundle_id, "sha256": old.sha256},
-                f"{bound}: oldest bundle dropped",
-            )
-
-    async def _upload(self, path: Path, bundle_id: str, worker: CollectionWorker | None = None) -> None:
-        await (worker or self.worker).upload(
-            home=self.home.root,
-            agent_id=self.enrollment.agent_id,
-            collector=self.enrollment.collector,
-            ca_fingerprint=self.enrollment.ca_fingerprint,
-            path=path,
-            bundle_id=bundle_id,
-            attempts=_UPLOAD_ATTEMPTS,
-        )
-
-    async def _deliver_spool(self) -> None:
-        async with self._spool_lock:
-            for item in await asyncio.to_thread(self.spool.pending):
-                if self._stop.is_set():
-                    return
-                try:
-                    await self._upload(item.path, item.bundle_id, self.spool_worker)
-                except CasefileError as exc:
-                    log.warning("spooled bundle %s not delivered yet: %s", item.bundle_id, exc)
-                    return
-                await asyncio.to_thread(self.spool.remove, item)
-                await asyncio.to_thread(
-                    self._record,
-                    "delivered",
-                    {"request_id": item.request_id, "bundle_id": item.bundle_id, "sha256": item.sha256},
-                    "",
-                )
-                log.info("spooled bundle %s delivered", item.bundle_id)
-
-
-def _unix_time(seconds: int) -> str:
-    try:
-        return dt.datetime.fromtimestamp(seconds, dt.UTC).isoformat()
-    except (OverflowError, ValueError, OSError):  # out of datetime's range
-        return f"unix time {seconds}"
 
 
 def _parse(data: bytes | None) -> collector_pb2.CollectorMessage | None:

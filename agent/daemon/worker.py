@@ -18,7 +18,8 @@ the request it was serving fails (``CollectionError``, ``UploadError``). When th
 stops during a request, the child is terminated.
 
 Protocol, one JSON object per line, ``op`` first. ``{"op": "collect", "home",
-"agent_id", "request_id", "collectors", "since_s", "profile", "output_dir"}`` →
+"agent_id", "request_id", "collectors", "since_s", "profile", "output_dir", "trigger",
+"history_s"}`` →
 ``{"bundle": {"path", "bundle_id", "size", "sha256"}}``; ``{"op": "upload", "home",
 "agent_id", "collector", "ca_fingerprint", "path", "bundle_id", "attempts"}`` →
 ``{"uploaded": "<bundle id>"}``; either may answer ``{"error": "<message>"}``. The
@@ -45,7 +46,13 @@ log = logging.getLogger("casefile.agent.daemon")
 
 # -P: the daemon's working directory must not shadow a module in the child, which runs as
 # the daemon's user (root under the unit) and starts in that directory.
-WORKER_COMMAND: tuple[str, ...] = (sys.executable, "-P", "-m", "agent.daemon.execute")
+# In the single file (``make dist``) there is no interpreter to pass -m to: the file itself
+# starts the child when its first argument is ``agent-worker`` (agent/single_file.py).
+WORKER_COMMAND: tuple[str, ...] = (
+    (sys.executable, "agent-worker")
+    if getattr(sys, "frozen", False)
+    else (sys.executable, "-P", "-m", "agent.daemon.execute")
+)
 _EXIT_GRACE_S = 10.0  # a child told to exit (EOF, SIGTERM) gets this long before SIGKILL
 _KILLED_WAIT_S = 5.0  # after SIGKILL: a child stuck in the kernel is given up on, not waited for
 _REPLY_LIMIT = 1 << 20  # longest reply line; replies are small, an error message may not be
@@ -91,9 +98,14 @@ class CollectionWorker:
         since_s: int | None,
         profile: str,
         output_dir: Path,
+        trigger: str = "",
+        history_s: int | None = None,
+        spec: tuple[bytes, tuple[str, ...]] | None = None,
     ) -> LiveBundle:
-        """Collect ``collectors`` into a signed live bundle in ``output_dir``, in the child."""
-        request = {
+        """Collect ``collectors`` into a signed bundle in ``output_dir``, in the child: kind
+        "live", or "triggered" when ``trigger`` names the policy's trigger that fired;
+        ``spec``: a signed collection spec and the signers trusted for it, run as well."""
+        request: dict[str, object] = {
             "op": "collect",
             "home": str(home),
             "agent_id": agent_id,
@@ -102,7 +114,12 @@ class CollectionWorker:
             "since_s": since_s,
             "profile": profile,
             "output_dir": str(output_dir),
+            "trigger": trigger,
+            "history_s": history_s,
         }
+        if spec is not None:
+            request["spec_envelope"] = spec[0].decode("ascii", "replace")
+            request["spec_signers"] = list(spec[1])
         reply = await self._request(request, CollectionError, COLLECT_DEADLINE_S)
         try:
             b = reply["bundle"]

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Callable
 
 from agent.redact.pseudonym import TOKEN_RE, Pseudonymizer, ip_token_kind
 
@@ -71,19 +72,61 @@ _SYSLOG_HEAD = re.compile(
 )
 # A name does not end in a dot: "of user gina." keeps its full stop.
 _USER_NAME = r"(?P<u>[A-Za-z_](?:[A-Za-z0-9_.-]{0,30}[A-Za-z0-9_-])?\$?)(?![\w@-])"
-_USER_CTX = re.compile(
-    r"(?:\b(?:for|of|by) (?:invalid |illegal )?user [\"']?"
-    r"|\b(?:[Ii]nvalid|[Ii]llegal) user "
-    r"|\b(?:Accepted|Failed|Postponed) [\w-]+ for (?:invalid user )?"
-    r"|(?<![\w-])(?i:r?user|user_?name|logname|acct|uname)(?:=|:[ \t]*)[\"']?"
-    r"|\bby (?=[A-Za-z_][\w.-]*\(uid=)"
-    r"|\bsudo(?:\[\d+\])?: +"
-    r"|\bUser (?=[\w.$-]+, )"
-    r")" + _USER_NAME
+class _Gated:
+    """An alternation whose branches each have a cheap guard (substring tests on the line
+    and its lower-cased copy); only the branches whose guard holds are compiled into the
+    regex that scans the line. The same leftmost match as the whole alternation — a
+    branch whose guard fails could not match — at a fraction of the per-character cost
+    (a regex of seven branches tries all seven at every position)."""
+
+    def __init__(self, branches: tuple[tuple[str, Callable[[str, str], bool]], ...], tail: str = "") -> None:
+        self._branches = branches
+        self._tail = tail
+        self._compiled: dict[tuple[int, ...], re.Pattern[str]] = {}
+
+    def pattern(self, line: str, lower: str) -> re.Pattern[str] | None:
+        which: list[int] = []
+        for i, (_, guard) in enumerate(self._branches):
+            if guard(line, lower):
+                which.append(i)
+        if not which:
+            return None
+        key = tuple(which)
+        rx = self._compiled.get(key)
+        if rx is None:
+            rx = self._compiled[key] = re.compile(
+                "(?:" + "|".join(self._branches[i][0] for i in which) + ")" + self._tail
+            )
+        return rx
+
+
+_USER_KEYS = ("user", "logname", "acct", "uname")
+_USER_CTX = _Gated(
+    (
+        (r"\b(?:for|of|by) (?:invalid |illegal )?user [\"']?", lambda s, lo: "user " in s),
+        (r"\b(?:[Ii]nvalid|[Ii]llegal) user ", lambda s, lo: "user " in s),
+        (r"\b(?:Accepted|Failed|Postponed) [\w-]+ for (?:invalid user )?",
+         lambda s, lo: " for " in s and ("Accepted " in s or "Failed " in s or "Postponed " in s)),
+        (r"(?<![\w-])(?i:r?user|user_?name|logname|acct|uname)(?:=|:[ \t]*)[\"']?",
+         lambda s, lo: ("=" in s or ":" in s) and any(k in lo for k in _USER_KEYS)),
+        (r"\bby (?=[A-Za-z_][\w.-]*\(uid=)", lambda s, lo: "(uid=" in s),
+        (r"\bsudo(?:\[\d+\])?: +", lambda s, lo: "sudo" in s),
+        (r"\bUser (?=[\w.$-]+, )", lambda s, lo: "User " in s),
+    ),
+    _USER_NAME,
 )
-_HOST_CTX = re.compile(
-    r"(?:(?<![\w-])(?i:r?host|host_?name|server_?name|nodename)=[\"']?(?P<h>" + _HOSTNAME + r")(?![\w.-])"
-    r"|(?<![\w.-])(?P<b>" + _HOSTNAME + r")(?=\[(?:\d{1,3}(?:\.\d{1,3}){3}|[0-9A-Fa-f]*:[0-9A-Fa-f:.]+)\]))"
+_HOST_KEYS = ("host", "server_name", "servername", "nodename")
+# postfix's name[address]: the address right after a "[" (a pid "[1201]" is none).
+_BRACKET_ADDR = re.compile(r"\[(?:\d{1,3}\.|[0-9A-Fa-f]*:)")
+_HOST_CTX = _Gated(
+    (
+        (r"(?<![\w-])(?i:r?host|host_?name|server_?name|nodename)=[\"']?(?P<h>" + _HOSTNAME + r")(?![\w.-])",
+         lambda s, lo: "=" in s and any(k in lo for k in _HOST_KEYS)),
+        # Possessive name: at each word the name is read once, then the "[" is tested.
+        (r"(?<![\w.-])(?P<b>[A-Za-z0-9][A-Za-z0-9_-]{0,62}+(?:\.[A-Za-z0-9_-]{1,63})*+)"
+         r"(?=\[(?:\d{1,3}(?:\.\d{1,3}){3}|[0-9A-Fa-f]*:[0-9A-Fa-f:.]+)\])",
+         lambda s, lo: "[" in s and _BRACKET_ADDR.search(s) is not None),
+    )
 )
 _AT_HOST = re.compile(
     r"(?<![\w.%+@-])(?P<u>[A-Za-z_][\w.-]{0,31})@(?P<h>[A-Za-z][A-Za-z0-9-]{0,62}(?:\.[A-Za-z0-9-]{1,63})*)"
@@ -203,7 +246,7 @@ class IdentifierRules:
             return m.group(0)[: s - b] + self._user(m.group("u"), counts) + m.group(0)[e - b :]
 
         def host_ctx(m: re.Match[str]) -> str:
-            group = "h" if m.group("h") is not None else "b"
+            group = "h" if m.groupdict().get("h") is not None else "b"
             s, e = m.span(group)
             b = m.start()
             return m.group(0)[: s - b] + self._host(m.group(group), counts) + m.group(0)[e - b :]
@@ -244,18 +287,18 @@ class IdentifierRules:
         if self._learned_re is not None:
             out = self._learned_re.sub(lambda m: self._learned_word(m.group(0), counts), out)
         lower = out.lower()
-        if "user" in lower or "sudo" in lower or "acct" in lower or "logname" in lower or "uname" in lower \
-                or "for " in out or "(uid=" in out:  # fmt: skip
-            out = _USER_CTX.sub(user_ctx, out)
-        if "=" in out or "[" in out:
-            out = _HOST_CTX.sub(host_ctx, out)
+        if (rx := _USER_CTX.pattern(out, lower)) is not None:
+            out = rx.sub(user_ctx, out)
+            lower = out.lower()
+        if (rx := _HOST_CTX.pattern(out, lower)) is not None:
+            out = rx.sub(host_ctx, out)
         if "@" in out:
             out = _AT_HOST.sub(at_host, out)
         if "/home/" in out or "Users" in out:
             out = _HOME.sub(home, out)
-        if ":" in out or "-" in out:
+        if out.count(":") >= 5 or out.count("-") >= 5:  # a MAC has five separators
             out = _MAC.sub(mac, out)
-        if "." in out:
+        if out.count(".") >= 3:
             out = _IPV4.sub(ip, out)
         if ":" in out:
             out = _IPV6.sub(ip, out)

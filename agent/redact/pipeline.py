@@ -10,29 +10,32 @@ whose key names a secret is replaced whole, and a changed record is serialised a
 so ``token=\"…\"`` inside a message is seen with real quotes, a ``\u``-escaped value
 cannot hide, and every line stays valid JSON. A line that is not JSON is redacted as text.
 
-Streams are read in 1 MiB blocks. With secrets only, one bytes regex of every rule's
-hints scans the whole block in C and only the lines it points at are decoded and
-rewritten; everything else is copied byte for byte. Pseudonymising needs every line
+Streams are read in 1 MiB blocks. With secrets only, one multi-pattern pass over every
+rule's hints (``scan.py``) points at the lines that may hold a secret; only those are
+decoded and rewritten, everything else is copied byte for byte. Pseudonymising needs every line
 (almost all hold a dot or a colon), so that path goes line by line. Memory stays
 bounded by the block size plus one line (lines are cut at ``MAX_LINE``).
 """
 
 from __future__ import annotations
 
-import io
 import json
 import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, cast
 
-from agent.redact.entropy import ENTROPY_RULE, NET_FOLLOW, NET_WORDS, whole_value_rule
+from agent.redact.entropy import ENTROPY_RULE, whole_value_rule
 from agent.redact.errors import RedactionError
 from agent.redact.harvest import Harvested
 from agent.redact.identifiers import IdentifierRules
+from agent.redact.linestate import ENVELOPE_KEYS, LineState, for_member, key_body, key_start, plain_field
 from agent.redact.profiles import Profile
 from agent.redact.pseudonym import Pseudonymizer
+from agent.redact.scan import Chain, hint_positions
 from agent.redact.secrets import SECRET_RULES, SecretRule, marker
+from agent.redact.secrets.shapes import pgpass_entry
+from agent.redact.yamlsecret import RULE as RULE_YAML
+from agent.redact.yamlsecret import start
 
 __all__ = ["MAX_LINE", "RULES", "Redactor", "is_jsonl"]
 
@@ -43,28 +46,6 @@ BLOCK = 1 << 20
 MAX_LINE = 1 << 20
 # A .json member up to this size is parsed whole; a larger one is redacted as text.
 _MAX_JSON = 64 << 20
-# A key block whose END never comes stops swallowing lines after this many.
-_MAX_KEY_LINES = 300
-
-# bytes.find per hint runs at memchr speed; one regex alternation of ~50 literals
-# would try every alternative at every byte (measured ~30x slower).
-def _fewest(hints: set[bytes], also: tuple[bytes, ...] = ()) -> tuple[bytes, ...]:
-    """Hints not containing another one: a line holding "--pass" holds "pass" (one find less)."""
-    keep = [h for h in hints if not any(o != h and o in h for o in hints) and not any(o in h.lower() for o in also)]
-    return tuple(sorted(keep))
-
-
-_CI_HINTS = _fewest({h.encode() for r in SECRET_RULES if r.fold for h in r.hints})
-_CS_HINTS = _fewest({h.encode() for r in SECRET_RULES if not r.fold for h in r.hints}, _CI_HINTS)
-_NET_HINTS = tuple(w.encode() for w in NET_WORDS)
-# In JSON an escape can hide a hint (\u0070assword, https:\/\/): such lines are decoded too.
-_JSON_HINTS = (b"\\u", b"\\/")
-_KEY_BEGIN = re.compile(r"-----BEGIN[ A-Z0-9_-]{0,100}PRIVATE KEY(?: BLOCK)?-----")
-_KEY_END = re.compile(r"-----END[ A-Z0-9_-]{0,100}PRIVATE KEY(?: BLOCK)?-----")
-# A base64 run in a key body; not the inside of a marker left by an earlier pass.
-_B64_RUN = re.compile(r"(?<![\[A-Za-z0-9+/=])[A-Za-z0-9+/=]{8,}")
-
-
 # A double-quoted JSON string literal (linear: an escape or a plain character at a time).
 _LITERAL = re.compile(r'"(?:[^"\\\n]|\\.)*"')
 
@@ -72,36 +53,6 @@ _LITERAL = re.compile(r'"(?:[^"\\\n]|\\.)*"')
 def is_jsonl(artifact: str) -> bool:
     """Members written as JSON lines, redacted record by record in decoded form."""
     return artifact.endswith(".jsonl")
-
-
-def _hint_positions(data: bytes, jsonl: bool = False) -> list[int]:
-    """Offsets of every secret-rule hint in ``data``, sorted."""
-    found: list[int] = []
-    cs = _CS_HINTS + _JSON_HINTS if jsonl else _CS_HINTS
-    lower = data.lower()
-    for hints, text in ((cs, data), (_CI_HINTS, lower)):
-        for h in hints:
-            i = text.find(h)
-            while i >= 0:
-                found.append(i)
-                i = text.find(h, i + 1)
-    for h in _NET_HINTS:
-        i = lower.find(h)
-        while i >= 0:
-            if NET_FOLLOW.match(lower, i + len(h)) is not None:
-                found.append(i)
-            i = lower.find(h, i + 1)
-    found.sort()
-    return found
-
-
-@dataclass
-class _State:
-    """Per-artifact state: inside a multi-line private key block, and for how long."""
-
-    in_key: bool = False
-    key_lines: int = 0
-    counted: bool = False  # this block's body had key material (a marker-only body is not a hit)
 
 
 class Redactor:
@@ -132,6 +83,7 @@ class Redactor:
         self.pseudo = pseudonymizer if profile.pseudonymise else None
         self._ids = IdentifierRules(self.pseudo, self.harvested.literals()) if self.pseudo is not None else None
         self._hits: dict[str, dict[str, int]] = {}
+        self._no_secret = False  # set per line by _lines: the line holds no rule's hint
 
     # -- results ---------------------------------------------------------------
 
@@ -159,13 +111,41 @@ class Redactor:
         """Redact a whole text (multi-line allowed: key blocks span lines)."""
         if not text:
             return text
-        return self._text(text, self._hits.setdefault(artifact, {}))
+        state = for_member(artifact)
+        return self._text(text, self._hits.setdefault(artifact, {}), state)
 
-    def _text(self, text: str, counts: dict[str, int]) -> str:
-        state = _State()
+    def _text(self, text: str, counts: dict[str, int], state: LineState | None = None) -> str:
+        state = state or LineState()
         if "\n" not in text and "\r" not in text:
             return self._line(text, counts, state)
-        return "".join(self._line(line, counts, state) for line in text.splitlines(keepends=True))
+        out = "".join(self._doc_line(line, counts, state) for line in text.splitlines(keepends=True))
+        return out + self._flush(counts, state)
+
+    def _doc_line(self, line: str, counts: dict[str, int], state: LineState) -> str:
+        """A line of a multi-line text: through the YAML Secret tracker, then the rules."""
+        doc = state.yaml
+        if doc is None:
+            doc = None if state.in_key else start(line)
+            if doc is None:
+                return self._line(line, counts, state)
+            state.yaml = doc
+        out, done = doc.feed(line)
+        if doc.hits:
+            counts[RULE_YAML] = counts.get(RULE_YAML, 0) + doc.hits
+            doc.hits = 0
+        if done:
+            state.yaml = None
+        parts = [self._line(t, counts, state) if ordinary else t for t, ordinary in out[: len(out) - done]]
+        if done:  # the line that ended the document may begin another
+            parts.append(self._doc_line(out[-1][0], counts, state))
+        return "".join(parts)
+
+    def _flush(self, counts: dict[str, int], state: LineState) -> str:
+        """The end of a member: a document still held is written through the rules."""
+        if state.yaml is None:
+            return ""
+        held, state.yaml = state.yaml.flush(), None
+        return "".join(self._line(t, counts, state) for t, _ in held)
 
     def pseudonym(self, kind: str, value: str, artifact: str) -> str:
         """A token for a value known to be an identifier of ``kind`` (typed facts)."""
@@ -188,7 +168,7 @@ class Redactor:
 
     # -- JSON ------------------------------------------------------------------
 
-    def _json_line(self, text: str, counts: dict[str, int], state: _State) -> str:
+    def _json_line(self, text: str, counts: dict[str, int], state: LineState) -> str:
         """One line of a JSON-lines member, redacted in decoded form; text if not JSON."""
         try:
             obj = json.loads(text)
@@ -212,8 +192,12 @@ class Redactor:
             changed = False
             items: list[tuple[object, object]] = []
             for k, v in obj.items():
-                nk = self._walk(k, counts)
-                nv = self._field(k, v, counts) if isinstance(v, str) else self._walk(v, counts)
+                nk = k if k in ENVELOPE_KEYS else self._walk(k, counts)
+                nv: object
+                if isinstance(v, str):
+                    nv = v if plain_field(k, v) else self._field(k, v, counts)
+                else:
+                    nv = self._walk(v, counts)
                 if nv is not v and nv == v:
                     nv = v
                 changed = changed or nk is not k or nv is not v
@@ -239,8 +223,8 @@ class Redactor:
                 done = self._json_document(head, dst, counts)
                 if done is not None:
                     return done
-            src = cast(IO[bytes], _Chain(head, src))  # not JSON, or too big to hold: as text
-        state = _State()
+            src = cast(IO[bytes], Chain(head, src))  # not JSON, or too big to hold: as text
+        state = for_member(artifact)
         jsonl = is_jsonl(artifact)
         written = 0
         carry = b""
@@ -262,7 +246,9 @@ class Redactor:
             written += self._block(data, dst, counts, state, jsonl)
             if not block:
                 break
-        return written
+        tail = self._flush(counts, state).encode("utf-8", "surrogateescape")
+        dst.write(tail)
+        return written + len(tail)
 
     def _json_document(self, data: bytes, dst: IO[bytes], counts: dict[str, int]) -> int | None:
         """A whole JSON document redacted in decoded form; None when it is not JSON."""
@@ -278,18 +264,18 @@ class Redactor:
         dst.write(data)
         return len(data)
 
-    def _block(self, data: bytes, dst: IO[bytes], counts: dict[str, int], state: _State, jsonl: bool) -> int:
+    def _block(self, data: bytes, dst: IO[bytes], counts: dict[str, int], state: LineState, jsonl: bool) -> int:
         end = len(data)
-        if self.pseudo is not None:
-            return self._lines(data, 0, end, dst, counts, state, jsonl)
+        if self.pseudo is not None or state.pgpass:  # every line is read
+            return self._lines(data, 0, end, dst, counts, state, jsonl, hint_positions(data, jsonl))
         written = 0
         pos = 0
-        while state.in_key and pos < end:  # a key block went on from the previous block
+        while (state.in_key or state.yaml is not None) and pos < end:  # a key block or document goes on
             le = data.find(b"\n", pos)
             le = end if le < 0 else le + 1
             written += self._lines(data, pos, le, dst, counts, state, jsonl)
             pos = le
-        for p in _hint_positions(data, jsonl):
+        for p in hint_positions(data, jsonl):
             if p < pos:
                 continue
             ls = data.rfind(b"\n", 0, p) + 1
@@ -300,7 +286,7 @@ class Redactor:
             le = end if le < 0 else le + 1
             written += self._lines(data, ls, le, dst, counts, state, jsonl)
             pos = le
-            while state.in_key and pos < end:
+            while (state.in_key or state.yaml is not None) and pos < end:
                 le = data.find(b"\n", pos)
                 le = end if le < 0 else le + 1
                 written += self._lines(data, pos, le, dst, counts, state, jsonl)
@@ -311,32 +297,59 @@ class Redactor:
         return written
 
     def _lines(
-        self, data: bytes, start: int, end: int, dst: IO[bytes], counts: dict[str, int], state: _State, jsonl: bool
+        self,
+        data: bytes,
+        start: int,
+        end: int,
+        dst: IO[bytes],
+        counts: dict[str, int],
+        state: LineState,
+        jsonl: bool,
+        hints: list[int] | None = None,
     ) -> int:
+        """Lines ``start``..``end`` redacted one by one. With ``hints`` (the pseudonymising
+        path, which visits every line) the secret rules run only on lines holding a hint."""
         written = 0
         pos = start
-        while pos < end:
-            le = data.find(b"\n", pos, end)
-            le = end if le < 0 else le + 1
-            raw = data[pos:le]
-            text = raw.decode("utf-8", "surrogateescape")
-            out = self._json_line(text, counts, state) if jsonl else self._line(text, counts, state)
-            if out is not text:
-                raw = out.encode("utf-8", "surrogateescape")
-            dst.write(raw)
-            written += len(raw)
-            pos = le
+        at = 0
+        try:
+            while pos < end:
+                le = data.find(b"\n", pos, end)
+                le = end if le < 0 else le + 1
+                if hints is not None:
+                    while at < len(hints) and hints[at] < pos:
+                        at += 1
+                    self._no_secret = at == len(hints) or hints[at] >= le
+                raw = data[pos:le]
+                text = raw.decode("utf-8", "surrogateescape")
+                out = self._json_line(text, counts, state) if jsonl else self._doc_line(text, counts, state)
+                if out is not text:
+                    raw = out.encode("utf-8", "surrogateescape")
+                dst.write(raw)
+                written += len(raw)
+                pos = le
+        finally:
+            self._no_secret = False
         return written
 
     # -- one line --------------------------------------------------------------
 
-    def _line(self, line: str, counts: dict[str, int], state: _State) -> str:
+    def _line(self, line: str, counts: dict[str, int], state: LineState) -> str:
         """The redacted line; the very same object when nothing changed."""
         out = line
         if state.in_key:
-            out = self._key_body(out, counts, state)
+            out = key_body(out, counts, state)
             if state.in_key:
                 return out
+        if state.pgpass:
+            out, n = pgpass_entry(out)
+            if n:
+                counts["pgpass"] = counts.get("pgpass", 0) + n
+        if self._no_secret and not state.in_key:
+            # No hint in this line (hint_positions): no secret rule could match.
+            if self._ids is not None:
+                out = self._identifiers(out, counts)
+            return line if out == line else out
         if "\\" in out and '"' in out:
             out = _LITERAL.sub(lambda m: self._literal(m.group(0), counts), out)
         lower = out.lower()
@@ -350,7 +363,7 @@ class Redactor:
                     out = new
                     lower = out.lower()
         if "-----BEGIN" in out:
-            out = self._key_start(out, counts, state)
+            out = key_start(out, counts, state)
         if self._ids is not None:
             out = self._identifiers(out, counts)
         return line if out == line else out
@@ -373,40 +386,3 @@ class Redactor:
     def _identifiers(self, line: str, counts: dict[str, int]) -> str:
         assert self._ids is not None
         return self._ids.apply(line, counts)
-
-    def _key_start(self, line: str, counts: dict[str, int], state: _State) -> str:
-        m = _KEY_BEGIN.search(line)
-        if m is None or line.startswith(marker("private-key"), m.end()):
-            return line
-        state.in_key, state.key_lines, state.counted = True, 0, False
-        return line[: m.end()] + self._key_body(line[m.end() :], counts, state)
-
-    def _key_body(self, text: str, counts: dict[str, int], state: _State) -> str:
-        state.key_lines += 1
-        end = _KEY_END.search(text)
-        body, tail = (text[: end.start()], text[end.start() :]) if end else (text, "")
-        if end or state.key_lines > _MAX_KEY_LINES:
-            state.in_key = False
-        body, n = _B64_RUN.subn(marker("private-key"), body)
-        if n and not state.counted:
-            # One hit per key; a body that is only markers (redacted before) is none.
-            state.counted = True
-            counts["private-key"] = counts.get("private-key", 0) + 1
-        return body + tail
-
-
-class _Chain(io.RawIOBase):
-    """Bytes already read, then the rest of the stream."""
-
-    def __init__(self, head: bytes, rest: IO[bytes]) -> None:
-        self._head, self._rest = head, rest
-
-    def readable(self) -> bool:
-        return True
-
-    def read(self, size: int = -1) -> bytes:
-        if self._head:
-            out, self._head = (self._head, b"") if size < 0 or size >= len(self._head) else (
-                self._head[:size], self._head[size:])
-            return out
-        return self._rest.read(size)

@@ -23,7 +23,9 @@ from google.protobuf.message import DecodeError
 from sqlalchemy.exc import IntegrityError
 
 from agent.errors import CasefileError, VerificationError
-from collector.services.ingest import IngestLimits, IngestService, bundle_record
+from collector.services.bundle_record import bundle_record
+from collector.services.ingest import IngestLimits, IngestService
+from collector.services.sealed import CollectorRecipient, Opened, discard, open_sealed
 from collector.storage import BlobStore, BundleRecord, Store
 from collector.storage.errors import NotFound
 from collector.storage.schema import agents
@@ -93,22 +95,31 @@ def _unenrolled_agent(store: Store) -> str:
 
 
 async def _import_one(service: IngestService, store: Store, blobs: BlobStore, path: Path, case: str | None) -> Imported:
-    # Private helpers of ingest: the record is built exactly as for an upload.
-
-    size, sha256 = await asyncio.to_thread(_hash, path)
+    opened: Opened | None = None
     try:
-        # No expected key: the signature is checked against the key in the bundle,
-        # which is then matched to what the collector knows below.
-        vb = await service.verifier.check(path, None, size, path.name)
+        # A sealed (age) file is opened first; the bundle inside is what is checked and stored.
+        opened = await open_sealed(path, service.sealed, path.name, blobs)
+        return await _import_file(service, store, blobs, path, opened.path if opened else path, case)
     except VerificationError as exc:
         where = f" (member {exc.member})" if exc.member else ""
         raise ImportRefused(f"{path}: refused{where}: {exc}") from None
+    finally:
+        discard(opened)
+
+
+async def _import_file(
+    service: IngestService, store: Store, blobs: BlobStore, path: Path, source: Path, case: str | None
+) -> Imported:
+    """Import the bundle at ``source`` (``path`` itself, or what a sealed ``path`` held)."""
+    # The record is built exactly as for an upload (ingest.bundle_record).
+    size, sha256 = await asyncio.to_thread(_hash, source)
+    # No expected key: the signature is checked against the key in the bundle,
+    # which is then matched to what the collector knows below.
+    vb = await service.verifier.check(source, None, size, path.name)
     manifest = vb.manifest
-    bundle_id = str(manifest.get("bundle_id") or "")
+    bundle_id = manifest.bundle_id  # the reader checked its shape
     problems = []
-    if not bundle_id:
-        problems.append("the manifest names no bundle_id")
-    manifest_case = manifest.get("case_id") or None
+    manifest_case = manifest.case_id or None
     if case and manifest_case and manifest_case != case:
         problems.append(f"manifest case_id {manifest_case!r} is not --case {case!r}")
     facts = facts_pb2.Snapshot()
@@ -145,7 +156,7 @@ async def _import_one(service: IngestService, store: Store, blobs: BlobStore, pa
 
     staged = await asyncio.to_thread(blobs.open_upload, bundle_id, size, sha256, owner=agent_id)
     try:
-        with path.open("rb") as f:
+        with source.open("rb") as f:
             while chunk := f.read(_CHUNK):
                 staged.append(chunk, autosync=False)
         staged.sync()
@@ -174,10 +185,18 @@ async def _import_one(service: IngestService, store: Store, blobs: BlobStore, pa
 
 
 async def import_bundles(
-    store: Store, blobs: BlobStore, paths: list[Path], case: str | None, limits: IngestLimits | None = None
+    store: Store,
+    blobs: BlobStore,
+    paths: list[Path],
+    case: str | None,
+    limits: IngestLimits | None = None,
+    sealed: CollectorRecipient | None = None,
 ) -> list[Imported | ImportRefused]:
-    """Import each file in turn; one refused file does not stop the others."""
+    """Import each file in turn; one refused file does not stop the others.
+
+    ``sealed``: the collector's age identity, which opens files sealed to it."""
     service = IngestService(store, blobs, limits)
+    service.sealed = sealed
     results: list[Imported | ImportRefused] = []
     try:
         for path in paths:

@@ -11,10 +11,8 @@ later stream can resume from the collector's durable offset.
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import functools
 import logging
-import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -27,15 +25,16 @@ from agent.errors import VerificationError
 from collector.auth import UploadIdentity, authorize_upload
 from collector.edge import Rejected, unary
 from collector.metrics import CollectorMetrics
+from collector.services.bundle_record import bundle_record, receipt_for, stored_by
+from collector.services.sealed import CollectorRecipient, commit_staged, discard, open_sealed
 from collector.services.upload_limits import IngestLimits, UploadSlots, check_header_fields
-from collector.services.verifier import Following, StagedTail, Verifier
+from collector.services.upload_stream import open_staged, read_header, receive_chunks
+from collector.services.verifier import Following, Verifier
 from collector.storage import BlobStore, BundleRecord, Store
-from collector.storage.counts import collector_counts
-from collector.storage.errors import AuthError, Conflict, NotFound, StagedByOther
-from collector.timestamps import timestamp_us
+from collector.storage.errors import AuthError, Conflict, StagedByOther
 from protos import collector_pb2, collector_pb2_grpc, facts_pb2
 
-__all__ = ["IngestLimits", "IngestService", "OnStored", "receipt_for"]
+__all__ = ["IngestLimits", "IngestService", "OnStored", "bundle_record", "receipt_for"]
 
 # Called after a bundle is stored (or found already stored) with its record and the
 # manifest's request id ("" outside live snapshots); the live router uses it to finish
@@ -53,60 +52,6 @@ class _Stream:
     agent_id: str
     size: int
     sha256: str
-
-
-def receipt_for(rec: BundleRecord) -> collector_pb2.Receipt:
-    return collector_pb2.Receipt(
-        bundle_id=rec.bundle_id,
-        sha256=rec.sha256,
-        size=rec.size,
-        agent_id=rec.agent_id,
-        hostname=rec.hostname,
-        case_id=rec.case_id or "",
-        received_at=timestamp_us(rec.received_at_us),
-        key_fingerprint=rec.key_fingerprint,
-    )
-
-
-def bundle_record(
-    vb: VerifiedBundle,
-    facts: facts_pb2.Snapshot,
-    *,
-    bundle_id: str,
-    agent_id: str,
-    case_id: str | None,
-    size: int,
-    sha256: str,
-    key_fingerprint: str,
-    file_name: str,
-    blob_key: str,
-) -> BundleRecord:
-    """The metadata row of a verified bundle: one reading of its manifest for an upload and
-    for a bundle brought by hand (``collector.services.handcarried``)."""
-    manifest = vb.manifest
-    ok, skipped, failed = collector_counts(manifest)
-    now = dt.datetime.now(dt.UTC)
-    created = _parse_time(manifest.get("created_at")) or now
-    return BundleRecord(
-        bundle_id=bundle_id,
-        agent_id=agent_id,
-        hostname=str(manifest.get("hostname") or facts.host.hostname or "unknown"),
-        case_id=case_id,
-        kind=str(manifest.get("kind") or "one-shot"),
-        created_at_us=int(created.timestamp() * 1_000_000),
-        received_at_us=int(now.timestamp() * 1_000_000),
-        size=size,
-        sha256=sha256,
-        key_fingerprint=key_fingerprint,
-        agent_version=str(manifest.get("agent_version") or ""),
-        file_name=_safe_file_name(file_name, bundle_id),
-        collectors_ok=ok,
-        collectors_failed=failed,
-        blob_key=blob_key,
-        os=facts.host.os_release or facts.host.os,
-        origin_fingerprint=vb.public_key.fingerprint,
-        collectors_skipped=skipped,
-    )
 
 
 class IngestService(collector_pb2_grpc.IngestServicer):
@@ -132,6 +77,7 @@ class IngestService(collector_pb2_grpc.IngestServicer):
         self.after_receipt: Callable[[BundleRecord], None] = lambda _rec: None
         self._metrics = metrics
         self.verifier = Verifier(self._limits)
+        self.sealed: CollectorRecipient | None = None  # opens uploads sealed (age) to this collector
         self._slots = UploadSlots(self._limits.max_uploads_per_identity)
         self.headerless = 0  # streams waiting for their header (event loop only)
 
@@ -153,26 +99,6 @@ class IngestService(collector_pb2_grpc.IngestServicer):
             return
         if refused >= self._limits.max_refused_per_case_token:
             log.warning("case token %s: %d uploads refused; it takes no more uploads", token.id, refused)
-
-    async def _existing(self, bundle_id: str, sha256: str, identity: UploadIdentity) -> BundleRecord | None:
-        """The stored bundle ``bundle_id`` if ``identity`` stored it.
-
-        Anyone else is answered as for a bundle never stored: a receipt names the agent,
-        host, case and key, and even whether an id exists is not theirs to learn.
-        """
-        try:
-            rec = await asyncio.to_thread(self._store.get_bundle, bundle_id)
-        except NotFound:
-            return None
-        if rec.agent_id != identity.agent.id:
-            return None
-        if rec.sha256 != sha256:
-            raise Rejected(
-                grpc.StatusCode.ALREADY_EXISTS,
-                f"bundle {bundle_id} is already stored with sha256 {rec.sha256[:16]}…; "
-                f"refusing different bytes ({sha256[:16]}…) under the same id",
-            )
-        return rec
 
     def _authorize(
         self,
@@ -202,22 +128,9 @@ class IngestService(collector_pb2_grpc.IngestServicer):
             )
         self.headerless += 1
         try:
-            async with asyncio.timeout(limits.header_timeout_s):
-                first = await anext(aiter(request_iterator), None)
-        except TimeoutError:
-            raise Rejected(
-                grpc.StatusCode.DEADLINE_EXCEEDED,
-                f"malformed upload: no header within {limits.header_timeout_s:g} s of the stream opening "
-                "(the header must be the first message)",
-            ) from None
+            return await read_header(request_iterator, limits.header_timeout_s)
         finally:
             self.headerless -= 1
-        if first is None or first.WhichOneof("part") != "header":
-            raise Rejected(
-                grpc.StatusCode.INVALID_ARGUMENT,
-                "malformed upload: the first message must be the header",
-            )
-        return first.header
 
     @unary
     async def Clock(
@@ -235,7 +148,7 @@ class IngestService(collector_pb2_grpc.IngestServicer):
     ) -> collector_pb2.UploadState:
         check_header_fields(request.bundle_id, request.size, request.sha256, self._limits)
         identity = await self._authorize(context, request.bundle_id, request.sha256, request.size, request.proof)
-        existing = await self._existing(request.bundle_id, request.sha256, identity)
+        existing = await stored_by(self._store, request.bundle_id, request.sha256, identity)
         if existing is not None:
             return collector_pb2.UploadState(
                 committed_offset=existing.size, complete=True, receipt=receipt_for(existing)
@@ -257,7 +170,7 @@ class IngestService(collector_pb2_grpc.IngestServicer):
         header = await self._header(request_iterator)
         check_header_fields(header.bundle_id, header.size, header.sha256, self._limits)
         identity = await self._authorize(context, header.bundle_id, header.sha256, header.size, header.proof)
-        existing = await self._existing(header.bundle_id, header.sha256, identity)
+        existing = await stored_by(self._store, header.bundle_id, header.sha256, identity)
         if existing is not None:
             return receipt_for(existing)  # idempotent: same id, same bytes, same receipt
         _require_open(identity, header.bundle_id)
@@ -283,7 +196,7 @@ class IngestService(collector_pb2_grpc.IngestServicer):
                     f"collector holds {staged.offset}; ask GetUploadState and resume from there",
                 )
             following = self.verifier.follow(staged, identity.bundle_key, header.size)
-            await self._receive(request_iterator, staged, header, following[0] if following else None)
+            await receive_chunks(request_iterator, staged, header, following[0] if following else None, self._limits)
             if staged.sha256_hex() != header.sha256:
                 actual = staged.sha256_hex()
                 await self._refused(identity, "sha256-mismatch")
@@ -350,7 +263,7 @@ class IngestService(collector_pb2_grpc.IngestServicer):
         bundle_id = header.bundle_id
         for attempt in range(2):
             try:
-                return await self._open_upload(header, identity.agent.id)
+                return await open_staged(self._blobs, header, identity.agent.id)
             except StagedByOther as exc:
                 raise Rejected(
                     grpc.StatusCode.ALREADY_EXISTS,
@@ -389,107 +302,6 @@ class IngestService(collector_pb2_grpc.IngestServicer):
         finally:
             staged.close()
 
-    async def _open_upload(self, header: collector_pb2.UploadHeader, owner: str) -> Any:
-        """open_upload in a thread, without leaking its lock if this stream is cancelled
-        while the thread runs (the thread finishes anyway: whatever it took is closed)."""
-        loop = asyncio.get_running_loop()
-        fut = loop.run_in_executor(
-            None,
-            functools.partial(self._blobs.open_upload, header.bundle_id, header.size, header.sha256, owner=owner),
-        )
-        try:
-            return await asyncio.shield(fut)
-        except asyncio.CancelledError:
-
-            def release(done: asyncio.Future[Any]) -> None:
-                if not done.cancelled() and done.exception() is None:
-                    done.result().close()
-
-            fut.add_done_callback(release)
-            raise
-
-    async def _receive(
-        self,
-        request_iterator: AsyncIterator[collector_pb2.UploadChunk],
-        staged: Any,
-        header: collector_pb2.UploadHeader,
-        tail: StagedTail | None,
-    ) -> None:
-        limits = self._limits
-        stream = aiter(request_iterator)
-        # One fsync at a time runs in a thread while the stream goes on.
-        syncing: asyncio.Future[None] | None = None
-        try:
-            while True:
-                try:
-                    async with asyncio.timeout(limits.idle_timeout_s):
-                        msg = await anext(stream)
-                except StopAsyncIteration:
-                    break
-                except TimeoutError:
-                    raise Rejected(
-                        grpc.StatusCode.DEADLINE_EXCEEDED,
-                        f"bundle {header.bundle_id}: no data for {limits.idle_timeout_s:g} s at byte "
-                        f"{staged.offset}; resume from there",
-                    ) from None
-                if msg.WhichOneof("part") != "data":
-                    raise Rejected(
-                        grpc.StatusCode.INVALID_ARGUMENT,
-                        f"bundle {header.bundle_id}: a second header at byte {staged.offset}",
-                    )
-                n = len(msg.data)
-                if n > limits.max_chunk_bytes:
-                    raise Rejected(
-                        grpc.StatusCode.INVALID_ARGUMENT,
-                        f"bundle {header.bundle_id}: chunk of {n} bytes at byte {staged.offset} "
-                        f"exceeds the {limits.max_chunk_bytes}-byte limit",
-                    )
-                if staged.offset + n > header.size:
-                    raise Rejected(
-                        grpc.StatusCode.INVALID_ARGUMENT,
-                        f"bundle {header.bundle_id}: data runs past the declared size "
-                        f"{header.size} at byte {staged.offset + n}",
-                    )
-                # A page-cache write plus hashing of ≤1 MiB: cheaper inline than a thread hop
-                # (measured: handing each chunk to a thread cut throughput by a third).
-                staged.append(msg.data, autosync=False)
-                if tail is not None:
-                    tail.publish(staged.offset, msg.data)
-                behind = staged.offset - staged.durable_offset
-                if (syncing is None or syncing.done()) and behind >= limits.sync_every_bytes:
-                    syncing = asyncio.ensure_future(asyncio.to_thread(staged.sync))
-        finally:
-            # The sync in a thread finishes before the partial is recorded, even if this
-            # stream is cancelled again meanwhile (a takeover after a disconnect).
-            cancelled: asyncio.CancelledError | None = None
-            while syncing is not None and not syncing.done():
-                try:
-                    await asyncio.shield(syncing)
-                except asyncio.CancelledError as exc:
-                    cancelled = exc
-                except Exception:
-                    break
-            failed = syncing.exception() if syncing is not None and not syncing.cancelled() else None
-            if failed is None:
-                staged.sync()
-            if cancelled is not None:
-                raise cancelled
-        if failed is not None:
-            # The kernel reports a lost write once: what is staged cannot be trusted now.
-            log.error("bundle %s: fsync of the staged upload failed: %s", header.bundle_id, failed)
-            await asyncio.to_thread(staged.abort)
-            raise Rejected(
-                grpc.StatusCode.UNAVAILABLE,
-                f"bundle {header.bundle_id}: the collector could not store the upload durably ({failed}); "
-                "the partial was discarded, upload again",
-            )
-        if staged.offset < header.size:
-            raise Rejected(
-                grpc.StatusCode.FAILED_PRECONDITION,
-                f"bundle {header.bundle_id}: stream ended at byte {staged.offset} of "
-                f"{header.size}; resume from {staged.offset}",
-            )
-
     async def _commit(
         self,
         staged: Any,
@@ -498,24 +310,29 @@ class IngestService(collector_pb2_grpc.IngestServicer):
         verified: asyncio.Future[VerifiedBundle] | None,
     ) -> collector_pb2.Receipt:
         bundle_id = header.bundle_id
+        opened = None
         try:
-            if verified is not None:
-                vb: VerifiedBundle = await verified
+            opened = await open_sealed(staged.path, self.sealed, bundle_id, self._blobs)
+            if opened is not None:  # sealed: the bundle inside is verified, then stored
+                vb: VerifiedBundle = await self.verifier.check(opened.path, identity.bundle_key, opened.size, bundle_id)
+            elif verified is not None:
+                vb = await verified
             else:
                 vb = await self.verifier.check(staged.path, identity.bundle_key, header.size, bundle_id)
         except Exception as exc:
+            discard(opened)
             await self._refused(identity, exc.reason if isinstance(exc, VerificationError) else "unreadable")
             await asyncio.to_thread(staged.abort)
             raise
         manifest = vb.manifest
         problems = []
-        if manifest.get("bundle_id") != bundle_id:
-            problems.append(f"manifest bundle_id {manifest.get('bundle_id')!r} != header {bundle_id}")
-        if identity.case_token is None and manifest.get("agent_id") not in ("", identity.agent.id):
-            problems.append(f"manifest agent_id {manifest.get('agent_id')!r} != uploader {identity.agent.id}")
-        if identity.case_token is not None and manifest.get("case_id") != identity.case_token.case_id:
+        if manifest.bundle_id != bundle_id:
+            problems.append(f"manifest bundle_id {manifest.bundle_id!r} != header {bundle_id}")
+        if identity.case_token is None and manifest.agent_id not in ("", identity.agent.id):
+            problems.append(f"manifest agent_id {manifest.agent_id!r} != uploader {identity.agent.id}")
+        if identity.case_token is not None and manifest.case_id != identity.case_token.case_id:
             problems.append(
-                f"manifest case_id {manifest.get('case_id')!r} is not the token's case {identity.case_token.case_id!r}"
+                f"manifest case_id {manifest.case_id!r} is not the token's case {identity.case_token.case_id!r}"
             )
         facts = facts_pb2.Snapshot()
         try:
@@ -523,6 +340,7 @@ class IngestService(collector_pb2_grpc.IngestServicer):
         except DecodeError as exc:
             problems.append(f"member facts.pb does not parse as a Snapshot: {exc}")
         if problems:
+            discard(opened)
             await self._refused(identity, "manifest-mismatch")
             await asyncio.to_thread(staged.abort)
             raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, f"bundle {bundle_id} rejected: " + "; ".join(problems))
@@ -533,20 +351,21 @@ class IngestService(collector_pb2_grpc.IngestServicer):
             try:
                 await asyncio.to_thread(self._store.consume_token, identity.case_token.id)
             except AuthError as exc:
+                discard(opened)
                 await asyncio.to_thread(staged.abort)
                 raise Rejected(
                     grpc.StatusCode.UNAUTHENTICATED,
                     f"bundle {bundle_id} not stored: case token {identity.case_token.id} is {exc.reason}",
                 ) from None
-        blob_key = await asyncio.to_thread(staged.commit)
+        blob_key, size, sha256 = await asyncio.to_thread(commit_staged, staged, opened, self._blobs)
         record = bundle_record(
             vb,
             facts,
             bundle_id=bundle_id,
             agent_id=identity.agent.id,
-            case_id=manifest.get("case_id") or None,
-            size=header.size,
-            sha256=header.sha256,
+            case_id=manifest.case_id or None,
+            size=size,
+            sha256=sha256,
             key_fingerprint=identity.public_key.fingerprint,
             file_name=header.file_name,
             blob_key=blob_key,
@@ -571,8 +390,8 @@ class IngestService(collector_pb2_grpc.IngestServicer):
             "stored" if inserted else "already stored",
             stored.size,
         )
-        request_id = manifest.get("request_id")
-        if self._on_stored is not None and isinstance(request_id, str) and request_id:
+        request_id = manifest.request_id
+        if self._on_stored is not None and request_id:
             try:
                 await self._on_stored(stored, request_id)
             except Exception:
@@ -585,20 +404,3 @@ def _require_open(identity: UploadIdentity, bundle_id: str) -> None:
     """Refuse a new bundle under a used-up (or too often refused) case token before taking its bytes."""
     if identity.closed is not None:
         raise Rejected(grpc.StatusCode.UNAUTHENTICATED, f"bundle {bundle_id}: {identity.closed}")
-
-
-def _parse_time(value: object) -> dt.datetime | None:
-    if not isinstance(value, str):
-        return None
-    try:
-        parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
-
-
-_NAME = re.compile(r"^[A-Za-z0-9._-]{1,200}$")
-
-
-def _safe_file_name(name: str, bundle_id: str) -> str:
-    return name if _NAME.match(name) and name.endswith(".tar.zst") else f"casefile-{bundle_id}.tar.zst"

@@ -282,6 +282,7 @@ class QueryService(FleetQueries, collector_pb2_grpc.QueryServicer):
         for scope in request.scopes:
             _text("scope", scope, 100)
         _text("reason", request.reason, 2000, multiline=True)
+        _text("spec", request.spec, 60)
         token = await self._auth.require(context, role="engineer")
         if self._router is None:
             raise Rejected(grpc.StatusCode.UNIMPLEMENTED, "this collector serves no live channel")

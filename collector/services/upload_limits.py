@@ -9,19 +9,16 @@ decompression is bounded by its compressed size (``agent.bundle.source``).
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 import grpc
 
-from agent.bundle import is_bundle_id
+from agent.bundle.names import is_bundle_id, is_sha256
 from agent.bundle.reader import DEFAULT_MAX_RATIO, DEFAULT_MAX_TOTAL, DEFAULT_RATIO_FLOOR
 from collector.auth import UploadIdentity
 from collector.edge import Rejected
 
 __all__ = ["IngestLimits", "UploadSlots", "check_header_fields"]
-
-_HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
 
 @dataclass(frozen=True)
@@ -69,7 +66,7 @@ def check_header_fields(bundle_id: str, size: int, sha256: str, limits: IngestLi
             grpc.StatusCode.INVALID_ARGUMENT,
             f"malformed header: bundle_id must be 32 lowercase hex characters, got {bundle_id!r:.60}",
         )
-    if not _HEX64.match(sha256):
+    if not is_sha256(sha256):
         raise Rejected(
             grpc.StatusCode.INVALID_ARGUMENT,
             f"malformed header for bundle {bundle_id}: sha256 must be 64 lowercase hex characters",

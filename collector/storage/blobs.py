@@ -15,7 +15,8 @@ One upload per bundle id at a time: an in-process lock per id plus ``flock``
 on the ``.part`` (for other processes on the same folder).
 
 ``BlobBackend`` is what the services rely on. Staging is always this local folder
-(the ingest service verifies the bundle from ``StagedUpload.path``); backends differ
+(the ingest service verifies the bundle from ``StagedUpload.path``, which
+``collector.storage.staging`` holds); backends differ
 only in where ``commit`` publishes the verified file (``_publish``) and where reads
 come from — ``S3BlobStore`` in ``collector.storage.s3`` is the other one.
 """
@@ -23,25 +24,21 @@ come from — ``S3BlobStore`` in ``collector.storage.s3`` is the other one.
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import json
 import os
-import re
 import threading
 import time
 from datetime import timedelta
 from pathlib import Path
-from types import TracebackType
 from typing import BinaryIO, Protocol, runtime_checkable
 
-from agent.bundle.manifest import is_bundle_id
-from collector.storage.errors import Conflict, InvalidArgument, NotFound, StagedByOther, StoreError
+from agent.bundle.names import is_bundle_id, is_sha256
+from collector.storage.errors import Conflict, InvalidArgument, NotFound, StagedByOther
+from collector.storage.staging import StagedUpload, fsync_dir, makedirs
 
 __all__ = ["DEFAULT_SYNC_EVERY", "BlobBackend", "BlobStore", "StagedUpload"]
 
 DEFAULT_SYNC_EVERY = 8 * 1024 * 1024
-_SHA256_RE = re.compile(r"[0-9a-f]{64}")
-_HASH_READ = 1024 * 1024
 
 
 def _check_bundle_id(bundle_id: str) -> None:
@@ -51,215 +48,8 @@ def _check_bundle_id(bundle_id: str) -> None:
 
 
 def _check_key(key: str) -> None:
-    if not isinstance(key, str) or not _SHA256_RE.fullmatch(key):
+    if not is_sha256(key):
         raise InvalidArgument(f"blob key {key!r} is not a lowercase SHA-256 hex digest")
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _makedirs(path: Path) -> None:
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
-
-
-class StagedUpload:
-    """A partial upload being received. Use as a context manager; ``close`` unlocks.
-
-    ``offset`` counts bytes held (written); ``durable_offset`` those fsync'd and
-    recorded in the sidecar, which is what a resuming client is told.
-    """
-
-    def __init__(
-        self,
-        store: BlobStore,
-        bundle_id: str,
-        size: int,
-        sha256: str,
-        fd: int,
-        sync_every: int,
-        owner: str = "",
-    ) -> None:
-        self.bundle_id = bundle_id
-        self.size = size
-        self.sha256 = sha256
-        self.owner = owner
-        self._store = store
-        self._fd: int | None = fd
-        self._sync_every = sync_every
-        self._hasher = hashlib.sha256()
-        self.offset = 0
-        self.durable_offset = 0
-        self._state = "open"  # open | committed | aborted | closed
-        # ``sync`` may run in a worker thread while the owner goes on appending; commit,
-        # abort and close take the same lock, so none of them runs during a sync.
-        self._sync_lock = threading.Lock()
-        self._sync_error: OSError | None = None
-
-    @property
-    def path(self) -> Path:
-        return self._store.part_path(self.bundle_id)
-
-    @property
-    def _sidecar(self) -> Path:
-        return self._store.sidecar_path(self.bundle_id)
-
-    def _require_open(self) -> int:
-        if self._state != "open" or self._fd is None:
-            raise StoreError(f"upload {self.bundle_id} is {self._state}")
-        return self._fd
-
-    def _resume(self, recorded: int) -> None:
-        """Keep the durable prefix (at most ``recorded`` bytes) and hash it again."""
-        fd = self._require_open()
-        keep = min(recorded, os.fstat(fd).st_size, self.size)
-        os.ftruncate(fd, keep)
-        pos = 0
-        while pos < keep:
-            chunk = os.pread(fd, min(_HASH_READ, keep - pos), pos)
-            if not chunk:
-                break
-            self._hasher.update(chunk)
-            pos += len(chunk)
-        os.ftruncate(fd, pos)
-        self.offset = self.durable_offset = pos
-        # Always rewrite: a sidecar left by another (size, sha256) must not survive.
-        os.fsync(fd)
-        self._write_sidecar(pos)
-
-    def append(self, data: bytes, *, autosync: bool = True) -> None:
-        """Add bytes at ``offset``; syncs on its own every ``sync_every`` bytes unless
-        ``autosync`` is off (the caller then calls ``sync``, possibly from a thread)."""
-        fd = self._require_open()
-        if self.offset + len(data) > self.size:
-            raise InvalidArgument(
-                f"upload {self.bundle_id}: {self.offset + len(data)} bytes would exceed the declared size {self.size}"
-            )
-        view = memoryview(data)
-        pos = self.offset
-        while view:
-            # pwrite at an explicit offset: a failed write leaves no hidden file
-            # position, and the next append starts at the last whole chunk.
-            written = os.pwrite(fd, view, pos)
-            view = view[written:]
-            pos += written
-        self._hasher.update(data)
-        self.offset = pos
-        if autosync and self.offset - self.durable_offset >= self._sync_every:
-            self.sync()
-
-    def sync(self) -> None:
-        """Make everything held durable and record it in the sidecar.
-
-        Safe to call from another thread while ``append`` goes on: it records only
-        the offset reached before its fsync, never bytes written after it. After a
-        failed fsync nothing is recorded again (the kernel reports a lost write once):
-        every later ``sync`` and ``commit`` raises, and the partial must be aborted.
-        """
-        with self._sync_lock:
-            self._sync_locked()
-
-    def _sync_locked(self) -> None:
-        fd = self._require_open()
-        if self._sync_error is not None:
-            raise StoreError(
-                f"upload {self.bundle_id}: an earlier fsync failed ({self._sync_error}); "
-                "the staged bytes cannot be trusted"
-            )
-        target = self.offset
-        try:
-            os.fsync(fd)
-        except OSError as exc:
-            self._sync_error = exc
-            raise
-        if target > self.durable_offset:
-            self._write_sidecar(target)
-            self.durable_offset = target  # only once the sidecar says so
-
-    def _write_sidecar(self, offset: int) -> None:
-        meta: dict[str, object] = {"size": self.size, "sha256": self.sha256, "offset": offset}
-        if self.owner:
-            meta["owner"] = self.owner  # the uploading agent: only it may resume this partial
-        body = json.dumps(meta).encode()
-        tmp = self._sidecar.with_suffix(".json.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            os.write(fd, body)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, self._sidecar)
-        _fsync_dir(self._sidecar.parent)
-
-    def sha256_hex(self) -> str:
-        return self._hasher.hexdigest()
-
-    @property
-    def complete(self) -> bool:
-        return self.offset == self.size and self.sha256_hex() == self.sha256
-
-    def commit(self) -> str:
-        """Move the verified bytes into the content-addressed store; returns the key."""
-        with self._sync_lock:
-            fd = self._require_open()
-            if self._sync_error is not None:
-                raise StoreError(
-                    f"upload {self.bundle_id}: an earlier fsync failed ({self._sync_error}); not committing"
-                )
-            if self.offset != self.size:
-                raise InvalidArgument(f"upload {self.bundle_id}: holds {self.offset} of {self.size} bytes")
-            if self.sha256_hex() != self.sha256:
-                raise InvalidArgument(
-                    f"upload {self.bundle_id}: sha256 is {self.sha256_hex()}, the header said {self.sha256}"
-                )
-            os.fsync(fd)
-            self._store._publish(self.path, self.sha256, self.size)
-            _fsync_dir(self.path.parent)
-            self._sidecar.unlink(missing_ok=True)
-            self._state = "committed"
-            return self.sha256
-
-    def abort(self) -> None:
-        """Throw the partial away (the client will start from zero)."""
-        with self._sync_lock:
-            self._require_open()
-            self.path.unlink(missing_ok=True)
-            self._sidecar.unlink(missing_ok=True)
-            self._state = "aborted"
-
-    def close(self) -> None:
-        """Record what is held (if still open) and release the locks. Idempotent.
-
-        Waits for a sync running in another thread: the descriptor, the flock and the
-        bundle's lock are never given up while something still writes for this upload.
-        """
-        with self._sync_lock:
-            if self._fd is None:
-                return
-            try:
-                if self._state == "open" and self.offset != self.durable_offset and self._sync_error is None:
-                    self._sync_locked()
-            finally:
-                fd, self._fd = self._fd, None
-                os.close(fd)  # drops the flock
-                if self._state == "open":
-                    self._state = "closed"
-                self._store._release(self.bundle_id)
-
-    def __enter__(self) -> StagedUpload:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 @runtime_checkable
@@ -303,7 +93,7 @@ class BlobStore:
         self._guard = threading.Lock()
         self._active: dict[str, threading.Lock] = {}
         for path in (self.root, self._blobs, self._staging):
-            _makedirs(path)
+            makedirs(path)
             os.chmod(path, 0o700)
 
     def blob_path(self, key: str) -> Path:
@@ -318,20 +108,32 @@ class BlobStore:
         _check_bundle_id(bundle_id)
         return self._staging / f"{bundle_id}.json"
 
+    @property
+    def staging_dir(self) -> Path:
+        """The owner-only folder of partial files (on the blobs' disk for a local store)."""
+        return self._staging
+
+    def publish_file(self, path: Path, key: str, size: int) -> str:
+        """Store the complete, fsync'd file ``path`` (in ``staging_dir``) as the blob ``key``
+        (its sha256, which the caller computed); ``path`` is gone afterwards."""
+        _check_key(key)
+        self._publish(path, key, size)
+        return key
+
     def describe(self) -> str:
         return f"folder {self._blobs}"
 
     def _publish(self, part: Path, key: str, size: int) -> None:
         """Make the verified, fsync'd ``part`` the blob ``key``; ``part`` is gone afterwards."""
         dest = self.blob_path(key)
-        _makedirs(dest.parent)
+        makedirs(dest.parent)
         if dest.exists() and dest.stat().st_size == size:
             # Same name means same content: blobs only appear here complete.
             part.unlink()
         else:
             os.chmod(part, 0o600)
             os.replace(part, dest)
-            _fsync_dir(dest.parent)
+            fsync_dir(dest.parent)
 
     def exists(self, key: str) -> bool:
         return self.blob_path(key).is_file()

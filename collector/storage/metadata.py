@@ -8,7 +8,6 @@ The method groups live in their own modules (``tokens``, ``agents``,
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
@@ -16,7 +15,7 @@ from typing import Any
 from sqlalchemy import Connection, Select, and_, case, or_, select
 from sqlalchemy.exc import IntegrityError, OperationalError
 
-from agent.bundle.manifest import is_bundle_id
+from agent.bundle.names import is_bundle_id, is_sha256
 from collector.storage.agents import AgentMethods
 from collector.storage.audit import AuditMethods
 from collector.storage.base import Clock, make_engine, utc_now
@@ -42,13 +41,13 @@ from collector.storage.schema import (
     hosts,
     to_micros,
 )
+from collector.storage.specs import SpecMethods
 from collector.storage.stats import StatsMethods
 from collector.storage.text import clip
 from collector.storage.tokens import TokenMethods
 
 __all__ = ["Store"]
 
-_SHA256_RE = re.compile(r"[0-9a-f]{64}")
 # Every bundle column except the two large ones, for listings.
 _SUMMARY = [c for c in bundles.c if c.name not in ("facts_pb", "manifest_json")]
 
@@ -86,6 +85,7 @@ class Store(
     RefusalMethods,
     FindingsMethods,
     HuntMethods,
+    SpecMethods,
 ):
     """Metadata for the collector. Open with ``Store.open(url)``; close when done."""
 
@@ -117,7 +117,7 @@ class Store(
         """
         if not is_bundle_id(rec.bundle_id):
             raise InvalidArgument(f"bundle id {clip(rec.bundle_id, 80)!r} is not 32 lowercase hex digits")
-        if not _SHA256_RE.fullmatch(rec.sha256):
+        if not is_sha256(rec.sha256):
             raise InvalidArgument(f"bundle {rec.bundle_id}: sha256 is not a lowercase hex digest")
         if rec.size < 0 or not rec.hostname or not rec.blob_key:
             raise InvalidArgument(f"bundle {rec.bundle_id}: needs hostname, blob_key and size >= 0")

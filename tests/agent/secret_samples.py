@@ -16,7 +16,7 @@ import random
 import string
 from dataclasses import dataclass
 
-__all__ = ["NEGATIVES", "POSITIVES", "Positive", "card_number", "iban", "tok"]
+__all__ = ["BARE", "NEGATIVES", "POSITIVES", "Part", "Positive", "bare_token", "card_number", "iban", "tok"]
 
 UPPER = string.ascii_uppercase
 LOWER = string.ascii_lowercase
@@ -72,11 +72,79 @@ def _b64(s: str) -> str:
     return base64.b64encode(s.encode()).decode()
 
 
+# Tokens of the prefixed vendor families, caught bare anywhere in a line: (family, rule,
+# parts, kept lead). A part is a literal or (alphabet, length), drawn with ``tok``; the
+# formats are the vendors' documented ones (gitleaks' default rules as the checklist).
+A = ALNUM
+Part = str | tuple[str, int]
+BARE: list[tuple[str, str, tuple[Part, ...], int]] = [
+    ("cloud", "cloud-token", ("A3", "-", (UPPER + DIGITS, 6), "-", (UPPER + DIGITS, 11), "-", (UPPER + DIGITS, 5),
+                              "-", (UPPER + DIGITS, 5), "-", (UPPER + DIGITS, 5)), 3),  # 1Password secret key
+    ("cloud", "cloud-token", ("AB", "SK", (A + "+/", 150)), 4),  # Amazon Bedrock
+    ("cloud", "cloud-token", ("hv", "b.", (A + "_-", 150)), 4),  # Vault batch token
+    ("cloud", "cloud-token", ((LOWER + DIGITS, 14), ".atlas", "v1.", (A + "_=-", 65)), 0),  # Terraform Cloud
+    ("cloud", "cloud-token", ("HRKU", "-AA", (A + "_-", 58)), 7),  # Heroku v2
+    ("cloud", "cloud-token", ("v1.", "0-", (HEX, 24), "-", (HEX, 146)), 5),  # Cloudflare Origin CA
+    ("cloud", "cloud-token", ("fo", "1_", (A + "_-", 43)), 4),  # Fly.io
+    ("cloud", "cloud-token", ("fm", "2_", (A + "+/", 120)), 5),  # Fly.io macaroon
+    ("cloud", "cloud-token", ("sha256", "~", (A + "_-", 43)), 7),  # OpenShift
+    ("cloud", "cloud-token", ("tk-", "us-", (A + "_-", 48)), 6),  # Scalingo
+    ("cloud", "cloud-token", ("dp.", "pt.", (A, 43)), 6),  # Doppler
+    ("cloud", "cloud-token", ("4b", "1d", (A, 38)), 4),  # ClickHouse Cloud
+    ("cloud", "cloud-token", ("sc_", (LOWER + DIGITS, 10), ".", (LOWER + DIGITS, 5), ".ac", "c_",
+                              (LOWER + DIGITS + "-", 20), ".", (A + "+/_=-", 40)), 0),  # Authress
+    ("vcs-ci", "vcs-ci-token", ("sntr", "yu_", (HEX, 64)), 7),  # Sentry user token
+    ("vcs-ci", "vcs-ci-token", ("pa", "t.", (A + "_-", 22), ".", (A, 24), ".", (A, 20)), 4),  # Harness
+    ("vcs-ci", "vcs-ci-token", ("pn", "u_", (A, 36)), 4),  # Prefect
+    ("vcs-ci", "vcs-ci-token", ("pu", "l-", (HEX, 40)), 4),  # Pulumi
+    ("vcs-ci", "vcs-ci-token", ("lin_", "api_", (A, 40)), 8),  # Linear
+    ("vcs-ci", "vcs-ci-token", ("s-s4", "t2ud-", (HEX, 64)), 9),  # 42 intra
+    ("vcs-ci", "gitlab-token", ("gl", "ft-", (A + "_-", 20)), 6),  # GitLab feed token
+    ("vcs-ci", "gitlab-token", ("gl", "agent-", (A + "_-", 50)), 6),  # GitLab agent token
+    ("registry", "registry-token", ("AK", "Cp", (A, 69)), 4),  # Artifactory API key
+    ("registry", "registry-token", ("cmV", "md", (A, 59)), 5),  # Artifactory reference token
+    ("registry", "registry-token", ("CLOJARS", "_", (A, 60)), 8),  # Clojars
+    ("messaging", "messaging-token", ("xkey", "sib-", (HEX, 64), "-", (A, 16)), 8),  # Brevo
+    ("messaging", "messaging-token", ("S", "K", (HEX, 32)), 2),  # Twilio API key
+    ("payment", "payment-key", ("EA", "AA", (A + "_-", 40)), 4),  # Square
+    ("payment", "payment-key", ("sq0", "atp-", (A + "_-", 22)), 4),  # Square
+    ("payment", "payment-key", ("EZ", "AK", (A, 54)), 4),  # EasyPost
+    ("payment", "payment-key", ("FLWSECK", "_TEST-", ("abcdefgh" + DIGITS, 32), "-X"), 8),  # Flutterwave
+    ("ai", "ai-api-key", ("api_", "org_", (string.ascii_letters, 34)), 8),  # Hugging Face organisation
+    ("ai", "ai-api-key", ("pp", "lx-", (A, 48)), 5),  # Perplexity
+    ("saas", "saas-token", ("dt0", "c01.", (A, 24), ".", (A, 64)), 7),  # Dynatrace
+    ("saas", "saas-token", ("NR", "JS-", (HEX, 19)), 5),  # New Relic
+    ("saas", "saas-token", ("NR", "II-", (A + "-", 32)), 5),
+    ("saas", "saas-token", ("NR", "AK-", (A, 27)), 5),
+    ("saas", "saas-token", ("gl", "c_", (A + "+/", 40)), 4),  # Grafana Cloud
+    ("saas", "saas-token", ("gl", "sa_", (A, 32), "_", (HEX, 8)), 5),  # Grafana service account
+    ("saas", "saas-token", ("PM", "AK-", (HEX, 24), "-", (HEX, 34)), 5),  # Postman
+    ("saas", "saas-token", ("nt", "n_", (DIGITS, 11), (A, 35)), 4),  # Notion
+    ("saas", "saas-token", ("tf", "p_", (A + "_.=-", 58), (A, 1)), 4),  # Typeform
+    ("saas", "saas-token", ("rd", "me_", (LOWER + DIGITS, 70)), 5),  # ReadMe
+    ("saas", "saas-token", ("ic", "o-", (A, 32)), 4),  # Infracost
+    ("saas", "saas-token", ((A, 6), "_", (A, 29), "_m", "mk"), 0),  # MaxMind
+    ("saas", "saas-token", ("fio", "-u-", (A + "_=-", 63), (A, 1)), 6),  # Frame.io
+    ("saas", "saas-token", ("p8", "e-", (A, 32)), 4),  # Adobe
+    ("saas", "saas-token", ("sm_", "pat_", (A, 16)), 7),  # SettleMint
+    ("saas", "saas-token", ("pscale", "_tkn_", (A + "_=.-", 39), (A, 1)), 7),  # PlanetScale
+    ("saas", "saas-token", ("EA", "AM", (A, 120)), 4),  # Facebook page token
+]
+
+
+def bare_token(parts: tuple[Part, ...], seed: int) -> str:
+    return join(*(p if isinstance(p, str) else tok(p[0], p[1], seed * 31 + i) for i, p in enumerate(parts)))
+
+
 def _positives() -> list[Positive]:
     out: list[Positive] = []
 
     def add(family: str, rule: str, text: str, secret: str) -> None:
         out.append(Positive(family, rule, text, secret))
+
+    for i, (family, rule, parts, lead) in enumerate(BARE):
+        token = bare_token(parts, 1000 + i)
+        add(family, rule, f"deploy step 3: using {token} for this run", token[lead:])
 
     # -- cloud providers ---------------------------------------------------------------
     akid = join("AK", "IA", tok(B32, 16, 1))
@@ -175,12 +243,17 @@ def _positives() -> list[Positive]:
     add("client-config", "url-credentials", f"https://alice:{pw}@git.example.com", pw)  # .git-credentials
     add("client-config", "pgpass", f"db.internal:5432:app:app_user:{pw}", pw)
     add("client-config", "pgpass", f"*:*:*:replicator:{pw}\n", pw)
+    add("client-config", "pgpass", f"# ~/.pgpass\npgbouncer.internal:6432:*:app:{pw}\n", pw)  # any port
+    add("client-config", "pgpass", f"[fe80\\:\\:1]:15432:app:app:{pw}", pw)
     add("client-config", "netrc", f"machine api.example.com login alice password {pw}", pw)
     add("client-config", "netrc", f"    password {pw}\n", pw)
     add("client-config", "kv-secret", f"password = {pw}", pw)  # .my.cnf [client]
     add("client-config", "cli-secret", f"mysqldump -uroot -p{pw} --all-databases", pw)
     add("client-config", "cli-user-password", f"curl -u deploy:{pw} https://artifacts.example.com/x.tgz", pw)
     add("client-config", "kv-secret", f'<add key="ClearTextPassword" value="{pw}" />', pw)  # NuGet.Config
+
+    jwt_b64 = _b64(join("ey", "J", tok(ALNUM, 30, 53), ".ey", "J", tok(ALNUM, 60, 54), ".", tok(ALNUM, 43, 55)))
+    add("jwt", "encoded-secret", f"X-Session: {jwt_b64}", jwt_b64)
 
     # -- private keys --------------------------------------------------------------------
     body = tok(ALNUM + "+/", 64, 44)
@@ -203,6 +276,18 @@ def _positives() -> list[Positive]:
     add("kubernetes", "k8s-secret", one_line, _b64("app"))
     add("kubernetes", "k8s-secret", json.dumps({"last-applied": one_line}), _b64(pw))  # escaped inside JSON
     add("kubernetes", "kv-secret", f"  password: {_b64(pw)}", _b64(pw))  # YAML data line
+    # Multi-line YAML, as kubectl prints it (data before kind) and as people write it.
+    kubectl = (f"apiVersion: v1\ndata:\n  conn: {_b64(pw)}\n  username: {_b64('app')}\nkind: Secret\n"
+               "metadata:\n  name: db\n  namespace: prod\ntype: Opaque\n")
+    add("kubernetes", "k8s-secret", kubectl, _b64(pw))
+    add("kubernetes", "k8s-secret", kubectl, _b64("app"))
+    written = (f"---\napiVersion: v1\nkind: Secret\nmetadata:\n  name: app\nstringData:\n  config.ini: |\n"
+               f"    user = app\n    conn = {pw}\n  api-url: https://api.example.com\n")
+    add("kubernetes", "k8s-secret", written, pw)
+    add("kubernetes", "k8s-secret", written, "api.example.com")
+    listed = (f"apiVersion: v1\nitems:\n- apiVersion: v1\n  data:\n    tls.crt: {_b64('cert')}\n  kind: Secret\n"
+              "- apiVersion: v1\n  data:\n    mode: fast\n  kind: ConfigMap\nkind: List\n")
+    add("kubernetes", "k8s-secret", listed, _b64("cert"))
     key_id = tok(HEX, 40, 49)
     sa = json.dumps({"type": "service_account", "project_id": "p", "private_key_id": key_id,
                      "private_key": f"-----BEGIN PRIVATE KEY-----\n{body}\n-----END PRIVATE KEY-----\n"})
@@ -247,10 +332,18 @@ def _negatives() -> list[tuple[str, str]]:
         ("client-config", "10:00:01 host:5432 took 3 ms"),
         ("client-config", "Dec  7 02:09:39 web01 sshd[1201]: Failed password for root from 192.0.2.7 port 22 ssh2"),
         ("client-config", "password authentication failed for user app"),
+        ("client-config", "root:x:0:0:root:/root:/bin/bash"),  # /etc/passwd: port field "x"
+        ("client-config", "fe80:1:2:3:4"),  # hex groups, not an entry
+        ("client-config", "db.internal:70000:app:app:x"),  # no such port
+        ("client-config", "2026-12-07 10:00:01 db:5432:app:user:closed connection"),  # inside a log line
         ("private-key", "-----BEGIN PUBLIC KEY-----"),
         ("private-key", f"  ca.crt: {cert}"),
         ("jwt", "header eyJhbGciOiJIUzI1NiJ9 only"),
         ("kubernetes", json.dumps({"kind": "ConfigMap", "data": {"mode": "fast"}}, separators=(",", ":"))),
+        ("kubernetes", "apiVersion: v1\ndata:\n  mode: fast\n  user: app\nkind: ConfigMap\nmetadata:\n  name: c\n"),
+        ("kubernetes", "kind: Secret\nmetadata:\n  name: x\n---\ndata:\n  mode: fast\nkind: ConfigMap\n"),
+        ("saas", "NRJS- and glc_ are the New Relic and Grafana Cloud prefixes; SK1 is a part number"),
+        ("saas", "sha256~ digest pinned; pat.local resolved; EAAA record"),
         ("generic", "2026-12-07 02:08:56 status installed libsecret-common:all 0.20.5-3"),
         ("generic", "Setting up libsecret-1-0:amd64 (0.20.5-3) ..."),
         ("generic", "Install: passwd:amd64 (1:4.13+dfsg1-1), gir1.2-secret-1:amd64 (0.20.5-3, automatic)"),

@@ -57,8 +57,9 @@ def test_busy_loop_is_in_the_history_at_the_right_time(tmp_path: Path) -> None:
     samples = list(read_samples(tmp_path))
     busy = [s for s in samples if "cfbusyloop" in [n for n, _ in s.metrics.get("top_cpu", [])]]
     assert busy, "the busy loop never appeared among the top processes by CPU"
-    # Seen only while it ran (a sample's rate covers the interval before it).
-    assert all(started <= s.at <= ended + 0.5 for s in busy), [(s.at - started) for s in busy]
+    # Seen only while it ran (a sample's rate covers the interval before it; a sample is
+    # stamped when its reading of /proc ended, which a loaded machine may draw out).
+    assert all(started <= s.at <= ended + 1.5 for s in busy), [(s.at - started) for s in busy]
     # A shared machine gives it what it can spare: present and busy, not a share.
     assert any(cpu > 5 for s in busy for n, cpu in s.metrics["top_cpu"] if n == "cfbusyloop")
     before = [s for s in samples if s.at < started]

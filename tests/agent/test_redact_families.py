@@ -10,6 +10,7 @@ import lzma
 import shutil
 import string
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -18,7 +19,7 @@ from hypothesis import strategies as st
 
 from agent.redact import SECRET_RULES, Redactor, get_profile
 from agent.redact.secrets.financial import iban_valid, luhn_valid
-from tests.agent.secret_samples import NEGATIVES, POSITIVES, Positive, card_number, iban, join, tok
+from tests.agent.secret_samples import BARE, NEGATIVES, POSITIVES, Part, Positive, card_number, iban, join, tok
 
 ROOT = Path(__file__).resolve().parents[2]
 LOGHUB = ROOT.parent / "shared" / "corpus" / "loghub"
@@ -31,13 +32,32 @@ def standard() -> Redactor:
     return Redactor(get_profile("standard"))
 
 
-def both_paths(text: str) -> tuple[str, str]:
+def private() -> Redactor:
+    return Redactor(get_profile("private"), key=b"k" * 32)
+
+
+def _record(text: str) -> bytes:
+    """The text as the logs collector writes a record of it (``logs/*.jsonl``)."""
+    obj = {"ts": "2026-12-07T10:00:01.000000Z", "src": "syslog", "sev": "info", "msg": text}
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
+
+
+def both_paths(text: str, make: Callable[[], Redactor] = standard) -> tuple[str, str]:
     """The text redacted as a string and as a stream (whose fast path reads only lines
     holding a hint), so a rule whose hints miss its own secret fails here."""
-    as_text = standard().redact_text(text, "t")
+    as_text = make().redact_text(text, "files/t")
     out = io.BytesIO()
-    standard().redact_stream(io.BytesIO(text.encode()), out, "s")
+    make().redact_stream(io.BytesIO(text.encode()), out, "files/s")
     return as_text, out.getvalue().decode()
+
+
+def log_path(text: str, make: Callable[[], Redactor] = standard) -> tuple[bytes, str]:
+    """The text as a log record through the log path: (the record out, its message)."""
+    out = io.BytesIO()
+    make().redact_stream(io.BytesIO(_record(text)), out, "logs/syslog.jsonl")
+    msg = json.loads(out.getvalue())["msg"]  # every record stays valid JSON
+    assert isinstance(msg, str)
+    return out.getvalue(), msg
 
 
 # -- one positive and one negative per family ---------------------------------------------
@@ -45,14 +65,19 @@ def both_paths(text: str) -> tuple[str, str]:
 
 @pytest.mark.parametrize("p", POSITIVES, ids=[f"{p.family}-{p.rule}-{i}" for i, p in enumerate(POSITIVES)])
 def test_positive_sample_is_redacted(p: Positive) -> None:
-    for out in both_paths(p.text):
-        assert p.secret not in out, (p.rule, out)
-        assert f"[REDACTED:{p.rule}]" in out, (p.rule, out)
+    """Through --add-file (text and stream) and the log path, in standard and private."""
+    for make in (standard, private):
+        for out in (*both_paths(p.text, make), log_path(p.text, make)[1]):
+            assert p.secret not in out, (p.rule, make.__name__, out)
+            assert f"[REDACTED:{p.rule}]" in out, (p.rule, make.__name__, out)
 
 
 @pytest.mark.parametrize("text", [t for _, t in NEGATIVES], ids=[f"{f}-{i}" for i, (f, _) in enumerate(NEGATIVES)])
 def test_negative_sample_is_untouched(text: str) -> None:
     assert both_paths(text) == (text, text)
+    assert log_path(text)[0] == _record(text)  # the very bytes
+    for out in (*both_paths(text, private), log_path(text, private)[1]):
+        assert "[REDACTED:" not in out  # private may pseudonymise names, never redact
 
 
 def test_every_family_has_both_and_every_rule_a_positive() -> None:
@@ -224,7 +249,17 @@ PEM = st.builds(
     lambda body: (f"-----BEGIN OPENSSH PRIVATE KEY-----\\n{body}\\n-----END OPENSSH PRIVATE KEY-----", body),
     _s(ALNUM + "+/", 70),
 )
-FAMILIES = {**TOKENS, "keyed": KEYED, "db-url": URLS, "card": CARDS, "docker-auth": DOCKER, "pem": PEM}
+
+
+def _bare(parts: tuple[Part, ...], lead: int) -> st.SearchStrategy[tuple[str, str]]:
+    """A token of a prefixed vendor family (secret_samples.BARE) with a random body."""
+    drawn = [st.just(p) if isinstance(p, str) else _s(p[0], p[1]) for p in parts]
+    return st.tuples(*drawn).map(lambda ps: (join(*ps), join(*ps)[lead:]))
+
+
+BARE_TOKENS = {f"bare-{rule}-{i}": _bare(parts, lead) for i, (_, rule, parts, lead) in enumerate(BARE)}
+FAMILIES = {**TOKENS, **BARE_TOKENS, "keyed": KEYED, "db-url": URLS, "card": CARDS, "docker-auth": DOCKER,
+            "pem": PEM}
 
 WORDS = st.sampled_from(
     [
@@ -238,7 +273,7 @@ SEPARATORS = st.sampled_from([" ", "\t", " (", ' "', " '", " [", ", ", " <", " m
 
 
 @given(kind=st.sampled_from(sorted(FAMILIES)), data=st.data(), words=st.lists(WORDS, max_size=20))
-@settings(max_examples=1500, deadline=None)
+@settings(max_examples=3000, deadline=None)
 def test_a_secret_anywhere_in_any_quoting_never_survives(kind: str, data: st.DataObject, words: list[str]) -> None:
     embedded, secret = data.draw(FAMILIES[kind])
     at = data.draw(st.integers(0, len(words)))
@@ -301,6 +336,10 @@ def test_real_logs_have_no_hit() -> None:
     for name, raw in logs:
         r.redact_stream(io.BytesIO(raw), io.BytesIO(), name)
         text = raw.decode("utf-8", "replace")
-        for line in text.splitlines()[:20000]:  # the text path too, line by line
+        lines = text.splitlines()
+        for line in lines[:20000]:  # the text path too, line by line
             r.redact_text(line, name + " (text)")
+        # and the log path: each line a record of logs/*.jsonl
+        records = b"".join(_record(line) for line in lines[:200000])
+        r.redact_stream(io.BytesIO(records), io.BytesIO(), f"logs/{Path(name).name}.jsonl")
     assert r.hits() == {}

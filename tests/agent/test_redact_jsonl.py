@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agent.redact import LeakError, LeakGate, Redactor, get_profile
+from tests.agent.test_redact_families import FAMILIES
 from tests.agent.test_redact_secrets import SECRETS, WORDS
 
 QUOTES = st.sampled_from(["", '"', "'"])
@@ -158,3 +159,27 @@ def test_json_document_member_is_walked_and_stays_json() -> None:
     assert got["settings"]["note"] == 'token="[REDACTED:kv-secret]"'
     assert got["settings"]["list"] == ["ghp_…[REDACTED:github-token]"]
     assert _gate("pgsql/facts.json", out)["result"] == "pass"
+
+
+@given(
+    kind=st.sampled_from(sorted(FAMILIES)),
+    data=st.data(),
+    words=st.lists(WORDS, min_size=0, max_size=12),
+    mask=st.lists(st.booleans(), min_size=0, max_size=7),
+    slash=st.booleans(),
+)
+@settings(max_examples=1500, deadline=None)
+def test_a_secret_of_every_family_anywhere_in_a_record_never_survives(
+    kind: str, data: st.DataObject, words: list[str], mask: list[bool], slash: bool
+) -> None:
+    """Every family of docs/redaction.md (the bare vendor tokens included) in a record's
+    message, any character possibly written as a \\u escape or a \\/."""
+    embedded, secret = data.draw(FAMILIES[kind])
+    at = data.draw(st.integers(0, len(words)))
+    msg = " ".join([*words[:at], embedded, *words[at:]])
+    line = _record_line({"ts": "2026-11-23T10:00:01.000000Z", "src": "app", "msg": msg}, mask, slash)
+    out, _ = _redact(line)
+    record = json.loads(out)
+    assert secret not in record["msg"], (kind, msg, record["msg"])
+    assert "[REDACTED:" in record["msg"]
+    assert _gate("logs/app.jsonl", out)["result"] == "pass"

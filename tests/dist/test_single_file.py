@@ -73,6 +73,20 @@ def _collect_verify_report_upload(
     assert report.stdout.strip(), report.stderr
     # The installed verifier agrees with what the single file sealed.
     cli("casefile", "verify", str(workdir / bundle.lstrip("/")) if prefix else bundle)
+    # Sealed for the vendor (age, through pyrage inside the file): the file says what it is
+    # (exit 5), and the collector opens and files it like any bundle.
+    recipient = cli("casefile-collector", "recipient", env={"CASEFILE_DATA_DIR": served["data"]}).stdout.strip()
+    argv = ["collect", "--case", "SR-7", "--only", "host", "-o", f"{base}/cf-sealed", "--home", home, "--json",
+            "--encrypt-to", recipient]  # fmt: skip
+    sealed = json.loads(run(str(shown_as), *argv, prefix=prefix).stdout)["bundle"]
+    assert sealed["path"].endswith(".tar.zst.age"), sealed
+    said = subprocess.run([*prefix, str(shown_as), "verify", sealed["path"]], text=True, capture_output=True,
+                          timeout=180)  # fmt: skip
+    assert said.returncode == 5 and "age-encrypted" in " ".join(said.stderr.split()), said.stderr
+    here = str(workdir / sealed["path"].lstrip("/")) if prefix else sealed["path"]
+    data_env = {"CASEFILE_DATA_DIR": served["data"]}
+    rows = json.loads(cli("casefile-collector", "import", here, "--json", env=data_env).stdout)
+    assert rows[0]["bundle_id"] == sealed["bundle_id"] and rows[0]["state"] == "stored", rows
 
 
 def test_collect_verify_report_upload_here(served: dict[str, str], tmp_path: Path) -> None:
@@ -101,7 +115,7 @@ def test_collect_verify_report_upload_in_a_debian_root_without_python(
     inside = debian_root / "opt" / SINGLE.name
     inside.parent.mkdir(parents=True, exist_ok=True)
     shutil.copy2(SINGLE, inside)
-    for d in ("tmp/cf-home", "tmp/cf-out"):
+    for d in ("tmp/cf-home", "tmp/cf-out", "tmp/cf-sealed"):
         shutil.rmtree(debian_root / d, ignore_errors=True)
     _collect_verify_report_upload(
         served, debian_root, Path("/opt") / SINGLE.name, "/tmp", prefix=("chroot", str(debian_root))

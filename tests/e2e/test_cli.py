@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -263,13 +264,16 @@ def test_serve_refuses_plaintext_off_loopback(tmp_path: Path) -> None:
 
 def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     res = subprocess.run(
-        [sys.executable, "-m", "collector.demo", "--dir", str(tmp_path / "demo")],
+        [sys.executable, "-m", "collector.demo", "--dir", str(tmp_path / "demo"), "--no-keep-console"],
         capture_output=True,
         text=True,
         timeout=180,
+        stdin=subprocess.DEVNULL,
     )
     assert res.returncode == 0, res.stdout + res.stderr
     assert "byte-identical to the customer's bundle: True" in res.stdout
+    assert re.search(r"engineer console: https://127\.0\.0\.1:\d+/  \(answers 200;", res.stdout), res.stdout
+    assert re.search(r"sign in with this token \(admin, valid 1 h, shown only now\): cfu_\S{43}\n", res.stdout)
 
 
 def test_declined_upload_leaves_a_command_that_sends_it_later(tmp_path: Path) -> None:

@@ -15,7 +15,9 @@ from agent.analysis.rules.ops import (
     OomKills,
     RecentReboot,
 )
+from agent.analysis.rules.recorded import RecordedCpuSaturation, RecordedGrowth
 from agent.analysis.rules.refs import ReFSEvents
+from agent.analysis.rules.specs import SpecRules
 
 __all__ = [
     "BUILTIN_RULES",
@@ -35,8 +37,11 @@ __all__ = [
     "OomKills",
     "ReFSEvents",
     "RecentReboot",
+    "RecordedCpuSaturation",
+    "RecordedGrowth",
     "RunQueue",
     "RunawayProcess",
+    "SpecRules",
     "SwapActivity",
     "TcpRetransmissions",
 ]
@@ -50,6 +55,8 @@ BUILTIN_RULES: tuple[type[Rule], ...] = (
     MemoryPressure,
     SwapActivity,
     CpuSaturation,
+    RecordedCpuSaturation,
+    RecordedGrowth,
     RunQueue,
     RunawayProcess,
     NicErrors,
@@ -62,4 +69,5 @@ BUILTIN_RULES: tuple[type[Rule], ...] = (
     RecentReboot,
     OomKills,
     CollectionIncomplete,
+    SpecRules,
 )

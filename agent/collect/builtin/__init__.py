@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from agent.collect.builtin.clock import ClockCollector
 from agent.collect.builtin.cpu import CpuCollector
+from agent.collect.builtin.crashes import CoredumpsCollector, CrashFilesCollector, KernelCrashesCollector
 from agent.collect.builtin.disks import DisksCollector
 from agent.collect.builtin.fragmentation import FragmentationCollector
 from agent.collect.builtin.host import HostCollector
@@ -31,15 +32,21 @@ BUILTIN_COLLECTORS: tuple[type[Collector], ...] = (
     LogsCollector,
     TimeseriesCollector,
     RecordedHistoryCollector,
+    CoredumpsCollector,
+    KernelCrashesCollector,
+    CrashFilesCollector,
 )
 
 __all__ = [
     "BUILTIN_COLLECTORS",
     "ClockCollector",
+    "CoredumpsCollector",
     "CpuCollector",
+    "CrashFilesCollector",
     "DisksCollector",
     "FragmentationCollector",
     "HostCollector",
+    "KernelCrashesCollector",
     "LogsCollector",
     "MemoryCollector",
     "NetworkCollector",

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from agent.redact.secrets._base import CheckedRule, SecretRule, marker, value_group
 
-__all__ = ["PRIVATE_KEY", "SHAPE_RULES"]
+__all__ = ["PGPASS_LINE", "PRIVATE_KEY", "SHAPE_RULES", "pgpass_entry", "pgpass_line"]
 
 
 def _b64(text: str) -> bytes | None:
@@ -35,10 +35,16 @@ def _user_password(m: re.Match[str]) -> bool:
     return raw is not None and b":" in raw and raw.isascii()
 
 
+_JWT = re.compile(rb"eyJ[A-Za-z0-9_-]{10,}\.eyJ[A-Za-z0-9_-]{10,}\.[A-Za-z0-9_-]{10,}")
+
+
 def _wraps_secret(m: re.Match[str]) -> bool:
-    """Base64 of a private key or of a docker config with credentials (not a certificate)."""
+    """Base64 of a private key, of a docker config with credentials (not a certificate),
+    or of a JWT (``ZXlK…``, gitleaks' jwt-base64)."""
     raw = _b64(m.group("val"))
-    return raw is not None and (b"PRIVATE KEY" in raw or (b'"auths"' in raw and raw.count(b'"auth') >= 2))
+    if raw is None:
+        return False
+    return b"PRIVATE KEY" in raw or (b'"auths"' in raw and raw.count(b'"auth') >= 2) or _JWT.match(raw) is not None
 
 
 _Q = r'\\*"'  # a JSON quote, escaped any number of times
@@ -75,6 +81,52 @@ class _K8sSecretJson(SecretRule):
         return "".join(out), n
 
 
+# host:port:database:user:password, the whole line (a colon or backslash inside a field
+# is escaped with a backslash); port 1-65535 or ``*``. The line has no literal to key on:
+# the log path finds such lines by their shape (scan.py), and a member named ``.pgpass``
+# or ``pgpass.conf`` has every line read (pipeline.py).
+_FIELD = r"(?:[^:\s\\]|\\.)+"
+PGPASS_LINE = re.compile(
+    r"^[ \t]*(?P<host>(?:[^:\s#\\]|\\.)(?:[^:\s\\]|\\.)*):(?P<port>\d{1,5}|\*):" + _FIELD + ":" + _FIELD + ":"
+    r"(?P<val>(?!\[REDACTED)" + _FIELD + r")[ \t]*\r?\n?$"
+)
+_HEX_FIELDS = re.compile(r"[0-9A-Fa-f]{0,4}(?::[0-9A-Fa-f]{0,4})+")
+
+
+def pgpass_line(m: re.Match[str]) -> bool:
+    """A whole-line match that is a .pgpass entry: a real port, not an IPv6 address."""
+    port = m.group("port")
+    if port != "*" and not 1 <= int(port) <= 65535:
+        return False
+    return _HEX_FIELDS.fullmatch(m.group(0).strip()) is None
+
+
+_ENTRY = re.compile(r"^([ \t]*[^#\s](?:[^:\\\r\n]|\\.)*(?::(?:[^:\\\r\n]|\\.)*){3}:)(?!\[REDACTED)([^\r\n]+)")
+
+
+def pgpass_entry(line: str) -> tuple[str, int]:
+    """A line of a file known to be a .pgpass: whatever follows the fourth unescaped
+    colon is the password, whatever the other fields look like."""
+    m = _ENTRY.match(line)
+    if m is None:
+        return line, 0
+    return line[: m.start(2)] + marker("pgpass") + line[m.end(2) :], 1
+
+
+@dataclass(frozen=True)
+class _PgpassRule(SecretRule):
+    """A .pgpass line wherever it stands; wanted on any line with four colons."""
+
+    def wanted(self, line: str, lower: str) -> bool:
+        return line.count(":") >= 4
+
+    def apply(self, line: str) -> tuple[str, int]:
+        m = self.pattern.match(line)
+        if m is None or not pgpass_line(m):
+            return line, 0
+        return line[: m.start()] + self.replace(m) + line[m.end() :], 1
+
+
 # Whole PEM/OpenSSH/PGP blocks within one line (JSON with \n escapes); multi-line blocks
 # are handled by the pipeline's block state.
 PRIVATE_KEY = SecretRule(
@@ -90,8 +142,8 @@ PRIVATE_KEY = SecretRule(
 SHAPE_RULES: tuple[SecretRule, ...] = (
     CheckedRule(
         "encoded-secret",
-        ("LS0tLS1CRUdJTi", "eyJ"),
-        re.compile(r"(?<![A-Za-z0-9+/])(?P<val>(?:LS0tLS1CRUdJTi|eyJhdXRocyI6)[A-Za-z0-9+/]{16,}={0,2})"),
+        ("LS0tLS1CRUdJTi", "eyJ", "ZXlK"),
+        re.compile(r"(?<![A-Za-z0-9+/])(?P<val>(?:LS0tLS1CRUdJTi|eyJhdXRocyI6|ZXlK)[A-Za-z0-9+/]{16,}={0,2})"),
         value_group("encoded-secret"),
         check=_wraps_secret,
     ),
@@ -106,18 +158,7 @@ SHAPE_RULES: tuple[SecretRule, ...] = (
         value_group("registry-auth"),
         check=_user_password,
     ),
-    # host:port:database:user:password, the whole line; a colon or backslash inside a
-    # field is escaped with a backslash. Hints: a wildcard port or PostgreSQL's usual
-    # ports (543x): the line has no other literal to key on.
-    SecretRule(
-        "pgpass",
-        (":*:", ":543"),
-        re.compile(
-            r"^[ \t]*(?:[^:\s#\\]|\\.)+:(?:\d{1,5}|\*):(?:[^:\s\\]|\\.)+:(?:[^:\s\\]|\\.)+:"
-            r"(?P<val>(?!\[REDACTED)(?:[^:\s\\]|\\.)+)\s*$"
-        ),
-        value_group("pgpass"),
-    ),
+    _PgpassRule("pgpass", (), PGPASS_LINE, value_group("pgpass")),
     # machine HOST login USER password SECRET on one line, or an indented ``password
     # SECRET`` line of an entry spread over lines (a bare ``password x`` is prose).
     SecretRule(

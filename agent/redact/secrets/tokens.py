@@ -6,8 +6,10 @@ public prefix (``npm_…``) in the marker.
 The shapes are written from the vendors' documented token formats, cross-checked with
 gitleaks' default rule set (docs/redaction.md maps each shape to its test).
 
-Tokens that have no prefix of their own (Datadog, Twilio auth tokens, Mailchimp…) are
-caught by the key they sit under (``kv-secret``), as every scanner does.
+Every family of gitleaks' default rules whose tokens carry a distinctive prefix has a
+shape here and is caught bare, anywhere in a line. Tokens that have no prefix of their
+own (Datadog, Twilio auth tokens, Mailchimp…) are caught by the key they sit under
+(``kv-secret``), as every scanner does.
 """
 
 from __future__ import annotations
@@ -66,11 +68,8 @@ def family(name: str, shapes: tuple[Shape, ...]) -> SecretRule:
 
 _HEX64 = "[a-f0-9]{64}"
 
-# Hints are shared where they can be: the log path looks for every distinct hint in every
-# block, and that search is most of what a plain line costs (~0.5 ms per MiB per hint).
-# So a family holds the shapes seen most in configs and logs, each led to by a hint
-# already looked for or by one new one; rarer vendors are caught by their key
-# (``HEROKU_API_KEY=…``) through kv-secret. docs/redaction.md lists both.
+# Each shape is led to by its own prefix as a hint: the log path finds all hints of all
+# rules in one Aho-Corasick pass (scan.py), whose cost hardly grows with their number.
 CLOUD: tuple[Shape, ...] = (
     (("LTAI",), r"LTAI[A-Za-z0-9]{12,20}", 4),  # Alibaba Cloud AccessKey ID
     (("_v1_",), r"do[opr]_v1_" + _HEX64, 7),  # DigitalOcean PAT / OAuth / refresh
@@ -80,11 +79,32 @@ CLOUD: tuple[Shape, ...] = (
     (("Q~",), r"[A-Za-z0-9_~.]{3}\dQ~[A-Za-z0-9_~.-]{31,34}", 0),  # Azure AD client secret
     (("GOCSPX-",), r"GOCSPX-[A-Za-z0-9_-]{28}", 7),  # Google OAuth client secret
     (("eyJ",), r"ops_eyJ[A-Za-z0-9+/]{250,}={0,3}", 4),  # 1Password service account
+    (("A3-",), r"A3-[A-Z0-9]{6}-(?:[A-Z0-9]{11}|[A-Z0-9]{6}-[A-Z0-9]{5})-[A-Z0-9]{5}-[A-Z0-9]{5}-[A-Z0-9]{5}", 3),
+    (("ABSK",), r"ABSK[A-Za-z0-9+/]{109,269}={0,2}", 4),  # Amazon Bedrock API key (long-lived)
+    (("bedrock-api-key-",), r"bedrock-api-key-YmVkcm9jay5hbWF6b25hd3MuY29t[A-Za-z0-9+/=%_-]{20,}", 16),
+    (("hvb.",), r"hvb\.[A-Za-z0-9_-]{138,300}", 4),  # HashiCorp Vault batch token
+    ((".atlasv1.",), r"[A-Za-z0-9]{14}\.atlasv1\.[A-Za-z0-9_=-]{60,70}", 0),  # Terraform Cloud API token
+    (("HRKU-AA",), r"HRKU-AA[A-Za-z0-9_-]{58}", 7),  # Heroku API key (v2)
+    (("v1.0-",), r"v1\.0-[a-f0-9]{24}-[a-f0-9]{146}", 5),  # Cloudflare Origin CA key
+    (("fo1_",), r"fo1_[A-Za-z0-9_-]{43}", 4),  # Fly.io
+    (("fm1a_", "fm1r_", "fm2_"), r"(?:fm1[ar]|fm2)_[A-Za-z0-9+/]{100,}={0,3}", 5),  # Fly.io macaroons
+    (("sha256~",), r"sha256~[A-Za-z0-9_-]{43}", 7),  # OpenShift user token
+    (("tk-us-",), r"tk-us-[A-Za-z0-9_-]{48}", 6),  # Scalingo
+    (("dp.pt.",), r"dp\.pt\.[A-Za-z0-9]{43}", 6),  # Doppler
+    (("4b1d",), r"4b1d[A-Za-z0-9]{38}", 4),  # ClickHouse Cloud API secret
+    ((".acc_", ".acc-"), r"(?:sc|ext|scauth|authress)_[A-Za-z0-9]{5,30}\.[A-Za-z0-9]{4,6}\.acc[_-][A-Za-z0-9-]{10,32}"
+     r"\.[A-Za-z0-9+/_=-]{30,120}", 0),  # Authress service client key
 )
 
 VCS_CI: tuple[Shape, ...] = (
     (("ATATT3",), r"ATATT3[A-Za-z0-9_=-]{100,300}", 6),  # Atlassian API token
     (("eyJ",), r"sntrys_eyJ[A-Za-z0-9+/=_]{50,400}", 7),  # Sentry org token
+    (("sntryu_",), r"sntryu_[a-f0-9]{64}", 7),  # Sentry user token
+    (("pat.", "sat."), r"(?:pat|sat)\.[A-Za-z0-9_-]{22}\.[A-Za-z0-9]{24}\.[A-Za-z0-9]{20}", 4),  # Harness
+    (("pnu_",), r"pnu_[A-Za-z0-9]{36}", 4),  # Prefect
+    (("pul-",), r"pul-[a-f0-9]{40}", 4),  # Pulumi
+    (("lin_api_",), r"lin_api_[A-Za-z0-9]{40}", 8),  # Linear
+    (("s-s4t2",), r"s-s4t2(?:ud|af)-[a-f0-9]{64}", 9),  # 42 intra client secret
 )
 
 REGISTRY: tuple[Shape, ...] = (
@@ -92,6 +112,9 @@ REGISTRY: tuple[Shape, ...] = (
     (("pypi-",), r"pypi-AgE[A-Za-z0-9_-]{50,}", 5),  # PyPI / TestPyPI upload token (macaroon)
     (("rubygems_",), r"rubygems_[a-f0-9]{48}", 9),  # RubyGems
     (("dckr_",), r"dckr_(?:pat|oat)_[A-Za-z0-9_-]{20,40}", 9),  # Docker Hub access token
+    (("AKCp",), r"AKCp[A-Za-z0-9]{69}", 4),  # JFrog Artifactory API key
+    (("cmVmd",), r"cmVmd[A-Za-z0-9]{59}", 5),  # JFrog Artifactory reference token
+    (("CLOJARS_",), r"CLOJARS_[A-Za-z0-9]{60}", 8),  # Clojars
 )
 
 MESSAGING: tuple[Shape, ...] = (
@@ -101,18 +124,46 @@ MESSAGING: tuple[Shape, ...] = (
     ((":AA",), r"\d{8,10}:AA[A-Za-z0-9_-]{33}", 0),  # Telegram bot token
     ((":AA",), r"(?<=/bot)\d{8,10}:AA[A-Za-z0-9_-]{33}", 0),  # the same in an API URL
     (("SG.",), r"SG\.[A-Za-z0-9_-]{22}\.[A-Za-z0-9_-]{43}", 3),  # SendGrid
+    (("xkeysib-",), r"xkeysib-[a-f0-9]{64}-[A-Za-z0-9]{16}", 8),  # Brevo (Sendinblue)
+    (("SK",), r"SK[0-9a-fA-F]{32}", 2),  # Twilio API key
 )
 
 PAYMENT: tuple[Shape, ...] = (
     (("shp",), r"shp(?:at|ca|pa|ss)_[a-fA-F0-9]{32}", 6),  # Shopify
     (("_live_", "_test_"), r"duffel_(?:test|live)_[A-Za-z0-9_=-]{43}", 12),  # Duffel
     (("_live_", "_test_"), r"shippo_(?:live|test)_[a-fA-F0-9]{40}", 12),  # Shippo
+    (("EAAA", "sq0atp-"), r"(?:EAAA|sq0atp-)[A-Za-z0-9_-]{22,60}", 4),  # Square
+    (("EZAK", "EZTK"), r"EZ[AT]K[A-Za-z0-9]{54}", 4),  # EasyPost
+    (("FLWSECK",), r"FLWSECK(?:_TEST)?-[a-hA-H0-9]{32}-X", 8),  # Flutterwave secret key
 )
 
 AI: tuple[Shape, ...] = (
     (("sk-",), r"sk-ant-(?:api03|admin01)-[A-Za-z0-9_-]{93}AA", 7),  # Anthropic
     (("sk-",), r"sk-(?:proj|svcacct|admin)-[A-Za-z0-9_-]{40,250}|sk-[A-Za-z0-9]{20}T3BlbkFJ[A-Za-z0-9]{20}", 3),
     (("hf_",), r"hf_[A-Za-z]{34}", 3),  # Hugging Face
+    (("api_org_",), r"api_org_[A-Za-z]{34}", 8),  # Hugging Face organisation
+    (("pplx-",), r"pplx-[A-Za-z0-9]{48}", 5),  # Perplexity
+)
+
+# Developer and observability services.
+SAAS: tuple[Shape, ...] = (
+    (("dt0c01.",), r"dt0c01\.[A-Za-z0-9]{24}\.[A-Za-z0-9]{64}", 7),  # Dynatrace
+    (("NRJS-",), r"NRJS-[a-f0-9]{19}", 5),  # New Relic browser
+    (("NRII-",), r"NRII-[A-Za-z0-9-]{32}", 5),  # New Relic insert key
+    (("NRAK-",), r"NRAK-[A-Za-z0-9]{27}", 5),  # New Relic user key
+    (("glc_",), r"glc_[A-Za-z0-9+/]{32,400}={0,3}", 4),  # Grafana Cloud
+    (("glsa_",), r"glsa_[A-Za-z0-9]{32}_[A-Fa-f0-9]{8}", 5),  # Grafana service account
+    (("PMAK-",), r"PMAK-[A-Fa-f0-9]{24}-[A-Fa-f0-9]{34}", 5),  # Postman
+    (("ntn_",), r"ntn_[0-9]{11}[A-Za-z0-9]{35}", 4),  # Notion
+    (("tfp_",), r"tfp_[A-Za-z0-9_.=-]{59}", 4),  # Typeform
+    (("rdme_",), r"rdme_[a-z0-9]{70}", 5),  # ReadMe
+    (("ico-",), r"ico-[A-Za-z0-9]{32}", 4),  # Infracost
+    (("_mmk",), r"[A-Za-z0-9]{6}_[A-Za-z0-9]{29}_mmk", 0),  # MaxMind license key
+    (("fio-u-",), r"fio-u-[A-Za-z0-9_=-]{64}", 6),  # Frame.io
+    (("p8e-",), r"p8e-[A-Za-z0-9]{32}", 4),  # Adobe client secret
+    (("sm_aat_", "sm_pat_", "sm_sat_"), r"sm_[aps]at_[A-Za-z0-9]{16}", 7),  # SettleMint
+    (("pscale_",), r"pscale_(?:tkn|oauth|pw)_[A-Za-z0-9_=.-]{32,64}", 7),  # PlanetScale
+    (("EAAM", "EAAC"), r"EAA[MC][A-Za-z0-9]{100,}", 4),  # Facebook page access token
 )
 
 VENDOR_RULES: tuple[SecretRule, ...] = (
@@ -122,6 +173,7 @@ VENDOR_RULES: tuple[SecretRule, ...] = (
     family("messaging-token", MESSAGING),
     family("payment-key", PAYMENT),
     family("ai-api-key", AI),
+    family("saas-token", SAAS),
     # age identities (the key of age/sops encryption), Bech32.
     SecretRule(
         "age-secret-key",
@@ -158,7 +210,8 @@ NAMED_RULES: tuple[SecretRule, ...] = (
     ),
     SecretRule(
         "gitlab-token",
-        ("glpat-", "glptt-", "gldt-", "glrt-", "glcbt-"),
+        ("glpat-", "glptt-", "gldt-", "glrt-", "glcbt-", "glft-", "glimt-", "glagent-", "gloas-", "glsoat-",
+         "glffct-", "GR1348941", "_gitlab_session="),
         re.compile(
             r"(?:(?<![A-Za-z0-9_-])|(?<=\\[nrt]))(?:gl(?:pat|ptt|dt|rt|cbt|ft|imt|agent|oas|soat|ffct)-[A-Za-z0-9_.-]{20,}"
             r"|GR1348941[A-Za-z0-9_-]{20,})|(?<=_gitlab_session=)[0-9a-z]{32}"

@@ -9,15 +9,13 @@ The default Debian/RHEL ``log_line_prefix`` gives lines like::
 without that shape (a multi-line statement's continuation) belong to the entry before
 them and inherit its time.
 
-Files are read backwards in blocks, so the last hours of a large log cost only their
-own bytes. (The agent's logs package has a backward reader, but it is not part of the
-public plugin API ``agent.collect`` yet, so this plugin carries its own small one.)
+Files are read backwards in blocks (the agent's ``read_lines_backwards``, part of the
+plugin API ``agent.collect``), so the last hours of a large log cost only their own bytes.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import os
 import re
 import time
 from collections import Counter
@@ -25,6 +23,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
+
+from agent.collect import read_lines_backwards
 
 # Pattern name -> what it matches in a line; levels match the LEVEL: field, the rest the text.
 LEVEL_PATTERNS = ("FATAL", "PANIC", "ERROR")
@@ -53,8 +53,6 @@ SEVERITY = {
     "LOG": "info",
     "INFO": "info",
 }
-_BLOCK = 64 * 1024
-_MAX_LINE = 64 * 1024
 _OLD_LINES_BEFORE_STOP = 50
 
 
@@ -106,22 +104,9 @@ def count_patterns(entries: list[PgLogLine]) -> Counter[str]:
 
 def lines_backwards(fh: BinaryIO) -> Iterator[bytes]:
     """Lines of ``fh`` newest first (the file's size now is the end: appends are ignored)."""
-    pos = os.fstat(fh.fileno()).st_size
-    tail = b""
-    while pos > 0:
-        size = min(_BLOCK, pos)
-        pos -= size
-        fh.seek(pos)
-        block = fh.read(size)
-        if len(block) < size:  # rotated/truncated under us
-            return
-        parts = (block + tail).split(b"\n")
-        tail = parts[0][-_MAX_LINE:]
-        for line in reversed(parts[1:]):
-            if line:
-                yield line.rstrip(b"\r")
-    if tail:
-        yield tail.rstrip(b"\r")
+    for _offset, line in read_lines_backwards(fh):
+        if line:
+            yield line.rstrip(b"\r")
 
 
 def log_files(directory: Path, since: float) -> list[Path]:

@@ -1,0 +1,161 @@
+"""What the pages show, shaped from API answers: case groups, host rows, facts tree, chart.
+
+Plain functions over protobuf messages and the stored analysis JSON; no I/O here.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from google.protobuf.json_format import MessageToDict
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from agent.analysis.charts import Series, stacked_histogram
+from agent.analysis.model import SEVERITY_RANK
+from protos import collector_pb2, facts_pb2
+
+__all__ = [
+    "CaseGroup",
+    "FactNode",
+    "Worst",
+    "case_groups",
+    "fact_tree",
+    "timeline_svg",
+    "when",
+    "worst_by",
+]
+
+_TREE_LIST_MAX = 200  # items shown per list in the facts tree (the rest are counted)
+
+
+def when(ts: Timestamp | None) -> str:
+    if ts is None or (ts.seconds == 0 and ts.nanos == 0):
+        return ""
+    return ts.ToDatetime(tzinfo=dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+@dataclass(frozen=True)
+class Worst:
+    severity: str
+    title: str
+    count: int  # findings of at least warning
+
+    @property
+    def rank(self) -> int:
+        return SEVERITY_RANK.get(self.severity, 0)
+
+
+def worst_by(findings: Iterable[collector_pb2.StoredFinding], key: str) -> dict[str, Worst]:
+    """The worst finding per ``key`` (``bundle_id``, ``hostname`` or ``case_id``)."""
+    out: dict[str, Worst] = {}
+    for f in findings:
+        k = getattr(f, key)
+        seen = out.get(k)
+        rank = SEVERITY_RANK.get(f.severity, 0)
+        if seen is None or rank > seen.rank:
+            out[k] = Worst(f.severity, f.title, (seen.count if seen else 0) + 1)
+        else:
+            out[k] = Worst(seen.severity, seen.title, seen.count + 1)
+    return out
+
+
+@dataclass
+class CaseGroup:
+    case_id: str
+    bundles: list[collector_pb2.BundleSummary] = field(default_factory=list)
+    hosts: set[str] = field(default_factory=set)
+    last_us: int = 0
+    worst: Worst | None = None
+
+    @property
+    def last(self) -> str:
+        return dt.datetime.fromtimestamp(self.last_us / 1e6, dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def case_groups(
+    bundles: Sequence[collector_pb2.BundleSummary], worst: dict[str, Worst]
+) -> list[CaseGroup]:
+    """Bundles by case, the case with the newest activity (a bundle received) first."""
+    groups: dict[str, CaseGroup] = {}
+    for b in bundles:
+        g = groups.setdefault(b.case_id, CaseGroup(b.case_id))
+        g.bundles.append(b)
+        g.hosts.add(b.hostname)
+        g.last_us = max(g.last_us, b.received_at.ToMicroseconds())
+        w = worst.get(b.bundle_id)
+        if w is not None and (g.worst is None or w.rank > g.worst.rank):
+            g.worst = w
+    return sorted(groups.values(), key=lambda g: g.last_us, reverse=True)
+
+
+@dataclass(frozen=True)
+class FactNode:
+    """One node of the facts tree: a name, and either a value or children."""
+
+    name: str
+    value: str = ""
+    children: tuple[FactNode, ...] = ()
+    hidden: int = 0  # list items not shown
+
+
+def _node(name: str, value: Any) -> FactNode:
+    if isinstance(value, dict):
+        return FactNode(name, children=tuple(_node(k, v) for k, v in value.items()))
+    if isinstance(value, list):
+        shown = value[:_TREE_LIST_MAX]
+        return FactNode(
+            f"{name} ({len(value)})",
+            children=tuple(_node(f"[{i}]", v) for i, v in enumerate(shown)),
+            hidden=len(value) - len(shown),
+        )
+    return FactNode(name, value=json.dumps(value, ensure_ascii=False) if not isinstance(value, str) else value)
+
+
+def fact_tree(snapshot: facts_pb2.Snapshot) -> tuple[FactNode, ...]:
+    """The facts as nested nodes, in the message's field order."""
+    data = MessageToDict(snapshot, preserving_proto_field_name=True)
+    return tuple(_node(k, v) for k, v in data.items())
+
+
+def _epoch(text: str | None) -> float:
+    if not text:
+        return 0.0
+    return dt.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
+def timeline_svg(timeline: dict[str, Any]) -> str:
+    """The timeline chart (as the HTML report draws it): errors and warnings per interval,
+    the onset marked, earlier bursts shaded. Empty when the bundle has no timed log lines."""
+    buckets = timeline.get("buckets") or []
+    if not buckets:
+        return ""
+    onset = timeline.get("onset")
+    marker = None
+    label = ""
+    if onset:
+        starts = [b["start"] for b in buckets]
+        if onset.get("bucket_start") in starts:
+            marker = starts.index(onset["bucket_start"])
+        label = f"onset {(onset.get('began_at') or '')[11:16]} UTC"
+    interval = int(timeline.get("interval_s") or 60)
+    times = [_epoch(b["start"]) for b in buckets]
+    bands = []
+    for episode in timeline.get("episodes") or []:
+        inside = [i for i, t in enumerate(times) if _epoch(episode["start"]) - interval < t <= _epoch(episode["end"])]
+        if inside:
+            bands.append((inside[0], inside[-1]))
+    return stacked_histogram(
+        f"Errors and warnings per {interval} s",
+        times,
+        [
+            Series("errors", tuple(float(b["errors"]) for b in buckets), "#b3261e"),
+            Series("warnings", tuple(float(b["warnings"]) for b in buckets), "#e0a030"),
+        ],
+        marker=marker,
+        marker_label=label,
+        bands=bands,
+    )

@@ -1,0 +1,73 @@
+"""The agent service from the single file, as the systemd unit starts it: the unit
+verifies (``systemd-analyze verify``) with its ExecStart pointing at a ``casefile-agent``
+symlink to the file, and that exact command line connects to a real collector on
+loopback and serves a live snapshot, whose collection runs in the file's own worker
+child (``<file> agent-worker``; an installed agent runs ``python -m agent.daemon.execute``).
+
+Run by ``make test-dist``; skipped when the file is not built.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.agent.test_unit_file import UNIT, exec_start, verify_unit
+from tests.dist.test_single_file import SINGLE
+from tests.e2e.test_live import HOSTNAME, Collector, Live, _tokens, connects, enroll_agent, free_port, wait_for
+
+pytestmark = pytest.mark.skipif(not SINGLE.exists(), reason=f"{SINGLE.name} not built: run `make test-dist`")
+
+
+@pytest.fixture
+def linked(tmp_path: Path) -> Path:
+    """``casefile-agent`` as the README installs it: a symlink to the single file."""
+    link = tmp_path / "bin" / "casefile-agent"
+    link.parent.mkdir()
+    link.symlink_to(SINGLE)
+    return link
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="no systemd-analyze on this machine")
+def test_the_unit_verifies_with_the_single_file(linked: Path, tmp_path: Path) -> None:
+    verify_unit(tmp_path, linked)
+
+
+@pytest.fixture
+def collector(tmp_path: Path) -> Iterator[Collector]:
+    c = Collector(data=tmp_path / "data", port=free_port(), log=tmp_path / "collector.log")
+    c.start()
+    try:
+        yield c
+    finally:
+        c.stop()
+
+
+def test_the_units_command_line_serves_a_live_snapshot(linked: Path, collector: Collector, tmp_path: Path) -> None:
+    agent = enroll_agent(collector, tmp_path / "home", HOSTNAME)
+    argv = exec_start(UNIT.read_text())
+    assert argv[0] == "/usr/local/bin/casefile-agent" and argv[1:] == ["--home", "/var/lib/casefile"], argv
+    argv = [str(linked), "--home", str(agent.home)]
+    env = {**os.environ, "CASEFILE_AGENT_BACKOFF_MAX": "0.5", "CASEFILE_AGENT_BACKOFF_BASE": "0.1"}
+    with agent.log.open("a") as fh:
+        proc = subprocess.Popen(argv, stdout=fh, stderr=subprocess.STDOUT, env=env)
+    try:
+        wait_for("the single file's agent connected", lambda: connects(collector, agent.agent_id) > 0,
+                 timeout=60, logs=agent.log.read_text)  # fmt: skip
+        events = Live(collector, agent, _tokens(collector)).snapshot(reason="single file")
+        assert events[-1].state == "done", (events[-1], agent.log.read_text())
+        bundle_id = events[-1].bundle_id
+        with collector.store() as store:
+            rec = store.get_bundle(bundle_id)
+        assert rec.kind == "live" and rec.agent_id == agent.agent_id
+        assert [e["outcome"] for e in agent.history()][-2:] == ["accepted", "done"], agent.history()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(60)
+    assert proc.returncode == 0, agent.log.read_text()
