@@ -6,7 +6,9 @@ N agents are enrolled in its store, then ``--clients`` worker processes (this sc
 signature over the collector's fresh nonce, accepted) and then hold them idle.
 ``--per-connection`` streams share one HTTP/2 connection (1 = one TCP connection per
 agent, like real agents). Reported: the collector's RSS before and with N channels (the
-difference / N is the memory per channel) and its CPU over ``--idle-seconds`` at rest.
+difference / N is the memory per channel) and its CPU over ``--idle-seconds`` at rest; with
+PostgreSQL also the rows the replica wrote a second at rest (inserted + updated + deleted,
+from ``pg_stat_user_tables``), which is what N idle agents cost the database.
 
     .venv/bin/python benchmarks/bench_channels.py --agents 10000
 """
@@ -52,15 +54,30 @@ def _raise_nofile() -> int:
     return want
 
 
+def _pg_rows_written(db_url: str | None) -> int:
+    """Rows inserted, updated and deleted so far in the database (PostgreSQL's statistics)."""
+    if not db_url:
+        return 0
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(db_url)
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("SELECT pg_stat_clear_snapshot()"))
+            q = "SELECT coalesce(sum(n_tup_ins + n_tup_upd + n_tup_del), 0) FROM pg_stat_user_tables"
+            return int(conn.execute(text(q)).scalar_one())
+    finally:
+        engine.dispose()
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
 
 
-async def _hold(addr: str, agents: list[tuple[int, str]], per_conn: int, ready: Path) -> None:
-    pem = fetch_certificate(parse_address(addr))
-    creds = grpc.ssl_channel_credentials(root_certificates=pem)
+async def _hold(addr: str, agents: list[tuple[int, str]], per_conn: int, ready: Path, insecure: bool) -> None:
+    creds = None if insecure else grpc.ssl_channel_credentials(root_certificates=fetch_certificate(parse_address(addr)))
     opts = [("grpc.ssl_target_name_override", PINNED_TARGET_NAME), ("grpc.use_local_subchannel_pool", 1)]
     channels: list[grpc.aio.Channel] = []
     calls: list[Any] = []
@@ -83,7 +100,9 @@ async def _hold(addr: str, agents: list[tuple[int, str]], per_conn: int, ready: 
 
     jobs = []
     for i in range(0, len(agents), per_conn):
-        ch = grpc.aio.secure_channel(addr, creds, options=opts)
+        ch = grpc.aio.insecure_channel(addr, options=opts) if creds is None else grpc.aio.secure_channel(
+            addr, creds, options=opts
+        )
         channels.append(ch)
         stub = collector_pb2_grpc.ChannelStub(ch)
         jobs += [one(stub, idx, aid) for idx, aid in agents[i : i + per_conn]]
@@ -97,7 +116,7 @@ async def _hold(addr: str, agents: list[tuple[int, str]], per_conn: int, ready: 
 def worker(args: argparse.Namespace) -> None:
     _raise_nofile()
     agents = [tuple(x) for x in json.loads(Path(args.worker).read_text())]
-    asyncio.run(_hold(args.addr, agents, args.per_connection, Path(args.worker + ".ready")))  # type: ignore[arg-type]
+    asyncio.run(_hold(args.addr, agents, args.per_connection, Path(args.worker + ".ready"), args.insecure))  # type: ignore[arg-type]
 
 
 def main() -> None:
@@ -107,6 +126,7 @@ def main() -> None:
     ap.add_argument("--per-connection", type=int, default=1, help="streams per HTTP/2 connection")
     ap.add_argument("--idle-seconds", type=float, default=30.0)
     ap.add_argument("--db-url", default=None)
+    ap.add_argument("--insecure", action="store_true", help="plaintext on loopback: what TLS costs per channel")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--addr", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -121,6 +141,8 @@ def main() -> None:
            "--ready-file", str(ready)]
     if args.db_url:
         cmd += ["--db-url", args.db_url]
+    if args.insecure:
+        cmd += ["--insecure"]
     coll = subprocess.Popen(cmd, stdout=(tmp / "collector.log").open("w"), stderr=subprocess.STDOUT)
     workers: list[subprocess.Popen[bytes]] = []
     try:
@@ -143,7 +165,8 @@ def main() -> None:
             f = tmp / f"worker-{k}.json"
             f.write_text(json.dumps(part))
             workers.append(subprocess.Popen([sys.executable, __file__, "--worker", str(f), "--addr", addr,
-                                             "--per-connection", str(args.per_connection)]))
+                                             "--per-connection", str(args.per_connection)]
+                                            + (["--insecure"] if args.insecure else [])))
         done = [tmp / f"worker-{k}.json.ready" for k in range(args.clients)]
         while not all(p.exists() for p in done):
             if any(w.poll() is not None for w in workers):
@@ -152,9 +175,11 @@ def main() -> None:
         connect_s = time.perf_counter() - t0
         held = sum(int(p.read_text()) for p in done)
         time.sleep(2.0)
+        r0 = _pg_rows_written(args.db_url)
         c0, w0 = proc.cpu_times(), time.monotonic()
         time.sleep(args.idle_seconds)
         c1, w1 = proc.cpu_times(), time.monotonic()
+        r1 = _pg_rows_written(args.db_url)
         rss1 = proc.memory_info().rss
         cpu = (c1.user + c1.system - c0.user - c0.system) / (w1 - w0) * 100
         fds = proc.num_fds()
@@ -168,6 +193,8 @@ def main() -> None:
         print(f"| memory per channel | {(rss1 - rss0) / max(held, 1) / 1024:.1f} KiB |")
         print(f"| collector CPU at rest over {args.idle_seconds:g} s | {cpu:.2f} % of a core |")
         print(f"| collector open file descriptors | {fds:,} |")
+        if args.db_url:
+            print(f"| PostgreSQL rows written at rest, all tables | {(r1 - r0) / (w1 - w0):.2f} a second |")
     finally:
         for w in workers:
             w.send_signal(signal.SIGTERM)

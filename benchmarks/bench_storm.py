@@ -9,7 +9,8 @@ stream ends it waits ``uniform(0, base)``; after each failed attempt ``uniform(0
 base * 2**failures))`` (full jitter; the daemon's defaults base 1 s, cap 60 s), and gives a
 connection attempt or handshake ``HANDSHAKE_TIMEOUT_S`` (20 s).
 
-Once all N are connected (ramped at ``--ramp`` connections a second, not a storm), an
+Once all N are connected (at most ``--ramp`` first handshakes in flight per worker: a ramp,
+not a storm), an
 engineer's ``ListBundles`` loop (≤ ``--qps`` calls a second) runs for ``--baseline-seconds``:
 the baseline. Then the collector is killed (SIGKILL: a crash, nothing said to the agents)
 and started again on the same address and data; every agent's stream breaks at once and
@@ -89,16 +90,20 @@ async def _handshake(stub: Any, idx: int, agent_id: str) -> Any:
     return call
 
 
-async def _agent(addr: str, creds: Any, idx: int, agent_id: str, start_at: float, st: _State) -> None:
+async def _agent(addr: str, creds: Any, idx: int, agent_id: str, first: asyncio.Semaphore, st: _State) -> None:
     opts = [("grpc.ssl_target_name_override", PINNED_TARGET_NAME), ("grpc.use_local_subchannel_pool", 1)]
-    await asyncio.sleep(max(0.0, start_at - time.monotonic()))
     failures = 0
+    ramp: asyncio.Semaphore | None = first  # the first connection only: a ramp, not a storm
     while True:
         accepted = False
         ch = grpc.aio.secure_channel(addr, creds, options=opts)
         try:
-            async with asyncio.timeout(HANDSHAKE_TIMEOUT_S):
-                call = await _handshake(collector_pb2_grpc.ChannelStub(ch), idx, agent_id)
+            async with contextlib.AsyncExitStack() as stack:
+                if ramp is not None:
+                    await stack.enter_async_context(ramp)
+                async with asyncio.timeout(HANDSHAKE_TIMEOUT_S):
+                    call = await _handshake(collector_pb2_grpc.ChannelStub(ch), idx, agent_id)
+            ramp = None
             accepted = True
             st.connected += 1
             st.accepted += 1
@@ -122,11 +127,8 @@ async def _worker(args: argparse.Namespace) -> None:
     agents = [tuple(x) for x in json.loads(Path(args.worker).read_text())]
     creds = grpc.ssl_channel_credentials(root_certificates=fetch_certificate(parse_address(args.addr)))
     st = _State()
-    t0 = time.monotonic()
-    tasks = [
-        asyncio.create_task(_agent(args.addr, creds, idx, aid, t0 + k / args.ramp, st))
-        for k, (idx, aid) in enumerate(agents)
-    ]
+    first = asyncio.Semaphore(args.ramp)
+    tasks = [asyncio.create_task(_agent(args.addr, creds, idx, aid, first, st)) for idx, aid in agents]
     status = Path(args.worker + ".status")
     while True:
         tmp = status.with_suffix(".tmp")
@@ -191,7 +193,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--agents", type=int, default=10_000)
     ap.add_argument("--clients", type=int, default=4, help="worker processes running the simulated agents")
-    ap.add_argument("--ramp", type=float, default=150.0, help="initial connections a second, per worker")
+    ap.add_argument("--ramp", type=int, default=50, help="first connections in flight at once, per worker")
     ap.add_argument("--baseline-seconds", type=float, default=20.0)
     ap.add_argument("--max-seconds", type=float, default=300.0, help="give up on the storm after this")
     ap.add_argument("--qps", type=float, default=20.0)
