@@ -1,6 +1,10 @@
 """One-shot collection: `casefile collect` beside `sos report --batch`, in the same run.
 
-    .venv/bin/python benchmarks/bench_collect.py [--runs 5] [--sos-runs 1]
+    .venv/bin/python benchmarks/bench_collect.py [--runs 5] [--sos-runs 1] [--baseline-set KEY=VALUE ...] [--only C]
+
+``--baseline-set`` adds a second casefile column, run in alternation with the default:
+``casefile collect --set KEY=VALUE`` (e.g. ``frag_free_budget_s=3600``, the free-space
+map unbounded as before it had its own bound), so both see the same load.
 
 Both tools run as whole processes (what a customer waits for) on the same machine, each
 warmed once unmeasured, then alternating run by run. sos comes from Debian's `sosreport` package (`apt-get install
@@ -47,6 +51,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--sos-runs", type=int, default=1)
+    ap.add_argument("--baseline-set", action="append", default=[], metavar="KEY=VALUE")
+    ap.add_argument("--only", default="", help="casefile collect --only (e.g. fragmentation): one collector's share")
     opts = ap.parse_args()
     # What a customer runs is an installed wheel, whose bytecode pip wrote at install time;
     # this tree is an editable install, so write ours here (sos's comes from its package).
@@ -62,8 +68,11 @@ def main() -> None:
     sos = shutil.which("sos") or shutil.which("sosreport")
     sos_times, sos_sizes, sos_rss = [], [], []
 
-    def casefile_run(out: Path) -> tuple[float, int]:
-        return timed([str(BIN / "casefile"), "collect", "--output", str(out), "--home", str(home)], work)
+    def casefile_run(out: Path, sets: tuple[str, ...] = ()) -> tuple[float, int]:
+        extra = [a for kv in sets for a in ("--set", kv)] + (["--only", opts.only] if opts.only else [])
+        return timed([str(BIN / "casefile"), "collect", "--output", str(out), "--home", str(home), *extra], work)
+
+    base_times: list[float] = []
 
     def sos_run(out: Path) -> tuple[float, int]:
         assert sos is not None
@@ -88,6 +97,8 @@ def main() -> None:
             cf_times.append(t)
             cf_rss.append(rss)
             cf_sizes.append(newest(out, "*.tar.zst").stat().st_size)
+            if opts.baseline_set:
+                base_times.append(casefile_run(work / f"base{i}", tuple(opts.baseline_set))[0])
         if sos and i < opts.sos_runs:
             out = work / f"sos{i}"
             t, rss = sos_run(out)
@@ -103,6 +114,8 @@ def main() -> None:
         "casefile_bytes": cf_sizes,
         "sos_s": sos_times,
         "sos_bytes": sos_sizes,
+        "baseline_set": opts.baseline_set,
+        "baseline_s": base_times,
     }
     print(json.dumps(result, indent=1))
     date = time.strftime("%Y-%m-%d")
@@ -122,6 +135,11 @@ def main() -> None:
         )
     else:
         print(f"casefile collect: {cf_t:.2f} s median, {cf_s} bytes, peak RSS {cf_m:.0f} MiB; sos not installed")
+    if base_times:
+        b_t = statistics.median(base_times)
+        print(f"casefile collect --set {' '.join(opts.baseline_set)}: {b_t:.2f} s median "
+              f"({min(base_times):.2f}-{max(base_times):.2f}); default {cf_t:.2f} s "
+              f"({min(cf_times):.2f}-{max(cf_times):.2f}): {b_t / cf_t:.2f}x")
     shutil.rmtree(work, ignore_errors=True)
 
 

@@ -485,7 +485,7 @@ class FileUser(_message.Message):
     def __init__(self, pid: _Optional[int] = ..., name: _Optional[str] = ...) -> None: ...
 
 class FreeSpaceFragmentation(_message.Message):
-    __slots__ = ("available", "reason", "free_extents", "avg_free_extent_bytes", "largest_free_extent_bytes", "pct_free_in_small_extents", "vendor_fragmented_pct")
+    __slots__ = ("available", "reason", "free_extents", "avg_free_extent_bytes", "largest_free_extent_bytes", "pct_free_in_small_extents", "vendor_fragmented_pct", "partial", "covered_pct", "small_free_bytes", "fs_free_bytes")
     AVAILABLE_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
     FREE_EXTENTS_FIELD_NUMBER: _ClassVar[int]
@@ -493,6 +493,10 @@ class FreeSpaceFragmentation(_message.Message):
     LARGEST_FREE_EXTENT_BYTES_FIELD_NUMBER: _ClassVar[int]
     PCT_FREE_IN_SMALL_EXTENTS_FIELD_NUMBER: _ClassVar[int]
     VENDOR_FRAGMENTED_PCT_FIELD_NUMBER: _ClassVar[int]
+    PARTIAL_FIELD_NUMBER: _ClassVar[int]
+    COVERED_PCT_FIELD_NUMBER: _ClassVar[int]
+    SMALL_FREE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    FS_FREE_BYTES_FIELD_NUMBER: _ClassVar[int]
     available: bool
     reason: str
     free_extents: int
@@ -500,7 +504,11 @@ class FreeSpaceFragmentation(_message.Message):
     largest_free_extent_bytes: int
     pct_free_in_small_extents: float
     vendor_fragmented_pct: float
-    def __init__(self, available: _Optional[bool] = ..., reason: _Optional[str] = ..., free_extents: _Optional[int] = ..., avg_free_extent_bytes: _Optional[float] = ..., largest_free_extent_bytes: _Optional[int] = ..., pct_free_in_small_extents: _Optional[float] = ..., vendor_fragmented_pct: _Optional[float] = ...) -> None: ...
+    partial: bool
+    covered_pct: float
+    small_free_bytes: int
+    fs_free_bytes: int
+    def __init__(self, available: _Optional[bool] = ..., reason: _Optional[str] = ..., free_extents: _Optional[int] = ..., avg_free_extent_bytes: _Optional[float] = ..., largest_free_extent_bytes: _Optional[int] = ..., pct_free_in_small_extents: _Optional[float] = ..., vendor_fragmented_pct: _Optional[float] = ..., partial: _Optional[bool] = ..., covered_pct: _Optional[float] = ..., small_free_bytes: _Optional[int] = ..., fs_free_bytes: _Optional[int] = ...) -> None: ...
 
 class ProcessFacts(_message.Message):
     __slots__ = ("total", "zombies", "threads", "sample_seconds", "top_cpu", "top_rss")

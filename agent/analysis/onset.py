@@ -14,15 +14,21 @@ For one series ``x`` of ``n`` minutes:
    they do not raise it) and the spread their interquartile range, never below the
    Poisson spread: real logs are overdispersed (bursty), so a Poisson test alone would
    fire on ordinary chatter. The tail must stand ``z`` spreads and ``factor`` times
-   above the baseline, and be *persistent*: at least three of its four quarters are
-   above the baseline each, the last one included — a single burst is not a rise.
+   above the baseline, and be *persistent*: each of its four quarters above the
+   baseline — a single burst inside the tail is not a rise.
 2. Where did it start? The last minimum of the cumulative excess
    ``sum(x - k)`` with ``k`` just above the background's mean rate (5 % of the way to
    the tail's rate): before the rise the sum drifts down, during it up, so the minimum
    is where the rate *leaves* its baseline — for a gentle ramp, its foot, not the point
-   where it crosses a high threshold. When the part after that foot is a flat, mildly
-   raised plateau followed by a step at least five times higher (an incident during a
-   noisy hour), the start is the step.
+   where it crosses a high threshold. When the part after that foot is a flat plateau
+   followed by a step (an incident during a noisy hour, a crash loop on top of a
+   background's "on" state), the start is the step: one at least five times higher,
+   or twice as high where the plateau is at the series' usual level.
+3. Is it unusual for this series? A burst the log has had before is its ordinary
+   behaviour, not an incident: when an earlier stretch of the same length, before the
+   start, was as steadily raised as the tail (its quietest quarter at least as busy as
+   the tail's), the scale gives no rise. An empirical tail test against the series' own
+   history: real backgrounds burst far beyond any fitted Poisson or negative binomial.
 
 Because the baseline is taken per window length from the history, the same incident
 gives the same onset whether the window is 24 h or 3 days.
@@ -84,12 +90,7 @@ class Episode:
 
 
 def _prefix(x: Sequence[int]) -> list[int]:
-    out = [0]
-    total = 0
-    for v in x:
-        total += v
-        out.append(total)
-    return out
+    return [0, *itertools.accumulate(x)]
 
 
 def _history(prefix: list[int], hi: int, length: int) -> list[int]:
@@ -128,12 +129,13 @@ def _ordinary(prefix: list[int], before: int, length: int, floor: int) -> bool:
 
 
 def _usual(prefix: list[int], before: int, length: int, total: float) -> bool:
-    """``total`` lines in ``length`` minutes is usual for the series before ``before``: the busiest
-    tenth of its earlier windows of that length were at least as busy."""
+    """``total`` lines in ``length`` minutes is usual for the series before ``before``: no busier
+    than the busiest tenth of its earlier windows of that length, within counting noise."""
     sums = _history(prefix, before, length)
     if len(sums) < _MIN_WINDOWS:
         return False
-    return statistics.quantiles(sums, n=10, method="inclusive")[-1] >= total
+    top = statistics.quantiles(sums, n=10, method="inclusive")[-1]
+    return total <= top + 2.0 * math.sqrt(top)
 
 
 def _best_step(prefix: list[int], start: int, n: int, ratio: float) -> tuple[float, int]:

@@ -23,11 +23,13 @@ at logical offset 0 never adds one. Our policy on top of filefrag's:
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import fcntl
 import os
 import stat
 import struct
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -238,6 +240,12 @@ class FreeSpace:
     free_bytes: int
     largest_bytes: int
     small_bytes: int  # free bytes in extents < 1 MiB
+    covered_pct: float = 100.0  # of the filesystem's blocks the map was read over
+    fs_free_bytes: int = 0  # the filesystem's free bytes as statfs counts them (0: not asked)
+
+    @property
+    def partial(self) -> bool:
+        return self.covered_pct < 100.0
 
     @property
     def avg_bytes(self) -> float:
@@ -282,27 +290,45 @@ def parse_fsmap(buf: bytes | bytearray, requested: int) -> list[tuple[int, int, 
     return out
 
 
-def free_space(mountpoint: str, *, batch: int = 512, max_calls: int = 10_000) -> FreeSpace:
+def free_space(
+    mountpoint: str, *, batch: int = 512, max_calls: int = 10_000, deadline: float | None = None
+) -> FreeSpace:
     """Free-space extents of a mounted ext4/XFS via GETFSMAP (needs CAP_SYS_ADMIN).
 
+    The map is read in address order; when ``deadline`` (``time.monotonic()``) passes or
+    ``max_calls`` answers were read before its end, what was read so far is summarised
+    with ``covered_pct`` below 100: the share of the filesystem's blocks the records
+    reached. ``fs_free_bytes`` (statfs) lets a reader bound the whole from that part.
     Raises OSError as the kernel reports it: EPERM without the capability, ENOTTY or
     EOPNOTSUPP where the filesystem has no reverse map (btrfs, tmpfs).
     """
     fd = os.open(mountpoint, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        return summarise_free(_free_records(fd, batch, max_calls))
+        st = os.fstatvfs(fd)
+        records, reached = _free_records(fd, batch, max_calls, deadline)
     finally:
         os.close(fd)
+    whole = summarise_free(records)
+    covered = 100.0
+    if reached is not None:
+        size = st.f_blocks * st.f_frsize
+        covered = min(99.9, 100.0 * reached / size) if size else 0.0
+    return dataclasses.replace(whole, covered_pct=covered, fs_free_bytes=st.f_bfree * st.f_frsize)
 
 
-def _free_records(fd: int, batch: int, max_calls: int) -> list[tuple[int, int, int]]:
+def _free_records(
+    fd: int, batch: int, max_calls: int, deadline: float | None
+) -> tuple[list[tuple[int, int, int]], int | None]:
+    """The free records, and None when the map was read to its end, else the physical address reached."""
     base = _FSMAP_HEAD.size + 2 * _FSMAP_REC.size
     buf = bytearray(base + batch * _FSMAP_REC.size)
     low: tuple[int, ...] = (0, 0, 0, 0, 0, 0)
     # Length 0 in the high key, as xfs_io sends it: XFS rejects anything else (EINVAL).
     high = (0xFFFFFFFF, 0xFFFFFFFF, _U64_MAX, _U64_MAX, _U64_MAX, 0)
     free: list[tuple[int, int, int]] = []
-    for _ in range(max_calls):
+    for call in range(max_calls):
+        if call and deadline is not None and time.monotonic() >= deadline:
+            return free, low[2] + low[5]
         buf[:] = bytes(len(buf))
         _FSMAP_HEAD.pack_into(buf, 0, 0, 0, batch, 0)
         _FSMAP_REC.pack_into(buf, _FSMAP_HEAD.size, *low)
@@ -310,14 +336,14 @@ def _free_records(fd: int, batch: int, max_calls: int) -> list[tuple[int, int, i
         fcntl.ioctl(fd, FS_IOC_GETFSMAP, buf, True)
         records = parse_fsmap(buf, batch)
         if not records:
-            return free
+            return free, None
         for dev, flags, phys, owner, _offset, length in records:
             if flags & FMR_OF_SPECIAL_OWNER and owner == FMR_OWN_FREE:
                 free.append((dev, phys, length))
         if records[-1][1] & FMR_OF_LAST:
-            return free
+            return free, None
         # The kernel resumes after the record passed as the low key (fsmap_advance).
         if records[-1] == low:
             raise ExtentMapError("fsmap did not advance")
         low = records[-1]
-    raise ExtentMapError(f"fsmap did not finish within {max_calls} calls")
+    return free, low[2] + low[5]

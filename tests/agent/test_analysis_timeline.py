@@ -227,3 +227,49 @@ def test_any_counts_give_a_start_inside_the_series_or_none(counts: list[int]) ->
     assert rise is None or (0 <= rise.start < len(counts) and rise.rate >= 0)
     for e in find_episodes(counts):
         assert 0 <= e.start <= e.end <= len(counts) and e.count == sum(counts[e.start : e.end])
+
+
+def _poisson_minutes(rng: random.Random, rate: float, n: int) -> list[int]:
+    """Per-minute counts of a Poisson process (exponential gaps)."""
+    out = [0] * n
+    if rate <= 0:
+        return out
+    t = rng.expovariate(rate)
+    while t < n:
+        out[int(t)] += 1
+        t += rng.expovariate(rate)
+    return out
+
+
+def test_a_burst_no_stronger_than_the_series_earlier_ones_is_no_rise() -> None:
+    """A background that bursts now and then, with one of its bursts at the end: ordinary, not an incident."""
+    from agent.analysis.onset import find_rise
+
+    rng = random.Random(7)
+    counts = _poisson_minutes(rng, 0.05, 1440)
+    for at, per_minute in ((300, 60), (700, 45), (1100, 70)):  # earlier bursts of 15 min
+        for i in range(at, at + 15):
+            counts[i] += per_minute
+    for i in range(1425, 1440):  # the same kind of burst, lasting to the end
+        counts[i] += 40
+    assert find_rise(counts) is None
+    for i in range(1380, 1440):  # an hour at that strength never happened before: a rise
+        counts[i] = 40
+    rise = find_rise(counts)
+    assert rise is not None and abs(rise.start - 1380) <= 1
+
+
+def test_a_step_on_the_background_usual_on_state_starts_at_the_step() -> None:
+    """On/off background (0.8/min for hours, then nothing); a crash loop adding 2.5/min on top of an on-state."""
+    from agent.analysis.onset import find_rise
+
+    rng = random.Random(3)
+    counts = []
+    for block in range(24):  # one hour on, one hour off, ...; the last three hours on
+        counts += _poisson_minutes(rng, 0.8 if block % 2 == 0 or block >= 21 else 0.0, 60)
+    loop = _poisson_minutes(rng, 2.5, 60)
+    for i, c in enumerate(loop):
+        counts[1380 + i] += c
+    rise = find_rise(counts)
+    assert rise is not None
+    assert abs(rise.start - 1380) <= 3, f"started {1380 - rise.start} min before the loop"

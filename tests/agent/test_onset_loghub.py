@@ -3,7 +3,10 @@
 A fixed few cases of ``benchmarks/bench_onset.py`` (which measures them all): the same
 generator, the same product path (bundle-contract records, ``BundleView``,
 ``build_timeline``). The old onset named a spike that had ended hours before, or a
-background burst, in every one of these.
+background burst, in every one of these. The later cases are the harness's former false
+onsets: a background burst that lasts to the end of the window but is no stronger than
+the source's earlier ones, and a crash loop on top of a background template's own
+"on" state (whose rise, hours earlier, was named).
 """
 
 from __future__ import annotations
@@ -32,6 +35,27 @@ def test_onset_is_the_incident_in_progress(dataset: str, shape: str, seed: int, 
     day = run_case(case, 86400)
     assert day.truth is not None and day.onset is not None, "no onset found for the incident in progress"
     assert abs(day.onset - day.truth) <= limit * 60, f"onset {(day.onset - day.truth) / 60:+.1f} min off"
+
+
+# (dataset, seed): the background alone (daily spikes, bursts to the end of the window): no onset at all.
+NO_INCIDENT = [("Windows", 0), ("BGL", 1), ("Hadoop", 2), ("HealthApp", 3)]
+
+
+@pytest.mark.parametrize(("dataset", "seed"), NO_INCIDENT)
+def test_an_ordinary_burst_lasting_to_the_end_is_no_onset(dataset: str, seed: int) -> None:
+    case = make_case(dataset, "none", seed)
+    for window in (86400, 3 * 86400):
+        outcome = run_case(case, window)
+        assert outcome.onset is None, f"{window // 3600} h: false onset {outcome.onset}"
+
+
+@pytest.mark.parametrize("seed", [1, 3])
+def test_crash_loop_on_a_background_on_state_starts_at_the_loop(seed: int) -> None:
+    case = make_case("Hadoop", "crashloop", seed)
+    for window in (86400, 3 * 86400):
+        outcome = run_case(case, window)
+        assert outcome.truth is not None and outcome.onset is not None
+        assert abs(outcome.onset - outcome.truth) <= 5 * 60, f"{window // 3600} h: {outcome.error_s} s off"
 
 
 def test_same_onset_with_a_day_or_three_days_of_logs() -> None:

@@ -73,7 +73,7 @@ def _record(f: facts_pb2.FsFragmentation, eligible: int) -> dict[str, Measure]:
     else:
         rec["vendor_fragmented_pct"] = Measure(round(f.vendor_fragmented_pct, 1), "%", floor=_WHOLE_VOLUME_FLOOR)
     fs = f.free_space
-    if fs.available:
+    if fs.available and not fs.partial:  # a map cut by its bound: its share is of a varying part
         rec["free_in_small_extents_pct"] = Measure(round(fs.pct_free_in_small_extents, 1), "%",
                                                    floor=_WHOLE_VOLUME_FLOOR)
     return rec

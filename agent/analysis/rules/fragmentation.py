@@ -1,7 +1,7 @@
 """Fragmentation rules: fragmented files, fragmented free space, and fragmentation under kernel load.
 
 What the collector measured is in facts.proto (``FsFragmentation``); what counts as a
-fragmented file is its definition (``agent/collect/fragwalk.py``), which it applies to
+fragmented file is its definition (``agent/collect/fragfigures.py``), which it applies to
 each of the worst files (``FragmentedFile.fragmented``). How a filesystem is judged:
 
 * **From one file.** A filesystem holding five files is judged as surely as one holding
@@ -15,8 +15,8 @@ each of the worst files (``FragmentedFile.fragmented``). How a filesystem is jud
   The share of files fragmented can raise a warning, never a critical finding.
 * **Naming the files.** The finding lists the worst fragmented files (path, size,
   extents, average extent size) and, on Linux, the processes that had them open.
-* Free-space fragmentation is a finding of its own: it says where new files will be
-  fragmented, not that the present ones are.
+* Free-space fragmentation is a finding of its own (where new files will be fragmented);
+  from a map cut by its time bound, only by the share of all free space it proves.
 """
 
 from __future__ import annotations
@@ -236,6 +236,9 @@ class FreeSpaceFragmentation(Rule):
     def evaluate(self, view: BundleView) -> Iterator[Finding]:
         for i, fs in enumerate(view.snapshot.fragmentation.filesystems):
             free = fs.free_space
+            if free.partial:
+                yield from self._partial(i, fs)
+                continue
             level = max(free.pct_free_in_small_extents, free.vendor_fragmented_pct)
             if not free.available or level < self.opt("warn_pct"):
                 continue
@@ -260,6 +263,28 @@ class FreeSpaceFragmentation(Rule):
                 "(xfs_fsr, e4defrag, Optimize-Volume -Defrag also consolidates free space on NTFS).",
                 subject=f"{fs.mountpoint}:free",
             )
+
+    def _partial(self, i: int, fs: facts_pb2.FsFragmentation) -> Iterator[Finding]:
+        """A map cut by its bound, judged by the share of *all* free space (statfs) its small pieces prove."""
+        free = fs.free_space
+        level = 100.0 * free.small_free_bytes / free.fs_free_bytes if free.fs_free_bytes else 0.0
+        if not free.available or level < self.opt("warn_pct"):
+            return
+        base = f"fragmentation.filesystems[{i}].free_space"
+        head = f"at least {level:.0f}% of the free space is in pieces under 1 MiB"
+        yield self.finding(
+            "critical" if level >= self.opt("crit_pct") else "warning",
+            f"{_label(fs.mountpoint)} {head} (free-space map partial)",
+            f"On {fs.mountpoint} ({fs.fstype or 'unknown fs'}), {head}: the free-space map was read over "
+            f"{free.covered_pct:.0f}% of the filesystem within its bound, and the {size_text(free.small_free_bytes)}"
+            f" in small pieces found there are {level:.0f}% of all {size_text(free.fs_free_bytes)} free, whatever the "
+            "rest holds. Files written or grown from now on are laid out in these pieces, so they come out fragmented.",
+            [Evidence(f"fragmentation.filesystems[{i}].mountpoint", fs.mountpoint)]
+            + [Evidence(f"{base}.{k}", getattr(free, k)) for k in ("covered_pct", "small_free_bytes", "fs_free_bytes")],
+            "Free space (delete or move data off the volume), then defragment the files that grow "
+            "(xfs_fsr, e4defrag). Collect with a larger frag_free_budget_s to read the whole map.",
+            subject=f"{fs.mountpoint}:free",
+        )
 
 
 def _mean(values: list[float]) -> float:

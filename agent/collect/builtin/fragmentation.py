@@ -6,6 +6,8 @@ that matter instead, with the reason. Options:
 
 * ``frag_max_files`` (default 4000): files mapped per filesystem;
 * ``frag_budget_s`` (default 0.4 s; raise it for a deeper scan): time for all filesystems together, shared fairly;
+* ``frag_free_budget_s`` (default 0.5 s): time for reading one filesystem's free-space map
+  (GETFSMAP), beside its sample; a map cut by it is reported as partial, with how much it covered;
 * ``frag_min_bytes`` (default 64 KiB): smaller files are not sampled;
 * ``frag_mountpoints``: comma-separated mount points to restrict the run to;
 * ``frag_seed``: fixes the random walk order (tests, reproducing a case);
@@ -28,6 +30,7 @@ import psutil
 from agent.collect.builtin import fragmentation_linux as lin
 from agent.collect.command import CommandNotFound, run_command
 from agent.collect.framework import CollectContext, Collector, Pending, current_platform
+from agent.collect.freespace import DEFAULT_FREE_BUDGET_S
 from agent.errors import CollectionError
 from protos import facts_pb2
 
@@ -122,6 +125,7 @@ def _linux(ctx: CollectContext) -> facts_pb2.FragmentationFacts:
     max_files = ctx.int_option("frag_max_files", 4000, minimum=1, maximum=1_000_000)
     budget = ctx.float_option("frag_budget_s", DEFAULT_BUDGET_S, minimum=0.05, maximum=3600.0)
     min_bytes = ctx.int_option("frag_min_bytes", lin.DEFAULT_MIN_BYTES, minimum=0, maximum=1 << 40)
+    free_budget = ctx.float_option("frag_free_budget_s", DEFAULT_FREE_BUDGET_S, minimum=0.05, maximum=3600.0)
     seed = ctx.int_option("frag_seed", -1, minimum=-1, maximum=2**63)
     only = [m.strip() for m in ctx.str_option("frag_mountpoints", "").split(",") if m.strip()]
     # The sample runs in a child interpreter unless told otherwise (fragwalk.py says why).
@@ -156,7 +160,7 @@ def _linux(ctx: CollectContext) -> facts_pb2.FragmentationFacts:
         started = time.monotonic()
         # GETFSMAP (~0.1 s of kernel time on a 250 GB ext4) runs beside the sample
         # instead of before it, so the sample gets the whole share.
-        free = Pending(partial(_free_space, ctx, t, in_child=in_child), name="casefile-getfsmap")
+        free = Pending(partial(_free_space, ctx, t, free_budget, in_child=in_child), name="casefile-getfsmap")
         bounds = lin.Bounds(max_files=max_files, budget_s=share, min_bytes=min_bytes)
         # A seeded run stays reproducible, and samples the same files in a child or a thread.
         fs_seed = rng.randrange(2**63) if seed >= 0 else None
@@ -219,17 +223,21 @@ def _sample(
     return lin.sample_filesystem(mountpoint, bounds, rng=rng if seed is None else random.Random(seed))
 
 
-def _free_space(ctx: CollectContext, t: Target, *, in_child: bool) -> facts_pb2.FreeSpaceFragmentation:
-    """Free-space facts, in a child interpreter when one can be started (fragwalk.py says why)."""
+def _free_space(
+    ctx: CollectContext, t: Target, budget_s: float, *, in_child: bool
+) -> facts_pb2.FreeSpaceFragmentation:
+    """Free-space facts within ``budget_s``, in a child interpreter when one can be started (freespace.py says why)."""
     if in_child:
         try:
             timeout = max(0.5, ctx.remaining() - _SAFETY_S)
-            return lin.free_space_in_child(t.mountpoint, t.fstype, timeout=timeout, cancel=ctx.cancelled)
+            return lin.free_space_in_child(
+                t.mountpoint, t.fstype, timeout=timeout, budget_s=budget_s, cancel=ctx.cancelled
+            )
         except lin.ChildUnavailable:
             pass  # the sampler warns about it
         except CollectionError as exc:
             return facts_pb2.FreeSpaceFragmentation(available=False, reason=f"GETFSMAP failed: {exc}")
-    return lin.free_space_facts(t.mountpoint, t.fstype)
+    return lin.free_space_facts(t.mountpoint, t.fstype, budget_s=budget_s)
 
 
 def _free_space_result(

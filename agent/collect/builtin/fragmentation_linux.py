@@ -160,21 +160,41 @@ def sample_in_child(
     return _message(facts_pb2.FsFragmentation, answer, request)
 
 
-def free_space_facts(mountpoint: str, fstype: str) -> facts_pb2.FreeSpaceFragmentation:
-    """GETFSMAP where the filesystem has a reverse map and we may read it, else why not."""
-    return facts_pb2.FreeSpaceFragmentation(**fragwalk.free_space_fields(mountpoint, fstype))
+def free_space_facts(
+    mountpoint: str, fstype: str, *, budget_s: float | None = None
+) -> facts_pb2.FreeSpaceFragmentation:
+    """GETFSMAP where the filesystem has a reverse map and we may read it, else why not.
+
+    Reading the map stops after ``budget_s`` (None: no bound); the facts then say it is partial.
+    """
+    return facts_pb2.FreeSpaceFragmentation(**fragwalk.free_space_fields(mountpoint, fstype, budget_s=budget_s))
 
 
 def free_space_in_child(
-    mountpoint: str, fstype: str, *, timeout: float, cancel: threading.Event | None = None
+    mountpoint: str,
+    fstype: str,
+    *,
+    timeout: float,
+    budget_s: float | None = None,
+    cancel: threading.Event | None = None,
 ) -> facts_pb2.FreeSpaceFragmentation:
     """``free_space_facts`` in a child interpreter: ``fcntl.ioctl`` would hold our GIL through it.
 
-    Raises ChildUnavailable when no child can be started, CollectionError when it failed.
+    The child stops reading the map after ``budget_s`` by itself (counted from now); it is
+    killed after that plus a grace, or ``timeout`` if sooner. Raises ChildUnavailable
+    when no child can be started, CollectionError when it failed.
     """
     if fstype not in FREE_SPACE_FSTYPES:
         return free_space_facts(mountpoint, fstype)  # says why, without asking the kernel
-    request = {"op": "free_space", "mountpoint": mountpoint, "fstype": fstype}
+    request = {
+        "op": "free_space",
+        "mountpoint": mountpoint,
+        "fstype": fstype,
+        "budget_s": budget_s,
+        "started": time.monotonic(),
+    }
+    if budget_s is not None:
+        timeout = min(timeout, budget_s + _CHILD_GRACE_S)
     return _message(facts_pb2.FreeSpaceFragmentation, _run_child(request, timeout, cancel), request)
 
 
