@@ -31,7 +31,7 @@ from agent.redact.identifiers import IdentifierRules
 from agent.redact.linestate import ENVELOPE_KEYS, LineState, for_member, key_body, key_start, plain_field
 from agent.redact.profiles import Profile
 from agent.redact.pseudonym import Pseudonymizer
-from agent.redact.scan import Chain, hint_positions
+from agent.redact.scan import Chain, RuleHints, hint_positions
 from agent.redact.secrets import SECRET_RULES, SecretRule, marker
 from agent.redact.secrets.shapes import pgpass_entry
 from agent.redact.yamlsecret import RULE as RULE_YAML
@@ -41,6 +41,7 @@ __all__ = ["MAX_LINE", "RULES", "Redactor", "is_jsonl"]
 
 # The one rule set: the redactor applies it, the leak gate re-applies it to the result.
 RULES: tuple[SecretRule, ...] = (*SECRET_RULES, ENTROPY_RULE)
+_HINTS = RuleHints(RULES)
 
 BLOCK = 1 << 20
 MAX_LINE = 1 << 20
@@ -353,8 +354,9 @@ class Redactor:
         if "\\" in out and '"' in out:
             out = _LITERAL.sub(lambda m: self._literal(m.group(0), counts), out)
         lower = out.lower()
-        for rule in RULES:
-            if rule.wanted(out, lower):
+        woken = _HINTS.woken(out, lower)
+        for i, rule in enumerate(RULES):
+            if rule.wanted(out, lower) if i in _HINTS.own else i in woken:
                 new, n = rule.apply(out)
                 if n and new != out:
                     # Counted by markers: a rule may match and decide to leave a value alone.
@@ -362,6 +364,7 @@ class Redactor:
                     counts[rule.name] = counts.get(rule.name, 0) + new.count(tag) - out.count(tag)
                     out = new
                     lower = out.lower()
+                    woken = _HINTS.woken(out, lower)  # the line changed (a marker holds words)
         if "-----BEGIN" in out:
             out = key_start(out, counts, state)
         if self._ids is not None:
