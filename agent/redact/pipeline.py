@@ -10,11 +10,12 @@ whose key names a secret is replaced whole, and a changed record is serialised a
 so ``token=\"…\"`` inside a message is seen with real quotes, a ``\u``-escaped value
 cannot hide, and every line stays valid JSON. A line that is not JSON is redacted as text.
 
-Streams are read in 1 MiB blocks. With secrets only, one multi-pattern pass over every
-rule's hints (``scan.py``) points at the lines that may hold a secret; only those are
-decoded and rewritten, everything else is copied byte for byte. Pseudonymising needs every line
-(almost all hold a dot or a colon), so that path goes line by line. Memory stays
-bounded by the block size plus one line (lines are cut at ``MAX_LINE``).
+Streams are read in 1 MiB blocks. One multi-pattern pass over every rule's hints
+(``scan.py``) points at the lines that may hold a secret; only those are decoded and
+rewritten, the rest is copied byte for byte (pseudonymising visits every line, but runs
+the secret rules only on those). What spans lines — private key blocks, YAML Kubernetes
+Secrets, .pgpass files — is followed in ``linestate.py`` and ``yamlsecret.py``. Memory
+stays bounded by the block size plus one line (lines are cut at ``MAX_LINE``).
 """
 
 from __future__ import annotations
@@ -257,7 +258,8 @@ class Redactor:
             obj = json.loads(data.decode("utf-8", "surrogateescape"))
         except ValueError:
             return None
-        new = self._walk(obj, counts)
+        # No rule's hint anywhere, escaped or not: nothing to redact without identifiers.
+        new = obj if self.pseudo is None and not hint_positions(data, True) else self._walk(obj, counts)
         if new is not obj:
             indent = 1 if b"\n" in data.strip() else None
             text = json.dumps(new, ensure_ascii=False, indent=indent, separators=None if indent else (",", ":"))
@@ -354,17 +356,24 @@ class Redactor:
         if "\\" in out and '"' in out:
             out = _LITERAL.sub(lambda m: self._literal(m.group(0), counts), out)
         lower = out.lower()
-        woken = _HINTS.woken(out, lower)
-        for i, rule in enumerate(RULES):
-            if rule.wanted(out, lower) if i in _HINTS.own else i in woken:
-                new, n = rule.apply(out)
-                if n and new != out:
-                    # Counted by markers: a rule may match and decide to leave a value alone.
-                    tag = marker(rule.name)
-                    counts[rule.name] = counts.get(rule.name, 0) + new.count(tag) - out.count(tag)
-                    out = new
-                    lower = out.lower()
-                    woken = _HINTS.woken(out, lower)  # the line changed (a marker holds words)
+        # Only the rules the line wakes, in rule order; after a change the line is asked
+        # again (a marker holds words), from the next rule on.
+        todo = sorted(_HINTS.woken(out, lower) | _HINTS.own)
+        k = 0
+        while k < len(todo):
+            i = todo[k]
+            k += 1
+            rule = RULES[i]
+            if i in _HINTS.own and not rule.wanted(out, lower):
+                continue
+            new, n = rule.apply(out)
+            if n and new != out:
+                # Counted by markers: a rule may match and decide to leave a value alone.
+                tag = marker(rule.name)
+                counts[rule.name] = counts.get(rule.name, 0) + new.count(tag) - out.count(tag)
+                out = new
+                lower = out.lower()
+                todo, k = sorted(j for j in _HINTS.woken(out, lower) | _HINTS.own if j > i), 0
         if "-----BEGIN" in out:
             out = key_start(out, counts, state)
         if self._ids is not None:
