@@ -300,15 +300,8 @@ class Redactor:
         return written
 
     def _lines(
-        self,
-        data: bytes,
-        start: int,
-        end: int,
-        dst: IO[bytes],
-        counts: dict[str, int],
-        state: LineState,
-        jsonl: bool,
-        hints: list[int] | None = None,
+        self, data: bytes, start: int, end: int, dst: IO[bytes], counts: dict[str, int], state: LineState,
+        jsonl: bool, hints: list[int] | None = None,
     ) -> int:
         """Lines ``start``..``end`` redacted one by one. With ``hints`` (the pseudonymising
         path, which visits every line) the secret rules run only on lines holding a hint."""
