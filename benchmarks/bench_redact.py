@@ -178,6 +178,12 @@ def main() -> None:
         f"{time.strftime('%Y-%m-%d')} | {commit} |"
     )
     print(
+        f"| redaction throughput, one core, CPU time, log path and private | `bench_redact.py` | "
+        f"`logs/*.jsonl` records {cpu('plain-jsonl-standard')} lines/s; private: plain {cpu('plain-private')}, "
+        f"records {cpu('plain-jsonl-private')}, secret-dense {cpu('dense-private')} lines/s | | | "
+        f"{time.strftime('%Y-%m-%d')} | {commit} |"
+    )
+    print(
         f"| redaction throughput, one core (standard; private in brackets) | `bench_redact.py` | plain syslog "
         f"{plain_s['lines_per_s']:,.0f} lines/s = {plain_s['mb_per_s']:.0f} MB/s "
         f"[{tp['plain-private']['lines_per_s']:,.0f}]; secret-dense {dense_s['lines_per_s']:,.0f} lines/s = "

@@ -17,7 +17,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.redact import SECRET_RULES, Redactor, get_profile
+from agent.redact import SECRET_RULES, LeakError, LeakGate, Redactor, get_profile
 from agent.redact.secrets.financial import iban_valid, luhn_valid
 from tests.agent.secret_samples import BARE, NEGATIVES, POSITIVES, Part, Positive, card_number, iban, join, tok
 
@@ -70,6 +70,18 @@ def test_positive_sample_is_redacted(p: Positive) -> None:
         for out in (*both_paths(p.text, make), log_path(p.text, make)[1]):
             assert p.secret not in out, (p.rule, make.__name__, out)
             assert f"[REDACTED:{p.rule}]" in out, (p.rule, make.__name__, out)
+    # The gate's verdicts on the same sample: the raw member fails, the redacted one passes.
+    for member, raw, redacted in (("files/s", p.text.encode(), both_paths(p.text)[1].encode()),
+                                  ("logs/syslog.jsonl", _record(p.text), log_path(p.text)[0])):
+        assert _gate(member, redacted)["result"] == "pass", (p.rule, member)
+        with pytest.raises(LeakError):
+            _gate(member, raw)
+
+
+def _gate(member: str, data: bytes) -> dict[str, object]:
+    gate = LeakGate(None)
+    gate.scan_bytes(member, data)
+    return gate.check(allow_leaks=False)
 
 
 @pytest.mark.parametrize("text", [t for _, t in NEGATIVES], ids=[f"{f}-{i}" for i, (f, _) in enumerate(NEGATIVES)])
