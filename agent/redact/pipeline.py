@@ -137,6 +137,8 @@ class Redactor:
             doc.hits = 0
         if done:
             state.yaml = None
+        if len(out) > 1 or done:
+            self._no_secret = False  # lines held earlier come out: each may hold a hint
         parts = [self._line(t, counts, state) if ordinary else t for t, ordinary in out[: len(out) - done]]
         if done:  # the line that ended the document may begin another
             parts.append(self._doc_line(out[-1][0], counts, state))

@@ -355,3 +355,14 @@ def test_real_logs_have_no_hit() -> None:
         records = b"".join(_record(line) for line in lines[:200000])
         r.redact_stream(io.BytesIO(records), io.BytesIO(), f"logs/{Path(name).name}.jsonl")
     assert r.hits() == {}
+
+
+@pytest.mark.parametrize("make", [standard, private])
+def test_a_held_yaml_block_that_was_no_secret_still_goes_through_the_rules(make: Callable[[], Redactor]) -> None:
+    """``data:`` before ``kind:`` is held until ``kind`` decides; a ConfigMap's lines then
+    go through every rule, even when the line that released them holds no hint."""
+    pw = tok(ALNUM, 14, 7)
+    doc = f"apiVersion: v1\ndata:\n  mode: fast\n  note: password={pw}\nkind: ConfigMap\nmetadata:\n  name: c\n"
+    for out in both_paths(doc, make):
+        assert pw not in out
+        assert "  mode: fast\n" in out and "[REDACTED:kv-secret]" in out and "k8s-secret" not in out
