@@ -10,11 +10,12 @@ whose key names a secret is replaced whole, and a changed record is serialised a
 so ``token=\"…\"`` inside a message is seen with real quotes, a ``\u``-escaped value
 cannot hide, and every line stays valid JSON. A line that is not JSON is redacted as text.
 
-Streams are read in 1 MiB blocks. With secrets only, one multi-pattern pass over every
-rule's hints (``scan.py``) points at the lines that may hold a secret; only those are
-decoded and rewritten, everything else is copied byte for byte. Pseudonymising needs every line
-(almost all hold a dot or a colon), so that path goes line by line. Memory stays
-bounded by the block size plus one line (lines are cut at ``MAX_LINE``).
+Streams are read in 1 MiB blocks. One multi-pattern pass over every rule's hints
+(``scan.py``) points at the lines that may hold a secret; only those are decoded and
+rewritten, the rest is copied byte for byte (pseudonymising visits every line, but runs
+the secret rules only on those). What spans lines — private key blocks, YAML Kubernetes
+Secrets, .pgpass files — is followed in ``linestate.py`` and ``yamlsecret.py``. Memory
+stays bounded by the block size plus one line (lines are cut at ``MAX_LINE``).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from agent.redact.identifiers import IdentifierRules
 from agent.redact.linestate import ENVELOPE_KEYS, LineState, for_member, key_body, key_start, plain_field
 from agent.redact.profiles import Profile
 from agent.redact.pseudonym import Pseudonymizer
-from agent.redact.scan import Chain, hint_positions
+from agent.redact.scan import Chain, RuleHints, hint_positions
 from agent.redact.secrets import SECRET_RULES, SecretRule, marker
 from agent.redact.secrets.shapes import pgpass_entry
 from agent.redact.yamlsecret import RULE as RULE_YAML
@@ -41,6 +42,7 @@ __all__ = ["MAX_LINE", "RULES", "Redactor", "is_jsonl"]
 
 # The one rule set: the redactor applies it, the leak gate re-applies it to the result.
 RULES: tuple[SecretRule, ...] = (*SECRET_RULES, ENTROPY_RULE)
+_HINTS = RuleHints(RULES)
 
 BLOCK = 1 << 20
 MAX_LINE = 1 << 20
@@ -135,6 +137,8 @@ class Redactor:
             doc.hits = 0
         if done:
             state.yaml = None
+        if len(out) > 1 or done:
+            self._no_secret = False  # lines held earlier come out: each may hold a hint
         parts = [self._line(t, counts, state) if ordinary else t for t, ordinary in out[: len(out) - done]]
         if done:  # the line that ended the document may begin another
             parts.append(self._doc_line(out[-1][0], counts, state))
@@ -256,7 +260,8 @@ class Redactor:
             obj = json.loads(data.decode("utf-8", "surrogateescape"))
         except ValueError:
             return None
-        new = self._walk(obj, counts)
+        # No rule's hint anywhere, escaped or not: nothing to redact without identifiers.
+        new = obj if self.pseudo is None and not hint_positions(data, True) else self._walk(obj, counts)
         if new is not obj:
             indent = 1 if b"\n" in data.strip() else None
             text = json.dumps(new, ensure_ascii=False, indent=indent, separators=None if indent else (",", ":"))
@@ -297,15 +302,8 @@ class Redactor:
         return written
 
     def _lines(
-        self,
-        data: bytes,
-        start: int,
-        end: int,
-        dst: IO[bytes],
-        counts: dict[str, int],
-        state: LineState,
-        jsonl: bool,
-        hints: list[int] | None = None,
+        self, data: bytes, start: int, end: int, dst: IO[bytes], counts: dict[str, int], state: LineState,
+        jsonl: bool, hints: list[int] | None = None,
     ) -> int:
         """Lines ``start``..``end`` redacted one by one. With ``hints`` (the pseudonymising
         path, which visits every line) the secret rules run only on lines holding a hint."""
@@ -353,15 +351,24 @@ class Redactor:
         if "\\" in out and '"' in out:
             out = _LITERAL.sub(lambda m: self._literal(m.group(0), counts), out)
         lower = out.lower()
-        for rule in RULES:
-            if rule.wanted(out, lower):
-                new, n = rule.apply(out)
-                if n and new != out:
-                    # Counted by markers: a rule may match and decide to leave a value alone.
-                    tag = marker(rule.name)
-                    counts[rule.name] = counts.get(rule.name, 0) + new.count(tag) - out.count(tag)
-                    out = new
-                    lower = out.lower()
+        # Only the rules the line wakes, in rule order; after a change the line is asked
+        # again (a marker holds words), from the next rule on.
+        todo = sorted(_HINTS.woken(out, lower) | _HINTS.own)
+        k = 0
+        while k < len(todo):
+            i = todo[k]
+            k += 1
+            rule = RULES[i]
+            if i in _HINTS.own and not rule.wanted(out, lower):
+                continue
+            new, n = rule.apply(out)
+            if n and new != out:
+                # Counted by markers: a rule may match and decide to leave a value alone.
+                tag = marker(rule.name)
+                counts[rule.name] = counts.get(rule.name, 0) + new.count(tag) - out.count(tag)
+                out = new
+                lower = out.lower()
+                todo, k = sorted(j for j in _HINTS.woken(out, lower) | _HINTS.own if j > i), 0
         if "-----BEGIN" in out:
             out = key_start(out, counts, state)
         if self._ids is not None:

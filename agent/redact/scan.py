@@ -25,12 +25,12 @@ import re
 from collections.abc import Iterable
 from typing import IO
 
-from ahocorasick_rs import BytesAhoCorasick
+from ahocorasick_rs import AhoCorasick, BytesAhoCorasick
 
 from agent.redact.entropy import NET_FOLLOW, NET_WORDS
-from agent.redact.secrets import SECRET_RULES
+from agent.redact.secrets import SECRET_RULES, SecretRule
 
-__all__ = ["JSON_HINTS", "Chain", "hint_positions"]
+__all__ = ["JSON_HINTS", "Chain", "RuleHints", "hint_positions"]
 
 JSON_HINTS = (b"\\u", b"\\/")
 
@@ -86,6 +86,29 @@ def hint_positions(data: bytes, jsonl: bool = False) -> list[int]:
         found.extend(m.start() + 1 for m in _PGPASS_NEXT.finditer(data))
     found.sort()
     return found
+
+
+class RuleHints:
+    """Which rules a decoded line wakes: one pass over the line for every rule's hints,
+    instead of an ``in`` test per hint per rule (a line that holds one hint used to pay
+    ~150 of them). A rule with a ``wanted`` of its own is asked directly."""
+
+    def __init__(self, rules: tuple[SecretRule, ...]) -> None:
+        self.own = frozenset(i for i, r in enumerate(rules) if type(r).wanted is not SecretRule.wanted)
+        by_hint: tuple[dict[str, set[int]], dict[str, set[int]]] = ({}, {})
+        for i, r in enumerate(rules):
+            for h in r.hints:
+                by_hint[r.fold].setdefault(h, set()).add(i)
+        self._cs, self._ci = (AhoCorasick(list(d)) if d else None for d in by_hint)
+        self._cs_rules, self._ci_rules = ([frozenset(v) for v in d.values()] for d in by_hint)
+
+    def woken(self, line: str, lower: str) -> set[int]:
+        found: set[int] = set()
+        for ac, rules, text in ((self._cs, self._cs_rules, line), (self._ci, self._ci_rules, lower)):
+            if ac is not None:
+                for i, _, _ in ac.find_matches_as_indexes(text, overlapping=True):
+                    found |= rules[i]
+        return found
 
 
 class Chain(io.RawIOBase):

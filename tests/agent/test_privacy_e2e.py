@@ -290,3 +290,26 @@ def test_collector_options_and_budgets_from_the_command_line(tmp_path: Path) -> 
     ]:
         res = casefile("collect", "--home", str(tmp_path / "home"), "-o", str(out), *bad, check=False)
         assert res.returncode != 0 and what in res.stdout + res.stderr, res.stderr
+
+
+def test_yaml_secret_and_pgpass_attached_with_add_file_are_redacted(tmp_path: Path) -> None:
+    """A kubectl-ordered YAML Secret (data before kind) and a .pgpass with a PgBouncer port,
+    attached as a new user would: nothing of them survives and the gate passes."""
+    import base64
+
+    user, pw, dbpw = "svc-admin", "Y0urS3cretPassw0rd", "pgb0uncerPa55"
+    b64 = [base64.b64encode(v.encode()).decode() for v in (user, pw)]
+    secret = tmp_path / "db-secret.yaml"
+    secret.write_text(f"apiVersion: v1\ndata:\n  username: {b64[0]}\n  password: {b64[1]}\nkind: Secret\n"
+                      "metadata:\n  name: db\ntype: Opaque\n")
+    pgpass = tmp_path / ".pgpass"
+    pgpass.write_text(f"# PgBouncer\npgbouncer.internal:6432:app:app:{dbpw}\n")
+    _, raw, manifest = collect(tmp_path, "--only", "host", "--add-file", str(secret), "--add-file", str(pgpass),
+                               add=False)
+    text = text_of(raw)
+    for value in (*b64, dbpw):
+        assert value.encode() not in text
+    red = manifest["redaction"]
+    assert isinstance(red, dict) and red["leak_gate"]["result"] == "pass"
+    assert red["hits"]["files/db-secret.yaml"] == {"k8s-secret": 2}
+    assert red["hits"]["files/.pgpass"] == {"pgpass": 1}

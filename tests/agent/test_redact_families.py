@@ -17,7 +17,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.redact import SECRET_RULES, Redactor, get_profile
+from agent.redact import SECRET_RULES, LeakError, LeakGate, Redactor, get_profile
 from agent.redact.secrets.financial import iban_valid, luhn_valid
 from tests.agent.secret_samples import BARE, NEGATIVES, POSITIVES, Part, Positive, card_number, iban, join, tok
 
@@ -70,6 +70,18 @@ def test_positive_sample_is_redacted(p: Positive) -> None:
         for out in (*both_paths(p.text, make), log_path(p.text, make)[1]):
             assert p.secret not in out, (p.rule, make.__name__, out)
             assert f"[REDACTED:{p.rule}]" in out, (p.rule, make.__name__, out)
+    # The gate's verdicts on the same sample: the raw member fails, the redacted one passes.
+    for member, raw, redacted in (("files/s", p.text.encode(), both_paths(p.text)[1].encode()),
+                                  ("logs/syslog.jsonl", _record(p.text), log_path(p.text)[0])):
+        assert _gate(member, redacted)["result"] == "pass", (p.rule, member)
+        with pytest.raises(LeakError):
+            _gate(member, raw)
+
+
+def _gate(member: str, data: bytes) -> dict[str, object]:
+    gate = LeakGate(None)
+    gate.scan_bytes(member, data)
+    return gate.check(allow_leaks=False)
 
 
 @pytest.mark.parametrize("text", [t for _, t in NEGATIVES], ids=[f"{f}-{i}" for i, (f, _) in enumerate(NEGATIVES)])
@@ -343,3 +355,14 @@ def test_real_logs_have_no_hit() -> None:
         records = b"".join(_record(line) for line in lines[:200000])
         r.redact_stream(io.BytesIO(records), io.BytesIO(), f"logs/{Path(name).name}.jsonl")
     assert r.hits() == {}
+
+
+@pytest.mark.parametrize("make", [standard, private])
+def test_a_held_yaml_block_that_was_no_secret_still_goes_through_the_rules(make: Callable[[], Redactor]) -> None:
+    """``data:`` before ``kind:`` is held until ``kind`` decides; a ConfigMap's lines then
+    go through every rule, even when the line that released them holds no hint."""
+    pw = tok(ALNUM, 14, 7)
+    doc = f"apiVersion: v1\ndata:\n  mode: fast\n  note: password={pw}\nkind: ConfigMap\nmetadata:\n  name: c\n"
+    for out in both_paths(doc, make):
+        assert pw not in out
+        assert "  mode: fast\n" in out and "[REDACTED:kv-secret]" in out and "k8s-secret" not in out

@@ -11,9 +11,10 @@ A replacement keeps the shape readable — ``AKIA…[REDACTED:aws-access-key]``,
 The families, by module (docs/redaction.md maps family -> rule -> test):
 
 - ``tokens``: vendor tokens by their own shape (cloud, VCS and CI, package registries,
-  messaging, payments, AI, age keys) and JWTs;
+  messaging, payments, AI, developer SaaS, age keys) and JWTs, caught bare;
 - ``shapes``: credentials by the shape of their file (docker config.json, npm ``_auth``,
-  one-line JSON Kubernetes Secrets, .pgpass, .netrc, base64-wrapped keys);
+  one-line JSON Kubernetes Secrets, .pgpass lines, .netrc, base64-wrapped keys and JWTs);
+  multi-line YAML Kubernetes Secrets are followed by ``agent/redact/yamlsecret.py``;
 - ``financial``: payment cards (Luhn) and IBANs (mod 97);
 - ``generic``: HTTP auth headers, URL user-info (database URLs, .git-credentials),
   command-line passwords, ``key = value`` with a secret-like key in any quoting, XML.
@@ -32,7 +33,7 @@ from agent.redact.secrets.tokens import NAMED_RULES, VENDOR_RULES
 
 __all__ = ["RULESET_VERSION", "SECRET_RULES", "SecretRule", "marker"]
 
-RULESET_VERSION = "casefile-secrets/2"
+RULESET_VERSION = "casefile-secrets/3"
 
 SECRET_RULES: tuple[SecretRule, ...] = (
     PRIVATE_KEY,  # first: a key's body may hold anything the other rules would take apart

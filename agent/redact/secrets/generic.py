@@ -31,7 +31,7 @@ _VALUE = (
     r"(?P<val>\"(?:[^\"\\]|\\.)*\"|'[^']*'|(?P<q>\\+[\"']).*?(?P=q)"
     r"|(?!\S*\[REDACTED)" + _BARE + ")"
 )
-_SEP = r"(?P<sep>[ \t]*(?::=|=>|\?=|[:=])[ \t]*)"
+_SEP = r"(?P<sep>(?>[ \t]*(?::=|=>|\?=|[:=])[ \t]*))"  # atomic: ":=" never falls back to ":" before "="
 # Possessive (3.11+): a key never holds a quote or separator, so giving characters back
 # could not help, and not trying costs a third of the time on key=value-dense lines.
 _KV_PATTERN = re.compile(r"(?<![\w./-])(?:--?)?(?P<key>[A-Za-z_][\w.-]{0,80}+)(?:\\*[\"'])?" + _SEP + _VALUE)

@@ -17,6 +17,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from ahocorasick_rs import AhoCorasick
+
 from agent.redact.secrets._base import SecretRule, keep_lead, value_group
 
 __all__ = ["NAMED_RULES", "VENDOR_RULES"]
@@ -35,13 +37,18 @@ class _Family(SecretRule):
     alternation of them all costs every alternative at every position of the line)."""
 
     shapes: tuple[tuple[tuple[str, ...], re.Pattern[str], int], ...] = ()
+    gates: AhoCorasick | None = None  # every shape's gate hints, one pass per line
+    gate_shape: tuple[int, ...] = ()  # gate hint index -> shape index
 
     def apply(self, line: str) -> tuple[str, int]:
+        if self.gates is None:
+            return line, 0
         total = 0
-        for hints, pattern, lead in self.shapes:
-            if any(h in line for h in hints):
-                line, n = pattern.subn(keep_lead(self.name, lead), line)
-                total += n
+        woken = sorted({self.gate_shape[i] for i, _, _ in self.gates.find_matches_as_indexes(line, overlapping=True)})
+        for k in woken:
+            _, pattern, lead = self.shapes[k]
+            line, n = pattern.subn(keep_lead(self.name, lead), line)
+            total += n
         return line, total
 
 
@@ -63,7 +70,9 @@ def family(name: str, shapes: tuple[Shape, ...]) -> SecretRule:
     )
     hints = tuple(dict.fromkeys(h for hs, _, _ in shapes for h in hs))
     everything = re.compile("|".join(f"(?:{rx})" for _, rx, _ in shapes))
-    return _Family(name, hints, everything, keep_lead(name, 0), shapes=compiled)
+    gates = [(h, k) for k, (gate, _, _) in enumerate(compiled) for h in gate]
+    return _Family(name, hints, everything, keep_lead(name, 0), shapes=compiled,
+                   gates=AhoCorasick([h for h, _ in gates]), gate_shape=tuple(k for _, k in gates))
 
 
 _HEX64 = "[a-f0-9]{64}"
