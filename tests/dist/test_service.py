@@ -79,8 +79,10 @@ def test_the_flight_recorder_runs_from_the_single_file(tmp_path: Path) -> None:
     """``python -m agent.daemon.recorder`` has no -m here: ``casefile agent-recorder``."""
     home = tmp_path / "home"
     home.mkdir(mode=0o700)
-    proc = subprocess.Popen([str(SINGLE), "agent-recorder", "--home", str(home), "--interval", "0.3"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # fmt: skip
+    log = tmp_path / "recorder.log"
+    with log.open("w") as fh:
+        proc = subprocess.Popen([str(SINGLE), "agent-recorder", "--home", str(home), "--interval", "0.3"],
+                                stdout=fh, stderr=subprocess.STDOUT)  # fmt: skip
 
     def recorded() -> int:
         res = subprocess.run([str(SINGLE), "agent", "history", "--metrics", "--home", str(home), "--json"],
@@ -91,8 +93,8 @@ def test_the_flight_recorder_runs_from_the_single_file(tmp_path: Path) -> None:
         deadline = time.monotonic() + 60
         while recorded() < 2 and time.monotonic() < deadline and proc.poll() is None:
             time.sleep(0.5)
-        assert recorded() >= 2, proc.stdout.read() if proc.poll() is not None and proc.stdout else "no samples"
+        assert recorded() >= 2, log.read_text()
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(30)
-    assert proc.returncode == 0
+    assert proc.returncode == 0, log.read_text()
