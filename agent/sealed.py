@@ -25,10 +25,13 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agent.bundle.manifest import BUNDLE_SUFFIX
 from agent.errors import SealedBundleError
+
+if TYPE_CHECKING:
+    from agent.oneshot import Collected
 
 __all__ = [
     "AGE_MAGIC",
@@ -216,7 +219,21 @@ def _hash(path: Path) -> tuple[int, str]:
     return size, h.hexdigest()
 
 
-def seal_bundle(collected: Any, recipient: str) -> Any:
+def _publish(partial: Path, sealed: Path) -> None:
+    """``partial`` appears whole as ``sealed``, never over an existing file."""
+    try:
+        os.link(partial, sealed)
+    except FileExistsError:
+        raise
+    except OSError:  # filesystems without hard links (FAT on a USB stick, some shares)
+        if sealed.exists():
+            raise FileExistsError(f"{sealed} already exists") from None
+        os.rename(partial, sealed)
+        return
+    partial.unlink()
+
+
+def seal_bundle(collected: Collected, recipient: str) -> Collected:
     """Encrypt the bundle of ``collected`` (a ``Collected``) to ``recipient``; the plain file is removed.
 
     Returns the same ``Collected`` with its bundle's path, size and sha256 those of the
@@ -237,12 +254,11 @@ def seal_bundle(collected: Any, recipient: str) -> Any:
             pyrage.encrypt_io(src, out, [rcpt])
             out.flush()
             os.fsync(out.fileno())
-        os.link(partial, sealed)  # refuses an existing name
+        _publish(partial, sealed)
     except BaseException:
         with contextlib.suppress(OSError):
             partial.unlink()
         raise
-    partial.unlink()
     plain.unlink()
     size, sha256 = _hash(sealed)
     return dataclasses.replace(collected, bundle=dataclasses.replace(bundle, path=sealed, size=size, sha256=sha256))

@@ -9,10 +9,12 @@ Run by ``make test-dist``; skipped when the file is not built.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -71,3 +73,28 @@ def test_the_units_command_line_serves_a_live_snapshot(linked: Path, collector: 
         proc.send_signal(signal.SIGTERM)
         proc.wait(60)
     assert proc.returncode == 0, agent.log.read_text()
+
+
+def test_the_flight_recorder_runs_from_the_single_file(tmp_path: Path) -> None:
+    """``python -m agent.daemon.recorder`` has no -m here: ``casefile agent-recorder``."""
+    home = tmp_path / "home"
+    home.mkdir(mode=0o700)
+    log = tmp_path / "recorder.log"
+    with log.open("w") as fh:
+        proc = subprocess.Popen([str(SINGLE), "agent-recorder", "--home", str(home), "--interval", "0.3"],
+                                stdout=fh, stderr=subprocess.STDOUT)  # fmt: skip
+
+    def recorded() -> int:
+        res = subprocess.run([str(SINGLE), "agent", "history", "--metrics", "--home", str(home), "--json"],
+                             capture_output=True, text=True, timeout=60)  # fmt: skip
+        return int(json.loads(res.stdout)["sample_count"]) if res.returncode == 0 else 0
+
+    try:
+        deadline = time.monotonic() + 60
+        while recorded() < 2 and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.5)
+        assert recorded() >= 2, log.read_text()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
+    assert proc.returncode == 0, log.read_text()

@@ -1,0 +1,77 @@
+"""Sealed (age) uploads through a real collector on loopback, verified after their last
+byte and while they arrive: the collector opens them with its identity and stores the
+bundle that was inside (its bytes, its sha256); a sealed upload cut mid-stream resumes
+like any other; a payload damaged on the way is refused and nothing is stored."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+from pathlib import Path
+
+import pyrage
+import pytest
+
+from agent.errors import UploadError
+from agent.transport import UploadTarget, upload_bundle
+from collector.services.sealed import CollectorRecipient
+from tests.collector.conftest import RunningCollector, small_bundle
+from tests.collector.test_ingest import _cut_upload, _enrolled, _no_verifier_left, verifying_collector
+
+__all__ = ["verifying_collector"]  # the fixture, shared with test_ingest
+
+
+def _seal(plain: Path, c: RunningCollector) -> Path:
+    recipient = CollectorRecipient(c.data_dir).recipient()
+    assert recipient is not None
+    sealed = plain.with_name(plain.name + ".age")
+    sealed.write_bytes(pyrage.encrypt(plain.read_bytes(), [pyrage.x25519.Recipient.from_str(recipient)]))
+    return sealed
+
+
+def _nothing_opened_left(c: RunningCollector) -> bool:
+    return not list((c.data_dir / "staging").glob("*.opened"))
+
+
+def test_a_sealed_upload_stores_the_bundle_inside(verifying_collector: RunningCollector, tmp_path: Path) -> None:
+    c = verifying_collector
+    key, agent_id = _enrolled(c)
+    target = UploadTarget(key=key, agent_id=agent_id)
+    b = small_bundle(tmp_path / "b", key, agent_id=agent_id, payload=os.urandom(700 * 1024))
+    sealed = _seal(b.path, c)
+    damaged = bytearray(sealed.read_bytes())
+    damaged[len(damaged) // 2] ^= 0x20
+    bad = tmp_path / "damaged.age"
+    bad.write_bytes(bytes(damaged))
+    with c.channel() as ch:
+        with pytest.raises(UploadError, match="INVALID_ARGUMENT") as info:
+            upload_bundle(ch, bad, bundle_id=b.bundle_id, target=target)
+        assert "tampered with or cut short" in str(info.value), str(info.value)
+        assert c.store.list_bundles()[0] == [] and _nothing_opened_left(c)
+        receipt = upload_bundle(ch, sealed, bundle_id=b.bundle_id, target=target)
+    stored = c.store.get_bundle(b.bundle_id)
+    assert stored.sha256 == b.sha256 == receipt.sha256 and stored.size == b.size
+    with c.server.blobs.open_blob(stored.blob_key) as fh:
+        assert hashlib.sha256(fh.read()).hexdigest() == b.sha256
+    assert _no_verifier_left(c) and _nothing_opened_left(c)
+    assert not (c.data_dir / "staging" / f"{b.bundle_id}.part").exists()
+
+
+def test_a_cut_sealed_upload_resumes(verifying_collector: RunningCollector, tmp_path: Path) -> None:
+    c = verifying_collector
+    key, agent_id = _enrolled(c)
+    b = small_bundle(tmp_path / "b", key, agent_id=agent_id, payload=os.urandom(2 * 1024 * 1024))
+    sealed = _seal(b.path, c)
+    _cut_upload(c, key, agent_id, sealed, b.bundle_id, upto=sealed.stat().st_size // 3)
+    assert _no_verifier_left(c)
+    with c.channel() as ch:
+        for _ in range(100):
+            try:
+                upload_bundle(ch, sealed, bundle_id=b.bundle_id, target=UploadTarget(key=key, agent_id=agent_id))
+                break
+            except UploadError as err:  # the cut stream may still be closing
+                assert "ABORTED" in str(err)
+                threading.Event().wait(0.05)
+    assert c.store.get_bundle(b.bundle_id).sha256 == b.sha256
+    assert _nothing_opened_left(c)
