@@ -32,7 +32,6 @@ import os
 import random
 import signal
 import threading
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +41,7 @@ from agent.daemon.capture import Capture
 from agent.daemon.delivery import Delivery
 from agent.daemon.h2stream import BidiStream, RpcError
 from agent.daemon.history import History
+from agent.daemon.options import DaemonOptions
 from agent.daemon.policy import Policy, load_policy
 from agent.daemon.requests import RequestHandler
 from agent.daemon.spool import Spool
@@ -61,48 +61,10 @@ __all__ = ["AgentService", "DaemonOptions", "run", "run_cli"]
 log = logging.getLogger("casefile.agent.daemon")
 
 _CONNECT_PATH = "/casefile.v1.Channel/Connect"
-# The collector's ping policy: more often than every 20 s and it ends the connection.
-_MIN_KEEPALIVE_S = 20.0
 # Dial, TLS, hello → challenge → accepted. The collector gives each step 15 s; a
 # collector that answers pings but not the hello (its handler stuck on its database)
 # must not hold the agent: it dials again, perhaps to a healthy replica.
 HANDSHAKE_TIMEOUT_S = 20.0
-
-
-@dataclass(frozen=True)
-class DaemonOptions:
-    """Backoff in seconds; tests shorten it via $CASEFILE_AGENT_BACKOFF_MAX/_BASE.
-
-    ``worker_linger_s`` ($CASEFILE_AGENT_WORKER_LINGER): how long the collection child
-    stays after a snapshot for the next one; 0 ends it after each.
-
-    Keepalive ($CASEFILE_AGENT_KEEPALIVE_S, $CASEFILE_AGENT_KEEPALIVE_TIMEOUT_S): a ping
-    every 30 s keeps NAT mappings open, and one unanswered for 10 s means the collector
-    or the path to it is gone: the stream is dropped and dialled again. The collector
-    permits a ping every 20 s or slower (more often, it ends the connection), so the
-    environment cannot ask for less than 20 s.
-    """
-
-    backoff_base_s: float = 1.0
-    backoff_cap_s: float = 60.0
-    worker_linger_s: float = 60.0
-    keepalive_s: float = 30.0
-    keepalive_timeout_s: float = 10.0
-
-    @classmethod
-    def from_env(cls) -> DaemonOptions:
-        base = float(os.environ.get("CASEFILE_AGENT_BACKOFF_BASE", "1.0"))
-        cap = float(os.environ.get("CASEFILE_AGENT_BACKOFF_MAX", "60.0"))
-        linger = float(os.environ.get("CASEFILE_AGENT_WORKER_LINGER", "60.0"))
-        keepalive = float(os.environ.get("CASEFILE_AGENT_KEEPALIVE_S", "30.0"))
-        keepalive_timeout = float(os.environ.get("CASEFILE_AGENT_KEEPALIVE_TIMEOUT_S", "10.0"))
-        return cls(
-            backoff_base_s=max(0.01, base),
-            backoff_cap_s=max(0.01, cap),
-            worker_linger_s=max(0.0, linger),
-            keepalive_s=max(_MIN_KEEPALIVE_S, keepalive),
-            keepalive_timeout_s=max(1.0, keepalive_timeout),
-        )
 
 
 class AgentService:
