@@ -320,7 +320,7 @@ class IngestService(collector_pb2_grpc.IngestServicer):
                 vb = await self.verifier.check(staged.path, identity.bundle_key, header.size, bundle_id)
         except Exception as exc:
             discard(opened)
-            if not isinstance(exc, Rejected):  # a refused resend is not a failed verification
+            if not (isinstance(exc, Rejected) and exc.code is grpc.StatusCode.ALREADY_EXISTS):  # not a resend
                 await self._refused(identity, exc.reason if isinstance(exc, VerificationError) else "unreadable")
             await asyncio.to_thread(staged.abort)
             raise

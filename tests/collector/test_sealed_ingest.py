@@ -120,7 +120,8 @@ def test_a_sealed_bundle_sent_again_gets_its_receipt(verifying_collector: Runnin
 
 def test_a_sealed_resend_under_a_used_up_case_token(verifying_collector: RunningCollector, tmp_path: Path) -> None:
     """A one-use case token is used up by the bundle it stored; sending that sealed file
-    again still finds its receipt (and uses nothing), while a new bundle is refused."""
+    again still finds its receipt (and uses nothing), while other bytes under its id and a
+    new bundle are refused."""
     c = verifying_collector
     token, record = c.store.create_token("case", case_id="SR-5", label="customer", max_uses=1)
     key = SigningKey.generate()
@@ -130,6 +131,9 @@ def test_a_sealed_resend_under_a_used_up_case_token(verifying_collector: Running
     with c.channel() as ch:
         first = upload_bundle(ch, sealed, bundle_id=b.bundle_id, target=target)
         assert upload_bundle(ch, sealed, bundle_id=b.bundle_id, target=target) == first
+        other = small_bundle(tmp_path / "o", key, case_id="SR-5", bundle_id=b.bundle_id, payload=b"other")
+        with pytest.raises(UploadError, match="ALREADY_EXISTS"):
+            upload_bundle(ch, _seal(other.path, c), bundle_id=b.bundle_id, target=target)
         fresh = small_bundle(tmp_path / "n", key, case_id="SR-5")
         with pytest.raises(UploadError, match="UNAUTHENTICATED"):
             upload_bundle(ch, _seal(fresh.path, c), bundle_id=fresh.bundle_id, target=target)
