@@ -19,7 +19,7 @@ from collector.storage.errors import NotFound
 from collector.timestamps import timestamp_us
 from protos import collector_pb2, facts_pb2
 
-__all__ = ["bundle_record", "receipt_for", "stored_by"]
+__all__ = ["bundle_record", "receipt_for", "stored_by", "stored_or_open"]
 
 
 def receipt_for(rec: BundleRecord) -> collector_pb2.Receipt:
@@ -76,7 +76,6 @@ def bundle_record(
     )
 
 
-
 _NAME = re.compile(r"[A-Za-z0-9._-]{1,200}")
 
 
@@ -84,11 +83,16 @@ def _safe_file_name(name: str, bundle_id: str) -> str:
     return name if _NAME.fullmatch(name) and name.endswith(".tar.zst") else f"casefile-{bundle_id}.tar.zst"
 
 
-async def stored_by(store: Store, bundle_id: str, sha256: str, identity: UploadIdentity) -> BundleRecord | None:
+async def stored_by(
+    store: Store, bundle_id: str, sha256: str, identity: UploadIdentity, *, sealed: bool = False
+) -> BundleRecord | None:
     """The stored bundle ``bundle_id`` if ``identity`` stored it.
 
     Anyone else is answered as for a bundle never stored: a receipt names the agent,
     host, case and key, and even whether an id exists is not theirs to learn.
+    Other bytes under a stored id are refused, unless they may be ``sealed``: a sealed
+    file never hashes like the bundle inside it, so the record is returned as it is and
+    the caller compares once the file is opened (``collector.services.sealed.resent``).
     """
     try:
         rec = await asyncio.to_thread(store.get_bundle, bundle_id)
@@ -96,10 +100,25 @@ async def stored_by(store: Store, bundle_id: str, sha256: str, identity: UploadI
         return None
     if rec.agent_id != identity.agent.id:
         return None
-    if rec.sha256 != sha256:
+    if rec.sha256 != sha256 and not sealed:
         raise Rejected(
             grpc.StatusCode.ALREADY_EXISTS,
             f"bundle {bundle_id} is already stored with sha256 {rec.sha256[:16]}…; "
             f"refusing different bytes ({sha256[:16]}…) under the same id",
         )
     return rec
+
+
+
+async def stored_or_open(
+    store: Store, bundle_id: str, sha256: str, identity: UploadIdentity, sealed: bool
+) -> BundleRecord | None:
+    """The stored bundle if this upload (``sha256``) is it again. Else None once a new
+    bundle may come: not under a used-up (or too often refused) case token, and only
+    after a stored one of other bytes when those may be it ``sealed``."""
+    existing = await stored_by(store, bundle_id, sha256, identity, sealed=sealed)
+    if existing is not None and existing.sha256 == sha256:
+        return existing
+    if existing is None and identity.closed is not None:
+        raise Rejected(grpc.StatusCode.UNAUTHENTICATED, f"bundle {bundle_id}: {identity.closed}")
+    return None

@@ -25,8 +25,8 @@ from agent.errors import VerificationError
 from collector.auth import UploadIdentity, authorize_upload
 from collector.edge import Rejected, unary
 from collector.metrics import CollectorMetrics
-from collector.services.bundle_record import bundle_record, receipt_for, stored_by
-from collector.services.sealed import CollectorRecipient, commit_staged, discard, open_sealed
+from collector.services.bundle_record import bundle_record, receipt_for, stored_or_open
+from collector.services.sealed import CollectorRecipient, commit_staged, discard, open_sealed, opens, resent
 from collector.services.upload_limits import IngestLimits, UploadSlots, check_header_fields
 from collector.services.upload_stream import open_staged, read_header, receive_chunks
 from collector.services.verifier import Following, Verifier
@@ -148,12 +148,9 @@ class IngestService(collector_pb2_grpc.IngestServicer):
     ) -> collector_pb2.UploadState:
         check_header_fields(request.bundle_id, request.size, request.sha256, self._limits)
         identity = await self._authorize(context, request.bundle_id, request.sha256, request.size, request.proof)
-        existing = await stored_by(self._store, request.bundle_id, request.sha256, identity)
-        if existing is not None:
-            return collector_pb2.UploadState(
-                committed_offset=existing.size, complete=True, receipt=receipt_for(existing)
-            )
-        _require_open(identity, request.bundle_id)
+        rec = await stored_or_open(self._store, request.bundle_id, request.sha256, identity, opens(self.sealed))
+        if rec is not None:
+            return collector_pb2.UploadState(committed_offset=rec.size, complete=True, receipt=receipt_for(rec))
         offset = await asyncio.to_thread(
             functools.partial(
                 self._blobs.staged_offset, request.bundle_id, request.size, request.sha256, owner=identity.agent.id
@@ -170,10 +167,10 @@ class IngestService(collector_pb2_grpc.IngestServicer):
         header = await self._header(request_iterator)
         check_header_fields(header.bundle_id, header.size, header.sha256, self._limits)
         identity = await self._authorize(context, header.bundle_id, header.sha256, header.size, header.proof)
-        existing = await stored_by(self._store, header.bundle_id, header.sha256, identity)
+        sealed = opens(self.sealed, header.file_name)  # then _commit opens it and compares
+        existing = await stored_or_open(self._store, header.bundle_id, header.sha256, identity, sealed)
         if existing is not None:
             return receipt_for(existing)  # idempotent: same id, same bytes, same receipt
-        _require_open(identity, header.bundle_id)
         self._slots.take(identity, header.bundle_id)
         try:
             staged = await self._take_staging(header, identity)
@@ -313,6 +310,8 @@ class IngestService(collector_pb2_grpc.IngestServicer):
         opened = None
         try:
             opened = await open_sealed(staged.path, self.sealed, bundle_id, self._blobs)
+            if again := await resent(self._store, staged, opened, header.sha256, identity):
+                return receipt_for(again)  # the same bundle again (sealed anew, say): nothing stored twice
             if opened is not None:  # sealed: the bundle inside is verified, then stored
                 vb: VerifiedBundle = await self.verifier.check(opened.path, identity.bundle_key, opened.size, bundle_id)
             elif verified is not None:
@@ -321,7 +320,8 @@ class IngestService(collector_pb2_grpc.IngestServicer):
                 vb = await self.verifier.check(staged.path, identity.bundle_key, header.size, bundle_id)
         except Exception as exc:
             discard(opened)
-            await self._refused(identity, exc.reason if isinstance(exc, VerificationError) else "unreadable")
+            if not (isinstance(exc, Rejected) and exc.code is grpc.StatusCode.ALREADY_EXISTS):  # not a resend
+                await self._refused(identity, exc.reason if isinstance(exc, VerificationError) else "unreadable")
             await asyncio.to_thread(staged.abort)
             raise
         manifest = vb.manifest
@@ -398,9 +398,3 @@ class IngestService(collector_pb2_grpc.IngestServicer):
                 log.exception("live request %s: bundle %s stored, but notifying failed", request_id, bundle_id)
         self.after_receipt(stored)
         return receipt_for(stored)
-
-
-def _require_open(identity: UploadIdentity, bundle_id: str) -> None:
-    """Refuse a new bundle under a used-up (or too often refused) case token before taking its bytes."""
-    if identity.closed is not None:
-        raise Rejected(grpc.StatusCode.UNAUTHENTICATED, f"bundle {bundle_id}: {identity.closed}")

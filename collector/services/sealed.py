@@ -25,9 +25,11 @@ from typing import Any
 
 from agent.errors import VerificationError
 from agent.sealed import sniff
-from collector.storage import BlobStore
+from collector.auth import UploadIdentity
+from collector.services.bundle_record import stored_by
+from collector.storage import BlobStore, BundleRecord, Store
 
-__all__ = ["CollectorRecipient", "Opened", "commit_staged", "discard", "open_sealed"]
+__all__ = ["CollectorRecipient", "Opened", "commit_staged", "discard", "open_sealed", "opens", "resent"]
 
 IDENTITY_DIR = "recipient"
 IDENTITY_FILE = "age-identity.txt"
@@ -173,6 +175,31 @@ async def open_sealed(
     Raises VerificationError when it is sealed but cannot be opened here; the opened
     file is the caller's to ``discard`` (or ``publish``)."""
     return await asyncio.to_thread(_open, sealed, keys, label, blobs.staging_dir)
+
+
+def opens(keys: CollectorRecipient | None, file_name: str | None = None) -> bool:
+    """Whether an upload (named ``file_name``, when known) may be a file sealed to this
+    collector: then other bytes under a stored id may still be the stored bundle sealed,
+    which only opening it tells (an exact resend of a sealed file, say)."""
+    if file_name is not None and not file_name.endswith(".age"):
+        return False
+    return keys is not None and keys.identity() is not None
+
+
+async def resent(
+    store: Store, staged: Any, opened: Opened | None, sha256: str, identity: UploadIdentity
+) -> BundleRecord | None:
+    """The stored bundle if this upload is it again (what ``opened`` holds, or the staged
+    bytes of ``sha256`` when not sealed); then the staged and opened files are dropped.
+
+    A sealed file is new bytes at every encryption, and even an exact resend never
+    hashes like the bundle stored from it: only what it opens to can be compared.
+    Other bytes under the id are refused (``Rejected``, ALREADY_EXISTS) as for any upload."""
+    again = await stored_by(store, staged.bundle_id, opened.sha256 if opened else sha256, identity)
+    if again is not None:
+        discard(opened)
+        await asyncio.to_thread(staged.abort)
+    return again
 
 
 def commit_staged(staged: Any, opened: Opened | None, blobs: BlobStore) -> tuple[str, int, str]:

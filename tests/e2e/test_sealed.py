@@ -8,6 +8,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pyrage
+
+from agent.keys import SigningKey
+from tests.collector.conftest import small_bundle
 from tests.e2e.test_cli import cli, served
 
 __all__ = ["served"]  # the collector fixture, shared with test_cli
@@ -24,6 +28,16 @@ def _sealed(s: dict[str, str], out: Path, recipient: str, *extra: str, home: str
             "--json", "--encrypt-to", recipient, *extra]  # fmt: skip
     made: dict[str, object] = json.loads(cli("casefile", *argv).stdout)
     return made
+
+
+def _same_id_other_bytes(s: dict[str, str], out: Path, bundle_id: str, recipient: str) -> Path:
+    """A real bundle under ``bundle_id`` with other contents (signed by another key), sealed."""
+    key = SigningKey.generate()
+    other = small_bundle(out, key, case_id="SR-9", payload=b"not the bundle the collector holds", bundle_id=bundle_id)
+    sealed = out / f"casefile-web-1-SR-9-20261207T000000Z-{bundle_id}.tar.zst.age"  # the id in its name
+    sealed.write_bytes(pyrage.encrypt(other.path.read_bytes(), [pyrage.x25519.Recipient.from_str(recipient)]))
+    other.path.unlink()
+    return sealed
 
 
 def _case_token(data: str) -> str:
@@ -74,17 +88,35 @@ def test_sealed_upload_and_import_round_trip(served: dict[str, str], tmp_path: P
     doc = json.loads(cli("casefile", "verify", str(sealed), "--json", check=False).stdout)
     assert doc["sealed"] is True and doc["recipient_kinds"] == ["X25519"] and doc["bundle_id"] == bundle["bundle_id"]
 
-    # Sent again by `casefile upload` (its id is in its name): the collector holds that id with
-    # the bytes that were inside, which a new sealed copy cannot be compared to: refused, not re-stored.
-    again = cli("casefile", "upload", str(sealed), "--to", s["addr"], "--token", token, "--ca-fingerprint", s["fp"],
-                "--home", s["home"], check=False)  # fmt: skip
-    assert again.returncode == 3 and "already stored" in again.stderr, again.stderr
+    # Sent again by `casefile upload` (its id is in its name), twice: the collector opens it,
+    # finds the bundle it already holds and answers with its receipt; nothing is stored twice.
+    for _ in range(2):
+        again = cli("casefile", "upload", str(sealed), "--to", s["addr"], "--token", token,
+                    "--ca-fingerprint", s["fp"], "--home", s["home"], check=False)  # fmt: skip
+        said = " ".join(again.stdout.split())
+        assert again.returncode == 0, again.stderr
+        assert f"bundle {bundle['bundle_id']}, sha256 {upload['sha256'][:16]}" in said, said
+    # Brought by hand as well: the same bundle, already stored.
+    data_env = {"CASEFILE_DATA_DIR": s["data"]}
+    rows = json.loads(cli("casefile-collector", "import", str(sealed), "--json", env=data_env).stdout)
+    assert [(r["bundle_id"], r["state"]) for r in rows] == [(bundle["bundle_id"], "already stored")], rows
+    # Another bundle under the same id, sealed: it opens, but to other bytes: refused, nothing changed.
+    impostor = _same_id_other_bytes(s, tmp_path / "impostor", str(bundle["bundle_id"]), recipient)
+    for code, sent in (
+        (3, cli("casefile", "upload", str(impostor), "--to", s["addr"], "--token", token, "--ca-fingerprint", s["fp"],
+                "--home", s["home"], check=False)),
+        (4, cli("casefile-collector", "import", str(impostor), env=data_env, check=False)),
+    ):  # fmt: skip
+        said = " ".join(sent.stderr.split())
+        assert sent.returncode == code and "refusing different bytes" in said, (sent.returncode, said)
+    assert _stored(s) == {bundle["bundle_id"]}
+    cli("casefile-collector", "download", str(bundle["bundle_id"]), "-o", str(tmp_path / "after.tar.zst"), env=env)
+    assert (tmp_path / "after.tar.zst").read_bytes() == opened.read_bytes()
 
     # Carried by hand from a machine the collector never saw: import opens it the same
     # way, files it as "signer not enrolled"; a second import is idempotent.
     carried = _sealed(s, tmp_path / "hand", recipient, home=str(tmp_path / "elsewhere"))["bundle"]
     assert isinstance(carried, dict)
-    data_env = {"CASEFILE_DATA_DIR": s["data"]}
     rows = json.loads(cli("casefile-collector", "import", str(carried["path"]), "--json", env=data_env).stdout)
     assert rows == [{"bundle_id": carried["bundle_id"], "state": "stored", "agent_id": rows[0]["agent_id"],
                      "signer": "signer not enrolled"}], rows  # fmt: skip
