@@ -297,7 +297,8 @@ def compile_query(query: str, *, now: dt.datetime, limit: int = 100) -> Compiled
     if parsed.uses_fs:
         cols.append(_f.mountpoint)
         source = bundle_metrics.join(fs_metrics, fs_metrics.c.bundle_id == bundle_metrics.c.bundle_id)
-        order.append(_f.id)  # a bundle's filesystems in a stable order
+        if not by_fs:  # a bundle's filesystems in a stable order (on fs_metrics the walk keeps its index order)
+            order.append(_f.id)
     cols.extend(FIELDS[f].column().label(f"v{i}") for i, f in enumerate(parsed.fields) if FIELDS[f].numeric)
     conds = [c for c in (parsed.condition, *time_conds) if c is not None]
     stmt = select(*cols).select_from(source).where(*conds).order_by(*order).limit(max(1, min(limit, 1000)))
