@@ -35,7 +35,7 @@ from collector.storage.errors import InvalidArgument
 from collector.storage.findings import bundle_metrics, fs_metrics
 from collector.storage.schema import to_micros
 
-__all__ = ["FIELDS", "MAX_QUERY", "CompiledQuery", "QueryError", "compile_query"]
+__all__ = ["FIELDS", "MAX_QUERY", "CompiledQuery", "ParsedQuery", "QueryError", "compile_query", "parse_query"]
 
 MAX_QUERY = 2000
 _MAX_DEPTH = 32
@@ -244,8 +244,26 @@ def _describe(tok: _Tok) -> str:
     return "the end of the query" if tok.kind == "end" else repr(tok.text[:40])
 
 
-def compile_query(query: str, *, now: dt.datetime, limit: int = 100) -> CompiledQuery:
-    """Parse ``query`` into a SELECT over the stored metrics (values bound, never inlined)."""
+@dataclass(frozen=True)
+class ParsedQuery:
+    """A query parsed: its condition (or None), its time bounds and the fields it names."""
+
+    condition: ColumnElement[bool] | None
+    times: tuple[tuple[str, int], ...]  # ("since" | "until", microseconds)
+    fields: tuple[str, ...]
+
+    @property
+    def uses_fs(self) -> bool:
+        return any(FIELDS[f].fs for f in self.fields)
+
+    @property
+    def uses_bundle(self) -> bool:
+        """Whether a condition names a bundle-wide field (host, memory, ...)."""
+        return any(not FIELDS[f].fs for f in self.fields)
+
+
+def parse_query(query: str, *, now: dt.datetime) -> ParsedQuery:
+    """Parse ``query``: its condition over the metric tables, values bound, never inlined."""
     p = _Parser(query, now)
     cond: ColumnElement[bool] | None = None
     if p.peek().kind not in ("end",) and not (p.peek().kind == "kw" and p.peek().text in ("since", "until")):
@@ -257,22 +275,31 @@ def compile_query(query: str, *, now: dt.datetime, limit: int = 100) -> Compiled
     tail = p.peek()
     if tail.kind != "end":
         raise QueryError(f"expected 'and', 'or', 'since', 'until' or the end, but found {_describe(tail)}", tail.pos)
-    uses_fs = any(FIELDS[f].fs for f in p.fields)
-    # Time and order on the table the query walks: fs_metrics when it names a filesystem.
-    when = _f.created_at if uses_fs else _m.created_at
-    time_conds = [when >= at if word == "since" else when < at for word, at in times]
+    return ParsedQuery(cond, tuple(times), tuple(p.fields))
+
+
+def compile_query(query: str, *, now: dt.datetime, limit: int = 100) -> CompiledQuery:
+    """Parse ``query`` into a SELECT over the stored metrics (values bound, never inlined).
+
+    Which table the database walks, newest first, until the page is full: a query on
+    filesystems alone walks ``fs_metrics``; one that also names a bundle-wide field
+    walks ``bundle_metrics`` (one row per bundle, against one per filesystem there) and
+    looks up a bundle's filesystems only for the bundles that can still match. Both
+    tables carry the bundle's time, so the order and the rows are the same either way.
+    """
+    parsed = parse_query(query, now=now)
+    by_fs = parsed.uses_fs and not parsed.uses_bundle
+    walk = _f if by_fs else _m
+    time_conds = [walk.created_at >= at if word == "since" else walk.created_at < at for word, at in parsed.times]
     cols: list[Any] = [_m.bundle_id, _m.hostname, _m.case_id, _m.agent_id, _m.created_at]
     source: Any = bundle_metrics
-    if uses_fs:
+    order: list[Any] = [walk.created_at.desc(), walk.bundle_id]
+    if parsed.uses_fs:
         cols.append(_f.mountpoint)
         source = bundle_metrics.join(fs_metrics, fs_metrics.c.bundle_id == bundle_metrics.c.bundle_id)
-    cols.extend(FIELDS[f].column().label(f"v{i}") for i, f in enumerate(p.fields) if FIELDS[f].numeric)
-    conds = [c for c in (cond, *time_conds) if c is not None]
-    stmt = (
-        select(*cols)
-        .select_from(source)
-        .where(*conds)
-        .order_by(when.desc(), (_f if uses_fs else _m).bundle_id)
-        .limit(max(1, min(limit, 1000)))
-    )
-    return CompiledQuery(stmt, tuple(p.fields), uses_fs)
+        if not by_fs:  # a bundle's filesystems in a stable order (on fs_metrics the walk keeps its index order)
+            order.append(_f.id)
+    cols.extend(FIELDS[f].column().label(f"v{i}") for i, f in enumerate(parsed.fields) if FIELDS[f].numeric)
+    conds = [c for c in (parsed.condition, *time_conds) if c is not None]
+    stmt = select(*cols).select_from(source).where(*conds).order_by(*order).limit(max(1, min(limit, 1000)))
+    return CompiledQuery(stmt, parsed.fields, parsed.uses_fs)
