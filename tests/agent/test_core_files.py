@@ -203,10 +203,21 @@ def test_the_daemons_policy_reaches_the_collector(tmp_path: Path, allowed: bool)
         assert not s.coredumps.core_files and "core files: " not in warnings
 
 
-def test_one_run_allows_core_files_with_set() -> None:
-    from agent.collect_request import key_values
-
-    assert key_values(["coredump_files=true", "coredump_max_bytes=1048576"], "--set") == {
-        "coredump_files": True,
-        "coredump_max_bytes": 1 << 20,
-    }
+@linux
+def test_one_run_allows_core_files_and_the_preview_lists_them(tmp_path: Path) -> None:
+    """The customer's own choice on their machine: ``casefile collect --set
+    coredump_files=true`` — the preview lists each core file with its size, writes nothing."""
+    store, files = _store(tmp_path)
+    newest = next(iter(files))
+    cli = [
+        sys.executable, "-m", "agent.cli", "collect", "--home", str(tmp_path / "home"), "--preview", "--json",
+        "-o", str(tmp_path / "out"), "--only", "coredumps", "--set", "coredump_files=true",
+        "--set", f"coredump_dir={store}", "--set", f"coredump_max_bytes={len(files[newest])}",
+    ]  # fmt: skip
+    done = subprocess.run(cli, capture_output=True, text=True, timeout=180, stdin=subprocess.DEVNULL, check=False)
+    assert done.returncode == 0, done.stderr
+    listed = {m["path"]: m for m in json.loads(done.stdout)["members"]}
+    assert [(p, m["kind"], m["size"]) for p, m in listed.items() if p.startswith("cores/")] == [
+        (f"cores/{newest}", "core", len(files[newest]))
+    ]
+    assert not (tmp_path / "out").exists()
