@@ -97,7 +97,7 @@ LIMITS: dict[str, int] = {
     "recorder_retention_s": 366 * 86400,
     "recorder_max_bytes": 1 << 36,  # 64 GiB
     "triggers_max_per_hour": 60,
-    "crash_core_max_bytes": 1 << 34,  # 16 GiB (agent.collect.builtin.corefiles.CORE_MAX_BYTES_LIMIT)
+    "crash_core_max_bytes": 1 << 32,  # 4 GiB, a bundle a collector accepts (corefiles.CORE_MAX_BYTES_LIMIT)
 }
 
 

@@ -18,6 +18,7 @@ import pytest
 from agent.analysis import BundleView
 from agent.bundle.reader import verify_bundle
 from agent.collect import CollectionSpec
+from agent.collect.builtin.corefiles import CORE_MAX_BYTES_LIMIT
 from agent.daemon.policy import LIMITS, Policy, PolicyError, load_policy
 from agent.keys import SigningKey
 from agent.oneshot import PrivacyOptions, collect_bundle, prepare_collection
@@ -143,14 +144,24 @@ def test_private_and_facts_only_never_include_core_files(
 
 
 @linux
-def test_a_bad_option_fails_the_collector_clearly(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("options", "named"),
+    [
+        ({"coredump_files": "yes"}, "coredump_files"),
+        ({"coredump_files": True, "coredump_max_bytes": -1}, "coredump_max_bytes"),
+        ({"coredump_files": True, "coredump_max_bytes": CORE_MAX_BYTES_LIMIT + 1}, "coredump_max_bytes"),
+        ({"coredump_files": True, "coredump_max_bytes": "64M"}, "coredump_max_bytes"),
+    ],
+)
+def test_a_bad_option_fails_the_collector_clearly(
+    tmp_path: Path, options: dict[str, str | int | bool], named: str
+) -> None:
     store = tmp_path / "coredump"
     store.mkdir()
-    spec = _spec(store, coredump_files="yes")
-    done = collect_bundle(key=SigningKey.generate(), output_dir=tmp_path / "out", spec=spec)
+    done = collect_bundle(key=SigningKey.generate(), output_dir=tmp_path / "out", spec=_spec(store, **options))
     status = {c.name: c for c in BundleView.from_file(done.bundle.path).snapshot.collectors}
-    assert status["coredumps"].state != facts_pb2.CollectorStatus.OK
-    assert "coredump_files" in status["coredumps"].error
+    assert status["coredumps"].state == facts_pb2.CollectorStatus.ERROR
+    assert named in status["coredumps"].error
 
 
 def test_policy_core_keys_default_off_and_are_bounded(tmp_path: Path) -> None:
@@ -160,6 +171,7 @@ def test_policy_core_keys_default_off_and_are_bounded(tmp_path: Path) -> None:
     on = Policy.from_dict({"crash_core_files": True, "crash_core_max_bytes": 0}, "t")
     assert on.collector_options() == {"coredump_files": True, "coredump_max_bytes": 0}  # zero: none fits
     top = LIMITS["crash_core_max_bytes"]
+    assert top == CORE_MAX_BYTES_LIMIT  # the policy and the collector share one ceiling
     assert Policy.from_dict({"crash_core_max_bytes": top}, "t").crash_core_max_bytes == top
     for bad in (-1, top + 1, 10**400, 1.5, True, "64M"):
         with pytest.raises(PolicyError, match="crash_core_max_bytes must be an integer"):

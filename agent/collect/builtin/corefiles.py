@@ -34,7 +34,7 @@ from protos import facts_pb2
 __all__ = ["CORE_MAX_BYTES", "CORE_MAX_BYTES_LIMIT", "DEFAULT_STORE", "take_core_files"]
 
 CORE_MAX_BYTES = 64 << 20
-CORE_MAX_BYTES_LIMIT = 1 << 34  # 16 GiB: agent.daemon.policy.LIMITS["crash_core_max_bytes"] is the same
+CORE_MAX_BYTES_LIMIT = 1 << 32  # 4 GiB, what a collector accepts by default; agent.daemon.policy.LIMITS has the same
 DEFAULT_STORE = "/var/lib/systemd/coredump"
 MAX_CONSIDERED = 100
 _BLOCK = 1 << 20
