@@ -233,3 +233,19 @@ def test_one_run_allows_core_files_and_the_preview_lists_them(tmp_path: Path) ->
         (f"cores/{newest}", "core", len(files[newest]))
     ]
     assert not (tmp_path / "out").exists()
+
+
+@linux
+def test_a_command_name_systemd_escaped_becomes_a_member_name(tmp_path: Path) -> None:
+    store = tmp_path / "coredump"
+    store.mkdir()
+    name = f"core.Web\\x20Content.1000.{BOOT}.77.1733600000000000.zst"  # systemd's escape of a space
+    data = Path(sys.executable).read_bytes()
+    (store / name).write_bytes(data)
+    done = collect_bundle(
+        key=SigningKey.generate(), output_dir=tmp_path / "out", spec=_spec(store, coredump_files=True)
+    )
+    s = BundleView.from_file(done.bundle.path).snapshot
+    assert [(c.name, c.included) for c in s.coredumps.core_files] == [(name, True)]
+    member = f"cores/{name.replace(chr(92), '_')}"
+    assert _members(done.bundle.path, [member]) == {member: data}

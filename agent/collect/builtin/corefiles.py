@@ -14,7 +14,8 @@ The newest files go first; each goes whole (never cut) while it fits in what is 
 the bound, an older smaller one may still fit after a big one was left out. Files are
 taken as stored (``.zst``, ``.lz4``, ``.xz`` compressed or not), opened with
 ``O_NOFOLLOW`` and kept only when regular, copied into the run's private temp area and
-handed over as members ``cores/<name>`` of kind ``core`` — which the privacy phase copies
+handed over as members ``cores/<name>`` (a backslash of systemd's ``\\xNN`` escapes
+becomes ``_``) of kind ``core`` — which the privacy phase copies
 byte for byte under ``standard`` and never keeps under ``private`` or ``facts-only``.
 Every file considered is recorded in ``CoredumpFacts.core_files``: included, or left out
 and why (the bound, unreadable, not a regular file, the budget).
@@ -78,14 +79,14 @@ def take_core_files(ctx: CollectContext, facts: facts_pb2.CoredumpFacts) -> None
             continue
     entries.sort(key=lambda t: (t[0], t[1].name), reverse=True)
     left = bound
-    for _, e in entries[:MAX_CONSIDERED]:
+    for i, (_, e) in enumerate(entries[:MAX_CONSIDERED]):
         note = facts.core_files.add(name=e.name[:255], pid=_pid_of(e.name, listed))  # add(): not a copy
-        left -= _take_one(ctx, store / e.name, note, left)
+        left -= _take_one(ctx, store / e.name, note, left, f"{i}.core")
     if len(entries) > MAX_CONSIDERED:
         ctx.warn(f"core files: {len(entries) - MAX_CONSIDERED} older ones not considered")
 
 
-def _take_one(ctx: CollectContext, path: Path, note: facts_pb2.CoreFile, left: int) -> int:
+def _take_one(ctx: CollectContext, path: Path, note: facts_pb2.CoreFile, left: int, temp_name: str) -> int:
     """Copy one core file into the temp area and hand it over; the bytes it used of the bound."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
@@ -104,7 +105,7 @@ def _take_one(ctx: CollectContext, path: Path, note: facts_pb2.CoreFile, left: i
         if ctx.remaining() < 1:
             note.reason = "the collector's time budget ran out"
             return 0
-        dst_path = ctx.temp_path(note.name)
+        dst_path = ctx.temp_path(temp_name)
         copied = 0
         try:
             out = os.open(dst_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
@@ -123,6 +124,12 @@ def _take_one(ctx: CollectContext, path: Path, note: facts_pb2.CoreFile, left: i
         dst_path.unlink(missing_ok=True)
         note.reason = f"changed while read: {copied} of {st.st_size} bytes"
         return 0
-    ctx.add_artifact_file(f"cores/{note.name}", dst_path, kind="core")
+    try:
+        # systemd escapes a command name's odd characters as \xNN: no backslash in a member name.
+        ctx.add_artifact_file(f"cores/{note.name.replace(chr(92), '_')}", dst_path, kind="core")
+    except CollectionError as exc:  # a name no bundle member may have: this file only
+        dst_path.unlink(missing_ok=True)
+        note.reason = f"left out: {str(exc)[:200]}"
+        return 0
     note.included = True
     return copied
