@@ -1,6 +1,8 @@
 """The privacy phase of a collection (``agent.oneshot``): every artifact and every file
 the customer attached streams through the ``Redactor`` into an anonymous spool and
-past the leak gate, and what would be sent is listed in a ``Preview``.
+past the leak gate, and what would be sent is listed in a ``Preview``. Core files
+(artifact kind ``core``, only when the owner allowed them) are the one exception: copied
+byte for byte, not scanned, and dropped under ``private`` and ``facts-only``.
 
 Nothing here writes to the output folder; ``agent.oneshot.Prepared`` seals the spools.
 """
@@ -11,6 +13,7 @@ import datetime as dt
 import fnmatch
 import os
 import secrets
+import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -125,10 +128,22 @@ def redact_artifacts(
         gate.scan_stream(path, spool)
         members.append(Member(path, kind_, size, spool))
 
+    def spool_verbatim(path: str, src: IO[bytes]) -> None:
+        # A core file (binary process memory, often compressed) the owner allowed: text
+        # redaction would only corrupt it and the gate would read noise, so neither runs;
+        # the preview lists it with its size before anything is sealed.
+        spool = tempfile.SpooledTemporaryFile(max_size=SPOOL_MAX, mode="w+b")  # noqa: SIM115 - closed by Prepared
+        shutil.copyfileobj(src, spool, 1 << 20)
+        size = spool.tell()
+        spool.seek(0)
+        members.append(Member(path, "core", size, spool))
+
     try:
         for art in result.artifacts:
             reason = ""
-            if not profile.raw and art.kind in ("log", "command"):
+            if art.kind == "core" and (not profile.raw or profile.pseudonymise):
+                reason = f"profile {profile.name} never includes core files (process memory cannot be redacted)"
+            elif not profile.raw and art.kind in ("log", "command"):
                 reason = f"profile {profile.name} keeps no raw {art.kind} output"
             elif privacy.only_paths and not matches(art.path, privacy.only_paths):
                 reason = "not selected by --only"
@@ -140,7 +155,10 @@ def redact_artifacts(
                 dropped.append({"path": path, "kind": art.kind, "reason": reason})
                 continue
             with art.open() as src:
-                spool_in(path, art.kind, src)
+                if art.kind == "core":
+                    spool_verbatim(path, src)
+                else:
+                    spool_in(path, art.kind, src)
         added_entries: list[dict[str, str]] = []
         taken = {s.name for s in result.snapshot.logs.sources}
         for source, member in added:

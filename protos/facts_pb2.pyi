@@ -764,14 +764,30 @@ class RecordedProcess(_message.Message):
     def __init__(self, name: _Optional[str] = ..., cpu_percent: _Optional[float] = ..., rss_bytes: _Optional[int] = ...) -> None: ...
 
 class CoredumpFacts(_message.Message):
-    __slots__ = ("coredumps", "total", "detail")
+    __slots__ = ("coredumps", "total", "detail", "core_files")
     COREDUMPS_FIELD_NUMBER: _ClassVar[int]
     TOTAL_FIELD_NUMBER: _ClassVar[int]
     DETAIL_FIELD_NUMBER: _ClassVar[int]
+    CORE_FILES_FIELD_NUMBER: _ClassVar[int]
     coredumps: _containers.RepeatedCompositeFieldContainer[Coredump]
     total: int
     detail: str
-    def __init__(self, coredumps: _Optional[_Iterable[_Union[Coredump, _Mapping]]] = ..., total: _Optional[int] = ..., detail: _Optional[str] = ...) -> None: ...
+    core_files: _containers.RepeatedCompositeFieldContainer[CoreFile]
+    def __init__(self, coredumps: _Optional[_Iterable[_Union[Coredump, _Mapping]]] = ..., total: _Optional[int] = ..., detail: _Optional[str] = ..., core_files: _Optional[_Iterable[_Union[CoreFile, _Mapping]]] = ...) -> None: ...
+
+class CoreFile(_message.Message):
+    __slots__ = ("name", "size", "included", "reason", "pid")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    INCLUDED_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    PID_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    size: int
+    included: bool
+    reason: str
+    pid: int
+    def __init__(self, name: _Optional[str] = ..., size: _Optional[int] = ..., included: _Optional[bool] = ..., reason: _Optional[str] = ..., pid: _Optional[int] = ...) -> None: ...
 
 class Coredump(_message.Message):
     __slots__ = ("time", "pid", "uid", "gid", "signal", "signal_name", "executable", "corefile", "size", "command_line", "unit", "stack")

@@ -18,8 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Literal, TypeAlias
 
-ArtifactKind: TypeAlias = Literal["log", "command", "file", "config"]
-ARTIFACT_KINDS: frozenset[str] = frozenset({"log", "command", "file", "config"})
+# ``core``: a process's memory (agent.collect.builtin.corefiles), binary, copied byte for
+# byte under the ``standard`` profile and never kept under ``private`` or ``facts-only``.
+ArtifactKind: TypeAlias = Literal["log", "command", "file", "config", "core"]
+ARTIFACT_KINDS: frozenset[str] = frozenset({"log", "command", "file", "config", "core"})
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ from typing import IO, Any
 from agent.bundle import WrittenBundle
 from agent.collect import CollectionSpec, RunningCollection, registered_collectors, start_collection
 from agent.collect_request import run_options, upload_target
+from agent.daemon.policy import load_policy
 from agent.keys import SigningKey
 from agent.oneshot import PrivacyOptions, collect_bundle, prepare_collection
 from agent.state import AgentHome
@@ -69,6 +70,8 @@ def collect_live(
     options.update(
         run_options(home=home, recorder_since_s=float(history_s or since_s or 3600), collector_host=collector_host)
     )
+    if (home / "policy.json").is_file():  # the daemon's policy: whether core files may go (crash_core_files)
+        options.update(load_policy(home).collector_options())
     if trigger:
         options["trigger"] = trigger
     output_dir.mkdir(parents=True, exist_ok=True, mode=0o700)

@@ -23,7 +23,11 @@ daemon's first start when missing; edit it and restart the service::
       "recorder_retention_s": 604800,   //   ... up to this age (7 days)
       "recorder_max_bytes": 33554432,   //   ... in at most this much disk (32 MiB)
       "triggers": [],                   // triggered capture (agent.daemon.trigger_spec)
-      "triggers_max_per_hour": 4        //   all triggers together, per rolling hour (0: off)
+      "triggers_max_per_hour": 4,       //   all triggers together, per rolling hour (0: off)
+      "crash_core_files": false,        // the crashes scope may include systemd-coredump's core
+                                        //   files (process memory, secrets included; standard
+                                        //   profile only, never private or facts-only)
+      "crash_core_max_bytes": 67108864  //   ... newest first, whole files, at most this much (64 MiB)
     }
 
 The scopes and what each collects are in ``agent.scopes`` (one table, which the
@@ -93,6 +97,7 @@ LIMITS: dict[str, int] = {
     "recorder_retention_s": 366 * 86400,
     "recorder_max_bytes": 1 << 36,  # 64 GiB
     "triggers_max_per_hour": 60,
+    "crash_core_max_bytes": 1 << 32,  # 4 GiB, a bundle a collector accepts (corefiles.CORE_MAX_BYTES_LIMIT)
 }
 
 
@@ -116,6 +121,9 @@ class Policy:
     # Triggered capture (agent.daemon.trigger_spec); sampled with the recorder, so off with it.
     triggers: tuple[TriggerSpec, ...] = ()
     triggers_max_per_hour: int = 4
+    # Core files in the crashes scope (agent.collect.builtin.corefiles): off unless the owner says.
+    crash_core_files: bool = False
+    crash_core_max_bytes: int = 64 * 1024 * 1024
     # Collection specs (agent.specs): who may sign them, which may run live.
     spec_signers: tuple[str, ...] = ()
     live_specs: tuple[str, ...] = ()
@@ -166,6 +174,9 @@ class Policy:
                 )
             return value
 
+        core_files = data.get("crash_core_files", base.crash_core_files)
+        if not isinstance(core_files, bool):
+            raise PolicyError(f"policy {where}: crash_core_files must be true or false; got {_shown(core_files)}")
         profile = data.get("profile", base.profile)
         if profile not in PROFILE_NAMES:
             raise PolicyError(f"policy {where}: profile must be one of {', '.join(PROFILE_NAMES)}; got {profile!r}")
@@ -189,10 +200,16 @@ class Policy:
             recorder_max_bytes=number("recorder_max_bytes", 0),
             triggers=triggers,
             triggers_max_per_hour=number("triggers_max_per_hour", 0),
+            crash_core_files=core_files,
+            crash_core_max_bytes=number("crash_core_max_bytes", 0),
             spec_signers=signers,
             live_specs=live_specs,
             notes=notes,
         )
+
+    def collector_options(self) -> dict[str, bool | int]:
+        """What the policy tells the collectors of every live or triggered collection."""
+        return {"coredump_files": self.crash_core_files, "coredump_max_bytes": self.crash_core_max_bytes}
 
     @property
     def recorder_on(self) -> bool:

@@ -4,8 +4,10 @@ Three collectors, each with its own budget so a slow journal never costs the oth
 
 - ``coredumps``: systemd-coredump's entries, ``coredumpctl --json=short list`` (newest
   ``MAX_COREDUMPS``), and ``coredumpctl info`` of the newest ``INFO_COUNT`` for the
-  command line, unit and the first frames of the crashing thread. Metadata only: a core
-  file holds the process's memory (secrets included) and never goes into a bundle.
+  command line, unit and the first frames of the crashing thread. Metadata only unless
+  the machine's owner allows core files (``agent.collect.builtin.corefiles``: policy
+  ``crash_core_files``, or ``--set coredump_files=true``): a core file holds the
+  process's memory, secrets included.
 - ``kernel_crashes``: the kernel's own record of its last death, ``/sys/fs/pstore``
   (files listed, their oops/panic lines kept), and the previous boot's kernel lines that
   name an oops, a panic, a BUG or a call trace (``journalctl -b -1 -k``).
@@ -24,6 +26,7 @@ import re
 import signal
 from pathlib import Path
 
+from agent.collect.builtin.corefiles import take_core_files
 from agent.collect.command import CommandNotFound, run_command
 from agent.collect.framework import CollectContext, Collector
 from protos import facts_pb2
@@ -133,7 +136,7 @@ def parse_coredump_info(text: str) -> dict[str, object]:
 
 class CoredumpsCollector(Collector):
     name = "coredumps"
-    description = "systemd-coredump's entries (coredumpctl list and info): metadata, never the core itself"
+    description = "systemd-coredump's entries (coredumpctl list and info); core files only when allowed"
     platforms = frozenset({"linux"})
     budget_s = 10.0
     facts_field = "coredumps"
@@ -141,22 +144,27 @@ class CoredumpsCollector(Collector):
 
     def collect(self, ctx: CollectContext) -> facts_pb2.CoredumpFacts:
         facts = facts_pb2.CoredumpFacts()
+        self._entries(ctx, facts)
+        take_core_files(ctx, facts)
+        return facts
+
+    def _entries(self, ctx: CollectContext, facts: facts_pb2.CoredumpFacts) -> None:
         base = ["coredumpctl", "--no-pager", "--no-legend"]
         try:
             listed = run_command([*base, "--json=short", "list"], timeout=ctx.remaining() / 2, max_bytes=_OUT_MAX)
         except CommandNotFound as exc:
             facts.detail = str(exc)
-            return facts
+            return
         if not listed.ok:
             # "No coredumps found." exits 1: that is an answer, not a failure.
             err = listed.stderr.decode("utf-8", "replace")
             facts.detail = "no coredumps recorded" if "No coredumps found" in err else listed.describe_failure()
-            return facts
+            return
         try:
             dumps = parse_coredump_list(listed.text())
         except ValueError as exc:
             facts.detail = f"coredumpctl list unreadable: {str(exc)[:200]}"
-            return facts
+            return
         facts.total = len(dumps)
         facts.coredumps.extend(dumps[:MAX_COREDUMPS])
         for c in facts.coredumps[:INFO_COUNT]:
@@ -172,7 +180,6 @@ class CoredumpsCollector(Collector):
             stack = got.get("stack")
             if isinstance(stack, list):
                 c.stack.extend(str(f) for f in stack)
-        return facts
 
 
 class KernelCrashesCollector(Collector):
