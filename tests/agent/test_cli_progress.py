@@ -40,12 +40,13 @@ def test_a_transfer_from_zero_or_not_on_a_terminal_prints_no_resume_line() -> No
 
 
 def test_a_long_scan_shows_collectors_done_of_total() -> None:
-    # A real collection whose fragmentation sample is asked to take longer than the
-    # moment after which progress shows.
+    # A real collection with one collector asked to take longer than the moment after
+    # which progress shows (a CPU sampling window: a fragmentation walk may end early on a
+    # small filesystem, so it cannot promise to be long).
     spec = CollectionSpec(
-        only=("host", "memory", "fragmentation"),
-        options={"frag_budget_s": SHOW_AFTER_S + 1.0},
-        budgets={"fragmentation": SHOW_AFTER_S + 10.0},
+        only=("host", "memory", "processes"),
+        options={"processes_sample_s": SHOW_AFTER_S + 1.0},
+        budgets={"processes": SHOW_AFTER_S + 10.0},
     )
     running = start_collection(spec)
     console, buf = _terminal()
@@ -56,7 +57,7 @@ def test_a_long_scan_shows_collectors_done_of_total() -> None:
     finally:
         result = running.wait()
     assert {s.name for s in result.statuses if s.state == facts_pb2.CollectorStatus.OK} >= {"host", "memory"}
-    assert "collecting: 2 of 3 done; running fragmentation" in buf.getvalue()
+    assert "collecting: 2 of 3 done; running processes" in buf.getvalue()
 
 
 def test_a_short_run_shows_nothing() -> None:
