@@ -11,7 +11,6 @@ this page and on the fleet page), and the console reads no hunt table of its own
 from __future__ import annotations
 
 import json
-import re
 from typing import Any
 from urllib.parse import quote
 
@@ -35,7 +34,6 @@ __all__ = ["ACTIVE", "routes", "spec_of"]
 
 # A host in one of these may still change; ``offline`` and ``queued`` only when its agent returns.
 ACTIVE = frozenset({"queued", "offline", "delivered", "collecting", "uploading"})
-_SPLIT_RE = re.compile(r"[,\s]+")
 
 
 def _text(form: dict[str, Any], name: str) -> str:
@@ -60,7 +58,8 @@ def spec_of(form: dict[str, Any]) -> collector_pb2.HuntSpec:
         raise InvalidArgument("A reason is required: every selected host's owner sees it.")
     scopes = form.get("scope", [])
     scopes = [scopes] if isinstance(scopes, str) else list(scopes)
-    labels = [part for part in _SPLIT_RE.split(_text(form, "labels")) if part]
+    # One per line: a value may hold spaces and commas, never a line break (no control characters).
+    labels = [line.strip() for line in _text(form, "labels").splitlines() if line.strip()]
     return collector_pb2.HuntSpec(
         labels=labels,
         host_pattern=_text(form, "host_pattern"),

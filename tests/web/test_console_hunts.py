@@ -9,9 +9,15 @@ from __future__ import annotations
 import json
 import re
 
+from hypothesis import given
+from hypothesis import strategies as st
 from markupsafe import escape
 
-from tests.web.conftest import CASE, Console
+from agent.keys import SigningKey
+from agent.transport import enroll
+from collector.storage.errors import InvalidArgument
+from collector.web.hunts import spec_of
+from tests.web.conftest import CASE, HOSTILE_HOST, Console
 
 HOSTILE_REASON = '<script>alert("hunt")</script> check disks'
 
@@ -107,3 +113,48 @@ def test_hunt_post_without_csrf_is_refused_and_creates_nothing(console: Console)
         form = {k: v for k, v in _form("x").items() if k != "csrf"}
         assert web.post("/hunts", {**form, **extra}).status == 403
     assert len(console.collector.store.list_audit(50, action="hunt.create")) == before
+
+
+def test_hostile_host_names_and_labels_are_escaped_on_the_hunt_page(console: Console) -> None:
+    label = 'team=<i onmouseover="x()">ops</i>'
+    with console.collector.channel() as ch:
+        enroll(ch, token=console.collector.enroll_token(), key=SigningKey.generate(), hostname=HOSTILE_HOST,
+               agent_version="t", labels=(label,))
+    web = console.client()
+    web.sign_in(console.tokens["admin"])
+    started = web.post("/hunts", _form(web.csrf(web.get("/hunts").body), labels=label, host_pattern=""))
+    assert started.status == 303, started.body
+    shown = web.get(started.headers["location"])
+    assert shown.status == 200
+    for raw in (HOSTILE_HOST, label, HOSTILE_REASON):
+        assert raw not in shown.body
+    rows = shown.body.split('id="hunt-hosts"')[1].split("</table>")[0]
+    assert str(escape(HOSTILE_HOST)) in rows and "state-offline" in rows
+    assert str(escape(label)) in shown.body  # in the selector line
+    status = json.loads(web.get(started.headers["location"] + "/status").body)
+    assert [h["hostname"] for h in status["hosts"]] == [HOSTILE_HOST]  # JSON; the script sets textContent
+
+
+_TEXT = st.text(max_size=60)
+
+
+_DURATION = st.one_of(_TEXT, st.from_regex(r"[0-9]{1,40}(\.[0-9]{1,5})?[smhd]", fullmatch=True))
+
+
+@given(labels=_TEXT, pattern=_TEXT, case=_TEXT, reason=_TEXT, expires=_DURATION, since=_DURATION,
+       scope=st.one_of(_TEXT, st.lists(_TEXT, max_size=4)))
+def test_any_hunt_form_becomes_a_request_or_a_clear_refusal(
+    labels: str, pattern: str, case: str, reason: str, expires: str, since: str, scope: str | list[str]
+) -> None:
+    form = {"labels": labels, "host_pattern": pattern, "case": case, "reason": reason, "expires": expires,
+            "since": since, "scope": scope}
+    try:
+        spec = spec_of(form)
+    except InvalidArgument as exc:
+        assert str(exc).startswith(("A reason is required", "expiry: ", "logs window: "))
+        return
+    assert spec.reason == reason.strip() != ""
+    assert list(spec.labels) == [line.strip() for line in labels.strip().splitlines() if line.strip()]
+    assert all("\n" not in label and label == label.strip() for label in spec.labels)
+    assert spec.host_pattern == pattern.strip() and spec.case_id == case.strip()
+    assert spec.expires_s >= 0 and spec.since_seconds >= 0
