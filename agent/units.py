@@ -17,7 +17,10 @@ def parse_duration(text: str) -> dt.timedelta:
     m = _DURATION.match(text.strip())
     if not m:
         raise ValueError(f"duration must look like 90s, 30m, 24h or 7d, got {text!r}")
-    return dt.timedelta(seconds=float(m.group(1)) * _SECONDS[m.group(2)])
+    try:
+        return dt.timedelta(seconds=float(m.group(1)) * _SECONDS[m.group(2)])
+    except OverflowError:  # more days than a timedelta holds (999999999)
+        raise ValueError(f"duration {text[:40]!r} is too long") from None
 
 
 def parse_size(text: str) -> int:

@@ -28,6 +28,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from collector.edge import status_for
 from collector.live import LiveRouter
+from collector.services.hunt_service import HuntService
 from collector.services.query import QueryService
 from collector.storage import BlobStore, Store
 from collector.storage.text import clip
@@ -103,6 +104,8 @@ class Console:
         self.store = store
         self.router = router
         self.query = QueryService(store, blobs, router)
+        # Hunts deliver live requests: without a live router (no agent channel) there are none.
+        self.hunts = HuntService(store, blobs, router) if router is not None else None
         self.actions = ConsoleActions(store, blobs, cache_dir)
         self.sessions = SessionTable()
         self.templates = Environment(

@@ -21,7 +21,7 @@ from agent.transport.connect import parse_address
 from collector.listen import ListenError, why_not_listening
 from collector.live import LiveRouter
 from collector.storage import BlobStore, Store
-from collector.web import fleet, pages, work
+from collector.web import fleet, hunts, pages, work
 from collector.web.app import Console
 
 __all__ = ["ConsoleServer"]
@@ -51,7 +51,10 @@ class ConsoleServer:
         self.address = address
         self.console = Console(store, blobs, router, cache_dir)
         self.app = self.console.asgi(
-            [*pages.routes(self.console), *fleet.routes(self.console), *work.routes(self.console)]
+            [
+                *pages.routes(self.console), *fleet.routes(self.console), *hunts.routes(self.console),
+                *work.routes(self.console),
+            ]
         )
         self._cert, self._key = tls
         self._server: _Server | None = None

@@ -272,3 +272,44 @@ def test_admin_pages_work_from_the_keyboard(site: Site, browser: Any) -> None:
     assert site.bundles["after"][:12] in d.find_element(By.ID, "fleet-findings").text
     shoot(site, d, "fleet")
     assert console_errors(d) == []
+
+
+def test_engineer_hunts_from_the_keyboard_and_sees_the_hosts_finish(site: Site, browser: Any) -> None:
+    d = browser
+    sign_in(site, d, "engineer", "/hunts")
+    assert d.current_url.endswith("/hunts") and not unlabelled_fields(d)
+    d.find_element(By.ID, "labels").click()
+    d.switch_to.active_element.send_keys(Keys.TAB)
+    assert d.switch_to.active_element.get_attribute("id") == "host_pattern"  # keyboard order follows the form
+    d.switch_to.active_element.send_keys("*")
+    d.find_element(By.ID, "case").send_keys(CASE)
+    d.find_element(By.ID, "reason").send_keys("SR-4711: compare the fleet, console test")
+    shoot(site, d, "hunt-form")
+    d.find_element(By.ID, "case").send_keys(Keys.ENTER)  # the keyboard alone starts it
+    wait_for("hunt page", lambda: "/hunts/hu_" in d.current_url, timeout=30)
+    assert "db-1" in d.find_element(By.ID, "hunt-hosts").text  # enrolled, never connected: it waits
+
+    def state_of(host: str) -> str:
+        with contextlib.suppress(StaleElementReferenceException):
+            for row in d.find_elements(By.CSS_SELECTOR, "#hunt-hosts tbody tr"):
+                if row.text.startswith(host):
+                    return str(row.find_element(By.CSS_SELECTOR, "td.state").text)
+        return ""
+
+    # The page's script polls the status RPC and updates the row in place (no reload).
+    wait_for("the live agent's row says done", lambda: state_of(HOSTNAME) == "done", timeout=90,
+             logs=site.agent.log.read_text)
+    assert state_of("db-1") == "offline"
+    refresh = d.find_element(By.CSS_SELECTOR, "#hunt-refresh a")
+    wait_for("reload offered", refresh.is_displayed)
+    shoot(site, d, "hunt-progress")
+    refresh.click()
+    wait_for("results", lambda: d.find_elements(By.ID, "hunt-outliers"), timeout=30)
+    links = d.find_elements(By.CSS_SELECTOR, '#hunt-results a[href^="/bundles/"]')
+    assert len(links) == 1
+    bundle_id = links[0].get_attribute("href").rsplit("/", 1)[1]
+    with site.collector.store() as store:
+        rec = store.get_bundle(bundle_id)
+    assert rec.kind == "live" and rec.agent_id == site.agent.agent_id
+    shoot(site, d, "hunt-results")
+    assert console_errors(d) == []
