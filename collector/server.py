@@ -146,11 +146,9 @@ class CollectorServer:
                 ("grpc.max_connection_idle_ms", 15 * 60 * 1000),
                 ("grpc.max_connection_age_ms", age_ms),
                 ("grpc.max_connection_age_grace_ms", int(self.config.max_connection_age_grace_s * 1000)),
-                # The TLS frame protector's buffer, held by every connection for its whole
-                # life: 16 KiB by default, 4 KiB here saves ~3 KiB per idle agent (92.0 vs
-                # 95.2 KiB per channel at 2,000, benchmarks/README.md). The collector sends
-                # small messages; received records are not limited by it.
-                ("grpc.tsi.max_frame_size", 4096),
+                # Not set: grpc.tsi.max_frame_size 4096 saved ~3 KiB per idle agent (92.0 vs
+                # 95.2 KiB per channel at 2,000, benchmarks/README.md) but the frame size is
+                # negotiated for both directions, so every upload went in 4 KiB TLS frames.
             ],
         )
         collector_pb2_grpc.add_EnrollServicer_to_server(EnrollService(self.store), server)
