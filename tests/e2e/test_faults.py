@@ -290,6 +290,9 @@ class CuttingProxy:
         self.loop.close()
 
 
+# Slow: each connection is cut after 64 KiB-1 MiB, so 8 bundles of 2 MiB need dozens of
+# reconnects each; on this 2-core machine that is 5-90 s, more under load.
+@pytest.mark.slow
 def test_cut_connections_every_upload_completes_by_resuming(tmp_path: Path) -> None:
     gen = serving(tmp_path)
     c = next(gen)
@@ -298,7 +301,7 @@ def test_cut_connections_every_upload_completes_by_resuming(tmp_path: Path) -> N
         who = enrolled(c)
         bundles = make_bundles(tmp_path, who, 8, payload=2 * 1024 * 1024)
         addr = proxy.start()
-        deadline = time.monotonic() + 90
+        deadline = time.monotonic() + 240
         with cf.ThreadPoolExecutor(8) as pool:
             shas = list(pool.map(lambda b: upload_until_stored(addr, c.fingerprint, who, b, deadline), bundles))
         assert shas == [b.sha256 for b in bundles]
