@@ -110,7 +110,27 @@ def write_into_holes(mnt: Path, files: list[tuple[Path, int]], hole: int = 64 <<
         write_sequential([(fill, (st.f_bavail * st.f_frsize - 4 * MIB) // MIB * MIB)])
     filler.unlink()
     (mnt / ".pad").unlink()
+    settle(mnt)
+
+
+def settle(mnt: Path) -> None:
+    """Let the filesystem finish freeing what was deleted: XFS frees a deleted file's blocks
+    in the background (deferred inode inactivation), so the free-space map read a moment
+    later would otherwise not be the one the test built. A freeze flushes that work."""
+    import time
+
     os.sync()
+    if shutil.which("fsfreeze"):
+        subprocess.run(["fsfreeze", "-f", str(mnt)], check=False, capture_output=True)
+        subprocess.run(["fsfreeze", "-u", str(mnt)], check=False, capture_output=True)
+    deadline = time.monotonic() + 10
+    last = os.statvfs(mnt).f_bfree
+    while time.monotonic() < deadline:
+        time.sleep(0.3)
+        now = os.statvfs(mnt).f_bfree
+        if now == last:
+            return
+        last = now
 
 
 def _pad(fd: int) -> None:

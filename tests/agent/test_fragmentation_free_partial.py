@@ -9,8 +9,6 @@ proves of *all* the free space (statfs), never by the share in that part.
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -44,26 +42,8 @@ def holed(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str,
     fstype: str = request.param
     for mnt in mount_image(fstype, tmp_path, size_mib=512):
         write_into_holes(mnt, [], fill=mnt / "backup.vbk")
-        _settle(mnt)
         yield fstype, mnt
 
-
-def _settle(mnt: Path) -> None:
-    """Let the filesystem finish freeing what was deleted: XFS frees a deleted file's blocks
-    in the background (deferred inode inactivation), so two reads of the map a moment apart
-    would otherwise see different free space. A freeze flushes that work."""
-    os.sync()
-    if shutil.which("fsfreeze"):
-        subprocess.run(["fsfreeze", "-f", str(mnt)], check=False, capture_output=True)
-        subprocess.run(["fsfreeze", "-u", str(mnt)], check=False, capture_output=True)
-    deadline = time.monotonic() + 10
-    last = os.statvfs(mnt).f_bfree
-    while time.monotonic() < deadline:
-        time.sleep(0.3)
-        now = os.statvfs(mnt).f_bfree
-        if now == last:
-            return
-        last = now
 
 
 @pytest.mark.root
