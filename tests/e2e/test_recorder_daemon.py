@@ -113,7 +113,8 @@ def test_a_trigger_fires_once_and_its_bundle_carries_the_rise(tmp_path: Path, sc
         assert rec.kind == "triggered" and manifest["kind"] == "triggered" and rec.agent_id == agent.agent_id
         assert manifest["spec"]["options"]["trigger"] == TRIGGER and manifest["request_id"] is None
         h = facts_pb2.Snapshot.FromString(facts_pb).recorded_history
-        (used,) = [list(s.values) for s in h.series if s.metric.endswith(f"{scratch.name}.used_pct")]
+        # The whole mount point: another test's image may be mounted under a folder of the same name.
+        (used,) = [list(s.values) for s in h.series if s.metric == f"fs.{scratch}.used_pct"]
         t = list(h.at_unix)
         assert used[0] < 30 and used[-1] >= 70  # the rise, in the bundle
         assert all(v < 30 for at, v in zip(t, used, strict=True) if at < filled_at)
