@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import shutil
-import tempfile
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,7 @@ from agent.daemon.delivery import Delivery
 from agent.daemon.history import History
 from agent.daemon.policy import Policy, collectors_for
 from agent.daemon.trigger_watch import Firing, TriggerWatch
-from agent.daemon.worker import CollectionWorker
+from agent.daemon.worker import CollectionWorker, new_work_dir
 from agent.scopes import reads_logs
 
 __all__ = ["Capture", "past_firings"]
@@ -88,7 +87,7 @@ class Capture:
         ids: dict[str, Any] = {"request_id": "", "trigger": t.name, "scopes": list(t.scopes)}
         async with self.busy:
             try:
-                work = await asyncio.to_thread(self._work_dir)
+                work = await asyncio.to_thread(new_work_dir, self.work, "triggered-")
             except OSError as exc:
                 detail = f"collection failed: no work folder under {self.work}: {exc}"
                 await asyncio.to_thread(lambda: self.history.append("failed", detail=detail, **ids))
@@ -120,7 +119,3 @@ class Capture:
             await self.delivery.send(bundle, self.worker, "", ids)
         finally:
             shutil.rmtree(work, ignore_errors=True)
-
-    def _work_dir(self) -> Path:
-        self.work.mkdir(parents=True, exist_ok=True, mode=0o700)
-        return Path(tempfile.mkdtemp(prefix="triggered-", dir=self.work))

@@ -19,7 +19,6 @@ import asyncio
 import datetime as dt
 import logging
 import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -28,7 +27,7 @@ from agent.daemon.delivery import Delivery
 from agent.daemon.history import History
 from agent.daemon.live_spec import check_live_spec
 from agent.daemon.policy import Policy, collectors_for
-from agent.daemon.worker import CollectionWorker
+from agent.daemon.worker import CollectionWorker, new_work_dir
 from agent.scopes import reads_logs
 from agent.transport.live_states import LiveState
 from agent.untrusted import REQUEST_ID_MAX, clean_text, describe_id, request_id_problem
@@ -116,7 +115,7 @@ class RequestHandler:
             await asyncio.to_thread(lambda: self.history.append("accepted", **who))
             self.progress(rid, LiveState.COLLECTING, f"scopes {', '.join(scopes)}", "")
             try:
-                work = await asyncio.to_thread(self._work_dir)
+                work = await asyncio.to_thread(new_work_dir, self.work, "live-")
             except OSError as exc:  # a full or read-only disk: answered like any failed collection
                 detail = f"collection failed: no work folder under {self.work}: {exc}"
                 await self._record("failed", detail, who)
@@ -157,11 +156,6 @@ class RequestHandler:
 
     def _spec_trust(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
         return self.policy.spec_signers, self.policy.live_specs
-
-    def _work_dir(self) -> Path:
-        """A fresh folder for one collection, under ``<home>/work``, named by us."""
-        self.work.mkdir(parents=True, exist_ok=True, mode=0o700)
-        return Path(tempfile.mkdtemp(prefix="live-", dir=self.work))
 
     async def _refuse(self, req: collector_pb2.SnapshotRequest, problem: str, who: dict[str, Any]) -> None:
         """A request whose id is no id: recorded and answered, never acted on."""

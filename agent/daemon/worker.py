@@ -33,6 +33,7 @@ import contextlib
 import json
 import logging
 import sys
+import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,7 +41,7 @@ from typing import Any
 
 from agent.errors import CasefileError, CollectionError, UploadError
 
-__all__ = ["WORKER_COMMAND", "CollectionWorker", "LiveBundle"]
+__all__ = ["WORKER_COMMAND", "CollectionWorker", "LiveBundle", "new_work_dir"]
 
 log = logging.getLogger("casefile.agent.daemon")
 
@@ -61,6 +62,13 @@ _REPLY_LIMIT = 1 << 20  # longest reply line; replies are small, an error messag
 COLLECT_DEADLINE_S = 300.0
 UPLOAD_DEADLINE_S = 900.0
 
+
+
+def new_work_dir(work: Path, prefix: str) -> Path:
+    """A fresh folder for one collection under ``work`` (``<home>/work``), named by the agent,
+    never after anything a collector sent."""
+    work.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return Path(tempfile.mkdtemp(prefix=prefix, dir=work))
 
 @dataclass(frozen=True)
 class LiveBundle:
