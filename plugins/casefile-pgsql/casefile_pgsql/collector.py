@@ -1,6 +1,6 @@
 """The PostgreSQL collector: server logs of the last hours, error counts, and live server stats.
 
-Options:
+Options (declared in ``PostgresCollector.options``; the README's table is made from them):
 
 * ``pg_log_dir``: the server's log directory (default: the first that exists of
   ``/var/log/postgresql``, ``$PGDATA/log``);
@@ -30,10 +30,14 @@ from pathlib import Path
 from typing import Any
 
 from agent.collect import (
+    LOG_OPTIONS,
     LOG_SOURCES_KEY,
     CollectContext,
     Collector,
     CommandNotFound,
+    FloatOption,
+    IntOption,
+    StrOption,
     log_bounds,
     log_source_entry,
     run_command,
@@ -59,6 +63,29 @@ QUERIES = {
 }
 
 
+LOG_DIR = StrOption(
+    "pg_log_dir", "", "the server's log directory", shown_default="first of `/var/log/postgresql`, `$PGDATA/log`"
+)
+LOG_HOURS = FloatOption(
+    "pg_log_hours",
+    0.0,
+    "how far back the server log is read, hours; 0: the run's window",
+    shown_default="0 (the run's window: `--since`, `logs_since_s`; 24 h)",
+    maximum=24 * 366,
+)
+LOG_MAX_BYTES = IntOption(
+    "pg_log_max_bytes",
+    0,
+    "bytes of the server log kept, newest first; can only lower the run's cap; 0: that cap",
+    shown_default="0 (the run's per-source cap, `logs_max_bytes_per_source`, 8 MiB, never more than `logs_max_bytes`)",
+    maximum=1 << 34,
+)
+DSN = StrOption("pg_dsn", "", "when set and `psql` is installed, the queries run with it", shown_default="unset")
+QUERY_TIMEOUT = FloatOption(
+    "pg_query_timeout_s", 3.0, "per query, seconds (`statement_timeout` too)", minimum=0.1, maximum=60.0
+)
+
+
 def default_log_dirs() -> list[Path]:
     dirs = [Path("/var/log/postgresql")]
     pgdata = os.environ.get("PGDATA")
@@ -73,6 +100,7 @@ class PostgresCollector(Collector):
     platforms = frozenset({"linux", "darwin"})
     budget_s = 5.0
     default = True
+    options = (LOG_DIR, LOG_HOURS, LOG_MAX_BYTES, DSN, QUERY_TIMEOUT, *LOG_OPTIONS)
 
     def collect(self, ctx: CollectContext) -> None:
         facts = gather(ctx)
@@ -82,12 +110,9 @@ class PostgresCollector(Collector):
 def log_window(ctx: CollectContext) -> tuple[float, int]:
     """Seconds back and the byte cap for the server log: the plugin's options, else the run's."""
     bounds = log_bounds(ctx)
-    window_s = bounds.since_s
-    if "pg_log_hours" in ctx.options:
-        window_s = ctx.float_option("pg_log_hours", 24.0, minimum=0.01, maximum=24 * 365) * 3600
-    cap = bounds.source_cap
-    if "pg_log_max_bytes" in ctx.options:
-        cap = min(cap, ctx.int_option("pg_log_max_bytes", cap, minimum=1024, maximum=1 << 34))
+    hours, most = ctx.get(LOG_HOURS), ctx.get(LOG_MAX_BYTES)
+    window_s = hours * 3600 if hours > 0 else bounds.since_s
+    cap = min(bounds.source_cap, most) if most > 0 else bounds.source_cap
     return window_s, cap
 
 
@@ -111,14 +136,14 @@ def gather(ctx: CollectContext) -> dict[str, Any]:
         else:
             kept = _write_artifact(ctx, recent, max_bytes)
             _summarise(facts, recent, kept)
-    dsn = ctx.str_option("pg_dsn", "")
+    dsn = ctx.get(DSN)
     if dsn:
         facts["server"] = query_server(ctx, dsn)
     return facts
 
 
 def _log_dir(ctx: CollectContext) -> Path | None:
-    configured = ctx.str_option("pg_log_dir", "")
+    configured = ctx.get(LOG_DIR)
     candidates = [Path(configured)] if configured else default_log_dirs()
     return next((d for d in candidates if d.is_dir()), None)
 
@@ -207,7 +232,7 @@ def _write_artifact(ctx: CollectContext, recent: Recent, max_bytes: int) -> Kept
 
 def query_server(ctx: CollectContext, dsn: str) -> dict[str, Any]:
     """Run QUERIES through psql; each failure is recorded, never raised."""
-    timeout = ctx.float_option("pg_query_timeout_s", 3.0, minimum=0.1, maximum=60.0)
+    timeout = ctx.get(QUERY_TIMEOUT)
     out: dict[str, Any] = {}
     env = {"PGCONNECT_TIMEOUT": str(max(1, int(timeout))), "PGOPTIONS": f"-c statement_timeout={int(timeout * 1000)}"}
     for key, sql in QUERIES.items():
