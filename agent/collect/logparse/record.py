@@ -37,7 +37,7 @@ class LogRecord:
     sev: str | None  # one of SEVERITIES or None
     msg: str
     n: int | None = None
-    extra: dict[str, str | int] = field(default_factory=dict)
+    extra: dict[str, str | int | list[str]] = field(default_factory=dict)
 
     def to_json(self, src: str) -> bytes:
         msg = self.msg if len(self.msg) <= MAX_MSG_CHARS else self.msg[:MAX_MSG_CHARS] + "…"

@@ -5,7 +5,7 @@ Options (declared in ``PostgresCollector.options``; the README's table is made f
 * ``pg_log_dir``: the server's log directory (default: the first that exists of
   ``/var/log/postgresql``, ``$PGDATA/log``);
 * ``pg_log_hours`` and ``pg_log_max_bytes``: the window and the byte cap, newest kept.
-  Unset, they are the run's own log bounds (``log_bounds``): the window of
+  Unset (0), they are the run's own log bounds (``log_bounds``): the window of
   ``logs_since_s`` (``casefile collect --since 2h``, default 24 h) and the cap of one
   log source, ``logs_max_bytes_per_source`` (default 8 MiB) but never more than
   ``logs_max_bytes``. ``pg_log_max_bytes`` can only lower that cap, so the server log
@@ -15,7 +15,8 @@ Options (declared in ``PostgresCollector.options``; the README's table is made f
   ``pg_query_timeout_s`` (default 3).
 
 Facts go to ``Snapshot.plugin_facts["pgsql"]`` (JSON text), the lines to the artifact
-``logs/postgresql.jsonl`` in the bundle's log contract. The cap counts the artifact's
+``logs/postgresql.jsonl`` in the bundle's log contract, written by the agent's
+``NewestFirstSink`` from ``LogRecord`` rows (the plugin API of ``agent.collect``). The cap counts the artifact's
 bytes; what it cut is in the facts (``truncated``, ``lines_dropped``) and, through
 ``log_sources``, in the manifest's ``truncated`` list, also when nothing was kept.
 """
@@ -37,6 +38,8 @@ from agent.collect import (
     CommandNotFound,
     FloatOption,
     IntOption,
+    LogRecord,
+    NewestFirstSink,
     StrOption,
     log_bounds,
     log_source_entry,
@@ -186,48 +189,36 @@ def _summarise(facts: dict[str, Any], recent: Recent, kept: Kept) -> None:
     ]
 
 
-def _row(n: int, file: str, e: PgLogLine) -> bytes:
-    obj: dict[str, object] = {
-        "ts": None if e.ts is None else e.ts.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
-        "src": SOURCE,
-        "sev": SEVERITY.get(e.level),
-        "msg": e.msg,
-        "n": n,
-        "file": file,
-    }
+def _record(file: str, e: PgLogLine) -> LogRecord:
+    """One server log line in the bundle's log contract (``agent.collect.LogRecord``)."""
+    extra: dict[str, str | int | list[str]] = {"file": file}
     if e.level:
-        obj["level"] = e.level
+        extra["level"] = e.level
     if e.pid is not None:
-        obj["pid"] = e.pid
+        extra["pid"] = e.pid
     hits = matches(e)
     if hits:
-        obj["patterns"] = hits
-    return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
+        extra["patterns"] = hits
+    return LogRecord(ts=e.ts, sev=SEVERITY.get(e.level), msg=e.msg, extra=extra)
 
 
 def _write_artifact(ctx: CollectContext, recent: Recent, max_bytes: int) -> Kept:
-    """The newest rows whose JSON fits ``max_bytes``, written oldest first; none: no artifact.
-
-    Rows are numbered 1.. in the artifact (``n``), which is only known after the cut,
-    so the cut sizes each row with the widest number it could get.
-    """
-    entries = recent.entries
-    widest = len(entries)
-    used, first = 0, len(entries)
-    while first > 0:
-        size = len(_row(widest, *entries[first - 1]))
-        if used + size > max_bytes:
+    """The newest rows that fit ``max_bytes``, through the agent's newest-first sink (it
+    writes them oldest first); none kept: no artifact."""
+    sink = NewestFirstSink(SOURCE, ctx.temp_path("postgresql.spool"), max_bytes)
+    newest_first = recent.entries[::-1]
+    for i, (file, entry) in enumerate(newest_first):
+        if not sink.add(_record(file, entry)):
+            sink.dropped(len(newest_first) - i - 1)  # the older ones, not built into records
             break
-        used, first = used + size, first - 1
-    if first == len(entries):
-        return Kept([], 0, first, "")
+    if not sink.lines:
+        sink.discard()
+        return Kept([], 0, sink.lines_dropped, "")
     path = ctx.temp_path("postgresql.jsonl")
-    written = 0
-    with open(path, "wb") as out:
-        for n, (file, entry) in enumerate(entries[first:], 1):
-            written += out.write(_row(n, file, entry))
+    sink.finish(path)
     ctx.add_artifact_file(ARTIFACT, path, kind="log")
-    return Kept([e for _, e in entries[first:]], written, first, ARTIFACT)
+    kept = [e for _, e in recent.entries[len(recent.entries) - sink.lines :]]
+    return Kept(kept, sink.bytes, sink.lines_dropped, ARTIFACT)
 
 
 def query_server(ctx: CollectContext, dsn: str) -> dict[str, Any]:
