@@ -211,3 +211,21 @@ def test_collect_refuses_a_bad_set_before_collecting(tmp_path: Path) -> None:
         assert res.returncode == 2, res.stderr
         assert said in " ".join(res.stderr.replace("│", " ").split())
         assert not out.exists()
+
+
+def test_every_option_the_agent_sets_itself_is_declared(tmp_path: Path) -> None:
+    from agent.collect_request import run_options
+    from agent.daemon.execute import LIVE_SAMPLING
+    from agent.daemon.policy import Policy
+
+    declared = registered_collectors().options()
+    set_by_agent = {
+        **LIVE_SAMPLING,
+        **run_options(home=tmp_path, recorder_since_s=3600.0, collector_host="collector.example"),
+        **Policy.from_dict({"crash_core_files": True}, "test").collector_options(),
+        "collector_target": "collector.example:7443",
+        "collector_offset_ms": -12.5,
+    }
+    for key, value in set_by_agent.items():
+        assert key in declared, key
+        assert declared[key].check(value) == value, key
