@@ -255,19 +255,26 @@ def test_preview_lists_what_would_be_read_and_run_and_runs_nothing(tmp_path: Pat
         f"spec.dir={app}",
         "--preview",
         "--json",
+        "--only",
+        "host",
         "--home",
         str(tmp_path / "home"),
         "-o",
         str(tmp_path / "out"),
     )
-    doc = json.loads(res.stdout)["spec"]
+    shown = json.loads(res.stdout)
+    # The rest of the run is previewed as without the spec; nothing of the spec is in it.
+    members = [m["path"] for m in shown["members"]]
+    assert "facts.json" in members and not [m for m in members if m.startswith(("spec/", "logs/spec-"))]
+    doc = shown["spec"]
     assert doc["signer"] == key.fingerprint
     assert doc["plan"]["files"][0]["matches"] == [str(app / "conf" / "main.conf")]
     assert doc["plan"]["commands"][0]["argv"] == ["sleep", "30"]
     assert doc["plan"]["logs"][0]["matches"] == [str(app / "app.log")]
     assert not (tmp_path / "out").exists()
-    text = casefile("collect", "--spec", "postgresql", "--preview", "--home", str(tmp_path / "home"))
-    assert "run        psql" in text.stderr and "nothing was read or run" in text.stderr
+    text = casefile("collect", "--spec", "postgresql", "--preview", "--only", "host", "--home", str(tmp_path / "home"))
+    assert "run        psql" in text.stderr and "of the spec, nothing was read or run" in text.stderr
+    assert "facts.json" in text.stdout  # the preview of the rest of the run
 
 
 def test_an_unknown_spec_name_lists_the_shipped_ones(tmp_path: Path) -> None:
