@@ -117,5 +117,21 @@ def registered_collectors(*, refresh: bool = False) -> Registry:
 
 def _load_plugins() -> tuple[list[type[Collector]], list[BrokenPlugin]]:
     # Name clashes are build_registry's to judge: a plugin taking a built-in's name is a
-    # CollectionError naming both, not a silently broken entry.
-    return load_plugins(ENTRY_POINT_GROUP, declaration_problems)
+    # CollectionError naming both, not a silently broken entry. A plugin that declares an
+    # option already declared otherwise (by a built-in or an earlier plugin) is broken:
+    # it is reported as ERROR, and the others' options keep their meaning.
+    from agent.collect.builtin import BUILTIN_COLLECTORS
+
+    accepted: list[type[Collector]] = list(BUILTIN_COLLECTORS)
+
+    def problems(obj: object) -> list[str]:
+        found = declaration_problems(obj)
+        if not found and isinstance(obj, type) and issubclass(obj, Collector):
+            try:
+                declared_options((*accepted, obj))
+            except CollectionError as exc:
+                return [str(exc)]
+            accepted.append(obj)
+        return found
+
+    return load_plugins(ENTRY_POINT_GROUP, problems)

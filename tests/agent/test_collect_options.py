@@ -229,3 +229,42 @@ def test_every_option_the_agent_sets_itself_is_declared(tmp_path: Path) -> None:
     for key, value in set_by_agent.items():
         assert key in declared, key
         assert declared[key].check(value) == value, key
+
+
+CLASHING_PLUGIN = '''
+from agent.collect import CollectContext, Collector, FloatOption
+
+
+class Clash(Collector):
+    name = "clash"
+    description = "declares a built-in's option with its own default"
+    options = (FloatOption("cpu_sample_s", 5.0, "mine", maximum=30.0),)
+
+    def collect(self, ctx: CollectContext) -> None:
+        return None
+'''
+
+
+def test_a_plugin_redeclaring_an_option_is_broken_not_fatal(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from agent.collect import ENTRY_POINT_GROUP, run_collection
+    from protos import facts_pb2
+
+    (tmp_path / "casefile_clash_plugin.py").write_text(CLASHING_PLUGIN)
+    info = tmp_path / "casefile_clash_plugin-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: casefile_clash_plugin\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text(f"[{ENTRY_POINT_GROUP}]\nclash = casefile_clash_plugin:Clash\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    try:
+        registry = registered_collectors(refresh=True)
+        (broken,) = [b for b in registry.broken if b.name == "clash"]
+        assert "'cpu_sample_s' is declared differently by 'cpu' and 'clash'" in broken.error
+        assert registry.options()["cpu_sample_s"].default == 0.25  # the built-in's meaning stays
+        with run_collection(CollectionSpec(only=("host",))) as result:
+            states = {s.name: s for s in result.statuses}
+        assert states["host"].state == facts_pb2.CollectorStatus.OK
+        assert states["clash"].state == facts_pb2.CollectorStatus.SKIPPED  # listed, as every broken plugin
+    finally:
+        monkeypatch.undo()
+        sys.modules.pop("casefile_clash_plugin", None)
+        registered_collectors(refresh=True)
