@@ -190,6 +190,22 @@ def test_the_cli_prints_and_writes_the_same_whichever_field_came(state: str) -> 
     assert json_format.MessageToDict(host, preserving_proto_field_name=True) == {"agent_id": "ag_1", "state": state}
 
 
+def test_hunt_status_json_is_the_same_whichever_field_came() -> None:
+    """``hunt status --json`` prints every field, set or not: ``live_state`` stays out."""
+    from collector.cli_hunt import _status_doc
+
+    def status(**host: Any) -> collector_pb2.HuntStatus:
+        return collector_pb2.HuntStatus(hunt_id="hu_1", hosts=[collector_pb2.HuntHost(agent_id="ag_1", **host)])
+
+    earlier = _status_doc(status(state="done"))
+    assert earlier["hosts"] == [
+        {"agent_id": "ag_1", "hostname": "", "request_id": "", "state": "done", "detail": "", "bundle_id": ""}
+    ]
+    for same in (status(state="done", live_state=to_wire("done")), status(live_state=to_wire("done"))):
+        doc = _status_doc(same)
+        assert doc == earlier and [list(h) for h in doc["hosts"]] == [list(h) for h in earlier["hosts"]]
+
+
 def test_a_word_no_release_knows_is_shown_as_it_came() -> None:
     odd = collector_pb2.SnapshotEvent(state="paused")
     assert to_wire("paused") == UNSPECIFIED and state_of(odd) == "paused"
