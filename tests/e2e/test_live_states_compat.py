@@ -24,8 +24,8 @@ import grpc
 import pytest
 
 from agent.transport.live_states import to_wire
-from collector.tls import ensure_self_signed
 from collector.timestamps import timestamp_us
+from collector.tls import ensure_self_signed
 from protos import collector_pb2, collector_pb2_grpc
 from tests.e2e.test_live import BIN
 
@@ -60,11 +60,13 @@ class _Hunt(collector_pb2_grpc.HuntServicer):
         self.mode = mode
 
     def GetHuntStatus(self, request: Any, context: Any) -> collector_pb2.HuntStatus:
-        hosts = [
-            _stamp(collector_pb2.HuntHost(agent_id=f"ag_{w}", hostname=f"web-{w}", request_id=f"lr_{w}",
-                                          detail=f"{w}!", updated_at=timestamp_us(AT_US)), w, self.mode)  # fmt: skip
-            for w in ("done", "offline", "denied")
-        ]
+        hosts = []
+        for w in ("done", "offline", "denied"):
+            host = collector_pb2.HuntHost(
+                agent_id=f"ag_{w}", hostname=f"web-{w}", request_id=f"lr_{w}", detail=f"{w}!",
+                updated_at=timestamp_us(AT_US),
+            )  # fmt: skip
+            hosts.append(_stamp(host, w, self.mode))
         return collector_pb2.HuntStatus(
             hunt_id=request.hunt_id, case_id="SR-1", created_by="alice", created_at=timestamp_us(AT_US),
             expires_at=timestamp_us(AT_US + 86_400_000_000), scopes=["facts"], selector="role=web",
