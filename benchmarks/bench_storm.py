@@ -251,6 +251,9 @@ def main() -> None:
         coll, _fp = _start(cmd, ready, log)
         restarted = time.monotonic() - killed
         proc = psutil.Process(coll.pid)
+        sims = [psutil.Process(w.pid) for w in workers]
+        sim0 = sum(c.user + c.system for c in (p.cpu_times() for p in sims))
+        load0 = psutil.getloadavg()
         storm = _Queries(addr, fingerprint, token, args.qps)
         storm.start()
         curve: list[tuple[float, int]] = []
@@ -265,12 +268,15 @@ def main() -> None:
                 break
             time.sleep(0.25)
         cpu = proc.cpu_times()
+        sim_cpu = sum(c.user + c.system for c in (p.cpu_times() for p in sims)) - sim0
+        storm_s = time.monotonic() - killed
         storm.halt.set()
         storm.join()
         _c, accepted1, refused1 = _status(status)
         refused = refused1 - refused0
         print(f"collector {addr}, {'PostgreSQL' if args.db_url else 'SQLite'}; {args.agents} agents over "
-              f"{args.clients} processes, initial ramp {ramp_s:.0f} s; load average {psutil.getloadavg()}")
+              f"{args.clients} processes, initial ramp {ramp_s:.0f} s; load average at the kill {load0}, "
+              f"at the end {psutil.getloadavg()}")
         marks = {}
         for frac in (0.5, 0.9, 0.99):
             marks[frac] = next((t for t, c in curve if c >= frac * args.agents), float("nan"))
@@ -283,6 +289,8 @@ def main() -> None:
               f"{sum(refused.values()):,} {dict(refused)} |")
         print(f"| collector CPU during the storm (user + system) / peak RSS | {cpu.user + cpu.system:.1f} s / "
               f"{peak_rss / 2**20:.0f} MiB |")
+        print(f"| simulated agents' CPU during the storm (all {args.clients} processes) | {sim_cpu:.1f} s in "
+              f"{storm_s:.0f} s |")
         print(f"| ListBundles during the storm: p50 / p99 / max (n, failed) | {_pct(storm.lat, 50):.1f} / "
               f"**{_pct(storm.lat, 99):.1f}** / {_pct(storm.lat, 100):.1f} ms (n {len(storm.lat)}, "
               f"{dict(storm.failed)}) |")

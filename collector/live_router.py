@@ -207,10 +207,13 @@ class LiveRouter:
         session.outbox.put_nowait(msg)
         return True
 
-    async def drain(self, agent_id: str) -> None:
-        """Deliver what was queued while the agent was away; expire what is too old."""
+    async def drain(self, agent_id: str, queued: list[LiveRequestRecord] | None = None) -> None:
+        """Deliver what was queued while the agent was away (``queued``, if the caller has
+        read it already); expire what is too old."""
         now = dt.datetime.now(dt.UTC)
-        for rec in await asyncio.to_thread(self._store.queued_live_requests, agent_id):
+        if queued is None:
+            queued = await asyncio.to_thread(self._store.queued_live_requests, agent_id)
+        for rec in queued:
             if rec.expires_at <= now:
                 await self.advance(rec.request_id, LiveState.EXPIRED, detail="expired before the agent reconnected")
             else:
