@@ -20,6 +20,7 @@ import asyncio
 import hashlib
 import json
 import os
+import random
 import resource
 import signal
 import socket
@@ -87,14 +88,22 @@ async def _hold(addr: str, agents: list[tuple[int, str]], per_conn: int, ready: 
     async def one(stub: Any, idx: int, agent_id: str) -> None:
         async with sem:
             key = _key(idx)
-            call: Any = stub.Connect()
-            await call.write(collector_pb2.AgentMessage(hello=collector_pb2.ChannelHello(agent_id=agent_id)))
-            challenge = await call.read()
-            sig = key.sign(channel_message(bytes(challenge.challenge.nonce), agent_id))
-            await call.write(
-                collector_pb2.AgentMessage(challenge_response=collector_pb2.ChallengeResponse(signature=sig))
-            )
-            accepted = await call.read()
+            for attempt in range(30):
+                call: Any = stub.Connect()
+                try:
+                    await call.write(collector_pb2.AgentMessage(hello=collector_pb2.ChannelHello(agent_id=agent_id)))
+                    challenge = await call.read()
+                    sig = key.sign(channel_message(bytes(challenge.challenge.nonce), agent_id))
+                    await call.write(
+                        collector_pb2.AgentMessage(challenge_response=collector_pb2.ChallengeResponse(signature=sig))
+                    )
+                    accepted = await call.read()
+                    break
+                except grpc.aio.AioRpcError as exc:
+                    # The collector refuses handshakes beyond its bound ("busy"): back off as agents do.
+                    if exc.code() is not grpc.StatusCode.UNAVAILABLE or attempt == 29:
+                        raise
+                    await asyncio.sleep(random.uniform(0, min(10.0, 0.5 * 2**attempt)))
             if accepted is grpc.aio.EOF or accepted.WhichOneof("msg") != "accepted":
                 raise SystemExit(f"agent {agent_id} not accepted: {accepted}")
             calls.append(call)
