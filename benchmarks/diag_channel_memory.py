@@ -19,16 +19,15 @@ import json
 import subprocess
 import sys
 import tempfile
-import time
 import tracemalloc
 from pathlib import Path
 
 from agent.keys import fingerprint_of
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_channels import _free_port, _key  # noqa: E402
+from bench_channels import _free_port, _key
 
-from collector.server import CollectorServer, ServerConfig  # noqa: E402
+from collector.server import CollectorServer, ServerConfig
 
 
 async def main(args: argparse.Namespace) -> None:
@@ -64,7 +63,7 @@ async def main(args: argparse.Namespace) -> None:
         if args.ours:
             grouped: dict[str, int] = {}
             for s in stats:
-                frames = [f for f in s.traceback if "/site-packages/" not in f.filename and "/lib/python3" not in f.filename]
+                frames = [f for f in s.traceback if not any(x in f.filename for x in ("/site-packages/", "/python3."))]
                 site = f"{frames[0].filename.rsplit('/', 2)[-2:]}:{frames[0].lineno}" if frames else "(library only)"
                 grouped[site] = grouped.get(site, 0) + s.size_diff
             for site, size in sorted(grouped.items(), key=lambda kv: -kv[1])[: args.top]:
@@ -72,7 +71,8 @@ async def main(args: argparse.Namespace) -> None:
         else:
             for s in stats[: args.top]:
                 f = s.traceback[0]
-                print(f"{s.size_diff / n:8.0f} B/stream {s.count_diff / n:6.2f} blocks  {f.filename.rsplit('/', 3)[-3:]}:{f.lineno}")
+                where = "/".join(f.filename.rsplit("/", 3)[-3:])
+                print(f"{s.size_diff / n:8.0f} B/stream {s.count_diff / n:6.2f} blocks  {where}:{f.lineno}")
     finally:
         worker.terminate()
         worker.wait(30)
