@@ -277,11 +277,12 @@ def main() -> None:
         storm.start()
         curve: list[tuple[float, int]] = []
         back_s = float("nan")
-        peak_rss = 0
+        peak_rss = peak_fds = 0
         while time.monotonic() - killed < args.max_seconds:
             connected, _a, _r = _status(status)
             curve.append((time.monotonic() - killed, connected))
             peak_rss = max(peak_rss, proc.memory_info().rss)
+            peak_fds = max(peak_fds, proc.num_fds())
             if connected >= args.agents:
                 back_s = time.monotonic() - killed
                 break
@@ -306,8 +307,8 @@ def main() -> None:
               f"**{back_s:.1f} s** |")
         print(f"| streams accepted in the storm / attempts refused or failed | {accepted1 - accepted0:,} / "
               f"{sum(refused.values()):,} {dict(refused)} |")
-        print(f"| collector CPU during the storm (user + system) / peak RSS | {cpu.user + cpu.system:.1f} s / "
-              f"{peak_rss / 2**20:.0f} MiB |")
+        print(f"| collector CPU during the storm (user + system) / peak RSS / peak open fds | "
+              f"{cpu.user + cpu.system:.1f} s / {peak_rss / 2**20:.0f} MiB / {peak_fds:,} |")
         print(f"| simulated agents' CPU during the storm (all {args.clients} processes) | {sim_cpu:.1f} s in "
               f"{storm_s:.0f} s |")
         print(f"| ListBundles during the storm: p50 / p99 / max (n, failed) | {_pct(storm.lat, 50):.1f} / "
