@@ -23,7 +23,7 @@ executor: after a collector restart thousands of agents reconnect at once, and t
 database calls would otherwise queue in front of every engineer's query
 (``benchmarks/bench_storm.py``). Its writes are committed in groups
 (``collector.services.channel_log``). And at most ``MAX_HANDSHAKES`` streams are between
-their hello and their acceptance at once: one more is refused at once with UNAVAILABLE
+their opening and their acceptance at once: one more is refused at once with UNAVAILABLE
 ("busy"), before any work, so that its agent's backoff with jitter, not a queue of
 handshakes that outlive the agents' patience, spaces the reconnections.
 """
@@ -60,7 +60,7 @@ _T = TypeVar("_T")
 HANDSHAKE_TIMEOUT_S = 15.0
 # A live agent answers a Probe within a round trip; a second stream waits this long at most.
 PROBE_TIMEOUT_S = 2.0
-# Streams between their hello and their acceptance at once; more are refused UNAVAILABLE.
+# Streams between their opening and their acceptance at once; more are refused UNAVAILABLE.
 MAX_HANDSHAKES = 128
 
 
@@ -81,7 +81,7 @@ class ChannelService(collector_pb2_grpc.ChannelServicer):
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="channel-store")
         self._log = ChannelLog(store, self._pool)
         self.max_handshakes = max_handshakes
-        self.handshaking = 0  # streams past their hello, not yet accepted or refused
+        self.handshaking = 0  # streams opened, not yet accepted or ended
         self.busy_refusals = 0
         self._busy_log = RateLimitedLog()
 
