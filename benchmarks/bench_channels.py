@@ -99,9 +99,10 @@ async def _hold(addr: str, agents: list[tuple[int, str]], per_conn: int, ready: 
                     )
                     accepted = await call.read()
                     break
-                except grpc.aio.AioRpcError as exc:
-                    # The collector refuses handshakes beyond its bound ("busy"): back off as agents do.
-                    if exc.code() is not grpc.StatusCode.UNAVAILABLE or attempt == 29:
+                except grpc.aio.AioRpcError:
+                    # The collector refuses handshakes beyond its bound ("busy"): back off as agents
+                    # do. The call's status, not the failed write's INTERNAL, is its answer.
+                    if await call.code() is not grpc.StatusCode.UNAVAILABLE or attempt == 29:
                         raise
                     await asyncio.sleep(random.uniform(0, min(10.0, 0.5 * 2**attempt)))
             if accepted is grpc.aio.EOF or accepted.WhichOneof("msg") != "accepted":

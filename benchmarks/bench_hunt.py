@@ -145,9 +145,10 @@ class Fleet:
                     )
                     accepted = await call.read()
                     break
-                except grpc.aio.AioRpcError as exc:
-                    # The collector refuses handshakes beyond its bound ("busy"): back off as agents do.
-                    if exc.code() is not grpc.StatusCode.UNAVAILABLE or attempt == 29:
+                except grpc.aio.AioRpcError:
+                    # The collector refuses handshakes beyond its bound ("busy"): back off as agents
+                    # do. The call's status, not the failed write's INTERNAL, is its answer.
+                    if await call.code() is not grpc.StatusCode.UNAVAILABLE or attempt == 29:
                         raise
                     await asyncio.sleep(random.uniform(0, min(10.0, 0.5 * 2**attempt)))
             assert accepted.WhichOneof("msg") == "accepted"

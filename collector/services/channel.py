@@ -23,8 +23,8 @@ executor: after a collector restart thousands of agents reconnect at once, and t
 database calls would otherwise queue in front of every engineer's query
 (``benchmarks/bench_storm.py``). Its writes are committed in groups
 (``collector.services.channel_log``). And at most ``MAX_HANDSHAKES`` streams are between
-their opening and their acceptance at once: one more is refused at once with UNAVAILABLE
-("busy"), before any work, so that its agent's backoff with jitter, not a queue of
+their hello and their acceptance at once: one more is refused at once with UNAVAILABLE
+("busy"), before any other work, so that its agent's backoff with jitter, not a queue of
 handshakes that outlive the agents' patience, spaces the reconnections.
 """
 
@@ -60,7 +60,7 @@ _T = TypeVar("_T")
 HANDSHAKE_TIMEOUT_S = 15.0
 # A live agent answers a Probe within a round trip; a second stream waits this long at most.
 PROBE_TIMEOUT_S = 2.0
-# Streams between their opening and their acceptance at once; more are refused UNAVAILABLE.
+# Streams between their hello and their acceptance at once; more are refused UNAVAILABLE.
 MAX_HANDSHAKES = 128
 
 
@@ -81,7 +81,7 @@ class ChannelService(collector_pb2_grpc.ChannelServicer):
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="channel-store")
         self._log = ChannelLog(store, self._pool)
         self.max_handshakes = max_handshakes
-        self.handshaking = 0  # streams opened, not yet accepted or ended
+        self.handshaking = 0  # streams past their hello, not yet accepted or ended
         self.busy_refusals = 0
         self._busy_log = RateLimitedLog()
 
@@ -119,6 +119,14 @@ class ChannelService(collector_pb2_grpc.ChannelServicer):
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> AsyncIterator[collector_pb2.CollectorMessage]:
         peer = context.peer() or ""
+        me = asyncio.current_task()
+        if me is not None:
+            self._streams.add(me)
+            me.add_done_callback(self._streams.discard)
+        it = aiter(request_iterator)
+        # The hello is read before a refusal: a grpc.aio client whose call ends before its
+        # first write reports INTERNAL instead of the status it was sent.
+        first = await _next(it, "hello")
         if self.handshaking >= self.max_handshakes:
             # No audit row and no log line each: a storm refuses thousands a second.
             self.busy_refusals += 1
@@ -131,15 +139,9 @@ class ChannelService(collector_pb2_grpc.ChannelServicer):
                 grpc.StatusCode.UNAVAILABLE,
                 f"collector busy: {self.handshaking} channel handshakes in flight; retry after a backoff",
             )
-        me = asyncio.current_task()
-        if me is not None:
-            self._streams.add(me)
-            me.add_done_callback(self._streams.discard)
         self.handshaking += 1
         counted = True
         try:
-            it = aiter(request_iterator)
-            first = await _next(it, "hello")
             if first.WhichOneof("msg") != "hello" or not first.hello.agent_id:
                 raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, "a channel starts with ChannelHello{agent_id}")
             claimed = first.hello.agent_id[:64]
