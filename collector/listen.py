@@ -9,9 +9,28 @@ collector (or another program) is listening there.
 from __future__ import annotations
 
 import errno
+import resource
 import socket
 
-__all__ = ["ListenError", "why_not_listening"]
+__all__ = ["ListenError", "raise_open_files_limit", "why_not_listening"]
+
+
+def raise_open_files_limit() -> tuple[int, int]:
+    """Raise this process's soft limit of open files to its hard limit; (before, after).
+
+    Each connected agent holds a descriptor, and a reconnect storm briefly more; the
+    usual soft limit (1,024) would refuse connections long before the memory runs out.
+    The hard limit is the operator's (systemd ``LimitNOFILE``).
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = hard if hard != resource.RLIM_INFINITY else max(soft, 1_048_576)
+    if want > soft:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+        except (ValueError, OSError):
+            return soft, soft
+        return soft, want
+    return soft, soft
 
 
 class ListenError(OSError):

@@ -82,14 +82,52 @@ def event_of(rec: LiveRequestRecord) -> collector_pb2.SnapshotEvent:
     )
 
 
-@dataclass(eq=False)
+class Outbox:
+    """The messages a stream's one writer sends next, in order; ``None`` ends the stream.
+
+    What ``asyncio.Queue`` does for one consumer, without its cost at rest: a Queue holds
+    three deques and an Event (~3 KiB) for every idle agent; this holds two empty slots
+    until a message comes (``benchmarks/diag_channel_memory.py``).
+    """
+
+    __slots__ = ("_items", "_waiter")
+
+    def __init__(self) -> None:
+        self._items: list[collector_pb2.CollectorMessage | None] | None = None
+        self._waiter: asyncio.Future[None] | None = None
+
+    def put_nowait(self, msg: collector_pb2.CollectorMessage | None) -> None:
+        if self._items is None:
+            self._items = []
+        self._items.append(msg)
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    async def get(self) -> collector_pb2.CollectorMessage | None:
+        """The next message, waiting for one; only the stream's writer calls this."""
+        while not self._items:
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        msg = self._items.pop(0)
+        if not self._items:
+            self._items = None
+        return msg
+
+    def qsize(self) -> int:
+        return len(self._items) if self._items else 0
+
+
+@dataclass(eq=False, slots=True)
 class Session:
     """One authenticated Channel stream; ``outbox`` feeds its writer (None ends it)."""
 
     agent_id: str
     peer: str
     connected_at: float = field(default_factory=time.time)
-    outbox: asyncio.Queue[collector_pb2.CollectorMessage | None] = field(default_factory=asyncio.Queue)
+    outbox: Outbox = field(default_factory=Outbox)
     probes: dict[bytes, asyncio.Future[None]] = field(default_factory=dict)  # nonce → answered
 
 
@@ -208,10 +246,13 @@ class LiveRouter:
         session.outbox.put_nowait(msg)
         return True
 
-    async def drain(self, agent_id: str) -> None:
-        """Deliver what was queued while the agent was away; expire what is too old."""
+    async def drain(self, agent_id: str, queued: list[LiveRequestRecord] | None = None) -> None:
+        """Deliver what was queued while the agent was away (``queued``, if the caller has
+        read it already); expire what is too old."""
         now = dt.datetime.now(dt.UTC)
-        for rec in await asyncio.to_thread(self._store.queued_live_requests, agent_id):
+        if queued is None:
+            queued = await asyncio.to_thread(self._store.queued_live_requests, agent_id)
+        for rec in queued:
             if rec.expires_at <= now:
                 await self.advance(rec.request_id, LiveState.EXPIRED, detail="expired before the agent reconnected")
             else:

@@ -147,6 +147,11 @@ class CollectorServer:
                 ("grpc.max_connection_idle_ms", 15 * 60 * 1000),
                 ("grpc.max_connection_age_ms", age_ms),
                 ("grpc.max_connection_age_grace_ms", int(self.config.max_connection_age_grace_s * 1000)),
+                # A TLS + HTTP/2 handshake not done in 10 s is given up (grpc's default: 120 s).
+                # Agents give up on theirs after 20 s; in a reconnect storm the attempts they
+                # abandoned otherwise stay open here, holding a descriptor each (the limit
+                # was reached at 10,000 agents, benchmarks/README.md).
+                ("grpc.server_handshake_timeout_ms", 10_000),
                 # Not set: grpc.tsi.max_frame_size 4096 saved ~3 KiB per idle agent (92.0 vs
                 # 95.2 KiB per channel at 2,000, benchmarks/README.md) but the frame size is
                 # negotiated for both directions, so every upload went in 4 KiB TLS frames.

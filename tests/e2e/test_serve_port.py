@@ -68,3 +68,40 @@ def test_second_serve_on_a_port_in_use_refuses_and_the_first_keeps_serving(
         with open_channel(parse_address(first["address"]), ca_fingerprint=first["fingerprint"]) as ch:
             answer = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=10)
         assert answer.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def _open_files_limit(pid: int) -> tuple[int, int]:
+    for line in Path(f"/proc/{pid}/limits").read_text().splitlines():
+        if line.startswith("Max open files"):
+            soft, hard = line.split()[3:5]
+            return int(soft), int(hard)
+    raise AssertionError("no open files line in /proc/PID/limits")
+
+
+def test_serve_raises_its_open_files_limit_to_the_hard_limit(tmp_path: Path) -> None:
+    import resource
+
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard <= 256:
+        pytest.skip(f"hard limit {hard}: nothing to raise to")
+    ready, log = tmp_path / "ready.json", tmp_path / "serve.log"
+    with log.open("w") as fh:
+        proc = subprocess.Popen(
+            [str(BIN / "casefile-collector"), "serve", "--address", "127.0.0.1:0", "--ready-file", str(ready)],
+            env={**os.environ, "CASEFILE_DATA_DIR": str(tmp_path / "data")},
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            # As a shell with `ulimit -Sn 256` would start it: one agent per descriptor is not many.
+            preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard)),
+        )
+    try:
+        for _ in range(600):
+            if ready.exists() or proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        assert ready.exists(), log.read_text()
+        assert _open_files_limit(proc.pid) == (hard, hard)
+        assert f"open files limit {hard} (was 256)" in log.read_text()
+    finally:
+        proc.terminate()
+        proc.wait(20)
