@@ -103,9 +103,51 @@ class AuditMethods(StoreBase):
         Text fields are stored printable (control characters escaped) and cut to a
         bounded length with a marker, whoever supplied them.
         """
+        values = self._audit_values(
+            actor=actor,
+            action=action,
+            outcome=outcome,
+            actor_label=actor_label,
+            role=role,
+            target=target,
+            peer=peer,
+            detail=detail,
+            at=at,
+        )
+        with self._write() as conn:
+            row = conn.execute(audit_log.insert().values(values).returning(*audit_log.c)).one()
+        self._rows_inserted("audit_log")
+        return _audit(row)
+
+    def audit_many(self, entries: list[dict[str, str]]) -> int:
+        """Append several entries in one transaction (a hunt's row per host); each dict holds
+        :meth:`audit`'s keyword arguments but ``at``, all stamped now. Returns how many."""
+        if not entries:
+            return 0
+        now = self._now()
+        rows = [self._audit_values(**e) | {"at": now} for e in entries]  # type: ignore[arg-type]
+        with self._write() as conn:
+            conn.execute(audit_log.insert(), rows)
+        for _ in rows:
+            self._rows_inserted("audit_log")
+        return len(rows)
+
+    def _audit_values(
+        self,
+        *,
+        actor: str,
+        action: str,
+        outcome: str,
+        actor_label: str = "",
+        role: str = "",
+        target: str = "",
+        peer: str = "",
+        detail: str = "",
+        at: datetime | None = None,
+    ) -> dict[str, Any]:
         if outcome not in OUTCOMES:
             raise InvalidArgument(f"audit outcome {outcome!r} unknown; expected {sorted(OUTCOMES)}")
-        values: dict[str, Any] = {
+        return {
             "at": to_micros(at) if at is not None else self._now(),
             "actor": printable(redact_tokens(actor))[:32],
             "actor_label": _field(actor_label),
@@ -116,10 +158,6 @@ class AuditMethods(StoreBase):
             "outcome": outcome,
             "detail": _field(detail),
         }
-        with self._write() as conn:
-            row = conn.execute(audit_log.insert().values(values).returning(*audit_log.c)).one()
-        self._rows_inserted("audit_log")
-        return _audit(row)
 
     def list_audit(
         self,

@@ -3,6 +3,12 @@
 Writes on SQLite begin with ``BEGIN IMMEDIATE`` so concurrent writers queue on
 ``busy_timeout`` instead of failing when a deferred transaction tries to
 upgrade its read lock; reads begin deferred and never block writers (WAL).
+Within one process the writers of a database file first take one lock of ours
+(``_sqlite_writer``): SQLite's busy handler polls with sleeps growing to 100 ms,
+so threads of one collector competing for the write lock (ingest, analysis, audit
+rows, live request states) each waited tens of milliseconds for a lock held for
+one; queued on a Python lock, the next writer starts as the last one commits
+(``benchmarks/bench_hunt.py``). Other processes still meet the busy handler.
 On PostgreSQL plain READ COMMITTED is enough: the statements that race
 (``UPDATE … WHERE uses < max_uses``, ``INSERT … ON CONFLICT``) re-check under
 the row lock inside the database.
@@ -13,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -113,6 +120,20 @@ def _sqlite_on_connect(dbapi_conn: Any, _record: Any) -> None:
     cur.close()
 
 
+_writers: dict[str, threading.RLock] = {}
+_writers_lock = threading.Lock()
+
+
+def _sqlite_writer(engine: Engine) -> contextlib.AbstractContextManager[Any]:
+    """This process's lock for writing the engine's SQLite file (none for PostgreSQL)."""
+    if engine.dialect.name != "sqlite":
+        return contextlib.nullcontext()
+    path = os.path.realpath(str(engine.url.database))
+    with _writers_lock:
+        # Re-entrant: a thread already writing (the stats refresh after an insert) may write again.
+        return _writers.setdefault(path, threading.RLock())
+
+
 def _sqlite_on_begin(conn: Connection) -> None:
     immediate = conn.get_execution_options().get(IMMEDIATE, False)
     conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
@@ -125,6 +146,7 @@ class StoreBase:
         self._engine = engine
         self._clock = clock
         self._pg = engine.dialect.name == "postgresql"
+        self._writer = _sqlite_writer(engine)
 
     def close(self) -> None:
         self._engine.dispose()
@@ -158,7 +180,7 @@ class StoreBase:
 
     @contextmanager
     def _write(self) -> Iterator[Connection]:
-        with self._engine.connect() as conn:
+        with self._writer, self._engine.connect() as conn:
             conn.execution_options(**{IMMEDIATE: True})
             with conn.begin():
                 yield conn
