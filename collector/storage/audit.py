@@ -114,8 +114,9 @@ class AuditMethods(StoreBase):
             detail=detail,
             at=at,
         )
-        with self._write() as conn:
-            row = conn.execute(audit_log.insert().values(values).returning(*audit_log.c)).one()
+        row = self._write_grouped(
+            lambda conn: conn.execute(audit_log.insert().values(values).returning(*audit_log.c)).one()
+        )
         self._rows_inserted("audit_log")
         return _audit(row)
 
@@ -126,8 +127,7 @@ class AuditMethods(StoreBase):
             return 0
         now = self._now()
         rows = [self._audit_values(**e) | {"at": now} for e in entries]  # type: ignore[arg-type]
-        with self._write() as conn:
-            conn.execute(audit_log.insert(), rows)
+        self._write_grouped(lambda conn: conn.execute(audit_log.insert(), rows))
         for _ in rows:
             self._rows_inserted("audit_log")
         return len(rows)

@@ -3,12 +3,10 @@
 Writes on SQLite begin with ``BEGIN IMMEDIATE`` so concurrent writers queue on
 ``busy_timeout`` instead of failing when a deferred transaction tries to
 upgrade its read lock; reads begin deferred and never block writers (WAL).
-Within one process the writers of a database file first take one lock of ours
-(``_sqlite_writer``): SQLite's busy handler polls with sleeps growing to 100 ms,
-so threads of one collector competing for the write lock (ingest, analysis, audit
-rows, live request states) each waited tens of milliseconds for a lock held for
-one; queued on a Python lock, the next writer starts as the last one commits
-(``benchmarks/bench_hunt.py``). Other processes still meet the busy handler.
+Within one process the writers of a database file first take one lock of ours,
+and small frequent writes share their commit (``collector.storage.group_commit``,
+measured with ``benchmarks/bench_hunt.py``); other processes still meet the busy
+handler.
 On PostgreSQL plain READ COMMITTED is enough: the statements that race
 (``UPDATE … WHERE uses < max_uses``, ``INSERT … ON CONFLICT``) re-check under
 the row lock inside the database.
@@ -19,24 +17,25 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
-import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 
 from sqlalchemy import Connection, Engine, Table, create_engine, event, make_url
 from sqlalchemy.dialects import postgresql, sqlite
 
 from collector.storage.errors import InvalidArgument
+from collector.storage.group_commit import GroupCommit, writer_lock
 from collector.storage.migrations import IMMEDIATE, current_version
 from collector.storage.schema import from_micros, to_micros
 
 __all__ = ["Clock", "StoreBase", "make_engine", "opt_dt", "utc_now"]
 
 _BUSY_TIMEOUT_MS = 10_000
+_T = TypeVar("_T")
 
 Clock = Callable[[], datetime]
 
@@ -120,20 +119,6 @@ def _sqlite_on_connect(dbapi_conn: Any, _record: Any) -> None:
     cur.close()
 
 
-_writers: dict[str, threading.RLock] = {}
-_writers_lock = threading.Lock()
-
-
-def _sqlite_writer(engine: Engine) -> contextlib.AbstractContextManager[Any]:
-    """This process's lock for writing the engine's SQLite file (none for PostgreSQL)."""
-    if engine.dialect.name != "sqlite":
-        return contextlib.nullcontext()
-    path = os.path.realpath(str(engine.url.database))
-    with _writers_lock:
-        # Re-entrant: a thread already writing (the stats refresh after an insert) may write again.
-        return _writers.setdefault(path, threading.RLock())
-
-
 def _sqlite_on_begin(conn: Connection) -> None:
     immediate = conn.get_execution_options().get(IMMEDIATE, False)
     conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
@@ -146,7 +131,8 @@ class StoreBase:
         self._engine = engine
         self._clock = clock
         self._pg = engine.dialect.name == "postgresql"
-        self._writer = _sqlite_writer(engine)
+        self._writer = writer_lock(engine)
+        self._group = GroupCommit(engine, self._writer) if not self._pg else None
 
     def close(self) -> None:
         self._engine.dispose()
@@ -184,6 +170,14 @@ class StoreBase:
             conn.execution_options(**{IMMEDIATE: True})
             with conn.begin():
                 yield conn
+
+    def _write_grouped(self, fn: Callable[[Connection], _T]) -> _T:
+        """``fn(conn)`` in a write transaction, on SQLite shared with the writes waiting
+        meanwhile (:class:`GroupCommit`); committed when this returns. ``fn`` uses only ``conn``."""
+        if self._group is None:
+            with self._write() as conn:
+                return fn(conn)
+        return self._group.run(fn)
 
     def _insert(self, table: Table) -> postgresql.Insert | sqlite.Insert:
         return postgresql.insert(table) if self._pg else sqlite.insert(table)

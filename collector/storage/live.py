@@ -169,7 +169,8 @@ class LiveMethods(StoreBase):
         values: dict[str, Any] = {"state": str(state), "detail": detail[:2000], "updated_at": self._now()}
         if bundle_id is not None:
             values["bundle_id"] = bundle_id
-        with self._write() as conn:
+
+        def advance(conn: Connection) -> Any:
             row = conn.execute(
                 live_requests.update()
                 .where(c.request_id == request_id, c.state.not_in(FINAL_STATES))
@@ -178,6 +179,9 @@ class LiveMethods(StoreBase):
             ).first()
             if row is not None:
                 self._notify_live(conn, request_id)
+            return row
+
+        row = self._write_grouped(advance)
         return None if row is None else _rec(row)
 
     def queued_live_requests(self, agent_id: str) -> list[LiveRequestRecord]:
