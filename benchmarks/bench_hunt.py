@@ -49,6 +49,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import psutil
 
 from agent.bundle import BundleMeta, BundleWriter, new_bundle_id
 from agent.daemon import channel_message
@@ -225,6 +226,19 @@ def _real_agents(
     return ids, procs
 
 
+def _cpu_s(pid: int, children: bool = True) -> float:
+    """User + system CPU seconds of ``pid`` (and its children, living and reaped)."""
+    proc = psutil.Process(pid)
+    total = 0.0
+    for p in [proc, *(proc.children(recursive=True) if children else [])]:
+        try:
+            t = p.cpu_times()
+        except psutil.Error:
+            continue
+        total += t.user + t.system + (t.children_user + t.children_system if p is proc and children else 0.0)
+    return total
+
+
 def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
     for p in procs:
         if p.poll() is None:
@@ -304,6 +318,8 @@ def main() -> None:
         eng, _ = store.create_token("engineer", role="engineer", label="bench-q", ttl=dt.timedelta(hours=2))
         md = lambda tok: (("authorization", f"Bearer {tok}"),)  # noqa: E731
         done_s, real_s, create_ms, results_ms, during, baseline = [], [], [], [], [], []
+        cpu_coll: list[float] = []
+        cpu_bench: list[float] = []
         per_run: list[tuple[float, float]] = []
         with open_channel(parse_address(addr), ca_fingerprint=fp) as ch:
             hunt_stub = collector_pb2_grpc.HuntStub(ch)
@@ -314,6 +330,7 @@ def main() -> None:
                 stop, lat = threading.Event(), []
                 q = threading.Thread(target=_query_loop, args=(addr, fp, eng, stop, lat))
                 before = fleet.answered
+                cpu0 = (_cpu_s(coll.pid), _cpu_s(os.getpid(), children=False))
                 q.start()
                 time.sleep(0.5)  # the engineer's loop is running before the hunt starts
                 wall0, t0 = time.time(), time.perf_counter()
@@ -338,6 +355,8 @@ def main() -> None:
                 q.join()
                 took = max(r.updated_at_us for r in final) / 1e6 - wall0
                 done_s.append(took)
+                cpu_coll.append(_cpu_s(coll.pid) - cpu0[0])
+                cpu_bench.append(_cpu_s(os.getpid(), children=False) - cpu0[1])
                 if real_ids:
                     real_s.append(max(r.updated_at_us for r in final if r.agent_id in real_ids) / 1e6 - wall0)
                 during += lat
@@ -371,6 +390,11 @@ def main() -> None:
             f"agents: {args.agents} connected ({len(agents)} simulated, connected in {connect_s:.1f} s; "
             f"{len(real_ids)} real casefile-agent processes), SQLite, one collector; uploader threads "
             f"{args.uploaders}"
+        )
+        print(
+            f"CPU seconds per hunt (until all done and the Query loop stopped): collector with its verifier "
+            f"processes {statistics.median(cpu_coll):.1f} ({min(cpu_coll):.1f}-{max(cpu_coll):.1f}), this process "
+            f"(simulated agents, Query client, polling) {statistics.median(cpu_bench):.1f}"
         )
         print("| figure | median | min | max | n |")
         print("|---|---|---|---|---|")

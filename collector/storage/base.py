@@ -57,8 +57,13 @@ def make_engine(url: str) -> Engine:
                 f"in-memory SQLite ({url!r}) cannot be shared between threads; use a file URL"
             )
         _private_database(parsed.database)
-        # The pool hands connections to whichever worker thread asks next.
-        engine = create_engine(parsed, connect_args={"check_same_thread": False})
+        # The pool hands connections to whichever worker thread asks next; it keeps as many
+        # as the collector has threads for store calls (opened only when needed), since a
+        # connection closed and opened again costs its PRAGMAs and a thread beyond the
+        # pool's size would wait for one.
+        engine = create_engine(
+            parsed, connect_args={"check_same_thread": False}, pool_size=40, max_overflow=20
+        )
         event.listen(engine, "connect", _sqlite_on_connect)
         event.listen(engine, "begin", _sqlite_on_begin)
         return engine
