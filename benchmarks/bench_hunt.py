@@ -8,7 +8,8 @@ speaking the real Channel protocol (hello, signed challenge). Each simulated one
 the ``SnapshotRequest`` a hunt sends it the way a real agent's worker does after
 collecting: it writes a real signed live bundle naming the request (facts with CPU,
 memory, load, swap and one filesystem; one host in fifty busy, so the comparison has
-something to find) and uploads it through Ingest (``upload_bundle``, the agent's own
+something to find; written in /dev/shm where there is one, as a real agent writes on its
+own disk, not the collector's) and uploads it through Ingest (``upload_bundle``, the agent's own
 client) from a pool of ``--uploaders`` threads. There is no collection for those: their
 part of the figure is the collector's side — fan-out, uploads verified and stored,
 ``done`` for each — not how long a machine takes to gather facts (bench_live's
@@ -36,6 +37,7 @@ import datetime as dt
 import json
 import os
 import random
+import shutil
 import signal
 import socket
 import statistics
@@ -292,6 +294,7 @@ def main() -> None:
     watchdog.start()
     sim_loop = asyncio.new_event_loop()
     sim_task = None
+    sim_dir: Path | None = None
     try:
         _wait(ready_file.exists, 60, "collector start")
         fp = json.loads(ready_file.read_text())["fingerprint"]
@@ -302,7 +305,11 @@ def main() -> None:
             rec = store.create_agent(key.public.raw, fingerprint_of(key.public.raw), f"web-{i:04d}", None)
             store.set_agent_labels(rec.id, {"role": "web"})
             agents.append((rec.id, rec.hostname, key))
-        fleet = Fleet(addr, fp, fetch_certificate(parse_address(addr)), agents, tmp, args.uploaders)
+        # The simulated agents write their bundles in memory when the machine has a tmpfs:
+        # a real agent writes on its own disk, not on the collector's.
+        shm = Path("/dev/shm")
+        sim_dir = Path(tempfile.mkdtemp(prefix="bench-hunt-sim-", dir=shm if shm.is_dir() else tmp))
+        fleet = Fleet(addr, fp, fetch_certificate(parse_address(addr)), agents, sim_dir, args.uploaders)
         threading.Thread(target=sim_loop.run_forever, daemon=True).start()
         t_connect = time.perf_counter()
         sim_task = asyncio.run_coroutine_threadsafe(fleet.run(), sim_loop)
@@ -387,7 +394,8 @@ def main() -> None:
         if fleet.errors:
             print("errors:", fleet.errors[:5])
         print(
-            f"agents: {args.agents} connected ({len(agents)} simulated, connected in {connect_s:.1f} s; "
+            f"agents: {args.agents} connected ({len(agents)} simulated, bundles written in {sim_dir.parent}, "
+            f"connected in {connect_s:.1f} s; "
             f"{len(real_ids)} real casefile-agent processes), SQLite, one collector; uploader threads "
             f"{args.uploaders}"
         )
@@ -437,6 +445,8 @@ def main() -> None:
         if sim_task is not None:
             sim_task.cancel()
         _stop([*procs, coll])
+        if sim_dir is not None:
+            shutil.rmtree(sim_dir, ignore_errors=True)
 
 
 if __name__ == "__main__":
