@@ -17,6 +17,7 @@ import hashlib
 import json
 import logging
 import multiprocessing
+import os
 import queue
 import threading
 from collections.abc import Callable
@@ -228,7 +229,7 @@ class AnalysisWorker:
                 1,
                 mp_context=multiprocessing.get_context("spawn"),
                 initializer=_verifier_process_init,
-                initargs=(ANALYSIS_NICE,),
+                initargs=(ANALYSIS_NICE, os.getpid()),
             )
         return self._pool
 
