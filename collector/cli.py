@@ -98,8 +98,7 @@ def serve(
     from collector.services import IngestLimits
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    before, nofile = raise_open_files_limit()
-    logging.getLogger("casefile.collector").info("open files limit %d (was %d)", nofile, before)
+    raise_open_files_limit()
     config = ServerConfig(
         address=address,
         data_dir=data_dir,

@@ -47,7 +47,7 @@ __all__ = [
 ]
 
 HUNTS_PER_HOUR = 10
-MAX_HOSTS = 500
+MAX_HOSTS = 1000
 DEFAULT_EXPIRES_S = 86400
 MAX_EXPIRES_S = 7 * 86400
 # Selecting from the store stops here: a selector this broad is refused before the glob.
@@ -132,24 +132,29 @@ async def create_hunt(
             agents=[(a.id, clean_text(a.hostname, 255)) for a in agents],
         )
     )
-    for rec in recs:
-        online = await router.is_online(rec.agent_id)
-        await asyncio.to_thread(
-            lambda rec=rec, online=online: store.audit(  # type: ignore[misc]
-                actor=token.id,
-                actor_label=token.label,
-                role=token.role or "",
-                action="hunt.request",
-                target=rec.agent_id,
-                peer=peer,
-                outcome="ok",
-                detail=f"hunt {hunt.hunt_id} request {rec.request_id} {rec.hostname} "
-                + ("delivered" if online else "queued (offline)"),
-            )
-        )
-        if online:
-            await router.deliver(rec)
-        # Offline: the Channel handler drains the queued request when the agent reconnects.
+    # One query for who is connected, one transaction for the rows of the audit log, and
+    # the deliveries claimed a hundred to a transaction: a request per host costs no
+    # write of its own, so a hunt over a thousand hosts is sent in well under a second.
+    online = await router.online_among([rec.agent_id for rec in recs])
+    await asyncio.to_thread(
+        store.audit_many,
+        [
+            {
+                "actor": token.id,
+                "actor_label": token.label,
+                "role": token.role or "",
+                "action": "hunt.request",
+                "target": rec.agent_id,
+                "peer": peer,
+                "outcome": "ok",
+                "detail": f"hunt {hunt.hunt_id} request {rec.request_id} {rec.hostname} "
+                + ("delivered" if rec.agent_id in online else "queued (offline)"),
+            }
+            for rec in recs
+        ],
+    )
+    # Offline: the Channel handler drains the queued request when the agent reconnects.
+    await router.deliver_many([rec for rec in recs if rec.agent_id in online])
     return hunt
 
 
@@ -167,6 +172,7 @@ async def hunt_status(store: Store, router: LiveRouter, hunt_id: str) -> collect
     hunt = await asyncio.to_thread(store.get_hunt, hunt_id)
     recs = await asyncio.to_thread(store.hunt_live_requests, hunt_id)
     now_us = int(dt.datetime.now(dt.UTC).timestamp() * 1e6)
+    online = await router.online_among([rec.agent_id for rec in recs])
     hosts: list[collector_pb2.HuntHost] = []
     counts: dict[str, int] = {}
     for rec in recs:
@@ -174,7 +180,7 @@ async def hunt_status(store: Store, router: LiveRouter, hunt_id: str) -> collect
             # Written, not only shown: an agent that never came back must not get it later.
             detail = "hunt expired before the agent connected"
             rec = await router.advance(rec.request_id, LiveState.EXPIRED, detail=detail) or rec
-        state = shown_state(rec, await router.is_online(rec.agent_id), now_us)
+        state = shown_state(rec, rec.agent_id in online, now_us)
         counts[str(state)] = counts.get(state, 0) + 1
         hosts.append(
             collector_pb2.HuntHost(

@@ -12,6 +12,7 @@ import contextlib
 import datetime as dt
 import logging
 import random
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -41,6 +42,9 @@ if TYPE_CHECKING:
 __all__ = ["CollectorServer", "ServerConfig", "default_db_url"]
 
 log = logging.getLogger("casefile.collector")
+
+# Threads for blocking store and file calls (the event loop's default executor).
+_IO_THREADS = 32
 
 _SERVICE_NAMES = tuple(
     collector_pb2.DESCRIPTOR.services_by_name[n].full_name for n in ("Enroll", "Ingest", "Query", "Channel")
@@ -116,6 +120,12 @@ class CollectorServer:
         self.metrics.track_connected(lambda: len(self.router.connected()))
 
     async def start(self) -> int:
+        # Store calls and fsyncs wait on the disk, not the CPU: Python's default of
+        # cores + 4 threads (6 here) queued every engineer's query behind the fsyncs of a
+        # hunt's uploads (2-9 ms each on a busy disk; benchmarks/bench_hunt.py).
+        asyncio.get_running_loop().set_default_executor(
+            ThreadPoolExecutor(_IO_THREADS, thread_name_prefix="casefile-io")
+        )
         # Why these options: a collector restart makes every agent reconnect at once, and
         # grpc-core cancels calls beyond max_pending_requests (default 1000); keepalive
         # policy accepts the agents' 30 s pings; the receive limit fits one 1 MiB chunk

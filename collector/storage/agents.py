@@ -106,11 +106,12 @@ class AgentMethods(StoreBase):
     def touch_agent(self, agent_id: str, at: datetime | None = None) -> None:
         """Record that the agent was seen (channel connect, upload)."""
         when = to_micros(at) if at is not None else self._now()
-        with self._write() as conn:
-            done = conn.execute(
+        done = self._write_grouped(
+            lambda conn: conn.execute(
                 agents.update().where(agents.c.id == agent_id).values(last_seen_at=when)
-            )
-        if done.rowcount == 0:
+            ).rowcount
+        )
+        if done == 0:
             raise NotFound(f"agent {agent_id!r} not found", what="agent", key=agent_id)
 
     # -- bundles and hosts --------------------------------------------------

@@ -104,13 +104,33 @@ class AuditMethods(StoreBase):
         bounded length with a marker, whoever supplied them.
         """
         values = self._audit_values(
-            actor=actor, action=action, outcome=outcome, actor_label=actor_label, role=role,
-            target=target, peer=peer, detail=detail, at=at,
+            actor=actor,
+            action=action,
+            outcome=outcome,
+            actor_label=actor_label,
+            role=role,
+            target=target,
+            peer=peer,
+            detail=detail,
+            at=at,
         )
-        with self._write() as conn:
-            row = conn.execute(audit_log.insert().values(values).returning(*audit_log.c)).one()
+        row = self._write_grouped(
+            lambda conn: conn.execute(audit_log.insert().values(values).returning(*audit_log.c)).one()
+        )
         self._rows_inserted("audit_log")
         return _audit(row)
+
+    def audit_many(self, entries: list[dict[str, str]]) -> int:
+        """Append several entries in one transaction (a hunt's row per host); each dict holds
+        :meth:`audit`'s keyword arguments but ``at``, all stamped now. Returns how many."""
+        if not entries:
+            return 0
+        now = self._now()
+        rows = [self._audit_values(**e) | {"at": now} for e in entries]  # type: ignore[arg-type]
+        self._write_grouped(lambda conn: conn.execute(audit_log.insert(), rows))
+        for _ in rows:
+            self._rows_inserted("audit_log")
+        return len(rows)
 
     def _audit_values(
         self,
