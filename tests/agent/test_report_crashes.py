@@ -34,7 +34,9 @@ def test_no_trigger_no_block(manifest: dict[str, Any] | None) -> None:
 
 def test_the_facts_win_over_the_manifest() -> None:
     s = facts_pb2.Snapshot(kind="triggered")
-    s.trigger.CopyFrom(trigger_facts(trigger_options("oom", {"when": "oom_kill", "detail": "ran 1 time(s)", "at": 1.8e9})))
+    fired = trigger_facts(trigger_options("oom", {"when": "oom_kill", "detail": "ran 1 time(s)", "at": 1.8e9}))
+    assert fired is not None
+    s.trigger.CopyFrom(fired)
     t = bundle_trigger(s, {"spec": {"options": {"trigger": "other"}}})
     assert t is not None and trigger_line(t) == "triggered by oom (oom_kill) at 2027-01-15 08:00:00 UTC: ran 1 time(s)"
 
