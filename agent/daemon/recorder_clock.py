@@ -56,7 +56,7 @@ class VirtualClock:
     start: float
     end: float
     _t: float = field(init=False)
-    _real_from: float | None = field(default=None, init=False)  # time.monotonic() when ``end`` was reached
+    _real_from: float | None = field(default=None, init=False)  # time.monotonic() of the first wait at ``end``
 
     def __post_init__(self) -> None:
         self._t = self.start
@@ -70,13 +70,14 @@ class VirtualClock:
         return self.now()
 
     def wait(self, stop: threading.Event, seconds: float) -> None:
-        if self._real_from is not None:
+        if self._t >= self.end:
+            # The sample after the wait that reached ``end`` was stamped ``end`` exactly;
+            # from this wait on, time passes at the real pace.
+            if self._real_from is None:
+                self._real_from = time.monotonic()
             stop.wait(seconds)
             return
-        self._t += max(0.0, seconds)
-        if self._t >= self.end:
-            self._t = self.end
-            self._real_from = time.monotonic()
+        self._t = min(self.end, self._t + max(0.0, seconds))
 
 
 RecorderClock = RealClock | VirtualClock
