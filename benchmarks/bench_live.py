@@ -45,6 +45,7 @@ from agent.keys import SigningKey, fingerprint_of
 from agent.state import AgentHome, Enrollment
 from agent.transport import enroll, open_channel, parse_address
 from agent.transport.connect import PINNED_TARGET_NAME, fetch_certificate
+from agent.transport.live_states import state_of
 from collector.storage import Store
 from protos import collector_pb2, collector_pb2_grpc
 
@@ -202,9 +203,9 @@ def main() -> None:
                 marks: dict[str, float] = {}
                 last = None
                 for ev in stub.RequestSnapshot(collector_pb2.SnapshotRequestSpec(host=resp.agent_id), metadata=md):
-                    marks[ev.state] = time.perf_counter()
+                    marks[state_of(ev)] = time.perf_counter()
                     last = ev
-                assert last is not None and last.state == "done", last
+                assert last is not None and state_of(last) == "done", last
                 total.append((marks["done"] - start) * 1000)
                 collect.append((marks["uploading"] - marks["collecting"]) * 1000)
         q = statistics.quantiles

@@ -173,7 +173,7 @@ def show(
         out.print(f"carried in by agent {shown(b.agent_id)} (key {shown(b.key_fingerprint)}) with a case token")
     else:
         out.print(f"uploaded by agent {shown(b.agent_id)}")
-    trigger = bundle_trigger(detail.facts, _manifest(detail.manifest_json))
+    trigger = bundle_trigger(detail.facts, (_manifest(detail.manifest_json) or {}).get("spec"))
     if trigger is not None:
         out.print(f"[bold]{shown(trigger_line(trigger))}[/]")
     print_summary(out, _shown_tree(snapshot_summary(detail.facts)))

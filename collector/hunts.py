@@ -26,6 +26,7 @@ import grpc
 
 from agent.identity_text import identity_problem
 from agent.labels import parse_labels
+from agent.transport.live_states import LiveState, to_wire
 from agent.untrusted import clean_text
 from collector.edge import Rejected
 from collector.live import SCOPES, LiveRouter
@@ -154,10 +155,10 @@ async def create_hunt(
 
 def shown_state(rec: LiveRequestRecord, online: bool, now_us: int) -> str:
     """What ``hunt status`` calls a request: ``offline`` is a queued one whose agent is away."""
-    if rec.state == "queued":
+    if rec.state == LiveState.QUEUED:
         if rec.expires_at_us <= now_us:
-            return "expired"
-        return "queued" if online else "offline"
+            return LiveState.EXPIRED
+        return LiveState.QUEUED if online else LiveState.OFFLINE
     return rec.state
 
 
@@ -169,18 +170,19 @@ async def hunt_status(store: Store, router: LiveRouter, hunt_id: str) -> collect
     hosts: list[collector_pb2.HuntHost] = []
     counts: dict[str, int] = {}
     for rec in recs:
-        if rec.state == "queued" and rec.expires_at_us <= now_us:
+        if rec.state == LiveState.QUEUED and rec.expires_at_us <= now_us:
             # Written, not only shown: an agent that never came back must not get it later.
             detail = "hunt expired before the agent connected"
-            rec = await router.advance(rec.request_id, "expired", detail=detail) or rec
+            rec = await router.advance(rec.request_id, LiveState.EXPIRED, detail=detail) or rec
         state = shown_state(rec, await router.is_online(rec.agent_id), now_us)
-        counts[state] = counts.get(state, 0) + 1
+        counts[str(state)] = counts.get(state, 0) + 1
         hosts.append(
             collector_pb2.HuntHost(
                 agent_id=rec.agent_id,
                 hostname=rec.hostname,
                 request_id=rec.request_id,
-                state=state,
+                state=state,  # for clients of earlier releases (agent.transport.live_states)
+                live_state=to_wire(state),
                 detail=rec.detail,
                 bundle_id=rec.bundle_id or "",
                 updated_at=timestamp_us(rec.updated_at_us),

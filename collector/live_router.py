@@ -28,7 +28,7 @@ import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from agent.scopes import spec_of
-from agent.transport.live_states import AGENT_STATES, LiveState
+from agent.transport.live_states import AGENT_STATES, LiveState, state_of, to_wire
 from agent.untrusted import clean_text
 from collector.edge import Rejected
 from collector.storage import BundleRecord, LiveRequestRecord, Store
@@ -73,7 +73,8 @@ def event_of(rec: LiveRequestRecord) -> collector_pb2.SnapshotEvent:
     at.FromMicroseconds(rec.updated_at_us)
     return collector_pb2.SnapshotEvent(
         request_id=rec.request_id,
-        state=rec.state,
+        state=rec.state,  # for clients of earlier releases (agent.transport.live_states)
+        live_state=to_wire(rec.state),
         detail=rec.detail,
         bundle_id=rec.bundle_id or "",
         at=at,
@@ -217,7 +218,8 @@ class LiveRouter:
                 await self.deliver(rec)
 
     async def agent_progress(self, session: Session, progress: collector_pb2.SnapshotProgress) -> None:
-        if progress.state not in AGENT_STATES:
+        state = state_of(progress)  # the enum; the string from an agent of an earlier release
+        if state not in AGENT_STATES:
             return
         try:
             rec = await asyncio.to_thread(self._store.get_live_request, progress.request_id)
@@ -230,7 +232,7 @@ class LiveRouter:
             )
             return
         # The agent's words reach the engineer's terminal: cleaned like the other way round.
-        await self.advance(rec.request_id, progress.state, detail=clean_text(progress.detail, 2000))
+        await self.advance(rec.request_id, state, detail=clean_text(progress.detail, 2000))
 
     async def bundle_stored(self, bundle: BundleRecord, request_id: str) -> None:
         """Ingest's hook: the bundle answering a live request is stored."""

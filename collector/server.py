@@ -21,6 +21,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from agent.transport.connect import is_loopback, parse_address
+from agent.transport.live_states import LiveState
 from collector.analysis import AnalysisWorker
 from collector.interceptors import MalformedRequests
 from collector.listen import ListenError, why_not_listening
@@ -237,7 +238,7 @@ class CollectorServer:
             rec = await asyncio.to_thread(self.store.get_live_request, request_id)
         except Exception:
             return
-        if rec.state == "done" and rec.bundle_id == bundle.bundle_id:
+        if rec.state == LiveState.DONE and rec.bundle_id == bundle.bundle_id:
             self.metrics.snapshot_latency.observe(max(0.0, (rec.updated_at_us - rec.created_at_us) / 1e6))
 
     async def _sweep_stale_uploads(self) -> None:

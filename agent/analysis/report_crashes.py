@@ -42,11 +42,12 @@ def _e(value: object) -> str:
     return html.escape("" if value is None else str(value), quote=True)
 
 
-def bundle_trigger(s: facts_pb2.Snapshot, manifest: Mapping[str, Any] | None = None) -> facts_pb2.TriggerFacts | None:
-    """The trigger that sealed this bundle; None when no trigger did."""
+def bundle_trigger(s: facts_pb2.Snapshot, spec: object = None) -> facts_pb2.TriggerFacts | None:
+    """The trigger that sealed this bundle; None when no trigger did. ``spec``: the
+    manifest's ``spec`` (``Manifest.spec``, or the ``spec`` of its JSON), for bundles
+    sealed before ``Snapshot.trigger``."""
     if s.HasField("trigger") and s.trigger.name:
         return s.trigger
-    spec = (manifest or {}).get("spec")
     options = spec.get("options") if isinstance(spec, Mapping) else None
     name = options.get("trigger") if isinstance(options, Mapping) else None
     if isinstance(name, str) and name:

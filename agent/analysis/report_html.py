@@ -303,8 +303,9 @@ def render_html(a: Analysis) -> str:
         f"<header><h1>{_e(title)}</h1><p class=\"meta\">collected {_e(when)} · bundle {_e(s.bundle_id or '—')} · "
         f"case {_e(s.case_id or '—')} · agent {_e(s.agent_version or '?')}</p></header>"
     )
+    trigger = bundle_trigger(s, a.view.manifest.spec if a.view.manifest else None)
     body = "".join((
-        header, trigger_section(bundle_trigger(s, a.view.manifest)), _findings(a), _host(s, a), _timeline(a),
+        header, trigger_section(trigger), _findings(a), _host(s, a), _timeline(a),
         _resources(s), recorded_section(s, _incident(a)), _disks(s), _fragmentation(s), _network(s),
         _services_processes(s), crashes_section(s), _collectors(s),
     ))

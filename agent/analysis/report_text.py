@@ -86,7 +86,7 @@ def print_report(a: Analysis, console: Console) -> None:
     up = format_duration(h.uptime_seconds)
     console.print(Text(f"{a.view.hostname or 'unknown host'}", style="bold")
                   + Text(f" — {h.os_release or h.os} (kernel {h.kernel}, {h.arch}), up {up}"))
-    if (trigger := bundle_trigger(s, a.view.manifest)) is not None:
+    if (trigger := bundle_trigger(s, a.view.manifest.spec if a.view.manifest else None)) is not None:
         console.print(Text(trigger_line(trigger), style="bold"), highlight=False)
     print_findings(a, console)
     print_timeline(a.timeline, console, bars=False)

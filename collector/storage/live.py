@@ -209,8 +209,8 @@ class LiveMethods(StoreBase):
         with self._write() as conn:
             row = conn.execute(
                 live_requests.update()
-                .where(c.request_id == request_id, c.state == "queued")
-                .values(state="delivered", detail=detail[:2000], updated_at=self._now())
+                .where(c.request_id == request_id, c.state == str(LiveState.QUEUED))
+                .values(state=str(LiveState.DELIVERED), detail=detail[:2000], updated_at=self._now())
                 .returning(*live_requests.c)
             ).first()
             if row is not None:
@@ -228,7 +228,8 @@ class LiveMethods(StoreBase):
         """Queued requests of the agents whose channel this replica holds, oldest first."""
         c, h = live_requests.c, agent_channels.c
         held = select(h.agent_id).where(h.replica_id == replica_id)
-        query = select(live_requests).where(c.state == "queued", c.agent_id.in_(held)).order_by(c.created_at)
+        queued = str(LiveState.QUEUED)
+        query = select(live_requests).where(c.state == queued, c.agent_id.in_(held)).order_by(c.created_at)
         with self._read() as conn:
             return [_rec(r) for r in conn.execute(query)]
 

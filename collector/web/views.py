@@ -180,6 +180,7 @@ def bundle_sections(detail: collector_pb2.BundleDetail, timeline: dict[str, Any]
         manifest = json.loads(detail.manifest_json) if detail.manifest_json else None
     except (ValueError, RecursionError):
         manifest = None
+    spec = manifest.get("spec") if isinstance(manifest, dict) else None
     onset = timeline.get("onset")
     incident = None
     if isinstance(onset, dict) and onset.get("began_at"):
@@ -189,7 +190,7 @@ def bundle_sections(detail: collector_pb2.BundleDetail, timeline: dict[str, Any]
         except (TypeError, ValueError):
             incident = None
     return BundleSections(
-        trigger=trigger_section(bundle_trigger(detail.facts, manifest if isinstance(manifest, dict) else None)),
+        trigger=trigger_section(bundle_trigger(detail.facts, spec)),
         recorded=recorded_section(detail.facts, incident),
         crashes=crashes_section(detail.facts),
     )

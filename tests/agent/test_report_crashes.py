@@ -17,7 +17,7 @@ from protos import facts_pb2
 
 def test_a_bundle_sealed_before_the_trigger_fact_is_named_from_its_manifest() -> None:
     manifest = {"kind": "triggered", "spec": {"options": {"trigger": "cpu-high", "recorder_since_s": 3600}}}
-    t = bundle_trigger(facts_pb2.Snapshot(kind="triggered"), manifest)
+    t = bundle_trigger(facts_pb2.Snapshot(kind="triggered"), manifest["spec"])
     assert t is not None and trigger_line(t) == "triggered by cpu-high"
     assert 'id="trigger"' in trigger_section(t) and "cpu-high" in trigger_section(t)
 
@@ -28,7 +28,7 @@ def test_a_bundle_sealed_before_the_trigger_fact_is_named_from_its_manifest() ->
      {"spec": {"options": {"trigger": ""}}}, {"spec": "options"}],
 )
 def test_no_trigger_no_block(manifest: dict[str, Any] | None) -> None:
-    assert bundle_trigger(facts_pb2.Snapshot(kind="live"), manifest) is None
+    assert bundle_trigger(facts_pb2.Snapshot(kind="live"), (manifest or {}).get("spec")) is None
     assert trigger_section(None) == ""
 
 
@@ -37,7 +37,7 @@ def test_the_facts_win_over_the_manifest() -> None:
     fired = trigger_facts(trigger_options("oom", {"when": "oom_kill", "detail": "ran 1 time(s)", "at": 1.8e9}))
     assert fired is not None
     s.trigger.CopyFrom(fired)
-    t = bundle_trigger(s, {"spec": {"options": {"trigger": "other"}}})
+    t = bundle_trigger(s, {"options": {"trigger": "other"}})
     assert t is not None and trigger_line(t) == "triggered by oom (oom_kill) at 2027-01-15 08:00:00 UTC: ran 1 time(s)"
 
 

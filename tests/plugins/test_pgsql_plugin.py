@@ -204,7 +204,7 @@ def test_what_the_cap_cut_is_in_the_manifest(tmp_path: Path) -> None:
     spec = CollectionSpec(only=("pgsql",), options={"pg_log_dir": str(tmp_path), "logs_max_bytes": 0})
     collected = collect_bundle(key=key, output_dir=tmp_path / "out", spec=spec)
     verified = verify_bundle(collected.bundle.path, expected_key=key.public)
-    (entry,) = verified.manifest["truncated"]
+    (entry,) = verified.manifest.truncated
     assert entry["member"] == "" and entry["source"] == "pgsql/postgresql"
     assert "logs/postgresql.jsonl" not in {m.path for m in verified.members}
     facts = json.loads(collected.result.snapshot.plugin_facts["pgsql"])
