@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from agent.collect import CollectionSpec
     from agent.keys import SigningKey
     from agent.transport import UploadTarget
+    from protos import facts_pb2
 
 __all__ = [
     "CollectRequest",
@@ -32,6 +33,8 @@ __all__ = [
     "run_options",
     "send_later_command",
     "split_selectors",
+    "trigger_facts",
+    "trigger_options",
     "upload_target",
 ]
 
@@ -100,6 +103,41 @@ def run_options(*, home: Path, recorder_since_s: float, collector_host: str) -> 
     if collector_host:
         options["resolve_name"] = collector_host  # the DNS test asks for the name this agent has to reach
     return options
+
+
+# The spec options of a triggered collection (agent.daemon.capture): in the manifest's
+# spec, and made into ``Snapshot.trigger`` by ``trigger_facts`` when the bundle is prepared.
+_TRIGGER_KEYS = {"when": "trigger_when", "detail": "trigger_detail", "at": "trigger_at"}
+_TRIGGER_TEXT_MAX = 4096
+
+
+def trigger_options(name: str, fired: Mapping[str, object]) -> dict[str, OptionValue]:
+    """The options naming the trigger that fired and what it saw (``fired``: ``when``,
+    ``detail``, ``at`` in unix seconds; anything else, or of another type, is left out)."""
+    options: dict[str, OptionValue] = {"trigger": name[:_TRIGGER_TEXT_MAX]}
+    for key, option in _TRIGGER_KEYS.items():
+        value = fired.get(key)
+        if key == "at" and isinstance(value, int | float) and not isinstance(value, bool) and 0 < value < 1e11:
+            options[option] = float(value)
+        elif key != "at" and isinstance(value, str):
+            options[option] = value[:_TRIGGER_TEXT_MAX]
+    return options
+
+
+def trigger_facts(options: Mapping[str, object]) -> facts_pb2.TriggerFacts | None:
+    """``Snapshot.trigger`` from a triggered collection's options; None for any other."""
+    from protos import facts_pb2
+
+    name = options.get("trigger")
+    if not isinstance(name, str) or not name:
+        return None
+    facts = facts_pb2.TriggerFacts(name=name)
+    when, detail, at = (options.get(k) for k in _TRIGGER_KEYS.values())
+    facts.when = when if isinstance(when, str) else ""
+    facts.detail = detail if isinstance(detail, str) else ""
+    if isinstance(at, int | float) and not isinstance(at, bool) and 0 < at < 1e11:
+        facts.fired_at.FromMicroseconds(int(at * 1e6))
+    return facts
 
 
 @dataclass(frozen=True)

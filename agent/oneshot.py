@@ -41,6 +41,7 @@ from agent.collect import (
     start_collection,
     statuses_to_dicts,
 )
+from agent.collect_request import trigger_facts
 from agent.keys import SigningKey
 from agent.privacy_phase import (
     MANIFEST_SOURCE,
@@ -326,6 +327,8 @@ def _prepare(
 
     snapshot = facts_pb2.Snapshot()
     snapshot.CopyFrom(result.snapshot)
+    if (fired := trigger_facts(result.spec.options)) is not None:  # redacted below like every fact
+        snapshot.trigger.CopyFrom(fired)
     for src_facts in snapshot.logs.sources:
         if src_facts.artifact in redacted.gone:
             src_facts.artifact = ""  # the counts stay; the member does not exist

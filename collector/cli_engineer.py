@@ -146,9 +146,11 @@ def show(
     conn: Connection,
     as_json: JsonOpt = False,
 ) -> None:
-    """One bundle's summary and key facts (``--json``: every fact)."""
+    """One bundle's summary and key facts (``--json``: every fact); a triggered bundle names
+    its trigger, its kind and what fired it (``facts.trigger`` in ``--json``)."""
     from google.protobuf import json_format
 
+    from agent.analysis.report_crashes import bundle_trigger, trigger_line
     from agent.render import print_summary
     from agent.summary import snapshot_summary
     from protos import collector_pb2
@@ -171,7 +173,19 @@ def show(
         out.print(f"carried in by agent {shown(b.agent_id)} (key {shown(b.key_fingerprint)}) with a case token")
     else:
         out.print(f"uploaded by agent {shown(b.agent_id)}")
+    trigger = bundle_trigger(detail.facts, (_manifest(detail.manifest_json) or {}).get("spec"))
+    if trigger is not None:
+        out.print(f"[bold]{shown(trigger_line(trigger))}[/]")
     print_summary(out, _shown_tree(snapshot_summary(detail.facts)))
+
+
+def _manifest(text: str) -> dict[str, Any] | None:
+    """The stored manifest (for what older bundles keep only there); None when unreadable."""
+    try:
+        value = json.loads(text) if text else None
+    except (ValueError, RecursionError):
+        return None
+    return value if isinstance(value, dict) else None
 
 
 @engineer_command(app)

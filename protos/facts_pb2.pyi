@@ -11,7 +11,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Snapshot(_message.Message):
-    __slots__ = ("bundle_id", "agent_id", "case_id", "kind", "request_id", "collected_at", "agent_version", "key_fingerprint", "host", "cpu", "memory", "disks", "network", "logs", "fragmentation", "processes", "services", "clock", "timeseries", "network_depth", "recorded_history", "coredumps", "kernel_crashes", "crash_files", "collectors", "plugin_facts")
+    __slots__ = ("bundle_id", "agent_id", "case_id", "kind", "request_id", "collected_at", "agent_version", "key_fingerprint", "host", "cpu", "memory", "disks", "network", "logs", "fragmentation", "processes", "services", "clock", "timeseries", "network_depth", "recorded_history", "coredumps", "kernel_crashes", "crash_files", "trigger", "collectors", "plugin_facts")
     class PluginFactsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -43,6 +43,7 @@ class Snapshot(_message.Message):
     COREDUMPS_FIELD_NUMBER: _ClassVar[int]
     KERNEL_CRASHES_FIELD_NUMBER: _ClassVar[int]
     CRASH_FILES_FIELD_NUMBER: _ClassVar[int]
+    TRIGGER_FIELD_NUMBER: _ClassVar[int]
     COLLECTORS_FIELD_NUMBER: _ClassVar[int]
     PLUGIN_FACTS_FIELD_NUMBER: _ClassVar[int]
     bundle_id: str
@@ -69,9 +70,10 @@ class Snapshot(_message.Message):
     coredumps: CoredumpFacts
     kernel_crashes: KernelCrashFacts
     crash_files: CrashFileFacts
+    trigger: TriggerFacts
     collectors: _containers.RepeatedCompositeFieldContainer[CollectorStatus]
     plugin_facts: _containers.ScalarMap[str, str]
-    def __init__(self, bundle_id: _Optional[str] = ..., agent_id: _Optional[str] = ..., case_id: _Optional[str] = ..., kind: _Optional[str] = ..., request_id: _Optional[str] = ..., collected_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., agent_version: _Optional[str] = ..., key_fingerprint: _Optional[str] = ..., host: _Optional[_Union[HostFacts, _Mapping]] = ..., cpu: _Optional[_Union[CpuFacts, _Mapping]] = ..., memory: _Optional[_Union[MemoryFacts, _Mapping]] = ..., disks: _Optional[_Union[DiskFacts, _Mapping]] = ..., network: _Optional[_Union[NetworkFacts, _Mapping]] = ..., logs: _Optional[_Union[LogsFacts, _Mapping]] = ..., fragmentation: _Optional[_Union[FragmentationFacts, _Mapping]] = ..., processes: _Optional[_Union[ProcessFacts, _Mapping]] = ..., services: _Optional[_Union[ServiceFacts, _Mapping]] = ..., clock: _Optional[_Union[ClockFacts, _Mapping]] = ..., timeseries: _Optional[_Union[TimeSeries, _Mapping]] = ..., network_depth: _Optional[_Union[NetworkDepthFacts, _Mapping]] = ..., recorded_history: _Optional[_Union[RecordedHistory, _Mapping]] = ..., coredumps: _Optional[_Union[CoredumpFacts, _Mapping]] = ..., kernel_crashes: _Optional[_Union[KernelCrashFacts, _Mapping]] = ..., crash_files: _Optional[_Union[CrashFileFacts, _Mapping]] = ..., collectors: _Optional[_Iterable[_Union[CollectorStatus, _Mapping]]] = ..., plugin_facts: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    def __init__(self, bundle_id: _Optional[str] = ..., agent_id: _Optional[str] = ..., case_id: _Optional[str] = ..., kind: _Optional[str] = ..., request_id: _Optional[str] = ..., collected_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., agent_version: _Optional[str] = ..., key_fingerprint: _Optional[str] = ..., host: _Optional[_Union[HostFacts, _Mapping]] = ..., cpu: _Optional[_Union[CpuFacts, _Mapping]] = ..., memory: _Optional[_Union[MemoryFacts, _Mapping]] = ..., disks: _Optional[_Union[DiskFacts, _Mapping]] = ..., network: _Optional[_Union[NetworkFacts, _Mapping]] = ..., logs: _Optional[_Union[LogsFacts, _Mapping]] = ..., fragmentation: _Optional[_Union[FragmentationFacts, _Mapping]] = ..., processes: _Optional[_Union[ProcessFacts, _Mapping]] = ..., services: _Optional[_Union[ServiceFacts, _Mapping]] = ..., clock: _Optional[_Union[ClockFacts, _Mapping]] = ..., timeseries: _Optional[_Union[TimeSeries, _Mapping]] = ..., network_depth: _Optional[_Union[NetworkDepthFacts, _Mapping]] = ..., recorded_history: _Optional[_Union[RecordedHistory, _Mapping]] = ..., coredumps: _Optional[_Union[CoredumpFacts, _Mapping]] = ..., kernel_crashes: _Optional[_Union[KernelCrashFacts, _Mapping]] = ..., crash_files: _Optional[_Union[CrashFileFacts, _Mapping]] = ..., trigger: _Optional[_Union[TriggerFacts, _Mapping]] = ..., collectors: _Optional[_Iterable[_Union[CollectorStatus, _Mapping]]] = ..., plugin_facts: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class HostFacts(_message.Message):
     __slots__ = ("hostname", "fqdn", "os", "os_release", "os_version", "kernel", "arch", "boot_time", "uptime_seconds", "timezone", "python_version", "virtualized", "virtualization")
@@ -762,6 +764,18 @@ class RecordedProcess(_message.Message):
     cpu_percent: float
     rss_bytes: int
     def __init__(self, name: _Optional[str] = ..., cpu_percent: _Optional[float] = ..., rss_bytes: _Optional[int] = ...) -> None: ...
+
+class TriggerFacts(_message.Message):
+    __slots__ = ("name", "when", "detail", "fired_at")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    WHEN_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    FIRED_AT_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    when: str
+    detail: str
+    fired_at: _timestamp_pb2.Timestamp
+    def __init__(self, name: _Optional[str] = ..., when: _Optional[str] = ..., detail: _Optional[str] = ..., fired_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class CoredumpFacts(_message.Message):
     __slots__ = ("coredumps", "total", "detail", "core_files")

@@ -14,6 +14,7 @@ from collections.abc import Iterable, Sequence
 from agent.analysis.analysis import Analysis
 from agent.analysis.charts import Series, bar_chart, line_chart, stacked_histogram
 from agent.analysis.model import Evidence, Finding, LogEvidence, format_utc
+from agent.analysis.report_crashes import bundle_trigger, crashes_section, trigger_section
 from agent.analysis.report_recorded import recorded_section
 from agent.analysis.timeline import format_duration
 from protos import facts_pb2
@@ -52,6 +53,8 @@ code,.log{font-family:ui-monospace,Menlo,Consolas,monospace;font-size:.82rem;wor
 .chart .legend{font-size:11px;fill:var(--fg)}.chart .onset{stroke:var(--crit);stroke-width:2;stroke-dasharray:4 3}
 .chart .onset-label{font-size:12px;fill:var(--crit);font-weight:700}
 .empty{color:var(--muted);font-style:italic}
+caption{text-align:left;color:var(--muted);font-size:.85rem;padding:.2rem 0}
+pre.log{background:var(--card);border:1px solid var(--line);padding:.4rem;overflow-x:auto;white-space:pre-wrap}
 @media (max-width:600px){body{font-size:14px}main{padding:8px}th,td{padding:.2rem .3rem}}
 """
 
@@ -300,9 +303,11 @@ def render_html(a: Analysis) -> str:
         f"<header><h1>{_e(title)}</h1><p class=\"meta\">collected {_e(when)} · bundle {_e(s.bundle_id or '—')} · "
         f"case {_e(s.case_id or '—')} · agent {_e(s.agent_version or '?')}</p></header>"
     )
+    trigger = bundle_trigger(s, a.view.manifest.spec if a.view.manifest else None)
     body = "".join((
-        header, _findings(a), _host(s, a), _timeline(a), _resources(s), recorded_section(s, _incident(a)), _disks(s),
-        _fragmentation(s), _network(s), _services_processes(s), _collectors(s),
+        header, trigger_section(trigger), _findings(a), _host(s, a), _timeline(a),
+        _resources(s), recorded_section(s, _incident(a)), _disks(s), _fragmentation(s), _network(s),
+        _services_processes(s), crashes_section(s), _collectors(s),
     ))
     return (
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"

@@ -12,6 +12,7 @@ from rich.text import Text
 from agent.analysis.analysis import Analysis
 from agent.analysis.diff import DiffResult, render_diff_text
 from agent.analysis.model import Evidence, LogEvidence, format_utc
+from agent.analysis.report_crashes import bundle_trigger, trigger_line
 from agent.analysis.report_recorded import recorded_text
 from agent.analysis.timeline import Timeline, format_duration
 
@@ -85,6 +86,8 @@ def print_report(a: Analysis, console: Console) -> None:
     up = format_duration(h.uptime_seconds)
     console.print(Text(f"{a.view.hostname or 'unknown host'}", style="bold")
                   + Text(f" — {h.os_release or h.os} (kernel {h.kernel}, {h.arch}), up {up}"))
+    if (trigger := bundle_trigger(s, a.view.manifest.spec if a.view.manifest else None)) is not None:
+        console.print(Text(trigger_line(trigger), style="bold"), highlight=False)
     print_findings(a, console)
     print_timeline(a.timeline, console, bars=False)
     onset = a.timeline.onset

@@ -4,7 +4,8 @@ The recorder's thread hands each firing to the service's loop (``Capture.fired``
 thread-safe). Then, like an engineer's request but without one: recorded in the history
 (``triggered``, with the trigger's name and what it saw), collected in the collection
 child with the trigger's scopes and ``history_s`` of recorded history, as a bundle of
-kind ``triggered`` whose manifest names the trigger (``spec.options.trigger``), then
+kind ``triggered`` whose manifest names the trigger (``spec.options.trigger``) and whose
+facts say what fired it (``Snapshot.trigger``: name, kind, what it saw, when), then
 uploaded or spooled (``agent.daemon.delivery``). One collection at a time: a trigger
 waits behind an engineer's snapshot, never beside it. A capture that finds the agent
 stopping is given up; its firing stays in the history.
@@ -103,6 +104,7 @@ class Capture:
                     output_dir=work,
                     trigger=t.name,
                     history_s=t.history_s,
+                    trigger_facts={"when": t.when, "detail": firing.detail, "at": firing.at},
                 )
             except asyncio.CancelledError:
                 self.history.append("failed", detail="interrupted: the agent stopped during the collection", **ids)

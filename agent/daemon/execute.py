@@ -14,12 +14,13 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import IO, Any
 
 from agent.bundle import WrittenBundle
 from agent.collect import CollectionSpec, RunningCollection, start_collection
-from agent.collect_request import run_options, upload_target
+from agent.collect_request import run_options, trigger_options, upload_target
 from agent.daemon.policy import load_policy
 from agent.keys import SigningKey
 from agent.oneshot import PrivacyOptions, collect_bundle, prepare_collection
@@ -54,11 +55,13 @@ def collect_live(
     history_s: int | None = None,
     spec_envelope: bytes | None = None,
     spec_signers: tuple[str, ...] = (),
+    trigger_facts: Mapping[str, object] | None = None,
 ) -> WrittenBundle:
     """Collect ``collectors`` into a signed bundle in ``output_dir`` (blocking); kind
     "triggered" when ``trigger`` names the policy's trigger that fired (in the manifest's
-    ``spec.options.trigger``); with ``spec_envelope``, that signed spec (verified again
-    here) runs as one more collector."""
+    ``spec.options.trigger``, and what fired it, ``trigger_facts``, in the facts:
+    ``agent.collect_request.trigger_options``); with ``spec_envelope``, that signed spec
+    (verified again here) runs as one more collector."""
     # An engineer waits on a live snapshot: sample "now" over a fifth of a second rather
     # than the half second to a second a one-shot run affords (same facts, shorter windows).
     options: dict[str, str | int | float | bool] = dict(LIVE_SAMPLING)
@@ -73,7 +76,7 @@ def collect_live(
     if (home / "policy.json").is_file():  # the daemon's policy: whether core files may go (crash_core_files)
         options.update(load_policy(home).collector_options())
     if trigger:
-        options["trigger"] = trigger
+        options.update(trigger_options(trigger, trigger_facts or {}))
     output_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     spec = CollectionSpec(only=collectors, options=options)
     privacy = PrivacyOptions(profile=profile, home=home)
@@ -129,6 +132,7 @@ def _collect(request: dict[str, Any]) -> dict[str, Any]:
         history_s=int(request["history_s"]) if request.get("history_s") else None,
         spec_envelope=str(request["spec_envelope"]).encode("ascii") if request.get("spec_envelope") else None,
         spec_signers=tuple(str(s) for s in request.get("spec_signers") or ()),
+        trigger_facts=request.get("trigger_facts") if isinstance(request.get("trigger_facts"), dict) else None,
     )
     return {
         "bundle": {

@@ -11,8 +11,10 @@ The daemon samples the machine every ``recorder_interval_s`` (10 s by default; s
   its WAL and shared-memory files are created 0600 (owner only).
 
 A sample is one row: its time (unix seconds), its resolution (the interval it stood for)
-and its metrics as JSON. The clock is injectable (``Recorder(now=...)``) so a week of
-samples can be written in a second to check the bounds.
+and its metrics as JSON. The clock is injectable (``Recorder(now=...)`` for the time
+alone, ``Recorder(clock=...)`` for the waits as well; ``agent.daemon.recorder_clock``) so
+a week of samples can be written in a minute to check the bounds, by the class or by a
+real daemon process on a test's virtual clock.
 """
 
 from __future__ import annotations
@@ -22,11 +24,11 @@ import logging
 import os
 import sqlite3
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from agent.daemon.recorder_clock import RealClock, RecorderClock, clock_from_env
 from agent.daemon.recorder_sample import Sampler
 from agent.daemon.recorder_settings import RecorderSettings
 from agent.recorder_db import DB_NAME, Sample, read_samples
@@ -66,12 +68,14 @@ class Recorder:
         home: Path,
         settings: RecorderSettings | None = None,
         *,
-        now: Callable[[], float] = time.time,
+        now: Callable[[], float] | None = None,
         sampler: Sampler | None = None,
+        clock: RecorderClock | None = None,
     ) -> None:
         self.path = home / DB_NAME
         self.settings = settings or RecorderSettings()
-        self.now = now
+        self.clock = clock or RealClock()
+        self.now = now or self.clock.now
         self.sampler = sampler or Sampler()
         self._db = _connect(self.path)
         self._since_prune = 0
@@ -145,7 +149,8 @@ class Recorder:
         ``on_sample`` sees each stored sample in this thread (the policy's triggers): a
         failure there is logged, never the end of the recording."""
         interval = self.settings.interval_s
-        next_at = time.monotonic()
+        clock = self.clock
+        next_at = clock.monotonic()
         while not stop.is_set():
             sample = self.record()
             if on_sample is not None:
@@ -154,10 +159,10 @@ class Recorder:
                 except Exception:
                     log.exception("checking the triggers after a sample failed")
             next_at += interval
-            delay = next_at - time.monotonic()
+            delay = next_at - clock.monotonic()
             if delay < 0:  # the machine was suspended or starved: start again from now
-                next_at, delay = time.monotonic(), 0.0
-            stop.wait(delay)
+                next_at, delay = clock.monotonic(), 0.0
+            clock.wait(stop, delay)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -180,7 +185,7 @@ def main(argv: list[str] | None = None) -> None:
         settings = RecorderSettings(args.interval, settings.fine_s, settings.retention_s, settings.max_bytes)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    recorder = Recorder(args.home, settings)
+    recorder = Recorder(args.home, settings, clock=clock_from_env())
     try:
         recorder.run(stop)
     except KeyboardInterrupt:

@@ -130,6 +130,7 @@ class AgentService:
         if not self.policy.recorder_on:
             return None
         from agent.daemon.recorder import Recorder, Sample
+        from agent.daemon.recorder_clock import clock_from_env
 
         stop = threading.Event()
         on_sample = None
@@ -152,7 +153,9 @@ class AgentService:
 
         def record() -> None:
             try:
-                recorder = Recorder(self.home.root, self.policy.recorder_settings())
+                # The real clock, unless a test set CASEFILE_TEST_MODE=1 and a virtual one.
+                clock = clock_from_env()
+                recorder = Recorder(self.home.root, self.policy.recorder_settings(), clock=clock)
             except Exception as exc:  # an unwritable home: the service still serves snapshots
                 log.error("flight recorder not started: %s", exc)
                 return

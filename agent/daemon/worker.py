@@ -19,7 +19,7 @@ stops during a request, the child is terminated.
 
 Protocol, one JSON object per line, ``op`` first. ``{"op": "collect", "home",
 "agent_id", "request_id", "collectors", "since_s", "profile", "output_dir", "trigger",
-"history_s"}`` →
+"history_s", "trigger_facts"}`` →
 ``{"bundle": {"path", "bundle_id", "size", "sha256"}}``; ``{"op": "upload", "home",
 "agent_id", "collector", "ca_fingerprint", "path", "bundle_id", "attempts"}`` →
 ``{"uploaded": "<bundle id>"}``; either may answer ``{"error": "<message>"}``. The
@@ -109,9 +109,11 @@ class CollectionWorker:
         trigger: str = "",
         history_s: int | None = None,
         spec: tuple[bytes, tuple[str, ...]] | None = None,
+        trigger_facts: dict[str, str | float] | None = None,
     ) -> LiveBundle:
         """Collect ``collectors`` into a signed bundle in ``output_dir``, in the child: kind
-        "live", or "triggered" when ``trigger`` names the policy's trigger that fired;
+        "live", or "triggered" when ``trigger`` names the policy's trigger that fired
+        (``trigger_facts``: its ``when``, ``detail`` and ``at``, for ``Snapshot.trigger``);
         ``spec``: a signed collection spec and the signers trusted for it, run as well."""
         request: dict[str, object] = {
             "op": "collect",
@@ -124,6 +126,7 @@ class CollectionWorker:
             "output_dir": str(output_dir),
             "trigger": trigger,
             "history_s": history_s,
+            "trigger_facts": trigger_facts or {},
         }
         if spec is not None:
             request["spec_envelope"] = spec[0].decode("ascii", "replace")

@@ -32,7 +32,7 @@ _ALLOW = frozenset(
         "HostFacts.virtualization", "Partition.fstype", "Interface.duplex", "Address.family",
         "Address.netmask", "LogSource.name", "FsFragmentation.method", "FsFragmentation.fstype",
         "ProcessInfo.status", "ServiceFacts.manager", "ClockFacts.sync_source", "ClockFacts.timezone",
-        "Route.family", "ListeningPort.protocol",
+        "Route.family", "ListeningPort.protocol", "TriggerFacts.when",
     )
 )  # fmt: skip
 # Fields that are identifiers by type: pseudonymised whole, whatever their shape.

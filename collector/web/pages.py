@@ -19,7 +19,7 @@ from collector.web.app import REPORT_CSP, Console
 from collector.web.calls import CallFailed, Driven
 from collector.web.logs import SEVERITY_LEVELS
 from collector.web.sessions import Session
-from collector.web.views import case_groups, fact_tree, timeline_svg, when, worst_by
+from collector.web.views import bundle_sections, case_groups, fact_tree, timeline_svg, when, worst_by
 from protos import collector_pb2
 
 __all__ = ["routes"]
@@ -107,7 +107,7 @@ def routes(console: Console) -> list[Route]:
         return console.render(
             request, "bundle.html", b=detail.summary, findings=findings, timeline=timeline,
             chart=timeline_svg(timeline), tree=fact_tree(detail.facts), previous=previous, when=when,
-            severities=SEVERITY_LEVELS,
+            severities=SEVERITY_LEVELS, sections=bundle_sections(detail, timeline),
         )
 
     async def logs(request: Request, s: Session) -> Response:

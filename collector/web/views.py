@@ -19,9 +19,11 @@ from agent.analysis.model import SEVERITY_RANK
 from protos import collector_pb2, facts_pb2
 
 __all__ = [
+    "BundleSections",
     "CaseGroup",
     "FactNode",
     "Worst",
+    "bundle_sections",
     "case_groups",
     "fact_tree",
     "timeline_svg",
@@ -158,4 +160,37 @@ def timeline_svg(timeline: dict[str, Any]) -> str:
         marker=marker,
         marker_label=label,
         bands=bands,
+    )
+
+
+@dataclass(frozen=True)
+class BundleSections:
+    """Parts of the bundle page drawn as the HTML report draws them (escaped there)."""
+
+    trigger: str  # "" unless a trigger of the agent's policy sealed the bundle
+    recorded: str  # the flight recorder's history, the metric onsets and the log onset marked
+    crashes: str  # core dumps, kernel crashes, /var/crash; or "not collected"
+
+
+def bundle_sections(detail: collector_pb2.BundleDetail, timeline: dict[str, Any]) -> BundleSections:
+    from agent.analysis.report_crashes import bundle_trigger, crashes_section, trigger_section
+    from agent.analysis.report_recorded import recorded_section
+
+    try:
+        manifest = json.loads(detail.manifest_json) if detail.manifest_json else None
+    except (ValueError, RecursionError):
+        manifest = None
+    spec = manifest.get("spec") if isinstance(manifest, dict) else None
+    onset = timeline.get("onset")
+    incident = None
+    if isinstance(onset, dict) and onset.get("began_at"):
+        # The log onset on the recorder's clock (the machine's own, before the correction).
+        try:
+            incident = _epoch(str(onset["began_at"])) - float(timeline.get("clock_offset_s") or 0.0)
+        except (TypeError, ValueError):
+            incident = None
+    return BundleSections(
+        trigger=trigger_section(bundle_trigger(detail.facts, spec)),
+        recorded=recorded_section(detail.facts, incident),
+        crashes=crashes_section(detail.facts),
     )

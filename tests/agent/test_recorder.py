@@ -9,12 +9,14 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import pytest
 
-from agent.daemon.recorder import DB_NAME, Recorder, RecorderSettings, read_samples
+from agent.daemon.recorder import DB_NAME, Recorder, RecorderSettings, Sample, read_samples
+from agent.daemon.recorder_clock import TEST_CLOCK_ENV, TEST_MODE_ENV, RealClock, VirtualClock, clock_from_env
 
 pytestmark = pytest.mark.skipif(not Path("/proc/stat").exists(), reason="the recorder reads /proc (Linux)")
 
@@ -25,6 +27,16 @@ BUSY = (
     "end = time.monotonic() + float(sys.argv[1])\n"
     "while time.monotonic() < end: pass\n"
 )
+
+# Holds argv[1] MiB, every page written (a zeroed bytearray would stay unmapped), for argv[2] s.
+MEMHOG = (
+    "import sys, time\n"
+    "open('/proc/self/comm', 'w').write('cfmemhog')\n"
+    "block = b'\\x5a' * (int(sys.argv[1]) << 20)\n"
+    "print('held', flush=True)\n"
+    "time.sleep(float(sys.argv[2]))\n"
+)
+MEMHOG_MIB = 512
 
 
 def _start_recorder(home: Path, interval: float) -> subprocess.Popen[bytes]:
@@ -67,6 +79,40 @@ def test_busy_loop_is_in_the_history_at_the_right_time(tmp_path: Path) -> None:
     # The owner only, for every file SQLite made.
     for p in tmp_path.glob(DB_NAME + "*"):
         assert p.stat().st_mode & 0o077 == 0, p
+
+
+def test_a_memory_allocation_is_in_the_history_at_the_right_time(tmp_path: Path) -> None:
+    rec = _start_recorder(tmp_path, 0.25)
+    try:
+        _wait_rows(tmp_path, 4)
+        started = time.time()
+        hog = subprocess.Popen([sys.executable, "-c", MEMHOG, str(MEMHOG_MIB), "2.0"], stdout=subprocess.PIPE)
+        assert hog.stdout is not None
+        with hog.stdout:
+            assert hog.stdout.readline() == b"held\n"
+        held = time.time()  # every page written: from here it is resident
+        hog.wait(30)
+        freed = time.time()
+        time.sleep(1.5)
+    finally:
+        rec.terminate()
+        rec.wait(10)
+    samples = list(read_samples(tmp_path))
+
+    def hog_rss(s: Sample) -> int:
+        return max((int(r) for n, r in s.metrics.get("top_rss", []) if n == "cfmemhog"), default=0)
+
+    seen = [s for s in samples if hog_rss(s)]
+    assert seen, "the allocation never appeared among the top processes by RSS"
+    # Seen while it lived (it writes its pages just before ``held``), never before nor after.
+    assert all(started <= s.at <= freed + 1.0 for s in seen), [round(s.at - held, 2) for s in seen]
+    during = [s for s in seen if held + 0.3 <= s.at <= freed - 0.3]
+    assert during and all(hog_rss(s) >= MEMHOG_MIB << 20 for s in during)
+    # The machine's memory in use rose by about as much (other work on a shared machine moves it a little).
+    before = [s.metrics["mem.used_bytes"] for s in samples if s.at < started]
+    assert before and max(s.metrics["mem.used_bytes"] for s in during) >= max(before) + (MEMHOG_MIB << 20) // 2
+    after = [s for s in samples if s.at > freed + 0.5]
+    assert after and all(hog_rss(s) == 0 for s in after)
 
 
 def test_sigkill_leaves_the_database_intact(tmp_path: Path) -> None:
@@ -253,3 +299,38 @@ def test_the_report_draws_the_recorded_history(tmp_path: Path) -> None:
     section = page[page.index('id="recorded"') :]
     assert "CPU % (recorded)" in section and "Memory and swap % (recorded)" in section
     assert section.index("<polyline") < section.index("</section>")
+
+
+def test_the_test_clock_is_read_only_in_test_mode(tmp_path: Path) -> None:
+    start, end = 1_780_000_000, 1_780_000_000 + 3600
+    spec = f"{start}:{end}"
+    assert isinstance(clock_from_env({TEST_CLOCK_ENV: spec}), RealClock)
+    assert isinstance(clock_from_env({TEST_CLOCK_ENV: spec, TEST_MODE_ENV: "0"}), RealClock)
+    for bad in ("1780000000", "a:b", f"{end}:{start}", "0:10", "nan:nan", "1:inf"):
+        with pytest.raises(ValueError, match=TEST_CLOCK_ENV):
+            clock_from_env({TEST_CLOCK_ENV: bad, TEST_MODE_ENV: "1"})
+    clock = clock_from_env({TEST_CLOCK_ENV: spec, TEST_MODE_ENV: "1"})
+    assert isinstance(clock, VirtualClock) and clock.now() == start
+    stop = threading.Event()
+    began = time.monotonic()
+    for _ in range(359):
+        clock.wait(stop, 10.0)  # time moves by the wait, at once
+    assert clock.now() == end - 10 and time.monotonic() - began < 1
+    clock.wait(stop, 60.0)  # reaches the end (not past it) at once
+    assert clock.now() == end and time.monotonic() - began < 1
+    waited = time.monotonic()
+    clock.wait(stop, 0.2)  # from there, the real pace
+    assert time.monotonic() - waited >= 0.2 and end + 0.2 <= clock.now() < end + 5
+    # A real recorder process given the clock without the test flag records on the real clock.
+    env = {k: v for k, v in os.environ.items() if k != TEST_MODE_ENV}
+    rec = subprocess.Popen(
+        [sys.executable, "-m", "agent.daemon.recorder", "--home", str(tmp_path), "--interval", "0.2"],
+        cwd=REPO, env={**env, TEST_CLOCK_ENV: spec}, stderr=subprocess.PIPE,
+    )
+    try:
+        _wait_rows(tmp_path, 3)
+    finally:
+        rec.terminate()
+        _, err = rec.communicate(timeout=10)
+    assert all(abs(s.at - time.time()) < 60 for s in read_samples(tmp_path))
+    assert f"{TEST_CLOCK_ENV} ignored" in err.decode()

@@ -112,7 +112,11 @@ def test_a_trigger_fires_once_and_its_bundle_carries_the_rise(tmp_path: Path, sc
         manifest = json.loads(manifest_text)
         assert rec.kind == "triggered" and manifest["kind"] == "triggered" and rec.agent_id == agent.agent_id
         assert manifest["spec"]["options"]["trigger"] == TRIGGER and manifest["request_id"] is None
-        h = facts_pb2.Snapshot.FromString(facts_pb).recorded_history
+        snap = facts_pb2.Snapshot.FromString(facts_pb)
+        # The facts say which trigger, of what kind, what it saw and when (as the history does).
+        assert (snap.trigger.name, snap.trigger.when, snap.trigger.detail) == (TRIGGER, "disk", fired["detail"])
+        assert abs(snap.trigger.fired_at.ToMicroseconds() / 1e6 - _unix(fired["at"])) < 2
+        h = snap.recorded_history
         # The whole mount point: another test's image may be mounted under a folder of the same name.
         (used,) = [list(s.values) for s in h.series if s.metric == f"fs.{scratch}.used_pct"]
         t = list(h.at_unix)
@@ -130,6 +134,11 @@ def test_a_trigger_fires_once_and_its_bundle_carries_the_rise(tmp_path: Path, sc
         env = {"CASEFILE_COLLECTOR": c.addr, "CASEFILE_TOKEN": token, "CASEFILE_CA_FINGERPRINT": c.fingerprint}
         listed = json.loads(cli("casefile-collector", "bundles", "--json", env=env).stdout)["bundles"]
         assert [(b["bundleId"], b["kind"]) for b in listed] == [(outcome["bundle_id"], "triggered")]
+        env["COLUMNS"] = "250"
+        shown_bundle = cli("casefile-collector", "show", outcome["bundle_id"], env=env).stdout
+        assert f"triggered by {TRIGGER} (disk) at " in shown_bundle and fired["detail"] in shown_bundle
+        as_json = json.loads(cli("casefile-collector", "show", outcome["bundle_id"], "--json", env=env).stdout)
+        assert as_json["facts"]["trigger"]["name"] == TRIGGER and as_json["facts"]["trigger"]["when"] == "disk"
         shown = cli("casefile", "agent", "history", "--home", str(agent.home), env={"COLUMNS": "200"}).stdout
         assert f"trigger {TRIGGER}" in shown and "triggered" in shown
 
