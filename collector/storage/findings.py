@@ -238,10 +238,13 @@ class FindingsMethods(StoreBase):
         text: str | None = None,
         page_size: int = 100,
         cursor: str | None = None,
+        bundle_ids: Sequence[str] = (),
     ) -> tuple[list[ListedFinding], str | None]:
         """Stored findings, newest bundle first, keyset-paged; every value is a bound parameter."""
         t = finding_rows.c
         conds: list[ColumnElement[bool]] = []
+        if bundle_ids:
+            conds.append(t.bundle_id.in_(list(bundle_ids)))
         if rules:
             conds.append(t.rule.in_(list(rules)))
         if min_rank:

@@ -19,6 +19,7 @@ from agent.bundle.names import is_bundle_id, is_sha256
 from collector.storage.agents import AgentMethods
 from collector.storage.audit import AuditMethods
 from collector.storage.base import Clock, make_engine, utc_now
+from collector.storage.case_list import CaseListMethods
 from collector.storage.cases import CaseMethods
 from collector.storage.cursors import (
     clamp_page_size,
@@ -79,6 +80,7 @@ class Store(
     TokenMethods,
     AgentMethods,
     CaseMethods,
+    CaseListMethods,
     AuditMethods,
     LiveMethods,
     StatsMethods,
@@ -227,11 +229,13 @@ class Store(
         until: datetime | None = None,
         page_size: int = 100,
         cursor: str | None = None,
+        without_case: bool = False,
     ) -> tuple[list[BundleRecord], str | None]:
         """A page of bundles, newest first; pass the returned cursor for the next page.
 
         ``since`` is inclusive, ``until`` exclusive (both on ``created_at``). The
         next cursor is ``None`` on the last page; an empty cursor means the first.
+        ``without_case``: only bundles outside any case (the case index's NULL range).
         """
         b = bundles.c
         size = clamp_page_size(page_size)
@@ -240,6 +244,8 @@ class Store(
             query = query.where(b.hostname == hostname)
         if case_id is not None:
             query = query.where(b.case_id == case_id)
+        elif without_case:
+            query = query.where(b.case_id.is_(None))
         if agent_id is not None:
             query = query.where(b.agent_id == agent_id)
         if since is not None:

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from google.protobuf.json_format import MessageToDict
@@ -19,13 +19,12 @@ from agent.analysis.model import SEVERITY_RANK
 from protos import collector_pb2, facts_pb2
 
 __all__ = [
-    "CaseGroup",
     "FactNode",
     "Worst",
-    "case_groups",
     "fact_tree",
     "timeline_svg",
     "when",
+    "when_us",
     "worst_by",
 ]
 
@@ -36,6 +35,11 @@ def when(ts: Timestamp | None) -> str:
     if ts is None or (ts.seconds == 0 and ts.nanos == 0):
         return ""
     return ts.ToDatetime(tzinfo=dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def when_us(us: int) -> str:
+    """Microseconds since the epoch (as stored) as the pages show times."""
+    return dt.datetime.fromtimestamp(us / 1e6, dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC") if us else ""
 
 
 @dataclass(frozen=True)
@@ -61,35 +65,6 @@ def worst_by(findings: Iterable[collector_pb2.StoredFinding], key: str) -> dict[
         else:
             out[k] = Worst(seen.severity, seen.title, seen.count + 1)
     return out
-
-
-@dataclass
-class CaseGroup:
-    case_id: str
-    bundles: list[collector_pb2.BundleSummary] = field(default_factory=list)
-    hosts: set[str] = field(default_factory=set)
-    last_us: int = 0
-    worst: Worst | None = None
-
-    @property
-    def last(self) -> str:
-        return dt.datetime.fromtimestamp(self.last_us / 1e6, dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
-
-
-def case_groups(
-    bundles: Sequence[collector_pb2.BundleSummary], worst: dict[str, Worst]
-) -> list[CaseGroup]:
-    """Bundles by case, the case with the newest activity (a bundle received) first."""
-    groups: dict[str, CaseGroup] = {}
-    for b in bundles:
-        g = groups.setdefault(b.case_id, CaseGroup(b.case_id))
-        g.bundles.append(b)
-        g.hosts.add(b.hostname)
-        g.last_us = max(g.last_us, b.received_at.ToMicroseconds())
-        w = worst.get(b.bundle_id)
-        if w is not None and (g.worst is None or w.rank > g.worst.rank):
-            g.worst = w
-    return sorted(groups.values(), key=lambda g: g.last_us, reverse=True)
 
 
 @dataclass(frozen=True)
