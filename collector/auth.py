@@ -129,11 +129,17 @@ class EngineerAuth:
         return record
 
     @staticmethod
-    def audited(action: str, target: Callable[[Any], str] = lambda _request: "") -> Callable[[Handler], Handler]:
+    def audited(
+        action: str, target: Callable[[Any], str] = lambda _request: "", *, refusals_only: bool = False
+    ) -> Callable[[Handler], Handler]:
         """Wrap a Query handler (coroutine or async generator) taking ``(self, request,
         context)`` whose ``self._auth`` is an EngineerAuth: one audit row per call, written
         when it ends. ``action``/``target`` name the call from the start, so a request
-        refused before authorisation (a malformed id) is audited too."""
+        refused before authorisation (a malformed id) is audited too.
+
+        ``refusals_only``: a call that ends ``ok`` writes no row; every other outcome
+        (denied, not found, an error) does. Only for a repeated read whose view is audited
+        by another call (the console's poll of a hunt it shows): the check is the same."""
 
         @contextlib.asynccontextmanager
         async def scope(self: Any, request: Any, context: Any) -> AsyncIterator[None]:
@@ -152,7 +158,8 @@ class EngineerAuth:
                     outcome, detail = call.outcome, call.outcome_detail
             finally:
                 _CURRENT_CALL.reset(reset)
-                await self._auth._write(call, context.peer() or "", outcome, detail)
+                if not (refusals_only and outcome == "ok"):
+                    await self._auth._write(call, context.peer() or "", outcome, detail)
 
         def wrap(fn: Handler) -> Handler:
             if inspect.isasyncgenfunction(fn):
