@@ -42,6 +42,7 @@ from collector.storage.schema import (
     hosts,
     to_micros,
 )
+from collector.storage.sessions import SessionMethods
 from collector.storage.specs import SpecMethods
 from collector.storage.stats import StatsMethods
 from collector.storage.text import clip
@@ -88,6 +89,7 @@ class Store(
     FindingsMethods,
     HuntMethods,
     SpecMethods,
+    SessionMethods,
 ):
     """Metadata for the collector. Open with ``Store.open(url)``; close when done."""
 

@@ -13,7 +13,7 @@ version under it, so exactly one replica applies a step. On SQLite the
 Adding a step: append ``Migration(n + 1, "what", fn)``. A step that adds tables
 gives them their own ``MetaData`` in a ``*_schema`` module (``live_schema``,
 ``refusals_schema``, ``findings_schema``, ``cases_schema``, ``hunts_schema``,
-``replicas_schema``, ``specs_schema``), which this module imports without importing the
+``replicas_schema``, ``specs_schema``, ``sessions_schema``), which this module imports without importing the
 store; one that changes a table of ``schema.metadata`` alters it here. Version 1 is frozen
 in ``schema_v1`` (the original tables), so a fresh database walks every step in order.
 """
@@ -36,6 +36,7 @@ from collector.storage.live_schema import create_channel_tables, create_live_tab
 from collector.storage.refusals_schema import create_refusal_tables
 from collector.storage.replicas_schema import create_replica_tables
 from collector.storage.schema import schema_version, to_micros
+from collector.storage.sessions_schema import create_session_tables
 from collector.storage.schema_v1 import create_v1
 from collector.storage.specs_schema import create_spec_tables
 
@@ -112,6 +113,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(8, "hunts, their live requests, agent labels", create_hunt_tables),
     Migration(9, "collector replicas: one heartbeat row each", create_replica_tables),
     Migration(10, "signed collection specs", create_spec_tables),
+    Migration(11, "console sessions shared by every replica", create_session_tables),
 )
 LATEST_VERSION = MIGRATIONS[-1].version
 
