@@ -102,6 +102,13 @@ def _bundle_origin_and_skipped(conn: Connection) -> None:
             )
 
 
+def _agent_live_policy(conn: Connection) -> None:
+    """Agent column ``live_policy_json``: what the agent's policy allows a live request, as
+    it reported on its last channel connect (``{"allowed_scopes": [...], "max_logs_window_s":
+    n}``); NULL until an agent that reports it connects."""
+    conn.execute(text("ALTER TABLE agents ADD COLUMN live_policy_json TEXT"))
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial schema", _initial_schema),
     Migration(2, "live snapshot requests", create_live_tables),
@@ -114,6 +121,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(9, "collector replicas: one heartbeat row each", create_replica_tables),
     Migration(10, "signed collection specs", create_spec_tables),
     Migration(11, "console sessions shared by every replica", create_session_tables),
+    Migration(12, "agents: the live policy each reported on connect", _agent_live_policy),
 )
 LATEST_VERSION = MIGRATIONS[-1].version
 

@@ -20,7 +20,7 @@ from collector.web.app import REPORT_CSP, Console
 from collector.web.calls import CallFailed, Driven
 from collector.web.logs import SEVERITY_LEVELS
 from collector.web.sessions import Session
-from collector.web.views import Worst, fact_tree, timeline_svg, when, when_us, worst_by
+from collector.web.views import Offer, Worst, fact_tree, offered_scopes, timeline_svg, when, when_us, worst_by
 from protos import collector_pb2
 
 __all__ = ["routes"]
@@ -90,10 +90,19 @@ def routes(console: Console) -> list[Route]:
         agent_ids = sorted({b.agent_id for b in bundles.bundles})
         online = await console.router.online_among(agent_ids) if console.router is not None else set()
         labels = await asyncio.to_thread(console.store.agent_labels, agent_ids)
+        offer = await _offer(name) if s.role in ("engineer", "admin") else None
         return console.render(
             request, "host.html", name=name, bundles=bundles.bundles, worst=worst,
-            online=online, labels=labels, scopes=SCOPES, when=when, nxt=bundles.next_page_token, first=not token,
+            online=online, labels=labels, offer=offer, when=when, nxt=bundles.next_page_token, first=not token,
         )
+
+    async def _offer(name: str) -> Offer:
+        """The snapshot form's scopes: what the policies of the host's enrolled agents allow
+        (the agents a request by host name may go to; ``collector.live``)."""
+        found = await asyncio.to_thread(console.store.agents_by_hostname, name)
+        enrolled = [a.id for a in found if a.case_id is None]
+        policies = await asyncio.to_thread(console.store.agent_live_policies, enrolled)
+        return offered_scopes(enrolled, policies, SCOPES)
 
     async def _worst(
         ctx: grpc.aio.ServicerContext[Any, Any], bundle_ids: list[str], min_severity: str

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,7 +21,9 @@ from protos import collector_pb2, facts_pb2
 __all__ = [
     "FactNode",
     "Worst",
+    "Offer",
     "fact_tree",
+    "offered_scopes",
     "timeline_svg",
     "when",
     "when_us",
@@ -40,6 +42,40 @@ def when(ts: Timestamp | None) -> str:
 def when_us(us: int) -> str:
     """Microseconds since the epoch (as stored) as the pages show times."""
     return dt.datetime.fromtimestamp(us / 1e6, dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC") if us else ""
+
+
+@dataclass(frozen=True)
+class Offer:
+    """The scopes a host's snapshot form offers, and why (``note``, shown with the form)."""
+
+    scopes: tuple[str, ...]
+    note: str = ""
+    from_policy: bool = False  # the agents' reported policies decided (not the full list)
+
+
+def offered_scopes(agent_ids: Sequence[str], policies: dict[str, dict[str, Any]], known: Sequence[str]) -> Offer:
+    """What the live snapshot form offers for a host whose enrolled agents are ``agent_ids``:
+    the scopes their policies allow, as each reported on connect (``policies``); ``known``
+    (every scope) when an agent has not reported one (an older agent), with a note: that
+    agent still denies what its policy does not allow."""
+    if not agent_ids:
+        return Offer(tuple(known))
+    silent = [a for a in agent_ids if a not in policies]
+    if silent:
+        return Offer(
+            tuple(known),
+            f"Agent {', '.join(silent[:3])} has not reported its policy (an older agent): every scope is "
+            "offered; the agent denies those its policy does not allow.",
+        )
+    allowed: list[str] = []
+    for agent_id in agent_ids:
+        for scope in policies[agent_id].get("allowed_scopes") or []:
+            if isinstance(scope, str) and scope not in allowed:
+                allowed.append(scope)
+    if not allowed:
+        return Offer((), "This host's policy allows no live snapshot.", from_policy=True)
+    return Offer(tuple(allowed), "The scopes this host's policy allows, as its agent reported on connecting.",
+                 from_policy=True)
 
 
 @dataclass(frozen=True)

@@ -6,10 +6,20 @@ the client here is ``http.client`` with the collector's certificate as trust anc
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
+import urllib.parse
+from typing import Any
 
+import grpc
 from markupsafe import escape
+
+from agent.daemon import channel_message
+from agent.keys import SigningKey
+from agent.transport import enroll
+from agent.transport.connect import PINNED_TARGET_NAME, fetch_certificate, parse_address
+from protos import collector_pb2, collector_pb2_grpc
 
 from collector.web.app import CSP
 from collector.web.sessions import COOKIE
@@ -258,3 +268,56 @@ def test_fleet_questions_run_through_the_api(console: Console) -> None:
     assert bad.status == 400 and "nonsense.field" in bad.body
     rows_audit = console.collector.store.list_audit(5, action="query.query_metrics")
     assert rows_audit and rows_audit[0].peer.startswith("console ")
+
+
+async def _connect_reporting(console: Console, agent_id: str, key: SigningKey,
+                             policy: collector_pb2.LivePolicy | None) -> str:
+    """One Channel handshake whose hello reports ``policy`` (None: an agent too old to)."""
+    address = console.collector.address
+    pem = fetch_certificate(parse_address(address))
+    creds = grpc.ssl_channel_credentials(root_certificates=pem)
+    async with grpc.aio.secure_channel(
+        address, creds, options=[("grpc.ssl_target_name_override", PINNED_TARGET_NAME)]
+    ) as ch:
+        call: Any = collector_pb2_grpc.ChannelStub(ch).Connect()
+        hello = collector_pb2.ChannelHello(agent_id=agent_id, agent_version="t")
+        if policy is not None:
+            hello.policy.CopyFrom(policy)
+        await call.write(collector_pb2.AgentMessage(hello=hello))
+        challenge = await call.read()
+        sig = key.sign(channel_message(bytes(challenge.challenge.nonce), agent_id))
+        await call.write(collector_pb2.AgentMessage(challenge_response=collector_pb2.ChallengeResponse(signature=sig)))
+        accepted = await call.read()
+        call.cancel()
+        return str(accepted.accepted.agent_id)
+
+
+def test_snapshot_form_offers_only_what_the_agents_policy_allows(console: Console) -> None:
+    key = SigningKey.generate()
+    with console.collector.channel() as ch:
+        agent_id = enroll(ch, token=console.collector.enroll_token(), key=key, hostname="pol-<1>",
+                          agent_version="t").agent_id
+    web = console.client()
+    web.sign_in(console.tokens["engineer"])
+
+    def offered() -> tuple[list[str], str]:
+        page = web.get("/host?name=" + urllib.parse.quote("pol-<1>"))
+        assert page.status == 200 and "pol-<1>" not in page.body
+        note = re.search(r'<p class="muted" id="scope-note">([^<]*)</p>', page.body)
+        return re.findall(r'name="scope" value="([^"]+)"', page.body), note.group(1) if note else ""
+
+    # Never connected: every scope, and the page says the agent decides.
+    scopes, note = offered()
+    assert scopes == ["facts", "logs", "fragmentation", "crashes"] and "has not reported its policy" in note
+    policy = collector_pb2.LivePolicy(allowed_scopes=["facts", "crashes", "plugin:pgsql"], max_logs_window_s=0)
+    assert asyncio.run(_connect_reporting(console, agent_id, key, policy)) == agent_id
+    scopes, note = offered()
+    assert scopes == ["facts", "crashes", "plugin:pgsql"] and "policy allows" in note
+    # An older agent's hello (no policy) keeps what was reported before.
+    asyncio.run(_connect_reporting(console, agent_id, key, None))
+    assert offered()[0] == ["facts", "crashes", "plugin:pgsql"]
+    # A policy allowing nothing: no form at all, and the reason.
+    asyncio.run(_connect_reporting(console, agent_id, key, collector_pb2.LivePolicy()))
+    scopes, note = offered()
+    page = web.get("/host?name=" + urllib.parse.quote("pol-<1>"))
+    assert scopes == [] and 'action="/snapshots"' not in page.body and "allows no live snapshot" in note
