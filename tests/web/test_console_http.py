@@ -7,6 +7,9 @@ the client here is ``http.client`` with the collector's certificate as trust anc
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
+import hashlib
+import html
 import json
 import re
 import urllib.parse
@@ -19,6 +22,8 @@ from agent.daemon import channel_message
 from agent.keys import SigningKey
 from agent.transport import enroll
 from agent.transport.connect import PINNED_TARGET_NAME, fetch_certificate, parse_address
+from collector.storage import BundleRecord
+from collector.storage.schema import to_micros
 from protos import collector_pb2, collector_pb2_grpc
 
 from collector.web.app import CSP
@@ -321,3 +326,52 @@ def test_snapshot_form_offers_only_what_the_agents_policy_allows(console: Consol
     scopes, note = offered()
     page = web.get("/host?name=" + urllib.parse.quote("pol-<1>"))
     assert scopes == [] and 'action="/snapshots"' not in page.body and "allows no live snapshot" in note
+
+
+def _walk(web: Any, first: str, wanted: str) -> tuple[int, list[str]]:
+    """Follows the pages' "next page" links from ``first`` until ``wanted`` shows; (pages, bodies)."""
+    path, bodies = first, []
+    while True:
+        page = web.get(path)
+        assert page.status == 200, page.body[:500]
+        bodies.append(page.body)
+        if wanted in page.body:
+            return len(bodies), bodies
+        nxt = re.search(r'<a rel="next" href="([^"]+)">', page.body)
+        assert nxt, f"{wanted!r} not found in {len(bodies)} pages"
+        path = html.unescape(nxt.group(1))
+        assert len(bodies) < 50
+
+
+def test_every_case_host_and_bundle_is_reachable_through_the_pages(console: Console) -> None:
+    """More cases, hosts and bundles than one page holds, all older than the fixture's:
+    the oldest of each is found by following the pages, none is listed twice."""
+    store = console.collector.store
+    agent = store.get_agent(store.get_bundle(console.bundles["before"]).agent_id)
+    old = dt.datetime(2020, 1, 1, tzinfo=dt.UTC)
+    for i in range(240):  # 65 cases of two bundles, 240 hosts, 110 bundles outside any case
+        digest = hashlib.sha256(f"old-{i}".encode()).hexdigest()
+        rec = BundleRecord(
+            bundle_id=digest[:32], agent_id=agent.id, hostname=f"old-host-{i:03d}",
+            case_id=f"SR-OLD-{i // 2:03d}" if i < 130 else None, kind="one-shot",
+            created_at_us=to_micros(old + dt.timedelta(hours=i)), received_at_us=to_micros(old),
+            size=1, sha256=digest, key_fingerprint=agent.fingerprint, agent_version="t", file_name="x",
+            collectors_ok=1, collectors_failed=0, blob_key=digest,
+        )
+        store.insert_bundle(rec, facts_pb=b"", manifest_json="{}")
+    web = console.client()
+    web.sign_in(console.tokens["viewer"])
+    pages, bodies = _walk(web, "/cases", "SR-OLD-000<")
+    assert pages == 2 and CASE in bodies[0]  # 50 cases a page, the newest activity first
+    listed = [c for body in bodies for c in re.findall(r'<a href="/case\?id=([^"]+)">', body)]
+    assert len(listed) == len(set(listed))
+    pages, bodies = _walk(web, "/hosts", "old-host-239<")
+    assert pages == 3
+    listed = [h for body in bodies for h in re.findall(r'<td><a href="/host\?name=([^"]+)">', body)]
+    assert len(listed) == len(set(listed)) and len(listed) >= 240
+    # Bundles outside any case, newest first, paged; the oldest one is reachable.
+    oldest_free = hashlib.sha256(b"old-130").hexdigest()[:32]
+    pages, bodies = _walk(web, "/case?id=", f"/bundles/{oldest_free}")
+    assert pages == 2 and not any(f"/bundles/{b}" in body for b in console.bundles.values() for body in bodies)
+    assert console.collector.store.list_audit(1, action="query.list_cases")[0].role == "viewer"
+    assert web.get("/cases?page=not-a-token").status == 400
