@@ -36,8 +36,8 @@ from collector.storage.live_schema import create_channel_tables, create_live_tab
 from collector.storage.refusals_schema import create_refusal_tables
 from collector.storage.replicas_schema import create_replica_tables
 from collector.storage.schema import schema_version, to_micros
-from collector.storage.sessions_schema import create_session_tables
 from collector.storage.schema_v1 import create_v1
+from collector.storage.sessions_schema import create_session_tables
 from collector.storage.specs_schema import create_spec_tables
 
 __all__ = [

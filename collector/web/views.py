@@ -20,8 +20,8 @@ from protos import collector_pb2, facts_pb2
 
 __all__ = [
     "FactNode",
-    "Worst",
     "Offer",
+    "Worst",
     "fact_tree",
     "offered_scopes",
     "timeline_svg",

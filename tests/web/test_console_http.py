@@ -24,10 +24,9 @@ from agent.transport import enroll
 from agent.transport.connect import PINNED_TARGET_NAME, fetch_certificate, parse_address
 from collector.storage import BundleRecord
 from collector.storage.schema import to_micros
-from protos import collector_pb2, collector_pb2_grpc
-
 from collector.web.app import CSP
 from collector.web.sessions import COOKIE
+from protos import collector_pb2, collector_pb2_grpc
 from tests.e2e.test_live import wait_for
 from tests.web.conftest import CASE, HOSTILE_HOST, HOSTILE_LOG, HOSTILE_MOUNT, Console
 

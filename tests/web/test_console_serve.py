@@ -1,4 +1,5 @@
-"""Starting the console: a port in use is refused in words; sessions live in the shared\ndatabase, end when they expire and work on every replica."""
+"""Starting the console: a port in use is refused in words; sessions live in the shared
+database, end when they expire and work on every replica."""
 
 from __future__ import annotations
 
