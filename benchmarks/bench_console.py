@@ -38,6 +38,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from sqlalchemy import text
+
 from agent.bundle.reader import verify_bundle
 from agent.keys import SigningKey
 from agent.transport import UploadTarget, enroll, open_channel, parse_address, upload_bundle
@@ -81,6 +83,39 @@ class Client:
         assert status == 303, status
 
 
+def _complete(store: Store) -> None:
+    """What ingest and analysis would have written for the filled bundles: the hosts table
+    (1,000 hosts, each with its newest bundle), the case listing's rows (5,000 cases) and a
+    stored finding for every tenth bundle
+    (severity info, warning or critical in turn), so the hosts and cases pages read real rows."""
+    t0 = time.perf_counter()
+    with store.engine.begin() as conn:
+        conn.execute(text(
+            "INSERT INTO hosts (hostname, first_seen, last_seen, bundle_count, last_bundle_id, os) "
+            "SELECT hostname, MIN(created_at), MAX(created_at), COUNT(*), '', 'Debian 12' "
+            "FROM bundles GROUP BY hostname"
+        ))
+        conn.execute(text(
+            "UPDATE hosts SET last_bundle_id = (SELECT b.bundle_id FROM bundles b WHERE b.hostname = hosts.hostname "
+            "ORDER BY b.created_at DESC, b.bundle_id DESC LIMIT 1)"
+        ))
+        conn.execute(text(
+            "INSERT INTO host_agents (hostname, agent_id) SELECT DISTINCT hostname, agent_id FROM bundles"
+        ))
+        conn.execute(text(
+            "INSERT INTO case_activity (case_id, last_created_at, bundle_count) "
+            "SELECT case_id, MAX(created_at), COUNT(*) FROM bundles WHERE case_id IS NOT NULL GROUP BY case_id"
+        ))
+        conn.execute(text(
+            "INSERT INTO finding_rows (bundle_id, hostname, case_id, agent_id, created_at, rule, severity, rank, "
+            "title, subject, numbers_json, evidence_json) "
+            "SELECT bundle_id, hostname, case_id, agent_id, created_at, 'disk-full', "
+            "CASE rowid % 3 WHEN 0 THEN 'info' WHEN 1 THEN 'warning' ELSE 'critical' END, 1 + rowid % 3, "
+            "'/var is nearly full', '/var:space', '{}', '[]' FROM bundles WHERE rowid % 10 = 0"
+        ))
+    print(f"hosts and findings written in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+
+
 def _timed(fn: Callable[[], object], reps: int) -> list[float]:
     fn()  # warm-up
     out = []
@@ -105,6 +140,7 @@ def main() -> None:
         url = f"sqlite:///{data / 'casefile.db'}"
         with Store.open(url) as store:
             _fill(store, args.rows)
+            _complete(store)
             token, _ = store.create_token("engineer", role="engineer", label="bench", ttl=dt.timedelta(hours=4))
             enroll_token, _ = store.create_token("enroll", label="bench", ttl=dt.timedelta(hours=1), max_uses=1)
             direct = []
@@ -149,9 +185,18 @@ def main() -> None:
                 return call
 
             big_id, small_id = ids["big"], ids["small"]
+
+            def second(path: str) -> str:
+                found = re.search(r'<a rel="next" href="([^"]+)">', web.call("GET", path)[1])
+                assert found, f"{path} has no next page"
+                return found.group(1).replace("&amp;", "&")
+
             shapes = {
                 "cases": ("/cases", args.reps),
+                "cases, page 2": (second("/cases"), args.reps),
                 "hosts": ("/hosts", args.reps),
+                "hosts, page 2": (second("/hosts"), args.reps),
+                "host (busiest, 100 bundles)": ("/host?name=host-0000", args.reps),
                 "bundle (small)": (f"/bundles/{small_id}", args.reps),
                 "bundle (1M lines)": (f"/bundles/{big_id}", args.reps),
                 "logs, first page": (f"/bundles/{big_id}/logs", args.reps),

@@ -19,6 +19,7 @@ from agent.bundle.names import is_bundle_id, is_sha256
 from collector.storage.agents import AgentMethods
 from collector.storage.audit import AuditMethods
 from collector.storage.base import Clock, make_engine, utc_now
+from collector.storage.case_activity_schema import case_activity
 from collector.storage.case_list import CaseListMethods
 from collector.storage.cases import CaseMethods
 from collector.storage.cursors import (
@@ -201,6 +202,23 @@ class Store(
             .values(hostname=rec.hostname, agent_id=rec.agent_id)
             .on_conflict_do_nothing()
         )
+        if rec.case_id:
+            act = self._insert(case_activity).values(
+                case_id=rec.case_id, last_created_at=created, bundle_count=1
+            )
+            cur = case_activity.c
+            conn.execute(
+                act.on_conflict_do_update(
+                    index_elements=["case_id"],
+                    set_={
+                        "bundle_count": cur.bundle_count + 1,
+                        "last_created_at": case(
+                            (act.excluded.last_created_at > cur.last_created_at, act.excluded.last_created_at),
+                            else_=cur.last_created_at,
+                        ),
+                    },
+                )
+            )
 
     def get_bundle(self, bundle_id: str) -> BundleRecord:
         with self._read() as conn:
