@@ -26,7 +26,7 @@ def test_cases_are_listed_by_their_newest_bundle_and_paged(store: Store) -> None
     # 30 cases, 1 to 4 bundles each, inserted in random order (uploads arrive late).
     plan = [(f"SR-{c}", h) for c in range(30) for h in range(1 + c % 4)]
     rng.shuffle(plan)
-    for n, (case_id, h) in enumerate(plan):
+    for case_id, h in plan:
         agent = web if h % 2 else db
         created = T0 + timedelta(minutes=rng.randrange(10_000))
         store.insert_bundle(make_bundle(agent, case_id=case_id, created_at=created), facts_pb=b"", manifest_json="{}")
