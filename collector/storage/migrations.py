@@ -14,8 +14,9 @@ Adding a step: append ``Migration(n + 1, "what", fn)``. A step that adds tables
 gives them their own ``MetaData`` in a ``*_schema`` module (``live_schema``,
 ``refusals_schema``, ``findings_schema``, ``cases_schema``, ``hunts_schema``,
 ``replicas_schema``, ``specs_schema``, ``sessions_schema``, ``case_activity_schema``), which
-this module imports without importing the store; one that changes a table of ``schema.metadata`` alters it here. Version 1 is frozen
-in ``schema_v1`` (the original tables), so a fresh database walks every step in order.
+this module imports without importing the store; one that changes a table of
+``schema.metadata`` alters it here. Version 1 is frozen in ``schema_v1`` (the original
+tables), so a fresh database walks every step in order.
 """
 
 from __future__ import annotations
