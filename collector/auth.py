@@ -17,12 +17,14 @@ import inspect
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, TypeVar, cast
 
 import grpc
 
 from agent.keys import PublicKey, fingerprint_of
 from agent.transport.proof import PROOF_WINDOW_S, check_proof_text, proof_message
+from collector import audit_batch
 from collector.edge import Rejected, status_for
 from collector.storage import AgentRecord, Store, TokenRecord
 from collector.storage.audit import outcome_for_status
@@ -183,17 +185,21 @@ class EngineerAuth:
 
     async def _write(self, call: AuditedCall, peer: str, outcome: str, detail: str) -> None:
         record = call.record
-        await asyncio.to_thread(
-            self._store.audit,
-            actor=record.id if record else call.actor,
-            actor_label=record.label if record else "",
-            role=(record.role or "") if record else "",
-            action=call.action,
-            target=call.target,
-            peer=peer,
-            outcome=outcome,
-            detail=detail,
-        )
+        row: dict[str, Any] = {
+            "actor": record.id if record else call.actor,
+            "actor_label": record.label if record else "",
+            "role": (record.role or "") if record else "",
+            "action": call.action,
+            "target": call.target,
+            "peer": peer,
+            "outcome": outcome,
+            "detail": detail,
+        }
+        batch = audit_batch.pending()  # a console page: its rows go in one commit (collector.audit_batch)
+        if batch is not None:
+            batch.rows.append({**row, "at": datetime.now(UTC)})
+            return
+        await asyncio.to_thread(self._store.audit, **row)
 
 
 def _outcome(call: AuditedCall, exc: BaseException) -> tuple[str, str]:

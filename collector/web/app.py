@@ -26,6 +26,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from collector.audit_batch import one_commit
 from collector.edge import status_for
 from collector.live import LiveRouter
 from collector.services.hunt_service import HuntService
@@ -169,7 +170,8 @@ class Console:
                 if session is None or not session.signed_in:
                     raise SignInNeeded
                 request.state.session = session
-                return await fn(request, session)
+                async with one_commit(self.store):  # the page's audit rows: one commit
+                    return await fn(request, session)
             except SignInNeeded:
                 return self.to_sign_in(request, drop_cookie=session is None)
             except CallFailed as exc:

@@ -374,3 +374,27 @@ def test_every_case_host_and_bundle_is_reachable_through_the_pages(console: Cons
     assert pages == 2 and not any(f"/bundles/{b}" in body for b in console.bundles.values() for body in bodies)
     assert console.collector.store.list_audit(1, action="query.list_cases")[0].role == "viewer"
     assert web.get("/cases?page=not-a-token").status == 400
+
+
+def test_a_pages_calls_are_audited_like_their_rpcs_in_one_commit(console: Console) -> None:
+    """The bundle page calls four handlers: four rows, in call order, as over gRPC (written
+    together when the page is done). A download's row still comes when its stream ends."""
+    web = console.client()
+    web.sign_in(console.tokens["engineer"])
+    store = console.collector.store
+    last = store.list_audit(1)[0].id
+    bid = console.bundles["after"]
+    assert web.get(f"/bundles/{bid}").status == 200
+    rows = list(reversed([r for r in store.list_audit(20) if r.id > last]))
+    assert [r.action for r in rows] == [
+        "query.get_bundle", "query.get_findings", "query.get_timeline", "query.list_bundles"
+    ]
+    assert all(r.outcome == "ok" and r.role == "engineer" and r.peer.startswith("console ") for r in rows)
+    assert [r.at_us for r in rows] == sorted(r.at_us for r in rows) and rows[0].target == bid
+    # A refused call inside a page is in the batch too: a viewer's log page.
+    viewer = console.client()
+    viewer.sign_in(console.tokens["viewer"])
+    last = store.list_audit(1)[0].id
+    assert viewer.get(f"/bundles/{bid}/logs").status == 403
+    denied = [r for r in store.list_audit(5) if r.id > last]
+    assert [(r.action, r.outcome) for r in denied] == [("query.read_logs", "denied")]
