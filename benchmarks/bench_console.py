@@ -107,6 +107,10 @@ def _complete(store: Store) -> None:
                 "INSERT INTO case_activity (case_id, last_created_at, bundle_count) "
                 "SELECT case_id, MAX(created_at), COUNT(*) FROM bundles WHERE case_id IS NOT NULL GROUP BY case_id"
             ))
+            conn.execute(text(
+                "INSERT INTO case_hosts (case_id, hostname) "
+                "SELECT DISTINCT case_id, hostname FROM bundles WHERE case_id IS NOT NULL"
+            ))
         conn.execute(text(
             "INSERT INTO finding_rows (bundle_id, hostname, case_id, agent_id, created_at, rule, severity, rank, "
             "title, subject, numbers_json, evidence_json) "

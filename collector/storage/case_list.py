@@ -4,8 +4,8 @@ A case is the set of bundles carrying its id; ``case_activity`` (kept with each 
 insert) holds each case's newest bundle time and bundle count, so one page is a range of
 its index, not an aggregate over every case's bundles (that was ~20 ms on SQLite for
 200,000 case bundles when the machine was quiet, ~200 ms under load, and grows with the
-bundles). The hosts and the worst finding of the page's cases are then read for those
-cases only (the case index of ``bundles`` and of ``finding_rows``).
+bundles). The hosts (``case_hosts``) and the worst finding (``finding_rows``) of the
+page's cases are then read for those cases only.
 """
 
 from __future__ import annotations
@@ -16,10 +16,9 @@ from dataclasses import dataclass
 from sqlalchemy import Connection, or_, select
 
 from collector.storage.base import StoreBase
-from collector.storage.case_activity_schema import case_activity
+from collector.storage.case_activity_schema import case_activity, case_hosts
 from collector.storage.cursors import clamp_page_size, decode_case_cursor, encode_case_cursor
 from collector.storage.findings_schema import finding_rows
-from collector.storage.schema import bundles
 
 __all__ = ["CaseListMethods", "CaseSummary", "WorstFinding"]
 
@@ -83,11 +82,8 @@ class CaseListMethods(StoreBase):
         out: dict[str, set[str]] = {}
         if not ids:
             return out
-        b = bundles.c
-        rows = conn.execute(
-            select(b.case_id, b.hostname).where(b.case_id.in_(list(ids))).distinct()
-        )
-        for case_id, hostname in rows:
+        h = case_hosts.c
+        for case_id, hostname in conn.execute(select(h.case_id, h.hostname).where(h.case_id.in_(list(ids)))):
             out.setdefault(case_id, set()).add(hostname)
         return out
 

@@ -19,7 +19,7 @@ from agent.bundle.names import is_bundle_id, is_sha256
 from collector.storage.agents import AgentMethods
 from collector.storage.audit import AuditMethods
 from collector.storage.base import Clock, make_engine, utc_now
-from collector.storage.case_activity_schema import case_activity
+from collector.storage.case_activity_schema import case_activity, case_hosts
 from collector.storage.case_list import CaseListMethods
 from collector.storage.cases import CaseMethods
 from collector.storage.cursors import (
@@ -203,6 +203,9 @@ class Store(
             .on_conflict_do_nothing()
         )
         if rec.case_id:
+            conn.execute(
+                self._insert(case_hosts).values(case_id=rec.case_id, hostname=rec.hostname).on_conflict_do_nothing()
+            )
             act = self._insert(case_activity).values(
                 case_id=rec.case_id, last_created_at=created, bundle_count=1
             )
