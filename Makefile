@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test test-slow test-dist dist lint typecheck protos bench clean
+.PHONY: demo test test-slow test-dist dist lint typecheck protos options-table bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -65,6 +65,13 @@ typecheck: $(VENV)/.installed-dev
 
 protos: $(VENV)/.installed-dev
 	$(BIN)/python -m protos.generate
+
+# The option tables of README.md and the plugin's README, from the collectors' declarations
+# (tests/agent/test_collect_options.py fails when they differ).
+options-table: $(VENV)/.installed-dev
+	$(BIN)/python -m agent.collect.options_doc README.md
+	$(BIN)/python -m agent.collect.options_doc plugins/casefile-pgsql/README.md \
+		--collectors casefile_pgsql.collector:PostgresCollector
 
 # Each prints a row for benchmarks/README.md; long ones take minutes (not part of `make test`).
 bench: $(VENV)/.installed-dev

@@ -84,7 +84,8 @@ def collect(
         list[str] | None,
         typer.Option(
             "--set",
-            help="Collector option KEY=VALUE, e.g. frag_budget_s=10 or processes_top_n=40 (README lists them).",
+            help="Collector option KEY=VALUE, e.g. frag_budget_s=10 or processes_top_n=40 "
+            "(`casefile options` lists them).",
         ),
     ] = None,
     budgets: Annotated[
@@ -141,13 +142,16 @@ def collect(
     # Collecting starts now; the rest of the command (redaction, the bundle writer, the
     # key) is loaded while the collectors wait through their sampling windows.
     spec = request.spec(measured)
-    collectors = None
+    spec_run = None
+    if spec_arg is None and any(key.startswith("spec.") for key in request.asked):
+        raise typer.BadParameter("spec.<param> sets a collection spec's parameter: pass --spec too", param_hint="--set")
     if spec_arg is not None:  # shows what the spec reads and runs, before it does
         from agent.cli_spec import prepare_spec
 
-        collectors, spec = prepare_spec(spec_arg, state.root, spec, preview=preview, as_json=as_json, yes=yes)
+        spec_run = prepare_spec(spec_arg, state.root, spec, preview=preview, as_json=as_json, yes=yes)
+        spec = spec_run.spec
     try:
-        running = start_collection(spec, collectors=collectors)
+        running = start_collection(spec, extra=spec_run.extra if spec_run else ())
     except CollectionError as exc:  # the spec names a collector or sets an option badly
         raise typer.BadParameter(str(exc)) from None
     try:
@@ -191,7 +195,10 @@ def collect(
     ) as prepared:
         if preview:
             if as_json:
-                print(json.dumps(prepared.preview.to_dict(), indent=1))
+                shown = prepared.preview.to_dict()
+                if spec_run is not None:  # what the spec would read and run; none of it ran
+                    shown["spec"] = spec_run.plan
+                print(json.dumps(shown, indent=1))
             else:
                 _render_preview(prepared.preview.to_dict())
             return
@@ -215,7 +222,7 @@ def collect(
     for unread in sorted(set(done.result.unread_options) & request.asked):
         err.print(
             f"warning: --set {unread}: no collector of this run reads it (misspelt, or its collector did not run;"
-            " README lists the options)",
+            " `casefile options` lists them)",
             highlight=False,
             markup=False,
         )
@@ -323,10 +330,11 @@ def _render_summary(s: dict[str, Any]) -> None:
         out.print(f"[green]Uploaded[/] to {u['collector']} at {u['received_at']} (agent {u['agent_id']})")
 
 
-# ``unmask``, ``verify``, ``upload`` and the ``agent`` commands register themselves on
+# ``unmask``, ``verify``, ``upload``, ``options`` and the ``agent`` commands register themselves on
 # ``app`` when imported, after ``collect``: the order ``--help`` lists them in.
 import agent.cli_agent  # noqa: E402
-import agent.cli_bundle  # noqa: E402, F401
+import agent.cli_bundle  # noqa: E402
+import agent.cli_options  # noqa: E402, F401
 
 
 def _exit(code: int, message: str) -> NoReturn:

@@ -3,7 +3,8 @@
 The spec is loaded and checked first (a built-in name, or a signed file whose signer
 ``policy.json`` trusts: ``agent.specs.trust``); then what it will read and run *here* is
 shown — the files its globs match now, the logs, every command's argument list and
-bounds — before anything of it runs. ``--preview`` stops there. On a terminal the
+bounds — before anything of it runs. ``--preview`` runs none of it (the rest of the
+run is previewed as usual, the plan beside it). On a terminal the
 customer confirms (``--yes`` skips that); a script's ``--spec`` is the instruction itself.
 The spec then runs as one more collector of the run (``agent.specs.runner``).
 """
@@ -13,15 +14,21 @@ from __future__ import annotations
 import dataclasses
 import json
 import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
-from agent.collect import CollectionSpec, Collector, registered_collectors
+from agent.collect import CollectionSpec, Collector
 from agent.console import lazy_console
+from agent.specs.runner import PARAM_OPTION_PREFIX
 
-__all__ = ["prepare_spec", "render_plan"]
+if TYPE_CHECKING:
+    from agent.specs.model import Spec
+
+__all__ = ["SpecRun", "prepare_spec", "render_plan"]
 
 err = lazy_console(stderr=True)
 
@@ -53,12 +60,31 @@ def render_plan(doc: dict[str, Any]) -> None:
         )
 
 
-def prepare_spec(
-    arg: str, home: Path, spec: CollectionSpec, *, preview: bool, as_json: bool, yes: bool
-) -> tuple[tuple[type[Collector], ...], CollectionSpec]:
-    """The run's collectors with the spec's added, and the collection spec adjusted for it.
+@dataclass(frozen=True)
+class SpecRun:
+    """What ``--spec`` adds to a run: its collector (none in a preview), the adjusted
+    collection spec, and the plan that was shown (a preview's JSON carries it)."""
 
-    Shows the plan first; ``--preview`` exits after it, a declined confirmation exits 1.
+    extra: tuple[type[Collector], ...]
+    spec: CollectionSpec
+    plan: dict[str, Any]
+
+
+def _check_parameters(spec: Spec, options: Mapping[str, object]) -> None:
+    prefix = PARAM_OPTION_PREFIX
+    declared = spec.parameter_defaults()
+    unknown = sorted(k for k in options if k.startswith(prefix) and k[len(prefix) :] not in declared)
+    if unknown:
+        known = ", ".join(prefix + p for p in declared) or "none"
+        raise ValueError(f"--set {unknown[0]}: spec {spec.name} has no such parameter (its parameters: {known})")
+
+
+def prepare_spec(arg: str, home: Path, spec: CollectionSpec, *, preview: bool, as_json: bool, yes: bool) -> SpecRun:
+    """The spec's collector and the collection spec adjusted for it, the plan shown first.
+
+    In a ``--preview`` nothing of the spec runs: the plan is shown (on stderr; in the
+    preview's JSON under ``spec``) and the rest of the run is previewed as without it.
+    A declined confirmation exits 1.
     """
     from agent.specs import SpecError
     from agent.specs.runner import parameters, plan_of, spec_budget, spec_collector
@@ -66,6 +92,7 @@ def prepare_spec(
 
     try:
         loaded = load_spec_arg(arg, home)
+        _check_parameters(loaded.spec, spec.options)
         params = parameters(loaded.spec, spec.options)
     except (SpecError, ValueError) as exc:
         raise typer.BadParameter(str(exc), param_hint="--spec") from None
@@ -77,17 +104,19 @@ def prepare_spec(
         "parameters": params,
         "plan": plan_of(loaded.spec, params),
     }
-    if preview and as_json:
-        print(json.dumps({"spec": doc}, indent=1))
-        raise typer.Exit(0)
-    render_plan(doc)
+    if not as_json:
+        render_plan(doc)
     if preview:
-        err.print("preview: nothing was read or run", highlight=False, markup=False)
-        raise typer.Exit(0)
+        if not as_json:
+            err.print(
+                "preview: of the spec, nothing was read or run; the rest of the run is previewed below",
+                highlight=False,
+                markup=False,
+            )
+        return SpecRun((), spec, doc)
     if not yes and sys.stdin.isatty() and sys.stderr.isatty() and not typer.confirm("Run this spec?", err=True):
         raise typer.Exit(1)
     cls = spec_collector(loaded.spec, loaded.origin())
-    collectors = (*registered_collectors().collectors, cls)
     only = (*spec.only, cls.name) if spec.only else ()
     total = max(spec.total_budget_s, spec_budget(loaded.spec) + 2.0)
-    return collectors, dataclasses.replace(spec, only=only, total_budget_s=total)
+    return SpecRun((cls,), dataclasses.replace(spec, only=only, total_budget_s=total), doc)

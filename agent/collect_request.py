@@ -165,7 +165,7 @@ def check_collect_request(
         }
     except ValueError as exc:
         raise RequestError(str(exc)) from None
-    asked = key_values(set_options or (), "--set")
+    asked = _set_options(set_options or ())
     options.update(asked)
     budget_s = {name: float(v) for name, v in key_values(budgets or (), "--budget", number=True).items()}
     wants_upload = not preview and (upload is not None or bool(token and enrollment))
@@ -193,6 +193,21 @@ def check_collect_request(
         wants_upload=wants_upload,
         collector=collector,
     )
+
+
+def _set_options(items: Iterable[str]) -> dict[str, OptionValue]:
+    """``--set`` pairs, each checked against the option its collector declares."""
+    items = list(items)
+    if not items:
+        return {}
+    from agent.collect import registered_collectors
+    from agent.collect.options import parse_set
+    from agent.errors import CollectionError
+
+    try:
+        return parse_set(items, registered_collectors().options())
+    except CollectionError as exc:
+        raise RequestError(str(exc), hint="--set") from None
 
 
 def upload_target(key: SigningKey, *, token: str | None, agent_id: str | None) -> UploadTarget:

@@ -33,6 +33,7 @@ from typing import Any
 
 from agent.bundle import BundleMeta, BundleWriter, WrittenBundle, new_bundle_id
 from agent.bundle.factsjson import facts_json
+from agent.bundle.identity import stamp_snapshot
 from agent.collect import (
     CollectionResult,
     CollectionSpec,
@@ -112,15 +113,12 @@ class Prepared:
         redactor: Redactor,
         gate: LeakGate,
         privacy: PrivacyOptions,
-        created: dt.datetime,
-        kind: str,
-        request_id: str | None,
-        case_id: str | None,
+        meta: BundleMeta,
         added: list[dict[str, str]],
     ) -> None:
         self.result, self.snapshot, self.members, self.dropped = result, snapshot, members, dropped
-        self.redactor, self.gate, self.privacy, self.created = redactor, gate, privacy, created
-        self.kind, self.request_id, self.case_id, self.added = kind, request_id, case_id, added
+        self.redactor, self.gate, self.privacy = redactor, gate, privacy
+        self.meta, self.added = meta, added  # the manifest's header; the snapshot was stamped from it
         self.facts_pb = snapshot.SerializeToString(deterministic=True)
         self.facts_json = facts_json(snapshot)
         gate.scan_bytes("facts.pb", self.facts_pb)
@@ -177,18 +175,8 @@ class Prepared:
             "leak_gate": gate_entry,
             "allow_leaks": self.privacy.allow_leaks,
         }
-        meta = BundleMeta(
-            bundle_id=self.snapshot.bundle_id,
-            hostname=self.snapshot.host.hostname or "unknown",
-            case_id=self.case_id,
-            kind=self.kind,
-            agent_id=self.snapshot.agent_id,
-            agent_version=__version__,
-            created_at=self.created,
-            request_id=self.request_id,
-        )
         output_dir.mkdir(parents=True, exist_ok=True)
-        with BundleWriter(output_dir, key=key, meta=meta) as writer:
+        with BundleWriter(output_dir, key=key, meta=self.meta) as writer:
             writer.add_bytes("facts.pb", self.facts_pb)
             writer.add_bytes("facts.json", self.facts_json)
             for m in self.members:
@@ -343,15 +331,18 @@ def _prepare(
             src_facts.artifact = ""  # the counts stay; the member does not exist
     snapshot.logs.sources.extend(redacted.attached_sources)
     redact_message(snapshot, redactor)
-    created = dt.datetime.now(dt.UTC)
-    snapshot.bundle_id = new_bundle_id()
-    snapshot.agent_id = agent_id
-    snapshot.case_id = case_id or ""
-    snapshot.kind = kind
-    snapshot.request_id = request_id or ""
-    snapshot.collected_at.FromDatetime(created)
-    snapshot.agent_version = __version__
-    snapshot.key_fingerprint = key.fingerprint if key is not None else ""
+    # The identity once: the manifest's header, which the facts repeat (agent.bundle.identity).
+    meta = BundleMeta(
+        bundle_id=new_bundle_id(),
+        hostname=snapshot.host.hostname or "unknown",
+        case_id=case_id,
+        kind=kind,
+        agent_id=agent_id,
+        agent_version=__version__,
+        created_at=dt.datetime.now(dt.UTC),
+        request_id=request_id,
+    )
+    stamp_snapshot(snapshot, meta, key.fingerprint if key is not None else "")
     return Prepared(
         result=result,
         snapshot=snapshot,
@@ -360,10 +351,7 @@ def _prepare(
         redactor=redactor,
         gate=gate,
         privacy=privacy,
-        created=created,
-        kind=kind,
-        request_id=request_id,
-        case_id=case_id,
+        meta=meta,
         added=redacted.added,
     )
 

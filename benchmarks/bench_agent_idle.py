@@ -54,6 +54,7 @@ import psutil
 
 from agent.state import AgentHome, Enrollment
 from agent.transport import enroll, open_channel, parse_address
+from agent.transport.live_states import state_of
 from collector.storage import Store
 from protos import collector_pb2, collector_pb2_grpc
 
@@ -189,7 +190,7 @@ def _snapshot(addr: str, fp: str, token: str, agent_id: str, agent_pid: int) -> 
     finally:
         stop.set()
         sampler.join()
-    if not events or events[-1].state != "done":
+    if not events or state_of(events[-1]) != "done":
         raise SystemExit(f"snapshot did not finish: {events[-1:]}")
     return ms, peaks["agent"], peaks["child"], float(len(children))
 

@@ -19,6 +19,8 @@ import argparse
 import asyncio
 import hashlib
 import json
+import os
+import random
 import resource
 import signal
 import socket
@@ -86,14 +88,23 @@ async def _hold(addr: str, agents: list[tuple[int, str]], per_conn: int, ready: 
     async def one(stub: Any, idx: int, agent_id: str) -> None:
         async with sem:
             key = _key(idx)
-            call: Any = stub.Connect()
-            await call.write(collector_pb2.AgentMessage(hello=collector_pb2.ChannelHello(agent_id=agent_id)))
-            challenge = await call.read()
-            sig = key.sign(channel_message(bytes(challenge.challenge.nonce), agent_id))
-            await call.write(
-                collector_pb2.AgentMessage(challenge_response=collector_pb2.ChallengeResponse(signature=sig))
-            )
-            accepted = await call.read()
+            for attempt in range(30):
+                call: Any = stub.Connect()
+                try:
+                    await call.write(collector_pb2.AgentMessage(hello=collector_pb2.ChannelHello(agent_id=agent_id)))
+                    challenge = await call.read()
+                    sig = key.sign(channel_message(bytes(challenge.challenge.nonce), agent_id))
+                    await call.write(
+                        collector_pb2.AgentMessage(challenge_response=collector_pb2.ChallengeResponse(signature=sig))
+                    )
+                    accepted = await call.read()
+                    break
+                except grpc.aio.AioRpcError:
+                    # The collector refuses handshakes beyond its bound ("busy"): back off as agents
+                    # do. The call's status, not the failed write's INTERNAL, is its answer.
+                    if await call.code() is not grpc.StatusCode.UNAVAILABLE or attempt == 29:
+                        raise
+                    await asyncio.sleep(random.uniform(0, min(10.0, 0.5 * 2**attempt)))
             if accepted is grpc.aio.EOF or accepted.WhichOneof("msg") != "accepted":
                 raise SystemExit(f"agent {agent_id} not accepted: {accepted}")
             calls.append(call)
@@ -127,6 +138,10 @@ def main() -> None:
     ap.add_argument("--idle-seconds", type=float, default=30.0)
     ap.add_argument("--db-url", default=None)
     ap.add_argument("--insecure", action="store_true", help="plaintext on loopback: what TLS costs per channel")
+    ap.add_argument("--server", choices=("collector", "grpclib"), default="collector",
+                    help="grpclib: the prototype benchmarks/proto_channel_grpclib.py instead of the collector")
+    ap.add_argument("--ssl-read-buffer", type=int, default=0, help="--server grpclib: asyncio's TLS read buffer")
+    ap.add_argument("--env", action="append", default=[], help="NAME=VALUE in the server's environment")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--addr", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -143,7 +158,11 @@ def main() -> None:
         cmd += ["--db-url", args.db_url]
     if args.insecure:
         cmd += ["--insecure"]
-    coll = subprocess.Popen(cmd, stdout=(tmp / "collector.log").open("w"), stderr=subprocess.STDOUT)
+    if args.server == "grpclib":
+        cmd = [sys.executable, str(Path(__file__).with_name("proto_channel_grpclib.py")), *cmd[2:],
+               "--ssl-read-buffer", str(args.ssl_read_buffer)]
+    env = dict(os.environ, **dict(e.split("=", 1) for e in args.env))
+    coll = subprocess.Popen(cmd, stdout=(tmp / "collector.log").open("w"), stderr=subprocess.STDOUT, env=env)
     workers: list[subprocess.Popen[bytes]] = []
     try:
         while not ready.exists():
@@ -183,7 +202,8 @@ def main() -> None:
         rss1 = proc.memory_info().rss
         cpu = (c1.user + c1.system - c0.user - c0.system) / (w1 - w0) * 100
         fds = proc.num_fds()
-        print(f"collector: {addr}, {'PostgreSQL' if args.db_url else 'SQLite'}, RLIMIT_NOFILE {nofile}")
+        print(f"collector: {addr}, {'PostgreSQL' if args.db_url else 'SQLite'}, RLIMIT_NOFILE {nofile}, "
+              f"server {args.server} {args.env or ''}; load average {psutil.getloadavg()}")
         print(f"{held} channels held by one collector process ({args.clients} client processes, "
               f"{args.per_connection} stream(s) per connection), connected in {connect_s:.1f} s")
         print("| figure | value |")

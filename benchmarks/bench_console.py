@@ -188,7 +188,7 @@ def main() -> None:
             with open_channel(parse_address(info["address"]), ca_fingerprint=info["fingerprint"]) as ch:
                 agent = enroll(ch, token=enroll_token, key=key, hostname="big-host", agent_version="bench").agent_id
                 for name, path in (("big", big), ("small", small)):
-                    bundle_id = str(verify_bundle(path).manifest["bundle_id"])
+                    bundle_id = verify_bundle(path).manifest.bundle_id
                     upload_bundle(ch, path, bundle_id=bundle_id, target=UploadTarget(key=key, agent_id=agent))
                     ids[name] = bundle_id
             # The collector analyses each bundle once after its receipt, in a worker thread of the

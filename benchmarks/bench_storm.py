@@ -2,8 +2,10 @@
 
 A real collector process (TLS; SQLite, or ``--db-url`` PostgreSQL) on loopback. ``--agents``
 N agents are enrolled; ``--clients`` worker processes (this script with ``--worker``) each run
-their share as simulated agents: one TCP connection each, the real Channel handshake (hello,
-Ed25519 signature over the collector's nonce, accepted), then idle. Each simulated agent
+their share as simulated agents: each opens its stream with the daemon's own transport
+(``agent.daemon.h2stream.BidiStream``: pinned TLS, HTTP/2, keepalive pings every 30 s), one
+TCP connection each, does the real Channel handshake (hello, Ed25519 signature over the
+collector's nonce, accepted), then idles. Each simulated agent
 reconnects exactly as ``agent.daemon.service.AgentService._serve`` does: after an accepted
 stream ends it waits ``uniform(0, base)``; after each failed attempt ``uniform(0, min(cap,
 base * 2**failures))`` (full jitter; the daemon's defaults base 1 s, cap 60 s), and gives a
@@ -39,17 +41,18 @@ import threading
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any
 
 import grpc
 import psutil
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from agent.daemon import channel_message
+from agent.daemon.h2stream import BidiStream, RpcError
 from agent.daemon.service import HANDSHAKE_TIMEOUT_S, DaemonOptions
+from agent.errors import TransportError
 from agent.keys import SigningKey, fingerprint_of
 from agent.transport import open_channel, parse_address
-from agent.transport.connect import PINNED_TARGET_NAME, fetch_certificate
+from agent.transport.connect import CollectorAddress
 from collector.storage import Store
 from protos import collector_pb2, collector_pb2_grpc
 
@@ -76,48 +79,63 @@ class _State:
         self.refused: Counter[str] = Counter()
 
 
-async def _handshake(stub: Any, idx: int, agent_id: str) -> Any:
-    call: Any = stub.Connect()
-    await call.write(collector_pb2.AgentMessage(hello=collector_pb2.ChannelHello(agent_id=agent_id)))
-    challenge = await call.read()
-    if challenge is grpc.aio.EOF:
-        raise ConnectionError("no challenge")
+def _message(raw: bytes | None) -> collector_pb2.CollectorMessage:
+    if raw is None:
+        raise ConnectionError("stream ended during the handshake")
+    return collector_pb2.CollectorMessage.FromString(raw)
+
+
+async def _handshake(call: BidiStream, idx: int, agent_id: str) -> None:
+    hello = collector_pb2.ChannelHello(agent_id=agent_id, agent_version="bench")
+    await call.write(collector_pb2.AgentMessage(hello=hello).SerializeToString())
+    challenge = _message(await call.read())
     sig = _key(idx).sign(channel_message(bytes(challenge.challenge.nonce), agent_id))
-    await call.write(collector_pb2.AgentMessage(challenge_response=collector_pb2.ChallengeResponse(signature=sig)))
-    accepted = await call.read()
-    if accepted is grpc.aio.EOF or accepted.WhichOneof("msg") != "accepted":
+    answer = collector_pb2.AgentMessage(challenge_response=collector_pb2.ChallengeResponse(signature=sig))
+    await call.write(answer.SerializeToString())
+    if _message(await call.read()).WhichOneof("msg") != "accepted":
         raise ConnectionError("not accepted")
-    return call
 
 
-async def _agent(addr: str, creds: Any, idx: int, agent_id: str, first: asyncio.Semaphore, st: _State) -> None:
-    opts = [("grpc.ssl_target_name_override", PINNED_TARGET_NAME), ("grpc.use_local_subchannel_pool", 1)]
+async def _agent(
+    address: CollectorAddress, pin: str, idx: int, agent_id: str, first: asyncio.Semaphore, st: _State
+) -> None:
     failures = 0
     ramp: asyncio.Semaphore | None = first  # the first connection only: a ramp, not a storm
     while True:
         accepted = False
-        ch = grpc.aio.secure_channel(addr, creds, options=opts)
+        call: BidiStream | None = None
         try:
             async with contextlib.AsyncExitStack() as stack:
                 if ramp is not None:
                     await stack.enter_async_context(ramp)
+                # As AgentService._session: the connection, then the handshake, 20 s each.
                 async with asyncio.timeout(HANDSHAKE_TIMEOUT_S):
-                    call = await _handshake(collector_pb2_grpc.ChannelStub(ch), idx, agent_id)
+                    call = await BidiStream.open(
+                        address,
+                        "/casefile.v1.Channel/Connect",
+                        pin=pin,
+                        user_agent="casefile-agent/bench",
+                        keepalive_s=_OPTS.keepalive_s,
+                        keepalive_timeout_s=_OPTS.keepalive_timeout_s,
+                    )
+                async with asyncio.timeout(HANDSHAKE_TIMEOUT_S):
+                    await _handshake(call, idx, agent_id)
             ramp = None
             accepted = True
             st.connected += 1
             st.accepted += 1
-            with contextlib.suppress(grpc.aio.AioRpcError):
-                while await call.read() is not grpc.aio.EOF:  # probes are not sent to idle streams
+            with contextlib.suppress(RpcError):
+                while await call.read() is not None:  # probes are not sent to idle streams
                     pass
-        except grpc.aio.AioRpcError as exc:
-            st.refused[exc.code().name] += 1
-        except (TimeoutError, ConnectionError, OSError) as exc:
+        except RpcError as exc:
+            st.refused[exc.code] += 1
+        except (TimeoutError, ConnectionError, OSError, TransportError) as exc:
             st.refused[type(exc).__name__] += 1
         finally:
             if accepted:
                 st.connected -= 1
-            await ch.close()
+            if call is not None:
+                await call.close()
         failures = 0 if accepted else failures + 1  # as AgentService._serve
         ceiling = min(_OPTS.backoff_cap_s, _OPTS.backoff_base_s * 2 ** min(failures, 16))
         await asyncio.sleep(random.uniform(0, ceiling))
@@ -125,10 +143,10 @@ async def _agent(addr: str, creds: Any, idx: int, agent_id: str, first: asyncio.
 
 async def _worker(args: argparse.Namespace) -> None:
     agents = [tuple(x) for x in json.loads(Path(args.worker).read_text())]
-    creds = grpc.ssl_channel_credentials(root_certificates=fetch_certificate(parse_address(args.addr)))
+    address = parse_address(args.addr)
     st = _State()
     first = asyncio.Semaphore(args.ramp)
-    tasks = [asyncio.create_task(_agent(args.addr, creds, idx, aid, first, st)) for idx, aid in agents]
+    tasks = [asyncio.create_task(_agent(address, args.pin, idx, aid, first, st)) for idx, aid in agents]
     status = Path(args.worker + ".status")
     while True:
         tmp = status.with_suffix(".tmp")
@@ -200,6 +218,7 @@ def main() -> None:
     ap.add_argument("--db-url", default=None)
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--addr", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--pin", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
         asyncio.run(_worker(args))
@@ -230,7 +249,7 @@ def main() -> None:
             f.write_text(json.dumps(agents[k :: args.clients]))
             status.append(Path(str(f) + ".status"))
             workers.append(subprocess.Popen([sys.executable, __file__, "--worker", str(f), "--addr", addr,
-                                             "--ramp", str(args.ramp)]))
+                                             "--ramp", str(args.ramp), "--pin", fingerprint]))
         t0 = time.monotonic()
         while _status(status)[0] < args.agents:
             if any(w.poll() is not None for w in workers) or time.monotonic() - t0 > 20 * 60:
@@ -251,26 +270,33 @@ def main() -> None:
         coll, _fp = _start(cmd, ready, log)
         restarted = time.monotonic() - killed
         proc = psutil.Process(coll.pid)
+        sims = [psutil.Process(w.pid) for w in workers]
+        sim0 = sum(c.user + c.system for c in (p.cpu_times() for p in sims))
+        load0 = psutil.getloadavg()
         storm = _Queries(addr, fingerprint, token, args.qps)
         storm.start()
         curve: list[tuple[float, int]] = []
         back_s = float("nan")
-        peak_rss = 0
+        peak_rss = peak_fds = 0
         while time.monotonic() - killed < args.max_seconds:
             connected, _a, _r = _status(status)
             curve.append((time.monotonic() - killed, connected))
             peak_rss = max(peak_rss, proc.memory_info().rss)
+            peak_fds = max(peak_fds, proc.num_fds())
             if connected >= args.agents:
                 back_s = time.monotonic() - killed
                 break
             time.sleep(0.25)
         cpu = proc.cpu_times()
+        sim_cpu = sum(c.user + c.system for c in (p.cpu_times() for p in sims)) - sim0
+        storm_s = time.monotonic() - killed
         storm.halt.set()
         storm.join()
         _c, accepted1, refused1 = _status(status)
         refused = refused1 - refused0
         print(f"collector {addr}, {'PostgreSQL' if args.db_url else 'SQLite'}; {args.agents} agents over "
-              f"{args.clients} processes, initial ramp {ramp_s:.0f} s; load average {psutil.getloadavg()}")
+              f"{args.clients} processes, initial ramp {ramp_s:.0f} s; load average at the kill {load0}, "
+              f"at the end {psutil.getloadavg()}")
         marks = {}
         for frac in (0.5, 0.9, 0.99):
             marks[frac] = next((t for t, c in curve if c >= frac * args.agents), float("nan"))
@@ -281,8 +307,10 @@ def main() -> None:
               f"**{back_s:.1f} s** |")
         print(f"| streams accepted in the storm / attempts refused or failed | {accepted1 - accepted0:,} / "
               f"{sum(refused.values()):,} {dict(refused)} |")
-        print(f"| collector CPU during the storm (user + system) / peak RSS | {cpu.user + cpu.system:.1f} s / "
-              f"{peak_rss / 2**20:.0f} MiB |")
+        print(f"| collector CPU during the storm (user + system) / peak RSS / peak open fds | "
+              f"{cpu.user + cpu.system:.1f} s / {peak_rss / 2**20:.0f} MiB / {peak_fds:,} |")
+        print(f"| simulated agents' CPU during the storm (all {args.clients} processes) | {sim_cpu:.1f} s in "
+              f"{storm_s:.0f} s |")
         print(f"| ListBundles during the storm: p50 / p99 / max (n, failed) | {_pct(storm.lat, 50):.1f} / "
               f"**{_pct(storm.lat, 99):.1f}** / {_pct(storm.lat, 100):.1f} ms (n {len(storm.lat)}, "
               f"{dict(storm.failed)}) |")

@@ -16,11 +16,16 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import multiprocessing
+import os
 import queue
 import threading
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 
 from agent.analysis import Analysis, BundleView, RuleRegistry, analyse, registered_rules, render_html
 from agent.analysis.model import SEVERITY_RANK, Evidence, LogEvidence
@@ -31,6 +36,9 @@ from collector.storage.schema import to_micros
 __all__ = ["AnalysisWorker", "Reanalysis", "analyse_bundle", "analysis_rows", "reanalyze", "rules_version"]
 
 log = logging.getLogger("casefile.collector.analysis")
+
+# The analysis process runs this much nicer than the collector: it is background work.
+ANALYSIS_NICE = 5
 
 # Bump when what is stored per bundle changes shape (not when rules change: their
 # declarations are hashed into the version below).
@@ -171,25 +179,71 @@ def reanalyze(
     return Reanalysis(examined, changed, failed, version)
 
 
+def _rows_of_file(path: str) -> AnalysisRows | str:
+    """In the analysis process: verify and analyse one stored bundle with the current
+    rules; the rows, or why not (as text: an exception might not unpickle)."""
+    try:
+        registry = registered_rules()
+        return analysis_rows(analyse(BundleView.from_file(Path(path)), registry=registry), rules_version(registry))
+    except Exception as exc:
+        return f"{type(exc).__name__}: {exc}"
+
+
 class AnalysisWorker:
     """One background thread analysing bundles queued after their receipt.
+
+    The thread reads the queue and writes the results; the analysis itself (verify,
+    rules, report) runs in a child process at ``ANALYSIS_NICE``, so its CPU is never
+    taken from the collector's event loop (one interpreter lock: an analysis in a thread
+    held up every receipt and query while it ran). ``processes=False`` keeps it in the
+    thread (tests of the worker's own logic).
 
     Bounded: the queue holds at most ``max_queued`` ids; beyond that an id is dropped
     from the queue (it stays unanalysed in the database) and the next sweep picks it up.
     Queries for a bundle not analysed yet analyse it on demand.
     """
 
-    def __init__(self, store: Store, blobs: BlobBackend, *, max_queued: int = 10_000) -> None:
+    def __init__(
+        self, store: Store, blobs: BlobBackend, *, max_queued: int = 10_000, processes: bool = True
+    ) -> None:
         self._store = store
         self._blobs = blobs
         self._queue: queue.Queue[str | None] = queue.Queue(max_queued)
         self._thread: threading.Thread | None = None
         self._overflowed = threading.Event()
+        self._processes = processes
+        self._pool: ProcessPoolExecutor | None = None
         self.analysed = 0
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="casefile-analysis", daemon=True)
         self._thread.start()
+
+    def _child(self) -> ProcessPoolExecutor:
+        if self._pool is None:
+            from collector.services.verifier import _verifier_process_init
+
+            # spawn, not fork (a forked copy of a process running grpc threads is not
+            # safe); nicer than the collector and gone with it, as the verifier's.
+            self._pool = ProcessPoolExecutor(
+                1,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=_verifier_process_init,
+                initargs=(ANALYSIS_NICE, os.getpid()),
+            )
+        return self._pool
+
+    def _analyse_in_child(self, bundle_id: str) -> None:
+        rec = self._store.get_bundle(bundle_id)
+        path = str(self._blobs.blob_path(rec.blob_key))
+        try:
+            rows = self._child().submit(_rows_of_file, path).result()
+        except BrokenProcessPool:
+            self._pool = None  # the process died (killed, out of memory): the next bundle starts another
+            raise
+        if isinstance(rows, str):
+            raise RuntimeError(rows)
+        self._store.put_analysis(bundle_id, rows, analysed_at_us=to_micros(datetime.now(UTC)))
 
     def submit(self, bundle_id: str) -> None:
         """Queue a bundle; never blocks the caller (ingest's event loop)."""
@@ -204,6 +258,10 @@ class AnalysisWorker:
         self._queue.put(None)  # blocks only while the queue is full: the worker is draining it
         self._thread.join(timeout)
         self._thread = None
+        if self._pool is not None:
+            # What is left unanalysed is found by the next start's sweep.
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
 
     def _sweep(self) -> None:
         after = ""
@@ -215,7 +273,10 @@ class AnalysisWorker:
     def _analyse(self, bundle_id: str) -> None:
         try:
             if self._store.get_analysis(bundle_id) is None:
-                analyse_bundle(self._store, self._blobs, bundle_id)
+                if self._processes:
+                    self._analyse_in_child(bundle_id)
+                else:
+                    analyse_bundle(self._store, self._blobs, bundle_id)
                 self.analysed += 1
         except Exception:
             log.exception("bundle %s: analysis failed; the next start retries it", bundle_id)

@@ -50,4 +50,4 @@ async def one_commit(store: Store) -> AsyncIterator[None]:
         _BATCH.reset(reset)
         batch.closed = True
         if batch.rows:
-            await asyncio.to_thread(store.audit_many, batch.rows)
+            await asyncio.to_thread(store.audit_rows, batch.rows)

@@ -93,11 +93,12 @@ def serve(
     ] = None,
 ) -> None:
     """Run the collector until SIGINT/SIGTERM."""
-    from collector.listen import ListenError
+    from collector.listen import ListenError, raise_open_files_limit
     from collector.server import CollectorServer, ServerConfig
     from collector.services import IngestLimits
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    raise_open_files_limit()
     config = ServerConfig(
         address=address,
         data_dir=data_dir,

@@ -41,16 +41,29 @@ def _stub(conn: Connection) -> Any:
     return channel, collector_pb2_grpc.HuntStub(channel), md
 
 
+def _in_words(status: Any) -> None:
+    """Each host's state as its word (``live_state`` read, or an earlier collector's string),
+    so the lines and the ``--json`` document are what they were before the enum."""
+    from agent.transport.live_states import in_words
+
+    for host in status.hosts:
+        in_words(host)
+
+
 def _status_doc(status: Any) -> dict[str, Any]:
     from google.protobuf import json_format
 
+    _in_words(status)
     doc: dict[str, Any] = json_format.MessageToDict(
         status, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
     )
+    for host in doc.get("hosts", []):
+        del host["live_state"]  # printed even when cleared (every field is): the document stays as it was
     return doc
 
 
 def _print_status(status: Any) -> None:
+    _in_words(status)
     counts = ", ".join(f"{status.counts[s]} {s}" for s in _ORDER if status.counts.get(s))
     out.print(
         f"hunt {shown(status.hunt_id)} case {shown(status.case_id)} · {shown(status.selector)} · "

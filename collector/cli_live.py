@@ -54,6 +54,7 @@ def snapshot_cmd(
     ended otherwise (offline, expired, failed)."""
     from google.protobuf import json_format
 
+    from agent.transport.live_states import in_words
     from protos import collector_pb2
 
     since_s = int(parse_duration(since).total_seconds()) if since else 0
@@ -66,6 +67,7 @@ def snapshot_cmd(
     events: list[dict[str, Any]] = []
     with channel:
         for event in stub.RequestSnapshot(spec, metadata=md, timeout=wait + timeout + 30):
+            in_words(event)  # state: the word, from live_state or an earlier collector's string
             last = event
             if as_json:
                 events.append(json_format.MessageToDict(event, preserving_proto_field_name=True))

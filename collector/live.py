@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator
 import grpc
 
 from agent import scopes as _scopes
-from agent.transport.live_states import AGENT_STATES, CALL_ENDS, LiveState
+from agent.transport.live_states import AGENT_STATES, CALL_ENDS, LiveState, state_of, to_wire
 from agent.untrusted import clean_text
 from collector.auth import record_outcome
 from collector.edge import Rejected
@@ -186,6 +186,7 @@ async def request_snapshot(
             yield collector_pb2.SnapshotEvent(
                 request_id=rec.request_id,
                 state=LiveState.QUEUED,
+                live_state=to_wire(LiveState.QUEUED),
                 detail=f"agent offline since {_when(agent.last_seen_at_us)}; queued until {_when(rec.expires_at_us)}",
                 agent_id=agent.id,
                 at=timestamp_us(rec.updated_at_us),
@@ -200,9 +201,10 @@ async def request_snapshot(
             except TimeoutError:
                 break
             yield event
-            if event.state in CALL_ENDS:
+            state = state_of(event)
+            if state in CALL_ENDS:
                 # The audit row of the call says how the request ended, not just that the call did.
-                record_outcome(event.state, event.detail)
+                record_outcome(state, event.detail)
                 return
         current = await asyncio.to_thread(store.get_live_request, rec.request_id)
         final = None
@@ -213,7 +215,11 @@ async def request_snapshot(
             detail = f"no result within {timeout} s"
             record_outcome(LiveState.TIMEOUT, f"{detail} (request {current.state})")
             yield collector_pb2.SnapshotEvent(
-                request_id=rec.request_id, state=LiveState.TIMEOUT, detail=detail, agent_id=agent.id
+                request_id=rec.request_id,
+                state=LiveState.TIMEOUT,
+                live_state=to_wire(LiveState.TIMEOUT),
+                detail=detail,
+                agent_id=agent.id,
             )
         else:
             record_outcome(final.state, final.detail)

@@ -180,6 +180,9 @@ class PgLiveRouter(LiveRouter):
         if request_id not in self._watchers:
             self._shown.pop(request_id, None)
 
+    def _sent_to(self, session: Session) -> str:
+        return f"sent to {session.peer} via {self.replica_id}"
+
     async def deliver(self, rec: LiveRequestRecord) -> bool:
         """Push a request down a stream held here; a request for an agent held by
         another replica is that replica's to claim (it got the NOTIFY of the insert)."""
@@ -187,7 +190,7 @@ class PgLiveRouter(LiveRouter):
         if session is None:
             return False
         claimed = await asyncio.to_thread(
-            self._store.claim_live_request, rec.request_id, f"sent to {session.peer} via {self.replica_id}"
+            self._store.claim_live_request, rec.request_id, self._sent_to(session)
         )
         if claimed is None:
             return False  # another path (notification, scan, other replica) got it first

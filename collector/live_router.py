@@ -28,7 +28,7 @@ import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from agent.scopes import spec_of
-from agent.transport.live_states import AGENT_STATES, LiveState
+from agent.transport.live_states import AGENT_STATES, LiveState, state_of, to_wire
 from agent.untrusted import clean_text
 from collector.edge import Rejected
 from collector.storage import BundleRecord, LiveRequestRecord, Store
@@ -73,7 +73,8 @@ def event_of(rec: LiveRequestRecord) -> collector_pb2.SnapshotEvent:
     at.FromMicroseconds(rec.updated_at_us)
     return collector_pb2.SnapshotEvent(
         request_id=rec.request_id,
-        state=rec.state,
+        state=rec.state,  # for clients of earlier releases (agent.transport.live_states)
+        live_state=to_wire(rec.state),
         detail=rec.detail,
         bundle_id=rec.bundle_id or "",
         at=at,
@@ -81,14 +82,52 @@ def event_of(rec: LiveRequestRecord) -> collector_pb2.SnapshotEvent:
     )
 
 
-@dataclass(eq=False)
+class Outbox:
+    """The messages a stream's one writer sends next, in order; ``None`` ends the stream.
+
+    What ``asyncio.Queue`` does for one consumer, without its cost at rest: a Queue holds
+    three deques and an Event (~3 KiB) for every idle agent; this holds two empty slots
+    until a message comes (``benchmarks/diag_channel_memory.py``).
+    """
+
+    __slots__ = ("_items", "_waiter")
+
+    def __init__(self) -> None:
+        self._items: list[collector_pb2.CollectorMessage | None] | None = None
+        self._waiter: asyncio.Future[None] | None = None
+
+    def put_nowait(self, msg: collector_pb2.CollectorMessage | None) -> None:
+        if self._items is None:
+            self._items = []
+        self._items.append(msg)
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    async def get(self) -> collector_pb2.CollectorMessage | None:
+        """The next message, waiting for one; only the stream's writer calls this."""
+        while not self._items:
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        msg = self._items.pop(0)
+        if not self._items:
+            self._items = None
+        return msg
+
+    def qsize(self) -> int:
+        return len(self._items) if self._items else 0
+
+
+@dataclass(eq=False, slots=True)
 class Session:
     """One authenticated Channel stream; ``outbox`` feeds its writer (None ends it)."""
 
     agent_id: str
     peer: str
     connected_at: float = field(default_factory=time.time)
-    outbox: asyncio.Queue[collector_pb2.CollectorMessage | None] = field(default_factory=asyncio.Queue)
+    outbox: Outbox = field(default_factory=Outbox)
     probes: dict[bytes, asyncio.Future[None]] = field(default_factory=dict)  # nonce → answered
 
 
@@ -207,17 +246,48 @@ class LiveRouter:
         session.outbox.put_nowait(msg)
         return True
 
-    async def drain(self, agent_id: str) -> None:
-        """Deliver what was queued while the agent was away; expire what is too old."""
+    def _sent_to(self, session: Session) -> str:
+        """The detail of a request sent down ``session``."""
+        return f"sent to {session.peer}"
+
+    async def deliver_many(self, recs: list[LiveRequestRecord], batch: int = 100) -> int:
+        """:meth:`deliver` for many requests (a hunt): claimed ``batch`` to a transaction,
+        so a thousand hosts cost ten short writes, not a thousand; returns how many were sent.
+
+        Only requests still ``queued`` are sent (another path may have sent one already:
+        on PostgreSQL, the replica holding the stream claims what its NOTIFY names).
+        """
+        sent = 0
+        envelopes: dict[tuple[str, ...], bytes] = {}
+        here = [(rec, s) for rec in recs if (s := self._sessions.get(rec.agent_id)) is not None]
+        for i in range(0, len(here), batch):
+            chunk = here[i : i + batch]
+            sessions = {rec.request_id: s for rec, s in chunk}
+            claims = [(rec.request_id, self._sent_to(s)) for rec, s in chunk]
+            claimed = await asyncio.to_thread(self._store.claim_live_requests, claims)
+            for rec in claimed:
+                if rec.scopes not in envelopes:
+                    envelopes[rec.scopes] = await asyncio.to_thread(spec_envelope, self._store, rec)
+                self._publish(rec)
+                sessions[rec.request_id].outbox.put_nowait(request_message(rec, envelopes[rec.scopes]))
+                sent += 1
+        return sent
+
+    async def drain(self, agent_id: str, queued: list[LiveRequestRecord] | None = None) -> None:
+        """Deliver what was queued while the agent was away (``queued``, if the caller has
+        read it already); expire what is too old."""
         now = dt.datetime.now(dt.UTC)
-        for rec in await asyncio.to_thread(self._store.queued_live_requests, agent_id):
+        if queued is None:
+            queued = await asyncio.to_thread(self._store.queued_live_requests, agent_id)
+        for rec in queued:
             if rec.expires_at <= now:
                 await self.advance(rec.request_id, LiveState.EXPIRED, detail="expired before the agent reconnected")
             else:
                 await self.deliver(rec)
 
     async def agent_progress(self, session: Session, progress: collector_pb2.SnapshotProgress) -> None:
-        if progress.state not in AGENT_STATES:
+        state = state_of(progress)  # the enum; the string from an agent of an earlier release
+        if state not in AGENT_STATES:
             return
         try:
             rec = await asyncio.to_thread(self._store.get_live_request, progress.request_id)
@@ -230,7 +300,7 @@ class LiveRouter:
             )
             return
         # The agent's words reach the engineer's terminal: cleaned like the other way round.
-        await self.advance(rec.request_id, progress.state, detail=clean_text(progress.detail, 2000))
+        await self.advance(rec.request_id, state, detail=clean_text(progress.detail, 2000))
 
     async def bundle_stored(self, bundle: BundleRecord, request_id: str) -> None:
         """Ingest's hook: the bundle answering a live request is stored."""

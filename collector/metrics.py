@@ -96,6 +96,9 @@ class RequestMetricsInterceptor(grpc.aio.ServerInterceptor):
 
     def __init__(self, counter: Counter) -> None:
         self._counter = counter
+        # Method → (the handler given, the one returned): built once per method, not per call;
+        # each idle agent's stream would otherwise keep its own copy (~0.5 KiB).
+        self._built: dict[str, tuple[Any, grpc.RpcMethodHandler[Any, Any]]] = {}
 
     async def intercept_service(
         self,
@@ -106,6 +109,9 @@ class RequestMetricsInterceptor(grpc.aio.ServerInterceptor):
         if handler is None:
             return handler
         method = str(handler_call_details.method)
+        built = self._built.get(method)
+        if built is not None and built[0] is handler:
+            return built[1]
         counter = self._counter
 
         def record(context: grpc.aio.ServicerContext[Any, Any], exc: BaseException | None) -> None:
@@ -120,7 +126,9 @@ class RequestMetricsInterceptor(grpc.aio.ServerInterceptor):
             counter.labels(method=method, code=_code_of(context, default)).inc()
 
         # Any shape: grpc_health's Watch, for one, is a coroutine writing with context.write.
-        return rebuild(handler, lambda behavior, kind: observe(behavior, kind, record))
+        wrapped = rebuild(handler, lambda behavior, kind: observe(behavior, kind, record))
+        self._built[method] = (handler, wrapped)
+        return wrapped
 
 
 class MetricsEndpoint:

@@ -12,6 +12,7 @@ import contextlib
 import datetime as dt
 import logging
 import random
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -21,6 +22,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from agent.transport.connect import is_loopback, parse_address
+from agent.transport.live_states import LiveState
 from collector.analysis import AnalysisWorker
 from collector.interceptors import MalformedRequests
 from collector.listen import ListenError, why_not_listening
@@ -40,6 +42,9 @@ if TYPE_CHECKING:
 __all__ = ["CollectorServer", "ServerConfig", "default_db_url"]
 
 log = logging.getLogger("casefile.collector")
+
+# Threads for blocking store and file calls (the event loop's default executor).
+_IO_THREADS = 32
 
 _SERVICE_NAMES = tuple(
     collector_pb2.DESCRIPTOR.services_by_name[n].full_name for n in ("Enroll", "Ingest", "Query", "Channel")
@@ -115,6 +120,12 @@ class CollectorServer:
         self.metrics.track_connected(lambda: len(self.router.connected()))
 
     async def start(self) -> int:
+        # Store calls and fsyncs wait on the disk, not the CPU: Python's default of
+        # cores + 4 threads (6 here) queued every engineer's query behind the fsyncs of a
+        # hunt's uploads (2-9 ms each on a busy disk; benchmarks/bench_hunt.py).
+        asyncio.get_running_loop().set_default_executor(
+            ThreadPoolExecutor(_IO_THREADS, thread_name_prefix="casefile-io")
+        )
         # Why these options: a collector restart makes every agent reconnect at once, and
         # grpc-core cancels calls beyond max_pending_requests (default 1000); keepalive
         # policy accepts the agents' 30 s pings; the receive limit fits one 1 MiB chunk
@@ -146,6 +157,11 @@ class CollectorServer:
                 ("grpc.max_connection_idle_ms", 15 * 60 * 1000),
                 ("grpc.max_connection_age_ms", age_ms),
                 ("grpc.max_connection_age_grace_ms", int(self.config.max_connection_age_grace_s * 1000)),
+                # A TLS + HTTP/2 handshake not done in 10 s is given up (grpc's default: 120 s).
+                # Agents give up on theirs after 20 s; in a reconnect storm the attempts they
+                # abandoned otherwise stay open here, holding a descriptor each (the limit
+                # was reached at 10,000 agents, benchmarks/README.md).
+                ("grpc.server_handshake_timeout_ms", 10_000),
                 # Not set: grpc.tsi.max_frame_size 4096 saved ~3 KiB per idle agent (92.0 vs
                 # 95.2 KiB per channel at 2,000, benchmarks/README.md) but the frame size is
                 # negotiated for both directions, so every upload went in 4 KiB TLS frames.
@@ -237,7 +253,7 @@ class CollectorServer:
             rec = await asyncio.to_thread(self.store.get_live_request, request_id)
         except Exception:
             return
-        if rec.state == "done" and rec.bundle_id == bundle.bundle_id:
+        if rec.state == LiveState.DONE and rec.bundle_id == bundle.bundle_id:
             self.metrics.snapshot_latency.observe(max(0.0, (rec.updated_at_us - rec.created_at_us) / 1e6))
 
     async def _sweep_stale_uploads(self) -> None:

@@ -3,12 +3,38 @@ import datetime
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from protos import facts_pb2 as _facts_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class LiveState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    LIVE_STATE_UNSPECIFIED: _ClassVar[LiveState]
+    LIVE_STATE_QUEUED: _ClassVar[LiveState]
+    LIVE_STATE_DELIVERED: _ClassVar[LiveState]
+    LIVE_STATE_COLLECTING: _ClassVar[LiveState]
+    LIVE_STATE_UPLOADING: _ClassVar[LiveState]
+    LIVE_STATE_DONE: _ClassVar[LiveState]
+    LIVE_STATE_DENIED: _ClassVar[LiveState]
+    LIVE_STATE_FAILED: _ClassVar[LiveState]
+    LIVE_STATE_EXPIRED: _ClassVar[LiveState]
+    LIVE_STATE_OFFLINE: _ClassVar[LiveState]
+    LIVE_STATE_TIMEOUT: _ClassVar[LiveState]
+LIVE_STATE_UNSPECIFIED: LiveState
+LIVE_STATE_QUEUED: LiveState
+LIVE_STATE_DELIVERED: LiveState
+LIVE_STATE_COLLECTING: LiveState
+LIVE_STATE_UPLOADING: LiveState
+LIVE_STATE_DONE: LiveState
+LIVE_STATE_DENIED: LiveState
+LIVE_STATE_FAILED: LiveState
+LIVE_STATE_EXPIRED: LiveState
+LIVE_STATE_OFFLINE: LiveState
+LIVE_STATE_TIMEOUT: LiveState
 
 class EnrollRequest(_message.Message):
     __slots__ = ("token", "public_key", "hostname", "agent_version", "labels")
@@ -365,16 +391,18 @@ class SnapshotRequest(_message.Message):
     def __init__(self, request_id: _Optional[str] = ..., scopes: _Optional[_Iterable[str]] = ..., since_seconds: _Optional[int] = ..., requested_by: _Optional[str] = ..., reason: _Optional[str] = ..., expires_at_unix: _Optional[int] = ..., spec_envelope: _Optional[bytes] = ...) -> None: ...
 
 class SnapshotProgress(_message.Message):
-    __slots__ = ("request_id", "state", "detail", "bundle_id")
+    __slots__ = ("request_id", "state", "detail", "bundle_id", "live_state")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     DETAIL_FIELD_NUMBER: _ClassVar[int]
     BUNDLE_ID_FIELD_NUMBER: _ClassVar[int]
+    LIVE_STATE_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     state: str
     detail: str
     bundle_id: str
-    def __init__(self, request_id: _Optional[str] = ..., state: _Optional[str] = ..., detail: _Optional[str] = ..., bundle_id: _Optional[str] = ...) -> None: ...
+    live_state: LiveState
+    def __init__(self, request_id: _Optional[str] = ..., state: _Optional[str] = ..., detail: _Optional[str] = ..., bundle_id: _Optional[str] = ..., live_state: _Optional[_Union[LiveState, str]] = ...) -> None: ...
 
 class FindingsResponse(_message.Message):
     __slots__ = ("json",)
@@ -439,20 +467,22 @@ class SnapshotRequestSpec(_message.Message):
     def __init__(self, host: _Optional[str] = ..., scopes: _Optional[_Iterable[str]] = ..., since_seconds: _Optional[int] = ..., reason: _Optional[str] = ..., wait_s: _Optional[int] = ..., timeout_s: _Optional[int] = ..., spec: _Optional[str] = ...) -> None: ...
 
 class SnapshotEvent(_message.Message):
-    __slots__ = ("request_id", "state", "detail", "bundle_id", "at", "agent_id")
+    __slots__ = ("request_id", "state", "detail", "bundle_id", "at", "agent_id", "live_state")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     DETAIL_FIELD_NUMBER: _ClassVar[int]
     BUNDLE_ID_FIELD_NUMBER: _ClassVar[int]
     AT_FIELD_NUMBER: _ClassVar[int]
     AGENT_ID_FIELD_NUMBER: _ClassVar[int]
+    LIVE_STATE_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     state: str
     detail: str
     bundle_id: str
     at: _timestamp_pb2.Timestamp
     agent_id: str
-    def __init__(self, request_id: _Optional[str] = ..., state: _Optional[str] = ..., detail: _Optional[str] = ..., bundle_id: _Optional[str] = ..., at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., agent_id: _Optional[str] = ...) -> None: ...
+    live_state: LiveState
+    def __init__(self, request_id: _Optional[str] = ..., state: _Optional[str] = ..., detail: _Optional[str] = ..., bundle_id: _Optional[str] = ..., at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., agent_id: _Optional[str] = ..., live_state: _Optional[_Union[LiveState, str]] = ...) -> None: ...
 
 class ListAuditRequest(_message.Message):
     __slots__ = ("actor", "action", "outcome", "limit", "before_id")
@@ -629,7 +659,7 @@ class HuntRef(_message.Message):
     def __init__(self, hunt_id: _Optional[str] = ...) -> None: ...
 
 class HuntHost(_message.Message):
-    __slots__ = ("agent_id", "hostname", "request_id", "state", "detail", "bundle_id", "updated_at")
+    __slots__ = ("agent_id", "hostname", "request_id", "state", "detail", "bundle_id", "updated_at", "live_state")
     AGENT_ID_FIELD_NUMBER: _ClassVar[int]
     HOSTNAME_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
@@ -637,6 +667,7 @@ class HuntHost(_message.Message):
     DETAIL_FIELD_NUMBER: _ClassVar[int]
     BUNDLE_ID_FIELD_NUMBER: _ClassVar[int]
     UPDATED_AT_FIELD_NUMBER: _ClassVar[int]
+    LIVE_STATE_FIELD_NUMBER: _ClassVar[int]
     agent_id: str
     hostname: str
     request_id: str
@@ -644,7 +675,8 @@ class HuntHost(_message.Message):
     detail: str
     bundle_id: str
     updated_at: _timestamp_pb2.Timestamp
-    def __init__(self, agent_id: _Optional[str] = ..., hostname: _Optional[str] = ..., request_id: _Optional[str] = ..., state: _Optional[str] = ..., detail: _Optional[str] = ..., bundle_id: _Optional[str] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    live_state: LiveState
+    def __init__(self, agent_id: _Optional[str] = ..., hostname: _Optional[str] = ..., request_id: _Optional[str] = ..., state: _Optional[str] = ..., detail: _Optional[str] = ..., bundle_id: _Optional[str] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., live_state: _Optional[_Union[LiveState, str]] = ...) -> None: ...
 
 class HuntStatus(_message.Message):
     __slots__ = ("hunt_id", "case_id", "created_by", "created_at", "expires_at", "scopes", "selector", "reason", "hosts", "counts")

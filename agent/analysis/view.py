@@ -11,12 +11,13 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from google.protobuf.message import DecodeError
 
+from agent.bundle.manifest import Manifest
 from agent.bundle.reader import iter_members, verify_bundle
 from agent.errors import VerificationError
 from agent.keys import PublicKey
@@ -160,7 +161,7 @@ class BundleView:
         snapshot: facts_pb2.Snapshot,
         records: Callable[[_Counter], Iterable[LogRecord]],
         *,
-        manifest: Mapping[str, Any] | None = None,
+        manifest: Manifest | None = None,
         label: str = "",
         has_logs: bool = False,
     ) -> None:
@@ -235,7 +236,7 @@ class BundleView:
 
     @property
     def hostname(self) -> str:
-        return self.snapshot.host.hostname or str((self.manifest or {}).get("hostname") or "")
+        return self.snapshot.host.hostname or (self.manifest.hostname if self.manifest is not None else "")
 
     @cached_property
     def clock_offset_s(self) -> float:
@@ -248,8 +249,7 @@ class BundleView:
         """Collection time on the corrected clock, seconds since the epoch."""
         if self.snapshot.HasField("collected_at"):
             return self.snapshot.collected_at.ToMicroseconds() / 1e6 + self.clock_offset_s
-        created = (self.manifest or {}).get("created_at")
-        parsed = _parse_ts(created)
+        parsed = _parse_ts(self.manifest.created_at) if self.manifest is not None else None
         return None if parsed is None else parsed + self.clock_offset_s
 
     @cached_property

@@ -14,7 +14,7 @@ import base64
 import binascii
 import json
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import cached_property
@@ -82,12 +82,12 @@ class MemberInfo(NamedTuple):
 
 
 @dataclass(frozen=True, kw_only=True, eq=False)
-class Manifest(Mapping[str, Any]):
+class Manifest:
     """A bundle's signed manifest: the header typed, anything else in ``extra``.
 
-    ``extra`` holds the fields a caller added beside the header (``consent``, …). The
-    manifest also reads as, and compares equal to, the JSON object it is signed as
-    (``manifest["consent"]``), for those fields and for code that prints the document.
+    ``extra`` holds the fields a caller added beside the header (``consent``,
+    ``analysis_error``, …); ``document()`` is the JSON object that is signed. Two
+    manifests are equal when their documents are.
     """
 
     bundle_id: str
@@ -146,20 +146,9 @@ class Manifest(Mapping[str, Any]):
     def __eq__(self, other: object) -> bool:
         if isinstance(other, Manifest):
             return self._document == other._document
-        if isinstance(other, Mapping):
-            return self._document == dict(other)
         return NotImplemented
 
     __hash__ = None  # type: ignore[assignment]  # holds mutable JSON values
-
-    def __getitem__(self, name: str) -> Any:
-        return self._document[name]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._document)
-
-    def __len__(self) -> int:
-        return len(self._document)
 
 
 # The header: every one required, of these JSON types.

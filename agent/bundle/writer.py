@@ -70,7 +70,7 @@ class WrittenBundle:
     size: int
     sha256: str
     fingerprint: str
-    manifest: dict[str, Any]  # the JSON object signed (``Manifest.document()``)
+    manifest: Manifest  # as signed: ``manifest_bytes`` is ``encode_manifest(manifest)``
     manifest_bytes: bytes
 
 
@@ -229,7 +229,7 @@ class BundleWriter:
             size=self._sink.size,
             sha256=self._sink.sha.hexdigest(),
             fingerprint=self._key.fingerprint,
-            manifest=manifest.document(),
+            manifest=manifest,
             manifest_bytes=manifest_bytes,
         )
 

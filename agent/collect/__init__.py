@@ -13,6 +13,12 @@ record contract (``LogRecord``, ``format_ts``), the newest-first sink that keeps
 newest lines under a cap (``NewestFirstSink``), the backward line reader
 (``read_lines_backwards``) and the text-line parser (``parse_text_line``,
 ``guess_severity``) that the built-in logs collector and collection specs use.
+
+A collector declares the options it reads in ``Collector.options`` (``FloatOption``,
+``IntOption``, ``StrOption``, ``BoolOption``: name, default, help, bounds) and reads one
+with ``ctx.get(OPTION)``; one that collects a log lists ``LOG_OPTIONS`` (the run's window
+and caps) among them. ``casefile collect --set`` accepts only declared names, in their
+type, and ``casefile options`` lists them all, plugins' included.
 """
 
 from __future__ import annotations
@@ -37,9 +43,10 @@ from agent.collect.framework import (
     declaration_problems,
 )
 from agent.collect.logparse.backwards import read_lines_backwards
-from agent.collect.logparse.bounds import LOG_SOURCES_KEY, LogBounds, log_bounds, log_source_entry
+from agent.collect.logparse.bounds import LOG_OPTIONS, LOG_SOURCES_KEY, LogBounds, log_bounds, log_source_entry
 from agent.collect.logparse.record import LogRecord, NewestFirstSink, format_ts
 from agent.collect.logparse.textlog import guess_severity, parse_text_line
+from agent.collect.options import BoolOption, FloatOption, IntOption, Option, StrOption
 from agent.collect.registry import ENTRY_POINT_GROUP, BrokenPlugin, Registry, registered_collectors
 from agent.collect.runner import (
     CollectionResult,
@@ -54,9 +61,11 @@ __all__ = [
     "ARTIFACT_KINDS",
     "ENTRY_POINT_GROUP",
     "KNOWN_PLATFORMS",
+    "LOG_OPTIONS",
     "LOG_SOURCES_KEY",
     "Artifact",
     "ArtifactKind",
+    "BoolOption",
     "BrokenPlugin",
     "CollectContext",
     "CollectionResult",
@@ -64,14 +73,18 @@ __all__ = [
     "Collector",
     "CommandNotFound",
     "CommandResult",
+    "FloatOption",
+    "IntOption",
     "LineStream",
     "LogBounds",
     "LogRecord",
     "NewestFirstSink",
+    "Option",
     "OptionValue",
     "Pending",
     "Registry",
     "RunningCollection",
+    "StrOption",
     "current_platform",
     "declaration_problems",
     "format_ts",

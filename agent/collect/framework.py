@@ -23,7 +23,6 @@ used here is stateless.
 from __future__ import annotations
 
 import json
-import math
 import re
 import sys
 import threading
@@ -36,6 +35,7 @@ from typing import ClassVar, Generic, TypeVar
 from google.protobuf.message import Message
 
 from agent.collect.artifacts import ARTIFACT_KINDS, Artifact, ArtifactKind, TempArea
+from agent.collect.options import AnyOption, FloatOption, IntOption, Option, StrOption, V, option_problems
 from agent.collect.spec import DEFAULT_TOTAL_BUDGET_S as DEFAULT_TOTAL_BUDGET_S
 from agent.collect.spec import MAX_BUDGET_OVERRIDE_S as MAX_BUDGET_OVERRIDE_S
 from agent.collect.spec import CollectionSpec as CollectionSpec
@@ -87,6 +87,9 @@ class Collector(ABC):
     # the collection window): ``ctx.wait_for_others`` tells it when every collector
     # that is not an observer has finished, and the run waits for observers last.
     observes: ClassVar[bool] = False
+    # The options it reads (``agent.collect.options``): ``ctx.get(OPTION)`` reads one, and
+    # ``--set``, ``casefile options`` and the README's table come from these declarations.
+    options: ClassVar[tuple[AnyOption, ...]] = ()
 
     @abstractmethod
     def collect(self, ctx: CollectContext) -> Message | None:
@@ -119,6 +122,7 @@ def declaration_problems(obj: object) -> list[str]:
     if not isinstance(obj.observes, bool):
         problems.append(f"observes {obj.observes!r} is not a bool")
     problems.extend(_facts_problems(obj.facts_field, obj.facts_type))
+    problems.extend(option_problems(obj.options))
     return problems
 
 
@@ -187,8 +191,10 @@ class CollectContext:
         temp_area: TempArea | None = None,
         others_done: threading.Event | None = None,
         cancelled: threading.Event | None = None,
+        declared: tuple[AnyOption, ...] = (),
     ) -> None:
         self.collector = collector
+        self._declared = {opt.name: opt for opt in declared}
         self.spec = spec
         self.deadline = deadline  # time.monotonic() value
         self._others_done = others_done
@@ -272,29 +278,38 @@ class CollectContext:
             raise CollectionError(f"collector {self.collector!r}: artifact {path!r} added twice")
         self._artifacts[path] = artifact
 
-    def float_option(self, key: str, default: float, *, minimum: float = 0.0, maximum: float = MAX_BUDGET_S) -> float:
-        """Option ``key`` as a float in [minimum, maximum]; a bad value is a clear error."""
-        value = self.options.get(key, default)
-        if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
-            raise CollectionError(f"option {key!r} must be a number, got {value!r}")
-        if not minimum <= value <= maximum:
-            raise CollectionError(f"option {key!r} must be within [{minimum:g}, {maximum:g}], got {value!r}")
-        return float(value)
+    def get(self, option: Option[V]) -> V:
+        """The run's value of a declared option, checked against its declaration, else its default."""
+        if option.name not in self.options:
+            return option.default
+        return option.check(self.options[option.name])
 
-    def int_option(self, key: str, default: int, *, minimum: int = 0, maximum: int) -> int:
-        """Option ``key`` as an int in [minimum, maximum]; a bad value is a clear error."""
-        value = self.options.get(key, default)
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise CollectionError(f"option {key!r} must be an integer, got {value!r}")
-        if not minimum <= value <= maximum:
-            raise CollectionError(f"option {key!r} must be within [{minimum}, {maximum}], got {value!r}")
-        return value
+    def _declared_or(self, key: str, made: Callable[[], AnyOption] | None) -> AnyOption:
+        """This collector's declaration of ``key``; else (a plugin written before declarations)
+        one made from the default and bounds the call gives."""
+        declared = self._declared.get(key)
+        if declared is not None:
+            return declared
+        if made is None:
+            raise CollectionError(f"collector {self.collector!r} reads option {key!r} without declaring it")
+        return made()
 
-    def str_option(self, key: str, default: str) -> str:
-        value = self.options.get(key, default)
-        if not isinstance(value, str):
-            raise CollectionError(f"option {key!r} must be a string, got {value!r}")
-        return value
+    def float_option(
+        self, key: str, default: float | None = None, *, minimum: float = 0.0, maximum: float = MAX_BUDGET_S
+    ) -> float:
+        """Option ``key`` as a float: as declared in ``Collector.options``, else within [minimum, maximum]."""
+        made = None if default is None else (lambda: FloatOption(key, default, key, minimum=minimum, maximum=maximum))
+        return float(self.get(self._declared_or(key, made)))
+
+    def int_option(self, key: str, default: int | None = None, *, minimum: int = 0, maximum: int = 2**63 - 1) -> int:
+        """Option ``key`` as an int: as declared, else within [minimum, maximum]."""
+        made = None if default is None else (lambda: IntOption(key, default, key, minimum=minimum, maximum=maximum))
+        return int(self.get(self._declared_or(key, made)))
+
+    def str_option(self, key: str, default: str | None = None) -> str:
+        """Option ``key`` as text: as declared, else with the default given here."""
+        made = None if default is None else (lambda: StrOption(key, default, key))
+        return str(self.get(self._declared_or(key, made)))
 
     @property
     def warnings(self) -> tuple[str, ...]:

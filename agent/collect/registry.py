@@ -12,11 +12,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from agent.collect.framework import Collector, declaration_problems
+from agent.collect.options import AnyOption, BoolOption
 from agent.errors import CollectionError
 from agent.plugins import BrokenPlugin, load_plugins
 
 __all__ = [
     "ENTRY_POINT_GROUP",
+    "RUNNER_OPTIONS",
     "BrokenPlugin",
     "Registry",
     "build_registry",
@@ -25,6 +27,11 @@ __all__ = [
 
 
 ENTRY_POINT_GROUP = "casefile.collectors"
+# Options the runner reads itself, not a collector.
+LOWER_PRIORITY = BoolOption(
+    "lower_priority", True, "the run lowers its CPU and I/O priority (nice, ionice idle) before collecting"
+)
+RUNNER_OPTIONS: tuple[AnyOption, ...] = (LOWER_PRIORITY,)
 
 
 @dataclass(frozen=True)
@@ -34,6 +41,33 @@ class Registry:
 
     def names(self) -> tuple[str, ...]:
         return tuple(c.name for c in self.collectors) + tuple(b.name for b in self.broken)
+
+    def options(self) -> dict[str, AnyOption]:
+        """Every declared option by name: the runner's, then each collector's in order."""
+        return {opt.name: opt for opt, _ in declared_options(self.collectors).values()}
+
+
+def declared_options(collectors: Iterable[type[Collector]]) -> dict[str, tuple[AnyOption, tuple[str, ...]]]:
+    """name -> (the declaration, the collectors that read it; "" for the runner), in order.
+
+    One name must mean one declaration: collectors that share an option (the log window)
+    list the same declaration object, or an equal one; anything else is a CollectionError.
+    """
+    found: dict[str, tuple[AnyOption, tuple[str, ...]]] = {opt.name: (opt, ("",)) for opt in RUNNER_OPTIONS}
+    for cls in collectors:
+        for opt in cls.options:
+            if opt.name in found:
+                known, readers = found[opt.name]
+                if known != opt:
+                    first = readers[0] or "the runner"
+                    raise CollectionError(
+                        f"option {opt.name!r} is declared differently by {first!r} and {cls.name!r}: "
+                        f"{known!r} / {opt!r}"
+                    )
+                found[opt.name] = (known, (*readers, cls.name))
+            else:
+                found[opt.name] = (opt, (cls.name,))
+    return found
 
 
 def build_registry(collectors: Iterable[type[Collector]], broken: Iterable[BrokenPlugin] = ()) -> Registry:
@@ -57,6 +91,7 @@ def build_registry(collectors: Iterable[type[Collector]], broken: Iterable[Broke
                 other = fields[facts_field]
                 raise CollectionError(f"{other!r} and {name!r} both fill Snapshot.{facts_field}")
             fields[facts_field] = name
+    declared_options(classes)  # one name, one declaration
     return Registry(classes, broken)
 
 
@@ -82,5 +117,21 @@ def registered_collectors(*, refresh: bool = False) -> Registry:
 
 def _load_plugins() -> tuple[list[type[Collector]], list[BrokenPlugin]]:
     # Name clashes are build_registry's to judge: a plugin taking a built-in's name is a
-    # CollectionError naming both, not a silently broken entry.
-    return load_plugins(ENTRY_POINT_GROUP, declaration_problems)
+    # CollectionError naming both, not a silently broken entry. A plugin that declares an
+    # option already declared otherwise (by a built-in or an earlier plugin) is broken:
+    # it is reported as ERROR, and the others' options keep their meaning.
+    from agent.collect.builtin import BUILTIN_COLLECTORS
+
+    accepted: list[type[Collector]] = list(BUILTIN_COLLECTORS)
+
+    def problems(obj: object) -> list[str]:
+        found = declaration_problems(obj)
+        if not found and isinstance(obj, type) and issubclass(obj, Collector):
+            try:
+                declared_options((*accepted, obj))
+            except CollectionError as exc:
+                return [str(exc)]
+            accepted.append(obj)
+        return found
+
+    return load_plugins(ENTRY_POINT_GROUP, problems)

@@ -37,7 +37,7 @@ from agent.collect.framework import (
 )
 from agent.collect.guard import lowered_priority
 from agent.collect.logparse import truncation_entries
-from agent.collect.registry import Registry, build_registry, registered_collectors
+from agent.collect.registry import LOWER_PRIORITY, RUNNER_OPTIONS, Registry, build_registry, registered_collectors
 from agent.errors import CollectionError
 from protos import facts_pb2
 
@@ -270,19 +270,25 @@ class RunningCollection:
 
 
 def start_collection(
-    spec: CollectionSpec | None = None, *, collectors: Iterable[type[Collector]] | None = None
+    spec: CollectionSpec | None = None,
+    *,
+    collectors: Iterable[type[Collector]] | None = None,
+    extra: Iterable[type[Collector]] = (),
 ) -> RunningCollection:
     """Start the selected collectors (``run_collection`` without the waiting).
 
-    Raises CollectionError, before anything starts, for a bad spec or badly declared
-    collectors.
+    ``extra`` adds collectors to the registry for this run (a collection spec's), the
+    registry's broken plugins still reported. Raises CollectionError, before anything
+    starts, for a bad spec or badly declared collectors.
     """
     spec = spec or CollectionSpec()
-    registry = registered_collectors() if collectors is None else build_registry(collectors)
+    if collectors is None:
+        base = registered_collectors()
+        registry = build_registry((*base.collectors, *extra), base.broken) if extra else base
+    else:
+        registry = build_registry((*collectors, *extra))
     _check_names(spec, registry.names())
-    lower = spec.options.get("lower_priority", True)
-    if not isinstance(lower, bool):
-        raise CollectionError(f"option 'lower_priority' must be true or false, got {lower!r}")
+    lower = LOWER_PRIORITY.check(spec.options.get(LOWER_PRIORITY.name, LOWER_PRIORITY.default))
     temp = TempArea()
     others_done = threading.Event()
     cancelled = threading.Event()  # abandon() sets it: commands run with cancel=ctx.cancelled stop
@@ -294,11 +300,8 @@ def start_collection(
     return RunningCollection(registry, spec, statuses, runs, started, temp, others_done, cancelled, tuple(guard_notes))
 
 
-_RUNNER_OPTIONS = frozenset({"lower_priority"})  # read here, not by a collector
-
-
 def _unread(spec: CollectionSpec, runs: list[_Run]) -> tuple[str, ...]:
-    read = set(_RUNNER_OPTIONS).union(*(run.ctx.option_reads for run in runs))
+    read = {opt.name for opt in RUNNER_OPTIONS}.union(*(run.ctx.option_reads for run in runs))
     return tuple(sorted(key for key in spec.options if key not in read))
 
 
@@ -324,8 +327,9 @@ def _plan(
             budget = spec.budgets.get(cls.name, cls.budget_s)
             deadline = started + min(budget, spec.total_budget_s)
             ctx = CollectContext(
-                cls.name, spec, deadline, temp_area=temp, others_done=others_done, cancelled=cancelled
-            )
+                cls.name, spec, deadline, temp_area=temp, others_done=others_done, cancelled=cancelled,
+                declared=cls.options,
+            )  # fmt: skip
             runs.append(_Run(cls, ctx, budget))
     for plugin in registry.broken:
         reason = _skip_reason(plugin.name, True, spec)

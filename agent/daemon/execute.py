@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from agent.bundle import WrittenBundle
-from agent.collect import CollectionSpec, RunningCollection, registered_collectors, start_collection
+from agent.collect import CollectionSpec, RunningCollection, start_collection
 from agent.collect_request import run_options, upload_target
 from agent.daemon.policy import load_policy
 from agent.keys import SigningKey
@@ -107,7 +107,7 @@ def start_spec_collection(spec: CollectionSpec, envelope: bytes, signers: tuple[
     cls = spec_collector(signed.spec, loaded.origin())
     total = max(spec.total_budget_s, spec_budget(signed.spec) + 2.0)
     spec = dataclasses.replace(spec, only=(*spec.only, cls.name), total_budget_s=total)
-    return start_collection(spec, collectors=(*registered_collectors().collectors, cls))
+    return start_collection(spec, extra=(cls,))
 
 
 def _key(home: Path) -> SigningKey:

@@ -62,7 +62,8 @@ from agent.daemon.grpc_wire import (
     frame,
     status_from,
 )
-from agent.transport.connect import PINNED_TARGET_NAME, CollectorAddress, check_pin, fetch_certificate
+from agent.daemon.pinned_tls import forget_context, tls_context
+from agent.transport.connect import CollectorAddress, check_pin
 
 __all__ = ["MAX_MESSAGE", "STATUS_NAMES", "BidiStream", "Deframer", "RpcError", "frame"]
 
@@ -84,20 +85,6 @@ class _Ended:
 
     def __init__(self, error: RpcError | None) -> None:
         self.error = error
-
-
-async def _tls_context(address: CollectorAddress, pin: str | None) -> tuple[ssl.SSLContext, str]:
-    if pin:
-        pem = await asyncio.to_thread(fetch_certificate, address)
-        check_pin(address, pem, pin)
-        ctx = ssl.create_default_context(cadata=pem.decode("ascii"))
-        name = PINNED_TARGET_NAME
-    else:
-        ctx = ssl.create_default_context()
-        name = address.host
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    ctx.set_alpn_protocols(["h2"])
-    return ctx, name
 
 
 class BidiStream:
@@ -151,7 +138,7 @@ class BidiStream:
         keepalive_timeout_s: float = 10.0,
         max_message: int = MAX_MESSAGE,
     ) -> BidiStream:
-        ctx, server_name = await _tls_context(address, pin)
+        ctx, server_name = await tls_context(address, pin)
         try:
             reader, writer = await asyncio.wait_for(
                 asyncio.open_connection(address.host, address.port, ssl=ctx, server_hostname=server_name),
@@ -161,6 +148,8 @@ class BidiStream:
             late = f"no TLS connection to {address.target} within {connect_timeout_s:g} s"
             raise RpcError("UNAVAILABLE", late) from None
         except (OSError, ssl.SSLError) as exc:
+            if isinstance(exc, ssl.SSLCertVerificationError) and pin:
+                forget_context(address, pin)  # the next attempt fetches what it serves now
             raise RpcError("UNAVAILABLE", f"cannot connect to {address.target}: {exc}") from None
         stream = cls(
             reader, writer, keepalive_s=keepalive_s, keepalive_timeout_s=keepalive_timeout_s, max_message=max_message

@@ -51,7 +51,7 @@ from agent.keys import SigningKey
 from agent.state import AgentHome, Enrollment
 from agent.transport.channel_proof import NONCE_BYTES, channel_message
 from agent.transport.connect import parse_address
-from agent.transport.live_states import LiveState
+from agent.transport.live_states import LiveState, to_wire
 from agent.untrusted import clean_text
 from agent.version import __version__
 from protos import collector_pb2
@@ -315,7 +315,11 @@ class AgentService:
             outbox.put_nowait(
                 collector_pb2.AgentMessage(
                     progress=collector_pb2.SnapshotProgress(
-                        request_id=request_id, state=state, detail=detail, bundle_id=bundle_id
+                        request_id=request_id,
+                        state=state,  # for collectors of earlier releases (live_states)
+                        live_state=to_wire(state),
+                        detail=detail,
+                        bundle_id=bundle_id,
                     )
                 )
             )

@@ -29,6 +29,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from agent.collect import (
+    LOG_OPTIONS,
     LOG_SOURCES_KEY,
     CollectContext,
     Collector,
@@ -105,6 +106,7 @@ def spec_collector(spec: Spec, origin: Mapping[str, str]) -> type[Collector]:
         # Globs, O_NOFOLLOW and /proc/self/fd checks are POSIX; elsewhere: "unsupported".
         platforms = frozenset({"linux", "darwin"})
         default = True
+        options = LOG_OPTIONS  # the run's log window and caps bound its logs; spec.<param> is its own
 
         def collect(self, ctx: CollectContext) -> None:
             ctx.set_plugin_facts(json.dumps(_run(spec, identity, ctx), sort_keys=True, separators=(",", ":")))

@@ -10,11 +10,18 @@ A request's life (``collector.storage.live`` stores it, ``collector.live`` drive
 when its own wait runs out while the request is still running (a slow upload); the
 request itself may still reach ``done`` later.
 
-The wire keeps these as strings (``SnapshotProgress.state``, ``SnapshotEvent.state`` in
-``protos/collector.proto``), not a protobuf enum: turning a ``string`` field into an
-enum changes its wire type (length-delimited → varint), so an agent or collector of an
-earlier release would drop or misread the field. A ``StrEnum`` member *is* its string,
-so it goes into a message as is and compares equal to what arrives.
+On the wire a state travels twice, by a compatibility plan (``protos/collector.proto``,
+``enum LiveState``): as the proto enum in ``live_state`` (``SnapshotProgress``,
+``SnapshotEvent``, ``HuntHost``), and as this vocabulary's word in the deprecated
+``state`` string beside it, which earlier releases read. A string field cannot simply
+become an enum: its wire type would change (length-delimited → varint), and an agent or
+collector of an earlier release would drop or misread it. So senders fill both
+(:func:`to_wire` gives the enum value for the word); receivers call :func:`state_of`,
+which reads ``live_state`` and falls back to the string when that is ``UNSPECIFIED``
+(an earlier peer) or a value this release does not know (a later one). What is stored,
+printed and written as ``--json`` stays the word (:func:`in_words` before the CLI prints).
+This module is the one place the words and the enum values meet; once no supported
+release reads the strings, they can go.
 
 The agent's own history file (``agent.daemon.history``) has a separate vocabulary of
 *outcomes* (accepted, spooled, …) for the customer's ledger; its ``denied``, ``expired``,
@@ -24,8 +31,21 @@ The agent's own history file (``agent.daemon.history``) has a separate vocabular
 from __future__ import annotations
 
 from enum import StrEnum
+from typing import TypeAlias, cast
 
-__all__ = ["AGENT_STATES", "CALL_ENDS", "FINAL_STATES", "STORED_STATES", "LiveState"]
+from protos import collector_pb2
+
+__all__ = [
+    "AGENT_STATES",
+    "CALL_ENDS",
+    "FINAL_STATES",
+    "STORED_STATES",
+    "Carrier",
+    "LiveState",
+    "in_words",
+    "state_of",
+    "to_wire",
+]
 
 
 class LiveState(StrEnum):
@@ -54,3 +74,46 @@ AGENT_STATES: frozenset[LiveState] = frozenset(
 )
 # The events after which an engineer's RequestSnapshot call ends.
 CALL_ENDS: frozenset[LiveState] = FINAL_STATES | {LiveState.TIMEOUT}
+
+
+# The words and the proto enum values: the one place they meet (see the module docstring).
+_WIRE: dict[LiveState, collector_pb2.LiveState] = {
+    s: cast("collector_pb2.LiveState", collector_pb2.LiveState.Value(f"LIVE_STATE_{s.name}")) for s in LiveState
+}
+_FROM_WIRE: dict[int, LiveState] = {v: s for s, v in _WIRE.items()}
+
+# The messages that carry a state twice (``state`` and ``live_state``).
+Carrier: TypeAlias = collector_pb2.SnapshotProgress | collector_pb2.SnapshotEvent | collector_pb2.HuntHost
+
+
+def to_wire(state: str) -> collector_pb2.LiveState:
+    """The ``live_state`` value for a state's word; ``UNSPECIFIED`` for a word this
+    vocabulary does not have (the receiver then reads the string sent beside it)."""
+    try:
+        return _WIRE[LiveState(state)]
+    except ValueError:
+        return collector_pb2.LIVE_STATE_UNSPECIFIED
+
+
+def state_of(message: Carrier) -> str:
+    """A received message's state: ``live_state`` when set and known, else the string.
+
+    A ``LiveState`` member when either names one; otherwise the peer's word as it came
+    (a state of a later release, shown as is rather than dropped).
+    """
+    known = _FROM_WIRE.get(message.live_state)
+    if known is not None:
+        return known
+    try:
+        return LiveState(message.state)
+    except ValueError:
+        return message.state
+
+
+def in_words(message: Carrier) -> None:
+    """Turn a received message into what an earlier release received: ``state`` set to
+    :func:`state_of`, ``live_state`` cleared. What the command line prints and writes as
+    ``--json`` is then the same, field for field, whichever release sent it."""
+    state = state_of(message)
+    message.ClearField("live_state")
+    message.state = state

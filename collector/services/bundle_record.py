@@ -9,8 +9,10 @@ import datetime as dt
 import re
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from agent.bundle import VerifiedBundle
+from agent.bundle.identity import identity_problems
 from collector.auth import UploadIdentity
 from collector.edge import Rejected
 from collector.storage import BundleRecord, Store
@@ -19,7 +21,7 @@ from collector.storage.errors import NotFound
 from collector.timestamps import timestamp_us
 from protos import collector_pb2, facts_pb2
 
-__all__ = ["bundle_record", "receipt_for", "stored_by", "stored_or_open"]
+__all__ = ["bundle_record", "facts_of", "receipt_for", "stored_by", "stored_or_open"]
 
 
 def receipt_for(rec: BundleRecord) -> collector_pb2.Receipt:
@@ -33,6 +35,17 @@ def receipt_for(rec: BundleRecord) -> collector_pb2.Receipt:
         received_at=timestamp_us(rec.received_at_us),
         key_fingerprint=rec.key_fingerprint,
     )
+
+
+def facts_of(vb: VerifiedBundle) -> tuple[facts_pb2.Snapshot, list[str]]:
+    """The bundle's ``facts.pb`` and why it must be refused: the facts do not parse, or
+    they state another identity than the signed manifest (``agent.bundle.identity``)."""
+    facts = facts_pb2.Snapshot()
+    try:
+        facts.ParseFromString(vb.kept.get("facts.pb", b""))
+    except DecodeError as exc:
+        return facts, [f"member facts.pb does not parse as a Snapshot: {exc}"]
+    return facts, identity_problems(facts, vb.manifest)
 
 
 def bundle_record(

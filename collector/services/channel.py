@@ -18,10 +18,15 @@ collector probes the first stream (``Probe``): if its agent does not answer with
 ``PROBE_TIMEOUT_S``, that connection died unnoticed — the agent saw it first and dialled
 again — so the old stream is ended, the new one accepted, and ``channel.replace`` audited.
 
-The store work of a stream (the agent's key, ``last_seen_at``, the audit row) runs on this
-service's own two threads, not on the event loop's default executor: after a collector
-restart thousands of agents reconnect at once, and their ~3 database calls each would
-otherwise queue in front of every engineer's query (``benchmarks/bench_storm.py``).
+The store work of a stream (the agent's key, its queued requests, ``last_seen_at``, the
+audit row) runs on this service's own two threads, not on the event loop's default
+executor: after a collector restart thousands of agents reconnect at once, and their
+database calls would otherwise queue in front of every engineer's query
+(``benchmarks/bench_storm.py``). Its writes are committed in groups
+(``collector.services.channel_log``). And at most ``MAX_HANDSHAKES`` streams are between
+their hello and their acceptance at once: one more is refused at once with UNAVAILABLE
+("busy"), before any other work, so that its agent's backoff with jitter, not a queue of
+handshakes that outlive the agents' patience, spaces the reconnections.
 """
 
 from __future__ import annotations
@@ -40,12 +45,14 @@ import grpc
 from agent.keys import PublicKey
 from agent.transport.channel_proof import NONCE_BYTES, channel_message
 from collector.edge import Rejected, server_stream
+from collector.interceptors import RateLimitedLog
 from collector.live import LiveRouter
+from collector.services.channel_log import ChannelLog
 from collector.storage import Store
 from collector.storage.errors import NotFound
 from protos import collector_pb2, collector_pb2_grpc
 
-__all__ = ["HANDSHAKE_TIMEOUT_S", "ChannelService", "channel_message", "reported_policy"]
+__all__ = ["HANDSHAKE_TIMEOUT_S", "MAX_HANDSHAKES", "ChannelService", "channel_message", "reported_policy"]
 
 log = logging.getLogger("casefile.collector.channel")
 
@@ -54,6 +61,8 @@ _T = TypeVar("_T")
 HANDSHAKE_TIMEOUT_S = 15.0
 # A live agent answers a Probe within a round trip; a second stream waits this long at most.
 PROBE_TIMEOUT_S = 2.0
+# Streams between their hello and their acceptance at once; more are refused UNAVAILABLE.
+MAX_HANDSHAKES = 128
 
 
 async def _next(it: AsyncIterator[collector_pb2.AgentMessage], what: str) -> collector_pb2.AgentMessage:
@@ -80,11 +89,16 @@ def reported_policy(hello: collector_pb2.ChannelHello) -> dict[str, Any] | None:
 
 
 class ChannelService(collector_pb2_grpc.ChannelServicer):
-    def __init__(self, store: Store, router: LiveRouter) -> None:
+    def __init__(self, store: Store, router: LiveRouter, max_handshakes: int = MAX_HANDSHAKES) -> None:
         self._store = store
         self._router = router
         self._streams: set[asyncio.Task[Any]] = set()  # the handlers of open streams
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="channel-store")
+        self._log = ChannelLog(store, self._pool)
+        self.max_handshakes = max_handshakes
+        self.handshaking = 0  # streams past their hello, not yet accepted or ended
+        self.busy_refusals = 0
+        self._busy_log = RateLimitedLog()
 
     async def _run(self, fn: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
         """``fn`` on the channels' own threads (see the module's docstring)."""
@@ -99,16 +113,19 @@ class ChannelService(collector_pb2_grpc.ChannelServicer):
     async def _audit(
         self, agent_id: str, peer: str, outcome: str, detail: str, action: str = "channel.connect"
     ) -> None:
-        await self._run(
-            self._store.audit,
-            actor=agent_id,
-            role="agent",
-            action=action,
-            target=agent_id,
-            peer=peer,
-            outcome=outcome,
-            detail=detail,
-        )
+        await self._log.record(audit=self._entry(agent_id, peer, outcome, detail, action))
+
+    @staticmethod
+    def _entry(agent_id: str, peer: str, outcome: str, detail: str, action: str = "channel.connect") -> dict[str, Any]:
+        return {
+            "actor": agent_id,
+            "role": "agent",
+            "action": action,
+            "target": agent_id,
+            "peer": peer,
+            "outcome": outcome,
+            "detail": detail,
+        }
 
     @server_stream
     async def Connect(
@@ -122,70 +139,98 @@ class ChannelService(collector_pb2_grpc.ChannelServicer):
             self._streams.add(me)
             me.add_done_callback(self._streams.discard)
         it = aiter(request_iterator)
+        # The hello is read before a refusal: a grpc.aio client whose call ends before its
+        # first write reports INTERNAL instead of the status it was sent.
         first = await _next(it, "hello")
-        if first.WhichOneof("msg") != "hello" or not first.hello.agent_id:
-            raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, "a channel starts with ChannelHello{agent_id}")
-        claimed = first.hello.agent_id[:64]
-        nonce = secrets.token_bytes(NONCE_BYTES)
-        yield collector_pb2.CollectorMessage(challenge=collector_pb2.Challenge(nonce=nonce))
-        answer = await _next(it, "challenge response")
-        if answer.WhichOneof("msg") != "challenge_response":
-            raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, "expected ChallengeResponse after the challenge")
-        try:
-            agent = await self._run(self._store.get_agent, claimed)
-        except NotFound:
-            await self._audit("", peer, "denied", f"unknown agent {claimed!r}")
-            raise Rejected(grpc.StatusCode.UNAUTHENTICATED, f"unknown agent {claimed!r}: enroll it first") from None
-        key = PublicKey(agent.public_key)
-        if not key.verify(bytes(answer.challenge_response.signature), channel_message(nonce, agent.id)):
-            await self._audit(agent.id, peer, "denied", "challenge signature invalid")
-            raise Rejected(
-                grpc.StatusCode.UNAUTHENTICATED,
-                f"channel challenge not signed by the key of agent {agent.id} ({key.fingerprint})",
+        if self.handshaking >= self.max_handshakes:
+            # No audit row and no log line each: a storm refuses thousands a second.
+            self.busy_refusals += 1
+            self._busy_log.warning(
+                "channel from %s refused: %d handshakes in flight (collector busy; agents retry with backoff)",
+                peer,
+                self.handshaking,
             )
-        if agent.case_id is not None:
-            detail = (
-                f"agent {agent.id} is a case-token identity (case {agent.case_id!r}): "
-                "live channels are for enrolled agents"
+            await context.abort(
+                grpc.StatusCode.UNAVAILABLE,
+                f"collector busy: {self.handshaking} channel handshakes in flight; retry after a backoff",
             )
-            await self._audit(agent.id, peer, "denied", detail)
-            raise Rejected(grpc.StatusCode.PERMISSION_DENIED, f"{detail}; enroll the host with an enrollment token")
-        existing = self._router.session(agent.id)
-        if existing is not None and not await self._router.probe(existing, PROBE_TIMEOUT_S):
-            # The old stream's connection died without either end being told at once (a
-            # laptop asleep, a NAT mapping dropped): the agent knows first and dials again.
-            self._router.supersede(existing)
-            detail = f"replaced the stream from {existing.peer}: it did not answer a probe within {PROBE_TIMEOUT_S:g} s"
-            await self._audit(agent.id, peer, "ok", detail, action="channel.replace")
-            log.info("agent %s: %s", agent.id, detail)
+        self.handshaking += 1
+        counted = True
         try:
-            session = self._router.register(agent.id, peer)
-        except Rejected as exc:
-            await self._audit(agent.id, peer, "denied", str(exc))
-            log.warning("%s", exc)
-            raise
-        reader: asyncio.Task[None] | None = None
-        try:
-            await self._run(self._store.touch_agent, agent.id, live_policy=reported_policy(first.hello))
-            await self._audit(agent.id, peer, "ok", f"{agent.hostname}, agent {first.hello.agent_version}")
-            log.info("agent %s (%s) connected from %s", agent.id, agent.hostname, peer)
-            yield collector_pb2.CollectorMessage(accepted=collector_pb2.ChannelAccepted(agent_id=agent.id))
-            reader = asyncio.create_task(self._read(it, session))
-            await self._router.drain(agent.id)
-            while True:
-                msg = await session.outbox.get()
-                if msg is None:
-                    break
-                yield msg
+            if first.WhichOneof("msg") != "hello" or not first.hello.agent_id:
+                raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, "a channel starts with ChannelHello{agent_id}")
+            claimed = first.hello.agent_id[:64]
+            nonce = secrets.token_bytes(NONCE_BYTES)
+            yield collector_pb2.CollectorMessage(challenge=collector_pb2.Challenge(nonce=nonce))
+            answer = await _next(it, "challenge response")
+            if answer.WhichOneof("msg") != "challenge_response":
+                raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, "expected ChallengeResponse after the challenge")
+            try:
+                agent = await self._run(self._store.get_agent, claimed)
+            except NotFound:
+                await self._audit("", peer, "denied", f"unknown agent {claimed!r}")
+                raise Rejected(grpc.StatusCode.UNAUTHENTICATED, f"unknown agent {claimed!r}: enroll it first") from None
+            key = PublicKey(agent.public_key)
+            if not key.verify(bytes(answer.challenge_response.signature), channel_message(nonce, agent.id)):
+                await self._audit(agent.id, peer, "denied", "challenge signature invalid")
+                raise Rejected(
+                    grpc.StatusCode.UNAUTHENTICATED,
+                    f"channel challenge not signed by the key of agent {agent.id} ({key.fingerprint})",
+                )
+            if agent.case_id is not None:
+                detail = (
+                    f"agent {agent.id} is a case-token identity (case {agent.case_id!r}): "
+                    "live channels are for enrolled agents"
+                )
+                await self._audit(agent.id, peer, "denied", detail)
+                raise Rejected(grpc.StatusCode.PERMISSION_DENIED, f"{detail}; enroll the host with an enrollment token")
+            existing = self._router.session(agent.id)
+            if existing is not None and not await self._router.probe(existing, PROBE_TIMEOUT_S):
+                # The old stream's connection died without either end being told at once (a
+                # laptop asleep, a NAT mapping dropped): the agent knows first and dials again.
+                self._router.supersede(existing)
+                detail = (
+                    f"replaced the stream from {existing.peer}: it did not answer a probe within {PROBE_TIMEOUT_S:g} s"
+                )
+                await self._audit(agent.id, peer, "ok", detail, action="channel.replace")
+                log.info("agent %s: %s", agent.id, detail)
+            try:
+                session = self._router.register(agent.id, peer)
+            except Rejected as exc:
+                await self._audit(agent.id, peer, "denied", str(exc))
+                log.warning("%s", exc)
+                raise
+            reader: asyncio.Task[None] | None = None
+            try:
+                detail = f"{agent.hostname}, agent {first.hello.agent_version}"
+                await self._log.record(
+                    seen=agent.id, audit=self._entry(agent.id, peer, "ok", detail), policy=reported_policy(first.hello)
+                )
+                log.info("agent %s (%s) connected from %s", agent.id, agent.hostname, peer)
+                self.handshaking -= 1
+                counted = False
+                yield collector_pb2.CollectorMessage(accepted=collector_pb2.ChannelAccepted(agent_id=agent.id))
+                reader = asyncio.create_task(self._read(it, session))
+                queued = await self._run(self._store.queued_live_requests, agent.id)
+                if queued:
+                    await self._router.drain(agent.id, queued)
+                while True:
+                    msg = await session.outbox.get()
+                    if msg is None:
+                        break
+                    yield msg
+            finally:
+                self._router.unregister(session)
+                if reader is not None:
+                    reader.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, Exception):
+                        await reader
+                with contextlib.suppress(Exception):
+                    await self._log.record(seen=agent.id)
+                log.info("agent %s disconnected (%s)", agent.id, peer)
         finally:
-            self._router.unregister(session)
-            if reader is not None:
-                reader.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await reader
-            with contextlib.suppress(Exception):
-                await self._run(self._store.touch_agent, agent.id)
-            log.info("agent %s disconnected (%s)", agent.id, peer)
+            if counted:
+                self.handshaking -= 1
 
     async def _read(self, it: AsyncIterator[collector_pb2.AgentMessage], session: Any) -> None:
         try:

@@ -19,17 +19,15 @@ import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from google.protobuf.message import DecodeError
 from sqlalchemy.exc import IntegrityError
 
 from agent.errors import CasefileError, VerificationError
-from collector.services.bundle_record import bundle_record
+from collector.services.bundle_record import bundle_record, facts_of
 from collector.services.ingest import IngestLimits, IngestService
 from collector.services.sealed import CollectorRecipient, Opened, discard, open_sealed
 from collector.storage import BlobStore, BundleRecord, Store
 from collector.storage.errors import NotFound
 from collector.storage.schema import agents
-from protos import facts_pb2
 
 __all__ = ["UNENROLLED_AGENT_ID", "ImportRefused", "Imported", "import_bundles"]
 
@@ -122,11 +120,8 @@ async def _import_file(
     manifest_case = manifest.case_id or None
     if case and manifest_case and manifest_case != case:
         problems.append(f"manifest case_id {manifest_case!r} is not --case {case!r}")
-    facts = facts_pb2.Snapshot()
-    try:
-        facts.ParseFromString(vb.kept.get("facts.pb", b""))
-    except DecodeError as exc:
-        problems.append(f"member facts.pb does not parse as a Snapshot: {exc}")
+    facts, facts_problems = facts_of(vb)
+    problems += facts_problems
     if problems:
         raise ImportRefused(f"{path}: refused: " + "; ".join(problems))
     try:

@@ -14,6 +14,7 @@ from typing import Any
 
 import grpc
 
+from agent.transport.live_states import LiveState, state_of
 from collector.auth import EngineerAuth
 from collector.edge import unary
 from collector.hunt_compare import compare, metrics_of
@@ -93,7 +94,7 @@ class HuntService(collector_pb2_grpc.HuntServicer):
         _hunt_id(request.hunt_id)
         await self._auth.require(context, role="engineer")
         status = await hunt_status(self._store, self._router, request.hunt_id)
-        done = [h for h in status.hosts if h.state == "done" and h.bundle_id]
+        done = [h for h in status.hosts if state_of(h) == LiveState.DONE and h.bundle_id]
         names = [h.hostname for h in status.hosts]
         figures: dict[str, dict[str, float]] = {}
         findings: dict[str, list[tuple[str, str, str]]] = {}

@@ -18,21 +18,20 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
-from google.protobuf.message import DecodeError
 
 from agent.bundle import VerifiedBundle
 from agent.errors import VerificationError
 from collector.auth import UploadIdentity, authorize_upload
 from collector.edge import Rejected, unary
 from collector.metrics import CollectorMetrics
-from collector.services.bundle_record import bundle_record, receipt_for, stored_or_open
+from collector.services.bundle_record import bundle_record, facts_of, receipt_for, stored_or_open
 from collector.services.sealed import CollectorRecipient, commit_staged, discard, open_sealed, opens, resent
 from collector.services.upload_limits import IngestLimits, UploadSlots, check_header_fields
 from collector.services.upload_stream import open_staged, read_header, receive_chunks
 from collector.services.verifier import Following, Verifier
 from collector.storage import BlobStore, BundleRecord, Store
 from collector.storage.errors import AuthError, Conflict, StagedByOther
-from protos import collector_pb2, collector_pb2_grpc, facts_pb2
+from protos import collector_pb2, collector_pb2_grpc
 
 __all__ = ["IngestLimits", "IngestService", "OnStored", "bundle_record", "receipt_for"]
 
@@ -334,11 +333,8 @@ class IngestService(collector_pb2_grpc.IngestServicer):
             problems.append(
                 f"manifest case_id {manifest.case_id!r} is not the token's case {identity.case_token.case_id!r}"
             )
-        facts = facts_pb2.Snapshot()
-        try:
-            facts.ParseFromString(vb.kept.get("facts.pb", b""))
-        except DecodeError as exc:
-            problems.append(f"member facts.pb does not parse as a Snapshot: {exc}")
+        facts, facts_problems = facts_of(vb)
+        problems += facts_problems
         if problems:
             discard(opened)
             await self._refused(identity, "manifest-mismatch")

@@ -273,15 +273,18 @@ class Verifier:
         return outcome.result()
 
 
-def _verifier_process_init(nice: int) -> None:
+def _verifier_process_init(nice: int, parent: int | None = None) -> None:
     """Runs first in each verifier process: nicer than the collector (the whole process,
     no lock to share), and gone when the collector is. A worker blocks on a queue whose
     write end it holds itself, so a collector killed outright (SIGKILL, the OOM killer)
-    would otherwise leave it behind for ever."""
+    would otherwise leave it behind for ever. ``parent``: the collector's pid, given when
+    the process may still be starting as the collector dies (then its parent is already
+    another process, which ``getppid`` alone would take for the collector)."""
     if nice > 0:
         with contextlib.suppress(OSError):
             os.nice(nice)
-    parent = os.getppid()
+    if parent is None:
+        parent = os.getppid()
 
     def watch() -> None:
         while os.getppid() == parent:

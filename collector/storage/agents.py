@@ -113,9 +113,10 @@ class AgentMethods(StoreBase):
         values: dict[str, Any] = {"last_seen_at": when}
         if live_policy is not None:
             values["live_policy_json"] = json.dumps(live_policy, sort_keys=True)
-        with self._write() as conn:
-            done = conn.execute(agents.update().where(agents.c.id == agent_id).values(**values))
-        if done.rowcount == 0:
+        done = self._write_grouped(
+            lambda conn: conn.execute(agents.update().where(agents.c.id == agent_id).values(**values)).rowcount
+        )
+        if done == 0:
             raise NotFound(f"agent {agent_id!r} not found", what="agent", key=agent_id)
 
     def agent_live_policies(self, agent_ids: list[str]) -> dict[str, dict[str, Any]]:

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Row, or_, select
+from sqlalchemy import Row, bindparam, or_, select
 
 from agent.transport.live_states import CALL_ENDS
 from collector.storage.base import StoreBase
 from collector.storage.cursors import clamp_page_size
 from collector.storage.errors import InvalidArgument
-from collector.storage.schema import AuditRecord, audit_log, to_micros
+from collector.storage.schema import AuditRecord, agents, audit_log, to_micros
 from collector.storage.text import clip, printable
 from collector.storage.tokens import redact_tokens
 
@@ -103,9 +104,51 @@ class AuditMethods(StoreBase):
         Text fields are stored printable (control characters escaped) and cut to a
         bounded length with a marker, whoever supplied them.
         """
+        values = self._audit_values(
+            actor=actor,
+            action=action,
+            outcome=outcome,
+            actor_label=actor_label,
+            role=role,
+            target=target,
+            peer=peer,
+            detail=detail,
+            at=at,
+        )
+        row = self._write_grouped(
+            lambda conn: conn.execute(audit_log.insert().values(values).returning(*audit_log.c)).one()
+        )
+        self._rows_inserted("audit_log")
+        return _audit(row)
+
+    def audit_many(self, entries: list[dict[str, str]]) -> int:
+        """Append several entries in one transaction (a hunt's row per host); each dict holds
+        :meth:`audit`'s keyword arguments but ``at``, all stamped now. Returns how many."""
+        if not entries:
+            return 0
+        now = self._now()
+        rows = [self._audit_values(**e) | {"at": now} for e in entries]  # type: ignore[arg-type]
+        self._write_grouped(lambda conn: conn.execute(audit_log.insert(), rows))
+        for _ in rows:
+            self._rows_inserted("audit_log")
+        return len(rows)
+
+    def _audit_values(
+        self,
+        *,
+        actor: str,
+        action: str,
+        outcome: str,
+        actor_label: str = "",
+        role: str = "",
+        target: str = "",
+        peer: str = "",
+        detail: str = "",
+        at: datetime | None = None,
+    ) -> dict[str, Any]:
         if outcome not in OUTCOMES:
             raise InvalidArgument(f"audit outcome {outcome!r} unknown; expected {sorted(OUTCOMES)}")
-        values: dict[str, Any] = {
+        return {
             "at": to_micros(at) if at is not None else self._now(),
             "actor": printable(redact_tokens(actor))[:32],
             "actor_label": _field(actor_label),
@@ -116,32 +159,44 @@ class AuditMethods(StoreBase):
             "outcome": outcome,
             "detail": _field(detail),
         }
-        with self._write() as conn:
-            row = conn.execute(audit_log.insert().values(values).returning(*audit_log.c)).one()
-        self._rows_inserted("audit_log")
-        return _audit(row)
 
-    def audit_many(self, rows: list[dict[str, Any]]) -> int:
-        """Append several entries (each the keyword arguments of :meth:`audit`, ``at``
-        included) in one transaction, in order; how many."""
-        values = []
-        for r in rows:
-            if r["outcome"] not in OUTCOMES:
-                raise InvalidArgument(f"audit outcome {r['outcome']!r} unknown; expected {sorted(OUTCOMES)}")
-            at = r.get("at")
-            values.append(
-                {
-                    "at": to_micros(at) if at is not None else self._now(),
-                    "actor": printable(redact_tokens(r["actor"]))[:32],
-                    "actor_label": _field(r.get("actor_label", "")),
-                    "role": printable(r.get("role", ""))[:16],
-                    "action": printable(r["action"])[:100],
-                    "target": _field(r.get("target", "")),
-                    "peer": _field(r.get("peer", "")),
-                    "outcome": r["outcome"],
-                    "detail": _field(r.get("detail", "")),
-                }
-            )
+    def seen_and_audited(
+        self, seen: list[str], entries: list[dict[str, Any]], policies: dict[str, dict[str, Any]] | None = None
+    ) -> None:
+        """In one transaction: ``last_seen_at`` of the agents ``seen`` set to now, and one
+        audit row per entry (the keyword arguments of :meth:`audit`).
+
+        The Channel's group commit (``collector.services.channel_log``): after a collector
+        restart thousands of agents reconnect at once, and two commits each (each an fsync
+        on SQLite) would queue them for longer than they wait. An agent id no longer
+        enrolled is skipped, not an error: it was seen, and its audit row says so.
+        ``policies``: the live policy an agent reported on connecting (``agents.live_policy_json``).
+        """
+        rows = [self._audit_values(**e) for e in entries]
+        now = self._now()
+        with self._write() as conn:
+            if seen:
+                stmt = agents.update().where(agents.c.id == bindparam("agent_id")).values(last_seen_at=bindparam("at"))
+                conn.execute(stmt, [{"agent_id": a, "at": now} for a in dict.fromkeys(seen)])
+            if policies:
+                stmt = (
+                    agents.update()
+                    .where(agents.c.id == bindparam("agent_id"))
+                    .values(live_policy_json=bindparam("policy"))
+                )
+                conn.execute(
+                    stmt, [{"agent_id": a, "policy": json.dumps(p, sort_keys=True)} for a, p in policies.items()]
+                )
+            if rows:
+                conn.execute(audit_log.insert(), rows)
+        if rows:
+            self._rows_inserted("audit_log")
+
+    def audit_rows(self, rows: list[dict[str, Any]]) -> int:
+        """Append several entries, each with its own time (the keyword arguments of
+        :meth:`audit`, ``at`` included: a console page's calls, ``collector.audit_batch``), in one
+        transaction, in order; how many."""
+        values = [self._audit_values(**r) for r in rows]
         if values:
             with self._write() as conn:
                 for v in values:  # one statement each: ids in call order on both databases

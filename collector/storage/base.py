@@ -3,6 +3,10 @@
 Writes on SQLite begin with ``BEGIN IMMEDIATE`` so concurrent writers queue on
 ``busy_timeout`` instead of failing when a deferred transaction tries to
 upgrade its read lock; reads begin deferred and never block writers (WAL).
+Within one process the writers of a database file first take one lock of ours,
+and small frequent writes share their commit (``collector.storage.group_commit``,
+measured with ``benchmarks/bench_hunt.py``); other processes still meet the busy
+handler.
 On PostgreSQL plain READ COMMITTED is enough: the statements that race
 (``UPDATE … WHERE uses < max_uses``, ``INSERT … ON CONFLICT``) re-check under
 the row lock inside the database.
@@ -18,18 +22,20 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 
 from sqlalchemy import Connection, Engine, Table, create_engine, event, make_url
 from sqlalchemy.dialects import postgresql, sqlite
 
 from collector.storage.errors import InvalidArgument
+from collector.storage.group_commit import GroupCommit, writer_lock
 from collector.storage.migrations import IMMEDIATE, current_version
 from collector.storage.schema import from_micros, to_micros
 
 __all__ = ["Clock", "StoreBase", "make_engine", "opt_dt", "utc_now"]
 
 _BUSY_TIMEOUT_MS = 10_000
+_T = TypeVar("_T")
 
 Clock = Callable[[], datetime]
 
@@ -51,8 +57,13 @@ def make_engine(url: str) -> Engine:
                 f"in-memory SQLite ({url!r}) cannot be shared between threads; use a file URL"
             )
         _private_database(parsed.database)
-        # The pool hands connections to whichever worker thread asks next.
-        engine = create_engine(parsed, connect_args={"check_same_thread": False})
+        # The pool hands connections to whichever worker thread asks next; it keeps as many
+        # as the collector has threads for store calls (opened only when needed), since a
+        # connection closed and opened again costs its PRAGMAs and a thread beyond the
+        # pool's size would wait for one.
+        engine = create_engine(
+            parsed, connect_args={"check_same_thread": False}, pool_size=40, max_overflow=20
+        )
         event.listen(engine, "connect", _sqlite_on_connect)
         event.listen(engine, "begin", _sqlite_on_begin)
         return engine
@@ -125,6 +136,8 @@ class StoreBase:
         self._engine = engine
         self._clock = clock
         self._pg = engine.dialect.name == "postgresql"
+        self._writer = writer_lock(engine)
+        self._group = GroupCommit(engine, self._writer) if not self._pg else None
 
     def close(self) -> None:
         self._engine.dispose()
@@ -158,10 +171,18 @@ class StoreBase:
 
     @contextmanager
     def _write(self) -> Iterator[Connection]:
-        with self._engine.connect() as conn:
+        with self._writer, self._engine.connect() as conn:
             conn.execution_options(**{IMMEDIATE: True})
             with conn.begin():
                 yield conn
+
+    def _write_grouped(self, fn: Callable[[Connection], _T]) -> _T:
+        """``fn(conn)`` in a write transaction, on SQLite shared with the writes waiting
+        meanwhile (:class:`GroupCommit`); committed when this returns. ``fn`` uses only ``conn``."""
+        if self._group is None:
+            with self._write() as conn:
+                return fn(conn)
+        return self._group.run(fn)
 
     def _insert(self, table: Table) -> postgresql.Insert | sqlite.Insert:
         return postgresql.insert(table) if self._pg else sqlite.insert(table)

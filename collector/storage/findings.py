@@ -18,6 +18,7 @@ from typing import Any
 
 from sqlalchemy import (
     ColumnElement,
+    Connection,
     and_,
     delete,
     or_,
@@ -146,7 +147,9 @@ class FindingsMethods(StoreBase):
 
         Readers see the old analysis or the new one, never a mix.
         """
-        with self._write() as conn:
+        report_z = zlib.compress(rows.report_html.encode("utf-8"), 6)  # before the write lock
+
+        def replace(conn: Connection) -> Any:
             # The bundle row locked (PostgreSQL; SQLite's BEGIN IMMEDIATE already serialises):
             # the worker and a query analysing the same bundle at once then replace in turn
             # instead of colliding on the primary key.
@@ -168,7 +171,7 @@ class FindingsMethods(StoreBase):
                     analysed_at=analysed_at_us,
                     findings_json=rows.findings_json,
                     timeline_json=rows.timeline_json,
-                    report_html_z=zlib.compress(rows.report_html.encode("utf-8"), 6),
+                    report_html_z=report_z,
                 )
             )
             if rows.findings:
@@ -195,6 +198,9 @@ class FindingsMethods(StoreBase):
                     fs_metrics.insert(),
                     [{"bundle_id": bundle_id, "created_at": b.created_at, **vars(fs)} for fs in rows.filesystems],
                 )
+            return old
+
+        old = self._write_grouped(replace)
         for name in ("finding_rows", "bundle_metrics", "fs_metrics"):
             self._rows_inserted(name)  # keeps SQLite's planner statistics current
         return None if old is None else _stored(old._mapping)

@@ -16,6 +16,7 @@ from typing import Any
 
 from sqlalchemy import Row, func, select, text
 
+from agent.transport.live_states import LiveState
 from collector.storage.agents import _agent
 from collector.storage.base import StoreBase
 from collector.storage.errors import InvalidArgument, NotFound
@@ -129,7 +130,7 @@ class HuntMethods(StoreBase):
                 "scopes": ",".join(scopes),
                 "since_s": since_s,
                 "reason": reason,
-                "state": "queued",
+                "state": str(LiveState.QUEUED),
                 "detail": "",
                 "bundle_id": None,
                 "created_at": now,

@@ -169,7 +169,8 @@ class LiveMethods(StoreBase):
         values: dict[str, Any] = {"state": str(state), "detail": detail[:2000], "updated_at": self._now()}
         if bundle_id is not None:
             values["bundle_id"] = bundle_id
-        with self._write() as conn:
+
+        def advance(conn: Connection) -> Any:
             row = conn.execute(
                 live_requests.update()
                 .where(c.request_id == request_id, c.state.not_in(FINAL_STATES))
@@ -178,6 +179,9 @@ class LiveMethods(StoreBase):
             ).first()
             if row is not None:
                 self._notify_live(conn, request_id)
+            return row
+
+        row = self._write_grouped(advance)
         return None if row is None else _rec(row)
 
     def queued_live_requests(self, agent_id: str) -> list[LiveRequestRecord]:
@@ -209,13 +213,32 @@ class LiveMethods(StoreBase):
         with self._write() as conn:
             row = conn.execute(
                 live_requests.update()
-                .where(c.request_id == request_id, c.state == "queued")
-                .values(state="delivered", detail=detail[:2000], updated_at=self._now())
+                .where(c.request_id == request_id, c.state == str(LiveState.QUEUED))
+                .values(state=str(LiveState.DELIVERED), detail=detail[:2000], updated_at=self._now())
                 .returning(*live_requests.c)
             ).first()
             if row is not None:
                 self._notify_live(conn, request_id)
         return None if row is None else _rec(row)
+
+    def claim_live_requests(self, claims: list[tuple[str, str]]) -> list[LiveRequestRecord]:
+        """:meth:`claim_live_request` for each ``(request id, detail)`` in one transaction
+        (a hunt's delivery); the records of those this call moved to ``delivered``."""
+        c = live_requests.c
+        now = self._now()
+        claimed = []
+        with self._write() as conn:
+            for request_id, detail in claims:
+                row = conn.execute(
+                    live_requests.update()
+                    .where(c.request_id == request_id, c.state == str(LiveState.QUEUED))
+                    .values(state=str(LiveState.DELIVERED), detail=detail[:2000], updated_at=now)
+                    .returning(*live_requests.c)
+                ).first()
+                if row is not None:
+                    claimed.append(_rec(row))
+                    self._notify_live(conn, request_id)
+        return claimed
 
     def live_requests_by_id(self, request_ids: list[str]) -> list[LiveRequestRecord]:
         if not request_ids:
@@ -228,7 +251,8 @@ class LiveMethods(StoreBase):
         """Queued requests of the agents whose channel this replica holds, oldest first."""
         c, h = live_requests.c, agent_channels.c
         held = select(h.agent_id).where(h.replica_id == replica_id)
-        query = select(live_requests).where(c.state == "queued", c.agent_id.in_(held)).order_by(c.created_at)
+        queued = str(LiveState.QUEUED)
+        query = select(live_requests).where(c.state == queued, c.agent_id.in_(held)).order_by(c.created_at)
         with self._read() as conn:
             return [_rec(r) for r in conn.execute(query)]
 

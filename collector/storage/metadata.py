@@ -143,16 +143,17 @@ class Store(
             .on_conflict_do_nothing(index_elements=["bundle_id"])
             .returning(bundles.c.bundle_id)
         )
+
+        def insert(conn: Connection) -> tuple[BundleRecord, bool]:
+            if conn.execute(ins).first() is not None:
+                self._upsert_host(conn, stored)
+                return stored, True
+            existing = conn.execute(select(*_SUMMARY).where(bundles.c.bundle_id == rec.bundle_id)).one()
+            return _bundle(existing._mapping), False
+
         try:
-            with self._write() as conn:
-                inserted = conn.execute(ins).first() is not None
-                if inserted:
-                    self._upsert_host(conn, stored)
-                else:
-                    existing = conn.execute(
-                        select(*_SUMMARY).where(bundles.c.bundle_id == rec.bundle_id)
-                    ).one()
-                    stored = _bundle(existing._mapping)
+            # Shares its commit with the writes waiting meanwhile; on disk when this returns.
+            stored, inserted = self._write_grouped(insert)
         except IntegrityError as exc:
             self.get_agent(rec.agent_id)  # NotFound names the unknown agent
             raise StoreError(f"bundle {rec.bundle_id} could not be stored: {exc.orig}") from exc

@@ -21,6 +21,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
+from agent.transport.live_states import state_of
 from agent.units import parse_duration
 from collector.live import SCOPES
 from collector.services.hunt_service import HuntService
@@ -74,7 +75,7 @@ def spec_of(form: dict[str, Any]) -> collector_pb2.HuntSpec:
 
 
 def _host(h: collector_pb2.HuntHost) -> dict[str, str]:
-    return {"request_id": h.request_id, "agent_id": h.agent_id, "hostname": h.hostname, "state": h.state,
+    return {"request_id": h.request_id, "agent_id": h.agent_id, "hostname": h.hostname, "state": state_of(h),
             "detail": h.detail, "bundle_id": h.bundle_id,
             "updated": when(h.updated_at) if h.HasField("updated_at") else ""}
 

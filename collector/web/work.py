@@ -20,6 +20,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
+from agent.transport.live_states import state_of
 from collector.web.actions import NewToken, TokenRef
 from collector.web.app import Console, safe_next
 from collector.web.calls import CallFailed, servicer_context
@@ -50,7 +51,7 @@ class SnapshotRun:
 
 
 def _event(e: collector_pb2.SnapshotEvent) -> dict[str, str]:
-    return {"state": e.state, "detail": e.detail, "bundle_id": e.bundle_id, "request_id": e.request_id,
+    return {"state": state_of(e), "detail": e.detail, "bundle_id": e.bundle_id, "request_id": e.request_id,
             "at": when(e.at) if e.HasField("at") else ""}
 
 

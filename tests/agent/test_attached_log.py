@@ -44,10 +44,10 @@ def test_an_attached_log_is_analysed_and_stays_redacted(tmp_path: Path) -> None:
         privacy=PrivacyOptions(home=tmp_path / "home", add_files=(log, conf)),
     )
     manifest = collected.bundle.manifest
-    added = {e["member"]: e["log"] for e in manifest["consent"]["added_files"]}
+    added = {e["member"]: e["log"] for e in manifest.extra["consent"]["added_files"]}
     assert added == {"files/app.log": "logs/file-app.jsonl", "files/app.conf": ""}
     view = BundleView.from_file(collected.bundle.path)
-    paths = {m["path"] for m in manifest["members"]}
+    paths = {m.path for m in manifest.members}
     assert {"files/app.log", "files/app.conf", "logs/file-app.jsonl"} <= paths
     records = list(view.iter_logs())
     assert records and all(SECRET not in r.msg for r in records)  # redacted like any log
@@ -57,4 +57,4 @@ def test_an_attached_log_is_analysed_and_stays_redacted(tmp_path: Path) -> None:
     assert tl.onset is not None and abs(tl.onset.began_at - onset.timestamp()) < 60
     source = next(s for s in view.snapshot.logs.sources if s.name == "file-app")
     assert source.artifact == "logs/file-app.jsonl" and source.lines == len(records)
-    assert json.dumps(manifest).count(SECRET) == 0
+    assert json.dumps(manifest.document()).count(SECRET) == 0

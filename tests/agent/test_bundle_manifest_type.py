@@ -54,7 +54,9 @@ def test_the_reader_returns_the_typed_header(written: tuple[Path, SigningKey]) -
     assert [x.path for x in m.members] == ["facts.pb", "logs/a.jsonl"]
     assert m.collectors == ({"name": "host", "status": "ok"},)
     assert m.extra == {"consent": {"confirmed": "yes-flag"}}
-    assert m["consent"] == {"confirmed": "yes-flag"}  # the signed document, read as a mapping
+    assert m.document()["consent"] == {"confirmed": "yes-flag"}  # the signed document
+    with pytest.raises(TypeError):
+        m["consent"]  # type: ignore[index]  # typed attributes only, not a mapping
     with pytest.raises(dataclasses.FrozenInstanceError):
         m.kind = "one-shot"  # type: ignore[misc]
 

@@ -341,7 +341,7 @@ def test_extra_keys_cannot_override_manifest_fields(tmp_path: Path, key: Signing
             w.finish(extra={"members": []})
         with pytest.raises(BundleError, match="plain JSON"):
             w.finish(spec={"when": datetime.now(UTC)})
-        assert verify_bundle(w.finish(extra={"x": 1}).path).manifest["x"] == 1
+        assert verify_bundle(w.finish(extra={"x": 1}).path).manifest.extra["x"] == 1
 
 
 def test_two_writers_in_one_dir(tmp_path: Path, key: SigningKey) -> None:
@@ -407,7 +407,7 @@ def test_add_file_streams_large_files(tmp_path: Path, key: SigningKey) -> None:
         source.stat().st_size,
         hashlib.sha256(source.read_bytes()).hexdigest(),
     )
-    assert done.manifest["truncated"] == []
+    assert done.manifest.truncated == ()
     assert verify_bundle(done.path).members == (info,)
 
 

@@ -97,7 +97,7 @@ def test_collections_run_in_one_child_that_lingers_then_exits(tmp_path: Path) ->
     assert _gone(pid)
     for bundle, request_id in ((first, "req-1"), (second, "req-2")):
         verified = verify_bundle(bundle.path, expected_key=key.public)
-        assert verified.manifest["kind"] == "live" and verified.manifest["request_id"] == request_id
+        assert verified.manifest.kind == "live" and verified.manifest.request_id == request_id
         assert verified.bundle_id == bundle.bundle_id and bundle.path.stat().st_size == bundle.size
         assert hashlib.sha256(bundle.path.read_bytes()).hexdigest() == bundle.sha256
 
@@ -245,4 +245,4 @@ def test_the_child_does_not_import_from_its_working_folder(tmp_path: Path, monke
 
     bundle = asyncio.run(main())
     assert not marker.exists()
-    assert verify_bundle(bundle.path, expected_key=key.public).manifest["request_id"] == "req-1"
+    assert verify_bundle(bundle.path, expected_key=key.public).manifest.request_id == "req-1"

@@ -226,7 +226,7 @@ def test_sources_cut_to_nothing_are_in_the_signed_manifest(tmp_path: Path) -> No
     key = SigningKey.generate()
     collected = collect_bundle(key=key, output_dir=tmp_path / "out", spec=spec)
     verified = verify_bundle(collected.bundle.path, expected_key=key.public)
-    by_source = {t["source"]: t for t in verified.manifest["truncated"]}
+    by_source = {t["source"]: t for t in verified.manifest.truncated}
     for name in ("file-app", "file-other"):
         assert by_source[name]["member"] == "" and by_source[name]["lines_dropped"] > 0
     assert not any(m.path.startswith("logs/file-") for m in verified.members)

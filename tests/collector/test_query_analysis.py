@@ -98,3 +98,33 @@ def test_findings_timeline_diff_report(collector: RunningCollector, tmp_path: Pa
     r = runner.invoke(collector_app, ["report", a, *common, "-o", str(out)])
     assert r.exit_code == 0, r.output
     assert out.read_text().startswith("<!DOCTYPE html>")
+
+
+def test_the_worker_analyses_a_received_bundle_in_its_own_process(
+    sqlite_collector: RunningCollector, tmp_path: Path
+) -> None:
+    """After the receipt, the bundle is analysed off the collector's interpreter (a child
+    process at a lower priority) and the findings stored with the current rule version."""
+    import os
+    import time
+
+    import psutil
+
+    from agent.analysis import registered_rules
+    from collector.analysis import ANALYSIS_NICE, rules_version
+
+    full = healthy_snapshot()
+    full.disks.partitions[1].percent, full.disks.partitions[1].used = 99.0, 99 * GIB
+    (bundle_id,) = _upload(sqlite_collector, tmp_path, [(full, None)])
+    store = sqlite_collector.server.store
+    deadline = time.monotonic() + 60
+    while (stored := store.get_analysis(bundle_id)) is None:
+        assert time.monotonic() < deadline, "the worker never analysed the bundle"
+        time.sleep(0.1)
+    assert stored.version == rules_version(registered_rules())
+    assert json.loads(stored.findings_json)["findings"][0]["code"] == "disk-full"
+    pool = sqlite_collector.server.analysis._pool
+    assert pool is not None
+    children = [p for p in psutil.Process(os.getpid()).children() if p.pid in {q.pid for q in pool._processes.values()}]
+    assert len(children) == 1
+    assert children[0].nice() >= min(19, psutil.Process(os.getpid()).nice() + min(ANALYSIS_NICE, 1))

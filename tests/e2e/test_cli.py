@@ -225,12 +225,16 @@ def test_case_token_one_shot_upload(served: dict[str, str]) -> None:
 def test_only_takes_comma_separated_names(tmp_path: Path) -> None:
     args = ("--output", str(tmp_path), "--home", str(tmp_path / "home"), "--json")
     done = cli("casefile", "collect", *args, "--only", "host, memory", "--only", "cpu",
-               "--set", "cpu_sample_s=0.1", "--set", "frag_budget=3")  # fmt: skip
+               "--set", "cpu_sample_s=0.1", "--set", "frag_budget_s=3")  # fmt: skip
     ran = {c["name"] for c in json.loads(done.stdout)["collectors"] if c["status"] == "ok"}
     assert ran == {"host", "memory", "cpu"}
-    # A --set key no collector of the run reads is pointed out; one that is read is not.
-    assert "--set frag_budget: no collector of this run reads it" in " ".join(done.stderr.split())
+    # A --set key of a collector that did not run is pointed out; one that is read is not.
+    assert "--set frag_budget_s: no collector of this run reads it" in " ".join(done.stderr.split())
     assert "cpu_sample_s" not in done.stderr
+    # A misspelt one is a usage error before anything runs, naming the close ones.
+    typo = cli("casefile", "collect", *args, "--only", "host", "--set", "frag_budget=3", check=False)
+    said = " ".join(typo.stderr.replace("│", " ").split())
+    assert typo.returncode == 2 and "is not an option of any collector; did you mean frag_budget_s" in said
     bad = cli("casefile", "collect", *args, "--only", "host,nosuch", check=False)
     assert bad.returncode == 2 and "nosuch" in bad.stderr
     empty = cli("casefile", "collect", *args, "--only", ",", check=False)  # not "everything"

@@ -215,6 +215,17 @@ def test_policy_denial_is_answered_not_dropped(live: Live) -> None:
     assert live.agent.history()[-1]["outcome"] == "denied"
 
 
+def test_a_real_agents_states_reach_the_engineer_as_enum_and_word(live: Live) -> None:
+    """The agent process sends ``SnapshotProgress`` with both fields, the collector stores
+    and streams both (``agent.transport.live_states``): every event's enum and word agree."""
+    from agent.transport.live_states import state_of, to_wire
+
+    events = live.snapshot(reason="enum and word")
+    states = [state_of(e) for e in events]
+    assert states[:2] == ["queued", "delivered"] and "collecting" in states and states[-1] == "done", events
+    assert all(e.live_state == to_wire(e.state) != collector_pb2.LIVE_STATE_UNSPECIFIED for e in events), events
+
+
 def test_viewer_may_not_request_snapshots(live: Live) -> None:
     with pytest.raises(grpc.RpcError) as info:
         live.snapshot(role="viewer")

@@ -38,12 +38,12 @@ def test_sign_add_list_show_and_refusals(tmp_path: Path, store_url: str) -> None
     source = tmp_path / "rabbitmq.yaml"
     source.write_text(TEXT)
     spec_cmd("sign", str(source), "--key", str(key), "--valid-for", "30d")
-    signed = tmp_path / "rabbitmq-v1.spec.json"
+    signed = tmp_path / "rabbitmq-v2.spec.json"
     assert signed.exists()
     spec_cmd("add", str(signed), *db)
     spec_cmd("add", str(signed), *db)  # the same envelope again: nothing changes
     listed = json.loads(spec_cmd("list", "--json", *db).stdout)["specs"]
-    assert [(s["name"], s["version"], s["signer"]) for s in listed] == [("rabbitmq", 1, fingerprint)]
+    assert [(s["name"], s["version"], s["signer"]) for s in listed] == [("rabbitmq", 2, fingerprint)]
     shown = json.loads(spec_cmd("show", "rabbitmq", "--json", *db).stdout)
     assert shown["yaml"] == TEXT and shown["signer"] == fingerprint
     assert spec_cmd("show", "rabbitmq", "--envelope", *db).stdout.encode() == signed.read_bytes()

@@ -23,6 +23,7 @@ import pytest
 from agent.keys import SigningKey
 from agent.specs import sign_spec
 from tests.e2e.test_live import BIN, Live, _start, wait_for
+from tests.specs.amqp import broker_listening, refused_login
 
 TEXT = (resources.files("agent.specs") / "builtin" / "postgresql.yaml").read_text("utf-8")
 
@@ -131,32 +132,7 @@ def test_an_allowed_spec_runs_live_against_the_real_postgresql(live: Live, suppo
         max_logs_window_s=3600,
     )
     c = live.collector
-    res = subprocess.run(
-        [
-            str(BIN / "casefile-collector"),
-            "snapshot",
-            live.agent.agent_id,
-            "--spec",
-            "postgresql",
-            "--collector",
-            c.addr,
-            "--token",
-            live.tokens["engineer"],
-            "--ca-fingerprint",
-            c.fingerprint,
-            "--reason",
-            "SR-22 pg",
-            "--timeout",
-            "90",
-            "--json",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=150,
-        env={**os.environ, "COLUMNS": "160"},
-    )
-    assert res.returncode == 0, res.stdout + res.stderr
-    doc = json.loads(res.stdout)
+    doc = _snapshot_cli(live, "postgresql")
     assert doc["state"] == "done"
     # The spec's findings come back with the bundle, analysed on the collector.
     titles = [f["title"] for f in doc["findings"]["findings"] if f["code"] == "spec"]
@@ -171,3 +147,50 @@ def test_an_allowed_spec_runs_live_against_the_real_postgresql(live: Live, suppo
     assert [e["outcome"] for e in entry] == ["accepted", "done"]
     assert entry[0]["spec"]["name"] == "postgresql" and entry[0]["spec"]["signer"] == support.fingerprint
     assert entry[0]["scopes"] == ["facts", "spec:postgresql@1"]
+
+
+def _snapshot_cli(live: Live, spec: str) -> dict[str, Any]:
+    c = live.collector
+    res = subprocess.run(
+        [str(BIN / "casefile-collector"), "snapshot", live.agent.agent_id, "--spec", spec,
+         "--collector", c.addr, "--token", live.tokens["engineer"], "--ca-fingerprint", c.fingerprint,
+         "--reason", f"SR-22 {spec}", "--timeout", "90", "--json"],
+        capture_output=True, text=True, timeout=150, env={**os.environ, "COLUMNS": "160"},
+    )  # fmt: skip
+    assert res.returncode == 0, res.stdout + res.stderr
+    doc: dict[str, Any] = json.loads(res.stdout)
+    return doc
+
+
+@pytest.mark.skipif(
+    not (shutil.which("rabbitmqctl") and broker_listening()), reason="RabbitMQ is not installed or not listening here"
+)
+def test_an_allowed_spec_runs_live_against_the_real_rabbitmq(
+    live: Live, support: SigningKey, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    text = (resources.files("agent.specs") / "builtin" / "rabbitmq.yaml").read_text("utf-8")
+    signed = tmp_path_factory.mktemp("support-rabbitmq") / "rabbitmq.spec.json"
+    signed.write_bytes(sign_spec(text, support, valid_for=dt.timedelta(days=7)))
+    res = _operator(live, "add", str(signed))
+    assert res.returncode == 0, res.stderr
+    _policy(
+        live,
+        spec_signers=[support.fingerprint],
+        live_specs=["rabbitmq"],
+        allowed_scopes=["facts"],
+        max_logs_window_s=3600,
+    )
+    refused_login()  # the broker logs it; the spec's auth-failures rule counts it
+    doc = _snapshot_cli(live, "rabbitmq")
+    assert doc["state"] == "done"
+    titles = [f["title"] for f in doc["findings"]["findings"] if f["code"] == "spec"]
+    assert "RabbitMQ refused logins" in titles
+    with live.collector.store() as store:
+        _rec, manifest_text = store.get_bundle_content(doc["bundle_id"])[:2]
+    manifest = json.loads(manifest_text)
+    members = {m["path"] for m in manifest["members"]}
+    assert {"logs/spec-rabbitmq-node.jsonl", "spec/rabbitmq/commands/queues.txt"} <= members
+    entry = [e for e in live.agent.history() if e.get("request_id") == manifest["request_id"]]
+    assert [e["outcome"] for e in entry] == ["accepted", "done"]
+    assert entry[0]["spec"]["name"] == "rabbitmq" and entry[0]["spec"]["version"] == 2
+    assert entry[0]["scopes"] == ["facts", "spec:rabbitmq@2"]

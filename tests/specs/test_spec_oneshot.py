@@ -18,6 +18,7 @@ import pytest
 
 from agent.keys import SigningKey
 from agent.specs import sign_spec
+from tests.specs.amqp import broker_listening, refused_login
 
 BIN = Path(sys.executable).parent
 PG_LOG = Path("/var/log/postgresql")
@@ -100,17 +101,27 @@ def test_postgresql_spec_against_the_real_server(tmp_path: Path) -> None:
     assert "PostgreSQL FATAL errors" in (top / "report.html").read_text()
 
 
-@pytest.mark.skipif(not shutil.which("rabbitmqctl"), reason="RabbitMQ is not installed here")
+@pytest.mark.skipif(
+    not (shutil.which("rabbitmqctl") and broker_listening()), reason="RabbitMQ is not installed or not listening here"
+)
 def test_rabbitmq_spec_against_the_real_broker(tmp_path: Path) -> None:
+    user = refused_login()  # a real refused login: the broker logs it, the spec's rule counts it
+    time.sleep(0.3)
     _summary, top = collect(tmp_path, "rabbitmq")
     facts = plugin_facts(top, "spec_rabbitmq")
+    assert facts["spec"]["version"] == 2
     alarms = facts["commands"]["alarms"]
     if alarms.get("exit_status") != 0:
         pytest.skip(f"the broker does not answer here: {alarms.get('error')}")
     assert facts["commands"]["queues"]["exit_status"] == 0
     assert facts["logs"]["node"]["lines"] > 0
-    assert (top / "logs/spec-rabbitmq-node.jsonl").stat().st_size > 0
-    assert "resource-alarm" in facts["counts"]
+    rows = [json.loads(line) for line in (top / "logs/spec-rabbitmq-node.jsonl").read_text().splitlines()]
+    ours = [r for r in rows if user in r["msg"]]
+    assert ours and ours[-1]["ts"] and ours[-1]["sev"] == "err"
+    assert facts["counts"]["auth-failures"] >= 1 and "resource-alarm" in facts["counts"]
+    refused = [f for f in spec_findings(top) if f["title"] == "RabbitMQ refused logins"]
+    assert refused and refused[0]["next_step"].startswith("The lines name the user")
+    assert "RabbitMQ refused logins" in (top / "report.html").read_text()
 
 
 def test_systemd_spec_records_what_it_found(tmp_path: Path) -> None:
@@ -244,19 +255,26 @@ def test_preview_lists_what_would_be_read_and_run_and_runs_nothing(tmp_path: Pat
         f"spec.dir={app}",
         "--preview",
         "--json",
+        "--only",
+        "host",
         "--home",
         str(tmp_path / "home"),
         "-o",
         str(tmp_path / "out"),
     )
-    doc = json.loads(res.stdout)["spec"]
+    shown = json.loads(res.stdout)
+    # The rest of the run is previewed as without the spec; nothing of the spec is in it.
+    members = [m["path"] for m in shown["members"]]
+    assert "facts.json" in members and not [m for m in members if m.startswith(("spec/", "logs/spec-"))]
+    doc = shown["spec"]
     assert doc["signer"] == key.fingerprint
     assert doc["plan"]["files"][0]["matches"] == [str(app / "conf" / "main.conf")]
     assert doc["plan"]["commands"][0]["argv"] == ["sleep", "30"]
     assert doc["plan"]["logs"][0]["matches"] == [str(app / "app.log")]
     assert not (tmp_path / "out").exists()
-    text = casefile("collect", "--spec", "postgresql", "--preview", "--home", str(tmp_path / "home"))
-    assert "run        psql" in text.stderr and "nothing was read or run" in text.stderr
+    text = casefile("collect", "--spec", "postgresql", "--preview", "--only", "host", "--home", str(tmp_path / "home"))
+    assert "run        psql" in text.stderr and "of the spec, nothing was read or run" in text.stderr
+    assert "facts.json" in text.stdout  # the preview of the rest of the run
 
 
 def test_an_unknown_spec_name_lists_the_shipped_ones(tmp_path: Path) -> None:

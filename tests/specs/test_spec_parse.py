@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import time
+from importlib import resources
 
 import pytest
 import yaml
@@ -180,3 +181,30 @@ def test_a_polynomial_pattern_is_cut_at_its_time_limit() -> None:
     assert pattern.search("a" * MAX_MATCH_CHARS + "!") is None
     assert pattern.subn("[x]", "a" * MAX_MATCH_CHARS + "!") is None
     assert time.monotonic() - started < 1.0
+
+
+RABBITMQ = (resources.files("agent.specs") / "builtin" / "rabbitmq.yaml").read_text("utf-8")
+_YAML_BITS = st.sampled_from(
+    [":", "- ", "{", "}", "[", "]", "\n", "  ", "\t", "&a ", "*a", "!!python/object ", "'", '"', "#", "? ", "|", ">"]
+)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.lists(
+        st.tuples(st.integers(0, 10_000), st.integers(0, 3), _YAML_BITS | st.sampled_from(["%", "@", "\0", "\ufeff"])),
+        max_size=6,
+    )
+)
+def test_a_shipped_spec_broken_anywhere_is_a_spec_or_a_spec_error(edits: list[tuple[int, int, str]]) -> None:
+    # Malformed YAML near a real spec: characters cut out and YAML syntax put in anywhere.
+    text = RABBITMQ
+    for at, cut, bit in edits:
+        at %= len(text) + 1
+        text = text[:at] + bit + text[at + cut :]
+    try:
+        spec = parse_spec(text)
+    except SpecError as exc:
+        assert str(exc).startswith("spec: ")
+        return
+    assert spec.name and spec.version >= 1 and (spec.files or spec.logs or spec.commands)

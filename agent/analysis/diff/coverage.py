@@ -45,8 +45,8 @@ class Coverage:
 
     @classmethod
     def of(cls, view: BundleView) -> Coverage:
-        entries = (view.manifest or {}).get("collectors")
-        if isinstance(entries, list) and entries:
+        entries = view.manifest.collectors if view.manifest is not None else ()
+        if entries:
             return cls(tuple(
                 (str(e.get("name", "")), str(e.get("status", "")).lower()) for e in entries if isinstance(e, dict)
             ))

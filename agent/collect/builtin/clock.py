@@ -22,6 +22,7 @@ import re
 
 from agent.collect.command import CommandNotFound, run_command
 from agent.collect.framework import CollectContext, Collector, current_platform
+from agent.collect.options import FloatOption
 from protos import facts_pb2
 
 __all__ = [
@@ -96,12 +97,24 @@ def parse_w32tm_status(text: str) -> tuple[bool, str, str]:
     return (not unsynced), source, detail
 
 
+COLLECTOR_OFFSET = FloatOption(
+    "collector_offset_ms",
+    0.0,
+    "this clock's offset to the upload target's, measured before collecting (ms)",
+    internal=True,
+    minimum=-1e12,
+    maximum=1e12,
+)
+
+
 class ClockCollector(Collector):
     name = "clock"
     description = "Time synchronisation state, source and reported offset"
     budget_s = 3.0
     facts_field = "clock"
     facts_type = facts_pb2.ClockFacts
+
+    options = (COLLECTOR_OFFSET,)
 
     def collect(self, ctx: CollectContext) -> facts_pb2.ClockFacts:
         facts = facts_pb2.ClockFacts(timezone=_timezone())
@@ -114,9 +127,8 @@ class ClockCollector(Collector):
             self._macos(ctx, facts)
         else:
             facts.detail = f"unsupported: no clock sync query on {platform}"
-        offset = ctx.options.get("collector_offset_ms")
-        if isinstance(offset, int | float) and not isinstance(offset, bool):
-            facts.collector_offset_ms = float(offset)
+        if COLLECTOR_OFFSET.name in ctx.options:
+            facts.collector_offset_ms = ctx.get(COLLECTOR_OFFSET)
             facts.collector_offset_known = True
         return facts
 

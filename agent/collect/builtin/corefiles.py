@@ -29,6 +29,7 @@ import stat
 from pathlib import Path
 
 from agent.collect.framework import CollectContext
+from agent.collect.options import BoolOption, IntOption, StrOption
 from agent.errors import CollectionError
 from protos import facts_pb2
 
@@ -43,11 +44,22 @@ _BLOCK = 1 << 20
 _NAME = re.compile(r"^core\..+\.(\d+)\.[0-9a-f]{32}\.(\d+)\.(\d+)(?:\.(?:zst|lz4|xz))?$")
 
 
-def _allowed(ctx: CollectContext) -> bool:
-    value = ctx.options.get("coredump_files", False)
-    if not isinstance(value, bool):
-        raise CollectionError(f"option 'coredump_files' must be true or false, got {value!r}")
-    return value
+# Set from the agent's policy.json (crash_core_files, crash_core_max_bytes) for live runs.
+FILES = BoolOption(
+    "coredump_files",
+    False,
+    "the coredumps collector includes systemd-coredump's core files (process memory, secrets included: "
+    "copied unredacted, and only under the standard profile)",
+)
+MAX_BYTES = IntOption(
+    "coredump_max_bytes",
+    CORE_MAX_BYTES,
+    "core files kept at most, newest first, whole files",
+    shown_default="67108864 (64 MiB)",
+    maximum=CORE_MAX_BYTES_LIMIT,
+)
+STORE = StrOption("coredump_dir", DEFAULT_STORE, "where systemd-coredump keeps core files")
+CORE_OPTIONS = (FILES, MAX_BYTES, STORE)
 
 
 def _pid_of(name: str, listed: dict[tuple[int, int], int]) -> int:
@@ -61,10 +73,10 @@ def _pid_of(name: str, listed: dict[tuple[int, int], int]) -> int:
 
 def take_core_files(ctx: CollectContext, facts: facts_pb2.CoredumpFacts) -> None:
     """Include the newest core files within the bound, when allowed; record each one considered."""
-    if not _allowed(ctx):
+    if not ctx.get(FILES):
         return
-    bound = ctx.int_option("coredump_max_bytes", CORE_MAX_BYTES, minimum=0, maximum=CORE_MAX_BYTES_LIMIT)
-    store = Path(ctx.str_option("coredump_dir", DEFAULT_STORE))
+    bound = ctx.get(MAX_BYTES)
+    store = Path(ctx.get(STORE))
     listed = {(c.pid, c.time.seconds): c.pid for c in facts.coredumps}
     try:
         found = [e for e in os.scandir(store) if e.name.startswith("core.")]

@@ -12,11 +12,15 @@ import time
 import psutil
 
 from agent.collect.framework import CollectContext, Collector
+from agent.collect.options import FloatOption
 from protos import facts_pb2
 
 _TIMES_FIELDS = ("user", "system", "idle", "iowait", "irq", "softirq", "steal", "nice")
 # Leave the collector this much of its budget after the sample for the cheap calls.
 _MARGIN_S = 0.25
+
+
+SAMPLE = FloatOption("cpu_sample_s", 0.25, "the CPU measuring window, seconds", maximum=30.0)
 
 
 class CpuCollector(Collector):
@@ -26,8 +30,10 @@ class CpuCollector(Collector):
     facts_field = "cpu"
     facts_type = facts_pb2.CpuFacts
 
+    options = (SAMPLE,)
+
     def collect(self, ctx: CollectContext) -> facts_pb2.CpuFacts:
-        wanted = ctx.float_option("cpu_sample_s", 0.25, maximum=30.0)
+        wanted = ctx.get(SAMPLE)
         sample = min(wanted, max(0.0, ctx.remaining() - _MARGIN_S))
         if sample < wanted:
             ctx.warn(f"cpu sample shortened from {wanted:g} s to {sample:.2f} s to fit the budget")

@@ -26,9 +26,10 @@ import re
 import signal
 from pathlib import Path
 
-from agent.collect.builtin.corefiles import take_core_files
+from agent.collect.builtin.corefiles import CORE_OPTIONS, take_core_files
 from agent.collect.command import CommandNotFound, run_command
 from agent.collect.framework import CollectContext, Collector
+from agent.collect.options import StrOption
 from protos import facts_pb2
 
 __all__ = [
@@ -134,6 +135,10 @@ def parse_coredump_info(text: str) -> dict[str, object]:
     return fields
 
 
+PSTORE_DIR = StrOption("pstore_dir", "/sys/fs/pstore", "where the kernel keeps its crash records (pstore)")
+CRASH_DIR = StrOption("crash_dir", "/var/crash", "the crash-report folder (apport, kdump)")
+
+
 class CoredumpsCollector(Collector):
     name = "coredumps"
     description = "systemd-coredump's entries (coredumpctl list and info); core files only when allowed"
@@ -141,6 +146,7 @@ class CoredumpsCollector(Collector):
     budget_s = 10.0
     facts_field = "coredumps"
     facts_type = facts_pb2.CoredumpFacts
+    options = CORE_OPTIONS
 
     def collect(self, ctx: CollectContext) -> facts_pb2.CoredumpFacts:
         facts = facts_pb2.CoredumpFacts()
@@ -189,11 +195,12 @@ class KernelCrashesCollector(Collector):
     budget_s = 10.0
     facts_field = "kernel_crashes"
     facts_type = facts_pb2.KernelCrashFacts
+    options = (PSTORE_DIR,)
 
     def collect(self, ctx: CollectContext) -> facts_pb2.KernelCrashFacts:
         facts = facts_pb2.KernelCrashFacts()
         notes: list[str] = []
-        pstore = Path(ctx.str_option("pstore_dir", "/sys/fs/pstore"))
+        pstore = Path(ctx.get(PSTORE_DIR))
         files = _listing(pstore, notes, "pstore")
         facts.pstore.extend(files[:MAX_FILES])
         for f in files[:MAX_FILES]:
@@ -232,9 +239,10 @@ class CrashFilesCollector(Collector):
     budget_s = 3.0
     facts_field = "crash_files"
     facts_type = facts_pb2.CrashFileFacts
+    options = (CRASH_DIR,)
 
     def collect(self, ctx: CollectContext) -> facts_pb2.CrashFileFacts:
-        folder = Path(ctx.str_option("crash_dir", "/var/crash"))
+        folder = Path(ctx.get(CRASH_DIR))
         notes: list[str] = []
         files = _listing(folder, notes, str(folder))
         facts = facts_pb2.CrashFileFacts(directory=str(folder), total=len(files), detail="; ".join(notes))

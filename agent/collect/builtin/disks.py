@@ -17,6 +17,7 @@ from typing import NamedTuple
 import psutil
 
 from agent.collect.framework import CollectContext, Collector, Pending, describe_exception
+from agent.collect.options import FloatOption
 from protos import facts_pb2
 
 
@@ -32,6 +33,11 @@ _stuck_lock = threading.Lock()
 _stuck: dict[str, Pending[_Usage]] = {}  # mountpoint -> probe that has not answered yet
 
 
+MOUNT_TIMEOUT = FloatOption(
+    "disk_mount_timeout_s", 1.0, "how long one mount's usage may take (a dead network mount), seconds", maximum=60.0
+)
+
+
 class DisksCollector(Collector):
     name = "disks"
     description = "Mounted filesystems with space and inode usage, per-disk I/O counters"
@@ -39,8 +45,10 @@ class DisksCollector(Collector):
     facts_field = "disks"
     facts_type = facts_pb2.DiskFacts
 
+    options = (MOUNT_TIMEOUT,)
+
     def collect(self, ctx: CollectContext) -> facts_pb2.DiskFacts:
-        mount_timeout = ctx.float_option("disk_mount_timeout_s", 1.0)
+        mount_timeout = ctx.get(MOUNT_TIMEOUT)
         facts = facts_pb2.DiskFacts()
         probes: list[tuple[facts_pb2.Partition, Pending[_Usage] | None]] = []
         for part in psutil.disk_partitions(all=False):

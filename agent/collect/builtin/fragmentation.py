@@ -31,6 +31,7 @@ from agent.collect.builtin import fragmentation_linux as lin
 from agent.collect.command import CommandNotFound, run_command
 from agent.collect.framework import CollectContext, Collector, Pending, current_platform
 from agent.collect.freespace import DEFAULT_FREE_BUDGET_S
+from agent.collect.options import FloatOption, IntOption, StrOption
 from agent.errors import CollectionError
 from protos import facts_pb2
 
@@ -105,12 +106,44 @@ def _dev_key(mountpoint: str) -> int | str:
         return mountpoint
 
 
+MAX_FILES = IntOption("frag_max_files", 4000, "files the sample maps at most", minimum=1, maximum=1_000_000)
+BUDGET = FloatOption(
+    "frag_budget_s", DEFAULT_BUDGET_S, "time for the file sample, seconds", minimum=0.05, maximum=3600.0
+)
+MIN_BYTES = IntOption(
+    "frag_min_bytes",
+    lin.DEFAULT_MIN_BYTES,
+    "files smaller than this are not sampled (they can hardly fragment)",
+    shown_default="65536 (64 KiB)",
+    maximum=1 << 40,
+)
+FREE_BUDGET = FloatOption(
+    "frag_free_budget_s",
+    DEFAULT_FREE_BUDGET_S,
+    "time for reading one filesystem's free-space map (GETFSMAP), beside its sample; a map cut by it is marked "
+    "partial with the share of the filesystem it covered",
+    minimum=0.05,
+    maximum=3600.0,
+)
+SEED = IntOption("frag_seed", -1, "the sample's random seed; -1: a fresh one each run", minimum=-1, maximum=2**63 - 1)
+MOUNTPOINTS = StrOption(
+    "frag_mountpoints", "", "only these mount points, comma-separated", shown_default="all real filesystems"
+)
+WALKER = StrOption(
+    "frag_walker",
+    "child",
+    "where the sample runs: child (a child interpreter) or thread (in the agent's own process)",
+    choices=("child", "thread"),
+)
+
+
 class FragmentationCollector(Collector):
     name = "fragmentation"
     description = "File and free-space fragmentation per filesystem (sampled FIEMAP, Windows defrag analysis)"
     budget_s = 5.0
     facts_field = "fragmentation"
     facts_type = facts_pb2.FragmentationFacts
+    options = (BUDGET, MAX_FILES, MIN_BYTES, MOUNTPOINTS, WALKER, FREE_BUDGET, SEED)
 
     def collect(self, ctx: CollectContext) -> facts_pb2.FragmentationFacts:
         platform = current_platform()
@@ -122,17 +155,11 @@ class FragmentationCollector(Collector):
 
 
 def _linux(ctx: CollectContext) -> facts_pb2.FragmentationFacts:
-    max_files = ctx.int_option("frag_max_files", 4000, minimum=1, maximum=1_000_000)
-    budget = ctx.float_option("frag_budget_s", DEFAULT_BUDGET_S, minimum=0.05, maximum=3600.0)
-    min_bytes = ctx.int_option("frag_min_bytes", lin.DEFAULT_MIN_BYTES, minimum=0, maximum=1 << 40)
-    free_budget = ctx.float_option("frag_free_budget_s", DEFAULT_FREE_BUDGET_S, minimum=0.05, maximum=3600.0)
-    seed = ctx.int_option("frag_seed", -1, minimum=-1, maximum=2**63)
-    only = [m.strip() for m in ctx.str_option("frag_mountpoints", "").split(",") if m.strip()]
+    max_files, budget, min_bytes = ctx.get(MAX_FILES), ctx.get(BUDGET), ctx.get(MIN_BYTES)
+    free_budget, seed = ctx.get(FREE_BUDGET), ctx.get(SEED)
+    only = [m.strip() for m in ctx.get(MOUNTPOINTS).split(",") if m.strip()]
     # The sample runs in a child interpreter unless told otherwise (fragwalk.py says why).
-    walker = ctx.str_option("frag_walker", "child")
-    if walker not in ("child", "thread"):
-        raise CollectionError(f"option 'frag_walker' must be 'child' or 'thread', got {walker!r}")
-    in_child = walker == "child"
+    in_child = ctx.get(WALKER) == "child"
     rng = random.Random(None if seed < 0 else seed)
     targets = linux_targets(psutil.disk_partitions(all=False), psutil.disk_partitions(all=True))
     if only:

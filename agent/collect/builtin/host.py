@@ -12,6 +12,7 @@ from pathlib import Path
 import psutil
 
 from agent.collect.framework import CollectContext, Collector, Pending
+from agent.collect.options import FloatOption
 from protos import facts_pb2
 
 # (DMI file, lowercased substring, systemd-detect-virt name), first match wins. The product
@@ -39,12 +40,17 @@ _CGROUP_CONTAINERS: tuple[tuple[str, str], ...] = (
 )
 
 
+FQDN_TIMEOUT = FloatOption("fqdn_timeout_s", 1.0, "how long the host's full DNS name may take, seconds", maximum=60.0)
+
+
 class HostCollector(Collector):
     name = "host"
     description = "Host name, OS release, kernel, boot time, time zone and virtualization"
     budget_s = 3.0
     facts_field = "host"
     facts_type = facts_pb2.HostFacts
+
+    options = (FQDN_TIMEOUT,)
 
     def collect(self, ctx: CollectContext) -> facts_pb2.HostFacts:
         facts = facts_pb2.HostFacts(
@@ -64,7 +70,7 @@ class HostCollector(Collector):
             facts.virtualized = bool(facts.virtualization)
         # getfqdn asks the resolver and has no timeout of its own: a dead DNS server
         # would stall the whole collection for tens of seconds.
-        limit = min(ctx.float_option("fqdn_timeout_s", 1.0), ctx.remaining())
+        limit = min(ctx.get(FQDN_TIMEOUT), ctx.remaining())
         try:
             facts.fqdn = Pending(socket.getfqdn, name="casefile-getfqdn").result(limit)
         except TimeoutError:

@@ -53,6 +53,8 @@ from agent.collect.builtin.logsources import (
 from agent.collect.command import CommandNotFound
 from agent.collect.framework import CollectContext, Collector, current_platform, describe_exception
 from agent.collect.logparse import NewestFirstSink, log_bounds
+from agent.collect.logparse.bounds import LOG_OPTIONS
+from agent.collect.options import StrOption
 from protos import facts_pb2
 
 __all__ = ["LogsCollector", "plan_sources"]
@@ -111,6 +113,12 @@ def _bind_channel(channel: str) -> SourceFn:
     return read
 
 
+PRIORITY = StrOption(
+    "logs_priority", "", "journalctl --priority, e.g. warning", shown_default="all priorities", max_chars=16
+)
+LOG_FILES = StrOption("log_files", "", "extra text logs to read, comma-separated paths", shown_default="none")
+
+
 class LogsCollector(Collector):
     name = "logs"
     description = "System logs of the last hours (journal, kernel, /var/log, Event Log, unified log)"
@@ -118,14 +126,16 @@ class LogsCollector(Collector):
     facts_field = "logs"
     facts_type = facts_pb2.LogsFacts
 
+    options = (*LOG_OPTIONS, PRIORITY, LOG_FILES)
+
     def collect(self, ctx: CollectContext) -> facts_pb2.LogsFacts:
         bounds = log_bounds(ctx)  # the same reading plugins get through agent.collect
         total, per_source = bounds.max_bytes, bounds.max_bytes_per_source
-        priority = ctx.str_option("logs_priority", "")
+        priority = ctx.get(PRIORITY)
         since = bounds.since()
         facts = facts_pb2.LogsFacts(max_bytes_total=total, max_bytes_per_source=per_source)
         facts.since.FromDatetime(since)
-        plan = plan_sources(current_platform(), ctx.str_option("log_files", ""))
+        plan = plan_sources(current_platform(), ctx.get(LOG_FILES))
         soft_deadline = ctx.deadline - min(_FINISH_MARGIN_S, ctx.remaining() * 0.15)
         # This collector's private temp directory: spools, inflated .gz files, tails.
         work_dir = ctx.temp_path("work").parent

@@ -27,10 +27,27 @@ import psutil
 from agent.collect.builtin import netdepth_parse as parse
 from agent.collect.command import CommandNotFound, run_command
 from agent.collect.framework import CollectContext, Collector, Pending, current_platform, describe_exception
+from agent.collect.options import FloatOption, StrOption
 from protos import facts_pb2
 
 _CMD_MAX_BYTES = 1 << 20
 _MAX_LISTENING = 500
+
+
+COLLECTOR_TARGET = StrOption(
+    "collector_target", "", "the collector HOST:PORT this run uploads to (set by --upload)", internal=True
+)
+RESOLVE_NAME = StrOption(
+    "resolve_name",
+    "",
+    "the name the DNS resolve test looks up",
+    shown_default="the collector's host (the upload target, else the enrolled collector; with neither the test "
+    "is not run and a warning says so)",
+)
+RESOLVE_TIMEOUT = FloatOption(
+    "resolve_timeout_s", 2.0, "the DNS resolve test's bound, seconds", minimum=0.01, maximum=30.0
+)
+RETRANS_SAMPLE = FloatOption("retrans_sample_s", 0.25, "the TCP retransmission window, seconds", maximum=10.0)
 
 
 class NetworkDepthCollector(Collector):
@@ -40,14 +57,16 @@ class NetworkDepthCollector(Collector):
     facts_field = "network_depth"
     facts_type = facts_pb2.NetworkDepthFacts
 
+    options = (COLLECTOR_TARGET, RESOLVE_NAME, RESOLVE_TIMEOUT, RETRANS_SAMPLE)
+
     def collect(self, ctx: CollectContext) -> facts_pb2.NetworkDepthFacts:
-        target = ctx.str_option("collector_target", "").strip()
+        target = ctx.get(COLLECTOR_TARGET).strip()
         host = ""
         if target:
             host, _ = parse.split_target(target)
-        name = ctx.str_option("resolve_name", "").strip() or host
-        timeout = ctx.float_option("resolve_timeout_s", 2.0, minimum=0.01, maximum=30.0)
-        retrans_wait = ctx.float_option("retrans_sample_s", 0.25, minimum=0.0, maximum=10.0)
+        name = ctx.get(RESOLVE_NAME).strip() or host
+        timeout = ctx.get(RESOLVE_TIMEOUT)
+        retrans_wait = ctx.get(RETRANS_SAMPLE)
         facts = facts_pb2.NetworkDepthFacts()
         platform = current_platform()
         snmp_first = _snmp(ctx) if platform == "linux" else None

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 import psutil
 
 from agent.collect.framework import CollectContext, Collector, current_platform
+from agent.collect.options import FloatOption, IntOption
 from protos import facts_pb2
 
 __all__ = ["ProcessesCollector", "count_zombies"]
@@ -131,6 +132,10 @@ def _cmdline(pid: int) -> str:
     return text if len(text) <= _MAX_CMDLINE else text[:_MAX_CMDLINE] + "…"
 
 
+SAMPLE = FloatOption("processes_sample_s", 0.25, "the per-process CPU window, seconds", maximum=30.0)
+TOP_N = IntOption("processes_top_n", 15, "processes listed in each top list", minimum=1, maximum=500)
+
+
 class ProcessesCollector(Collector):
     name = "processes"
     description = "Process count, zombies, threads, top processes by CPU (sampled) and memory"
@@ -138,9 +143,11 @@ class ProcessesCollector(Collector):
     facts_field = "processes"
     facts_type = facts_pb2.ProcessFacts
 
+    options = (SAMPLE, TOP_N)
+
     def collect(self, ctx: CollectContext) -> facts_pb2.ProcessFacts:
-        wanted = ctx.float_option("processes_sample_s", 0.25, maximum=30.0)
-        top_n = ctx.int_option("processes_top_n", 15, minimum=1, maximum=500)
+        wanted = ctx.get(SAMPLE)
+        top_n = ctx.get(TOP_N)
         started = time.monotonic()
         before = _cpu_seconds()
         t0 = time.monotonic()

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 from agent.collect.framework import CollectContext, Collector
+from agent.collect.options import FloatOption, StrOption
 from agent.recorder_db import DB_NAME, read_samples
 from protos import facts_pb2
 
@@ -29,6 +30,17 @@ DEFAULT_SINCE_S = 6 * 3600.0
 MAX_SINCE_S = 8 * 86400.0
 
 
+SINCE = FloatOption(
+    "recorder_since_s",
+    DEFAULT_SINCE_S,
+    "how far back the flight recorder's history is read, seconds",
+    shown_default="the log window (`--since`)",
+    minimum=1,
+    maximum=MAX_SINCE_S,
+)
+HOME = StrOption("recorder_home", "", "the agent's home, where the flight recorder keeps its file", internal=True)
+
+
 class RecordedHistoryCollector(Collector):
     name = "recorder"
     description = "The flight recorder's history (CPU, memory, disks, network, top processes) for the window"
@@ -36,11 +48,13 @@ class RecordedHistoryCollector(Collector):
     facts_field = "recorded_history"
     facts_type = facts_pb2.RecordedHistory
 
+    options = (SINCE, HOME)
+
     def collect(self, ctx: CollectContext) -> facts_pb2.RecordedHistory:
         now = time.time()
-        since_s = ctx.float_option("recorder_since_s", DEFAULT_SINCE_S, minimum=1, maximum=MAX_SINCE_S)
+        since_s = ctx.get(SINCE)
         facts = facts_pb2.RecordedHistory(since_unix=now - since_s)
-        home = ctx.str_option("recorder_home", "")
+        home = ctx.get(HOME)
         if not home or not (Path(home) / DB_NAME).exists():
             facts.detail = "no flight recorder on this machine (the agent service records; see policy.json)"
             return facts

@@ -34,6 +34,7 @@ from typing import Any
 import psutil
 
 from agent.collect.framework import CollectContext, Collector
+from agent.collect.options import FloatOption, IntOption
 from protos import facts_pb2
 
 __all__ = ["AgentCpu", "TimeseriesCollector", "cpu_share", "cpu_split"]
@@ -184,6 +185,19 @@ def _rate(now: int, old: int, seconds: float) -> int:
     return max(0, int((now - old) / seconds)) if seconds > 0 else 0
 
 
+INTERVAL = FloatOption(
+    "timeseries_interval_s", 0.25, "seconds between two samples of the time series", minimum=0.01, maximum=60.0
+)
+DURATION = FloatOption(
+    "timeseries_duration_s",
+    0.0,
+    "how long the time series samples; 0: while the other collectors run",
+    shown_default="0 (the collection window)",
+    maximum=600.0,
+)
+MIN_SAMPLES = IntOption("timeseries_min_samples", 2, "samples the series takes at least", minimum=1, maximum=10_000)
+
+
 class TimeseriesCollector(Collector):
     name = "timeseries"
     description = "CPU, memory, swap, disk and network rates sampled during the collection"
@@ -192,10 +206,10 @@ class TimeseriesCollector(Collector):
     facts_type = facts_pb2.TimeSeries
     observes = True
 
+    options = (INTERVAL, DURATION, MIN_SAMPLES)
+
     def collect(self, ctx: CollectContext) -> facts_pb2.TimeSeries:
-        interval = ctx.float_option("timeseries_interval_s", 0.25, minimum=0.01, maximum=60.0)
-        duration = ctx.float_option("timeseries_duration_s", 0.0, maximum=600.0)
-        min_samples = ctx.int_option("timeseries_min_samples", 2, minimum=1, maximum=10_000)
+        interval, duration, min_samples = ctx.get(INTERVAL), ctx.get(DURATION), ctx.get(MIN_SAMPLES)
         fit = max(0.0, ctx.remaining() - _MARGIN_S)
         if duration > fit:
             ctx.warn(f"time series shortened from {duration:g} s to {fit:.2f} s to fit the budget")

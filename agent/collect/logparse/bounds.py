@@ -21,12 +21,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from agent.collect.framework import CollectContext
+from agent.collect.options import AnyOption, FloatOption, IntOption
 from protos import facts_pb2
 
 __all__ = [
     "DEFAULT_MAX_BYTES",
     "DEFAULT_MAX_BYTES_PER_SOURCE",
     "DEFAULT_SINCE_S",
+    "LOG_OPTIONS",
     "LOG_SOURCES_KEY",
     "LogBounds",
     "log_bounds",
@@ -40,6 +42,31 @@ DEFAULT_MAX_BYTES_PER_SOURCE = 8 * 1024 * 1024
 MAX_SINCE_S = 366 * 24 * 3600
 MAX_CAP = 1 << 34
 LOG_SOURCES_KEY = "log_sources"
+
+# Read by every collector that puts a log in the bundle: each lists LOG_OPTIONS in its options.
+LOGS_SINCE = FloatOption(
+    "logs_since_s",
+    DEFAULT_SINCE_S,
+    "how far back logs are read, seconds (`--since` sets it)",
+    shown_default="86400 (24 h)",
+    minimum=1,
+    maximum=MAX_SINCE_S,
+)
+LOGS_MAX = IntOption(
+    "logs_max_bytes",
+    DEFAULT_MAX_BYTES,
+    "bytes of system logs kept in all, newest first (`--logs-max` sets it)",
+    shown_default="33554432 (32 MiB)",
+    maximum=MAX_CAP,
+)
+LOGS_MAX_PER_SOURCE = IntOption(
+    "logs_max_bytes_per_source",
+    DEFAULT_MAX_BYTES_PER_SOURCE,
+    "bytes kept of one log source, newest first; a plugin's or a spec's log is one more source",
+    shown_default="8388608 (8 MiB)",
+    maximum=MAX_CAP,
+)
+LOG_OPTIONS: tuple[AnyOption, ...] = (LOGS_SINCE, LOGS_MAX, LOGS_MAX_PER_SOURCE)
 
 _KEPT_REASON = "byte cap or time budget; newest lines kept"
 _NOTHING_REASON = "byte cap or time budget; no lines kept, so no member"
@@ -71,9 +98,7 @@ class LogBounds:
 def log_bounds(ctx: CollectContext) -> LogBounds:
     """The run's log bounds from ``ctx``'s options; a bad value is a CollectionError."""
     return LogBounds(
-        since_s=ctx.float_option("logs_since_s", DEFAULT_SINCE_S, minimum=1, maximum=MAX_SINCE_S),
-        max_bytes=ctx.int_option("logs_max_bytes", DEFAULT_MAX_BYTES, maximum=MAX_CAP),
-        max_bytes_per_source=ctx.int_option("logs_max_bytes_per_source", DEFAULT_MAX_BYTES_PER_SOURCE, maximum=MAX_CAP),
+        since_s=ctx.get(LOGS_SINCE), max_bytes=ctx.get(LOGS_MAX), max_bytes_per_source=ctx.get(LOGS_MAX_PER_SOURCE)
     )
 
 

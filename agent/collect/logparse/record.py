@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,7 +38,7 @@ class LogRecord:
     sev: str | None  # one of SEVERITIES or None
     msg: str
     n: int | None = None
-    extra: dict[str, str | int] = field(default_factory=dict)
+    extra: Mapping[str, str | int | list[str]] = field(default_factory=dict)
 
     def to_json(self, src: str) -> bytes:
         msg = self.msg if len(self.msg) <= MAX_MSG_CHARS else self.msg[:MAX_MSG_CHARS] + "…"

@@ -1,11 +1,11 @@
 """The PostgreSQL collector: server logs of the last hours, error counts, and live server stats.
 
-Options:
+Options (declared in ``PostgresCollector.options``; the README's table is made from them):
 
 * ``pg_log_dir``: the server's log directory (default: the first that exists of
   ``/var/log/postgresql``, ``$PGDATA/log``);
 * ``pg_log_hours`` and ``pg_log_max_bytes``: the window and the byte cap, newest kept.
-  Unset, they are the run's own log bounds (``log_bounds``): the window of
+  Unset (0), they are the run's own log bounds (``log_bounds``): the window of
   ``logs_since_s`` (``casefile collect --since 2h``, default 24 h) and the cap of one
   log source, ``logs_max_bytes_per_source`` (default 8 MiB) but never more than
   ``logs_max_bytes``. ``pg_log_max_bytes`` can only lower that cap, so the server log
@@ -15,7 +15,8 @@ Options:
   ``pg_query_timeout_s`` (default 3).
 
 Facts go to ``Snapshot.plugin_facts["pgsql"]`` (JSON text), the lines to the artifact
-``logs/postgresql.jsonl`` in the bundle's log contract. The cap counts the artifact's
+``logs/postgresql.jsonl`` in the bundle's log contract, written by the agent's
+``NewestFirstSink`` from ``LogRecord`` rows (the plugin API of ``agent.collect``). The cap counts the artifact's
 bytes; what it cut is in the facts (``truncated``, ``lines_dropped``) and, through
 ``log_sources``, in the manifest's ``truncated`` list, also when nothing was kept.
 """
@@ -30,10 +31,16 @@ from pathlib import Path
 from typing import Any
 
 from agent.collect import (
+    LOG_OPTIONS,
     LOG_SOURCES_KEY,
     CollectContext,
     Collector,
     CommandNotFound,
+    FloatOption,
+    IntOption,
+    LogRecord,
+    NewestFirstSink,
+    StrOption,
     log_bounds,
     log_source_entry,
     run_command,
@@ -59,6 +66,29 @@ QUERIES = {
 }
 
 
+LOG_DIR = StrOption(
+    "pg_log_dir", "", "the server's log directory", shown_default="first of `/var/log/postgresql`, `$PGDATA/log`"
+)
+LOG_HOURS = FloatOption(
+    "pg_log_hours",
+    0.0,
+    "how far back the server log is read, hours; 0: the run's window",
+    shown_default="0 (the run's window: `--since`, `logs_since_s`; 24 h)",
+    maximum=24 * 366,
+)
+LOG_MAX_BYTES = IntOption(
+    "pg_log_max_bytes",
+    0,
+    "bytes of the server log kept, newest first; can only lower the run's cap; 0: that cap",
+    shown_default="0 (the run's per-source cap, `logs_max_bytes_per_source`, 8 MiB, never more than `logs_max_bytes`)",
+    maximum=1 << 34,
+)
+DSN = StrOption("pg_dsn", "", "when set and `psql` is installed, the queries run with it", shown_default="unset")
+QUERY_TIMEOUT = FloatOption(
+    "pg_query_timeout_s", 3.0, "per query, seconds (`statement_timeout` too)", minimum=0.1, maximum=60.0
+)
+
+
 def default_log_dirs() -> list[Path]:
     dirs = [Path("/var/log/postgresql")]
     pgdata = os.environ.get("PGDATA")
@@ -73,6 +103,7 @@ class PostgresCollector(Collector):
     platforms = frozenset({"linux", "darwin"})
     budget_s = 5.0
     default = True
+    options = (LOG_DIR, LOG_HOURS, LOG_MAX_BYTES, DSN, QUERY_TIMEOUT, *LOG_OPTIONS)
 
     def collect(self, ctx: CollectContext) -> None:
         facts = gather(ctx)
@@ -82,12 +113,9 @@ class PostgresCollector(Collector):
 def log_window(ctx: CollectContext) -> tuple[float, int]:
     """Seconds back and the byte cap for the server log: the plugin's options, else the run's."""
     bounds = log_bounds(ctx)
-    window_s = bounds.since_s
-    if "pg_log_hours" in ctx.options:
-        window_s = ctx.float_option("pg_log_hours", 24.0, minimum=0.01, maximum=24 * 365) * 3600
-    cap = bounds.source_cap
-    if "pg_log_max_bytes" in ctx.options:
-        cap = min(cap, ctx.int_option("pg_log_max_bytes", cap, minimum=1024, maximum=1 << 34))
+    hours, most = ctx.get(LOG_HOURS), ctx.get(LOG_MAX_BYTES)
+    window_s = hours * 3600 if hours > 0 else bounds.since_s
+    cap = min(bounds.source_cap, most) if most > 0 else bounds.source_cap
     return window_s, cap
 
 
@@ -111,14 +139,14 @@ def gather(ctx: CollectContext) -> dict[str, Any]:
         else:
             kept = _write_artifact(ctx, recent, max_bytes)
             _summarise(facts, recent, kept)
-    dsn = ctx.str_option("pg_dsn", "")
+    dsn = ctx.get(DSN)
     if dsn:
         facts["server"] = query_server(ctx, dsn)
     return facts
 
 
 def _log_dir(ctx: CollectContext) -> Path | None:
-    configured = ctx.str_option("pg_log_dir", "")
+    configured = ctx.get(LOG_DIR)
     candidates = [Path(configured)] if configured else default_log_dirs()
     return next((d for d in candidates if d.is_dir()), None)
 
@@ -161,53 +189,41 @@ def _summarise(facts: dict[str, Any], recent: Recent, kept: Kept) -> None:
     ]
 
 
-def _row(n: int, file: str, e: PgLogLine) -> bytes:
-    obj: dict[str, object] = {
-        "ts": None if e.ts is None else e.ts.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
-        "src": SOURCE,
-        "sev": SEVERITY.get(e.level),
-        "msg": e.msg,
-        "n": n,
-        "file": file,
-    }
+def _record(file: str, e: PgLogLine) -> LogRecord:
+    """One server log line in the bundle's log contract (``agent.collect.LogRecord``)."""
+    extra: dict[str, str | int | list[str]] = {"file": file}
     if e.level:
-        obj["level"] = e.level
+        extra["level"] = e.level
     if e.pid is not None:
-        obj["pid"] = e.pid
+        extra["pid"] = e.pid
     hits = matches(e)
     if hits:
-        obj["patterns"] = hits
-    return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
+        extra["patterns"] = hits
+    return LogRecord(ts=e.ts, sev=SEVERITY.get(e.level), msg=e.msg, extra=extra)
 
 
 def _write_artifact(ctx: CollectContext, recent: Recent, max_bytes: int) -> Kept:
-    """The newest rows whose JSON fits ``max_bytes``, written oldest first; none: no artifact.
-
-    Rows are numbered 1.. in the artifact (``n``), which is only known after the cut,
-    so the cut sizes each row with the widest number it could get.
-    """
-    entries = recent.entries
-    widest = len(entries)
-    used, first = 0, len(entries)
-    while first > 0:
-        size = len(_row(widest, *entries[first - 1]))
-        if used + size > max_bytes:
+    """The newest rows that fit ``max_bytes``, through the agent's newest-first sink (it
+    writes them oldest first); none kept: no artifact."""
+    sink = NewestFirstSink(SOURCE, ctx.temp_path("postgresql.spool"), max_bytes)
+    newest_first = recent.entries[::-1]
+    for i, (file, entry) in enumerate(newest_first):
+        if not sink.add(_record(file, entry)):
+            sink.dropped(len(newest_first) - i - 1)  # the older ones, not built into records
             break
-        used, first = used + size, first - 1
-    if first == len(entries):
-        return Kept([], 0, first, "")
+    if not sink.lines:
+        sink.discard()
+        return Kept([], 0, sink.lines_dropped, "")
     path = ctx.temp_path("postgresql.jsonl")
-    written = 0
-    with open(path, "wb") as out:
-        for n, (file, entry) in enumerate(entries[first:], 1):
-            written += out.write(_row(n, file, entry))
+    sink.finish(path)
     ctx.add_artifact_file(ARTIFACT, path, kind="log")
-    return Kept([e for _, e in entries[first:]], written, first, ARTIFACT)
+    kept = [e for _, e in recent.entries[len(recent.entries) - sink.lines :]]
+    return Kept(kept, sink.bytes, sink.lines_dropped, ARTIFACT)
 
 
 def query_server(ctx: CollectContext, dsn: str) -> dict[str, Any]:
     """Run QUERIES through psql; each failure is recorded, never raised."""
-    timeout = ctx.float_option("pg_query_timeout_s", 3.0, minimum=0.1, maximum=60.0)
+    timeout = ctx.get(QUERY_TIMEOUT)
     out: dict[str, Any] = {}
     env = {"PGCONNECT_TIMEOUT": str(max(1, int(timeout))), "PGOPTIONS": f"-c statement_timeout={int(timeout * 1000)}"}
     for key, sql in QUERIES.items():

@@ -1,0 +1,111 @@
+"""SQLite writes of one process: small writes that wait share one commit, each in its own
+savepoint, and each caller returns only once its write is committed."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from collector.storage import NotFound, Store, StoreError
+from collector.storage.group_commit import GroupCommit
+from tests.collector.test_storage_bundles import make_agent, make_bundle
+
+
+@pytest.fixture
+def sqlite_store(tmp_path: Path) -> Iterator[Store]:
+    store = Store.open(f"sqlite:///{tmp_path / 'casefile.db'}")
+    try:
+        yield store
+    finally:
+        store.close()
+
+
+def _group(store: Store) -> GroupCommit:
+    group = store._group
+    assert group is not None
+    return group
+
+
+def _queued_behind_held_lock(store: Store, writes: list[Callable[[], object]]) -> list[object]:
+    """Run ``writes`` on threads while the process's writer lock is held, so the first
+    leads a batch of one (blocked on the lock) and the rest queue; then let go."""
+    group = _group(store)
+    results: list[object] = [None] * len(writes)
+
+    def call(i: int) -> None:
+        try:
+            results[i] = writes[i]()
+        except Exception as exc:
+            results[i] = exc
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(len(writes))]
+    with store._writer:
+        threads[0].start()
+        deadline = time.monotonic() + 10
+        while not group._leading:
+            assert time.monotonic() < deadline, "the first write never led a batch"
+            time.sleep(0.005)
+        for t in threads[1:]:
+            t.start()
+        while len(group._waiting) < len(writes) - 1:
+            assert time.monotonic() < deadline, "the writes never queued"
+            time.sleep(0.005)
+        assert all(r is None for r in results), "a write returned before its commit could run"
+    for t in threads:
+        t.join(10)
+    return results
+
+
+def test_writes_waiting_on_a_commit_share_the_next_one(sqlite_store: Store) -> None:
+    store, group = sqlite_store, _group(sqlite_store)
+    before = (group.batches, group.writes)
+    writes: list[Callable[[], object]] = [
+        lambda i=i: store.audit(actor=f"tok-{i}", action="query.list_hosts", outcome="ok")  # type: ignore[misc]
+        for i in range(20)
+    ]
+    results = _queued_behind_held_lock(store, writes)
+    assert not [r for r in results if isinstance(r, Exception)]
+    # The first alone (it led while the lock was held), then the 19 that queued: two commits.
+    assert (group.batches - before[0], group.writes - before[1]) == (2, 20)
+    stored = {r.actor for r in store.list_audit(100, action="query.list_hosts")}
+    assert stored == {f"tok-{i}" for i in range(20)}
+    # Every caller got its own row back, with its own id.
+    assert len({r.id for r in results if not isinstance(r, Exception)}) == 20  # type: ignore[attr-defined]
+
+
+def test_a_failing_write_in_a_shared_commit_fails_alone(sqlite_store: Store) -> None:
+    store = sqlite_store
+    agent = make_agent(store)
+    good = make_bundle(agent)
+    orphan = make_bundle(agent)
+    orphan = orphan.__class__(**{**vars(orphan), "agent_id": "ag_" + "0" * 16})  # no such agent: FK fails
+    writes: list[Callable[[], object]] = [
+        lambda: store.audit(actor="first", action="query.list_hosts", outcome="ok"),
+        lambda: store.insert_bundle(good, facts_pb=b"", manifest_json="{}"),
+        lambda: store.insert_bundle(orphan, facts_pb=b"", manifest_json="{}"),
+        lambda: store.audit(actor="last", action="query.list_hosts", outcome="ok"),
+    ]
+    results = _queued_behind_held_lock(store, writes)
+    assert isinstance(results[2], StoreError), results[2]
+    assert results[1] == (good, True)
+    assert store.get_bundle(good.bundle_id) == good
+    assert {r.actor for r in store.list_audit(10, action="query.list_hosts")} == {"first", "last"}
+    with pytest.raises(NotFound):
+        store.get_bundle(orphan.bundle_id)
+
+
+def test_one_writer_alone_commits_at_once(sqlite_store: Store) -> None:
+    store, group = sqlite_store, _group(sqlite_store)
+    before = group.batches
+    rec = store.audit(actor="alone", action="query.list_hosts", outcome="ok")
+    assert group.batches == before + 1
+    # Committed: another connection (another process would see the same) reads it.
+    other = Store.open(str(store.engine.url))
+    try:
+        assert [r.id for r in other.list_audit(1, actor="alone")] == [rec.id]
+    finally:
+        other.close()
