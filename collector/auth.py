@@ -17,12 +17,14 @@ import inspect
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, TypeVar, cast
 
 import grpc
 
 from agent.keys import PublicKey, fingerprint_of
 from agent.transport.proof import PROOF_WINDOW_S, check_proof_text, proof_message
+from collector import audit_batch
 from collector.edge import Rejected, status_for
 from collector.storage import AgentRecord, Store, TokenRecord
 from collector.storage.audit import outcome_for_status
@@ -129,11 +131,17 @@ class EngineerAuth:
         return record
 
     @staticmethod
-    def audited(action: str, target: Callable[[Any], str] = lambda _request: "") -> Callable[[Handler], Handler]:
+    def audited(
+        action: str, target: Callable[[Any], str] = lambda _request: "", *, refusals_only: bool = False
+    ) -> Callable[[Handler], Handler]:
         """Wrap a Query handler (coroutine or async generator) taking ``(self, request,
         context)`` whose ``self._auth`` is an EngineerAuth: one audit row per call, written
         when it ends. ``action``/``target`` name the call from the start, so a request
-        refused before authorisation (a malformed id) is audited too."""
+        refused before authorisation (a malformed id) is audited too.
+
+        ``refusals_only``: a call that ends ``ok`` writes no row; every other outcome
+        (denied, not found, an error) does. Only for a repeated read whose view is audited
+        by another call (the console's poll of a hunt it shows): the check is the same."""
 
         @contextlib.asynccontextmanager
         async def scope(self: Any, request: Any, context: Any) -> AsyncIterator[None]:
@@ -152,7 +160,8 @@ class EngineerAuth:
                     outcome, detail = call.outcome, call.outcome_detail
             finally:
                 _CURRENT_CALL.reset(reset)
-                await self._auth._write(call, context.peer() or "", outcome, detail)
+                if not (refusals_only and outcome == "ok"):
+                    await self._auth._write(call, context.peer() or "", outcome, detail)
 
         def wrap(fn: Handler) -> Handler:
             if inspect.isasyncgenfunction(fn):
@@ -176,17 +185,21 @@ class EngineerAuth:
 
     async def _write(self, call: AuditedCall, peer: str, outcome: str, detail: str) -> None:
         record = call.record
-        await asyncio.to_thread(
-            self._store.audit,
-            actor=record.id if record else call.actor,
-            actor_label=record.label if record else "",
-            role=(record.role or "") if record else "",
-            action=call.action,
-            target=call.target,
-            peer=peer,
-            outcome=outcome,
-            detail=detail,
-        )
+        row: dict[str, Any] = {
+            "actor": record.id if record else call.actor,
+            "actor_label": record.label if record else "",
+            "role": (record.role or "") if record else "",
+            "action": call.action,
+            "target": call.target,
+            "peer": peer,
+            "outcome": outcome,
+            "detail": detail,
+        }
+        batch = audit_batch.pending()  # a console page: its rows go in one commit (collector.audit_batch)
+        if batch is not None:
+            batch.rows.append({**row, "at": datetime.now(UTC)})
+            return
+        await asyncio.to_thread(self._store.audit, **row)
 
 
 def _outcome(call: AuditedCall, exc: BaseException) -> tuple[str, str]:

@@ -201,7 +201,7 @@ class ListHostsResponse(_message.Message):
     def __init__(self, hosts: _Optional[_Iterable[_Union[Host, _Mapping]]] = ..., next_page_token: _Optional[str] = ..., agents_without_bundles: _Optional[_Iterable[_Union[AgentWithoutBundles, _Mapping]]] = ...) -> None: ...
 
 class ListBundlesRequest(_message.Message):
-    __slots__ = ("hostname", "case_id", "agent_id", "since", "until", "page_size", "page_token")
+    __slots__ = ("hostname", "case_id", "agent_id", "since", "until", "page_size", "page_token", "without_case")
     HOSTNAME_FIELD_NUMBER: _ClassVar[int]
     CASE_ID_FIELD_NUMBER: _ClassVar[int]
     AGENT_ID_FIELD_NUMBER: _ClassVar[int]
@@ -209,6 +209,7 @@ class ListBundlesRequest(_message.Message):
     UNTIL_FIELD_NUMBER: _ClassVar[int]
     PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
     PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    WITHOUT_CASE_FIELD_NUMBER: _ClassVar[int]
     hostname: str
     case_id: str
     agent_id: str
@@ -216,7 +217,8 @@ class ListBundlesRequest(_message.Message):
     until: _timestamp_pb2.Timestamp
     page_size: int
     page_token: str
-    def __init__(self, hostname: _Optional[str] = ..., case_id: _Optional[str] = ..., agent_id: _Optional[str] = ..., since: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., until: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+    without_case: bool
+    def __init__(self, hostname: _Optional[str] = ..., case_id: _Optional[str] = ..., agent_id: _Optional[str] = ..., since: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., until: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., without_case: _Optional[bool] = ...) -> None: ...
 
 class BundleSummary(_message.Message):
     __slots__ = ("bundle_id", "agent_id", "hostname", "case_id", "kind", "created_at", "received_at", "size", "sha256", "key_fingerprint", "agent_version", "file_name", "collectors_ok", "collectors_failed", "origin_fingerprint", "collectors_skipped")
@@ -335,12 +337,22 @@ class ProbeAnswer(_message.Message):
     def __init__(self, nonce: _Optional[bytes] = ...) -> None: ...
 
 class ChannelHello(_message.Message):
-    __slots__ = ("agent_id", "agent_version")
+    __slots__ = ("agent_id", "agent_version", "policy")
     AGENT_ID_FIELD_NUMBER: _ClassVar[int]
     AGENT_VERSION_FIELD_NUMBER: _ClassVar[int]
+    POLICY_FIELD_NUMBER: _ClassVar[int]
     agent_id: str
     agent_version: str
-    def __init__(self, agent_id: _Optional[str] = ..., agent_version: _Optional[str] = ...) -> None: ...
+    policy: LivePolicy
+    def __init__(self, agent_id: _Optional[str] = ..., agent_version: _Optional[str] = ..., policy: _Optional[_Union[LivePolicy, _Mapping]] = ...) -> None: ...
+
+class LivePolicy(_message.Message):
+    __slots__ = ("allowed_scopes", "max_logs_window_s")
+    ALLOWED_SCOPES_FIELD_NUMBER: _ClassVar[int]
+    MAX_LOGS_WINDOW_S_FIELD_NUMBER: _ClassVar[int]
+    allowed_scopes: _containers.RepeatedScalarFieldContainer[str]
+    max_logs_window_s: int
+    def __init__(self, allowed_scopes: _Optional[_Iterable[str]] = ..., max_logs_window_s: _Optional[int] = ...) -> None: ...
 
 class Challenge(_message.Message):
     __slots__ = ("nonce",)
@@ -517,7 +529,7 @@ class ListAuditResponse(_message.Message):
     def __init__(self, entries: _Optional[_Iterable[_Union[AuditEntry, _Mapping]]] = ...) -> None: ...
 
 class ListFindingsRequest(_message.Message):
-    __slots__ = ("rules", "min_severity", "hostname", "case_id", "agent_id", "since", "until", "text", "page_size", "page_token")
+    __slots__ = ("rules", "min_severity", "hostname", "case_id", "agent_id", "since", "until", "text", "page_size", "page_token", "bundle_ids")
     RULES_FIELD_NUMBER: _ClassVar[int]
     MIN_SEVERITY_FIELD_NUMBER: _ClassVar[int]
     HOSTNAME_FIELD_NUMBER: _ClassVar[int]
@@ -528,6 +540,7 @@ class ListFindingsRequest(_message.Message):
     TEXT_FIELD_NUMBER: _ClassVar[int]
     PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
     PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    BUNDLE_IDS_FIELD_NUMBER: _ClassVar[int]
     rules: _containers.RepeatedScalarFieldContainer[str]
     min_severity: str
     hostname: str
@@ -538,7 +551,8 @@ class ListFindingsRequest(_message.Message):
     text: str
     page_size: int
     page_token: str
-    def __init__(self, rules: _Optional[_Iterable[str]] = ..., min_severity: _Optional[str] = ..., hostname: _Optional[str] = ..., case_id: _Optional[str] = ..., agent_id: _Optional[str] = ..., since: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., until: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., text: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+    bundle_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, rules: _Optional[_Iterable[str]] = ..., min_severity: _Optional[str] = ..., hostname: _Optional[str] = ..., case_id: _Optional[str] = ..., agent_id: _Optional[str] = ..., since: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., until: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., text: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., bundle_ids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class StoredFinding(_message.Message):
     __slots__ = ("bundle_id", "hostname", "case_id", "agent_id", "created_at", "rule", "severity", "title", "subject", "numbers", "evidence")

@@ -280,7 +280,12 @@ class AgentService:
     async def _handshake(self, call: BidiStream) -> collector_pb2.CollectorMessage:
         """Hello, the signed challenge; the collector's ChannelAccepted."""
         agent_id = self.enrollment.agent_id
-        hello = collector_pb2.ChannelHello(agent_id=agent_id, agent_version=__version__)
+        # What this machine's policy allows a live request, so an engineer is offered only that
+        # (the agent still judges every request against it).
+        policy = collector_pb2.LivePolicy(
+            allowed_scopes=list(self.policy.allowed_scopes), max_logs_window_s=self.policy.max_logs_window_s
+        )
+        hello = collector_pb2.ChannelHello(agent_id=agent_id, agent_version=__version__, policy=policy)
         await call.write(collector_pb2.AgentMessage(hello=hello).SerializeToString())
         first = _parse(await call.read())
         if first is None or first.WhichOneof("msg") != "challenge":

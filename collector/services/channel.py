@@ -2,7 +2,8 @@
 
 Handshake, in this order, each step bounded by ``HANDSHAKE_TIMEOUT_S``:
 
-1. agent → ``ChannelHello{agent_id}``
+1. agent → ``ChannelHello{agent_id, agent_version, policy}`` (``policy``: what the machine's
+   policy allows a live request; stored with the agent for the console's snapshot form)
 2. collector → ``Challenge{nonce}``: 32 fresh random bytes for this stream only
 3. agent → ``ChallengeResponse{signature}``: Ed25519 over
    ``b"casefile-channel-v1\\n" + nonce + b"\\n" + agent_id`` (``channel_message``)
@@ -51,7 +52,7 @@ from collector.storage import Store
 from collector.storage.errors import NotFound
 from protos import collector_pb2, collector_pb2_grpc
 
-__all__ = ["HANDSHAKE_TIMEOUT_S", "MAX_HANDSHAKES", "ChannelService", "channel_message"]
+__all__ = ["HANDSHAKE_TIMEOUT_S", "MAX_HANDSHAKES", "ChannelService", "channel_message", "reported_policy"]
 
 log = logging.getLogger("casefile.collector.channel")
 
@@ -71,6 +72,20 @@ async def _next(it: AsyncIterator[collector_pb2.AgentMessage], what: str) -> col
         raise Rejected(grpc.StatusCode.CANCELLED, f"channel closed by the agent before {what}") from None
     except TimeoutError:
         raise Rejected(grpc.StatusCode.DEADLINE_EXCEEDED, f"no {what} within {HANDSHAKE_TIMEOUT_S:g} s") from None
+
+
+_MAX_REPORTED_SCOPES = 64
+
+
+def reported_policy(hello: collector_pb2.ChannelHello) -> dict[str, Any] | None:
+    """What the agent's hello says its policy allows a live request, bounded and printable;
+    None from an agent too old to say (its stored report, if any, is kept)."""
+    if not hello.HasField("policy"):
+        return None
+    scopes = [
+        s for s in hello.policy.allowed_scopes[:_MAX_REPORTED_SCOPES] if 0 < len(s) <= 100 and s.isprintable()
+    ]
+    return {"allowed_scopes": scopes, "max_logs_window_s": max(0, int(hello.policy.max_logs_window_s))}
 
 
 class ChannelService(collector_pb2_grpc.ChannelServicer):
@@ -188,7 +203,9 @@ class ChannelService(collector_pb2_grpc.ChannelServicer):
             reader: asyncio.Task[None] | None = None
             try:
                 detail = f"{agent.hostname}, agent {first.hello.agent_version}"
-                await self._log.record(seen=agent.id, audit=self._entry(agent.id, peer, "ok", detail))
+                await self._log.record(
+                    seen=agent.id, audit=self._entry(agent.id, peer, "ok", detail), policy=reported_policy(first.hello)
+                )
                 log.info("agent %s (%s) connected from %s", agent.id, agent.hostname, peer)
                 self.handshaking -= 1
                 counted = False

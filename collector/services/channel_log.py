@@ -32,14 +32,19 @@ class ChannelLog:
     def __init__(self, store: Store, executor: Executor) -> None:
         self._store = store
         self._executor = executor
-        self._pending: list[tuple[str | None, dict[str, Any] | None, asyncio.Future[None]]] = []
+        self._pending: list[
+            tuple[str | None, dict[str, Any] | None, dict[str, Any] | None, asyncio.Future[None]]
+        ] = []
         self._flusher: asyncio.Task[None] | None = None
         self.batches = 0  # transactions committed (for tests and benchmarks)
 
-    async def record(self, seen: str | None = None, audit: dict[str, Any] | None = None) -> None:
-        """Agent ``seen`` now and/or one audit row (``Store.audit``'s arguments); returns once committed."""
+    async def record(
+        self, seen: str | None = None, audit: dict[str, Any] | None = None, policy: dict[str, Any] | None = None
+    ) -> None:
+        """Agent ``seen`` now (with the live ``policy`` it reported, if any) and/or one audit row
+        (``Store.audit``'s arguments); returns once committed."""
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._pending.append((seen, audit, done))
+        self._pending.append((seen, audit, policy, done))
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.create_task(self._flush())
         await done
@@ -48,16 +53,17 @@ class ChannelLog:
         loop = asyncio.get_running_loop()
         while self._pending:
             batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
-            seen = [s for s, _a, _f in batch if s is not None]
-            rows = [a for _s, a, _f in batch if a is not None]
+            seen = [s for s, _a, _p, _f in batch if s is not None]
+            rows = [a for _s, a, _p, _f in batch if a is not None]
+            policies = {s: p for s, _a, p, _f in batch if s is not None and p is not None}
             try:
-                await loop.run_in_executor(self._executor, self._store.seen_and_audited, seen, rows)
+                await loop.run_in_executor(self._executor, self._store.seen_and_audited, seen, rows, policies)
             except Exception as exc:
-                for _s, _a, fut in batch:
+                for *_x, fut in batch:
                     if not fut.done():
                         fut.set_exception(exc)
             else:
                 self.batches += 1
-                for _s, _a, fut in batch:
+                for *_x, fut in batch:
                     if not fut.done():
                         fut.set_result(None)

@@ -15,6 +15,7 @@ from typing import Any
 import grpc
 
 from agent.analysis.model import SEVERITY_RANK
+from agent.bundle import is_bundle_id
 from collector.analysis import analyse_bundle
 from collector.auth import EngineerAuth
 from collector.edge import unary
@@ -68,6 +69,11 @@ def _check_findings_request(r: collector_pb2.ListFindingsRequest) -> int:
         raise InvalidArgument(f"agent_id {clip(r.agent_id, 40)!r} is not an agent id (ag_…, at most 32 characters)")
     if r.page_size < 0 or r.page_size > 1000:
         raise InvalidArgument(f"page_size {r.page_size} is not between 0 and 1000")
+    if len(r.bundle_ids) > 1000:
+        raise InvalidArgument(f"{len(r.bundle_ids)} bundle ids given; at most 1000 are allowed")
+    for bundle_id in r.bundle_ids:
+        if not is_bundle_id(bundle_id):
+            raise InvalidArgument(f"bundle id {clip(bundle_id, 40)!r} is not a bundle id (32 lowercase hex digits)")
     return SEVERITY_RANK.get(r.min_severity, 0)
 
 
@@ -98,6 +104,7 @@ def _findings_target(r: collector_pb2.ListFindingsRequest) -> str:
         ("host", r.hostname),
         ("case", r.case_id),
         ("agent", r.agent_id),
+        ("bundles", str(len(r.bundle_ids)) if r.bundle_ids else ""),
     )
     return clip(",".join(f"{k}={v}" for k, v in pairs if v), 200)
 
@@ -131,6 +138,7 @@ class FleetQueries:
             text=request.text or None,
             page_size=request.page_size or 100,
             cursor=request.page_token or None,
+            bundle_ids=list(request.bundle_ids),
         )
         return collector_pb2.ListFindingsResponse(findings=[_finding_pb(f) for f in rows], next_page_token=nxt or "")
 

@@ -14,13 +14,13 @@ from typing import Any
 
 import grpc
 
-from agent.analysis import BundleView, analyse
 from agent.transport.live_states import LiveState, state_of
 from collector.auth import EngineerAuth
 from collector.edge import unary
 from collector.hunt_compare import compare, metrics_of
 from collector.hunts import create_hunt, hunt_status
 from collector.live import LiveRouter
+from collector.services.fleet import stored_analysis
 from collector.storage import BlobStore, Store
 from collector.storage.errors import InvalidArgument
 from collector.storage.text import clip
@@ -75,6 +75,18 @@ class HuntService(collector_pb2_grpc.HuntServicer):
         return await hunt_status(self._store, self._router, request.hunt_id)
 
     @unary
+    @audited("hunt.status", lambda r: r.hunt_id[:40], refusals_only=True)
+    async def PollHuntStatus(
+        self, request: collector_pb2.HuntRef, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> collector_pb2.HuntStatus:
+        """GetHuntStatus for a page that polls a hunt it shows (the console): the same
+        checks and role; audited only when refused, since showing the hunt was audited
+        (``hunt.results``). Not an RPC of the Hunt service."""
+        _hunt_id(request.hunt_id)
+        await self._auth.require(context, role="engineer")
+        return await hunt_status(self._store, self._router, request.hunt_id)
+
+    @unary
     @audited("hunt.results", lambda r: r.hunt_id[:40])
     async def GetHuntResults(
         self, request: collector_pb2.HuntRef, context: grpc.aio.ServicerContext[Any, Any]
@@ -87,18 +99,23 @@ class HuntService(collector_pb2_grpc.HuntServicer):
         figures: dict[str, dict[str, float]] = {}
         findings: dict[str, list[tuple[str, str, str]]] = {}
         bundles = []
+        ids = [h.bundle_id for h in done]
+        stored = await asyncio.to_thread(self._store.stored_findings_of, ids)
+        missing = [bundle_id for bundle_id in ids if bundle_id not in stored]
+        if missing:  # analysed at ingest; one the worker has not reached yet is analysed once, now
+            for bundle_id in missing:
+                await stored_analysis(self._store, self._blobs, bundle_id)
+            stored.update(await asyncio.to_thread(self._store.stored_findings_of, missing))
         for host in done:
             # Two agents may report one host name: then each is named with its agent id.
             name = host.hostname if names.count(host.hostname) == 1 else f"{host.hostname} ({host.agent_id})"
-            figures[name], findings[name] = await asyncio.to_thread(self._read, host.bundle_id)
+            figures[name] = await asyncio.to_thread(self._figures, host.bundle_id)
+            findings[name] = stored.get(host.bundle_id, [])
             bundles.append({"host": name, "agent_id": host.agent_id, "bundle_id": host.bundle_id})
         doc = {"hunt_id": status.hunt_id, "bundles": bundles, **compare(figures, findings)}
         return collector_pb2.HuntResults(status=status, json=json.dumps(doc, ensure_ascii=False))
 
-    def _read(self, bundle_id: str) -> tuple[dict[str, float], list[tuple[str, str, str]]]:
-        """One stored bundle's compared figures and its findings (verified again on read)."""
+    def _figures(self, bundle_id: str) -> dict[str, float]:
+        """One stored bundle's compared figures, from the facts stored at ingest (no blob read)."""
         facts_pb, _ = self._store.get_bundle_content(bundle_id)
-        figures = metrics_of(facts_pb2.Snapshot.FromString(facts_pb))
-        rec = self._store.get_bundle(bundle_id)
-        result = analyse(BundleView.from_file(self._blobs.blob_path(rec.blob_key))).findings
-        return figures, [(f.key, f.severity, f.title) for f in result.findings]
+        return metrics_of(facts_pb2.Snapshot.FromString(facts_pb))

@@ -110,7 +110,8 @@ def _page_token(value: str) -> str:
 
 def _bundle_filters(request: collector_pb2.ListBundlesRequest) -> str:
     """A listing's filters as its audit target: ``host=web1,case=SR-1``."""
-    pairs = (("host", request.hostname), ("case", request.case_id), ("agent", request.agent_id))
+    case = "(none)" if request.without_case else request.case_id
+    pairs = (("host", request.hostname), ("case", case), ("agent", request.agent_id))
     return ",".join(f"{k}={v}" for k, v in pairs if v)
 
 
@@ -167,6 +168,8 @@ class QueryService(FleetQueries, collector_pb2_grpc.QueryServicer):
         _text("case_id", request.case_id, 200)
         _agent_id("agent_id", request.agent_id)
         _page_token(request.page_token)
+        if request.without_case and request.case_id:
+            raise InvalidArgument("without_case and case_id exclude each other")
         await self._auth.require(context, role="viewer")
         rows, nxt = await asyncio.to_thread(
             self._store.list_bundles,
@@ -177,6 +180,7 @@ class QueryService(FleetQueries, collector_pb2_grpc.QueryServicer):
             until=_when(request.until, request.HasField("until")),
             page_size=request.page_size or 100,
             cursor=request.page_token or None,
+            without_case=request.without_case,
         )
         return collector_pb2.ListBundlesResponse(bundles=[summary_of(r) for r in rows], next_page_token=nxt or "")
 

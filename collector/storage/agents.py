@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import secrets
 from datetime import datetime
 from typing import Any
@@ -103,15 +104,37 @@ class AgentMethods(StoreBase):
             raise NotFound(f"no agent with key {fingerprint}", what="agent", key=fingerprint)
         return _agent(row)
 
-    def touch_agent(self, agent_id: str, at: datetime | None = None) -> None:
-        """Record that the agent was seen (channel connect, upload)."""
+    def touch_agent(
+        self, agent_id: str, at: datetime | None = None, *, live_policy: dict[str, Any] | None = None
+    ) -> None:
+        """Record that the agent was seen (channel connect, upload); ``live_policy``: what its
+        policy allows a live request, as it reported on connect (kept until the next report)."""
         when = to_micros(at) if at is not None else self._now()
+        values: dict[str, Any] = {"last_seen_at": when}
+        if live_policy is not None:
+            values["live_policy_json"] = json.dumps(live_policy, sort_keys=True)
         done = self._write_grouped(
-            lambda conn: conn.execute(
-                agents.update().where(agents.c.id == agent_id).values(last_seen_at=when)
-            ).rowcount
+            lambda conn: conn.execute(agents.update().where(agents.c.id == agent_id).values(**values)).rowcount
         )
         if done == 0:
             raise NotFound(f"agent {agent_id!r} not found", what="agent", key=agent_id)
 
-    # -- bundles and hosts --------------------------------------------------
+    def agent_live_policies(self, agent_ids: list[str]) -> dict[str, dict[str, Any]]:
+        """The live policy each of these agents last reported; an agent that never did is absent."""
+        if not agent_ids:
+            return {}
+        out: dict[str, dict[str, Any]] = {}
+        with self._read() as conn:
+            rows = conn.execute(
+                select(agents.c.id, agents.c.live_policy_json).where(
+                    agents.c.id.in_(agent_ids), agents.c.live_policy_json.is_not(None)
+                )
+            )
+            for agent_id, text in rows:
+                try:
+                    found = json.loads(text)
+                except ValueError:
+                    continue
+                if isinstance(found, dict):
+                    out[agent_id] = found
+        return out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from typing import Any
 
@@ -159,7 +160,9 @@ class AuditMethods(StoreBase):
             "detail": _field(detail),
         }
 
-    def seen_and_audited(self, seen: list[str], entries: list[dict[str, Any]]) -> None:
+    def seen_and_audited(
+        self, seen: list[str], entries: list[dict[str, Any]], policies: dict[str, dict[str, Any]] | None = None
+    ) -> None:
         """In one transaction: ``last_seen_at`` of the agents ``seen`` set to now, and one
         audit row per entry (the keyword arguments of :meth:`audit`).
 
@@ -167,6 +170,7 @@ class AuditMethods(StoreBase):
         restart thousands of agents reconnect at once, and two commits each (each an fsync
         on SQLite) would queue them for longer than they wait. An agent id no longer
         enrolled is skipped, not an error: it was seen, and its audit row says so.
+        ``policies``: the live policy an agent reported on connecting (``agents.live_policy_json``).
         """
         rows = [self._audit_values(**e) for e in entries]
         now = self._now()
@@ -174,10 +178,31 @@ class AuditMethods(StoreBase):
             if seen:
                 stmt = agents.update().where(agents.c.id == bindparam("agent_id")).values(last_seen_at=bindparam("at"))
                 conn.execute(stmt, [{"agent_id": a, "at": now} for a in dict.fromkeys(seen)])
+            if policies:
+                stmt = (
+                    agents.update()
+                    .where(agents.c.id == bindparam("agent_id"))
+                    .values(live_policy_json=bindparam("policy"))
+                )
+                conn.execute(
+                    stmt, [{"agent_id": a, "policy": json.dumps(p, sort_keys=True)} for a, p in policies.items()]
+                )
             if rows:
                 conn.execute(audit_log.insert(), rows)
         if rows:
             self._rows_inserted("audit_log")
+
+    def audit_rows(self, rows: list[dict[str, Any]]) -> int:
+        """Append several entries, each with its own time (the keyword arguments of
+        :meth:`audit`, ``at`` included: a console page's calls, ``collector.audit_batch``), in one
+        transaction, in order; how many."""
+        values = [self._audit_values(**r) for r in rows]
+        if values:
+            with self._write() as conn:
+                for v in values:  # one statement each: ids in call order on both databases
+                    conn.execute(audit_log.insert().values(v))
+            self._rows_inserted("audit_log")
+        return len(values)
 
     def list_audit(
         self,

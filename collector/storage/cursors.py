@@ -19,8 +19,10 @@ __all__ = [
     "MAX_PAGE_SIZE",
     "clamp_page_size",
     "decode_bundle_cursor",
+    "decode_case_cursor",
     "decode_host_cursor",
     "encode_bundle_cursor",
+    "encode_case_cursor",
     "encode_host_cursor",
 ]
 
@@ -74,3 +76,21 @@ def decode_host_cursor(cursor: str) -> str:
     if not text.startswith("h1:") or len(text) == 3:
         raise InvalidArgument("invalid page token")
     return text[3:]
+
+
+_CASE_RE = re.compile(r"c1:(0|-?[1-9][0-9]{0,18}):(.+)", re.DOTALL)
+
+
+def encode_case_cursor(last_micros: int, case_id: str) -> str:
+    return _encode(f"c1:{last_micros}:{case_id}")
+
+
+def decode_case_cursor(cursor: str) -> tuple[int, str]:
+    """``(newest bundle's created_at, case_id)`` of the last case of the previous page."""
+    match = _CASE_RE.fullmatch(_decode(cursor))
+    if match is None:
+        raise InvalidArgument("invalid page token")
+    micros = int(match.group(1))
+    if not _INT64[0] <= micros <= _INT64[1]:
+        raise InvalidArgument("invalid page token")
+    return micros, match.group(2)

@@ -210,6 +210,29 @@ class FindingsMethods(StoreBase):
             row = conn.execute(select(bundle_analysis).where(bundle_analysis.c.bundle_id == bundle_id)).first()
         return None if row is None else _stored(row._mapping)
 
+    def stored_findings_of(self, bundle_ids: Sequence[str]) -> dict[str, list[tuple[str, str, str]]]:
+        """``(key, severity, title)`` of each stored finding, per bundle, in the analysis's
+        order (``key`` is ``rule:subject``, or the rule alone, as ``Finding.key``). A bundle
+        with no stored analysis is absent; an analysed one without findings maps to ``[]``."""
+        ids = list(bundle_ids)
+        if not ids:
+            return {}
+        f = finding_rows.c
+        with self._read() as conn:
+            analysed = conn.execute(
+                select(bundle_analysis.c.bundle_id).where(bundle_analysis.c.bundle_id.in_(ids))
+            ).scalars()
+            out: dict[str, list[tuple[str, str, str]]] = {bundle_id: [] for bundle_id in analysed}
+            rows = conn.execute(
+                select(f.bundle_id, f.rule, f.subject, f.severity, f.title)
+                .where(f.bundle_id.in_(ids))
+                .order_by(f.bundle_id, f.id)
+            )
+            for bundle_id, rule, subject, severity, title in rows:
+                if bundle_id in out:
+                    out[bundle_id].append((f"{rule}:{subject}" if subject else rule, severity, title))
+        return out
+
     def bundles_to_analyse(
         self, *, version: str | None = None, since_us: int | None = None, after: str = "", limit: int = 100
     ) -> list[str]:
@@ -244,10 +267,13 @@ class FindingsMethods(StoreBase):
         text: str | None = None,
         page_size: int = 100,
         cursor: str | None = None,
+        bundle_ids: Sequence[str] = (),
     ) -> tuple[list[ListedFinding], str | None]:
         """Stored findings, newest bundle first, keyset-paged; every value is a bound parameter."""
         t = finding_rows.c
         conds: list[ColumnElement[bool]] = []
+        if bundle_ids:
+            conds.append(t.bundle_id.in_(list(bundle_ids)))
         if rules:
             conds.append(t.rule.in_(list(rules)))
         if min_rank:

@@ -19,6 +19,8 @@ from agent.bundle.names import is_bundle_id, is_sha256
 from collector.storage.agents import AgentMethods
 from collector.storage.audit import AuditMethods
 from collector.storage.base import Clock, make_engine, utc_now
+from collector.storage.case_activity_schema import case_activity, case_hosts
+from collector.storage.case_list import CaseListMethods
 from collector.storage.cases import CaseMethods
 from collector.storage.cursors import (
     clamp_page_size,
@@ -41,6 +43,7 @@ from collector.storage.schema import (
     hosts,
     to_micros,
 )
+from collector.storage.sessions import SessionMethods
 from collector.storage.specs import SpecMethods
 from collector.storage.stats import StatsMethods
 from collector.storage.text import clip
@@ -79,6 +82,7 @@ class Store(
     TokenMethods,
     AgentMethods,
     CaseMethods,
+    CaseListMethods,
     AuditMethods,
     LiveMethods,
     StatsMethods,
@@ -86,6 +90,7 @@ class Store(
     FindingsMethods,
     HuntMethods,
     SpecMethods,
+    SessionMethods,
 ):
     """Metadata for the collector. Open with ``Store.open(url)``; close when done."""
 
@@ -198,6 +203,26 @@ class Store(
             .values(hostname=rec.hostname, agent_id=rec.agent_id)
             .on_conflict_do_nothing()
         )
+        if rec.case_id:
+            conn.execute(
+                self._insert(case_hosts).values(case_id=rec.case_id, hostname=rec.hostname).on_conflict_do_nothing()
+            )
+            act = self._insert(case_activity).values(
+                case_id=rec.case_id, last_created_at=created, bundle_count=1
+            )
+            cur = case_activity.c
+            conn.execute(
+                act.on_conflict_do_update(
+                    index_elements=["case_id"],
+                    set_={
+                        "bundle_count": cur.bundle_count + 1,
+                        "last_created_at": case(
+                            (act.excluded.last_created_at > cur.last_created_at, act.excluded.last_created_at),
+                            else_=cur.last_created_at,
+                        ),
+                    },
+                )
+            )
 
     def get_bundle(self, bundle_id: str) -> BundleRecord:
         with self._read() as conn:
@@ -228,11 +253,13 @@ class Store(
         until: datetime | None = None,
         page_size: int = 100,
         cursor: str | None = None,
+        without_case: bool = False,
     ) -> tuple[list[BundleRecord], str | None]:
         """A page of bundles, newest first; pass the returned cursor for the next page.
 
         ``since`` is inclusive, ``until`` exclusive (both on ``created_at``). The
         next cursor is ``None`` on the last page; an empty cursor means the first.
+        ``without_case``: only bundles outside any case (the case index's NULL range).
         """
         b = bundles.c
         size = clamp_page_size(page_size)
@@ -241,6 +268,8 @@ class Store(
             query = query.where(b.hostname == hostname)
         if case_id is not None:
             query = query.where(b.case_id == case_id)
+        elif without_case:
+            query = query.where(b.case_id.is_(None))
         if agent_id is not None:
             query = query.where(b.agent_id == agent_id)
         if since is not None:

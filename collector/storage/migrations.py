@@ -13,9 +13,10 @@ version under it, so exactly one replica applies a step. On SQLite the
 Adding a step: append ``Migration(n + 1, "what", fn)``. A step that adds tables
 gives them their own ``MetaData`` in a ``*_schema`` module (``live_schema``,
 ``refusals_schema``, ``findings_schema``, ``cases_schema``, ``hunts_schema``,
-``replicas_schema``, ``specs_schema``), which this module imports without importing the
-store; one that changes a table of ``schema.metadata`` alters it here. Version 1 is frozen
-in ``schema_v1`` (the original tables), so a fresh database walks every step in order.
+``replicas_schema``, ``specs_schema``, ``sessions_schema``, ``case_activity_schema``), which
+this module imports without importing the store; one that changes a table of
+``schema.metadata`` alters it here. Version 1 is frozen in ``schema_v1`` (the original
+tables), so a fresh database walks every step in order.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from datetime import UTC, datetime
 
 from sqlalchemy import Connection, Engine, func, select, text
 
+from collector.storage.case_activity_schema import create_case_activity_tables
 from collector.storage.cases_schema import create_case_tables
 from collector.storage.counts import SKIPPED_STATES
 from collector.storage.errors import SchemaError
@@ -37,6 +39,7 @@ from collector.storage.refusals_schema import create_refusal_tables
 from collector.storage.replicas_schema import create_replica_tables
 from collector.storage.schema import schema_version, to_micros
 from collector.storage.schema_v1 import create_v1
+from collector.storage.sessions_schema import create_session_tables
 from collector.storage.specs_schema import create_spec_tables
 
 __all__ = [
@@ -101,6 +104,13 @@ def _bundle_origin_and_skipped(conn: Connection) -> None:
             )
 
 
+def _agent_live_policy(conn: Connection) -> None:
+    """Agent column ``live_policy_json``: what the agent's policy allows a live request, as
+    it reported on its last channel connect (``{"allowed_scopes": [...], "max_logs_window_s":
+    n}``); NULL until an agent that reports it connects."""
+    conn.execute(text("ALTER TABLE agents ADD COLUMN live_policy_json TEXT"))
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial schema", _initial_schema),
     Migration(2, "live snapshot requests", create_live_tables),
@@ -112,6 +122,9 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(8, "hunts, their live requests, agent labels", create_hunt_tables),
     Migration(9, "collector replicas: one heartbeat row each", create_replica_tables),
     Migration(10, "signed collection specs", create_spec_tables),
+    Migration(11, "console sessions shared by every replica", create_session_tables),
+    Migration(12, "agents: the live policy each reported on connect", _agent_live_policy),
+    Migration(13, "case listing: one row per case", create_case_activity_tables),
 )
 LATEST_VERSION = MIGRATIONS[-1].version
 

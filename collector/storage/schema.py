@@ -91,6 +91,9 @@ agents = Table(
     Column("token_id", String(32), ForeignKey("tokens.id"), nullable=True),
     Column("case_id", String(200), nullable=True),
     Column("last_seen_at", BigInteger, nullable=True),
+    # Step 12. What the agent's policy allows a live request, as reported on its last channel
+    # connect (JSON: allowed_scopes, max_logs_window_s); NULL until it reports one.
+    Column("live_policy_json", Text, nullable=True),
 )
 
 bundles = Table(

@@ -21,13 +21,16 @@ from agent.units import parse_duration
 from collector.auth import EngineerAuth
 from collector.edge import unary
 from collector.storage import BlobStore, Store, TokenRecord
+from collector.storage.case_list import CaseSummary
 from collector.storage.errors import InvalidArgument
 from collector.storage.text import clip
 from collector.web.logs import LogPage, parse_filter, read_log_page
 
-__all__ = ["ConsoleActions", "LogRequest", "NewToken", "TokenRef"]
+__all__ = ["CASES_PAGE", "CasesRequest", "ConsoleActions", "LogRequest", "NewToken", "TokenRef"]
 
 audited = EngineerAuth.audited
+
+CASES_PAGE = 50  # cases per page of the case listing
 
 _TOKEN_DEFAULTS = {"enroll": ("24h", 1), "case": ("14d", None), "engineer": ("30d", None)}
 
@@ -45,6 +48,13 @@ class NewToken:
 @dataclass(frozen=True)
 class TokenRef:
     token_id: str
+
+
+@dataclass(frozen=True)
+class CasesRequest:
+    """A page of the case listing: the opaque token of the previous page's last case."""
+
+    page_token: str = ""
 
 
 @dataclass(frozen=True)
@@ -126,6 +136,18 @@ class ConsoleActions:
             raise InvalidArgument(f"token id {clip(request.token_id, 40)!r} is not a token id")
         await self._auth.require(context, role="admin")
         return await asyncio.to_thread(self._store.revoke_token, request.token_id)
+
+    @unary
+    @audited("query.list_cases")
+    async def ListCases(self, request: CasesRequest, context: Any) -> tuple[list[CaseSummary], str | None]:
+        """Cases by their newest bundle, with hosts and worst finding: what ListBundles and
+        ListFindings show, so the viewer role (as those)."""
+        if len(request.page_token) > 1000 or not request.page_token.isascii():
+            raise InvalidArgument("page token is not one this collector handed out")
+        await self._auth.require(context, role="viewer")
+        return await asyncio.to_thread(
+            self._store.list_cases, page_size=CASES_PAGE, cursor=request.page_token or None
+        )
 
     @unary
     @audited("query.read_logs", lambda r: r.bundle_id)

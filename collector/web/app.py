@@ -26,6 +26,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from collector.audit_batch import one_commit
 from collector.edge import status_for
 from collector.live import LiveRouter
 from collector.services.hunt_service import HuntService
@@ -107,7 +108,7 @@ class Console:
         # Hunts deliver live requests: without a live router (no agent channel) there are none.
         self.hunts = HuntService(store, blobs, router) if router is not None else None
         self.actions = ConsoleActions(store, blobs, cache_dir)
-        self.sessions = SessionTable()
+        self.sessions = SessionTable(store)
         self.templates = Environment(
             loader=FileSystemLoader(HERE / "templates"), autoescape=True, trim_blocks=True, lstrip_blocks=True
         )
@@ -138,8 +139,8 @@ class Console:
 
     # ---------------------------------------------------------------- sessions
 
-    def session_of(self, request: Request) -> Session | None:
-        return self.sessions.get(request.cookies.get(COOKIE))
+    async def session_of(self, request: Request) -> Session | None:
+        return await self.sessions.get(request.cookies.get(COOKIE))
 
     def peer(self, request: Request) -> str:
         client = request.client
@@ -164,20 +165,21 @@ class Console:
         """A page for signed-in engineers; API refusals become HTTP statuses."""
 
         async def endpoint(request: Request) -> Response:
-            session = self.session_of(request)
+            session = await self.session_of(request)
             try:
                 if session is None or not session.signed_in:
                     raise SignInNeeded
                 request.state.session = session
-                return await fn(request, session)
+                async with one_commit(self.store):  # the page's audit rows: one commit
+                    return await fn(request, session)
             except SignInNeeded:
-                return self.to_sign_in(request)
+                return self.to_sign_in(request, drop_cookie=session is None)
             except CallFailed as exc:
                 if exc.code is grpc.StatusCode.UNAUTHENTICATED:
                     # The token was revoked or expired since sign-in: the session ends.
                     if session is not None:
-                        self.sessions.delete(request.cookies.get(COOKIE, ""))
-                    return self.to_sign_in(request)
+                        await self.sessions.delete(request.cookies.get(COOKIE, ""))
+                    return self.to_sign_in(request, drop_cookie=True)
                 return self.error(request, exc.http, exc.message)
             except Forbidden as exc:
                 return self.error(request, 403, str(exc))
@@ -201,11 +203,12 @@ class Console:
 
         return self.page(handler)
 
-    def to_sign_in(self, request: Request) -> Response:
+    def to_sign_in(self, request: Request, *, drop_cookie: bool) -> Response:
+        """To the sign-in page, back here after; ``drop_cookie``: the cookie names no session."""
         target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
         if request.method != "GET":
             target = "/cases"
         response = RedirectResponse("/signin?" + urllib.parse.urlencode({"next": target}), status_code=303)
-        if request.cookies.get(COOKIE) and self.session_of(request) is None:
+        if request.cookies.get(COOKIE) and drop_cookie:
             response.headers.append("set-cookie", expired_cookie_header())
         return response

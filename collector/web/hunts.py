@@ -1,9 +1,11 @@
 """Hunts in the console: a form that calls ``CreateHunt``, a hunt's page from
-``GetHuntResults`` and its per-host states polled from ``GetHuntStatus``.
+``GetHuntResults`` and its per-host states polled from ``PollHuntStatus``.
 
-All three are the Hunt service's own handlers, called through :class:`WebContext`: the
-role (engineer and up), the checks and the audit rows (``hunt.create`` plus one
-``hunt.request`` per host, ``hunt.status``, ``hunt.results``) are the API's. There is no
+All are the Hunt service's own handlers, called through :class:`WebContext`: the role
+(engineer and up), the checks and the audit rows (``hunt.create`` plus one ``hunt.request``
+per host, ``hunt.results`` for each view of a hunt) are the API's. The page's progress
+poll calls ``PollHuntStatus``, the service's GetHuntStatus with the same check that
+writes an audit row only when it refuses: the view was audited once, not every 4 s. There is no
 RPC that lists hunts, so the console lists none: a hunt is opened by its id (the form on
 this page and on the fleet page), and the console reads no hunt table of its own.
 """
@@ -121,7 +123,7 @@ def routes(console: Console) -> list[Route]:
 
     async def hunt_status(request: Request, s: Session) -> Response:
         ref = collector_pb2.HuntRef(hunt_id=request.path_params["hunt_id"])
-        got = await service().GetHuntStatus(ref, console.context(request, s))
+        got = await service().PollHuntStatus(ref, console.context(request, s))
         hosts = [_host(h) for h in got.hosts]
         return JSONResponse({"hosts": hosts, "counts": dict(got.counts),
                              "active": any(h["state"] in ACTIVE for h in hosts)})

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
+from typing import Any
 
 import grpc
 from starlette.requests import Request
@@ -14,17 +15,32 @@ from starlette.routing import Route
 
 from agent.bundle import is_bundle_id
 from collector.live import SCOPES
-from collector.web.actions import LogRequest
+from collector.web.actions import CasesRequest, LogRequest
 from collector.web.app import REPORT_CSP, Console
 from collector.web.calls import CallFailed, Driven
 from collector.web.logs import SEVERITY_LEVELS
 from collector.web.sessions import Session
-from collector.web.views import bundle_sections, case_groups, fact_tree, timeline_svg, when, worst_by
+from collector.web.views import (
+    Offer,
+    Worst,
+    bundle_sections,
+    fact_tree,
+    offered_scopes,
+    timeline_svg,
+    when,
+    when_us,
+    worst_by,
+)
 from protos import collector_pb2
 
 __all__ = ["routes"]
 
-_LIST = 1000  # bundles and findings read for the overview pages (the newest)
+_PAGE = 100  # bundles or hosts per page; cases: CASES_PAGE
+
+
+def _page(request: Request) -> str:
+    """The ``page`` query parameter: the API's opaque token of the page to show."""
+    return request.query_params.get("page", "")[:1000]
 
 
 def _bundle_id(request: Request) -> str:
@@ -41,54 +57,73 @@ def routes(console: Console) -> list[Route]:
         return RedirectResponse("/cases", status_code=303)
 
     async def cases(request: Request, s: Session) -> Response:
-        ctx = console.context(request, s)
-        bundles = await q.ListBundles(collector_pb2.ListBundlesRequest(page_size=_LIST), ctx)
-        findings = await q.ListFindings(
-            collector_pb2.ListFindingsRequest(min_severity="warning", page_size=_LIST), ctx
-        )
-        groups = case_groups(list(bundles.bundles), worst_by(findings.findings, "bundle_id"))
-        return console.render(request, "cases.html", groups=groups, when=when)
+        token = _page(request)
+        page, nxt = await console.actions.ListCases(CasesRequest(token), console.context(request, s))
+        return console.render(request, "cases.html", cases=page, when_us=when_us, nxt=nxt, first=not token)
 
     async def case(request: Request, s: Session) -> Response:
         case_id = request.query_params.get("id", "")
         ctx = console.context(request, s)
-        bundles = await q.ListBundles(collector_pb2.ListBundlesRequest(case_id=case_id, page_size=_LIST), ctx)
-        rows = [b for b in bundles.bundles if not b.case_id] if not case_id else list(bundles.bundles)
-        findings = await q.ListFindings(
-            collector_pb2.ListFindingsRequest(case_id=case_id, min_severity="info", page_size=_LIST), ctx
+        bundles = await q.ListBundles(
+            collector_pb2.ListBundlesRequest(
+                case_id=case_id, without_case=not case_id, page_size=_PAGE, page_token=_page(request)
+            ),
+            ctx,
         )
-        worst = worst_by(findings.findings, "bundle_id")
-        return console.render(request, "case.html", case_id=case_id, bundles=rows, worst=worst, when=when)
+        worst = await _worst(ctx, [b.bundle_id for b in bundles.bundles], "info")
+        return console.render(
+            request, "case.html", case_id=case_id, bundles=bundles.bundles, worst=worst, when=when,
+            nxt=bundles.next_page_token, first=not _page(request),
+        )
 
     async def hosts(request: Request, s: Session) -> Response:
         ctx = console.context(request, s)
-        listed = await q.ListHosts(collector_pb2.ListHostsRequest(page_size=_LIST), ctx)
-        findings = await q.ListFindings(
-            collector_pb2.ListFindingsRequest(min_severity="warning", page_size=_LIST), ctx
-        )
-        worst = worst_by(findings.findings, "bundle_id")
+        token = _page(request)
+        listed = await q.ListHosts(collector_pb2.ListHostsRequest(page_size=_PAGE, page_token=token), ctx)
+        worst = await _worst(ctx, [h.last_bundle_id for h in listed.hosts if h.last_bundle_id], "warning")
         agent_ids = [a for h in listed.hosts for a in h.agent_ids] + [a.agent_id for a in listed.agents_without_bundles]
         online = await console.router.online_among(agent_ids) if console.router is not None else set()
         labels = await asyncio.to_thread(console.store.agent_labels, agent_ids)
         return console.render(
             request, "hosts.html", hosts=listed.hosts, waiting=listed.agents_without_bundles,
-            online=online, labels=labels, worst=worst, when=when,
+            online=online, labels=labels, worst=worst, when=when, nxt=listed.next_page_token, first=not token,
         )
 
     async def host(request: Request, s: Session) -> Response:
         name = request.query_params.get("name", "")
         ctx = console.context(request, s)
-        bundles = await q.ListBundles(collector_pb2.ListBundlesRequest(hostname=name, page_size=100), ctx)
-        findings = await q.ListFindings(
-            collector_pb2.ListFindingsRequest(hostname=name, min_severity="info", page_size=_LIST), ctx
+        token = _page(request)
+        bundles = await q.ListBundles(
+            collector_pb2.ListBundlesRequest(hostname=name, page_size=_PAGE, page_token=token), ctx
         )
+        worst = await _worst(ctx, [b.bundle_id for b in bundles.bundles], "info")
         agent_ids = sorted({b.agent_id for b in bundles.bundles})
         online = await console.router.online_among(agent_ids) if console.router is not None else set()
         labels = await asyncio.to_thread(console.store.agent_labels, agent_ids)
+        offer = await _offer(name) if s.role in ("engineer", "admin") else None
         return console.render(
-            request, "host.html", name=name, bundles=bundles.bundles, worst=worst_by(findings.findings, "bundle_id"),
-            online=online, labels=labels, scopes=SCOPES, when=when,
+            request, "host.html", name=name, bundles=bundles.bundles, worst=worst,
+            online=online, labels=labels, offer=offer, when=when, nxt=bundles.next_page_token, first=not token,
         )
+
+    async def _offer(name: str) -> Offer:
+        """The snapshot form's scopes: what the policies of the host's enrolled agents allow
+        (the agents a request by host name may go to; ``collector.live``)."""
+        found = await asyncio.to_thread(console.store.agents_by_hostname, name)
+        enrolled = [a.id for a in found if a.case_id is None]
+        policies = await asyncio.to_thread(console.store.agent_live_policies, enrolled)
+        return offered_scopes(enrolled, policies, SCOPES)
+
+    async def _worst(
+        ctx: grpc.aio.ServicerContext[Any, Any], bundle_ids: list[str], min_severity: str
+    ) -> dict[str, Worst]:
+        """The worst finding of each of these bundles (one ListFindings call, by bundle id)."""
+        if not bundle_ids:
+            return {}
+        found = await q.ListFindings(
+            collector_pb2.ListFindingsRequest(bundle_ids=bundle_ids, min_severity=min_severity, page_size=1000), ctx
+        )
+        return worst_by(found.findings, "bundle_id")
 
     async def bundle(request: Request, s: Session) -> Response:
         bundle_id = _bundle_id(request)

@@ -68,6 +68,11 @@ class ConsoleServer:
         except OSError:
             reason = why_not_listening(listen.host, listen.port, "--web-address")
             raise ListenError(f"{self.address} (console)", reason) from None
+        # ``create_server`` leaves the socket's protocol number 0, and asyncio sets TCP_NODELAY
+        # only on connections of a socket whose ``proto`` says TCP: without it a response's
+        # headers and body (two TLS records) waited out the browser's delayed ACK, ~40 ms on
+        # every page. Wrapped again from its descriptor, the socket reports IPPROTO_TCP.
+        sock = socket.socket(fileno=sock.detach())
         sock.setblocking(False)
         self.port = int(sock.getsockname()[1])
         config = uvicorn.Config(

@@ -8,7 +8,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from google.protobuf.json_format import MessageToDict
@@ -20,14 +20,15 @@ from protos import collector_pb2, facts_pb2
 
 __all__ = [
     "BundleSections",
-    "CaseGroup",
     "FactNode",
+    "Offer",
     "Worst",
     "bundle_sections",
-    "case_groups",
     "fact_tree",
+    "offered_scopes",
     "timeline_svg",
     "when",
+    "when_us",
     "worst_by",
 ]
 
@@ -38,6 +39,45 @@ def when(ts: Timestamp | None) -> str:
     if ts is None or (ts.seconds == 0 and ts.nanos == 0):
         return ""
     return ts.ToDatetime(tzinfo=dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def when_us(us: int) -> str:
+    """Microseconds since the epoch (as stored) as the pages show times."""
+    return dt.datetime.fromtimestamp(us / 1e6, dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC") if us else ""
+
+
+@dataclass(frozen=True)
+class Offer:
+    """The scopes a host's snapshot form offers, and why (``note``, shown with the form)."""
+
+    scopes: tuple[str, ...]
+    note: str = ""
+    from_policy: bool = False  # the agents' reported policies decided (not the full list)
+
+
+def offered_scopes(agent_ids: Sequence[str], policies: dict[str, dict[str, Any]], known: Sequence[str]) -> Offer:
+    """What the live snapshot form offers for a host whose enrolled agents are ``agent_ids``:
+    the scopes their policies allow, as each reported on connect (``policies``); ``known``
+    (every scope) when an agent has not reported one (an older agent), with a note: that
+    agent still denies what its policy does not allow."""
+    if not agent_ids:
+        return Offer(tuple(known))
+    silent = [a for a in agent_ids if a not in policies]
+    if silent:
+        return Offer(
+            tuple(known),
+            f"Agent {', '.join(silent[:3])} has not reported its policy (an older agent): every scope is "
+            "offered; the agent denies those its policy does not allow.",
+        )
+    allowed: list[str] = []
+    for agent_id in agent_ids:
+        for scope in policies[agent_id].get("allowed_scopes") or []:
+            if isinstance(scope, str) and scope not in allowed:
+                allowed.append(scope)
+    if not allowed:
+        return Offer((), "This host's policy allows no live snapshot.", from_policy=True)
+    return Offer(tuple(allowed), "The scopes this host's policy allows, as its agent reported on connecting.",
+                 from_policy=True)
 
 
 @dataclass(frozen=True)
@@ -63,35 +103,6 @@ def worst_by(findings: Iterable[collector_pb2.StoredFinding], key: str) -> dict[
         else:
             out[k] = Worst(seen.severity, seen.title, seen.count + 1)
     return out
-
-
-@dataclass
-class CaseGroup:
-    case_id: str
-    bundles: list[collector_pb2.BundleSummary] = field(default_factory=list)
-    hosts: set[str] = field(default_factory=set)
-    last_us: int = 0
-    worst: Worst | None = None
-
-    @property
-    def last(self) -> str:
-        return dt.datetime.fromtimestamp(self.last_us / 1e6, dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
-
-
-def case_groups(
-    bundles: Sequence[collector_pb2.BundleSummary], worst: dict[str, Worst]
-) -> list[CaseGroup]:
-    """Bundles by case, the case with the newest activity (a bundle received) first."""
-    groups: dict[str, CaseGroup] = {}
-    for b in bundles:
-        g = groups.setdefault(b.case_id, CaseGroup(b.case_id))
-        g.bundles.append(b)
-        g.hosts.add(b.hostname)
-        g.last_us = max(g.last_us, b.received_at.ToMicroseconds())
-        w = worst.get(b.bundle_id)
-        if w is not None and (g.worst is None or w.rank > g.worst.rank):
-            g.worst = w
-    return sorted(groups.values(), key=lambda g: g.last_us, reverse=True)
 
 
 @dataclass(frozen=True)

@@ -67,31 +67,28 @@ def routes(console: Console) -> list[Route]:
 
     async def signin_form(request: Request) -> Response:
         session_id = request.cookies.get(COOKIE)
-        session = console.sessions.get(session_id)
+        session = await console.sessions.get(session_id)
         nxt = safe_next(request.query_params.get("next"))
         if session is not None and session.signed_in:
             return RedirectResponse(nxt, status_code=303)
-        return _signin_page(request, nxt, "", 200)
+        return await _signin_page(request, nxt, "", 200)
 
-    def _signin_page(request: Request, nxt: str, error: str, status: int) -> Response:
-        session_id, pre = console.sessions.anonymous()
-        old = request.cookies.get(COOKIE)
-        if old:
-            console.sessions.delete(old)
+    async def _signin_page(request: Request, nxt: str, error: str, status: int) -> Response:
+        session_id, pre = await console.sessions.anonymous(replaces=request.cookies.get(COOKIE))
         response = console.render(request, "signin.html", status, session=None, csrf=pre.csrf, next=nxt, error=error)
         response.headers.append("set-cookie", cookie_header(session_id, pre))
         return response
 
     async def signin(request: Request) -> Response:
         old = request.cookies.get(COOKIE)
-        pre = console.sessions.get(old)
+        pre = await console.sessions.get(old)
         try:
             form = await console.form(request)
         except (CallFailed, ValueError) as exc:  # not a form, too large, too many fields
             return console.error(request, 400, str(exc))
         nxt = safe_next(_field(form, "next"))
         if pre is None or not pre.csrf_ok(_field(form, "csrf")):
-            return _signin_page(request, nxt, "The sign-in form expired; please try again.", 403)
+            return await _signin_page(request, nxt, "The sign-in form expired; please try again.", 403)
         token = _field(form, "token").strip()
         try:
             rec = await console.actions.SignIn(None, servicer_context(token or None, console.peer(request)))
@@ -101,8 +98,8 @@ def routes(console: Console) -> list[Route]:
                 if exc.code is grpc.StatusCode.UNAUTHENTICATED else exc.message
             )
             status = 401 if exc.code is grpc.StatusCode.UNAUTHENTICATED else exc.http
-            return _signin_page(request, nxt, message, status)
-        session_id, session = console.sessions.sign_in(
+            return await _signin_page(request, nxt, message, status)
+        session_id, session = await console.sessions.sign_in(
             old, token=token, token_id=rec.id, label=rec.label, role=rec.role or "viewer",
             token_expires_at=rec.expires_at_us / 1e6 if rec.expires_at_us else None,
         )
@@ -114,7 +111,7 @@ def routes(console: Console) -> list[Route]:
         try:
             await console.actions.SignOut(None, console.context(request, s))
         finally:
-            console.sessions.delete(request.cookies.get(COOKIE, ""))
+            await console.sessions.delete(request.cookies.get(COOKIE, ""))
         response = RedirectResponse("/signin", status_code=303)
         response.headers.append("set-cookie", expired_cookie_header())
         return response
@@ -214,7 +211,7 @@ def routes(console: Console) -> list[Route]:
     async def token_revoke(request: Request, s: Session, form: dict[str, Any]) -> Response:
         token_id = _field(form, "token_id")
         await console.actions.RevokeToken(TokenRef(token_id), console.context(request, s))
-        console.sessions.end_for_token(token_id)
+        await console.sessions.end_for_token(token_id)
         return RedirectResponse("/tokens", status_code=303)
 
     return [

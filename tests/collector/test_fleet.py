@@ -14,7 +14,7 @@ import grpc
 import pytest
 from typer.testing import CliRunner
 
-from agent.analysis import BundleView, Finding, Rule, build_rule_registry
+from agent.analysis import BundleView, Finding, Rule, analyse, build_rule_registry
 from agent.analysis.model import Evidence
 from agent.analysis.rules import BUILTIN_RULES
 from agent.keys import SigningKey
@@ -173,6 +173,30 @@ class MemoryAboveThird(Rule):
             yield self.finding(
                 "warning", f"memory {m.percent:.0f}%", "Above a third.", [Evidence("memory.percent", m.percent)], ""
             )
+
+
+def test_findings_of_given_bundles_are_read_as_stored(collector: RunningCollector, tmp_path: Path) -> None:
+    full = healthy_snapshot("db-1")
+    full.disks.partitions[1].percent = 99.0
+    ids = _upload(collector, tmp_path, [full, _fragmented("web-2"), healthy_snapshot("web-3")])
+    _analysed(collector.store, ids)
+    viewer = _md(collector.engineer_token("viewer"))
+    with collector.channel() as ch:
+        stub = collector_pb2_grpc.QueryStub(ch)
+        only = stub.ListFindings(collector_pb2.ListFindingsRequest(bundle_ids=[ids[1]]), metadata=viewer)
+        assert only.findings and {f.bundle_id for f in only.findings} == {ids[1]}
+        with pytest.raises(grpc.RpcError) as bad:
+            stub.ListFindings(collector_pb2.ListFindingsRequest(bundle_ids=["../x"]), metadata=viewer)
+        assert bad.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    # What a hunt's comparison reads: the keys, severities and titles the analysis gives,
+    # in its order, without reading the blob again.
+    stored = collector.store.stored_findings_of([*ids, "f" * 32])
+    assert set(stored) == set(ids)  # an unknown (unanalysed) bundle is absent
+    for bundle_id in ids:
+        rec = collector.store.get_bundle(bundle_id)
+        fresh = analyse(BundleView.from_file(collector.server.blobs.blob_path(rec.blob_key))).findings.findings
+        assert stored[bundle_id] == [(f.key, f.severity, f.title) for f in fresh]
+    assert any(key == "disk-full:/var:space" for key, _, _ in stored[ids[0]])
 
 
 def test_reanalysis_runs_newer_rules_and_says_what_changed(collector: RunningCollector, tmp_path: Path) -> None:

@@ -130,6 +130,9 @@ def test_steps_4_and_5_bind_existing_case_identities_and_count_skipped_collector
         rec = store.get_bundle("a" * 32)
         assert (rec.collectors_ok, rec.collectors_skipped, rec.collectors_failed) == (1, 2, 1)
         assert rec.origin_fingerprint == key.fingerprint and not rec.carried
+        # Step 13 lists the cases of the bundles already stored.
+        cases, _ = store.list_cases()
+        assert [(c.case_id, c.bundle_count, c.last_us, c.hosts) for c in cases] == [("SR-3", 1, 1, ("db-01",))]
         # The same key presenting another case's token is bound to that case as well.
         _, other = store.create_token("case", case_id="SR-4")
         again = store.bind_case_key(key.public.raw, key.fingerprint, "db-01", other.id, "SR-4")

@@ -302,6 +302,8 @@ def test_a_logs_request_without_a_window_gets_the_policys_maximum(live: Live, tm
     agent.start()
     try:
         wait_for("agent connected", lambda: connects(c, agent.agent_id) > before, logs=agent.log.read_text)
+        with c.store() as store:  # the agent said on connecting what its policy allows (the console offers it)
+            assert store.agent_live_policies([agent.agent_id]) == {agent.agent_id: policy}
         events = Live(c, agent, live.tokens).snapshot(scopes=["logs"], reason="no --since")
         assert events[-1].state == "done", events[-1]
         with c.store() as store:

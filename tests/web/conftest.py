@@ -6,6 +6,7 @@ import datetime as dt
 import http.client
 import re
 import ssl
+import time
 import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -161,4 +162,10 @@ def console(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Console]:
         assert running.server.web_port
         con = Console(running, running.server.web_port, tokens)
         con.bundles = upload_case(running.channel(), running.enroll_token(), tmp / "bundles")
+        # The collector analyses each bundle after its receipt, in the background: the pages
+        # show stored findings, so the tests start once they are stored.
+        deadline = time.monotonic() + 120
+        while any(running.store.get_analysis(b) is None for b in con.bundles.values()):
+            assert time.monotonic() < deadline, "the uploaded bundles were not analysed in 120 s"
+            time.sleep(0.1)
         yield con

@@ -210,9 +210,16 @@ def test_engineer_works_a_case_and_gets_a_live_snapshot(site: Site, browser: Any
     assert HOSTNAME in d.find_element(By.TAG_NAME, "h1").text
     assert console_errors(d) == []
 
-    # A scope the agent's policy does not allow: the page shows the agent's denial.
+    # The form offers what the agent's policy allows (it reported facts only on connecting).
     d.get(f"{site.base}/host?name={HOSTNAME}")
-    d.find_element(By.CSS_SELECTOR, 'input[name=scope][value=logs]').click()
+    offered = [e.get_attribute("value") for e in d.find_elements(By.CSS_SELECTOR, "input[name=scope]")]
+    assert offered == ["facts"], offered
+    assert "policy allows" in d.find_element(By.ID, "scope-note").text
+    # A scope outside it posted anyway (a hand-made form): the agent denies it, the page says so.
+    d.execute_script(
+        "const i = document.createElement('input'); i.type = 'checkbox'; i.name = 'scope'; i.value = 'logs';"
+        "i.checked = true; document.querySelector('#live fieldset').append(i);"
+    )
     d.find_element(By.ID, "reason").send_keys("SR-4711: logs too")
     d.find_element(By.CSS_SELECTOR, '#live button[type="submit"]').click()
     wait_for("denied shown", lambda: d.find_elements(By.CSS_SELECTOR, "#progress li.state-denied"), timeout=60)

@@ -6,13 +6,27 @@ the client here is ``http.client`` with the collector's certificate as trust anc
 
 from __future__ import annotations
 
+import asyncio
+import datetime as dt
+import hashlib
+import html
 import json
 import re
+import urllib.parse
+from typing import Any
 
+import grpc
 from markupsafe import escape
 
+from agent.daemon import channel_message
+from agent.keys import SigningKey
+from agent.transport import enroll
+from agent.transport.connect import PINNED_TARGET_NAME, fetch_certificate, parse_address
+from collector.storage import BundleRecord
+from collector.storage.schema import to_micros
 from collector.web.app import CSP
 from collector.web.sessions import COOKIE
+from protos import collector_pb2, collector_pb2_grpc
 from tests.e2e.test_live import wait_for
 from tests.web.conftest import CASE, HOSTILE_HOST, HOSTILE_LOG, HOSTILE_MOUNT, Console
 
@@ -258,3 +272,129 @@ def test_fleet_questions_run_through_the_api(console: Console) -> None:
     assert bad.status == 400 and "nonsense.field" in bad.body
     rows_audit = console.collector.store.list_audit(5, action="query.query_metrics")
     assert rows_audit and rows_audit[0].peer.startswith("console ")
+
+
+async def _connect_reporting(console: Console, agent_id: str, key: SigningKey,
+                             policy: collector_pb2.LivePolicy | None) -> str:
+    """One Channel handshake whose hello reports ``policy`` (None: an agent too old to)."""
+    address = console.collector.address
+    pem = fetch_certificate(parse_address(address))
+    creds = grpc.ssl_channel_credentials(root_certificates=pem)
+    async with grpc.aio.secure_channel(
+        address, creds, options=[("grpc.ssl_target_name_override", PINNED_TARGET_NAME)]
+    ) as ch:
+        call: Any = collector_pb2_grpc.ChannelStub(ch).Connect()
+        hello = collector_pb2.ChannelHello(agent_id=agent_id, agent_version="t")
+        if policy is not None:
+            hello.policy.CopyFrom(policy)
+        await call.write(collector_pb2.AgentMessage(hello=hello))
+        challenge = await call.read()
+        sig = key.sign(channel_message(bytes(challenge.challenge.nonce), agent_id))
+        await call.write(collector_pb2.AgentMessage(challenge_response=collector_pb2.ChallengeResponse(signature=sig)))
+        accepted = await call.read()
+        call.cancel()
+        return str(accepted.accepted.agent_id)
+
+
+def test_snapshot_form_offers_only_what_the_agents_policy_allows(console: Console) -> None:
+    key = SigningKey.generate()
+    with console.collector.channel() as ch:
+        agent_id = enroll(ch, token=console.collector.enroll_token(), key=key, hostname="pol-<1>",
+                          agent_version="t").agent_id
+    web = console.client()
+    web.sign_in(console.tokens["engineer"])
+
+    def offered() -> tuple[list[str], str]:
+        page = web.get("/host?name=" + urllib.parse.quote("pol-<1>"))
+        assert page.status == 200 and "pol-<1>" not in page.body
+        note = re.search(r'<p class="muted" id="scope-note">([^<]*)</p>', page.body)
+        return re.findall(r'name="scope" value="([^"]+)"', page.body), note.group(1) if note else ""
+
+    # Never connected: every scope, and the page says the agent decides.
+    scopes, note = offered()
+    assert scopes == ["facts", "logs", "fragmentation", "crashes"] and "has not reported its policy" in note
+    policy = collector_pb2.LivePolicy(allowed_scopes=["facts", "crashes", "plugin:pgsql"], max_logs_window_s=0)
+    assert asyncio.run(_connect_reporting(console, agent_id, key, policy)) == agent_id
+    scopes, note = offered()
+    assert scopes == ["facts", "crashes", "plugin:pgsql"] and "policy allows" in note
+    # An older agent's hello (no policy) keeps what was reported before.
+    asyncio.run(_connect_reporting(console, agent_id, key, None))
+    assert offered()[0] == ["facts", "crashes", "plugin:pgsql"]
+    # A policy allowing nothing: no form at all, and the reason.
+    asyncio.run(_connect_reporting(console, agent_id, key, collector_pb2.LivePolicy()))
+    scopes, note = offered()
+    page = web.get("/host?name=" + urllib.parse.quote("pol-<1>"))
+    assert scopes == [] and 'action="/snapshots"' not in page.body and "allows no live snapshot" in note
+
+
+def _walk(web: Any, first: str, wanted: str) -> tuple[int, list[str]]:
+    """Follows the pages' "next page" links from ``first`` until ``wanted`` shows; (pages, bodies)."""
+    path, bodies = first, []
+    while True:
+        page = web.get(path)
+        assert page.status == 200, page.body[:500]
+        bodies.append(page.body)
+        if wanted in page.body:
+            return len(bodies), bodies
+        nxt = re.search(r'<a rel="next" href="([^"]+)">', page.body)
+        assert nxt, f"{wanted!r} not found in {len(bodies)} pages"
+        path = html.unescape(nxt.group(1))
+        assert len(bodies) < 50
+
+
+def test_every_case_host_and_bundle_is_reachable_through_the_pages(console: Console) -> None:
+    """More cases, hosts and bundles than one page holds, all older than the fixture's:
+    the oldest of each is found by following the pages, none is listed twice."""
+    store = console.collector.store
+    agent = store.get_agent(store.get_bundle(console.bundles["before"]).agent_id)
+    old = dt.datetime(2020, 1, 1, tzinfo=dt.UTC)
+    for i in range(240):  # 65 cases of two bundles, 240 hosts, 110 bundles outside any case
+        digest = hashlib.sha256(f"old-{i}".encode()).hexdigest()
+        rec = BundleRecord(
+            bundle_id=digest[:32], agent_id=agent.id, hostname=f"old-host-{i:03d}",
+            case_id=f"SR-OLD-{i // 2:03d}" if i < 130 else None, kind="one-shot",
+            created_at_us=to_micros(old + dt.timedelta(hours=i)), received_at_us=to_micros(old),
+            size=1, sha256=digest, key_fingerprint=agent.fingerprint, agent_version="t", file_name="x",
+            collectors_ok=1, collectors_failed=0, blob_key=digest,
+        )
+        store.insert_bundle(rec, facts_pb=b"", manifest_json="{}")
+    web = console.client()
+    web.sign_in(console.tokens["viewer"])
+    pages, bodies = _walk(web, "/cases", "SR-OLD-000<")
+    assert pages == 2 and CASE in bodies[0]  # 50 cases a page, the newest activity first
+    listed = [c for body in bodies for c in re.findall(r'<a href="/case\?id=([^"]+)">', body)]
+    assert len(listed) == len(set(listed))
+    pages, bodies = _walk(web, "/hosts", "old-host-239<")
+    assert pages == 3
+    listed = [h for body in bodies for h in re.findall(r'<td><a href="/host\?name=([^"]+)">', body)]
+    assert len(listed) == len(set(listed)) and len(listed) >= 240
+    # Bundles outside any case, newest first, paged; the oldest one is reachable.
+    oldest_free = hashlib.sha256(b"old-130").hexdigest()[:32]
+    pages, bodies = _walk(web, "/case?id=", f"/bundles/{oldest_free}")
+    assert pages == 2 and not any(f"/bundles/{b}" in body for b in console.bundles.values() for body in bodies)
+    assert console.collector.store.list_audit(1, action="query.list_cases")[0].role == "viewer"
+    assert web.get("/cases?page=not-a-token").status == 400
+
+
+def test_a_pages_calls_are_audited_like_their_rpcs_in_one_commit(console: Console) -> None:
+    """The bundle page calls four handlers: four rows, in call order, as over gRPC (written
+    together when the page is done). A download's row still comes when its stream ends."""
+    web = console.client()
+    web.sign_in(console.tokens["engineer"])
+    store = console.collector.store
+    last = store.list_audit(1)[0].id
+    bid = console.bundles["after"]
+    assert web.get(f"/bundles/{bid}").status == 200
+    rows = list(reversed([r for r in store.list_audit(20) if r.id > last]))
+    assert [r.action for r in rows] == [
+        "query.get_bundle", "query.get_findings", "query.get_timeline", "query.list_bundles"
+    ]
+    assert all(r.outcome == "ok" and r.role == "engineer" and r.peer.startswith("console ") for r in rows)
+    assert [r.at_us for r in rows] == sorted(r.at_us for r in rows) and rows[0].target == bid
+    # A refused call inside a page is in the batch too: a viewer's log page.
+    viewer = console.client()
+    viewer.sign_in(console.tokens["viewer"])
+    last = store.list_audit(1)[0].id
+    assert viewer.get(f"/bundles/{bid}/logs").status == 403
+    denied = [r for r in store.list_audit(5) if r.id > last]
+    assert [(r.action, r.outcome) for r in denied] == [("query.read_logs", "denied")]

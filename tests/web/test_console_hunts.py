@@ -1,5 +1,6 @@
-"""Hunts in the console over plain HTTPS: the form calls CreateHunt, the hunt's page and its
-polled status are GetHuntResults and GetHuntStatus, with the API's roles and audit rows.
+"""Hunts in the console over plain HTTPS: the form calls CreateHunt, the hunt's page is
+GetHuntResults (audited per view) and its polled status the service's PollHuntStatus (the
+same check; audited only when refused), with the API's roles.
 
 The fixture's agent (db-1) is enrolled but not connected: its request waits, ``offline``.
 """
@@ -49,7 +50,11 @@ def test_engineer_starts_a_hunt_and_follows_its_hosts(console: Console) -> None:
     assert f'data-status="/hunts/{hunt_id}/status" data-active="1"' in shown.body
     assert "No host has uploaded its bundle yet." in shown.body
 
-    status = json.loads(web.get(f"{location}/status").body)
+    store = console.collector.store
+    polled_before = len(store.list_audit(100, action="hunt.status"))
+    for _ in range(3):  # the page's progress poll: the API's check, no audit row per poll
+        status = json.loads(web.get(f"{location}/status").body)
+    assert len(store.list_audit(100, action="hunt.status")) == polled_before
     assert status["active"] and status["counts"] == {"offline": 1}
     assert [h["hostname"] for h in status["hosts"]] == ["db-1"] and status["hosts"][0]["state"] == "offline"
 
@@ -63,14 +68,18 @@ def test_engineer_starts_a_hunt_and_follows_its_hosts(console: Console) -> None:
     assert odd.status == 303 and odd.headers["location"] == "/hunts/..%2Fsignout"
     assert web.get(odd.headers["location"]).status in (400, 404)
 
-    # The RPC's own audit rows: the hunt, one request per host, and the reads.
-    store = console.collector.store
+    # The RPC's own audit rows: the hunt, one request per host, and each view of the hunt.
     created = store.list_audit(5, action="hunt.create", outcome="ok")
     assert created and created[0].target == CASE and created[0].peer.startswith("console ")
     requests = store.list_audit(5, action="hunt.request")
     assert requests and hunt_id in requests[0].detail and "queued (offline)" in requests[0].detail
     assert store.list_audit(5, action="hunt.results", outcome="ok")[0].target == hunt_id
-    assert store.list_audit(5, action="hunt.status", outcome="ok")[0].target == hunt_id
+    # A poll the API refuses is audited: a viewer polling the hunt.
+    viewer = console.client()
+    viewer.sign_in(console.tokens["viewer"])
+    assert viewer.get(f"{location}/status").status == 403
+    refused = store.list_audit(5, action="hunt.status", outcome="denied")
+    assert refused and refused[0].target == hunt_id and refused[0].role == "viewer"
 
 
 def test_bad_hunt_forms_come_back_with_the_apis_words_escaped(console: Console) -> None:

@@ -65,8 +65,8 @@ function followSnapshot(list) {
   if (!last || !FINAL.has(last.className.replace("state-", ""))) poll();
 }
 
-// A hunt's hosts, polled from /hunts/<id>/status (each poll is the GetHuntStatus RPC and its
-// audit row): every 4 s while a host is collecting, every 30 s while hosts only wait for
+// A hunt's hosts, polled from /hunts/<id>/status (the Hunt service's status read with the
+// API's own check; audited when refused, the view itself once): every 4 s while a host is collecting, every 30 s while hosts only wait for
 // their agents, and not after 30 minutes (the page says to reload).
 const MOVING = new Set(["delivered", "collecting", "uploading"]);
 
