@@ -88,19 +88,15 @@ async def receive_chunks(
                 break
         failed = syncing.exception() if syncing is not None and not syncing.cancelled() else None
         if failed is None and staged.offset < staged.size:
-            # A stream that ended short: what it sent becomes the durable resume point, in
-            # a thread too (three fsyncs on the event loop held up every call, 2-9 ms each
-            # on a busy disk). A whole bundle needs none: commit fsyncs it before storing,
-            # and until then the partial's record names fewer bytes, never more.
-            final = asyncio.ensure_future(asyncio.to_thread(staged.sync))
-            while not final.done():
-                try:
-                    await asyncio.shield(final)
-                except asyncio.CancelledError as exc:
-                    cancelled = exc
-                except Exception:
-                    break
-            failed = final.exception() if not final.cancelled() else None
+            # A stream that ended short: what it sent becomes the durable resume point
+            # before this handler lets go, on the event loop, so a GetUploadState that
+            # follows the cut already reads it (in a thread, it read the older record). Rare:
+            # a whole bundle needs none, its commit fsyncs it before storing, and until then
+            # the partial's record names fewer bytes, never more.
+            try:
+                staged.sync()
+            except OSError as exc:
+                failed = exc
         if cancelled is not None:
             raise cancelled
     if failed is not None:
