@@ -15,7 +15,7 @@ import contextvars
 import functools
 import inspect
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar, cast
@@ -161,7 +161,7 @@ class EngineerAuth:
             finally:
                 _CURRENT_CALL.reset(reset)
                 if not (refusals_only and outcome == "ok"):
-                    await self._auth._write(call, context.peer() or "", outcome, detail)
+                    await _written(self._auth._write(call, context.peer() or "", outcome, detail))
 
         def wrap(fn: Handler) -> Handler:
             if inspect.isasyncgenfunction(fn):
@@ -200,6 +200,24 @@ class EngineerAuth:
             batch.rows.append({**row, "at": datetime.now(UTC)})
             return
         await asyncio.to_thread(self._store.audit, **row)
+
+
+# Audit rows being written by calls whose caller went away meanwhile (strong references).
+_WRITING: set[asyncio.Task[None]] = set()
+
+
+async def _written(write: Coroutine[Any, Any, None]) -> None:
+    """Await an audit row's write; a cancellation of the caller does not lose the row.
+
+    A call ends when its caller goes away too: a console download whose browser closed
+    the connection after the last byte cancels the stream while its row is being written,
+    and a second cancellation would drop a write not yet started in its thread. The write
+    runs in a task of its own, shielded, and finishes either way.
+    """
+    task = asyncio.ensure_future(write)
+    _WRITING.add(task)
+    task.add_done_callback(_WRITING.discard)
+    await asyncio.shield(task)
 
 
 def _outcome(call: AuditedCall, exc: BaseException) -> tuple[str, str]:

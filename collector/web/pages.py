@@ -177,9 +177,15 @@ def routes(console: Console) -> list[Route]:
         header = first.header
 
         async def body() -> AsyncIterator[bytes]:
+            # One chunk ahead: the last bytes go out only once the stream has ended, and
+            # with it its audit row (``ok``): a browser closes the connection as soon as it
+            # holds them, which would otherwise cancel a stream still finishing.
             try:
-                while (chunk := await chunks.next()) is not None:
+                chunk = await chunks.next()
+                while chunk is not None:
+                    following = await chunks.next()
                     yield chunk.data
+                    chunk = following
             finally:
                 await chunks.close()
 
