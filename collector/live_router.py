@@ -302,9 +302,13 @@ class LiveRouter:
         # The agent's words reach the engineer's terminal: cleaned like the other way round.
         await self.advance(rec.request_id, state, detail=clean_text(progress.detail, 2000))
 
-    async def bundle_stored(self, bundle: BundleRecord, request_id: str) -> None:
-        """Ingest's hook: the bundle answering a live request is stored."""
-        try:
+    async def bundle_stored(self, bundle: BundleRecord, request_id: str, answered: LiveRequestRecord | None) -> None:
+        """Ingest's hook: the bundle answering a live request is stored, and the request
+        moved to ``done`` in the same transaction (``answered``; None when it was not)."""
+        if answered is not None:
+            self._publish(answered)
+            return
+        try:  # only to say why: unknown, final already, or another agent's
             rec = await asyncio.to_thread(self._store.get_live_request, request_id)
         except Exception:
             return
@@ -312,6 +316,3 @@ class LiveRouter:
             log.warning(
                 "bundle %s from %s names request %s of another agent", bundle.bundle_id, bundle.agent_id, request_id
             )
-            return
-        stored = f"bundle {bundle.bundle_id} stored"
-        await self.advance(request_id, LiveState.DONE, detail=stored, bundle_id=bundle.bundle_id)
