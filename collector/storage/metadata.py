@@ -17,7 +17,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 
 from agent.bundle.names import is_bundle_id, is_sha256
 from agent.transport.live_states import LiveState
-from collector.storage.agents import AgentMethods
+from collector.storage.agents import AgentMethods, _agent
 from collector.storage.audit import AuditMethods
 from collector.storage.base import Clock, make_engine, utc_now
 from collector.storage.case_activity_schema import case_activity, case_hosts
@@ -38,8 +38,10 @@ from collector.storage.live_schema import live_requests
 from collector.storage.migrations import migrate
 from collector.storage.refusals import RefusalMethods
 from collector.storage.schema import (
+    AgentRecord,
     BundleRecord,
     HostRecord,
+    agents,
     bundles,
     host_agents,
     hosts,
@@ -255,6 +257,16 @@ class Store(
         if row is None:
             raise NotFound(f"bundle {clip(bundle_id, 80)!r} not found", what="bundle", key=bundle_id)
         return _bundle(row._mapping)
+
+    def agent_and_bundle(self, agent_id: str, bundle_id: str) -> tuple[AgentRecord, BundleRecord | None]:
+        """``get_agent`` and the bundle ``bundle_id`` (None if not stored) in one read:
+        what an upload's first checks need (``collector.auth.authorize_upload``)."""
+        with self._read() as conn:
+            agent = conn.execute(select(agents).where(agents.c.id == agent_id)).first()
+            if agent is None:
+                raise NotFound(f"agent {agent_id!r} not found", what="agent", key=agent_id)
+            row = conn.execute(select(*_SUMMARY).where(bundles.c.bundle_id == bundle_id)).first()
+        return _agent(agent), None if row is None else _bundle(row._mapping)
 
     def get_bundle_content(self, bundle_id: str) -> tuple[bytes, str]:
         """``(facts_pb, manifest_json)`` of a stored bundle."""

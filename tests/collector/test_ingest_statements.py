@@ -23,12 +23,12 @@ from agent.transport import UploadTarget, enroll, upload_bundle
 from tests.collector.conftest import RunningCollector
 from tests.collector.test_metrics import live_answer
 
-# GetUploadState: the agent, the bundle (2 reads). Upload: the agent, the bundle before
-# the bytes, the bundle again once they are verified (3 reads). Then one write: BEGIN
-# IMMEDIATE, the bundle, its host, the host's agent, the live request ``done`` (RETURNING).
-# Each read is BEGIN + SELECT.
-INGEST_STATEMENTS = 2 * 2 + 3 * 2 + 5
-INGEST_TRANSACTIONS = 6
+# GetUploadState: the agent and the bundle, in one read. Upload: the same, then the
+# bundle again once its bytes are verified (another stream may have stored it meanwhile).
+# Then one write: BEGIN IMMEDIATE, the bundle, its host, the host's agent, the live
+# request ``done`` (RETURNING). Each read is BEGIN and its SELECTs.
+INGEST_STATEMENTS = 3 + 3 + 2 + 5
+INGEST_TRANSACTIONS = 4
 # The analysis worker: one read (is it analysed yet? where is its blob?), then one
 # write: BEGIN IMMEDIATE, the bundle with its previous analysis, the analysis row, its
 # metrics row (this bundle has no findings and no filesystems).
