@@ -35,10 +35,9 @@ from protos import collector_pb2, collector_pb2_grpc
 
 __all__ = ["IngestLimits", "IngestService", "OnStored", "bundle_record", "receipt_for"]
 
-# Called after a bundle answering a live request is stored (or found already stored) with
-# its record, the manifest's request id and the request as the same transaction moved it
-# to ``done`` (None when it did not: unknown, another agent's, final already); the live
-# router tells the engineer's watchers. Never allowed to fail the upload.
+# Called after a live answer is stored (or found stored) with its record, the manifest's
+# request id and the request its transaction moved to ``done`` (None if none: unknown,
+# another agent's, final); the live router tells the watchers. Never fails the upload.
 OnStored = Callable[[BundleRecord, str, LiveRequestRecord | None], Awaitable[None]]
 
 log = logging.getLogger("casefile.collector.ingest")
@@ -354,27 +353,30 @@ class IngestService(collector_pb2_grpc.IngestServicer):
                     grpc.StatusCode.UNAUTHENTICATED,
                     f"bundle {bundle_id} not stored: case token {identity.case_token.id} is {exc.reason}",
                 ) from None
-        blob_key, size, sha256 = await asyncio.to_thread(commit_staged, staged, opened, self._blobs)
-        record = bundle_record(
-            vb,
-            facts,
-            bundle_id=bundle_id,
-            agent_id=identity.agent.id,
-            case_id=manifest.case_id or None,
-            size=size,
-            sha256=sha256,
-            key_fingerprint=identity.public_key.fingerprint,
-            file_name=header.file_name,
-            blob_key=blob_key,
-        )
         request_id = (manifest.request_id or "") if self._on_stored is not None else ""
-        stored, inserted, answered = await asyncio.to_thread(
-            self._store.insert_bundle_answering,
-            record,
-            facts_pb=vb.kept.get("facts.pb", b""),
-            manifest_json=vb.manifest_bytes.decode("utf-8"),
-            request_id=request_id,
-        )
+        def store_it() -> tuple[BundleRecord, bool, LiveRequestRecord | None]:
+            # The blob, then its row and the live request it answers, in one thread hop.
+            blob_key, size, sha256 = commit_staged(staged, opened, self._blobs)
+            record = bundle_record(
+                vb,
+                facts,
+                bundle_id=bundle_id,
+                agent_id=identity.agent.id,
+                case_id=manifest.case_id or None,
+                size=size,
+                sha256=sha256,
+                key_fingerprint=identity.public_key.fingerprint,
+                file_name=header.file_name,
+                blob_key=blob_key,
+            )
+            return self._store.insert_bundle_answering(
+                record,
+                facts_pb=vb.kept.get("facts.pb", b""),
+                manifest_json=vb.manifest_bytes.decode("utf-8"),
+                request_id=request_id,
+            )
+
+        stored, inserted, answered = await asyncio.to_thread(store_it)
         if stored.agent_id != identity.agent.id:
             # Only another agent's bundle of the same bytes could land here, which its
             # signature rules out; still, its receipt is never this uploader's answer.
