@@ -159,9 +159,10 @@ class LiveMethods(StoreBase):
         return live_record(row)
 
     def advance_live_request(
-        self, request_id: str, state: str, *, detail: str = "", bundle_id: str | None = None
+        self, request_id: str, state: str, *, detail: str = "", bundle_id: str | None = None, agent_id: str = ""
     ) -> LiveRequestRecord | None:
-        """Move a request to ``state``; ``None`` when it is unknown or already final."""
+        """Move a request (of ``agent_id``, if given) to ``state``; ``None`` when it is
+        unknown, another agent's or already final."""
         if state not in LIVE_STATES:
             known = ", ".join(LIVE_STATES)
             raise InvalidArgument(f"live request state {str(state)!r} unknown; expected one of {known}")
@@ -174,6 +175,7 @@ class LiveMethods(StoreBase):
             row = conn.execute(
                 live_requests.update()
                 .where(c.request_id == request_id, c.state.not_in(FINAL_STATES))
+                .where(*([c.agent_id == agent_id] if agent_id else []))
                 .values(values)
                 .returning(*live_requests.c)
             ).first()

@@ -9,6 +9,7 @@ request; SQLAlchemy's ``before_cursor_execute`` counts what each collector threa
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import threading
 import time
@@ -20,6 +21,7 @@ from sqlalchemy import event
 
 from agent.keys import SigningKey
 from agent.transport import UploadTarget, enroll, upload_bundle
+from collector.storage import BundleRecord, Store
 from tests.collector.conftest import RunningCollector
 from tests.collector.test_metrics import live_answer
 
@@ -82,3 +84,60 @@ def test_statements_per_live_answer_are_pinned(sqlite_collector: RunningCollecto
     # Nothing else ran meanwhile: every statement is accounted for.
     assert len(sent) == INGEST_STATEMENTS + ANALYSIS_STATEMENTS, sent
 
+
+
+def test_a_request_moves_only_for_its_own_agent_in_one_write(store: Store) -> None:
+    """What an agent's progress message and its answer's insert rely on: the request is
+    moved only when it is this agent's and not final, by the one statement that moves it."""
+    mine, other = (SigningKey.generate() for _ in range(2))
+    a = store.create_agent(mine.public.raw, mine.fingerprint, "web-1", None, None)
+    b = store.create_agent(other.public.raw, other.fingerprint, "web-2", None, None)
+    req = store.create_live_request(
+        agent_id=a.id,
+        hostname="web-1",
+        requested_by="tok",
+        requested_label="bob",
+        scopes=("facts",),
+        since_s=0,
+        reason="own agent only",
+        expires_at=dt.datetime.now(dt.UTC) + dt.timedelta(minutes=5),
+    )
+    assert store.advance_live_request(req.request_id, "collecting", detail="x", agent_id=b.id) is None
+    assert store.get_live_request(req.request_id).state == "queued"
+    moved = store.advance_live_request(req.request_id, "collecting", detail="busy", agent_id=a.id)
+    assert moved is not None and (moved.state, moved.detail) == ("collecting", "busy")
+    rec = BundleRecord(
+        bundle_id="cd" * 16,
+        agent_id=b.id,
+        hostname="web-2",
+        case_id=None,
+        kind="live",
+        created_at_us=1,
+        received_at_us=2,
+        size=10,
+        sha256="e" * 64,
+        key_fingerprint=other.fingerprint,
+        agent_version="t",
+        file_name="x.tar.zst",
+        collectors_ok=1,
+        collectors_failed=0,
+        blob_key="e" * 64,
+        os="Linux",
+        origin_fingerprint=other.fingerprint,
+        collectors_skipped=0,
+    )
+    # Another agent's bundle naming the request is stored, and the request stays as it was.
+    stored, inserted, answered = store.insert_bundle_answering(
+        rec, facts_pb=b"", manifest_json="{}", request_id=req.request_id
+    )
+    assert inserted and stored.bundle_id == rec.bundle_id and answered is None
+    assert store.get_live_request(req.request_id).state == "collecting"
+    own = dataclasses.replace(rec, bundle_id="ef" * 16, agent_id=a.id, hostname="web-1", sha256="f" * 64)
+    rid = req.request_id
+    _, inserted, answered = store.insert_bundle_answering(own, facts_pb=b"", manifest_json="{}", request_id=rid)
+    assert inserted and answered is not None and (answered.state, answered.bundle_id) == ("done", own.bundle_id)
+    # Once final, nothing moves it: the same bundle again answers nothing.
+    _, inserted, answered = store.insert_bundle_answering(own, facts_pb=b"", manifest_json="{}", request_id=rid)
+    assert not inserted and answered is None
+    assert store.advance_live_request(req.request_id, "failed", agent_id=a.id) is None
+    assert store.get_live_request(req.request_id).bundle_id == own.bundle_id
