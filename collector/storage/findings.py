@@ -157,16 +157,24 @@ class FindingsMethods(StoreBase):
             # The bundle row locked (PostgreSQL; SQLite's BEGIN IMMEDIATE already serialises):
             # the worker and a query analysing the same bundle at once then replace in turn
             # instead of colliding on the primary key.
-            # One statement reads the bundle and its previous analysis (if any).
-            b = conn.execute(
-                select(bundles.c.hostname, bundles.c.case_id, bundles.c.agent_id, bundles.c.created_at, *_PREVIOUS)
-                .select_from(bundles.outerjoin(bundle_analysis, bundle_analysis.c.bundle_id == bundles.c.bundle_id))
-                .where(bundles.c.bundle_id == bundle_id)
-                .with_for_update(of=bundles)
-            ).first()
+            where_cols = (bundles.c.hostname, bundles.c.case_id, bundles.c.agent_id, bundles.c.created_at)
+            if self._pg:
+                # The previous analysis read after the lock is held: a row locked by a
+                # concurrent replacement would be re-checked, but not a joined one.
+                b = conn.execute(
+                    select(*where_cols).where(bundles.c.bundle_id == bundle_id).with_for_update()
+                ).first()
+                previous = select(*_PREVIOUS).where(bundle_analysis.c.bundle_id == bundle_id)
+                old = None if b is None else conn.execute(previous).first()
+            else:  # BEGIN IMMEDIATE: nobody else writes meanwhile; one statement reads both
+                b = conn.execute(
+                    select(*where_cols, *_PREVIOUS)
+                    .select_from(bundles.outerjoin(bundle_analysis, bundle_analysis.c.bundle_id == bundles.c.bundle_id))
+                    .where(bundles.c.bundle_id == bundle_id)
+                ).first()
+                old = None if b is None or b.previous_version is None else b
             if b is None:
                 raise NotFound(f"bundle {bundle_id!r} not found", what="bundle", key=bundle_id)
-            old = None if b.previous_version is None else b
             if old is not None:
                 # The four tables are written only here, together: without an analysis
                 # row the bundle has none of the others either (its first analysis).
