@@ -233,9 +233,8 @@ class AnalysisWorker:
             )
         return self._pool
 
-    def _analyse_in_child(self, bundle_id: str) -> None:
-        rec = self._store.get_bundle(bundle_id)
-        path = str(self._blobs.blob_path(rec.blob_key))
+    def _analyse_in_child(self, bundle_id: str, blob_key: str) -> None:
+        path = str(self._blobs.blob_path(blob_key))
         try:
             rows = self._child().submit(_rows_of_file, path).result()
         except BrokenProcessPool:
@@ -272,9 +271,10 @@ class AnalysisWorker:
 
     def _analyse(self, bundle_id: str) -> None:
         try:
-            if self._store.get_analysis(bundle_id) is None:
+            blob_key = self._store.blob_to_analyse(bundle_id)  # None: analysed already (or gone)
+            if blob_key is not None:
                 if self._processes:
-                    self._analyse_in_child(bundle_id)
+                    self._analyse_in_child(bundle_id, blob_key)
                 else:
                     analyse_bundle(self._store, self._blobs, bundle_id)
                 self.analysed += 1

@@ -26,7 +26,7 @@ from agent.keys import PublicKey, fingerprint_of
 from agent.transport.proof import PROOF_WINDOW_S, check_proof_text, proof_message
 from collector import audit_batch
 from collector.edge import Rejected, status_for
-from collector.storage import AgentRecord, Store, TokenRecord
+from collector.storage import AgentRecord, BundleRecord, Store, TokenRecord
 from collector.storage.audit import outcome_for_status
 from collector.storage.errors import AuthError, NotFound
 from protos import collector_pb2
@@ -246,6 +246,10 @@ class UploadIdentity:
     public_key: PublicKey
     case_token: TokenRecord | None
     closed: str | None = None
+    # The bundle ``looked_up`` (the upload's id) as read beside the agent (``stored``
+    # None: not stored then), for the upload's first check without reading it again.
+    looked_up: str = ""
+    stored: BundleRecord | None = None
 
     @property
     def bundle_key(self) -> PublicKey | None:
@@ -290,9 +294,11 @@ async def authorize_upload(
     token = bearer_token(context)
     case_token: TokenRecord | None = None
     closed: str | None = None
+    looked_up, stored = "", None
     if proof.agent_id:
         try:
-            agent = await asyncio.to_thread(store.get_agent, proof.agent_id)
+            agent, stored = await asyncio.to_thread(store.agent_and_bundle, proof.agent_id, bundle_id)
+            looked_up = bundle_id
         except NotFound:
             raise Rejected(
                 grpc.StatusCode.UNAUTHENTICATED,
@@ -345,7 +351,9 @@ async def authorize_upload(
         )
     if proof.agent_id and case_token is not None:
         closed = await _closed(store, case_token, max_refused)
-    return UploadIdentity(agent=agent, public_key=key, case_token=case_token, closed=closed)
+    return UploadIdentity(
+        agent=agent, public_key=key, case_token=case_token, closed=closed, looked_up=looked_up, stored=stored
+    )
 
 
 async def _closed(store: Store, token: TokenRecord, max_refused: int | None) -> str | None:

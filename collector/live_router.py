@@ -289,7 +289,19 @@ class LiveRouter:
         state = state_of(progress)  # the enum; the string from an agent of an earlier release
         if state not in AGENT_STATES:
             return
-        try:
+        # One write, only if the request is this agent's (the agent's words reach the
+        # engineer's terminal: cleaned like the other way round).
+        rec = await asyncio.to_thread(
+            self._store.advance_live_request,
+            progress.request_id,
+            state,
+            detail=clean_text(progress.detail, 2000),
+            agent_id=session.agent_id,
+        )
+        if rec is not None:
+            self._publish(rec)
+            return
+        try:  # only to say why not: unknown, another agent's, or final already
             rec = await asyncio.to_thread(self._store.get_live_request, progress.request_id)
         except Exception:
             log.info("agent %s reported on unknown request %r", session.agent_id, progress.request_id)
@@ -298,13 +310,14 @@ class LiveRouter:
             log.warning(
                 "agent %s reported on request %s of agent %s: ignored", session.agent_id, rec.request_id, rec.agent_id
             )
-            return
-        # The agent's words reach the engineer's terminal: cleaned like the other way round.
-        await self.advance(rec.request_id, state, detail=clean_text(progress.detail, 2000))
 
-    async def bundle_stored(self, bundle: BundleRecord, request_id: str) -> None:
-        """Ingest's hook: the bundle answering a live request is stored."""
-        try:
+    async def bundle_stored(self, bundle: BundleRecord, request_id: str, answered: LiveRequestRecord | None) -> None:
+        """Ingest's hook: the bundle answering a live request is stored, and the request
+        moved to ``done`` in the same transaction (``answered``; None when it was not)."""
+        if answered is not None:
+            self._publish(answered)
+            return
+        try:  # only to say why: unknown, final already, or another agent's
             rec = await asyncio.to_thread(self._store.get_live_request, request_id)
         except Exception:
             return
@@ -312,6 +325,3 @@ class LiveRouter:
             log.warning(
                 "bundle %s from %s names request %s of another agent", bundle.bundle_id, bundle.agent_id, request_id
             )
-            return
-        stored = f"bundle {bundle.bundle_id} stored"
-        await self.advance(request_id, LiveState.DONE, detail=stored, bundle_id=bundle.bundle_id)

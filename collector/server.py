@@ -22,7 +22,6 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from agent.transport.connect import is_loopback, parse_address
-from agent.transport.live_states import LiveState
 from collector.analysis import AnalysisWorker
 from collector.interceptors import MalformedRequests
 from collector.listen import ListenError, why_not_listening
@@ -32,7 +31,7 @@ from collector.services import EnrollService, IngestLimits, IngestService, Query
 from collector.services.channel import ChannelService
 from collector.services.hunt_service import HuntService
 from collector.services.sealed import CollectorRecipient
-from collector.storage import BlobStore, BundleRecord, Store, open_blob_backend
+from collector.storage import BlobStore, BundleRecord, LiveRequestRecord, Store, open_blob_backend
 from collector.tls import TlsMaterial, ensure_self_signed, load_tls_files
 from protos import collector_pb2, collector_pb2_grpc
 
@@ -246,15 +245,12 @@ class CollectorServer:
                 self._metrics_endpoint = None
             raise
 
-    async def _stored(self, bundle: BundleRecord, request_id: str) -> None:
-        """Ingest's hook for live answers: finish the request, then time it."""
-        await self.router.bundle_stored(bundle, request_id)
-        try:
-            rec = await asyncio.to_thread(self.store.get_live_request, request_id)
-        except Exception:
-            return
-        if rec.state == LiveState.DONE and rec.bundle_id == bundle.bundle_id:
-            self.metrics.snapshot_latency.observe(max(0.0, (rec.updated_at_us - rec.created_at_us) / 1e6))
+    async def _stored(self, bundle: BundleRecord, request_id: str, answered: LiveRequestRecord | None) -> None:
+        """Ingest's hook for live answers (``answered``: the request its transaction
+        finished): tell the watchers, then time it."""
+        await self.router.bundle_stored(bundle, request_id, answered)
+        if answered is not None:
+            self.metrics.snapshot_latency.observe(max(0.0, (answered.updated_at_us - answered.created_at_us) / 1e6))
 
     async def _sweep_stale_uploads(self) -> None:
         while True:

@@ -97,7 +97,7 @@ def _safe_file_name(name: str, bundle_id: str) -> str:
 
 
 async def stored_by(
-    store: Store, bundle_id: str, sha256: str, identity: UploadIdentity, *, sealed: bool = False
+    store: Store, bundle_id: str, sha256: str, identity: UploadIdentity, *, sealed: bool = False, fresh: bool = True
 ) -> BundleRecord | None:
     """The stored bundle ``bundle_id`` if ``identity`` stored it.
 
@@ -106,11 +106,17 @@ async def stored_by(
     Other bytes under a stored id are refused, unless they may be ``sealed``: a sealed
     file never hashes like the bundle inside it, so the record is returned as it is and
     the caller compares once the file is opened (``collector.services.sealed.resent``).
+    Unless ``fresh``, the record read with the identity serves (``UploadIdentity.stored``).
     """
-    try:
-        rec = await asyncio.to_thread(store.get_bundle, bundle_id)
-    except NotFound:
-        return None
+    if not fresh and identity.looked_up == bundle_id:
+        if identity.stored is None:
+            return None
+        rec = identity.stored
+    else:
+        try:
+            rec = await asyncio.to_thread(store.get_bundle, bundle_id)
+        except NotFound:
+            return None
     if rec.agent_id != identity.agent.id:
         return None
     if rec.sha256 != sha256 and not sealed:
@@ -129,7 +135,7 @@ async def stored_or_open(
     """The stored bundle if this upload (``sha256``) is it again. Else None once a new
     bundle may come: not under a used-up (or too often refused) case token, and only
     after a stored one of other bytes when those may be it ``sealed``."""
-    existing = await stored_by(store, bundle_id, sha256, identity, sealed=sealed)
+    existing = await stored_by(store, bundle_id, sha256, identity, sealed=sealed, fresh=False)
     if existing is not None and existing.sha256 == sha256:
         return existing
     if existing is None and identity.closed is not None:

@@ -29,16 +29,16 @@ from collector.services.sealed import CollectorRecipient, commit_staged, discard
 from collector.services.upload_limits import IngestLimits, UploadSlots, check_header_fields
 from collector.services.upload_stream import open_staged, read_header, receive_chunks
 from collector.services.verifier import Following, Verifier
-from collector.storage import BlobStore, BundleRecord, Store
+from collector.storage import BlobStore, BundleRecord, LiveRequestRecord, Store
 from collector.storage.errors import AuthError, Conflict, StagedByOther
 from protos import collector_pb2, collector_pb2_grpc
 
 __all__ = ["IngestLimits", "IngestService", "OnStored", "bundle_record", "receipt_for"]
 
-# Called after a bundle is stored (or found already stored) with its record and the
-# manifest's request id ("" outside live snapshots); the live router uses it to finish
-# the engineer's request. Never allowed to fail the upload.
-OnStored = Callable[[BundleRecord, str], Awaitable[None]]
+# Called after a live answer is stored (or found stored) with its record, the manifest's
+# request id and the request its transaction moved to ``done`` (None if none: unknown,
+# another agent's, final); the live router tells the watchers. Never fails the upload.
+OnStored = Callable[[BundleRecord, str, LiveRequestRecord | None], Awaitable[None]]
 
 log = logging.getLogger("casefile.collector.ingest")
 
@@ -353,25 +353,30 @@ class IngestService(collector_pb2_grpc.IngestServicer):
                     grpc.StatusCode.UNAUTHENTICATED,
                     f"bundle {bundle_id} not stored: case token {identity.case_token.id} is {exc.reason}",
                 ) from None
-        blob_key, size, sha256 = await asyncio.to_thread(commit_staged, staged, opened, self._blobs)
-        record = bundle_record(
-            vb,
-            facts,
-            bundle_id=bundle_id,
-            agent_id=identity.agent.id,
-            case_id=manifest.case_id or None,
-            size=size,
-            sha256=sha256,
-            key_fingerprint=identity.public_key.fingerprint,
-            file_name=header.file_name,
-            blob_key=blob_key,
-        )
-        stored, inserted = await asyncio.to_thread(
-            self._store.insert_bundle,
-            record,
-            facts_pb=vb.kept.get("facts.pb", b""),
-            manifest_json=vb.manifest_bytes.decode("utf-8"),
-        )
+        request_id = (manifest.request_id or "") if self._on_stored is not None else ""
+        def store_it() -> tuple[BundleRecord, bool, LiveRequestRecord | None]:
+            # The blob, then its row and the live request it answers, in one thread hop.
+            blob_key, size, sha256 = commit_staged(staged, opened, self._blobs)
+            record = bundle_record(
+                vb,
+                facts,
+                bundle_id=bundle_id,
+                agent_id=identity.agent.id,
+                case_id=manifest.case_id or None,
+                size=size,
+                sha256=sha256,
+                key_fingerprint=identity.public_key.fingerprint,
+                file_name=header.file_name,
+                blob_key=blob_key,
+            )
+            return self._store.insert_bundle_answering(
+                record,
+                facts_pb=vb.kept.get("facts.pb", b""),
+                manifest_json=vb.manifest_bytes.decode("utf-8"),
+                request_id=request_id,
+            )
+
+        stored, inserted, answered = await asyncio.to_thread(store_it)
         if stored.agent_id != identity.agent.id:
             # Only another agent's bundle of the same bytes could land here, which its
             # signature rules out; still, its receipt is never this uploader's answer.
@@ -386,10 +391,9 @@ class IngestService(collector_pb2_grpc.IngestServicer):
             "stored" if inserted else "already stored",
             stored.size,
         )
-        request_id = manifest.request_id
         if self._on_stored is not None and request_id:
             try:
-                await self._on_stored(stored, request_id)
+                await self._on_stored(stored, request_id, answered)
             except Exception:
                 log.exception("live request %s: bundle %s stored, but notifying failed", request_id, bundle_id)
         self.after_receipt(stored)

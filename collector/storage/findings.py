@@ -139,6 +139,10 @@ def decode_position(token: str | None) -> tuple[int, int] | None:
     return int(head), int(tail)
 
 
+# The previous analysis's columns, read beside the bundle's by ``put_analysis``.
+_PREVIOUS = [c.label(f"previous_{c.name}") for c in bundle_analysis.c]
+
+
 class FindingsMethods(StoreBase):
     """Writing and reading stored analysis."""
 
@@ -153,16 +157,29 @@ class FindingsMethods(StoreBase):
             # The bundle row locked (PostgreSQL; SQLite's BEGIN IMMEDIATE already serialises):
             # the worker and a query analysing the same bundle at once then replace in turn
             # instead of colliding on the primary key.
-            b = conn.execute(
-                select(bundles.c.hostname, bundles.c.case_id, bundles.c.agent_id, bundles.c.created_at)
-                .where(bundles.c.bundle_id == bundle_id)
-                .with_for_update()
-            ).first()
+            where_cols = (bundles.c.hostname, bundles.c.case_id, bundles.c.agent_id, bundles.c.created_at)
+            if self._pg:
+                # The previous analysis read after the lock is held: a row locked by a
+                # concurrent replacement would be re-checked, but not a joined one.
+                b = conn.execute(
+                    select(*where_cols).where(bundles.c.bundle_id == bundle_id).with_for_update()
+                ).first()
+                previous = select(*_PREVIOUS).where(bundle_analysis.c.bundle_id == bundle_id)
+                old = None if b is None else conn.execute(previous).first()
+            else:  # BEGIN IMMEDIATE: nobody else writes meanwhile; one statement reads both
+                b = conn.execute(
+                    select(*where_cols, *_PREVIOUS)
+                    .select_from(bundles.outerjoin(bundle_analysis, bundle_analysis.c.bundle_id == bundles.c.bundle_id))
+                    .where(bundles.c.bundle_id == bundle_id)
+                ).first()
+                old = None if b is None or b.previous_version is None else b
             if b is None:
                 raise NotFound(f"bundle {bundle_id!r} not found", what="bundle", key=bundle_id)
-            old = conn.execute(select(bundle_analysis).where(bundle_analysis.c.bundle_id == bundle_id)).first()
-            for table in (bundle_analysis, finding_rows, bundle_metrics, fs_metrics):
-                conn.execute(delete(table).where(table.c.bundle_id == bundle_id))
+            if old is not None:
+                # The four tables are written only here, together: without an analysis
+                # row the bundle has none of the others either (its first analysis).
+                for table in (bundle_analysis, finding_rows, bundle_metrics, fs_metrics):
+                    conn.execute(delete(table).where(table.c.bundle_id == bundle_id))
             where = {"hostname": b.hostname, "case_id": b.case_id, "agent_id": b.agent_id, "created_at": b.created_at}
             conn.execute(
                 bundle_analysis.insert().values(
@@ -203,7 +220,19 @@ class FindingsMethods(StoreBase):
         old = self._write_grouped(replace)
         for name in ("finding_rows", "bundle_metrics", "fs_metrics"):
             self._rows_inserted(name)  # keeps SQLite's planner statistics current
-        return None if old is None else _stored(old._mapping)
+        return None if old is None else _stored({k.removeprefix("previous_"): v for k, v in old._mapping.items()})
+
+    def blob_to_analyse(self, bundle_id: str) -> str | None:
+        """The blob key of ``bundle_id`` if it is stored and not analysed yet, else None:
+        one small read where the analysis worker would read the stored analysis whole."""
+        query = (
+            select(bundles.c.blob_key)
+            .select_from(bundles.outerjoin(bundle_analysis, bundle_analysis.c.bundle_id == bundles.c.bundle_id))
+            .where(bundles.c.bundle_id == bundle_id, bundle_analysis.c.bundle_id.is_(None))
+        )
+        with self._read() as conn:
+            key = conn.execute(query).scalar()
+        return None if key is None else str(key)
 
     def get_analysis(self, bundle_id: str) -> StoredAnalysis | None:
         with self._read() as conn:

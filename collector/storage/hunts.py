@@ -21,7 +21,7 @@ from collector.storage.agents import _agent
 from collector.storage.base import StoreBase
 from collector.storage.errors import InvalidArgument, NotFound
 from collector.storage.hunts_schema import agent_labels, create_hunt_tables, hunt_metadata, hunt_requests, hunts
-from collector.storage.live import LIVE_CHANNEL, LiveRequestRecord, _rec, live_requests
+from collector.storage.live import LIVE_CHANNEL, LiveRequestRecord, live_record, live_requests
 from collector.storage.schema import AgentRecord, agents, to_micros
 
 __all__ = ["HuntMethods", "HuntRecord", "create_hunt_tables", "hunt_metadata"]
@@ -158,7 +158,7 @@ class HuntMethods(StoreBase):
             return []
         with self._read() as conn:
             query = select(live_requests).where(live_requests.c.request_id.in_(request_ids))
-            found = {r.request_id: r for r in map(_rec, conn.execute(query))}
+            found = {r.request_id: r for r in map(live_record, conn.execute(query))}
         return [found[i] for i in request_ids]
 
     def get_hunt(self, hunt_id: str) -> HuntRecord:
@@ -178,7 +178,7 @@ class HuntMethods(StoreBase):
             .order_by(lr.hostname, lr.agent_id)
         )
         with self._read() as conn:
-            return [_rec(r) for r in conn.execute(query)]
+            return [live_record(r) for r in conn.execute(query)]
 
     def hunts_created_since(self, created_by: str, since_us: int) -> int:
         c = hunts.c

@@ -44,6 +44,7 @@ __all__ = [
     "create_channel_tables",
     "create_live_tables",
     "live_metadata",
+    "live_record",
     "live_requests",
     "replica_metadata",
 ]
@@ -54,7 +55,6 @@ LIVE_CHANNEL = "casefile_live"
 # The states (``agent.transport.live_states``), as the plain strings the column holds.
 LIVE_STATES: tuple[str, ...] = tuple(str(s) for s in STORED_STATES)
 FINAL_STATES: frozenset[str] = frozenset(str(s) for s in _FINAL)
-
 
 
 @dataclass(frozen=True)
@@ -92,7 +92,7 @@ class LiveRequestRecord:
         return self.state in FINAL_STATES
 
 
-def _rec(row: Row[Any]) -> LiveRequestRecord:
+def live_record(row: Row[Any]) -> LiveRequestRecord:
     m = row._mapping
     return LiveRequestRecord(
         request_id=m["request_id"],
@@ -149,19 +149,20 @@ class LiveMethods(StoreBase):
         with self._write() as conn:
             row = conn.execute(live_requests.insert().values(values).returning(*live_requests.c)).one()
             self._notify_live(conn, row._mapping["request_id"])
-        return _rec(row)
+        return live_record(row)
 
     def get_live_request(self, request_id: str) -> LiveRequestRecord:
         with self._read() as conn:
             row = conn.execute(select(live_requests).where(live_requests.c.request_id == request_id)).first()
         if row is None:
             raise NotFound(f"live request {request_id!r} not found", what="live request", key=request_id)
-        return _rec(row)
+        return live_record(row)
 
     def advance_live_request(
-        self, request_id: str, state: str, *, detail: str = "", bundle_id: str | None = None
+        self, request_id: str, state: str, *, detail: str = "", bundle_id: str | None = None, agent_id: str = ""
     ) -> LiveRequestRecord | None:
-        """Move a request to ``state``; ``None`` when it is unknown or already final."""
+        """Move a request (of ``agent_id``, if given) to ``state``; ``None`` when it is
+        unknown, another agent's or already final."""
         if state not in LIVE_STATES:
             known = ", ".join(LIVE_STATES)
             raise InvalidArgument(f"live request state {str(state)!r} unknown; expected one of {known}")
@@ -174,6 +175,7 @@ class LiveMethods(StoreBase):
             row = conn.execute(
                 live_requests.update()
                 .where(c.request_id == request_id, c.state.not_in(FINAL_STATES))
+                .where(*([c.agent_id == agent_id] if agent_id else []))
                 .values(values)
                 .returning(*live_requests.c)
             ).first()
@@ -182,7 +184,7 @@ class LiveMethods(StoreBase):
             return row
 
         row = self._write_grouped(advance)
-        return None if row is None else _rec(row)
+        return None if row is None else live_record(row)
 
     def queued_live_requests(self, agent_id: str) -> list[LiveRequestRecord]:
         """Requests still waiting for this agent, oldest first."""
@@ -190,7 +192,7 @@ class LiveMethods(StoreBase):
         queued = str(LiveState.QUEUED)
         query = select(live_requests).where(c.agent_id == agent_id, c.state == queued).order_by(c.created_at)
         with self._read() as conn:
-            return [_rec(r) for r in conn.execute(query)]
+            return [live_record(r) for r in conn.execute(query)]
 
     def agents_by_hostname(self, hostname: str) -> list[AgentRecord]:
         """Enrolled agents reporting this hostname, most recently seen first."""
@@ -219,7 +221,7 @@ class LiveMethods(StoreBase):
             ).first()
             if row is not None:
                 self._notify_live(conn, request_id)
-        return None if row is None else _rec(row)
+        return None if row is None else live_record(row)
 
     def claim_live_requests(self, claims: list[tuple[str, str]]) -> list[LiveRequestRecord]:
         """:meth:`claim_live_request` for each ``(request id, detail)`` in one transaction
@@ -236,7 +238,7 @@ class LiveMethods(StoreBase):
                     .returning(*live_requests.c)
                 ).first()
                 if row is not None:
-                    claimed.append(_rec(row))
+                    claimed.append(live_record(row))
                     self._notify_live(conn, request_id)
         return claimed
 
@@ -245,7 +247,7 @@ class LiveMethods(StoreBase):
             return []
         with self._read() as conn:
             rows = conn.execute(select(live_requests).where(live_requests.c.request_id.in_(request_ids)))
-            return [_rec(r) for r in rows]
+            return [live_record(r) for r in rows]
 
     def queued_live_requests_for_replica(self, replica_id: str) -> list[LiveRequestRecord]:
         """Queued requests of the agents whose channel this replica holds, oldest first."""
@@ -254,7 +256,7 @@ class LiveMethods(StoreBase):
         queued = str(LiveState.QUEUED)
         query = select(live_requests).where(c.state == queued, c.agent_id.in_(held)).order_by(c.created_at)
         with self._read() as conn:
-            return [_rec(r) for r in conn.execute(query)]
+            return [live_record(r) for r in conn.execute(query)]
 
     def heartbeat_replica(self, replica_id: str) -> bool:
         """Refresh this replica's one liveness row (one row written, however many agents it

@@ -16,7 +16,8 @@ from sqlalchemy import Connection, Select, and_, case, or_, select
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from agent.bundle.names import is_bundle_id, is_sha256
-from collector.storage.agents import AgentMethods
+from agent.transport.live_states import LiveState
+from collector.storage.agents import AgentMethods, _agent
 from collector.storage.audit import AuditMethods
 from collector.storage.base import Clock, make_engine, utc_now
 from collector.storage.case_activity_schema import case_activity, case_hosts
@@ -32,12 +33,15 @@ from collector.storage.cursors import (
 from collector.storage.errors import Conflict, InvalidArgument, NotFound, StoreError
 from collector.storage.findings import FindingsMethods
 from collector.storage.hunts import HuntMethods
-from collector.storage.live import LiveMethods
+from collector.storage.live import FINAL_STATES, LiveMethods, LiveRequestRecord, live_record
+from collector.storage.live_schema import live_requests
 from collector.storage.migrations import migrate
 from collector.storage.refusals import RefusalMethods
 from collector.storage.schema import (
+    AgentRecord,
     BundleRecord,
     HostRecord,
+    agents,
     bundles,
     host_agents,
     hosts,
@@ -111,15 +115,24 @@ class Store(
         store.refresh_statistics()
         return store
 
-    def insert_bundle(
-        self, rec: BundleRecord, *, facts_pb: bytes, manifest_json: str
-    ) -> tuple[BundleRecord, bool]:
+    def insert_bundle(self, rec: BundleRecord, *, facts_pb: bytes, manifest_json: str) -> tuple[BundleRecord, bool]:
         """Store a bundle's metadata and update its host, in one transaction.
 
         Returns ``(stored, inserted)``. The same id with the same sha256 again is
         not an error: it returns the stored record and ``False``. The same id with
         another sha256 raises ``Conflict``.
         """
+        stored, inserted, _ = self.insert_bundle_answering(rec, facts_pb=facts_pb, manifest_json=manifest_json)
+        return stored, inserted
+
+    def insert_bundle_answering(
+        self, rec: BundleRecord, *, facts_pb: bytes, manifest_json: str, request_id: str = ""
+    ) -> tuple[BundleRecord, bool, LiveRequestRecord | None]:
+        """:meth:`insert_bundle`, and in the same transaction the live request
+        ``request_id`` the bundle answers (if any, of the bundle's agent, not final yet)
+        moved to ``done`` naming the bundle: ``(stored, inserted, that request)``, the
+        request ``None`` when nothing was moved. The request is never ``done`` before its
+        bundle can be read, and one commit (one fsync) serves both."""
         if not is_bundle_id(rec.bundle_id):
             raise InvalidArgument(f"bundle id {clip(rec.bundle_id, 80)!r} is not 32 lowercase hex digits")
         if not is_sha256(rec.sha256):
@@ -127,9 +140,7 @@ class Store(
         if rec.size < 0 or not rec.hostname or not rec.blob_key:
             raise InvalidArgument(f"bundle {rec.bundle_id}: needs hostname, blob_key and size >= 0")
         values: dict[str, Any] = {
-            c.name: getattr(rec, c.name)
-            for c in _SUMMARY
-            if c.name not in ("created_at", "received_at")
+            c.name: getattr(rec, c.name) for c in _SUMMARY if c.name not in ("created_at", "received_at")
         }
         values.update(
             case_id=rec.case_id or None,
@@ -143,17 +154,25 @@ class Store(
             .on_conflict_do_nothing(index_elements=["bundle_id"])
             .returning(bundles.c.bundle_id)
         )
+        done = self._answered(request_id, rec.agent_id, rec.bundle_id) if request_id else None
 
-        def insert(conn: Connection) -> tuple[BundleRecord, bool]:
+        def insert(conn: Connection) -> tuple[BundleRecord, bool, Any]:
             if conn.execute(ins).first() is not None:
                 self._upsert_host(conn, stored)
-                return stored, True
-            existing = conn.execute(select(*_SUMMARY).where(bundles.c.bundle_id == rec.bundle_id)).one()
-            return _bundle(existing._mapping), False
+                result, inserted = stored, True
+            else:
+                existing = conn.execute(select(*_SUMMARY).where(bundles.c.bundle_id == rec.bundle_id)).one()
+                result, inserted = _bundle(existing._mapping), False
+            live = None
+            if done is not None and result.sha256 == rec.sha256 and result.agent_id == rec.agent_id:
+                live = conn.execute(done).first()
+                if live is not None:
+                    self._notify_live(conn, request_id)
+            return result, inserted, live
 
         try:
             # Shares its commit with the writes waiting meanwhile; on disk when this returns.
-            stored, inserted = self._write_grouped(insert)
+            stored, inserted, live = self._write_grouped(insert)
         except IntegrityError as exc:
             self.get_agent(rec.agent_id)  # NotFound names the unknown agent
             raise StoreError(f"bundle {rec.bundle_id} could not be stored: {exc.orig}") from exc
@@ -161,11 +180,25 @@ class Store(
             self._rows_inserted("bundles")
         elif stored.sha256 != rec.sha256:
             raise Conflict(
-                f"bundle {rec.bundle_id} is already stored with sha256 {stored.sha256}, "
-                f"not {rec.sha256}",
+                f"bundle {rec.bundle_id} is already stored with sha256 {stored.sha256}, not {rec.sha256}",
                 key=rec.bundle_id,
             )
-        return stored, inserted
+        return stored, inserted, None if live is None else live_record(live)
+
+    def _answered(self, request_id: str, agent_id: str, bundle_id: str) -> Any:
+        """The statement moving ``request_id`` of ``agent_id`` to ``done`` with ``bundle_id``."""
+        c = live_requests.c
+        return (
+            live_requests.update()
+            .where(c.request_id == request_id, c.agent_id == agent_id, c.state.not_in(FINAL_STATES))
+            .values(
+                state=str(LiveState.DONE),
+                detail=f"bundle {bundle_id} stored",
+                bundle_id=bundle_id,
+                updated_at=self._now(),
+            )
+            .returning(*live_requests.c)
+        )
 
     def _upsert_host(self, conn: Connection, rec: BundleRecord) -> None:
         created = rec.created_at_us
@@ -189,9 +222,7 @@ class Store(
                 index_elements=["hostname"],
                 set_={
                     "bundle_count": old.bundle_count + 1,
-                    "first_seen": case(
-                        (new.first_seen < old.first_seen, new.first_seen), else_=old.first_seen
-                    ),
+                    "first_seen": case((new.first_seen < old.first_seen, new.first_seen), else_=old.first_seen),
                     "last_seen": case((newer, new.last_seen), else_=old.last_seen),
                     "last_bundle_id": case((newer, new.last_bundle_id), else_=old.last_bundle_id),
                     "os": case((and_(newer, new.os != ""), new.os), else_=old.os),
@@ -199,17 +230,13 @@ class Store(
             )
         )
         conn.execute(
-            self._insert(host_agents)
-            .values(hostname=rec.hostname, agent_id=rec.agent_id)
-            .on_conflict_do_nothing()
+            self._insert(host_agents).values(hostname=rec.hostname, agent_id=rec.agent_id).on_conflict_do_nothing()
         )
         if rec.case_id:
             conn.execute(
                 self._insert(case_hosts).values(case_id=rec.case_id, hostname=rec.hostname).on_conflict_do_nothing()
             )
-            act = self._insert(case_activity).values(
-                case_id=rec.case_id, last_created_at=created, bundle_count=1
-            )
+            act = self._insert(case_activity).values(case_id=rec.case_id, last_created_at=created, bundle_count=1)
             cur = case_activity.c
             conn.execute(
                 act.on_conflict_do_update(
@@ -231,13 +258,21 @@ class Store(
             raise NotFound(f"bundle {clip(bundle_id, 80)!r} not found", what="bundle", key=bundle_id)
         return _bundle(row._mapping)
 
+    def agent_and_bundle(self, agent_id: str, bundle_id: str) -> tuple[AgentRecord, BundleRecord | None]:
+        """``get_agent`` and the bundle ``bundle_id`` (None if not stored) in one read:
+        what an upload's first checks need (``collector.auth.authorize_upload``)."""
+        with self._read() as conn:
+            agent = conn.execute(select(agents).where(agents.c.id == agent_id)).first()
+            if agent is None:
+                raise NotFound(f"agent {agent_id!r} not found", what="agent", key=agent_id)
+            row = conn.execute(select(*_SUMMARY).where(bundles.c.bundle_id == bundle_id)).first()
+        return _agent(agent), None if row is None else _bundle(row._mapping)
+
     def get_bundle_content(self, bundle_id: str) -> tuple[bytes, str]:
         """``(facts_pb, manifest_json)`` of a stored bundle."""
         with self._read() as conn:
             row = conn.execute(
-                select(bundles.c.facts_pb, bundles.c.manifest_json).where(
-                    bundles.c.bundle_id == bundle_id
-                )
+                select(bundles.c.facts_pb, bundles.c.manifest_json).where(bundles.c.bundle_id == bundle_id)
             ).first()
         if row is None:
             raise NotFound(f"bundle {clip(bundle_id, 80)!r} not found", what="bundle", key=bundle_id)
@@ -290,9 +325,7 @@ class Store(
         last = rows[-1]
         return rows, encode_bundle_cursor(last.created_at_us, last.bundle_id)
 
-    def list_hosts(
-        self, page_size: int = 100, cursor: str | None = None
-    ) -> tuple[list[HostRecord], str | None]:
+    def list_hosts(self, page_size: int = 100, cursor: str | None = None) -> tuple[list[HostRecord], str | None]:
         """A page of hosts ordered by hostname, with the agents seen on each."""
         size = clamp_page_size(page_size)
         query = select(hosts).order_by(hosts.c.hostname).limit(size + 1)

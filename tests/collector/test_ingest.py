@@ -90,6 +90,13 @@ def _cut_upload(c: RunningCollector, key: SigningKey, agent_id: str, path: Path,
         release.set()
         with pytest.raises(grpc.FutureCancelledError):
             fut.result()
+    # The collector records the partial's durable offset as the cut stream's handler
+    # ends, a moment after the client gave up: wait for it (GetUploadState reads it).
+    size, sha = path.stat().st_size, file_sha256(path)
+    for _ in range(200):
+        if c.server.blobs.durable_offset(bundle_id, size, sha) > 0:
+            break
+        threading.Event().wait(0.025)
 
 
 def test_cut_upload_resumes_and_is_byte_identical(collector: RunningCollector, tmp_path: Path) -> None:
