@@ -137,7 +137,7 @@ async def create_hunt(
     # write of its own, so a hunt over a thousand hosts is sent in well under a second.
     online = await router.online_among([rec.agent_id for rec in recs])
     await asyncio.to_thread(
-        store.audit_many,
+        store.audit_rows,
         [
             {
                 "actor": token.id,

@@ -6,7 +6,7 @@ import json
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Row, bindparam, or_, select
+from sqlalchemy import Connection, Row, bindparam, or_, select
 
 from agent.transport.live_states import CALL_ENDS
 from collector.storage.base import StoreBase
@@ -121,18 +121,6 @@ class AuditMethods(StoreBase):
         self._rows_inserted("audit_log")
         return _audit(row)
 
-    def audit_many(self, entries: list[dict[str, str]]) -> int:
-        """Append several entries in one transaction (a hunt's row per host); each dict holds
-        :meth:`audit`'s keyword arguments but ``at``, all stamped now. Returns how many."""
-        if not entries:
-            return 0
-        now = self._now()
-        rows = [self._audit_values(**e) | {"at": now} for e in entries]  # type: ignore[arg-type]
-        self._write_grouped(lambda conn: conn.execute(audit_log.insert(), rows))
-        for _ in rows:
-            self._rows_inserted("audit_log")
-        return len(rows)
-
     def _audit_values(
         self,
         *,
@@ -190,18 +178,25 @@ class AuditMethods(StoreBase):
             if rows:
                 conn.execute(audit_log.insert(), rows)
         if rows:
-            self._rows_inserted("audit_log")
+            self._rows_inserted("audit_log", len(rows))
 
     def audit_rows(self, rows: list[dict[str, Any]]) -> int:
-        """Append several entries, each with its own time (the keyword arguments of
-        :meth:`audit`, ``at`` included: a console page's calls, ``collector.audit_batch``), in one
-        transaction, in order; how many."""
+        """Append several entries in one transaction, in order; how many.
+
+        Each holds :meth:`audit`'s keyword arguments (without ``at``: now). A console
+        page's calls, each with the time it ended (``collector.audit_batch``), and a hunt's
+        row per host (``collector.hunts``).
+        """
         values = [self._audit_values(**r) for r in rows]
-        if values:
-            with self._write() as conn:
-                for v in values:  # one statement each: ids in call order on both databases
-                    conn.execute(audit_log.insert().values(v))
-            self._rows_inserted("audit_log")
+        if not values:
+            return 0
+
+        def insert(conn: Connection) -> None:
+            for v in values:  # one statement each: ids in call order on both databases
+                conn.execute(audit_log.insert().values(v))
+
+        self._write_grouped(insert)
+        self._rows_inserted("audit_log", len(values))
         return len(values)
 
     def list_audit(

@@ -161,8 +161,8 @@ class StoreBase:
         with self._read() as conn:
             return current_version(conn)
 
-    def _rows_inserted(self, table: str) -> None:
-        """A row was added to ``table``; ``StatsMethods`` keeps SQLite's statistics by it."""
+    def _rows_inserted(self, table: str, n: int = 1) -> None:
+        """``n`` rows were added to ``table``; ``StatsMethods`` keeps SQLite's statistics by it."""
 
     @contextmanager
     def _read(self) -> Iterator[Connection]:

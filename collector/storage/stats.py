@@ -108,12 +108,12 @@ class StatsMethods(StoreBase):
         log.info("planner statistics refreshed for %d rows of %s", rows, table)
         return True
 
-    def _rows_inserted(self, table: str) -> None:
-        """Count one inserted row; refresh the table's statistics when enough have arrived."""
+    def _rows_inserted(self, table: str, n: int = 1) -> None:
+        """Count ``n`` inserted rows; refresh the table's statistics when enough have arrived."""
         if self._pg:
             return
         with self._stats_lock:
-            self._stats_countdown[table] -= 1
+            self._stats_countdown[table] -= n
             if self._stats_countdown[table] > 0:
                 return
             # Only one thread checks; the others count on from the new countdown.
