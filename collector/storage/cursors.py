@@ -56,15 +56,20 @@ def encode_bundle_cursor(created_at_micros: int, bundle_id: str) -> str:
     return _encode(f"b1:{created_at_micros}:{bundle_id}")
 
 
-def decode_bundle_cursor(cursor: str) -> tuple[int, str]:
-    """``(created_at_micros, bundle_id)`` of the last row of the previous page."""
-    match = _BUNDLE_RE.fullmatch(_decode(cursor))
+def _time_and_key(pattern: re.Pattern[str], cursor: str) -> tuple[int, str]:
+    """``(microseconds, key)`` of a token ``pattern`` matches whole; refused otherwise."""
+    match = pattern.fullmatch(_decode(cursor))
     if match is None:
         raise InvalidArgument("invalid page token")
     micros = int(match.group(1))
     if not _INT64[0] <= micros <= _INT64[1]:
         raise InvalidArgument("invalid page token")
     return micros, match.group(2)
+
+
+def decode_bundle_cursor(cursor: str) -> tuple[int, str]:
+    """``(created_at_micros, bundle_id)`` of the last row of the previous page."""
+    return _time_and_key(_BUNDLE_RE, cursor)
 
 
 def encode_host_cursor(hostname: str) -> str:
@@ -87,10 +92,4 @@ def encode_case_cursor(last_micros: int, case_id: str) -> str:
 
 def decode_case_cursor(cursor: str) -> tuple[int, str]:
     """``(newest bundle's created_at, case_id)`` of the last case of the previous page."""
-    match = _CASE_RE.fullmatch(_decode(cursor))
-    if match is None:
-        raise InvalidArgument("invalid page token")
-    micros = int(match.group(1))
-    if not _INT64[0] <= micros <= _INT64[1]:
-        raise InvalidArgument("invalid page token")
-    return micros, match.group(2)
+    return _time_and_key(_CASE_RE, cursor)
