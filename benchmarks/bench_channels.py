@@ -20,7 +20,6 @@ import asyncio
 import hashlib
 import json
 import os
-import random
 import resource
 import signal
 import socket
@@ -34,12 +33,12 @@ from typing import Any
 import grpc
 import psutil
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from simagent import handshake
 
-from agent.daemon import channel_message
 from agent.keys import SigningKey, fingerprint_of
 from agent.transport.connect import PINNED_TARGET_NAME, fetch_certificate, parse_address
 from collector.storage import Store
-from protos import collector_pb2, collector_pb2_grpc
+from protos import collector_pb2_grpc
 
 BIN = Path(sys.executable).parent
 
@@ -88,23 +87,7 @@ async def _hold(addr: str, agents: list[tuple[int, str]], per_conn: int, ready: 
     async def one(stub: Any, idx: int, agent_id: str) -> None:
         async with sem:
             key = _key(idx)
-            for attempt in range(30):
-                call: Any = stub.Connect()
-                try:
-                    await call.write(collector_pb2.AgentMessage(hello=collector_pb2.ChannelHello(agent_id=agent_id)))
-                    challenge = await call.read()
-                    sig = key.sign(channel_message(bytes(challenge.challenge.nonce), agent_id))
-                    await call.write(
-                        collector_pb2.AgentMessage(challenge_response=collector_pb2.ChallengeResponse(signature=sig))
-                    )
-                    accepted = await call.read()
-                    break
-                except grpc.aio.AioRpcError:
-                    # The collector refuses handshakes beyond its bound ("busy"): back off as agents
-                    # do. The call's status, not the failed write's INTERNAL, is its answer.
-                    if await call.code() is not grpc.StatusCode.UNAVAILABLE or attempt == 29:
-                        raise
-                    await asyncio.sleep(random.uniform(0, min(10.0, 0.5 * 2**attempt)))
+            call, accepted = await handshake(stub, agent_id, key)
             if accepted is grpc.aio.EOF or accepted.WhichOneof("msg") != "accepted":
                 raise SystemExit(f"agent {agent_id} not accepted: {accepted}")
             calls.append(call)

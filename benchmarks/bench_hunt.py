@@ -52,9 +52,9 @@ from typing import Any
 
 import grpc
 import psutil
+from simagent import handshake
 
 from agent.bundle import BundleMeta, BundleWriter, new_bundle_id
-from agent.daemon import channel_message
 from agent.keys import SigningKey, fingerprint_of
 from agent.state import AgentHome, Enrollment
 from agent.transport import enroll, open_channel, parse_address
@@ -149,23 +149,7 @@ class Fleet:
         channels = []
 
         async def one(stub: Any, n: int, agent_id: str, hostname: str, key: SigningKey) -> None:
-            for attempt in range(30):
-                call: Any = stub.Connect()
-                try:
-                    await call.write(collector_pb2.AgentMessage(hello=collector_pb2.ChannelHello(agent_id=agent_id)))
-                    challenge = await call.read()
-                    sig = key.sign(channel_message(bytes(challenge.challenge.nonce), agent_id))
-                    await call.write(
-                        collector_pb2.AgentMessage(challenge_response=collector_pb2.ChallengeResponse(signature=sig))
-                    )
-                    accepted = await call.read()
-                    break
-                except grpc.aio.AioRpcError:
-                    # The collector refuses handshakes beyond its bound ("busy"): back off as agents
-                    # do. The call's status, not the failed write's INTERNAL, is its answer.
-                    if await call.code() is not grpc.StatusCode.UNAVAILABLE or attempt == 29:
-                        raise
-                    await asyncio.sleep(random.uniform(0, min(10.0, 0.5 * 2**attempt)))
+            call, accepted = await handshake(stub, agent_id, key)
             assert accepted.WhichOneof("msg") == "accepted"
             self.ready += 1
             while True:

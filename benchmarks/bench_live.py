@@ -39,9 +39,9 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+from simagent import handshake
 from sqlalchemy import create_engine, make_url, text
 
-from agent.daemon import channel_message
 from agent.keys import SigningKey, fingerprint_of
 from agent.state import AgentHome, Enrollment
 from agent.transport import enroll, open_channel, parse_address
@@ -80,14 +80,7 @@ async def _simulated(addrs: list[str], pem: bytes, agents: list[tuple[str, Signi
         stub = collector_pb2_grpc.ChannelStub(ch)
 
         async def one(agent_id: str, key: SigningKey, stub: Any = stub) -> Any:
-            call: Any = stub.Connect()
-            await call.write(collector_pb2.AgentMessage(hello=collector_pb2.ChannelHello(agent_id=agent_id)))
-            challenge = await call.read()
-            sig = key.sign(channel_message(bytes(challenge.challenge.nonce), agent_id))
-            await call.write(
-                collector_pb2.AgentMessage(challenge_response=collector_pb2.ChallengeResponse(signature=sig))
-            )
-            accepted = await call.read()
+            call, accepted = await handshake(stub, agent_id, key)
             assert accepted.WhichOneof("msg") == "accepted"
             ready[0] += 1
             return call

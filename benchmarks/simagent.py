@@ -1,0 +1,41 @@
+"""A simulated agent's Channel handshake, shared by the benchmarks that hold many agents.
+
+hello → challenge → signed response → accepted, over a ``grpc.aio`` Channel stub. The
+collector refuses handshakes beyond its bound with UNAVAILABLE ("collector busy"): the
+simulated agent backs off with full jitter and tries again, as the daemon does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from typing import Any
+
+import grpc
+
+from agent.daemon import channel_message
+from agent.keys import SigningKey
+from protos import collector_pb2
+
+__all__ = ["handshake"]
+
+
+async def handshake(stub: Any, agent_id: str, key: SigningKey, *, attempts: int = 30) -> tuple[Any, Any]:
+    """``(call, answer)``: the open Connect call and the collector's answer to the response
+    (``accepted`` when all went well, or ``grpc.aio.EOF``); raises after ``attempts`` refusals."""
+    for attempt in range(attempts):
+        call: Any = stub.Connect()
+        try:
+            await call.write(collector_pb2.AgentMessage(hello=collector_pb2.ChannelHello(agent_id=agent_id)))
+            challenge = await call.read()
+            sig = key.sign(channel_message(bytes(challenge.challenge.nonce), agent_id))
+            await call.write(
+                collector_pb2.AgentMessage(challenge_response=collector_pb2.ChallengeResponse(signature=sig))
+            )
+            return call, await call.read()
+        except grpc.aio.AioRpcError:
+            # The call's status, not the failed write's INTERNAL, is the collector's answer.
+            if await call.code() is not grpc.StatusCode.UNAVAILABLE or attempt == attempts - 1:
+                raise
+            await asyncio.sleep(random.uniform(0, min(10.0, 0.5 * 2**attempt)))
+    raise AssertionError("unreachable")
