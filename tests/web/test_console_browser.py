@@ -36,7 +36,7 @@ pytestmark = pytest.mark.skipif(
 )
 
 webdriver = pytest.importorskip("selenium.webdriver", reason="needs selenium (the dev extra)")
-from selenium.common.exceptions import StaleElementReferenceException  # noqa: E402
+from selenium.common.exceptions import WebDriverException  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.common.keys import Keys  # noqa: E402
 
@@ -197,8 +197,14 @@ def test_engineer_works_a_case_and_gets_a_live_snapshot(site: Site, browser: Any
 
     def arrived() -> bool:
         if "/snapshots/" in d.current_url:
-            with contextlib.suppress(StaleElementReferenceException):  # the list grows while it is read
-                seen.update(e.text.split()[0] for e in d.find_elements(By.CSS_SELECTOR, "#progress li") if e.text)
+            # Read the list in one script call: it grows while it is read, and the page is replaced by the
+            # bundle page when the snapshot is done, which Chromium reports as a stale element or as an
+            # "unknown error" about a node that left the document.
+            with contextlib.suppress(WebDriverException):
+                texts = d.execute_script(
+                    "return Array.from(document.querySelectorAll('#progress li'), e => e.textContent.trim())"
+                )
+                seen.update(t.split()[0] for t in texts or [] if t)
         return "/bundles/" in d.current_url
 
     wait_for("the live bundle opens", arrived, timeout=90, logs=site.agent.log.read_text)
@@ -297,7 +303,7 @@ def test_engineer_hunts_from_the_keyboard_and_sees_the_hosts_finish(site: Site, 
     assert "db-1" in d.find_element(By.ID, "hunt-hosts").text  # enrolled, never connected: it waits
 
     def state_of(host: str) -> str:
-        with contextlib.suppress(StaleElementReferenceException):
+        with contextlib.suppress(WebDriverException):  # rows are replaced in place while read
             for row in d.find_elements(By.CSS_SELECTOR, "#hunt-hosts tbody tr"):
                 if row.text.startswith(host):
                     return str(row.find_element(By.CSS_SELECTOR, "td.state").text)
