@@ -32,6 +32,7 @@ from agent.cli_common import (
     out,
     upload_to_collector,
 )
+from agent.collect.logparse.bounds import DEFAULT_MAX_BYTES, DEFAULT_MAX_BYTES_PER_SOURCE
 from agent.collect_request import send_later_command
 from agent.console import load_console
 from agent.errors import CasefileError, CollectionError, SealedBundleError, TransportError, VerificationError
@@ -78,8 +79,13 @@ def collect(
     ] = False,
     since: Annotated[str, typer.Option("--since", help="Log window: 30m, 2h, 24h (default), 7d.")] = "24h",
     logs_max: Annotated[
-        str, typer.Option("--logs-max", help="Total log bytes kept, newest first (default 32M; per source 8M).")
-    ] = "32M",
+        str,
+        typer.Option(
+            "--logs-max",
+            help=f"Total log bytes kept, newest first (per source {DEFAULT_MAX_BYTES_PER_SOURCE >> 20}M; "
+            "`--set logs_max_bytes_per_source=` changes that).",
+        ),
+    ] = f"{DEFAULT_MAX_BYTES >> 20}M",
     set_options: Annotated[
         list[str] | None,
         typer.Option(
