@@ -18,6 +18,12 @@ BUSY = "import time\nend = time.monotonic() + 30\nwhile time.monotonic() < end: 
 BIG = "b = bytearray(300 * 1024 * 1024)\nfor i in range(0, len(b), 4096): b[i] = 1\nimport time; time.sleep(30)\n"
 
 
+def _cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as fh:
+        fields = fh.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
 def _run(**options: object) -> facts_pb2.ProcessFacts:
     spec = CollectionSpec(options=options)  # type: ignore[arg-type]
     with run_collection(spec, collectors=[ProcessesCollector]) as result:
@@ -39,7 +45,9 @@ def test_busy_and_big_processes_rank_first() -> None:
             except OSError:
                 pass
             time.sleep(0.05)
+        before, start = _cpu_seconds(busy.pid), time.monotonic()
         facts = _run(processes_sample_s=0.4, processes_top_n=5)
+        got = (_cpu_seconds(busy.pid) - before) / (time.monotonic() - start) * 100  # what it really had
     finally:
         busy.kill()
         big.kill()
@@ -48,18 +56,22 @@ def test_busy_and_big_processes_rank_first() -> None:
     assert facts.total > 2 and facts.threads >= facts.total
     assert 0.3 < facts.sample_seconds < 5
     assert len(facts.top_cpu) == 5 and len(facts.top_rss) == 5
+    cpu = [p.cpu_percent for p in facts.top_cpu]
+    assert cpu == sorted(cpu, reverse=True)
     # Ranked, not necessarily first: on a shared machine (a test suite's own process, a
     # browser) something else may be busier or bigger; what ranks above must really be.
-    assert busy.pid in [p.pid for p in facts.top_cpu]
-    hot = next(p for p in facts.top_cpu if p.pid == busy.pid)
-    assert hot.cpu_percent > 20 and hot.name.startswith("python")
+    # On a saturated machine (load far above the cores) the busy loop gets a few per cent,
+    # and five other processes may well have had more: then only the ranking is checked.
+    if got < 20 and busy.pid not in [p.pid for p in facts.top_cpu]:
+        assert cpu[-1] > 0, f"the busy loop had {got:.0f} % of a core and is not ranked, above: {cpu}"
+    else:
+        hot = next(p for p in facts.top_cpu if p.pid == busy.pid)
+        assert hot.cpu_percent > min(20, got / 2) and hot.name.startswith("python")
+        assert hot.started.seconds > 0 and hot.username
     assert big.pid in [p.pid for p in facts.top_rss]
     large = next(p for p in facts.top_rss if p.pid == big.pid)
     assert large.rss > 250 << 20 and all(p.rss >= large.rss for p in facts.top_rss[: list(facts.top_rss).index(large)])
     assert "casefile-big-marker" in large.cmdline  # redaction happens later
-    assert hot.started.seconds > 0 and hot.username
-    cpu = [p.cpu_percent for p in facts.top_cpu]
-    assert cpu == sorted(cpu, reverse=True)
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc")
