@@ -107,6 +107,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--agents", type=int, default=1000, help="connected agents in total (incl. the real one)")
     ap.add_argument("--snapshots", type=int, default=30)
+    ap.add_argument("--marks", type=Path, help="write each snapshot's state times (ms from the request) here, JSON")
     ap.add_argument("--db", choices=("sqlite", "postgres"), default="sqlite")
     ap.add_argument(
         "--pg-url",
@@ -194,6 +195,7 @@ def main() -> None:
         )
         md = (("authorization", f"Bearer {eng}"),)
         total, collect = [], []
+        traces: list[dict[str, float]] = []
         with open_channel(parse_address(engineer_addr), ca_fingerprint=fp) as ch:
             stub = collector_pb2_grpc.QueryStub(ch)
             for _ in range(args.snapshots):
@@ -206,6 +208,9 @@ def main() -> None:
                 assert last is not None and state_of(last) == "done", last
                 total.append((marks["done"] - start) * 1000)
                 collect.append((marks["uploading"] - marks["collecting"]) * 1000)
+                traces.append({state: round((t - start) * 1000, 1) for state, t in marks.items()})
+        if args.marks:
+            args.marks.write_text(json.dumps(traces, indent=1))
         q = statistics.quantiles
         where = (
             "SQLite, one collector"

@@ -112,6 +112,7 @@ def serve(
         s3_endpoint=s3_endpoint,
         metrics_address=metrics_address,
         web_address=web_address,
+        warm_verifier=True,
     )
     try:
         server = CollectorServer(config)

@@ -64,6 +64,10 @@ class ServerConfig:
     key_file: Path | None = None
     limits: IngestLimits = field(default_factory=IngestLimits)
     grace_s: float = 5.0
+    # Start the bundle verifier's worker processes with the server, not on the first
+    # upload (which would wait ~1 s for them). `serve` does; in-process servers of the
+    # tests start them on first use, as before.
+    warm_verifier: bool = False
     # Partial uploads nobody resumed for this long are removed (checked hourly), so an
     # agent that vanished mid-upload cannot fill the staging disk.
     stale_upload_age: dt.timedelta = dt.timedelta(days=7)
@@ -218,6 +222,8 @@ class CollectorServer:
         self._server = server
         self._janitor = asyncio.create_task(self._sweep_stale_uploads())
         self.analysis.start()  # first analyses bundles a previous run stored but never analysed
+        if self.config.warm_verifier:
+            self._ingest.verifier.warm()
         log.info("collector listening on %s port %d (blobs: %s)", target, self.port, self.blobs.describe())
         return self.port
 

@@ -231,20 +231,30 @@ class Verifier:
     def _follower_done(self) -> None:
         self.following -= 1
 
+    def _check_pool(self) -> ProcessPoolExecutor:
+        if self._checks is None:
+            # spawn, not fork: a forked copy of a process running grpc threads is not safe.
+            self._checks = ProcessPoolExecutor(
+                self._limits.verify_workers,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=_verifier_process_init,
+                initargs=(self._limits.verify_nice, os.getpid()),
+            )
+        return self._checks
+
+    def warm(self) -> None:
+        """Start the verifier processes now, in the background, so that the first upload
+        after a start does not wait ~1 s for an interpreter to start and import."""
+        started = self._check_pool().submit(os.getpid)
+        started.add_done_callback(lambda fut: fut.cancelled() or fut.exception())  # a failure shows on first use
+
     async def check(self, path: Path, key: PublicKey | None, size: int, label: str) -> VerifiedBundle:
         """Verify a staged file whose every byte is here, in a worker process (waits for a free one).
 
         ``key`` None checks the signature against the bundle's own key (a bundle brought
         by hand, whose signer is matched to an enrolled agent afterwards)."""
         limits = self._limits
-        if self._checks is None:
-            # spawn, not fork: a forked copy of a process running grpc threads is not safe.
-            self._checks = ProcessPoolExecutor(
-                limits.verify_workers,
-                mp_context=multiprocessing.get_context("spawn"),
-                initializer=_verifier_process_init,
-                initargs=(limits.verify_nice,),
-            )
+        checks = self._check_pool()
         run = functools.partial(
             verify_outcome,
             str(path),
@@ -256,7 +266,7 @@ class Verifier:
             ratio_floor=limits.ratio_floor_bytes,
         )
         try:
-            outcome = await asyncio.get_running_loop().run_in_executor(self._checks, run)
+            outcome = await asyncio.get_running_loop().run_in_executor(checks, run)
         except BrokenProcessPool:
             self._checks = None  # a worker died (killed, out of memory): the next check starts new ones
             raise Rejected(

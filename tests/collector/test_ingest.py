@@ -1043,3 +1043,41 @@ def test_verifier_process_ends_with_a_killed_collector(tmp_path: Path) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait(10)
+
+
+def test_serve_starts_the_verifier_before_the_first_upload(tmp_path: Path) -> None:
+    """`serve` starts its verifier process with the server (the first upload after a start
+    would otherwise wait ~1 s for an interpreter to import), and a collector killed while
+    that process may still be starting does not leave it behind."""
+    import signal
+    import subprocess
+    import sys
+
+    import psutil
+
+    binary = str(Path(sys.executable).parent / "casefile-collector")
+    ready = tmp_path / "ready.json"
+    proc = subprocess.Popen(
+        [binary, "serve", "--address", "127.0.0.1:0", "--data-dir", str(tmp_path / "c"), "--ready-file", str(ready)],
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        workers: list[psutil.Process] = []
+        for _ in range(400):
+            if ready.exists():
+                workers = [
+                    p for p in psutil.Process(proc.pid).children(recursive=True)
+                    if "spawn_main" in " ".join(p.cmdline())
+                ]
+            if workers or proc.poll() is not None:
+                break
+            threading.Event().wait(0.05)
+        assert workers, "no verifier process was started with the server"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+        _, alive = psutil.wait_procs(workers, timeout=15)
+        assert not alive, f"verifier processes outlived the collector: {[p.pid for p in alive]}"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
