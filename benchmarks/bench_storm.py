@@ -197,6 +197,30 @@ def _pct(xs: list[float], p: float) -> float:
     return s[min(len(s) - 1, int(p / 100 * len(s)))] * 1000 if s else float("nan")
 
 
+def _pg_counters(db_url: str | None) -> dict[str, int]:
+    """PostgreSQL's counters of the benchmark's database so far: transactions committed, rows
+    inserted + updated + deleted in all, and per table of the Channel's writes (``{}`` on SQLite)."""
+    if not db_url:
+        return {}
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(db_url)
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("SELECT pg_stat_clear_snapshot()"))
+            db = conn.execute(text(
+                "SELECT xact_commit, tup_inserted + tup_updated + tup_deleted FROM pg_stat_database "
+                "WHERE datname = current_database()")).one()
+            out = {"xact_commit": int(db[0]), "rows": int(db[1])}
+            q = "SELECT relname, n_tup_ins + n_tup_upd + n_tup_del FROM pg_stat_user_tables"
+            for name, n in conn.execute(text(q)):
+                if name in ("agent_channels", "collector_replicas", "agents", "audit_log"):
+                    out[name] = int(n)
+            return out
+    finally:
+        engine.dispose()
+
+
 def _start(cmd: list[str], ready: Path, log: Path) -> tuple[subprocess.Popen[bytes], str]:
     ready.unlink(missing_ok=True)
     proc = subprocess.Popen(cmd, stdout=log.open("a"), stderr=subprocess.STDOUT)
@@ -264,6 +288,7 @@ def main() -> None:
         base.join()
         _c, accepted0, refused0 = _status(status)
 
+        pg0 = _pg_counters(args.db_url)
         coll.send_signal(signal.SIGKILL)
         coll.wait()
         killed = time.monotonic()
@@ -292,6 +317,8 @@ def main() -> None:
         storm_s = time.monotonic() - killed
         storm.halt.set()
         storm.join()
+        time.sleep(1.5)  # a backend reports its counters at most once a second
+        pg1 = _pg_counters(args.db_url)
         _c, accepted1, refused1 = _status(status)
         refused = refused1 - refused0
         print(f"collector {addr}, {'PostgreSQL' if args.db_url else 'SQLite'}; {args.agents} agents over "
@@ -318,6 +345,12 @@ def main() -> None:
               f"{_pct(base.lat, 99):.1f} ms (n {len(base.lat)}) |")
         if base.lat and storm.lat:
             print(f"| p99 storm / baseline | {_pct(storm.lat, 99) / _pct(base.lat, 99):.1f}x |")
+        if pg0 and pg1:
+            per_s = {k: (pg1.get(k, 0) - pg0.get(k, 0)) / storm_s for k in pg1}
+            tables = ", ".join(f"{k} {v:.1f}" for k, v in per_s.items() if k not in ("xact_commit", "rows"))
+            print(f"| PostgreSQL during the storm ({storm_s:.0f} s; the engineer's calls included): transactions "
+                  f"committed / rows written a second | {per_s['xact_commit']:.1f} / {per_s['rows']:.1f} "
+                  f"({tables}) |")
         print(f"median ListBundles during the storm {statistics.median(storm.lat) * 1000 if storm.lat else 0:.1f} ms")
     finally:
         for w in workers:

@@ -36,6 +36,7 @@ import logging
 import os
 import socket
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import grpc
@@ -47,7 +48,7 @@ from agent.transport.live_states import LiveState
 from collector.edge import Rejected
 from collector.live_router import LiveRouter, Session, event_of, request_message, spec_envelope
 from collector.storage import LiveRequestRecord, Store
-from collector.storage.live import LIVE_CHANNEL
+from collector.storage.live import LIVE_CHANNEL, ChannelHolder
 
 __all__ = ["PgLiveRouter", "default_replica_id", "libpq_dsn"]
 
@@ -65,6 +66,78 @@ def libpq_dsn(db_url: str) -> str:
 
 def _us(seconds_ago: float) -> int:
     return int((time.time() - seconds_ago) * 1_000_000)
+
+
+class ChannelRows:
+    """The writes of this replica's ``agent_channels`` rows, off the event loop and grouped.
+
+    A stream's claim (its agent connected) and release (it left) are queued here in the order
+    they happen and written by one thread of their own, in order: the changes queued while one
+    transaction is being committed go together into the next (``Store.write_channels``), so a
+    reconnect storm's thousands of connects cost a few commits a second, not one each, and no
+    handler waits on the database with the event loop. A claim's caller awaits its commit
+    (a refusal must come before the stream is accepted); a release's does not. Order is what
+    keeps the rows right: an agent that leaves and comes back has its release written
+    before its new claim, never after.
+    """
+
+    def __init__(self, store: Store, replica_id: str, stale_s: float, max_batch: int = 1000) -> None:
+        self._store = store
+        self._replica_id = replica_id
+        self._stale_s = stale_s
+        self._max = max_batch
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="channel-rows")
+        self._pending: list[tuple[str, str | None, asyncio.Future[ChannelHolder | None] | None]] = []
+        self._flusher: asyncio.Task[None] | None = None
+        self.batches = 0  # transactions committed (for tests and benchmarks)
+        self.changes = 0
+
+    def _queue(self, agent_id: str, peer: str | None, done: asyncio.Future[ChannelHolder | None] | None) -> None:
+        self._pending.append((agent_id, peer, done))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.get_running_loop().create_task(self._flush(), name="channel-rows")
+
+    async def change(self, agent_id: str, peer: str) -> ChannelHolder | None:
+        """Claim the agent's row for this replica; ``None`` once committed, or the live
+        replica holding it (the row is then left alone)."""
+        done: asyncio.Future[ChannelHolder | None] = asyncio.get_running_loop().create_future()
+        self._queue(agent_id, peer, done)
+        return await done
+
+    def release(self, agent_id: str) -> None:
+        """Delete the agent's row if this replica holds it; queued, not awaited."""
+        self._queue(agent_id, None, None)
+
+    async def _flush(self) -> None:
+        loop = asyncio.get_running_loop()
+        while self._pending:
+            batch, self._pending = self._pending[: self._max], self._pending[self._max :]
+            changes = [(a, p) for a, p, _f in batch]
+            try:
+                holders = await loop.run_in_executor(
+                    self._pool, self._store.write_channels, self._replica_id, changes, _us(self._stale_s)
+                )
+            except Exception as exc:
+                released = sum(1 for _a, p, _f in batch if p is None)
+                if released:
+                    log.warning("could not release %d channel row(s) (%s); the next claims take them over",
+                                released, exc)
+                for _a, _p, fut in batch:
+                    if fut is not None and not fut.done():
+                        fut.set_exception(exc)
+                continue
+            self.batches += 1
+            self.changes += len(batch)
+            for (_a, _p, fut), holder in zip(batch, holders, strict=True):
+                if fut is not None and not fut.done():
+                    fut.set_result(holder)
+
+    async def aclose(self, timeout_s: float) -> None:
+        """Let the changes queued so far be written (bounded), then stop the thread."""
+        if self._flusher is not None and not self._flusher.done():
+            with contextlib.suppress(Exception):
+                await asyncio.wait({self._flusher}, timeout=timeout_s)
+        self._pool.shutdown(wait=False)
 
 
 class PgLiveRouter(LiveRouter):
@@ -91,6 +164,7 @@ class PgLiveRouter(LiveRouter):
         # notification of that same change must not produce two events.
         self._shown: dict[str, tuple[int, str]] = {}
         self.listening = asyncio.Event()  # set while the LISTEN connection is up
+        self._rows = ChannelRows(store, replica_id, stale_s)
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -107,6 +181,8 @@ class PgLiveRouter(LiveRouter):
         ]
 
     async def aclose(self) -> None:
+        # The claims and releases on their way first, so none lands after the rows are forgotten.
+        await self._rows.aclose(timeout_s=10.0)
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -118,13 +194,14 @@ class PgLiveRouter(LiveRouter):
 
     # -- streams -------------------------------------------------------------------
 
-    def register(self, agent_id: str, peer: str) -> Session:
+    async def connect(self, agent_id: str, peer: str) -> Session:
         session = super().register(agent_id, peer)
         try:
-            # Synchronous on purpose: the refusal must come before the stream is accepted.
-            holder = self._store.claim_channel(agent_id, self.replica_id, peer, _us(self._stale_s))
-        except Exception:
-            super().unregister(session)
+            # Awaited: the refusal must come before the stream is accepted.
+            holder = await self._rows.change(agent_id, peer)
+        except BaseException:
+            # Failed or cancelled: a claim still on its way is undone by the release queued after it.
+            self.unregister(session)
             raise
         if holder is not None:
             super().unregister(session)
@@ -139,12 +216,9 @@ class PgLiveRouter(LiveRouter):
         mine = self._sessions.get(session.agent_id) is session
         super().unregister(session)
         if mine:
-            try:
-                self._store.release_channel(session.agent_id, self.replica_id)
-            except Exception:
-                # Left for the next claim to take over; it still names this replica, so
-                # the agent shows connected until then or until this replica stops.
-                log.warning("could not release the channel row of %s", session.agent_id, exc_info=True)
+            # Not awaited: a failure leaves the row for the next claim to take over; it still
+            # names this replica, so the agent shows connected until then or until this replica stops.
+            self._rows.release(session.agent_id)
 
     async def online_among(self, agent_ids: list[str]) -> set[str]:
         """Those of ``agent_ids`` whose stream this or another replica holds (one query)."""

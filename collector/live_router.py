@@ -153,6 +153,11 @@ class LiveRouter:
         self._sessions[agent_id] = session
         return session
 
+    async def connect(self, agent_id: str, peer: str) -> Session:
+        """What the Channel calls for an authenticated stream: :meth:`register`, and on
+        PostgreSQL the replica's claim of the agent's row, committed before this returns."""
+        return self.register(agent_id, peer)
+
     def unregister(self, session: Session) -> None:
         if self._sessions.get(session.agent_id) is session:
             del self._sessions[session.agent_id]

@@ -195,7 +195,7 @@ class ChannelService(collector_pb2_grpc.ChannelServicer):
                 await self._audit(agent.id, peer, "ok", detail, action="channel.replace")
                 log.info("agent %s: %s", agent.id, detail)
             try:
-                session = self._router.register(agent.id, peer)
+                session = await self._router.connect(agent.id, peer)
             except Rejected as exc:
                 await self._audit(agent.id, peer, "denied", str(exc))
                 log.warning("%s", exc)

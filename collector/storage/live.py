@@ -112,6 +112,24 @@ def live_record(row: Row[Any]) -> LiveRequestRecord:
     )
 
 
+def _runs(
+    changes: list[tuple[str, str | None]], most: int = 1000
+) -> list[tuple[int, list[tuple[str, str | None]]]]:
+    """``changes`` cut into runs of one kind (claim: a peer; release: ``None``) without an agent
+    twice (one statement cannot upsert a row twice) and of at most ``most`` (bound parameters:
+    PostgreSQL takes ≤ 65,535 a statement); each with the index of its first change."""
+    runs: list[tuple[int, list[tuple[str, str | None]]]] = []
+    seen: set[str] = set()
+    for i, (agent_id, peer) in enumerate(changes):
+        run = runs[-1][1] if runs else None
+        if run is None or (run[0][1] is None) != (peer is None) or agent_id in seen or len(run) >= most:
+            runs.append((i, []))
+            seen = set()
+        runs[-1][1].append((agent_id, peer))
+        seen.add(agent_id)
+    return runs
+
+
 class LiveMethods(StoreBase):
     """Creating, advancing and finding live snapshot requests."""
 
@@ -358,6 +376,47 @@ class LiveMethods(StoreBase):
                 ins = ins.on_conflict_do_nothing(index_elements=[h.agent_id])
                 written += len(conn.execute(ins.returning(h.agent_id)).all())
         return written
+
+    def write_channels(
+        self, replica_id: str, changes: list[tuple[str, str | None]], fresh_after_us: int
+    ) -> list[ChannelHolder | None]:
+        """Claims and releases of ``replica_id``'s channel rows, in order, in one transaction
+        (``collector.live_pg``: the connects and disconnects of a reconnect storm share a commit).
+
+        ``changes``: ``(agent id, peer)`` claims the row as :meth:`claim_channel` does,
+        ``(agent id, None)`` releases it as :meth:`release_channel` does. Runs of claims or
+        of releases of distinct agents are one statement each. Returns, per change, ``None``
+        (claimed, released) or the live holder that refused the claim."""
+        now = self._now()
+        h = agent_channels.c
+        out: list[ChannelHolder | None] = [None] * len(changes)
+        refused: list[int] = []
+        with self._write() as conn:
+            for start, run in _runs(changes):
+                agent_ids = [a for a, _p in run]
+                if run[0][1] is None:
+                    conn.execute(agent_channels.delete().where(h.replica_id == replica_id, h.agent_id.in_(agent_ids)))
+                    continue
+                rows = [
+                    {"agent_id": a, "replica_id": replica_id, "peer": p, "connected_at": now, "heartbeat_at": now}
+                    for a, p in run
+                ]
+                ins = self._insert(agent_channels).values(rows)
+                stmt = ins.on_conflict_do_update(
+                    index_elements=[h.agent_id],
+                    set_={
+                        "replica_id": ins.excluded.replica_id,
+                        "peer": ins.excluded.peer,
+                        "connected_at": ins.excluded.connected_at,
+                        "heartbeat_at": ins.excluded.heartbeat_at,
+                    },
+                    where=h.replica_id.not_in(self._alive(fresh_after_us)) | (h.replica_id == replica_id),
+                ).returning(h.agent_id)
+                claimed = set(conn.execute(stmt).scalars())
+                refused += [start + i for i, a in enumerate(agent_ids) if a not in claimed]
+        for i in refused:  # rare: a second stream of an agent another live replica holds
+            out[i] = self.channel_holder(changes[i][0], fresh_after_us)
+        return out
 
     def release_channel(self, agent_id: str, replica_id: str) -> None:
         h = agent_channels.c

@@ -91,3 +91,32 @@ def test_orphan_rows_and_a_stopping_replica(store: Store) -> None:
     assert store.reap_orphan_channels() == 1
     assert store.forget_replica("r1") == 1
     assert _channel_rows(store) == {} and _beats(store) == {}
+
+
+def test_grouped_channel_changes_keep_their_order_and_refuse_like_one_claim(store: Store) -> None:
+    """A storm's connects and disconnects share one transaction (``write_channels``): each change
+    counts as if alone and in the order queued, so an agent that left and came back in one batch
+    keeps its row, and a release never deletes another replica's row."""
+    store.heartbeat_replica("r1")
+    store.heartbeat_replica("r2")
+    assert store.claim_channel("elsewhere", "r2", "p-r2", _us(15)) is None
+    assert store.claim_channel("leaving", "r1", "p0", _us(15)) is None
+    changes: list[tuple[str, str | None]] = [
+        ("a1", "p1"),
+        ("a2", "p2"),
+        ("elsewhere", "p3"),  # held by r2, alive: refused, the row stays r2's
+        ("leaving", None),
+        ("a1", None),  # a1 left and came back within the batch: its row must end up there
+        ("a1", "p1-again"),
+        ("a2", None),  # a2 left for good
+        ("elsewhere", None),  # not r1's row: left alone
+    ]
+    out = store.write_channels("r1", changes, _us(15))
+    assert [h is None for h in out] == [True, True, False, True, True, True, True, True]
+    refused = out[2]
+    assert refused is not None and refused.replica_id == "r2" and refused.peer == "p-r2"
+    h = agent_channels.c
+    with store._read() as conn:
+        rows = {r.agent_id: (r.replica_id, r.peer) for r in conn.execute(select(h.agent_id, h.replica_id, h.peer))}
+    assert rows == {"a1": ("r1", "p1-again"), "elsewhere": ("r2", "p-r2")}
+    assert store.write_channels("r1", [], _us(15)) == []

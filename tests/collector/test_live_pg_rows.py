@@ -1,0 +1,88 @@
+"""The PostgreSQL router's channel rows: written off the event loop, grouped, in order.
+
+A replica's claims (an agent connected) and releases (it left) go through one queue and one
+thread (``collector.live_pg.ChannelRows``); these pin what the grouping must not change: each
+connect is answered only after its row is committed or refused, an agent that leaves and comes
+straight back keeps its row, and a connect abandoned while its claim is on the way leaves no row.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import grpc
+import pytest
+from sqlalchemy import select
+
+from collector.edge import Rejected
+from collector.live_pg import PgLiveRouter, libpq_dsn
+from collector.storage import Store
+from collector.storage.live import agent_channels
+
+pytestmark = pytest.mark.postgres
+
+
+def _rows(store: Store) -> dict[str, tuple[str, str]]:
+    h = agent_channels.c
+    with store._read() as conn:
+        return {r.agent_id: (r.replica_id, r.peer) for r in conn.execute(select(h.agent_id, h.replica_id, h.peer))}
+
+
+def test_connects_are_grouped_and_a_quick_return_keeps_its_row(postgres_url: str) -> None:
+    store = Store.open(postgres_url)
+    router = PgLiveRouter(store, libpq_dsn(postgres_url), "r1")
+    store.heartbeat_replica("r1")
+    store.heartbeat_replica("r2")
+    store.claim_channel("held-by-r2", "r2", "p-r2", int((time.time() - 15) * 1_000_000))
+    agents = [f"ag{i:03d}" for i in range(60)]
+
+    async def run() -> None:
+        sessions = await asyncio.gather(*(router.connect(a, f"p-{a}") for a in agents))
+        assert _rows(store) == {**{a: ("r1", f"p-{a}") for a in agents}, "held-by-r2": ("r2", "p-r2")}
+        # 60 connects at once: far fewer transactions than rows.
+        assert router._rows.changes == 60 and 1 <= router._rows.batches <= 10
+        # Each agent leaves and is back at once: its release is queued before its new claim.
+        for s in sessions:
+            router.unregister(s)
+        again = await asyncio.gather(*(router.connect(a, f"q-{a}") for a in agents))
+        assert {a: r for a, r in _rows(store).items() if a != "held-by-r2"} == {a: ("r1", f"q-{a}") for a in agents}
+        # A live replica's agent is refused, and this replica keeps no session for it.
+        with pytest.raises(Rejected) as refused:
+            await router.connect("held-by-r2", "p-clone")
+        assert refused.value.code == grpc.StatusCode.ALREADY_EXISTS and "replica r2" in str(refused.value)
+        assert router.session("held-by-r2") is None and _rows(store)["held-by-r2"] == ("r2", "p-r2")
+        for s in again[:30]:
+            router.unregister(s)
+        await router.connect("last", "p")  # committed after the releases queued before it
+        assert set(_rows(store)) == {*agents[30:], "last", "held-by-r2"}
+
+    try:
+        asyncio.run(run())
+    finally:
+        asyncio.run(router._rows.aclose(timeout_s=5.0))
+        store.close()
+
+
+def test_a_connect_abandoned_while_its_claim_is_on_the_way_leaves_no_row(postgres_url: str) -> None:
+    store = Store.open(postgres_url)
+    router = PgLiveRouter(store, libpq_dsn(postgres_url), "r1")
+    store.heartbeat_replica("r1")
+
+    async def run() -> None:
+        first = asyncio.create_task(router.connect("busy", "p"))
+        abandoned = asyncio.create_task(router.connect("gone", "p"))  # queued; cancelled before its answer
+        await asyncio.sleep(0)
+        abandoned.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await abandoned
+        await first
+        await router.connect("last", "p")
+        assert router.session("gone") is None
+        assert set(_rows(store)) == {"busy", "last"}
+
+    try:
+        asyncio.run(run())
+    finally:
+        asyncio.run(router._rows.aclose(timeout_s=5.0))
+        store.close()
