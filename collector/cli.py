@@ -69,7 +69,7 @@ def serve(
     max_bundle_mib: Annotated[int, typer.Option("--max-bundle-mib", help="Largest bundle accepted.")] = 4096,
     replica_id: Annotated[
         str | None,
-        typer.Option("--replica-id", help="Name of this replica among those sharing PostgreSQL (default host-pid)."),
+        typer.Option("--replica-id", help="Name of this replica among those sharing PostgreSQL (default HOST-PORT)."),
     ] = None,
     blob_url: Annotated[
         str | None,

@@ -54,9 +54,9 @@ def make_router(store: Store, db_url: str, replica_id: str | None = None) -> Liv
     PostgreSQL store: a collector on SQLite needs neither.
     """
     if store.engine.dialect.name == "postgresql":
-        from collector.live_pg import PgLiveRouter, default_replica_id, libpq_dsn
+        from collector.live_pg import PgLiveRouter, libpq_dsn
 
-        return PgLiveRouter(store, libpq_dsn(db_url), replica_id or default_replica_id())
+        return PgLiveRouter(store, libpq_dsn(db_url), replica_id)
     return LiveRouter(store)
 
 

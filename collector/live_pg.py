@@ -55,8 +55,9 @@ __all__ = ["PgLiveRouter", "default_replica_id", "libpq_dsn"]
 log = logging.getLogger("casefile.collector.live_pg")
 
 
-def default_replica_id() -> str:
-    return f"{socket.gethostname()}-{os.getpid()}"
+def default_replica_id(port: int | None = None) -> str:
+    """HOST-PORT once the listening port is known (HOST-PID before)."""
+    return f"{socket.gethostname()}-{port if port else os.getpid()}"
 
 
 def libpq_dsn(db_url: str) -> str:
@@ -83,7 +84,7 @@ class ChannelRows:
 
     def __init__(self, store: Store, replica_id: str, stale_s: float, max_batch: int = 1000) -> None:
         self._store = store
-        self._replica_id = replica_id
+        self.replica_id = replica_id
         self._stale_s = stale_s
         self._max = max_batch
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="channel-rows")
@@ -115,7 +116,7 @@ class ChannelRows:
             changes = [(a, p) for a, p, _f in batch]
             try:
                 holders = await loop.run_in_executor(
-                    self._pool, self._store.write_channels, self._replica_id, changes, _us(self._stale_s)
+                    self._pool, self._store.write_channels, self.replica_id, changes, _us(self._stale_s)
                 )
             except Exception as exc:
                 released = sum(1 for _a, p, _f in batch if p is None)
@@ -147,14 +148,15 @@ class PgLiveRouter(LiveRouter):
         self,
         store: Store,
         dsn: str,
-        replica_id: str,
+        replica_id: str | None,
         *,
         heartbeat_s: float = 5.0,
         stale_s: float = 15.0,
         scan_s: float = 2.0,
     ) -> None:
         super().__init__(store)
-        self.replica_id = replica_id
+        self._named = replica_id is not None  # by the operator (--replica-id)
+        self.replica_id = replica_id or default_replica_id()
         self._dsn = dsn
         self._heartbeat_s = heartbeat_s
         self._stale_s = stale_s
@@ -164,9 +166,19 @@ class PgLiveRouter(LiveRouter):
         # notification of that same change must not produce two events.
         self._shown: dict[str, tuple[int, str]] = {}
         self.listening = asyncio.Event()  # set while the LISTEN connection is up
-        self._rows = ChannelRows(store, replica_id, stale_s)
+        self._rows = ChannelRows(store, self.replica_id, stale_s)
 
     # -- lifecycle -----------------------------------------------------------------
+
+    def bound_to(self, port: int) -> None:
+        """A replica the operator did not name is named after its host and listening port.
+
+        A replica restarted on the same address takes the same name again, so at its start
+        it frees the channel rows its predecessor left (a crash, a kill) at once, instead of
+        refusing those agents as held until the dead replica's heartbeat is stale (15 s).
+        Two live processes cannot share a port: the collector binds without SO_REUSEPORT."""
+        if not self._named and port:
+            self.replica_id = self._rows.replica_id = default_replica_id(port)
 
     async def start(self) -> None:
         # Rows of an earlier process with the same --replica-id are not streams any more.

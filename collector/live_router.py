@@ -153,6 +153,9 @@ class LiveRouter:
         self._sessions[agent_id] = session
         return session
 
+    def bound_to(self, port: int) -> None:
+        """Told the port the server listens on, before :meth:`start` (one process: unused)."""
+
     async def connect(self, agent_id: str, peer: str) -> Session:
         """What the Channel calls for an authenticated stream: :meth:`register`, and on
         PostgreSQL the replica's claim of the agent's row, committed before this returns."""

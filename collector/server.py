@@ -71,7 +71,7 @@ class ServerConfig:
     # Partial uploads nobody resumed for this long are removed (checked hourly), so an
     # agent that vanished mid-upload cannot fill the staging disk.
     stale_upload_age: dt.timedelta = dt.timedelta(days=7)
-    # Replicas sharing PostgreSQL tell each other apart by this (default hostname-pid).
+    # Replicas sharing PostgreSQL tell each other apart by this (default HOST-PORT, see PgLiveRouter.bound_to).
     replica_id: str | None = None
     # Connections are closed (GOAWAY) after this age ± 10 % so agents that all arrived at
     # one replica spread over the others as they reconnect; streams get the grace to end.
@@ -216,6 +216,7 @@ class CollectorServer:
             await self._start_console(server)
         await server.start()
         self.loop = asyncio.get_running_loop()
+        self.router.bound_to(self.port)
         await self.router.start()
         for name in ("", *_SERVICE_NAMES):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)

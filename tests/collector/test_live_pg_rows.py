@@ -9,6 +9,7 @@ straight back keeps its row, and a connect abandoned while its claim is on the w
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 
 import grpc
@@ -85,4 +86,37 @@ def test_a_connect_abandoned_while_its_claim_is_on_the_way_leaves_no_row(postgre
         asyncio.run(run())
     finally:
         asyncio.run(router._rows.aclose(timeout_s=5.0))
+        store.close()
+
+
+def test_a_replica_restarted_on_its_address_frees_its_predecessors_rows_at_once(postgres_url: str) -> None:
+    """Without --replica-id a replica is named HOST-PORT: killed and started again on the same
+    address, it takes the same name and frees the rows the dead process left, so their agents
+    are taken back at once, not refused as held until the dead heartbeat is stale."""
+    port = 7443
+    name = f"{socket.gethostname()}-{port}"
+    store = Store.open(postgres_url)
+    store.heartbeat_replica(name)  # the predecessor, killed a moment ago: its heartbeat is fresh
+    store.claim_channel("ag-of-the-dead", name, "p-old", int((time.time() - 15) * 1_000_000))
+    named = PgLiveRouter(store, libpq_dsn(postgres_url), "r9")
+    named.bound_to(port)
+    assert named.replica_id == "r9"  # the operator's name is kept
+    router = PgLiveRouter(store, libpq_dsn(postgres_url), None)
+    assert router.replica_id != name  # HOST-PID until the port is known
+    router.bound_to(port)
+    assert router.replica_id == name
+
+    async def run() -> None:
+        await router.start()
+        try:
+            assert "ag-of-the-dead" not in _rows(store)
+            await router.connect("ag-of-the-dead", "p-new")
+            assert _rows(store)["ag-of-the-dead"] == (name, "p-new")
+        finally:
+            await router.aclose()
+
+    try:
+        asyncio.run(run())
+    finally:
+        asyncio.run(named._rows.aclose(timeout_s=5.0))
         store.close()
