@@ -37,8 +37,11 @@ __all__ = ["AnalysisWorker", "Reanalysis", "analyse_bundle", "analysis_rows", "r
 
 log = logging.getLogger("casefile.collector.analysis")
 
-# The analysis process runs this much nicer than the collector: it is background work.
-ANALYSIS_NICE = 5
+# The analysis process runs this much nicer than the collector: it is background work,
+# and nicer than the verifier processes (``IngestLimits.verify_nice``), which a bundle
+# waits for before it is stored. At 5 it took a quarter of a core from the collector's
+# event loop during a hunt's uploads (benchmarks/bench_hunt.py).
+ANALYSIS_NICE = 15
 
 # Bump when what is stored per bundle changes shape (not when rules change: their
 # declarations are hashed into the version below).

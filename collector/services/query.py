@@ -23,7 +23,7 @@ from collector.auth import EngineerAuth
 from collector.edge import Rejected, server_stream, unary
 from collector.live import LiveRouter, audit_entry, request_snapshot
 from collector.services.fleet import FleetQueries, stored_analysis
-from collector.storage import BlobStore, BundleRecord, HostRecord, Store
+from collector.storage import AgentRecord, BlobStore, BundleRecord, HostRecord, Store
 from collector.storage.errors import InvalidArgument
 from collector.storage.text import CONTROL_RE, clip
 from collector.timestamps import timestamp_us
@@ -132,17 +132,24 @@ class QueryService(FleetQueries, collector_pb2_grpc.QueryServicer):
     ) -> collector_pb2.ListHostsResponse:
         _page_token(request.page_token)
         await self._auth.require(context, role="viewer")
-        hosts, nxt = await asyncio.to_thread(
-            self._store.list_hosts, page_size=request.page_size or 100, cursor=request.page_token or None
-        )
+        first = not request.page_token
+
+        def read() -> tuple[tuple[list[HostRecord], str | None], list[tuple[AgentRecord, tuple[str, ...]]]]:
+            # Both reads in one thread hop: while a hunt's uploads keep the event loop and
+            # the interpreter lock busy, each hop back to the loop waits its turn.
+            page = self._store.list_hosts(page_size=request.page_size or 100, cursor=request.page_token or None)
+            return page, (self._store.agents_without_bundles() if first else [])
+
+        (hosts, nxt), waiting = await asyncio.to_thread(read)
         resp = collector_pb2.ListHostsResponse(hosts=[_host(h) for h in hosts], next_page_token=nxt or "")
-        if not request.page_token:
-            resp.agents_without_bundles.extend(await self._agents_without_bundles())
+        if first:
+            resp.agents_without_bundles.extend(await self._agents_without_bundles(waiting))
         return resp
 
-    async def _agents_without_bundles(self) -> list[collector_pb2.AgentWithoutBundles]:
+    async def _agents_without_bundles(
+        self, found: list[tuple[AgentRecord, tuple[str, ...]]]
+    ) -> list[collector_pb2.AgentWithoutBundles]:
         """Machines set up but not hosts yet (no bundle), and whether each is connected now."""
-        found = await asyncio.to_thread(self._store.agents_without_bundles)
         ids = [agent.id for agent, _ in found]
         online = await self._router.online_among(ids) if self._router is not None else set()
         listed = []

@@ -83,6 +83,11 @@ def _audit(row: Row[Any]) -> AuditRecord:
     )
 
 
+# Built once: one row per engineer call and per agent connect (a statement built per
+# call, and its cache key derived each time, cost more CPU than the insert itself).
+_INSERT_RETURNING = audit_log.insert().returning(*audit_log.c)
+
+
 class AuditMethods(StoreBase):
     """Appending to and reading the audit log."""
 
@@ -115,9 +120,7 @@ class AuditMethods(StoreBase):
             detail=detail,
             at=at,
         )
-        row = self._write_grouped(
-            lambda conn: conn.execute(audit_log.insert().values(values).returning(*audit_log.c)).one()
-        )
+        row = self._write_grouped(lambda conn: conn.execute(_INSERT_RETURNING, values).one())
         self._rows_inserted("audit_log")
         return _audit(row)
 

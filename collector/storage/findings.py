@@ -20,6 +20,7 @@ from sqlalchemy import (
     ColumnElement,
     Connection,
     and_,
+    bindparam,
     delete,
     or_,
     select,
@@ -142,6 +143,22 @@ def decode_position(token: str | None) -> tuple[int, int] | None:
 # The previous analysis's columns, read beside the bundle's by ``put_analysis``.
 _PREVIOUS = [c.label(f"previous_{c.name}") for c in bundle_analysis.c]
 
+# What every analysis runs, built once with its values as parameters (a statement built
+# per call, and its cache key derived each time, cost more CPU than SQLite's own work).
+_ANALYSED_JOIN = bundles.outerjoin(bundle_analysis, bundle_analysis.c.bundle_id == bundles.c.bundle_id)
+_WHERE_AND_PREVIOUS = (
+    select(bundles.c.hostname, bundles.c.case_id, bundles.c.agent_id, bundles.c.created_at, *_PREVIOUS)
+    .select_from(_ANALYSED_JOIN)
+    .where(bundles.c.bundle_id == bindparam("b_id"))
+)
+_BLOB_TO_ANALYSE = (
+    select(bundles.c.blob_key)
+    .select_from(_ANALYSED_JOIN)
+    .where(bundles.c.bundle_id == bindparam("b_id"), bundle_analysis.c.bundle_id.is_(None))
+)
+_INSERT_ANALYSIS = bundle_analysis.insert()
+_INSERT_METRICS = bundle_metrics.insert()
+
 
 class FindingsMethods(StoreBase):
     """Writing and reading stored analysis."""
@@ -167,11 +184,7 @@ class FindingsMethods(StoreBase):
                 previous = select(*_PREVIOUS).where(bundle_analysis.c.bundle_id == bundle_id)
                 old = None if b is None else conn.execute(previous).first()
             else:  # BEGIN IMMEDIATE: nobody else writes meanwhile; one statement reads both
-                b = conn.execute(
-                    select(*where_cols, *_PREVIOUS)
-                    .select_from(bundles.outerjoin(bundle_analysis, bundle_analysis.c.bundle_id == bundles.c.bundle_id))
-                    .where(bundles.c.bundle_id == bundle_id)
-                ).first()
+                b = conn.execute(_WHERE_AND_PREVIOUS, {"b_id": bundle_id}).first()
                 old = None if b is None or b.previous_version is None else b
             if b is None:
                 raise NotFound(f"bundle {bundle_id!r} not found", what="bundle", key=bundle_id)
@@ -182,14 +195,15 @@ class FindingsMethods(StoreBase):
                     conn.execute(delete(table).where(table.c.bundle_id == bundle_id))
             where = {"hostname": b.hostname, "case_id": b.case_id, "agent_id": b.agent_id, "created_at": b.created_at}
             conn.execute(
-                bundle_analysis.insert().values(
-                    bundle_id=bundle_id,
-                    version=rows.version,
-                    analysed_at=analysed_at_us,
-                    findings_json=rows.findings_json,
-                    timeline_json=rows.timeline_json,
-                    report_html_z=report_z,
-                )
+                _INSERT_ANALYSIS,
+                {
+                    "bundle_id": bundle_id,
+                    "version": rows.version,
+                    "analysed_at": analysed_at_us,
+                    "findings_json": rows.findings_json,
+                    "timeline_json": rows.timeline_json,
+                    "report_html_z": report_z,
+                },
             )
             if rows.findings:
                 conn.execute(
@@ -209,7 +223,7 @@ class FindingsMethods(StoreBase):
                         for f in rows.findings
                     ],
                 )
-            conn.execute(bundle_metrics.insert().values(bundle_id=bundle_id, **where, **rows.metrics))
+            conn.execute(_INSERT_METRICS, {"bundle_id": bundle_id, **where, **rows.metrics})
             if rows.filesystems:
                 conn.execute(
                     fs_metrics.insert(),
@@ -225,13 +239,8 @@ class FindingsMethods(StoreBase):
     def blob_to_analyse(self, bundle_id: str) -> str | None:
         """The blob key of ``bundle_id`` if it is stored and not analysed yet, else None:
         one small read where the analysis worker would read the stored analysis whole."""
-        query = (
-            select(bundles.c.blob_key)
-            .select_from(bundles.outerjoin(bundle_analysis, bundle_analysis.c.bundle_id == bundles.c.bundle_id))
-            .where(bundles.c.bundle_id == bundle_id, bundle_analysis.c.bundle_id.is_(None))
-        )
         with self._read() as conn:
-            key = conn.execute(query).scalar()
+            key = conn.execute(_BLOB_TO_ANALYSE, {"b_id": bundle_id}).scalar()
         return None if key is None else str(key)
 
     def get_analysis(self, bundle_id: str) -> StoredAnalysis | None:

@@ -8,11 +8,13 @@ The method groups live in their own modules (``tokens``, ``agents``,
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Select, and_, case, or_, select
+from sqlalchemy import Connection, Executable, Select, and_, bindparam, case, or_, select
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from agent.bundle.names import is_bundle_id, is_sha256
@@ -57,6 +59,25 @@ __all__ = ["Store"]
 
 # Every bundle column except the two large ones, for listings.
 _SUMMARY = [c for c in bundles.c if c.name not in ("facts_pb", "manifest_json")]
+
+# Statements every upload runs, built once with their values as parameters: building a
+# statement per call (``.values(...)``, ``case(...)``) and SQLAlchemy deriving its cache
+# key each time cost more of the collector's CPU than SQLite itself, at a thousand
+# uploads at once (benchmarks/bench_hunt.py).
+_BUNDLE_BY_ID = select(*_SUMMARY).where(bundles.c.bundle_id == bindparam("b_id"))
+_AGENT_BY_ID = select(agents).where(agents.c.id == bindparam("a_id"))
+
+
+@dataclass(frozen=True)
+class _IngestStatements:
+    """The writes of :meth:`Store.insert_bundle_answering`, for one dialect."""
+
+    bundle: Executable
+    host: Executable
+    host_agent: Executable
+    case_host: Executable
+    case_activity: Executable
+    answered: Executable
 
 
 def _bundle(m: Mapping[Any, Any]) -> BundleRecord:
@@ -148,24 +169,20 @@ class Store(
             received_at=rec.received_at_us,
         )
         stored = _bundle(values)
-        ins = (
-            self._insert(bundles)
-            .values(**values, facts_pb=facts_pb, manifest_json=manifest_json)
-            .on_conflict_do_nothing(index_elements=["bundle_id"])
-            .returning(bundles.c.bundle_id)
-        )
+        st = self._ingest_statements
+        row = {**values, "facts_pb": facts_pb, "manifest_json": manifest_json}
         done = self._answered(request_id, rec.agent_id, rec.bundle_id) if request_id else None
 
         def insert(conn: Connection) -> tuple[BundleRecord, bool, Any]:
-            if conn.execute(ins).first() is not None:
+            if conn.execute(st.bundle, row).first() is not None:
                 self._upsert_host(conn, stored)
                 result, inserted = stored, True
             else:
-                existing = conn.execute(select(*_SUMMARY).where(bundles.c.bundle_id == rec.bundle_id)).one()
+                existing = conn.execute(_BUNDLE_BY_ID, {"b_id": rec.bundle_id}).one()
                 result, inserted = _bundle(existing._mapping), False
             live = None
             if done is not None and result.sha256 == rec.sha256 and result.agent_id == rec.agent_id:
-                live = conn.execute(done).first()
+                live = conn.execute(st.answered, done).first()
                 if live is not None:
                     self._notify_live(conn, request_id)
             return result, inserted, live
@@ -185,75 +202,97 @@ class Store(
             )
         return stored, inserted, None if live is None else live_record(live)
 
-    def _answered(self, request_id: str, agent_id: str, bundle_id: str) -> Any:
-        """The statement moving ``request_id`` of ``agent_id`` to ``done`` with ``bundle_id``."""
-        c = live_requests.c
-        return (
-            live_requests.update()
-            .where(c.request_id == request_id, c.agent_id == agent_id, c.state.not_in(FINAL_STATES))
-            .values(
-                state=str(LiveState.DONE),
-                detail=f"bundle {bundle_id} stored",
-                bundle_id=bundle_id,
-                updated_at=self._now(),
-            )
-            .returning(*live_requests.c)
-        )
-
-    def _upsert_host(self, conn: Connection, rec: BundleRecord) -> None:
-        created = rec.created_at_us
-        ins = self._insert(hosts).values(
-            hostname=rec.hostname,
-            first_seen=created,
-            last_seen=created,
-            bundle_count=1,
-            last_bundle_id=rec.bundle_id,
-            os=rec.os,
-        )
-        new, old = ins.excluded, hosts.c
+    @functools.cached_property
+    def _ingest_statements(self) -> _IngestStatements:
+        """Built on first use: the insert constructs are the dialect's own."""
+        b_ins = self._insert(bundles)
+        h_ins = self._insert(hosts)
+        new, old = h_ins.excluded, hosts.c
         # The newest bundle (by creation time, then id, as listings order them) names
         # the host's last bundle and OS, whatever order the uploads arrive in.
         newer = or_(
             new.last_seen > old.last_seen,
             and_(new.last_seen == old.last_seen, new.last_bundle_id > old.last_bundle_id),
         )
-        conn.execute(
-            ins.on_conflict_do_update(
-                index_elements=["hostname"],
-                set_={
-                    "bundle_count": old.bundle_count + 1,
-                    "first_seen": case((new.first_seen < old.first_seen, new.first_seen), else_=old.first_seen),
-                    "last_seen": case((newer, new.last_seen), else_=old.last_seen),
-                    "last_bundle_id": case((newer, new.last_bundle_id), else_=old.last_bundle_id),
-                    "os": case((and_(newer, new.os != ""), new.os), else_=old.os),
-                },
+        host = h_ins.on_conflict_do_update(
+            index_elements=["hostname"],
+            set_={
+                "bundle_count": old.bundle_count + 1,
+                "first_seen": case((new.first_seen < old.first_seen, new.first_seen), else_=old.first_seen),
+                "last_seen": case((newer, new.last_seen), else_=old.last_seen),
+                "last_bundle_id": case((newer, new.last_bundle_id), else_=old.last_bundle_id),
+                "os": case((and_(newer, new.os != ""), new.os), else_=old.os),
+            },
+        )
+        act = self._insert(case_activity)
+        cur = case_activity.c
+        activity = act.on_conflict_do_update(
+            index_elements=["case_id"],
+            set_={
+                "bundle_count": cur.bundle_count + 1,
+                "last_created_at": case(
+                    (act.excluded.last_created_at > cur.last_created_at, act.excluded.last_created_at),
+                    else_=cur.last_created_at,
+                ),
+            },
+        )
+        c = live_requests.c
+        answered = (
+            live_requests.update()
+            .where(
+                c.request_id == bindparam("r_id"),
+                c.agent_id == bindparam("r_agent"),
+                c.state.not_in(sorted(FINAL_STATES)),
             )
+            .values(
+                state=str(LiveState.DONE),
+                detail=bindparam("r_detail"),
+                bundle_id=bindparam("r_bundle"),
+                updated_at=bindparam("r_at"),
+            )
+            .returning(*live_requests.c)
         )
+        return _IngestStatements(
+            bundle=b_ins.on_conflict_do_nothing(index_elements=["bundle_id"]).returning(bundles.c.bundle_id),
+            host=host,
+            host_agent=self._insert(host_agents).on_conflict_do_nothing(),
+            case_host=self._insert(case_hosts).on_conflict_do_nothing(),
+            case_activity=activity,
+            answered=answered,
+        )
+
+    def _answered(self, request_id: str, agent_id: str, bundle_id: str) -> dict[str, Any]:
+        """The parameters moving ``request_id`` of ``agent_id`` to ``done`` with ``bundle_id``."""
+        return {
+            "r_id": request_id,
+            "r_agent": agent_id,
+            "r_detail": f"bundle {bundle_id} stored",
+            "r_bundle": bundle_id,
+            "r_at": self._now(),
+        }
+
+    def _upsert_host(self, conn: Connection, rec: BundleRecord) -> None:
+        st = self._ingest_statements
+        created = rec.created_at_us
         conn.execute(
-            self._insert(host_agents).values(hostname=rec.hostname, agent_id=rec.agent_id).on_conflict_do_nothing()
+            st.host,
+            {
+                "hostname": rec.hostname,
+                "first_seen": created,
+                "last_seen": created,
+                "bundle_count": 1,
+                "last_bundle_id": rec.bundle_id,
+                "os": rec.os,
+            },
         )
+        conn.execute(st.host_agent, {"hostname": rec.hostname, "agent_id": rec.agent_id})
         if rec.case_id:
-            conn.execute(
-                self._insert(case_hosts).values(case_id=rec.case_id, hostname=rec.hostname).on_conflict_do_nothing()
-            )
-            act = self._insert(case_activity).values(case_id=rec.case_id, last_created_at=created, bundle_count=1)
-            cur = case_activity.c
-            conn.execute(
-                act.on_conflict_do_update(
-                    index_elements=["case_id"],
-                    set_={
-                        "bundle_count": cur.bundle_count + 1,
-                        "last_created_at": case(
-                            (act.excluded.last_created_at > cur.last_created_at, act.excluded.last_created_at),
-                            else_=cur.last_created_at,
-                        ),
-                    },
-                )
-            )
+            conn.execute(st.case_host, {"case_id": rec.case_id, "hostname": rec.hostname})
+            conn.execute(st.case_activity, {"case_id": rec.case_id, "last_created_at": created, "bundle_count": 1})
 
     def get_bundle(self, bundle_id: str) -> BundleRecord:
         with self._read() as conn:
-            row = conn.execute(select(*_SUMMARY).where(bundles.c.bundle_id == bundle_id)).first()
+            row = conn.execute(_BUNDLE_BY_ID, {"b_id": bundle_id}).first()
         if row is None:
             raise NotFound(f"bundle {clip(bundle_id, 80)!r} not found", what="bundle", key=bundle_id)
         return _bundle(row._mapping)
@@ -262,10 +301,10 @@ class Store(
         """``get_agent`` and the bundle ``bundle_id`` (None if not stored) in one read:
         what an upload's first checks need (``collector.auth.authorize_upload``)."""
         with self._read() as conn:
-            agent = conn.execute(select(agents).where(agents.c.id == agent_id)).first()
+            agent = conn.execute(_AGENT_BY_ID, {"a_id": agent_id}).first()
             if agent is None:
                 raise NotFound(f"agent {agent_id!r} not found", what="agent", key=agent_id)
-            row = conn.execute(select(*_SUMMARY).where(bundles.c.bundle_id == bundle_id)).first()
+            row = conn.execute(_BUNDLE_BY_ID, {"b_id": bundle_id}).first()
         return _agent(agent), None if row is None else _bundle(row._mapping)
 
     def get_bundle_content(self, bundle_id: str) -> tuple[bytes, str]:
