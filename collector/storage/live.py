@@ -337,25 +337,7 @@ class LiveMethods(StoreBase):
         ``None`` on success; the current holder when another replica holds it and that
         replica's heartbeat is at or after ``fresh_after_us`` (the row is then left alone).
         """
-        now = self._now()
-        ins = self._insert(agent_channels).values(
-            agent_id=agent_id, replica_id=replica_id, peer=peer, connected_at=now, heartbeat_at=now
-        )
-        h = agent_channels.c
-        stmt = ins.on_conflict_do_update(
-            index_elements=[h.agent_id],
-            set_={
-                "replica_id": ins.excluded.replica_id,
-                "peer": ins.excluded.peer,
-                "connected_at": ins.excluded.connected_at,
-                "heartbeat_at": ins.excluded.heartbeat_at,
-            },
-            where=h.replica_id.not_in(self._alive(fresh_after_us)) | (h.replica_id == replica_id),
-        ).returning(h.agent_id)
-        with self._write() as conn:
-            if conn.execute(stmt).first() is not None:
-                return None
-        return self.channel_holder(agent_id, fresh_after_us)
+        return self.write_channels(replica_id, [(agent_id, peer)], fresh_after_us)[0]
 
     def reclaim_channels(self, replica_id: str, held: list[tuple[str, str]]) -> int:
         """Write the rows of the streams ``replica_id`` still holds, (agent id, peer) each,

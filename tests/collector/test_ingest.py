@@ -1003,11 +1003,8 @@ def test_verifier_process_ends_with_a_killed_collector(tmp_path: Path) -> None:
     """Uploads are verified in a worker process; a collector killed outright (SIGKILL,
     the OOM killer) must not leave it behind."""
     import json
-    import signal
     import subprocess
     import sys
-
-    import psutil
 
     from agent.transport import open_channel, parse_address
 
@@ -1031,29 +1028,40 @@ def test_verifier_process_ends_with_a_killed_collector(tmp_path: Path) -> None:
             agent_id = enroll(ch, token=token, key=key, hostname="h", agent_version="t").agent_id
             b = small_bundle(tmp_path / "b", key, agent_id=agent_id)
             upload_bundle(ch, b.path, bundle_id=b.bundle_id, target=UploadTarget(key=key, agent_id=agent_id))
-        workers = [
-            p for p in psutil.Process(proc.pid).children(recursive=True) if "spawn_main" in " ".join(p.cmdline())
-        ]
+        workers = _worker_processes(proc.pid)
         assert workers, "the upload was not verified in a worker process"
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(10)
-        _, alive = psutil.wait_procs(workers, timeout=15)
-        assert not alive, f"verifier processes outlived the collector: {[p.pid for p in alive]}"
+        _kill_and_check_workers_end(proc, workers)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait(10)
 
 
+def _worker_processes(pid: int) -> list[Any]:
+    """The collector's spawned worker processes (verifier, analysis)."""
+    import psutil
+
+    return [p for p in psutil.Process(pid).children(recursive=True) if "spawn_main" in " ".join(p.cmdline())]
+
+
+def _kill_and_check_workers_end(proc: Any, workers: list[Any]) -> None:
+    import signal
+
+    import psutil
+
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(10)
+    _, alive = psutil.wait_procs(workers, timeout=15)
+    assert not alive, f"verifier processes outlived the collector: {[p.pid for p in alive]}"
+
+
 def test_serve_starts_the_verifier_before_the_first_upload(tmp_path: Path) -> None:
     """`serve` starts its verifier process with the server (the first upload after a start
     would otherwise wait ~1 s for an interpreter to import), and a collector killed while
     that process may still be starting does not leave it behind."""
-    import signal
     import subprocess
     import sys
 
-    import psutil
 
     binary = str(Path(sys.executable).parent / "casefile-collector")
     ready = tmp_path / "ready.json"
@@ -1062,21 +1070,15 @@ def test_serve_starts_the_verifier_before_the_first_upload(tmp_path: Path) -> No
         stderr=subprocess.DEVNULL,
     )
     try:
-        workers: list[psutil.Process] = []
+        workers: list[Any] = []
         for _ in range(400):
             if ready.exists():
-                workers = [
-                    p for p in psutil.Process(proc.pid).children(recursive=True)
-                    if "spawn_main" in " ".join(p.cmdline())
-                ]
+                workers = _worker_processes(proc.pid)
             if workers or proc.poll() is not None:
                 break
             threading.Event().wait(0.05)
         assert workers, "no verifier process was started with the server"
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(10)
-        _, alive = psutil.wait_procs(workers, timeout=15)
-        assert not alive, f"verifier processes outlived the collector: {[p.pid for p in alive]}"
+        _kill_and_check_workers_end(proc, workers)
     finally:
         if proc.poll() is None:
             proc.kill()
