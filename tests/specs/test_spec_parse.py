@@ -171,7 +171,8 @@ def test_accepted_patterns_stay_fast_on_hostile_lines(text: str) -> None:
     started = time.monotonic()
     for line in (("ab" * MAX_MATCH_CHARS)[:MAX_MATCH_CHARS] + "!", "a" * MAX_MATCH_CHARS + "!", "a" * 100_000):
         assert pattern.search(line) in (True, False, None)  # None: it ran out of its time
-        assert pattern.subn("[x]", line) is None or isinstance(pattern.subn("[x]", line), tuple)
+        replaced = pattern.subn("[x]", line)  # once: a second call may run out of its time where the first did not
+        assert replaced is None or isinstance(replaced, tuple)
     assert time.monotonic() - started < 6 * MATCH_TIMEOUT_S + 0.5, text
 
 
