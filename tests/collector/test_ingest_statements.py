@@ -23,7 +23,7 @@ from agent.keys import SigningKey
 from agent.transport import UploadTarget, enroll, upload_bundle
 from collector.storage import BundleRecord, Store
 from tests.collector.conftest import RunningCollector
-from tests.collector.test_metrics import live_answer
+from tests.collector.test_metrics import live_answer, open_request
 
 # GetUploadState: the agent and the bundle, in one read. Upload: the same, then the
 # bundle again once its bytes are verified (another stream may have stored it meanwhile).
@@ -42,16 +42,7 @@ def test_statements_per_live_answer_are_pinned(sqlite_collector: RunningCollecto
     key = SigningKey.generate()
     with c.channel() as ch:
         agent_id = enroll(ch, token=c.enroll_token(), key=key, hostname="web-1", agent_version="t").agent_id
-        request = c.store.create_live_request(
-            agent_id=agent_id,
-            hostname="web-1",
-            requested_by="tok",
-            requested_label="bob",
-            scopes=("facts",),
-            since_s=0,
-            reason="statement count",
-            expires_at=dt.datetime.now(dt.UTC) + dt.timedelta(minutes=5),
-        )
+        request = open_request(c.store, agent_id, "statement count")
         answer = live_answer(tmp_path / "live", key, agent_id, request.request_id)
         here = threading.get_ident()  # this test's own reads are not the collector's
         sent: list[tuple[str, str]] = []

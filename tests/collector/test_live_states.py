@@ -6,7 +6,6 @@ which none of them listed.
 
 from __future__ import annotations
 
-import datetime as dt
 import re
 from pathlib import Path
 
@@ -15,21 +14,13 @@ import pytest
 from agent.transport.live_states import AGENT_STATES, CALL_ENDS, FINAL_STATES, STORED_STATES, LiveState
 from collector.storage import InvalidArgument, Store
 from protos import collector_pb2
+from tests.collector.test_metrics import open_request
 
 PROTO = Path(__file__).resolve().parents[2] / "protos" / "collector.proto"
 
 
 def _request(store: Store) -> str:
-    return store.create_live_request(
-        agent_id="ag_states",
-        hostname="h",
-        requested_by="tok",
-        requested_label="bob",
-        scopes=("facts",),
-        since_s=0,
-        reason="states",
-        expires_at=dt.datetime.now(dt.UTC) + dt.timedelta(minutes=5),
-    ).request_id
+    return open_request(store, "ag_states", "states", hostname="h").request_id
 
 
 def test_every_stored_state_round_trips_and_timeout_is_never_stored(store: Store) -> None:

@@ -17,6 +17,7 @@ from agent.keys import SigningKey
 from agent.transport import UploadTarget, enroll, upload_bundle
 from collector.listen import ListenError
 from collector.server import ServerConfig
+from collector.storage import LiveRequestRecord, Store
 from protos import facts_pb2
 from tests.collector.conftest import RunningCollector, _run_server, small_bundle
 
@@ -36,6 +37,20 @@ def scrape(c: RunningCollector) -> dict[tuple[str, tuple[tuple[str, str], ...]],
         for family in text_string_to_metric_families(text)
         for s in family.samples
     }
+
+
+def open_request(store: Store, agent_id: str, reason: str, hostname: str = "web-1") -> LiveRequestRecord:
+    """A queued facts-scope live request for ``agent_id``, as an engineer's would be, open 5 minutes."""
+    return store.create_live_request(
+        agent_id=agent_id,
+        hostname=hostname,
+        requested_by="tok",
+        requested_label="bob",
+        scopes=("facts",),
+        since_s=0,
+        reason=reason,
+        expires_at=dt.datetime.now(dt.UTC) + dt.timedelta(minutes=5),
+    )
 
 
 def live_answer(out: Path, key: SigningKey, agent_id: str, request_id: str) -> Path:
@@ -71,16 +86,7 @@ def test_metrics_after_real_uploads(metered: RunningCollector, tmp_path: Path) -
         with pytest.raises(UploadError, match="INVALID_ARGUMENT"):
             upload_bundle(ch, foreign.path, bundle_id=foreign.bundle_id, target=target)
         # A live request answered by an upload: created → done is one latency sample.
-        request = c.store.create_live_request(
-            agent_id=agent_id,
-            hostname="web-1",
-            requested_by="tok",
-            requested_label="bob",
-            scopes=("facts",),
-            since_s=0,
-            reason="metrics test",
-            expires_at=dt.datetime.now(dt.UTC) + dt.timedelta(minutes=5),
-        )
+        request = open_request(c.store, agent_id, "metrics test")
         answer = live_answer(tmp_path / "live", key, agent_id, request.request_id)
         upload_bundle(ch, answer, bundle_id="ab" * 16, target=target)
     assert c.store.get_live_request(request.request_id).state == "done"
