@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import concurrent.futures
 import contextlib
 import functools
 import logging
@@ -137,6 +138,14 @@ def _retrieve(fut: asyncio.Future[Any]) -> None:
         fut.exception()
 
 
+def _warmed(fut: concurrent.futures.Future[int]) -> None:
+    """Say why the verifier process did not start with the server. The first upload then finds
+    the pool broken and is refused UNAVAILABLE (its agent retries); the next starts a new one."""
+    if not fut.cancelled() and (exc := fut.exception()) is not None:
+        log.warning("the verifier process did not start with the server (%s: %s); the first upload will be "
+                    "refused and a new one started", type(exc).__name__, exc)
+
+
 def _lower_priority(nice: int) -> None:
     """Make the calling worker thread nicer (Linux keeps a nice value per thread)."""
     if nice <= 0 or not sys.platform.startswith("linux"):
@@ -245,8 +254,7 @@ class Verifier:
     def warm(self) -> None:
         """Start the verifier processes now, in the background, so that the first upload
         after a start does not wait ~1 s for an interpreter to start and import."""
-        started = self._check_pool().submit(os.getpid)
-        started.add_done_callback(lambda fut: fut.cancelled() or fut.exception())  # a failure shows on first use
+        self._check_pool().submit(os.getpid).add_done_callback(_warmed)
 
     async def check(self, path: Path, key: PublicKey | None, size: int, label: str) -> VerifiedBundle:
         """Verify a staged file whose every byte is here, in a worker process (waits for a free one).
