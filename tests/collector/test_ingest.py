@@ -338,6 +338,34 @@ def test_every_tampering_is_caught_either_way(verifying_collector: RunningCollec
     assert c.server._ingest is not None and c.server._ingest.verifier.started_followers == streaming
 
 
+def test_bytes_that_hash_to_another_sha256_are_refused_either_way(
+    verifying_collector: RunningCollector, tmp_path: Path
+) -> None:
+    """A header whose sha256 is not that of the bytes sent (a whole, validly signed bundle):
+    refused DATA_LOSS naming both digests, whether verified while arriving or after;
+    nothing stored, no partial left, and the right header then lands."""
+    c = verifying_collector
+    key, agent_id = _enrolled(c)
+    b = small_bundle(tmp_path / "out", key, agent_id=agent_id, payload=os.urandom(700 * 1024))
+    other = "ab" * 32
+    header = _header(key, agent_id, b.path, b.bundle_id)
+    header.sha256 = other
+    header.proof.CopyFrom(make_proof(key, agent_id=agent_id, bundle_id=b.bundle_id, sha256=other, size=b.size))
+    data = b.path.read_bytes()
+    chunks = [collector_pb2.UploadChunk(header=header)]
+    chunks += [collector_pb2.UploadChunk(data=data[i : i + 64 * 1024]) for i in range(0, len(data), 64 * 1024)]
+    with pytest.raises(grpc.RpcError) as info:
+        _raw_upload(c, chunks)
+    assert info.value.code() == grpc.StatusCode.DATA_LOSS
+    assert f"hash to {b.sha256[:16]}" in str(info.value.details()) and other[:16] in str(info.value.details())
+    assert not (c.data_dir / "staging" / f"{b.bundle_id}.part").exists()
+    assert c.store.list_bundles()[0] == []
+    assert _no_verifier_left(c)
+    with c.channel() as ch:
+        receipt = upload_bundle(ch, b.path, bundle_id=b.bundle_id, target=UploadTarget(key=key, agent_id=agent_id))
+    assert receipt.sha256 == b.sha256 == c.store.get_bundle(b.bundle_id).sha256
+
+
 def test_cut_and_resumed_upload_is_verified_from_the_first_byte(
     verifying_collector: RunningCollector, tmp_path: Path
 ) -> None:
