@@ -15,6 +15,7 @@ Exit codes: 0 success, 2 usage error (``serve``: also an address it cannot liste
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import logging
 import os
@@ -99,6 +100,12 @@ def serve(
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     raise_open_files_limit()
+    # Young collections every 10,000 allocations instead of 700: a hunt's uploads keep
+    # many objects alive for a few milliseconds, which the default promoted and counted
+    # towards full collections, 8 per three hunts over 1,000 agents, each holding the
+    # interpreter lock 20-300 ms (what the slowest engineer calls of a hunt waited for);
+    # with 10,000 there was one (benchmarks/README.md, hunt rows).
+    gc.set_threshold(10_000, *gc.get_threshold()[1:])
     config = ServerConfig(
         address=address,
         data_dir=data_dir,

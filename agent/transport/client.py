@@ -133,6 +133,15 @@ def upload_deadline_s(remaining_bytes: int) -> float:
     return UPLOAD_BASE_S + max(0, remaining_bytes) / UPLOAD_MIN_BYTES_PER_S
 
 
+# A bundle this small (a live answer, a few KiB to a few chunks) goes straight to Upload
+# at offset 0 on its first attempt: one RPC and one authorisation instead of two. The
+# collector answers a stored bundle with its receipt and a partial it holds at another
+# offset with FAILED_PRECONDITION, before any byte is kept, and then this client asks
+# GetUploadState and resumes as for a large bundle. A larger bundle always asks first:
+# a blind start would resend what the collector already has.
+DIRECT_MAX_BYTES = 4 * CHUNK_BYTES
+
+
 def upload_bundle(
     channel: grpc.Channel,
     path: Path,
@@ -145,42 +154,50 @@ def upload_bundle(
 ) -> collector_pb2.Receipt:
     """Upload ``path``, resuming from whatever the collector already holds.
 
-    Each attempt asks the collector for its committed offset and streams the rest.
+    Each attempt asks the collector for its committed offset and streams the rest; a
+    small bundle's first attempt streams from offset 0 without asking (``DIRECT_MAX_BYTES``).
     """
     stub = collector_pb2_grpc.IngestStub(channel)
     size = path.stat().st_size
     sha = file_sha256(path)
     meta = target.metadata()
     last: grpc.RpcError | None = None
-    for attempt in range(attempts):
+    direct = size <= DIRECT_MAX_BYTES
+    attempt = 0
+    while attempt < attempts:
         if attempt:
             # Exponential backoff with full jitter: a restarted collector is not stormed.
             time.sleep(random.uniform(0, min(8.0, 0.25 * 2**attempt)))
         proof = make_proof(target.key, agent_id=target.agent_id, bundle_id=bundle_id, sha256=sha, size=size)
         try:
-            state: collector_pb2.UploadState = stub.GetUploadState(
-                collector_pb2.UploadStateRequest(bundle_id=bundle_id, size=size, sha256=sha, proof=proof),
-                metadata=meta,
-                timeout=30,
-            )
-            if state.complete:
-                return state.receipt
+            offset = 0
+            if not direct:
+                state: collector_pb2.UploadState = stub.GetUploadState(
+                    collector_pb2.UploadStateRequest(bundle_id=bundle_id, size=size, sha256=sha, proof=proof),
+                    metadata=meta,
+                    timeout=30,
+                )
+                if state.complete:
+                    return state.receipt
+                offset = state.committed_offset
             header = collector_pb2.UploadHeader(
-                bundle_id=bundle_id,
-                size=size,
-                sha256=sha,
-                offset=state.committed_offset,
-                proof=proof,
-                file_name=path.name,
+                bundle_id=bundle_id, size=size, sha256=sha, offset=offset, proof=proof, file_name=path.name
             )
             chunks = _chunks(path, header, chunk_bytes, progress)
-            timeout = upload_deadline_s(size - state.committed_offset)
+            timeout = upload_deadline_s(size - offset)
             receipt: collector_pb2.Receipt = stub.Upload(chunks, metadata=meta, timeout=timeout)
             return receipt
         except grpc.RpcError as err:
             if err.code() not in _RETRYABLE or _untrusted(err):
                 raise _fail(UploadError, f"upload of bundle {bundle_id} failed", err) from None
             last = err
+            if direct and err.code() == grpc.StatusCode.FAILED_PRECONDITION:
+                # The collector holds a partial at another offset: ask where, at once,
+                # without spending an attempt (nothing failed, the guess was wrong).
+                direct = False
+                continue
+            direct = False
+        attempt += 1
     assert last is not None
     raise _fail(UploadError, f"upload of bundle {bundle_id} gave up after {attempts} attempts", last)
 

@@ -176,13 +176,14 @@ class StoreBase:
             with conn.begin():
                 yield conn
 
-    def _write_grouped(self, fn: Callable[[Connection], _T]) -> _T:
+    def _write_grouped(self, fn: Callable[[Connection], _T], *, urgent: bool = False) -> _T:
         """``fn(conn)`` in a write transaction, on SQLite shared with the writes waiting
-        meanwhile (:class:`GroupCommit`); committed when this returns. ``fn`` uses only ``conn``."""
+        meanwhile (:class:`GroupCommit`); committed when this returns. ``fn`` uses only ``conn``.
+        ``urgent``: ahead of the writes waiting that are not (an audit row a caller waits for)."""
         if self._group is None:
             with self._write() as conn:
                 return fn(conn)
-        return self._group.run(fn)
+        return self._group.run(fn, urgent=urgent)
 
     def _insert(self, table: Table) -> postgresql.Insert | sqlite.Insert:
         return postgresql.insert(table) if self._pg else sqlite.insert(table)

@@ -13,6 +13,11 @@ analysis, while engineers' calls each add an audit row, queue one fsync behind a
 share the next transaction: each runs in its own SAVEPOINT (one failing rolls back only
 itself and raises in its own caller), and each caller returns only after the shared
 COMMIT, so what a caller is told is on disk still is. Under no load a batch is one write.
+
+An ``urgent`` write (an audit row, which an engineer's call waits for before it answers)
+goes ahead: while one waits, it and the other urgent ones form the next batch alone, and
+the bundles' and analyses' writes wait for the batch after. Its caller then waits for the
+commit on its way and one short commit of its own, not for a batch of uploads' writes too.
 """
 
 from __future__ import annotations
@@ -49,6 +54,7 @@ def writer_lock(engine: Engine) -> contextlib.AbstractContextManager[Any]:
 @dataclass(eq=False)
 class _Pending(Generic[_T]):
     fn: Callable[[Connection], _T]
+    urgent: bool = False
     result: Any = None
     error: BaseException | None = None
     done: bool = False
@@ -71,21 +77,28 @@ class GroupCommit:
         self._cv = threading.Condition()
         self._waiting: list[_Pending[Any]] = []
         self._leading = False
+        self._urgent = 0  # urgent writes waiting
         self.batches = 0  # transactions committed, for tests and benchmarks
         self.writes = 0
 
-    def run(self, fn: Callable[[Connection], _T]) -> _T:
-        me: _Pending[_T] = _Pending(fn)
+    def run(self, fn: Callable[[Connection], _T], *, urgent: bool = False) -> _T:
+        me: _Pending[_T] = _Pending(fn, urgent)
         batch: list[_Pending[Any]] = []
         with self._cv:
             self._waiting.append(me)
-            while self._leading and not me.done:
+            if urgent:
+                self._urgent += 1
+            # A write that is not urgent also lets waiting urgent ones lead the next batch.
+            while not me.done and (self._leading or (self._urgent and not urgent)):
                 self._cv.wait()
             if not me.done:  # lead: this write first, then those waiting longest
                 self._leading = True
                 self._waiting.remove(me)
-                batch = [me, *self._waiting[: self._max - 1]]
-                del self._waiting[: self._max - 1]
+                others = [p for p in self._waiting if p.urgent] if urgent else self._waiting
+                batch = [me, *others[: self._max - 1]]
+                taken = set(map(id, batch))
+                self._waiting = [p for p in self._waiting if id(p) not in taken]
+                self._urgent -= sum(p.urgent for p in batch)
         if batch:
             try:
                 self._commit(batch)

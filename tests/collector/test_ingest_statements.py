@@ -25,12 +25,13 @@ from collector.storage import BundleRecord, Store
 from tests.collector.conftest import RunningCollector
 from tests.collector.test_metrics import live_answer, open_request
 
-# GetUploadState: the agent and the bundle, in one read. Upload: the same, then the
-# bundle again once its bytes are verified (another stream may have stored it meanwhile).
-# Then one write: BEGIN IMMEDIATE, the bundle, its host, the host's agent, the live
-# request ``done`` (RETURNING). Each read is BEGIN and its SELECTs.
-INGEST_STATEMENTS = 3 + 3 + 2 + 5
-INGEST_TRANSACTIONS = 4
+# A live answer is small, so no GetUploadState (agent.transport.client.DIRECT_MAX_BYTES).
+# Upload: the agent and the bundle, in one read, then the bundle again once its bytes
+# are verified (another stream may have stored it meanwhile). Then one write: BEGIN
+# IMMEDIATE, the bundle, its host, the host's agent, the live request ``done``
+# (RETURNING). Each read is BEGIN and its SELECTs.
+INGEST_STATEMENTS = 3 + 2 + 5
+INGEST_TRANSACTIONS = 3
 # The analysis worker: one read (is it analysed yet? where is its blob?), then one
 # write: BEGIN IMMEDIATE, the bundle with its previous analysis, the analysis row, its
 # metrics row (this bundle has no findings and no filesystems).

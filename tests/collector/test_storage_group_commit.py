@@ -109,3 +109,24 @@ def test_one_writer_alone_commits_at_once(sqlite_store: Store) -> None:
         assert [r.id for r in other.list_audit(1, actor="alone")] == [rec.id]
     finally:
         other.close()
+
+
+def test_urgent_writes_go_ahead_of_those_waiting(sqlite_store: Store) -> None:
+    """An audit row (urgent) waiting behind a commit forms the next batch alone; the
+    bundles' writes that waited with it, before it too, share the batch after."""
+    store, group = sqlite_store, _group(sqlite_store)
+    ran: list[tuple[str, int]] = []
+
+    def write(name: str, urgent: bool = False) -> Callable[[], object]:
+        return lambda: group.run(lambda _conn: ran.append((name, group.batches)), urgent=urgent)
+
+    before = group.batches
+    writes = [write("first"), write("b1"), write("b2"), write("audit", urgent=True), write("b3"), write("b4")]
+    results = _queued_behind_held_lock(store, writes)
+    assert not [r for r in results if isinstance(r, Exception)]
+    batch_of = {name: n - before for name, n in ran}
+    assert batch_of == {"first": 0, "audit": 1, "b1": 2, "b2": 2, "b3": 2, "b4": 2}
+    assert group.batches - before == 3
+    # The real audit row takes the same path and is stored.
+    rec = store.audit(actor="urgent", action="query.list_hosts", outcome="ok")
+    assert [r.id for r in store.list_audit(1, actor="urgent")] == [rec.id]
