@@ -18,6 +18,8 @@ An ``urgent`` write (an audit row, which an engineer's call waits for before it 
 goes ahead: while one waits, it and the other urgent ones form the next batch alone, and
 the bundles' and analyses' writes wait for the batch after. Its caller then waits for the
 commit on its way and one short commit of its own, not for a batch of uploads' writes too.
+Ahead by one batch only: the batch after an urgent-only one takes every write waiting,
+urgent or not, so a stream of engineers' calls never starves the uploads' writes.
 """
 
 from __future__ import annotations
@@ -78,6 +80,7 @@ class GroupCommit:
         self._waiting: list[_Pending[Any]] = []
         self._leading = False
         self._urgent = 0  # urgent writes waiting
+        self._after_urgent = False  # the last batch was urgent-only: the next one is open to all
         self.batches = 0  # transactions committed, for tests and benchmarks
         self.writes = 0
 
@@ -88,13 +91,16 @@ class GroupCommit:
             self._waiting.append(me)
             if urgent:
                 self._urgent += 1
-            # A write that is not urgent also lets waiting urgent ones lead the next batch.
-            while not me.done and (self._leading or (self._urgent and not urgent)):
+            # A write that is not urgent lets waiting urgent ones lead the next batch,
+            # unless the last batch was theirs alone.
+            while not me.done and (self._leading or (self._urgent and not urgent and not self._after_urgent)):
                 self._cv.wait()
             if not me.done:  # lead: this write first, then those waiting longest
                 self._leading = True
                 self._waiting.remove(me)
-                others = [p for p in self._waiting if p.urgent] if urgent else self._waiting
+                urgent_only = urgent and not self._after_urgent
+                self._after_urgent = urgent_only
+                others = [p for p in self._waiting if p.urgent] if urgent_only else self._waiting
                 batch = [me, *others[: self._max - 1]]
                 taken = set(map(id, batch))
                 self._waiting = [p for p in self._waiting if id(p) not in taken]

@@ -130,3 +130,34 @@ def test_urgent_writes_go_ahead_of_those_waiting(sqlite_store: Store) -> None:
     # The real audit row takes the same path and is stored.
     rec = store.audit(actor="urgent", action="query.list_hosts", outcome="ok")
     assert [r.id for r in store.list_audit(1, actor="urgent")] == [rec.id]
+
+
+def test_a_stream_of_urgent_writes_does_not_starve_the_others(sqlite_store: Store) -> None:
+    """An urgent write arriving while an urgent-only batch commits does not go ahead
+    again: the next batch takes it with the bundles' writes that were waiting."""
+    store, group = sqlite_store, _group(sqlite_store)
+    ran: list[tuple[str, int]] = []
+    brought: list[threading.Thread] = []
+
+    def write(name: str, urgent: bool = False) -> Callable[[], object]:
+        return lambda: group.run(lambda _conn: ran.append((name, group.batches)), urgent=urgent)
+
+    def urgent_bringing_another(_conn: object) -> None:
+        ran.append(("a1", group.batches))
+        t = threading.Thread(target=write("a2", urgent=True))
+        t.start()
+        brought.append(t)
+        deadline = time.monotonic() + 10
+        while not any(p.urgent for p in group._waiting):  # a2 queues while this batch runs
+            assert time.monotonic() < deadline, "the second urgent write never queued"
+            time.sleep(0.005)
+
+    before = group.batches
+    writes = [write("first"), write("b1"), lambda: group.run(urgent_bringing_another, urgent=True), write("b2")]
+    results = _queued_behind_held_lock(store, writes)
+    for t in brought:
+        t.join(10)
+    assert not [r for r in results if isinstance(r, Exception)]
+    batch_of = {name: n - before for name, n in ran}
+    assert batch_of == {"first": 0, "a1": 1, "b1": 2, "b2": 2, "a2": 2}
+    assert group.batches - before == 3
