@@ -144,3 +144,18 @@ def test_the_collector_server_does_not_load_the_agent_daemon_or_h2() -> None:
     assert "collector.services.channel" in loaded  # the check below means something
     leaked = [m for m in loaded if m in ("agent.daemon", "h2") or m.startswith(("agent.daemon.", "h2."))]
     assert leaked == []
+
+
+MAX_MODULE_LINES = 400
+
+
+def test_no_module_is_over_400_lines() -> None:
+    """A module that grows past this is doing two things: split it along what it does
+    (generated protobuf modules excepted)."""
+    long = {
+        name: n
+        for name, path in _modules((*PACKAGES, "plugins")).items()
+        if not path.name.endswith(("_pb2.py", "_pb2_grpc.py"))
+        and (n := len(path.read_text(encoding="utf-8").splitlines())) > MAX_MODULE_LINES
+    }
+    assert not long, f"over {MAX_MODULE_LINES} lines: {long}"

@@ -13,12 +13,12 @@ from google.protobuf.message import DecodeError
 
 from agent.bundle import VerifiedBundle
 from agent.bundle.identity import identity_problems
-from collector.auth import UploadIdentity
 from collector.edge import Rejected
 from collector.storage import BundleRecord, Store
 from collector.storage.counts import collector_counts
 from collector.storage.errors import NotFound
 from collector.timestamps import timestamp_us
+from collector.upload_auth import UploadIdentity
 from protos import collector_pb2, facts_pb2
 
 __all__ = ["bundle_record", "facts_of", "receipt_for", "stored_by", "stored_or_open"]

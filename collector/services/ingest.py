@@ -21,7 +21,6 @@ import grpc
 
 from agent.bundle import VerifiedBundle
 from agent.errors import VerificationError
-from collector.auth import UploadIdentity, authorize_upload
 from collector.edge import Rejected, unary
 from collector.metrics import CollectorMetrics
 from collector.services.bundle_record import bundle_record, facts_of, receipt_for, stored_or_open
@@ -31,6 +30,7 @@ from collector.services.upload_stream import open_staged, read_header, receive_c
 from collector.services.verifier import Following, Verifier
 from collector.storage import BlobStore, BundleRecord, LiveRequestRecord, Store
 from collector.storage.errors import AuthError, Conflict, StagedByOther
+from collector.upload_auth import UploadIdentity, authorize_upload
 from protos import collector_pb2, collector_pb2_grpc
 
 __all__ = ["IngestLimits", "IngestService", "OnStored", "bundle_record", "receipt_for"]

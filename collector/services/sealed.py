@@ -25,9 +25,9 @@ from typing import Any
 
 from agent.errors import VerificationError
 from agent.sealed import sniff
-from collector.auth import UploadIdentity
 from collector.services.bundle_record import stored_by
 from collector.storage import BlobStore, BundleRecord, Store
+from collector.upload_auth import UploadIdentity
 
 __all__ = ["CollectorRecipient", "Opened", "commit_staged", "discard", "open_sealed", "opens", "resent"]
 

@@ -15,8 +15,8 @@ import grpc
 
 from agent.bundle.names import is_bundle_id, is_sha256
 from agent.bundle.reader import DEFAULT_MAX_RATIO, DEFAULT_MAX_TOTAL, DEFAULT_RATIO_FLOOR
-from collector.auth import UploadIdentity
 from collector.edge import Rejected
+from collector.upload_auth import UploadIdentity
 
 __all__ = ["IngestLimits", "UploadSlots", "check_header_fields"]
 

@@ -299,7 +299,7 @@ class Store(
 
     def agent_and_bundle(self, agent_id: str, bundle_id: str) -> tuple[AgentRecord, BundleRecord | None]:
         """``get_agent`` and the bundle ``bundle_id`` (None if not stored) in one read:
-        what an upload's first checks need (``collector.auth.authorize_upload``)."""
+        what an upload's first checks need (``collector.upload_auth.authorize_upload``)."""
         with self._read() as conn:
             agent = conn.execute(_AGENT_BY_ID, {"a_id": agent_id}).first()
             if agent is None:
