@@ -43,12 +43,14 @@ def makedirs(path: Path) -> None:
 def drop_cached(fd: int, start: int, end: int) -> None:
     """Let the kernel drop the page cache of bytes ``start``..``end``, already fsync'd.
 
-    A bundle is written once and read again at most once (its analysis, later); keeping
+    Called at each durable step of a large upload, for the step before: keeping
     every received byte cached grows the page cache by each upload's size, crowding out
     the database's pages, and makes every upload write into fresh pages where it could
-    reuse the ones just dropped (which doubled large ingest's speed where fresh pages are
-    slow to touch: benchmarks/README.md). Advice only: where it is missing (macOS,
-    Windows) or refused, nothing changes.
+    reuse the ones just dropped (1.8x large ingest's speed on a VM where fresh pages are
+    slow to touch; no difference once they are not: benchmarks/README.md). The last two
+    steps stay cached, and so does a bundle smaller than a step: what a verifier behind
+    the stream, the commit, the S3 upload and the analysis read next. Advice only: where
+    it is missing (macOS, Windows) or refused, nothing changes.
     """
     if end > start and hasattr(os, "posix_fadvise"):
         with contextlib.suppress(OSError):
@@ -82,6 +84,7 @@ class StagedUpload:
         self._hasher = hashlib.sha256()
         self.offset = 0
         self.durable_offset = 0
+        self._dropped_to = 0  # bytes before this were dropped from the page cache
         self._state = "open"  # open | committed | aborted | closed
         # ``sync`` may run in a worker thread while the owner goes on appending; commit,
         # abort and close take the same lock, so none of them runs during a sync.
@@ -166,7 +169,11 @@ class StagedUpload:
             raise
         if target > self.durable_offset:
             self._write_sidecar(target)
-            drop_cached(fd, self.durable_offset, target)
+            # One step behind: the bytes this step made durable stay cached for a verifier
+            # a little behind the stream (or verifying after the last byte), those of the
+            # step before go.
+            drop_cached(fd, self._dropped_to, self.durable_offset)
+            self._dropped_to = max(self._dropped_to, self.durable_offset)
             self.durable_offset = target  # only once the sidecar says so
 
     def _write_sidecar(self, offset: int) -> None:
@@ -206,7 +213,6 @@ class StagedUpload:
                     f"upload {self.bundle_id}: sha256 is {self.sha256_hex()}, the header said {self.sha256}"
                 )
             os.fsync(fd)
-            drop_cached(fd, self.durable_offset, self.size)
             self._store._publish(self.path, self.sha256, self.size)
             fsync_dir(self.path.parent)
             self._sidecar.unlink(missing_ok=True)
