@@ -93,8 +93,15 @@ class GroupCommit:
                 self._urgent += 1
             # A write that is not urgent lets waiting urgent ones lead the next batch,
             # unless the last batch was theirs alone.
-            while not me.done and (self._leading or (self._urgent and not urgent and not self._after_urgent)):
-                self._cv.wait()
+            try:
+                while not me.done and (self._leading or (self._urgent and not urgent and not self._after_urgent)):
+                    self._cv.wait()
+            except BaseException:  # interrupted while waiting (KeyboardInterrupt): leave the queue
+                if not me.done:
+                    self._waiting.remove(me)
+                    self._urgent -= urgent
+                    self._cv.notify_all()
+                raise
             if not me.done:  # lead: this write first, then those waiting longest
                 self._leading = True
                 self._waiting.remove(me)

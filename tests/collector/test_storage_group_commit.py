@@ -161,3 +161,49 @@ def test_a_stream_of_urgent_writes_does_not_starve_the_others(sqlite_store: Stor
     batch_of = {name: n - before for name, n in ran}
     assert batch_of == {"first": 0, "a1": 1, "b1": 2, "b2": 2, "a2": 2}
     assert group.batches - before == 3
+
+
+class _Interrupted(BaseException):
+    pass
+
+
+def test_an_urgent_write_interrupted_while_waiting_leaves_the_queue(sqlite_store: Store) -> None:
+    """A caller leaving ``run`` while it waits (an interrupt in a command's main thread)
+    takes its write out of the queue: the writes after it still commit."""
+    store, group = sqlite_store, _group(sqlite_store)
+    real_wait = group._cv.wait
+
+    def wait(timeout: float | None = None) -> bool:
+        if threading.current_thread().name == "interrupted":
+            raise _Interrupted()
+        return real_wait(timeout)
+
+    group._cv.wait = wait  # type: ignore[method-assign]
+    outcome: dict[str, object] = {}
+
+    def run(name: str, urgent: bool) -> None:
+        try:
+            outcome[name] = group.run(lambda _conn: name, urgent=urgent)
+        except BaseException as exc:
+            outcome[name] = exc
+
+    with store._writer:
+        first = threading.Thread(target=run, args=("first", False))
+        first.start()
+        deadline = time.monotonic() + 10
+        while not group._leading:
+            assert time.monotonic() < deadline
+            time.sleep(0.005)
+        gone = threading.Thread(target=run, args=("urgent", True), name="interrupted")
+        gone.start()
+        gone.join(10)
+        later = threading.Thread(target=run, args=("later", False))
+        later.start()
+        while len(group._waiting) < 1:
+            assert time.monotonic() < deadline
+            time.sleep(0.005)
+    first.join(10)
+    later.join(10)
+    assert isinstance(outcome["urgent"], _Interrupted)
+    assert outcome["first"] == "first" and outcome["later"] == "later"
+    assert group._waiting == [] and group._urgent == 0
