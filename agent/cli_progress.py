@@ -66,7 +66,7 @@ class TransferProgress:
                 TransferSpeedColumn,
             )
 
-            if done:
+            if 0 < done < total:  # (all of it at once: a small bundle sent in one go)
                 self._console.print(f"resuming at {_size(done)} of {_size(total)}", highlight=False)
             self._progress = Progress(
                 TextColumn("{task.description}"),

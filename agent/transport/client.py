@@ -183,9 +183,13 @@ def upload_bundle(
             header = collector_pb2.UploadHeader(
                 bundle_id=bundle_id, size=size, sha256=sha, offset=offset, proof=proof, file_name=path.name
             )
-            chunks = _chunks(path, header, chunk_bytes, progress)
+            # A direct attempt reports nothing while it streams: gRPC reads the chunks ahead
+            # of the collector's answer, and a refused guess would show bytes never kept.
+            chunks = _chunks(path, header, chunk_bytes, None if direct else progress)
             timeout = upload_deadline_s(size - offset)
             receipt: collector_pb2.Receipt = stub.Upload(chunks, metadata=meta, timeout=timeout)
+            if direct and progress:
+                progress(size, size)
             return receipt
         except grpc.RpcError as err:
             if err.code() not in _RETRYABLE or _untrusted(err):

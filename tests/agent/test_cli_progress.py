@@ -33,6 +33,10 @@ def test_a_transfer_from_zero_or_not_on_a_terminal_prints_no_resume_line() -> No
         bar.update(0, 100)
         bar.update(100, 100)
     assert "resuming" not in buf.getvalue()
+    whole, wbuf = _terminal()  # a small bundle sent in one go reports only its end
+    with TransferProgress(whole, "uploading", enabled=True) as bar:
+        bar.update(100, 100)
+    assert "resuming" not in wbuf.getvalue()
     quiet, qbuf = _terminal()
     with TransferProgress(quiet, "uploading", enabled=False) as bar:
         bar.update(50, 100)
