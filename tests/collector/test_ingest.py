@@ -359,8 +359,11 @@ def test_bytes_that_hash_to_another_sha256_are_refused_either_way(
     assert info.value.code() == grpc.StatusCode.DATA_LOSS
     assert f"hash to {b.sha256[:16]}" in str(info.value.details()) and other[:16] in str(info.value.details())
     assert not (c.data_dir / "staging" / f"{b.bundle_id}.part").exists()
+    assert not (c.data_dir / "staging" / f"{b.bundle_id}.json").exists()
     assert c.store.list_bundles()[0] == []
     assert _no_verifier_left(c)
+    streaming = c.server.config.limits.stream_verify_min_bytes == 0
+    assert c.server._ingest is not None and c.server._ingest.verifier.started_followers == streaming
     with c.channel() as ch:
         receipt = upload_bundle(ch, b.path, bundle_id=b.bundle_id, target=UploadTarget(key=key, agent_id=agent_id))
     assert receipt.sha256 == b.sha256 == c.store.get_bundle(b.bundle_id).sha256
