@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
+from collections.abc import Iterator
 
 import grpc
 import pytest
@@ -30,10 +31,21 @@ def _rows(store: Store) -> dict[str, tuple[str, str]]:
         return {r.agent_id: (r.replica_id, r.peer) for r in conn.execute(select(h.agent_id, h.replica_id, h.peer))}
 
 
-def test_connects_are_grouped_and_a_quick_return_keeps_its_row(postgres_url: str) -> None:
+@pytest.fixture
+def replica_r1(postgres_url: str) -> Iterator[tuple[Store, PgLiveRouter]]:
+    """Replica r1's router, alive (its heartbeat written); its row writer stopped after the test."""
     store = Store.open(postgres_url)
     router = PgLiveRouter(store, libpq_dsn(postgres_url), "r1")
     store.heartbeat_replica("r1")
+    try:
+        yield store, router
+    finally:
+        asyncio.run(router._rows.aclose(timeout_s=5.0))
+        store.close()
+
+
+def test_connects_are_grouped_and_a_quick_return_keeps_its_row(replica_r1: tuple[Store, PgLiveRouter]) -> None:
+    store, router = replica_r1
     store.heartbeat_replica("r2")
     store.claim_channel("held-by-r2", "r2", "p-r2", int((time.time() - 15) * 1_000_000))
     agents = [f"ag{i:03d}" for i in range(60)]
@@ -58,17 +70,13 @@ def test_connects_are_grouped_and_a_quick_return_keeps_its_row(postgres_url: str
         await router.connect("last", "p")  # committed after the releases queued before it
         assert set(_rows(store)) == {*agents[30:], "last", "held-by-r2"}
 
-    try:
-        asyncio.run(run())
-    finally:
-        asyncio.run(router._rows.aclose(timeout_s=5.0))
-        store.close()
+    asyncio.run(run())
 
 
-def test_a_connect_abandoned_while_its_claim_is_on_the_way_leaves_no_row(postgres_url: str) -> None:
-    store = Store.open(postgres_url)
-    router = PgLiveRouter(store, libpq_dsn(postgres_url), "r1")
-    store.heartbeat_replica("r1")
+def test_a_connect_abandoned_while_its_claim_is_on_the_way_leaves_no_row(
+    replica_r1: tuple[Store, PgLiveRouter],
+) -> None:
+    store, router = replica_r1
 
     async def run() -> None:
         first = asyncio.create_task(router.connect("busy", "p"))
@@ -82,11 +90,7 @@ def test_a_connect_abandoned_while_its_claim_is_on_the_way_leaves_no_row(postgre
         assert router.session("gone") is None
         assert set(_rows(store)) == {"busy", "last"}
 
-    try:
-        asyncio.run(run())
-    finally:
-        asyncio.run(router._rows.aclose(timeout_s=5.0))
-        store.close()
+    asyncio.run(run())
 
 
 def test_a_replica_restarted_on_its_address_frees_its_predecessors_rows_at_once(postgres_url: str) -> None:
