@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import hashlib
 import json
 import os
 import resource
@@ -32,10 +31,9 @@ from typing import Any
 
 import grpc
 import psutil
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from simagent import handshake
+from simagent import enroll, handshake, sim_key
 
-from agent.keys import SigningKey, fingerprint_of
+from agent.keys import SigningKey
 from agent.transport.connect import PINNED_TARGET_NAME, fetch_certificate, parse_address
 from collector.storage import Store
 from protos import collector_pb2_grpc
@@ -43,9 +41,11 @@ from protos import collector_pb2_grpc
 BIN = Path(sys.executable).parent
 
 
+KEY_LABEL = b"bench-channels"  # the simulated agents' keys: sim_key(KEY_LABEL, i)
+
+
 def _key(i: int) -> SigningKey:
-    # Deterministic, so workers derive the keys the parent enrolled without a key file.
-    return SigningKey(Ed25519PrivateKey.from_private_bytes(hashlib.sha256(b"bench-channels-%d" % i).digest()))
+    return sim_key(KEY_LABEL, i)
 
 
 def _raise_nofile() -> int:
@@ -156,10 +156,7 @@ def main() -> None:
         time.sleep(1.0)
         rss0 = proc.memory_info().rss
         store = Store.open(args.db_url or f"sqlite:///{data / 'casefile.db'}")
-        agents = []
-        for i in range(args.agents):
-            raw = _key(i).public.raw
-            agents.append((i, store.create_agent(raw, fingerprint_of(raw), f"sim-{i:05d}", None).id))
+        agents = enroll(store, args.agents, KEY_LABEL, "sim")
         store.close()
         t0 = time.perf_counter()
         parts = [agents[k :: args.clients] for k in range(args.clients)]

@@ -29,7 +29,6 @@ import argparse
 import asyncio
 import contextlib
 import datetime as dt
-import hashlib
 import json
 import random
 import signal
@@ -44,13 +43,13 @@ from pathlib import Path
 
 import grpc
 import psutil
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from simagent import enroll, sim_key
 
 from agent.daemon import channel_message
 from agent.daemon.h2stream import BidiStream, RpcError
 from agent.daemon.service import HANDSHAKE_TIMEOUT_S, DaemonOptions
 from agent.errors import TransportError
-from agent.keys import SigningKey, fingerprint_of
+from agent.keys import SigningKey
 from agent.transport import open_channel, parse_address
 from agent.transport.connect import CollectorAddress
 from collector.storage import Store
@@ -60,8 +59,11 @@ BIN = Path(sys.executable).parent
 _OPTS = DaemonOptions()  # the daemon's defaults: backoff base 1 s, cap 60 s
 
 
+KEY_LABEL = b"bench-storm"  # the simulated agents' keys: sim_key(KEY_LABEL, i)
+
+
 def _key(i: int) -> SigningKey:
-    return SigningKey(Ed25519PrivateKey.from_private_bytes(hashlib.sha256(b"bench-storm-%d" % i).digest()))
+    return sim_key(KEY_LABEL, i)
 
 
 def _free_port() -> int:
@@ -262,10 +264,7 @@ def main() -> None:
     try:
         store = Store.open(args.db_url or f"sqlite:///{data / 'casefile.db'}")
         token, _ = store.create_token("engineer", role="engineer", label="storm", ttl=dt.timedelta(hours=2))
-        agents = []
-        for i in range(args.agents):
-            raw = _key(i).public.raw
-            agents.append((i, store.create_agent(raw, fingerprint_of(raw), f"storm-{i:05d}", None).id))
+        agents = enroll(store, args.agents, KEY_LABEL, "storm")
         store.close()
         status = []
         for k in range(args.clients):

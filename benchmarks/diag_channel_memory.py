@@ -22,10 +22,9 @@ import tempfile
 import tracemalloc
 from pathlib import Path
 
-from agent.keys import fingerprint_of
-
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_channels import _free_port, _key
+from bench_channels import KEY_LABEL, _free_port
+from simagent import enroll
 
 from collector.server import CollectorServer, ServerConfig
 
@@ -35,10 +34,7 @@ async def main(args: argparse.Namespace) -> None:
     addr = f"127.0.0.1:{_free_port()}"
     server = CollectorServer(ServerConfig(address=addr, data_dir=tmp / "data"))
     await server.start()
-    agents = []
-    for i in range(args.agents):
-        raw = _key(i).public.raw
-        agents.append((i, server.store.create_agent(raw, fingerprint_of(raw), f"sim-{i:05d}", None).id))
+    agents = enroll(server.store, args.agents, KEY_LABEL, "sim")
     job = tmp / "worker.json"
     job.write_text(json.dumps(agents))
     ready = Path(str(job) + ".ready")

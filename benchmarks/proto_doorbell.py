@@ -33,7 +33,6 @@ import asyncio
 import contextlib
 import ctypes
 import gc
-import hashlib
 import json
 import math
 import random
@@ -51,9 +50,9 @@ from pathlib import Path
 from typing import Any
 
 import psutil
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from simagent import enroll, sim_key
 
-from agent.keys import PublicKey, SigningKey, fingerprint_of
+from agent.keys import PublicKey, SigningKey
 from agent.transport.connect import PINNED_TARGET_NAME
 from collector.server import default_db_url
 from collector.storage import NotFound, Store
@@ -66,8 +65,11 @@ SIG_BYTES = 64
 SSL_CTRL_MODE, SSL_CTRL_CLEAR_MODE, SSL_MODE_RELEASE_BUFFERS = 33, 78, 0x10
 
 
+KEY_LABEL = b"bench-doorbell"  # the simulated agents' keys: sim_key(KEY_LABEL, i)
+
+
 def _key(i: int) -> SigningKey:
-    return SigningKey(Ed25519PrivateKey.from_private_bytes(hashlib.sha256(b"bench-doorbell-%d" % i).digest()))
+    return sim_key(KEY_LABEL, i)
 
 
 def _signed(nonce: bytes, agent_id: str) -> bytes:
@@ -338,10 +340,7 @@ def main() -> None:
         time.sleep(1.0)
         rss0 = proc.memory_info().rss
         store = Store.open(f"sqlite:///{tmp / 'data' / 'casefile.db'}")
-        agents = []
-        for i in range(args.clients):
-            raw = _key(i).public.raw
-            agents.append((i, store.create_agent(raw, fingerprint_of(raw), f"bell-{i:05d}", None).id))
+        agents = enroll(store, args.clients, KEY_LABEL, "bell")
         store.close()
         t0 = time.perf_counter()
         for k in range(args.client_processes):

@@ -1,4 +1,5 @@
-"""A simulated agent's Channel handshake, shared by the benchmarks that hold many agents.
+"""Simulated agents, shared by the benchmarks that hold many: their keys, their enrollment,
+and their Channel handshake.
 
 hello → challenge → signed response → accepted, over a ``grpc.aio`` Channel stub. The
 collector refuses handshakes beyond its bound with UNAVAILABLE ("collector busy"): the
@@ -8,16 +9,34 @@ simulated agent backs off with full jitter and tries again, as the daemon does.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import random
 from typing import Any
 
 import grpc
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from agent.daemon import channel_message
-from agent.keys import SigningKey
+from agent.keys import SigningKey, fingerprint_of
+from collector.storage import Store
 from protos import collector_pb2
 
-__all__ = ["handshake"]
+__all__ = ["enroll", "handshake", "sim_key"]
+
+
+def sim_key(label: bytes, i: int) -> SigningKey:
+    """Agent ``i``'s key, derived from ``label`` and ``i``: worker processes derive the keys
+    their parent enrolled without a key file."""
+    return SigningKey(Ed25519PrivateKey.from_private_bytes(hashlib.sha256(label + b"-%d" % i).digest()))
+
+
+def enroll(store: Store, count: int, label: bytes, hostname_prefix: str) -> list[tuple[int, str]]:
+    """Enroll agents ``0..count-1`` with their :func:`sim_key`; ``(index, agent id)`` each."""
+    agents = []
+    for i in range(count):
+        raw = sim_key(label, i).public.raw
+        agents.append((i, store.create_agent(raw, fingerprint_of(raw), f"{hostname_prefix}-{i:05d}", None).id))
+    return agents
 
 
 async def handshake(stub: Any, agent_id: str, key: SigningKey, *, attempts: int = 30) -> tuple[Any, Any]:
