@@ -41,7 +41,7 @@ def main() -> None:
     if name.startswith("casefile-agent") or sys.argv[1:2] == [SERVICE_SUBCOMMAND]:
         if sys.argv[1:2] == [SERVICE_SUBCOMMAND]:
             sys.argv = ["casefile-agent", *sys.argv[2:]]
-        from agent.daemon.service import run_cli
+        from agent.daemon.main import run_cli
 
         run_cli()
         return

@@ -92,6 +92,17 @@ def serve(
         str | None,
         typer.Option("--web-address", help="Serve the engineer console (HTTPS) on HOST:PORT, e.g. 127.0.0.1:8443."),
     ] = None,
+    park_after: Annotated[
+        int,
+        typer.Option(
+            "--park-after",
+            help="Agents idle this many seconds park on the doorbell (~20 KiB each instead of ~87); 0 = never.",
+        ),
+    ] = 300,
+    doorbell_port: Annotated[
+        int | None,
+        typer.Option("--doorbell-port", help="Port of the parked agents' doorbell (default: the --address port + 1)."),
+    ] = None,
 ) -> None:
     """Run the collector until SIGINT/SIGTERM."""
     from collector.listen import ListenError, raise_open_files_limit
@@ -119,6 +130,8 @@ def serve(
         s3_endpoint=s3_endpoint,
         metrics_address=metrics_address,
         web_address=web_address,
+        park_after_s=park_after,
+        doorbell_port=doorbell_port,
         warm_verifier=True,
     )
     try:
@@ -139,11 +152,15 @@ def serve(
         err.print(f"casefile-collector serving on {host}:{port} ({'TLS' if fp else 'PLAINTEXT'})")
         if fp:
             err.print(f"certificate fingerprint (agents pin it with --ca-fingerprint): {fp}")
+        bell = server.doorbell.port if server.doorbell else None
+        if bell:
+            err.print(f"doorbell for parked agents on {host}:{bell} (agents idle {park_after} s park there)")
         if server.web_port:
             err.print(f"engineer console on https://{(web_address or '').rpartition(':')[0]}:{server.web_port}/")
         if ready_file:
             tmp = ready_file.with_suffix(".tmp")
-            ready = {"address": f"{host}:{port}", "port": port, "fingerprint": fp, "web_port": server.web_port or None}
+            ready = {"address": f"{host}:{port}", "port": port, "fingerprint": fp, "web_port": server.web_port or None,
+                     "doorbell_port": bell}
             tmp.write_text(json.dumps(ready))
             tmp.replace(ready_file)
         stop = asyncio.Event()

@@ -274,6 +274,7 @@ class PgLiveRouter(LiveRouter):
         another replica is that replica's to claim (it got the NOTIFY of the insert)."""
         session = self._sessions.get(rec.agent_id)
         if session is None:
+            self.ring(rec.agent_id)
             return False
         claimed = await asyncio.to_thread(
             self._store.claim_live_request, rec.request_id, self._sent_to(session)
@@ -282,8 +283,7 @@ class PgLiveRouter(LiveRouter):
             return False  # another path (notification, scan, other replica) got it first
         self._publish(claimed)
         envelope = await asyncio.to_thread(spec_envelope, self._store, claimed)
-        session.outbox.put_nowait(request_message(claimed, envelope))
-        return True
+        return await self._send(session, claimed, request_message(claimed, envelope))
 
     async def _on_change(self, request_id: str) -> None:
         interested = request_id in self._watchers

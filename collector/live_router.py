@@ -23,6 +23,7 @@ import secrets
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -137,6 +138,8 @@ class LiveRouter:
     def __init__(self, store: Store) -> None:
         self._store = store
         self._sessions: dict[str, Session] = {}
+        # Parked agents (collector.doorbell): agent id → its bell (``ring()``, ``close()``, ``peer``).
+        self._bells: dict[str, Any] = {}
         self._watchers: dict[str, set[asyncio.Queue[collector_pb2.SnapshotEvent]]] = defaultdict(set)
 
     # -- streams -----------------------------------------------------------------
@@ -195,13 +198,45 @@ class LiveRouter:
     def connected(self) -> list[str]:
         return list(self._sessions)
 
+    # -- parked agents (collector.doorbell) ----------------------------------------
+
+    async def park(self, agent_id: str, bell: Any) -> None:
+        """The agent proved its key on ``bell`` and is parked here (online, reached by a
+        ring). A newer bell of the same agent replaces an older one, which is closed: the
+        agent dialled again because its old connection died unnoticed."""
+        old = self._bells.get(agent_id)
+        self._bells[agent_id] = bell
+        if old is not None and old is not bell:
+            old.close()
+
+    def unpark(self, agent_id: str, bell: Any) -> bool:
+        """``bell`` closed; True if it was the agent's current one."""
+        if self._bells.get(agent_id) is bell:
+            del self._bells[agent_id]
+            return True
+        return False
+
+    def ring(self, agent_id: str) -> bool:
+        """Ring the agent's bell if it is parked here; the Channel it opens drains its queue."""
+        bell = self._bells.get(agent_id)
+        if bell is None:
+            return False
+        bell.ring()
+        return True
+
+    def bells(self) -> list[Any]:
+        return list(self._bells.values())
+
+    def parked(self) -> list[str]:
+        return list(self._bells)
+
     async def online_among(self, agent_ids: list[str]) -> set[str]:
-        """Those of ``agent_ids`` holding a live stream now."""
-        return {a for a in agent_ids if a in self._sessions}
+        """Those of ``agent_ids`` holding a live stream or parked now."""
+        return {a for a in agent_ids if a in self._sessions or a in self._bells}
 
     async def is_online(self, agent_id: str) -> bool:
-        """Whether some replica holds the agent's stream (here: this process)."""
-        return agent_id in self._sessions
+        """Whether some replica holds the agent's stream or its doorbell (here: this process)."""
+        return agent_id in self._sessions or agent_id in self._bells
 
     async def start(self) -> None:
         """Background work a router needs while serving; none in one process."""
@@ -245,14 +280,26 @@ class LiveRouter:
         return rec
 
     async def deliver(self, rec: LiveRequestRecord) -> bool:
-        """Send a request down its agent's stream; False when the agent is not connected."""
+        """Send a request down its agent's stream; False when the agent is not connected
+        (a parked agent is rung: the request stays queued for the Channel it opens)."""
         session = self._sessions.get(rec.agent_id)
         if session is None:
+            self.ring(rec.agent_id)
             return False
         msg = request_message(rec, await asyncio.to_thread(spec_envelope, self._store, rec))
         await self.advance(rec.request_id, LiveState.DELIVERED, detail=f"sent to {session.peer}")
-        session.outbox.put_nowait(msg)
-        return True
+        return await self._send(session, rec, msg)
+
+    async def _send(self, session: Session, rec: LiveRequestRecord, msg: collector_pb2.CollectorMessage) -> bool:
+        """Put ``msg`` on ``session``'s stream if it is still the agent's; a stream that ended
+        while the request was being marked delivered (the agent parking, a connection lost)
+        would never send it: the request is queued again, and its agent rung if parked."""
+        if self._sessions.get(rec.agent_id) is session:
+            session.outbox.put_nowait(msg)
+            return True
+        await self.advance(rec.request_id, LiveState.QUEUED, detail="the agent's stream ended before it was sent")
+        self.ring(rec.agent_id)
+        return False
 
     def _sent_to(self, session: Session) -> str:
         """The detail of a request sent down ``session``."""
@@ -268,6 +315,9 @@ class LiveRouter:
         sent = 0
         envelopes: dict[tuple[str, ...], bytes] = {}
         here = [(rec, s) for rec in recs if (s := self._sessions.get(rec.agent_id)) is not None]
+        for rec in recs:  # parked: rung, they take theirs when their Channel is back
+            if rec.agent_id not in self._sessions:
+                self.ring(rec.agent_id)
         for i in range(0, len(here), batch):
             chunk = here[i : i + batch]
             sessions = {rec.request_id: s for rec, s in chunk}
@@ -277,8 +327,8 @@ class LiveRouter:
                 if rec.scopes not in envelopes:
                     envelopes[rec.scopes] = await asyncio.to_thread(spec_envelope, self._store, rec)
                 self._publish(rec)
-                sessions[rec.request_id].outbox.put_nowait(request_message(rec, envelopes[rec.scopes]))
-                sent += 1
+                if await self._send(sessions[rec.request_id], rec, request_message(rec, envelopes[rec.scopes])):
+                    sent += 1
         return sent
 
     async def drain(self, agent_id: str, queued: list[LiveRequestRecord] | None = None) -> None:

@@ -36,6 +36,7 @@ from collector.tls import TlsMaterial, ensure_self_signed, load_tls_files
 from protos import collector_pb2, collector_pb2_grpc
 
 if TYPE_CHECKING:
+    from collector.doorbell import DoorbellServer
     from collector.web.serve import ConsoleServer
 
 __all__ = ["CollectorServer", "ServerConfig", "default_db_url"]
@@ -85,6 +86,11 @@ class ServerConfig:
     metrics_address: str | None = None
     # HOST:PORT for the engineer console (HTTPS, collector.web); None = no console.
     web_address: str | None = None
+    # Parking (collector.doorbell): agents idle this long leave their Channel for a doorbell
+    # (~20 KiB here instead of ~87); 0 = never. Needs TLS. The doorbell listens on the gRPC
+    # address's host at ``doorbell_port``; None = the gRPC port + 1 (any free port when that is 0).
+    park_after_s: int = 300
+    doorbell_port: int | None = None
 
 
 class CollectorServer:
@@ -114,6 +120,7 @@ class CollectorServer:
         self._server: grpc.aio.Server | None = None
         self._ingest: IngestService | None = None
         self._channel: ChannelService | None = None
+        self.doorbell: DoorbellServer | None = None
         self._health = health.aio.HealthServicer()
         self._janitor: asyncio.Task[None] | None = None
         self.router: LiveRouter = make_router(
@@ -214,6 +221,8 @@ class CollectorServer:
             log.info("metrics on %s (port %d), path /metrics", self.config.metrics_address, self.metrics_port)
         if self.config.web_address:
             await self._start_console(server)
+        if self.tls is not None and self.config.park_after_s > 0:
+            await self._start_doorbell(server, listen.host)
         await server.start()
         self.loop = asyncio.get_running_loop()
         self.router.bound_to(self.port)
@@ -252,6 +261,34 @@ class CollectorServer:
                 self._metrics_endpoint = None
             raise
 
+    async def _start_doorbell(self, server: grpc.aio.Server, host: str) -> None:
+        """The parked agents' listener (collector.doorbell), with the gRPC port's certificate."""
+        from collector.doorbell import DoorbellServer, server_context
+
+        assert self._channel is not None and self.tls is not None
+        cert, key = self.config.cert_file, self.config.key_file
+        if cert is None or key is None:
+            cert, key = self.config.data_dir / "tls" / "collector.crt", self.config.data_dir / "tls" / "collector.key"
+        want = self.config.doorbell_port
+        self.doorbell = self._channel.doorbell(DoorbellServer, server_context(cert, key))
+        try:
+            if want is not None:
+                port = await self.doorbell.start(host, want)
+            else:  # the gRPC port + 1 if free; any port otherwise (agents are told which)
+                fixed = parse_address(self.config.address, listen=True).port
+                try:
+                    port = await self.doorbell.start(host, self.port + 1 if fixed else 0)
+                except OSError:
+                    log.warning("doorbell: port %d in use, listening on a free port instead", self.port + 1)
+                    port = await self.doorbell.start(host, 0)
+        except OSError:
+            self.doorbell = None
+            await server.stop(None)
+            reason = why_not_listening(host, want or 0, "--doorbell-port")
+            raise ListenError(f"{host}:{want} (doorbell)", reason) from None
+        self._channel.parking = (port, int(self.config.park_after_s))
+        log.info("doorbell on %s port %d: agents idle %d s park there", host, port, self.config.park_after_s)
+
     async def _stored(self, bundle: BundleRecord, request_id: str, answered: LiveRequestRecord | None) -> None:
         """Ingest's hook for live answers (``answered``: the request its transaction
         finished): tell the watchers, then time it."""
@@ -280,6 +317,9 @@ class CollectorServer:
         # Live channels never end by themselves; close them so the grace period is
         # spent on uploads and queries in flight, and agents reconnect at once.
         self.router.close()
+        if self.doorbell is not None:
+            await self.doorbell.stop()
+            self.doorbell = None
         await self._server.stop(self.config.grace_s if grace is None else grace)
         self._server = None
         if self._channel is not None:

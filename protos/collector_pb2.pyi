@@ -367,10 +367,14 @@ class ChallengeResponse(_message.Message):
     def __init__(self, signature: _Optional[bytes] = ...) -> None: ...
 
 class ChannelAccepted(_message.Message):
-    __slots__ = ("agent_id",)
+    __slots__ = ("agent_id", "doorbell_port", "park_after_s")
     AGENT_ID_FIELD_NUMBER: _ClassVar[int]
+    DOORBELL_PORT_FIELD_NUMBER: _ClassVar[int]
+    PARK_AFTER_S_FIELD_NUMBER: _ClassVar[int]
     agent_id: str
-    def __init__(self, agent_id: _Optional[str] = ...) -> None: ...
+    doorbell_port: int
+    park_after_s: int
+    def __init__(self, agent_id: _Optional[str] = ..., doorbell_port: _Optional[int] = ..., park_after_s: _Optional[int] = ...) -> None: ...
 
 class SnapshotRequest(_message.Message):
     __slots__ = ("request_id", "scopes", "since_seconds", "requested_by", "reason", "expires_at_unix", "spec_envelope")

@@ -10,8 +10,9 @@ never imports the collection machinery: collections and uploads run in a child p
 from __future__ import annotations
 
 from agent.daemon.history import History
+from agent.daemon.main import run
 from agent.daemon.policy import DEFAULT_POLICY, SCOPE_COLLECTORS, SCOPES, Policy, PolicyError, load_policy
-from agent.daemon.service import AgentService, DaemonOptions, run
+from agent.daemon.service import AgentService, DaemonOptions
 from agent.daemon.spool import Spool, SpooledBundle
 from agent.transport.channel_proof import channel_message
 

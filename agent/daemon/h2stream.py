@@ -225,6 +225,17 @@ class BidiStream:
             raise item.error
         return None
 
+    async def end_writes(self) -> None:
+        """Half-close: END_STREAM on this side; the collector's messages can still be read."""
+        async with self._send_lock:
+            self._raise_if_ended()
+            try:
+                self._conn.end_stream(self._sid)
+            except h2.exceptions.H2Error as exc:
+                self._abandon(RpcError("INTERNAL", f"cannot end the call's sending side: {exc}"))
+                self._raise_if_ended()
+            self._flush()
+
     def cancel(self) -> None:
         """End the call from this side: RST_STREAM CANCEL; reads then raise CANCELLED."""
         if self._ended is None and self._sid:

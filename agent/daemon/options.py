@@ -30,6 +30,8 @@ class DaemonOptions:
     worker_linger_s: float = 60.0
     keepalive_s: float = 30.0
     keepalive_timeout_s: float = 10.0
+    # Park on the collector's doorbell when it offers one ($CASEFILE_AGENT_PARK=0: never).
+    park: bool = True
 
     @classmethod
     def from_env(cls) -> DaemonOptions:
@@ -44,4 +46,5 @@ class DaemonOptions:
             worker_linger_s=max(0.0, linger),
             keepalive_s=max(_MIN_KEEPALIVE_S, keepalive),
             keepalive_timeout_s=max(1.0, keepalive_timeout),
+            park=os.environ.get("CASEFILE_AGENT_PARK", "1") != "0",
         )

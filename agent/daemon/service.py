@@ -28,17 +28,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import random
-import signal
 import threading
-from pathlib import Path
 from typing import Any
 
 from google.protobuf.message import DecodeError
 
 from agent.daemon.capture import Capture
 from agent.daemon.delivery import Delivery
+from agent.daemon.doorbell import Doorbell, Parking
 from agent.daemon.h2stream import BidiStream, RpcError
 from agent.daemon.history import History
 from agent.daemon.options import DaemonOptions
@@ -56,7 +54,7 @@ from agent.untrusted import clean_text
 from agent.version import __version__
 from protos import collector_pb2
 
-__all__ = ["AgentService", "DaemonOptions", "run", "run_cli"]
+__all__ = ["AgentService", "DaemonOptions"]
 
 log = logging.getLogger("casefile.agent.daemon")
 
@@ -89,6 +87,10 @@ class AgentService:
         self._outbox: asyncio.Queue[collector_pb2.AgentMessage] | None = None
         self._busy = asyncio.Lock()  # one collection at a time: bounded load on the customer's machine
         self._tasks: set[asyncio.Task[None]] = set()
+        self.parking = Parking(
+            parse_address(enrollment.collector), enrollment.ca_fingerprint, self.key, enrollment.agent_id,
+            HANDSHAKE_TIMEOUT_S,
+        )
         self.delivery = Delivery(
             home=home.root,
             enrollment=enrollment,
@@ -173,15 +175,17 @@ class AgentService:
     async def _serve(self) -> None:
         failures = 0
         while not self._stop.is_set():
-            accepted = False
+            accepted = parked = False
             try:
-                accepted = await self._session_unless_stopped()
+                accepted, parked = await self._session_unless_stopped()
             except RpcError as exc:
                 level = logging.ERROR if exc.code == "ALREADY_EXISTS" else logging.WARNING
                 log.log(level, "channel to %s: %s: %s", self.enrollment.collector, exc.code, exc.details)
             except (TransportError, OSError) as exc:
                 log.warning("channel to %s: %s", self.enrollment.collector, exc)
             failures = 0 if accepted else failures + 1
+            if parked and not self._stop.is_set() and await self.parking.wait(self._stop):
+                continue  # rung: the stream at once, the doorbell kept until it is accepted
             if self._stop.is_set():
                 break
             ceiling = min(self.options.backoff_cap_s, self.options.backoff_base_s * 2 ** min(failures, 16))
@@ -189,10 +193,19 @@ class AgentService:
             log.info("reconnecting in %.1f s", delay)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), delay)
+        await self.parking.unpark()
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await asyncio.gather(self.worker.close(), self.spool_worker.close())
+
+    async def _answer(self, request: collector_pb2.SnapshotRequest) -> None:
+        self.parking.answering += 1
+        try:
+            await self.requests.handle(request)
+        finally:
+            self.parking.answering -= 1
+            self.parking.touch()
 
     async def _open(self) -> BidiStream:
         return await BidiStream.open(
@@ -204,7 +217,7 @@ class AgentService:
             keepalive_timeout_s=self.options.keepalive_timeout_s,
         )
 
-    async def _session_unless_stopped(self) -> bool:
+    async def _session_unless_stopped(self) -> tuple[bool, bool]:
         """``_session``, given up as soon as the service is told to stop, even mid-handshake."""
         session = asyncio.create_task(self._session())
         stopper = asyncio.create_task(self._stop.wait())
@@ -218,11 +231,12 @@ class AgentService:
                 session.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await session
-        return False if session.cancelled() else session.result()
+        return (False, False) if session.cancelled() else session.result()
 
-    async def _session(self) -> bool:
-        """One stream's life; True if the collector accepted it (resets the backoff)."""
-        accepted = False
+    async def _session(self) -> tuple[bool, bool]:
+        """One stream's life: (the collector accepted it (resets the backoff), it ended
+        because the agent parked)."""
+        accepted = parked = False
         try:
             async with asyncio.timeout(HANDSHAKE_TIMEOUT_S):
                 call = await self._open()
@@ -238,20 +252,42 @@ class AgentService:
                 ) from None
             accepted = True
             log.info("connected to %s as %s", self.enrollment.collector, clean_text(second.accepted.agent_id, 64))
+            await self.parking.unpark()  # reachable by the stream now
             outbox: asyncio.Queue[collector_pb2.AgentMessage] = asyncio.Queue()
             self._outbox = outbox
             writer = asyncio.create_task(self._write(call, outbox))
             self._spawn(self.delivery.deliver_spool())
             stopper = asyncio.create_task(self._stop.wait())
+            self.parking.touch()
+            offer = second.accepted
+            waits: set[asyncio.Future[Any]] = {stopper}
+            parker: asyncio.Task[Doorbell] | None = None
+            if offer.doorbell_port and offer.park_after_s and self.options.park:
+                parker = asyncio.create_task(self.parking.when_idle(offer.doorbell_port, offer.park_after_s))
+                waits.add(parker)
+            reader: asyncio.Future[bytes | None] | None = None
             try:
                 while True:
-                    reader = asyncio.ensure_future(call.read())
-                    done, _ = await asyncio.wait({reader, stopper}, return_when=asyncio.FIRST_COMPLETED)
-                    if stopper in done:
+                    if reader is None:
+                        reader = asyncio.ensure_future(call.read())
+                    done, _ = await asyncio.wait({reader, *waits}, return_when=asyncio.FIRST_COMPLETED)
+                    if done & waits - {parker}:  # stopping, or the collector never ended the parked stream
                         reader.cancel()
                         break
+                    if parker is not None and parker in done:
+                        # Parked: the stream ends from this side; what the collector sent
+                        # before it saw the end is still read (and answered) below.
+                        self.parking.bell, parked = parker.result(), True
+                        waits.remove(parker)
+                        waits.add(asyncio.ensure_future(asyncio.sleep(HANDSHAKE_TIMEOUT_S)))
+                        parker = None
+                        with contextlib.suppress(RpcError):
+                            await call.end_writes()
+                    if not reader.done():
+                        continue
+                    done_reading, reader = reader, None
                     try:
-                        msg = _parse(reader.result())
+                        msg = _parse(done_reading.result())
                     except RpcError as exc:
                         # An accepted stream that ends — the collector's connection-age
                         # GOAWAY, a replica stopping, a load balancer moving us — is a
@@ -259,23 +295,34 @@ class AgentService:
                         log.info("channel ended (%s: %s); reconnecting", exc.code, exc.details)
                         break
                     if msg is None:
-                        log.warning("collector closed the channel")
+                        if not parked:
+                            log.warning("collector closed the channel")
                         break
+                    self.parking.touch()
                     kind = msg.WhichOneof("msg")
                     if kind == "snapshot_request":
-                        self._spawn(self.requests.handle(msg.snapshot_request))
+                        self._spawn(self._answer(msg.snapshot_request))
+                        if parked:  # sent while the stream was closing: back on it at once
+                            await self.parking.unpark()
                     elif kind == "probe":  # the collector asks whether this stream is still alive
                         answer = collector_pb2.ProbeAnswer(nonce=msg.probe.nonce)
                         outbox.put_nowait(collector_pb2.AgentMessage(probe_answer=answer))
             finally:
                 self._outbox = None
-                stopper.cancel()
+                for waiting in waits - {parker}:
+                    waiting.cancel()
+                if parker is not None:
+                    parker.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, Exception):
+                        bell = await parker  # parked just as the stream ended
+                        if self.parking.bell is None:
+                            self.parking.bell, parked = bell, True
                 writer.cancel()
                 with contextlib.suppress(asyncio.CancelledError, RpcError):
                     await writer
         finally:
             await call.close()
-        return accepted
+        return accepted, parked
 
     async def _handshake(self, call: BidiStream) -> collector_pb2.CollectorMessage:
         """Hello, the signed challenge; the collector's ChannelAccepted."""
@@ -314,7 +361,8 @@ class AgentService:
 
     def _progress(self, request_id: str, state: LiveState, detail: str, bundle_id: str) -> None:
         outbox = self._outbox
-        if outbox is not None:  # no stream: the collector learns the outcome from Ingest
+        if outbox is not None:
+            self.parking.touch()  # no stream: the collector learns the outcome from Ingest
             outbox.put_nowait(
                 collector_pb2.AgentMessage(
                     progress=collector_pb2.SnapshotProgress(
@@ -336,40 +384,3 @@ def _parse(data: bytes | None) -> collector_pb2.CollectorMessage | None:
         return collector_pb2.CollectorMessage.FromString(data)
     except DecodeError as exc:
         raise RpcError("INTERNAL", f"unreadable CollectorMessage ({len(data)} bytes): {exc}") from None
-
-
-def run_cli() -> None:
-    """``casefile-agent [--home DIR]``: the service entry point, without the CLI's typer and rich.
-
-    The systemd unit starts this one: it keeps the resident process small.
-    """
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="casefile-agent", description="Casefile agent service (live snapshots).")
-    parser.add_argument(
-        "--home",
-        type=Path,
-        default=None,
-        help="agent state folder (default: $CASEFILE_HOME, else /var/lib/casefile for root, "
-        "~/.local/share/casefile otherwise)",
-    )
-    run(parser.parse_args().home)
-
-
-def run(home: Path | None = None, options: DaemonOptions | None = None) -> None:
-    """``casefile agent run``: serve until SIGTERM/SIGINT."""
-    logging.basicConfig(
-        level=os.environ.get("CASEFILE_LOG_LEVEL", "INFO"),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-
-    async def main() -> None:
-        service = AgentService(AgentHome(home), options)
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, service.stop)
-        log.info("agent %s serving (home %s)", service.enrollment.agent_id, service.home.root)
-        await service.run()
-        log.info("agent stopped")
-
-    asyncio.run(main())

@@ -14,11 +14,18 @@ loading grpcio.
 
 from __future__ import annotations
 
-__all__ = ["CHANNEL_CONTEXT", "NONCE_BYTES", "channel_message"]
+__all__ = ["CHANNEL_CONTEXT", "DOORBELL_CONTEXT", "NONCE_BYTES", "channel_message", "doorbell_message"]
 
 CHANNEL_CONTEXT = b"casefile-channel-v1\n"
+# A parked agent's doorbell (agent.transport.doorbell) proves the same key over its own
+# label: a signature made for one cannot be presented on the other.
+DOORBELL_CONTEXT = b"casefile-doorbell-v1\n"
 NONCE_BYTES = 32
 
 
 def channel_message(nonce: bytes, agent_id: str) -> bytes:
     return CHANNEL_CONTEXT + nonce + b"\n" + agent_id.encode("utf-8")
+
+
+def doorbell_message(nonce: bytes, agent_id: str) -> bytes:
+    return DOORBELL_CONTEXT + nonce + b"\n" + agent_id.encode("utf-8")

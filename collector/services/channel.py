@@ -99,10 +99,17 @@ class ChannelService(collector_pb2_grpc.ChannelServicer):
         self.handshaking = 0  # streams past their hello, not yet accepted or ended
         self.busy_refusals = 0
         self._busy_log = RateLimitedLog()
+        # (doorbell port, idle seconds before parking), told to every accepted agent; None: no parking.
+        self.parking: tuple[int, int] | None = None
 
     async def _run(self, fn: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
         """``fn`` on the channels' own threads (see the module's docstring)."""
         return await asyncio.get_running_loop().run_in_executor(self._pool, functools.partial(fn, *args, **kwargs))
+
+    def doorbell(self, factory: Callable[..., _T], ctx: Any) -> _T:
+        """The doorbell listener (``collector.doorbell.DoorbellServer``), sharing this service's
+        store threads and grouped writes: a park is audited like a connect."""
+        return factory(self._store, self._router, ctx, self._log, self._pool)
 
     async def wait_closed(self, timeout_s: float) -> None:
         """Wait (bounded) for the handlers of ended streams to finish their cleanup; the server is stopping."""
@@ -209,7 +216,9 @@ class ChannelService(collector_pb2_grpc.ChannelServicer):
                 log.info("agent %s (%s) connected from %s", agent.id, agent.hostname, peer)
                 self.handshaking -= 1
                 counted = False
-                yield collector_pb2.CollectorMessage(accepted=collector_pb2.ChannelAccepted(agent_id=agent.id))
+                port, after = self.parking or (0, 0)
+                accepted = collector_pb2.ChannelAccepted(agent_id=agent.id, doorbell_port=port, park_after_s=after)
+                yield collector_pb2.CollectorMessage(accepted=accepted)
                 reader = asyncio.create_task(self._read(it, session))
                 queued = await self._run(self._store.queued_live_requests, agent.id)
                 if queued:
@@ -245,5 +254,8 @@ class ChannelService(collector_pb2_grpc.ChannelServicer):
         except Exception:
             log.debug("channel reader of %s ended", session.agent_id, exc_info=True)
         finally:
-            # The agent closed its side or the connection broke: end the writer too.
+            # The agent closed its side (it parked) or the connection broke: no request may
+            # be sent this way any more (``LiveRouter._send`` queues it again), and what is
+            # on its way is flushed before the writer ends the call.
+            self._router.unregister(session)
             session.outbox.put_nowait(None)

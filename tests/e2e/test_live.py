@@ -57,6 +57,7 @@ class Collector:
     log: Path
     proc: subprocess.Popen[bytes] | None = None
     fingerprint: str = ""
+    args: tuple[str, ...] = ()  # more `serve` options
 
     @property
     def addr(self) -> str:
@@ -68,7 +69,7 @@ class Collector:
         with self.log.open("a") as fh:
             proc = self.proc = subprocess.Popen(
                 [str(BIN / "casefile-collector"), "serve", "--address", self.addr, "--data-dir", str(self.data),
-                 "--ready-file", str(ready)],
+                 "--ready-file", str(ready), *self.args],
                 stdout=fh,
                 stderr=subprocess.STDOUT,
             )
