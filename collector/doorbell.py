@@ -102,7 +102,7 @@ class Bell(asyncio.Protocol):
         self._inc, self._out = ssl.MemoryBIO(), ssl.MemoryBIO()
         self._tls = self.server.ctx.wrap_bio(self._inc, self._out, server_side=True)
         self._reader = FrameReader()
-        self._timer = asyncio.get_running_loop().call_later(HANDSHAKE_TIMEOUT_S, self._late)
+        self._timer = asyncio.get_running_loop().call_later(self.server.handshake_timeout_s, self._late)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._handshake_over()
@@ -192,7 +192,7 @@ class Bell(asyncio.Protocol):
     def _late(self) -> None:
         self._timer = None
         self.server.handshaking -= 1
-        log.info("doorbell from %s closed: no proof within %g s", self.peer, HANDSHAKE_TIMEOUT_S)
+        log.info("doorbell from %s closed: no proof within %g s", self.peer, self.server.handshake_timeout_s)
         self.transport.abort()
 
 
@@ -214,6 +214,7 @@ class DoorbellServer:
         self._log = channel_log
         self._executor = executor
         self.max_handshakes = max_handshakes
+        self.handshake_timeout_s = HANDSHAKE_TIMEOUT_S
         self.handshaking = 0
         self.busy_refusals = 0
         self.closing = False
