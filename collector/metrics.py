@@ -9,6 +9,7 @@ demo) never share or collide on counters.
 | metric | type | from |
 |---|---|---|
 | ``casefile_connected_agents`` | gauge | the live router's open Channel streams, read at scrape time |
+| ``casefile_parked_agents`` | gauge | agents parked on this process's doorbell (online, no stream), read at scrape time |
 | ``casefile_uploads_in_flight`` | gauge | Ingest.Upload streams past their header |
 | ``casefile_ingested_bytes_total`` | counter | bundle bytes received by Upload (resumed bytes count once) |
 | ``casefile_ingested_bundles_total`` | counter | bundles newly stored (not idempotent repeats) |
@@ -47,6 +48,9 @@ class CollectorMetrics:
         self.connected_agents = Gauge(
             "casefile_connected_agents", "Agents holding a live Channel stream to this process", registry=r
         )
+        self.parked_agents = Gauge(
+            "casefile_parked_agents", "Agents parked on this process's doorbell instead of a stream", registry=r
+        )
         self.uploads_in_flight = Gauge("casefile_uploads_in_flight", "Bundle uploads being received", registry=r)
         self.ingested_bytes = Counter("casefile_ingested_bytes", "Bundle bytes received by Ingest.Upload", registry=r)
         self.ingested_bundles = Counter("casefile_ingested_bundles", "Bundles verified and newly stored", registry=r)
@@ -66,9 +70,11 @@ class CollectorMetrics:
             "casefile_grpc_requests", "RPCs served, by method and status code", ["method", "code"], registry=r
         )
 
-    def track_connected(self, count: Callable[[], int]) -> None:
-        """Read the connected-agent count from ``count`` at every scrape."""
+    def track_connected(self, count: Callable[[], int], parked: Callable[[], int] | None = None) -> None:
+        """Read the connected-agent count from ``count`` (and the parked one) at every scrape."""
         self.connected_agents.set_function(lambda: float(count()))
+        if parked is not None:
+            self.parked_agents.set_function(lambda: float(parked()))
 
     def verification_failed(self, reason: str) -> None:
         self.verification_failures.labels(reason=reason or "unknown").inc()

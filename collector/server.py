@@ -127,7 +127,7 @@ class CollectorServer:
             self.store, config.db_url or default_db_url(config.data_dir), config.replica_id
         )
         self.loop: asyncio.AbstractEventLoop | None = None  # the loop serving; set by start()
-        self.metrics.track_connected(lambda: len(self.router.connected()))
+        self.metrics.track_connected(lambda: len(self.router.connected()), lambda: len(self.router.parked()))
 
     async def start(self) -> int:
         # Store calls and fsyncs wait on the disk, not the CPU: Python's default of

@@ -98,6 +98,7 @@ def test_metrics_after_real_uploads(metered: RunningCollector, tmp_path: Path) -
     assert failures == {(("reason", "wrong-key"),): 1}
     assert m[("casefile_uploads_in_flight", ())] == 0
     assert m[("casefile_connected_agents", ())] == 0
+    assert m[("casefile_parked_agents", ())] == 0
     assert m[("casefile_snapshot_latency_seconds_count", ())] == 1
     assert m[("casefile_snapshot_latency_seconds_sum", ())] >= 0
     upload = "/casefile.v1.Ingest/Upload"
