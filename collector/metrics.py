@@ -9,7 +9,7 @@ demo) never share or collide on counters.
 | metric | type | from |
 |---|---|---|
 | ``casefile_connected_agents`` | gauge | the live router's open Channel streams, read at scrape time |
-| ``casefile_parked_agents`` | gauge | agents parked on this process's doorbell (online, no stream), read at scrape time |
+| ``casefile_parked_agents`` | gauge | agents parked on this process's doorbell (online, no stream), at scrape time |
 | ``casefile_uploads_in_flight`` | gauge | Ingest.Upload streams past their header |
 | ``casefile_ingested_bytes_total`` | counter | bundle bytes received by Upload (resumed bytes count once) |
 | ``casefile_ingested_bundles_total`` | counter | bundles newly stored (not idempotent repeats) |
