@@ -200,6 +200,8 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=600.0, help="length of each of the two idle windows")
     ap.add_argument("--warmup", type=float, default=5.0)
     ap.add_argument("--triggers", action="store_true", help="the daemon's policy with triggers of every kind")
+    ap.add_argument("--park-after", type=int, default=300,
+                    help="the collector's --park-after: an idle daemon parks on its doorbell (0: keeps its stream)")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="bench-idle-"))
     addr = f"127.0.0.1:{_free_port()}"
@@ -207,7 +209,7 @@ def main() -> None:
     load0 = os.getloadavg()
     coll = subprocess.Popen(
         [str(BIN / "casefile-collector"), "serve", "--address", addr, "--data-dir", str(tmp / "data"),
-         "--ready-file", str(ready)],
+         "--ready-file", str(ready), "--park-after", str(args.park_after)],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     procs: list[subprocess.Popen[bytes]] = []
@@ -231,14 +233,17 @@ def main() -> None:
             connected = partial(store.list_audit, 5, actor=who, action="channel.connect", outcome="ok")
             _wait(connected, 60, f"{who} connected")
         time.sleep(args.warmup)
+        parks = partial(store.list_audit, 50, actor=agent_id, action="channel.park", outcome="ok")
         # All measured over the same wall-clock window, side by side.
         before, floor1, base1 = _side_by_side([agent.pid, floor.pid, base.pid], args.seconds)
+        parked1 = len(parks())
 
         ms, peak_agent, peak_child, n_children = _snapshot(addr, fp, eng, agent_id, agent.pid)
         parent = psutil.Process(agent.pid)
         lingered = _wait(lambda: not parent.children(), 600, "collection child to exit")
         time.sleep(args.warmup)
         after, floor2, base2 = _side_by_side([agent.pid, floor.pid, base.pid], args.seconds)
+        parked2 = len(parks())
         store.close()
 
         def row(name: str, s: Sample) -> str:
@@ -247,7 +252,9 @@ def main() -> None:
         print(f"policy triggers: {'on, one of each kind' if args.triggers else 'none'}; "
               f"two idle windows of {args.seconds:g} s (after {args.warmup:g} s warm-up each); "
               f"load average {load0[0]:.2f} {load0[1]:.2f} {load0[2]:.2f} at start, "
-              f"{' '.join(f'{x:.2f}' for x in os.getloadavg())} at end; {os.cpu_count()} cores")
+              f"{' '.join(f'{x:.2f}' for x in os.getloadavg())} at end; {os.cpu_count()} cores; "
+              f"collector --park-after {args.park_after}: the daemon parked {parked1} time(s) by the end of "
+              f"window 1, {parked2} by the end of window 2")
         print("| process | RSS MiB | of which anon / file-backed MiB | USS MiB (info) | CPU % of a core |")
         print("|---|---|---|---|---|")
         print(row("casefile-agent, connected, idle (window 1)", before))

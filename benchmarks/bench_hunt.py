@@ -55,6 +55,7 @@ import psutil
 from simagent import handshake
 
 from agent.bundle import BundleMeta, BundleWriter, new_bundle_id
+from agent.daemon.doorbell import Doorbell, DoorbellRefused
 from agent.keys import SigningKey, fingerprint_of
 from agent.state import AgentHome, Enrollment
 from agent.transport import enroll, open_channel, parse_address
@@ -123,6 +124,8 @@ class Fleet:
         self.pool = ThreadPoolExecutor(uploaders)
         self.ready = 0
         self.answered = 0
+        self.park = False  # park on the doorbell when idle, as the daemon does (--park)
+        self.parked = 0
         self.errors: list[str] = []
         self._local = threading.local()
 
@@ -143,6 +146,15 @@ class Fleet:
             self.errors.append(f"{agent_id}: {exc!r}")
             print(f"answer failed: {agent_id}: {exc!r}", file=sys.stderr, flush=True)
 
+    async def _park(self, port: int, agent_id: str, key: SigningKey) -> Doorbell:
+        """The daemon's own doorbell client; refused while the collector is busy: again, later."""
+        for attempt in range(30):
+            try:
+                return await Doorbell.park(parse_address(self.addr), port, self.fp, key, agent_id, 20.0)
+            except DoorbellRefused:
+                await asyncio.sleep(random.uniform(0, min(10.0, 0.5 * 2**attempt)))
+        raise AssertionError(f"{agent_id} could not park")
+
     async def run(self) -> None:
         creds = grpc.ssl_channel_credentials(root_certificates=self.pem)
         loop = asyncio.get_running_loop()
@@ -151,9 +163,29 @@ class Fleet:
         async def one(stub: Any, n: int, agent_id: str, hostname: str, key: SigningKey) -> None:
             call, accepted = await handshake(stub, agent_id, key)
             assert accepted.WhichOneof("msg") == "accepted"
-            self.ready += 1
+            offer = accepted.accepted
+            counted = False
             while True:
-                msg = await call.read()
+                if not self.park:
+                    if not counted:
+                        self.ready, counted = self.ready + 1, True
+                    msg = await call.read()
+                else:  # as the daemon does: idle for park_after_s, then the doorbell
+                    try:
+                        msg = await asyncio.wait_for(call.read(), offer.park_after_s)
+                    except TimeoutError:
+                        bell = await self._park(offer.doorbell_port, agent_id, key)
+                        call.cancel()
+                        if not counted:
+                            self.ready, counted = self.ready + 1, True
+                        self.parked += 1
+                        why = await bell.wait()
+                        self.parked -= 1
+                        call, accepted = await handshake(stub, agent_id, key)  # rung (or doorbell gone): back
+                        await bell.close()
+                        if why != "ring":
+                            self.errors.append(f"{agent_id}: doorbell {why}")
+                        continue
                 if msg is grpc.aio.EOF:
                     return
                 if msg.WhichOneof("msg") == "snapshot_request":
@@ -254,6 +286,8 @@ def main() -> None:
     ap.add_argument("--uploaders", type=int, default=8, help="threads the simulated agents upload from")
     ap.add_argument("--max-seconds", type=float, default=540, help="the whole run ends by then, whatever its state")
     ap.add_argument("--hunt-timeout", type=float, default=120, help="a hunt not done by then fails the run")
+    ap.add_argument("--park", action="store_true",
+                    help="agents idle 1 s park on the doorbell (collector --park-after 1), so the hunt rings them")
     args = ap.parse_args()
     if not 0 <= args.real_agents <= min(args.agents, 20):
         raise SystemExit("--real-agents: 0..20 and at most --agents")
@@ -271,6 +305,8 @@ def main() -> None:
             str(data),
             "--ready-file",
             str(ready_file),
+            "--park-after",
+            "1" if args.park else "0",
         ],
         stdout=(tmp / "collector.log").open("w"),
         stderr=subprocess.STDOUT,
@@ -303,6 +339,7 @@ def main() -> None:
         shm = Path("/dev/shm")
         sim_dir = Path(tempfile.mkdtemp(prefix="bench-hunt-sim-", dir=shm if shm.is_dir() else tmp))
         fleet = Fleet(addr, fp, fetch_certificate(parse_address(addr)), agents, sim_dir, args.uploaders)
+        fleet.park = args.park
         threading.Thread(target=sim_loop.run_forever, daemon=True).start()
         t_connect = time.perf_counter()
         sim_task = asyncio.run_coroutine_threadsafe(fleet.run(), sim_loop)
@@ -327,6 +364,13 @@ def main() -> None:
                 hunter, _ = store.create_token(
                     "engineer", role="engineer", label=f"bench-{run}", ttl=dt.timedelta(hours=2)
                 )
+                if args.park:  # every agent parked before the hunt: it rings them all
+
+                    def all_parked() -> bool:
+                        real = all(store.list_audit(1, actor=a)[0].action == "channel.park" for a in real_ids)
+                        return real and fleet.parked == len(agents)
+
+                    _wait(all_parked, 120, "all agents parked", every=0.2)
                 stop, lat = threading.Event(), []
                 q = threading.Thread(target=_query_loop, args=(addr, fp, eng, stop, lat))
                 before = fleet.answered
@@ -389,7 +433,8 @@ def main() -> None:
         if fleet.errors:
             print("errors:", fleet.errors[:5])
         print(
-            f"agents: {args.agents} connected ({len(agents)} simulated, bundles written in {sim_dir.parent}, "
+            f"agents: {args.agents} {'parked on the doorbell before each hunt' if args.park else 'connected'} "
+            f"({len(agents)} simulated, bundles written in {sim_dir.parent}, "
             f"connected in {connect_s:.1f} s; "
             f"{len(real_ids)} real casefile-agent processes), SQLite, one collector; uploader threads "
             f"{args.uploaders}"

@@ -20,6 +20,7 @@ import contextlib
 import logging
 import socket
 import ssl
+import time
 
 from agent.daemon.pinned_tls import forget_context, tls_context
 from agent.errors import TransportError
@@ -145,15 +146,17 @@ class Parking:
 
     def touch(self) -> None:
         """The stream carried something: the idle time starts again."""
-        self._active = asyncio.get_running_loop().time()
+        self._active = time.monotonic()
 
     async def when_idle(self, port: int, after_s: float) -> Doorbell:
         """Once the stream has been idle ``after_s`` with no request being answered: the
         doorbell, parked. A refusal or failure is logged and tried again after as long."""
-        loop = asyncio.get_running_loop()
         while True:
-            await asyncio.sleep(max(0.05, self._active + after_s - loop.time()))
-            if loop.time() - self._active < after_s or self.answering:
+            await asyncio.sleep(max(0.05, self._active + after_s - time.monotonic()))
+            if self.answering:  # its progress goes up the stream: idle from its end on
+                self.touch()
+                continue
+            if time.monotonic() - self._active < after_s:
                 continue
             try:
                 return await Doorbell.park(self._address, port, self._pin, self._key, self._agent_id, self._timeout_s)
