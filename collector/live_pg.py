@@ -15,17 +15,26 @@ they hold. What changes when several replicas share one database:
   reaches takes its row over, and the survivors delete the dead replica's rows lazily
   (every ``stale_s``). A replica that was only paused past ``stale_s`` and finds its row
   reaped writes the rows of the streams it still holds again.
+- **Who holds which parked agent.** ``agent_doorbells`` maps a parked agent
+  (``collector.doorbell``) → the replica holding its doorbell: claimed when it parks
+  (committed before it is told so; the newest doorbell wins, whichever replica held the
+  row) and deleted when the doorbell closes, if it still names this replica. It counts
+  like a channel row (online while that replica's heartbeat is fresh) and goes wherever
+  they go: released at start and stop, reaped with a dead replica, written again by a
+  paused one. Both tables are written through ``collector.replica_rows.ReplicaRows``.
 - **Requests.** Creating or advancing a request writes the row and
   ``NOTIFY casefile_live, '<request id>'`` in one transaction (``collector.storage.live``).
   Every replica LISTENs on a dedicated psycopg connection. On a notification it re-reads
   the row: if the request is ``queued`` for an agent whose stream it holds, it claims
   it (``UPDATE … WHERE state='queued' RETURNING``: exactly one replica wins) and pushes
-  it down the stream; if an engineer on this replica watches the request, the new
-  state goes to that engineer's stream.
+  it down the stream; if the agent is parked on this replica's doorbell, it rings it (the
+  Channel the agent opens, on any replica, drains the queue); if an engineer on this
+  replica watches the request, the new state goes to that engineer's stream.
 - **Catch-up.** Notifications are lost when the LISTEN connection drops (PostgreSQL
   restart, network). Every ``scan_s`` each replica also claims queued requests of its
-  agents and re-reads the requests its engineers watch, so a missed notification
-  costs at most one scan interval, never the request.
+  agents (and rings its parked ones that have some) and re-reads the requests its
+  engineers watch, so a missed notification costs at most one scan interval, never the
+  request.
 """
 
 from __future__ import annotations
