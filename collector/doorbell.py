@@ -8,6 +8,9 @@ before parking; the agent then connects here, proves its key over a fresh nonce
 holding one small TLS connection. A request for it rings (one frame); the agent opens its
 Channel again, which drains what is queued (``ChannelService.Connect``), and leaves the
 doorbell once that stream is accepted, so it is always reachable one way or the other.
+On PostgreSQL the router records which replica holds each doorbell (``agent_doorbells``,
+``collector.live_pg``): a request written on another replica reaches this one by its
+NOTIFY and rings here; the agent's Channel may then open on any replica.
 
 Why not asyncio's ``ssl=``: its ``SSLProtocol`` keeps a 256 KiB read buffer per
 connection. TLS is done here over two ``ssl.MemoryBIO``s, and OpenSSL releases its record

@@ -15,17 +15,26 @@ they hold. What changes when several replicas share one database:
   reaches takes its row over, and the survivors delete the dead replica's rows lazily
   (every ``stale_s``). A replica that was only paused past ``stale_s`` and finds its row
   reaped writes the rows of the streams it still holds again.
+- **Who holds which parked agent.** ``agent_doorbells`` maps a parked agent
+  (``collector.doorbell``) → the replica holding its doorbell: claimed when it parks
+  (committed before it is told so; the newest doorbell wins, whichever replica held the
+  row) and deleted when the doorbell closes, if it still names this replica. It counts
+  like a channel row (online while that replica's heartbeat is fresh) and goes wherever
+  they go: released at start and stop, reaped with a dead replica, written again by a
+  paused one. Both tables are written through ``collector.replica_rows.ReplicaRows``.
 - **Requests.** Creating or advancing a request writes the row and
   ``NOTIFY casefile_live, '<request id>'`` in one transaction (``collector.storage.live``).
   Every replica LISTENs on a dedicated psycopg connection. On a notification it re-reads
   the row: if the request is ``queued`` for an agent whose stream it holds, it claims
   it (``UPDATE … WHERE state='queued' RETURNING``: exactly one replica wins) and pushes
-  it down the stream; if an engineer on this replica watches the request, the new
-  state goes to that engineer's stream.
+  it down the stream; if the agent is parked on this replica's doorbell, it rings it (the
+  Channel the agent opens, on any replica, drains the queue); if an engineer on this
+  replica watches the request, the new state goes to that engineer's stream.
 - **Catch-up.** Notifications are lost when the LISTEN connection drops (PostgreSQL
   restart, network). Every ``scan_s`` each replica also claims queued requests of its
-  agents and re-reads the requests its engineers watch, so a missed notification
-  costs at most one scan interval, never the request.
+  agents (and rings its parked ones that have some) and re-reads the requests its
+  engineers watch, so a missed notification costs at most one scan interval, never the
+  request.
 """
 
 from __future__ import annotations
@@ -36,7 +45,6 @@ import logging
 import os
 import socket
 import time
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import grpc
@@ -47,8 +55,9 @@ from sqlalchemy import make_url
 from agent.transport.live_states import LiveState
 from collector.edge import Rejected
 from collector.live_router import LiveRouter, Session, event_of, request_message, spec_envelope
+from collector.replica_rows import ReplicaRows
 from collector.storage import LiveRequestRecord, Store
-from collector.storage.live import LIVE_CHANNEL, ChannelHolder
+from collector.storage.live import LIVE_CHANNEL
 
 __all__ = ["PgLiveRouter", "default_replica_id", "libpq_dsn"]
 
@@ -67,78 +76,6 @@ def libpq_dsn(db_url: str) -> str:
 
 def _us(seconds_ago: float) -> int:
     return int((time.time() - seconds_ago) * 1_000_000)
-
-
-class ChannelRows:
-    """The writes of this replica's ``agent_channels`` rows, off the event loop and grouped.
-
-    A stream's claim (its agent connected) and release (it left) are queued here in the order
-    they happen and written by one thread of their own, in order: the changes queued while one
-    transaction is being committed go together into the next (``Store.write_channels``), so a
-    reconnect storm's thousands of connects cost a few commits a second, not one each, and no
-    handler waits on the database with the event loop. A claim's caller awaits its commit
-    (a refusal must come before the stream is accepted); a release's does not. Order is what
-    keeps the rows right: an agent that leaves and comes back has its release written
-    before its new claim, never after.
-    """
-
-    def __init__(self, store: Store, replica_id: str, stale_s: float, max_batch: int = 1000) -> None:
-        self._store = store
-        self.replica_id = replica_id
-        self._stale_s = stale_s
-        self._max = max_batch
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="channel-rows")
-        self._pending: list[tuple[str, str | None, asyncio.Future[ChannelHolder | None] | None]] = []
-        self._flusher: asyncio.Task[None] | None = None
-        self.batches = 0  # transactions committed (for tests and benchmarks)
-        self.changes = 0
-
-    def _queue(self, agent_id: str, peer: str | None, done: asyncio.Future[ChannelHolder | None] | None) -> None:
-        self._pending.append((agent_id, peer, done))
-        if self._flusher is None or self._flusher.done():
-            self._flusher = asyncio.get_running_loop().create_task(self._flush(), name="channel-rows")
-
-    async def change(self, agent_id: str, peer: str) -> ChannelHolder | None:
-        """Claim the agent's row for this replica; ``None`` once committed, or the live
-        replica holding it (the row is then left alone)."""
-        done: asyncio.Future[ChannelHolder | None] = asyncio.get_running_loop().create_future()
-        self._queue(agent_id, peer, done)
-        return await done
-
-    def release(self, agent_id: str) -> None:
-        """Delete the agent's row if this replica holds it; queued, not awaited."""
-        self._queue(agent_id, None, None)
-
-    async def _flush(self) -> None:
-        loop = asyncio.get_running_loop()
-        while self._pending:
-            batch, self._pending = self._pending[: self._max], self._pending[self._max :]
-            changes = [(a, p) for a, p, _f in batch]
-            try:
-                holders = await loop.run_in_executor(
-                    self._pool, self._store.write_channels, self.replica_id, changes, _us(self._stale_s)
-                )
-            except Exception as exc:
-                released = sum(1 for _a, p, _f in batch if p is None)
-                if released:
-                    log.warning("could not release %d channel row(s) (%s); the next claims take them over",
-                                released, exc)
-                for _a, _p, fut in batch:
-                    if fut is not None and not fut.done():
-                        fut.set_exception(exc)
-                continue
-            self.batches += 1
-            self.changes += len(batch)
-            for (_a, _p, fut), holder in zip(batch, holders, strict=True):
-                if fut is not None and not fut.done():
-                    fut.set_result(holder)
-
-    async def aclose(self, timeout_s: float) -> None:
-        """Let the changes queued so far be written (bounded), then stop the thread."""
-        if self._flusher is not None and not self._flusher.done():
-            with contextlib.suppress(Exception):
-                await asyncio.wait({self._flusher}, timeout=timeout_s)
-        self._pool.shutdown(wait=False)
 
 
 class PgLiveRouter(LiveRouter):
@@ -166,7 +103,10 @@ class PgLiveRouter(LiveRouter):
         # notification of that same change must not produce two events.
         self._shown: dict[str, tuple[int, str]] = {}
         self.listening = asyncio.Event()  # set while the LISTEN connection is up
-        self._rows = ChannelRows(store, self.replica_id, stale_s)
+        self._rows = ReplicaRows(
+            lambda replica_id, changes: store.write_channels(replica_id, changes, _us(stale_s)), self.replica_id
+        )
+        self._bell_rows = ReplicaRows(store.write_doorbells, self.replica_id, "doorbell")
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -178,7 +118,7 @@ class PgLiveRouter(LiveRouter):
         refusing those agents as held until the dead replica's heartbeat is stale (15 s).
         Two live processes cannot share a port: the collector binds without SO_REUSEPORT."""
         if not self._named and port:
-            self.replica_id = self._rows.replica_id = default_replica_id(port)
+            self.replica_id = self._rows.replica_id = self._bell_rows.replica_id = default_replica_id(port)
 
     async def start(self) -> None:
         # Rows of an earlier process with the same --replica-id are not streams any more.
@@ -195,6 +135,7 @@ class PgLiveRouter(LiveRouter):
     async def aclose(self) -> None:
         # The claims and releases on their way first, so none lands after the rows are forgotten.
         await self._rows.aclose(timeout_s=10.0)
+        await self._bell_rows.aclose(timeout_s=10.0)
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -232,17 +173,41 @@ class PgLiveRouter(LiveRouter):
             # names this replica, so the agent shows connected until then or until this replica stops.
             self._rows.release(session.agent_id)
 
+    # -- parked agents -------------------------------------------------------------
+
+    async def park(self, agent_id: str, bell: Any) -> None:
+        """The doorbell's row claimed for this replica (the newest doorbell wins, wherever
+        the older one is) and committed before the agent is told it is parked: from then on
+        every replica counts it online, and the NOTIFY of a request for it makes this one ring."""
+        try:
+            await self._bell_rows.change(agent_id, bell.peer)
+        except BaseException:
+            # Failed or cancelled: undo a claim still on its way, unless an older bell of
+            # the agent is parked here (its row is this replica's either way).
+            if agent_id not in self._bells:
+                self._bell_rows.release(agent_id)
+            raise
+        await super().park(agent_id, bell)
+
+    def unpark(self, agent_id: str, bell: Any) -> bool:
+        if not super().unpark(agent_id, bell):
+            return False  # an older bell replaced by a newer one: the row is the newer one's
+        # Not awaited; deleted only if it still names this replica.
+        self._bell_rows.release(agent_id)
+        return True
+
     async def online_among(self, agent_ids: list[str]) -> set[str]:
-        """Those of ``agent_ids`` whose stream this or another replica holds (one query)."""
-        here = {a for a in agent_ids if a in self._sessions}
+        """Those of ``agent_ids`` whose stream or doorbell this or another live replica holds
+        (one query)."""
+        here = {a for a in agent_ids if a in self._sessions or a in self._bells}
         rest = [a for a in agent_ids if a not in here]
         elsewhere = await asyncio.to_thread(self._store.agents_with_fresh_channels, rest, _us(self._stale_s))
         return here | elsewhere
 
     async def is_online(self, agent_id: str) -> bool:
-        if agent_id in self._sessions:
+        if agent_id in self._sessions or agent_id in self._bells:
             return True
-        holder = await asyncio.to_thread(self._store.channel_holder, agent_id, _us(self._stale_s))
+        holder = await asyncio.to_thread(self._store.channel_holder, agent_id, _us(self._stale_s), parked=True)
         return holder is not None
 
     # -- requests ------------------------------------------------------------------
@@ -270,8 +235,9 @@ class PgLiveRouter(LiveRouter):
         return f"sent to {session.peer} via {self.replica_id}"
 
     async def deliver(self, rec: LiveRequestRecord) -> bool:
-        """Push a request down a stream held here; a request for an agent held by
-        another replica is that replica's to claim (it got the NOTIFY of the insert)."""
+        """Push a request down a stream held here, or ring the agent parked here; a request
+        for an agent held or parked on another replica is that replica's to claim or ring
+        (it got the NOTIFY of the insert)."""
         session = self._sessions.get(rec.agent_id)
         if session is None:
             self.ring(rec.agent_id)
@@ -291,10 +257,14 @@ class PgLiveRouter(LiveRouter):
             rec = await asyncio.to_thread(self._store.get_live_request, request_id)
         except Exception:
             return
-        if rec.state == LiveState.QUEUED and rec.agent_id in self._sessions:
+        if rec.state == LiveState.QUEUED and self._here(rec.agent_id):
             await self._deliver_or_expire(rec)
         elif interested:
             self._publish(rec)
+
+    def _here(self, agent_id: str) -> bool:
+        """This replica holds the agent's stream (it sends) or its doorbell (it rings)."""
+        return agent_id in self._sessions or agent_id in self._bells
 
     async def _deliver_or_expire(self, rec: LiveRequestRecord) -> None:
         if rec.expires_at_us <= _us(0):
@@ -339,8 +309,8 @@ class PgLiveRouter(LiveRouter):
                     last_reap = time.monotonic()
                     chans, reps = await asyncio.to_thread(self._store.reap_dead_replicas, _us(self._stale_s))
                     if reps:
-                        log.warning("%d replica(s) without a heartbeat for %.0f s: %d channel row(s) deleted",
-                                    reps, self._stale_s, chans)
+                        log.warning("%d replica(s) without a heartbeat for %.0f s: %d channel and doorbell row(s) "
+                                    "deleted", reps, self._stale_s, chans)
                 await self._catch_up()
             except asyncio.CancelledError:
                 raise
@@ -351,13 +321,14 @@ class PgLiveRouter(LiveRouter):
         if await asyncio.to_thread(self._store.heartbeat_replica, self.replica_id):
             return
         held = [(a, s.peer) for a, s in list(self._sessions.items())]
-        n = await asyncio.to_thread(self._store.reclaim_channels, self.replica_id, held)
-        log.warning("replica %s was taken for dead (no heartbeat for %.0f s); %d of its %d channel row(s) "
-                    "written again", self.replica_id, self._stale_s, n, len(held))
+        parked = [(a, b.peer) for a, b in list(self._bells.items())]
+        n = await asyncio.to_thread(self._store.reclaim_channels, self.replica_id, held, parked)
+        log.warning("replica %s was taken for dead (no heartbeat for %.0f s); %d of its %d channel and doorbell "
+                    "row(s) written again", self.replica_id, self._stale_s, n, len(held) + len(parked))
 
     async def _catch_up(self) -> None:
         for rec in await asyncio.to_thread(self._store.queued_live_requests_for_replica, self.replica_id):
-            if rec.agent_id in self._sessions:
+            if self._here(rec.agent_id):
                 await self._deliver_or_expire(rec)
         watched = list(self._watchers)
         for rec in await asyncio.to_thread(self._store.live_requests_by_id, watched):

@@ -1,10 +1,13 @@
-"""Which replica holds which agent's channel, and which replicas are alive.
+"""Which replica holds which agent's channel or doorbell, and which replicas are alive.
 
-One row per replica (``collector_replicas``), refreshed by its heartbeat, and one row per
+One row per replica (``collector_replicas``), refreshed by its heartbeat, one row per
 connected agent (``agent_channels``), written only when an agent connects or leaves: at
-50,000 agents a heartbeat per channel row would be ~10,000 row updates a second. A
-channel row counts only while its replica's heartbeat is fresh. ``collector.live_pg``
-routes live requests with these; ``collector.storage.live`` builds on them.
+50,000 agents a heartbeat per channel row would be ~10,000 row updates a second, and one
+per parked agent (``agent_doorbells``), written only when it parks or its doorbell closes.
+Either row counts only while its replica's heartbeat is fresh; wherever a replica's
+channel rows are released, reaped or written again, its doorbell rows are too.
+``collector.live_pg`` routes live requests with these; ``collector.storage.live`` builds
+on them.
 """
 
 from __future__ import annotations
@@ -12,9 +15,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import literal, select, union, union_all
 
 from collector.storage.base import StoreBase
+from collector.storage.doorbells_schema import agent_doorbells
 from collector.storage.live_schema import agent_channels
 from collector.storage.replicas_schema import collector_replicas
 
@@ -26,8 +30,9 @@ class ChannelHolder:
     agent_id: str
     replica_id: str
     peer: str
-    connected_at_us: int
+    connected_at_us: int  # for a parked agent: when it parked
     heartbeat_at_us: int
+    parked: bool = False  # the replica holds the agent's doorbell, not its stream
 
 
 def _runs(changes: list[tuple[str, str | None]], most: int = 1000) -> list[tuple[int, list[tuple[str, str | None]]]]:
@@ -65,9 +70,11 @@ class ChannelMethods(StoreBase):
         return False
 
     def forget_replica(self, replica_id: str) -> int:
-        """A replica stopping: its row and its channel rows go; returns how many channels."""
+        """A replica stopping: its row, its channel rows and its doorbell rows go; returns how
+        many channels."""
         with self._write() as conn:
             n = conn.execute(agent_channels.delete().where(agent_channels.c.replica_id == replica_id)).rowcount
+            conn.execute(agent_doorbells.delete().where(agent_doorbells.c.replica_id == replica_id))
             conn.execute(collector_replicas.delete().where(collector_replicas.c.replica_id == replica_id))
         return int(n)
 
@@ -83,7 +90,8 @@ class ChannelMethods(StoreBase):
         gone); it keeps the tables small. The replica rows go first, each only if still
         stale under its row lock, and only their channels after: a replica that was merely
         paused and heartbeats meanwhile either keeps its row (and its channels) or finds it
-        gone and writes its channels again. Returns (channel rows, replica rows) deleted."""
+        gone and writes its channels again. Returns (channel and doorbell rows, replica rows)
+        deleted."""
         h, r = agent_channels.c, collector_replicas.c
         with self._write() as conn:
             dead = list(
@@ -93,16 +101,18 @@ class ChannelMethods(StoreBase):
             )
             if not dead:
                 return 0, 0
-            chans = conn.execute(agent_channels.delete().where(h.replica_id.in_(dead)))
-        return int(chans.rowcount), len(dead)
+            chans = conn.execute(agent_channels.delete().where(h.replica_id.in_(dead))).rowcount
+            bells = conn.execute(agent_doorbells.delete().where(agent_doorbells.c.replica_id.in_(dead))).rowcount
+        return int(chans) + int(bells), len(dead)
 
     def reap_orphan_channels(self) -> int:
-        """Channel rows naming a replica that has no row at all (left by a collector from
-        before the replicas table, or by one whose row was already reaped)."""
-        h = agent_channels.c
+        """Channel and doorbell rows naming a replica that has no row at all (left by a
+        collector from before the replicas table, or by one whose row was already reaped)."""
         known = select(collector_replicas.c.replica_id)
         with self._write() as conn:
-            return int(conn.execute(agent_channels.delete().where(h.replica_id.not_in(known))).rowcount)
+            n = conn.execute(agent_channels.delete().where(agent_channels.c.replica_id.not_in(known))).rowcount
+            n += conn.execute(agent_doorbells.delete().where(agent_doorbells.c.replica_id.not_in(known))).rowcount
+        return int(n)
 
     def claim_channel(self, agent_id: str, replica_id: str, peer: str, fresh_after_us: int) -> ChannelHolder | None:
         """Record that ``replica_id`` holds the agent's stream (one row written per connect).
@@ -112,24 +122,28 @@ class ChannelMethods(StoreBase):
         """
         return self.write_channels(replica_id, [(agent_id, peer)], fresh_after_us)[0]
 
-    def reclaim_channels(self, replica_id: str, held: list[tuple[str, str]]) -> int:
-        """Write the rows of the streams ``replica_id`` still holds, (agent id, peer) each,
-        after its rows were reaped; rows another replica took meanwhile stay its. Returns
-        how many were written."""
-        if not held:
-            return 0
+    def reclaim_channels(
+        self, replica_id: str, held: list[tuple[str, str]], parked: list[tuple[str, str]] | None = None
+    ) -> int:
+        """Write the rows of the streams ``replica_id`` still holds and of the doorbells
+        it still holds (``parked``), (agent id, peer) each, after its rows were reaped; rows
+        another replica took meanwhile stay its (a doorbell written there since is newer).
+        Returns how many were written."""
         now = self._now()
-        h = agent_channels.c
-        rows = [
+        streams = [
             {"agent_id": a, "replica_id": replica_id, "peer": p, "connected_at": now, "heartbeat_at": now}
             for a, p in held
         ]
+        bells = [{"agent_id": a, "replica_id": replica_id, "peer": p, "parked_at": now} for a, p in parked or []]
+        if not streams and not bells:
+            return 0
         written = 0
         with self._write() as conn:
-            for i in range(0, len(rows), 1000):  # bound parameters per statement: PostgreSQL takes ≤ 65,535
-                ins = self._insert(agent_channels).values(rows[i : i + 1000])
-                ins = ins.on_conflict_do_nothing(index_elements=[h.agent_id])
-                written += len(conn.execute(ins.returning(h.agent_id)).all())
+            for table, rows in ((agent_channels, streams), (agent_doorbells, bells)):
+                for i in range(0, len(rows), 1000):  # bound parameters per statement: PostgreSQL takes ≤ 65,535
+                    ins = self._insert(table).values(rows[i : i + 1000])
+                    ins = ins.on_conflict_do_nothing(index_elements=[table.c.agent_id])
+                    written += len(conn.execute(ins.returning(table.c.agent_id)).all())
         return written
 
     def write_channels(
@@ -173,35 +187,82 @@ class ChannelMethods(StoreBase):
             out[i] = self.channel_holder(changes[i][0], fresh_after_us)
         return out
 
+    def write_doorbells(self, replica_id: str, changes: list[tuple[str, str | None]]) -> list[ChannelHolder | None]:
+        """Parks and doorbell closes of ``replica_id``, in order, in one transaction
+        (``collector.live_pg``, as :meth:`write_channels` for streams).
+
+        ``(agent id, peer)`` claims the agent's doorbell row for this replica whichever
+        replica held it (the newest doorbell of an agent wins: it dials again only when its
+        old connection died unnoticed); ``(agent id, None)`` deletes the row only if this
+        replica holds it, so an old doorbell closing late never removes the newer one's."""
+        now = self._now()
+        d = agent_doorbells.c
+        with self._write() as conn:
+            for _start, run in _runs(changes):
+                agent_ids = [a for a, _p in run]
+                if run[0][1] is None:
+                    conn.execute(agent_doorbells.delete().where(d.replica_id == replica_id, d.agent_id.in_(agent_ids)))
+                    continue
+                ins = self._insert(agent_doorbells).values(
+                    [{"agent_id": a, "replica_id": replica_id, "peer": p, "parked_at": now} for a, p in run]
+                )
+                conn.execute(
+                    ins.on_conflict_do_update(
+                        index_elements=[d.agent_id],
+                        set_={"replica_id": ins.excluded.replica_id, "peer": ins.excluded.peer,
+                              "parked_at": ins.excluded.parked_at},
+                    )
+                )
+        return [None] * len(changes)  # never refused: the shape of write_channels' answer
+
     def release_channel(self, agent_id: str, replica_id: str) -> None:
         h = agent_channels.c
         with self._write() as conn:
             conn.execute(agent_channels.delete().where(h.agent_id == agent_id, h.replica_id == replica_id))
 
     def release_replica_channels(self, replica_id: str) -> int:
+        """Delete the channel and doorbell rows of ``replica_id`` (an earlier process of that
+        name: none of them is a connection any more); returns how many."""
         with self._write() as conn:
-            return conn.execute(agent_channels.delete().where(agent_channels.c.replica_id == replica_id)).rowcount
+            n = conn.execute(agent_channels.delete().where(agent_channels.c.replica_id == replica_id)).rowcount
+            n += conn.execute(agent_doorbells.delete().where(agent_doorbells.c.replica_id == replica_id)).rowcount
+        return int(n)
 
     def agents_with_fresh_channels(self, agent_ids: list[str], fresh_after_us: int) -> set[str]:
-        """Those of ``agent_ids`` whose stream a replica with a fresh heartbeat holds (one query)."""
+        """Those of ``agent_ids`` whose stream or doorbell a replica with a fresh heartbeat
+        holds: the online ones (one query)."""
         if not agent_ids:
             return set()
-        h = agent_channels.c
-        query = select(h.agent_id).where(h.agent_id.in_(agent_ids), h.replica_id.in_(self._alive(fresh_after_us)))
+        h, d = agent_channels.c, agent_doorbells.c
+        alive = self._alive(fresh_after_us)
+        query = union(
+            select(h.agent_id).where(h.agent_id.in_(agent_ids), h.replica_id.in_(alive)),
+            select(d.agent_id).where(d.agent_id.in_(agent_ids), d.replica_id.in_(alive)),
+        )
         with self._read() as conn:
             return {str(a) for a in conn.execute(query).scalars()}
 
-    def channel_holder(self, agent_id: str, fresh_after_us: int) -> ChannelHolder | None:
-        """The replica holding the agent's stream, if that replica's heartbeat is fresh."""
-        h, r = agent_channels.c, collector_replicas.c
-        query = (
-            select(h.agent_id, h.replica_id, h.peer, h.connected_at, r.heartbeat_at)
+    def channel_holder(self, agent_id: str, fresh_after_us: int, *, parked: bool = False) -> ChannelHolder | None:
+        """The replica holding the agent's stream, if that replica's heartbeat is fresh; with
+        ``parked``, else the one holding its doorbell (``ChannelHolder.parked``) — the agent
+        is online either way (one query)."""
+        h, d, r = agent_channels.c, agent_doorbells.c, collector_replicas.c
+        stream = (
+            select(h.agent_id, h.replica_id, h.peer, h.connected_at, r.heartbeat_at, literal(False).label("parked"))
             .join(collector_replicas, r.replica_id == h.replica_id)
             .where(h.agent_id == agent_id, r.heartbeat_at >= fresh_after_us)
         )
+        query: Any = stream
+        if parked:
+            query = union_all(
+                stream,
+                select(d.agent_id, d.replica_id, d.peer, d.parked_at, r.heartbeat_at, literal(True).label("parked"))
+                .join(collector_replicas, r.replica_id == d.replica_id)
+                .where(d.agent_id == agent_id, r.heartbeat_at >= fresh_after_us),
+            )
         with self._read() as conn:
-            row = conn.execute(query).first()
-        if row is None:
+            rows = sorted(conn.execute(query).all(), key=lambda row: bool(row[5]))  # a stream first
+        if not rows:
             return None
-        m = row._mapping
-        return ChannelHolder(m["agent_id"], m["replica_id"], m["peer"], m["connected_at"], m["heartbeat_at"])
+        a, rep_id, peer, at, beat, is_parked = rows[0]
+        return ChannelHolder(str(a), str(rep_id), str(peer), int(at), int(beat), bool(is_parked))

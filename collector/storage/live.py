@@ -14,12 +14,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Row, bindparam, select, text
+from sqlalchemy import Connection, Row, bindparam, select, text, union
 
 from agent.transport.live_states import FINAL_STATES as _FINAL
 from agent.transport.live_states import STORED_STATES, LiveState
 from collector.storage.agents import _agent
 from collector.storage.channels import ChannelHolder, ChannelMethods
+from collector.storage.doorbells_schema import agent_doorbells
 from collector.storage.errors import InvalidArgument, NotFound
 from collector.storage.live_schema import (
     agent_channels,
@@ -238,9 +239,13 @@ class LiveMethods(ChannelMethods):
             return [live_record(r) for r in rows]
 
     def queued_live_requests_for_replica(self, replica_id: str) -> list[LiveRequestRecord]:
-        """Queued requests of the agents whose channel this replica holds, oldest first."""
-        c, h = live_requests.c, agent_channels.c
-        held = select(h.agent_id).where(h.replica_id == replica_id)
+        """Queued requests of the agents whose channel or doorbell this replica holds
+        (the ones to send, the parked ones to ring), oldest first."""
+        c, h, d = live_requests.c, agent_channels.c, agent_doorbells.c
+        held = union(
+            select(h.agent_id).where(h.replica_id == replica_id),
+            select(d.agent_id).where(d.replica_id == replica_id),
+        )
         queued = str(LiveState.QUEUED)
         query = select(live_requests).where(c.state == queued, c.agent_id.in_(held)).order_by(c.created_at)
         with self._read() as conn:

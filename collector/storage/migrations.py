@@ -13,7 +13,8 @@ version under it, so exactly one replica applies a step. On SQLite the
 Adding a step: append ``Migration(n + 1, "what", fn)``. A step that adds tables
 gives them their own ``MetaData`` in a ``*_schema`` module (``live_schema``,
 ``refusals_schema``, ``findings_schema``, ``cases_schema``, ``hunts_schema``,
-``replicas_schema``, ``specs_schema``, ``sessions_schema``, ``case_activity_schema``), which
+``replicas_schema``, ``specs_schema``, ``sessions_schema``, ``case_activity_schema``,
+``doorbells_schema``), which
 this module imports without importing the store; one that changes a table of
 ``schema.metadata`` alters it here. Version 1 is frozen in ``schema_v1`` (the original
 tables), so a fresh database walks every step in order.
@@ -31,6 +32,7 @@ from sqlalchemy import Connection, Engine, func, select, text
 from collector.storage.case_activity_schema import create_case_activity_tables
 from collector.storage.cases_schema import create_case_tables
 from collector.storage.counts import SKIPPED_STATES
+from collector.storage.doorbells_schema import create_doorbell_tables
 from collector.storage.errors import SchemaError
 from collector.storage.findings_schema import create_analysis_tables
 from collector.storage.hunts_schema import create_hunt_tables
@@ -125,6 +127,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(11, "console sessions shared by every replica", create_session_tables),
     Migration(12, "agents: the live policy each reported on connect", _agent_live_policy),
     Migration(13, "case listing: one row per case", create_case_activity_tables),
+    Migration(14, "parked agents: the replica holding each doorbell", create_doorbell_tables),
 )
 LATEST_VERSION = MIGRATIONS[-1].version
 

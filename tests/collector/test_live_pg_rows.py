@@ -1,7 +1,7 @@
 """The PostgreSQL router's channel rows: written off the event loop, grouped, in order.
 
 A replica's claims (an agent connected) and releases (it left) go through one queue and one
-thread (``collector.live_pg.ChannelRows``); these pin what the grouping must not change: each
+thread (``collector.replica_rows.ReplicaRows``); these pin what the grouping must not change: each
 connect is answered only after its row is committed or refused, an agent that leaves and comes
 straight back keeps its row, and a connect abandoned while its claim is on the way leaves no row.
 """

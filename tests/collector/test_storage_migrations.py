@@ -137,3 +137,30 @@ def test_steps_4_and_5_bind_existing_case_identities_and_count_skipped_collector
         _, other = store.create_token("case", case_id="SR-4")
         again = store.bind_case_key(key.public.raw, key.fingerprint, "db-01", other.id, "SR-4")
         assert again.id == "ag_1" and store.cases_of("ag_1") == ("SR-3", "SR-4")
+
+
+def test_step_14_adds_the_doorbells_table_and_keeps_the_channel_rows(store_url: str) -> None:
+    """A database of the collector before parked agents: its replicas and channel rows stay,
+    and the doorbells table comes empty, with its index on the replica."""
+    from sqlalchemy import text
+
+    from collector.storage.base import make_engine
+    from collector.storage.migrations import MIGRATIONS, migrate
+
+    engine = make_engine(store_url)
+    assert migrate(engine, "test", MIGRATIONS[:13]) == 13
+    assert "agent_doorbells" not in inspect(engine).get_table_names()
+    with engine.begin() as conn:
+        conn.execute(text("INSERT INTO collector_replicas (replica_id, started_at, heartbeat_at) VALUES ('r1', 1, 1)"))
+        conn.execute(
+            text("INSERT INTO agent_channels (agent_id, replica_id, peer, connected_at, heartbeat_at) "
+                 "VALUES ('ag_1', 'r1', 'p', 1, 1)")
+        )  # fmt: skip
+    engine.dispose()
+    with Store.open(store_url) as store:
+        assert store.schema_version() == LATEST_VERSION >= 14
+        assert store.channel_holder("ag_1", 0) is not None
+        ins = inspect(store.engine)
+        assert [ix["column_names"] for ix in ins.get_indexes("agent_doorbells")] == [["replica_id"]]
+        store.write_doorbells("r1", [("ag_2", "p")])
+        assert store.agents_with_fresh_channels(["ag_1", "ag_2"], 0) == {"ag_1", "ag_2"}
