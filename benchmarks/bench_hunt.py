@@ -175,16 +175,25 @@ class Fleet:
                         msg = await asyncio.wait_for(call.read(), offer.park_after_s)
                     except TimeoutError:
                         bell = await self._park(offer.doorbell_port, agent_id, key)
-                        call.cancel()
+                        # As the daemon: end the stream from this side, and still take what
+                        # the collector sent before it saw the end.
+                        await call.done_writing()
+                        sent = []
+                        async for msg in call:
+                            if msg.WhichOneof("msg") == "snapshot_request":
+                                sent.append(msg.snapshot_request.request_id)
+                        for rid in sent:
+                            loop.run_in_executor(self.pool, self._answer, agent_id, hostname, key, rid, n % 50 == 7)
                         if not counted:
                             self.ready, counted = self.ready + 1, True
-                        self.parked += 1
-                        why = await bell.wait()
-                        self.parked -= 1
+                        if not sent:
+                            self.parked += 1
+                            why = await bell.wait()
+                            self.parked -= 1
+                            if why != "ring":
+                                self.errors.append(f"{agent_id}: doorbell {why}")
                         call, accepted = await handshake(stub, agent_id, key)  # rung (or doorbell gone): back
                         await bell.close()
-                        if why != "ring":
-                            self.errors.append(f"{agent_id}: doorbell {why}")
                         continue
                 if msg is grpc.aio.EOF:
                     return
@@ -396,7 +405,15 @@ def main() -> None:
 
                 # Every half second: the time taken is read from the rows, and reading a
                 # thousand rows more often took CPU the collector shares.
-                _wait(finished, args.hunt_timeout, f"hunt {status.hunt_id} all done", every=0.5)
+                try:
+                    _wait(finished, args.hunt_timeout, f"hunt {status.hunt_id} all done", every=0.5)
+                except SystemExit:
+                    late = [r for r in final if r.state != "done"]
+                    states = sorted({r.state for r in late})
+                    print(f"not done: {len(late)} ({', '.join(states)}); e.g. "
+                          + "; ".join(f"{r.agent_id} {r.state} {r.detail!r}" for r in late[:5])
+                          + f"; simulated agents parked now: {fleet.parked}", file=sys.stderr, flush=True)
+                    raise
                 stop.set()
                 q.join()
                 took = max(r.updated_at_us for r in final) / 1e6 - wall0
