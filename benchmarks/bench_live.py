@@ -12,8 +12,15 @@ RequestSnapshot call to the ``done`` event, which the collector emits after Inge
 stored the bundle. The ``collect`` column is the agent's collection time (the
 ``collecting`` → ``uploading`` events), to separate protocol from collection.
 
+``--park``: the collectors offer their doorbell after 1 s idle (``--park-after 1``); the
+simulated agents park once accepted (``simagent.park``, the product's client) and the real
+agent parks by itself once idle 1 s. Before each snapshot the bench waits for the real
+agent's next ``channel.park`` audit row, so every request finds it parked: the latency then
+includes the ring, the agent's new Channel connection and handshake.
+
     .venv/bin/python benchmarks/bench_live.py --agents 1000 --snapshots 30
     .venv/bin/python benchmarks/bench_live.py --agents 10000 --snapshots 30
+    .venv/bin/python benchmarks/bench_live.py --agents 1000 --snapshots 30 --park
     .venv/bin/python benchmarks/bench_live.py --agents 1000 --snapshots 30 --db postgres --replicas 2 \\
         --pg-url postgresql+psycopg://postgres@127.0.0.1:5432/postgres
 """
@@ -39,7 +46,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from simagent import handshake
+from simagent import handshake, park
 from sqlalchemy import create_engine, make_url, text
 
 from agent.keys import SigningKey, fingerprint_of
@@ -69,23 +76,33 @@ def _wait(check: Any, timeout: float, what: str) -> None:
     raise SystemExit(f"timed out: {what}")
 
 
-async def _simulated(addrs: list[str], pem: bytes, agents: list[tuple[str, SigningKey]], ready: list[int]) -> None:
+async def _simulated(
+    addrs: list[str], pem: bytes, agents: list[tuple[str, SigningKey]], ready: list[int], pin: str | None
+) -> None:
+    """Hold the agents' streams; with ``pin`` (``--park``) park them on the doorbell instead
+    and close each connection once its streams parked (a parked agent's call is not kept)."""
     creds = grpc.ssl_channel_credentials(root_certificates=pem)
     channels = []
     calls = []
+    bells = []
     for n, i in enumerate(range(0, len(agents), AGENTS_PER_CONNECTION)):
         addr = addrs[n % len(addrs)]
         ch = grpc.aio.secure_channel(addr, creds, options=[("grpc.ssl_target_name_override", PINNED_TARGET_NAME)])
         channels.append(ch)
         stub = collector_pb2_grpc.ChannelStub(ch)
 
-        async def one(agent_id: str, key: SigningKey, stub: Any = stub) -> Any:
+        async def one(agent_id: str, key: SigningKey, stub: Any = stub, addr: str = addr) -> None:
             call, accepted = await handshake(stub, agent_id, key)
             assert accepted.WhichOneof("msg") == "accepted"
+            if pin:
+                bells.append((await park(call, accepted, parse_address(addr), pin, key, agent_id))[0])
+            else:
+                calls.append(call)
             ready[0] += 1
-            return call
 
-        calls += await asyncio.gather(*(one(a, k) for a, k in agents[i : i + AGENTS_PER_CONNECTION]))
+        await asyncio.gather(*(one(a, k) for a, k in agents[i : i + AGENTS_PER_CONNECTION]))
+        if pin:
+            await ch.close()
     try:
         await asyncio.Event().wait()  # hold the streams until cancelled
     finally:
@@ -93,6 +110,20 @@ async def _simulated(addrs: list[str], pem: bytes, agents: list[tuple[str, Signi
             call.cancel()
         for ch in channels:
             await ch.close()
+        for bell in bells:
+            await bell.close()
+
+
+def _wait_parked(store: Store, agent_id: str, seen: int) -> int:
+    """Until the agent parks again (more than ``seen`` ``channel.park`` audit rows), and a
+    moment for its stream to end, so that the request rings it; the rows now."""
+
+    def parks() -> int:
+        return len(store.list_audit(100, actor=agent_id, action="channel.park", outcome="ok"))
+
+    _wait(lambda: parks() > seen, 60, "the real agent parked")
+    time.sleep(0.3)
+    return parks()
 
 
 def _fresh_pg_database(admin_url: str) -> tuple[str, Any]:
@@ -117,6 +148,7 @@ def main() -> None:
     ap.add_argument(
         "--replicas", type=int, default=None, help="collector processes (default 1 on sqlite, 2 on postgres)"
     )
+    ap.add_argument("--park", action="store_true", help="agents park on the doorbell: each request rings")
     args = ap.parse_args()
     # This process holds one connection per AGENTS_PER_CONNECTION agents, the collector one
     # descriptor per connection (it raises its own limit); 10,000 agents fit either way.
@@ -155,6 +187,8 @@ def main() -> None:
                 "--replica-id",
                 f"r{i + 1}",
             ]
+            if args.park:
+                cmd += ["--park-after", "1"]
             colls.append(
                 subprocess.Popen(cmd, stdout=(tmp / f"collector-r{i + 1}.log").open("w"), stderr=subprocess.STDOUT)
             )
@@ -179,7 +213,8 @@ def main() -> None:
         ready = [0]
         t0 = time.perf_counter()
         threading.Thread(target=sim_loop.run_forever, daemon=True).start()
-        sim_task = asyncio.run_coroutine_threadsafe(_simulated(addrs, pem, sims, ready), sim_loop)  # type: ignore[assignment]
+        simulated = _simulated(addrs, pem, sims, ready, fp if args.park else None)
+        sim_task = asyncio.run_coroutine_threadsafe(simulated, sim_loop)  # type: ignore[assignment]
         _wait(lambda: ready[0] >= len(sims), 600, f"{len(sims)} simulated agents connected")
         connect_s = time.perf_counter() - t0
         agent_proc = subprocess.Popen(
@@ -196,9 +231,12 @@ def main() -> None:
         md = (("authorization", f"Bearer {eng}"),)
         total, collect = [], []
         traces: list[dict[str, float]] = []
+        parks = 0
         with open_channel(parse_address(engineer_addr), ca_fingerprint=fp) as ch:
             stub = collector_pb2_grpc.QueryStub(ch)
             for _ in range(args.snapshots):
+                if args.park:
+                    parks = _wait_parked(store, resp.agent_id, parks)
                 start = time.perf_counter()
                 marks: dict[str, float] = {}
                 last = None
@@ -217,7 +255,11 @@ def main() -> None:
             if replicas == 1
             else (f"PostgreSQL, {replicas} replicas: engineer on r1, real agent on r{replicas}")
         )
-        print(f"agents connected: {args.agents} ({len(sims)} simulated in {connect_s:.1f} s, 1 real process); {where}")
+        print(f"{'parked (each request rings) ' if args.park else ''}"
+              f"agents connected: {args.agents} ({len(sims)} simulated in {connect_s:.1f} s, 1 real process); {where}")
+        if args.park:  # each request rang the parked agent, which came back on a new Channel
+            connects = store.list_audit(100, actor=resp.agent_id, action="channel.connect", outcome="ok")
+            print(f"real agent: parked {parks} times, connected {len(connects)} times (rung back)")
         print(f"bench process max RSS: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
         for i, coll in enumerate(colls):
             status = Path(f"/proc/{coll.pid}/status")

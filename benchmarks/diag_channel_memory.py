@@ -51,7 +51,7 @@ async def main(args: argparse.Namespace) -> None:
         await asyncio.sleep(3.0)
         gc.collect()
         after = tracemalloc.take_snapshot()
-        n = int(ready.read_text())
+        n = json.loads(ready.read_text())["held"]  # the worker's counts, JSON
         key = "traceback" if args.ours else "lineno"
         stats = after.compare_to(before, key)
         total = sum(s.size_diff for s in stats)

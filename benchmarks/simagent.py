@@ -1,9 +1,14 @@
 """Simulated agents, shared by the benchmarks that hold many: their keys, their enrollment,
-and their Channel handshake.
+their Channel handshake, and parking on the collector's doorbell.
 
 hello → challenge → signed response → accepted, over a ``grpc.aio`` Channel stub. The
 collector refuses handshakes beyond its bound with UNAVAILABLE ("collector busy"): the
 simulated agent backs off with full jitter and tries again, as the daemon does.
+
+Parking (:func:`park`) is the daemon's order with the daemon's own client
+(``agent.daemon.doorbell.Doorbell.park``): the doorbell named in ``ChannelAccepted`` first,
+then the stream half-closed and read until the collector ends it. Its caller closes the
+gRPC connection once every stream on it has parked, as the daemon closes its own.
 """
 
 from __future__ import annotations
@@ -17,11 +22,13 @@ import grpc
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from agent.daemon import channel_message
+from agent.daemon.doorbell import Doorbell, DoorbellRefused
 from agent.keys import SigningKey, fingerprint_of
+from agent.transport.connect import CollectorAddress
 from collector.storage import Store
 from protos import collector_pb2
 
-__all__ = ["enroll", "handshake", "sim_key"]
+__all__ = ["enroll", "handshake", "park", "sim_key"]
 
 
 def sim_key(label: bytes, i: int) -> SigningKey:
@@ -58,3 +65,27 @@ async def handshake(stub: Any, agent_id: str, key: SigningKey, *, attempts: int 
                 raise
             await asyncio.sleep(random.uniform(0, min(10.0, 0.5 * 2**attempt)))
     raise AssertionError("unreachable")
+
+
+async def park(
+    call: Any, accepted: Any, address: CollectorAddress, pin: str, key: SigningKey, agent_id: str, *, attempts: int = 30
+) -> tuple[Doorbell, int]:
+    """``(doorbell, refusals)``: parked on the doorbell ``accepted`` (the ``CollectorMessage``)
+    offered, the Channel ``call`` then half-closed and read until the collector ended it. A
+    refusal (the doorbell's bound on handshakes closes the connection) is retried with full
+    jitter, as the daemon retries after its idle time."""
+    offer = accepted.accepted
+    if not offer.doorbell_port or not offer.park_after_s:
+        raise SystemExit(f"agent {agent_id}: the collector offered no doorbell ({offer})")
+    for attempt in range(attempts):
+        try:
+            bell = await Doorbell.park(address, offer.doorbell_port, pin, key, agent_id, 30.0)
+            break
+        except DoorbellRefused:
+            if attempt == attempts - 1:
+                raise
+            await asyncio.sleep(random.uniform(0, min(10.0, 0.5 * 2**attempt)))
+    await call.done_writing()
+    while await call.read() is not grpc.aio.EOF:
+        pass  # the collector sends nothing to an idle agent; it ends the call once it reads the half-close
+    return bell, attempt
