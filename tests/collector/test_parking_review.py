@@ -1,0 +1,135 @@
+"""Review of parked agents (collector.doorbell, collector.live_router): defects found, each
+shown against a real collector on loopback (TLS, real keys, the agent's own daemon)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent.daemon import AgentService, DaemonOptions
+from agent.state import AgentHome, Enrollment
+from agent.transport import enroll
+from agent.transport.live_states import LiveState
+from collector.server import ServerConfig
+from tests.collector.conftest import RunningCollector, _run_server
+
+
+@pytest.fixture
+def parking_collector(tmp_path: Path) -> Iterator[RunningCollector]:
+    yield from _run_server(ServerConfig(address="127.0.0.1:0", data_dir=tmp_path / "collector", park_after_s=1))
+
+
+def _home(c: RunningCollector, root: Path) -> tuple[AgentHome, str]:
+    home = AgentHome(root)
+    key = home.key()
+    with c.channel() as ch:
+        agent_id = enroll(ch, token=c.enroll_token(), key=key, hostname="parker", agent_version="t").agent_id
+    home.save_enrollment(Enrollment(agent_id, c.address, c.fingerprint, key.fingerprint))
+    return home, agent_id
+
+
+async def _until(what: str, check: Callable[[], Any], timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+@contextlib.asynccontextmanager
+async def _running(home: AgentHome, **options: Any) -> Any:
+    base: dict[str, Any] = {"backoff_base_s": 0.05, "backoff_cap_s": 0.2, "worker_linger_s": 0.0}
+    service = AgentService(home, DaemonOptions(**(base | options)))
+    task = asyncio.create_task(service.run())
+    try:
+        yield service, task
+    finally:
+        service.stop()
+        await asyncio.wait_for(task, 15)
+
+
+@pytest.mark.parametrize("original_parks", [False, True])
+def test_a_clone_of_a_parked_agent_is_refused_as_a_clone_of_a_connected_one_is(
+    parking_collector: RunningCollector, tmp_path: Path, original_parks: bool
+) -> None:
+    """Two hosts with one agent key (a cloned VM): while the original holds its stream, the
+    clone's Channel is refused (ALREADY_EXISTS, "possibly a cloned machine", audited denied).
+    While the original is *parked*, the clone's Channel is accepted: nothing is refused or
+    audited as denied, and the two take turns (each park closes the other's doorbell)."""
+    c = parking_collector
+    home, agent_id = _home(c, tmp_path / "original")
+    shutil.copytree(tmp_path / "original", tmp_path / "clone")
+    router = c.server.router
+
+    async def main() -> None:
+        async with _running(home, park=original_parks):
+            if original_parks:
+                await _until("parked", lambda: agent_id in router.parked() and router.session(agent_id) is None)
+            else:
+                await _until("connected", lambda: router.session(agent_id) is not None)
+            async with _running(AgentHome(tmp_path / "clone")):
+                await asyncio.sleep(5)
+
+    asyncio.run(main())
+    connects = c.store.list_audit(100, actor=agent_id, action="channel.connect", outcome="ok")
+    parks = c.store.list_audit(100, actor=agent_id, action="channel.park", outcome="ok")
+    denied = c.store.list_audit(100, actor=agent_id, outcome="denied")
+    print(f"connects ok: {len(connects)}, parks ok: {len(parks)}, denied: {len(denied)}")
+    assert denied, "the clone was never refused: it took turns with the original, unreported"
+
+
+def _request(c: RunningCollector, agent_id: str, reason: str) -> Any:
+    return c.store.create_live_request(
+        agent_id=agent_id, hostname="parker", requested_by="t", requested_label="t", scopes=("facts",),
+        since_s=0, reason=reason, expires_at=dt.datetime.now(dt.UTC) + dt.timedelta(minutes=1),
+    )
+
+
+def _on_loop(c: RunningCollector, coro: Any) -> Any:
+    assert c.server.loop is not None
+    return asyncio.run_coroutine_threadsafe(coro, c.server.loop).result(30)
+
+
+@pytest.mark.parametrize("drain_reads", ["before it is marked delivered", "after"])
+def test_a_request_given_back_while_the_agent_is_already_back_is_not_stuck(
+    parking_collector: RunningCollector, tmp_path: Path, drain_reads: str
+) -> None:
+    """``LiveRouter._send`` queues a request again when the stream it was marked delivered
+    for has ended (the agent parked). If the agent's next stream was accepted meanwhile (it
+    was rung by another request) and drained the queue before the request was given back,
+    nothing sends it: it stays ``queued`` on a live stream until it expires. (Or, if that
+    drain read it while still queued, it is sent down the new stream *and* queued again,
+    to be sent a second time by the next drain.)"""
+    c = parking_collector
+    router = c.server.router
+    agent_id = _home(c, tmp_path / "home")[1]
+
+    async def scenario() -> tuple[int, str]:
+        old = router.register(agent_id, "ipv4:127.0.0.1:1")
+        rec = await asyncio.to_thread(_request, c, agent_id, "race")
+        sending = asyncio.create_task(router.deliver(rec))
+        await asyncio.sleep(0)  # deliver is past its look-up, awaiting the store
+        router.unregister(old)  # the agent parked: its stream ended
+        new = router.register(agent_id, "ipv4:127.0.0.1:2")  # ... and came back, rung by another request
+        if drain_reads == "after":
+            while (await asyncio.to_thread(c.store.get_live_request, rec.request_id)).state != LiveState.DELIVERED:
+                await asyncio.sleep(0)
+        await router.drain(agent_id)  # what ChannelService.Connect does once it accepted the stream
+        await sending
+        await asyncio.sleep(0.2)
+        state = (await asyncio.to_thread(c.store.get_live_request, rec.request_id)).state
+        sent_down_new = new.outbox.qsize()
+        router.unregister(new)
+        return sent_down_new, state
+
+    sent, state = _on_loop(c, scenario())
+    print(f"sent down the new stream: {sent}, state: {state}")
+    assert (sent, state) == (1, LiveState.DELIVERED)
