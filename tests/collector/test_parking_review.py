@@ -133,3 +133,36 @@ def test_a_request_given_back_while_the_agent_is_already_back_is_not_stuck(
     sent, state = _on_loop(c, scenario())
     print(f"sent down the new stream: {sent}, state: {state}")
     assert (sent, state) == (1, LiveState.DELIVERED)
+
+
+def test_a_parked_agent_is_rung_once_however_many_requests_come(
+    parking_collector: RunningCollector, tmp_path: Path
+) -> None:
+    """The agent reads one ring and goes to its Channel; every further ring (one per
+    request, and on PostgreSQL one per queued request each catch-up scan) would wait unread
+    in the collector's buffers for as long as the doorbell stays open."""
+    from agent.daemon.doorbell import Doorbell
+    from agent.transport.connect import parse_address
+
+    c = parking_collector
+    home, agent_id = _home(c, tmp_path / "home")
+    assert c.server.doorbell is not None
+    port = c.server.doorbell.port
+
+    async def scenario() -> list[int]:
+        bell = await Doorbell.park(parse_address(c.address), port, c.fingerprint, home.key(), agent_id, 10.0)
+        try:
+            for _ in range(3):
+                await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(_ring(c, agent_id), c.server.loop))  # type: ignore[arg-type]
+            kinds = [(await asyncio.wait_for(bell._next(), 5))[0]]
+            with contextlib.suppress(TimeoutError):
+                kinds.append((await asyncio.wait_for(bell._next(), 0.5))[0])
+            return kinds
+        finally:
+            await bell.close()
+
+    assert asyncio.run(scenario()) == [5]  # one RING
+
+
+async def _ring(c: RunningCollector, agent_id: str) -> None:
+    assert c.server.router.ring(agent_id)
