@@ -77,13 +77,16 @@ def _keepalive(sock: socket.socket | None) -> None:
 class Bell(asyncio.Protocol):
     """One agent's doorbell connection: TLS over memory BIOs, the proof, then rings."""
 
-    __slots__ = ("_inc", "_out", "_reader", "_timer", "_tls", "agent_id", "nonce", "peer", "server", "transport")
+    __slots__ = (
+        "_inc", "_out", "_reader", "_timer", "_tls", "agent_id", "nonce", "peer", "rung", "server", "transport",
+    )
 
     def __init__(self, server: DoorbellServer) -> None:
         self.server = server
         self.agent_id = ""
         self.nonce = b""
         self.peer = ""
+        self.rung = False
         self._timer: asyncio.TimerHandle | None = None
 
     # -- asyncio -------------------------------------------------------------------
@@ -169,9 +172,11 @@ class Bell(asyncio.Protocol):
         self.transport.close()
 
     def ring(self) -> None:
-        """Tell the parked agent to open its Channel (idempotent: it unparks once)."""
-        if self.transport.is_closing():
+        """Tell the parked agent to open its Channel: once (it reads no more of its doorbell;
+        a ring for each request would pile up unread here)."""
+        if self.rung or self.transport.is_closing():
             return
+        self.rung = True
         with contextlib.suppress(ssl.SSLError):
             self._send(RING)
             self._flush()
