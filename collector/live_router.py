@@ -224,6 +224,9 @@ class LiveRouter:
         bell.ring()
         return True
 
+    def bell(self, agent_id: str) -> Any:
+        return self._bells.get(agent_id)
+
     def bells(self) -> list[Any]:
         return list(self._bells.values())
 
@@ -280,10 +283,9 @@ class LiveRouter:
         return rec
 
     async def deliver(self, rec: LiveRequestRecord) -> bool:
-        """Send a request down its agent's stream; False when the agent is not connected
-        (a parked agent is rung: the request stays queued for the Channel it opens) or the
-        request was not ``queued`` any more (another path sent it). On PostgreSQL a request
-        for an agent held or parked on another replica is that replica's (its NOTIFY)."""
+        """Send a request down its agent's stream; False when the agent is not connected (a
+        parked agent is rung: the request stays queued for the Channel it opens) or the request
+        is not ``queued`` any more. On PostgreSQL, another replica's agents are its own (NOTIFY)."""
         session = self._sessions.get(rec.agent_id)
         if session is None:
             self.ring(rec.agent_id)

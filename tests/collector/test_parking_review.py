@@ -84,6 +84,8 @@ def test_a_clone_of_a_parked_agent_is_refused_as_a_clone_of_a_connected_one_is(
     denied = c.store.list_audit(100, actor=agent_id, outcome="denied")
     print(f"connects ok: {len(connects)}, parks ok: {len(parks)}, denied: {len(denied)}")
     assert denied, "the clone was never refused: it took turns with the original, unreported"
+    if original_parks:  # the original's doorbell closed when the clone's Channel came unrung
+        assert c.store.list_audit(10, actor=agent_id, action="channel.replace")
 
 
 def _request(c: RunningCollector, agent_id: str, reason: str) -> Any:
