@@ -168,3 +168,42 @@ def test_a_parked_agent_is_rung_once_however_many_requests_come(
 
 async def _ring(c: RunningCollector, agent_id: str) -> None:
     assert c.server.router.ring(agent_id)
+
+
+def test_a_write_after_the_agent_parked_resets_its_stream(parking_collector: RunningCollector, tmp_path: Path) -> None:
+    """Evidence for the daemon's fix (``AgentService._session`` drops progress once parked):
+    a request the collector sent before it saw the agent park is read and answered after
+    ``end_writes``, and its answer's progress, put on ``_outbox`` while that is still set,
+    would be written on the half-closed stream. That write does not fail alone: it resets
+    the call (RST_STREAM), so whatever the collector sent after the request is lost,
+    ``delivered`` to a stream nobody reads. Here with the daemon's own stream and
+    handshake, in the order ``_session`` takes."""
+    from agent.daemon.h2stream import RpcError
+    from protos import collector_pb2
+
+    c = parking_collector
+    router = c.server.router
+    home, agent_id = _home(c, tmp_path / "home")
+    service = AgentService(home, DaemonOptions())
+
+    async def agent_side() -> str:
+        call = await service._open()
+        try:
+            await service._handshake(call)
+            await _until("registered", lambda: router.session(agent_id) is not None)
+            first = await asyncio.to_thread(_request, c, agent_id, "sent as the agent parks")
+            assert await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(router.deliver(first), c.server.loop))  # type: ignore[arg-type]
+            await call.end_writes()  # parked: the stream ends from this side
+            msg = collector_pb2.CollectorMessage.FromString(await call.read() or b"")
+            assert msg.WhichOneof("msg") == "snapshot_request"
+            progress = collector_pb2.SnapshotProgress(request_id=first.request_id, state="collecting")
+            try:  # what AgentService._progress → _write did for the request just read
+                await call.write(collector_pb2.AgentMessage(progress=progress).SerializeToString())
+            except RpcError as exc:
+                return f"{exc.code}: {exc.details}"
+            return "written"
+        finally:
+            await call.close()
+
+    outcome = asyncio.run(agent_side())
+    assert outcome.startswith("INTERNAL: cannot send on the call"), outcome
