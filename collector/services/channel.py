@@ -215,7 +215,7 @@ class ChannelService(collector_pb2_grpc.ChannelServicer):
                 bell.close()
                 detail = f"closed the doorbell parked from {bell.peer}: a Channel opened from {peer} without a ring"
                 await self._audit(agent.id, peer, "ok", detail, action="channel.replace")
-                log.warning("agent %s: %s (possibly a cloned machine)", agent.id, detail)
+                log.info("agent %s: %s (its doorbell died unnoticed here, or a clone holds it)", agent.id, detail)
             reader: asyncio.Task[None] | None = None
             try:
                 detail = f"{agent.hostname}, agent {first.hello.agent_version}"
