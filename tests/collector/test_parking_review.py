@@ -207,3 +207,31 @@ def test_a_write_after_the_agent_parked_resets_its_stream(parking_collector: Run
 
     outcome = asyncio.run(agent_side())
     assert outcome.startswith("INTERNAL: cannot send on the call"), outcome
+
+
+def test_a_parked_client_sending_part_of_a_frame_is_closed(
+    parking_collector: RunningCollector, tmp_path: Path
+) -> None:
+    """"Any byte after [the proof] ends the connection" (collector.doorbell): a whole frame
+    does; a piece of one (one byte, or a header promising a payload) is kept and waited on."""
+    from agent.transport.channel_proof import doorbell_message
+    from agent.transport.doorbell import PROOF, frame, proof
+    from tests.collector.test_doorbell import RawClient
+
+    c = parking_collector
+    home, agent_id = _home(c, tmp_path / "home")
+    key = home.key()
+    raw = RawClient(c)
+    try:
+        _kind, nonce = raw.read_frame()
+        raw.sock.sendall(frame(PROOF, proof(agent_id, key.sign(doorbell_message(nonce, agent_id)))))
+        assert raw.read_frame()[0] == 3  # PARKED
+        raw.sock.sendall(b"\x02")
+        raw.sock.settimeout(2)
+        try:
+            closed = raw.closed()
+        except TimeoutError:
+            closed = False
+        assert closed, "still parked after sending a byte"
+    finally:
+        raw.close()
