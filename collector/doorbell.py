@@ -138,6 +138,8 @@ class Bell(asyncio.Protocol):
                     self._flush()
                     self.transport.close()
                     return
+                if self.agent_id:  # even a piece of a frame: nothing comes after the proof
+                    raise DoorbellError("data after the proof")
                 for kind, payload in self._reader.feed(chunk):
                     self._frame(kind, payload)
         except (ssl.SSLError, DoorbellError) as exc:
