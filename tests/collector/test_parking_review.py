@@ -235,3 +235,33 @@ def test_a_parked_client_sending_part_of_a_frame_is_closed(
         assert closed, "still parked after sending a byte"
     finally:
         raw.close()
+
+
+def test_one_doorbell_connection_is_checked_once(parking_collector: RunningCollector, tmp_path: Path) -> None:
+    """Bytes arriving after the PROOF while it is being checked run the handshake branch of
+    ``Bell.data_received`` again (no nonce, no agent id yet): a new NONCE is sent, and
+    the next PROOF starts another check (store read, signature, audit row), as many as the
+    client sends before the first refusal lands; without a new TLS handshake or slot."""
+    import socket
+
+    from agent.keys import SigningKey
+    from agent.transport.doorbell import NONCE, PROOF, frame, proof
+    from tests.collector.test_doorbell import RawClient
+
+    c = parking_collector
+    raw = RawClient(c)
+    raw.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    stranger = SigningKey.generate()
+    try:
+        assert raw.read_frame()[0] == NONCE
+        bogus = frame(PROOF, proof("ag_nobody", stranger.sign(b"x")))
+        with contextlib.suppress(OSError):
+            for _ in range(200):
+                raw.sock.sendall(bogus)
+                time.sleep(0.0005)
+    finally:
+        raw.close()
+    time.sleep(1)
+    denied = [r for r in c.store.list_audit(500, action="channel.park", outcome="denied") if "ag_nobody" in r.detail]
+    print(f"audit rows from one connection: {len(denied)}")
+    assert len(denied) == 1
