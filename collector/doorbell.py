@@ -78,7 +78,8 @@ class Bell(asyncio.Protocol):
     """One agent's doorbell connection: TLS over memory BIOs, the proof, then rings."""
 
     __slots__ = (
-        "_inc", "_out", "_reader", "_timer", "_tls", "agent_id", "nonce", "peer", "rung", "server", "transport",
+        "_greeted", "_inc", "_out", "_reader", "_timer", "_tls", "agent_id", "nonce", "peer", "rung", "server",
+        "transport",
     )
 
     def __init__(self, server: DoorbellServer) -> None:
@@ -87,6 +88,7 @@ class Bell(asyncio.Protocol):
         self.nonce = b""
         self.peer = ""
         self.rung = False
+        self._greeted = False  # the handshake done and the one NONCE of this connection sent
         self._timer: asyncio.TimerHandle | None = None
 
     # -- asyncio -------------------------------------------------------------------
@@ -121,12 +123,13 @@ class Bell(asyncio.Protocol):
             return
         self._inc.write(data)
         try:
-            if not self.nonce and not self.agent_id:
+            if not self._greeted:
                 try:
                     self._tls.do_handshake()
                 except ssl.SSLWantReadError:
                     self._flush()
                     return
+                self._greeted = True
                 self.nonce = secrets.token_bytes(NONCE_BYTES)
                 self._send(NONCE, self.nonce)
             while True:
