@@ -265,3 +265,33 @@ def test_one_doorbell_connection_is_checked_once(parking_collector: RunningColle
     denied = [r for r in c.store.list_audit(500, action="channel.park", outcome="denied") if "ag_nobody" in r.detail]
     print(f"audit rows from one connection: {len(denied)}")
     assert len(denied) == 1
+
+
+def test_an_ipv6_doorbell_peer_is_named_ipv6(tmp_path: Path) -> None:
+    """The doorbell names its peer ``ipv4:HOST:PORT`` whatever the family; the Channel's
+    (grpc's) names an IPv6 one ``ipv6:[HOST]:PORT``: the audit rows of one agent disagree."""
+    import dataclasses
+
+    from agent.daemon.doorbell import Doorbell
+    from agent.transport.connect import parse_address
+
+    gen = _run_server(ServerConfig(address="[::1]:0", data_dir=tmp_path / "collector", park_after_s=1))
+    c4 = next(gen)
+    try:
+        c = dataclasses.replace(c4, address=f"[::1]:{c4.server.port}")
+        home, agent_id = _home(c, tmp_path / "home")
+        assert c.server.doorbell is not None
+        port = c.server.doorbell.port
+
+        async def park() -> None:
+            bell = await Doorbell.park(parse_address(c.address), port, c.fingerprint, home.key(), agent_id, 10.0)
+            await bell.close()
+
+        asyncio.run(park())
+        deadline = time.monotonic() + 10
+        while not (rows := c.store.list_audit(10, actor=agent_id, action="channel.park", outcome="ok")):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert rows[0].peer.startswith("ipv6:[::1]:"), rows[0].peer
+    finally:
+        gen.close()
