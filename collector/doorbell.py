@@ -96,7 +96,10 @@ class Bell(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport: asyncio.Transport = transport  # type: ignore[assignment]
         addr = transport.get_extra_info("peername")
-        self.peer = f"ipv4:{addr[0]}:{addr[1]}" if isinstance(addr, tuple) else str(addr)
+        if isinstance(addr, tuple):  # as grpc names the Channel's peers
+            self.peer = f"ipv6:[{addr[0]}]:{addr[1]}" if ":" in addr[0] else f"ipv4:{addr[0]}:{addr[1]}"
+        else:
+            self.peer = str(addr)
         if self.server.handshaking >= self.server.max_handshakes:
             self.server.busy_refusals += 1
             self.server.busy_log.warning(
