@@ -295,3 +295,24 @@ def test_an_ipv6_doorbell_peer_is_named_ipv6(tmp_path: Path) -> None:
         assert rows[0].peer.startswith("ipv6:[::1]:"), rows[0].peer
     finally:
         gen.close()
+
+
+def test_a_doorbell_port_out_of_range_does_not_stop_the_agent(
+    parking_collector: RunningCollector, tmp_path: Path
+) -> None:
+    """``ChannelAccepted.doorbell_port`` is a uint32 from the collector (trusted to ask, not
+    to be well-formed): a port above 65535 raised OverflowError out of ``Parking.when_idle``,
+    through ``_session`` and ``_serve``, and ended the service."""
+    c = parking_collector
+    assert c.server._channel is not None
+    c.server._channel.parking = (70000, 1)  # what a faulty or hostile collector may offer
+    home, agent_id = _home(c, tmp_path / "home")
+
+    async def main() -> None:
+        async with _running(home) as (_service, task):
+            await _until("connected", lambda: c.server.router.session(agent_id) is not None)
+            await asyncio.sleep(2.5)  # idle past park_after_s
+            assert not task.done(), task.exception()
+            assert c.server.router.session(agent_id) is not None  # still on its stream
+
+    asyncio.run(main())
