@@ -262,7 +262,7 @@ class AgentService:
             offer = second.accepted
             waits: set[asyncio.Future[Any]] = {stopper}
             parker: asyncio.Task[Doorbell] | None = None
-            if offer.doorbell_port and offer.park_after_s and self.options.park:
+            if 0 < offer.doorbell_port <= 65535 and offer.park_after_s and self.options.park:  # a uint32 on the wire
                 parker = asyncio.create_task(self.parking.when_idle(offer.doorbell_port, offer.park_after_s))
                 waits.add(parker)
             reader: asyncio.Future[bytes | None] | None = None
