@@ -77,13 +77,18 @@ def _keepalive(sock: socket.socket | None) -> None:
 class Bell(asyncio.Protocol):
     """One agent's doorbell connection: TLS over memory BIOs, the proof, then rings."""
 
-    __slots__ = ("_inc", "_out", "_reader", "_timer", "_tls", "agent_id", "nonce", "peer", "server", "transport")
+    __slots__ = (
+        "_greeted", "_inc", "_out", "_reader", "_timer", "_tls", "agent_id", "nonce", "peer", "rung", "server",
+        "transport",
+    )
 
     def __init__(self, server: DoorbellServer) -> None:
         self.server = server
         self.agent_id = ""
         self.nonce = b""
         self.peer = ""
+        self.rung = False
+        self._greeted = False  # the handshake done and the one NONCE of this connection sent
         self._timer: asyncio.TimerHandle | None = None
 
     # -- asyncio -------------------------------------------------------------------
@@ -91,7 +96,10 @@ class Bell(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport: asyncio.Transport = transport  # type: ignore[assignment]
         addr = transport.get_extra_info("peername")
-        self.peer = f"ipv4:{addr[0]}:{addr[1]}" if isinstance(addr, tuple) else str(addr)
+        if isinstance(addr, tuple):  # as grpc names the Channel's peers
+            self.peer = f"ipv6:[{addr[0]}]:{addr[1]}" if ":" in addr[0] else f"ipv4:{addr[0]}:{addr[1]}"
+        else:
+            self.peer = str(addr)
         if self.server.handshaking >= self.server.max_handshakes:
             self.server.busy_refusals += 1
             self.server.busy_log.warning(
@@ -118,12 +126,13 @@ class Bell(asyncio.Protocol):
             return
         self._inc.write(data)
         try:
-            if not self.nonce and not self.agent_id:
+            if not self._greeted:
                 try:
                     self._tls.do_handshake()
                 except ssl.SSLWantReadError:
                     self._flush()
                     return
+                self._greeted = True
                 self.nonce = secrets.token_bytes(NONCE_BYTES)
                 self._send(NONCE, self.nonce)
             while True:
@@ -135,6 +144,8 @@ class Bell(asyncio.Protocol):
                     self._flush()
                     self.transport.close()
                     return
+                if self.agent_id:  # even a piece of a frame: nothing comes after the proof
+                    raise DoorbellError("data after the proof")
                 for kind, payload in self._reader.feed(chunk):
                     self._frame(kind, payload)
         except (ssl.SSLError, DoorbellError) as exc:
@@ -169,9 +180,11 @@ class Bell(asyncio.Protocol):
         self.transport.close()
 
     def ring(self) -> None:
-        """Tell the parked agent to open its Channel (idempotent: it unparks once)."""
-        if self.transport.is_closing():
+        """Tell the parked agent to open its Channel: once (it reads no more of its doorbell;
+        a ring for each request would pile up unread here)."""
+        if self.rung or self.transport.is_closing():
             return
+        self.rung = True
         with contextlib.suppress(ssl.SSLError):
             self._send(RING)
             self._flush()

@@ -54,7 +54,7 @@ from sqlalchemy import make_url
 
 from agent.transport.live_states import LiveState
 from collector.edge import Rejected
-from collector.live_router import LiveRouter, Session, event_of, request_message, spec_envelope
+from collector.live_router import LiveRouter, Session, event_of
 from collector.replica_rows import ReplicaRows
 from collector.storage import LiveRequestRecord, Store
 from collector.storage.live import LIVE_CHANNEL
@@ -233,23 +233,6 @@ class PgLiveRouter(LiveRouter):
 
     def _sent_to(self, session: Session) -> str:
         return f"sent to {session.peer} via {self.replica_id}"
-
-    async def deliver(self, rec: LiveRequestRecord) -> bool:
-        """Push a request down a stream held here, or ring the agent parked here; a request
-        for an agent held or parked on another replica is that replica's to claim or ring
-        (it got the NOTIFY of the insert)."""
-        session = self._sessions.get(rec.agent_id)
-        if session is None:
-            self.ring(rec.agent_id)
-            return False
-        claimed = await asyncio.to_thread(
-            self._store.claim_live_request, rec.request_id, self._sent_to(session)
-        )
-        if claimed is None:
-            return False  # another path (notification, scan, other replica) got it first
-        self._publish(claimed)
-        envelope = await asyncio.to_thread(spec_envelope, self._store, claimed)
-        return await self._send(session, claimed, request_message(claimed, envelope))
 
     async def _on_change(self, request_id: str) -> None:
         interested = request_id in self._watchers

@@ -224,6 +224,9 @@ class LiveRouter:
         bell.ring()
         return True
 
+    def bell(self, agent_id: str) -> Any:
+        return self._bells.get(agent_id)
+
     def bells(self) -> list[Any]:
         return list(self._bells.values())
 
@@ -280,15 +283,21 @@ class LiveRouter:
         return rec
 
     async def deliver(self, rec: LiveRequestRecord) -> bool:
-        """Send a request down its agent's stream; False when the agent is not connected
-        (a parked agent is rung: the request stays queued for the Channel it opens)."""
+        """Send a request down its agent's stream; False when the agent is not connected (a
+        parked agent is rung: the request stays queued for the Channel it opens) or the request
+        is not ``queued`` any more. On PostgreSQL, another replica's agents are its own (NOTIFY)."""
         session = self._sessions.get(rec.agent_id)
         if session is None:
             self.ring(rec.agent_id)
             return False
-        msg = request_message(rec, await asyncio.to_thread(spec_envelope, self._store, rec))
-        await self.advance(rec.request_id, LiveState.DELIVERED, detail=f"sent to {session.peer}")
-        return await self._send(session, rec, msg)
+        # Claimed (queued → delivered, one caller wins): the drain of a stream accepted just
+        # now and a request given back by ``_send`` may both try to send it.
+        claimed = await asyncio.to_thread(self._store.claim_live_request, rec.request_id, self._sent_to(session))
+        if claimed is None:
+            return False
+        self._publish(claimed)
+        msg = request_message(claimed, await asyncio.to_thread(spec_envelope, self._store, claimed))
+        return await self._send(session, claimed, msg)
 
     async def _send(self, session: Session, rec: LiveRequestRecord, msg: collector_pb2.CollectorMessage) -> bool:
         """Put ``msg`` on ``session``'s stream if it is still the agent's; a stream that ended
@@ -297,7 +306,12 @@ class LiveRouter:
         if self._sessions.get(rec.agent_id) is session:
             session.outbox.put_nowait(msg)
             return True
-        await self.advance(rec.request_id, LiveState.QUEUED, detail="the agent's stream ended before it was sent")
+        requeued = await self.advance(
+            rec.request_id, LiveState.QUEUED, detail="the agent's stream ended before it was sent"
+        )
+        if requeued is not None and requeued.state == LiveState.QUEUED and rec.agent_id in self._sessions:
+            # The agent is back on a new stream, whose drain may have run before this: send it there.
+            return await self.deliver(requeued)
         self.ring(rec.agent_id)
         return False
 

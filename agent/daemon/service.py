@@ -262,7 +262,7 @@ class AgentService:
             offer = second.accepted
             waits: set[asyncio.Future[Any]] = {stopper}
             parker: asyncio.Task[Doorbell] | None = None
-            if offer.doorbell_port and offer.park_after_s and self.options.park:
+            if 0 < offer.doorbell_port <= 65535 and offer.park_after_s and self.options.park:  # a uint32 on the wire
                 parker = asyncio.create_task(self.parking.when_idle(offer.doorbell_port, offer.park_after_s))
                 waits.add(parker)
             reader: asyncio.Future[bytes | None] | None = None
@@ -278,6 +278,10 @@ class AgentService:
                         # Parked: the stream ends from this side; what the collector sent
                         # before it saw the end is still read (and answered) below.
                         self.parking.bell, parked = parker.result(), True
+                        # Nothing more goes up: a write on the half-closed stream would reset
+                        # it, losing what the collector sent before it saw the end. Progress
+                        # of a request read from here on is the collector's to learn from Ingest.
+                        self._outbox = None
                         waits.remove(parker)
                         waits.add(asyncio.ensure_future(asyncio.sleep(HANDSHAKE_TIMEOUT_S)))
                         parker = None
@@ -304,7 +308,7 @@ class AgentService:
                         self._spawn(self._answer(msg.snapshot_request))
                         if parked:  # sent while the stream was closing: back on it at once
                             await self.parking.unpark()
-                    elif kind == "probe":  # the collector asks whether this stream is still alive
+                    elif kind == "probe" and not parked:  # the collector asks whether this stream is still alive
                         answer = collector_pb2.ProbeAnswer(nonce=msg.probe.nonce)
                         outbox.put_nowait(collector_pb2.AgentMessage(probe_answer=answer))
             finally:

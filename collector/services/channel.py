@@ -207,6 +207,15 @@ class ChannelService(collector_pb2_grpc.ChannelServicer):
                 await self._audit(agent.id, peer, "denied", str(exc))
                 log.warning("%s", exc)
                 raise
+            bell = self._router.bell(agent.id)
+            if bell is not None and not bell.rung:
+                # An agent opens its Channel while parked only when rung (or once its doorbell
+                # died): this one is another host with its key (a clone) or a dead doorbell.
+                # Either way the doorbell goes; a clone on it comes back to a refusal.
+                bell.close()
+                detail = f"closed the doorbell parked from {bell.peer}: a Channel opened from {peer} without a ring"
+                await self._audit(agent.id, peer, "ok", detail, action="channel.replace")
+                log.info("agent %s: %s (its doorbell died unnoticed here, or a clone holds it)", agent.id, detail)
             reader: asyncio.Task[None] | None = None
             try:
                 detail = f"{agent.hostname}, agent {first.hello.agent_version}"

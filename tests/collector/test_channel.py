@@ -177,8 +177,14 @@ def test_agent_refuses_expired_and_replayed_requests(connected: tuple[RunningCol
     _push(collector, expired)
     rec = _wait("expired", lambda: (r := store.get_live_request(expired.request_id)).state == "expired" and r)
     assert rec.detail.startswith("request expired at")
-    # The same request id again (a replay by anyone able to push): refused, not executed.
-    _push(collector, expired)
+    # The same request id again (a replay by anyone able to push; the router itself sends
+    # only queued requests): refused, not executed.
+    from collector.live_router import request_message, spec_envelope
+
+    session = collector.server.router.session(agent_id)
+    assert session is not None and collector.server.loop is not None
+    message = request_message(expired, spec_envelope(store, expired))
+    collector.server.loop.call_soon_threadsafe(session.outbox.put_nowait, message)
     history = home / "history.jsonl"
     _wait("duplicate recorded", lambda: history.exists() and '"duplicate"' in history.read_text())
     assert '"accepted"' not in history.read_text()
