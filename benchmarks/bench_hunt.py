@@ -165,23 +165,28 @@ class Fleet:
             assert accepted.WhichOneof("msg") == "accepted"
             offer = accepted.accepted
             counted = False
+            reading: asyncio.Future[Any] | None = None
             while True:
                 if not self.park:
                     if not counted:
                         self.ready, counted = self.ready + 1, True
                     msg = await call.read()
                 else:  # as the daemon does: idle for park_after_s, then the doorbell
-                    try:
-                        msg = await asyncio.wait_for(call.read(), offer.park_after_s)
-                    except TimeoutError:
+                    # The read stays pending across the idle check (cancelling a grpc.aio
+                    # read cancels its call).
+                    reading = reading or asyncio.ensure_future(call.read())
+                    done, _ = await asyncio.wait({reading}, timeout=offer.park_after_s)
+                    if not done:
                         bell = await self._park(offer.doorbell_port, agent_id, key)
                         # As the daemon: end the stream from this side, and still take what
                         # the collector sent before it saw the end.
                         await call.done_writing()
                         sent = []
-                        async for msg in call:
+                        while (msg := await reading) is not grpc.aio.EOF:
                             if msg.WhichOneof("msg") == "snapshot_request":
                                 sent.append(msg.snapshot_request.request_id)
+                            reading = asyncio.ensure_future(call.read())
+                        reading = None
                         for rid in sent:
                             loop.run_in_executor(self.pool, self._answer, agent_id, hostname, key, rid, n % 50 == 7)
                         if not counted:
@@ -195,6 +200,7 @@ class Fleet:
                         call, accepted = await handshake(stub, agent_id, key)  # rung (or doorbell gone): back
                         await bell.close()
                         continue
+                    msg, reading = reading.result(), None
                 if msg is grpc.aio.EOF:
                     return
                 if msg.WhichOneof("msg") == "snapshot_request":
@@ -352,7 +358,12 @@ def main() -> None:
         threading.Thread(target=sim_loop.run_forever, daemon=True).start()
         t_connect = time.perf_counter()
         sim_task = asyncio.run_coroutine_threadsafe(fleet.run(), sim_loop)
-        _wait(lambda: fleet.ready >= len(agents), 300, f"{len(agents)} simulated agents connected")
+        try:
+            _wait(lambda: fleet.ready >= len(agents), 300, f"{len(agents)} simulated agents connected")
+        except SystemExit:
+            print(f"ready {fleet.ready}, parked {fleet.parked}, errors {len(fleet.errors)}: {fleet.errors[:3]}",
+                  file=sys.stderr, flush=True)
+            raise
         connect_s = time.perf_counter() - t_connect
         real_ids, real_procs = _real_agents(store, addr, fp, tmp, args.real_agents)
         procs += real_procs

@@ -365,8 +365,8 @@ class AgentService:
 
     def _progress(self, request_id: str, state: LiveState, detail: str, bundle_id: str) -> None:
         outbox = self._outbox
-        if outbox is not None:
-            self.parking.touch()  # no stream: the collector learns the outcome from Ingest
+        if outbox is not None:  # no stream: the collector learns the outcome from Ingest
+            self.parking.touch()
             outbox.put_nowait(
                 collector_pb2.AgentMessage(
                     progress=collector_pb2.SnapshotProgress(
