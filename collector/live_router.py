@@ -23,7 +23,6 @@ import secrets
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Any
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -32,12 +31,14 @@ from agent.scopes import spec_of
 from agent.transport.live_states import AGENT_STATES, LiveState, state_of, to_wire
 from agent.untrusted import clean_text
 from collector.edge import Rejected
+from collector.live_bells import ParkedAgents
 from collector.storage import BundleRecord, LiveRequestRecord, Store
 from protos import collector_pb2
 
 __all__ = ["AGENT_STATES", "LiveRouter", "Session", "event_of", "request_message", "spec_envelope"]
 
 log = logging.getLogger("casefile.collector.live")
+
 
 
 def spec_envelope(store: Store, rec: LiveRequestRecord) -> bytes:
@@ -132,14 +133,13 @@ class Session:
     probes: dict[bytes, asyncio.Future[None]] = field(default_factory=dict)  # nonce → answered
 
 
-class LiveRouter:
+class LiveRouter(ParkedAgents):
     """Agent id → live stream; request id → watchers. Lives on the server's event loop."""
 
     def __init__(self, store: Store) -> None:
         self._store = store
         self._sessions: dict[str, Session] = {}
-        # Parked agents (collector.doorbell): agent id → its bell (``ring()``, ``close()``, ``peer``).
-        self._bells: dict[str, Any] = {}
+        ParkedAgents.__init__(self)
         self._watchers: dict[str, set[asyncio.Queue[collector_pb2.SnapshotEvent]]] = defaultdict(set)
 
     # -- streams -----------------------------------------------------------------
@@ -197,41 +197,6 @@ class LiveRouter:
 
     def connected(self) -> list[str]:
         return list(self._sessions)
-
-    # -- parked agents (collector.doorbell) ----------------------------------------
-
-    async def park(self, agent_id: str, bell: Any) -> None:
-        """The agent proved its key on ``bell`` and is parked here (online, reached by a
-        ring). A newer bell of the same agent replaces an older one, which is closed: the
-        agent dialled again because its old connection died unnoticed."""
-        old = self._bells.get(agent_id)
-        self._bells[agent_id] = bell
-        if old is not None and old is not bell:
-            old.close()
-
-    def unpark(self, agent_id: str, bell: Any) -> bool:
-        """``bell`` closed; True if it was the agent's current one."""
-        if self._bells.get(agent_id) is bell:
-            del self._bells[agent_id]
-            return True
-        return False
-
-    def ring(self, agent_id: str) -> bool:
-        """Ring the agent's bell if it is parked here; the Channel it opens drains its queue."""
-        bell = self._bells.get(agent_id)
-        if bell is None:
-            return False
-        bell.ring()
-        return True
-
-    def bell(self, agent_id: str) -> Any:
-        return self._bells.get(agent_id)
-
-    def bells(self) -> list[Any]:
-        return list(self._bells.values())
-
-    def parked(self) -> list[str]:
-        return list(self._bells)
 
     async def online_among(self, agent_ids: list[str]) -> set[str]:
         """Those of ``agent_ids`` holding a live stream or parked now."""

@@ -113,7 +113,7 @@ def test_an_enrolled_agent_parks_is_online_and_is_rung(sqlite_collector: Running
             waiting = asyncio.create_task(bell.wait())
             await asyncio.sleep(0.05)
             assert not waiting.done()  # nothing sent while parked
-            assert router.ring(agent_id)
+            assert _on_loop_async(c, lambda: router.ring(agent_id))
             return await asyncio.wait_for(waiting, 5)
         finally:
             await bell.close()
@@ -248,7 +248,7 @@ def test_a_newer_doorbell_replaces_the_older(sqlite_collector: RunningCollector,
             # The first is closed by the collector: its wait ends, not with a ring.
             why = await asyncio.wait_for(first.wait(), 5)
             assert c.server.router.parked() == [agent_id]
-            c.server.router.ring(agent_id)
+            _on_loop_async(c, lambda: c.server.router.ring(agent_id))
             assert await asyncio.wait_for(second.wait(), 5) == "ring"
             return why
         finally:
@@ -301,3 +301,40 @@ def test_a_stream_that_ends_while_its_request_is_marked_delivered_gives_it_back(
     assert (sent, queued_on_dead_stream) == (False, 0)
     [rec] = c.store.queued_live_requests(agent_id)
     assert rec.state == LiveState.QUEUED and "ended before it was sent" in rec.detail
+
+
+def test_rings_are_paced_and_a_slot_frees_when_its_agent_is_back(
+    sqlite_collector: RunningCollector, tmp_path: Path
+) -> None:
+    """At most ``ring_window`` agents rung and not back: the next waits until one's bell closes."""
+    c = sqlite_collector
+    router = c.server.router
+    router.ring_window = 1
+    first, key1 = _enrolled(c, tmp_path / "a", "bell-a")
+    second, key2 = _enrolled(c, tmp_path / "b", "bell-b")
+
+    async def scenario() -> tuple[bool, str]:
+        bell1, bell2 = await _park(c, first, key1), await _park(c, second, key2)
+        try:
+            assert _on_loop_async(c, lambda: router.ring(first)) and _on_loop_async(c, lambda: router.ring(second))
+            assert await asyncio.wait_for(bell1.wait(), 5) == "ring"
+            waiting = asyncio.create_task(bell2.wait())
+            await asyncio.sleep(0.3)
+            held = not waiting.done()  # the one slot is the first agent's
+            await bell1.close()  # back on its Channel: the slot goes to the next
+            return held, await asyncio.wait_for(waiting, 5)
+        finally:
+            await bell1.close()
+            await bell2.close()
+
+    assert asyncio.run(scenario()) == (True, "ring")
+
+
+def _on_loop_async(c: RunningCollector, fn: Any) -> Any:
+    """``fn()`` on the collector's loop (the router lives there), from a thread that may run its own."""
+    assert c.server.loop is not None
+
+    async def call() -> Any:
+        return fn()
+
+    return asyncio.run_coroutine_threadsafe(call(), c.server.loop).result(10)
