@@ -115,6 +115,7 @@ class ChannelService(collector_pb2_grpc.ChannelServicer):
         """Wait (bounded) for the handlers of ended streams to finish their cleanup; the server is stopping."""
         if self._streams:
             await asyncio.wait(set(self._streams), timeout=timeout_s)
+        await self._log.wait_flushed(timeout_s)  # the last connects', leaves' and parks' rows
         self._pool.shutdown(wait=False)
 
     async def _audit(

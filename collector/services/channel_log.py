@@ -49,6 +49,11 @@ class ChannelLog:
             self._flusher = asyncio.create_task(self._flush())
         await done
 
+    async def wait_flushed(self, timeout_s: float) -> None:
+        """Let the writes queued so far be committed (bounded): the server is stopping."""
+        if self._flusher is not None and not self._flusher.done():
+            await asyncio.wait({self._flusher}, timeout=timeout_s)
+
     async def _flush(self) -> None:
         loop = asyncio.get_running_loop()
         while self._pending:
