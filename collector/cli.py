@@ -96,7 +96,7 @@ def serve(
         int,
         typer.Option(
             "--park-after",
-            help="Agents idle this many seconds park on the doorbell (~20 KiB each instead of ~87); 0 = never.",
+            help="Agents idle this many seconds park on the doorbell (~22 KiB each instead of ~88); 0 = never.",
         ),
     ] = 300,
     doorbell_port: Annotated[

@@ -1,7 +1,7 @@
 """The doorbell listener: where idle agents park instead of holding their Channel stream.
 
 An idle Channel stream costs ~87 KiB here, nearly all grpc-core's (its TLS buffers,
-connection and call); a parked agent costs ~20 (``benchmarks/bench_channels.py --park``).
+connection and call); a parked agent costs ~22 at 10,000 (``benchmarks/bench_channels.py --park``).
 The Channel's ``ChannelAccepted`` tells an agent this port and how long to stay idle
 before parking; the agent then connects here, proves its key over a fresh nonce
 (``agent.transport.doorbell``), closes its stream, and is *parked*: online for engineers,

@@ -87,7 +87,7 @@ class ServerConfig:
     # HOST:PORT for the engineer console (HTTPS, collector.web); None = no console.
     web_address: str | None = None
     # Parking (collector.doorbell): agents idle this long leave their Channel for a doorbell
-    # (~20 KiB here instead of ~87); 0 = never. Needs TLS. The doorbell listens on the gRPC
+    # (~22 KiB here instead of ~88); 0 = never. Needs TLS. The doorbell listens on the gRPC
     # address's host at ``doorbell_port``; None = the gRPC port + 1 (any free port when that is 0).
     park_after_s: int = 300
     doorbell_port: int | None = None

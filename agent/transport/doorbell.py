@@ -1,7 +1,7 @@
 """The doorbell's wire format: what a parked agent holds instead of its Channel stream.
 
 An idle Channel stream costs the collector ~87 KiB (grpc-core's connection, TLS and
-call); a parked agent's doorbell ~20 (``benchmarks/README.md``). After a TLS 1.3
+call); a parked agent's doorbell ~22 (``benchmarks/README.md``). After a TLS 1.3
 handshake with the collector's certificate (pinned by the agent, as for the Channel),
 both sides exchange frames of ``type (1 byte) | length (2 bytes, big-endian) | payload``:
 
