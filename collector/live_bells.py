@@ -13,10 +13,12 @@ from typing import Any
 
 __all__ = ["RING_SLOT_S", "RING_WINDOW", "ParkedAgents"]
 
-# Parked agents rung and not yet back on their stream, at most (``LiveRouter.ring``), and how
-# long one keeps its slot if it never comes back (a doorbell that died unnoticed).
-RING_WINDOW = 64
-RING_SLOT_S = 10.0
+# Parked agents rung and not yet back on their stream, at most (``ParkedAgents.ring``), and how
+# long one keeps its slot if it never comes back (a doorbell that died unnoticed). 8: a hunt
+# over 1,000 parked agents kept the engineers' ListHosts p99 at 84-129 ms (no pacing: 336-507;
+# 64: 202-262; 16: 97-145) in about the same time, 10.5-11.8 s (benchmarks/bench_hunt.py --park).
+RING_WINDOW = 8
+RING_SLOT_S = 5.0
 
 
 class ParkedAgents:
