@@ -5,65 +5,31 @@ flows (rung by a snapshot, a collector restart) are in tests/e2e/test_parking.py
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from agent.daemon import AgentService, DaemonOptions
-from agent.state import AgentHome, Enrollment
-from agent.transport import enroll
-from collector.server import ServerConfig
-from tests.collector.conftest import RunningCollector, _run_server
+from tests.collector.conftest import RunningCollector
+from tests.collector.parking import enrolled_home, parking_server, running, until
 
 
 @pytest.fixture
 def parking_collector(tmp_path: Path) -> Iterator[RunningCollector]:
-    yield from _run_server(ServerConfig(address="127.0.0.1:0", data_dir=tmp_path / "collector", park_after_s=1))
-
-
-def _home(c: RunningCollector, root: Path) -> tuple[AgentHome, str]:
-    home = AgentHome(root)
-    key = home.key()
-    with c.channel() as ch:
-        agent_id = enroll(ch, token=c.enroll_token(), key=key, hostname="parker", agent_version="t").agent_id
-    home.save_enrollment(Enrollment(agent_id, c.address, c.fingerprint, key.fingerprint))
-    return home, agent_id
-
-
-async def _until(what: str, check: Callable[[], Any], timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)
-
-
-@contextlib.asynccontextmanager
-async def _running(home: AgentHome, **options: Any) -> Any:
-    base: dict[str, Any] = {"backoff_base_s": 0.05, "backoff_cap_s": 0.2, "worker_linger_s": 0.0}
-    service = AgentService(home, DaemonOptions(**(base | options)))
-    task = asyncio.create_task(service.run())
-    try:
-        yield service, task
-    finally:
-        service.stop()
-        await asyncio.wait_for(task, 15)
+    yield from parking_server(tmp_path)
 
 
 def test_an_idle_agent_parks_and_stops_promptly_while_parked(
     parking_collector: RunningCollector, tmp_path: Path
 ) -> None:
     c = parking_collector
-    home, agent_id = _home(c, tmp_path / "home")
+    home, agent_id = enrolled_home(c, tmp_path / "home")
     router = c.server.router
 
     async def main() -> float:
-        async with _running(home) as (service, task):
-            await _until("parked", lambda: agent_id in router.parked() and router.session(agent_id) is None)
+        async with running(home) as (service, task):
+            await until("parked", lambda: agent_id in router.parked() and router.session(agent_id) is None)
             assert service.parking.bell is not None
             t0 = time.monotonic()
             service.stop()
@@ -79,12 +45,12 @@ def test_an_idle_agent_parks_and_stops_promptly_while_parked(
 
 def test_an_agent_told_not_to_park_keeps_its_stream(parking_collector: RunningCollector, tmp_path: Path) -> None:
     c = parking_collector
-    home, agent_id = _home(c, tmp_path / "home")
+    home, agent_id = enrolled_home(c, tmp_path / "home")
     router = c.server.router
 
     async def main() -> None:
-        async with _running(home, park=False):
-            await _until("connected", lambda: router.session(agent_id) is not None)
+        async with running(home, park=False):
+            await until("connected", lambda: router.session(agent_id) is not None)
             await asyncio.sleep(2.5)  # the collector offers parking after 1 s
             assert router.session(agent_id) is not None and router.parked() == []
 
@@ -100,13 +66,13 @@ def test_a_doorbell_that_turns_the_agent_away_leaves_it_on_its_stream(
     c = parking_collector
     assert c.server.doorbell is not None
     c.server.doorbell.max_handshakes = 0
-    home, agent_id = _home(c, tmp_path / "home")
+    home, agent_id = enrolled_home(c, tmp_path / "home")
     router = c.server.router
 
     async def main() -> None:
-        async with _running(home):
-            await _until("connected", lambda: router.session(agent_id) is not None)
-            await _until("two refusals", lambda: c.server.doorbell is not None and c.server.doorbell.busy_refusals >= 2)
+        async with running(home):
+            await until("connected", lambda: router.session(agent_id) is not None)
+            await until("two refusals", lambda: c.server.doorbell is not None and c.server.doorbell.busy_refusals >= 2)
             assert router.session(agent_id) is not None and router.parked() == []
 
     asyncio.run(main())

@@ -8,52 +8,23 @@ import contextlib
 import datetime as dt
 import shutil
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from agent.daemon import AgentService, DaemonOptions
-from agent.state import AgentHome, Enrollment
-from agent.transport import enroll
+from agent.state import AgentHome
 from agent.transport.live_states import LiveState
 from collector.server import ServerConfig
 from tests.collector.conftest import RunningCollector, _run_server
+from tests.collector.parking import enrolled_home, parking_server, running, until
 
 
 @pytest.fixture
 def parking_collector(tmp_path: Path) -> Iterator[RunningCollector]:
-    yield from _run_server(ServerConfig(address="127.0.0.1:0", data_dir=tmp_path / "collector", park_after_s=1))
-
-
-def _home(c: RunningCollector, root: Path) -> tuple[AgentHome, str]:
-    home = AgentHome(root)
-    key = home.key()
-    with c.channel() as ch:
-        agent_id = enroll(ch, token=c.enroll_token(), key=key, hostname="parker", agent_version="t").agent_id
-    home.save_enrollment(Enrollment(agent_id, c.address, c.fingerprint, key.fingerprint))
-    return home, agent_id
-
-
-async def _until(what: str, check: Callable[[], Any], timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)
-
-
-@contextlib.asynccontextmanager
-async def _running(home: AgentHome, **options: Any) -> Any:
-    base: dict[str, Any] = {"backoff_base_s": 0.05, "backoff_cap_s": 0.2, "worker_linger_s": 0.0}
-    service = AgentService(home, DaemonOptions(**(base | options)))
-    task = asyncio.create_task(service.run())
-    try:
-        yield service, task
-    finally:
-        service.stop()
-        await asyncio.wait_for(task, 15)
+    yield from parking_server(tmp_path)
 
 
 @pytest.mark.parametrize("original_parks", [False, True])
@@ -65,17 +36,17 @@ def test_a_clone_of_a_parked_agent_is_refused_as_a_clone_of_a_connected_one_is(
     While the original is *parked*, the clone's Channel is accepted: nothing is refused or
     audited as denied, and the two take turns (each park closes the other's doorbell)."""
     c = parking_collector
-    home, agent_id = _home(c, tmp_path / "original")
+    home, agent_id = enrolled_home(c, tmp_path / "original")
     shutil.copytree(tmp_path / "original", tmp_path / "clone")
     router = c.server.router
 
     async def main() -> None:
-        async with _running(home, park=original_parks):
+        async with running(home, park=original_parks):
             if original_parks:
-                await _until("parked", lambda: agent_id in router.parked() and router.session(agent_id) is None)
+                await until("parked", lambda: agent_id in router.parked() and router.session(agent_id) is None)
             else:
-                await _until("connected", lambda: router.session(agent_id) is not None)
-            async with _running(AgentHome(tmp_path / "clone")):
+                await until("connected", lambda: router.session(agent_id) is not None)
+            async with running(AgentHome(tmp_path / "clone")):
                 await asyncio.sleep(5)
 
     asyncio.run(main())
@@ -112,7 +83,7 @@ def test_a_request_given_back_while_the_agent_is_already_back_is_not_stuck(
     to be sent a second time by the next drain.)"""
     c = parking_collector
     router = c.server.router
-    agent_id = _home(c, tmp_path / "home")[1]
+    agent_id = enrolled_home(c, tmp_path / "home")[1]
 
     async def scenario() -> tuple[int, str]:
         old = router.register(agent_id, "ipv4:127.0.0.1:1")
@@ -147,7 +118,7 @@ def test_a_parked_agent_is_rung_once_however_many_requests_come(
     from agent.transport.connect import parse_address
 
     c = parking_collector
-    home, agent_id = _home(c, tmp_path / "home")
+    home, agent_id = enrolled_home(c, tmp_path / "home")
     assert c.server.doorbell is not None
     port = c.server.doorbell.port
 
@@ -183,14 +154,14 @@ def test_a_write_after_the_agent_parked_resets_its_stream(parking_collector: Run
 
     c = parking_collector
     router = c.server.router
-    home, agent_id = _home(c, tmp_path / "home")
+    home, agent_id = enrolled_home(c, tmp_path / "home")
     service = AgentService(home, DaemonOptions())
 
     async def agent_side() -> str:
         call = await service._open()
         try:
             await service._handshake(call)
-            await _until("registered", lambda: router.session(agent_id) is not None)
+            await until("registered", lambda: router.session(agent_id) is not None)
             first = await asyncio.to_thread(_request, c, agent_id, "sent as the agent parks")
             assert await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(router.deliver(first), c.server.loop))  # type: ignore[arg-type]
             await call.end_writes()  # parked: the stream ends from this side
@@ -219,7 +190,7 @@ def test_a_parked_client_sending_part_of_a_frame_is_closed(
     from tests.collector.test_doorbell import RawClient
 
     c = parking_collector
-    home, agent_id = _home(c, tmp_path / "home")
+    home, agent_id = enrolled_home(c, tmp_path / "home")
     key = home.key()
     raw = RawClient(c)
     try:
@@ -279,7 +250,7 @@ def test_an_ipv6_doorbell_peer_is_named_ipv6(tmp_path: Path) -> None:
     c4 = next(gen)
     try:
         c = dataclasses.replace(c4, address=f"[::1]:{c4.server.port}")
-        home, agent_id = _home(c, tmp_path / "home")
+        home, agent_id = enrolled_home(c, tmp_path / "home")
         assert c.server.doorbell is not None
         port = c.server.doorbell.port
 
@@ -306,11 +277,11 @@ def test_a_doorbell_port_out_of_range_does_not_stop_the_agent(
     c = parking_collector
     assert c.server._channel is not None
     c.server._channel.parking = (70000, 1)  # what a faulty or hostile collector may offer
-    home, agent_id = _home(c, tmp_path / "home")
+    home, agent_id = enrolled_home(c, tmp_path / "home")
 
     async def main() -> None:
-        async with _running(home) as (_service, task):
-            await _until("connected", lambda: c.server.router.session(agent_id) is not None)
+        async with running(home) as (_service, task):
+            await until("connected", lambda: c.server.router.session(agent_id) is not None)
             await asyncio.sleep(2.5)  # idle past park_after_s
             assert not task.done(), task.exception()
             assert c.server.router.session(agent_id) is not None  # still on its stream
