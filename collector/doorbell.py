@@ -18,11 +18,13 @@ buffers while a connection is idle (CPython sets ``SSL_MODE_RELEASE_BUFFERS``), 
 what keeps a parked agent small. TLS 1.3 only; the certificate is the gRPC port's, so the
 agents' pin holds for both.
 
-Bounds: at most ``MAX_HANDSHAKES`` connections between accept and PARKED (more are closed
-at once, before TLS: the agent stays on its Channel and tries again later), each given
-``HANDSHAKE_TIMEOUT_S``; an agent never sends after its proof, so any byte after it ends
-the connection. Liveness at rest is TCP keepalive (the kernel's, no timer here): a peer
-gone without a word is found in about ``KEEPALIVE_IDLE_S`` + 4 x ``KEEPALIVE_INTERVAL_S``.
+Bounds: at most ``MAX_HANDSHAKES`` connections between accept and PARKED, at most
+``MAX_HANDSHAKES_PER_HOST`` of them from one address (more are closed at once, before TLS:
+the agent stays on its Channel and tries again later), each given ``FIRST_BYTE_TIMEOUT_S``
+to start its TLS handshake and ``HANDSHAKE_TIMEOUT_S`` in all; an agent never sends after
+its proof, so any byte after it ends the connection. Liveness at rest is TCP keepalive (the
+kernel's, no timer here): a peer gone without a word is found in about
+``KEEPALIVE_IDLE_S`` + 4 x ``KEEPALIVE_INTERVAL_S``.
 """
 
 from __future__ import annotations
@@ -51,7 +53,11 @@ __all__ = ["HANDSHAKE_TIMEOUT_S", "MAX_HANDSHAKES", "Bell", "DoorbellServer"]
 log = logging.getLogger("casefile.collector.doorbell")
 
 HANDSHAKE_TIMEOUT_S = 10.0
+FIRST_BYTE_TIMEOUT_S = 3.0
 MAX_HANDSHAKES = 128
+# Of those, from one address: a client holding silent connections cannot take every slot
+# from one host (agents behind one NAT share an address: a bound, not a block, for them).
+MAX_HANDSHAKES_PER_HOST = 32
 KEEPALIVE_IDLE_S = 60
 KEEPALIVE_INTERVAL_S = 15
 
@@ -78,8 +84,8 @@ class Bell(asyncio.Protocol):
     """One agent's doorbell connection: TLS over memory BIOs, the proof, then rings."""
 
     __slots__ = (
-        "_greeted", "_inc", "_out", "_reader", "_timer", "_tls", "agent_id", "nonce", "peer", "rung", "server",
-        "transport",
+        "_greeted", "_heard", "_host", "_inc", "_out", "_reader", "_timer", "_tls", "agent_id", "nonce", "peer",
+        "rung", "server", "transport",
     )
 
     def __init__(self, server: DoorbellServer) -> None:
@@ -89,6 +95,8 @@ class Bell(asyncio.Protocol):
         self.peer = ""
         self.rung = False
         self._greeted = False  # the handshake done and the one NONCE of this connection sent
+        self._heard = False  # a first byte came
+        self._host = ""  # the peer's address, for its share of the handshake slots
         self._timer: asyncio.TimerHandle | None = None
 
     # -- asyncio -------------------------------------------------------------------
@@ -100,20 +108,25 @@ class Bell(asyncio.Protocol):
             self.peer = f"ipv6:[{addr[0]}]:{addr[1]}" if ":" in addr[0] else f"ipv4:{addr[0]}:{addr[1]}"
         else:
             self.peer = str(addr)
-        if self.server.handshaking >= self.server.max_handshakes:
-            self.server.busy_refusals += 1
-            self.server.busy_log.warning(
-                "doorbell from %s closed: %d handshakes in flight (agents stay on their Channel)",
-                self.peer, self.server.handshaking,
+        host = addr[0] if isinstance(addr, tuple) else str(addr)
+        server = self.server
+        if server.handshaking >= server.max_handshakes or server.by_host.get(host, 0) >= server.max_per_host:
+            server.busy_refusals += 1
+            server.busy_log.warning(
+                "doorbell from %s closed: %d handshakes in flight, %d from its address (agents stay on their Channel)",
+                self.peer, server.handshaking, server.by_host.get(host, 0),
             )
             self.transport.abort()
             return
-        self.server.handshaking += 1
+        server.handshaking += 1
+        server.by_host[host] = server.by_host.get(host, 0) + 1
+        self._host = host
         _keepalive(transport.get_extra_info("socket"))
         self._inc, self._out = ssl.MemoryBIO(), ssl.MemoryBIO()
-        self._tls = self.server.ctx.wrap_bio(self._inc, self._out, server_side=True)
+        self._tls = server.ctx.wrap_bio(self._inc, self._out, server_side=True)
         self._reader = FrameReader()
-        self._timer = asyncio.get_running_loop().call_later(self.server.handshake_timeout_s, self._late)
+        # A client says something at once (its TLS ClientHello); a silent one loses its slot sooner.
+        self._timer = asyncio.get_running_loop().call_later(server.first_byte_timeout_s, self._late)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._handshake_over()
@@ -124,6 +137,10 @@ class Bell(asyncio.Protocol):
         if self.server.closing:
             self.transport.abort()
             return
+        if not self._heard and self._timer is not None:
+            self._heard = True
+            self._timer.cancel()
+            self._timer = asyncio.get_running_loop().call_later(self.server.handshake_timeout_s, self._late)
         self._inc.write(data)
         try:
             if not self._greeted:
@@ -203,12 +220,23 @@ class Bell(asyncio.Protocol):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-            self.server.handshaking -= 1
+            self._free_slot()
+
+    def _free_slot(self) -> None:
+        server = self.server
+        server.handshaking -= 1
+        left = server.by_host.get(self._host, 1) - 1
+        if left > 0:
+            server.by_host[self._host] = left
+        else:
+            server.by_host.pop(self._host, None)
 
     def _late(self) -> None:
         self._timer = None
-        self.server.handshaking -= 1
-        log.info("doorbell from %s closed: no proof within %g s", self.peer, self.server.handshake_timeout_s)
+        self._free_slot()
+        limit = self.server.handshake_timeout_s if self._heard else self.server.first_byte_timeout_s
+        what = "no proof" if self._heard else "not a byte"
+        log.info("doorbell from %s closed: %s within %g s", self.peer, what, limit)
         self.transport.abort()
 
 
@@ -231,6 +259,9 @@ class DoorbellServer:
         self._executor = executor
         self.max_handshakes = max_handshakes
         self.handshake_timeout_s = HANDSHAKE_TIMEOUT_S
+        self.first_byte_timeout_s = FIRST_BYTE_TIMEOUT_S
+        self.max_per_host = MAX_HANDSHAKES_PER_HOST
+        self.by_host: dict[str, int] = {}  # handshakes in flight per peer address
         self.handshaking = 0
         self.busy_refusals = 0
         self.closing = False

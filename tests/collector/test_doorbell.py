@@ -223,17 +223,42 @@ def test_handshakes_are_bounded_in_number_and_time(sqlite_collector: RunningColl
     agent_id, key = _enrolled(c, tmp_path / "home")
     server = c.server.doorbell
     assert server is not None
-    server.max_handshakes, server.handshake_timeout_s = 1, 0.5
+    server.max_handshakes, server.first_byte_timeout_s, server.handshake_timeout_s = 1, 0.5, 5.0
     silent = socket.create_connection(("127.0.0.1", _port(c)), timeout=10)  # takes the one slot, says nothing
     try:
         _wait("counted", lambda: server.handshaking == 1)
         with pytest.raises(DoorbellRefused):
             asyncio.run(_park(c, agent_id, key))  # closed at once: busy
         assert server.busy_refusals >= 1
-        assert silent.recv(1024) == b""  # the silent one is dropped after the timeout
+        t0 = time.monotonic()
+        assert silent.recv(1024) == b""  # the silent one is dropped after the first-byte timeout
+        assert time.monotonic() - t0 < 3.0
     finally:
         silent.close()
-    _wait("slot free", lambda: server.handshaking == 0)
+    _wait("slot free", lambda: server.handshaking == 0 and not server.by_host)
+    asyncio.run(_park_and_leave(c, agent_id, key))
+
+
+def test_one_address_cannot_take_every_handshake_slot(sqlite_collector: RunningCollector, tmp_path: Path) -> None:
+    """Silent connections from one address hold at most ``max_per_host`` slots: the rest of
+    the global bound stays for the other addresses."""
+    c = sqlite_collector
+    agent_id, key = _enrolled(c, tmp_path / "home")
+    server = c.server.doorbell
+    assert server is not None
+    server.max_per_host, server.first_byte_timeout_s = 2, 5.0
+    held = [socket.create_connection(("127.0.0.1", _port(c)), timeout=10) for _ in range(2)]
+    try:
+        _wait("two held", lambda: server.by_host.get("127.0.0.1") == 2)
+        refused = server.busy_refusals
+        with pytest.raises(DoorbellRefused):
+            asyncio.run(_park(c, agent_id, key))  # a third from 127.0.0.1: closed at once
+        assert server.busy_refusals == refused + 1
+        assert server.handshaking == 2  # the global bound (128) is far: only this address is full
+    finally:
+        for sock in held:
+            sock.close()
+    _wait("slots free", lambda: server.handshaking == 0 and not server.by_host)
     asyncio.run(_park_and_leave(c, agent_id, key))
 
 
