@@ -24,7 +24,7 @@ the agent stays on its Channel and tries again later), each given ``FIRST_BYTE_T
 to start its TLS handshake and ``HANDSHAKE_TIMEOUT_S`` in all; an agent never sends after
 its proof, so any byte after it ends the connection. Liveness at rest is TCP keepalive (the
 kernel's, no timer here): a peer gone without a word is found in about
-``KEEPALIVE_IDLE_S`` + 4 x ``KEEPALIVE_INTERVAL_S``.
+``agent.transport.doorbell.KEEPALIVE_IDLE_S`` + 4 x ``KEEPALIVE_INTERVAL_S``.
 """
 
 from __future__ import annotations
@@ -33,7 +33,6 @@ import asyncio
 import contextlib
 import logging
 import secrets
-import socket
 import ssl
 from concurrent.futures import Executor
 from pathlib import Path
@@ -41,7 +40,18 @@ from typing import Any
 
 from agent.keys import PublicKey
 from agent.transport.channel_proof import NONCE_BYTES, doorbell_message
-from agent.transport.doorbell import NONCE, PARKED, PROOF, REFUSED, RING, DoorbellError, FrameReader, frame, parse_proof
+from agent.transport.doorbell import (
+    NONCE,
+    PARKED,
+    PROOF,
+    REFUSED,
+    RING,
+    DoorbellError,
+    FrameReader,
+    frame,
+    keep_alive,
+    parse_proof,
+)
 from collector.interceptors import RateLimitedLog
 from collector.live_router import LiveRouter
 from collector.services.channel_log import ChannelLog
@@ -58,8 +68,6 @@ MAX_HANDSHAKES = 128
 # Of those, from one address: a client holding silent connections cannot take every slot
 # from one host (agents behind one NAT share an address: a bound, not a block, for them).
 MAX_HANDSHAKES_PER_HOST = 32
-KEEPALIVE_IDLE_S = 60
-KEEPALIVE_INTERVAL_S = 15
 
 
 def server_context(cert_file: Path, key_file: Path) -> ssl.SSLContext:
@@ -68,16 +76,6 @@ def server_context(cert_file: Path, key_file: Path) -> ssl.SSLContext:
     ctx.load_cert_chain(str(cert_file), str(key_file))
     ctx.num_tickets = 0  # no resumption offered: nothing to keep per agent
     return ctx
-
-
-def _keepalive(sock: socket.socket | None) -> None:
-    if sock is None:
-        return
-    with contextlib.suppress(OSError, AttributeError):
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, KEEPALIVE_IDLE_S)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, KEEPALIVE_INTERVAL_S)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 4)
 
 
 class Bell(asyncio.Protocol):
@@ -121,7 +119,7 @@ class Bell(asyncio.Protocol):
         server.handshaking += 1
         server.by_host[host] = server.by_host.get(host, 0) + 1
         self._host = host
-        _keepalive(transport.get_extra_info("socket"))
+        keep_alive(transport.get_extra_info("socket"))
         self._inc, self._out = ssl.MemoryBIO(), ssl.MemoryBIO()
         self._tls = server.ctx.wrap_bio(self._inc, self._out, server_side=True)
         self._reader = FrameReader()

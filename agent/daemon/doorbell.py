@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import socket
 import ssl
 import time
 
@@ -27,15 +26,22 @@ from agent.errors import TransportError
 from agent.keys import SigningKey
 from agent.transport.channel_proof import NONCE_BYTES, doorbell_message
 from agent.transport.connect import CollectorAddress, check_pin
-from agent.transport.doorbell import NONCE, PARKED, PROOF, REFUSED, RING, DoorbellError, FrameReader, frame, proof
+from agent.transport.doorbell import (
+    NONCE,
+    PARKED,
+    PROOF,
+    REFUSED,
+    RING,
+    DoorbellError,
+    FrameReader,
+    frame,
+    keep_alive,
+    proof,
+)
 
 __all__ = ["Doorbell", "DoorbellRefused", "Parking"]
 
 log = logging.getLogger("casefile.agent.daemon")
-
-KEEPALIVE_IDLE_S = 60
-KEEPALIVE_INTERVAL_S = 15
-
 
 class DoorbellRefused(TransportError):
     """The collector answered REFUSED (or closed before PARKED): stay on the Channel."""
@@ -68,13 +74,7 @@ class Doorbell:
             raise DoorbellRefused(f"cannot connect to the doorbell {target}: {exc}") from None
         bell = cls(reader, writer, target)
         try:
-            sock = writer.get_extra_info("socket")
-            if sock is not None:
-                with contextlib.suppress(OSError, AttributeError):
-                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, KEEPALIVE_IDLE_S)
-                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, KEEPALIVE_INTERVAL_S)
-                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 4)
+            keep_alive(writer.get_extra_info("socket"))
             if pin:  # the cached context trusts the pinned certificate; this one is checked again
                 der = writer.get_extra_info("ssl_object").getpeercert(binary_form=True) or b""
                 check_pin(address, der, pin)

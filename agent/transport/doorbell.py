@@ -22,10 +22,14 @@ the collector parses it without the agent's daemon, the daemon without grpcio.
 
 from __future__ import annotations
 
+import contextlib
+import socket
 import struct
 
 __all__ = [
     "HEADER",
+    "KEEPALIVE_IDLE_S",
+    "KEEPALIVE_INTERVAL_S",
     "MAX_PAYLOAD",
     "NONCE",
     "PARKED",
@@ -36,6 +40,7 @@ __all__ = [
     "DoorbellError",
     "FrameReader",
     "frame",
+    "keep_alive",
     "parse_proof",
     "proof",
 ]
@@ -46,11 +51,26 @@ KNOWN = frozenset((NONCE, PROOF, PARKED, REFUSED, RING))
 MAX_PAYLOAD = 512
 SIGNATURE_BYTES = 64
 MAX_AGENT_ID = 64
+# Both ends of a doorbell: TCP keepalive, the kernel's (nothing wakes the process), keeps NAT
+# mappings open and finds a peer gone without a word in about 60 + 4 x 15 s.
+KEEPALIVE_IDLE_S = 60
+KEEPALIVE_INTERVAL_S = 15
 _ID_CHARS = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-.")
 
 
 class DoorbellError(ValueError):
     """Bytes that are not the doorbell protocol; the connection is closed."""
+
+
+def keep_alive(sock: socket.socket | None) -> None:
+    """TCP keepalive on a doorbell's socket (where the platform has the options)."""
+    if sock is None:
+        return
+    with contextlib.suppress(OSError, AttributeError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, KEEPALIVE_IDLE_S)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, KEEPALIVE_INTERVAL_S)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 4)
 
 
 def frame(kind: int, payload: bytes = b"") -> bytes:
