@@ -36,7 +36,6 @@ import secrets
 import ssl
 from concurrent.futures import Executor
 from pathlib import Path
-from typing import Any
 
 from agent.keys import PublicKey
 from agent.transport.channel_proof import NONCE_BYTES, doorbell_message
@@ -54,7 +53,7 @@ from agent.transport.doorbell import (
 )
 from collector.interceptors import RateLimitedLog
 from collector.live_router import LiveRouter
-from collector.services.channel_log import ChannelLog
+from collector.services.channel_log import ChannelLog, agent_entry
 from collector.storage import Store
 from collector.storage.errors import NotFound
 
@@ -318,15 +317,7 @@ class DoorbellServer:
         self.router.unpark(bell.agent_id, bell)
 
     async def _audit(self, agent_id: str, peer: str, outcome: str, detail: str, seen: bool = False) -> None:
-        entry: dict[str, Any] = {
-            "actor": agent_id,
-            "role": "agent",
-            "action": "channel.park",
-            "target": agent_id,
-            "peer": peer,
-            "outcome": outcome,
-            "detail": detail,
-        }
+        entry = agent_entry(agent_id, peer, outcome, detail, action="channel.park")
         await self._log.record(seen=agent_id if seen else None, audit=entry)
 
     async def stop(self) -> None:

@@ -47,7 +47,7 @@ from agent.transport.channel_proof import NONCE_BYTES, channel_message
 from collector.edge import Rejected, server_stream
 from collector.interceptors import RateLimitedLog
 from collector.live import LiveRouter
-from collector.services.channel_log import ChannelLog
+from collector.services.channel_log import ChannelLog, agent_entry
 from collector.storage import Store
 from collector.storage.errors import NotFound
 from protos import collector_pb2, collector_pb2_grpc
@@ -121,19 +121,7 @@ class ChannelService(collector_pb2_grpc.ChannelServicer):
     async def _audit(
         self, agent_id: str, peer: str, outcome: str, detail: str, action: str = "channel.connect"
     ) -> None:
-        await self._log.record(audit=self._entry(agent_id, peer, outcome, detail, action))
-
-    @staticmethod
-    def _entry(agent_id: str, peer: str, outcome: str, detail: str, action: str = "channel.connect") -> dict[str, Any]:
-        return {
-            "actor": agent_id,
-            "role": "agent",
-            "action": action,
-            "target": agent_id,
-            "peer": peer,
-            "outcome": outcome,
-            "detail": detail,
-        }
+        await self._log.record(audit=agent_entry(agent_id, peer, outcome, detail, action))
 
     @server_stream
     async def Connect(
@@ -221,7 +209,7 @@ class ChannelService(collector_pb2_grpc.ChannelServicer):
             try:
                 detail = f"{agent.hostname}, agent {first.hello.agent_version}"
                 await self._log.record(
-                    seen=agent.id, audit=self._entry(agent.id, peer, "ok", detail), policy=reported_policy(first.hello)
+                    seen=agent.id, audit=agent_entry(agent.id, peer, "ok", detail), policy=reported_policy(first.hello)
                 )
                 log.info("agent %s (%s) connected from %s", agent.id, agent.hostname, peer)
                 self.handshaking -= 1

@@ -18,10 +18,24 @@ from typing import Any
 
 from collector.storage import Store
 
-__all__ = ["ChannelLog"]
+__all__ = ["ChannelLog", "agent_entry"]
 
 # One transaction's worth at most; the rest wait for the next.
 MAX_BATCH = 500
+
+
+def agent_entry(agent_id: str, peer: str, outcome: str, detail: str, action: str = "channel.connect") -> dict[str, Any]:
+    """One audit row of an agent's own action (``Store.audit``'s arguments): a Channel's
+    connect or replace, a doorbell's park."""
+    return {
+        "actor": agent_id,
+        "role": "agent",
+        "action": action,
+        "target": agent_id,
+        "peer": peer,
+        "outcome": outcome,
+        "detail": detail,
+    }
 
 
 class ChannelLog:
