@@ -199,13 +199,13 @@ class PgLiveRouter(LiveRouter):
     async def online_among(self, agent_ids: list[str]) -> set[str]:
         """Those of ``agent_ids`` whose stream or doorbell this or another live replica holds
         (one query)."""
-        here = {a for a in agent_ids if a in self._sessions or a in self._bells}
+        here = {a for a in agent_ids if self._here(a)}
         rest = [a for a in agent_ids if a not in here]
         elsewhere = await asyncio.to_thread(self._store.agents_with_fresh_channels, rest, _us(self._stale_s))
         return here | elsewhere
 
     async def is_online(self, agent_id: str) -> bool:
-        if agent_id in self._sessions or agent_id in self._bells:
+        if self._here(agent_id):
             return True
         holder = await asyncio.to_thread(self._store.channel_holder, agent_id, _us(self._stale_s), parked=True)
         return holder is not None
@@ -244,10 +244,6 @@ class PgLiveRouter(LiveRouter):
             await self._deliver_or_expire(rec)
         elif interested:
             self._publish(rec)
-
-    def _here(self, agent_id: str) -> bool:
-        """This replica holds the agent's stream (it sends) or its doorbell (it rings)."""
-        return agent_id in self._sessions or agent_id in self._bells
 
     async def _deliver_or_expire(self, rec: LiveRequestRecord) -> None:
         if rec.expires_at_us <= _us(0):

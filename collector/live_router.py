@@ -200,10 +200,14 @@ class LiveRouter(ParkedAgents):
 
     async def online_among(self, agent_ids: list[str]) -> set[str]:
         """Those of ``agent_ids`` holding a live stream or parked now."""
-        return {a for a in agent_ids if a in self._sessions or a in self._bells}
+        return {a for a in agent_ids if self._here(a)}
 
     async def is_online(self, agent_id: str) -> bool:
         """Whether some replica holds the agent's stream or its doorbell (here: this process)."""
+        return self._here(agent_id)
+
+    def _here(self, agent_id: str) -> bool:
+        """This process holds the agent's stream (it sends) or its doorbell (it rings)."""
         return agent_id in self._sessions or agent_id in self._bells
 
     async def start(self) -> None:
