@@ -38,6 +38,7 @@ from agent.transport.doorbell import (
     keep_alive,
     proof,
 )
+from agent.untrusted import clean_text
 
 __all__ = ["Doorbell", "DoorbellRefused", "Parking"]
 
@@ -86,7 +87,9 @@ class Doorbell:
                 await writer.drain()
                 kind, payload = await bell._next()
             if kind == REFUSED:
-                raise DoorbellRefused(f"doorbell {target} refused: {payload.decode('utf-8', 'replace')[:400]}")
+                # The collector's words reach the customer's log: cleaned, as its other text is.
+                why = clean_text(payload.decode("utf-8", "replace"), 400)
+                raise DoorbellRefused(f"doorbell {target} refused: {why}")
             if kind != PARKED:
                 raise DoorbellRefused(f"doorbell {target} answered frame {kind}, not PARKED")
         except TimeoutError:
@@ -175,14 +178,15 @@ class Parking:
         stopper = asyncio.create_task(stop.wait())
         await asyncio.wait({waiting, stopper}, return_when=asyncio.FIRST_COMPLETED)
         stopper.cancel()
-        if waiting.done() and waiting.result() == "ring":
+        if not waiting.done():  # stopping
+            waiting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await waiting
+        elif waiting.result() == "ring":
             log.info("rung by the collector: opening the channel")
             return True
-        waiting.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await waiting
-        if not stop.is_set():
-            log.info("doorbell ended (%s); back to the channel", waiting.result() if waiting.done() else "")
+        else:
+            log.info("doorbell ended (%s); back to the channel", waiting.result())
         await self.unpark()
         return False
 
