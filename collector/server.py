@@ -237,18 +237,23 @@ class CollectorServer:
         log.info("collector listening on %s port %d (blobs: %s)", target, self.port, self.blobs.describe())
         return self.port
 
+    def _cert_files(self) -> tuple[Path, Path]:
+        """The certificate and key files the console and the doorbell serve: the operator's,
+        else the self-signed pair in the data folder (made if missing: the console is HTTPS
+        even beside a plaintext gRPC port)."""
+        if self.config.cert_file is not None and self.config.key_file is not None:
+            return self.config.cert_file, self.config.key_file
+        tls_dir = self.config.data_dir / "tls"
+        ensure_self_signed(tls_dir)
+        return tls_dir / "collector.crt", tls_dir / "collector.key"
+
     async def _start_console(self, server: grpc.aio.Server) -> None:
         """The engineer console (collector.web) beside the gRPC server, with its certificate."""
         from collector.web.serve import ConsoleServer
 
         assert self.config.web_address is not None
-        tls_dir = self.config.data_dir / "tls"
-        cert, key = self.config.cert_file, self.config.key_file
-        if cert is None or key is None:
-            ensure_self_signed(tls_dir)  # also for a plaintext gRPC port: the console is HTTPS only
-            cert, key = tls_dir / "collector.crt", tls_dir / "collector.key"
         self.console = ConsoleServer(
-            self.store, self.blobs, self.router, self.config.web_address, (cert, key),
+            self.store, self.blobs, self.router, self.config.web_address, self._cert_files(),
             self.config.data_dir / "console-cache",
         )
         try:
@@ -266,11 +271,8 @@ class CollectorServer:
         from collector.doorbell import DoorbellServer, server_context
 
         assert self._channel is not None and self.tls is not None
-        cert, key = self.config.cert_file, self.config.key_file
-        if cert is None or key is None:
-            cert, key = self.config.data_dir / "tls" / "collector.crt", self.config.data_dir / "tls" / "collector.key"
         want = self.config.doorbell_port
-        self.doorbell = self._channel.doorbell(DoorbellServer, server_context(cert, key))
+        self.doorbell = self._channel.doorbell(DoorbellServer, server_context(*self._cert_files()))
         try:
             if want is not None:
                 port = await self.doorbell.start(host, want)
