@@ -52,10 +52,9 @@ from typing import Any
 
 import grpc
 import psutil
-from simagent import handshake
+from simagent import handshake, open_doorbell
 
 from agent.bundle import BundleMeta, BundleWriter, new_bundle_id
-from agent.daemon.doorbell import Doorbell, DoorbellRefused
 from agent.keys import SigningKey, fingerprint_of
 from agent.state import AgentHome, Enrollment
 from agent.transport import enroll, open_channel, parse_address
@@ -146,15 +145,6 @@ class Fleet:
             self.errors.append(f"{agent_id}: {exc!r}")
             print(f"answer failed: {agent_id}: {exc!r}", file=sys.stderr, flush=True)
 
-    async def _park(self, port: int, agent_id: str, key: SigningKey) -> Doorbell:
-        """The daemon's own doorbell client; refused while the collector is busy: again, later."""
-        for attempt in range(30):
-            try:
-                return await Doorbell.park(parse_address(self.addr), port, self.fp, key, agent_id, 20.0)
-            except DoorbellRefused:
-                await asyncio.sleep(random.uniform(0, min(10.0, 0.5 * 2**attempt)))
-        raise AssertionError(f"{agent_id} could not park")
-
     async def run(self) -> None:
         creds = grpc.ssl_channel_credentials(root_certificates=self.pem)
         loop = asyncio.get_running_loop()
@@ -177,7 +167,9 @@ class Fleet:
                     reading = reading or asyncio.ensure_future(call.read())
                     done, _ = await asyncio.wait({reading}, timeout=offer.park_after_s)
                     if not done:
-                        bell = await self._park(offer.doorbell_port, agent_id, key)
+                        bell, _refusals = await open_doorbell(
+                            parse_address(self.addr), offer.doorbell_port, self.fp, key, agent_id
+                        )
                         # As the daemon: end the stream from this side, and still take what
                         # the collector sent before it saw the end.
                         await call.done_writing()

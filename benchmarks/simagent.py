@@ -28,7 +28,7 @@ from agent.transport.connect import CollectorAddress
 from collector.storage import Store
 from protos import collector_pb2
 
-__all__ = ["enroll", "handshake", "park", "sim_key"]
+__all__ = ["enroll", "handshake", "open_doorbell", "park", "sim_key"]
 
 
 def sim_key(label: bytes, i: int) -> SigningKey:
@@ -67,25 +67,33 @@ async def handshake(stub: Any, agent_id: str, key: SigningKey, *, attempts: int 
     raise AssertionError("unreachable")
 
 
+async def open_doorbell(
+    address: CollectorAddress, port: int, pin: str, key: SigningKey, agent_id: str, *, attempts: int = 30
+) -> tuple[Doorbell, int]:
+    """``(doorbell, refusals)``: parked with the daemon's client. A refusal (the doorbell's
+    bounds on handshakes close the connection) is retried with full jitter, as the daemon
+    retries after its idle time."""
+    for attempt in range(attempts):
+        try:
+            return await Doorbell.park(address, port, pin, key, agent_id, 30.0), attempt
+        except DoorbellRefused:
+            if attempt == attempts - 1:
+                raise
+            await asyncio.sleep(random.uniform(0, min(10.0, 0.5 * 2**attempt)))
+    raise AssertionError("unreachable")
+
+
 async def park(
     call: Any, accepted: Any, address: CollectorAddress, pin: str, key: SigningKey, agent_id: str, *, attempts: int = 30
 ) -> tuple[Doorbell, int]:
     """``(doorbell, refusals)``: parked on the doorbell ``accepted`` (the ``CollectorMessage``)
     offered, the Channel ``call`` then half-closed and read until the collector ended it. A
-    refusal (the doorbell's bound on handshakes closes the connection) is retried with full
-    jitter, as the daemon retries after its idle time."""
+    refusal is retried (:func:`open_doorbell`)."""
     offer = accepted.accepted
     if not offer.doorbell_port or not offer.park_after_s:
         raise SystemExit(f"agent {agent_id}: the collector offered no doorbell ({offer})")
-    for attempt in range(attempts):
-        try:
-            bell = await Doorbell.park(address, offer.doorbell_port, pin, key, agent_id, 30.0)
-            break
-        except DoorbellRefused:
-            if attempt == attempts - 1:
-                raise
-            await asyncio.sleep(random.uniform(0, min(10.0, 0.5 * 2**attempt)))
+    bell, refusals = await open_doorbell(address, offer.doorbell_port, pin, key, agent_id, attempts=attempts)
     await call.done_writing()
     while await call.read() is not grpc.aio.EOF:
         pass  # the collector sends nothing to an idle agent; it ends the call once it reads the half-close
-    return bell, attempt
+    return bell, refusals

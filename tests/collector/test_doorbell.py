@@ -357,9 +357,8 @@ def test_rings_are_paced_and_a_slot_frees_when_its_agent_is_back(
 
 def _on_loop_async(c: RunningCollector, fn: Any) -> Any:
     """``fn()`` on the collector's loop (the router lives there), from a thread that may run its own."""
-    assert c.server.loop is not None
 
     async def call() -> Any:
         return fn()
 
-    return asyncio.run_coroutine_threadsafe(call(), c.server.loop).result(10)
+    return _on_loop(c, call())
