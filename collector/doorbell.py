@@ -302,8 +302,9 @@ class DoorbellServer:
         try:
             await self.router.park(agent.id, bell)
         except Exception as exc:
+            # The cause stays in this log; the agent, a remote peer, is told only that.
             log.warning("agent %s could not park (%s)", agent.id, exc)
-            bell.refuse(f"could not park: {exc}")
+            bell.refuse("could not park: the collector could not record it; stay on the Channel")
             return
         if bell.transport.is_closing():  # gone while its row was written
             self.router.unpark(agent.id, bell)
