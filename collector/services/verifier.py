@@ -14,7 +14,11 @@ minute, and ``ListHosts`` timed out behind them. Two small pools instead:
   benchmarks/bench_bombs.py).
 
 Both run at a lower priority (``verify_nice``; followers where the OS keeps one per
-thread), and every read is bounded by the bundle's compressed size
+thread), except one follower, the lead, at the collector's own: a big upload's receipt
+waits for its verifier, and a nicer one fell behind while the stream took the CPU, then
+held the receipt up to 170 ms after the last byte of a 128 MiB upload (median ~25 ms;
+benchmarks/README.md). One thread at normal priority still leaves the event loop a core
+of its own on two. Every read is bounded by the bundle's compressed size
 (``agent.bundle.source``).
 """
 
@@ -161,6 +165,8 @@ class Verifier:
     def __init__(self, limits: IngestLimits) -> None:
         self._limits = limits
         self._followers: ThreadPoolExecutor | None = None
+        self._lead: ThreadPoolExecutor | None = None  # one follower at the collector's priority
+        self._lead_busy = False  # (event loop only)
         self._checks: ProcessPoolExecutor | None = None
         self.following = 0  # follower threads busy (event loop only)
         self._lock = threading.Lock()
@@ -171,16 +177,17 @@ class Verifier:
 
     @property
     def started_followers(self) -> bool:
-        return self._followers is not None
+        return self._followers is not None or self._lead is not None
 
     def close(self) -> None:
         """Let the verifier threads go (uploads still running were abandoned by then)."""
-        if self._followers is not None:
-            # Queued verifiers still run: their uploads were abandoned, so they end at once.
-            self._followers.shutdown(wait=False)
+        for pool in (self._followers, self._lead):
+            if pool is not None:
+                # Queued verifiers still run: their uploads were abandoned, so they end at once.
+                pool.shutdown(wait=False)
         if self._checks is not None:
             self._checks.shutdown(wait=False, cancel_futures=True)
-        self._followers = self._checks = None
+        self._followers = self._lead = self._checks = None
 
     def _pool(self, workers: int, name: str) -> ThreadPoolExecutor:
         return ThreadPoolExecutor(
@@ -214,14 +221,21 @@ class Verifier:
         limits = self._limits
         if size < limits.stream_verify_min_bytes or self.following >= limits.stream_verify_workers:
             return None
-        if self._followers is None:
-            self._followers = self._pool(limits.stream_verify_workers, "casefile-verify-follow")
         try:
             tail = StagedTail(staged.path, staged.offset)
         except OSError as exc:  # out of descriptors, say: verify after the last byte instead
             log.warning("bundle %s: verifying after receipt, not while receiving: %s", staged.bundle_id, exc)
             return None
         loop = asyncio.get_running_loop()
+        lead = not self._lead_busy
+        if lead:
+            if self._lead is None:
+                self._lead = ThreadPoolExecutor(1, thread_name_prefix="casefile-verify-lead")
+            pool, self._lead_busy = self._lead, True
+        else:
+            if self._followers is None:
+                self._followers = self._pool(limits.stream_verify_workers - 1, "casefile-verify-follow")
+            pool = self._followers
         self.following += 1
 
         def run() -> VerifiedBundle:
@@ -231,14 +245,16 @@ class Verifier:
                 tail.close()
                 # Counted down by the worker itself: its thread, not the awaiting future, holds the slot.
                 with contextlib.suppress(RuntimeError):  # the loop is gone at shutdown
-                    loop.call_soon_threadsafe(self._follower_done)
+                    loop.call_soon_threadsafe(self._follower_done, lead)
 
-        fut = loop.run_in_executor(self._followers, run)
+        fut = loop.run_in_executor(pool, run)
         fut.add_done_callback(_retrieve)
         return tail, fut
 
-    def _follower_done(self) -> None:
+    def _follower_done(self, lead: bool) -> None:
         self.following -= 1
+        if lead:
+            self._lead_busy = False
 
     def _check_pool(self) -> ProcessPoolExecutor:
         if self._checks is None:
