@@ -54,7 +54,8 @@ async def receive_chunks(
                     grpc.StatusCode.INVALID_ARGUMENT,
                     f"bundle {header.bundle_id}: a second header at byte {staged.offset}",
                 )
-            n = len(msg.data)
+            data = msg.data  # each read of a bytes field copies it (upb): read it once
+            n = len(data)
             if n > limits.max_chunk_bytes:
                 raise Rejected(
                     grpc.StatusCode.INVALID_ARGUMENT,
@@ -69,9 +70,9 @@ async def receive_chunks(
                 )
             # A page-cache write plus hashing of ≤1 MiB: cheaper inline than a thread hop
             # (measured: handing each chunk to a thread cut throughput by a third).
-            staged.append(msg.data, autosync=False)
+            staged.append(data, autosync=False)
             if tail is not None:
-                tail.publish(staged.offset, msg.data)
+                tail.publish(staged.offset, data)
             behind = staged.offset - staged.durable_offset
             if (syncing is None or syncing.done()) and behind >= limits.sync_every_bytes:
                 syncing = asyncio.ensure_future(asyncio.to_thread(staged.sync))
