@@ -23,6 +23,7 @@ from grpc_reflection.v1alpha import reflection
 
 from agent.transport.connect import is_loopback, parse_address
 from collector.analysis import AnalysisWorker
+from collector.heap_trim import HeapTrimmer, libc_trim
 from collector.interceptors import MalformedRequests
 from collector.listen import ListenError, why_not_listening
 from collector.live import LiveRouter, make_router
@@ -123,6 +124,8 @@ class CollectorServer:
         self.doorbell: DoorbellServer | None = None
         self._health = health.aio.HealthServicer()
         self._janitor: asyncio.Task[None] | None = None
+        self.trimmer = HeapTrimmer(libc_trim())  # gives back what a burst of closed Channels freed
+        self._trimming: asyncio.Task[None] | None = None
         self.router: LiveRouter = make_router(
             self.store, config.db_url or default_db_url(config.data_dir), config.replica_id
         )
@@ -187,6 +190,7 @@ class CollectorServer:
         collector_pb2_grpc.add_QueryServicer_to_server(QueryService(self.store, self.blobs, self.router), server)
         collector_pb2_grpc.add_HuntServicer_to_server(HuntService(self.store, self.blobs, self.router), server)
         self._channel = ChannelService(self.store, self.router)
+        self._channel.on_closed = self.trimmer.closed
         collector_pb2_grpc.add_ChannelServicer_to_server(self._channel, server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection((*_SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
@@ -231,6 +235,7 @@ class CollectorServer:
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
         self._server = server
         self._janitor = asyncio.create_task(self._sweep_stale_uploads())
+        self._trimming = asyncio.create_task(self.trimmer.run())
         self.analysis.start()  # first analyses bundles a previous run stored but never analysed
         if self.config.warm_verifier:
             self._ingest.verifier.warm()
@@ -308,10 +313,11 @@ class CollectorServer:
     async def stop(self, grace: float | None = None) -> None:
         if self._server is None:
             return
-        if self._janitor is not None:
-            self._janitor.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._janitor
+        for task in (self._janitor, self._trimming):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         await self._health.enter_graceful_shutdown()
         if self.console is not None:
             await self.console.stop()

@@ -101,6 +101,8 @@ class ChannelService(collector_pb2_grpc.ChannelServicer):
         self._busy_log = RateLimitedLog()
         # (doorbell port, idle seconds before parking), told to every accepted agent; None: no parking.
         self.parking: tuple[int, int] | None = None
+        # Called as each accepted stream ends (the collector's heap trimmer counts them).
+        self.on_closed: Callable[[], None] = lambda: None
 
     async def _run(self, fn: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
         """``fn`` on the channels' own threads (see the module's docstring)."""
@@ -228,6 +230,7 @@ class ChannelService(collector_pb2_grpc.ChannelServicer):
                     yield msg
             finally:
                 self._router.unregister(session)
+                self.on_closed()
                 if reader is not None:
                     reader.cancel()
                     with contextlib.suppress(asyncio.CancelledError, Exception):
