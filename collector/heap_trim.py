@@ -5,16 +5,15 @@ free their buffers, but glibc keeps most of the freed heap for later: after 2,00
 parked, 44 MiB of it (22 KiB per agent, as much as a parked agent's own state), which
 ``malloc_trim(0)`` gave back (benchmarks/README.md). The trimmer calls it once such a
 burst is over: at least ``min_closed`` streams closed since the last trim, and none for
-``quiet_s``. A trim walks the free heap (milliseconds) in a thread; where there is no
-``malloc_trim`` (macOS, musl) nothing is done.
+``quiet_s`` (or, under steady churn, ``max_wait_s`` after the last trim). A trim walks
+the free heap (milliseconds) in a thread; where there is no ``malloc_trim`` (macOS, musl)
+nothing is done.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ctypes
-import ctypes.util
 import logging
 import time
 from collections.abc import Callable
@@ -25,13 +24,12 @@ log = logging.getLogger("casefile.collector.memory")
 
 
 def libc_trim() -> Callable[[], object] | None:
-    """glibc's ``malloc_trim(0)``, or None where the C library has none."""
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return None
+    """glibc's ``malloc_trim(0)``, or None where the C library has none. Looked up among the
+    symbols this process already has (``find_library`` would run ldconfig or a compiler)."""
     try:
-        trim = ctypes.CDLL(name).malloc_trim
-    except (OSError, AttributeError):
+        trim = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError, TypeError):
+        log.info("this C library has no malloc_trim: heap freed by closed Channels is kept for reuse")
         return None
     trim.argtypes = [ctypes.c_size_t]
     trim.restype = ctypes.c_int
@@ -47,14 +45,17 @@ class HeapTrimmer:
         *,
         min_closed: int = 256,
         quiet_s: float = 5.0,
+        max_wait_s: float = 600.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._trim = trim
         self._min_closed = min_closed
-        self._quiet_s = quiet_s
+        self._quiet_s = max(quiet_s, 0.01)
+        self._max_wait_s = max_wait_s
         self._clock = clock
         self._pending = 0
         self._last_close = 0.0
+        self._last_trim = clock()
         self.trims = 0
 
     def closed(self, n: int = 1) -> None:
@@ -62,19 +63,22 @@ class HeapTrimmer:
         self._last_close = self._clock()
 
     def due(self) -> bool:
-        return (
-            self._trim is not None
-            and self._pending >= self._min_closed
-            and self._clock() - self._last_close >= self._quiet_s
-        )
+        if self._trim is None or self._pending < self._min_closed:
+            return False
+        now = self._clock()
+        return now - self._last_close >= self._quiet_s or now - self._last_trim >= self._max_wait_s
 
     async def trim_if_due(self) -> bool:
         if not self.due() or self._trim is None:
             return False
         closed, self._pending = self._pending, 0
+        self._last_trim = self._clock()
         started = time.perf_counter()
-        with contextlib.suppress(Exception):  # advice to the allocator: never worth failing for
+        try:
             await asyncio.to_thread(self._trim)
+        except Exception as exc:  # advice to the allocator: never worth failing for
+            log.debug("heap trim failed: %s", exc)
+            return False
         self.trims += 1
         log.debug("heap trimmed after %d streams closed (%.1f ms)", closed, (time.perf_counter() - started) * 1e3)
         return True

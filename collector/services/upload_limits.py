@@ -52,7 +52,8 @@ class IngestLimits:
     stream_verify_workers: int = 4
     verify_workers: int = 1
     # Verifiers run this much nicer than the collector (processes; follower threads on
-    # Linux, which keeps a nice value per thread), so serving queries comes first.
+    # Linux, which keeps a nice value per thread), so serving queries comes first; all but
+    # one follower, the lead, whose upload's receipt waits for it (collector.services.verifier).
     verify_nice: int = 10
     # Decompression bound of every bundle (see agent.bundle.source).
     max_decompressed_bytes: int = DEFAULT_MAX_TOTAL

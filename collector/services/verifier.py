@@ -239,15 +239,23 @@ class Verifier:
         self.following += 1
 
         def run() -> VerifiedBundle:
-            try:
-                return self._verify(cast(IO[bytes], tail), key, size, staged.bundle_id)
-            finally:
-                tail.close()
-                # Counted down by the worker itself: its thread, not the awaiting future, holds the slot.
-                with contextlib.suppress(RuntimeError):  # the loop is gone at shutdown
-                    loop.call_soon_threadsafe(self._follower_done, lead)
+            return self._verify(cast(IO[bytes], tail), key, size, staged.bundle_id)
 
-        fut = loop.run_in_executor(pool, run)
+        def done(job: concurrent.futures.Future[VerifiedBundle]) -> None:
+            # The job, not the awaiting future, holds the slot: counted down once its thread
+            # is done with it, or at once if it was cancelled before a thread took it.
+            tail.close()
+            with contextlib.suppress(RuntimeError):  # the loop is gone at shutdown
+                loop.call_soon_threadsafe(self._follower_done, lead)
+
+        try:
+            job = pool.submit(run)
+        except RuntimeError:  # the pool was shut down (the collector is stopping)
+            tail.close()
+            self._follower_done(lead)
+            return None
+        job.add_done_callback(done)
+        fut = asyncio.wrap_future(job, loop=loop)
         fut.add_done_callback(_retrieve)
         return tail, fut
 

@@ -4,7 +4,7 @@ burst is over, not during it, and never for a handful of streams."""
 from __future__ import annotations
 
 import asyncio
-import sys
+import platform
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -48,6 +48,23 @@ def test_a_burst_is_trimmed_once_it_is_over() -> None:
     asyncio.run(main())
 
 
+def test_steady_churn_is_trimmed_every_max_wait() -> None:
+    """Closes that never pause for ``quiet_s`` (agents leaving all day) still get a trim
+    every ``max_wait_s``."""
+    calls: list[int] = []
+    clock = _Clock()
+    trimmer = HeapTrimmer(lambda: calls.append(1), min_closed=10, quiet_s=5.0, max_wait_s=600, clock=clock)
+
+    async def main() -> None:
+        for _ in range(200):  # one close every 4 s for 800 s
+            trimmer.closed()
+            clock.now += 4
+            await trimmer.trim_if_due()
+
+    asyncio.run(main())
+    assert len(calls) == 1
+
+
 def test_a_failing_trim_is_only_advice() -> None:
     def broken() -> None:
         raise OSError("no")
@@ -56,7 +73,8 @@ def test_a_failing_trim_is_only_advice() -> None:
     trimmer = HeapTrimmer(broken, min_closed=1, quiet_s=1.0, clock=clock)
     trimmer.closed()
     clock.now += 2
-    assert asyncio.run(trimmer.trim_if_due())
+    assert not asyncio.run(trimmer.trim_if_due())
+    assert trimmer.trims == 0 and not trimmer.due()  # counted as tried: not retried at once
 
 
 def test_without_malloc_trim_nothing_is_done() -> None:
@@ -66,7 +84,7 @@ def test_without_malloc_trim_nothing_is_done() -> None:
     asyncio.run(asyncio.wait_for(trimmer.run(), 1))  # returns at once
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc_trim")
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="malloc_trim is glibc's")
 def test_glibcs_malloc_trim_is_found_and_runs() -> None:
     trim = libc_trim()
     assert trim is not None
@@ -88,5 +106,6 @@ def test_a_channel_closed_by_parking_is_counted(parking_collector: RunningCollec
         async with running(home):
             await until("the agent parked", lambda: agent_id in c.server.router.parked())
             await until("its Channel counted", lambda: c.server.trimmer._pending > before)
+            assert c.server._trimming is not None and not c.server._trimming.done()  # its task runs
 
     asyncio.run(main())

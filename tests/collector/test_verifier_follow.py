@@ -6,13 +6,15 @@ import asyncio
 import os
 import sys
 import threading
+import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from collector.services.upload_limits import IngestLimits
-from collector.services.verifier import Abandoned, Verifier
+from collector.services.verifier import Abandoned, Following, Verifier
 from collector.storage import BlobStore
 
 
@@ -33,15 +35,14 @@ def test_one_follower_runs_at_the_collectors_priority_the_others_nicer(tmp_path:
     verifier = Verifier(limits)
     blobs = BlobStore(tmp_path / "blobs")
     base = os.getpriority(os.PRIO_PROCESS, 0)
+    staged = [blobs.open_upload(uuid.uuid4().hex, 1 << 20, "0" * 64) for _ in range(4)]
+    followed: list[Following | None] = []
 
     async def main() -> None:
-        staged = [blobs.open_upload(uuid.uuid4().hex, 1 << 20, "0" * 64) for _ in range(4)]
-        followed = [verifier.follow(s, None, 1 << 20) for s in staged]
+        followed.extend(verifier.follow(s, None, 1 << 20) for s in staged)
         assert all(f is not None for f in followed[:3]) and followed[3] is None  # three at most
-        for _ in range(100):
-            if len(_nice_of("casefile-verify-follow")) == 2:
-                break
-            await asyncio.sleep(0.02)
+        assert verifier._lead_busy and verifier.following == 3
+        await until(lambda: len(_nice_of("casefile-verify-follow")) == 2)
         assert _nice_of("casefile-verify-lead") == [base]
         assert _nice_of("casefile-verify-follow") == [min(19, base + 7)] * 2
         for f in followed[:3]:
@@ -49,22 +50,75 @@ def test_one_follower_runs_at_the_collectors_priority_the_others_nicer(tmp_path:
             f[0].abandon()
             with pytest.raises(Abandoned):
                 await f[1]
-        for _ in range(100):
-            if verifier.following == 0:
-                break
-            await asyncio.sleep(0.01)
-        assert verifier.following == 0
+        await until(lambda: verifier.following == 0)
+        assert not verifier._lead_busy
         again = verifier.follow(staged[3], None, 1 << 20)
-        assert again is not None
-        assert again[1] is not None
+        followed.append(again)
+        assert again is not None and verifier._lead_busy  # the lead again
         again[0].abandon()
         with pytest.raises(Abandoned):
             await again[1]
-        assert len(_nice_of("casefile-verify-lead")) == 1  # the lead's one thread took it
+        await until(lambda: verifier.following == 0 and not verifier._lead_busy)
+
+    try:
+        asyncio.run(main())
+    finally:
+        for f in followed:
+            if f is not None:
+                f[0].abandon()  # a failed assertion must not leave threads waiting for bytes
+        verifier.close()
         for s in staged:
             s.close()
+
+
+def test_a_follower_given_up_before_it_started_frees_its_slot(tmp_path: Path) -> None:
+    """An upload's verifier cancelled before a thread took it (or as it starts), then its
+    stream abandoned: the slot and the lead are free again every time."""
+    verifier = Verifier(IngestLimits(stream_verify_min_bytes=0, stream_verify_workers=2))
+    blobs = BlobStore(tmp_path / "blobs")
+
+    async def main() -> None:
+        for _ in range(10):
+            staged = blobs.open_upload(uuid.uuid4().hex, 1 << 20, "0" * 64)
+            f = verifier.follow(staged, None, 1 << 20)
+            assert f is not None
+            f[1].cancel()
+            f[0].abandon()
+            await until(lambda: verifier.following == 0 and not verifier._lead_busy)
+            staged.close()
 
     try:
         asyncio.run(main())
     finally:
         verifier.close()
+
+
+def test_no_follower_once_the_verifier_is_closed(tmp_path: Path) -> None:
+    verifier = Verifier(IngestLimits(stream_verify_min_bytes=0, stream_verify_workers=2))
+    blobs = BlobStore(tmp_path / "blobs")
+    staged = blobs.open_upload(uuid.uuid4().hex, 1 << 20, "0" * 64)
+
+    async def main() -> None:
+        first = verifier.follow(staged, None, 1 << 20)
+        assert first is not None
+        first[0].abandon()
+        with pytest.raises(Abandoned):
+            await first[1]
+        await until(lambda: verifier.following == 0)
+        assert verifier._lead is not None
+        verifier._lead.shutdown(wait=True)  # as close() leaves it while an upload still arrives
+        assert verifier.follow(staged, None, 1 << 20) is None  # verified after receipt instead
+        assert verifier.following == 0 and not verifier._lead_busy
+
+    try:
+        asyncio.run(main())
+    finally:
+        verifier.close()
+        staged.close()
+
+
+async def until(check: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.01)
