@@ -6,9 +6,7 @@ import asyncio
 import os
 import sys
 import threading
-import time
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -16,6 +14,7 @@ import pytest
 from collector.services.upload_limits import IngestLimits
 from collector.services.verifier import Abandoned, Following, Verifier
 from collector.storage import BlobStore
+from tests.collector.parking import until
 
 
 def _nice_of(name_prefix: str) -> list[int]:
@@ -42,7 +41,7 @@ def test_one_follower_runs_at_the_collectors_priority_the_others_nicer(tmp_path:
         followed.extend(verifier.follow(s, None, 1 << 20) for s in staged)
         assert all(f is not None for f in followed[:3]) and followed[3] is None  # three at most
         assert verifier._lead_busy and verifier.following == 3
-        await until(lambda: len(_nice_of("casefile-verify-follow")) == 2)
+        await until("both nicer followers started", lambda: len(_nice_of("casefile-verify-follow")) == 2)
         assert _nice_of("casefile-verify-lead") == [base]
         assert _nice_of("casefile-verify-follow") == [min(19, base + 7)] * 2
         for f in followed[:3]:
@@ -50,7 +49,7 @@ def test_one_follower_runs_at_the_collectors_priority_the_others_nicer(tmp_path:
             f[0].abandon()
             with pytest.raises(Abandoned):
                 await f[1]
-        await until(lambda: verifier.following == 0)
+        await until("every slot freed", lambda: verifier.following == 0)
         assert not verifier._lead_busy
         again = verifier.follow(staged[3], None, 1 << 20)
         followed.append(again)
@@ -58,7 +57,7 @@ def test_one_follower_runs_at_the_collectors_priority_the_others_nicer(tmp_path:
         again[0].abandon()
         with pytest.raises(Abandoned):
             await again[1]
-        await until(lambda: verifier.following == 0 and not verifier._lead_busy)
+        await until("every slot and the lead freed", lambda: verifier.following == 0 and not verifier._lead_busy)
 
     try:
         asyncio.run(main())
@@ -84,7 +83,7 @@ def test_a_follower_given_up_before_it_started_frees_its_slot(tmp_path: Path) ->
             assert f is not None
             f[1].cancel()
             f[0].abandon()
-            await until(lambda: verifier.following == 0 and not verifier._lead_busy)
+            await until("every slot and the lead freed", lambda: verifier.following == 0 and not verifier._lead_busy)
             staged.close()
 
     try:
@@ -104,7 +103,7 @@ def test_no_follower_once_the_verifier_is_closed(tmp_path: Path) -> None:
         first[0].abandon()
         with pytest.raises(Abandoned):
             await first[1]
-        await until(lambda: verifier.following == 0)
+        await until("every slot freed", lambda: verifier.following == 0)
         assert verifier._lead is not None
         verifier._lead.shutdown(wait=True)  # as close() leaves it while an upload still arrives
         assert verifier.follow(staged, None, 1 << 20) is None  # verified after receipt instead
@@ -116,9 +115,3 @@ def test_no_follower_once_the_verifier_is_closed(tmp_path: Path) -> None:
         verifier.close()
         staged.close()
 
-
-async def until(check: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, "timed out"
-        await asyncio.sleep(0.01)
