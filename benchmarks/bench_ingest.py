@@ -116,11 +116,11 @@ async def _stream(port: int, cert_pem: bytes, header: collector_pb2.UploadHeader
         return time.perf_counter() - t0
 
 
-def _settle(pids: list[int], *, quiet_cpu_s: float = 0.01, window_s: float = 0.25, timeout_s: float = 30) -> float:
+def _settle(pids: list[int], *, quiet_cpu_s: float = 0.01, window_s: float = 0.25, timeout_s: float = 30) -> bool:
     """Wait until these processes and their children are quiet (under ``quiet_cpu_s`` of
     CPU in a ``window_s`` window), so that a stream is not timed against the collector's
-    work on the bundle before (its analysis, at ingest, runs after the receipt); returns
-    how long that took."""
+    work on the bundle before (its analysis, at ingest, runs after the receipt); False if
+    they were still busy after ``timeout_s``."""
     start = time.monotonic()
 
     def used() -> float:
@@ -140,9 +140,9 @@ def _settle(pids: list[int], *, quiet_cpu_s: float = 0.01, window_s: float = 0.2
         time.sleep(window_s)
         now = used()
         if now - before < quiet_cpu_s:
-            break
+            return True
         before = now
-    return time.monotonic() - start
+    return False
 
 
 def _wait_file(path: Path, proc: subprocess.Popen[bytes], what: str) -> dict[str, Any]:
@@ -215,7 +215,7 @@ def main() -> None:
                 mib = size / 2**20
                 quiet = [p.pid for p in procs]
                 for port, into in ((rport, raw_rates), (cport, col_rates)):
-                    if _settle(quiet) >= 30:
+                    if not _settle(quiet):
                         print("warning: the servers were still busy after 30 s; timing anyway", file=sys.stderr)
                     into.append(mib / asyncio.run(_stream(port, tls.cert_pem, header, path)))
                 path.unlink()
