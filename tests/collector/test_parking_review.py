@@ -163,7 +163,11 @@ def test_a_write_after_the_agent_parked_resets_its_stream(parking_collector: Run
             await service._handshake(call)
             await until("registered", lambda: router.session(agent_id) is not None)
             first = await asyncio.to_thread(_request, c, agent_id, "sent as the agent parks")
-            assert await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(router.deliver(first), c.server.loop))  # type: ignore[arg-type]
+            # Sent by this deliver, or by the drain of the stream just accepted when its read
+            # of the queue came after the request was made (one of the two claims it).
+            await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(router.deliver(first), c.server.loop))  # type: ignore[arg-type]
+            sent = lambda: c.store.get_live_request(first.request_id).state == LiveState.DELIVERED  # noqa: E731
+            await until("the request sent down the stream", sent)
             await call.end_writes()  # parked: the stream ends from this side
             msg = collector_pb2.CollectorMessage.FromString(await call.read() or b"")
             assert msg.WhichOneof("msg") == "snapshot_request"
