@@ -52,6 +52,7 @@ from typing import Any
 
 import grpc
 import psutil
+from machine import machine_line
 from simagent import handshake, open_doorbell
 
 from agent.bundle import BundleMeta, BundleWriter, new_bundle_id
@@ -293,11 +294,15 @@ def main() -> None:
     ap.add_argument("--uploaders", type=int, default=8, help="threads the simulated agents upload from")
     ap.add_argument("--max-seconds", type=float, default=540, help="the whole run ends by then, whatever its state")
     ap.add_argument("--hunt-timeout", type=float, default=120, help="a hunt not done by then fails the run")
-    ap.add_argument("--park", action="store_true",
-                    help="agents idle 1 s park on the doorbell (collector --park-after 1), so the hunt rings them")
+    ap.add_argument(
+        "--park",
+        action="store_true",
+        help="agents idle 1 s park on the doorbell (collector --park-after 1), so the hunt rings them",
+    )
     args = ap.parse_args()
     if not 0 <= args.real_agents <= min(args.agents, 20):
         raise SystemExit("--real-agents: 0..20 and at most --agents")
+    print(machine_line(), flush=True)  # before anything starts: the figures scale with it
     tmp = Path(tempfile.mkdtemp(prefix="bench-hunt-"))
     data = tmp / "data"
     addr = f"127.0.0.1:{_free_port()}"
@@ -353,8 +358,11 @@ def main() -> None:
         try:
             _wait(lambda: fleet.ready >= len(agents), 300, f"{len(agents)} simulated agents connected")
         except SystemExit:
-            print(f"ready {fleet.ready}, parked {fleet.parked}, errors {len(fleet.errors)}: {fleet.errors[:3]}",
-                  file=sys.stderr, flush=True)
+            print(
+                f"ready {fleet.ready}, parked {fleet.parked}, errors {len(fleet.errors)}: {fleet.errors[:3]}",
+                file=sys.stderr,
+                flush=True,
+            )
             raise
         connect_s = time.perf_counter() - t_connect
         real_ids, real_procs = _real_agents(store, addr, fp, tmp, args.real_agents)
@@ -413,9 +421,13 @@ def main() -> None:
                 except SystemExit:
                     late = [r for r in final if r.state != "done"]
                     states = sorted({r.state for r in late})
-                    print(f"not done: {len(late)} ({', '.join(states)}); e.g. "
-                          + "; ".join(f"{r.agent_id} {r.state} {r.detail!r}" for r in late[:5])
-                          + f"; simulated agents parked now: {fleet.parked}", file=sys.stderr, flush=True)
+                    print(
+                        f"not done: {len(late)} ({', '.join(states)}); e.g. "
+                        + "; ".join(f"{r.agent_id} {r.state} {r.detail!r}" for r in late[:5])
+                        + f"; simulated agents parked now: {fleet.parked}",
+                        file=sys.stderr,
+                        flush=True,
+                    )
                     raise
                 stop.set()
                 q.join()

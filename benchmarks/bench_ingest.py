@@ -34,6 +34,7 @@ from typing import Any
 
 import grpc
 import psutil
+from machine import machine_line
 
 from agent.bundle import BundleMeta, BundleWriter, new_bundle_id
 from agent.keys import SigningKey
@@ -168,6 +169,7 @@ def main() -> None:
         asyncio.run(_raw_server(Path(args.raw_server[0]), Path(args.raw_server[1])))
         return
 
+    print(machine_line(), flush=True)  # before anything starts: the figures scale with it
     with tempfile.TemporaryDirectory(prefix="bench-ingest-") as tmp_s:
         tmp = Path(tmp_s)
         data_dir = tmp / "collector"
